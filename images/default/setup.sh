@@ -1,0 +1,17 @@
+#!/bin/sh
+# Runs as root inside the image (chroot) after the packages are installed.
+set -eu
+
+# A sandbox is a throwaway machine: `pip install` into the system Python should just work there
+# (PEP 668's marker would make it refuse).
+rm -f /usr/lib/python3*/EXTERNALLY-MANAGED
+
+mkdir -p /workspace
+chmod 755 /workspace
+
+# What debootstrap installed before files/etc/dpkg/dpkg.cfg.d/ applied: same trimming.
+find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete
+find /usr/share/doc -mindepth 1 -type d -empty -delete
+rm -rf /usr/share/man/* /usr/share/info/* /usr/share/groff/* /usr/share/lintian/*
+find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+

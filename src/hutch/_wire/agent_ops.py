@@ -1,0 +1,78 @@
+"""The agent's operations: the JSON bodies of OPEN, EVENT and RESULT frames.
+
+Typed once here and shared by the agent (inside the sandbox) and the server's client for it.
+Every stream starts with an OPEN frame holding one of the ``*Request`` dicts, may carry EVENT
+and DATA/EOF frames, and ends with exactly one RESULT frame: ``{"ok": true, ...fields}`` or
+``{"error": {"code": ..., "message": ...}}``.
+
+Stdlib only. The agent imports this module for type checking only (``typing`` costs memory
+in a process that must idle at a few MB), so nothing here may be needed at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+OpName = Literal["exec", "ping"]
+
+ErrorCode = Literal[
+    "invalid_request",  # unknown op, bad JSON, a field of the wrong type; the message names it
+    "cwd_not_found",  # exec: the working directory does not exist
+    "user_not_found",  # exec: no such user (or group) in the image's /etc/passwd (/etc/group)
+    "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
+    "shutting_down",  # the agent got SIGTERM and accepts no new work
+    "internal",  # a bug in the agent
+]
+
+
+class ErrorBody(TypedDict):
+    code: ErrorCode
+    message: str
+
+
+class ErrorResult(TypedDict):
+    error: ErrorBody
+
+
+class PingRequest(TypedDict):
+    op: Literal["ping"]
+
+
+class PingResult(TypedDict):
+    ok: Literal[True]
+    pid: int
+    rss_kb: int
+    version: str
+    shell: str  # "/bin/bash" if the image has it, else "/bin/sh"
+
+
+class ExecRequest(TypedDict):
+    """Run one process: exactly one of ``command`` (through the shell) or ``argv`` (no shell).
+
+    Fields left out mean None (``stdin``: False).
+    """
+
+    op: Literal["exec"]
+    command: NotRequired[str | None]
+    argv: NotRequired[list[str] | None]
+    env: NotRequired[dict[str, str] | None]  # merged over the sandbox's env
+    cwd: NotRequired[str | None]  # relative to /workspace if relative; None: the agent's cwd
+    user: NotRequired[str | None]  # "name", "uid", "name:group", "uid:gid"; None: the agent's
+    timeout: NotRequired[float | None]  # seconds; kills the whole process tree, exit_code 124
+    stdin: NotRequired[bool]  # True: the opener sends DATA/EOF on channel 0; else /dev/null
+
+
+class StartedEvent(TypedDict):
+    event: Literal["started"]
+    pid: int
+
+
+class ExecResult(TypedDict):
+    ok: Literal[True]
+    exit_code: int  # 128 + signo after a signal death; 124 after a timeout; 127 not found
+    duration: float  # seconds from spawn to exit
+    timed_out: bool
+    signal: int | None  # the signal that ended the process, if one did
+
+
+AgentRequest = PingRequest | ExecRequest

@@ -1,0 +1,110 @@
+"""Binary frames: one format for agent <-> server and for streamed HTTP responses to the SDK.
+
+A frame is an 18-byte header followed by ``length`` payload bytes::
+
+    kind u8 | channel u8 | stream u32 | offset u64 | length u32 | payload
+
+- ``stream`` multiplexes many requests over one connection; the opener picks the id.
+- ``channel`` and ``offset`` only mean something for DATA/EOF frames: which byte stream
+  (stdin/stdout/stderr) and where in it the payload starts, so a reader that reconnects can
+  say exactly what it has seen. Output bytes are never base64'd or wrapped in JSON.
+- OPEN, EVENT and RESULT payloads are UTF-8 JSON objects. RESULT ends a stream.
+
+The decoder is sans-I/O (feed bytes, get frames) and refuses payloads over ``MAX_PAYLOAD``
+so that a hostile peer (the agent runs inside the sandbox) cannot make the server buffer
+without bound.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+FRAME_HEADER = struct.Struct(">BBIQI")
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+class Kind(enum.IntEnum):
+    OPEN = 1  # opener -> peer: JSON request {"op": ..., ...}; starts a stream
+    DATA = 2  # bytes on a channel, at an offset
+    EOF = 3  # a channel is closed (stdin from the server; stdout/stderr from the agent)
+    RESULT = 4  # JSON final answer: {"ok": ...} or {"error": {"code", "message"}}; ends the stream
+    CANCEL = 5  # opener -> peer: stop this stream (kills an exec's process tree)
+    EVENT = 6  # JSON mid-stream event, e.g. {"event": "started", "pid": 12}
+
+
+class Channel(enum.IntEnum):
+    STDIN = 0
+    STDOUT = 1
+    STDERR = 2
+
+
+class FrameError(ValueError):
+    """The peer sent bytes that are not a valid frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: Kind
+    stream: int
+    payload: bytes = b""
+    channel: int = 0
+    offset: int = 0
+
+    def json(self) -> dict[str, Any]:
+        value = json.loads(self.payload)
+        if not isinstance(value, dict):
+            raise FrameError(f"{self.kind.name} payload must be a JSON object")
+        return value
+
+
+def encode_frame(
+    kind: Kind, stream: int, payload: bytes = b"", channel: int = 0, offset: int = 0
+) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return FRAME_HEADER.pack(kind, channel, stream, offset, len(payload)) + payload
+
+
+def encode_json_frame(kind: Kind, stream: int, value: dict[str, Any]) -> bytes:
+    return encode_frame(kind, stream, json.dumps(value, separators=(",", ":")).encode())
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed()`` bytes as they arrive, get whole frames back."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        pos = 0
+        size = FRAME_HEADER.size
+        while len(buf) - pos >= size:
+            kind, channel, stream, offset, length = FRAME_HEADER.unpack_from(buf, pos)
+            if length > MAX_PAYLOAD:
+                raise FrameError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+            if len(buf) - pos - size < length:
+                break
+            try:
+                k = Kind(kind)
+            except ValueError:
+                raise FrameError(f"unknown frame kind {kind}") from None
+            start = pos + size
+            frames.append(Frame(k, stream, bytes(buf[start : start + length]), channel, offset))
+            pos = start + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buf)

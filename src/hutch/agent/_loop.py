@@ -1,0 +1,198 @@
+"""A small single-threaded event loop: fd readiness, timers and signals.
+
+Why not asyncio: ``import asyncio`` alone costs ~9 MB and ~30 ms, and a host holds a
+thousand idle agents. This loop is a ``selectors`` poll plus a timer heap; signals arrive
+through ``signal.set_wakeup_fd`` on a self-pipe, so a SIGCHLD wakes the poll at once and is
+handled between callbacks, never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import signal
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def report(message: str) -> None:
+    """Write a line to the agent's stderr (the runtime's log); never raise."""
+    try:
+        os.write(2, f"hutch-agent: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def report_exception(context: str) -> None:
+    import traceback  # lazily: it pulls in linecache and tokenize, and bugs should be rare
+
+    report(f"{context}:\n{traceback.format_exc()}")
+
+
+class Timer:
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
+
+class _Handlers:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self) -> None:
+        self.reader: Callable[[], None] | None = None
+        self.writer: Callable[[], None] | None = None
+
+    def mask(self) -> int:
+        return (_READ if self.reader else 0) | (_WRITE if self.writer else 0)
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    # The C-level handler has already written signum to the wakeup fd; the work happens in
+    # the loop, so a signal can never interrupt a callback half-way through.
+    pass
+
+
+class Loop:
+    """Callbacks on fd readiness, timers and signals. Exceptions in callbacks are reported
+    and swallowed: nothing a client or a child does may stop the agent."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._handlers: dict[int, _Handlers] = {}
+        self._timers: list[Timer] = []
+        self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._running = False
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.add_reader(self._wakeup_r, self._read_signals)
+
+    # -- fds ---------------------------------------------------------------------------------
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._update(fd, reader=callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._update(fd, reader=None)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self._update(fd, writer=callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._update(fd, writer=None)
+
+    def remove_fd(self, fd: int) -> None:
+        """Forget ``fd`` entirely; call before closing it."""
+        handlers = self._handlers.pop(fd, None)
+        if handlers is not None:
+            # NB: a batch of events from select() may still hold this object; with its
+            # callbacks gone, a stale event cannot reach whatever reuses the fd number.
+            handlers.reader = handlers.writer = None
+            self._selector.unregister(fd)
+
+    def _update(self, fd: int, **callbacks: Callable[[], None] | None) -> None:
+        handlers = self._handlers.get(fd)
+        if handlers is None:
+            if not any(callbacks.values()):
+                return
+            handlers = self._handlers[fd] = _Handlers()
+            old_mask = 0
+        else:
+            old_mask = handlers.mask()
+        if "reader" in callbacks:
+            handlers.reader = callbacks["reader"]
+        if "writer" in callbacks:
+            handlers.writer = callbacks["writer"]
+        mask = handlers.mask()
+        if mask == old_mask:
+            return
+        if not mask:
+            del self._handlers[fd]
+            self._selector.unregister(fd)
+        elif not old_mask:
+            self._selector.register(fd, mask, handlers)
+        else:
+            self._selector.modify(fd, mask, handlers)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
+        self._signal_callbacks[signum] = callback
+        signal.signal(signum, _ignore_signal)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self._wakeup_r, 4096)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(data):  # each signal once per batch, in arrival order
+            callback = self._signal_callbacks.get(signum)
+            if callback is not None:
+                self._run(callback)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._running = True
+        select = self._selector.select
+        timers = self._timers
+        while self._running:
+            timeout: float | None = None
+            while timers and timers[0].cancelled:
+                heapq.heappop(timers)
+            if timers:
+                timeout = max(0.0, timers[0].when - time.monotonic())
+            for key, mask in select(timeout):
+                handlers: _Handlers = key.data
+                # Look the callbacks up at each step: an earlier callback in this batch may
+                # have removed (and closed) this fd.
+                if mask & _READ and handlers.reader is not None:
+                    self._run(handlers.reader)
+                if mask & _WRITE and handlers.writer is not None:
+                    self._run(handlers.writer)
+            if timers:
+                now = time.monotonic()
+                while timers and timers[0].when <= now:
+                    timer = heapq.heappop(timers)
+                    if not timer.cancelled:
+                        self._run(timer.callback)
+
+    @staticmethod
+    def _run(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            report_exception("unexpected error in a callback")
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._selector.close()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+

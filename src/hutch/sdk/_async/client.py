@@ -1,0 +1,209 @@
+"""The connection to a Hutch server: one pooled HTTP client, keys and images."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+import httpx
+
+from hutch.sdk._config import ConnectionConfig
+from hutch.sdk._http import (
+    connection_limits,
+    current_async_scope,
+    default_headers,
+    error_from_response,
+    json_or_none,
+    stream_timeout,
+    translate_transport_errors,
+    unary_timeout,
+)
+from hutch.sdk._models import ApiKey, ImageInfo
+from hutch.sdk._requests import path_segment
+
+QueryParams = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+class AsyncClient:
+    """A connection to one Hutch server, with a pool of keep-alive HTTP connections.
+
+    Sandboxes made without an explicit client share one client per server URL and API key
+    (see :meth:`shared`). Make your own to control its lifetime::
+
+        async with AsyncClient(base_url="http://hutch:7070", api_key="hk_...") as client:
+            sb = await AsyncSandbox.create(client=client)
+
+    Args:
+        base_url: The server's URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
+        api_key: The API key; defaults to ``$HUTCH_API_KEY``.
+        config: Settings resolved already; when given, ``base_url`` and ``api_key`` must not be.
+
+    Raises:
+        ConfigurationError: The URL is not an http(s) URL.
+    """
+
+    _shared: ClassVar[dict[ConnectionConfig, tuple[object, AsyncClient]]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        config: ConnectionConfig | None = None,
+    ) -> None:
+        if config is not None and (base_url is not None or api_key is not None):
+            raise TypeError("pass either config or base_url/api_key, not both")
+        self.config = config if config is not None else ConnectionConfig.load(base_url, api_key)
+        self._http = httpx.AsyncClient(
+            base_url=self.config.base_url,
+            headers=default_headers(self.config),
+            timeout=unary_timeout(self.config),
+            limits=connection_limits(),
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def shared(cls, base_url: str | None = None, api_key: str | None = None) -> AsyncClient:
+        """The client shared by everything that talks to this server with this key.
+
+        Args:
+            base_url: As for the constructor.
+            api_key: As for the constructor.
+        """
+        config = ConnectionConfig.load(base_url, api_key)
+        scope = current_async_scope()
+        # NB: a process-wide registry on purpose: sandboxes made one by one must reuse one
+        # connection pool. An async client is bound to the event loop it was made on, so a
+        # new loop (asyncio.run() again) gets a new client.
+        with cls._shared_lock:
+            entry = cls._shared.get(config)
+            if entry is not None and entry[0] is scope and not entry[1].is_closed:
+                return entry[1]
+            client = cls(config=config)
+            cls._shared[config] = (scope, client)
+            return client
+
+    @classmethod
+    async def aclose_shared(cls) -> None:
+        """Close the shared clients (those of the running event loop, for async clients)."""
+        scope = current_async_scope()
+        with cls._shared_lock:
+            mine = [c for s, c in cls._shared.values() if s is scope]
+            cls._shared = {k: v for k, v in cls._shared.items() if v[0] is not scope}
+        for client in mine:
+            await client.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._http.is_closed
+
+    async def aclose(self) -> None:
+        """Close the pooled connections. Sandboxes keep running on the server."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.config.base_url!r})"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: QueryParams | None = None,
+    ) -> Any:
+        """Send one request and return its decoded JSON body (``None`` for an empty body).
+
+        Raises:
+            APIError: The server answered with an error (the subclass for its ``code``).
+            HutchConnectionError: The server could not be reached.
+        """
+        if self.is_closed:
+            raise RuntimeError(f"{self!r} is closed")
+        with translate_transport_errors(self.config):
+            response = await self._http.request(method, path, json=json, params=params)
+        if response.is_error:
+            raise error_from_response(response)
+        return json_or_none(response)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, *, json: Any = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Send one request whose answer is streamed; yields the body's chunks as they arrive.
+
+        Raises:
+            APIError: The server answered with an error (the subclass for its ``code``).
+            HutchConnectionError: The server could not be reached, or the stream broke.
+        """
+        if self.is_closed:
+            raise RuntimeError(f"{self!r} is closed")
+        request = self._http.build_request(
+            method, path, json=json, timeout=stream_timeout(self.config)
+        )
+        with translate_transport_errors(self.config):
+            response = await self._http.send(request, stream=True)
+        try:
+            if response.is_error:
+                with translate_transport_errors(self.config):
+                    await response.aread()
+                raise error_from_response(response)
+            yield self._chunks(response)
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        with translate_transport_errors(self.config):
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    async def health(self) -> bool:
+        """Whether the server answers ``GET /healthz`` (no API key needed).
+
+        Raises:
+            HutchConnectionError: The server could not be reached.
+        """
+        body = await self.request("GET", "/healthz")
+        return isinstance(body, dict) and body.get("ok") is True
+
+    async def list_keys(self) -> list[ApiKey]:
+        """The server's API keys (their secrets are never shown again)."""
+        body = await self.request("GET", "/v1/keys")
+        return [ApiKey.from_json(k) for k in body["keys"]]
+
+    async def create_key(self, name: str) -> ApiKey:
+        """Create an API key; the returned value's ``key`` is the only copy of the secret.
+
+        Args:
+            name: A name to recognise the key by, e.g. ``"ci"``.
+        """
+        return ApiKey.from_json(await self.request("POST", "/v1/keys", json={"name": name}))
+
+    async def delete_key(self, key_id: str) -> None:
+        """Delete (revoke) an API key.
+
+        Args:
+            key_id: The key's ``id`` (``"key-..."``), not its secret.
+        """
+        await self.request("DELETE", f"/v1/keys/{path_segment(key_id)}")
+
+    async def list_images(self) -> list[ImageInfo]:
+        """The images in the server's store."""
+        body = await self.request("GET", "/v1/images")
+        return [ImageInfo.from_json(i) for i in body["images"]]

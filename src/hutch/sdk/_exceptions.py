@@ -1,0 +1,234 @@
+"""Exceptions raised by the Hutch SDK.
+
+One tree, rooted at :class:`HutchError`::
+
+    HutchError
+    ├── APIError                        the server answered with an error (status, code, message)
+    │   ├── AuthenticationError         401 unauthorized
+    │   ├── NotFoundError               404 not_found
+    │   │   ├── SandboxNotFound         404 sandbox_not_found
+    │   │   ├── ImageNotFound           404 image_not_found
+    │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running
+    │   ├── PayloadTooLarge             413 body_too_large
+    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
+    │   ├── ServerError                 500 internal (and any other 5xx)
+    │   └── SandboxUnavailable          503 sandbox_unavailable
+    ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
+    ├── ConfigurationError              bad base_url / api_key given to the SDK (also a ValueError)
+    └── HutchConnectionError            the server could not be reached (also a ConnectionError)
+
+The server puts a stable ``code`` in every error body; :data:`ERROR_CODES` maps it to a class
+and codes this SDK does not know yet fall back to the class for the HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hutch.sdk._models import ExecResult
+
+
+class HutchError(Exception):
+    """Base class of every error the Hutch SDK raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class APIError(HutchError):
+    """The server answered a request with an error.
+
+    Attributes:
+        status: The HTTP status code (for errors that arrive inside a stream, the status the
+            server uses for that ``code``).
+        code: The stable machine-readable error code, e.g. ``"sandbox_not_found"``.
+        message: What was wrong and what to do, as written by the server.
+        fields: For validation errors, the offending fields:
+            ``[{"loc": [...], "message": "..."}]``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        fields: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.fields: list[dict[str, Any]] = [dict(f) for f in fields]
+
+    def __str__(self) -> str:
+        text = f"{self.message} ({self.code})"
+        details = [_describe_field(f) for f in self.fields]
+        if details:
+            text += ": " + "; ".join(details)
+        return text
+
+
+class AuthenticationError(APIError):
+    """The API key is missing or wrong (HTTP 401)."""
+
+
+class NotFoundError(APIError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class SandboxNotFound(NotFoundError):
+    """No sandbox has this id (it was never created, or it was destroyed)."""
+
+
+class ImageNotFound(NotFoundError):
+    """No image has this name."""
+
+
+class FileNotFound(NotFoundError, FileNotFoundError):
+    """A path inside the sandbox does not exist."""
+
+
+class Conflict(APIError):
+    """The request conflicts with the sandbox's state (HTTP 409).
+
+    For example a create with an id that is taken (``sandbox_exists``) or a command sent to a
+    sandbox that is not running (``sandbox_not_running``); see :attr:`APIError.code`.
+    """
+
+
+class PayloadTooLarge(APIError):
+    """The request body is over the server's limit (HTTP 413)."""
+
+
+class InvalidRequest(APIError, ValueError):
+    """The request was malformed (HTTP 422); :attr:`APIError.fields` says where."""
+
+
+class ServerError(APIError):
+    """The server failed (HTTP 5xx). This is a bug in Hutch; please report it."""
+
+
+class SandboxUnavailable(APIError):
+    """The sandbox exists but its agent did not answer (HTTP 503). Retrying may help."""
+
+
+class CommandTimeout(HutchError, TimeoutError):
+    """A command ran past the ``timeout`` it was given and was killed, with its whole process tree.
+
+    Attributes:
+        result: What the command wrote before it was killed (``exit_code`` 124,
+            ``timed_out`` true).
+    """
+
+    def __init__(self, message: str, *, result: ExecResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ConfigurationError(HutchError, ValueError):
+    """The SDK was given a connection setting it cannot use (e.g. a malformed ``base_url``)."""
+
+
+class HutchConnectionError(HutchError, ConnectionError):
+    """The Hutch server could not be reached, or the connection to it broke mid-answer."""
+
+
+# One table: wire code -> (exception class, the HTTP status the server sends it with).
+ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
+    "unauthorized": (AuthenticationError, 401),
+    "not_found": (NotFoundError, 404),
+    "sandbox_not_found": (SandboxNotFound, 404),
+    "image_not_found": (ImageNotFound, 404),
+    "file_not_found": (FileNotFound, 404),
+    "sandbox_exists": (Conflict, 409),
+    "sandbox_not_running": (Conflict, 409),
+    "body_too_large": (PayloadTooLarge, 413),
+    "invalid_request": (InvalidRequest, 422),
+    "invalid_sandbox_id": (InvalidRequest, 422),
+    "internal": (ServerError, 500),
+    "sandbox_unavailable": (SandboxUnavailable, 503),
+}
+
+_STATUS_CLASSES: Mapping[int, type[APIError]] = {
+    400: InvalidRequest,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+    503: SandboxUnavailable,
+}
+
+
+def api_error(
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    fields: Sequence[Mapping[str, Any]] = (),
+) -> APIError:
+    """Build the exception for a wire error: by ``code`` if known, else by HTTP ``status``."""
+    known = ERROR_CODES.get(code)
+    if known is not None:
+        cls, default_status = known
+        return cls(message, status=status or default_status, code=code, fields=fields)
+    if status is None:
+        return APIError(message, status=500, code=code, fields=fields)
+    cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
+    return cls(message, status=status, code=code, fields=fields)
+
+
+def api_error_from_body(status: int, body: object, text: str = "") -> APIError:
+    """Build the exception for a non-2xx HTTP answer.
+
+    Args:
+        status: The HTTP status code.
+        body: The decoded JSON body, or ``None`` when it was not JSON.
+        text: The raw body text, quoted in the message when the body is not Hutch's error shape
+            (e.g. a proxy in between answered).
+    """
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            code = str(error.get("code") or f"http_{status}")
+            message = str(error.get("message") or f"the server answered HTTP {status}")
+            fields = error.get("fields") or ()
+            return api_error(code, message, status=status, fields=_as_fields(fields))
+        detail = body.get("detail")  # FastAPI's own shape, should a route slip past the handler
+        if isinstance(detail, list):
+            return api_error(
+                "invalid_request",
+                "the request was not valid",
+                status=status,
+                fields=[
+                    {"loc": d.get("loc", []), "message": d.get("msg", "")}
+                    for d in detail
+                    if isinstance(d, Mapping)
+                ],
+            )
+        if isinstance(detail, str):
+            return api_error(f"http_{status}", detail, status=status)
+    snippet = " ".join(text.split())[:200]
+    message = f"the server answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    return api_error(f"http_{status}", message, status=status)
+
+
+def _as_fields(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [f for f in value if isinstance(f, Mapping)]
+
+
+def _describe_field(field: Mapping[str, Any]) -> str:
+    loc = field.get("loc")
+    where = ".".join(str(p) for p in loc) if isinstance(loc, list | tuple) else str(loc or "")
+    message = str(field.get("message", ""))
+    return f"{where}: {message}" if where else message

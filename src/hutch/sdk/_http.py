@@ -1,0 +1,102 @@
+"""HTTP plumbing shared by the async and the sync client: headers, timeouts, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from importlib import metadata
+
+import httpx
+
+from hutch.sdk._config import URL_ENV, ConnectionConfig
+from hutch.sdk._exceptions import APIError, HutchConnectionError, api_error_from_body
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hutch")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+USER_AGENT = f"hutch-python/{_version()}"
+
+
+def default_headers(config: ConnectionConfig) -> dict[str, str]:
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    return headers
+
+
+def unary_timeout(config: ConnectionConfig) -> httpx.Timeout:
+    return httpx.Timeout(config.request_timeout, connect=config.connect_timeout)
+
+
+def stream_timeout(config: ConnectionConfig) -> httpx.Timeout:
+    # NB: no read timeout: a command may be silent for an hour. The server enforces the
+    # command's own timeout and the stream ends with its RESULT.
+    return httpx.Timeout(None, connect=config.connect_timeout)
+
+
+def connection_limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
+
+
+@contextlib.contextmanager
+def translate_transport_errors(config: ConnectionConfig) -> Iterator[None]:
+    """Turn httpx's transport failures into :class:`HutchConnectionError` that says what to do."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise HutchConnectionError(
+            f"could not connect to the Hutch server at {config.base_url} ({exc or type(exc)}); "
+            f"check {URL_ENV} (or base_url=) and that `hutch serve` is running there"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise HutchConnectionError(
+            f"the Hutch server at {config.base_url} did not answer in time ({type(exc).__name__})"
+        ) from exc
+    except httpx.TransportError as exc:
+        raise HutchConnectionError(
+            f"the connection to the Hutch server at {config.base_url} failed: "
+            f"{exc or type(exc).__name__}"
+        ) from exc
+
+
+def error_from_response(response: httpx.Response) -> APIError:
+    """The exception for a non-2xx answer whose body has been read."""
+    text = response.text
+    try:
+        body: object = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    return api_error_from_body(response.status_code, body, text)
+
+
+def json_or_none(response: httpx.Response) -> object:
+    """The JSON body of a 2xx answer, or ``None`` for an empty one (204)."""
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise HutchConnectionError(
+            f"the server at {response.request.url} answered with a body that is not JSON; "
+            "is that URL a Hutch server?"
+        ) from exc
+
+
+_SYNC_SCOPE = "sync"
+
+
+def current_async_scope() -> object:
+    """What a shared async client is bound to: the running event loop."""
+    return asyncio.get_running_loop()
+
+
+def current_sync_scope() -> object:
+    """What a shared sync client is bound to: nothing (an ``httpx.Client`` is thread-safe)."""
+    return _SYNC_SCOPE

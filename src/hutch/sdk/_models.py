@@ -1,0 +1,199 @@
+"""Values the SDK returns: sandbox info, exec results and events, keys, images."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+SandboxStatus = Literal["creating", "running", "stopped", "failed"]
+ExecEventType = Literal["stdout", "stderr", "exit"]
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _str_dict(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """A sandbox as the server describes it.
+
+    Attributes:
+        id: The sandbox id, e.g. ``"sb-1a2b3c4d5e6f"``.
+        status: ``"creating"``, ``"running"``, ``"stopped"`` or ``"failed"``.
+        image: The image it runs.
+        created_at: When it was created.
+        expires_at: When its lifetime ends (``None``: it lives until destroyed).
+        cpu: CPUs it may use.
+        memory_mb: Memory limit in MiB.
+        disk_mb: Writable-layer limit in MiB.
+        pids_limit: Maximum number of processes.
+        network: ``"none"`` or ``"internet"``.
+        runtime: ``"runc"`` or ``"gvisor"``.
+        labels: Its labels.
+        env_keys: Names of the environment variables set for it (values are not shown).
+        raw: The server's JSON object as received, fields this SDK does not know included.
+    """
+
+    id: str
+    status: str
+    image: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    pids_limit: int
+    network: str
+    runtime: str
+    labels: dict[str, str]
+    env_keys: list[str]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SandboxInfo:
+        """Build from the server's ``SandboxInfo`` JSON object."""
+        return cls(
+            id=str(data["id"]),
+            status=str(data.get("status", "")),
+            image=str(data.get("image", "")),
+            created_at=_parse_time(data.get("created_at")),
+            expires_at=_parse_time(data.get("expires_at")),
+            cpu=float(data.get("cpu") or 0.0),
+            memory_mb=int(data.get("memory_mb") or 0),
+            disk_mb=int(data.get("disk_mb") or 0),
+            pids_limit=int(data.get("pids_limit") or 0),
+            network=str(data.get("network", "")),
+            runtime=str(data.get("runtime", "")),
+            labels=_str_dict(data.get("labels")),
+            env_keys=[str(k) for k in data.get("env_keys") or ()],
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How a command ended and what it wrote.
+
+    Attributes:
+        stdout_bytes: Everything the command wrote to stdout.
+        stderr_bytes: Everything the command wrote to stderr.
+        exit_code: Its exit status (127: command not found; 124: killed by its timeout;
+            128+N: killed by signal N).
+        duration: Seconds it ran, as measured in the sandbox.
+        timed_out: Whether it was killed because it ran past its timeout.
+    """
+
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    exit_code: int
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def stdout(self) -> str:
+        """stdout decoded as UTF-8 (invalid bytes become U+FFFD)."""
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        """stderr decoded as UTF-8 (invalid bytes become U+FFFD)."""
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def success(self) -> bool:
+        """Whether the command exited with status 0."""
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    """One event of a streamed command: a chunk of output, or its end.
+
+    Attributes:
+        type: ``"stdout"`` or ``"stderr"`` for output, ``"exit"`` for the end (always last).
+        data: The output bytes (empty for ``"exit"``). A chunk may end inside a multi-byte
+            UTF-8 character; decode the concatenation, not each chunk, if that matters.
+        offset: Byte offset of ``data`` in its stream (stdout and stderr count separately).
+        exit_code: The exit status, on the ``"exit"`` event only.
+        timed_out: On the ``"exit"`` event: whether the command was killed by its timeout.
+        duration: On the ``"exit"`` event: seconds the command ran.
+    """
+
+    type: ExecEventType
+    data: bytes = b""
+    offset: int = 0
+    exit_code: int | None = None
+    timed_out: bool = False
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as the server lists it.
+
+    Attributes:
+        id: The key's id (``"key-..."``), used to delete it.
+        name: The name given when it was created.
+        prefix: The first characters of the secret, to recognise it.
+        created_at: When it was created.
+        key: The secret itself: only set on the value :meth:`Client.create_key` returns,
+            the one time the server shows it.
+    """
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime | None
+    key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ApiKey:
+        """Build from the server's key JSON object."""
+        key = data.get("key")
+        return cls(
+            id=str(data["id"]),
+            name=str(data.get("name", "")),
+            prefix=str(data.get("prefix", "")),
+            created_at=_parse_time(data.get("created_at")),
+            key=str(key) if key is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """An image in the server's store.
+
+    Attributes:
+        name: The name sandboxes ask for, e.g. ``"default"``.
+        id: Its content address.
+        size_bytes: Size of its root filesystem.
+        created_at: When it was stored.
+    """
+
+    name: str
+    id: str
+    size_bytes: int
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
+        """Build from the server's image JSON object."""
+        return cls(
+            name=str(data.get("name", "")),
+            id=str(data.get("id", "")),
+            size_bytes=int(data.get("size_bytes") or 0),
+            created_at=_parse_time(data.get("created_at")),
+        )

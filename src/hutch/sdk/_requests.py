@@ -1,0 +1,55 @@
+"""Request bodies and query parameters, built once for the async and the sync client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+
+def sandbox_create_body(
+    *,
+    id: str | None = None,
+    image: str = "default",
+    env: Mapping[str, str] | None = None,
+    cpu: float = 1.0,
+    memory_mb: int = 1024,
+    disk_mb: int = 4096,
+    pids_limit: int | None = None,
+    network: str = "none",
+    sleep_after: str | float | None = None,
+    keep_alive: bool = False,
+    runtime: str = "runc",
+    labels: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
+    body: dict[str, Any] = {
+        "id": id,
+        "image": image,
+        "env": dict(env or {}),
+        "cpu": cpu,
+        "memory_mb": memory_mb,
+        "disk_mb": disk_mb,
+        "network": network,
+        "timeout": timeout,
+        "sleep_after": sleep_after,
+        "keep_alive": keep_alive,
+        "runtime": runtime,
+        "labels": dict(labels or {}),
+    }
+    if pids_limit is not None:
+        body["pids_limit"] = pids_limit
+    return body
+
+
+def label_params(labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """``?label=k=v&label=k2=v2`` query parameters (the server ANDs them)."""
+    return [("label", f"{key}={value}") for key, value in (labels or {}).items()]
+
+
+def path_segment(value: str) -> str:
+    """``value`` quoted to stay one path segment (an id cannot reach another route)."""
+    if not value or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a valid id")
+    return quote(value, safe="")

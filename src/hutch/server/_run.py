@@ -1,0 +1,49 @@
+"""`hutch serve`: build the default image if needed, then serve the API until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import uvicorn
+
+from hutch.runtime import ImageStore, default_recipe_dir, ensure_default_image, render_progress_bar
+from hutch.server._app import create_app
+from hutch.server._config import ServerConfig
+
+
+def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
+    """Build the default image the first time (with a progress bar), or when its recipe changed."""
+    store = ImageStore(config.image_root)
+    ensure_default_image(
+        store,
+        default_recipe_dir(),
+        cache_dir=config.home / "cache",
+        progress=render_progress_bar(out),
+    )
+
+
+def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles both). Sandboxes outlive the server."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config.home.mkdir(parents=True, exist_ok=True)
+    if config.build_default_image:
+        prepare_default_image(config, out)
+
+    def announce_key(key: str) -> None:
+        out.write(
+            "\nGenerated an admin API key (shown once, stored hashed):\n\n"
+            f"    export HUTCH_API_KEY={key}\n\n"
+        )
+        out.flush()
+
+    app = create_app(config, on_new_key=announce_key)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

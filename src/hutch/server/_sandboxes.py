@@ -1,0 +1,290 @@
+"""Sandbox lifecycle on the server: create, find, list, destroy, expire, recover after a crash.
+
+The runtime owns containers and their host resources; the store owns what was promised to
+clients. This module keeps the two in step, and holds one agent connection per sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
+from hutch.server._agent_client import AgentConnection, AgentError
+from hutch.server._auth import now_iso
+from hutch.server._errors import (
+    ImageNotFoundError,
+    InvalidRequest,
+    SandboxExists,
+    SandboxNotFound,
+    SandboxNotRunning,
+    SandboxStartFailed,
+    SandboxUnavailable,
+)
+from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
+from hutch.server._store import SandboxRecord, Store
+
+log = logging.getLogger("hutch.server")
+
+EXPIRY_INTERVAL = 1.0
+
+
+def check_sandbox_id(sandbox_id: str) -> str:
+    if not SANDBOX_ID_RE.match(sandbox_id):
+        raise InvalidRequest(
+            f"invalid sandbox id {sandbox_id!r}: use {SANDBOX_ID_RULE}", code="invalid_sandbox_id"
+        )
+    return sandbox_id
+
+
+def new_sandbox_id() -> str:
+    return "sb-" + secrets.token_hex(6)
+
+
+def to_info(record: SandboxRecord) -> SandboxInfo:
+    expires = (
+        datetime.fromtimestamp(record.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if record.expires_at is not None
+        else None
+    )
+    return SandboxInfo(
+        id=record.id,
+        status=record.status,  # type: ignore[arg-type]
+        image=record.image,
+        created_at=record.created_at,
+        expires_at=expires,
+        cpu=record.cpu,
+        memory_mb=record.memory_mb,
+        disk_mb=record.disk_mb,
+        pids_limit=record.pids_limit,
+        network=record.network,
+        runtime=record.runtime,
+        labels=record.labels,
+        env_keys=sorted(record.env),
+        timeout=record.timeout,
+    )
+
+
+class SandboxManager:
+    def __init__(
+        self, store: Store, runtime: Runtime, images: ImageStore, *, agent_timeout: float
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._images = images
+        self._agent_timeout = agent_timeout
+        self._agents: dict[str, AgentConnection] = {}
+        self._agent_locks: dict[str, asyncio.Lock] = {}
+        self._id_locks: dict[str, asyncio.Lock] = {}
+        self._expiry_task: asyncio.Task[None] | None = None
+
+    # -- start/stop ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name="hutch-expiry")
+
+    async def stop(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        # Sandboxes keep running: only our connections to them close.
+        for conn in list(self._agents.values()):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._agents.clear()
+
+    async def recover(self) -> None:
+        """Re-adopt what still runs, restart what the host lost, sweep what a crash left."""
+        containers = await self._runtime.list_sandboxes()
+        keep: set[str] = set()
+        for record in self._store.list_sandboxes():
+            if record.status == "creating":
+                # A create that never answered its client: nothing was promised, undo it.
+                log.info("removing half-created sandbox %s", record.id)
+                self._store.delete_sandbox(record.id)
+                continue
+            keep.add(record.id)
+            state = containers.get(record.id)
+            if state == "running" or record.status != "running":
+                continue
+            try:
+                image = self._images.get(record.image_id)
+                await self._runtime.start_existing(self._spec(record, image))
+                log.info("restarted sandbox %s (its container was %s)", record.id, state)
+            except Exception as exc:  # noqa: BLE001 - one broken sandbox must not stop the server
+                log.error("could not restart sandbox %s: %s", record.id, exc)
+                self._store.set_sandbox_status(record.id, "failed")
+        removed = await self._runtime.sweep(keep)
+        for sandbox_id in removed:
+            log.info("swept leftovers of sandbox %s", sandbox_id)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            now = time.time()
+            for record in self._store.list_sandboxes():
+                if record.expires_at is not None and record.expires_at <= now:
+                    log.info("sandbox %s reached its timeout; destroying it", record.id)
+                    try:
+                        await self.destroy(record.id)
+                    except Exception as exc:  # noqa: BLE001
+                        log.error("could not destroy expired sandbox %s: %s", record.id, exc)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _lock_for(self, sandbox_id: str) -> asyncio.Lock:
+        return self._id_locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec:
+        limits = Limits(
+            cpu=record.cpu,
+            memory_mb=record.memory_mb,
+            pids=record.pids_limit,
+            disk_mb=record.disk_mb,
+        )
+        return SandboxSpec(
+            id=record.id,
+            image=image,
+            env=dict(record.env),
+            limits=limits,
+            runtime=record.runtime,  # type: ignore[arg-type]
+        )
+
+    def _image(self, name: str) -> Image:
+        try:
+            return self._images.get(name)
+        except ImageNotFound as exc:
+            raise ImageNotFoundError(str(exc)) from None
+
+    async def create(self, request: SandboxCreate, sandbox_id: str | None = None) -> SandboxRecord:
+        sandbox_id = check_sandbox_id(sandbox_id or request.id or new_sandbox_id())
+        async with self._lock_for(sandbox_id):
+            return await self._create_locked(request, sandbox_id)
+
+    async def get_or_create(
+        self, sandbox_id: str, request: SandboxCreate
+    ) -> tuple[SandboxRecord, bool]:
+        check_sandbox_id(sandbox_id)
+        async with self._lock_for(sandbox_id):
+            existing = self._store.get_sandbox(sandbox_id)
+            if existing is not None:
+                return existing, False
+            return await self._create_locked(request, sandbox_id), True
+
+    async def _create_locked(self, request: SandboxCreate, sandbox_id: str) -> SandboxRecord:
+        image = self._image(request.image)
+        if request.runtime == "gvisor" and not self._runtime.supports("gvisor"):
+            raise InvalidRequest(
+                "runtime 'gvisor' is not available on this host (runsc is not installed); "
+                "use runtime='runc'"
+            )
+        record = SandboxRecord(
+            id=sandbox_id,
+            status="creating",
+            image=request.image,
+            image_id=image.id,
+            created_at=now_iso(),
+            expires_at=time.time() + request.timeout if request.timeout else None,
+            cpu=request.cpu,
+            memory_mb=request.memory_mb,
+            disk_mb=request.disk_mb,
+            pids_limit=request.pids_limit,
+            network=request.network,
+            runtime=request.runtime,
+            timeout=request.timeout,
+            sleep_after=request.sleep_after,
+            keep_alive=request.keep_alive,
+            env=dict(request.env),
+            labels=dict(request.labels),
+        )
+        if not self._store.insert_sandbox(record):
+            raise SandboxExists(
+                f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
+                "(Sandbox.get_or_create) to reuse it, or choose another id"
+            )
+        try:
+            socket_path = await self._runtime.create(self._spec(record, image))
+            conn = await self._connect(sandbox_id, socket_path)
+            await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
+        except BaseException as exc:
+            await self._forget_agent(sandbox_id)
+            with contextlib.suppress(Exception):
+                await self._runtime.destroy(sandbox_id)
+            self._store.delete_sandbox(sandbox_id)
+            if isinstance(exc, Exception):
+                raise SandboxStartFailed(f"sandbox {sandbox_id} failed to start: {exc}") from exc
+            raise
+        self._store.set_sandbox_status(sandbox_id, "running")
+        record.status = "running"
+        return record
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        check_sandbox_id(sandbox_id)
+        record = self._store.get_sandbox(sandbox_id)
+        if record is None:
+            raise SandboxNotFound(sandbox_id)
+        return record
+
+    def list(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
+        return [
+            r
+            for r in self._store.list_sandboxes()
+            if all(r.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    async def destroy(self, sandbox_id: str) -> None:
+        self.get(sandbox_id)
+        async with self._lock_for(sandbox_id):
+            await self._forget_agent(sandbox_id)
+            await self._runtime.destroy(sandbox_id)
+            self._store.delete_sandbox(sandbox_id)
+        self._id_locks.pop(sandbox_id, None)
+
+    # -- agent connections ----------------------------------------------------------------
+
+    async def _connect(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
+        conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
+        self._agents[sandbox_id] = conn
+        return conn
+
+    async def _forget_agent(self, sandbox_id: str) -> None:
+        conn = self._agents.pop(sandbox_id, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def agent(self, sandbox_id: str) -> AgentConnection:
+        """The live connection to a running sandbox's agent, (re)connecting if needed."""
+        record = self.get(sandbox_id)
+        if record.status != "running":
+            raise SandboxNotRunning(
+                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
+            )
+        conn = self._agents.get(sandbox_id)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._agent_locks.setdefault(sandbox_id, asyncio.Lock())
+        async with lock:
+            conn = self._agents.get(sandbox_id)
+            if conn is not None and not conn.closed:
+                return conn
+            try:
+                return await self._connect(sandbox_id, self._runtime.agent_socket(sandbox_id))
+            except (OSError, AgentError, TimeoutError) as exc:
+                raise SandboxUnavailable(
+                    f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
+                    "retry, or destroy the sandbox"
+                ) from exc
+
+    def drop_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Forget a connection that broke, so the next request reconnects."""
+        if self._agents.get(sandbox_id) is conn:
+            del self._agents[sandbox_id]

@@ -1,0 +1,92 @@
+"""A real `hutch serve` process for integration tests: start, kill -9, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HUTCH_BIN = Path(sys.executable).with_name("hutch")
+SHARED_IMAGES = Path(os.environ.get("HUTCH_TEST_IMAGES", "/var/lib/hutch/images"))
+TEST_KEY = "hk_test_" + "k" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One Hutch server with its own home; the image store is shared between test servers."""
+
+    def __init__(self, home: Path, *, port: int | None = None, api_key: str = TEST_KEY) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HUTCH_HOME=str(self.home),
+            HUTCH_IMAGES_DIR=str(SHARED_IMAGES),
+            HUTCH_API_KEY=self.api_key,
+            HUTCH_STORAGE_SIZE_GB="32",
+        )
+        return env
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start and wait until /healthz answers; returns the seconds that took."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(HUTCH_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hutch serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"hutch serve did not answer: {self.log_path.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=60
+        )

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._server import SHARED_IMAGES, ServerProcess
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="sandbox tests need root")
+        for item in items:
+            if "sandbox" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def busybox_image() -> str:
+    """A bare busybox-static image (no libc, no Python) in the shared test image store."""
+    from hutch.runtime import ImageStore
+    from tests.support.busybox import add_busybox_image
+
+    add_busybox_image(ImageStore(SHARED_IMAGES), name="busybox")
+    return "busybox"
+
+
+@pytest.fixture(scope="session")
+def server(busybox_image: str) -> Iterator[ServerProcess]:
+    home = Path(tempfile.mkdtemp(prefix="hutch-test-", dir="/var/tmp"))
+    srv = ServerProcess(home)
+    srv.start()
+    yield srv
+    srv.stop()
+    _cleanup_home(srv)
+
+
+def _cleanup_home(srv: ServerProcess) -> None:
+    """Destroy what a test server left, through a fresh server's sweep, then drop its home."""
+    from hutch.runtime import Runtime, RuntimeConfig
+    import asyncio
+
+    async def sweep() -> None:
+        runtime = Runtime(RuntimeConfig(home=srv.home, storage_size_gb=32))
+        await runtime.setup()
+        await runtime.sweep(keep=())
+        await runtime.teardown()
+
+    asyncio.run(sweep())
+    shutil.rmtree(srv.home, ignore_errors=True)
+
+
+@pytest.fixture()
+def sdk_env(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    monkeypatch.setenv("HUTCH_URL", server.url)
+    monkeypatch.setenv("HUTCH_API_KEY", server.api_key)
+    return server

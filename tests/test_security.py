@@ -1,0 +1,136 @@
+"""Untrusted code as root inside a sandbox tries to break out; every attempt must fail safely.
+
+Each test says what it tried. The sandbox's root is an unprivileged uid on the host (user
+namespace), under seccomp, with a reduced capability set and masked /proc paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from hutch import Sandbox
+from tests._server import ServerProcess
+
+pytestmark = pytest.mark.sandbox
+
+SYSCALL = "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); r=l.syscall({args}); print(r, ctypes.get_errno())'"
+
+
+@pytest.fixture(scope="module")
+def sb(server: ServerProcess) -> Sandbox:
+    box = Sandbox.create(
+        base_url=server.url, api_key=server.api_key, memory_mb=256, disk_mb=256, pids_limit=128
+    )
+    yield box
+    box.destroy()
+
+
+def test_is_root_inside_but_not_on_the_host(sb: Sandbox) -> None:
+    assert sb.exec("id -u").stdout == "0\n"
+    # uid 0 inside maps to an unprivileged host uid: the map must not start at host 0.
+    uid_map = sb.exec("cat /proc/self/uid_map").stdout.split()
+    assert uid_map[0] == "0" and int(uid_map[1]) >= 100000
+
+
+def test_mount_is_refused(sb: Sandbox) -> None:
+    r = sb.exec("mkdir -p /tmp/m && mount -t tmpfs none /tmp/m")
+    assert r.exit_code != 0
+    assert "tmpfs /tmp/m" not in sb.exec("cat /proc/mounts").stdout
+
+
+def test_unshare_user_namespace_is_refused(sb: Sandbox) -> None:
+    r = sb.exec("unshare -r id -u")
+    assert r.exit_code != 0, r.stdout
+
+
+def test_keyctl_and_bpf_syscalls_are_blocked(sb: Sandbox) -> None:
+    # keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 1): syscall 250 on x86_64
+    r = sb.exec(SYSCALL.format(args="250, 0, -3, 1"))
+    assert r.stdout.split() == ["-1", "1"], f"keyctl was not refused with EPERM: {r.stdout}"
+    # bpf(BPF_PROG_LOAD, NULL, 0): syscall 321
+    r = sb.exec(SYSCALL.format(args="321, 5, 0, 0"))
+    assert r.stdout.split() == ["-1", "1"], f"bpf was not refused with EPERM: {r.stdout}"
+
+
+def test_ptrace_of_a_host_process_fails(sb: Sandbox) -> None:
+    # The host's PID 1 and this test's own pid are not visible in the sandbox's pid namespace.
+    for pid in (1, os.getpid()):
+        r = sb.exec(SYSCALL.format(args=f"101, 16, {pid}, 0, 0"))  # ptrace(PTRACE_ATTACH)
+        ret, errno = r.stdout.split()
+        assert ret == "-1" and errno in {"1", "3"}, r.stdout  # EPERM or ESRCH
+    assert sb.exec("cat /proc/1/cmdline | tr '\\0' ' '").stdout.count("hutch.agent") == 1
+
+
+def test_block_device_cannot_be_made_or_read(sb: Sandbox) -> None:
+    r = sb.exec("mknod /tmp/disk b 8 0 && head -c 512 /tmp/disk | wc -c")
+    assert r.exit_code != 0 or r.stdout.strip() == "0"
+    r = sb.exec("ls /dev")
+    assert "sda" not in r.stdout.split() and "vda" not in r.stdout.split()
+
+
+def test_proc_sys_and_sysrq_are_read_only(sb: Sandbox) -> None:
+    assert sb.exec("echo 1 > /proc/sys/kernel/sysrq").exit_code != 0
+    assert sb.exec("echo h > /proc/sysrq-trigger").exit_code != 0
+    assert sb.exec("echo 0 > /proc/sys/vm/overcommit_memory").exit_code != 0
+
+
+def test_proc_kcore_is_masked(sb: Sandbox) -> None:
+    r = sb.exec("head -c 64 /proc/kcore | wc -c")
+    assert r.stdout.strip() == "0"
+
+
+def test_fork_bomb_is_contained(server: ServerProcess) -> None:
+    opts = {"base_url": server.url, "api_key": server.api_key}
+    bystander = Sandbox.create(**opts)
+    bomb = Sandbox.create(pids_limit=64, **opts)
+    try:
+        r = bomb.exec("bomb() { bomb | bomb & }; bomb; sleep 3", timeout=5)
+    except Exception:  # noqa: BLE001 - a timeout is an acceptable outcome of a fork bomb
+        r = None
+    try:
+        # The API and other sandboxes stay responsive while the bomb sandbox is saturated.
+        t0 = time.monotonic()
+        assert bystander.exec("echo alive").stdout == "alive\n"
+        assert time.monotonic() - t0 < 5
+    finally:
+        bomb.destroy()
+        bystander.destroy()
+    _ = r
+
+
+def test_memory_bomb_is_killed_inside_the_sandbox(sb: Sandbox) -> None:
+    r = sb.exec("python3 -c 'b = bytearray(1024**3); b[::4096] = b\"x\" * (1024**3 // 4096)'")
+    assert r.exit_code == 137, (r.exit_code, r.stderr)  # SIGKILL by the cgroup OOM killer
+    assert sb.exec("echo still here").stdout == "still here\n"
+
+
+def test_disk_fill_stops_at_the_limit(sb: Sandbox) -> None:
+    free_before = shutil.disk_usage("/var/lib").free
+    r = sb.exec("dd if=/dev/zero of=/workspace/fill bs=1M count=1024 2>&1; sync")
+    assert "Disk quota exceeded" in r.stdout or "No space left" in r.stdout, r.stdout
+    written = int(sb.exec("stat -c %s /workspace/fill").stdout)
+    assert written <= 256 * 1024 * 1024
+    assert free_before - shutil.disk_usage("/var/lib").free < 512 * 1024 * 1024
+    sb.exec("rm -f /workspace/fill")
+    assert sb.exec("echo ok > /workspace/after && cat /workspace/after").stdout == "ok\n"
+
+
+def test_image_writes_do_not_leak_to_another_sandbox(server: ServerProcess, sb: Sandbox) -> None:
+    assert sb.exec("echo tampered >> /etc/os-release && tail -1 /etc/os-release").stdout == (
+        "tampered\n"
+    )
+    with Sandbox.create(base_url=server.url, api_key=server.api_key) as other:
+        assert "tampered" not in other.exec("cat /etc/os-release").stdout
+
+
+def test_capabilities_are_reduced(sb: Sandbox) -> None:
+    caps = sb.exec("grep CapEff /proc/self/status").stdout.split()[1]
+    effective = int(caps, 16)
+    cap_sys_admin, cap_net_admin, cap_sys_ptrace, cap_sys_module = 21, 12, 19, 16
+    for cap in (cap_sys_admin, cap_net_admin, cap_sys_ptrace, cap_sys_module):
+        assert not effective & (1 << cap), f"capability {cap} is effective"
+    assert sb.exec("grep NoNewPrivs /proc/self/status").stdout.split()[1] == "1"

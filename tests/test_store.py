@@ -1,0 +1,58 @@
+"""The SQLite store: migrations, crash safety, keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hutch.server._auth import KeyChecker, create_key, hash_key
+from hutch.server._store import MIGRATIONS, SandboxRecord, SqliteStore
+
+
+def record(sandbox_id: str, **kw: object) -> SandboxRecord:
+    return SandboxRecord(
+        id=sandbox_id, status="running", image="default", image_id="abc", created_at="t", **kw
+    )  # type: ignore[arg-type]
+
+
+def test_migrations_run_once_and_are_versioned(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+    again = SqliteStore(tmp_path / "s.db")  # a second open must not re-run anything
+    assert again.schema_version == len(MIGRATIONS)
+    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT COUNT(*) FROM schema_version")
+    assert rows.fetchone()[0] == len(MIGRATIONS)
+
+
+def test_sandbox_round_trip_and_duplicate_ids(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    rec = record("sb-1", env={"A": "1"}, labels={"team": "x"}, memory_mb=256, timeout=5.0)
+    assert store.insert_sandbox(rec)
+    assert not store.insert_sandbox(record("sb-1"))
+    got = store.get_sandbox("sb-1")
+    assert got == rec
+    store.set_sandbox_status("sb-1", "failed")
+    assert store.get_sandbox("sb-1").status == "failed"  # type: ignore[union-attr]
+    store.delete_sandbox("sb-1")
+    assert store.get_sandbox("sb-1") is None and store.list_sandboxes() == []
+
+
+def test_state_survives_an_unclean_close(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.insert_sandbox(record("sb-2"))
+    # No close(): as after kill -9. WAL contents must be visible to the next opener.
+    reopened = SqliteStore(tmp_path / "s.db")
+    assert [r.id for r in reopened.list_sandboxes()] == ["sb-2"]
+
+
+def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    new = create_key(store, "ci")
+    raw = (tmp_path / "s.db").read_bytes() + (tmp_path / "s.db-wal").read_bytes()
+    assert new.key.encode() not in raw
+    assert store.find_key_by_hash(hash_key(new.key)) is not None
+    checker = KeyChecker(store, static_key="hk_static")
+    assert checker.is_valid(new.key) and checker.is_valid("hk_static")
+    assert not checker.is_valid("hk_wrong") and not checker.is_valid(None)
+    assert store.delete_key(new.record.id) and not checker.is_valid(new.key)
