@@ -38,15 +38,18 @@ def report_exception(context: str) -> None:
 
 
 class Timer:
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, loop: Loop, when: float, callback: Callable[[], None]) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._timer_cancelled()
 
     def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
@@ -77,6 +80,7 @@ class Loop:
         self._selector = selectors.DefaultSelector()
         self._handlers: dict[int, _Handlers] = {}
         self._timers: list[Timer] = []
+        self._cancelled_timers = 0
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._running = False
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -132,9 +136,18 @@ class Loop:
     # -- timers ------------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+        timer = Timer(self, time.monotonic() + delay, callback)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def _timer_cancelled(self) -> None:
+        # Cancelled timers stay in the heap until due; an exec timeout of an hour cancelled by
+        # a quick exit would pile up. Sweep once they are the majority.
+        self._cancelled_timers += 1
+        if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(self._timers):
+            self._timers[:] = [t for t in self._timers if not t.cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -166,6 +179,7 @@ class Loop:
             timeout: float | None = None
             while timers and timers[0].cancelled:
                 heapq.heappop(timers)
+                self._cancelled_timers -= 1
             if timers:
                 timeout = max(0.0, timers[0].when - time.monotonic())
             for key, mask in select(timeout):
@@ -180,7 +194,10 @@ class Loop:
                 now = time.monotonic()
                 while timers and timers[0].when <= now:
                     timer = heapq.heappop(timers)
-                    if not timer.cancelled:
+                    if timer.cancelled:
+                        self._cancelled_timers -= 1
+                    else:
+                        timer.cancelled = True  # fired: a late cancel() must not count it
                         self._run(timer.callback)
 
     @staticmethod
@@ -195,4 +212,3 @@ class Loop:
         self._selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
-

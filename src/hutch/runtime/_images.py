@@ -15,6 +15,7 @@ content in place (still reachable by id) until `remove` or `prune` is called for
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import ctypes.util
 import datetime as dt
@@ -225,7 +226,7 @@ class ImageStore:
                 self._trash(image_id)
         self._sweep()
 
-    def prune(self, in_use: Collection[str] = ()) -> list[str]:
+    def prune(self, in_use: Collection[str] = ()) -> builtins.list[str]:
         """Delete content no name points at, except the ids in `in_use`; returns the deleted ids."""
         with self._locked():
             keep = set(self._read_refs().values()) | set(in_use)

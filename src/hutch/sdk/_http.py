@@ -35,10 +35,20 @@ def unary_timeout(config: ConnectionConfig) -> httpx.Timeout:
     return httpx.Timeout(config.request_timeout, connect=config.connect_timeout)
 
 
-def stream_timeout(config: ConnectionConfig) -> httpx.Timeout:
-    # NB: no read timeout: a command may be silent for an hour. The server enforces the
-    # command's own timeout and the stream ends with its RESULT.
-    return httpx.Timeout(None, connect=config.connect_timeout)
+# Past a command's own timeout, the server still needs a moment to kill it and send the result.
+STREAM_TIMEOUT_GRACE = 30.0
+
+
+def stream_timeout(config: ConnectionConfig, limit: float | None = None) -> httpx.Timeout:
+    """Timeouts for a streamed answer whose producer stops on its own after ``limit`` seconds.
+
+    NB: without a ``limit`` there is no read timeout: a command may be silent for an hour.
+    With one, a stream silent for longer than the limit (plus grace) means a dead connection.
+    """
+    read = None if limit is None else limit + STREAM_TIMEOUT_GRACE
+    return httpx.Timeout(
+        connect=config.connect_timeout, read=read, write=config.request_timeout, pool=None
+    )
 
 
 def connection_limits() -> httpx.Limits:

@@ -43,9 +43,9 @@ def sandbox_create_body(
     return body
 
 
-def label_params(labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
+def label_params(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     """``?label=k=v&label=k2=v2`` query parameters (the server ANDs them)."""
-    return [("label", f"{key}={value}") for key, value in (labels or {}).items()]
+    return tuple(("label", f"{key}={value}") for key, value in (labels or {}).items())
 
 
 def path_segment(value: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from hutch.sdk._http import (
 from hutch.sdk._models import ApiKey, ImageInfo
 from hutch.sdk._requests import path_segment
 
-QueryParams = Mapping[str, str] | Sequence[tuple[str, str]]
+QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
 
 
 class AsyncClient:
@@ -144,9 +144,16 @@ class AsyncClient:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, method: str, path: str, *, json: Any = None
+        self, method: str, path: str, *, json: Any = None, limit: float | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Send one request whose answer is streamed; yields the body's chunks as they arrive.
+
+        Args:
+            method: The HTTP method.
+            path: The path under the server's URL, e.g. ``"/v1/sandboxes/sb-1/exec/stream"``.
+            json: The JSON body.
+            limit: Seconds after which the server ends the stream by itself (a command's
+                timeout); ``None`` waits for as long as the stream lasts.
 
         Raises:
             APIError: The server answered with an error (the subclass for its ``code``).
@@ -155,7 +162,7 @@ class AsyncClient:
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         request = self._http.build_request(
-            method, path, json=json, timeout=stream_timeout(self.config)
+            method, path, json=json, timeout=stream_timeout(self.config, limit)
         )
         with translate_transport_errors(self.config):
             response = await self._http.send(request, stream=True)

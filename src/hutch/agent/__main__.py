@@ -1,0 +1,81 @@
+"""Entry point: ``from hutch.agent.__main__ import main; main()`` (see ``hutch.agent``).
+
+Environment (read here only):
+    HUTCH_AGENT_LISTEN_FD   the inherited, already listening unix socket (default 3)
+    HUTCH_AGENT_WORKSPACE   what a relative exec ``cwd`` is relative to (default /workspace)
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import signal
+
+from ._loop import Loop, report
+from ._server import Agent
+
+# The agent's own settings; children must not see them (PYTHONHOME would break any Python
+# in the image).
+_PRIVATE_PREFIX = "HUTCH_AGENT_"
+_PRIVATE_NAMES = ("PYTHONHOME",)
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def child_environment(environ: dict[str, str]) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in environ.items()
+        if not k.startswith(_PRIVATE_PREFIX) and k not in _PRIVATE_NAMES
+    }
+
+
+def _become_subreaper() -> None:
+    """Outside a sandbox (tests, development) adopt orphaned descendants as PID 1 would, so
+    that they are reaped and killed the same way."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (ImportError, OSError, AttributeError) as e:
+        report(f"cannot become a child subreaper ({e}); orphans go to the host's init")
+
+
+def _ensure_stdio() -> None:
+    # The runtime may start PID 1 with stdin/stdout/stderr closed; the first pipe would then
+    # land on fd 0-2 and be confused with the agent's own stdio.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
+
+
+def main() -> None:
+    _ensure_stdio()
+    listen_fd = int(os.environ.get("HUTCH_AGENT_LISTEN_FD", "3"))
+    workspace = os.environ.get("HUTCH_AGENT_WORKSPACE", "/workspace")
+    try:
+        listener = _socket.socket(fileno=listen_fd)
+    except OSError as e:
+        raise SystemExit(f"hutch-agent: fd {listen_fd} is not a listening socket: {e}") from None
+    os.set_inheritable(listen_fd, False)
+    if os.getpid() != 1:
+        _become_subreaper()
+
+    loop = Loop()
+    agent = Agent(loop, listener, workspace=workspace, base_env=child_environment(dict(os.environ)))
+    loop.add_signal_handler(signal.SIGCHLD, agent.reaper.reap)
+    # NB: as PID 1 the kernel drops signals the agent has no handler for, so without these a
+    # SIGTERM from the runtime would do nothing; with them, it is a graceful stop.
+    loop.add_signal_handler(signal.SIGTERM, agent.shutdown)
+    loop.add_signal_handler(signal.SIGINT, agent.shutdown)
+    agent.start()
+    agent.reaper.reap()  # anything that exited before the handler was in place
+    try:
+        loop.run()
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()

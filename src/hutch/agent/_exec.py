@@ -1,0 +1,342 @@
+"""One ``exec`` stream: a process, its pipes, its timeout and its RESULT."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
+
+from ._procs import DEFAULT_PATH, kill_tree, resolve_user, signal_tree, spawn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
+    from hutch._wire.agent_ops import ErrorCode, ExecRequest, ExecResult
+
+    from ._loop import Timer
+    from ._procs import Identity
+    from ._server import Agent, Connection
+
+CHUNK = 64 * 1024
+# After the process exits, how long its output pipes may stay open. A background child that
+# inherited them ("server &") would otherwise hold the exec open until it dies.
+OUTPUT_GRACE = 0.2
+# Stdin bytes buffered for one exec before the connection stops being read.
+STDIN_HIGH_WATER = 4 * 1024 * 1024
+STDIN_LOW_WATER = 1024 * 1024
+SIGKILL = 9
+
+
+class _Output:
+    __slots__ = ("fd", "channel", "offset")
+
+    def __init__(self, fd: int, channel: int) -> None:
+        self.fd = fd
+        self.channel = channel
+        self.offset = 0
+
+
+class ExecOp:
+    """Owns one process from spawn to RESULT. The connection may go away first; the process
+    is then killed and the op ends silently once it has been reaped."""
+
+    def __init__(self, agent: Agent, conn: Connection, stream: int, request: ExecRequest) -> None:
+        self._agent = agent
+        self._conn = conn
+        self._stream = stream
+        self._request = request
+        self._outputs: list[_Output] = []
+        self._stdin_fd: int | None = None
+        self._stdin_buf = bytearray()
+        self._stdin_eof = False
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self._started = 0.0
+        self._status: int | None = None
+        self._duration = 0.0
+        self._timed_out = False
+        self._timer: Timer | None = None
+        self._grace: Timer | None = None
+        self._paused = False
+        self._detached = False
+        self.finished = False
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self._request
+        identity: Identity | None = None
+        if request["user"] is not None:
+            try:
+                identity = resolve_user(request["user"])
+            except LookupError as e:
+                return self._fail("user_not_found", str(e))
+        cwd = request["cwd"]
+        if cwd is not None:
+            cwd = os.path.join(self._agent.workspace, cwd)  # join() keeps an absolute cwd
+            if not os.path.isdir(cwd):
+                return self._fail("cwd_not_found", f"working directory {cwd} does not exist")
+        env = self._environment(identity)
+        if request["argv"] is not None:
+            args = request["argv"]
+        else:
+            assert request["command"] is not None
+            args = [self._agent.shell(), "-c", request["command"]]
+
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = [out_w, err_w]
+        stdin_r: int | None = None
+        if request["stdin"]:
+            stdin_r, self._stdin_fd = os.pipe()
+            child_fds.append(stdin_r)
+            os.set_blocking(self._stdin_fd, False)
+        started = time.monotonic()
+        try:
+            self._popen = spawn(
+                args,
+                env=env,
+                cwd=cwd,
+                identity=identity,
+                stdin=stdin_r,
+                stdout=out_w,
+                stderr=err_w,
+            )
+        except OSError as e:
+            for fd in (out_r, err_r, *child_fds):
+                os.close(fd)
+            if self._stdin_fd is not None:
+                os.close(self._stdin_fd)
+                self._stdin_fd = None
+            return self._spawn_failed(e, args[0], cwd)
+        for fd in child_fds:
+            os.close(fd)
+        self.pid = self._popen.pid
+        self._started = started
+        self._agent.reaper.watch(self.pid, self._on_exit)
+        self._agent.running.add(self)
+        for fd, channel in ((out_r, Channel.STDOUT), (err_r, Channel.STDERR)):
+            os.set_blocking(fd, False)
+            self._outputs.append(_Output(fd, channel))
+        self._conn.send(
+            encode_json_frame(Kind.EVENT, self._stream, {"event": "started", "pid": self.pid})
+        )
+        if self._conn.output_paused:
+            self._paused = True
+        else:
+            self._watch_outputs()
+        timeout = request["timeout"]
+        if timeout is not None:
+            self._timer = self._agent.loop.call_later(timeout, self._on_timeout)
+
+    def _environment(self, identity: Identity | None) -> dict[str, str]:
+        env = dict(self._agent.base_env)
+        if identity is not None:
+            env["HOME"] = identity.home
+            if identity.name is not None:
+                env["USER"] = env["LOGNAME"] = identity.name
+        env.update(self._request["env"] or {})
+        env.setdefault("PATH", DEFAULT_PATH)
+        return env
+
+    def _spawn_failed(self, error: OSError, program: str, cwd: str | None) -> None:
+        if cwd is not None and error.filename == cwd:
+            return self._fail(
+                "cwd_not_found", f"cannot enter working directory {cwd}: {error.strerror}"
+            )
+        if error.filename != program:
+            return self._fail("spawn_failed", f"could not start {program!r}: {error}")
+        # As a shell would: the request is fine, the program is not there (127) or not runnable
+        # (126). The message goes to stderr, where a user looks for it.
+        if isinstance(error, FileNotFoundError) and "/" not in program:
+            exit_code, message = 127, "command not found"
+        else:
+            exit_code = 127 if isinstance(error, FileNotFoundError) else 126
+            message = error.strerror or str(error)
+        line = f"hutch: {program}: {message}\n".encode(errors="replace")
+        send = self._conn.send
+        send(encode_frame(Kind.DATA, self._stream, line, Channel.STDERR, 0))
+        send(encode_frame(Kind.EOF, self._stream, b"", Channel.STDOUT, 0))
+        send(encode_frame(Kind.EOF, self._stream, b"", Channel.STDERR, len(line)))
+        self._result(exit_code, signal=None)
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        self._conn.send(
+            encode_json_frame(
+                Kind.RESULT, self._stream, {"error": {"code": code, "message": message}}
+            )
+        )
+        self._end()
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _watch_outputs(self) -> None:
+        loop = self._agent.loop
+        for out in self._outputs:
+            loop.add_reader(out.fd, lambda out=out: self._read(out))  # type: ignore[misc]
+
+    def pause_output(self) -> None:
+        """The connection's write buffer is full: stop reading the pipes (the process then
+        blocks on write) rather than buffer without bound."""
+        if not self._paused:
+            self._paused = True
+            for out in self._outputs:
+                self._agent.loop.remove_reader(out.fd)
+
+    def resume_output(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._watch_outputs()
+
+    def _read(self, out: _Output) -> None:
+        try:
+            data = os.read(out.fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            return self._close_output(out)
+        self._conn.send(encode_frame(Kind.DATA, self._stream, data, out.channel, out.offset))
+        out.offset += len(data)
+
+    def _close_output(self, out: _Output) -> None:
+        self._agent.loop.remove_fd(out.fd)
+        os.close(out.fd)
+        self._outputs.remove(out)
+        self._conn.send(encode_frame(Kind.EOF, self._stream, b"", out.channel, out.offset))
+        self._maybe_finish()
+
+    def _on_grace_over(self) -> None:
+        self._grace = None
+        if self._paused:  # still output the server has not taken: not a stuck pipe
+            self._grace = self._agent.loop.call_later(OUTPUT_GRACE, self._on_grace_over)
+            return
+        for out in list(self._outputs):
+            self._close_output(out)
+
+    # -- stdin ---------------------------------------------------------------------------------
+
+    def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
+        """A DATA, EOF or CANCEL frame from the opener."""
+        if kind == Kind.CANCEL:
+            return self.cancel()
+        if channel != Channel.STDIN or self._stdin_fd is None or self._stdin_eof:
+            return
+        if kind == Kind.EOF:
+            self._stdin_eof = True
+            if not self._stdin_buf:
+                self._close_stdin()
+            return
+        self._stdin_buf += payload
+        self._write_stdin()
+        if self._stdin_fd is not None and self._stdin_buf:
+            self._agent.loop.add_writer(self._stdin_fd, self._write_stdin)
+            if len(self._stdin_buf) > STDIN_HIGH_WATER:
+                self._conn.block_reading(self)
+
+    def _write_stdin(self) -> None:
+        if self._stdin_fd is None:
+            return
+        try:
+            n = os.write(self._stdin_fd, self._stdin_buf)
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the process closed its stdin; what it did not read is dropped
+            self._stdin_buf.clear()
+            return self._close_stdin()
+        del self._stdin_buf[:n]
+        if len(self._stdin_buf) < STDIN_LOW_WATER:
+            self._conn.unblock_reading(self)
+        if not self._stdin_buf:
+            self._agent.loop.remove_writer(self._stdin_fd)
+            if self._stdin_eof:
+                self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin_fd is not None:
+            self._agent.loop.remove_fd(self._stdin_fd)
+            os.close(self._stdin_fd)
+            self._stdin_fd = None
+        self._stdin_buf = bytearray()
+        self._conn.unblock_reading(self)
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._status is None:
+            self._timed_out = True
+            kill_tree(self.pid, self.pid)
+
+    def cancel(self) -> None:
+        if self._status is None:
+            kill_tree(self.pid, self.pid)
+        elif self._outputs:  # exited, waiting out the grace for a background holder of a pipe
+            self._on_grace_over()
+
+    def terminate(self, sig: int) -> None:
+        """Agent shutdown: ask the tree to stop (``sig``) or force it (SIGKILL)."""
+        if self._status is None:
+            if sig == SIGKILL:
+                kill_tree(self.pid, self.pid)
+            else:
+                signal_tree(self.pid, self.pid, sig)
+
+    def connection_lost(self) -> None:
+        """The opener is gone: nobody will read the output, so the process goes too."""
+        self._detached = True
+        if self._status is None:
+            kill_tree(self.pid, self.pid)
+        for out in list(self._outputs):
+            self._agent.loop.remove_fd(out.fd)
+            os.close(out.fd)
+        self._outputs.clear()
+        self._close_stdin()
+        self._maybe_finish()
+
+    def _on_exit(self, status: int) -> None:
+        self._duration = time.monotonic() - self._started
+        self._status = status
+        if self._popen is not None:
+            # Tell Popen it is over, or its __del__ would warn and queue the pid for a waitpid.
+            self._popen.returncode = os.waitstatus_to_exitcode(status)
+            self._popen = None
+        self._agent.running.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._outputs:
+            self._grace = self._agent.loop.call_later(OUTPUT_GRACE, self._on_grace_over)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self._status is None or self._outputs:
+            return
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._close_stdin()
+        code = os.waitstatus_to_exitcode(self._status)
+        signal = -code if code < 0 else None
+        if signal is not None:
+            code = 128 + signal  # as shells report it
+        if self._timed_out:
+            code = 124  # as timeout(1) reports it
+        self._result(code, signal)
+
+    def _result(self, exit_code: int, signal: int | None) -> None:
+        result: ExecResult = {
+            "ok": True,
+            "exit_code": exit_code,
+            "duration": round(self._duration, 6),
+            "timed_out": self._timed_out,
+            "signal": signal,
+        }
+        if not self._detached:
+            self._conn.send(encode_json_frame(Kind.RESULT, self._stream, dict(result)))
+        self._end()
+
+    def _end(self) -> None:
+        self.finished = True
+        self._conn.stream_finished(self._stream, self)

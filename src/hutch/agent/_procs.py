@@ -1,0 +1,225 @@
+"""Processes: users from the image's files, spawning, reaping, killing whole trees."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable, Mapping, Sequence
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+class Identity:
+    """Who a process runs as: resolved from the image's /etc/passwd and /etc/group."""
+
+    __slots__ = ("uid", "gid", "groups", "name", "home")
+
+    def __init__(self, uid: int, gid: int, groups: list[int], name: str | None, home: str) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.name = name
+        self.home = home
+
+
+def _read_db(path: str) -> list[list[str]]:
+    # Parsed by hand rather than through pwd/grp: glibc's NSS would follow the image's
+    # nsswitch.conf to modules the agent's (host) libc may not have; the files are the truth.
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def resolve_user(spec: str, etc: str = "/etc") -> Identity:
+    """Resolve Docker-style ``user``, ``uid``, ``user:group`` or ``uid:gid``.
+
+    Raises:
+        LookupError: a name is not in the image's files (numeric ids always work).
+    """
+    user, _, group = spec.partition(":")
+    passwd = [e for e in _read_db(f"{etc}/passwd") if len(e) >= 7]
+    if user.isdigit():
+        uid = int(user)
+        entry = next((e for e in passwd if e[2] == user), None)
+    else:
+        entry = next((e for e in passwd if e[0] == user), None)
+        if entry is None:
+            raise LookupError(
+                f"user {user!r} is not in the image's /etc/passwd; "
+                "create it in the image or pass a numeric uid"
+            )
+        uid = int(entry[2]) if entry[2].isdigit() else 0
+    # As Docker does: a uid without a passwd entry runs with gid 0 and HOME=/.
+    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    name = entry[0] if entry else None
+    home = entry[5] if entry and entry[5] else "/"
+    groups_db = [e for e in _read_db(f"{etc}/group") if len(e) >= 4]
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            gentry = next((e for e in groups_db if e[0] == group), None)
+            if gentry is None or not gentry[2].isdigit():
+                raise LookupError(f"group {group!r} is not in the image's /etc/group")
+            gid = int(gentry[2])
+    groups = [gid]
+    if name is not None:
+        for e in groups_db:
+            if name in e[3].split(",") and e[2].isdigit() and int(e[2]) not in groups:
+                groups.append(int(e[2]))
+    return Identity(uid, gid, groups, name, home)
+
+
+# -- spawning ----------------------------------------------------------------------------------
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    identity: Identity | None,
+    stdin: int | None,
+    stdout: int,
+    stderr: int,
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in a new session (so the whole tree can be signalled).
+
+    ``stdin`` None means /dev/null. Raises OSError like ``subprocess.Popen``; the caller owns
+    the returned object until the process is reaped (see ``Reaper``) and must then set its
+    ``returncode`` so that Popen's own bookkeeping never waits for it.
+    """
+    # Imported on the first exec only: an agent that never runs anything stays smaller.
+    import subprocess
+
+    uid = gid = groups = None
+    if identity is not None and (os.geteuid() == 0 or identity.uid != os.geteuid()):
+        uid, gid, groups = identity.uid, identity.gid, identity.groups
+    return subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+        start_new_session=True,
+        restore_signals=True,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+
+
+# -- reaping -----------------------------------------------------------------------------------
+
+
+class Reaper:
+    """Collects every exited child (all orphans too, when the agent is PID 1) and hands the
+    exit status of the ones it was asked about to their callbacks."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+
+    def watch(self, pid: int, callback: Callable[[int], None]) -> None:
+        self._callbacks[pid] = callback
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            callback = self._callbacks.pop(pid, None)
+            if callback is not None:
+                callback(status)
+
+    @property
+    def watched(self) -> int:
+        return len(self._callbacks)
+
+
+# -- process trees -----------------------------------------------------------------------------
+
+
+def _scan_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, session) of every live (not zombie) process in /proc."""
+    procs: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name sits in parentheses and may hold spaces or ')': split on the last.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
+            continue
+        procs[int(name)] = (int(fields[1]), int(fields[3]))
+    return procs
+
+
+def _tree(procs: dict[int, tuple[int, int]], session: int, root: int | None) -> set[int]:
+    """Everything in ``session`` plus all descendants of ``root`` and of those."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    tree = {pid for pid, (_, sid) in procs.items() if sid == session}
+    stack = list(tree)
+    if root is not None and root in procs:
+        tree.add(root)
+        stack.append(root)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in tree:
+                tree.add(child)
+                stack.append(child)
+    tree.discard(os.getpid())
+    tree.discard(1)
+    return tree
+
+
+def _send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_tree(session: int, root: int | None) -> None:
+    """SIGKILL a session and every descendant of ``root`` (pass None once it is reaped).
+
+    Members are stopped first and the scan repeated until it finds nothing new, so that a
+    process forking in a loop cannot outrun the kill.
+    """
+    stopped: set[int] = set()
+    for _ in range(50):
+        new = _tree(_scan_processes(), session, root) - stopped
+        if not new:
+            break
+        for pid in new:
+            _send(pid, signal.SIGSTOP)
+        stopped |= new
+    for pid in stopped:
+        _send(pid, signal.SIGKILL)
+
+
+def signal_tree(session: int, root: int | None, sig: int) -> None:
+    """Send ``sig`` once to a session and the descendants of ``root`` (graceful stop)."""
+    for pid in _tree(_scan_processes(), session, root):
+        _send(pid, sig)

@@ -1,0 +1,339 @@
+"""The agent's side of the socket: accepting connections, frames in and out, op dispatch."""
+
+from __future__ import annotations
+
+import _socket  # the C core of ``socket``: its Python wrapper costs memory and buys nothing here
+import os
+import time
+from collections import deque
+
+from hutch._wire.frames import Frame, FrameDecoder, FrameError, Kind, encode_json_frame
+
+from . import AGENT_VERSION
+from ._exec import SIGKILL, ExecOp
+from ._loop import report, report_exception
+from ._procs import Reaper
+from ._requests import InvalidRequest, parse_exec, parse_op, parse_ping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Literal
+
+    from hutch._wire.agent_ops import ErrorCode, PingResult
+
+    from ._loop import Loop, Timer
+
+RECV_SIZE = 256 * 1024
+# Output waiting for a slow server: above HIGH the execs of that connection stop reading
+# their pipes; below LOW they start again. Bounds the agent's memory per connection.
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+WRITE_LOW_WATER = 1024 * 1024
+# Once this much output has been queued, give the memory back when the queue empties.
+RELEASE_MEMORY_AFTER = 1024 * 1024
+SHUTDOWN_GRACE = 3.0
+SIGTERM = 15
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Agent:
+    """Process-wide state: the loop, the reaper, the listener and every live connection."""
+
+    def __init__(
+        self, loop: Loop, listener: _socket.socket, *, workspace: str, base_env: dict[str, str]
+    ) -> None:
+        self.loop = loop
+        self.reaper = Reaper()
+        self.workspace = workspace
+        self.base_env = base_env
+        self.running: set[ExecOp] = set()  # spawned and not yet reaped, any connection
+        self.connections: set[Connection] = set()
+        self.shutting_down = False
+        self._listener: _socket.socket | None = listener
+        self._shutdown_deadline = 0.0
+        self._malloc_trim: Callable[[int], int] | Literal[False] | None = None
+
+    def start(self) -> None:
+        assert self._listener is not None
+        self._listener.setblocking(False)
+        self.loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._accept)
+
+    def release_memory(self) -> None:
+        """Hand freed heap pages back to the kernel (glibc ``malloc_trim``).
+
+        After megabytes of queued output frames come and go, glibc keeps the pages: measured
+        +4 MB of RSS for good after 1 GB through a slow reader. ctypes is imported on the first
+        call only, so an agent that never queued much output never pays for it.
+        """
+        if self._malloc_trim is None:
+            try:
+                import ctypes
+
+                self._malloc_trim = ctypes.CDLL(None).malloc_trim
+            except (ImportError, OSError, AttributeError):  # not glibc: nothing to do
+                self._malloc_trim = False
+        if self._malloc_trim:
+            self._malloc_trim(0)
+
+    @staticmethod
+    def shell() -> str:
+        # Looked up each time: a user may install bash into a running sandbox.
+        return "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+
+    def ping(self) -> PingResult:
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "rss_kb": rss_kb(),
+            "version": AGENT_VERSION,
+            "shell": self.shell(),
+        }
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                fd, _ = self._listener._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # EMFILE and friends: the listener stays readable, so back off instead of
+                # spinning, and let running work finish.
+                report(f"accept failed: {e}; retrying in 0.5 s")
+                self.loop.remove_reader(self._listener.fileno())
+                self.loop.call_later(0.5, self._resume_accepting)
+                return
+            # _accept() used accept4(SOCK_CLOEXEC): children never inherit connections.
+            conn = Connection(self, _socket.socket(fileno=fd))
+            self.connections.add(conn)
+
+    # -- shutdown (SIGTERM / SIGINT) -------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop accepting work, ask every process tree to stop, force them after a grace period,
+        then leave the loop. As PID 1 the agent's exit takes the rest of the sandbox with it."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if self._listener is not None:
+            self.loop.remove_fd(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for op in list(self.running):
+            op.terminate(SIGTERM)
+        self._shutdown_deadline = time.monotonic() + SHUTDOWN_GRACE
+        self._shutdown_tick()
+
+    def _shutdown_tick(self) -> None:
+        now = time.monotonic()
+        flushed = all(not conn.has_pending_output for conn in self.connections)
+        if (not self.running and flushed) or now > self._shutdown_deadline + 1.0:
+            self.loop.stop()
+            return
+        if self.running and now > self._shutdown_deadline:
+            for op in list(self.running):
+                op.terminate(SIGKILL)
+        self.loop.call_later(0.05, self._shutdown_tick)
+
+
+class Connection:
+    """One connection from the server: many concurrent streams, one write buffer."""
+
+    def __init__(self, agent: Agent, sock: _socket.socket) -> None:
+        self._agent = agent
+        self._loop = agent.loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        sock.setblocking(False)
+        self._decoder = FrameDecoder()
+        self._streams: dict[int, ExecOp] = {}
+        self._out: deque[bytes | memoryview] = deque()
+        self._out_bytes = 0
+        self._out_grew = False  # over RELEASE_MEMORY_AFTER since the queue was last empty
+        self._read_blockers: set[ExecOp] = set()
+        self._close_timer: Timer | None = None
+        self.output_paused = False
+        self.closed = False
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    @property
+    def has_pending_output(self) -> bool:
+        return bool(self._out) and not self.closed
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self.close()
+        if not data:
+            return self.close()
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as e:
+            report(f"closing a connection that sent a malformed frame: {e}")
+            return self.close()
+        for frame in frames:
+            if self.closed:
+                return
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind == Kind.OPEN:
+            return self._open(frame)
+        if kind in (Kind.DATA, Kind.EOF, Kind.CANCEL):
+            op = self._streams.get(frame.stream)
+            # An unknown stream has most likely just ended: its RESULT crossed this frame.
+            if op is not None:
+                op.on_frame(kind, frame.channel, frame.payload)
+            return
+        report(f"closing a connection that sent a {kind.name} frame")
+        self.close()
+
+    def _open(self, frame: Frame) -> None:
+        stream = frame.stream
+        if stream in self._streams:
+            report(f"closing a connection that reopened live stream {stream}")
+            return self.close()
+        try:
+            request = frame.json()
+        except ValueError as e:  # bad UTF-8, bad JSON, not an object
+            return self._error(stream, "invalid_request", f"OPEN payload is not a JSON object: {e}")
+        try:
+            op = parse_op(request)
+            if op == "ping":
+                parse_ping(request)
+                return self._ok(stream, dict(self._agent.ping()))
+            if op == "exec":
+                exec_request = parse_exec(request)
+                if self._agent.shutting_down:
+                    return self._error(stream, "shutting_down", "the agent is shutting down")
+                exec_op = ExecOp(self._agent, self, stream, exec_request)
+                self._streams[stream] = exec_op
+                return exec_op.start()
+            raise InvalidRequest("op", f"unknown op {op!r}; the agent knows: exec, ping")
+        except InvalidRequest as e:
+            return self._error(stream, "invalid_request", str(e))
+        except Exception as e:
+            report_exception(f"op on stream {stream} failed")
+            if stream in self._streams:
+                del self._streams[stream]
+            return self._error(stream, "internal", f"agent bug: {type(e).__name__}: {e}")
+
+    def _ok(self, stream: int, fields: dict[str, Any]) -> None:
+        self.send(encode_json_frame(Kind.RESULT, stream, fields))
+
+    def _error(self, stream: int, code: ErrorCode, message: str) -> None:
+        error = {"error": {"code": code, "message": message}}
+        self.send(encode_json_frame(Kind.RESULT, stream, error))
+
+    def stream_finished(self, stream: int, op: ExecOp) -> None:
+        if self._streams.get(stream) is op:
+            del self._streams[stream]
+        self.unblock_reading(op)
+
+    def block_reading(self, op: ExecOp) -> None:
+        """``op`` holds too much stdin: stop reading frames until it has written it out."""
+        if not self._read_blockers and not self.closed:
+            self._loop.remove_reader(self._fd)
+        self._read_blockers.add(op)
+
+    def unblock_reading(self, op: ExecOp) -> None:
+        if op in self._read_blockers:
+            self._read_blockers.discard(op)
+            if not self._read_blockers and not self.closed:
+                self._loop.add_reader(self._fd, self._on_readable)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self._out:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return self._broken()
+            if sent == len(data):
+                return
+            self._out.append(memoryview(data)[sent:])
+            self._out_bytes += len(data) - sent
+            self._loop.add_writer(self._fd, self._on_writable)
+        else:
+            self._out.append(data)
+            self._out_bytes += len(data)
+        if self._out_bytes > RELEASE_MEMORY_AFTER:
+            self._out_grew = True
+        if self._out_bytes > WRITE_HIGH_WATER and not self.output_paused:
+            self.output_paused = True
+            for op in list(self._streams.values()):
+                op.pause_output()
+
+    def _on_writable(self) -> None:
+        out = self._out
+        buffers = [out[i] for i in range(min(len(out), 64))]
+        try:
+            sent = self._sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self._broken()
+        self._out_bytes -= sent
+        while sent:
+            head = out[0]
+            if len(head) <= sent:
+                sent -= len(head)
+                out.popleft()
+            else:
+                out[0] = memoryview(head)[sent:]
+                sent = 0
+        if not out:
+            self._loop.remove_writer(self._fd)
+            if self._out_grew:
+                self._out_grew = False
+                self._agent.release_memory()
+        if self.output_paused and self._out_bytes < WRITE_LOW_WATER:
+            self.output_paused = False
+            for op in list(self._streams.values()):
+                op.resume_output()
+
+    def _broken(self) -> None:
+        # Called from inside some op's send(); tear down on the next turn of the loop, so the
+        # op is not re-entered half-way through.
+        self.closed = True
+        if self._close_timer is None:
+            self._close_timer = self._loop.call_later(0, self.close)
+
+    def close(self) -> None:
+        """Drop the connection. Its running execs are killed: nobody would get their output."""
+        if self._sock.fileno() == -1:
+            return
+        self.closed = True
+        self._loop.remove_fd(self._fd)
+        self._sock.close()
+        self._out.clear()
+        self._out_bytes = 0
+        if self._out_grew:
+            self._agent.release_memory()
+        self._agent.connections.discard(self)
+        for op in list(self._streams.values()):
+            op.connection_lost()
+        self._streams.clear()
+        self._read_blockers.clear()

@@ -1,0 +1,425 @@
+"""``hutch``: argument parsing and the commands.
+
+Every command talks to the server through the sync SDK, except ``serve`` (which is the server)
+and ``image build`` (which builds on this host). An error from the server or the network is
+one line on stderr and exit status 1; a usage error is exit status 2; ``exec`` and ``run``
+exit with the command's own status (124 when it was killed by its timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hutch.cli._output import (
+    format_labels,
+    format_size,
+    format_time,
+    parse_pairs,
+    render_table,
+    short_id,
+)
+
+if TYPE_CHECKING:
+    from hutch.sdk import Client, Sandbox
+    from hutch.server import ServerConfig
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hutch`` command line; returns the exit status.
+
+    Args:
+        argv: The arguments after the program name (``sys.argv[1:]`` when ``None``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    from hutch.sdk import HutchError
+
+    try:
+        return handler(args)
+    except HutchError as exc:
+        _fail(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`hutch exec ... | head`): exit quietly, like cat does.
+        _silence_stdout()
+        return 141
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every ``hutch`` command (``args.handler`` runs the chosen one)."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="the Hutch server's URL (default: $HUTCH_URL, then http://127.0.0.1:7070)",
+    )
+    connection.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS,
+        help="the API key (default: $HUTCH_API_KEY)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="hutch",
+        description="Self-hosted, isolated Linux sandboxes for untrusted code.",
+        parents=[connection],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, handler: Handler, help: str, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog,
+            parents=[connection],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = command("serve", cmd_serve, "run the Hutch server")
+    p.add_argument("--host", help="address to listen on (default: $HUTCH_HOST, then 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: $HUTCH_PORT, then 7070)")
+    _add_home(p)
+
+    p = command("create", cmd_create, "create a sandbox and print its id")
+    _add_sandbox_options(p)
+    _add_env(p)
+    p.add_argument(
+        "--label", metavar="K=V", action="append", type=_pair, help="a label; repeatable"
+    )
+    p.add_argument("--cpu", type=float, default=1.0, help="CPUs (default: %(default)s)")
+    p.add_argument("--memory", type=int, default=1024, metavar="MB", help="memory limit in MiB")
+    p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
+    p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+
+    p = command("ls", cmd_ls, "list sandboxes")
+    p.add_argument("--label", metavar="K=V", action="append", type=_pair, help="filter; repeatable")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the ids only")
+
+    p = command("info", cmd_info, "print a sandbox's details as JSON")
+    p.add_argument("id", metavar="ID")
+
+    p = command(
+        "exec",
+        cmd_exec,
+        "run a command in a sandbox, streaming its output",
+        epilog="examples:\n"
+        "  hutch exec sb-1a2b3c4d5e6f -- 'ls -l / | wc -l'     (one argument: a shell command)\n"
+        "  hutch exec sb-1a2b3c4d5e6f -- python -c 'print(1)'  (several: program and args)\n"
+        "  hutch exec -i sb-1a2b3c4d5e6f -- wc -c < file        (-i: send your stdin)",
+    )
+    p.add_argument("id", metavar="ID")
+    _add_exec_options(p)
+
+    p = command(
+        "run",
+        cmd_run,
+        "run a command in a new sandbox that is destroyed afterwards",
+        epilog="example:\n  hutch run --network internet -- 'pip download requests && ls'",
+    )
+    _add_sandbox_options(p)
+    _add_exec_options(p)
+
+    p = command("rm", cmd_rm, "destroy sandboxes")
+    p.add_argument("ids", metavar="ID", nargs="+")
+
+    images = command("image", _needs_subcommand, "manage images").add_subparsers(
+        dest="image_command", metavar="COMMAND", required=True
+    )
+    p = images.add_parser("ls", help="list the server's images", parents=[connection])
+    p.set_defaults(handler=cmd_image_ls)
+    p = images.add_parser(
+        "build", help="build the default image on this host (needs root)", parents=[connection]
+    )
+    p.set_defaults(handler=cmd_image_build)
+    p.add_argument("name", nargs="?", default="default", choices=["default"])
+    p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
+    _add_home(p)
+
+    keys = command("keys", _needs_subcommand, "manage API keys").add_subparsers(
+        dest="keys_command", metavar="COMMAND", required=True
+    )
+    p = keys.add_parser("ls", help="list API keys", parents=[connection])
+    p.set_defaults(handler=cmd_keys_ls)
+    p = keys.add_parser("create", help="create an API key and print it", parents=[connection])
+    p.set_defaults(handler=cmd_keys_create)
+    p.add_argument("name", metavar="NAME")
+    p = keys.add_parser("rm", help="delete an API key", parents=[connection])
+    p.set_defaults(handler=cmd_keys_rm)
+    p.add_argument("key_id", metavar="ID")
+    return parser
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="state directory (default: $HUTCH_HOME, then /var/lib/hutch)",
+    )
+
+
+def _add_sandbox_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default="default", help="image (default: %(default)s)")
+    parser.add_argument("--network", choices=["none", "internet"], default="none")
+
+
+def _add_env(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env", metavar="K=V", action="append", type=_pair, help="environment variable; repeatable"
+    )
+
+
+def _add_exec_options(parser: argparse.ArgumentParser) -> None:
+    _add_env(parser)
+    parser.add_argument("--cwd", help="working directory in the sandbox")
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="kill the command after this long"
+    )
+    parser.add_argument(
+        "-i", "--stdin", action="store_true", help="feed this command's stdin to the command"
+    )
+    parser.add_argument(
+        "argv",
+        metavar="CMD",
+        nargs="+",
+        help="after --: one argument runs as a shell command line, several as a program and "
+        "its arguments",
+    )
+
+
+def _pair(text: str) -> tuple[str, str]:
+    try:
+        ((key, value),) = parse_pairs([text], "argument").items()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return key, value
+
+
+def _needs_subcommand(args: argparse.Namespace) -> int:
+    raise AssertionError("argparse requires a subcommand")  # pragma: no cover
+
+
+def _fail(message: str) -> None:
+    sys.stdout.flush()
+    print(f"hutch: error: {message}", file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from hutch.sdk import Client
+
+    return Client(base_url=getattr(args, "url", None), api_key=getattr(args, "api_key", None))
+
+
+def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfig:
+    from hutch.server import ServerConfig
+
+    # HUTCH_* variables are read by the server's own loader; options given here win.
+    return ServerConfig.from_env(home=args.home, **overrides)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hutch.server import run
+
+    config = _server_config(
+        args, host=args.host, port=args.port, api_key=getattr(args, "api_key", None)
+    )
+    run(config)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        sandbox = Sandbox.create(
+            image=args.image,
+            env=dict(args.env or ()),
+            cpu=args.cpu,
+            memory_mb=args.memory,
+            disk_mb=args.disk,
+            network=args.network,
+            runtime=args.runtime,
+            labels=dict(args.label or ()),
+            timeout=args.timeout,
+            client=client,
+        )
+    print(sandbox.id)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        sandboxes = Sandbox.list(labels=dict(args.label or ()), client=client)
+    if args.quiet:
+        for info in sandboxes:
+            print(info.id)
+        return 0
+    rows = [
+        [s.id, s.status, s.image, format_time(s.created_at), format_labels(s.labels)]
+        for s in sandboxes
+    ]
+    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "LABELS"], rows))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        info = Sandbox(args.id, client=client).info()
+    print(json.dumps(info.raw, indent=2))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        return _stream_command(Sandbox(args.id, client=client), args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        sandbox = Sandbox.create(image=args.image, network=args.network, client=client)
+        with sandbox:  # destroyed on the way out, also on Ctrl-C
+            return _stream_command(sandbox, args)
+
+
+def _stream_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
+    argv: list[str] = args.argv
+    env = dict(args.env or ())
+    stdin = sys.stdin.buffer.read() if args.stdin else None
+    if len(argv) == 1:
+        events = sandbox.exec_stream(
+            argv[0], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+        )
+    else:
+        events = sandbox.run_stream(
+            argv[0], argv[1:], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for event in events:
+        if event.type == "exit":
+            if event.timed_out:
+                limit = f" of {args.timeout:g}s" if args.timeout else ""
+                _fail(f"the command ran past its timeout{limit} and was killed")
+                return 124
+            code = event.exit_code
+            return code if code is not None and 0 <= code <= 255 else 1
+        out = sys.stdout.buffer if event.type == "stdout" else sys.stderr.buffer
+        out.write(event.data)
+        out.flush()
+    raise AssertionError("the exec stream ends with an exit event")  # pragma: no cover
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from hutch.sdk import HutchError, Sandbox
+
+    status = 0
+    with _client(args) as client:
+        for sandbox_id in args.ids:
+            try:
+                Sandbox(sandbox_id, client=client).destroy()
+            except HutchError as exc:
+                _fail(f"{sandbox_id}: {exc}")
+                status = 1
+            else:
+                print(sandbox_id, flush=True)
+    return status
+
+
+def cmd_image_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        images = client.list_images()
+    rows = [
+        [i.name, short_id(i.id), format_size(i.size_bytes), format_time(i.created_at)]
+        for i in images
+    ]
+    print(render_table(["NAME", "ID", "SIZE", "CREATED"], rows))
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        _fail("building an image needs root (debootstrap, chroot); run: sudo hutch image build")
+        return 1
+    from hutch.runtime import (
+        DefaultImageBuildError,
+        ImageStore,
+        default_recipe_dir,
+        ensure_default_image,
+        render_progress_bar,
+    )
+
+    config = _server_config(args)
+    try:
+        image = ensure_default_image(
+            ImageStore(config.image_root),
+            default_recipe_dir(),
+            cache_dir=config.home / "cache",
+            progress=render_progress_bar(sys.stderr),
+            force=args.force,
+        )
+    except DefaultImageBuildError as exc:
+        _fail(f"building the {args.name} image failed: {exc}")
+        return 1
+    print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
+    return 0
+
+
+def cmd_keys_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        keys = client.list_keys()
+    rows = [[k.id, k.name, k.prefix, format_time(k.created_at)] for k in keys]
+    print(render_table(["ID", "NAME", "PREFIX", "CREATED"], rows))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        key = client.create_key(args.name)
+    print(key.key)
+    print(
+        f"hutch: created {key.id} ({key.name}); the key is shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_key(args.key_id)
+    print(args.key_id)
+    return 0

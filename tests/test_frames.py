@@ -1,0 +1,107 @@
+"""The binary frame format: what the agent, the server and the SDK all speak."""
+
+from __future__ import annotations
+
+import pytest
+
+from hutch._wire import (
+    FRAME_HEADER,
+    MAX_PAYLOAD,
+    Channel,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    Kind,
+    encode_frame,
+    encode_json_frame,
+)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    data = encode_frame(Kind.DATA, 2**32 - 1, b"\x00\xffhello", Channel.STDERR, 2**63)
+    assert len(data) == FRAME_HEADER.size + 7
+    assert FrameDecoder().feed(data) == [Frame(Kind.DATA, 2**32 - 1, b"\x00\xffhello", 2, 2**63)]
+
+
+def test_json_frames_round_trip() -> None:
+    data = encode_json_frame(Kind.OPEN, 7, {"op": "exec", "argv": ["echo", "é"]})
+    [frame] = FrameDecoder().feed(data)
+    assert frame.kind is Kind.OPEN
+    assert frame.json() == {"op": "exec", "argv": ["echo", "é"]}
+
+
+def test_json_payload_must_be_an_object() -> None:
+    [frame] = FrameDecoder().feed(encode_frame(Kind.RESULT, 1, b"[1, 2]"))
+    with pytest.raises(FrameError):
+        frame.json()
+    [frame] = FrameDecoder().feed(encode_frame(Kind.RESULT, 1, b"{not json"))
+    with pytest.raises(ValueError):
+        frame.json()
+
+
+def test_every_kind_round_trips() -> None:
+    data = b"".join(encode_frame(kind, kind.value, bytes([kind.value])) for kind in Kind)
+    frames = FrameDecoder().feed(data)
+    assert [(f.kind, f.stream, f.payload) for f in frames] == [
+        (kind, kind.value, bytes([kind.value])) for kind in Kind
+    ]
+
+
+def test_byte_at_a_time_feed_gives_the_same_frames() -> None:
+    frames = [
+        encode_frame(Kind.DATA, 1, b"abc", Channel.STDOUT, 0),
+        encode_frame(Kind.EOF, 1, b"", Channel.STDOUT, 3),
+        encode_json_frame(Kind.RESULT, 1, {"ok": True}),
+    ]
+    decoder = FrameDecoder()
+    got: list[Frame] = []
+    for byte in b"".join(frames):
+        got += decoder.feed(bytes([byte]))
+    assert got == FrameDecoder().feed(b"".join(frames))
+    assert len(got) == 3
+    assert decoder.pending == 0
+
+
+def test_partial_frame_is_held_until_complete() -> None:
+    data = encode_frame(Kind.DATA, 3, b"x" * 1000, Channel.STDOUT, 5)
+    decoder = FrameDecoder()
+    assert decoder.feed(data[:10]) == []  # not even a header
+    assert decoder.feed(data[10:500]) == []  # header, half the payload
+    assert decoder.pending == 500
+    [frame] = decoder.feed(data[500:] + data[:5])  # the rest, and the start of the next one
+    assert frame.payload == b"x" * 1000
+    assert decoder.pending == 5
+
+
+def test_empty_payload() -> None:
+    assert FrameDecoder().feed(encode_frame(Kind.CANCEL, 9)) == [Frame(Kind.CANCEL, 9)]
+
+
+def test_largest_payload_is_accepted() -> None:
+    [frame] = FrameDecoder().feed(encode_frame(Kind.DATA, 1, b"z" * MAX_PAYLOAD))
+    assert len(frame.payload) == MAX_PAYLOAD
+
+
+def test_oversize_payload_is_refused_on_encode() -> None:
+    with pytest.raises(FrameError):
+        encode_frame(Kind.DATA, 1, b"z" * (MAX_PAYLOAD + 1))
+
+
+def test_oversize_length_is_refused_from_the_header_alone() -> None:
+    # A hostile peer announcing 4 GiB must be refused before anything is buffered.
+    header = FRAME_HEADER.pack(Kind.DATA, 1, 1, 0, 2**32 - 1)
+    with pytest.raises(FrameError, match="exceeds"):
+        FrameDecoder().feed(header)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(FrameError, match="unknown frame kind 99"):
+        FrameDecoder().feed(FRAME_HEADER.pack(99, 0, 1, 0, 0))
+
+
+def test_frames_before_a_bad_one_are_not_lost_silently() -> None:
+    # The decoder raises on the batch; the caller then drops the connection. What matters is
+    # that it raises rather than skipping ahead and misreading the rest of the stream.
+    good = encode_frame(Kind.DATA, 1, b"ok", Channel.STDOUT, 0)
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(good + FRAME_HEADER.pack(0, 0, 1, 0, 0))
