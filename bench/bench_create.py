@@ -5,7 +5,9 @@
 Both run a busybox rootfs, interleaved in the same process. The bare baseline is `runc run
 --detach` of the rootfs as it is (no user namespace, overlay, seccomp, cgroup limits, agent),
 then `runc delete --force`. Runtime.create is timed until it returns (the agent is exec'd and
-its socket listening); its steps come from the runtime's debug log.
+its socket listening); its steps come from the runtime's debug log. "first answer" runs a
+stand-in agent (the host's Python echoing on its socket) and times create until it has echoed:
+the floor under any real agent's first reply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import hutch  # noqa: E402
 from hutch.runtime import ImageStore, Limits, Runtime, RuntimeConfig, SandboxSpec  # noqa: E402
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs  # noqa: E402
 
@@ -42,6 +46,41 @@ class StepTimings(logging.Handler):
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(samples, n=100, method="inclusive")
     return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
+
+
+ECHO_AGENT = """
+import socket
+
+def main():
+    listener = socket.socket(fileno=3)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+"""
+
+
+def echo_agent_package(root: Path) -> Path:
+    package = root / "echo-agent"
+    shutil.copytree(
+        Path(hutch.__file__).parent / "_wire",
+        package / "_wire",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (package / "agent").mkdir()
+    (package / "agent/__init__.py").write_text("")
+    (package / "agent/__main__.py").write_text(ECHO_AGENT)
+    return package
+
+
+def first_answer(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"ping")
+        if s.recv(4) != b"ping":
+            raise RuntimeError("the stand-in agent did not echo")
 
 
 def bare_bundle(root: Path) -> Path:
@@ -93,9 +132,15 @@ async def main(iterations: int) -> None:
     logger.addHandler(timings)
     logger.setLevel(logging.DEBUG)
     runtime = Runtime(RuntimeConfig(home=work / "home", storage_size_gb=4))
+    echo_runtime = Runtime(
+        RuntimeConfig(
+            home=work / "echo-home", storage_size_gb=4, agent_package=echo_agent_package(work)
+        )
+    )
     try:
         image = add_busybox_image(ImageStore(work / "images"))
         await runtime.setup()
+        await echo_runtime.setup()
         bundle = bare_bundle(work)
         results: dict[str, list[float]] = defaultdict(list)
         for i in range(iterations + 3):
@@ -107,6 +152,10 @@ async def main(iterations: int) -> None:
             t1 = time.perf_counter()
             await runtime.destroy(spec.id)
             t2 = time.perf_counter()
+            sock = await echo_runtime.create(spec)
+            first_answer(sock)
+            t3 = time.perf_counter()
+            await echo_runtime.destroy(spec.id)
             if warmup:
                 timings.steps.clear()
                 continue
@@ -115,6 +164,7 @@ async def main(iterations: int) -> None:
             results["Runtime.create"].append(t1 - t0)
             results["Runtime.destroy"].append(t2 - t1)
             results["create+destroy"].append(t2 - t0)
+            results["create -> first answer (echo)"].append(t3 - t2)
 
         print(f"{iterations} iterations, busybox rootfs, kernel {os.uname().release}")
         print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
@@ -131,8 +181,9 @@ async def main(iterations: int) -> None:
         )
         print(f"Runtime.create / bare runc run (p50): {ratio:.2f}x")
     finally:
-        await runtime.sweep(keep=())
-        await runtime.teardown()
+        for rt in (runtime, echo_runtime):
+            await rt.sweep(keep=())
+            await rt.teardown()
         shutil.rmtree(work, ignore_errors=True)
 
 

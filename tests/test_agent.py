@@ -514,6 +514,21 @@ async def test_slow_reader_keeps_agent_memory_bounded(
     assert frames[-1].json()["signal"] == signal.SIGKILL
 
 
+async def test_unread_stdin_does_not_pile_up_in_the_agent(
+    agent: HostAgent, conn: AgentConnection
+) -> None:
+    stream = conn.open_stream({"op": "exec", "command": "sleep 1", "stdin": True})
+    feeder = asyncio.create_task(stream.send_stdin(b"x" * 64 * 1024 * 1024))
+    await asyncio.sleep(0.5)
+    assert not feeder.done()  # held back: the agent stopped reading the connection
+    assert rss_kb(agent.pid) < 40 * 1024
+    ran = await collect(stream)
+    assert ran.result["exit_code"] == 0
+    async with asyncio.timeout(10):
+        await feeder  # once the RESULT is in, the rest is not sent
+    assert (await conn.call("ping"))["pid"] == agent.pid
+
+
 async def test_sigterm_stops_processes_and_the_agent() -> None:
     fresh = HostAgent()
     fresh.start()

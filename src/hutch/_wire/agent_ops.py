@@ -63,6 +63,8 @@ class ExecRequest(TypedDict):
 
 
 class StartedEvent(TypedDict):
+    """The process exists. Not sent when it could not be started (exit_code 126/127)."""
+
     event: Literal["started"]
     pid: int
 

@@ -18,6 +18,7 @@ from ._server import Agent
 # in the image).
 _PRIVATE_PREFIX = "HUTCH_AGENT_"
 _PRIVATE_NAMES = ("PYTHONHOME",)
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -29,13 +30,30 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
+def _prctl(option: int, value: int) -> None:
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _protect_self() -> None:
+    """Make the agent non-dumpable: root in the sandbox (without CAP_SYS_PTRACE) can then not
+    ptrace-stop it, read its memory or environ, or open its fds through /proc/1. Processes
+    the agent starts are exec'd, which resets the flag for them: strace and gdb still work."""
+    try:
+        _prctl(_PR_SET_DUMPABLE, 0)
+    except (ImportError, OSError, AttributeError) as e:
+        report(f"cannot make the agent non-dumpable ({e})")
+
+
 def _become_subreaper() -> None:
     """Outside a sandbox (tests, development) adopt orphaned descendants as PID 1 would, so
     that they are reaped and killed the same way."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except (ImportError, OSError, AttributeError) as e:
         report(f"cannot become a child subreaper ({e}); orphans go to the host's init")
 
@@ -59,6 +77,7 @@ def main() -> None:
     except OSError as e:
         raise SystemExit(f"hutch-agent: fd {listen_fd} is not a listening socket: {e}") from None
     os.set_inheritable(listen_fd, False)
+    _protect_self()
     if os.getpid() != 1:
         _become_subreaper()
 

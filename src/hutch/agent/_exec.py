@@ -7,7 +7,7 @@ import time
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
-from ._procs import DEFAULT_PATH, kill_tree, resolve_user, signal_tree, spawn
+from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, kill_tree, resolve_user, signal_tree, spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class ExecOp:
         self._timed_out = False
         self._timer: Timer | None = None
         self._grace: Timer | None = None
+        self._tag: bytes | None = None
         self._paused = False
         self._detached = False
         self.finished = False
@@ -78,7 +79,12 @@ class ExecOp:
             cwd = os.path.join(self._agent.workspace, cwd)  # join() keeps an absolute cwd
             if not os.path.isdir(cwd):
                 return self._fail("cwd_not_found", f"working directory {cwd} does not exist")
+        elif os.path.isdir(self._agent.workspace):
+            # The image's working directory is every command's default, as in `docker exec`.
+            cwd = self._agent.workspace
         env = self._environment(identity)
+        self._tag = os.urandom(8).hex().encode()
+        env[EXEC_TAG_VAR] = self._tag.decode()
         if request["argv"] is not None:
             args = request["argv"]
         else:
@@ -195,6 +201,8 @@ class ExecOp:
             data = os.read(out.fd, CHUNK)
         except BlockingIOError:
             return
+        except OSError:  # not expected from a pipe; treat as its end rather than spin on it
+            data = b""
         if not data:
             return self._close_output(out)
         self._conn.send(encode_frame(Kind.DATA, self._stream, data, out.channel, out.offset))
@@ -267,11 +275,11 @@ class ExecOp:
         self._timer = None
         if self._status is None:
             self._timed_out = True
-            kill_tree(self.pid, self.pid)
+            kill_tree(self.pid, self.pid, self._tag)
 
     def cancel(self) -> None:
         if self._status is None:
-            kill_tree(self.pid, self.pid)
+            kill_tree(self.pid, self.pid, self._tag)
         elif self._outputs:  # exited, waiting out the grace for a background holder of a pipe
             self._on_grace_over()
 
@@ -279,15 +287,15 @@ class ExecOp:
         """Agent shutdown: ask the tree to stop (``sig``) or force it (SIGKILL)."""
         if self._status is None:
             if sig == SIGKILL:
-                kill_tree(self.pid, self.pid)
+                kill_tree(self.pid, self.pid, self._tag)
             else:
-                signal_tree(self.pid, self.pid, sig)
+                signal_tree(self.pid, self.pid, sig, self._tag)
 
     def connection_lost(self) -> None:
         """The opener is gone: nobody will read the output, so the process goes too."""
         self._detached = True
         if self._status is None:
-            kill_tree(self.pid, self.pid)
+            kill_tree(self.pid, self.pid, self._tag)
         for out in list(self._outputs):
             self._agent.loop.remove_fd(out.fd)
             os.close(out.fd)

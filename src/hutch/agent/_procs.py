@@ -152,6 +152,9 @@ class Reaper:
         return len(self._callbacks)
 
 
+# Every exec's environment carries this variable with a value unique to the exec.
+EXEC_TAG_VAR = "HUTCH_EXEC_ID"
+
 # -- process trees -----------------------------------------------------------------------------
 
 
@@ -174,12 +177,32 @@ def _scan_processes() -> dict[int, tuple[int, int]]:
     return procs
 
 
-def _tree(procs: dict[int, tuple[int, int]], session: int, root: int | None) -> set[int]:
-    """Everything in ``session`` plus all descendants of ``root`` and of those."""
+def _tagged(procs: dict[int, tuple[int, int]], tag: bytes | None) -> set[int]:
+    """Processes whose environment carries ``EXEC_TAG_VAR=tag``: this finds what escaped both
+    the session (setsid) and the parent chain (a double fork re-parents to PID 1)."""
+    if tag is None:
+        return set()
+    marker = EXEC_TAG_VAR.encode() + b"=" + tag + b"\0"
+    found = set()
+    for pid in procs:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read():
+                    found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _tree(
+    procs: dict[int, tuple[int, int]], session: int, root: int | None, tag: bytes | None = None
+) -> set[int]:
+    """Everything in ``session`` or tagged with ``tag``, plus all descendants of those and
+    of ``root``."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    tree = {pid for pid, (_, sid) in procs.items() if sid == session}
+    tree = {pid for pid, (_, sid) in procs.items() if sid == session} | _tagged(procs, tag)
     stack = list(tree)
     if root is not None and root in procs:
         tree.add(root)
@@ -201,7 +224,7 @@ def _send(pid: int, sig: int) -> None:
         pass
 
 
-def kill_tree(session: int, root: int | None) -> None:
+def kill_tree(session: int, root: int | None, tag: bytes | None = None) -> None:
     """SIGKILL a session and every descendant of ``root`` (pass None once it is reaped).
 
     Members are stopped first and the scan repeated until it finds nothing new, so that a
@@ -209,7 +232,7 @@ def kill_tree(session: int, root: int | None) -> None:
     """
     stopped: set[int] = set()
     for _ in range(50):
-        new = _tree(_scan_processes(), session, root) - stopped
+        new = _tree(_scan_processes(), session, root, tag) - stopped
         if not new:
             break
         for pid in new:
@@ -219,7 +242,7 @@ def kill_tree(session: int, root: int | None) -> None:
         _send(pid, signal.SIGKILL)
 
 
-def signal_tree(session: int, root: int | None, sig: int) -> None:
+def signal_tree(session: int, root: int | None, sig: int, tag: bytes | None = None) -> None:
     """Send ``sig`` once to a session and the descendants of ``root`` (graceful stop)."""
-    for pid in _tree(_scan_processes(), session, root):
+    for pid in _tree(_scan_processes(), session, root, tag):
         _send(pid, sig)

@@ -125,16 +125,13 @@ class Runc:
         data = json.loads(result.stdout or b"null") or []
         return [ContainerState.from_json(d) for d in data]
 
-    async def delete(self, container_id: str) -> bool:
-        """Kill (SIGKILL) and delete the container, its cgroups and state; False if none."""
+    async def delete(self, container_id: str) -> None:
+        """Kill (SIGKILL) and delete the container, its cgroups and state; fine if none."""
         result = await self._call("delete", "--force", container_id, check=False)
-        if result.exit_code == 0:
-            return True
-        if _does_not_exist(result.stderr):
-            return False
-        raise RuncError(
-            f"runc delete --force {container_id} failed: {result.stderr.decode().strip()}"
-        )
+        if result.exit_code != 0 and not _does_not_exist(result.stderr):
+            raise RuncError(
+                f"runc delete --force {container_id} failed: {result.stderr.decode().strip()}"
+            )
 
     async def pause(self, container_id: str) -> None:
         await self._call("pause", container_id)
@@ -150,7 +147,7 @@ class Runc:
 
 
 def _does_not_exist(stderr: bytes) -> bool:
-    return b"does not exist" in stderr or b"not exist" in stderr
+    return b"does not exist" in stderr
 
 
 def read_runc_error(log: Path) -> str:

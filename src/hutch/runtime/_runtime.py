@@ -52,7 +52,14 @@ from hutch.runtime._errors import (
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
-from hutch.runtime._oci import SandboxLayout, Spec, merge_env, resources, sandbox_spec
+from hutch.runtime._oci import (
+    Resources,
+    SandboxLayout,
+    Spec,
+    merge_env,
+    resources,
+    sandbox_spec,
+)
 from hutch.runtime._overlay import mount_overlay, unmount_overlay
 from hutch.runtime._runc import Runc
 from hutch.runtime._seccomp import default_profile, kernel_version
@@ -63,6 +70,8 @@ log = logging.getLogger("hutch.runtime")
 SandboxState = Literal["running", "paused", "stopped", "missing"]
 
 SANDBOX_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _MAX_NOFILE = 1 << 20
 
 
@@ -158,7 +167,7 @@ class Runtime:
         # and to the agent bundle: o+x on the home, never o+r.
         _add_mode(self._home, 0o711)
         _check_traversable(self._home.resolve().parent)
-        self._sandboxes.mkdir(mode=0o711, exist_ok=True)
+        _mkdir(self._sandboxes, 0o711)
         await self._storage.ensure()
         package = self.config.agent_package or Path(hutch.__file__).parent
         self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
@@ -190,8 +199,7 @@ class Runtime:
             SandboxExists: the id has a sandbox (or leftovers of one: `destroy` it first).
             SandboxStartError: runc could not start it (the message has runc's error).
         """
-        _check_id(spec.id)
-        self._check_runtime(spec)
+        self._validate(spec)
         bundle = self._require_setup()
         paths = self._paths(spec.id)
         async with self._lock(spec.id):
@@ -215,8 +223,7 @@ class Runtime:
             SandboxMissing: the sandbox has no writable layer to start from.
             SandboxStartError: runc could not start it; the writable layer is kept.
         """
-        _check_id(spec.id)
-        self._check_runtime(spec)
+        self._validate(spec)
         bundle = self._require_setup()
         paths = self._paths(spec.id)
         async with self._lock(spec.id):
@@ -234,19 +241,14 @@ class Runtime:
                 raise
 
     def _prepare_storage(self, spec: SandboxSpec, paths: _Paths) -> None:
-        self._storage.create(spec.id, spec.limits.disk_mb << 20)
+        subvolume = self._storage.create(spec.id, spec.limits.disk_mb << 20)
+        os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
         lower = os.stat(spec.image.rootfs)
         # The overlay's root takes the upper dir's owner and mode: make them the image's.
-        paths.upper.mkdir(mode=0o755)
-        os.chown(paths.upper, lower.st_uid, lower.st_gid)
-        os.chmod(paths.upper, stat.S_IMODE(lower.st_mode))
-        paths.work.mkdir(mode=0o700)
-        os.chown(paths.work, HOST_ID_BASE, HOST_ID_BASE)
+        _mkdir(paths.upper, stat.S_IMODE(lower.st_mode), owner=(lower.st_uid, lower.st_gid))
+        _mkdir(paths.work, 0o700, owner=(HOST_ID_BASE, HOST_ID_BASE))
         if not (spec.image.rootfs / "workspace").is_dir():
-            workspace = paths.upper / "workspace"
-            workspace.mkdir(mode=0o755)
-            os.chown(workspace, HOST_ID_BASE, HOST_ID_BASE)
-        paths.etc.mkdir(mode=0o755)
+            _mkdir(paths.upper / "workspace", 0o755, owner=(HOST_ID_BASE, HOST_ID_BASE))
         self._write_etc_files(spec, paths, overwrite=True)
 
     def _write_etc_files(self, spec: SandboxSpec, paths: _Paths, *, overwrite: bool) -> None:
@@ -255,7 +257,7 @@ class Runtime:
             "hostname": f"{spec.hostname}\n",
             "resolv.conf": resolv_conf(_read_text(Path("/etc/resolv.conf"))),
         }
-        paths.etc.mkdir(mode=0o755, exist_ok=True)
+        _mkdir(paths.etc, 0o755)
         for name, text in files.items():
             path = paths.etc / name
             if not overwrite and path.exists():
@@ -268,8 +270,8 @@ class Runtime:
     async def _start(
         self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle, timings: dict[str, float]
     ) -> Path:
-        paths.bundle.mkdir(mode=0o711, exist_ok=True)
-        paths.rootfs.mkdir(mode=0o755, exist_ok=True)
+        _mkdir(paths.bundle, 0o711)
+        _mkdir(paths.rootfs, 0o755)
         with _timed(timings, "overlay"):
             unmount_overlay(paths.rootfs)  # a stale mount from before a runc failure
             mount_overlay(
@@ -279,6 +281,7 @@ class Runtime:
             paths.config.write_bytes(self._spec_for(spec, paths, bundle).dumps())
         with _timed(timings, "socket"):
             listener = listen_unix(paths.socket)
+        paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
         stderr_fd = self._agent_stderr(paths)
         try:
             with _timed(timings, "runc"):
@@ -308,10 +311,17 @@ class Runtime:
             )
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
+    def _resources(self, limits: Limits) -> Resources:
+        return resources(
+            cpu=limits.cpu,
+            memory_mb=limits.memory_mb,
+            swap_mb=limits.swap_mb,
+            pids=limits.pids,
+            memsw=self._memsw,
+        )
+
     def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
         limits = spec.limits
-        if limits.disk_mb <= 0:
-            raise ValueError("disk_mb must be positive")
         env = merge_env(spec.image.config.env, spec.env, AGENT_ENV)
         return sandbox_spec(
             cgroups_path=cgroups_path(spec.id),
@@ -325,13 +335,7 @@ class Runtime:
             ),
             args=agent_args(),
             env=env,
-            resources=resources(
-                cpu=limits.cpu,
-                memory_mb=limits.memory_mb,
-                swap_mb=limits.swap_mb,
-                pids=limits.pids,
-                memsw=self._memsw,
-            ),
+            resources=self._resources(limits),
             seccomp=self._seccomp,
             id_base=HOST_ID_BASE,
             id_range=ID_RANGE,
@@ -363,7 +367,7 @@ class Runtime:
             errors.append(f"container: {e}")
         try:
             for mountpoint in mounts_under(paths.bundle):
-                unmount_overlay(mountpoint)
+                umount(mountpoint)
         except OSError as e:
             errors.append(f"rootfs mount: {e}")
         try:
@@ -401,7 +405,8 @@ class Runtime:
             found.update(p.name for p in self._sandboxes.iterdir())
         found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
         found.update(self._storage.names())
-        stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in set(keep))
+        kept = set(keep)
+        stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
         errors = []
         for sandbox_id in stale:
             try:
@@ -467,7 +472,15 @@ class Runtime:
             raise SandboxRuntimeError("Runtime.setup() must be awaited before sandboxes start")
         return self._bundle
 
-    def _check_runtime(self, spec: SandboxSpec) -> None:
+    def _validate(self, spec: SandboxSpec) -> None:
+        """Refuse a bad spec before anything is created for it."""
+        _check_id(spec.id)
+        if not HOSTNAME_RE.fullmatch(spec.hostname):
+            raise ValueError(f"invalid hostname {spec.hostname!r}")
+        if spec.limits.disk_mb <= 0:
+            raise ValueError("disk_mb must be positive")
+        self._resources(spec.limits)
+        merge_env(spec.image.config.env, spec.env)
         if not self.supports(spec.runtime):
             raise SandboxStartError(
                 f"runtime {spec.runtime!r} is not available on this host (runsc is not "
@@ -502,8 +515,18 @@ def listen_unix(path: Path) -> socket.socket:
         sock.close()
         raise
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(private / "s")  # only there if the rename did not happen
+        os.rmdir(private)
     return sock
+
+
+def _mkdir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """mkdir -p with exactly `mode`, whatever the umask."""
+    path.mkdir(mode=mode, exist_ok=True)
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def _rmtree(path: Path) -> None:

@@ -69,6 +69,7 @@ class StoragePool:
             )
         if self.image.stat().st_size < self.size_bytes:
             await self._grow()
+        os.chmod(self.root, 0o755)  # the sandboxes' roots traverse it to their etc files
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             # A no-op when quotas are already on.
@@ -138,11 +139,10 @@ class StoragePool:
         """Names of the subvolumes at the top of the pool."""
         if not self.is_mounted():
             return []
+        # NB: stat, not the dirent's inode: readdir reports a subvolume by its tree id.
         with os.scandir(self.root) as it:
             return sorted(
-                e.name
-                for e in it
-                if e.is_dir(follow_symlinks=False) and e.inode() == BTRFS_FIRST_FREE_OBJECTID
+                e.name for e in it if e.is_dir(follow_symlinks=False) and self.exists(e.name)
             )
 
 

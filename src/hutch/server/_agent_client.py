@@ -123,13 +123,13 @@ class AgentStream:
     async def _put(self, frame: Frame) -> None:
         if frame.kind is Kind.RESULT:
             self._got_result = True
-        if self._discard or (self._cancelled and frame.kind is Kind.DATA):
-            return
+        # A full buffer holds up the whole connection (see the module docstring), unless the
+        # consumer has cancelled: then DATA is dropped and the rest is small.
         while self._buffered >= STREAM_BUFFER_BYTES and not self._cancelled:
             self._writable.clear()
             await self._writable.wait()
-            if self._discard:
-                return
+        if self._discard or (self._cancelled and frame.kind is Kind.DATA):
+            return
         self._frames.append(frame)
         self._buffered += len(frame.payload)
         self._readable.set()
@@ -164,7 +164,10 @@ class AgentStream:
     async def send_stdin(self, data: bytes) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 
-        Waits while the socket's write buffer is full. A no-op once the stream has ended.
+        Waits while the socket's write buffer is full. A no-op once the RESULT is in.
+
+        Raises:
+            AgentDisconnected: the connection is gone.
         """
         view = memoryview(data)
         for start in range(0, len(view), STDIN_CHUNK):
@@ -175,7 +178,7 @@ class AgentStream:
             await self._conn._drain()
 
     async def close_stdin(self) -> None:
-        """Send EOF on stdin."""
+        """Send EOF on stdin. A no-op once the RESULT is in; raises like ``send_stdin``."""
         if self._send(Kind.EOF, b"", Channel.STDIN, self._stdin_offset):
             await self._conn._drain()
 
@@ -184,7 +187,8 @@ class AgentStream:
         DATA arriving from now on is dropped. A no-op once the stream has ended."""
         self._cancelled = True
         self._writable.set()
-        self._send(Kind.CANCEL)
+        if self._error is None:
+            self._send(Kind.CANCEL)
 
     async def aclose(self) -> None:
         """Cancel if still running and drop everything not yet consumed."""
@@ -206,8 +210,10 @@ class AgentStream:
         await self.aclose()
 
     def _send(self, kind: Kind, payload: bytes = b"", channel: int = 0, offset: int = 0) -> bool:
+        if self._error is not None:
+            raise self._error
         # Once the RESULT is in, the id may already belong to a new stream: send nothing.
-        if self.finished:
+        if self._got_result:
             return False
         return self._conn._write(encode_frame(kind, self.id, payload, channel, offset))
 
@@ -287,9 +293,10 @@ class AgentConnection:
         """Close the connection; open streams end with ``AgentConnectionClosed``. Idempotent."""
         self._shut(AgentConnectionClosed())
         self._reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader_task
-        with contextlib.suppress(Exception):
+        # wait() rather than await: the task's own CancelledError is expected, while ours (if
+        # the caller of close() is cancelled) must still propagate.
+        await asyncio.wait({self._reader_task})
+        with contextlib.suppress(OSError):
             await self._writer.wait_closed()
 
     async def __aenter__(self) -> AgentConnection:
@@ -342,6 +349,8 @@ class AgentConnection:
             self._shut(AgentDisconnected(f"the agent sent a malformed frame: {e}"))
         except OSError as e:
             self._shut(AgentDisconnected(f"reading from the agent failed: {e}"))
+        except Exception as e:  # a bug here must not leave every stream waiting forever
+            self._shut(AgentDisconnected(f"the agent client failed: {e!r}"))
 
     async def _deliver(self, frame: Frame) -> None:
         kind = frame.kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -120,6 +121,8 @@ class Services:
             RuntimeConfig(home=config.home, storage_size_gb=config.storage_size_gb)
         )
         self.keys = KeyChecker(self.store, config.api_key)
+        # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
+        self.background: set[asyncio.Task[None]] = set()
         self.sandboxes = SandboxManager(
             self.store, self.runtime, self.images, agent_timeout=config.agent_connect_timeout
         )
@@ -175,16 +178,25 @@ async def _open_exec(svc: Services, sandbox_id: str, body: ExecRequest) -> Agent
     conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
     try:
         stream = conn.open_stream(_agent_request(body))
-        if stdin is not None:
-            if stdin:
-                await stream.send_stdin(stdin)
-            await stream.close_stdin()
     except AgentDisconnected as exc:
         svc.sandboxes.drop_agent(sandbox_id, conn)
         raise SandboxUnavailable(
             f"lost the connection to sandbox {sandbox_id}'s agent ({exc}); retry"
         ) from exc
+    if stdin is not None:
+        # NB: feed stdin from its own task: a process that echoes its input (cat) would
+        # otherwise fill the output buffers while we are still writing, and both sides stall.
+        task = asyncio.create_task(_feed_stdin(stream, stdin))
+        svc.background.add(task)
+        task.add_done_callback(svc.background.discard)
     return stream
+
+
+async def _feed_stdin(stream: AgentStream, data: bytes) -> None:
+    with contextlib.suppress(AgentError):
+        if data:
+            await stream.send_stdin(data)
+        await stream.close_stdin()
 
 
 def _raise_agent_error(result: dict[str, Any]) -> None:

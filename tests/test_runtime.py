@@ -1,0 +1,374 @@
+"""The host-side runtime against real runc containers: create, lock-down, destroy, sweep, restart.
+
+Each test has its own HUTCH_HOME (with its own small btrfs pool) and a busybox image. The agent
+is a stand-in that echoes on its inherited socket, so these tests hold for the runtime alone; one
+test boots the real agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hutch
+from hutch.runtime import (
+    HOST_ID_BASE,
+    Image,
+    ImageStore,
+    Limits,
+    Runtime,
+    RuntimeConfig,
+    SandboxExists,
+    SandboxMissing,
+    SandboxSpec,
+    SandboxStartError,
+)
+from hutch.runtime._mounts import umount
+from tests.support.busybox import add_busybox_image
+
+pytestmark = pytest.mark.sandbox
+
+ECHO_AGENT = """
+import socket
+
+def main():
+    listener = socket.socket(fileno=3)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="hutch-rt-", dir="/var/tmp"))
+    os.chmod(path, 0o711)  # sandbox root, an unprivileged host uid, traverses to its rootfs
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def echo_agent(workdir: Path) -> Path:
+    """A `hutch` package tree whose agent echoes whatever it is sent."""
+    package = workdir / "echo-agent"
+    shutil.copytree(
+        Path(hutch.__file__).parent / "_wire",
+        package / "_wire",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (package / "agent").mkdir()
+    (package / "agent/__init__.py").write_text("")
+    (package / "agent/__main__.py").write_text(ECHO_AGENT)
+    return package
+
+
+@pytest.fixture(scope="module")
+def image(workdir: Path) -> Image:
+    return add_busybox_image(ImageStore(workdir / "images"))
+
+
+@pytest.fixture()
+async def runtime(workdir: Path, echo_agent: Path) -> AsyncIterator[Runtime]:
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
+    rt = Runtime(RuntimeConfig(home=home, storage_size_gb=4, agent_package=echo_agent))
+    await rt.setup()
+    yield rt
+    await rt.sweep(keep=())
+    await rt.teardown()
+    assert not (home / "storage").is_mount(), "the empty pool stays mounted"
+
+
+def spec(image: Image, sandbox_id: str, **limits: Any) -> SandboxSpec:
+    return SandboxSpec(id=sandbox_id, image=image, env={"GREETING": "hi"}, limits=Limits(**limits))
+
+
+def runc(rt: Runtime, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    home = rt.config.home
+    return subprocess.run(
+        ["runc", "--root", str(home / "runc"), *args], capture_output=True, text=True, check=check
+    )
+
+
+def sh(rt: Runtime, sandbox_id: str, script: str) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in the sandbox, as its agent would run a command."""
+    return runc(rt, "exec", sandbox_id, "sh", "-c", script, check=False)
+
+
+def init_pid(rt: Runtime, sandbox_id: str) -> int:
+    import json
+
+    return int(json.loads(runc(rt, "state", sandbox_id).stdout)["pid"])
+
+
+def echo(socket_path: Path, payload: bytes = b"ping") -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(socket_path))
+        s.sendall(payload)
+        return s.recv(len(payload))
+
+
+def leftovers(rt: Runtime, sandbox_id: str) -> list[str]:
+    """Every trace of the sandbox on the host."""
+    home = rt.config.home
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if f"/{sandbox_id}/" in line or line.split()[4].endswith(f"/{sandbox_id}"):
+            found.append(f"mount {line.split()[4]}")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        if (hierarchy / "hutch" / sandbox_id).exists():
+            found.append(f"cgroup {hierarchy.name}")
+    for path in (home / "runc" / sandbox_id, home / "sandboxes" / sandbox_id):
+        if path.exists():
+            found.append(str(path))
+    if (home / "storage" / sandbox_id).exists():
+        found.append("subvolume")
+    return found
+
+
+def text(path: str | Path) -> str:
+    return Path(path).read_text()
+
+
+def btrfs(*args: str) -> str:
+    return subprocess.run(["btrfs", *args], capture_output=True, text=True, check=True).stdout
+
+
+def kill_and_wait(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, 9)
+    for pid in pids:
+        while _proc_state(pid) not in ("Z", "gone"):
+            time.sleep(0.005)
+
+
+def ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid")))
+        chain.append(pid)
+    return chain
+
+
+async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image) -> None:
+    sock = await runtime.create(spec(image, "lock", cpu=0.5, memory_mb=256, swap_mb=64, pids=99))
+    assert sock == runtime.agent_socket("lock")
+    assert echo(sock) == b"ping"
+    assert await runtime.state("lock") == "running"
+    assert (await runtime.list_sandboxes())["lock"] == "running"
+
+    pid = init_pid(runtime, "lock")
+    # Not a child (nor any descendant) of ours, nor in our session: killing us leaves it alone.
+    assert os.getpid() not in ancestors(pid)
+    assert os.getsid(pid) != os.getsid(0)
+    assert text(f"/proc/{pid}/uid_map").split() == ["0", str(HOST_ID_BASE), "65536"]
+    assert text(f"/proc/{pid}/gid_map").split() == ["0", str(HOST_ID_BASE), "65536"]
+    status = dict(line.split(":\t", 1) for line in text(f"/proc/{pid}/status").splitlines())
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    assert int(status["CapEff"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    # PID 1 is the agent; its stdio goes nowhere on the host, fd 3 is its socket.
+    assert "hutch.agent.__main__" in text(f"/proc/{pid}/cmdline")
+    assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
+    assert os.readlink(f"/proc/{pid}/fd/3").startswith("socket:")
+    environ = text(f"/proc/{pid}/environ").split("\0")
+    assert "GREETING=hi" in environ and "PYTHONHOME=/.hutch/python" in environ
+    assert "HOME=/root" in environ  # from the image's config
+
+    cgroups = Path("/sys/fs/cgroup")
+    assert int(text(cgroups / "memory/hutch/lock/memory.limit_in_bytes")) == 256 << 20
+    assert int(text(cgroups / "memory/hutch/lock/memory.memsw.limit_in_bytes")) == 320 << 20
+    assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
+    assert text(cgroups / "pids/hutch/lock/pids.max") == "99\n"
+
+
+async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Image) -> None:
+    await runtime.create(spec(image, "fence"))
+    checks = {
+        "id -u": "0",
+        "hostname": "sandbox",
+        "cat /proc/self/uid_map | tr -s ' '": f" 0 {HOST_ID_BASE} 65536",
+        "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused": "refused",
+        "unshare -U true 2>/dev/null && echo unshared || echo refused": "refused",
+        "unshare -m true 2>/dev/null && echo unshared || echo refused": "refused",
+        "head -c 64 /proc/kcore | wc -c": "0",
+        "echo 1 2>/dev/null > /proc/sys/kernel/sysrq && echo wrote || echo refused": "refused",
+        "echo h 2>/dev/null > /proc/sysrq-trigger && echo wrote || echo refused": "refused",
+        "touch /.hutch/code/x 2>/dev/null && echo wrote || echo refused": "refused",
+        "mknod /tmp/sda b 8 0 2>/dev/null && echo made || echo refused": "refused",
+        "ls /dev | tr '\\n' ' '": (
+            "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        ),
+        "grep -c : /proc/net/dev": "1",  # only lo
+        "cat /proc/1/cmdline | tr '\\0' ' ' | grep -c hutch.agent": "1",
+        "test -d /workspace && echo yes": "yes",
+        "grep -c 127.0.0.53 /etc/resolv.conf": "0",
+    }
+    for script, expected in checks.items():
+        result = sh(runtime, "fence", script)
+        assert result.stdout.strip() == expected.strip(), (script, result.stdout, result.stderr)
+
+
+async def test_destroy_leaves_nothing(runtime: Runtime, image: Image) -> None:
+    await runtime.create(spec(image, "gone"))
+    sh(runtime, "gone", "dd if=/dev/zero of=/workspace/f bs=1M count=4 2>/dev/null")
+    sh(runtime, "gone", "sleep 1000 >/dev/null 2>&1 & sleep 1000 >/dev/null 2>&1 &")
+    assert leftovers(runtime, "gone")
+    await runtime.destroy("gone")
+    assert leftovers(runtime, "gone") == []
+    assert await runtime.state("gone") == "missing"
+    assert "gone" not in await runtime.list_sandboxes()
+    await runtime.destroy("gone")  # idempotent
+    # The subvolume's quota group goes too, once btrfs has cleaned the subvolume up.
+    storage = str(runtime.config.home / "storage")
+    btrfs("filesystem", "sync", storage)  # commits, and wakes the cleaner
+    btrfs("subvolume", "sync", storage)
+    qgroups = btrfs("qgroup", "show", storage)
+    assert [line for line in qgroups.splitlines() if line.startswith("0/")] == [
+        line for line in qgroups.splitlines() if line.startswith("0/5 ")
+    ]
+
+
+async def test_destroy_of_a_paused_sandbox(runtime: Runtime, image: Image) -> None:
+    await runtime.create(spec(image, "frozen"))
+    await runtime.pause("frozen")
+    assert await runtime.state("frozen") == "paused"
+    await runtime.destroy("frozen")
+    assert leftovers(runtime, "frozen") == []
+
+
+async def test_failed_create_rolls_back_everything(runtime: Runtime, image: Image) -> None:
+    # runc cannot put a 1 MB memory limit on its own init: a real runc failure.
+    with pytest.raises(SandboxStartError, match="memory limit"):
+        await runtime.create(spec(image, "nomem", memory_mb=1))
+    assert leftovers(runtime, "nomem") == []
+    # Bad specs are refused before anything is made for them.
+    bad_env = SandboxSpec(id="badenv", image=image, env={"A=B": "x"}, limits=Limits())
+    bad_hostname = SandboxSpec(id="badhost", image=image, env={}, limits=Limits(), hostname="a b")
+    for bad in (bad_env, bad_hostname, spec(image, "nodisk", disk_mb=0), spec(image, "Not_An_Id")):
+        with pytest.raises(ValueError):
+            await runtime.create(bad)
+        assert leftovers(runtime, bad.id) == []
+
+
+async def test_create_works_under_a_strict_umask(runtime: Runtime, image: Image) -> None:
+    # A server started with UMask=0077 must still give the sandbox's root (an unprivileged
+    # host uid) its way to its rootfs and etc files.
+    old = os.umask(0o077)
+    try:
+        sock = await runtime.create(spec(image, "umask"))
+    finally:
+        os.umask(old)
+    assert echo(sock) == b"ping"
+    assert sh(runtime, "umask", "cat /etc/hostname").stdout == "sandbox\n"
+
+
+async def test_create_of_an_existing_id_keeps_the_existing_sandbox(
+    runtime: Runtime, image: Image
+) -> None:
+    sock = await runtime.create(spec(image, "twice"))
+    with pytest.raises(SandboxExists):
+        await runtime.create(spec(image, "twice"))
+    assert echo(sock) == b"ping"
+
+
+async def test_sweep_removes_leftovers_and_keeps_the_rest(runtime: Runtime, image: Image) -> None:
+    await runtime.create(spec(image, "keep"))
+    await runtime.create(spec(image, "stray"))
+    # As if the server died mid-create and runc's state was lost: empty cgroups, the rootfs
+    # mount, the subvolume and the bundle dir remain, with no container.
+    await runtime.create(spec(image, "half"))
+    kill_and_wait([init_pid(runtime, "half")])
+    shutil.rmtree(runtime.config.home / "runc" / "half")
+    # And a subvolume with nothing else.
+    btrfs("-q", "subvolume", "create", str(runtime.config.home / "storage/orphan"))
+    assert leftovers(runtime, "half")
+
+    removed = await runtime.sweep(keep={"keep"})
+
+    assert removed == ["half", "orphan", "stray"]
+    for sandbox_id in removed:
+        assert leftovers(runtime, sandbox_id) == []
+    assert await runtime.state("keep") == "running"
+    assert echo(runtime.agent_socket("keep")) == b"ping"
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+async def test_start_existing_after_a_reboot_keeps_the_writable_layer(
+    runtime: Runtime, image: Image
+) -> None:
+    sandbox = spec(image, "reboot")
+    await runtime.create(sandbox)
+    result = sh(runtime, "reboot", "echo kept > /workspace/f && echo 10.1.2.3 db >> /etc/hosts")
+    assert result.returncode == 0, result.stderr
+    # A host reboot: every process dies, mounts vanish, runc's state goes stale.
+    home = runtime.config.home
+    kill_and_wait([int(p) for p in text("/sys/fs/cgroup/pids/hutch/reboot/cgroup.procs").split()])
+    assert umount(home / "sandboxes/reboot/rootfs")
+    assert umount(home / "storage")
+    await runtime.setup()  # what the server does first on start
+    assert await runtime.state("reboot") == "stopped"
+
+    sock = await runtime.start_existing(sandbox)
+
+    assert echo(sock) == b"ping"
+    assert await runtime.state("reboot") == "running"
+    assert sh(runtime, "reboot", "cat /workspace/f").stdout == "kept\n"
+    assert "10.1.2.3 db" in sh(runtime, "reboot", "cat /etc/hosts").stdout
+    # Starting a running sandbox again changes nothing.
+    pid = init_pid(runtime, "reboot")
+    assert await runtime.start_existing(sandbox) == sock
+    assert init_pid(runtime, "reboot") == pid
+    with pytest.raises(SandboxMissing):
+        await runtime.start_existing(spec(image, "never-was"))
+
+
+async def test_disk_fill_stops_at_the_limit(runtime: Runtime, image: Image) -> None:
+    await runtime.create(spec(image, "full", disk_mb=64))
+    host_free = shutil.disk_usage(runtime.config.home).free
+    # /tmp is on the writable layer too: the quota covers it.
+    result = sh(runtime, "full", "dd if=/dev/zero of=/tmp/fill bs=1M count=256 2>&1; sync")
+    assert "Disk quota exceeded" in result.stdout, result.stdout
+    written = int(sh(runtime, "full", "stat -c %s /tmp/fill").stdout)
+    assert 32 << 20 < written <= 64 << 20
+    assert host_free - shutil.disk_usage(runtime.config.home).free < 128 << 20
+    # Freeing space makes the sandbox usable again.
+    assert sh(runtime, "full", "rm /tmp/fill && echo ok > /tmp/after && cat /tmp/after").stdout == (
+        "ok\n"
+    )
+
+
+@pytest.mark.skipif(
+    not (Path(hutch.__file__).parent / "agent/__main__.py").exists(), reason="no agent yet"
+)
+async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Image) -> None:
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
+    rt = Runtime(RuntimeConfig(home=home, storage_size_gb=4))
+    await rt.setup()
+    try:
+        sock = await rt.create(spec(image, "real"))
+        await asyncio.sleep(1)  # long enough to import everything and fail, if it would
+        assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+    finally:
+        await rt.sweep(keep=())
+        await rt.teardown()
