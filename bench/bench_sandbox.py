@@ -59,7 +59,9 @@ def host_true(n: int) -> list[float]:
     return samples
 
 
-def create_to_first_exec(opts: dict[str, str], n: int, image: str) -> tuple[list[float], list[float]]:
+def create_to_first_exec(
+    opts: dict[str, str], n: int, image: str
+) -> tuple[list[float], list[float]]:
     firsts, destroys = [], []
     for _ in range(n):
         t0 = time.perf_counter()

@@ -41,8 +41,9 @@ def server(busybox_image: str) -> Iterator[ServerProcess]:
 
 def _cleanup_home(srv: ServerProcess) -> None:
     """Destroy what a test server left, through a fresh server's sweep, then drop its home."""
-    from hutch.runtime import Runtime, RuntimeConfig
     import asyncio
+
+    from hutch.runtime import Runtime, RuntimeConfig
 
     async def sweep() -> None:
         runtime = Runtime(RuntimeConfig(home=srv.home, storage_size_gb=32))

@@ -50,8 +50,10 @@ def test_kill_9_and_restart_keeps_sandboxes_and_processes(own_server: ServerProc
     opts = {"base_url": own_server.url, "api_key": own_server.api_key}
     boxes = [Sandbox.create(**opts), Sandbox.create(image="busybox", **opts)]
     for box in boxes:
-        box.exec("setsid sh -c 'while true; do date +%s >> /tmp/ticks; sleep 0.2; done' "
-                 ">/dev/null 2>&1 < /dev/null &")
+        box.exec(
+            "setsid sh -c 'while true; do date +%s >> /tmp/ticks; sleep 0.2; done' "
+            ">/dev/null 2>&1 < /dev/null &"
+        )
     time.sleep(0.5)
 
     own_server.kill9()

@@ -172,7 +172,9 @@ def test_malformed_body_is_422_with_fields(server: ServerProcess) -> None:
         assert r.status_code == 422
         locs = {tuple(f["loc"]) for f in r.json()["error"]["fields"]}
         assert ("body", "cpu") in locs and ("body", "memmory_mb") in locs
-        r = c.post("/v1/sandboxes", content=b"{not json", headers={"content-type": "application/json"})
+        r = c.post(
+            "/v1/sandboxes", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422
     with pytest.raises(InvalidRequest):
         Sandbox.create(memory_mb=1, base_url=server.url, api_key=server.api_key)

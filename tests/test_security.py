@@ -17,7 +17,11 @@ from tests._server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
 
-SYSCALL = "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); r=l.syscall({args}); print(r, ctypes.get_errno())'"
+# Calls syscall(args) from Python in the sandbox and prints "<return value> <errno>".
+SYSCALL = (
+    "python3 -c 'import ctypes; l=ctypes.CDLL(None,use_errno=True); "
+    "r=l.syscall({args}); print(r, ctypes.get_errno())'"
+)
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,6 @@ def _become_subreaper() -> None:
     """Outside a sandbox (tests, development) adopt orphaned descendants as PID 1 would, so
     that they are reaped and killed the same way."""
     try:
-        import ctypes
-
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except (ImportError, OSError, AttributeError) as e:
         report(f"cannot become a child subreaper ({e}); orphans go to the host's init")

@@ -8,10 +8,12 @@ import time
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, kill_tree, resolve_user, signal_tree, spawn
+from ._requests import parse_exec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
     from hutch._wire.agent_ops import ErrorCode, ExecRequest, ExecResult
 
@@ -348,3 +350,7 @@ class ExecOp:
     def _end(self) -> None:
         self.finished = True
         self._conn.stream_finished(self._stream, self)
+
+
+def open_exec(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> ExecOp:
+    return ExecOp(agent, conn, stream, parse_exec(request))

@@ -12,8 +12,9 @@ from hutch._wire.frames import Frame, FrameDecoder, FrameError, Kind, encode_jso
 from . import AGENT_VERSION
 from ._exec import SIGKILL, ExecOp
 from ._loop import report, report_exception
+from ._ops import STREAM_OPS, UNARY_OPS, OpError, load_handler
 from ._procs import Reaper
-from ._requests import InvalidRequest, parse_exec, parse_op, parse_ping
+from ._requests import InvalidRequest, parse_op, parse_ping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -216,19 +217,22 @@ class Connection:
             return self._error(stream, "invalid_request", f"OPEN payload is not a JSON object: {e}")
         try:
             op = parse_op(request)
-            if op == "ping":
-                parse_ping(request)
-                return self._ok(stream, dict(self._agent.ping()))
-            if op == "exec":
-                exec_request = parse_exec(request)
+            if op in UNARY_OPS:
+                handler = load_handler(UNARY_OPS, op)
+                return self._ok(stream, handler(self._agent, request))  # type: ignore[operator]
+            if op in STREAM_OPS:
                 if self._agent.shutting_down:
                     return self._error(stream, "shutting_down", "the agent is shutting down")
-                exec_op = ExecOp(self._agent, self, stream, exec_request)
-                self._streams[stream] = exec_op
-                return exec_op.start()
-            raise InvalidRequest("op", f"unknown op {op!r}; the agent knows: exec, ping")
+                factory = load_handler(STREAM_OPS, op)
+                stream_op = factory(self._agent, self, stream, request)  # type: ignore[operator]
+                self._streams[stream] = stream_op
+                return stream_op.start()  # type: ignore[no-any-return]
+            known = ", ".join(sorted([*UNARY_OPS, *STREAM_OPS]))
+            raise InvalidRequest("op", f"unknown op {op!r}; the agent knows: {known}")
         except InvalidRequest as e:
             return self._error(stream, "invalid_request", str(e))
+        except OpError as e:
+            return self._error(stream, e.code, e.message)  # type: ignore[arg-type]
         except Exception as e:
             report_exception(f"op on stream {stream} failed")
             if stream in self._streams:
@@ -337,3 +341,8 @@ class Connection:
             op.connection_lost()
         self._streams.clear()
         self._read_blockers.clear()
+
+
+def ping_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+    parse_ping(request)
+    return dict(agent.ping())

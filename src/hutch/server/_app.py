@@ -308,7 +308,9 @@ def build_router() -> APIRouter:
     async def create_api_key(svc: Svc, body: KeyCreate) -> KeyCreated:
         new = create_key(svc.store, body.name)
         r = new.record
-        return KeyCreated(id=r.id, name=r.name, prefix=r.prefix, created_at=r.created_at, key=new.key)
+        return KeyCreated(
+            id=r.id, name=r.name, prefix=r.prefix, created_at=r.created_at, key=new.key
+        )
 
     @router.delete("/keys/{key_id}", status_code=204)
     async def delete_api_key(svc: Svc, key_id: str) -> Response:
@@ -402,4 +404,3 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
     app.include_router(build_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app
-

@@ -1,16 +1,16 @@
 """API errors: every failure leaves the server as ``{"error": {"code", "message"}}``.
 
-    ApiError (status, code, message)
-    ├── Unauthorized            401 unauthorized
-    ├── SandboxNotFound         404 sandbox_not_found
-    ├── ImageNotFoundError      404 image_not_found
-    ├── KeyNotFound             404 key_not_found
-    ├── SandboxExists           409 sandbox_exists
-    ├── SandboxNotRunning       409 sandbox_not_running
-    ├── BodyTooLarge            413 body_too_large
-    ├── InvalidRequest          422 invalid_request / invalid_sandbox_id
-    ├── SandboxStartFailed      500 sandbox_start_failed
-    └── SandboxUnavailable      503 sandbox_unavailable
+ApiError (status, code, message)
+├── Unauthorized            401 unauthorized
+├── SandboxNotFound         404 sandbox_not_found
+├── ImageNotFoundError      404 image_not_found
+├── KeyNotFound             404 key_not_found
+├── SandboxExists           409 sandbox_exists
+├── SandboxNotRunning       409 sandbox_not_running
+├── BodyTooLarge            413 body_too_large
+├── InvalidRequest          422 invalid_request / invalid_sandbox_id
+├── SandboxStartFailed      500 sandbox_start_failed
+└── SandboxUnavailable      503 sandbox_unavailable
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 def _check_env(env: dict[str, str]) -> dict[str, str]:
     for name, value in env.items():
         if not ENV_NAME_RE.match(name):
-            raise ValueError(f"environment variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            raise ValueError(
+                f"environment variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*"
+            )
         if "\0" in value:
             raise ValueError(f"environment variable {name!r} contains a NUL byte")
     return env
