@@ -202,6 +202,36 @@ class ImageStore:
                 self._write_refs(refs)
         return self._load(image_id, name)
 
+    def tag(self, source: str, name: str) -> Image:
+        """Point the name `name` at the image `source` (a name or id) too.
+
+        Raises:
+            ImageNotFound: no image `source`.
+            ValueError: `name` is not a valid image name.
+        """
+        _check_name(name)
+        with self._locked():
+            image = self.get(source)
+            refs = self._read_refs()
+            refs[name] = image.id
+            self._write_refs(refs)
+        return self._load(image.id, name)
+
+    def resolve(self, name: str) -> str:
+        """The id of the image with name or id `name`.
+
+        Raises:
+            ImageNotFound: no such name or id.
+        """
+        return self.get(name).id
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private scratch dir on the store's filesystem (for unpacking what `add_rootfs`
+        then takes with `move=True`); removed on exit, and by a sweep if its owner died."""
+        with self._staging() as stage:
+            yield stage
+
     def remove(self, name: str) -> None:
         """Remove the name `name`; the content goes too once no name points at it.
 
