@@ -7,7 +7,15 @@ import time
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
-from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, kill_tree, resolve_user, signal_tree, spawn
+from ._procs import (
+    DEFAULT_PATH,
+    EXEC_TAG_VAR,
+    default_user,
+    kill_tree,
+    resolve_user,
+    signal_tree,
+    spawn,
+)
 from ._requests import parse_exec
 
 TYPE_CHECKING = False
@@ -71,9 +79,10 @@ class ExecOp:
     def start(self) -> None:
         request = self._request
         identity: Identity | None = None
-        if request["user"] is not None:
+        user = request["user"] if request["user"] is not None else default_user()
+        if user is not None:
             try:
-                identity = resolve_user(request["user"])
+                identity = resolve_user(user)
             except LookupError as e:
                 return self._fail("user_not_found", str(e))
         cwd = request["cwd"]

@@ -39,6 +39,12 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
+def default_user() -> str | None:
+    """The image's USER (from the runtime), the default of every exec, session and terminal;
+    None means the agent's own (root)."""
+    return os.environ.get("HUTCH_AGENT_USER") or None
+
+
 def resolve_user(spec: str, etc: str = "/etc") -> Identity:
     """Resolve Docker-style ``user``, ``uid``, ``user:group`` or ``uid:gid``.
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch.cli._images import add_image_commands
 from hutch.cli._output import (
     format_labels,
     format_size,
@@ -145,12 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = images.add_parser("ls", help="list the server's images", parents=[connection])
     p.set_defaults(handler=cmd_image_ls)
     p = images.add_parser(
-        "build", help="build the default image on this host (needs root)", parents=[connection]
+        "build",
+        help="build the default image, or a Dockerfile (-f) with buildah, on this host (root)",
+        parents=[connection],
     )
     p.set_defaults(handler=cmd_image_build)
-    p.add_argument("name", nargs="?", default="default", choices=["default"])
+    p.add_argument(
+        "name", nargs="?", default="default", help="'default', or with -f the build context dir"
+    )
+    p.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile to build with buildah")
+    p.add_argument("-t", "--tag", dest="tag", help="name of the built image (with -f)")
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     _add_home(p)
+
+    add_image_commands(images, connection, _client)
 
     keys = command("keys", _needs_subcommand, "manage API keys").add_subparsers(
         dest="keys_command", metavar="COMMAND", required=True
@@ -384,6 +393,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     )
 
     config = _server_config(args)
+    if args.dockerfile is not None:
+        return _build_dockerfile(args, config)
+    if args.name != "default":
+        _fail("without -f only the 'default' image can be built; use -f Dockerfile [context]")
+        return 2
     try:
         image = ensure_default_image(
             ImageStore(config.image_root),
@@ -394,6 +408,24 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         )
     except DefaultImageBuildError as exc:
         _fail(f"building the {args.name} image failed: {exc}")
+        return 1
+    print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
+    return 0
+
+
+def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
+    from hutch.cli._images import build_with_buildah
+    from hutch.runtime._oci_build import BuildError
+    from hutch.runtime._oci_import import ImageInvalid
+
+    context = Path(args.name if args.name != "default" else ".")
+    if not args.tag:
+        _fail("name the image: hutch image build -f Dockerfile -t NAME [context]")
+        return 2
+    try:
+        image = build_with_buildah(config.image_root, Path(args.dockerfile), context, args.tag)
+    except (BuildError, ImageInvalid, ValueError) as exc:
+        _fail(f"building {args.tag} failed: {exc}")
         return 1
     print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
     return 0

@@ -206,9 +206,7 @@ def _from_oci_config(config: Any, layers: tuple[Path, ...]) -> ParsedImage:
     if not isinstance(user, str):
         raise ImageInvalid("the image config's User is not a string")
     labels_raw = c.get("Labels") or {}
-    labels = (
-        {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, dict) else {}
-    )
+    labels = {str(k): str(v) for k, v in labels_raw.items()} if isinstance(labels_raw, dict) else {}
     try:
         image_config = ImageConfig.from_dict(
             {
@@ -424,9 +422,7 @@ def _apply_member(
             link_parts = _clean_parts(member.linkname)
             if not link_parts:
                 raise ImageInvalid(f"hard link {member.name!r} points at the root directory")
-            source = os.path.join(
-                resolve_in_root(root, link_parts[:-1]), link_parts[-1]
-            )
+            source = os.path.join(resolve_in_root(root, link_parts[:-1]), link_parts[-1])
             try:
                 st = os.lstat(source)
             except FileNotFoundError:
@@ -568,9 +564,7 @@ def pull(
         with _env_without_proxy_creds() as env:
             env["HOME"] = str(stage)  # no stray auth.json from the server's own home
             try:
-                proc = subprocess.run(
-                    cmd, capture_output=True, text=True, timeout=timeout, env=env
-                )
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
             except FileNotFoundError:
                 raise RegistryError(
                     "skopeo is not installed on the server (scripts/install installs it)"
@@ -597,4 +591,4 @@ def _skopeo_message(stderr: str) -> str:
     # skopeo logs as `time="..." level=fatal msg="..."`
     if 'msg="' in text:
         text = text.split('msg="', 1)[1].rstrip('"')
-    return text.replace("\\\"", '"')
+    return text.replace('\\"', '"')

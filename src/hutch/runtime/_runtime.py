@@ -50,6 +50,7 @@ from hutch.runtime._errors import (
     SandboxStartError,
 )
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
 from hutch.runtime._oci import (
@@ -322,7 +323,7 @@ class Runtime:
 
     def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
         limits = spec.limits
-        env = merge_env(spec.image.config.env, spec.env, AGENT_ENV)
+        env = merge_env(spec.image.config.env, spec.env, AGENT_ENV, image_agent_env(spec.image))
         return sandbox_spec(
             cgroups_path=cgroups_path(spec.id),
             hostname=spec.hostname,

@@ -24,11 +24,12 @@ from hutch.sdk._exceptions import (
     InvalidRequest,
     NotFoundError,
     PayloadTooLarge,
+    RegistryError,
     SandboxNotFound,
     SandboxUnavailable,
     ServerError,
 )
-from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageInfo, SandboxInfo
+from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageDetail, ImageInfo, SandboxInfo
 from hutch.sdk._sync import Client, Sandbox
 
 __all__ = [
@@ -47,11 +48,13 @@ __all__ = [
     "FileNotFound",
     "HutchConnectionError",
     "HutchError",
+    "ImageDetail",
     "ImageInfo",
     "ImageNotFound",
     "InvalidRequest",
     "NotFoundError",
     "PayloadTooLarge",
+    "RegistryError",
     "Sandbox",
     "SandboxInfo",
     "SandboxNotFound",

@@ -9,10 +9,11 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
     │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
-    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, image_in_use
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
+    │   │   └── RegistryError           502 registry_error (the registry's message)
     │   └── SandboxUnavailable          503 sandbox_unavailable
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
     ├── ConfigurationError              bad base_url / api_key given to the SDK (also a ValueError)
@@ -115,6 +116,10 @@ class ServerError(APIError):
     """The server failed (HTTP 5xx). This is a bug in Hutch; please report it."""
 
 
+class RegistryError(ServerError):
+    """The registry refused a pull or could not be reached (HTTP 502); the message is its."""
+
+
 class SandboxUnavailable(APIError):
     """The sandbox exists but its agent did not answer (HTTP 503). Retrying may help."""
 
@@ -153,6 +158,10 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),
     "internal": (ServerError, 500),
+    "image_in_use": (Conflict, 409),
+    "image_invalid": (InvalidRequest, 422),
+    "image_architecture": (InvalidRequest, 422),
+    "registry_error": (RegistryError, 502),
     "sandbox_unavailable": (SandboxUnavailable, 503),
 }
 

@@ -197,3 +197,52 @@ class ImageInfo:
             size_bytes=int(data.get("size_bytes") or 0),
             created_at=_parse_time(data.get("created_at")),
         )
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    """An image with its config: what `inspect`, `pull`, `import` and `tag` return.
+
+    Attributes:
+        name: The name sandboxes ask for.
+        id: Its content address.
+        size_bytes: Size of its root filesystem.
+        created_at: When it was stored.
+        env: ``KEY=VALUE`` defaults of every command in it.
+        working_dir: The default working directory.
+        user: The default user.
+        entrypoint: The image's ENTRYPOINT.
+        cmd: The image's CMD.
+        labels: The image's labels.
+        sandboxes: How many sandboxes run on it.
+    """
+
+    name: str
+    id: str
+    size_bytes: int
+    created_at: datetime | None
+    env: list[str]
+    working_dir: str
+    user: str
+    entrypoint: list[str]
+    cmd: list[str]
+    labels: dict[str, str]
+    sandboxes: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageDetail:
+        """Build from the server's image detail JSON object."""
+        config = data.get("config") or {}
+        return cls(
+            name=str(data.get("name", "")),
+            id=str(data.get("id", "")),
+            size_bytes=int(data.get("size_bytes") or 0),
+            created_at=_parse_time(data.get("created_at")),
+            env=[str(e) for e in config.get("env") or []],
+            working_dir=str(config.get("working_dir", "/")),
+            user=str(config.get("user", "root")),
+            entrypoint=[str(e) for e in config.get("entrypoint") or []],
+            cmd=[str(e) for e in config.get("cmd") or []],
+            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            sandboxes=int(data.get("sandboxes") or 0),
+        )

@@ -44,6 +44,7 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
+from hutch.server._routes_images import build_images_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._store import SqliteStore, Store
 
@@ -55,6 +56,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Routes that stream their body to disk themselves (image archives can be GBs).
+UNLIMITED_BODY_PATHS = frozenset({"/v1/images/import"})
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over the limit with 413, whether or not Content-Length tells the truth."""
 
@@ -64,6 +69,9 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") in UNLIMITED_BODY_PATHS:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -402,5 +410,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         return {"ok": True}
 
     app.include_router(build_router())
+    app.include_router(build_images_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

@@ -9,7 +9,10 @@ ApiError (status, code, message)
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── BodyTooLarge            413 body_too_large
 ├── InvalidRequest          422 invalid_request / invalid_sandbox_id
+├── ImageInUse              409 image_in_use
+├── ImageInvalid            422 image_invalid / image_architecture
 ├── SandboxStartFailed      500 sandbox_start_failed
+├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
 """
 
@@ -90,3 +93,18 @@ class SandboxStartFailed(ApiError):
 class SandboxUnavailable(ApiError):
     status = 503
     code = "sandbox_unavailable"
+
+
+class ImageInUse(ApiError):
+    status = 409
+    code = "image_in_use"
+
+
+class ImageInvalid(ApiError):
+    status = 422
+    code = "image_invalid"
+
+
+class RegistryFailed(ApiError):
+    status = 502
+    code = "registry_error"

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from hutch.sdk._async import images as _images
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._http import (
     connection_limits,
@@ -21,7 +22,7 @@ from hutch.sdk._http import (
     translate_transport_errors,
     unary_timeout,
 )
-from hutch.sdk._models import ApiKey, ImageInfo
+from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo
 from hutch.sdk._requests import path_segment
 
 QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
@@ -214,3 +215,58 @@ class AsyncClient:
         """The images in the server's store."""
         body = await self.request("GET", "/v1/images")
         return [ImageInfo.from_json(i) for i in body["images"]]
+
+    async def pull_image(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        insecure: bool = False,
+    ) -> ImageDetail:
+        """Pull an image from an OCI registry into the server's store.
+
+        Args:
+            ref: The reference, e.g. ``"127.0.0.1:5000/app:1"`` or ``"python:3.12-slim"``.
+            name: The name to store it as (default: ``ref``, with ``:latest`` if untagged).
+            username: Registry user (with ``password``).
+            password: Registry password or token.
+            insecure: Plain HTTP (or TLS without verification), for local registries.
+
+        Raises:
+            RegistryError: The registry refused (its message) or could not be reached.
+            InvalidRequest: The image is corrupt or for another architecture.
+        """
+        return await _images.pull_image(
+            self, ref, name=name, username=username, password=password, insecure=insecure
+        )
+
+    async def import_image(self, path: str, *, name: str | None = None) -> ImageDetail:
+        """Upload a ``docker save`` tarball or an OCI archive; ``name`` defaults to its tag.
+
+        Raises:
+            InvalidRequest: The archive is corrupt, truncated or for another architecture
+                (``image_invalid`` / ``image_architecture``); nothing was stored.
+        """
+        return await _images.import_image(self, path, name=name)
+
+    async def get_image(self, name: str) -> ImageDetail:
+        """An image with its config (env, working dir, user, entrypoint, cmd).
+
+        Raises:
+            ImageNotFound: No image has that name or id.
+        """
+        return await _images.get_image(self, name)
+
+    async def tag_image(self, name: str, new_name: str) -> ImageDetail:
+        """Give the image ``name`` another name ``new_name``."""
+        return await _images.tag_image(self, name, new_name)
+
+    async def remove_image(self, name: str) -> None:
+        """Remove an image name (its content goes when no name is left).
+
+        Raises:
+            Conflict: Sandboxes run on it (``image_in_use``): destroy them first.
+        """
+        await _images.remove_image(self, name)

@@ -22,8 +22,9 @@ from hutch.sdk._http import (
     translate_transport_errors,
     unary_timeout,
 )
-from hutch.sdk._models import ApiKey, ImageInfo
+from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo
 from hutch.sdk._requests import path_segment
+from hutch.sdk._sync import images as _images
 
 QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
 
@@ -215,3 +216,58 @@ class Client:
         """The images in the server's store."""
         body = self.request("GET", "/v1/images")
         return [ImageInfo.from_json(i) for i in body["images"]]
+
+    def pull_image(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        insecure: bool = False,
+    ) -> ImageDetail:
+        """Pull an image from an OCI registry into the server's store.
+
+        Args:
+            ref: The reference, e.g. ``"127.0.0.1:5000/app:1"`` or ``"python:3.12-slim"``.
+            name: The name to store it as (default: ``ref``, with ``:latest`` if untagged).
+            username: Registry user (with ``password``).
+            password: Registry password or token.
+            insecure: Plain HTTP (or TLS without verification), for local registries.
+
+        Raises:
+            RegistryError: The registry refused (its message) or could not be reached.
+            InvalidRequest: The image is corrupt or for another architecture.
+        """
+        return _images.pull_image(
+            self, ref, name=name, username=username, password=password, insecure=insecure
+        )
+
+    def import_image(self, path: str, *, name: str | None = None) -> ImageDetail:
+        """Upload a ``docker save`` tarball or an OCI archive; ``name`` defaults to its tag.
+
+        Raises:
+            InvalidRequest: The archive is corrupt, truncated or for another architecture
+                (``image_invalid`` / ``image_architecture``); nothing was stored.
+        """
+        return _images.import_image(self, path, name=name)
+
+    def get_image(self, name: str) -> ImageDetail:
+        """An image with its config (env, working dir, user, entrypoint, cmd).
+
+        Raises:
+            ImageNotFound: No image has that name or id.
+        """
+        return _images.get_image(self, name)
+
+    def tag_image(self, name: str, new_name: str) -> ImageDetail:
+        """Give the image ``name`` another name ``new_name``."""
+        return _images.tag_image(self, name, new_name)
+
+    def remove_image(self, name: str) -> None:
+        """Remove an image name (its content goes when no name is left).
+
+        Raises:
+            Conflict: Sandboxes run on it (``image_in_use``): destroy them first.
+        """
+        _images.remove_image(self, name)

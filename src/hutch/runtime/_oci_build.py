@@ -1,0 +1,190 @@
+"""`hutch image build -f Dockerfile [context]`: buildah (chroot isolation, private storage),
+FROM `scratch`, a registry image, or an image Hutch already has (exported to a one-layer OCI
+layout with its ownership unshifted), stored through the same path as a pull."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import IO
+
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime._images import Image, ImageNotFound, ImageStore
+from hutch.runtime._oci_import import (
+    ImageInvalid,
+    host_architecture,
+    parse_oci_layout,
+    store_parsed,
+)
+
+_FROM_RE = re.compile(r"^(\s*FROM\s+)(?:--platform=\S+\s+)?(\S+)(.*)$", re.IGNORECASE)
+
+
+class BuildError(RuntimeError):
+    """buildah failed; the message has the end of its output."""
+
+
+def _unshift(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    for attr in ("uid", "gid"):
+        value = getattr(info, attr)
+        if HOST_ID_BASE <= value < HOST_ID_BASE + ID_RANGE:
+            setattr(info, attr, value - HOST_ID_BASE)
+    info.uname = info.gname = ""
+    return info
+
+
+def export_oci_layout(image: Image, layout: Path) -> None:
+    """Write `image` as a one-layer OCI layout at `layout` (tag `image`), ownership as seen
+    inside a sandbox."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    layer_tmp = layout / "layer.tar"
+    with tarfile.open(layer_tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(image.rootfs)):
+            tar.add(image.rootfs / entry, arcname=entry, filter=_unshift)
+
+    def put(data: bytes | Path) -> tuple[str, int]:
+        if isinstance(data, Path):
+            with open(data, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            size = data.stat().st_size
+            os.rename(data, blobs / digest)
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+            size = len(data)
+            (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}", size
+
+    layer_digest, layer_size = put(layer_tmp)
+    c = image.config
+    config = {
+        "architecture": host_architecture(),
+        "os": "linux",
+        "config": {
+            "Env": list(c.env),
+            "WorkingDir": c.working_dir,
+            "User": c.user,
+            "Entrypoint": list(c.entrypoint) or None,
+            "Cmd": list(c.cmd) or None,
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }
+    config_digest, config_size = put(json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    manifest_digest, manifest_size = put(json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": {"org.opencontainers.image.ref.name": "image"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+
+def _rewrite_from(dockerfile: str, store: ImageStore, work: Path) -> str:
+    """Point every `FROM <hutch image>` at an exported OCI layout of it."""
+    lines = []
+    exported: dict[str, Path] = {}
+    for line in dockerfile.splitlines():
+        m = _FROM_RE.match(line)
+        if m and m.group(2).lower() != "scratch" and ":" not in m.group(2).split("/")[0]:
+            ref = m.group(2)
+            try:
+                image = store.get(ref)
+            except ImageNotFound:
+                image = None
+            if image is not None:
+                if image.id not in exported:
+                    layout = work / f"from-{len(exported)}"
+                    export_oci_layout(image, layout)
+                    exported[image.id] = layout
+                line = f"{m.group(1)}oci:{exported[image.id]}:image{m.group(3)}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def build_image(
+    store: ImageStore, dockerfile: Path, context: Path, name: str, *, out: IO[str]
+) -> Image:
+    """Build with buildah and store as `name`. buildah's output goes to `out` as it comes.
+
+    Raises:
+        BuildError: buildah failed (the message has its last lines).
+        ImageInvalid: the result could not be read.
+    """
+    if not context.is_dir():
+        raise BuildError(f"build context {context} is not a directory")
+    try:
+        text = dockerfile.read_text()
+    except OSError as e:
+        raise BuildError(f"cannot read {dockerfile}: {e}") from None
+    with store.staging() as stage:
+        rewritten = stage / "Dockerfile"
+        rewritten.write_text(_rewrite_from(text, store, stage))
+        base = [
+            "buildah",
+            "--root",
+            str(stage / "storage"),
+            "--runroot",
+            str(stage / "run"),
+            "--storage-driver",
+            "vfs",
+        ]
+        bud = [*base, "bud", "--isolation", "chroot", "--layers=false", "-f", str(rewritten)]
+        bud += ["-t", "hutch-build", str(context)]
+        _run(bud, out)
+        layout = stage / "result"
+        _run([*base, "push", "hutch-build", f"oci:{layout}:image"], out)
+        parsed = parse_oci_layout(layout, "image")
+        image = store_parsed(
+            store, name, parsed, stage, labels={"hutch.built-from": str(dockerfile)}
+        )
+        _run([*base, "rm", "--all"], None)
+        subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True)
+        return image
+
+
+def _run(cmd: list[str], out: IO[str] | None) -> None:
+    env = {**os.environ, "BUILDAH_ISOLATION": "chroot"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if out is not None:
+            out.write(line)
+            out.flush()
+        tail = (tail + [line.rstrip()])[-15:]
+    if proc.wait() != 0:
+        raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail))
+
+
+__all__ = ["BuildError", "ImageInvalid", "build_image", "export_oci_layout"]
