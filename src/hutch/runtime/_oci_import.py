@@ -13,6 +13,7 @@ at a file inside the rootfs, and device nodes are dropped (runc gives every sand
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -306,7 +307,7 @@ def resolve_in_root(root: str, parts: list[str]) -> str:
         candidate = os.path.join(root, *resolved, part)
         try:
             st = os.lstat(candidate)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             resolved.append(part)
             continue
         if stat.S_ISLNK(st.st_mode):
@@ -334,18 +335,24 @@ def _remove(path: str) -> None:
 
 
 def _makedirs_in_root(root: str, parts: list[str]) -> str:
-    """Create the directory `parts` inside root (resolving symlinks inside root)."""
-    path = root
-    for i in range(len(parts)):
-        path = resolve_in_root(root, parts[: i + 1])
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o755)
+    """Create the directory `parts` inside root (resolving symlinks inside root); returns its
+    host path. Whatever non-directory is in the way is replaced."""
+    path = resolve_in_root(root, parts)
+    current = root
+    for part in os.path.relpath(path, root).split("/"):
+        if part in (".", ""):
             continue
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current, 0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode):  # resolution replaced every symlink: cannot happen
+            raise ImageInvalid(f"cannot resolve {'/'.join(parts)!r} inside the image")
         if not stat.S_ISDIR(st.st_mode):
-            _remove(path)
-            os.mkdir(path, 0o755)
+            _remove(current)
+            os.mkdir(current, 0o755)
     return path
 
 
@@ -363,6 +370,10 @@ def apply_layer(rootfs: Path, layer: Path) -> None:
                 _apply_member(root, tar, member, dir_times)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib_error()) as e:
         raise ImageInvalid(f"layer {layer.name[:19]} is corrupt or truncated: {e}") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ImageInvalid(f"layer {layer.name[:19]} cannot be applied: {e}") from None
     for path, mtime in reversed(dir_times):
         try:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
