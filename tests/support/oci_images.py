@@ -56,7 +56,7 @@ def make_python_rootfs(dest: Path, default_rootfs: Path, *, padding_mb: int = 0)
         if src.is_dir() and not src.is_symlink():
             shutil.copytree(src, target, symlinks=True, ignore=shutil.ignore_patterns("test"))
         else:
-            shutil.copy2(src, target, follow_symlinks=False)
+            shutil.copy2(src, target)  # libraries: the file, not the version symlink
     for link, to in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]:
         os.symlink(to, dest / link)
     (dest / "usr/lib64").mkdir()
