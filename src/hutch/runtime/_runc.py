@@ -133,6 +133,10 @@ class Runc:
                 f"runc delete --force {container_id} failed: {result.stderr.decode().strip()}"
             )
 
+    async def update(self, container_id: str, *args: str) -> None:
+        """`runc update` the container's cgroup limits (e.g. `--memory 512M`)."""
+        await self._call("update", *args, container_id)
+
     async def pause(self, container_id: str) -> None:
         await self._call("pause", container_id)
 

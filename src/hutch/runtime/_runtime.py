@@ -54,6 +54,7 @@ from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
 from hutch.runtime._oci import (
+    CPU_PERIOD_US,
     Resources,
     SandboxLayout,
     Spec,
@@ -437,6 +438,18 @@ class Runtime:
         """id -> runc status (created, running, pausing, paused, stopped) of this home's
         containers."""
         return {c.id: c.status for c in await self._runc.list()}
+
+    async def update_limits(self, sandbox_id: str, limits: Limits) -> None:
+        """Apply new cpu, memory, swap and pids limits to a running sandbox (its cgroups).
+        The disk quota is fixed at create."""
+        _check_id(sandbox_id)
+        r = self._resources(limits)
+        args = ["--cpu-quota", str(r.cpu.quota), "--cpu-period", str(CPU_PERIOD_US)]
+        args += ["--cpu-share", str(r.cpu.shares), "--pids-limit", str(r.pids_limit)]
+        args += ["--memory", str(r.memory.limit)]
+        if r.memory.swap:
+            args += ["--memory-swap", str(r.memory.swap)]
+        await self._runc.update(sandbox_id, *args)
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""

@@ -44,6 +44,7 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
+from hutch.server._pools import RuntimeIds, WarmPools
 from hutch.server._routes_images import build_images_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._store import SqliteStore, Store
@@ -131,8 +132,16 @@ class Services:
         self.keys = KeyChecker(self.store, config.api_key)
         # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
         self.background: set[asyncio.Task[None]] = set()
+        self.pools = WarmPools(
+            self.runtime, self.images, config.warm_pools, agent_timeout=config.agent_connect_timeout
+        )
         self.sandboxes = SandboxManager(
-            self.store, self.runtime, self.images, agent_timeout=config.agent_connect_timeout
+            self.store,
+            self.runtime,
+            self.images,
+            agent_timeout=config.agent_connect_timeout,
+            pools=self.pools,
+            runtime_ids=RuntimeIds(config.home / "runtime-ids.json"),
         )
 
 

@@ -25,6 +25,8 @@ class ServerConfig:
         max_body_bytes: requests with a larger body get 413.
         storage_size_gb: size of the sparse btrfs pool file that holds writable layers.
         build_default_image: build the default image at start if it is missing or stale.
+        warm_pools: image name -> how many started sandboxes to keep ready for it
+            (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
     """
 
     host: str = "127.0.0.1"
@@ -36,6 +38,7 @@ class ServerConfig:
     storage_size_gb: int = 64
     build_default_image: bool = True
     agent_connect_timeout: float = 10.0
+    warm_pools: dict[str, int] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -65,5 +68,9 @@ class ServerConfig:
             values["storage_size_gb"] = int(env["HUTCH_STORAGE_SIZE_GB"])
         if "HUTCH_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["HUTCH_MAX_BODY_BYTES"])
+        if env.get("HUTCH_WARM_POOLS"):
+            from hutch.server._pools import parse_pool_sizes
+
+            values["warm_pools"] = parse_pool_sizes(env["HUTCH_WARM_POOLS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from hutch.server._errors import (
     SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
+from hutch.server._pools import RuntimeIds, WarmPools
 from hutch.server._store import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
@@ -73,8 +74,18 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
 
 class SandboxManager:
     def __init__(
-        self, store: Store, runtime: Runtime, images: ImageStore, *, agent_timeout: float
+        self,
+        store: Store,
+        runtime: Runtime,
+        images: ImageStore,
+        *,
+        agent_timeout: float,
+        pools: WarmPools | None = None,
+        runtime_ids: RuntimeIds | None = None,
     ) -> None:
+        self._pools = pools
+        # Sandboxes from a warm pool run under the pool's runtime id.
+        self._runtime_ids = runtime_ids
         self._store = store
         self._runtime = runtime
         self._images = images
@@ -86,8 +97,13 @@ class SandboxManager:
 
     # -- start/stop ---------------------------------------------------------------------
 
+    def _rid(self, sandbox_id: str) -> str:
+        return self._runtime_ids.get(sandbox_id) if self._runtime_ids else sandbox_id
+
     async def start(self) -> None:
         await self.recover()
+        if self._pools is not None:
+            self._pools.start()
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="hutch-expiry")
 
     async def stop(self) -> None:
@@ -95,6 +111,8 @@ class SandboxManager:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
+        if self._pools is not None:
+            await self._pools.stop()
         # Sandboxes keep running: only our connections to them close.
         for conn in list(self._agents.values()):
             with contextlib.suppress(Exception):
@@ -111,8 +129,8 @@ class SandboxManager:
                 log.info("removing half-created sandbox %s", record.id)
                 self._store.delete_sandbox(record.id)
                 continue
-            keep.add(record.id)
-            state = containers.get(record.id)
+            keep.add(self._rid(record.id))
+            state = containers.get(self._rid(record.id))
             if state == "running" or record.status != "running":
                 continue
             try:
@@ -122,6 +140,8 @@ class SandboxManager:
             except Exception as exc:  # noqa: BLE001 - one broken sandbox must not stop the server
                 log.error("could not restart sandbox %s: %s", record.id, exc)
                 self._store.set_sandbox_status(record.id, "failed")
+        if self._runtime_ids is not None:
+            self._runtime_ids.retain({r.id for r in self._store.list_sandboxes()})
         removed = await self._runtime.sweep(keep)
         for sandbox_id in removed:
             log.info("swept leftovers of sandbox %s", sandbox_id)
@@ -151,7 +171,7 @@ class SandboxManager:
             disk_mb=record.disk_mb,
         )
         return SandboxSpec(
-            id=record.id,
+            id=self._rid(record.id),
             image=image,
             env=dict(record.env),
             limits=limits,
@@ -211,13 +231,24 @@ class SandboxManager:
                 "(Sandbox.get_or_create) to reuse it, or choose another id"
             )
         try:
-            socket_path = await self._runtime.create(self._spec(record, image))
-            conn = await self._connect(sandbox_id, socket_path)
-            await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
+            claimed = None
+            if self._pools is not None and self._runtime_ids is not None:
+                spec = self._spec(record, image)
+                claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
+            if claimed is not None:
+                assert self._runtime_ids is not None
+                self._runtime_ids.assign(sandbox_id, claimed[0])
+                self._agents[sandbox_id] = claimed[1]
+            else:
+                socket_path = await self._runtime.create(self._spec(record, image))
+                conn = await self._connect(sandbox_id, socket_path)
+                await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
         except BaseException as exc:
             await self._forget_agent(sandbox_id)
             with contextlib.suppress(Exception):
-                await self._runtime.destroy(sandbox_id)
+                await self._runtime.destroy(self._rid(sandbox_id))
+            if self._runtime_ids is not None:
+                self._runtime_ids.drop(sandbox_id)
             self._store.delete_sandbox(sandbox_id)
             if isinstance(exc, Exception):
                 raise SandboxStartFailed(f"sandbox {sandbox_id} failed to start: {exc}") from exc
@@ -244,8 +275,10 @@ class SandboxManager:
         self.get(sandbox_id)
         async with self._lock_for(sandbox_id):
             await self._forget_agent(sandbox_id)
-            await self._runtime.destroy(sandbox_id)
+            await self._runtime.destroy(self._rid(sandbox_id))
             self._store.delete_sandbox(sandbox_id)
+            if self._runtime_ids is not None:
+                self._runtime_ids.drop(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
 
     # -- agent connections ----------------------------------------------------------------
@@ -277,7 +310,8 @@ class SandboxManager:
             if conn is not None and not conn.closed:
                 return conn
             try:
-                return await self._connect(sandbox_id, self._runtime.agent_socket(sandbox_id))
+                socket_path = self._runtime.agent_socket(self._rid(sandbox_id))
+                return await self._connect(sandbox_id, socket_path)
             except (OSError, AgentError, TimeoutError) as exc:
                 raise SandboxUnavailable(
                     f"the agent of sandbox {sandbox_id} does not answer ({exc}); "

@@ -1,0 +1,215 @@
+"""Warm pools: a configured number of started sandboxes per image, handed out on create.
+
+A pooled sandbox is a normal runtime sandbox (runtime id `pool-<hex>`) whose agent is already
+connected and answering. Handing one out applies what is only known then:
+
+- the user's id: the store maps it to the runtime id (`RuntimeIds`, persisted next to the db,
+  so restarts and recovery find the container);
+- env: the agent's `set_env` op (every later exec, session and terminal starts from it);
+- cpu, memory, swap and pids limits: `runc update` on its cgroups (skipped when they are the
+  pool's own);
+- labels, timeout: the store only.
+
+What a running sandbox cannot change forces a cold start: another disk quota than the pool's,
+another runtime than runc. A pool refills in the background after every hand-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
+from hutch.server._agent_client import AgentConnection
+
+log = logging.getLogger("hutch.server.pools")
+
+POOL_PREFIX = "pool-"
+# What a pooled sandbox is started with: SandboxCreate's defaults.
+POOL_LIMITS = Limits(cpu=1.0, memory_mb=1024, pids=512, disk_mb=4096)
+_RETRY_AFTER_FAILURE = 5.0
+
+
+def parse_pool_sizes(text: str) -> dict[str, int]:
+    """`"default=2,python:3.12=1"` -> {"default": 2, "python:3.12": 1}.
+
+    Raises:
+        ValueError: not `image=count` pairs.
+    """
+    sizes: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, count = item.rpartition("=")
+        if not sep or not name or not count.isdigit():
+            raise ValueError(
+                f"warm pool {item!r} must look like IMAGE=COUNT (HUTCH_WARM_POOLS="
+                "'default=2,python:3.12=1')"
+            )
+        sizes[name] = int(count)
+    return sizes
+
+
+class RuntimeIds:
+    """sandbox id -> runtime id, for sandboxes that came from a pool (others: the same id)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            data = json.loads(path.read_text())
+            self._map: dict[str, str] = {str(k): str(v) for k, v in data.items()}
+        except FileNotFoundError:
+            self._map = {}
+
+    def get(self, sandbox_id: str) -> str:
+        return self._map.get(sandbox_id, sandbox_id)
+
+    def assign(self, sandbox_id: str, runtime_id: str) -> None:
+        self._map[sandbox_id] = runtime_id
+        self._save()
+
+    def drop(self, sandbox_id: str) -> None:
+        if self._map.pop(sandbox_id, None) is not None:
+            self._save()
+
+    def retain(self, sandbox_ids: set[str]) -> None:
+        if set(self._map) - sandbox_ids:
+            self._map = {k: v for k, v in self._map.items() if k in sandbox_ids}
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(4)}")
+        tmp.write_text(json.dumps(self._map, sort_keys=True))
+        os.replace(tmp, self._path)
+
+
+@dataclass
+class _Ready:
+    runtime_id: str
+    image_id: str
+    conn: AgentConnection
+
+
+class WarmPools:
+    def __init__(
+        self,
+        runtime: Runtime,
+        images: ImageStore,
+        sizes: Mapping[str, int],
+        *,
+        agent_timeout: float,
+    ) -> None:
+        self._runtime = runtime
+        self._images = images
+        self._sizes = dict(sizes)
+        self._agent_timeout = agent_timeout
+        self._ready: dict[str, list[_Ready]] = {name: [] for name in sizes}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(self._sizes.values())
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._refill_loop(), name="hutch-warm-pools")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for ready in self._ready.values():
+            while ready:
+                await self._discard(ready.pop())
+
+    def ready_count(self, image_name: str) -> int:
+        return len(self._ready.get(image_name, []))
+
+    async def claim(
+        self, image: Image, limits: Limits, env: Mapping[str, str], runtime: str
+    ) -> tuple[str, AgentConnection] | None:
+        """A started sandbox of `image` set up with `limits` and `env`, or None (cold start)."""
+        if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
+            return None
+        for name, ready in self._ready.items():
+            while ready and ready[0].image_id == image.id:
+                entry = ready.pop(0)
+                self._wake.set()
+                if entry.conn.closed:
+                    await self._discard(entry)
+                    continue
+                try:
+                    if env:
+                        await asyncio.wait_for(
+                            entry.conn.call("set_env", env=dict(env)), self._agent_timeout
+                        )
+                    if limits != POOL_LIMITS:
+                        await self._runtime.update_limits(entry.runtime_id, limits)
+                except Exception as exc:  # noqa: BLE001 - fall back to a cold start
+                    log.warning("pooled sandbox %s unusable: %s", entry.runtime_id, exc)
+                    await self._discard(entry)
+                    continue
+                log.debug("handed out pooled sandbox %s (%s)", entry.runtime_id, name)
+                return entry.runtime_id, entry.conn
+        return None
+
+    async def drain_image(self, image_id: str) -> None:
+        """Destroy the ready sandboxes of `image_id` (before the image is removed)."""
+        for ready in self._ready.values():
+            for entry in [e for e in ready if e.image_id == image_id]:
+                ready.remove(entry)
+                await self._discard(entry)
+
+    async def _discard(self, entry: _Ready) -> None:
+        with contextlib.suppress(Exception):
+            await entry.conn.close()
+        try:
+            await self._runtime.destroy(entry.runtime_id)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not destroy pooled sandbox %s: %s", entry.runtime_id, exc)
+
+    async def _refill_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            failed = False
+            for name, size in self._sizes.items():
+                try:
+                    image = self._images.get(name)
+                except ImageNotFound:
+                    continue
+                ready = self._ready[name]
+                for stale in [e for e in ready if e.image_id != image.id]:
+                    ready.remove(stale)  # the name points at new content now
+                    await self._discard(stale)
+                while len(ready) < size:
+                    try:
+                        ready.append(await self._start_one(image))
+                    except Exception as exc:  # noqa: BLE001 - keep serving; retry later
+                        log.error("could not start a pooled sandbox of %s: %s", name, exc)
+                        failed = True
+                        break
+            if failed:
+                await asyncio.sleep(_RETRY_AFTER_FAILURE)
+                continue
+            with contextlib.suppress(TimeoutError):
+                # Also look again now and then: a pulled image may fill a pool that had none.
+                await asyncio.wait_for(self._wake.wait(), 10.0)
+
+    async def _start_one(self, image: Image) -> _Ready:
+        runtime_id = POOL_PREFIX + secrets.token_hex(6)
+        spec = SandboxSpec(id=runtime_id, image=image, env={}, limits=POOL_LIMITS)
+        socket_path = await self._runtime.create(spec)
+        try:
+            conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
+            await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
+        except BaseException:
+            await asyncio.shield(self._runtime.destroy(runtime_id))
+            raise
+        return _Ready(runtime_id, image.id, conn)
