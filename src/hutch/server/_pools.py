@@ -35,6 +35,7 @@ POOL_PREFIX = "pool-"
 # What a pooled sandbox is started with: SandboxCreate's defaults.
 POOL_LIMITS = Limits(cpu=1.0, memory_mb=1024, pids=512, disk_mb=4096)
 _RETRY_AFTER_FAILURE = 5.0
+REFILL_DELAY = 0.25
 
 
 def parse_pool_sizes(text: str) -> dict[str, int]:
@@ -201,6 +202,9 @@ class WarmPools:
             with contextlib.suppress(TimeoutError):
                 # Also look again now and then: a pulled image may fill a pool that had none.
                 await asyncio.wait_for(self._wake.wait(), 10.0)
+            # Let the request that took a sandbox finish first: starting one blocks the event
+            # loop for a few ms (mounts, subvolume) right when the user's first exec comes in.
+            await asyncio.sleep(REFILL_DELAY)
 
     async def _start_one(self, image: Image) -> _Ready:
         runtime_id = POOL_PREFIX + secrets.token_hex(6)

@@ -1,0 +1,145 @@
+"""Image figures: create -> first exec from a warm pool (next to a cold create in the same
+run), and pull + unpack of a ~100 MB image from a local registry (next to `skopeo copy` of the
+same image, which only fetches).
+
+Run as root after the default image is built:
+
+    .venv/bin/python bench/bench_images.py [--n 40] [--pulls 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stats import report  # noqa: E402
+from hutch import Client, Sandbox  # noqa: E402
+from hutch.runtime import ImageStore  # noqa: E402
+from tests._server import SHARED_IMAGES, ServerProcess  # noqa: E402
+from tests.conftest import _cleanup_home  # noqa: E402
+from tests.support.busybox import add_busybox_image  # noqa: E402
+from tests.support.oci_images import (  # noqa: E402
+    local_registry,
+    make_oci_layout,
+    make_python_rootfs,
+    skopeo_copy,
+)
+
+POOL = 3
+
+
+class PoolServer(ServerProcess):
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "HUTCH_WARM_POOLS": f"busybox={POOL}"}
+
+
+def _ready(home: Path) -> int:
+    claimed = (
+        set(json.loads((home / "runtime-ids.json").read_text()).values())
+        if (home / "runtime-ids.json").exists()
+        else set()
+    )
+    return len({p.name for p in (home / "sandboxes").glob("pool-*")} - claimed)
+
+
+def pool_create_first_exec(srv: ServerProcess, n: int, **extra: object) -> list[float]:
+    opts = {"base_url": srv.url, "api_key": srv.api_key}
+    samples = []
+    for _ in range(n):
+        deadline = time.monotonic() + 120
+        while _ready(srv.home) < POOL:  # measure hits only: let the pool refill first
+            assert time.monotonic() < deadline, "pool did not refill"
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        sb = Sandbox.create(image="busybox", **opts, **extra)  # type: ignore[arg-type]
+        r = sb.exec("true")
+        samples.append(time.perf_counter() - t0)
+        assert r.exit_code == 0
+        sb.destroy()
+    return samples
+
+
+def exec_round_trips(srv: ServerProcess, n: int) -> list[float]:
+    sb = Sandbox.create(image="busybox", base_url=srv.url, api_key=srv.api_key)
+    try:
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            sb.exec("true")
+            samples.append(time.perf_counter() - t0)
+        return samples
+    finally:
+        sb.destroy()
+
+
+def pull_figures(work: Path, srv: ServerProcess, pulls: int, size_mb: int) -> None:
+    default_rootfs = ImageStore(SHARED_IMAGES).get("default").rootfs
+    layout = work / "layout"
+    rootfs = make_python_rootfs(work / "rootfs", default_rootfs, padding_mb=max(0, size_mb - 60))
+    make_oci_layout(layout, "big", rootfs)
+    size = sum(p.stat().st_size for p in (layout / "blobs").rglob("*") if p.is_file())
+    with local_registry(work) as registry, Client(base_url=srv.url, api_key=srv.api_key) as c:
+        ref = f"{registry}/bench{secrets.token_hex(3)}/big:1"
+        skopeo_copy(f"oci:{layout}:big", f"docker://{ref}")
+        skopeo, hutch = [], []
+        for i in range(pulls):
+            dest = work / f"copy{i}"
+            t0 = time.perf_counter()
+            subprocess.run(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    f"docker://{ref}",
+                    f"oci:{dest}:x",
+                ],
+                check=True,
+            )
+            skopeo.append(time.perf_counter() - t0)
+            shutil.rmtree(dest)
+            t0 = time.perf_counter()
+            c.pull_image(ref, insecure=True)
+            hutch.append(time.perf_counter() - t0)
+            c.remove_image(ref)
+        print(f"image: {size / 1e6:.0f} MB compressed in the registry")
+        print(report("skopeo copy (fetch only, baseline)", skopeo))
+        print(report("hutch image pull (fetch + unpack + store)", hutch))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=40)
+    parser.add_argument("--pulls", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=100)
+    args = parser.parse_args()
+    add_busybox_image(ImageStore(SHARED_IMAGES), name="busybox")
+    work = Path(tempfile.mkdtemp(prefix="hutch-bench-images-", dir="/var/tmp"))
+    work.chmod(0o711)
+    srv = PoolServer(work / "home")
+    srv.start()
+    try:
+        warm = pool_create_first_exec(srv, args.n)
+        cold = pool_create_first_exec(srv, max(5, args.n // 4), disk_mb=2048)
+        rtt = exec_round_trips(srv, args.n)
+        print(report("exec round trip, running sandbox (baseline)", rtt))
+        print(report("create -> first exec, warm pool (busybox)", warm))
+        print(report("create -> first exec, cold (busybox)", cold))
+        pull_figures(work, srv, args.pulls, args.size_mb)
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
