@@ -253,3 +253,28 @@ def _with_architecture(built: Built, arch: str) -> Path:
     with tarfile.open(out, "w") as tar:
         tar.add(layout, arcname=".")
     return out
+
+
+def test_cli_image_commands(built: Built, server: ServerProcess) -> None:
+    import subprocess
+    import sys
+
+    hutch = [str(Path(sys.executable).with_name("hutch")), "image"]
+    env = {"HUTCH_URL": server.url, "HUTCH_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"}
+    name = f"{built.prefix}/cli:1"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*hutch, *args], capture_output=True, text=True, env=env, timeout=300)
+
+    r = run("import", str(built.oci_archive), "--name", name)
+    assert r.returncode == 0 and r.stdout.startswith(name), r.stderr
+    r = run("pull", "--insecure", built.busybox, "--name", f"{built.prefix}/cli-pulled:1")
+    assert r.returncode == 0, r.stderr
+    r = run("inspect", name)
+    assert json.loads(r.stdout)["config"]["env"][-1] == "GREETING=hello from busybox"
+    assert run("tag", name, f"{built.prefix}/cli:2").returncode == 0
+    assert name in run("ls").stdout
+    r = run("rm", name, f"{built.prefix}/cli:2", f"{built.prefix}/cli-pulled:1")
+    assert r.returncode == 0, r.stderr
+    r = run("inspect", name)
+    assert r.returncode != 0 and "image_not_found" in r.stderr
