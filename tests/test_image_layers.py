@@ -226,3 +226,19 @@ def test_other_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageArchitectureError, match="s390x"):
         import_archive(store, archive, "t:1")
     _store_is_clean(store)
+
+
+def test_layers_two_images_share_take_disk_once(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    config = {"architecture": "amd64", "os": "linux", "config": {}}
+    base = _layer_bytes(tmp_path, [_file("usr/lib/big.so", os.urandom(256 << 10))])
+    top = _layer(tmp_path / "top.tar", [_file("app.py", b"print(1)\n")]).read_bytes()
+    one = import_archive(store, _oci_archive(tmp_path / "1.tar", [base], config), "one:1")
+    two = import_archive(store, _oci_archive(tmp_path / "2.tar", [base, top], config), "two:1")
+    assert one.id != two.id
+    a, b = os.stat(one.rootfs / "usr/lib/big.so"), os.stat(two.rootfs / "usr/lib/big.so")
+    assert os.path.samestat(a, b), "the shared layer's file is one inode"
+    store.remove("one:1")
+    assert (two.rootfs / "usr/lib/big.so").stat().st_nlink == 2  # two:1 and the share pool
+    store.remove("two:1")
+    assert os.listdir(store.root / "files") == [], "nothing stays behind the last image"

@@ -123,8 +123,10 @@ class ImageStore:
         self._images = root / "images"
         self._tmp = root / "tmp"
         self._refs = root / "refs.json"
+        # Regular files shared between images: one inode, hard-linked into every rootfs.
+        self._files = root / "files"
         # NB: 0o711, not 0o700: runc resolves the rootfs path as the sandbox's mapped root.
-        for d in (root, self._images, self._tmp):
+        for d in (root, self._images, self._tmp, self._files):
             d.mkdir(mode=0o711, parents=True, exist_ok=True)
         self._sweep()
 
@@ -181,6 +183,8 @@ class ImageStore:
             rootfs = stage / "rootfs"
             _move_or_copy(source, rootfs, move=move)
             shift_ownership(rootfs, HOST_ID_BASE)
+            with self._locked():
+                _share_files(rootfs, self._files)
             tree_digest, size = _tree_digest(rootfs)
             image_id = _image_id(tree_digest, config, labels)
             meta = {
@@ -338,7 +342,8 @@ class ImageStore:
             _fsync_dir(self._images)
 
     def _sweep(self) -> None:
-        """Delete what dead adders and interrupted removals left in tmp/."""
+        """Delete what dead adders and interrupted removals left in tmp/, and shared files no
+        image links to any more."""
         with self._locked():
             for entry in self._tmp.iterdir():
                 if entry.suffix == ".lock":
@@ -359,6 +364,7 @@ class ImageStore:
                     if fd is not None:
                         lock_path.unlink(missing_ok=True)
                         os.close(fd)
+            _drop_unshared(self._files)
 
 
 def _try_lock(lock_path: Path) -> int | None:
@@ -517,3 +523,47 @@ def _has_mounts_below(path: Path) -> bool:
             if mount_point.startswith(prefix) or mount_point == prefix[:-1]:
                 return True
     return False
+
+
+def _share_key(path: str, st: os.stat_result) -> str:
+    h = hashlib.sha256(_file_digest(path).encode())
+    h.update(f"{st.st_mode:o}:{st.st_uid}:{st.st_gid}:{st.st_mtime_ns}".encode())
+    for attr in sorted(os.listxattr(path, follow_symlinks=False)):
+        h.update(f"{attr}={os.getxattr(path, attr, follow_symlinks=False).hex()}".encode())
+    return h.hexdigest()
+
+
+def _share_files(rootfs: Path, files: Path) -> None:
+    """Replace every regular file of `rootfs` that some stored image already has (same content,
+    mode, owner, mtime, xattrs) by a hard link to that one inode, and offer the others for
+    sharing: layers two images have in common take disk once. Overlay lower dirs are never
+    written (writes copy up), so sharing an inode between images is safe."""
+    for dirpath, _, filenames in os.walk(rootfs):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                continue
+            shared = files / _share_key(path, st)
+            try:
+                os.link(path, shared)  # the first of its kind: offer it
+                continue
+            except FileExistsError:
+                pass
+            if os.path.samestat(st, os.lstat(shared)):
+                continue
+            tmp = f"{path}.hutch-share"
+            os.link(shared, tmp)
+            os.rename(tmp, path)
+
+
+def _drop_unshared(files: Path) -> None:
+    """Delete shared files that no image links to (link count 1: only files/ has them)."""
+    if not files.is_dir():
+        return
+    for entry in os.scandir(files):
+        try:
+            if entry.stat(follow_symlinks=False).st_nlink <= 1:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
