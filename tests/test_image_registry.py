@@ -9,6 +9,7 @@ sandbox and the `Expect` of its image.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import tarfile
@@ -278,3 +279,36 @@ def test_cli_image_commands(built: Built, server: ServerProcess) -> None:
     assert r.returncode == 0, r.stderr
     r = run("inspect", name)
     assert r.returncode != 0 and "image_not_found" in r.stderr
+
+
+def test_a_pull_that_fails_halfway_stores_nothing(built: Built, client: Client) -> None:
+    rootfs = built.work / "halfway-rootfs"
+    rootfs.mkdir()
+    (rootfs / "first.bin").write_bytes(secrets.token_bytes(1 << 20))
+    (rootfs / "second.bin").write_bytes(secrets.token_bytes(1 << 20))
+    layout = built.work / "halfway-layout"
+    make_oci_layout(layout, "x", rootfs, work=built.work)
+    ref = f"{built.registry}/{built.prefix}/halfway:1"
+    skopeo_copy(f"oci:{layout}:x", f"docker://{ref}")
+    # Corrupt the layer in the registry's storage: the fetch breaks on its digest.
+    manifest = json.loads(
+        httpx.get(
+            f"http://{built.registry}/v2/{built.prefix}/halfway/manifests/1",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).content
+    )
+    digest = manifest["layers"][0]["digest"].split(":")[1]
+    blob = (
+        built.work / "registry-data/docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    )
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    store = ImageStore(SHARED_IMAGES)
+    before = (sorted(os.listdir(store.root / "images")), {i.name for i in client.list_images()})
+    with pytest.raises((RegistryError, InvalidRequest)):
+        client.pull_image(ref, insecure=True)
+    after = (sorted(os.listdir(store.root / "images")), {i.name for i in client.list_images()})
+    assert after == before
+    with pytest.raises(ImageNotFound):
+        client.get_image(ref)
