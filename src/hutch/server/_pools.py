@@ -213,7 +213,27 @@ class WarmPools:
         try:
             conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
             await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
+            await asyncio.wait_for(_warm_up(conn), self._agent_timeout)
         except BaseException:
             await asyncio.shield(self._runtime.destroy(runtime_id))
             raise
         return _Ready(runtime_id, image.id, conn)
+
+
+async def _warm_up(conn: AgentConnection) -> None:
+    """Run one throwaway command: the agent imports its exec handler and the image's shell is
+    paged in now, not in the user's first exec."""
+    stream = conn.open_stream(
+        {
+            "op": "exec",
+            "command": "true",
+            "argv": None,
+            "env": None,
+            "cwd": None,
+            "user": None,
+            "timeout": None,
+            "stdin": False,
+        }
+    )
+    async for _ in stream:
+        pass
