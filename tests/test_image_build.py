@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hutch import Client, Sandbox
+from hutch.runtime import ImageStore
 from tests._server import SHARED_IMAGES, ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -43,9 +44,11 @@ def test_build_from_a_hutch_image_and_from_scratch(
 ) -> None:
     (tmp_path / "hello.txt").write_text("hello from the context\n")
     name = f"t{secrets.token_hex(3)}/built:1"
+    base = f"t{secrets.token_hex(3)}/base:1"  # a tagged name, as a pulled image has
+    ImageStore(SHARED_IMAGES).tag(busybox_image, base)
     proc = build(
         tmp_path,
-        f"FROM {busybox_image}\nRUN echo built > /built.txt\nENV BUILT=yes\nWORKDIR /srv\n"
+        f"FROM {base}\nRUN echo built > /built.txt\nENV BUILT=yes\nWORKDIR /srv\n"
         "COPY hello.txt /srv/hello.txt\n",
         name,
     )
@@ -68,6 +71,7 @@ def test_build_from_a_hutch_image_and_from_scratch(
         finally:
             client.remove_image(name)
             client.remove_image(scratch)
+            client.remove_image(base)
 
 
 def test_build_failure_is_reported(tmp_path: Path) -> None:

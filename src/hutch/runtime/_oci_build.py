@@ -114,7 +114,7 @@ def _rewrite_from(dockerfile: str, store: ImageStore, work: Path) -> str:
     exported: dict[str, Path] = {}
     for line in dockerfile.splitlines():
         m = _FROM_RE.match(line)
-        if m and m.group(2).lower() != "scratch" and ":" not in m.group(2).split("/")[0]:
+        if m and m.group(2).lower() != "scratch":
             ref = m.group(2)
             try:
                 image = store.get(ref)
