@@ -16,6 +16,7 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
+    "set_secrets": ("_secrets", "set_secrets_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {

@@ -45,6 +45,7 @@ from hutch.server._models import (
     SandboxList,
 )
 from hutch.server._sandboxes import SandboxManager, to_info
+from hutch.server._secrets import SecretBox
 from hutch.server._store import SqliteStore, Store
 
 log = logging.getLogger("hutch.server")
@@ -124,7 +125,11 @@ class Services:
         # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
         self.background: set[asyncio.Task[None]] = set()
         self.sandboxes = SandboxManager(
-            self.store, self.runtime, self.images, agent_timeout=config.agent_connect_timeout
+            self.store,
+            self.runtime,
+            self.images,
+            agent_timeout=config.agent_connect_timeout,
+            secrets=SecretBox.open(config.home),
         )
 
 

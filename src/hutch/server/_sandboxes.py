@@ -28,6 +28,7 @@ from hutch.server._errors import (
     SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
+from hutch.server._secrets import SecretBox
 from hutch.server._store import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
@@ -68,14 +69,22 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
         labels=record.labels,
         env_keys=sorted(record.env),
         timeout=record.timeout,
+        secret_names=sorted(record.secret_names),
     )
 
 
 class SandboxManager:
     def __init__(
-        self, store: Store, runtime: Runtime, images: ImageStore, *, agent_timeout: float
+        self,
+        store: Store,
+        runtime: Runtime,
+        images: ImageStore,
+        *,
+        agent_timeout: float,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._store = store
+        self._secrets = secrets
         self._runtime = runtime
         self._images = images
         self._agent_timeout = agent_timeout
@@ -204,13 +213,18 @@ class SandboxManager:
             keep_alive=request.keep_alive,
             env=dict(request.env),
             labels=dict(request.labels),
+            secret_names=sorted(request.secrets),
         )
+        if request.secrets and self._secrets is None:
+            raise InvalidRequest("this server has no secret store; start it with a HUTCH_HOME")
         if not self._store.insert_sandbox(record):
             raise SandboxExists(
                 f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
                 "(Sandbox.get_or_create) to reuse it, or choose another id"
             )
         try:
+            if request.secrets and self._secrets is not None:
+                self._store.set_secrets(sandbox_id, self._secrets.seal(request.secrets))
             socket_path = await self._runtime.create(self._spec(record, image))
             conn = await self._connect(sandbox_id, socket_path)
             await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
@@ -252,8 +266,28 @@ class SandboxManager:
 
     async def _connect(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
         conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
+        try:
+            await self._send_secrets(sandbox_id, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
         self._agents[sandbox_id] = conn
         return conn
+
+    async def _send_secrets(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Give the agent the sandbox's secrets (kept in its memory, never in config.json).
+
+        Sent on every new connection: idempotent, and it covers a container restarted by
+        recovery, whose agent starts with none.
+        """
+        if self._secrets is None:
+            return
+        sealed = self._store.get_secrets(sandbox_id)
+        if not sealed:
+            return
+        values = self._secrets.open_all(sealed)
+        await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
     async def _forget_agent(self, sandbox_id: str) -> None:
         conn = self._agents.pop(sandbox_id, None)
