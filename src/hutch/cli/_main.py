@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: $HUTCH_PORT, then 7070)")
     _add_home(p)
 
+    p = command("mcp", cmd_mcp, "serve the Model Context Protocol (stdio or streamable HTTP)")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="http: address to listen on")
+    p.add_argument("--port", type=int, default=7071, help="http: port to listen on")
+
     p = command("create", cmd_create, "create a sandbox and print its id")
     _add_sandbox_options(p)
     _add_env(p)
@@ -145,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = images.add_parser("ls", help="list the server's images", parents=[connection])
     p.set_defaults(handler=cmd_image_ls)
     p = images.add_parser(
-        "build", help="build the default image on this host (needs root)", parents=[connection]
+        "build",
+        help="build an image on this host from its recipe (needs root)",
+        parents=[connection],
     )
     p.set_defaults(handler=cmd_image_build)
-    p.add_argument("name", nargs="?", default="default", choices=["default"])
+    p.add_argument("name", nargs="?", default="default", choices=["default", "agents"])
     p.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     _add_home(p)
 
@@ -242,6 +249,26 @@ def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfi
 
 
 # --- commands --------------------------------------------------------------------------------
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hutch.mcp import serve_http, serve_stdio
+    from hutch.sdk import AsyncClient
+
+    client = AsyncClient(getattr(args, "url", None), getattr(args, "api_key", None))
+    if args.transport == "stdio":
+        asyncio.run(serve_stdio(client))
+        return 0
+    # Clients of the HTTP endpoint authenticate with the same key hutch mcp uses for Hutch.
+    key = client.config.api_key or ""
+    if not key:
+        _fail("hutch mcp --transport http needs an API key (--api-key or $HUTCH_API_KEY)")
+        return 1
+    print(f"hutch mcp: http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
+    asyncio.run(serve_http(client, host=args.host, port=args.port, key=key))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -384,6 +411,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     )
 
     config = _server_config(args)
+    if args.name != "default":
+        return _build_recipe_image(args, config)
     try:
         image = ensure_default_image(
             ImageStore(config.image_root),
@@ -394,6 +423,31 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         )
     except DefaultImageBuildError as exc:
         _fail(f"building the {args.name} image failed: {exc}")
+        return 1
+    print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
+    return 0
+
+
+def _build_recipe_image(args: argparse.Namespace, config: ServerConfig) -> int:
+    """Images built on a stored image from `images/<name>/` (e.g. agents, on default)."""
+    from hutch.runtime import ImageStore, render_progress_bar
+    from hutch.runtime._recipe_image import (
+        RecipeImageBuildError,
+        ensure_recipe_image,
+        recipe_dir_for,
+    )
+
+    try:
+        image = ensure_recipe_image(
+            ImageStore(config.image_root),
+            args.name,
+            recipe_dir_for(args.name),
+            cache_dir=config.home / "cache",
+            progress=render_progress_bar(sys.stderr),
+            force=args.force,
+        )
+    except (RecipeImageBuildError, FileNotFoundError) as exc:
+        _fail(str(exc))
         return 1
     print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
     return 0
