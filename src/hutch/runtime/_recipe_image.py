@@ -192,12 +192,23 @@ def _npm_ci(builder: _Builder, recipe_dir: Path, prefix: str, report: Progress) 
 
     argv = ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=http"]
     wrapper = [*_PRIVATE_NAMESPACES, "sh", "-c", _CHROOT_SCRIPT, "sh", str(builder.rootfs)]
-    builder._run(
-        [*wrapper, str(builder.archives), *argv, "--prefix", prefix],
-        step="npm ci",
-        on_output=on_output,
-        env=_CHROOT_ENV,
-    )
+    env = dict(_CHROOT_ENV)
+    # NB: trust what the host trusts for the download (a site's TLS-inspecting proxy CA), for
+    # the build only: the image keeps Debian's CA bundle.
+    host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    build_ca = builder.rootfs / "tmp/hutch-build-ca.crt"
+    if host_ca.is_file():
+        shutil.copy(host_ca, build_ca)
+        env["NODE_EXTRA_CA_CERTS"] = "/tmp/hutch-build-ca.crt"
+    try:
+        builder._run(
+            [*wrapper, str(builder.archives), *argv, "--prefix", prefix],
+            step="npm ci",
+            on_output=on_output,
+            env=env,
+        )
+    finally:
+        build_ca.unlink(missing_ok=True)
     report(1.0, "npm packages installed")
 
 
