@@ -108,7 +108,9 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"input_tokens": 42})
             return
         if not path.endswith("/v1/messages"):
-            self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": path}})
+            self._json(
+                404, {"type": "error", "error": {"type": "not_found_error", "message": path}}
+            )
             return
         blocks, stop = reply_blocks(body)
         model = body.get("model") or "claude-fake"
@@ -156,13 +158,19 @@ class Handler(BaseHTTPRequestHandler):
             if block["type"] == "text":
                 event(
                     "content_block_start",
-                    {"type": "content_block_start", "index": index,
-                     "content_block": {"type": "text", "text": ""}},
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
                 )
                 event(
                     "content_block_delta",
-                    {"type": "content_block_delta", "index": index,
-                     "delta": {"type": "text_delta", "text": block["text"]}},
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": block["text"]},
+                    },
                 )
             else:
                 head = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
@@ -174,14 +182,20 @@ class Handler(BaseHTTPRequestHandler):
                 for i in range(0, len(raw), 20):  # in pieces, as the real API streams it
                     event(
                         "content_block_delta",
-                        {"type": "content_block_delta", "index": index,
-                         "delta": {"type": "input_json_delta", "partial_json": raw[i : i + 20]}},
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": raw[i : i + 20]},
+                        },
                     )
             event("content_block_stop", {"type": "content_block_stop", "index": index})
         event(
             "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-             "usage": {"output_tokens": 8}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": 8},
+            },
         )
         event("message_stop", {"type": "message_stop"})
 
