@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import sqlite3
 import stat
 from pathlib import Path
@@ -145,3 +146,35 @@ def test_invalid_secret_name_through_sdk(sdk_env: ServerProcess) -> None:
     with pytest.raises(InvalidRequest) as err:
         Sandbox.create(secrets={"NOT-VALID": "v"})
     assert "NOT-VALID" in str(err.value)
+
+
+@pytest.mark.sandbox
+def test_secrets_survive_a_crash_and_a_lost_container(busybox_image: str) -> None:
+    """kill -9 the server and kill the container while it is down: recovery restarts the
+    container, whose new agent gets the secrets again (from the encrypted store)."""
+    import subprocess
+    import tempfile
+
+    from tests.conftest import _cleanup_home
+
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-secrets-", dir="/var/tmp")))
+    srv.start()
+    try:
+        opts = {"base_url": srv.url, "api_key": srv.api_key}
+        sb = Sandbox.create(secrets={"TOKEN": SECRET}, **opts)
+        assert sb.exec("echo ${#TOKEN}").stdout == f"{len(SECRET)}\n"
+        srv.kill9()
+        runc = ["runc", "--root", str(srv.home / "runc")]
+        subprocess.run([*runc, "kill", sb.id, "KILL"], check=True)
+        for _ in range(100):
+            state = subprocess.run([*runc, "state", sb.id], capture_output=True, text=True)
+            if '"stopped"' in state.stdout:
+                break
+            time.sleep(0.05)
+        srv.start()
+        assert sb.exec("echo ${#TOKEN}").stdout == f"{len(SECRET)}\n"
+        sb.destroy()
+        assert SECRET.encode() not in srv.log_path.read_bytes()
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
