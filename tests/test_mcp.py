@@ -165,7 +165,8 @@ async def test_feature_tools_when_the_sdk_has_them(server: ServerProcess) -> Non
                         {"sandbox_id": sid, "process_id": p["id"], "wait_seconds": 5},
                     )
                 )
-                assert "line3" in out["output"]
+                assert "line3" in out["stdout"], out
+                assert out["next_since"] == len("line1\nline2\nline3\n")
             if "run_code" in tools:
                 code = (
                     "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"

@@ -168,41 +168,38 @@ class HutchTools:
         return _text({"id": p.id, "pid": getattr(p, "pid", None), "status": p.status})
 
     async def follow_process(
-        self, sandbox_id: str, process_id: str, since: int = 0, wait_seconds: float = 5.0
+        self,
+        sandbox_id: str,
+        process_id: str,
+        since: int = 0,
+        since_stderr: int = 0,
+        wait_seconds: float = 5.0,
     ) -> str:
-        """Output of a process from byte offset `since`, waiting up to wait_seconds for more.
-
-        Returns the output, the offset to pass as `since` next time, and the status.
+        """Output of a background process from byte offsets on, waiting up to wait_seconds for
+        more (or until it ends). Pass the returned next_since/next_since_stderr to continue.
         """
-        p = await self.sandbox(sandbox_id).get_process(process_id)  # type: ignore[attr-defined]
-        chunks: list[str] = []
-        offset = since
-        deadline = time.monotonic() + max(0.0, min(wait_seconds, 60.0))
-        stream = p.stream_logs(since=since)
+        sb = self.sandbox(sandbox_id)
+        p = await sb.get_process(process_id)  # type: ignore[attr-defined]
+        out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        offsets = {"stdout": since, "stderr": since_stderr}
+        wait = max(0.0, min(wait_seconds, 60.0))
+        stream = p.stream_logs(since=since, since_stderr=since_stderr, follow=True, timeout=wait)
         try:
-            while time.monotonic() < deadline:
-                try:
-                    ev = await asyncio.wait_for(
-                        stream.__anext__(), max(0.01, deadline - time.monotonic())
-                    )
-                except (TimeoutError, StopAsyncIteration):
-                    break
-                data = getattr(ev, "data", ev)
-                raw = data if isinstance(data, bytes) else str(data).encode()
-                start = getattr(ev, "offset", None)
-                offset = (int(start) if isinstance(start, int) else offset) + len(raw)
-                chunks.append(raw.decode("utf-8", "replace"))
+            async for ev in stream:
+                channel = "stderr" if ev.type == "stderr" else "stdout"
+                out[channel].append(ev.data)
+                offsets[channel] = ev.offset + len(ev.data)
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        p = await self.sandbox(sandbox_id).get_process(process_id)  # type: ignore[attr-defined]
+            await stream.aclose()
+        p = await sb.get_process(process_id)  # type: ignore[attr-defined]
         return _text(
             {
-                "output": _clip("".join(chunks)),
-                "next_since": offset,
+                "stdout": _clip(b"".join(out["stdout"]).decode("utf-8", "replace")),
+                "stderr": _clip(b"".join(out["stderr"]).decode("utf-8", "replace")),
+                "next_since": offsets["stdout"],
+                "next_since_stderr": offsets["stderr"],
                 "status": p.status,
-                "exit_code": getattr(p, "exit_code", None),
+                "exit_code": p.exit_code,
             }
         )
 
@@ -236,12 +233,9 @@ class HutchTools:
         timeout: float | None = 120.0,
     ) -> builtins.list[TextContent | ImageContent]:
         """Run code in a stateful interpreter (Jupyter kernel); charts come back as images."""
-        sb = self.sandbox(sandbox_id)
-        if language == "python":
-            ex = await sb.run_code(code, timeout=timeout)  # type: ignore[attr-defined]
-        else:
-            ctx = await sb.create_code_context(language=language)  # type: ignore[attr-defined]
-            ex = await sb.run_code(code, context=ctx, timeout=timeout)  # type: ignore[attr-defined]
+        ex = await self.sandbox(sandbox_id).run_code(  # type: ignore[attr-defined]
+            code, language=language, timeout=timeout
+        )
         return _execution_content(ex)
 
     async def expose_port(self, sandbox_id: str, port: int) -> str:
@@ -253,7 +247,7 @@ class HutchTools:
 def _entry(entry: Any) -> Any:
     if isinstance(entry, Mapping | str):
         return entry
-    fields = ("name", "path", "type", "size", "is_dir", "modified_at")
+    fields = ("name", "path", "type", "size", "mtime", "target")
     return {f: getattr(entry, f) for f in fields if hasattr(entry, f)}
 
 
@@ -278,6 +272,8 @@ def _execution_content(ex: Any) -> builtins.list[TextContent | ImageContent]:
     error = getattr(ex, "error", None)
     if error is not None:
         trace = getattr(error, "traceback", "")
+        if isinstance(trace, list):
+            trace = "\n".join(trace)
         message = f"{getattr(error, 'name', 'Error')}: {getattr(error, 'value', '')}\n{trace}"
         out.append(TextContent(type="text", text=_clip(message)))
     return out or [TextContent(type="text", text="(no output)")]
