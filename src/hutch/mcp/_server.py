@@ -17,12 +17,10 @@ with Hutch's message.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import builtins
 import functools
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
