@@ -106,6 +106,8 @@ async def _round_trip(client: Client) -> None:
             await client.call_tool("exec", {"sandbox_id": "sb-nope", "command": "true"})
         )
         assert "SandboxNotFound" in text and "sb-nope" in text
+        unknown = await client.call_tool("no_such_tool", {})
+        assert unknown.is_error and "no_such_tool" in unknown.content[0].text
         text = _error_text(await client.call_tool("create_sandbox", {"image": "no-such-image"}))
         assert "no-such-image" in text
     finally:

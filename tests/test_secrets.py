@@ -127,6 +127,9 @@ def test_another_sandbox_does_not_see_the_secret(sdk_env: ServerProcess) -> None
         )
         assert r.stdout.startswith("[]\n")
         assert "sk-ant" not in r.stdout.replace("[]\n", "", 1).replace("/proc/self", "")
+        # The server's key file is on the host, out of reach of every sandbox.
+        probe = f"cat {sdk_env.home / 'secrets.key'} || find / -name secrets.key 2>/dev/null"
+        assert a.exec(probe).stdout == ""
 
 
 @pytest.mark.sandbox
