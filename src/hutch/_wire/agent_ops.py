@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
-OpName = Literal["exec", "ping"]
+OpName = Literal["exec", "ping", "set_secrets"]
 
 ErrorCode = Literal[
     "invalid_request",  # unknown op, bad JSON, a field of the wrong type; the message names it
@@ -44,6 +44,18 @@ class PingResult(TypedDict):
     rss_kb: int
     version: str
     shell: str  # "/bin/bash" if the image has it, else "/bin/sh"
+
+
+class SetSecretsRequest(TypedDict):
+    """Merge ``env`` into the environment of every process started from now on."""
+
+    op: Literal["set_secrets"]
+    env: dict[str, str]
+
+
+class SetSecretsResult(TypedDict):
+    ok: Literal[True]
+    names: list[str]
 
 
 class ExecRequest(TypedDict):

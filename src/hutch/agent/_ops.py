@@ -17,6 +17,7 @@ from __future__ import annotations
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
     "set_env": ("_configure", "set_env_op"),
+    "set_secrets": ("_secrets", "set_secrets_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: $HUTCH_PORT, then 7070)")
     _add_home(p)
 
+    p = command("mcp", cmd_mcp, "serve the Model Context Protocol (stdio or streamable HTTP)")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="http: address to listen on")
+    p.add_argument("--port", type=int, default=7071, help="http: port to listen on")
+
     p = command("create", cmd_create, "create a sandbox and print its id")
     _add_sandbox_options(p)
     _add_env(p)
@@ -147,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_image_ls)
     p = images.add_parser(
         "build",
-        help="build the default image, or a Dockerfile (-f) with buildah, on this host (root)",
+        help="build an image on this host (root): 'default' or 'agents' from their recipes, "
+        "or a Dockerfile (-f) with buildah",
         parents=[connection],
     )
     p.set_defaults(handler=cmd_image_build)
     p.add_argument(
-        "name", nargs="?", default="default", help="'default', or with -f the build context dir"
+        "name",
+        nargs="?",
+        default="default",
+        help="'default' or 'agents'; with -f, the build context dir",
     )
     p.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile to build with buildah")
     p.add_argument("-t", "--tag", dest="tag", help="name of the built image (with -f)")
@@ -251,6 +260,26 @@ def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfi
 
 
 # --- commands --------------------------------------------------------------------------------
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hutch.mcp import serve_http, serve_stdio
+    from hutch.sdk import AsyncClient
+
+    client = AsyncClient(getattr(args, "url", None), getattr(args, "api_key", None))
+    if args.transport == "stdio":
+        asyncio.run(serve_stdio(client))
+        return 0
+    # Clients of the HTTP endpoint authenticate with the same key hutch mcp uses for Hutch.
+    key = client.config.api_key or ""
+    if not key:
+        _fail("hutch mcp --transport http needs an API key (--api-key or $HUTCH_API_KEY)")
+        return 1
+    print(f"hutch mcp: http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
+    asyncio.run(serve_http(client, host=args.host, port=args.port, key=key))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -395,9 +424,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     config = _server_config(args)
     if args.dockerfile is not None:
         return _build_dockerfile(args, config)
-    if args.name != "default":
-        _fail("without -f only the 'default' image can be built; use -f Dockerfile [context]")
+    if args.name not in ("default", "agents"):
+        _fail("without -f only 'default' and 'agents' can be built; use -f Dockerfile [context]")
         return 2
+    if args.name != "default":
+        return _build_recipe_image(args, config)
     try:
         image = ensure_default_image(
             ImageStore(config.image_root),
@@ -426,6 +457,31 @@ def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
         image = build_with_buildah(config.image_root, Path(args.dockerfile), context, args.tag)
     except (BuildError, ImageInvalid, ValueError) as exc:
         _fail(f"building {args.tag} failed: {exc}")
+        return 1
+    print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
+    return 0
+
+
+def _build_recipe_image(args: argparse.Namespace, config: ServerConfig) -> int:
+    """Images built on a stored image from `images/<name>/` (e.g. agents, on default)."""
+    from hutch.runtime import ImageStore, render_progress_bar
+    from hutch.runtime._recipe_image import (
+        RecipeImageBuildError,
+        ensure_recipe_image,
+        recipe_dir_for,
+    )
+
+    try:
+        image = ensure_recipe_image(
+            ImageStore(config.image_root),
+            args.name,
+            recipe_dir_for(args.name),
+            cache_dir=config.home / "cache",
+            progress=render_progress_bar(sys.stderr),
+            force=args.force,
+        )
+    except (RecipeImageBuildError, FileNotFoundError) as exc:
+        _fail(str(exc))
         return 1
     print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
     return 0

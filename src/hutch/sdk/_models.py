@@ -44,6 +44,7 @@ class SandboxInfo:
         runtime: ``"runc"`` or ``"gvisor"``.
         labels: Its labels.
         env_keys: Names of the environment variables set for it (values are not shown).
+        secret_names: Names of its secrets (their values are never returned).
         raw: The server's JSON object as received, fields this SDK does not know included.
     """
 
@@ -60,6 +61,7 @@ class SandboxInfo:
     runtime: str
     labels: dict[str, str]
     env_keys: list[str]
+    secret_names: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -79,6 +81,7 @@ class SandboxInfo:
             runtime=str(data.get("runtime", "")),
             labels=_str_dict(data.get("labels")),
             env_keys=[str(k) for k in data.get("env_keys") or ()],
+            secret_names=[str(k) for k in data.get("secret_names") or ()],
             raw=dict(data),
         )
 

@@ -22,6 +22,7 @@ def sandbox_create_body(
     runtime: str = "runc",
     labels: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -40,6 +41,8 @@ def sandbox_create_body(
     }
     if pids_limit is not None:
         body["pids_limit"] = pids_limit
+    if secrets:
+        body["secrets"] = dict(secrets)
     return body
 
 

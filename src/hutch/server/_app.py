@@ -47,6 +47,7 @@ from hutch.server._models import (
 from hutch.server._pools import RuntimeIds, WarmPools
 from hutch.server._routes_images import build_images_router
 from hutch.server._sandboxes import SandboxManager, to_info
+from hutch.server._secrets import SecretBox
 from hutch.server._store import SqliteStore, Store
 
 log = logging.getLogger("hutch.server")
@@ -142,6 +143,7 @@ class Services:
             agent_timeout=config.agent_connect_timeout,
             pools=self.pools,
             runtime_ids=RuntimeIds(config.home / "runtime-ids.json"),
+            secrets=SecretBox.open(config.home),
         )
 
 

@@ -42,8 +42,13 @@ class SandboxCreate(Strict):
     keep_alive: bool = False
     runtime: Literal["runc", "gvisor"] = "runc"
     labels: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables for every process, stored encrypted and never "
+        "returned (SandboxInfo lists only their names)",
+    )
 
-    _check_env = field_validator("env")(_check_env)
+    _check_env = field_validator("env", "secrets")(_check_env)
 
     @field_validator("labels")
     @classmethod
@@ -71,6 +76,7 @@ class SandboxInfo(BaseModel):
     labels: dict[str, str]
     env_keys: list[str]
     timeout: float | None = None
+    secret_names: list[str] = Field(default_factory=list)
 
 
 class SandboxList(BaseModel):

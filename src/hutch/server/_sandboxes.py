@@ -29,6 +29,7 @@ from hutch.server._errors import (
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
 from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._secrets import SecretBox
 from hutch.server._store import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
@@ -69,6 +70,7 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
         labels=record.labels,
         env_keys=sorted(record.env),
         timeout=record.timeout,
+        secret_names=sorted(record.secret_names),
     )
 
 
@@ -82,11 +84,13 @@ class SandboxManager:
         agent_timeout: float,
         pools: WarmPools | None = None,
         runtime_ids: RuntimeIds | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._pools = pools
         # Sandboxes from a warm pool run under the pool's runtime id.
         self._runtime_ids = runtime_ids
         self._store = store
+        self._secrets = secrets
         self._runtime = runtime
         self._images = images
         self._agent_timeout = agent_timeout
@@ -224,13 +228,18 @@ class SandboxManager:
             keep_alive=request.keep_alive,
             env=dict(request.env),
             labels=dict(request.labels),
+            secret_names=sorted(request.secrets),
         )
+        if request.secrets and self._secrets is None:
+            raise InvalidRequest("this server has no secret store; start it with a HUTCH_HOME")
         if not self._store.insert_sandbox(record):
             raise SandboxExists(
                 f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
                 "(Sandbox.get_or_create) to reuse it, or choose another id"
             )
         try:
+            if request.secrets and self._secrets is not None:
+                self._store.set_secrets(sandbox_id, self._secrets.seal(request.secrets))
             claimed = None
             if self._pools is not None and self._runtime_ids is not None:
                 spec = self._spec(record, image)
@@ -239,6 +248,8 @@ class SandboxManager:
                 assert self._runtime_ids is not None
                 self._runtime_ids.assign(sandbox_id, claimed[0])
                 self._agents[sandbox_id] = claimed[1]
+                # A pooled agent was connected before this sandbox had secrets.
+                await self._send_secrets(sandbox_id, claimed[1])
             else:
                 socket_path = await self._runtime.create(self._spec(record, image))
                 conn = await self._connect(sandbox_id, socket_path)
@@ -285,8 +296,28 @@ class SandboxManager:
 
     async def _connect(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
         conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
+        try:
+            await self._send_secrets(sandbox_id, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
         self._agents[sandbox_id] = conn
         return conn
+
+    async def _send_secrets(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Give the agent the sandbox's secrets (kept in its memory, never in config.json).
+
+        Sent on every new connection: idempotent, and it covers a container restarted by
+        recovery, whose agent starts with none.
+        """
+        if self._secrets is None:
+            return
+        sealed = self._store.get_secrets(sandbox_id)
+        if not sealed:
+            return
+        values = self._secrets.open_all(sealed)
+        await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
     async def _forget_agent(self, sandbox_id: str) -> None:
         conn = self._agents.pop(sandbox_id, None)

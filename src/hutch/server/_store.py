@@ -35,6 +35,7 @@ class SandboxRecord:
     keep_alive: bool = False
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    secret_names: list[str] = field(default_factory=list)  # values: sandbox_secrets, encrypted
 
     _SPEC_FIELDS = (
         "cpu",
@@ -48,6 +49,7 @@ class SandboxRecord:
         "keep_alive",
         "env",
         "labels",
+        "secret_names",
     )
 
     def spec_json(self) -> str:
@@ -88,6 +90,8 @@ class Store(Protocol):
     def list_keys(self) -> list[ApiKeyRecord]: ...
     def find_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
     def delete_key(self, key_id: str) -> bool: ...
+    def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None: ...
+    def get_secrets(self, sandbox_id: str) -> dict[str, bytes]: ...
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -108,6 +112,15 @@ MIGRATIONS: tuple[str, ...] = (
         prefix TEXT NOT NULL,
         key_hash TEXT NOT NULL UNIQUE,
         created_at TEXT NOT NULL
+    );
+    """,
+    # 2: sandbox secrets (values encrypted by server/_secrets.py; names also in the spec)
+    """
+    CREATE TABLE sandbox_secrets (
+        sandbox_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        PRIMARY KEY (sandbox_id, name)
     );
     """,
 )
@@ -195,6 +208,7 @@ class SqliteStore:
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+            db.execute("DELETE FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,))
 
     def insert_key(self, record: ApiKeyRecord) -> None:
         with self._tx() as db:
@@ -215,3 +229,17 @@ class SqliteStore:
         with self._tx() as db:
             cur = db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
         return cur.rowcount > 0
+
+    def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,))
+            db.executemany(
+                "INSERT INTO sandbox_secrets (sandbox_id, name, ciphertext) VALUES (?, ?, ?)",
+                [(sandbox_id, name, token) for name, token in sealed.items()],
+            )
+
+    def get_secrets(self, sandbox_id: str) -> dict[str, bytes]:
+        rows = self._db.execute(
+            "SELECT name, ciphertext FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchall()
+        return {r["name"]: bytes(r["ciphertext"]) for r in rows}

@@ -56,6 +56,7 @@ class AsyncSandbox:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         *,
+        secrets: Mapping[str, str] | None = None,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -75,6 +76,9 @@ class AsyncSandbox:
             runtime: ``"runc"``, or ``"gvisor"`` for a hardened kernel boundary.
             labels: Labels to find it by with :meth:`list`.
             timeout: Maximum lifetime in seconds; ``None`` lives until destroyed.
+            secrets: Environment variables for every process (e.g. ``{"ANTHROPIC_API_KEY":
+                ...}``), stored encrypted by the server and never returned by any API. Any
+                process in the sandbox can read them: give only what its code may see.
             pids_limit: Maximum number of processes (the server's default when ``None``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
@@ -103,6 +107,7 @@ class AsyncSandbox:
             runtime=runtime,
             labels=labels,
             timeout=timeout,
+            secrets=secrets,
         )
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -123,6 +128,7 @@ class AsyncSandbox:
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         *,
+        secrets: Mapping[str, str] | None = None,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -145,6 +151,7 @@ class AsyncSandbox:
             keep_alive: See :meth:`create`.
             runtime: See :meth:`create`.
             labels: See :meth:`create`.
+            secrets: See :meth:`create`.
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
             base_url: See :meth:`create`.
@@ -171,6 +178,7 @@ class AsyncSandbox:
             runtime=runtime,
             labels=labels,
             timeout=timeout,
+            secrets=secrets,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))
