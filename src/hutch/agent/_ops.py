@@ -16,10 +16,16 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
+    "pty_create": ("_pty", "pty_create"),
+    "pty_resize": ("_pty", "pty_resize"),
+    "pty_close": ("_pty", "pty_close"),
+    "pty_list": ("_pty", "pty_list"),
+    "pty_info": ("_pty", "pty_info"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
+    "pty_attach": ("_pty", "open_attach"),
 }
 
 
