@@ -160,3 +160,54 @@ def test_unknown_terminal_is_404(sb: Sandbox, server: ServerProcess) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 4404
     with pytest.raises(NotFoundError):
         sb.attach_terminal("pty-nope")
+
+
+def _tmux(*args: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["tmux", "-L", "hutch-test", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def _wait_for_pane(session: str, text: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _tmux("capture-pane", "-p", "-t", session)
+        if text in screen:
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared on the screen:\n{screen}")
+
+
+def test_cli_shell_in_tmux_renders_top_resizes_and_exits_with_the_code(
+    sb: Sandbox, server: ServerProcess
+) -> None:
+    import shlex
+    import sys
+    from pathlib import Path
+
+    hutch = Path(sys.executable).parent / "hutch"
+    session = "hutch-shell"
+    command = (
+        f"HUTCH_URL={server.url} HUTCH_API_KEY={server.api_key} "
+        f"{shlex.quote(str(hutch))} shell {sb.id}; echo SHELL-EXITED-$?; sleep 600"
+    )
+    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
+    try:
+        _wait_for_pane(session, ":/workspace#")  # the remote prompt
+        _tmux("send-keys", "-t", session, "stty size", "Enter")
+        _wait_for_pane(session, "30 100")
+        _tmux("send-keys", "-t", session, "top", "Enter")
+        screen = _wait_for_pane(session, "load average")
+        assert "PID" in screen and "COMMAND" in screen
+        _tmux("send-keys", "-t", session, "q")
+        _tmux("resize-window", "-t", session, "-x", "120", "-y", "40")
+        time.sleep(0.5)
+        _tmux("send-keys", "-t", session, "clear; stty size", "Enter")
+        _wait_for_pane(session, "40 120")
+        _tmux("send-keys", "-t", session, "exit 3", "Enter")
+        _wait_for_pane(session, "SHELL-EXITED-3")
+    finally:
+        _tmux("kill-server")
