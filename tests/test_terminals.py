@@ -211,3 +211,24 @@ def test_cli_shell_in_tmux_renders_top_resizes_and_exits_with_the_code(
         _wait_for_pane(session, "SHELL-EXITED-3")
     finally:
         _tmux("kill-server")
+
+
+def test_a_terminal_is_reachable_only_through_its_own_sandbox(
+    sb: Sandbox, server: ServerProcess
+) -> None:
+    other = Sandbox.create(base_url=server.url, api_key=server.api_key, labels={"suite": "term"})
+    t = sb.terminal()
+    try:
+        with pytest.raises(NotFoundError):
+            other.attach_terminal(t.id)
+        with server.client() as http:
+            r = http.delete(f"/v1/sandboxes/{other.id}/terminals/{t.id}")
+            assert r.status_code == 404
+        # From inside the other sandbox, nothing of the first one's terminal is visible.
+        r = other.exec("ls /dev/pts; ps -eo args 2>/dev/null || true")
+        assert t.id not in r.stdout
+        t.send("echo mine\n")
+        t.read_until(b"mine\r\n")
+    finally:
+        t.close()
+        other.destroy()

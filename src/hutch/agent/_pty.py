@@ -173,16 +173,30 @@ class Terminal:
         self._read()
 
     def _read(self) -> bool:
-        """Take one chunk of output; False when there was none to take."""
-        try:
-            data = os.read(self.master, CHUNK)
-        except BlockingIOError:
-            return False
-        except OSError:  # EIO: every holder of the slave side has gone
-            data = b""
-        if not data:
+        """Take what output is there (up to CHUNK); False when there was none to take."""
+        # A pty hands out at most a few KiB per read: gather what is already waiting into one
+        # frame, or a fast writer (cat of a big file) costs a frame and a WebSocket message per
+        # 4 KiB all the way to the client.
+        parts: list[bytes] = []
+        size = 0
+        ended = False
+        while size < CHUNK:
+            try:
+                part = os.read(self.master, CHUNK - size)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every holder of the slave side has gone
+                part = b""
+            if not part:
+                ended = True
+                break
+            parts.append(part)
+            size += len(part)
+        if ended:
             self._stop_reading()
+        if not parts:
             return False
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         offset = self.offset
         self.offset += len(data)
         self._buffer += data

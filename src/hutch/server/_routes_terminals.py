@@ -38,6 +38,7 @@ from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
 SUBPROTOCOL = "hutch.terminal.v1"
 KEY_SUBPROTOCOL_PREFIX = "hutch.key."
 MAX_DIMENSION = 1000
+BATCH_BYTES = 1024 * 1024
 
 
 class TerminalNotFound(ApiError):
@@ -252,8 +253,26 @@ async def _relay(
     async def to_client() -> None:
         async for frame in stream:
             if frame.kind is Kind.DATA:
-                await websocket.send_bytes(frame.payload)
-            elif frame.kind is Kind.RESULT:
+                # Batch what has already arrived into one message: per-message costs (here,
+                # in the browser, in the SDK) dominate when a program floods the terminal.
+                payload = frame.payload
+                if stream.buffered():
+                    parts = [payload]
+                    size = len(payload)
+                    while size < BATCH_BYTES and stream.buffered():
+                        frame = await anext(stream)
+                        if frame.kind is not Kind.DATA:
+                            break
+                        parts.append(frame.payload)
+                        size += len(frame.payload)
+                    payload = b"".join(parts)
+                    await websocket.send_bytes(payload)
+                    if frame.kind is Kind.DATA:
+                        continue
+                else:
+                    await websocket.send_bytes(payload)
+                    continue
+            if frame.kind is Kind.RESULT:
                 result = frame.json()
                 if "exit_code" in result and not result.get("detached"):
                     await websocket.send_text(

@@ -129,6 +129,7 @@ class AsyncTerminal:
             if control.get("type") == "exit":
                 self.exit_code = int(control["exit_code"])
                 self._ended = True
+                await self._ws.close()
             elif control.get("type") == "error":
                 raise api_error(str(control.get("code")), str(control.get("message")), status=422)
         return b""
