@@ -145,6 +145,14 @@ def test_unknown_terminal_is_404(sb: Sandbox, server: ServerProcess) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "terminal_not_found"
         r = http.post(f"/v1/sandboxes/{sb.id}/terminals", json={"cols": 0, "rows": 24})
         assert r.status_code == 422
+        t = sb.terminal()
+        for size, field in (
+            ({"cols": 0, "rows": 24}, "cols"),
+            ({"cols": 80, "rows": 10**5}, "rows"),
+        ):
+            r = http.post(f"/v1/sandboxes/{sb.id}/terminals/{t.id}/resize", json=size)
+            assert r.status_code == 422 and field in r.json()["error"]["message"]
+        t.close()
         r = http.post(f"/v1/sandboxes/{sb.id}/terminals", json={"shell": "no-such-shell"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "shell_not_found"
         assert (
