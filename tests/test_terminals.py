@@ -240,3 +240,20 @@ def test_a_terminal_is_reachable_only_through_its_own_sandbox(
     finally:
         t.close()
         other.destroy()
+
+
+async def test_async_sdk_terminal(sb: Sandbox, server: ServerProcess) -> None:
+    from hutch import AsyncClient, AsyncSandbox
+
+    async with AsyncClient(base_url=server.url, api_key=server.api_key) as client:
+        asb = AsyncSandbox(sb.id, client=client)
+        t = await asb.terminal(cols=90, rows=20, shell="bash")
+        await t.send("stty size; exit 5\n")
+        out = await t.read_until(b"20 90")
+        assert b"20 90" in out
+        assert await t.wait(timeout=30) == 5
+        again = await asb.attach_terminal(t.id)  # an exited terminal still replays, then ends
+        replay = await again.read_until(b"20 90")
+        assert b"stty size" in replay
+        assert await again.wait(timeout=30) == 5
+        await again.close()

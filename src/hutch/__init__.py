@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ApiKey,
         AsyncClient,
         AsyncSandbox,
+        AsyncTerminal,
         AuthenticationError,
         Client,
         CommandTimeout,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         SandboxNotFound,
         SandboxUnavailable,
         ServerError,
+        Terminal,
     )
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "ApiKey",
     "AsyncClient",
     "AsyncSandbox",
+    "AsyncTerminal",
     "AuthenticationError",
     "Client",
     "CommandTimeout",
@@ -65,6 +68,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Terminal",
 ]
 
 
