@@ -257,3 +257,14 @@ async def test_async_sdk_terminal(sb: Sandbox, server: ServerProcess) -> None:
         assert b"stty size" in replay
         assert await again.wait(timeout=30) == 5
         await again.close()
+
+
+def test_closing_a_terminal_ends_every_attached_client(sb: Sandbox) -> None:
+    t = sb.terminal()
+    watcher = sb.attach_terminal(t.id)
+    t.send("sleep 1000 &\n")  # a background job dies with the terminal too
+    t.close()
+    assert watcher.wait(timeout=30) == -1 and watcher.exit_code is None
+    watcher.close()  # already gone: a no-op
+    assert t.id not in {x["id"] for x in sb.list_terminals()}
+    assert "sleep 1000" not in sb.exec("ps -eo args").stdout

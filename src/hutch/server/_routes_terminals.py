@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketState
 
 from hutch._wire import Kind
-from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, parse_result
+from hutch.server._agent_client import (
+    AgentConnection,
+    AgentDisconnected,
+    AgentError,
+    AgentStream,
+    parse_result,
+)
 from hutch.server._app import Services, Svc, require_key
 from hutch.server._auth import key_from_headers
 from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
@@ -242,7 +248,7 @@ def build_terminals_router() -> APIRouter:
 async def _relay(
     websocket: WebSocket,
     conn: AgentConnection,
-    stream: Any,
+    stream: AgentStream,
     terminal_id: str,
     first: dict[str, Any],
 ) -> None:
@@ -275,9 +281,12 @@ async def _relay(
             if frame.kind is Kind.RESULT:
                 result = frame.json()
                 if "exit_code" in result and not result.get("detached"):
-                    await websocket.send_text(
-                        json.dumps({"type": "exit", "exit_code": result["exit_code"]})
-                    )
+                    # exit_code is null when the terminal was closed (DELETE) before its shell
+                    # exited on its own.
+                    message = {"type": "exit", "exit_code": result["exit_code"]}
+                    if result.get("closed"):
+                        message["closed"] = True
+                    await websocket.send_text(json.dumps(message))
                     await websocket.close(1000)
                 return
 

@@ -127,7 +127,8 @@ class AsyncTerminal:
                 return message
             control: dict[str, Any] = json.loads(message)
             if control.get("type") == "exit":
-                self.exit_code = int(control["exit_code"])
+                code = control.get("exit_code")  # null: closed before the shell exited
+                self.exit_code = None if code is None else int(code)
                 self._ended = True
                 await self._ws.close()
             elif control.get("type") == "error":
