@@ -268,3 +268,27 @@ def test_closing_a_terminal_ends_every_attached_client(sb: Sandbox) -> None:
     watcher.close()  # already gone: a no-op
     assert t.id not in {x["id"] for x in sb.list_terminals()}
     assert "sleep 1000" not in sb.exec("ps -eo args").stdout
+
+
+def test_cli_shell_with_piped_input_and_bad_input(sb: Sandbox, server: ServerProcess) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hutch = str(Path(sys.executable).parent / "hutch")
+    env = dict(os.environ, HUTCH_URL=server.url, HUTCH_API_KEY=server.api_key)
+    r = subprocess.run(
+        [hutch, "shell", sb.id],
+        input=b"echo piped-$((2+2))\nexit 4\n",
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 4 and b"piped-4" in r.stdout
+    r = subprocess.run(
+        [hutch, "shell", sb.id, "--shell", "zsh"], capture_output=True, env=env, timeout=120
+    )
+    assert r.returncode == 1 and b"shell_not_found" in r.stderr
+    r = subprocess.run([hutch, "shell", "sb-nope"], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 1 and b"sandbox_not_found" in r.stderr
