@@ -48,6 +48,10 @@ WORDS = {
     "StopAsyncIteration": "StopIteration",
     "current_async_scope": "current_sync_scope",
     "_async": "_sync",
+    "AsyncWebSocket": "WebSocket",
+    "AsyncTerminal": "Terminal",
+    "aconnect": "connect",
+    "arecv": "recv",
 }
 
 # Phrases (regexes) rewritten after the words.

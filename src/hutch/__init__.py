@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ApiKey,
         AsyncClient,
         AsyncSandbox,
+        AsyncTerminal,
         AuthenticationError,
         Client,
         CommandTimeout,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         SandboxNotFound,
         SandboxUnavailable,
         ServerError,
+        Terminal,
     )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "ApiKey",
     "AsyncClient",
     "AsyncSandbox",
+    "AsyncTerminal",
     "AuthenticationError",
     "Client",
     "CommandTimeout",
@@ -69,6 +72,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Terminal",
 ]
 
 

@@ -13,13 +13,26 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
-OpName = Literal["exec", "ping", "set_secrets"]
+OpName = Literal[
+    "exec",
+    "ping",
+    "set_env",
+    "set_secrets",
+    "pty_create",
+    "pty_resize",
+    "pty_close",
+    "pty_list",
+    "pty_info",
+    "pty_attach",
+]
 
 ErrorCode = Literal[
     "invalid_request",  # unknown op, bad JSON, a field of the wrong type; the message names it
     "cwd_not_found",  # exec: the working directory does not exist
     "user_not_found",  # exec: no such user (or group) in the image's /etc/passwd (/etc/group)
     "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
+    "terminal_not_found",  # pty_*: no terminal with that id (closed, idled out, never made)
+    "shell_not_found",  # pty_create: the shell is not installed in the image
     "shutting_down",  # the agent got SIGTERM and accepts no new work
     "internal",  # a bug in the agent
 ]

@@ -18,10 +18,16 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
     "set_env": ("_configure", "set_env_op"),
     "set_secrets": ("_secrets", "set_secrets_op"),
+    "pty_create": ("_pty", "pty_create"),
+    "pty_resize": ("_pty", "pty_resize"),
+    "pty_close": ("_pty", "pty_close"),
+    "pty_list": ("_pty", "pty_list"),
+    "pty_info": ("_pty", "pty_info"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
+    "pty_attach": ("_pty", "open_attach"),
 }
 
 

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox_options(p)
     _add_exec_options(p)
 
+    p = command("shell", cmd_shell, "open an interactive shell in a sandbox (exits with its code)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--shell", default="bash", help="the shell to run (default: %(default)s)")
+
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
 
@@ -343,6 +347,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         return _stream_command(Sandbox(args.id, client=client), args)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from hutch.cli._shell import run_shell
+    from hutch.sdk import Sandbox
+
+    with _client(args) as client:
+        return run_shell(Sandbox(args.id, client=client), args.shell)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

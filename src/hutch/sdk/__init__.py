@@ -9,7 +9,7 @@ The server is found at ``base_url=`` or ``$HUTCH_URL`` (default ``http://127.0.0
 with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 """
 
-from hutch.sdk._async import AsyncClient, AsyncSandbox
+from hutch.sdk._async import AsyncClient, AsyncSandbox, AsyncTerminal
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
@@ -30,13 +30,14 @@ from hutch.sdk._exceptions import (
     ServerError,
 )
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageDetail, ImageInfo, SandboxInfo
-from hutch.sdk._sync import Client, Sandbox
+from hutch.sdk._sync import Client, Sandbox, Terminal
 
 __all__ = [
     "APIError",
     "ApiKey",
     "AsyncClient",
     "AsyncSandbox",
+    "AsyncTerminal",
     "AuthenticationError",
     "Client",
     "CommandTimeout",
@@ -60,4 +61,5 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Terminal",
 ]

@@ -152,6 +152,7 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "sandbox_not_found": (SandboxNotFound, 404),
     "image_not_found": (ImageNotFound, 404),
     "file_not_found": (FileNotFound, 404),
+    "terminal_not_found": (NotFoundError, 404),
     "sandbox_exists": (Conflict, 409),
     "sandbox_not_running": (Conflict, 409),
     "body_too_large": (PayloadTooLarge, 413),

@@ -161,6 +161,10 @@ class AgentStream:
             self._yielded_result = True
         return frame
 
+    def buffered(self) -> int:
+        """Frames received and not yet consumed (a consumer may batch them)."""
+        return len(self._frames)
+
     async def send_stdin(self, data: bytes) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 

@@ -422,5 +422,11 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
 
     app.include_router(build_router())
     app.include_router(build_images_router(require_key))
+    from hutch.server._routes_terminals import build_terminals_router  # imports this module
+
+    app.include_router(build_terminals_router())
+    from hutch.server._console import mount_console
+
+    mount_console(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

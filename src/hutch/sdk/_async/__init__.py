@@ -2,5 +2,6 @@
 
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.sandbox import AsyncSandbox
+from hutch.sdk._async.terminal import AsyncTerminal
 
-__all__ = ["AsyncClient", "AsyncSandbox"]
+__all__ = ["AsyncClient", "AsyncSandbox", "AsyncTerminal"]

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from hutch.sdk._async.client import AsyncClient
+from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
@@ -416,6 +417,40 @@ class AsyncSandbox:
         )
         async for event in self._stream(body):
             yield event
+
+    async def terminal(
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        shell: str | None = "bash",
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncTerminal:
+        """Open an interactive shell on a pseudo-terminal (see :class:`AsyncTerminal`).
+
+        Args:
+            cols: Width in columns (1-1000).
+            rows: Height in rows (1-1000).
+            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's.
+            env: Extra environment variables (``TERM`` is ``xterm-256color``).
+            cwd: Working directory (relative to the sandbox's workspace).
+            idle_timeout: Seconds with no client attached after which it is closed.
+
+        Raises:
+            InvalidRequest: A bad size, or a shell the image does not have.
+        """
+        return await open_terminal(self, cols, rows, shell, dict(env or {}), cwd, idle_timeout)
+
+    async def attach_terminal(self, terminal_id: str, since: int = 0) -> AsyncTerminal:
+        """Reattach to a running terminal; output from byte ``since`` (what is kept) replays."""
+        return await attach_terminal(self, terminal_id, since)
+
+    async def list_terminals(self) -> builtins.list[dict[str, Any]]:
+        """The sandbox's terminals (id, pid, size, exit_code, attached clients)."""
+        body = await self.client.request("GET", f"{self._path}/terminals")
+        return list(body["terminals"])
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[ExecEvent]:
         decoder = ExecStreamDecoder()

@@ -3,5 +3,6 @@
 
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.sandbox import Sandbox
+from hutch.sdk._sync.terminal import Terminal
 
-__all__ = ["Client", "Sandbox"]
+__all__ = ["Client", "Sandbox", "Terminal"]

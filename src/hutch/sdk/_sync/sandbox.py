@@ -16,6 +16,7 @@ from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, 
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync.client import Client
+from hutch.sdk._sync.terminal import Terminal, attach_terminal, open_terminal
 
 
 class Sandbox:
@@ -417,6 +418,40 @@ class Sandbox:
         )
         for event in self._stream(body):
             yield event
+
+    def terminal(
+        self,
+        cols: int = 80,
+        rows: int = 24,
+        shell: str | None = "bash",
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> Terminal:
+        """Open an interactive shell on a pseudo-terminal (see :class:`Terminal`).
+
+        Args:
+            cols: Width in columns (1-1000).
+            rows: Height in rows (1-1000).
+            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's.
+            env: Extra environment variables (``TERM`` is ``xterm-256color``).
+            cwd: Working directory (relative to the sandbox's workspace).
+            idle_timeout: Seconds with no client attached after which it is closed.
+
+        Raises:
+            InvalidRequest: A bad size, or a shell the image does not have.
+        """
+        return open_terminal(self, cols, rows, shell, dict(env or {}), cwd, idle_timeout)
+
+    def attach_terminal(self, terminal_id: str, since: int = 0) -> Terminal:
+        """Reattach to a running terminal; output from byte ``since`` (what is kept) replays."""
+        return attach_terminal(self, terminal_id, since)
+
+    def list_terminals(self) -> builtins.list[dict[str, Any]]:
+        """The sandbox's terminals (id, pid, size, exit_code, attached clients)."""
+        body = self.client.request("GET", f"{self._path}/terminals")
+        return list(body["terminals"])
 
     def _stream(self, body: dict[str, Any]) -> Iterator[ExecEvent]:
         decoder = ExecStreamDecoder()

@@ -1,0 +1,380 @@
+// The Hutch console: plain DOM code over the Hutch HTTP API. The API key lives in
+// sessionStorage (this tab only) and goes out as "Authorization: Bearer" on fetches and as
+// a WebSocket subprotocol (browsers cannot set headers on a WebSocket); never in a URL.
+"use strict";
+
+const KEY = "hutch.apiKey";
+const $ = (id) => document.getElementById(id);
+const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null };
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = (body && body.error) || {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || "";
+  }
+}
+
+async function api(method, path, { json, body, raw } = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` };
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  const response = await fetch(path, { method, headers, body });
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch (e) { /* not JSON */ }
+    if (response.status === 401 && path !== "/v1/sandboxes?probe") logout("Your key was refused; log in again.");
+    throw new ApiError(response.status, data);
+  }
+  if (raw) return response;
+  return response.status === 204 ? null : response.json();
+}
+
+// A 404 with code "not_found" means the route itself is missing (an older server).
+const routeMissing = (e) => e instanceof ApiError && e.status === 404 && e.code === "not_found";
+const sbPath = (id) => `/v1/sandboxes/${encodeURIComponent(id)}`;
+const showError = (e) => { $("app-error").textContent = e ? String(e.message || e) : ""; };
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// -- login --------------------------------------------------------------------------------
+
+async function login(key) {
+  sessionStorage.setItem(KEY, key);
+  try {
+    await api("GET", "/v1/sandboxes?probe");
+  } catch (e) {
+    sessionStorage.removeItem(KEY);
+    $("login-error").textContent = e.status === 401 ? "That key is not valid." : String(e.message);
+    return;
+  }
+  start();
+}
+
+function logout(message) {
+  sessionStorage.removeItem(KEY);
+  closeTerminal();
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+// -- sandboxes ----------------------------------------------------------------------------
+
+async function refresh() {
+  let list;
+  try {
+    list = (await api("GET", "/v1/sandboxes")).sandboxes;
+  } catch (e) {
+    return showError(e);
+  }
+  const rows = $("sandbox-rows");
+  rows.replaceChildren();
+  for (const sb of list) {
+    const destroy = el("button", { textContent: "Destroy", className: "destroy" });
+    destroy.addEventListener("click", async (event) => {
+      event.stopPropagation();
+      if (destroy.textContent !== "Really destroy?") { destroy.textContent = "Really destroy?"; return; }
+      destroy.disabled = true;
+      try {
+        await api("DELETE", sbPath(sb.id));
+        if (state.selected === sb.id) select(null);
+      } catch (e) { showError(e); }
+      refresh();
+    });
+    const row = el("tr", { className: sb.id === state.selected ? "selected" : "" },
+      el("td", {}, el("code", { textContent: sb.id })),
+      el("td", { className: `status-${sb.status}`, textContent: sb.status }),
+      el("td", { textContent: sb.image }),
+      el("td", { textContent: sb.cpu }),
+      el("td", { textContent: `${sb.memory_mb} MiB` }),
+      el("td", { textContent: `${sb.disk_mb} MiB` }),
+      el("td", { textContent: new Date(sb.created_at).toLocaleString() }),
+      el("td", {}, destroy));
+    row.dataset.id = sb.id;
+    row.addEventListener("click", () => select(sb.id));
+    rows.append(row);
+  }
+}
+
+async function create(event) {
+  event.preventDefault();
+  showError(null);
+  $("create").disabled = true;
+  try {
+    const sb = await api("POST", "/v1/sandboxes", { json: {
+      image: $("create-image").value,
+      cpu: Number($("create-cpu").value),
+      memory_mb: Number($("create-memory").value),
+    } });
+    await refresh();
+    select(sb.id);
+  } catch (e) {
+    showError(e);
+  } finally {
+    $("create").disabled = false;
+  }
+}
+
+async function loadImages() {
+  try {
+    const images = (await api("GET", "/v1/images")).images;
+    if (images.length) {
+      $("create-image").replaceChildren(...images.map((i) => el("option", { textContent: i.name })));
+      if (images.some((i) => i.name === "default")) $("create-image").value = "default";
+    }
+  } catch (e) { /* keep "default" */ }
+}
+
+function select(id) {
+  closeTerminal();
+  stopLogs();
+  state.selected = id;
+  for (const row of $("sandbox-rows").children) row.classList.toggle("selected", row.dataset.id === id);
+  $("detail").hidden = !id;
+  if (!id) return;
+  $("detail-id").textContent = id;
+  for (const tab of ["files", "processes", "ports"]) probeTab(tab);
+  showTab(state.tab);
+}
+
+const TAB_PROBES = { files: "/files/list?path=/", processes: "/processes", ports: "/ports" };
+
+async function probeTab(tab) {
+  const button = document.querySelector(`#tabs [data-tab=${tab}]`);
+  try {
+    await api("GET", sbPath(state.selected) + TAB_PROBES[tab]);
+    button.hidden = false;
+  } catch (e) {
+    button.hidden = routeMissing(e);  // this server has no such API: hide the panel
+    if (button.hidden && state.tab === tab) showTab("terminal");
+  }
+}
+
+function showTab(tab) {
+  state.tab = tab;
+  for (const button of document.querySelectorAll("#tabs button")) button.classList.toggle("active", button.dataset.tab === tab);
+  for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== `panel-${tab}`;
+  if (tab === "terminal") openTerminal();
+  if (tab === "files") listFiles();
+  if (tab === "processes") listProcesses();
+  if (tab === "ports") listPorts();
+}
+
+// -- terminal -----------------------------------------------------------------------------
+
+function closeTerminal() {
+  if (state.ws) { state.ws.onclose = null; state.ws.close(); }
+  if (state.term) state.term.dispose();
+  state.ws = state.term = state.fit = null;
+}
+
+async function openTerminal() {
+  if (state.term || !state.selected) return;
+  const sandbox = state.selected;
+  const status = $("terminal-status");
+  if (typeof Terminal === "undefined") {
+    status.textContent = "xterm.js is missing: run scripts/install on the server.";
+    return;
+  }
+  const term = new Terminal({ cursorBlink: true, convertEol: false, fontSize: 14, scrollback: 5000 });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open($("terminal"));
+  fit.fit();
+  state.term = term;
+  state.fit = fit;
+  // Reattach to this tab's terminal for the sandbox if it is still there (output replays).
+  const remembered = `hutch.terminal.${sandbox}`;
+  let id = sessionStorage.getItem(remembered);
+  if (id) {
+    try { await api("GET", `${sbPath(sandbox)}/terminals/${id}`); } catch (e) { id = null; }
+  }
+  if (!id) {
+    try {
+      id = (await api("POST", `${sbPath(sandbox)}/terminals`, { json: { cols: term.cols, rows: term.rows } })).id;
+    } catch (e) {
+      status.textContent = `Could not open a terminal: ${e.message}`;
+      return;
+    }
+    sessionStorage.setItem(remembered, id);
+  }
+  if (state.term !== term) return;  // the user moved on meanwhile
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}${sbPath(sandbox)}/terminals/${id}/ws`,
+    ["hutch.terminal.v1", `hutch.key.${sessionStorage.getItem(KEY)}`]);
+  ws.binaryType = "arraybuffer";
+  state.ws = ws;
+  const encoder = new TextEncoder();
+  ws.onopen = () => {
+    status.textContent = `Terminal ${id}`;
+    ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+    term.focus();
+  };
+  ws.onmessage = (event) => {
+    if (typeof event.data !== "string") return term.write(new Uint8Array(event.data));
+    const message = JSON.parse(event.data);
+    if (message.type === "exit") {
+      status.textContent = `The shell exited with code ${message.exit_code}.`;
+      sessionStorage.removeItem(remembered);
+    } else if (message.type === "error") {
+      status.textContent = message.message;
+    }
+  };
+  ws.onclose = (event) => {
+    if (event.code === 4401) return logout("Your key was refused; log in again.");
+    if (event.code === 4404) sessionStorage.removeItem(remembered);
+    if (event.code !== 1000) status.textContent = `Disconnected (${event.code} ${event.reason}).`;
+  };
+  term.onData((data) => ws.readyState === WebSocket.OPEN && ws.send(encoder.encode(data)));
+  term.onResize(({ cols, rows }) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: "resize", cols, rows })));
+}
+
+// -- files --------------------------------------------------------------------------------
+
+async function listFiles(path) {
+  path = path || $("files-path").value || "/";
+  $("files-path").value = path;
+  const rows = $("files-rows");
+  let entries;
+  try {
+    entries = (await api("GET", `${sbPath(state.selected)}/files/list?path=${encodeURIComponent(path)}&include_hidden=true`)).entries;
+  } catch (e) {
+    rows.replaceChildren(el("tr", {}, el("td", { className: "error", textContent: e.message })));
+    return;
+  }
+  const parent = path.replace(/\/[^/]*\/?$/, "") || "/";
+  const up = el("a", { href: "#", textContent: ".." });
+  up.addEventListener("click", (e) => { e.preventDefault(); listFiles(parent); });
+  rows.replaceChildren(el("tr", {}, el("td", {}, up), el("td"), el("td")));
+  entries.sort((a, b) => (a.type !== "directory") - (b.type !== "directory") || a.name.localeCompare(b.name));
+  for (const entry of entries) {
+    const full = entry.absolute_path;
+    const link = el("a", { href: "#", textContent: entry.name + (entry.type === "directory" ? "/" : "") });
+    link.addEventListener("click", async (e) => {
+      e.preventDefault();
+      if (entry.type === "directory") return listFiles(full);
+      const response = await api("GET", `${sbPath(state.selected)}/files/content?path=${encodeURIComponent(full)}`, { raw: true });
+      const url = URL.createObjectURL(await response.blob());
+      el("a", { href: url, download: entry.name }).click();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+    rows.append(el("tr", {}, el("td", {}, link), el("td", { textContent: entry.type }),
+      el("td", { textContent: entry.type === "file" ? entry.size : "" })));
+  }
+}
+
+async function upload() {
+  const file = $("files-upload").files[0];
+  if (!file) return;
+  const dir = $("files-path").value.replace(/\/$/, "");
+  try {
+    await api("PUT", `${sbPath(state.selected)}/files/content?path=${encodeURIComponent(`${dir}/${file.name}`)}`, { body: file });
+  } catch (e) { showError(e); }
+  $("files-upload").value = "";
+  listFiles(dir || "/");
+}
+
+// -- processes ----------------------------------------------------------------------------
+
+async function listProcesses() {
+  const rows = $("process-rows");
+  let processes;
+  try {
+    processes = (await api("GET", `${sbPath(state.selected)}/processes`)).processes;
+  } catch (e) {
+    rows.replaceChildren(el("tr", {}, el("td", { className: "error", textContent: e.message })));
+    return;
+  }
+  rows.replaceChildren(...processes.map((p) => {
+    const row = el("tr", {}, el("td", {}, el("code", { textContent: p.id })), el("td", { textContent: p.pid }),
+      el("td", { textContent: p.exit_code === null ? p.status : `${p.status} (${p.exit_code})` }),
+      el("td", { textContent: p.command || p.argv.join(" ") }));
+    row.addEventListener("click", () => followLogs(p.id));
+    return row;
+  }));
+}
+
+function stopLogs() {
+  if (state.logs) state.logs.abort();
+  state.logs = null;
+}
+
+// Follow a process's output live: the stream is Hutch's binary frames (an 18-byte header:
+// kind u8, channel u8, stream u32, offset u64, length u32; then the payload).
+async function followLogs(processId) {
+  stopLogs();
+  const out = $("process-logs");
+  out.textContent = "";
+  const controller = new AbortController();
+  state.logs = controller;
+  const decoder = new TextDecoder();
+  try {
+    const response = await fetch(`${sbPath(state.selected)}/processes/${encodeURIComponent(processId)}/logs/stream`, {
+      headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, signal: controller.signal });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const reader = response.body.getReader();
+    let buffer = new Uint8Array(0);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const joined = new Uint8Array(buffer.length + value.length);
+      joined.set(buffer);
+      joined.set(value, buffer.length);
+      buffer = joined;
+      while (buffer.length >= 18) {
+        const view = new DataView(buffer.buffer, buffer.byteOffset);
+        const length = view.getUint32(14);
+        if (buffer.length < 18 + length) break;
+        if (view.getUint8(0) === 2) out.textContent += decoder.decode(buffer.subarray(18, 18 + length), { stream: true });
+        buffer = buffer.slice(18 + length);
+      }
+      out.scrollTop = out.scrollHeight;
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") out.textContent += `\n[${e.message}]`;
+  }
+}
+
+// -- ports --------------------------------------------------------------------------------
+
+async function listPorts() {
+  const rows = $("port-rows");
+  try {
+    const ports = (await api("GET", `${sbPath(state.selected)}/ports`)).ports;
+    rows.replaceChildren(...ports.map((p) => el("tr", {}, el("td", { textContent: p.port }),
+      el("td", {}, el("a", { href: p.url, target: "_blank", rel: "noopener", textContent: p.url })))));
+  } catch (e) {
+    rows.replaceChildren(el("tr", {}, el("td", { className: "error", textContent: e.message })));
+  }
+}
+
+// -- wiring -------------------------------------------------------------------------------
+
+let timer = null;
+function start() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  loadImages();
+  refresh();
+  clearInterval(timer);
+  timer = setInterval(refresh, 5000);
+}
+
+$("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("login-key").value.trim()); });
+$("logout").addEventListener("click", () => logout());
+$("create-form").addEventListener("submit", create);
+$("files-go").addEventListener("click", () => listFiles());
+$("files-upload").addEventListener("change", upload);
+for (const button of document.querySelectorAll("#tabs button")) button.addEventListener("click", () => showTab(button.dataset.tab));
+window.addEventListener("resize", () => state.fit && state.fit.fit());
+if (sessionStorage.getItem(KEY)) start(); else logout();
