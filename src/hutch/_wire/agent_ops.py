@@ -20,6 +20,11 @@ ErrorCode = Literal[
     "cwd_not_found",  # exec: the working directory does not exist
     "user_not_found",  # exec: no such user (or group) in the image's /etc/passwd (/etc/group)
     "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
+    "unknown_language",  # code: not python, javascript or typescript; the message lists them
+    "language_unavailable",  # code: the image lacks the interpreter (python3+ipykernel, node)
+    "context_not_found",  # code: no such code context
+    "context_dead",  # code: the context's interpreter died; restart it
+    "context_failed",  # code: the interpreter did not start (the message says why)
     "shutting_down",  # the agent got SIGTERM and accepts no new work
     "internal",  # a bug in the agent
 ]

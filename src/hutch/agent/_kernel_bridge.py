@@ -203,6 +203,11 @@ class Bridge:
         self.kc = kc
         self.silent(KERNEL_SETUP)
 
+    def kernel_pid(self) -> int | None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        pid = getattr(process, "pid", None)
+        return pid if isinstance(pid, int) else None
+
     def silent(self, code: str) -> None:
         assert self.kc is not None
         msg_id = self.kc.execute(code, silent=True, store_history=False)
@@ -280,7 +285,7 @@ def main() -> None:
     except Exception as e:
         emit({"type": "failed", "message": f"{type(e).__name__}: {e}"})
         return
-    emit({"type": "ready"})
+    emit({"type": "ready", "kernel_pid": bridge.kernel_pid()})
     try:
         for line in sys.stdin:
             request = json.loads(line)

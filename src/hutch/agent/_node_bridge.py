@@ -125,6 +125,7 @@ async function run(id, code, timeout) {
   emit({ id, type: 'done', status });
 }
 
+process.on('SIGINT', () => {});  // the agent's interrupt: breaks a running script only
 process.on('uncaughtException', (e) => report(current, e));
 process.on('unhandledRejection', (e) => report(current, e));
 if (language === 'typescript') {

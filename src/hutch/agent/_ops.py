@@ -16,10 +16,15 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
+    "code_context_list": ("_code", "list_op"),
+    "code_context_delete": ("_code", "delete_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
+    "code_context_create": ("_code", "open_create"),
+    "code_context_restart": ("_code", "open_restart"),
+    "code_run": ("_code", "open_run"),
 }
 
 
