@@ -1,3 +1,4 @@
+# ruff: noqa: E501 -- KERNEL_SETUP is code for the kernel, kept compact
 """The Python code interpreter's bridge: runs under the IMAGE's python3, never the agent's.
 
 The agent (stdlib only, the host's Python) cannot import jupyter_client, so each Python code
@@ -31,7 +32,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # Runs once inside the kernel, silently. It must not import matplotlib (that costs ~0.3 s):
 # an import hook patches pie()/bxp() to remember their input when the user imports it.
-KERNEL_SETUP = r'''
+KERNEL_SETUP = r"""
 def __hutch_setup():
     import sys, importlib.abc, importlib.util
     from IPython import get_ipython
@@ -176,7 +177,7 @@ def __hutch_setup():
     df.active_types = list(df.active_types) + [fmt.format_type]
 __hutch_setup()
 del __hutch_setup
-'''
+"""
 
 
 def emit(message: dict[str, object]) -> None:
@@ -186,7 +187,7 @@ def emit(message: dict[str, object]) -> None:
 
 class Bridge:
     def __init__(self) -> None:
-        from jupyter_client.manager import KernelManager
+        from jupyter_client.manager import KernelManager  # type: ignore[import-not-found]
 
         self.km = KernelManager(kernel_name="python3")
         self.kc = None
@@ -240,9 +241,16 @@ class Bridge:
                 self.km.restart_kernel(now=True)
                 kc.wait_for_ready(timeout=60)
                 self.silent(KERNEL_SETUP)
-                emit({"id": run_id, "type": "error", "name": "TimeoutError",
-                      "value": "the cell ignored the interrupt; the kernel was restarted "
-                               "and its state is lost", "traceback": []})
+                emit(
+                    {
+                        "id": run_id,
+                        "type": "error",
+                        "name": "TimeoutError",
+                        "value": "the cell ignored the interrupt; the kernel was restarted "
+                        "and its state is lost",
+                        "traceback": [],
+                    }
+                )
                 break
             wait = 0.5 if deadline is None else max(0.01, min(0.5, deadline - now))
             try:
@@ -258,22 +266,41 @@ class Bridge:
             if kind == "stream":
                 emit({"id": run_id, "type": content["name"], "text": content["text"]})
             elif kind in ("execute_result", "display_data"):
-                emit({"id": run_id, "type": "result", "data": content["data"],
-                      "is_main_result": kind == "execute_result"})
+                emit(
+                    {
+                        "id": run_id,
+                        "type": "result",
+                        "data": content["data"],
+                        "is_main_result": kind == "execute_result",
+                    }
+                )
             elif kind == "error":
                 if status == "ok":
                     status = "error"
-                emit({"id": run_id, "type": "error", "name": content["ename"],
-                      "value": content["evalue"],
-                      "traceback": [_ANSI.sub("", line) for line in content["traceback"]]})
+                emit(
+                    {
+                        "id": run_id,
+                        "type": "error",
+                        "name": content["ename"],
+                        "value": content["evalue"],
+                        "traceback": [_ANSI.sub("", line) for line in content["traceback"]],
+                    }
+                )
             elif kind == "status" and content["execution_state"] == "idle":
                 idle = True
         emit({"id": run_id, "type": "done", "status": status})
 
     def dead(self, run_id: int) -> None:
-        emit({"id": run_id, "type": "error", "name": "KernelDied",
-              "value": "the kernel died (out of memory, os._exit, a crash); restart the "
-                       "context to go on", "traceback": []})
+        emit(
+            {
+                "id": run_id,
+                "type": "error",
+                "name": "KernelDied",
+                "value": "the kernel died (out of memory, os._exit, a crash); restart the "
+                "context to go on",
+                "traceback": [],
+            }
+        )
         emit({"id": run_id, "type": "done", "status": "dead"})
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 -- the JavaScript below is not Python; its lines are as long as they read best
 """The JavaScript/TypeScript interpreter's bridge: a node script, run with ``node -e``.
 
 It speaks the same JSON lines as ``_kernel_bridge.py``. Code runs with ``vm`` in the bridge's

@@ -10,6 +10,7 @@ with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 """
 
 from hutch.sdk._async import AsyncClient, AsyncSandbox
+from hutch.sdk._code import CodeContext, CodeEvent, Execution, ExecutionError, Logs, Result
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
@@ -17,6 +18,7 @@ from hutch.sdk._exceptions import (
     CommandTimeout,
     ConfigurationError,
     Conflict,
+    ContextNotFound,
     FileNotFound,
     HutchConnectionError,
     HutchError,
@@ -38,20 +40,27 @@ __all__ = [
     "AsyncSandbox",
     "AuthenticationError",
     "Client",
+    "CodeContext",
+    "CodeEvent",
     "CommandTimeout",
     "ConfigurationError",
     "Conflict",
     "ConnectionConfig",
+    "ContextNotFound",
     "ExecEvent",
     "ExecResult",
+    "Execution",
+    "ExecutionError",
     "FileNotFound",
     "HutchConnectionError",
     "HutchError",
     "ImageInfo",
     "ImageNotFound",
     "InvalidRequest",
+    "Logs",
     "NotFoundError",
     "PayloadTooLarge",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "SandboxNotFound",

@@ -114,7 +114,7 @@ def build_code_router() -> APIRouter:
     async def create_code_context(
         svc: Svc, sandbox_id: str, body: CodeContextCreate | None = None
     ) -> CodeContextInfo:
-        body = body or CodeContextCreate()
+        body = body or CodeContextCreate.model_validate({})
         _check_language(body.language)
         result = await _call(
             svc,
