@@ -247,7 +247,12 @@ class Context:
             return  # output after its run ended (a JS timer), or for a run whose opener left
         if kind == "done":
             del self._runs[run.run_id]
-            run.finish(str(message.get("status", "ok")))
+            status = str(message.get("status", "ok"))
+            if status == "dead":  # the kernel died under a live bridge: retire both
+                self.failure = "the kernel died; restart the context"
+                self.state = "dead"
+                self.kill()
+            run.finish(status)
         else:
             run.on_output(kind, message)
 
