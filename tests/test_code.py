@@ -3,13 +3,15 @@ node, in real sandboxes through the SDK."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from hutch import ContextNotFound, InvalidRequest, Sandbox
+from hutch import CodeContext, ContextNotFound, InvalidRequest, Sandbox
 from tests._server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -17,13 +19,33 @@ pytestmark = pytest.mark.sandbox
 
 @pytest.fixture(scope="module")
 def sb(server: ServerProcess) -> Iterator[Sandbox]:
-    box = Sandbox.create(base_url=server.url, api_key=server.api_key, labels={"suite": "code"})
+    # NB: every Python context is a Jupyter kernel (~100 MB with pandas and matplotlib).
+    box = Sandbox.create(
+        base_url=server.url, api_key=server.api_key, labels={"suite": "code"}, memory_mb=2048
+    )
     yield box
     box.destroy()
 
 
-def test_python_state_persists_and_last_value(sb: Sandbox) -> None:
-    ctx = sb.create_code_context("python")
+@pytest.fixture()
+def new_context(sb: Sandbox) -> Iterator[Callable[..., CodeContext]]:
+    """Make contexts that are deleted when the test ends (each one holds an interpreter)."""
+    made: list[CodeContext] = []
+
+    def make(language: str = "python", **kwargs: Any) -> CodeContext:
+        made.append(sb.create_code_context(language, **kwargs))
+        return made[-1]
+
+    yield make
+    for ctx in made:
+        with contextlib.suppress(ContextNotFound):
+            sb.delete_code_context(ctx)
+
+
+def test_python_state_persists_and_last_value(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context("python")
     assert ctx.language == "python" and ctx.state == "ready"
     assert (
         sb.run_code("import math\nx = 40\ndef f(a):\n    return a + 2", context=ctx).results == []
@@ -34,9 +56,11 @@ def test_python_state_persists_and_last_value(sb: Sandbox) -> None:
     assert sb.run_code("math.floor(2.5)", context=ctx).text == "2"
 
 
-def test_contexts_are_isolated_listed_and_deleted(sb: Sandbox) -> None:
-    a = sb.create_code_context("python")
-    b = sb.create_code_context("python", env={"WHO": "b"}, cwd="/tmp")
+def test_contexts_are_isolated_listed_and_deleted(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    a = new_context("python")
+    b = new_context("python", env={"WHO": "b"}, cwd="/tmp")
     sb.run_code("secret = 1", context=a)
     ex = sb.run_code("secret", context=b)
     assert ex.error is not None and ex.error.name == "NameError"
@@ -189,8 +213,10 @@ def test_output_streams_live(sb: Sandbox) -> None:
     assert ex.logs.stderr == ["err\n"]
 
 
-def test_error_has_plain_traceback_and_context_survives(sb: Sandbox) -> None:
-    ctx = sb.create_code_context()
+def test_error_has_plain_traceback_and_context_survives(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context()
     sb.run_code("kept = 'yes'", context=ctx)
     ex = sb.run_code("def boom():\n    raise ValueError('bad value')\nboom()", context=ctx)
     assert ex.status == "error" and ex.error is not None
@@ -200,8 +226,10 @@ def test_error_has_plain_traceback_and_context_survives(sb: Sandbox) -> None:
     assert sb.run_code("kept", context=ctx).text == "'yes'"
 
 
-def test_timeout_interrupts_and_state_survives(sb: Sandbox) -> None:
-    ctx = sb.create_code_context()
+def test_timeout_interrupts_and_state_survives(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context()
     sb.run_code("counter = 7", context=ctx)
     started = time.monotonic()
     ex = sb.run_code("import time\nwhile True:\n    time.sleep(0.1)", context=ctx, timeout=1)
@@ -211,8 +239,10 @@ def test_timeout_interrupts_and_state_survives(sb: Sandbox) -> None:
     assert sb.run_code("counter + 1", context=ctx).text == "8"
 
 
-def test_dead_kernel_is_reported_and_restartable(sb: Sandbox) -> None:
-    ctx = sb.create_code_context()
+def test_dead_kernel_is_reported_and_restartable(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context()
     sb.run_code("lost = 1", context=ctx)
     ex = sb.run_code("import os\nos._exit(3)", context=ctx)
     assert ex.status == "dead" and ex.error is not None and ex.error.name == "KernelDied"
@@ -230,8 +260,10 @@ def test_dead_kernel_is_reported_and_restartable(sb: Sandbox) -> None:
     assert sb.run_code("2 + 2", context=ctx).text == "4"
 
 
-def test_javascript_state_await_console_and_json(sb: Sandbox) -> None:
-    ctx = sb.create_code_context("javascript")
+def test_javascript_state_await_console_and_json(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context("javascript")
     sb.run_code("const base = 40; function add(a, b) { return a + b }", context=ctx)
     assert sb.run_code("add(base, 2)", context=ctx).text == "42"
     seen: list[str] = []
@@ -252,16 +284,20 @@ def test_javascript_state_await_console_and_json(sb: Sandbox) -> None:
     assert sb.run_code("base", context=ctx).text == "40"
 
 
-def test_javascript_timeout_breaks_a_busy_loop(sb: Sandbox) -> None:
-    ctx = sb.create_code_context("javascript")
+def test_javascript_timeout_breaks_a_busy_loop(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context("javascript")
     sb.run_code("var n = 1", context=ctx)
     ex = sb.run_code("while (true) {}", context=ctx, timeout=1)
     assert ex.status == "timeout" and ex.error is not None
     assert sb.run_code("n", context=ctx).text == "1"
 
 
-def test_typescript_types_are_stripped_not_checked(sb: Sandbox) -> None:
-    ctx = sb.create_code_context("typescript")
+def test_typescript_types_are_stripped_not_checked(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    ctx = new_context("typescript")
     ex = sb.run_code(
         "interface Point { x: number; y: number }\n"
         "const p: Point = { x: 1, y: 2 };\n"
@@ -278,7 +314,9 @@ def test_typescript_types_are_stripped_not_checked(sb: Sandbox) -> None:
     assert sb.run_code("norm({x: 3, y: 4} as Point)", context=ctx).text == "25"
 
 
-def test_installed_packages_become_importable(sb: Sandbox, tmp_path) -> None:
+def test_installed_packages_become_importable(
+    sb: Sandbox, new_context: Callable[..., CodeContext], tmp_path
+) -> None:
     import base64
     import io
     import zipfile
@@ -295,7 +333,7 @@ def test_installed_packages_become_importable(sb: Sandbox, tmp_path) -> None:
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         )
         z.writestr("hutchdemo-1.0.dist-info/RECORD", "")
-    ctx = sb.create_code_context()
+    ctx = new_context()
     assert sb.run_code("import hutchdemo", context=ctx).error is not None
     wheel = "/tmp/hutchdemo-1.0-py3-none-any.whl"
     r = sb.exec(
@@ -305,7 +343,7 @@ def test_installed_packages_become_importable(sb: Sandbox, tmp_path) -> None:
     assert r.exit_code == 0, r.stderr
     assert sb.run_code("import hutchdemo\nhutchdemo.ANSWER", context=ctx).text == "42"
 
-    js = sb.create_code_context("javascript")
+    js = new_context("javascript")
     r = sb.exec(
         "mkdir -p /tmp/jsdemo && cd /tmp/jsdemo && "
         'echo \'{"name":"jsdemo","version":"1.0.0","main":"index.js"}\' > package.json && '
@@ -316,9 +354,11 @@ def test_installed_packages_become_importable(sb: Sandbox, tmp_path) -> None:
     assert sb.run_code("require('jsdemo').answer", context=js).text == "42"
 
 
-def test_bad_input_codes(sb: Sandbox, server: ServerProcess) -> None:
+def test_bad_input_codes(
+    sb: Sandbox, new_context: Callable[..., CodeContext], server: ServerProcess
+) -> None:
     with pytest.raises(InvalidRequest) as info:
-        sb.create_code_context("cobol")
+        new_context("cobol")
     assert info.value.code == "unknown_language"
     assert "python, javascript, typescript" in info.value.message
     with pytest.raises(InvalidRequest) as info:
@@ -351,7 +391,7 @@ def test_language_unavailable_in_an_image_without_it(
 
 
 def test_interpreter_code_cannot_reach_the_api_or_other_sandboxes(
-    sb: Sandbox, server: ServerProcess
+    sb: Sandbox, new_context: Callable[..., CodeContext], server: ServerProcess
 ) -> None:
     ex = sb.run_code(
         "import urllib.request\n"
@@ -361,7 +401,7 @@ def test_interpreter_code_cannot_reach_the_api_or_other_sandboxes(
     assert "REACHED" not in "".join(ex.logs.stdout) and "blocked" in "".join(ex.logs.stdout)
     other = Sandbox.create(base_url=server.url, api_key=server.api_key)
     try:
-        mine = sb.create_code_context("javascript")
+        mine = new_context("javascript")
         with pytest.raises(ContextNotFound):  # a context id means nothing in another sandbox
             other.run_code("1", context=mine)
     finally:

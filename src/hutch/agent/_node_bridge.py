@@ -42,15 +42,18 @@ globalThis.__filename = path.join(process.cwd(), '__hutch__.js');
 globalThis.__dirname = process.cwd();
 
 let babel = null;
+// Where Debian's node packages live (npm's dependencies bring Babel), then global npm installs.
+const BABEL_PATHS = [path.join(process.cwd(), 'node_modules'), '/usr/local/lib/node_modules',
+                     '/usr/lib/node_modules', '/usr/share/nodejs', '/usr/lib/nodejs'];
 function transpile(code) {
   if (babel === null) {
-    try { babel = require('@babel/core'); }
+    try { babel = require(require.resolve('@babel/core', { paths: BABEL_PATHS })); }
     catch (e) { throw new Error('TypeScript needs @babel/core and @babel/preset-typescript ' +
                                 '(npm install -g @babel/core @babel/preset-typescript): ' + e.message); }
   }
   const out = babel.transformSync(code, {
     filename: 'cell.ts', babelrc: false, configFile: false, sourceType: 'script',
-    presets: [[require.resolve('@babel/preset-typescript', { paths: module.paths.concat(['/usr/share/nodejs', '/usr/lib/nodejs']) }), { onlyRemoveTypeImports: true }]],
+    presets: [[require.resolve('@babel/preset-typescript', { paths: BABEL_PATHS }), { onlyRemoveTypeImports: true }]],
     parserOpts: { allowAwaitOutsideFunction: true }, retainLines: true, compact: false,
   });
   return out.code.replace(/^"use strict";\n?/, '');
