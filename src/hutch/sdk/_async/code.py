@@ -19,7 +19,7 @@ def _context_id(context: CodeContext | str) -> str:
     return context.id if isinstance(context, CodeContext) else context
 
 
-class AsyncCodeInterpreter:
+class CodeInterpreter:
     """Code contexts and runs of one sandbox; reached as the sandbox's methods."""
 
     def __init__(self, client: AsyncClient, sandbox_path: str) -> None:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from hutch.sdk._async.client import AsyncClient
-from hutch.sdk._async.code import AsyncCodeInterpreter
+from hutch.sdk._async.code import CodeInterpreter
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
@@ -414,8 +414,8 @@ class AsyncSandbox:
     # -- code interpreter (see sdk/_async/code.py) --------------------------------------------
 
     @property
-    def _code(self) -> AsyncCodeInterpreter:
-        return AsyncCodeInterpreter(self.client, self._path)
+    def _code(self) -> CodeInterpreter:
+        return CodeInterpreter(self.client, self._path)
 
     async def create_code_context(
         self,

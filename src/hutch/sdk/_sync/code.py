@@ -20,7 +20,7 @@ def _context_id(context: CodeContext | str) -> str:
     return context.id if isinstance(context, CodeContext) else context
 
 
-class AsyncCodeInterpreter:
+class CodeInterpreter:
     """Code contexts and runs of one sandbox; reached as the sandbox's methods."""
 
     def __init__(self, client: Client, sandbox_path: str) -> None:

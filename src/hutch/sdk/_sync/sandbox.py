@@ -17,7 +17,7 @@ from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, 
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync.client import Client
-from hutch.sdk._sync.code import AsyncCodeInterpreter
+from hutch.sdk._sync.code import CodeInterpreter
 
 
 class Sandbox:
@@ -415,8 +415,8 @@ class Sandbox:
     # -- code interpreter (see sdk/_sync/code.py) --------------------------------------------
 
     @property
-    def _code(self) -> AsyncCodeInterpreter:
-        return AsyncCodeInterpreter(self.client, self._path)
+    def _code(self) -> CodeInterpreter:
+        return CodeInterpreter(self.client, self._path)
 
     def create_code_context(
         self,
