@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stats import report  # noqa: E402
 from hutch import Sandbox  # noqa: E402
 from tests._server import ServerProcess  # noqa: E402
+from tests.conftest import _cleanup_home  # noqa: E402
 
 RAW_JUPYTER = r"""
 import json, sys, time
@@ -88,8 +89,12 @@ def pooled_contexts(sb: Sandbox, n: int) -> list[float]:
     """Later Python contexts: each takes the spare kernel the agent keeps started."""
     first = sb.create_code_context("python")  # starts the pool
     samples = []
+    path = f"/v1/sandboxes/{sb.id}/code/contexts"
     for _ in range(n):
-        time.sleep(4.0)  # let the agent start the next spare
+        deadline = time.monotonic() + 60
+        while sb.client.request("GET", path)["pool"].get("python") != "ready":
+            assert time.monotonic() < deadline, "the spare kernel never got ready"
+            time.sleep(0.2)
         t0 = time.perf_counter()
         ctx = sb.create_code_context("python")
         samples.append(time.perf_counter() - t0)
@@ -104,32 +109,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--contexts", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hutch-bench-", dir="/var/tmp") as home:
-        srv = ServerProcess(Path(home))
-        srv.start()
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-", dir="/var/tmp")))
+    srv.start()
+    opts = {"base_url": srv.url, "api_key": srv.api_key}
+    try:
+        sb = Sandbox.create(memory_mb=2048, **opts)
         try:
-            opts = {"base_url": srv.url, "api_key": srv.api_key}
-            sb = Sandbox.create(memory_mb=2048, **opts)
-            try:
-                print(report("1+1 round trip, warm Python context", warm_round_trips(sb, args.n)))
-                print(
-                    report(
-                        "  baseline: raw jupyter_client (in sandbox)",
-                        raw_jupyter_round_trips(sb, args.n),
-                    )
-                )
-                print(
-                    report(
-                        "new Python context, from the warm pool", pooled_contexts(sb, args.contexts)
-                    )
-                )
-            finally:
-                sb.destroy()
-            print(
-                report("new Python context, cold", cold_contexts(opts, max(3, args.contexts // 2)))
-            )
+            warm = warm_round_trips(sb, args.n)
+            print(report("1+1 round trip, warm Python context", warm))
+            raw = raw_jupyter_round_trips(sb, args.n)
+            print(report("  baseline: raw jupyter_client (in sandbox)", raw))
+            pooled = pooled_contexts(sb, args.contexts)
+            print(report("new Python context, from the warm pool", pooled))
         finally:
-            srv.stop()
+            sb.destroy()
+        cold = cold_contexts(opts, max(3, args.contexts // 2))
+        print(report("new Python context, cold (fresh sandbox)", cold))
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
 
 
 if __name__ == "__main__":

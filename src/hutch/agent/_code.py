@@ -508,7 +508,11 @@ def open_restart(
 
 def list_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     registry = registry_of(agent)
-    return {"ok": True, "contexts": [c.info() for c in registry.contexts.values()]}
+    return {
+        "ok": True,
+        "contexts": [c.info() for c in registry.contexts.values()],
+        "pool": {language: spare.state for language, spare in registry.spares.items()},
+    }
 
 
 def delete_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class CodeContextInfo(BaseModel):
 
 class CodeContextList(BaseModel):
     contexts: list[CodeContextInfo]
+    pool: dict[str, str] = Field(
+        default_factory=dict, description="warm spare interpreters: language -> state"
+    )
 
 
 class CodeRunRequest(BaseModel):
