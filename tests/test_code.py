@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hutch import CodeContext, ContextNotFound, InvalidRequest, Sandbox
+from hutch import CodeContext, Conflict, ContextNotFound, InvalidRequest, Sandbox
 from tests._server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -253,6 +253,9 @@ def test_dead_kernel_is_reported_and_restartable(
             break
         time.sleep(0.2)
     assert state == "dead"
+    with pytest.raises(Conflict) as info:
+        sb.run_code("1", context=ctx)
+    assert info.value.code == "context_dead" and "restart" in info.value.message
     restarted = sb.restart_code_context(ctx)
     assert restarted.id == ctx.id and restarted.state == "ready"
     ex = sb.run_code("lost", context=ctx)

@@ -23,9 +23,12 @@ import json
 import os
 import queue
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 CHART_MIME = "application/vnd.hutch.chart+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -185,29 +188,122 @@ def emit(message: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class Bridge:
+    """Launches the kernel itself (no KernelManager: its kernelspec lookup and launcher cost
+    ~0.5 s) before importing jupyter_client, so the two start in parallel."""
+
     def __init__(self) -> None:
-        from jupyter_client.manager import KernelManager  # type: ignore[import-not-found]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kc: Any = None
+        self.connection_file = ""
+        self.cwd: str | None = None
+        self.env: dict[str, str] = {}
 
-        self.km = KernelManager(kernel_name="python3")
-        self.kc = None
+    def launch(self, cwd: str | None, env: dict[str, str] | None) -> None:
+        import importlib.util
+        import secrets
+        import tempfile
 
-    def start(self, cwd: str | None, env: dict[str, str] | None) -> None:
+        for module in ("ipykernel", "jupyter_client"):
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(
+                    f"No module named {module!r} in {sys.executable} (Debian: python3-ipykernel "
+                    "python3-jupyter-client; or pip install ipykernel jupyter_client)"
+                )
+
+        self.cwd, self.env = cwd, dict(env or {})
+        shell, iopub, stdin, control, hb = _free_ports(5)
+        info = {
+            "shell_port": shell,
+            "iopub_port": iopub,
+            "stdin_port": stdin,
+            "control_port": control,
+            "hb_port": hb,
+            "ip": "127.0.0.1",
+            "key": secrets.token_hex(16),
+            "transport": "tcp",
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "python3",
+        }
+        fd, self.connection_file = tempfile.mkstemp(prefix="hutch-kernel-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
         kernel_env = dict(os.environ)
-        kernel_env.update(env or {})
+        kernel_env.update(self.env)
         kernel_env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         kernel_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-        self.km.start_kernel(cwd=cwd or os.getcwd(), env=kernel_env)
-        kc = self.km.client()
+        kernel_env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits when the bridge does
+        args = [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher"]
+        self.proc = subprocess.Popen(
+            [*args, "-f", self.connection_file],
+            cwd=cwd or os.getcwd(),
+            env=kernel_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # NB: never our stdout, which is the agent's JSON lines
+            stderr=None,  # the bridge's stderr: the agent keeps its tail for error messages
+        )
+
+    def connect(self) -> None:
+        from jupyter_client.blocking import BlockingKernelClient  # type: ignore[import-not-found]
+
+        kc = BlockingKernelClient()
+        kc.load_connection_file(self.connection_file)
         kc.start_channels()
-        kc.wait_for_ready(timeout=60)
         self.kc = kc
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                kc.wait_for_ready(timeout=1)
+                break
+            except RuntimeError:
+                if not self.is_alive():
+                    raise RuntimeError("the kernel exited while starting") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the kernel did not answer within 60 s") from None
         self.silent(KERNEL_SETUP)
 
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        if self.is_alive():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.kc is not None:
+            self.kc.stop_channels()
+            self.kc = None
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.connection_file:
+            try:
+                os.unlink(self.connection_file)
+            except OSError:
+                pass
+
+    def restart(self) -> None:
+        self.kill()
+        self.launch(self.cwd, self.env)
+        self.connect()
+
     def kernel_pid(self) -> int | None:
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
-        pid = getattr(process, "pid", None)
-        return pid if isinstance(pid, int) else None
+        return self.proc.pid if self.proc is not None else None
 
     def silent(self, code: str) -> None:
         assert self.kc is not None
@@ -223,7 +319,7 @@ class Bridge:
     def run(self, run_id: int, code: str, timeout: float | None) -> None:
         kc = self.kc
         assert kc is not None
-        if not self.km.is_alive():
+        if not self.is_alive():
             return self.dead(run_id)
         msg_id = kc.execute(code, store_history=True, allow_stdin=False)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -235,12 +331,10 @@ class Bridge:
             if deadline is not None and interrupted_at is None and now >= deadline:
                 interrupted_at = now
                 status = "timeout"
-                self.km.interrupt_kernel()
+                self.interrupt()
             if interrupted_at is not None and now - interrupted_at > 10:
                 # The cell ignores KeyboardInterrupt (a C loop, a bare except): restart.
-                self.km.restart_kernel(now=True)
-                kc.wait_for_ready(timeout=60)
-                self.silent(KERNEL_SETUP)
+                self.restart()
                 emit(
                     {
                         "id": run_id,
@@ -256,7 +350,7 @@ class Bridge:
             try:
                 msg = kc.get_iopub_msg(timeout=wait)
             except queue.Empty:
-                if not self.km.is_alive():
+                if not self.is_alive():
                     return self.dead(run_id)
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
@@ -306,10 +400,12 @@ class Bridge:
 
 def main() -> None:
     options = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    bridge = Bridge()
     try:
-        bridge = Bridge()
-        bridge.start(options.get("cwd"), options.get("env"))
+        bridge.launch(options.get("cwd"), options.get("env"))
+        bridge.connect()
     except Exception as e:
+        bridge.kill()
         emit({"type": "failed", "message": f"{type(e).__name__}: {e}"})
         return
     emit({"type": "ready", "kernel_pid": bridge.kernel_pid()})
@@ -331,7 +427,7 @@ def main() -> None:
             bridge.run(request["id"], request["code"], request.get("timeout"))
     finally:
         try:
-            bridge.km.shutdown_kernel(now=True)
+            bridge.kill()
         except Exception:
             pass
 
