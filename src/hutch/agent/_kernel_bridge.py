@@ -183,6 +183,14 @@ del __hutch_setup
 """
 
 
+# ipykernel_launcher without the debugger: importing debugpy is ~40% of ipykernel's import
+# time (measured 0.3 s of 0.8 s), and nothing here speaks the debug protocol.
+KERNEL_LAUNCH = (
+    "import sys; sys.modules['debugpy'] = None\n"
+    "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
+)
+
+
 def emit(message: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
     sys.stdout.flush()
@@ -246,9 +254,15 @@ class Bridge:
         kernel_env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         kernel_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         kernel_env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits when the bridge does
-        args = [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher"]
         self.proc = subprocess.Popen(
-            [*args, "-f", self.connection_file],
+            [
+                sys.executable,
+                "-Xfrozen_modules=off",
+                "-c",
+                KERNEL_LAUNCH,
+                "-f",
+                self.connection_file,
+            ],
             cwd=cwd or os.getcwd(),
             env=kernel_env,
             stdin=subprocess.DEVNULL,
