@@ -409,3 +409,26 @@ def test_interpreter_code_cannot_reach_the_api_or_other_sandboxes(
             other.run_code("1", context=mine)
     finally:
         other.destroy()
+
+
+def test_contexts_outlive_a_server_kill_9(busybox_image: str) -> None:
+    """Contexts live in the sandbox's agent, not in the server: a crash loses none."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import _cleanup_home
+
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-code-crash-", dir="/var/tmp")))
+    srv.start()
+    try:
+        box = Sandbox.create(base_url=srv.url, api_key=srv.api_key)
+        ctx = box.create_code_context("javascript")
+        box.run_code("var kept = 'still here'", context=ctx)
+        srv.kill9()
+        srv.start()
+        assert box.run_code("kept", context=ctx).text == "'still here'"
+        assert ctx.id in {c.id for c in box.list_code_contexts()}
+        box.destroy()
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
