@@ -4,8 +4,10 @@ node, in real sandboxes through the SDK."""
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 
 from hutch import CodeContext, Conflict, ContextNotFound, InvalidRequest, Sandbox
 from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
 
 pytestmark = pytest.mark.sandbox
 
@@ -413,11 +416,6 @@ def test_interpreter_code_cannot_reach_the_api_or_other_sandboxes(
 
 def test_contexts_outlive_a_server_kill_9(busybox_image: str) -> None:
     """Contexts live in the sandbox's agent, not in the server: a crash loses none."""
-    import tempfile
-    from pathlib import Path
-
-    from tests.conftest import _cleanup_home
-
     srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-code-crash-", dir="/var/tmp")))
     srv.start()
     try:
