@@ -33,6 +33,11 @@ ErrorCode = Literal[
     "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
     "terminal_not_found",  # pty_*: no terminal with that id (closed, idled out, never made)
     "shell_not_found",  # pty_create: the shell is not installed in the image
+    "unknown_language",  # code: not python, javascript or typescript; the message lists them
+    "language_unavailable",  # code: the image lacks the interpreter (python3+ipykernel, node)
+    "context_not_found",  # code: no such code context
+    "context_dead",  # code: the context's interpreter died; restart it
+    "context_failed",  # code: the interpreter did not start (the message says why)
     "shutting_down",  # the agent got SIGTERM and accepts no new work
     "internal",  # a bug in the agent
 ]

@@ -23,11 +23,16 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "pty_close": ("_pty", "pty_close"),
     "pty_list": ("_pty", "pty_list"),
     "pty_info": ("_pty", "pty_info"),
+    "code_context_list": ("_code", "list_op"),
+    "code_context_delete": ("_code", "delete_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
     "pty_attach": ("_pty", "open_attach"),
+    "code_context_create": ("_code", "open_create"),
+    "code_context_restart": ("_code", "open_restart"),
+    "code_run": ("_code", "open_run"),
 }
 
 

@@ -231,7 +231,7 @@ class HutchTools:
         timeout: float | None = 120.0,
     ) -> builtins.list[TextContent | ImageContent]:
         """Run code in a stateful interpreter (Jupyter kernel); charts come back as images."""
-        ex = await self.sandbox(sandbox_id).run_code(  # type: ignore[attr-defined]
+        ex = await self.sandbox(sandbox_id).run_code(
             code, language=language, timeout=timeout
         )
         return _execution_content(ex)

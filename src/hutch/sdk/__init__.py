@@ -10,6 +10,7 @@ with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 """
 
 from hutch.sdk._async import AsyncClient, AsyncSandbox, AsyncTerminal
+from hutch.sdk._code import CodeContext, CodeEvent, Execution, ExecutionError, Logs, Result
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
@@ -17,6 +18,7 @@ from hutch.sdk._exceptions import (
     CommandTimeout,
     ConfigurationError,
     Conflict,
+    ContextNotFound,
     FileNotFound,
     HutchConnectionError,
     HutchError,
@@ -40,12 +42,17 @@ __all__ = [
     "AsyncTerminal",
     "AuthenticationError",
     "Client",
+    "CodeContext",
+    "CodeEvent",
     "CommandTimeout",
     "ConfigurationError",
     "Conflict",
     "ConnectionConfig",
+    "ContextNotFound",
     "ExecEvent",
     "ExecResult",
+    "Execution",
+    "ExecutionError",
     "FileNotFound",
     "HutchConnectionError",
     "HutchError",
@@ -53,9 +60,11 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "InvalidRequest",
+    "Logs",
     "NotFoundError",
     "PayloadTooLarge",
     "RegistryError",
+    "Result",
     "Sandbox",
     "SandboxInfo",
     "SandboxNotFound",

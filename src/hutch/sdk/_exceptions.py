@@ -8,8 +8,10 @@ One tree, rooted at :class:`HutchError`::
     │   ├── NotFoundError               404 not_found
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
-    │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
-    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, image_in_use
+    │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
+    │   │   └── ContextNotFound         404 context_not_found
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, image_in_use,
+    │   │                                   context_dead
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
@@ -96,6 +98,10 @@ class FileNotFound(NotFoundError, FileNotFoundError):
     """A path inside the sandbox does not exist."""
 
 
+class ContextNotFound(NotFoundError):
+    """No code context with that id in the sandbox (``context_not_found``)."""
+
+
 class Conflict(APIError):
     """The request conflicts with the sandbox's state (HTTP 409).
 
@@ -158,6 +164,10 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),
+    "context_not_found": (ContextNotFound, 404),
+    "context_dead": (Conflict, 409),
+    "unknown_language": (InvalidRequest, 422),
+    "language_unavailable": (InvalidRequest, 422),
     "internal": (ServerError, 500),
     "image_in_use": (Conflict, 409),
     "image_invalid": (InvalidRequest, 422),

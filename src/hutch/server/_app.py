@@ -428,5 +428,8 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
     from hutch.server._console import mount_console
 
     mount_console(app)
+    from hutch.server._routes_code import build_code_router  # noqa: PLC0415 (imports this module)
+
+    app.include_router(build_code_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

@@ -5,10 +5,13 @@ ApiError (status, code, message)
 ├── SandboxNotFound         404 sandbox_not_found
 ├── ImageNotFoundError      404 image_not_found
 ├── KeyNotFound             404 key_not_found
+├── CodeContextNotFound     404 context_not_found
+├── CodeContextDead         409 context_dead
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── BodyTooLarge            413 body_too_large
-├── InvalidRequest          422 invalid_request / invalid_sandbox_id
+├── InvalidRequest          422 invalid_request / invalid_sandbox_id / unknown_language /
+│                               language_unavailable
 ├── ImageInUse              409 image_in_use
 ├── ImageInvalid            422 image_invalid / image_architecture
 ├── SandboxStartFailed      500 sandbox_start_failed
@@ -63,6 +66,16 @@ class ImageNotFoundError(ApiError):
 class KeyNotFound(ApiError):
     status = 404
     code = "key_not_found"
+
+
+class CodeContextNotFound(ApiError):
+    status = 404
+    code = "context_not_found"
+
+
+class CodeContextDead(ApiError):
+    status = 409
+    code = "context_dead"
 
 
 class SandboxExists(ApiError):

@@ -11,7 +11,9 @@ from types import TracebackType
 from typing import Any
 
 from hutch.sdk._async.client import AsyncClient
+from hutch.sdk._async.code import CodeInterpreter
 from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
+from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
@@ -451,6 +453,103 @@ class AsyncSandbox:
         """The sandbox's terminals (id, pid, size, exit_code, attached clients)."""
         body = await self.client.request("GET", f"{self._path}/terminals")
         return list(body["terminals"])
+
+    # -- code interpreter (see sdk/_async/code.py) --------------------------------------------
+
+    @property
+    def _code(self) -> CodeInterpreter:
+        return CodeInterpreter(self.client, self._path)
+
+    async def create_code_context(
+        self,
+        language: str = "python",
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CodeContext:
+        """Start an interpreter whose state (variables, imports, functions) lasts between runs.
+
+        Args:
+            language: ``"python"`` (a Jupyter kernel), ``"javascript"`` or ``"typescript"``
+                (node).
+            cwd: Its working directory (relative paths are under ``/workspace``).
+            env: Environment variables for it.
+
+        Raises:
+            InvalidRequest: Unknown language (``unknown_language``), or the image lacks the
+                interpreter (``language_unavailable``).
+        """
+        return await self._code.create_context(language, cwd=cwd, env=env)
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts (default ones included)."""
+        return await self._code.list_contexts()
+
+    async def delete_code_context(self, context: CodeContext | str) -> None:
+        """Stop a context's interpreter. Raises ``ContextNotFound`` if there is none."""
+        await self._code.delete_context(context)
+
+    async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
+        """Start a context's interpreter afresh (its state is lost); same id."""
+        return await self._code.restart_context(context)
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        context: CodeContext | str | None = None,
+        language: str | None = None,
+        timeout: float | None = None,
+        on_stdout: Callback | None = None,
+        on_stderr: Callback | None = None,
+        on_result: Callback | None = None,
+        on_error: Callback | None = None,
+    ) -> Execution:
+        """Run code in a context and gather what it produced; callbacks fire live.
+
+        Args:
+            code: The code (a cell: the last expression's value is a result).
+            context: The context; ``None`` uses the default context of ``language``.
+            language: For the default context (``"python"`` when ``None``).
+            timeout: Seconds after which the run is interrupted (``KeyboardInterrupt`` in
+                Python); the context and its state survive. ``status`` is then ``"timeout"``.
+            on_stdout: Called with each chunk of stdout (text) as it is printed.
+            on_stderr: Called with each chunk of stderr.
+            on_result: Called with each :class:`Result` (display, figure, last value).
+            on_error: Called with the :class:`ExecutionError` if the code raises.
+
+        Returns:
+            The :class:`Execution`: ``results``, ``logs``, ``error``, ``status``. An exception
+            in the code is not raised: see ``.error``.
+
+        Raises:
+            ContextNotFound: No such context.
+            InvalidRequest: Unknown language, or the image lacks the interpreter.
+        """
+        return await self._code.run(
+            code,
+            context=context,
+            language=language,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            on_error=on_error,
+        )
+
+    async def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: CodeContext | str | None = None,
+        language: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[CodeEvent]:
+        """Like :meth:`run_code`, yielding each output as it arrives, then an ``"end"``."""
+        async for event in self._code.run_stream(
+            code, context=context, language=language, timeout=timeout
+        ):
+            yield event
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[ExecEvent]:
         decoder = ExecStreamDecoder()

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync.client import Client
+from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.terminal import Terminal, attach_terminal, open_terminal
 
 
@@ -452,6 +454,103 @@ class Sandbox:
         """The sandbox's terminals (id, pid, size, exit_code, attached clients)."""
         body = self.client.request("GET", f"{self._path}/terminals")
         return list(body["terminals"])
+
+    # -- code interpreter (see sdk/_sync/code.py) --------------------------------------------
+
+    @property
+    def _code(self) -> CodeInterpreter:
+        return CodeInterpreter(self.client, self._path)
+
+    def create_code_context(
+        self,
+        language: str = "python",
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CodeContext:
+        """Start an interpreter whose state (variables, imports, functions) lasts between runs.
+
+        Args:
+            language: ``"python"`` (a Jupyter kernel), ``"javascript"`` or ``"typescript"``
+                (node).
+            cwd: Its working directory (relative paths are under ``/workspace``).
+            env: Environment variables for it.
+
+        Raises:
+            InvalidRequest: Unknown language (``unknown_language``), or the image lacks the
+                interpreter (``language_unavailable``).
+        """
+        return self._code.create_context(language, cwd=cwd, env=env)
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts (default ones included)."""
+        return self._code.list_contexts()
+
+    def delete_code_context(self, context: CodeContext | str) -> None:
+        """Stop a context's interpreter. Raises ``ContextNotFound`` if there is none."""
+        self._code.delete_context(context)
+
+    def restart_code_context(self, context: CodeContext | str) -> CodeContext:
+        """Start a context's interpreter afresh (its state is lost); same id."""
+        return self._code.restart_context(context)
+
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: CodeContext | str | None = None,
+        language: str | None = None,
+        timeout: float | None = None,
+        on_stdout: Callback | None = None,
+        on_stderr: Callback | None = None,
+        on_result: Callback | None = None,
+        on_error: Callback | None = None,
+    ) -> Execution:
+        """Run code in a context and gather what it produced; callbacks fire live.
+
+        Args:
+            code: The code (a cell: the last expression's value is a result).
+            context: The context; ``None`` uses the default context of ``language``.
+            language: For the default context (``"python"`` when ``None``).
+            timeout: Seconds after which the run is interrupted (``KeyboardInterrupt`` in
+                Python); the context and its state survive. ``status`` is then ``"timeout"``.
+            on_stdout: Called with each chunk of stdout (text) as it is printed.
+            on_stderr: Called with each chunk of stderr.
+            on_result: Called with each :class:`Result` (display, figure, last value).
+            on_error: Called with the :class:`ExecutionError` if the code raises.
+
+        Returns:
+            The :class:`Execution`: ``results``, ``logs``, ``error``, ``status``. An exception
+            in the code is not raised: see ``.error``.
+
+        Raises:
+            ContextNotFound: No such context.
+            InvalidRequest: Unknown language, or the image lacks the interpreter.
+        """
+        return self._code.run(
+            code,
+            context=context,
+            language=language,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            on_error=on_error,
+        )
+
+    def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: CodeContext | str | None = None,
+        language: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[CodeEvent]:
+        """Like :meth:`run_code`, yielding each output as it arrives, then an ``"end"``."""
+        for event in self._code.run_stream(
+            code, context=context, language=language, timeout=timeout
+        ):
+            yield event
 
     def _stream(self, body: dict[str, Any]) -> Iterator[ExecEvent]:
         decoder = ExecStreamDecoder()

@@ -1,0 +1,134 @@
+"""Code interpreter figures: `1+1` round trip on a warm Python context, and how soon a new
+Python context is ready (cold, and from the warm pool).
+
+Run as root once the default image is built:
+
+    .venv/bin/python bench/bench_code.py [--n 200]
+
+Baseline in the same run: a raw jupyter_client round trip (execute `1+1`, wait for the
+kernel's idle status) measured inside the same sandbox with the image's own python3 — the
+floor that Hutch's HTTP -> server -> agent -> bridge path adds to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stats import report  # noqa: E402
+from hutch import Sandbox  # noqa: E402
+from tests._server import ServerProcess  # noqa: E402
+from tests.conftest import _cleanup_home  # noqa: E402
+
+RAW_JUPYTER = r"""
+import json, sys, time
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+n = int(sys.argv[1])
+samples = []
+for i in range(n + 20):
+    t0 = time.perf_counter()
+    msg_id = kc.execute("1+1")
+    while True:
+        msg = kc.get_iopub_msg(timeout=10)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            break
+    if i >= 20:
+        samples.append(time.perf_counter() - t0)
+kc.stop_channels()
+km.shutdown_kernel(now=True)
+print(json.dumps(samples))
+"""
+
+
+def warm_round_trips(sb: Sandbox, n: int) -> list[float]:
+    ctx = sb.create_code_context("python")
+    for _ in range(20):
+        sb.run_code("1+1", context=ctx)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ex = sb.run_code("1+1", context=ctx)
+        samples.append(time.perf_counter() - t0)
+        assert ex.text == "2", ex
+    sb.delete_code_context(ctx)
+    return samples
+
+
+def raw_jupyter_round_trips(sb: Sandbox, n: int) -> list[float]:
+    r = sb.run("python3", ["-c", RAW_JUPYTER, str(n)], timeout=300)
+    assert r.exit_code == 0, r.stderr
+    samples: list[float] = json.loads(r.stdout.strip().splitlines()[-1])
+    return samples
+
+
+def cold_contexts(opts: dict[str, str], n: int) -> list[float]:
+    """The first Python context of a fresh sandbox: nothing is warm."""
+    samples = []
+    for _ in range(n):
+        sb = Sandbox.create(memory_mb=2048, **opts)
+        try:
+            sb.exec("true")
+            t0 = time.perf_counter()
+            ctx = sb.create_code_context("python")
+            samples.append(time.perf_counter() - t0)
+            assert sb.run_code("1+1", context=ctx).text == "2"
+        finally:
+            sb.destroy()
+    return samples
+
+
+def pooled_contexts(sb: Sandbox, n: int) -> list[float]:
+    """Later Python contexts: each takes the spare kernel the agent keeps started."""
+    first = sb.create_code_context("python")  # starts the pool
+    samples = []
+    path = f"/v1/sandboxes/{sb.id}/code/contexts"
+    for _ in range(n):
+        deadline = time.monotonic() + 60
+        while sb.client.request("GET", path)["pool"].get("python") != "ready":
+            assert time.monotonic() < deadline, "the spare kernel never got ready"
+            time.sleep(0.2)
+        t0 = time.perf_counter()
+        ctx = sb.create_code_context("python")
+        samples.append(time.perf_counter() - t0)
+        assert sb.run_code("1+1", context=ctx).text == "2"
+        sb.delete_code_context(ctx)
+    sb.delete_code_context(first)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--contexts", type=int, default=8)
+    args = parser.parse_args()
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-", dir="/var/tmp")))
+    srv.start()
+    opts = {"base_url": srv.url, "api_key": srv.api_key}
+    try:
+        sb = Sandbox.create(memory_mb=2048, **opts)
+        try:
+            warm = warm_round_trips(sb, args.n)
+            print(report("1+1 round trip, warm Python context", warm))
+            raw = raw_jupyter_round_trips(sb, args.n)
+            print(report("  baseline: raw jupyter_client (in sandbox)", raw))
+            pooled = pooled_contexts(sb, args.contexts)
+            print(report("new Python context, from the warm pool", pooled))
+        finally:
+            sb.destroy()
+        cold = cold_contexts(opts, max(3, args.contexts // 2))
+        print(report("new Python context, cold (fresh sandbox)", cold))
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
+
+
+if __name__ == "__main__":
+    main()

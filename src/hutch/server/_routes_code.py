@@ -1,0 +1,206 @@
+"""The code interpreter's routes: code contexts and runs, streamed as frames.
+
+The agent owns the contexts (each is an interpreter process inside the sandbox); these routes
+forward to it. ``POST .../code/run/stream`` answers with binary frames: DATA for stdout (1)
+and stderr (2), EVENTs ``{"event": "context"|"result"|"error", ...}``, one RESULT. An error
+found before the code starts (unknown language or context, an image without the runtime) is
+an HTTP error instead, so clients see the usual ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from hutch._wire import Kind, encode_frame, encode_json_frame
+from hutch._wire.frames import Frame
+from hutch.server._agent_client import (
+    AgentConnection,
+    AgentDisconnected,
+    AgentError,
+    AgentStream,
+    parse_result,
+)
+from hutch.server._app import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
+from hutch.server._errors import (
+    ApiError,
+    CodeContextDead,
+    CodeContextNotFound,
+    InvalidRequest,
+    SandboxUnavailable,
+)
+
+LANGUAGES = ("python", "javascript", "typescript")
+
+
+class CodeContextCreate(BaseModel):
+    language: str = Field("python", description="python, javascript or typescript")
+    cwd: str | None = Field(None, description="working directory (relative: under /workspace)")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class CodeContextInfo(BaseModel):
+    id: str
+    language: str
+    cwd: str | None = None
+    state: str = Field(description="starting, ready or dead")
+    busy: bool = False
+
+
+class CodeContextList(BaseModel):
+    contexts: list[CodeContextInfo]
+    pool: dict[str, str] = Field(
+        default_factory=dict, description="warm spare interpreters: language -> state"
+    )
+
+
+class CodeRunRequest(BaseModel):
+    code: str
+    context_id: str | None = Field(None, description="None: the language's default context")
+    language: str | None = Field(None, description="for the default context; default python")
+    timeout: float | None = Field(None, gt=0, description="seconds; interrupts the run")
+
+
+def api_error_for(error: AgentError, sandbox_id: str) -> ApiError:
+    """Map an agent's error code to the API's (status and code)."""
+    if isinstance(error, AgentDisconnected):
+        return SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {error.message}")
+    code = error.code
+    if code == "context_not_found":
+        return CodeContextNotFound(error.message)
+    if code == "context_dead":
+        return CodeContextDead(error.message)
+    if code in ("unknown_language", "language_unavailable", "invalid_request", "cwd_not_found"):
+        return InvalidRequest(error.message, code=code)
+    if code == "context_failed":
+        return ApiError(error.message, code=code)
+    return ApiError(f"the agent failed: {error.message}", code="internal")
+
+
+async def _agent(svc: Svc, sandbox_id: str) -> AgentConnection:
+    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
+    return conn
+
+
+async def _call(svc: Svc, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
+    conn = await _agent(svc, sandbox_id)
+    try:
+        return await conn.call(op, **args)
+    except AgentDisconnected as exc:
+        svc.sandboxes.drop_agent(sandbox_id, conn)
+        raise api_error_for(exc, sandbox_id) from exc
+    except AgentError as exc:
+        raise api_error_for(exc, sandbox_id) from exc
+
+
+def _check_language(language: str | None) -> None:
+    if language is not None and language.lower() not in (*LANGUAGES, "py", "js", "ts"):
+        raise InvalidRequest(
+            f"unknown language {language!r}; supported: {', '.join(LANGUAGES)}",
+            code="unknown_language",
+        )
+
+
+def build_code_router() -> APIRouter:
+    router = APIRouter(
+        prefix="/v1/sandboxes/{sandbox_id}/code",
+        dependencies=[Depends(require_key)],
+        responses=ERROR_RESPONSES,
+    )
+
+    @router.post("/contexts", status_code=201, response_model=CodeContextInfo)
+    async def create_code_context(
+        svc: Svc, sandbox_id: str, body: CodeContextCreate | None = None
+    ) -> CodeContextInfo:
+        body = body or CodeContextCreate.model_validate({})
+        _check_language(body.language)
+        result = await _call(
+            svc,
+            sandbox_id,
+            "code_context_create",
+            language=body.language,
+            cwd=body.cwd,
+            env=body.env,
+        )
+        return CodeContextInfo.model_validate(result)
+
+    @router.get("/contexts", response_model=CodeContextList)
+    async def list_code_contexts(svc: Svc, sandbox_id: str) -> CodeContextList:
+        result = await _call(svc, sandbox_id, "code_context_list")
+        return CodeContextList.model_validate(result)
+
+    @router.delete("/contexts/{context_id}", status_code=204)
+    async def delete_code_context(svc: Svc, sandbox_id: str, context_id: str) -> Response:
+        await _call(svc, sandbox_id, "code_context_delete", id=context_id)
+        return Response(status_code=204)
+
+    @router.post("/contexts/{context_id}/restart", response_model=CodeContextInfo)
+    async def restart_code_context(svc: Svc, sandbox_id: str, context_id: str) -> CodeContextInfo:
+        result = await _call(svc, sandbox_id, "code_context_restart", id=context_id)
+        return CodeContextInfo.model_validate(result)
+
+    @router.post(
+        "/run/stream",
+        response_class=StreamingResponse,
+        responses={200: {"content": {FRAMES_MEDIA_TYPE: {}}, "description": "binary frames"}},
+    )
+    async def run_code_stream(svc: Svc, sandbox_id: str, body: CodeRunRequest) -> StreamingResponse:
+        _check_language(body.language)
+        conn = await _agent(svc, sandbox_id)
+        request = {
+            "op": "code_run",
+            "code": body.code,
+            "context_id": body.context_id,
+            "language": body.language,
+            "timeout": body.timeout,
+        }
+        try:
+            stream = conn.open_stream(request)
+        except AgentDisconnected as exc:
+            svc.sandboxes.drop_agent(sandbox_id, conn)
+            raise api_error_for(exc, sandbox_id) from exc
+        first = await _first_frame(stream, sandbox_id)
+        return StreamingResponse(_relay(stream, first), media_type=FRAMES_MEDIA_TYPE)
+
+    return router
+
+
+async def _first_frame(stream: AgentStream, sandbox_id: str) -> Frame:
+    """Wait for the run to start (the context is ready) or fail, as an HTTP error."""
+    try:
+        async for frame in stream:
+            if frame.kind is Kind.RESULT:
+                parse_result(frame)  # raises the agent's error
+            return frame
+    except AgentError as exc:
+        raise api_error_for(exc, sandbox_id) from exc
+    except BaseException:  # the client left while the context was starting
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        raise
+    raise SandboxUnavailable(f"sandbox {sandbox_id}'s agent ended the run without an answer")
+
+
+async def _relay(stream: AgentStream, first: Frame) -> AsyncIterator[bytes]:
+    done = first.kind is Kind.RESULT
+    yield encode_frame(first.kind, 0, first.payload, first.channel, first.offset)
+    try:
+        if not done:
+            async for frame in stream:
+                if frame.kind is Kind.RESULT:
+                    done = True
+                yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
+    except AgentError as exc:
+        done = True
+        error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
+        yield encode_json_frame(Kind.RESULT, 0, error)
+    finally:
+        if not done:
+            # The client went away mid-run: interrupt the code rather than let it run on.
+            with contextlib.suppress(Exception):
+                await stream.cancel()
