@@ -16,10 +16,18 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
+    "process_start": ("_bgprocs", "start_op"),
+    "process_list": ("_bgprocs", "list_op"),
+    "process_get": ("_bgprocs", "get_op"),
+    "process_kill": ("_bgprocs", "kill_op"),
+    "process_kill_all": ("_bgprocs", "kill_all_op"),
+    "process_stdin": ("_bgprocs", "stdin_op"),
+    "set_env": ("_bgprocs", "set_env_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
+    "process_logs": ("_bgprocs", "open_logs"),
 }
 
 
