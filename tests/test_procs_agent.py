@@ -65,7 +65,7 @@ async def test_start_logs_and_exit(conn: AgentConnection) -> None:
 
 async def test_process_outlives_its_connection(agent: HostAgent) -> None:
     c1 = await AgentConnection.connect(agent.socket_path, timeout=5)
-    r = await c1.call(
+    await c1.call(
         "process_start", id="ticker", command="for i in 1 2 3 4 5; do echo $i; sleep 0.1; done"
     )
     await c1.close()

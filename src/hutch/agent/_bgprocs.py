@@ -130,7 +130,7 @@ class BackgroundProcess:
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.log_dir = log_dir
-        self.logs = {
+        self.logs: dict[int, ChannelLog] = {
             Channel.STDOUT: ChannelLog(log_dir, "stdout", limit),
             Channel.STDERR: ChannelLog(log_dir, "stderr", limit),
         }
@@ -431,7 +431,7 @@ class ProcessTable:
 def table_of(agent: Agent) -> ProcessTable:
     if agent.processes is None:
         agent.processes = ProcessTable(agent)
-    return agent.processes  # type: ignore[no-any-return]
+    return agent.processes
 
 
 def _parse_signal(request: dict[str, Any]) -> int:
@@ -674,3 +674,38 @@ class LogStreamOp:
 
 def open_logs(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> LogStreamOp:
     return LogStreamOp(agent, conn, stream, request)
+
+
+def port_check_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+    """Whether something inside the sandbox accepts on 127.0.0.1:``port`` (``http``: and
+    answers ``GET path`` with a status in range). Short blocking I/O on loopback."""
+    import _socket
+
+    port = request.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidRequest("port", "must be from 1 to 65535")
+    mode = request.get("mode", "tcp")
+    path = request.get("path", "/")
+    if mode not in ("tcp", "http") or not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidRequest("mode", "mode must be 'tcp' or 'http' and path must start with /")
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(0.25)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            return {"ok": True, "ready": False}
+        if mode == "tcp":
+            return {"ok": True, "ready": True}
+        sock.settimeout(1.0)
+        try:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            head = sock.recv(256)
+        except OSError:
+            return {"ok": True, "ready": False}
+        parts = head.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            return {"ok": True, "ready": False}
+        return {"ok": True, "ready": True, "status": int(parts[1])}
+    finally:
+        sock.close()

@@ -23,6 +23,7 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "process_kill_all": ("_bgprocs", "kill_all_op"),
     "process_stdin": ("_bgprocs", "stdin_op"),
     "set_env": ("_bgprocs", "set_env_op"),
+    "port_check": ("_bgprocs", "port_check_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {

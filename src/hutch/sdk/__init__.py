@@ -10,6 +10,7 @@ with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 """
 
 from hutch.sdk._async import AsyncClient, AsyncSandbox
+from hutch.sdk._async.processes import AsyncProcess
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
@@ -24,17 +25,24 @@ from hutch.sdk._exceptions import (
     InvalidRequest,
     NotFoundError,
     PayloadTooLarge,
+    ProcessExited,
+    ProcessNotFound,
+    ProcessNotRunning,
+    ProcessTimeout,
     SandboxNotFound,
     SandboxUnavailable,
     ServerError,
 )
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageInfo, SandboxInfo
+from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox
+from hutch.sdk._sync.processes import Process
 
 __all__ = [
     "APIError",
     "ApiKey",
     "AsyncClient",
+    "AsyncProcess",
     "AsyncSandbox",
     "AuthenticationError",
     "Client",
@@ -50,8 +58,16 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "InvalidRequest",
+    "LogEvent",
     "NotFoundError",
     "PayloadTooLarge",
+    "Process",
+    "ProcessExited",
+    "ProcessInfo",
+    "ProcessLogs",
+    "ProcessNotFound",
+    "ProcessNotRunning",
+    "ProcessTimeout",
     "Sandbox",
     "SandboxInfo",
     "SandboxNotFound",

@@ -402,5 +402,8 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         return {"ok": True}
 
     app.include_router(build_router())
+    from hutch.server._routes_procs import build_procs_router  # NB: it imports this module
+
+    app.include_router(build_procs_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

@@ -5,6 +5,9 @@ ApiError (status, code, message)
 ├── SandboxNotFound         404 sandbox_not_found
 ├── ImageNotFoundError      404 image_not_found
 ├── KeyNotFound             404 key_not_found
+├── ProcessNotFound         404 process_not_found
+├── ProcessExists           409 process_exists
+├── ProcessNotRunning       409 process_not_running
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── BodyTooLarge            413 body_too_large
@@ -90,3 +93,18 @@ class SandboxStartFailed(ApiError):
 class SandboxUnavailable(ApiError):
     status = 503
     code = "sandbox_unavailable"
+
+
+class ProcessNotFound(ApiError):
+    status = 404
+    code = "process_not_found"
+
+
+class ProcessNotRunning(ApiError):
+    status = 409
+    code = "process_not_running"
+
+
+class ProcessExists(ApiError):
+    status = 409
+    code = "process_exists"

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
+from hutch.sdk._async.processes import AsyncProcess
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
@@ -408,6 +410,67 @@ class AsyncSandbox:
         )
         async for event in self._stream(body):
             yield event
+
+    # -- background processes (the bulk is in _async/processes.py) ---------------------------
+
+    async def start_process(
+        self,
+        command: str | Sequence[str],
+        process_id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stdin: bool = True,
+        log_limit: int | None = None,
+    ) -> AsyncProcess:
+        """Start a background process; it outlives this program and the server's restarts.
+
+        Args:
+            command: A shell command string, or an argv list (no shell).
+            process_id: Its id (letters, digits, ``-_.``); generated when ``None``.
+            cwd: See :meth:`exec`.
+            env: See :meth:`exec`.
+            user: See :meth:`exec`.
+            stdin: Give it a stdin pipe for :meth:`AsyncProcess.write_stdin` (else /dev/null).
+            log_limit: Bytes of output kept (default 64 MiB); older output is dropped and
+                reported as truncated.
+
+        Raises:
+            Conflict: A running process already has ``process_id``.
+        """
+        return await _processes.start_process(
+            self.client,
+            self._path,
+            command,
+            process_id=process_id,
+            cwd=cwd,
+            env=env,
+            user=user,
+            stdin=stdin,
+            log_limit=log_limit,
+        )
+
+    async def list_processes(self) -> builtins.list[AsyncProcess]:
+        """Every background process started in this sandbox (finished ones too)."""
+        return await _processes.list_processes(self.client, self._path)
+
+    async def get_process(self, process_id: str) -> AsyncProcess:
+        """A background process by id. Raises ProcessNotFound if there is none."""
+        return await _processes.get_process(self.client, self._path, process_id)
+
+    async def kill_process(self, process_id: str, signal: str | int = "SIGTERM") -> None:
+        """Send ``signal`` to a background process's whole tree."""
+        process = await self.get_process(process_id)
+        await process.kill(signal)
+
+    async def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
+        """Send ``signal`` to every running background process; returns their ids."""
+        return await _processes.kill_all_processes(self.client, self._path, signal)
+
+    async def set_env_vars(self, env: Mapping[str, str | None]) -> None:
+        """Set environment variables (``None`` unsets) for every new command and process."""
+        await self.client.request("PUT", f"{self._path}/env", json={"env": dict(env)})
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[ExecEvent]:
         decoder = ExecStreamDecoder()
