@@ -81,7 +81,8 @@ def test_wait_for_log_sees_earlier_output_and_regex(sb: Sandbox) -> None:
 
 def test_kill_reaches_the_whole_tree_with_any_signal(sb: Sandbox) -> None:
     p = sb.start_process(
-        "trap 'echo got-usr1; exit 0' USR1; sleep 300 & (setsid sleep 301 &); while :; do sleep 0.1; done"
+        "trap 'echo got-usr1; exit 0' USR1; sleep 300 & (setsid sleep 301 &); "
+        "while :; do sleep 0.1; done"
     )
     time.sleep(0.5)
     p.kill("USR1")

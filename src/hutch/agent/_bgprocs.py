@@ -51,7 +51,7 @@ class ChannelLog:
     def __init__(self, directory: str, name: str, limit: int) -> None:
         self._dir = directory
         self._name = name
-        self._segment_size = max(limit // 2, 1024)
+        self._segment_size = max(limit // 4, 1024)  # two channels, two segments each
         self._segments: list[list[int]] = []  # [base offset, fd, size, number]
         self.end = 0
         self.write_errors = 0
@@ -76,24 +76,33 @@ class ChannelLog:
         return segment
 
     def append(self, data: bytes) -> None:
-        try:
+        view = memoryview(data)
+        while view:
+            # Never more than the room left in a segment: at most two segments of
+            # ``_segment_size`` are kept, so a channel never holds more than its share.
             segment = self._segments[-1] if self._segments else None
             if (
                 segment is None
                 or segment[2] >= self._segment_size
                 or segment[0] + segment[2] != self.end
             ):
-                segment = self._new_segment()
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(segment[1], view, segment[2])
+                try:
+                    segment = self._new_segment()
+                except OSError:
+                    segment = None
+            piece = view[: self._segment_size - segment[2]] if segment else view
+            try:
+                if segment is None:
+                    raise OSError
+                n = os.pwrite(segment[1], piece, segment[2])
                 segment[2] += n
-                view = view[n:]
-        except OSError:
-            # Disk full or over quota: these bytes are lost. Offsets still advance, so readers
-            # see a gap (the next segment starts past it) rather than shifted bytes.
-            self.write_errors += 1
-        self.end += len(data)
+            except OSError:
+                # Disk full or over quota: these bytes are lost. Offsets still advance, so
+                # readers see a gap (the next segment starts past it), never shifted bytes.
+                self.write_errors += 1
+                n = len(piece)
+            self.end += n
+            view = view[n:]
 
     def read(self, offset: int, limit: int) -> tuple[int, bytes]:
         """Up to ``limit`` bytes from ``offset`` (moved forward past what is no longer kept)."""
