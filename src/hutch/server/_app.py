@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch._wire import Kind, encode_frame, encode_json_frame
+from hutch._wire import Kind, encode_frame_parts, encode_json_frame
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
@@ -282,7 +282,10 @@ def build_router() -> APIRouter:
                 async for frame in stream:
                     if frame.kind is Kind.RESULT:
                         done = True
-                    yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
+                    for part in encode_frame_parts(
+                        frame.kind, 0, frame.payload, frame.channel, frame.offset
+                    ):
+                        yield part
             except AgentError as exc:
                 done = True
                 error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hutch._wire import Kind, encode_frame, encode_json_frame
+from hutch._wire import Kind, encode_frame, encode_frame_parts, encode_json_frame
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._app import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
@@ -311,7 +311,10 @@ def build_procs_router() -> APIRouter:
                         break
                     if frame.kind is Kind.RESULT:
                         done = True
-                    yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
+                    for part in encode_frame_parts(
+                        frame.kind, 0, frame.payload, frame.channel, frame.offset
+                    ):
+                        yield part
             except AgentError as exc:
                 done = True
                 error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
