@@ -116,3 +116,42 @@ async def test_set_env(conn: AgentConnection) -> None:
     assert out == b"yes\n"
     await conn.call("set_env", env={"HUTCH_T_VAR": None})
     await asyncio.sleep(0)
+
+
+async def session_exec(
+    conn: AgentConnection, sid: str, command: str, **kw: Any
+) -> tuple[bytes, bytes, dict[str, Any]]:
+    stream = conn.open_stream({"op": "session_exec", "session": sid, "command": command, **kw})
+    out = {1: bytearray(), 2: bytearray()}
+    async for frame in stream:
+        if frame.kind is Kind.DATA:
+            out[frame.channel] += frame.payload
+        elif frame.kind is Kind.RESULT:
+            return bytes(out[1]), bytes(out[2]), frame.json()
+    raise AssertionError("no result")
+
+
+async def test_session_state_persists_and_timeouts_recover(conn: AgentConnection) -> None:
+    await conn.call("session_create", id="s1", cwd="/tmp")
+    assert (await session_exec(conn, "s1", "pwd"))[0] == b"/tmp\n"
+    await session_exec(
+        conn, "s1", "cd / && export A=1 && f() { echo fn$1; }; alias hi='echo alias'"
+    )
+    out, err, result = await session_exec(conn, "s1", "pwd; echo $A; f 2; hi; echo e >&2; false")
+    assert out == b"/\n1\nfn2\nalias\n" and err == b"e\n" and result["exit_code"] == 1
+    out, _, result = await session_exec(conn, "s1", "echo -n partial; sleep 30", timeout=0.5)
+    assert result["timed_out"] and out == b"partial"
+    assert (await session_exec(conn, "s1", "echo $A"))[0] == b"1\n"
+    _, _, result = await session_exec(conn, "s1", "while :; do :; done", timeout=0.5)
+    assert result["timed_out"] and result["session_restarted"]
+    assert (await session_exec(conn, "s1", "echo alive"))[0] == b"alive\n"
+    # one at a time: the second waits for the first
+    first = asyncio.create_task(session_exec(conn, "s1", "sleep 0.3; echo one"))
+    second = asyncio.create_task(session_exec(conn, "s1", "echo two"))
+    assert (await first)[0] == b"one\n" and (await second)[0] == b"two\n"
+    _, _, result = await session_exec(conn, "s1", "exit 7")
+    assert result["exit_code"] == 7
+    assert (await session_exec(conn, "s1", "echo again"))[0] == b"again\n"
+    await conn.call("session_delete", id="s1")
+    with pytest.raises(AgentError):
+        await conn.call("session_delete", id="s1")

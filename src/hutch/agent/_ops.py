@@ -24,11 +24,15 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "process_stdin": ("_bgprocs", "stdin_op"),
     "set_env": ("_bgprocs", "set_env_op"),
     "port_check": ("_bgprocs", "port_check_op"),
+    "session_create": ("_sessions", "create_op"),
+    "session_list": ("_sessions", "list_op"),
+    "session_delete": ("_sessions", "delete_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
     "process_logs": ("_bgprocs", "open_logs"),
+    "session_exec": ("_sessions", "open_session_exec"),
 }
 
 

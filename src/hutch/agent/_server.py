@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ._bgprocs import ProcessTable
     from ._loop import Loop, Timer
+    from ._sessions import SessionTable
 
 RECV_SIZE = 256 * 1024
 # Output waiting for a slow server: above HIGH the execs of that connection stop reading
@@ -58,6 +59,7 @@ class Agent:
         self.running: set[ExecOp] = set()  # spawned and not yet reaped, any connection
         self.connections: set[Connection] = set()
         self.processes: ProcessTable | None = None  # background processes, made on first use
+        self.sessions: SessionTable | None = None  # persistent shells, made on first use
         self.shutting_down = False
         self._listener: _socket.socket | None = listener
         self._shutdown_deadline = 0.0
