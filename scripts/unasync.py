@@ -31,6 +31,7 @@ WORDS = {
     "AsyncSandbox": "Sandbox",
     "AsyncClient": "Client",
     "AsyncProcess": "Process",
+    "AsyncSession": "Session",
     "AsyncIterator": "Iterator",
     "AsyncIterable": "Iterable",
     "AsyncGenerator": "Generator",

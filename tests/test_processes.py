@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hutch import InvalidRequest, Sandbox
+from hutch import CommandTimeout, InvalidRequest, Sandbox, SessionNotFound
 from hutch.sdk import (
     LogEvent,
     ProcessExited,
@@ -210,3 +210,39 @@ def test_stream_survives_server_kill_9_exactly_once(own_server: ServerProcess) -
         assert bytes(got) == b"".join(b"%d\n" % i for i in range(1, 2_000_001))
     finally:
         box.destroy()
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def test_session_keeps_state_and_survives_a_timeout(sb: Sandbox) -> None:
+    s = sb.create_session(cwd="/tmp", env={"B": "2"})
+    assert s.exec("pwd; echo $B").stdout == "/tmp\n2\n"
+    s.exec("cd / && export A=1 && greet() { echo hi $1; }")
+    assert s.exec("pwd; echo $A; greet you").stdout == "/\n1\nhi you\n"
+    with pytest.raises(CommandTimeout):
+        s.exec("sleep 60", timeout=0.5)
+    assert s.exec("echo $A").stdout == "1\n"
+    other = sb.start_process("sleep 60")
+    sb.delete_session(s.id)
+    assert other.refresh().status == "running", "deleting a session killed another process"
+    other.kill("KILL")
+    with pytest.raises(SessionNotFound):
+        s.exec("true")
+
+
+def test_session_runs_one_command_at_a_time(sb: Sandbox) -> None:
+    s = sb.create_session()
+    order: list[str] = []
+
+    def run(cmd: str, tag: str) -> None:
+        s.exec(cmd)
+        order.append(tag)
+
+    t = threading.Thread(target=run, args=("sleep 0.5", "slow"))
+    t.start()
+    time.sleep(0.1)
+    run("true", "fast")
+    t.join()
+    assert order == ["slow", "fast"]
+    s.delete()

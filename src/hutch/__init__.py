@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         AsyncClient,
         AsyncProcess,
         AsyncSandbox,
+        AsyncSession,
         AuthenticationError,
         Client,
         CommandTimeout,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
         SandboxNotFound,
         SandboxUnavailable,
         ServerError,
+        Session,
+        SessionNotFound,
     )
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "AsyncClient",
     "AsyncProcess",
     "AsyncSandbox",
+    "AsyncSession",
     "AuthenticationError",
     "Client",
     "CommandTimeout",
@@ -83,6 +87,8 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Session",
+    "SessionNotFound",
 ]
 
 

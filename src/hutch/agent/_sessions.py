@@ -315,6 +315,9 @@ class SessionExecOp:
         self.finished = False
 
     def start(self) -> None:
+        # At once, even if the command must wait its turn: the opener knows it was accepted.
+        event = {"event": "accepted", "session": self._session.id}
+        self._conn.send(encode_json_frame(Kind.EVENT, self._stream, event))
         self._session.submit(self)
 
     def begin(self) -> None:

@@ -11,6 +11,7 @@ with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 
 from hutch.sdk._async import AsyncClient, AsyncSandbox
 from hutch.sdk._async.processes import AsyncProcess
+from hutch.sdk._async.sessions import AsyncSession
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
@@ -32,11 +33,13 @@ from hutch.sdk._exceptions import (
     SandboxNotFound,
     SandboxUnavailable,
     ServerError,
+    SessionNotFound,
 )
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageInfo, SandboxInfo
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox
 from hutch.sdk._sync.processes import Process
+from hutch.sdk._sync.sessions import Session
 
 __all__ = [
     "APIError",
@@ -44,6 +47,7 @@ __all__ = [
     "AsyncClient",
     "AsyncProcess",
     "AsyncSandbox",
+    "AsyncSession",
     "AuthenticationError",
     "Client",
     "CommandTimeout",
@@ -73,4 +77,6 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Session",
+    "SessionNotFound",
 ]

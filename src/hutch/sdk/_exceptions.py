@@ -9,8 +9,9 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
     │   │   ├── ProcessNotFound         404 process_not_found
+    │   │   ├── SessionNotFound         404 session_not_found
     │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
-    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, process_exists
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists
     │   │   └── ProcessNotRunning       409 process_not_running
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
@@ -111,6 +112,10 @@ class ProcessNotFound(NotFoundError):
     """No background process has this id in the sandbox."""
 
 
+class SessionNotFound(NotFoundError):
+    """No session has this id in the sandbox."""
+
+
 class ProcessNotRunning(Conflict):
     """The process has ended (or its stdin is closed), so it cannot take input."""
 
@@ -181,6 +186,8 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "process_not_found": (ProcessNotFound, 404),
     "process_not_running": (ProcessNotRunning, 409),
     "process_exists": (Conflict, 409),
+    "session_not_found": (SessionNotFound, 404),
+    "session_exists": (Conflict, 409),
     "invalid_signal": (InvalidRequest, 422),
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),

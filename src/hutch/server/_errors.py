@@ -8,6 +8,8 @@ ApiError (status, code, message)
 ├── ProcessNotFound         404 process_not_found
 ├── ProcessExists           409 process_exists
 ├── ProcessNotRunning       409 process_not_running
+├── SessionNotFound         404 session_not_found
+├── SessionExists           409 session_exists
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── BodyTooLarge            413 body_too_large
@@ -108,3 +110,13 @@ class ProcessNotRunning(ApiError):
 class ProcessExists(ApiError):
     status = 409
     code = "process_exists"
+
+
+class SessionNotFound(ApiError):
+    status = 404
+    code = "session_not_found"
+
+
+class SessionExists(ApiError):
+    status = 409
+    code = "session_exists"

@@ -26,8 +26,10 @@ from hutch.server._errors import (
     ProcessNotFound,
     ProcessNotRunning,
     SandboxUnavailable,
+    SessionExists,
+    SessionNotFound,
 )
-from hutch.server._models import _check_env
+from hutch.server._models import ExecResult, _check_env
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
 SIGNAL_NAMES = sorted(
@@ -112,6 +114,32 @@ class PortWaitResult(BaseModel):
     process: ProcessInfo
 
 
+class SessionCreate(_Strict):
+    id: str | None = Field(default=None, description="1-128 of letters, digits, '-', '_', '.'")
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    _check_env = field_validator("env")(_check_env)
+
+
+class SessionInfo(BaseModel):
+    id: str
+    pid: int
+    alive: bool
+    busy: bool
+    queued: int
+    created_at: float
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
+class SessionExec(_Strict):
+    command: str
+    timeout: float | None = Field(default=None, gt=0, le=86400)
+
+
 class EnvBody(_Strict):
     env: dict[str, str | None]
 
@@ -144,6 +172,8 @@ def _agent_error(exc: AgentError, sandbox_id: str) -> ApiError:
         "process_not_running": ProcessNotRunning,
         "process_exists": ProcessExists,
         "stdin_full": ProcessNotRunning,
+        "session_not_found": SessionNotFound,
+        "session_exists": SessionExists,
     }
     if isinstance(exc, AgentDisconnected):
         return SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {exc}; retry")
@@ -368,6 +398,97 @@ def build_procs_router() -> APIRouter:
             if loop.time() > deadline:
                 return {"ready": False, "status": status, "process": info}
             await asyncio.sleep(0.1)
+
+    sessions = "/sandboxes/{sandbox_id}/sessions"
+
+    @router.post(sessions, status_code=201, response_model=SessionInfo)
+    async def create_session(svc: Svc, sandbox_id: str, body: SessionCreate | None = None) -> Any:
+        args = (body or SessionCreate()).model_dump()
+        return (await agent_call(svc, sandbox_id, "session_create", **args))["session"]
+
+    @router.get(sessions, response_model=SessionList)
+    async def list_sessions(svc: Svc, sandbox_id: str) -> Any:
+        return await agent_call(svc, sandbox_id, "session_list")
+
+    @router.delete(sessions + "/{session_id}", status_code=204)
+    async def delete_session(svc: Svc, sandbox_id: str, session_id: str) -> Response:
+        """Ends the session's shell and what it started; other processes are untouched."""
+        await agent_call(svc, sandbox_id, "session_delete", id=session_id)
+        return Response(status_code=204)
+
+    async def open_session_exec(
+        svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
+    ) -> AgentStream:
+        conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
+        request = {"op": "session_exec", "session": session_id, **body.model_dump()}
+        try:
+            stream = conn.open_stream(request)
+        except AgentDisconnected as exc:
+            svc.sandboxes.drop_agent(sandbox_id, conn)
+            raise _agent_error(exc, sandbox_id) from exc
+        await _first(stream, sandbox_id)  # "accepted", or the error (unknown session)
+        return stream
+
+    @router.post(sessions + "/{session_id}/exec", response_model=ExecResult)
+    async def session_exec(
+        svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
+    ) -> ExecResult:
+        stream = await open_session_exec(svc, sandbox_id, session_id, body)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        result: dict[str, Any] = {}
+        try:
+            async for frame in stream:
+                if frame.kind is Kind.DATA:
+                    (out if frame.channel == 1 else err).append(frame.payload)
+                elif frame.kind is Kind.RESULT:
+                    result = frame.json()
+        except AgentError as exc:
+            raise _agent_error(exc, sandbox_id) from exc
+        error = result.get("error")
+        if isinstance(error, dict):
+            raise _agent_error(
+                AgentError(str(error.get("code")), str(error.get("message"))), sandbox_id
+            )
+        return ExecResult(
+            exit_code=int(result.get("exit_code", -1)),
+            stdout=b"".join(out).decode("utf-8", "replace"),
+            stderr=b"".join(err).decode("utf-8", "replace"),
+            duration=float(result.get("duration", 0.0)),
+            timed_out=bool(result.get("timed_out", False)),
+        )
+
+    @router.post(
+        sessions + "/{session_id}/exec/stream",
+        response_class=StreamingResponse,
+        responses={200: {"content": {FRAMES_MEDIA_TYPE: {}}, "description": "binary frames"}},
+    )
+    async def session_exec_stream(
+        svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
+    ) -> StreamingResponse:
+        """As ``exec/stream``; the command waits for the session's previous one to end."""
+        stream = await open_session_exec(svc, sandbox_id, session_id, body)
+
+        async def frames() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                async for frame in stream:
+                    if frame.kind is Kind.RESULT:
+                        done = True
+                    for part in encode_frame_parts(
+                        frame.kind, 0, frame.payload, frame.channel, frame.offset
+                    ):
+                        yield part
+            except AgentError as exc:
+                done = True
+                error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
+                yield encode_json_frame(Kind.RESULT, 0, error)
+            finally:
+                if not done:
+                    with contextlib.suppress(Exception):
+                        await stream.cancel()
+
+        return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
 
     @router.put("/sandboxes/{sandbox_id}/env", status_code=204)
     async def set_env_vars(svc: Svc, sandbox_id: str, body: EnvBody) -> Response:

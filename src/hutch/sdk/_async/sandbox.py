@@ -13,6 +13,7 @@ from typing import Any
 from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.processes import AsyncProcess
+from hutch.sdk._async.sessions import AsyncSession, create_session
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
@@ -467,6 +468,25 @@ class AsyncSandbox:
     async def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
         """Send ``signal`` to every running background process; returns their ids."""
         return await _processes.kill_all_processes(self.client, self._path, signal)
+
+    async def create_session(
+        self,
+        id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> AsyncSession:
+        """Start a persistent shell: state (``cd``, ``export``, functions) carries over
+        between its :meth:`AsyncSession.exec` calls, which run one at a time.
+
+        Raises:
+            Conflict: A session with ``id`` exists.
+        """
+        return await create_session(self.client, self._path, id, cwd, env)
+
+    async def delete_session(self, id: str) -> None:
+        """End a session's shell. Raises SessionNotFound if there is none."""
+        await self.client.request("DELETE", f"{self._path}/sessions/{path_segment(id)}")
 
     async def set_env_vars(self, env: Mapping[str, str | None]) -> None:
         """Set environment variables (``None`` unsets) for every new command and process."""

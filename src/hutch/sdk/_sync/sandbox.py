@@ -18,6 +18,7 @@ from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync import processes as _processes
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.processes import Process
+from hutch.sdk._sync.sessions import Session, create_session
 
 
 class Sandbox:
@@ -468,6 +469,25 @@ class Sandbox:
     def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
         """Send ``signal`` to every running background process; returns their ids."""
         return _processes.kill_all_processes(self.client, self._path, signal)
+
+    def create_session(
+        self,
+        id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Session:
+        """Start a persistent shell: state (``cd``, ``export``, functions) carries over
+        between its :meth:`Session.exec` calls, which run one at a time.
+
+        Raises:
+            Conflict: A session with ``id`` exists.
+        """
+        return create_session(self.client, self._path, id, cwd, env)
+
+    def delete_session(self, id: str) -> None:
+        """End a session's shell. Raises SessionNotFound if there is none."""
+        self.client.request("DELETE", f"{self._path}/sessions/{path_segment(id)}")
 
     def set_env_vars(self, env: Mapping[str, str | None]) -> None:
         """Set environment variables (``None`` unsets) for every new command and process."""
