@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -20,7 +22,7 @@ from hutch.sdk import (
     ProcessNotRunning,
     ProcessTimeout,
 )
-from tests._server import ServerProcess
+from tests._server import HUTCH_BIN, ServerProcess
 from tests.conftest import _cleanup_home
 
 pytestmark = pytest.mark.sandbox
@@ -246,3 +248,29 @@ def test_session_runs_one_command_at_a_time(sb: Sandbox) -> None:
     t.join()
     assert order == ["slow", "fast"]
     s.delete()
+
+
+def test_cli_start_ps_logs_kill(sb: Sandbox, server: ServerProcess) -> None:
+    env = {**os.environ, "HUTCH_URL": server.url, "HUTCH_API_KEY": server.api_key}
+
+    def hutch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(HUTCH_BIN), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    r = hutch("start", sb.id, "--name", "cli-proc", "--", "echo from-cli; sleep 60")
+    assert r.returncode == 0 and r.stdout.strip() == "cli-proc", r.stderr
+    sb.get_process("cli-proc").wait_for_log("from-cli", timeout=30)
+    r = hutch("ps", sb.id)
+    assert "cli-proc" in r.stdout and "running" in r.stdout
+    assert hutch("logs", sb.id, "cli-proc").stdout == "from-cli\n"
+    assert hutch("logs", sb.id, "cli-proc", "--since", "5").stdout == "cli\n"
+    r = hutch("kill", sb.id, "cli-proc", "-s", "KILL")
+    assert r.returncode == 0, r.stderr
+    r = hutch("logs", sb.id, "cli-proc", "-f")
+    assert r.stdout == "from-cli\n"
+    assert sb.get_process("cli-proc").status == "killed"
+    r = hutch("kill", sb.id, "cli-proc", "-s", "NOPE")
+    assert r.returncode == 1 and "SIGTERM" in r.stderr
+    r = hutch("logs", sb.id, "nope")
+    assert r.returncode == 1 and "nope" in r.stderr

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox_options(p)
     _add_exec_options(p)
 
+    from hutch.cli._procs import add_process_commands
+
+    add_process_commands(command, _client)
+
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
 
