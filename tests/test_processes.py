@@ -274,3 +274,63 @@ def test_cli_start_ps_logs_kill(sb: Sandbox, server: ServerProcess) -> None:
     assert r.returncode == 1 and "SIGTERM" in r.stderr
     r = hutch("logs", sb.id, "nope")
     assert r.returncode == 1 and "nope" in r.stderr
+
+
+# -- backpressure ---------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _agent_host_pid(sandbox_id: str) -> int:
+    """The sandbox's agent as the host sees it: in the sandbox's cgroup, running Python."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if sandbox_id not in (entry / "cgroup").read_text():
+                continue
+            if b"hutch.agent" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no agent process found for {sandbox_id}")
+
+
+def test_2gb_to_a_slow_reader_keeps_memory_bounded(sb: Sandbox, server: ServerProcess) -> None:
+    assert server.proc is not None
+    server_pid = server.proc.pid
+    agent_pid = _agent_host_pid(sb.id)
+    server_before, agent_before = _rss_mb(server_pid), _rss_mb(agent_pid)
+    size = 2 << 30
+    got = 0
+    peak_server = peak_agent = 0.0
+    slow_until = time.monotonic() + 4.0
+    for i, event in enumerate(sb.exec_stream(f"head -c {size} /dev/zero")):
+        got += len(event.data)
+        if time.monotonic() < slow_until:
+            time.sleep(0.05)  # a slow reader: the server and the agent must not buffer for it
+            if i % 10 == 0:
+                peak_server = max(peak_server, _rss_mb(server_pid))
+                peak_agent = max(peak_agent, _rss_mb(agent_pid))
+        elif i % 200 == 0:
+            peak_server = max(peak_server, _rss_mb(server_pid))
+    assert got == size
+    assert peak_server - server_before < 100, (server_before, peak_server)
+    assert peak_agent - agent_before < 100, (agent_before, peak_agent)
+
+
+def test_a_stalled_logs_reader_does_not_stall_the_sandbox(sb: Sandbox) -> None:
+    p = sb.start_process("head -c 50000000 /dev/zero", log_limit=64 << 20)
+    p.wait(timeout=60)
+    stream = p.stream_logs(since=0)
+    first = next(iter(stream))
+    assert first.offset == 0
+    # The stream is open and unread (its buffers are full); other requests still answer.
+    assert sb.exec("echo still-here", timeout=30).stdout == "still-here\n"
+    got = len(first.data) + sum(len(e.data) for e in stream)
+    assert got == 50_000_000

@@ -48,10 +48,10 @@ class ChannelLog:
 
     __slots__ = ("_dir", "_name", "_segment_size", "_segments", "end", "write_errors")
 
-    def __init__(self, directory: str, name: str, limit: int) -> None:
+    def __init__(self, directory: str, name: str, segment_size: int) -> None:
         self._dir = directory
         self._name = name
-        self._segment_size = max(limit // 4, 1024)  # two channels, two segments each
+        self._segment_size = segment_size
         self._segments: list[list[int]] = []  # [base offset, fd, size, number]
         self.end = 0
         self.write_errors = 0
@@ -66,20 +66,29 @@ class ChannelLog:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         segment = [self.end, fd, 0, number]
         self._segments.append(segment)
-        while len(self._segments) > 2:
-            _, old_fd, _, old_number = self._segments.pop(0)
-            os.close(old_fd)
-            try:
-                os.unlink(f"{self._dir}/{self._name}.{old_number}")
-            except OSError:
-                pass
         return segment
+
+    @property
+    def kept(self) -> int:
+        return sum(segment[2] for segment in self._segments)
+
+    def drop_oldest(self) -> bool:
+        """Delete the oldest segment, unless it is the one being written."""
+        if len(self._segments) < 2:
+            return False
+        _, old_fd, _, old_number = self._segments.pop(0)
+        os.close(old_fd)
+        try:
+            os.unlink(f"{self._dir}/{self._name}.{old_number}")
+        except OSError:
+            pass
+        return True
 
     def append(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            # Never more than the room left in a segment: at most two segments of
-            # ``_segment_size`` are kept, so a channel never holds more than its share.
+            # Never more than the room left in a segment, so that dropping whole old
+            # segments keeps the process's logs within their limit.
             segment = self._segments[-1] if self._segments else None
             if (
                 segment is None
@@ -121,7 +130,7 @@ class ChannelLog:
 
 class BackgroundProcess:
     __slots__ = (
-        "id", "argv", "command", "cwd", "pid", "status", "exit_code", "signal", "started_at",
+        "id", "argv", "command", "log_limit", "cwd", "pid", "status", "exit_code", "signal", "started_at",
         "ended_at", "logs", "log_dir", "followers", "killed", "_table", "_popen", "_tag",
         "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "exited", "done",
     )  # fmt: skip
@@ -139,10 +148,12 @@ class BackgroundProcess:
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.log_dir = log_dir
+        segment = max(limit // 8, 1024)
         self.logs: dict[int, ChannelLog] = {
-            Channel.STDOUT: ChannelLog(log_dir, "stdout", limit),
-            Channel.STDERR: ChannelLog(log_dir, "stderr", limit),
+            Channel.STDOUT: ChannelLog(log_dir, "stdout", segment),
+            Channel.STDERR: ChannelLog(log_dir, "stderr", segment),
         }
+        self.log_limit = limit
         self.followers: set[LogStreamOp] = set()
         self.killed = False
         self.exited = False  # the process itself has been reaped
@@ -256,8 +267,19 @@ class BackgroundProcess:
         log = self.logs[channel]
         offset = log.end
         log.append(data)
+        self._keep_within_limit()
         for follower in list(self.followers):
             follower.on_output(channel, offset, data)
+
+    def _keep_within_limit(self) -> None:
+        """One budget for both channels: drop the oldest output of the bigger one."""
+        out, err = self.logs[Channel.STDOUT], self.logs[Channel.STDERR]
+        kept_out, kept_err = out.kept, err.kept
+        while kept_out + kept_err > self.log_limit:
+            first, second = (out, err) if kept_out >= kept_err else (err, out)
+            if not (first.drop_oldest() or second.drop_oldest()):
+                break
+            kept_out, kept_err = out.kept, err.kept
 
     def _close_output(self, fd: int) -> None:
         self._table.agent.loop.remove_fd(fd)

@@ -194,14 +194,18 @@ async def agent_call(svc: Svc, sandbox_id: str, op: str, **args: Any) -> dict[st
         raise _agent_error(exc, sandbox_id) from exc
 
 
-async def open_logs(svc: Svc, sandbox_id: str, request: dict[str, Any]) -> AgentStream:
-    """Open the agent's logs stream and wait for its first frame, so that an unknown process
-    is a 404 rather than an error inside a 200 stream."""
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
+async def open_logs(
+    svc: Svc, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+) -> AgentStream:
+    """Open the agent's logs stream (on ``conn``, else the shared connection)."""
+    shared = conn is None
+    if conn is None:
+        conn = await svc.sandboxes.agent(sandbox_id)
     try:
         stream = conn.open_stream({"op": "process_logs", **request})
     except AgentDisconnected as exc:
-        svc.sandboxes.drop_agent(sandbox_id, conn)
+        if shared:
+            svc.sandboxes.drop_agent(sandbox_id, conn)
         raise _agent_error(exc, sandbox_id) from exc
     return stream
 
@@ -318,8 +322,15 @@ def build_procs_router() -> APIRouter:
             "follow": follow,
             "data": data,
         }
-        stream = await open_logs(svc, sandbox_id, request)
-        first = await _first(stream, sandbox_id)
+        # Its own connection: a slow reader here must not stall the sandbox's other requests.
+        conn = await svc.sandboxes.dedicated_agent(sandbox_id)
+        try:
+            stream = await open_logs(svc, sandbox_id, request, conn)
+            # The first frame before the 200: an unknown process is a 404, not a broken stream.
+            first = await _first(stream, sandbox_id)
+        except BaseException:
+            await conn.close()
+            raise
 
         async def frames() -> AsyncIterator[bytes]:
             done = first.kind is Kind.RESULT
@@ -350,9 +361,7 @@ def build_procs_router() -> APIRouter:
                 error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
                 yield encode_json_frame(Kind.RESULT, 0, error)
             finally:
-                if not done:
-                    with contextlib.suppress(Exception):
-                        await stream.cancel()
+                await conn.close()
 
         return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
 
