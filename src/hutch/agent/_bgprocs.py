@@ -130,7 +130,8 @@ class ChannelLog:
 
 class BackgroundProcess:
     __slots__ = (
-        "id", "argv", "command", "log_limit", "cwd", "pid", "status", "exit_code", "signal", "started_at",
+        "id", "argv", "command", "log_limit",
+        "cwd", "pid", "status", "exit_code", "signal", "started_at",
         "ended_at", "logs", "log_dir", "followers", "killed", "_table", "_popen", "_tag",
         "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "exited", "done",
     )  # fmt: skip
