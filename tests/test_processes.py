@@ -334,3 +334,21 @@ def test_a_stalled_logs_reader_does_not_stall_the_sandbox(sb: Sandbox) -> None:
     assert sb.exec("echo still-here", timeout=30).stdout == "still-here\n"
     got = len(first.data) + sum(len(e.data) for e in stream)
     assert got == 50_000_000
+
+
+def test_process_ids_cannot_escape_and_sandboxes_do_not_share_processes(
+    sb: Sandbox, server: ServerProcess
+) -> None:
+    for bad in ("../../etc", ".hidden", "a/b", "x" * 200):
+        with pytest.raises(InvalidRequest):
+            sb.start_process("true", process_id=bad)
+    p = sb.start_process("sleep 30", process_id="private")
+    other = Sandbox.create(base_url=server.url, api_key=server.api_key)
+    try:
+        with pytest.raises(ProcessNotFound):
+            other.get_process("private")
+        r = other.exec("ls /var/lib/hutch-agent/procs 2>&1; true")
+        assert "private" not in r.stdout
+    finally:
+        other.destroy()
+        p.kill("KILL")
