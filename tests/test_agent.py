@@ -18,6 +18,7 @@ import pytest
 
 from hutch._wire.frames import FRAME_HEADER, Channel, Frame, Kind, encode_frame
 from hutch.agent import AGENT_VERSION
+from hutch.agent._exec import CHUNK
 from hutch.agent._host import HostAgent
 from hutch.agent._procs import resolve_user
 from hutch.agent._requests import InvalidRequest, parse_exec
@@ -73,7 +74,7 @@ async def collect(stream: AgentStream, *, keep: bool = True) -> Ran:
                 channel = Channel(frame.channel)
                 assert channel not in eofs
                 assert frame.offset == offsets[channel], "offsets must be contiguous"
-                assert 0 < len(frame.payload) <= 64 * 1024
+                assert 0 < len(frame.payload) <= CHUNK
                 offsets[channel] += len(frame.payload)
                 if keep:
                     out[channel] += frame.payload

@@ -12,6 +12,7 @@ from hutch._wire.frames import (
     FrameError,
     Kind,
     encode_frame,
+    encode_frame_parts,
     encode_json_frame,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "FrameError",
     "Kind",
     "encode_frame",
+    "encode_frame_parts",
     "encode_json_frame",
 ]

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from ._procs import Identity
     from ._server import Agent, Connection
 
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024
+# A bigger pipe than Linux's 64 KiB default: fewer, larger reads and frames for a process
+# that writes fast (measured: 2 GB of /dev/zero through exec_stream). fcntl.F_SETPIPE_SZ.
+PIPE_SIZE = 1024 * 1024
+F_SETPIPE_SZ = 1031
 # After the process exits, how long its output pipes may stay open. A background child that
 # inherited them ("server &") would otherwise hold the exec open until it dies.
 OUTPUT_GRACE = 0.2
@@ -136,6 +140,7 @@ class ExecOp:
         self._agent.running.add(self)
         for fd, channel in ((out_r, Channel.STDOUT), (err_r, Channel.STDERR)):
             os.set_blocking(fd, False)
+            _grow_pipe(fd)
             self._outputs.append(_Output(fd, channel))
         self._conn.send(
             encode_json_frame(Kind.EVENT, self._stream, {"event": "started", "pid": self.pid})
@@ -359,6 +364,15 @@ class ExecOp:
     def _end(self) -> None:
         self.finished = True
         self._conn.stream_finished(self._stream, self)
+
+
+def _grow_pipe(fd: int) -> None:
+    import fcntl  # a C module of a few KB, loaded on the first exec
+
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:  # over /proc/sys/fs/pipe-max-size for an unprivileged agent: keep 64 KiB
+        pass
 
 
 def open_exec(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> ExecOp:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
-    "set_env": ("_configure", "set_env_op"),
     "set_secrets": ("_secrets", "set_secrets_op"),
     "pty_create": ("_pty", "pty_create"),
     "pty_resize": ("_pty", "pty_resize"),
@@ -25,6 +24,17 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "pty_info": ("_pty", "pty_info"),
     "code_context_list": ("_code", "list_op"),
     "code_context_delete": ("_code", "delete_op"),
+    "process_start": ("_bgprocs", "start_op"),
+    "process_list": ("_bgprocs", "list_op"),
+    "process_get": ("_bgprocs", "get_op"),
+    "process_kill": ("_bgprocs", "kill_op"),
+    "process_kill_all": ("_bgprocs", "kill_all_op"),
+    "process_stdin": ("_bgprocs", "stdin_op"),
+    "set_env": ("_bgprocs", "set_env_op"),
+    "port_check": ("_bgprocs", "port_check_op"),
+    "session_create": ("_sessions", "create_op"),
+    "session_list": ("_sessions", "list_op"),
+    "session_delete": ("_sessions", "delete_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
@@ -33,6 +43,8 @@ STREAM_OPS: dict[str, tuple[str, str]] = {
     "code_context_create": ("_code", "open_create"),
     "code_context_restart": ("_code", "open_restart"),
     "code_run": ("_code", "open_run"),
+    "process_logs": ("_bgprocs", "open_logs"),
+    "session_exec": ("_sessions", "open_session_exec"),
 }
 
 

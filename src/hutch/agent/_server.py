@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
     from hutch._wire.agent_ops import ErrorCode, PingResult
 
+    from ._bgprocs import ProcessTable
     from ._loop import Loop, Timer
+    from ._sessions import SessionTable
 
 RECV_SIZE = 256 * 1024
 # Output waiting for a slow server: above HIGH the execs of that connection stop reading
@@ -56,6 +58,8 @@ class Agent:
         self.base_env = base_env
         self.running: set[ExecOp] = set()  # spawned and not yet reaped, any connection
         self.connections: set[Connection] = set()
+        self.processes: ProcessTable | None = None  # background processes, made on first use
+        self.sessions: SessionTable | None = None  # persistent shells, made on first use
         self.shutting_down = False
         self._listener: _socket.socket | None = listener
         self._shutdown_deadline = 0.0
@@ -133,18 +137,23 @@ class Agent:
             self._listener = None
         for op in list(self.running):
             op.terminate(SIGTERM)
+        for proc in self.processes.all_running() if self.processes else ():
+            proc.kill(SIGTERM)
         self._shutdown_deadline = time.monotonic() + SHUTDOWN_GRACE
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
         now = time.monotonic()
         flushed = all(not conn.has_pending_output for conn in self.connections)
-        if (not self.running and flushed) or now > self._shutdown_deadline + 1.0:
+        procs = self.processes.all_running() if self.processes else []
+        if (not self.running and not procs and flushed) or now > self._shutdown_deadline + 1.0:
             self.loop.stop()
             return
-        if self.running and now > self._shutdown_deadline:
+        if (self.running or procs) and now > self._shutdown_deadline:
             for op in list(self.running):
                 op.terminate(SIGKILL)
+            for proc in procs:
+                proc.kill(SIGKILL)
         self.loop.call_later(0.05, self._shutdown_tick)
 
 

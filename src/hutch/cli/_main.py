@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("shell", cmd_shell, "open an interactive shell in a sandbox (exits with its code)")
     p.add_argument("id", metavar="ID")
     p.add_argument("--shell", default="bash", help="the shell to run (default: %(default)s)")
+    from hutch.cli._procs import add_process_commands
+
+    add_process_commands(command, _client)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")

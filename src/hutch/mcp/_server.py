@@ -160,7 +160,7 @@ class HutchTools:
 
         Follow its output with follow_process.
         """
-        p = await self.sandbox(sandbox_id).start_process(  # type: ignore[attr-defined]
+        p = await self.sandbox(sandbox_id).start_process(
             command, process_id=process_id, cwd=cwd, env=env
         )
         return _text({"id": p.id, "pid": getattr(p, "pid", None), "status": p.status})
@@ -177,7 +177,7 @@ class HutchTools:
         more (or until it ends). Pass the returned next_since/next_since_stderr to continue.
         """
         sb = self.sandbox(sandbox_id)
-        p = await sb.get_process(process_id)  # type: ignore[attr-defined]
+        p = await sb.get_process(process_id)
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         offsets = {"stdout": since, "stderr": since_stderr}
         wait = max(0.0, min(wait_seconds, 60.0))
@@ -188,8 +188,10 @@ class HutchTools:
                 out[channel].append(ev.data)
                 offsets[channel] = ev.offset + len(ev.data)
         finally:
-            await stream.aclose()
-        p = await sb.get_process(process_id)  # type: ignore[attr-defined]
+            aclose = getattr(stream, "aclose", None)  # an async generator: stop its request
+            if aclose is not None:
+                await aclose()
+        p = await sb.get_process(process_id)
         return _text(
             {
                 "stdout": _clip(b"".join(out["stdout"]).decode("utf-8", "replace")),
@@ -203,7 +205,7 @@ class HutchTools:
 
     async def kill_process(self, sandbox_id: str, process_id: str, signal: str = "SIGTERM") -> str:
         """Send a signal to a background process (and its children)."""
-        await self.sandbox(sandbox_id).kill_process(process_id, signal)  # type: ignore[attr-defined]
+        await self.sandbox(sandbox_id).kill_process(process_id, signal)
         return _text({"killed": process_id, "signal": signal})
 
     async def read_file(self, sandbox_id: str, path: str) -> str:
@@ -231,9 +233,7 @@ class HutchTools:
         timeout: float | None = 120.0,
     ) -> builtins.list[TextContent | ImageContent]:
         """Run code in a stateful interpreter (Jupyter kernel); charts come back as images."""
-        ex = await self.sandbox(sandbox_id).run_code(
-            code, language=language, timeout=timeout
-        )
+        ex = await self.sandbox(sandbox_id).run_code(code, language=language, timeout=timeout)
         return _execution_content(ex)
 
     async def expose_port(self, sandbox_id: str, port: int) -> str:

@@ -10,6 +10,8 @@ with the API key ``api_key=`` or ``$HUTCH_API_KEY``.
 """
 
 from hutch.sdk._async import AsyncClient, AsyncSandbox, AsyncTerminal
+from hutch.sdk._async.processes import AsyncProcess
+from hutch.sdk._async.sessions import AsyncSession
 from hutch.sdk._code import CodeContext, CodeEvent, Execution, ExecutionError, Logs, Result
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
@@ -26,19 +28,29 @@ from hutch.sdk._exceptions import (
     InvalidRequest,
     NotFoundError,
     PayloadTooLarge,
+    ProcessExited,
+    ProcessNotFound,
+    ProcessNotRunning,
+    ProcessTimeout,
     RegistryError,
     SandboxNotFound,
     SandboxUnavailable,
     ServerError,
+    SessionNotFound,
 )
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageDetail, ImageInfo, SandboxInfo
+from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
+from hutch.sdk._sync.processes import Process
+from hutch.sdk._sync.sessions import Session
 
 __all__ = [
     "APIError",
     "ApiKey",
     "AsyncClient",
+    "AsyncProcess",
     "AsyncSandbox",
+    "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
     "Client",
@@ -60,9 +72,17 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "InvalidRequest",
+    "LogEvent",
     "Logs",
     "NotFoundError",
     "PayloadTooLarge",
+    "Process",
+    "ProcessExited",
+    "ProcessInfo",
+    "ProcessLogs",
+    "ProcessNotFound",
+    "ProcessNotRunning",
+    "ProcessTimeout",
     "RegistryError",
     "Result",
     "Sandbox",
@@ -70,5 +90,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "Session",
+    "SessionNotFound",
     "Terminal",
 ]

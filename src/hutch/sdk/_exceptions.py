@@ -8,16 +8,21 @@ One tree, rooted at :class:`HutchError`::
     │   ├── NotFoundError               404 not_found
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
+    │   │   ├── ProcessNotFound         404 process_not_found
+    │   │   ├── SessionNotFound         404 session_not_found
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   │   └── ContextNotFound         404 context_not_found
-    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, image_in_use,
-    │   │                                   context_dead
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
+    │   │   │                               image_in_use, context_dead
+    │   │   └── ProcessNotRunning       409 process_not_running
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
     │   └── SandboxUnavailable          503 sandbox_unavailable
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
+    ├── ProcessTimeout                  a wait on a process ran out of time (also a TimeoutError)
+    ├── ProcessExited                   a process ended before what was waited for happened
     ├── ConfigurationError              bad base_url / api_key given to the SDK (also a ValueError)
     └── HutchConnectionError            the server could not be reached (also a ConnectionError)
 
@@ -110,6 +115,35 @@ class Conflict(APIError):
     """
 
 
+class ProcessNotFound(NotFoundError):
+    """No background process has this id in the sandbox."""
+
+
+class SessionNotFound(NotFoundError):
+    """No session has this id in the sandbox."""
+
+
+class ProcessNotRunning(Conflict):
+    """The process has ended (or its stdin is closed), so it cannot take input."""
+
+
+class ProcessTimeout(HutchError, TimeoutError):
+    """A wait on a background process (``wait``, ``wait_for_log``, ``wait_for_port``) ran out of
+    time. The process keeps running; :attr:`process` is its state at that moment."""
+
+    def __init__(self, message: str, process: Any = None) -> None:
+        super().__init__(message)
+        self.process = process
+
+
+class ProcessExited(HutchError):
+    """The process ended before what was waited for happened; :attr:`process` says how."""
+
+    def __init__(self, message: str, process: Any = None) -> None:
+        super().__init__(message)
+        self.process = process
+
+
 class PayloadTooLarge(APIError):
     """The request body is over the server's limit (HTTP 413)."""
 
@@ -161,6 +195,12 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "terminal_not_found": (NotFoundError, 404),
     "sandbox_exists": (Conflict, 409),
     "sandbox_not_running": (Conflict, 409),
+    "process_not_found": (ProcessNotFound, 404),
+    "process_not_running": (ProcessNotRunning, 409),
+    "process_exists": (Conflict, 409),
+    "session_not_found": (SessionNotFound, 404),
+    "session_exists": (Conflict, 409),
+    "invalid_signal": (InvalidRequest, 422),
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch._wire import Kind, encode_frame, encode_json_frame
+from hutch._wire import Kind, encode_frame_parts, encode_json_frame
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
@@ -301,7 +301,10 @@ def build_router() -> APIRouter:
                 async for frame in stream:
                     if frame.kind is Kind.RESULT:
                         done = True
-                    yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
+                    for part in encode_frame_parts(
+                        frame.kind, 0, frame.payload, frame.channel, frame.offset
+                    ):
+                        yield part
             except AgentError as exc:
                 done = True
                 error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
@@ -431,5 +434,8 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
     from hutch.server._routes_code import build_code_router  # noqa: PLC0415 (imports this module)
 
     app.include_router(build_code_router())
+    from hutch.server._routes_procs import build_procs_router  # NB: it imports this module
+
+    app.include_router(build_procs_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

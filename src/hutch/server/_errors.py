@@ -7,6 +7,11 @@ ApiError (status, code, message)
 ├── KeyNotFound             404 key_not_found
 ├── CodeContextNotFound     404 context_not_found
 ├── CodeContextDead         409 context_dead
+├── ProcessNotFound         404 process_not_found
+├── ProcessExists           409 process_exists
+├── ProcessNotRunning       409 process_not_running
+├── SessionNotFound         404 session_not_found
+├── SessionExists           409 session_exists
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── BodyTooLarge            413 body_too_large
@@ -121,3 +126,28 @@ class ImageInvalid(ApiError):
 class RegistryFailed(ApiError):
     status = 502
     code = "registry_error"
+
+
+class ProcessNotFound(ApiError):
+    status = 404
+    code = "process_not_found"
+
+
+class ProcessNotRunning(ApiError):
+    status = 409
+    code = "process_not_running"
+
+
+class ProcessExists(ApiError):
+    status = 409
+    code = "process_exists"
+
+
+class SessionNotFound(ApiError):
+    status = 404
+    code = "session_not_found"
+
+
+class SessionExists(ApiError):
+    status = 409
+    code = "session_exists"

@@ -349,6 +349,26 @@ class SandboxManager:
                     "retry, or destroy the sandbox"
                 ) from exc
 
+    async def dedicated_agent(self, sandbox_id: str) -> AgentConnection:
+        """A new connection of its own to the sandbox's agent, for one bulk stream; the caller
+        closes it. NB: streams sharing a connection stall together when one consumer is slow
+        (see _agent_client's backpressure note); a slow reader of a 2 GB stream must not hold
+        up every other request to the sandbox."""
+        record = self.get(sandbox_id)
+        if record.status != "running":
+            raise SandboxNotRunning(
+                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
+            )
+        try:
+            return await AgentConnection.connect(
+                self._runtime.agent_socket(sandbox_id), timeout=self._agent_timeout
+            )
+        except (OSError, AgentError, TimeoutError) as exc:
+            raise SandboxUnavailable(
+                f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
+                "retry, or destroy the sandbox"
+            ) from exc
+
     def drop_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Forget a connection that broke, so the next request reconnects."""
         if self._agents.get(sandbox_id) is conn:

@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
+from hutch.sdk._async.processes import AsyncProcess
+from hutch.sdk._async.sessions import AsyncSession, create_session
 from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
@@ -550,6 +553,86 @@ class AsyncSandbox:
             code, context=context, language=language, timeout=timeout
         ):
             yield event
+
+    # -- background processes (the bulk is in _async/processes.py) ---------------------------
+
+    async def start_process(
+        self,
+        command: str | Sequence[str],
+        process_id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stdin: bool = True,
+        log_limit: int | None = None,
+    ) -> AsyncProcess:
+        """Start a background process; it outlives this program and the server's restarts.
+
+        Args:
+            command: A shell command string, or an argv list (no shell).
+            process_id: Its id (letters, digits, ``-_.``); generated when ``None``.
+            cwd: See :meth:`exec`.
+            env: See :meth:`exec`.
+            user: See :meth:`exec`.
+            stdin: Give it a stdin pipe for :meth:`AsyncProcess.write_stdin` (else /dev/null).
+            log_limit: Bytes of output kept (default 64 MiB); older output is dropped and
+                reported as truncated.
+
+        Raises:
+            Conflict: A running process already has ``process_id``.
+        """
+        return await _processes.start_process(
+            self.client,
+            self._path,
+            command,
+            process_id=process_id,
+            cwd=cwd,
+            env=env,
+            user=user,
+            stdin=stdin,
+            log_limit=log_limit,
+        )
+
+    async def list_processes(self) -> builtins.list[AsyncProcess]:
+        """Every background process started in this sandbox (finished ones too)."""
+        return await _processes.list_processes(self.client, self._path)
+
+    async def get_process(self, process_id: str) -> AsyncProcess:
+        """A background process by id. Raises ProcessNotFound if there is none."""
+        return await _processes.get_process(self.client, self._path, process_id)
+
+    async def kill_process(self, process_id: str, signal: str | int = "SIGTERM") -> None:
+        """Send ``signal`` to a background process's whole tree."""
+        process = await self.get_process(process_id)
+        await process.kill(signal)
+
+    async def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
+        """Send ``signal`` to every running background process; returns their ids."""
+        return await _processes.kill_all_processes(self.client, self._path, signal)
+
+    async def create_session(
+        self,
+        id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> AsyncSession:
+        """Start a persistent shell: state (``cd``, ``export``, functions) carries over
+        between its :meth:`AsyncSession.exec` calls, which run one at a time.
+
+        Raises:
+            Conflict: A session with ``id`` exists.
+        """
+        return await create_session(self.client, self._path, id, cwd, env)
+
+    async def delete_session(self, id: str) -> None:
+        """End a session's shell. Raises SessionNotFound if there is none."""
+        await self.client.request("DELETE", f"{self._path}/sessions/{path_segment(id)}")
+
+    async def set_env_vars(self, env: Mapping[str, str | None]) -> None:
+        """Set environment variables (``None`` unsets) for every new command and process."""
+        await self.client.request("PUT", f"{self._path}/env", json={"env": dict(env)})
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[ExecEvent]:
         decoder = ExecStreamDecoder()

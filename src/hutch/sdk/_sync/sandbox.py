@@ -16,8 +16,11 @@ from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
+from hutch.sdk._sync import processes as _processes
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
+from hutch.sdk._sync.processes import Process
+from hutch.sdk._sync.sessions import Session, create_session
 from hutch.sdk._sync.terminal import Terminal, attach_terminal, open_terminal
 
 
@@ -551,6 +554,86 @@ class Sandbox:
             code, context=context, language=language, timeout=timeout
         ):
             yield event
+
+    # -- background processes (the bulk is in _sync/processes.py) ---------------------------
+
+    def start_process(
+        self,
+        command: str | Sequence[str],
+        process_id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stdin: bool = True,
+        log_limit: int | None = None,
+    ) -> Process:
+        """Start a background process; it outlives this program and the server's restarts.
+
+        Args:
+            command: A shell command string, or an argv list (no shell).
+            process_id: Its id (letters, digits, ``-_.``); generated when ``None``.
+            cwd: See :meth:`exec`.
+            env: See :meth:`exec`.
+            user: See :meth:`exec`.
+            stdin: Give it a stdin pipe for :meth:`Process.write_stdin` (else /dev/null).
+            log_limit: Bytes of output kept (default 64 MiB); older output is dropped and
+                reported as truncated.
+
+        Raises:
+            Conflict: A running process already has ``process_id``.
+        """
+        return _processes.start_process(
+            self.client,
+            self._path,
+            command,
+            process_id=process_id,
+            cwd=cwd,
+            env=env,
+            user=user,
+            stdin=stdin,
+            log_limit=log_limit,
+        )
+
+    def list_processes(self) -> builtins.list[Process]:
+        """Every background process started in this sandbox (finished ones too)."""
+        return _processes.list_processes(self.client, self._path)
+
+    def get_process(self, process_id: str) -> Process:
+        """A background process by id. Raises ProcessNotFound if there is none."""
+        return _processes.get_process(self.client, self._path, process_id)
+
+    def kill_process(self, process_id: str, signal: str | int = "SIGTERM") -> None:
+        """Send ``signal`` to a background process's whole tree."""
+        process = self.get_process(process_id)
+        process.kill(signal)
+
+    def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
+        """Send ``signal`` to every running background process; returns their ids."""
+        return _processes.kill_all_processes(self.client, self._path, signal)
+
+    def create_session(
+        self,
+        id: str | None = None,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Session:
+        """Start a persistent shell: state (``cd``, ``export``, functions) carries over
+        between its :meth:`Session.exec` calls, which run one at a time.
+
+        Raises:
+            Conflict: A session with ``id`` exists.
+        """
+        return create_session(self.client, self._path, id, cwd, env)
+
+    def delete_session(self, id: str) -> None:
+        """End a session's shell. Raises SessionNotFound if there is none."""
+        self.client.request("DELETE", f"{self._path}/sessions/{path_segment(id)}")
+
+    def set_env_vars(self, env: Mapping[str, str | None]) -> None:
+        """Set environment variables (``None`` unsets) for every new command and process."""
+        self.client.request("PUT", f"{self._path}/env", json={"env": dict(env)})
 
     def _stream(self, body: dict[str, Any]) -> Iterator[ExecEvent]:
         decoder = ExecStreamDecoder()
