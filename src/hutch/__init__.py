@@ -24,7 +24,10 @@ if TYPE_CHECKING:
         ConnectionConfig,
         ExecEvent,
         ExecResult,
+        FileInfo,
         FileNotFound,
+        GitCheckout,
+        GitError,
         HutchConnectionError,
         HutchError,
         ImageInfo,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
         SandboxNotFound,
         SandboxUnavailable,
         ServerError,
+        WatchEvent,
     )
 
 __all__ = [
@@ -52,7 +56,10 @@ __all__ = [
     "ConnectionConfig",
     "ExecEvent",
     "ExecResult",
+    "FileInfo",
     "FileNotFound",
+    "GitCheckout",
+    "GitError",
     "HutchConnectionError",
     "HutchError",
     "ImageInfo",
@@ -65,6 +72,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "WatchEvent",
 ]
 
 

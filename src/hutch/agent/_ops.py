@@ -16,10 +16,18 @@ from __future__ import annotations
 
 UNARY_OPS: dict[str, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
+    "stat": ("_files", "stat_op"),
+    "mkdir": ("_files", "mkdir_op"),
+    "remove": ("_files", "remove_op"),
+    "move": ("_files", "move_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
+    "read": ("_files", "open_read"),
+    "write": ("_files", "open_write"),
+    "list": ("_files", "open_list"),
+    "watch": ("_watch", "open_watch"),
 }
 
 

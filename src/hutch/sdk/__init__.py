@@ -18,6 +18,7 @@ from hutch.sdk._exceptions import (
     ConfigurationError,
     Conflict,
     FileNotFound,
+    GitError,
     HutchConnectionError,
     HutchError,
     ImageNotFound,
@@ -28,6 +29,7 @@ from hutch.sdk._exceptions import (
     SandboxUnavailable,
     ServerError,
 )
+from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageInfo, SandboxInfo
 from hutch.sdk._sync import Client, Sandbox
 
@@ -44,7 +46,10 @@ __all__ = [
     "ConnectionConfig",
     "ExecEvent",
     "ExecResult",
+    "FileInfo",
     "FileNotFound",
+    "GitCheckout",
+    "GitError",
     "HutchConnectionError",
     "HutchError",
     "ImageInfo",
@@ -57,4 +62,5 @@ __all__ = [
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
+    "WatchEvent",
 ]

@@ -44,6 +44,7 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
+from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._store import SqliteStore, Store
 
@@ -63,7 +64,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or streams_body(scope):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -402,5 +403,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         return {"ok": True}
 
     app.include_router(build_router())
+    app.include_router(build_files_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

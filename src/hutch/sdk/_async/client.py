@@ -127,6 +127,7 @@ class AsyncClient:
         *,
         json: Any = None,
         params: QueryParams | None = None,
+        content: Any = None,
     ) -> Any:
         """Send one request and return its decoded JSON body (``None`` for an empty body).
 
@@ -137,14 +138,22 @@ class AsyncClient:
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         with translate_transport_errors(self.config):
-            response = await self._http.request(method, path, json=json, params=params)
+            response = await self._http.request(
+                method, path, json=json, params=params, content=content
+            )
         if response.is_error:
             raise error_from_response(response)
         return json_or_none(response)
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, method: str, path: str, *, json: Any = None, limit: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        limit: float | None = None,
+        params: QueryParams | None = None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Send one request whose answer is streamed; yields the body's chunks as they arrive.
 
@@ -162,7 +171,7 @@ class AsyncClient:
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         request = self._http.build_request(
-            method, path, json=json, timeout=stream_timeout(self.config, limit)
+            method, path, json=json, params=params, timeout=stream_timeout(self.config, limit)
         )
         with translate_transport_errors(self.config):
             response = await self._http.send(request, stream=True)

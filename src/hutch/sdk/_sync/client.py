@@ -128,6 +128,7 @@ class Client:
         *,
         json: Any = None,
         params: QueryParams | None = None,
+        content: Any = None,
     ) -> Any:
         """Send one request and return its decoded JSON body (``None`` for an empty body).
 
@@ -138,14 +139,20 @@ class Client:
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         with translate_transport_errors(self.config):
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, content=content)
         if response.is_error:
             raise error_from_response(response)
         return json_or_none(response)
 
     @contextlib.contextmanager
     def stream(
-        self, method: str, path: str, *, json: Any = None, limit: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        limit: float | None = None,
+        params: QueryParams | None = None,
     ) -> Iterator[Iterator[bytes]]:
         """Send one request whose answer is streamed; yields the body's chunks as they arrive.
 
@@ -163,7 +170,7 @@ class Client:
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         request = self._http.build_request(
-            method, path, json=json, timeout=stream_timeout(self.config, limit)
+            method, path, json=json, params=params, timeout=stream_timeout(self.config, limit)
         )
         with translate_transport_errors(self.config):
             response = self._http.send(request, stream=True)
