@@ -128,9 +128,9 @@ def stat_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
         s = os.lstat(path)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR) and _bool(request, "missing_ok"):
-            return {"exists": False}
+            return {"ok": True, "exists": False}
         raise os_error(e, path) from None
-    return {"exists": True, **describe(path, os.path.basename(path) or "/", path, s)}
+    return {"ok": True, "exists": True, **describe(path, os.path.basename(path) or "/", path, s)}
 
 
 def mkdir_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def mkdir_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
             os.mkdir(path, mode)
     except OSError as e:
         raise os_error(e, path) from None
-    return {"path": path}
+    return {"ok": True, "path": path}
 
 
 def remove_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def remove_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
             os.unlink(path)
     except OSError as e:
         raise os_error(e, e.filename or path) from None
-    return {"path": path}
+    return {"ok": True, "path": path}
 
 
 def move_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def move_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
             shutil.move(source, destination)
     except OSError as e:
         raise os_error(e, e.filename or source) from None
-    return {"path": destination}
+    return {"ok": True, "path": destination}
 
 
 def _mode(request: dict[str, Any], default: int | None) -> int | None:
