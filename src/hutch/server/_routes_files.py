@@ -198,6 +198,12 @@ async def _result(stream: AgentStream) -> dict[str, Any]:
 _GIT_SCHEME = re.compile(r"^(https?|git|ssh|file)://", re.IGNORECASE)
 _GIT_ERRORS: tuple[tuple[re.Pattern[str], int, str, str], ...] = (
     (
+        re.compile(r"repository not exported|Repository not found", re.I),
+        404,
+        "git_repository_not_found",
+        "no repository at that URL (or it is not exported); check it",
+    ),
+    (
         re.compile(r"Remote branch .* not found|couldn't find remote ref", re.I),
         404,
         "git_branch_not_found",
