@@ -189,3 +189,44 @@ def test_watch_reports_changes_and_stops(sb: Sandbox) -> None:
     # The watch stopped in the agent: the sandbox still answers, and no inotify fd leaks.
     r = sb.exec("ls -l /proc/1/fd | grep -c inotify || true")
     assert r.stdout.strip() == "0"
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_one_gib_up_and_down_keeps_server_memory_bounded(server: ServerProcess) -> None:
+    assert server.proc is not None
+    pid = server.proc.pid
+    size = 1024 * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], _rss_mb(pid))
+
+    with Sandbox.create(base_url=server.url, api_key=server.api_key, disk_mb=2048) as box:
+        before = _rss_mb(pid)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            assert box.write_file("big.bin", (block for _ in range(1024))) == size
+            assert box.stat("big.bin").size == size
+            got = 0
+            for chunk in box.read_file_stream("big.bin"):
+                if got % (256 * 1024 * 1024) < len(chunk):  # spot-check the content
+                    start = got % len(block)
+                    assert chunk[:64] == (block + block)[start : start + 64]
+                got += len(chunk)
+            assert got == size
+        finally:
+            stop.set()
+            sampler.join()
+    # Streamed both ways: the server's memory grows by buffers, never by the file.
+    assert peak[0] - before < 200, (before, peak[0])

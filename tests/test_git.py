@@ -73,7 +73,7 @@ def sb(server: ServerProcess, repo: tuple[Path, str]) -> Sandbox:
         "(GIT_PROJECT_ROOT=/srv/git GIT_HTTP_EXPORT_ALL=1 setsid python3 -W ignore -m "
         "http.server --cgi --bind 127.0.0.1 8000 >/tmp/http.log 2>&1 &) && "
         # A server that refuses every request as unauthenticated.
-        "(setsid python3 -c \"import http.server as h\n"
+        '(setsid python3 -c "import http.server as h\n'
         "class H(h.BaseHTTPRequestHandler):\n"
         "    def do_GET(s):\n"
         "        s.send_response(401); s.send_header('WWW-Authenticate', 'Basic realm=x');"

@@ -343,12 +343,12 @@ def build_files_router(require_key: Any) -> APIRouter:
             async for chunk in request.stream():
                 buf += chunk
                 if len(buf) >= UPLOAD_CHUNK:
-                    await stream.send_stdin(bytes(buf))
+                    await stream.send_stdin(bytes(buf), chunk_size=UPLOAD_CHUNK)
                     buf.clear()
                     if stream.finished:  # the agent gave up early (disk full, ...)
                         break
             if buf and not stream.finished:
-                await stream.send_stdin(bytes(buf))
+                await stream.send_stdin(bytes(buf), chunk_size=UPLOAD_CHUNK)
             await stream.close_stdin()
             result = await _result(stream)
             done = True
