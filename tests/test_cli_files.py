@@ -1,4 +1,4 @@
-"""`hutch cp` both ways (files, directories, stdin/stdout) and `hutch files`, as a user runs them."""
+"""`hutch cp` both ways (files, directories, stdin/stdout) and `hutch files`."""
 
 from __future__ import annotations
 
