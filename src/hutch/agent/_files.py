@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._server import Agent, Connection
 
 MAX_PATH_BYTES = 4096
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024
 CHUNKS_PER_TURN = 8  # then yield to the loop, so one big read does not starve other streams
 PSEUDO_FILE_LIMIT = 16 * 1024 * 1024  # /proc and /sys files say size 0; read at most this
 LIST_BATCH = 2000
