@@ -230,3 +230,53 @@ def test_one_gib_up_and_down_keeps_server_memory_bounded(server: ServerProcess) 
             sampler.join()
     # Streamed both ways: the server's memory grows by buffers, never by the file.
     assert peak[0] - before < 200, (before, peak[0])
+
+
+def test_file_api_needs_nothing_from_the_image(server: ServerProcess, busybox_image: str) -> None:
+    """A bare busybox image (no libc, no Python, no inotify-tools): every op still works."""
+    with Sandbox.create(image=busybox_image, base_url=server.url, api_key=server.api_key) as box:
+        box.write_file("/tmp/w/a.txt", "busy")
+        assert box.read_file("/tmp/w/a.txt", text=True) == "busy"
+        assert [e.name for e in box.list_files("/tmp/w")] == ["a.txt"]
+        box.rename_file("/tmp/w/a.txt", "/tmp/w/b.txt")
+        assert box.stat("/tmp/w/b.txt").size == 4
+        seen: list = []
+
+        def consume() -> None:
+            for ev in box.watch("/tmp/w"):
+                seen.append(ev)
+                return
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while thread.is_alive() and time.monotonic() < deadline:
+            box.write_file("/tmp/w/c.txt", "x")
+            thread.join(0.3)
+        assert seen and seen[0].path.startswith("/tmp/w/")
+        box.remove("/tmp/w", recursive=True)
+        assert not box.exists("/tmp/w")
+
+
+def test_cut_off_upload_leaves_the_old_file(sb: Sandbox, server: ServerProcess) -> None:
+    sb.write_file("keep.txt", "old")
+
+    def body():
+        yield b"new" * 1000
+        raise RuntimeError("the client died")
+
+    with pytest.raises(RuntimeError):
+        httpx.put(
+            f"{server.url}/v1/sandboxes/{sb.id}/files/content",
+            params={"path": "keep.txt"},
+            content=body(),
+            headers={"Authorization": f"Bearer {server.api_key}"},
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        leftovers = [e.name for e in sb.list_files(".", include_hidden=True)]
+        if not any(".hutch-" in n for n in leftovers):
+            break
+        time.sleep(0.2)
+    assert sb.read_file("keep.txt") == b"old"
+    assert not any(".hutch-" in n for n in leftovers), leftovers

@@ -19,7 +19,13 @@ from starlette.requests import ClientDisconnect
 
 from hutch._wire import Kind, encode_frame
 from hutch.server._agent_client import AgentDisconnected, AgentError, AgentStream, parse_result
-from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
+from hutch.server._errors import (
+    ApiError,
+    FileError,
+    GitError,
+    InvalidRequest,
+    SandboxUnavailable,
+)
 
 MAX_PATH_BYTES = 4096
 UPLOAD_CHUNK = 1024 * 1024
@@ -140,9 +146,7 @@ def check_path(path: str, field: str = "path") -> str:
 def file_error(error: AgentError) -> ApiError:
     if isinstance(error, AgentDisconnected):
         return SandboxUnavailable(f"lost the connection to the sandbox's agent ({error}); retry")
-    exc = ApiError(error.message, code=error.code)
-    exc.status = FILE_ERROR_STATUS.get(error.code, 422)
-    return exc
+    return FileError(error.message, code=error.code, status=FILE_ERROR_STATUS.get(error.code, 422))
 
 
 def _services(request: Request) -> Any:
@@ -274,16 +278,12 @@ def git_url(url: str) -> str:
     return url
 
 
-def git_error(stderr: str) -> ApiError:
+def git_error(stderr: str) -> GitError:
     tail = stderr.strip()[-1500:]
     for pattern, status, code, hint in _GIT_ERRORS:
         if pattern.search(stderr):
-            exc = ApiError(f"git clone failed: {hint}. git said: {tail}", code=code)
-            exc.status = status
-            return exc
-    exc = ApiError(f"git clone failed: {tail}", code="git_failed")
-    exc.status = 422
-    return exc
+            return GitError(f"git clone failed: {hint}. git said: {tail}", code=code, status=status)
+    return GitError(f"git clone failed: {tail}", code="git_failed", status=422)
 
 
 async def _run(svc: Any, sandbox_id: str, argv: list[str], cwd: str | None) -> tuple[int, str, str]:
