@@ -82,3 +82,14 @@ def test_git_error_classification(stderr: str, code: str, status: int) -> None:
     error = git_error(stderr)
     assert (error.code, error.status) == (code, status)
     assert "git" in error.message
+
+
+def test_entries_batch_splices_only_valid_listings() -> None:
+    from hutch.server._agent_client import AgentError
+    from hutch.server._routes_files import entries_batch
+
+    assert entries_batch(b'[{"name":"a"},{"name":"b"}]') == b'{"name":"a"},{"name":"b"}'
+    assert entries_batch(b"[]") == b""
+    for bad in (b'[{"a":1}]],[{"b":2}', b'{"a":1}', b"[1]", b'[{"a":NaN}]', b"\xff"):
+        with pytest.raises(AgentError):
+            entries_batch(bad)

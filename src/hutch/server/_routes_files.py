@@ -8,6 +8,7 @@ per transfer is bounded by the agent client's per-stream buffer and the socket's
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -117,6 +118,26 @@ class GitCheckoutResult(BaseModel):
     url: str
     branch: str | None
     commit: str
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def entries_batch(payload: bytes) -> bytes:
+    """A batch of listing entries from the agent (a JSON array of objects), without its
+    brackets, ready to splice into the answer. Checked first: the agent is untrusted.
+
+    Raises:
+        AgentError: the batch is not a JSON array of objects.
+    """
+    try:
+        value = json.loads(payload, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise AgentError("bad_response", f"the agent sent a bad listing: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise AgentError("bad_response", "the agent sent a listing that is not a list of entries")
+    return payload.strip()[1:-1].strip()
 
 
 def streams_body(scope: Any) -> bool:
@@ -442,22 +463,25 @@ def build_files_router(require_key: Any) -> APIRouter:
                 "limit": limit,
             },
         )
-        entries: list[Any] = []
+        batches: list[bytes] = []
         result: dict[str, Any] = {}
         async with stream:
             try:
                 async for frame in stream:
-                    if frame.kind is Kind.EVENT:
-                        entries.extend(frame.json().get("entries", ()))
+                    if frame.kind is Kind.DATA:
+                        batches.append(entries_batch(frame.payload))
                     elif frame.kind is Kind.RESULT:
                         result = parse_result(frame)
             except AgentError as exc:
                 raise file_error(exc) from exc
-        # NB: the agent's entries are passed through as JSON without a pydantic round trip:
-        # validating 10,000 models costs more than listing the tree.
-        import json
-
-        body = json.dumps({"entries": entries, "truncated": bool(result.get("truncated"))})
+        truncated = b"true" if result.get("truncated") else b"false"
+        body = (
+            b'{"entries":['
+            + b",".join(b for b in batches if b)
+            + b'],"truncated":'
+            + truncated
+            + b"}"
+        )
         return Response(body, media_type="application/json")
 
     @router.post("/files/mkdir", response_model=PathResult)
