@@ -280,3 +280,11 @@ def test_cut_off_upload_leaves_the_old_file(sb: Sandbox, server: ServerProcess) 
         time.sleep(0.2)
     assert sb.read_file("keep.txt") == b"old"
     assert not any(".hutch-" in n for n in leftovers), leftovers
+
+
+def test_big_upload_to_a_directory_gets_the_error_not_a_broken_pipe(sb: Sandbox) -> None:
+    sb.mkdir("bigdir", recursive=True)
+    block = b"z" * (1024 * 1024)
+    with pytest.raises(Conflict) as c:
+        sb.write_file("bigdir", (block for _ in range(64)))
+    assert c.value.code == "is_a_directory"

@@ -359,7 +359,15 @@ def build_files_router(require_key: Any) -> APIRouter:
         )
         done = False
         try:
-            await _first_event(stream)
+            try:
+                await _first_event(stream)
+            except ApiError:
+                # Read (and drop) the rest of the body, so that the client, which sends all of
+                # it before it reads an answer, gets this error rather than a broken pipe.
+                with contextlib.suppress(ClientDisconnect):
+                    async for _ in request.stream():
+                        pass
+                raise
             buf = bytearray()
             async for chunk in request.stream():
                 buf += chunk

@@ -158,7 +158,7 @@ class Files:
         return str(body["path"])
 
     def delete(self, path: str) -> None:
-        """Delete a file (or a symlink, or an empty directory is refused: use :meth:`remove`).
+        """Delete a file or a symlink (a directory is refused: use :meth:`remove`).
 
         Raises:
             FileNotFound: No such file.
