@@ -288,3 +288,30 @@ def test_big_upload_to_a_directory_gets_the_error_not_a_broken_pipe(sb: Sandbox)
     with pytest.raises(Conflict) as c:
         sb.write_file("bigdir", (block for _ in range(64)))
     assert c.value.code == "is_a_directory"
+
+
+def test_a_stalled_download_or_watch_does_not_stall_the_sandbox(sb: Sandbox) -> None:
+    block = b"s" * (1024 * 1024)
+    sb.write_file("stall.bin", (block for _ in range(64)))
+    download = sb.read_file_stream("stall.bin")
+    assert next(download)  # then nobody reads on: the stream's buffers fill up
+    watch = sb.watch(".")
+    started = threading.Thread(target=lambda: next(watch), daemon=True)
+    started.start()
+    deadline = time.monotonic() + 30
+    while started.is_alive() and time.monotonic() < deadline:
+        sb.write_file("churn.txt", "x")
+        started.join(0.3)
+    assert not started.is_alive()  # the watch runs, and from now on nobody reads it
+    answers: list[str] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(sb.exec("echo alive", timeout=30).stdout), daemon=True
+    )
+    for _ in range(200):
+        sb.write_file("churn.txt", "x")  # events the stalled watch does not read
+    thread.start()
+    thread.join(60)
+    assert answers == ["alive\n"]
+    assert sb.read_file("churn.txt") == b"x"
+    download.close()
+    watch.close()

@@ -98,8 +98,9 @@ class WatchOp(_StreamOp):
             return self._finish(error=OpError("io_error", f"inotify_init1 failed: errno {code}"))
         self._fd = fd
         self._add_tree(self._root)
-        self._agent.loop.add_reader(fd, self._on_readable)
         self._send_event({"event": "watching", "path": self._root})
+        if not self._conn.output_paused:
+            self._agent.loop.add_reader(fd, self._on_readable)
 
     def _add(self, path: str) -> None:
         if len(self._wds) >= MAX_WATCHES:
@@ -197,6 +198,16 @@ class WatchOp(_StreamOp):
         for path, is_dir in self._moves.values():
             self._emit("delete", path, is_dir)
         self._moves.clear()
+
+    def pause_output(self) -> None:
+        # Nobody is reading the events: leave them in the kernel's queue (which overflows into
+        # one "overflow" event) rather than in the agent's memory.
+        if self._fd >= 0:
+            self._agent.loop.remove_reader(self._fd)
+
+    def resume_output(self) -> None:
+        if self._fd >= 0 and not self.finished:
+            self._agent.loop.add_reader(self._fd, self._on_readable)
 
     def cancel(self) -> None:
         self._finish({"reason": "cancelled"})

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from hutch._wire import Kind, encode_frame
-from hutch.server._agent_client import AgentDisconnected, AgentError, AgentStream, parse_result
+from hutch.server._agent_client import (
+    AgentConnection,
+    AgentDisconnected,
+    AgentError,
+    AgentStream,
+    parse_result,
+)
 from hutch.server._errors import (
     ApiError,
     FileError,
@@ -183,6 +189,27 @@ async def _open(svc: Any, sandbox_id: str, request: dict[str, Any]) -> AgentStre
         return conn.open_stream(request)  # type: ignore[no-any-return]
     except AgentDisconnected as exc:
         svc.sandboxes.drop_agent(sandbox_id, conn)
+        raise file_error(exc) from exc
+
+
+async def _open_own(
+    svc: Any, sandbox_id: str, request: dict[str, Any]
+) -> tuple[AgentConnection, AgentStream]:
+    """A stream on a connection of its own, for transfers and watches: the agent client's
+    backpressure holds up a whole connection, so a slow reader of a 1 GiB download (or a
+    watch nobody reads) must not stall the sandbox's other requests. Close the connection
+    when the stream ends."""
+    await svc.sandboxes.agent(sandbox_id)  # the sandbox exists and runs: 404/409/503 otherwise
+    try:
+        conn = await AgentConnection.connect(
+            svc.runtime.agent_socket(sandbox_id), timeout=svc.config.agent_connect_timeout
+        )
+    except AgentDisconnected as exc:
+        raise file_error(exc) from exc
+    try:
+        return conn, conn.open_stream(request)
+    except AgentDisconnected as exc:
+        await conn.close()
         raise file_error(exc) from exc
 
 
@@ -354,7 +381,7 @@ def build_files_router(require_key: Any) -> APIRouter:
     ) -> Written:
         """Write the raw request body to ``path`` (streamed; replaced atomically at the end)."""
         check_path(path)
-        stream = await _open(
+        conn, stream = await _open_own(
             svc, sandbox_id, {"op": "write", "path": path, "mode": mode, "parents": parents}
         )
         done = False
@@ -391,6 +418,7 @@ def build_files_router(require_key: Any) -> APIRouter:
             if not done:
                 with contextlib.suppress(Exception):
                     await stream.aclose()
+            await conn.close()
         return Written(path=result["path"], size=result["size"])
 
     @router.get(
@@ -407,13 +435,13 @@ def build_files_router(require_key: Any) -> APIRouter:
     ) -> StreamingResponse:
         """The file's bytes (``offset``/``length`` for a range), streamed as they are read."""
         check_path(path)
-        stream = await _open(
+        conn, stream = await _open_own(
             svc, sandbox_id, {"op": "read", "path": path, "offset": offset, "length": length}
         )
         try:
             opened = await _first_event(stream)
         except BaseException:
-            await stream.aclose()
+            await conn.close()
             raise
         headers = {}
         if opened.get("length") is not None:
@@ -434,6 +462,7 @@ def build_files_router(require_key: Any) -> APIRouter:
                 if not done:
                     with contextlib.suppress(Exception):
                         await stream.aclose()
+                await conn.close()
 
         return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
 
@@ -535,7 +564,7 @@ def build_files_router(require_key: Any) -> APIRouter:
         """EVENT frames ``{"event": "create"|"modify"|"delete"|"move"|"attrib", "path", ...}``
         until the client closes the response (which stops the watch in the agent)."""
         check_path(body.path)
-        stream = await _open(
+        conn, stream = await _open_own(
             svc,
             sandbox_id,
             {
@@ -549,7 +578,7 @@ def build_files_router(require_key: Any) -> APIRouter:
         try:
             first = await _first_event(stream)
         except BaseException:
-            await stream.aclose()
+            await conn.close()
             raise
 
         async def frames() -> AsyncIterator[bytes]:
@@ -570,6 +599,7 @@ def build_files_router(require_key: Any) -> APIRouter:
                 if not done:
                     with contextlib.suppress(Exception):
                         await stream.aclose()
+                await conn.close()
 
         return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
 
