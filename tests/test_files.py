@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from hutch import Conflict, FileNotFound, InvalidRequest, Sandbox
+from hutch import APIError, Conflict, FileNotFound, InvalidRequest, Sandbox
 from tests._server import ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -131,6 +131,12 @@ def test_special_files_never_hang(sb: Sandbox) -> None:
         assert c.value.code == "not_a_regular_file"
     with pytest.raises(Conflict):
         sb.write_file("fifo", "x")
+    # Unreadable kernel files are an error with a code, never a 500 or a hang.
+    for path in ("/proc/self/mem", "/proc/kmsg", "/proc/1/pagemap"):
+        try:
+            sb.read_file(path)
+        except APIError as e:
+            assert e.status < 500, (path, e)
     # /proc files (size 0, made on the fly) are read with a bound.
     assert b"Name:" in sb.read_file("/proc/self/status")
     assert sb.read_file("/proc/uptime")

@@ -308,6 +308,14 @@ class ReadOp(_StreamOp):
         if self._length is not None:
             limit = min(limit, self._length)
         self._remaining = limit
+        first = b""
+        if not size_known and limit:
+            # Kernel files fail on read, not on open (/proc/self/mem, /proc/kmsg): read the first
+            # chunk now, so that such a failure is an error answer, not a body cut short.
+            try:
+                first = os.pread(fd, min(CHUNK, limit), self._offset)
+            except OSError as e:
+                return self._finish(error=os_error(e, path))
         self._send_event(
             {
                 "event": "opened",
@@ -315,6 +323,13 @@ class ReadOp(_StreamOp):
                 "length": limit if size_known else None,
             }
         )
+        if first:
+            self._conn.send(encode_frame(Kind.DATA, self._stream, first, Channel.STDOUT, 0))
+            self._offset += len(first)
+            self._sent += len(first)
+            self._remaining -= len(first)
+        elif not size_known:
+            self._remaining = 0
         self._pump()
 
     def _pump(self) -> None:

@@ -54,7 +54,7 @@ FILE_ERROR_STATUS = {
     "invalid_path": 422,
     "too_many_links": 422,
     "invalid_request": 422,
-    "io_error": 500,
+    "io_error": 422,
     "internal": 500,
     "shutting_down": 503,
 }
