@@ -58,6 +58,56 @@ class PeakRss:
         self._thread.join()
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sandbox_cpu_seconds(sandbox_id: str) -> float:
+    """CPU time of everything in the sandbox (the agent, here), from its cgroup (v2 or v1)."""
+    v2 = Path("/sys/fs/cgroup/hutch") / sandbox_id / "cpu.stat"
+    v1 = Path("/sys/fs/cgroup/cpuacct/hutch") / sandbox_id / "cpuacct.usage"
+    try:
+        if v2.exists():
+            for line in v2.read_text().splitlines():
+                if line.startswith("usage_usec"):
+                    return int(line.split()[1]) / 1e6
+        return int(v1.read_text()) / 1e9
+    except (OSError, ValueError):
+        return float("nan")
+
+
+class CpuUse:
+    """CPU seconds spent by the server, this client and the sandbox over a block: with the
+    machine shared, MB per CPU-second says more than wall-clock MB/s."""
+
+    def __init__(self, server_pid: int, sandbox_id: str) -> None:
+        self.server_pid = server_pid
+        self.sandbox_id = sandbox_id
+
+    def __enter__(self) -> CpuUse:
+        self._start = (
+            cpu_seconds(self.server_pid),
+            time.process_time(),
+            sandbox_cpu_seconds(self.sandbox_id),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server = cpu_seconds(self.server_pid) - self._start[0]
+        self.client = time.process_time() - self._start[1]
+        self.agent = sandbox_cpu_seconds(self.sandbox_id) - self._start[2]
+
+    def line(self, size: int) -> str:
+        per = size / 1e6
+        return (
+            f"  cpu s: server {self.server:.2f} ({per / max(self.server, 1e-9):.0f} MB/cpu-s), "
+            f"client {self.client:.2f} ({per / max(self.client, 1e-9):.0f}), "
+            f"sandbox {self.agent:.2f} ({per / max(self.agent, 1e-9):.0f})"
+        )
+
+
 def mbps(size: int, seconds: float) -> str:
     return f"{size / seconds / 1e6:8.1f} MB/s ({seconds:.2f} s)"
 
@@ -91,13 +141,21 @@ def main() -> None:
             base_url=server.url, api_key=server.api_key, disk_mb=args.size_mb * 2 + 1024
         ) as sb:
             idle = rss_mb(server.proc.pid)
-            with PeakRss(server.proc.pid) as up, open(src, "rb") as f:
+            with (
+                PeakRss(server.proc.pid) as up,
+                CpuUse(server.proc.pid, sb.id) as up_cpu,
+                open(src, "rb") as f,
+            ):
                 t0 = time.perf_counter()
                 written = sb.write_file("big.bin", f)
                 upload = time.perf_counter() - t0
             assert written == size
             dst = tmp / "back.bin"
-            with PeakRss(server.proc.pid) as down, open(dst, "wb") as f:
+            with (
+                PeakRss(server.proc.pid) as down,
+                CpuUse(server.proc.pid, sb.id) as down_cpu,
+                open(dst, "wb") as f,
+            ):
                 t0 = time.perf_counter()
                 for chunk in sb.read_file_stream("big.bin"):
                     f.write(chunk)
@@ -107,7 +165,9 @@ def main() -> None:
 
             print(f"{'host cp (same file, same disk)':<44} {mbps(size, host_cp)}")
             print(f"{'SDK write_file (file object, streamed)':<44} {mbps(size, upload)}")
+            print(up_cpu.line(size))
             print(f"{'SDK read_file_stream':<44} {mbps(size, download)}")
+            print(down_cpu.line(size))
             print(
                 f"{'server RSS idle / peak up / peak down':<44} {idle:8.1f} / {up.peak:.1f} / "
                 f"{down.peak:.1f} MB  (file: {size / 2**20:.0f} MiB)"

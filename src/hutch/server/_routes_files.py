@@ -395,16 +395,21 @@ def build_files_router(require_key: Any) -> APIRouter:
                     async for _ in request.stream():
                         pass
                 raise
-            buf = bytearray()
+            # NB: the body's pieces are joined into frames of up to UPLOAD_CHUNK: one copy,
+            # and few frames for the agent to decode.
+            parts: list[bytes] = []
+            pending = 0
             async for chunk in request.stream():
-                buf += chunk
-                if len(buf) >= UPLOAD_CHUNK:
-                    await stream.send_stdin(bytes(buf), chunk_size=UPLOAD_CHUNK)
-                    buf.clear()
+                parts.append(chunk)
+                pending += len(chunk)
+                if pending >= UPLOAD_CHUNK:
+                    await stream.send_stdin(b"".join(parts), chunk_size=UPLOAD_CHUNK)
+                    parts.clear()
+                    pending = 0
                     if stream.finished:  # the agent gave up early (disk full, ...)
                         break
-            if buf and not stream.finished:
-                await stream.send_stdin(bytes(buf), chunk_size=UPLOAD_CHUNK)
+            if parts and not stream.finished:
+                await stream.send_stdin(b"".join(parts), chunk_size=UPLOAD_CHUNK)
             await stream.close_stdin()
             result = await _result(stream)
             done = True
