@@ -32,7 +32,10 @@ if TYPE_CHECKING:
         ExecResult,
         Execution,
         ExecutionError,
+        FileInfo,
         FileNotFound,
+        GitCheckout,
+        GitError,
         HutchConnectionError,
         HutchError,
         ImageDetail,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
         Session,
         SessionNotFound,
         Terminal,
+        WatchEvent,
     )
 
 __all__ = [
@@ -83,7 +87,10 @@ __all__ = [
     "ExecResult",
     "Execution",
     "ExecutionError",
+    "FileInfo",
     "FileNotFound",
+    "GitCheckout",
+    "GitError",
     "HutchConnectionError",
     "HutchError",
     "ImageDetail",
@@ -111,6 +118,7 @@ __all__ = [
     "Session",
     "SessionNotFound",
     "Terminal",
+    "WatchEvent",
 ]
 
 

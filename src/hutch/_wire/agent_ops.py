@@ -24,6 +24,14 @@ OpName = Literal[
     "pty_list",
     "pty_info",
     "pty_attach",
+    "stat",
+    "mkdir",
+    "remove",
+    "move",
+    "read",
+    "write",
+    "list",
+    "watch",
 ]
 
 ErrorCode = Literal[
@@ -39,6 +47,21 @@ ErrorCode = Literal[
     "context_dead",  # code: the context's interpreter died; restart it
     "context_failed",  # code: the interpreter did not start (the message says why)
     "shutting_down",  # the agent got SIGTERM and accepts no new work
+    # file ops (agent/_files.py, agent/_watch.py): from the errno, see _files._ERRNO_CODES
+    "file_not_found",
+    "not_a_directory",
+    "is_a_directory",
+    "file_exists",
+    "directory_not_empty",
+    "not_a_regular_file",  # a FIFO, device or socket: never opened for data
+    "read_only",
+    "permission_denied",
+    "no_space",
+    "invalid_path",
+    "too_many_links",
+    "busy",
+    "io_error",
+    "cancelled",
     "internal",  # a bug in the agent
 ]
 
@@ -107,4 +130,105 @@ class ExecResult(TypedDict):
     signal: int | None  # the signal that ended the process, if one did
 
 
-AgentRequest = PingRequest | ExecRequest
+class StatRequest(TypedDict):
+    """Unary. RESULT: ``{"exists": true, **FileEntry}`` (``{"exists": false}`` with
+    ``missing_ok`` when nothing is there). Paths: relative ones start at the workspace."""
+
+    op: Literal["stat"]
+    path: str
+    missing_ok: NotRequired[bool]
+
+
+class FileEntry(TypedDict):
+    name: str
+    path: str  # relative to the listed directory
+    absolute_path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    mode: int  # permission bits
+    mtime: float
+    target: str | None  # a symlink's target
+
+
+class MkdirRequest(TypedDict):
+    """Unary. RESULT: ``{"path": absolute path}``."""
+
+    op: Literal["mkdir"]
+    path: str
+    recursive: NotRequired[bool]
+    mode: NotRequired[int | None]
+
+
+class RemoveRequest(TypedDict):
+    """Unary. ``file_only`` refuses directories (``is_a_directory``). RESULT: ``{"path"}``."""
+
+    op: Literal["remove"]
+    path: str
+    recursive: NotRequired[bool]
+    file_only: NotRequired[bool]
+
+
+class MoveRequest(TypedDict):
+    """Unary (rename; a copy and delete across filesystems). RESULT: ``{"path"}``."""
+
+    op: Literal["move"]
+    source: str
+    destination: str
+    overwrite: NotRequired[bool]
+
+
+class ReadRequest(TypedDict):
+    """Stream. EVENT ``{"event": "opened", "size", "length"}`` (null for kernel files, read up
+    to 16 MiB), DATA on channel 1 (stdout) at byte offsets, EOF, RESULT ``{"size"}``."""
+
+    op: Literal["read"]
+    path: str
+    offset: NotRequired[int]
+    length: NotRequired[int | None]
+
+
+class WriteRequest(TypedDict):
+    """Stream. EVENT ``{"event": "ready"}``; then the opener sends DATA on channel 0 and EOF;
+    RESULT ``{"path", "size"}`` once the file is renamed into place."""
+
+    op: Literal["write"]
+    path: str
+    mode: NotRequired[int | None]
+    parents: NotRequired[bool]
+
+
+class ListRequest(TypedDict):
+    """Stream. DATA frames on channel 1, each a JSON array of ``FileEntry``; RESULT
+    ``{"count", "truncated"}``. Symlinks are listed, never followed."""
+
+    op: Literal["list"]
+    path: str
+    recursive: NotRequired[bool]
+    include_hidden: NotRequired[bool]
+    limit: NotRequired[int]
+
+
+class WatchRequest(TypedDict):
+    """Stream. EVENT ``{"event": "watching", "path"}``, then EVENT ``{"event": "create" |
+    "modify" | "delete" | "move" | "attrib" | "overflow", "path", "is_directory", "old_path"?}``
+    until CANCEL (RESULT ``{"reason"}``)."""
+
+    op: Literal["watch"]
+    path: str
+    recursive: NotRequired[bool]
+    include: NotRequired[list[str]]
+    exclude: NotRequired[list[str]]
+
+
+AgentRequest = (
+    PingRequest
+    | ExecRequest
+    | StatRequest
+    | MkdirRequest
+    | RemoveRequest
+    | MoveRequest
+    | ReadRequest
+    | WriteRequest
+    | ListRequest
+    | WatchRequest
+)

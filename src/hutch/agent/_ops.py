@@ -35,6 +35,10 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "session_create": ("_sessions", "create_op"),
     "session_list": ("_sessions", "list_op"),
     "session_delete": ("_sessions", "delete_op"),
+    "stat": ("_files", "stat_op"),
+    "mkdir": ("_files", "mkdir_op"),
+    "remove": ("_files", "remove_op"),
+    "move": ("_files", "move_op"),
 }
 
 STREAM_OPS: dict[str, tuple[str, str]] = {
@@ -45,6 +49,10 @@ STREAM_OPS: dict[str, tuple[str, str]] = {
     "code_run": ("_code", "open_run"),
     "process_logs": ("_bgprocs", "open_logs"),
     "session_exec": ("_sessions", "open_session_exec"),
+    "read": ("_files", "open_read"),
+    "write": ("_files", "open_write"),
+    "list": ("_files", "open_list"),
+    "watch": ("_watch", "open_watch"),
 }
 
 

@@ -210,19 +210,17 @@ class HutchTools:
 
     async def read_file(self, sandbox_id: str, path: str) -> str:
         """Read a text file from a sandbox."""
-        data = await self.sandbox(sandbox_id).read_file(path, text=True)  # type: ignore[attr-defined]
+        data = await self.sandbox(sandbox_id).read_file(path, text=True)
         return _clip(str(data))
 
     async def write_file(self, sandbox_id: str, path: str, content: str) -> str:
         """Write a text file in a sandbox (parent directories are created)."""
-        await self.sandbox(sandbox_id).write_file(path, content)  # type: ignore[attr-defined]
+        await self.sandbox(sandbox_id).write_file(path, content)
         return _text({"written": path, "bytes": len(content.encode())})
 
     async def list_files(self, sandbox_id: str, path: str = ".", recursive: bool = False) -> str:
         """List a directory in a sandbox."""
-        entries = await self.sandbox(sandbox_id).list_files(  # type: ignore[attr-defined]
-            path, recursive=recursive
-        )
+        entries = await self.sandbox(sandbox_id).list_files(path, recursive=recursive)
         return _text([_entry(e) for e in entries])
 
     async def run_code(

@@ -22,6 +22,7 @@ from hutch.sdk._exceptions import (
     Conflict,
     ContextNotFound,
     FileNotFound,
+    GitError,
     HutchConnectionError,
     HutchError,
     ImageNotFound,
@@ -38,6 +39,7 @@ from hutch.sdk._exceptions import (
     ServerError,
     SessionNotFound,
 )
+from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageDetail, ImageInfo, SandboxInfo
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -65,7 +67,10 @@ __all__ = [
     "ExecResult",
     "Execution",
     "ExecutionError",
+    "FileInfo",
     "FileNotFound",
+    "GitCheckout",
+    "GitError",
     "HutchConnectionError",
     "HutchError",
     "ImageDetail",
@@ -93,4 +98,5 @@ __all__ = [
     "Session",
     "SessionNotFound",
     "Terminal",
+    "WatchEvent",
 ]

@@ -13,10 +13,13 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   │   └── ContextNotFound         404 context_not_found
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
-    │   │   │                               image_in_use, context_dead
+    │   │   │                               image_in_use, context_dead, read_only,
+    │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
+    │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
-    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
+    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path
+    │   │                                   (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
     │   └── SandboxUnavailable          503 sandbox_unavailable
@@ -152,6 +155,11 @@ class InvalidRequest(APIError, ValueError):
     """The request was malformed (HTTP 422); :attr:`APIError.fields` says where."""
 
 
+class GitError(APIError):
+    """``git_checkout`` failed; :attr:`APIError.code` says why: ``git_branch_not_found``,
+    ``git_repository_not_found``, ``git_auth_failed``, ``git_unreachable`` or ``git_failed``."""
+
+
 class ServerError(APIError):
     """The server failed (HTTP 5xx). This is a bug in Hutch; please report it."""
 
@@ -193,6 +201,23 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "image_not_found": (ImageNotFound, 404),
     "file_not_found": (FileNotFound, 404),
     "terminal_not_found": (NotFoundError, 404),
+    "not_a_directory": (Conflict, 409),
+    "is_a_directory": (Conflict, 409),
+    "file_exists": (Conflict, 409),
+    "directory_not_empty": (Conflict, 409),
+    "not_a_regular_file": (Conflict, 409),
+    "read_only": (Conflict, 409),
+    "busy": (Conflict, 409),
+    "permission_denied": (APIError, 403),
+    "no_space": (APIError, 507),
+    "invalid_path": (InvalidRequest, 422),
+    "invalid_git_url": (InvalidRequest, 422),
+    "git_branch_not_found": (GitError, 404),
+    "git_repository_not_found": (GitError, 404),
+    "git_auth_failed": (GitError, 403),
+    "git_unreachable": (GitError, 502),
+    "git_failed": (GitError, 422),
+    "git_not_installed": (GitError, 422),
     "sandbox_exists": (Conflict, 409),
     "sandbox_not_running": (Conflict, 409),
     "process_not_found": (ProcessNotFound, 404),

@@ -165,7 +165,7 @@ class AgentStream:
         """Frames received and not yet consumed (a consumer may batch them)."""
         return len(self._frames)
 
-    async def send_stdin(self, data: bytes) -> None:
+    async def send_stdin(self, data: bytes, *, chunk_size: int = STDIN_CHUNK) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 
         Waits while the socket's write buffer is full. A no-op once the RESULT is in.
@@ -174,8 +174,8 @@ class AgentStream:
             AgentDisconnected: the connection is gone.
         """
         view = memoryview(data)
-        for start in range(0, len(view), STDIN_CHUNK):
-            chunk = bytes(view[start : start + STDIN_CHUNK])
+        for start in range(0, len(view), chunk_size):
+            chunk = data if len(data) <= chunk_size else bytes(view[start : start + chunk_size])
             if not self._send(Kind.DATA, chunk, Channel.STDIN, self._stdin_offset):
                 return
             self._stdin_offset += len(chunk)

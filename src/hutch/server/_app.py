@@ -45,6 +45,7 @@ from hutch.server._models import (
     SandboxList,
 )
 from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_images import build_images_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._secrets import SecretBox
@@ -70,7 +71,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or streams_body(scope):
             await self.app(scope, receive, send)
             return
         if scope.get("path") in UNLIMITED_BODY_PATHS:
@@ -437,5 +438,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
     from hutch.server._routes_procs import build_procs_router  # NB: it imports this module
 
     app.include_router(build_procs_router())
+    app.include_router(build_files_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

@@ -14,6 +14,8 @@ ApiError (status, code, message)
 ├── SessionExists           409 session_exists
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
+├── FileError               404/409/403/422/507 file_not_found, is_a_directory, read_only, ...
+├── GitError                404/403/502/422 git_branch_not_found, git_auth_failed, ...
 ├── BodyTooLarge            413 body_too_large
 ├── InvalidRequest          422 invalid_request / invalid_sandbox_id / unknown_language /
 │                               language_unavailable
@@ -91,6 +93,22 @@ class SandboxExists(ApiError):
 class SandboxNotRunning(ApiError):
     status = 409
     code = "sandbox_not_running"
+
+
+class FileError(ApiError):
+    """A file op failed inside the sandbox; the status goes with the agent's code."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class GitError(ApiError):
+    """``git clone`` in the sandbox failed; the code says why."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
 
 
 class BodyTooLarge(ApiError):

@@ -128,7 +128,7 @@ class AsyncClient:
         *,
         json: Any = None,
         params: QueryParams | None = None,
-        content: bytes | None = None,
+        content: Any = None,
     ) -> Any:
         """Send one request and return its decoded JSON body (``None`` for an empty body).
 

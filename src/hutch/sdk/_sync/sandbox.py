@@ -9,16 +9,18 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
+from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync import processes as _processes
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
+from hutch.sdk._sync.files import Files, WriteData
 from hutch.sdk._sync.processes import Process
 from hutch.sdk._sync.sessions import Session, create_session
 from hutch.sdk._sync.terminal import Terminal, attach_terminal, open_terminal
@@ -44,6 +46,7 @@ class Sandbox:
         self.client = client
         self._info = info
         self._path = f"/v1/sandboxes/{path_segment(id)}"
+        self.files = Files(client, self._path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -634,6 +637,96 @@ class Sandbox:
     def set_env_vars(self, env: Mapping[str, str | None]) -> None:
         """Set environment variables (``None`` unsets) for every new command and process."""
         self.client.request("PUT", f"{self._path}/env", json={"env": dict(env)})
+
+    # -- files (see Files for the documentation) ------------------------------------------------
+
+    def write_file(
+        self, path: str, data: WriteData, *, mode: int | None = None, make_parents: bool = True
+    ) -> int:
+        """Write a file (streamed for file objects and iterators); see :meth:`Files.write`."""
+        return self.files.write(path, data, mode=mode, make_parents=make_parents)
+
+    @overload
+    def read_file(
+        self, path: str, *, text: Literal[False] = False, offset: int = 0, length: int | None = None
+    ) -> bytes: ...
+
+    @overload
+    def read_file(
+        self, path: str, *, text: Literal[True], offset: int = 0, length: int | None = None
+    ) -> str: ...
+
+    def read_file(
+        self, path: str, *, text: bool = False, offset: int = 0, length: int | None = None
+    ) -> bytes | str:
+        """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
+        if text:
+            return self.files.read(path, text=True, offset=offset, length=length)
+        return self.files.read(path, offset=offset, length=length)
+
+    def read_file_stream(
+        self, path: str, *, offset: int = 0, length: int | None = None
+    ) -> Iterator[bytes]:
+        """Yield a file's bytes as they arrive; see :meth:`Files.read_stream`."""
+        for chunk in self.files.read_stream(path, offset=offset, length=length):
+            yield chunk
+
+    def mkdir(self, path: str, *, recursive: bool = False, mode: int | None = None) -> str:
+        """Create a directory; see :meth:`Files.mkdir`."""
+        return self.files.mkdir(path, recursive=recursive, mode=mode)
+
+    def delete_file(self, path: str) -> None:
+        """Delete a file; see :meth:`Files.delete`."""
+        self.files.delete(path)
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Delete a file or directory; see :meth:`Files.remove`."""
+        self.files.remove(path, recursive=recursive)
+
+    def rename_file(self, source: str, destination: str, *, overwrite: bool = True) -> str:
+        """Rename a path; see :meth:`Files.rename`."""
+        return self.files.rename(source, destination, overwrite=overwrite)
+
+    def move_file(self, source: str, destination: str, *, overwrite: bool = True) -> str:
+        """Move a path (into a directory when ``destination`` ends with ``/``)."""
+        return self.files.move(source, destination, overwrite=overwrite)
+
+    def list_files(
+        self, path: str = ".", *, recursive: bool = False, include_hidden: bool = False
+    ) -> builtins.list[FileInfo]:
+        """A directory's entries; see :meth:`Files.list`."""
+        return self.files.list(path, recursive=recursive, include_hidden=include_hidden)
+
+    def exists(self, path: str) -> bool:
+        """Whether anything is at ``path``."""
+        return self.files.exists(path)
+
+    def stat(self, path: str) -> FileInfo:
+        """What is at ``path``; see :meth:`Files.stat`."""
+        return self.files.stat(path)
+
+    def watch(
+        self,
+        path: str = ".",
+        *,
+        recursive: bool = True,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> Iterator[WatchEvent]:
+        """Yield changes under a directory until you stop iterating; see :meth:`Files.watch`."""
+        for event in self.files.watch(path, recursive=recursive, include=include, exclude=exclude):
+            yield event
+
+    def git_checkout(
+        self,
+        url: str,
+        *,
+        branch: str | None = None,
+        target_dir: str | None = None,
+        depth: int | None = None,
+    ) -> GitCheckout:
+        """Clone a git repository into the sandbox; see :meth:`Files.git_checkout`."""
+        return self.files.git_checkout(url, branch=branch, target_dir=target_dir, depth=depth)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[ExecEvent]:
         decoder = ExecStreamDecoder()

@@ -1,0 +1,223 @@
+"""The ``watch`` stream: inotify events as EVENT frames until the opener cancels.
+
+inotify is reached through ctypes and libc (glibc or musl), so the agent needs nothing from
+the image: no inotify-tools, no shell.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import struct
+
+from ._files import _bool, _StreamOp, check_path, os_error, resolve
+from ._ops import OpError
+from ._requests import InvalidRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._server import Agent, Connection
+
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x1000000
+IN_DONT_FOLLOW = 0x2000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+MASK = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
+_EVENT = struct.Struct("iIII")
+MAX_WATCHES = 8192
+_libc: Any = None
+
+
+def _inotify() -> Any:
+    global _libc  # noqa: PLW0603 - loaded once, on the first watch
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+    return _libc
+
+
+def _glob_list(request: dict[str, Any], field: str) -> list[str]:
+    value = request.get(field) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(field, "must be a list of glob patterns")
+    return value
+
+
+class WatchOp(_StreamOp):
+    def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
+        super().__init__(agent, conn, stream)
+        self._root = resolve(agent, check_path(request))
+        self._recursive = _bool(request, "recursive", True)
+        self._include = _glob_list(request, "include")
+        self._exclude = _glob_list(request, "exclude")
+        self._fd = -1
+        self._wds: dict[int, str] = {}
+        self._moves: dict[int, tuple[str, bool]] = {}
+        self._buf = b""
+
+    def start(self) -> None:
+        try:
+            s = os.stat(self._root)
+        except OSError as e:
+            return self._finish(error=os_error(e, self._root))
+        if not st.S_ISDIR(s.st_mode):
+            return self._finish(
+                error=OpError("not_a_directory", f"{self._root} is not a directory; watch one")
+            )
+        libc = _inotify()
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            code = __import__("ctypes").get_errno()
+            return self._finish(error=OpError("io_error", f"inotify_init1 failed: errno {code}"))
+        self._fd = fd
+        self._add_tree(self._root)
+        self._send_event({"event": "watching", "path": self._root})
+        if not self._conn.output_paused:
+            self._agent.loop.add_reader(fd, self._on_readable)
+
+    def _add(self, path: str) -> None:
+        if len(self._wds) >= MAX_WATCHES:
+            return
+        wd = _libc.inotify_add_watch(
+            self._fd, os.fsencode(path), MASK | IN_ONLYDIR | IN_DONT_FOLLOW
+        )
+        if wd >= 0:
+            self._wds[wd] = path
+
+    def _add_tree(self, path: str) -> None:
+        self._add(path)
+        if not self._recursive:
+            return
+        for dirpath, dirnames, _ in os.walk(path):
+            for name in dirnames:
+                self._add(os.path.join(dirpath, name))
+
+    def _wanted(self, path: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        rel = os.path.relpath(path, self._root)
+        name = os.path.basename(path)
+
+        def match(patterns: list[str]) -> bool:
+            return any(fnmatchcase(rel, p) or fnmatchcase(name, p) for p in patterns)
+
+        if self._include and not match(self._include):
+            return False
+        return not match(self._exclude)
+
+    def _emit(self, kind: str, path: str, is_dir: bool, old: str | None = None) -> None:
+        if not self._wanted(path) and (old is None or not self._wanted(old)):
+            return
+        event: dict[str, Any] = {"event": kind, "path": path, "is_directory": is_dir}
+        if old is not None:
+            event["old_path"] = old
+        self._send_event(event)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 64 * 1024)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return
+            return self._finish(error=os_error(e, self._root))
+        pos = 0
+        while pos + _EVENT.size <= len(data):
+            wd, mask, cookie, length = _EVENT.unpack_from(data, pos)
+            raw = data[pos + _EVENT.size : pos + _EVENT.size + length].rstrip(b"\0")
+            pos += _EVENT.size + length
+            self._handle(wd, mask, cookie, os.fsdecode(raw))
+        self._flush_moves()
+
+    def _handle(self, wd: int, mask: int, cookie: int, name: str) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self._send_event({"event": "overflow", "path": self._root, "is_directory": True})
+            return
+        base = self._wds.get(wd)
+        if base is None:
+            return
+        if mask & IN_IGNORED:
+            del self._wds[wd]
+            if base == self._root:
+                return self._finish({"reason": "the watched directory was removed"})
+            return
+        if not name:  # an event on the watched directory itself
+            return
+        path = os.path.join(base, name)
+        is_dir = bool(mask & IN_ISDIR)
+        if mask & IN_CREATE:
+            if is_dir and self._recursive:
+                self._add_tree(path)
+            self._emit("create", path, is_dir)
+        if mask & (IN_MODIFY | IN_CLOSE_WRITE) and not is_dir:
+            if mask & IN_MODIFY:
+                self._emit("modify", path, is_dir)
+        if mask & IN_ATTRIB:
+            self._emit("attrib", path, is_dir)
+        if mask & IN_DELETE:
+            self._emit("delete", path, is_dir)
+        if mask & IN_MOVED_FROM:
+            self._moves[cookie] = (path, is_dir)
+        if mask & IN_MOVED_TO:
+            source = self._moves.pop(cookie, None)
+            if is_dir and self._recursive:
+                self._add_tree(path)
+            if source is not None:
+                self._emit("move", path, is_dir, old=source[0])
+            else:
+                self._emit("create", path, is_dir)
+
+    def _flush_moves(self) -> None:
+        # A move out of the watched tree has no MOVED_TO: to the watcher, it is a delete.
+        for path, is_dir in self._moves.values():
+            self._emit("delete", path, is_dir)
+        self._moves.clear()
+
+    def pause_output(self) -> None:
+        # Nobody is reading the events: leave them in the kernel's queue (which overflows into
+        # one "overflow" event) rather than in the agent's memory.
+        if self._fd >= 0:
+            self._agent.loop.remove_reader(self._fd)
+
+    def resume_output(self) -> None:
+        if self._fd >= 0 and not self.finished:
+            self._agent.loop.add_reader(self._fd, self._on_readable)
+
+    def cancel(self) -> None:
+        self._finish({"reason": "cancelled"})
+
+    def _cleanup(self) -> None:
+        if self._fd >= 0:
+            self._agent.loop.remove_fd(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_watch(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> WatchOp:
+    return WatchOp(agent, conn, stream, request)
