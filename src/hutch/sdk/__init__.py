@@ -14,6 +14,7 @@ from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
     AuthenticationError,
+    BucketMountFailed,
     CommandTimeout,
     ConfigurationError,
     Conflict,
@@ -28,7 +29,7 @@ from hutch.sdk._exceptions import (
     SandboxUnavailable,
     ServerError,
 )
-from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageInfo, SandboxInfo
+from hutch.sdk._models import ApiKey, BucketMount, ExecEvent, ExecResult, ImageInfo, SandboxInfo
 from hutch.sdk._sync import Client, Sandbox
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "AsyncClient",
     "AsyncSandbox",
     "AuthenticationError",
+    "BucketMount",
+    "BucketMountFailed",
     "Client",
     "CommandTimeout",
     "ConfigurationError",

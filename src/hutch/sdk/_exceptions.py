@@ -8,8 +8,10 @@ One tree, rooted at :class:`HutchError`::
     │   ├── NotFoundError               404 not_found
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
-    │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
-    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running
+    │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
+    │   │   └── (NotFoundError)         404 bucket_not_mounted
+    │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, mount_path_busy
+    │   ├── BucketMountFailed           400 bucket_mount_failed (bucket unreachable; nothing mounted)
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
@@ -103,6 +105,11 @@ class Conflict(APIError):
     """
 
 
+class BucketMountFailed(APIError):
+    """The server could not reach the bucket with the credentials, bucket name and endpoint
+    given (HTTP 400); nothing was mounted."""
+
+
 class PayloadTooLarge(APIError):
     """The request body is over the server's limit (HTTP 413)."""
 
@@ -149,6 +156,9 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "file_not_found": (FileNotFound, 404),
     "sandbox_exists": (Conflict, 409),
     "sandbox_not_running": (Conflict, 409),
+    "mount_path_busy": (Conflict, 409),
+    "bucket_not_mounted": (NotFoundError, 404),
+    "bucket_mount_failed": (BucketMountFailed, 400),
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),

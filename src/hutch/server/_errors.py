@@ -5,8 +5,11 @@ ApiError (status, code, message)
 ├── SandboxNotFound         404 sandbox_not_found
 ├── ImageNotFoundError      404 image_not_found
 ├── KeyNotFound             404 key_not_found
+├── BucketNotMountedError   404 bucket_not_mounted
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
+├── MountPathBusy           409 mount_path_busy
+├── BucketMountFailedError  400 bucket_mount_failed
 ├── BodyTooLarge            413 body_too_large
 ├── InvalidRequest          422 invalid_request / invalid_sandbox_id
 ├── SandboxStartFailed      500 sandbox_start_failed
@@ -90,3 +93,20 @@ class SandboxStartFailed(ApiError):
 class SandboxUnavailable(ApiError):
     status = 503
     code = "sandbox_unavailable"
+
+
+class BucketNotMountedError(ApiError):
+    status = 404
+    code = "bucket_not_mounted"
+
+
+class MountPathBusy(ApiError):
+    status = 409
+    code = "mount_path_busy"
+
+
+class BucketMountFailedError(ApiError):
+    """rclone could not reach the bucket with what the client sent: nothing was mounted."""
+
+    status = 400
+    code = "bucket_mount_failed"
