@@ -52,6 +52,8 @@ class S3Server:
                 f"{self.access_key_id},{self.secret_access_key}",
                 "--config",
                 "/dev/null",
+                "--dir-cache-time",
+                "0s",
                 str(self.root),
             ],
             stdout=subprocess.DEVNULL,
@@ -68,9 +70,19 @@ class S3Server:
         raise TimeoutError("rclone serve s3 did not start")
 
     def make_bucket(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir()
-        return path
+        self.rclone("mkdir", f"s3test:{name}")
+        return self.root / name
+
+    def put(self, key: str, text: str) -> None:
+        """Write object `bucket/key` through the S3 API."""
+        subprocess.run(
+            [RCLONE, "rcat", f"s3test:{key}"],
+            input=text.encode(),
+            env=self.rclone_env(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
 
     def rclone_env(self) -> dict[str, str]:
         """Environment for an `rclone` client of this server as remote `s3test:`."""

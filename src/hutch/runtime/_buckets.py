@@ -508,7 +508,7 @@ async def _stop_rclone(slot_dir: Path, record: BucketMount | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _alive(record.pid, record.pid_start) and time.monotonic() < deadline:
+        while _alive(record.pid, record.pid_start) and time.monotonic() < deadline:  # noqa: ASYNC110 - not our child after a restart: poll
             await asyncio.sleep(0.05)
         if _alive(record.pid, record.pid_start):
             with contextlib.suppress(ProcessLookupError):

@@ -11,7 +11,7 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   │   └── (NotFoundError)         404 bucket_not_mounted
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, mount_path_busy
-    │   ├── BucketMountFailed           400 bucket_mount_failed (bucket unreachable; nothing mounted)
+    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
