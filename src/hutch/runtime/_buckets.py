@@ -444,6 +444,9 @@ class BucketMounts:
                     if not (
                         _alive(record.pid, record.pid_start) and _is_fuse_mount(slot_dir / "mnt")
                     ):
+                        # Binds of a dead FUSE connection only answer ENOTCONN: replace them.
+                        for target in _mounts_of(rootfs, record):
+                            umount(target)
                         await _stop_rclone(slot_dir, record)
                         await self._start_rclone(slot_dir, record)
                         log.info("restarted rclone for %s in %s", record.mount_path, sandbox_id)
