@@ -77,6 +77,15 @@ def test_mount_read_write_both_ways_and_listed(
         out = s3.root / bucket / "out.txt"
         assert eventually(lambda: out.exists() and out.read_text() == "written-inside\n")
 
+        # A symlink in the bucket cannot point the sandbox (or rclone) at a host path.
+        sb.exec("ln -s /etc/shadow /mnt/data/link")
+        time.sleep(1.5)
+        assert not any(
+            "shadow" in p.read_text(errors="replace")
+            for p in (s3.root / bucket).rglob("*")
+            if p.is_file() and p.name.startswith("link")
+        )
+
         # Another client writes: the sandbox sees it (after the directory cache expires).
         s3.rclone("copyto", "/etc/hostname", f"s3test:{bucket}/other/from-client.txt")
         assert eventually(lambda: sb.exec("cat /mnt/second/other/from-client.txt").exit_code == 0)
@@ -232,3 +241,54 @@ def test_mounts_survive_a_server_crash_and_go_with_the_sandbox(
     own_server.start()
     with httpx.Client(base_url=own_server.url) as c:
         assert c.get("/healthz").status_code == 200
+
+
+def test_cli_mount_and_umount(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
+    import subprocess
+    import sys
+
+    hutch = str(Path(sys.executable).with_name("hutch"))
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": s3.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+    }
+    with Sandbox.create() as sb:
+        r = subprocess.run(
+            [hutch, "mount", sb.id, bucket, "/mnt/cli", "--endpoint", s3.endpoint, "--read-only"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        info = subprocess.run(
+            [hutch, "info", sb.id], env=env, capture_output=True, text=True, timeout=60
+        )
+        mounts = json.loads(info.stdout)["mounts"]
+        assert mounts == [
+            {
+                "mount_path": "/mnt/cli",
+                "bucket": bucket,
+                "endpoint": s3.endpoint,
+                "prefix": None,
+                "read_only": True,
+            }
+        ]
+        r = subprocess.run(
+            [hutch, "umount", sb.id, "/mnt/cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert sb.info().mounts == []
+        r = subprocess.run(
+            [hutch, "umount", sb.id, "/mnt/cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and "bucket_not_mounted" in r.stderr

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._output import (
     format_labels,
     format_size,
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sandbox_options(p)
     _add_exec_options(p)
+
+    add_bucket_commands(command)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
