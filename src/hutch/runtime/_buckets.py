@@ -20,8 +20,9 @@ Host layout, per mount:
         mnt/                    where rclone mounts (the staging mount point)
         cache/  rclone.log      rclone's VFS write cache and its log
 
-Writes: a file is uploaded `WRITE_BACK` after it was last closed (rclone's VFS write cache);
-objects written by other clients show up within `DIR_CACHE_TIME`.
+Writes: rclone's VFS write cache starts uploading a file `WRITE_BACK` (0 s) after it was last
+closed (fsync does not upload: rclone only syncs its local cache copy); objects written by other
+clients show up within `DIR_CACHE_TIME`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from hutch.runtime._mounts import MS_BIND, mount, mount_table, umount
 
 log = logging.getLogger("hutch.runtime.buckets")
 
-WRITE_BACK = 1.0  # seconds after the last close before rclone uploads a written file
+WRITE_BACK = 0.0  # seconds after the last close before rclone uploads a written file
 DIR_CACHE_TIME = 2.0  # seconds a directory listing is trusted before the bucket is asked again
 MOUNT_TIMEOUT = 20.0
 CHECK_TIMEOUT = 30.0

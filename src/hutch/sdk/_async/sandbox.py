@@ -258,8 +258,8 @@ class AsyncSandbox:
         """Mount an S3-compatible bucket at ``mount_path`` inside the running sandbox.
 
         The mount is made on the host: the credentials never enter the sandbox. A file written
-        there is uploaded about a second after it is closed; objects other clients write show
-        up within a few seconds.
+        there is uploaded as soon as it is closed; objects other clients write show up within
+        about two seconds.
 
         Args:
             bucket: The bucket's name.
