@@ -281,6 +281,7 @@ class BucketMounts:
     def __init__(self, home: Path) -> None:
         self._root = home / "buckets"
         self._locks: dict[str, asyncio.Lock] = {}
+        self._reapers: set[asyncio.Task[int]] = set()
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -387,8 +388,11 @@ class BucketMounts:
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while time.monotonic() < deadline:
             if _is_fuse_mount(staging):
-                # The server does not wait on rclone: reap it in the background.
-                asyncio.get_running_loop().create_task(proc.wait())
+                # The server does not wait on rclone: reap it in the background (holding a
+                # strong reference: asyncio keeps only weak ones to tasks).
+                task = asyncio.get_running_loop().create_task(proc.wait())
+                self._reapers.add(task)
+                task.add_done_callback(self._reapers.discard)
                 return record
             if proc.returncode is not None:
                 break
