@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
 from hutch.cli._output import (
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_process_commands(command, _client)
     add_file_commands(command)
+    add_bucket_commands(command)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hutch.runtime._mounts import MS_NODEV, MS_NOSUID, mount, umount
+from hutch.runtime._mounts import MS_NODEV, MS_NOSUID, MS_SHARED, mount, umount
 
 # overlayfs splits its options on these; a path holding one would be misread.
 _RESERVED = (",", ":", "\\")
@@ -27,6 +27,9 @@ def mount_overlay(*, lower: Path, upper: Path, work: Path, target: Path) -> None
     """
     data = overlay_options(lower=lower, upper=upper, work=work)
     mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, data)
+    # A shared peer: the sandbox's mount namespace gets a slave copy of it (runc makes "/"
+    # rslave), so a mount made here later (a bucket mount) appears inside the running sandbox.
+    mount("", target, "", MS_SHARED, "")
 
 
 def unmount_overlay(target: Path) -> bool:

@@ -37,6 +37,7 @@ from typing import Literal
 
 import hutch
 from hutch.runtime._agent_bundle import AGENT_ENV, AgentBundle, agent_args, ensure_agent_bundle
+from hutch.runtime._buckets import BucketMounts
 from hutch.runtime._cgroups import (
     cgroups_path,
     host_accounts_swap,
@@ -154,6 +155,7 @@ class Runtime:
         self._nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], _MAX_NOFILE)
         self._bundle: AgentBundle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self.buckets = BucketMounts(config.home)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -184,6 +186,11 @@ class Runtime:
     def supports(self, runtime: str) -> bool:
         """Whether sandboxes can use `runtime` ("runc" or "gvisor") on this host."""
         return runtime == "runc"
+
+    def rootfs(self, sandbox_id: str) -> Path:
+        """The host path where the sandbox's root filesystem is mounted while it runs."""
+        _check_id(sandbox_id)
+        return self._paths(sandbox_id).rootfs
 
     def agent_socket(self, sandbox_id: str) -> Path:
         """The host path of the sandbox agent's listening unix socket."""
@@ -364,6 +371,10 @@ class Runtime:
         errors: list[str] = []
         # Every step runs even if one before failed; all failures are reported together.
         try:
+            await self.buckets.remove_all(sandbox_id, paths.rootfs)
+        except OSError as e:
+            errors.append(f"bucket mounts: {e}")
+        try:
             await self._stop_container(sandbox_id)
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"container: {e}")
@@ -407,6 +418,7 @@ class Runtime:
             found.update(p.name for p in self._sandboxes.iterdir())
         found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
         found.update(self._storage.names())
+        found.update(self.buckets.sandbox_ids())
         kept = set(keep)
         stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
         errors = []

@@ -17,6 +17,7 @@ from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import (
     APIError,
     AuthenticationError,
+    BucketMountFailed,
     CommandTimeout,
     ConfigurationError,
     Conflict,
@@ -40,7 +41,15 @@ from hutch.sdk._exceptions import (
     SessionNotFound,
 )
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import ApiKey, ExecEvent, ExecResult, ImageDetail, ImageInfo, SandboxInfo
+from hutch.sdk._models import (
+    ApiKey,
+    BucketMount,
+    ExecEvent,
+    ExecResult,
+    ImageDetail,
+    ImageInfo,
+    SandboxInfo,
+)
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
 from hutch.sdk._sync.processes import Process
@@ -55,6 +64,8 @@ __all__ = [
     "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
+    "BucketMount",
+    "BucketMountFailed",
     "Client",
     "CodeContext",
     "CodeEvent",

@@ -11,11 +11,13 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── ProcessNotFound         404 process_not_found
     │   │   ├── SessionNotFound         404 session_not_found
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
-    │   │   └── ContextNotFound         404 context_not_found
+    │   │   ├── ContextNotFound         404 context_not_found
+    │   │   └── (NotFoundError)         404 bucket_not_mounted
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
-    │   │   │                               image_in_use, context_dead, read_only,
+    │   │   │                               image_in_use, context_dead, read_only, mount_path_busy,
     │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
+    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path
@@ -147,6 +149,11 @@ class ProcessExited(HutchError):
         self.process = process
 
 
+class BucketMountFailed(APIError):
+    """The server could not reach the bucket with the credentials, bucket name and endpoint
+    given (HTTP 400); nothing was mounted."""
+
+
 class PayloadTooLarge(APIError):
     """The request body is over the server's limit (HTTP 413)."""
 
@@ -226,6 +233,9 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "session_not_found": (SessionNotFound, 404),
     "session_exists": (Conflict, 409),
     "invalid_signal": (InvalidRequest, 422),
+    "mount_path_busy": (Conflict, 409),
+    "bucket_not_mounted": (NotFoundError, 404),
+    "bucket_mount_failed": (BucketMountFailed, 400),
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),

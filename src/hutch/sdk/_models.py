@@ -62,6 +62,7 @@ class SandboxInfo:
     labels: dict[str, str]
     env_keys: list[str]
     secret_names: list[str] = field(default_factory=list)
+    mounts: list[BucketMount] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -82,7 +83,38 @@ class SandboxInfo:
             labels=_str_dict(data.get("labels")),
             env_keys=[str(k) for k in data.get("env_keys") or ()],
             secret_names=[str(k) for k in data.get("secret_names") or ()],
+            mounts=[BucketMount.from_json(m) for m in data.get("mounts") or ()],
             raw=dict(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketMount:
+    """An S3 bucket mounted in a sandbox (credentials are never returned).
+
+    Attributes:
+        mount_path: Where it is mounted inside the sandbox.
+        bucket: The bucket's name.
+        endpoint: The S3 endpoint URL.
+        prefix: The key prefix the mount is limited to (``None``: the whole bucket).
+        read_only: Whether writes are refused.
+    """
+
+    mount_path: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    read_only: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BucketMount:
+        prefix = data.get("prefix")
+        return cls(
+            mount_path=str(data["mount_path"]),
+            bucket=str(data["bucket"]),
+            endpoint=str(data.get("endpoint", "")),
+            prefix=None if prefix is None else str(prefix),
+            read_only=bool(data.get("read_only")),
         )
 
 

@@ -45,6 +45,7 @@ from hutch.server._models import (
     SandboxList,
 )
 from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_images import build_images_router
 from hutch.server._sandboxes import SandboxManager, to_info
@@ -258,7 +259,9 @@ def build_router() -> APIRouter:
 
     @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_sandbox(svc: Svc, sandbox_id: str) -> SandboxInfo:
-        return to_info(svc.sandboxes.get(sandbox_id))
+        info = to_info(svc.sandboxes.get(sandbox_id))
+        info.mounts = [mount_info(m) for m in svc.runtime.buckets.list(sandbox_id)]
+        return info
 
     @router.delete("/sandboxes/{sandbox_id}", status_code=204)
     async def destroy_sandbox(svc: Svc, sandbox_id: str) -> Response:
@@ -439,5 +442,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
 
     app.include_router(build_procs_router())
     app.include_router(build_files_router(require_key))
+    app.include_router(build_buckets_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

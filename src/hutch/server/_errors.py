@@ -16,6 +16,11 @@ ApiError (status, code, message)
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── FileError               404/409/403/422/507 file_not_found, is_a_directory, read_only, ...
 ├── GitError                404/403/502/422 git_branch_not_found, git_auth_failed, ...
+├── BucketNotMountedError   404 bucket_not_mounted
+├── SandboxExists           409 sandbox_exists
+├── SandboxNotRunning       409 sandbox_not_running
+├── MountPathBusy           409 mount_path_busy
+├── BucketMountFailedError  400 bucket_mount_failed
 ├── BodyTooLarge            413 body_too_large
 ├── InvalidRequest          422 invalid_request / invalid_sandbox_id / unknown_language /
 │                               language_unavailable
@@ -169,3 +174,20 @@ class SessionNotFound(ApiError):
 class SessionExists(ApiError):
     status = 409
     code = "session_exists"
+
+
+class BucketNotMountedError(ApiError):
+    status = 404
+    code = "bucket_not_mounted"
+
+
+class MountPathBusy(ApiError):
+    status = 409
+    code = "mount_path_busy"
+
+
+class BucketMountFailedError(ApiError):
+    """rclone could not reach the bucket with what the client sent: nothing was mounted."""
+
+    status = 400
+    code = "bucket_mount_failed"

@@ -77,6 +77,7 @@ class SandboxInfo(BaseModel):
     env_keys: list[str]
     timeout: float | None = None
     secret_names: list[str] = Field(default_factory=list)
+    mounts: list[BucketMountInfo] = []
 
 
 class SandboxList(BaseModel):
@@ -152,3 +153,35 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class BucketCredentials(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    access_key_id: str = Field(min_length=1, max_length=4096, alias="accessKeyId")
+    secret_access_key: str = Field(min_length=1, max_length=4096, alias="secretAccessKey")
+    session_token: str | None = Field(default=None, max_length=4096, alias="sessionToken")
+
+
+class BucketMountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(min_length=1, max_length=63)
+    mount_path: str = Field(min_length=1, max_length=4096, pattern=r"^/")
+    endpoint: str = Field(min_length=1, max_length=2048)
+    credentials: BucketCredentials
+    read_only: bool = False
+    prefix: str | None = Field(default=None, max_length=1024)
+    region: str | None = Field(default=None, max_length=64)
+
+
+class BucketMountInfo(BaseModel):
+    mount_path: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    read_only: bool
+
+
+class BucketMountList(BaseModel):
+    mounts: list[BucketMountInfo]

@@ -149,6 +149,11 @@ class SandboxManager:
         removed = await self._runtime.sweep(keep)
         for sandbox_id in removed:
             log.info("swept leftovers of sandbox %s", sandbox_id)
+        for record in self._store.list_sandboxes():
+            if record.status == "running":
+                # Bucket mounts outlive a server crash (rclone runs in its own session):
+                # re-adopt them, or mount again what a host or sandbox restart lost.
+                await self._runtime.buckets.restore(record.id, self._runtime.rootfs(record.id))
 
     async def _expire_loop(self) -> None:
         while True:

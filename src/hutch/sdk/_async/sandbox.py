@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, overload
 
+from hutch.sdk._async import buckets as _buckets
 from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
@@ -21,7 +22,7 @@ from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
+from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 
 
@@ -259,6 +260,63 @@ class AsyncSandbox:
             SandboxNotFound: The sandbox does not exist (or was destroyed already).
         """
         await self.client.request("DELETE", self._path)
+
+    async def mount_bucket(
+        self,
+        bucket: str,
+        mount_path: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        read_only: bool = False,
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+    ) -> BucketMount:
+        """Mount an S3-compatible bucket at ``mount_path`` inside the running sandbox.
+
+        The mount is made on the host: the credentials never enter the sandbox. A file written
+        there is uploaded as soon as it is closed; objects other clients write show up within
+        about two seconds.
+
+        Args:
+            bucket: The bucket's name.
+            mount_path: An absolute directory path in the sandbox (created if missing).
+            endpoint: The S3 endpoint URL, e.g. ``"https://s3.us-east-1.amazonaws.com"``.
+            credentials: ``{"access_key_id": ..., "secret_access_key": ...}`` (and optionally
+                ``"session_token"``; camelCase keys are accepted too).
+            read_only: Refuse writes inside the sandbox.
+            prefix: Mount only the keys under this prefix (e.g. ``"datasets/2024"``).
+            region: The bucket's region, for servers that need it.
+
+        Raises:
+            BucketMountFailed: The bucket could not be reached (wrong credentials, unknown
+                bucket, unreachable endpoint); nothing was mounted.
+            Conflict: Something is already mounted there (``mount_path_busy``), or the sandbox
+                is not running.
+            InvalidRequest: ``mount_path`` is not absolute, or another value is malformed.
+        """
+        body = _buckets.mount_body(
+            bucket,
+            mount_path,
+            endpoint=endpoint,
+            credentials=credentials,
+            read_only=read_only,
+            prefix=prefix,
+            region=region,
+        )
+        return await _buckets.mount_bucket(self.client, self._path, body)
+
+    async def unmount_bucket(self, mount_path: str) -> None:
+        """Unmount the bucket at ``mount_path``, after uploading what was written to it.
+
+        Raises:
+            NotFoundError: No bucket is mounted there (``bucket_not_mounted``).
+        """
+        await _buckets.unmount_bucket(self.client, self._path, mount_path)
+
+    async def list_bucket_mounts(self) -> builtins.list[BucketMount]:
+        """The buckets mounted in this sandbox."""
+        return await _buckets.list_mounts(self.client, self._path)
 
     async def __aenter__(self) -> AsyncSandbox:
         return self

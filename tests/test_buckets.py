@@ -1,0 +1,294 @@
+"""S3 bucket mounts against a real S3 server (`rclone serve s3` on loopback): the FUSE daemon
+runs on the host, the files show up in the running sandbox, the credentials never do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hutch import BucketMountFailed, Conflict, InvalidRequest, NotFoundError, Sandbox
+from hutch.runtime import Runtime, RuntimeConfig
+from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
+from tests.support.s3 import S3Server
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+_n = 0
+
+
+@pytest.fixture()
+def bucket(s3: S3Server) -> str:
+    global _n
+    _n += 1
+    name = f"bkt{_n}-{time.time_ns() % 100000}"
+    s3.make_bucket(name)
+    return name
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def fuse_mounts() -> list[str]:
+    return [
+        ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if "hutch-bucket:" in ln
+    ]
+
+
+def test_mount_read_write_both_ways_and_listed(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    s3.put(f"{bucket}/hello.txt", "from the bucket")
+    with Sandbox.create() as sb:
+        m = sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        assert m.mount_path == "/mnt/data" and not m.read_only
+        sb.mount_bucket(bucket, "/mnt/second", endpoint=s3.endpoint, credentials=s3.credentials)
+        assert [x.mount_path for x in sb.info().mounts] == ["/mnt/data", "/mnt/second"]
+
+        assert sb.exec("cat /mnt/data/hello.txt").stdout == "from the bucket"
+        # Files belong to sandbox root, and sandbox root may write.
+        assert sb.exec("stat -c %u:%g /mnt/data/hello.txt").stdout.strip() == "0:0"
+        r = sb.exec("echo written-inside > /mnt/data/out.txt")  # uploaded once closed
+        assert r.exit_code == 0, r.stderr
+        out = s3.root / bucket / "out.txt"
+        assert eventually(lambda: out.exists() and out.read_text() == "written-inside\n", 10)
+
+        # A symlink in the bucket cannot point the sandbox (or rclone) at a host path.
+        sb.exec("ln -s /etc/shadow /mnt/data/link")
+        time.sleep(1.5)
+        assert not any(
+            "shadow" in p.read_text(errors="replace")
+            for p in (s3.root / bucket).rglob("*")
+            if p.is_file() and p.name.startswith("link")
+        )
+
+        # Another client writes: the sandbox sees it (after the directory cache expires).
+        s3.rclone("copyto", "/etc/hostname", f"s3test:{bucket}/other/from-client.txt")
+        assert eventually(lambda: sb.exec("cat /mnt/second/other/from-client.txt").exit_code == 0)
+
+        sb.unmount_bucket("/mnt/second")
+        assert [x.mount_path for x in sb.info().mounts] == ["/mnt/data"]
+        assert "/mnt/second" not in sb.exec("cat /proc/self/mountinfo").stdout
+        with pytest.raises(NotFoundError):
+            sb.unmount_bucket("/mnt/second")
+    # Destroy took the mounts and their rclone processes with it.
+    assert not [ln for ln in fuse_mounts() if bucket in ln]
+
+
+def test_read_only_and_prefix(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
+    s3.put(f"{bucket}/a/b/inside.txt", "in prefix")
+    s3.put(f"{bucket}/outside.txt", "outside")
+    with Sandbox.create() as sb:
+        sb.mount_bucket(
+            bucket,
+            "/data",
+            endpoint=s3.endpoint,
+            credentials=s3.credentials,
+            read_only=True,
+            prefix="a/b",
+        )
+        assert sb.exec("ls /data").stdout.split() == ["inside.txt"]
+        assert sb.exec("cat /data/../outside.txt").exit_code != 0
+        r = sb.exec("echo x > /data/new.txt")
+        assert r.exit_code != 0 and "Read-only" in r.stderr
+        # Sandbox root cannot make it writable again.
+        assert sb.exec("mount -o remount,rw /data").exit_code != 0
+        assert sb.exec("echo x > /data/new2.txt").exit_code != 0
+        time.sleep(2)
+        assert not (s3.root / bucket / "a" / "b" / "new.txt").exists()
+        assert not (s3.root / bucket / "a" / "b" / "new2.txt").exists()
+        # A prefix mount writes under the prefix.
+        sb.mount_bucket(bucket, "/rw", endpoint=s3.endpoint, credentials=s3.credentials, prefix="p")
+        assert sb.exec("echo y > /rw/y.txt").exit_code == 0
+        assert eventually(lambda: (s3.root / bucket / "p" / "y.txt").exists())
+
+
+def test_credentials_never_visible_inside(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    secret, key_id = s3.secret_access_key, s3.access_key_id
+    with Sandbox.create(image="busybox") as sb:
+        sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        sb.exec("echo hi > /mnt/data/f && sync")
+        for needle in (secret, key_id):
+            # The needle is put together in a file: no command line may hold it whole.
+            half = len(needle) // 2
+            pat = "/dev/shm/pat"
+            script = (
+                f"printf %s%s '{needle[:half]}' '{needle[half:]}' > {pat}; "
+                f"env | grep -c -f {pat}; "
+                f"cat /proc/*/cmdline /proc/*/environ 2>/dev/null | grep -c -f {pat}; "
+                f"grep -c -f {pat} /proc/self/mountinfo /proc/self/mounts; "
+                "for d in /* /.hutch /dev/shm; do case $d in /proc|/sys|/dev) ;; "
+                f"*) grep -rl -f {pat} $d 2>/dev/null | grep -v '^{pat}$';; esac; done; true"
+            )
+            r = sb.exec(script, timeout=120)
+            counts = r.stdout.split()
+            assert counts[:2] == ["0", "0"], r.stdout
+            assert all(c.endswith(":0") for c in counts[2:4]), r.stdout
+            assert counts[4:] == [], f"{needle!r} found in files: {counts[4:]}"
+
+
+def test_bad_input(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
+    with Sandbox.create() as sb:
+        cases = [
+            dict(
+                bucket=bucket,
+                endpoint=s3.endpoint,
+                credentials={"access_key_id": s3.access_key_id, "secret_access_key": "wrong"},
+            ),
+            dict(bucket="no-such-bucket", endpoint=s3.endpoint, credentials=s3.credentials),
+            dict(bucket=bucket, endpoint="http://127.0.0.1:9", credentials=s3.credentials),
+        ]
+        for case in cases:
+            with pytest.raises(BucketMountFailed) as exc:
+                sb.mount_bucket(mount_path="/mnt/bad", **case)  # type: ignore[arg-type]
+            assert exc.value.code == "bucket_mount_failed"
+            assert "wrong" not in str(exc.value) and s3.secret_access_key not in str(exc.value)
+        assert sb.info().mounts == []
+        assert "/mnt/bad" not in sb.exec("cat /proc/self/mountinfo").stdout
+        assert not [ln for ln in fuse_mounts() if sb.id in ln or bucket in ln]
+
+        with pytest.raises(InvalidRequest) as e422:
+            sb.mount_bucket(bucket, "mnt/rel", endpoint=s3.endpoint, credentials=s3.credentials)
+        assert e422.value.status == 422
+        for bad in ("/proc/x", "/", "/.hutch"):
+            with pytest.raises(InvalidRequest):
+                sb.mount_bucket(bucket, bad, endpoint=s3.endpoint, credentials=s3.credentials)
+
+        sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        for busy in ("/mnt/data", "/mnt/data/sub", "/mnt"):
+            with pytest.raises(Conflict) as e409:
+                sb.mount_bucket(bucket, busy, endpoint=s3.endpoint, credentials=s3.credentials)
+            assert e409.value.status == 409 and e409.value.code == "mount_path_busy"
+
+
+def test_symlink_cannot_redirect_the_mount_to_the_host(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    host_dir = Path(tempfile.mkdtemp(prefix="hutch-victim-", dir="/var/tmp"))
+    with Sandbox.create() as sb:
+        assert sb.exec(f"ln -s {host_dir} /evil && mkdir -p /a && ln -s / /a/root").exit_code == 0
+        for target in ("/evil/x", "/evil", "/a/root/etc/x"):
+            with pytest.raises(InvalidRequest):
+                sb.mount_bucket(bucket, target, endpoint=s3.endpoint, credentials=s3.credentials)
+        assert list(host_dir.iterdir()) == []
+        assert not [ln for ln in fuse_mounts() if bucket in ln]
+    host_dir.rmdir()
+
+
+@pytest.fixture()
+def own_server(busybox_image: str) -> Iterator[ServerProcess]:
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-s3crash-", dir="/var/tmp")))
+    srv.start()
+    yield srv
+    srv.stop()
+    _cleanup_home(srv)
+
+
+def test_mounts_survive_a_server_crash_and_go_with_the_sandbox(
+    own_server: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    s3.put(f"{bucket}/kept.txt", "still here")
+    sb = Sandbox.create(base_url=own_server.url, api_key=own_server.api_key)
+    sb.mount_bucket(bucket, "/mnt/a", endpoint=s3.endpoint, credentials=s3.credentials)
+    sb.mount_bucket(bucket, "/mnt/b", endpoint=s3.endpoint, credentials=s3.credentials)
+    own_server.kill9()
+    # While the server is down, one rclone dies too: the restart mounts it again.
+    slot = sorted((own_server.home / "buckets" / sb.id).iterdir())[1]
+    os.kill(json.loads((slot / "mount.json").read_text())["pid"], signal.SIGKILL)
+    own_server.start()
+    sb = Sandbox.connect(sb.id, base_url=own_server.url, api_key=own_server.api_key)
+    assert [m.mount_path for m in sb.info().mounts] == ["/mnt/a", "/mnt/b"]
+    for path in ("/mnt/a", "/mnt/b"):
+        assert eventually(lambda p=path: sb.exec(f"cat {p}/kept.txt").stdout == "still here")
+
+    # A crash, and the sandbox is gone from the state: the start-up sweep unmounts it all.
+    own_server.kill9()
+
+    async def sweep() -> None:
+        runtime = Runtime(RuntimeConfig(home=own_server.home, storage_size_gb=32))
+        await runtime.setup()
+        await runtime.sweep(keep=())
+
+    asyncio.run(sweep())
+    assert not [ln for ln in fuse_mounts() if bucket in ln]
+    assert not (own_server.home / "buckets" / sb.id).exists()
+    own_server.start()
+    with httpx.Client(base_url=own_server.url) as c:
+        assert c.get("/healthz").status_code == 200
+
+
+def test_cli_mount_and_umount(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
+    import subprocess
+    import sys
+
+    hutch = str(Path(sys.executable).with_name("hutch"))
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": s3.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+    }
+    with Sandbox.create() as sb:
+        r = subprocess.run(
+            [hutch, "mount", sb.id, bucket, "/mnt/cli", "--endpoint", s3.endpoint, "--read-only"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        info = subprocess.run(
+            [hutch, "info", sb.id], env=env, capture_output=True, text=True, timeout=60
+        )
+        mounts = json.loads(info.stdout)["mounts"]
+        assert mounts == [
+            {
+                "mount_path": "/mnt/cli",
+                "bucket": bucket,
+                "endpoint": s3.endpoint,
+                "prefix": None,
+                "read_only": True,
+            }
+        ]
+        r = subprocess.run(
+            [hutch, "umount", sb.id, "/mnt/cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert sb.info().mounts == []
+        r = subprocess.run(
+            [hutch, "umount", sb.id, "/mnt/cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and "bucket_not_mounted" in r.stderr
