@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -52,6 +53,8 @@ from hutch.runtime._errors import (
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
+from hutch.runtime._netns import DEFAULT_SUBNET, Networks
+from hutch.runtime._nft import NetworkPolicy
 from hutch.runtime._oci import (
     Resources,
     SandboxLayout,
@@ -100,6 +103,7 @@ class SandboxSpec:
     limits: Limits
     runtime: Literal["runc", "gvisor"] = "runc"
     hostname: str = "sandbox"
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class RuntimeConfig:
     runc: str = "runc"
     agent_package: Path | None = None
     debug_agent: bool = field(default_factory=_debug_agent_default)
+    network_subnet: str = DEFAULT_SUBNET
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,7 @@ class Runtime:
         self._nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], _MAX_NOFILE)
         self._bundle: AgentBundle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._networks = Networks(config.home, config.network_subnet, ID_RANGE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,6 +175,7 @@ class Runtime:
         _check_traversable(self._home.resolve().parent)
         _mkdir(self._sandboxes, 0o711)
         await self._storage.ensure()
+        await self._networks.setup()
         package = self.config.agent_package or Path(hutch.__file__).parent
         self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
 
@@ -296,6 +303,8 @@ class Runtime:
             # The container holds its own copies now.
             listener.close()
             os.close(stderr_fd)
+        with _timed(timings, "network"):
+            await self._networks.attach(spec.id, await self._init_pid(spec.id), spec.network)
         log.debug(
             "started sandbox %s: %s",
             spec.id,
@@ -366,6 +375,10 @@ class Runtime:
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"container: {e}")
         try:
+            await self._networks.remove(sandbox_id)
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"network: {e}")
+        try:
             for mountpoint in mounts_under(paths.bundle):
                 umount(mountpoint)
         except OSError as e:
@@ -405,6 +418,7 @@ class Runtime:
             found.update(p.name for p in self._sandboxes.iterdir())
         found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
         found.update(self._storage.names())
+        found.update(self._networks.ids())
         kept = set(keep)
         stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
         errors = []
@@ -416,6 +430,28 @@ class Runtime:
         if errors:
             log.warning("sweep could not remove everything: %s", "; ".join(errors))
         return stale
+
+    # -- network ---------------------------------------------------------------------------
+
+    async def _init_pid(self, sandbox_id: str) -> int:
+        try:
+            state = json.loads((self._home / "runc" / sandbox_id / "state.json").read_bytes())
+            return int(state["init_process_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            container = await self._runc.state(sandbox_id)
+            if container is None or not container.pid:
+                raise SandboxStartError(f"sandbox {sandbox_id!r} has no running init") from None
+            return container.pid
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a running sandbox's egress policy; effective for its next packet."""
+        _check_id(sandbox_id)
+        await self._networks.set_policy(sandbox_id, policy)
+
+    def sandbox_address(self, sandbox_id: str) -> str | None:
+        """The sandbox's IPv4 address on its veth (None if it has no network)."""
+        net = self._networks.get(sandbox_id)
+        return net.sandbox_ip if net is not None else None
 
     # -- inspect ---------------------------------------------------------------------------
 
