@@ -51,6 +51,14 @@ async def _run(*argv: str, stdin: str | None = None) -> None:
         raise NetworkError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
 
 
+def _link_exists(ifname: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{ifname}")  # sysfs: never blocks
+
+
+def _enable_forwarding() -> None:
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # procfs: never blocks
+
+
 class Networks:
     """Sandbox networks of one `HUTCH_HOME`."""
 
@@ -105,7 +113,7 @@ class Networks:
         if self._ready:
             return
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        _enable_forwarding()
         await _run("nft", "-f", "-", stdin=_nft.base_ruleset(self._tag, str(self._subnet)))
         self._ready = True
 
@@ -136,7 +144,7 @@ class Networks:
         """
         await self.setup()
         net = self._allocate(sandbox_id)
-        if Path(f"/sys/class/net/{net.ifname}").exists():
+        if _link_exists(net.ifname):
             await _run("ip", "link", "delete", net.ifname)
         host_batch = (
             f"link add {net.ifname} type veth peer name eth0 netns {pid}\n"
@@ -176,7 +184,7 @@ class Networks:
             for part in _nft.remove_sandbox_parts(self._tag, net.index, net.ifname):
                 with contextlib.suppress(NetworkError):
                     await self._nft(part)
-            if Path(f"/sys/class/net/{net.ifname}").exists():
+            if _link_exists(net.ifname):
                 with contextlib.suppress(NetworkError):
                     await _run("ip", "link", "delete", net.ifname)
         (self._state / sandbox_id).unlink(missing_ok=True)

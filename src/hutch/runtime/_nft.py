@@ -47,9 +47,7 @@ class NetworkPolicy:
     deny: tuple[str, ...] = ()
 
     @classmethod
-    def of(
-        cls, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
-    ) -> NetworkPolicy:
+    def of(cls, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> NetworkPolicy:
         """Build and validate; raises ValueError with the rule on a bad value."""
         if network not in ("none", "internet"):
             raise ValueError(f"network must be 'none' or 'internet', not {network!r}")

@@ -44,6 +44,8 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
+from hutch.server._proxy import PreviewRoutes
+from hutch.server._routes_ports import build_ports_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._store import SqliteStore, Store
 
@@ -118,8 +120,13 @@ class Services:
         self.store: Store = SqliteStore(config.db_path)
         self.images = ImageStore(config.image_root)
         self.runtime = Runtime(
-            RuntimeConfig(home=config.home, storage_size_gb=config.storage_size_gb)
+            RuntimeConfig(
+                home=config.home,
+                storage_size_gb=config.storage_size_gb,
+                network_subnet=config.network_subnet,
+            )
         )
+        self.previews = PreviewRoutes(config.preview_domain)
         self.keys = KeyChecker(self.store, config.api_key)
         # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
         self.background: set[asyncio.Task[None]] = set()
@@ -370,7 +377,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None = None) -> FastAPI:
+def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
+    """Route preview hosts to the exposed ports of the store (and forget destroyed sandboxes)."""
+    if previews is not None:
+        svc.previews = previews
+    svc.previews.address_of = svc.runtime.sandbox_address
+    for port in svc.store.list_ports():
+        svc.previews.add(port.sandbox_id, port.port, port.token)
+    svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    on_new_key: Callable[[str], None] | None = None,
+    previews: PreviewRoutes | None = None,
+) -> FastAPI:
     """Build the ASGI app. Sandboxes are recovered when the app starts (its lifespan)."""
 
     @asynccontextmanager
@@ -383,9 +405,11 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         await svc.runtime.setup()
         await svc.sandboxes.start()
         app.state.services = svc
+        attach_previews(svc, previews)
         try:
             yield
         finally:
+            await svc.previews.close()
             await svc.sandboxes.stop()
             svc.store.close()
 
@@ -402,5 +426,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         return {"ok": True}
 
     app.include_router(build_router())
+    app.include_router(build_ports_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

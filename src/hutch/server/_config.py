@@ -37,6 +37,9 @@ class ServerConfig:
     build_default_image: bool = True
     agent_connect_timeout: float = 10.0
     extra: dict[str, str] = field(default_factory=dict)
+    preview_domain: str = "localhost"
+    network_subnet: str = "10.201.0.0/16"
+    reserved_ports: frozenset[int] = frozenset()
 
     @property
     def image_root(self) -> Path:
@@ -65,5 +68,9 @@ class ServerConfig:
             values["storage_size_gb"] = int(env["HUTCH_STORAGE_SIZE_GB"])
         if "HUTCH_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["HUTCH_MAX_BODY_BYTES"])
+        if "HUTCH_PREVIEW_DOMAIN" in env:
+            values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
+        if "HUTCH_NETWORK_SUBNET" in env:
+            values["network_subnet"] = env["HUTCH_NETWORK_SUBNET"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

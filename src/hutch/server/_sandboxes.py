@@ -11,11 +11,19 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
+from hutch.runtime import (
+    Image,
+    ImageNotFound,
+    ImageStore,
+    Limits,
+    NetworkPolicy,
+    Runtime,
+    SandboxSpec,
+)
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._errors import (
@@ -41,6 +49,10 @@ def check_sandbox_id(sandbox_id: str) -> str:
             f"invalid sandbox id {sandbox_id!r}: use {SANDBOX_ID_RULE}", code="invalid_sandbox_id"
         )
     return sandbox_id
+
+
+def network_policy(record: SandboxRecord) -> NetworkPolicy:
+    return NetworkPolicy.of(record.network, record.network_allow, record.network_deny)
 
 
 def new_sandbox_id() -> str:
@@ -83,6 +95,7 @@ class SandboxManager:
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._expiry_task: asyncio.Task[None] | None = None
+        self.on_destroy: list[Callable[[str], None]] = []
 
     # -- start/stop ---------------------------------------------------------------------
 
@@ -156,6 +169,7 @@ class SandboxManager:
             env=dict(record.env),
             limits=limits,
             runtime=record.runtime,  # type: ignore[arg-type]
+            network=network_policy(record),
         )
 
     def _image(self, name: str) -> Image:
@@ -198,6 +212,8 @@ class SandboxManager:
             disk_mb=request.disk_mb,
             pids_limit=request.pids_limit,
             network=request.network,
+            network_allow=list(request.network_allow),
+            network_deny=list(request.network_deny),
             runtime=request.runtime,
             timeout=request.timeout,
             sleep_after=request.sleep_after,
@@ -246,6 +262,8 @@ class SandboxManager:
             await self._forget_agent(sandbox_id)
             await self._runtime.destroy(sandbox_id)
             self._store.delete_sandbox(sandbox_id)
+            for hook in self.on_destroy:
+                hook(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
 
     # -- agent connections ----------------------------------------------------------------

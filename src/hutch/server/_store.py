@@ -29,6 +29,8 @@ class SandboxRecord:
     disk_mb: int = 4096
     pids_limit: int = 512
     network: str = "none"
+    network_allow: list[str] = field(default_factory=list)
+    network_deny: list[str] = field(default_factory=list)
     runtime: str = "runc"
     timeout: float | None = None
     sleep_after: str | None = None
@@ -42,6 +44,8 @@ class SandboxRecord:
         "disk_mb",
         "pids_limit",
         "network",
+        "network_allow",
+        "network_deny",
         "runtime",
         "timeout",
         "sleep_after",
@@ -77,6 +81,15 @@ class ApiKeyRecord:
     created_at: str
 
 
+@dataclass(frozen=True)
+class PortRecord:
+    sandbox_id: str
+    port: int
+    name: str | None
+    token: str
+    created_at: str
+
+
 class Store(Protocol):
     def close(self) -> None: ...
     def insert_sandbox(self, record: SandboxRecord) -> bool: ...
@@ -88,6 +101,10 @@ class Store(Protocol):
     def list_keys(self) -> list[ApiKeyRecord]: ...
     def find_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
     def delete_key(self, key_id: str) -> bool: ...
+    def update_sandbox_spec(self, record: SandboxRecord) -> None: ...
+    def insert_port(self, record: PortRecord) -> PortRecord: ...
+    def delete_port(self, sandbox_id: str, port: int) -> bool: ...
+    def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]: ...
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -108,6 +125,17 @@ MIGRATIONS: tuple[str, ...] = (
         prefix TEXT NOT NULL,
         key_hash TEXT NOT NULL UNIQUE,
         created_at TEXT NOT NULL
+    );
+    """,
+    # 2: exposed ports and their preview-URL tokens
+    """
+    CREATE TABLE exposed_ports (
+        sandbox_id TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        name TEXT,
+        token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (sandbox_id, port)
     );
     """,
 )
@@ -195,6 +223,43 @@ class SqliteStore:
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+            db.execute("DELETE FROM exposed_ports WHERE sandbox_id = ?", (sandbox_id,))
+
+    def update_sandbox_spec(self, record: SandboxRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sandboxes SET spec = ? WHERE id = ?", (record.spec_json(), record.id)
+            )
+
+    def insert_port(self, record: PortRecord) -> PortRecord:
+        """Insert, or return the port's existing record (exposing twice keeps the URL)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO exposed_ports (sandbox_id, port, name, token, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.sandbox_id, record.port, record.name, record.token, record.created_at),
+            )
+            row = db.execute(
+                "SELECT * FROM exposed_ports WHERE sandbox_id = ? AND port = ?",
+                (record.sandbox_id, record.port),
+            ).fetchone()
+        return PortRecord(**dict(row))
+
+    def delete_port(self, sandbox_id: str, port: int) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM exposed_ports WHERE sandbox_id = ? AND port = ?", (sandbox_id, port)
+            )
+        return cur.rowcount > 0
+
+    def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]:
+        if sandbox_id is None:
+            rows = self._db.execute("SELECT * FROM exposed_ports ORDER BY sandbox_id, port")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM exposed_ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,)
+            )
+        return [PortRecord(**dict(r)) for r in rows.fetchall()]
 
     def insert_key(self, record: ApiKeyRecord) -> None:
         with self._tx() as db:
