@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from hutch.sdk._async import ports
 from hutch.sdk._async.client import AsyncClient
+from hutch.sdk._async.ports import ExposedPort
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
@@ -242,6 +244,27 @@ class AsyncSandbox:
             SandboxNotFound: The sandbox does not exist (or was destroyed already).
         """
         await self.client.request("DELETE", self._path)
+
+    async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
+        """Make `port` reachable at a preview URL (the same URL if already exposed)."""
+        return await ports.expose_port(self.client, self._path, port, name)
+
+    async def get_preview_url(self, port: int) -> str:
+        """The preview URL of `port`, exposing it if needed."""
+        return (await self.expose_port(port)).url
+
+    async def unexpose_port(self, port: int) -> None:
+        """Close `port`'s preview URL at once."""
+        await ports.unexpose_port(self.client, self._path, port)
+
+    async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
+        return await ports.get_exposed_ports(self.client, self._path)
+
+    async def set_network(
+        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Replace the egress policy ("none" | "internet", allow/deny CIDRs); effective at once."""
+        return await ports.set_network(self.client, self._path, network, allow, deny)
 
     async def __aenter__(self) -> AsyncSandbox:
         return self

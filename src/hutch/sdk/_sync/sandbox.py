@@ -15,7 +15,9 @@ from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._models import ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
+from hutch.sdk._sync import ports
 from hutch.sdk._sync.client import Client
+from hutch.sdk._sync.ports import ExposedPort
 
 
 class Sandbox:
@@ -243,6 +245,27 @@ class Sandbox:
             SandboxNotFound: The sandbox does not exist (or was destroyed already).
         """
         self.client.request("DELETE", self._path)
+
+    def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
+        """Make `port` reachable at a preview URL (the same URL if already exposed)."""
+        return ports.expose_port(self.client, self._path, port, name)
+
+    def get_preview_url(self, port: int) -> str:
+        """The preview URL of `port`, exposing it if needed."""
+        return (self.expose_port(port)).url
+
+    def unexpose_port(self, port: int) -> None:
+        """Close `port`'s preview URL at once."""
+        ports.unexpose_port(self.client, self._path, port)
+
+    def get_exposed_ports(self) -> builtins.list[ExposedPort]:
+        return ports.get_exposed_ports(self.client, self._path)
+
+    def set_network(
+        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Replace the egress policy ("none" | "internet", allow/deny CIDRs); effective at once."""
+        return ports.set_network(self.client, self._path, network, allow, deny)
 
     def __enter__(self) -> Sandbox:
         return self
