@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from hutch.runtime import NetworkPolicy
 from hutch.server._auth import now_iso
@@ -16,6 +18,17 @@ from hutch.server._models import (
 )
 from hutch.server._proxy import new_token, preview_url
 from hutch.server._store import PortRecord
+
+
+if TYPE_CHECKING:
+    from hutch.server._app import Services
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+Svc = Annotated["Services", Depends(_services)]
 
 
 def _port_rule(port: int, reserved: frozenset[int]) -> None:
@@ -34,7 +47,7 @@ def _port_rule(port: int, reserved: frozenset[int]) -> None:
 
 
 def build_ports_router() -> APIRouter:
-    from hutch.server._app import ERROR_RESPONSES, Svc, require_key
+    from hutch.server._app import ERROR_RESPONSES, require_key
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
