@@ -19,7 +19,6 @@ from hutch.server._models import (
 from hutch.server._proxy import new_token, preview_url
 from hutch.server._store import PortRecord
 
-
 if TYPE_CHECKING:
     from hutch.server._app import Services
 
