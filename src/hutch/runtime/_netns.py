@@ -1,6 +1,7 @@
 """Per-sandbox networks: a veth pair from the host into the sandbox's netns, an address, rules.
 
-Each sandbox `<id>` of a home gets index `n` (kept in `HUTCH_HOME/net/<id>`), the /31 pair
+Each sandbox `<id>` of a home gets index `n` (kept in `HUTCH_HOME/net/<id>`, and claimed
+host-wide in `/run/hutch/net-<subnet>/<n>` so homes sharing a subnet never collide), the /31 pair
 `subnet[2n]` (host side, veth `hz<hash>`) and `subnet[2n+1]` (sandbox side, `eth0`, default
 route via the host side). The veth goes away with the sandbox's netns; the rules and the index
 are removed by `remove` (destroy) or found by `ids` (sweep after a crash).
@@ -24,6 +25,7 @@ from hutch.runtime._nft import NetworkPolicy
 log = logging.getLogger("hutch.runtime")
 
 DEFAULT_SUBNET = "10.201.0.0/16"
+CLAIMS_DIR = Path("/run/hutch")
 
 
 class NetworkError(SandboxRuntimeError):
@@ -70,6 +72,9 @@ class Networks:
         self._tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:6]
         self._id_range = id_range
         self._ready = False
+        # Claims live in /run (a tmpfs, like the veths they name): gone after a reboot.
+        subnet_tag = hashlib.sha256(str(self._subnet).encode()).hexdigest()[:8]
+        self._claims = CLAIMS_DIR / f"net-{subnet_tag}"
 
     @property
     def subnet(self) -> str:
@@ -117,17 +122,38 @@ class Networks:
         await _run("nft", "-f", "-", stdin=_nft.base_ruleset(self._tag, str(self._subnet)))
         self._ready = True
 
+    def _claim(self, index: int, owner: str) -> bool:
+        """Take address pair `index` host-wide (every home sharing the subnet sees the claim)."""
+        path = self._claims / str(index)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            try:
+                return path.read_text() == owner
+            except OSError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return True
+
+    def _release(self, index: int, owner: str) -> None:
+        path = self._claims / str(index)
+        with contextlib.suppress(OSError):
+            if path.read_text() == owner:
+                path.unlink()
+
+    def _owner(self, sandbox_id: str) -> str:
+        return f"{self._tag}/{sandbox_id}"
+
     def _allocate(self, sandbox_id: str) -> SandboxNet:
+        self._claims.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self._owner(sandbox_id)
         existing = self.get(sandbox_id)
-        if existing is not None:
+        if existing is not None and self._claim(existing.index, owner):
             return existing
-        used = set()
-        for path in self._state.iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                used.add(int(path.read_text()))
         limit = self._subnet.num_addresses // 2
         # Index 0 would give the network address to the host side.
-        index = next((i for i in range(1, limit) if i not in used), None)
+        index = next((i for i in range(1, limit) if self._claim(i, owner)), None)
         if index is None:
             raise NetworkError(f"the sandbox subnet {self._subnet} has no free address left")
         tmp = self._state / f".{sandbox_id}"
@@ -187,6 +213,7 @@ class Networks:
             if _link_exists(net.ifname):
                 with contextlib.suppress(NetworkError):
                     await _run("ip", "link", "delete", net.ifname)
+            self._release(net.index, self._owner(sandbox_id))
         (self._state / sandbox_id).unlink(missing_ok=True)
 
     async def _nft(self, script: str) -> None:
