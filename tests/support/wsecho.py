@@ -32,7 +32,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(3):
-                data = ("data: tick %d\n\n" % i).encode()
+                data = f"data: tick {i}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
                 time.sleep(0.3)
