@@ -180,3 +180,147 @@ def test_isolation_from_inside_a_sandbox(server: ServerProcess, web: Sandbox) ->
         assert r.stdout.strip() == "127.0.0.1"
     finally:
         other.destroy()
+
+
+ECHO_SERVER = (
+    "import socketserver\n"
+    "class H(socketserver.StreamRequestHandler):\n"
+    "    def handle(self):\n"
+    "        for line in self.rfile:\n"
+    "            self.wfile.write(line)\n"
+    "socketserver.ThreadingTCPServer.allow_reuse_address = True\n"
+    "socketserver.ThreadingTCPServer(('198.51.100.2', 80), H).serve_forever()\n"
+)
+
+
+@pytest.fixture(scope="module")
+def outside() -> Iterator[str]:
+    """A stand-in for the internet: a netns of our own with an echo server at 198.51.100.2:80
+    (TEST-NET-2), routed from the host; traffic never leaves this machine."""
+    import secrets
+    import subprocess
+    import sys
+
+    tag = secrets.token_hex(3)
+    ns, host_if = f"hutchtest-{tag}", f"hto{tag}"
+    for cmd in (
+        f"ip netns add {ns}",
+        f"ip link add {host_if} type veth peer name eth0 netns {ns}",
+        f"ip addr add 198.51.100.1/24 dev {host_if}",
+        f"ip link set {host_if} up",
+        f"ip -n {ns} addr add 198.51.100.2/24 dev eth0",
+        f"ip -n {ns} link set eth0 up",
+        f"ip -n {ns} link set lo up",
+    ):
+        subprocess.run(cmd.split(), check=True)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO_SERVER])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("198.51.100.2", 80), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield "198.51.100.2"
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+HOLD = (
+    "import socket, os, time\n"
+    "s = socket.create_connection(('198.51.100.2', 80), timeout=3)\n"
+    "s.sendall(b'a\\n'); print('first', s.recv(10), flush=True)\n"
+    "while not os.path.exists('/tmp/go'): time.sleep(0.05)\n"
+    "s.settimeout(2); s.sendall(b'b\\n')\n"
+    "try: print('second', s.recv(10), flush=True)\n"
+    "except OSError: print('second blocked', flush=True)\n"
+)
+
+
+def test_egress_policy_changes_take_effect_at_once(server: ServerProcess, outside: str) -> None:
+    with Sandbox.create(base_url=server.url, api_key=server.api_key) as sb:
+        sb.exec("cat > /tmp/probe.py", stdin=PROBE)
+
+        def reachable() -> bool:
+            out = sb.exec(f"python3 /tmp/probe.py {outside}:80").stdout
+            return "OPEN" in out
+
+        assert not reachable()  # the default: network="none"
+        sb.set_network("internet")
+        assert reachable()
+        sb.set_network("internet", deny=["198.51.100.0/24"])
+        assert not reachable()
+        sb.set_network("none", allow=["198.51.100.2/32"])
+        assert reachable()
+        sb.set_network("none", allow=["198.51.100.0/24"], deny=["198.51.100.2"])
+        assert not reachable()  # deny wins
+
+        # An open connection is cut as soon as the policy says so.
+        sb.set_network("internet")
+        sb.exec("cat > /tmp/hold.py", stdin=HOLD)
+        sb.exec("nohup python3 /tmp/hold.py > /tmp/hold.out 2>&1 &")
+        deadline = time.monotonic() + 10
+        while "first" not in sb.exec("cat /tmp/hold.out").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        sb.set_network("none")
+        sb.exec("touch /tmp/go")
+        while "second" not in (out := sb.exec("cat /tmp/hold.out").stdout):
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.2)
+        assert "second blocked" in out, out
+        assert sb.info().network == "none"
+
+
+def _leftovers(address: str) -> list[str]:
+    import ipaddress
+    import subprocess
+
+    host_ip = str(ipaddress.IPv4Address(address) - 1)
+    found = []
+    if (
+        f" {host_ip}/31"
+        in subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    ):
+        found.append("veth")
+    index = (int(ipaddress.IPv4Address(host_ip)) & 0xFFFF) // 2
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    if f"chain sb_{index} " in rules:
+        found.append("nft chain")
+    return found
+
+
+def test_destroy_and_crash_sweep_remove_interfaces_and_rules(busybox_image: str) -> None:
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import _cleanup_home
+
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-net-", dir="/var/tmp")))
+    srv.start()
+    try:
+        opts = {"base_url": srv.url, "api_key": srv.api_key}
+        sb = Sandbox.create(**opts)
+        address = sb.set_network("none")["address"]
+        assert _leftovers(address) == ["veth", "nft chain"]
+        sb.destroy()
+        assert _leftovers(address) == []
+
+        # A crash that lost the record: the restarted server sweeps the sandbox's network.
+        sb = Sandbox.create(**opts)
+        address = sb.set_network("none")["address"]
+        srv.kill9()
+        with sqlite3.connect(srv.home / "hutch.db") as db:
+            db.execute("DELETE FROM sandboxes WHERE id = ?", (sb.id,))
+        srv.start()
+        assert _leftovers(address) == []
+        assert not (srv.home / "net" / sb.id).exists()
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
