@@ -15,14 +15,13 @@ keep-alive, chunked, server-sent events, large up/downloads, and upgrades (WebSo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,29 +30,13 @@ log = logging.getLogger("hutch.proxy")
 MAX_LINE = 16 * 1024
 MAX_HEADERS = 100
 MAX_HEAD = 64 * 1024
-COPY_CHUNK = 1 << 20
-HEAD_TIMEOUT = 60.0
 TOKEN_BYTES = 16  # 128 bits
 
-_TOKEN_CHAR = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST_RE = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$"
 )
 _IPV6_HOST_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 _LABEL_RE = re.compile(r"^([0-9]{1,5})-([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)-([0-9a-f]{32})$")
-_HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-}
 
 NOT_FOUND_BODY = (
     b"no such preview: the sandbox, the port or the token is wrong, or the port is not exposed\n"
@@ -128,7 +111,8 @@ class PreviewRoutes:
         self._tokens: dict[tuple[str, int], str] = {}
         self._addresses: dict[str, str] = {}
         self.address_of: Callable[[str], str | None] = lambda _: None
-        self.connections: set[asyncio.Task[None]] = set()
+        self.connections: set[PreviewConnection] = set()
+        self.pending: set[asyncio.Task[None]] = set()  # upstream connects in progress
 
     def add(self, sandbox_id: str, port: int, token: str) -> None:
         self._tokens[(sandbox_id, port)] = token
@@ -158,89 +142,192 @@ class PreviewRoutes:
         return address
 
     async def close(self) -> None:
-        for task in list(self.connections):
+        for task in list(self.pending):
             task.cancel()
-        for task in list(self.connections):
-            with contextlib.suppress(BaseException):
-                await task
+        for connection in list(self.connections):
+            connection.close()
 
 
 # -- HTTP/1.1 heads (pure) -------------------------------------------------------------------
 
+_NAME_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE_RE = re.compile(rb"^([0-9a-fA-F]{1,16})(?:[ \t]*;[^\r\n]*)?$")
+_REQUEST_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-for",
+}
+_RESPONSE_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"upgrade"}
 
-@dataclass(slots=True)
-class Head:
-    start: tuple[bytes, bytes, bytes]  # method, target, version / version, status, reason
-    headers: list[tuple[bytes, bytes]]
 
-    def get_all(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self.headers if k.lower() == name]
+def _lines(head: bytes) -> list[bytes]:
+    lines = head.split(b"\r\n")
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        raise BadRequest("bare LF or CR in the head: refused (request smuggling)")
+    return lines
 
 
-def parse_head_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
-    headers: list[tuple[bytes, bytes]] = []
+def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    """(name, lowercased name, value) per header line; refuses obs-fold and 'Name : value'."""
+    out = []
     for line in lines:
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN_CHAR.match(name):
-            # Also refuses obs-fold (a line starting with whitespace) and "Name : value".
+        if not sep or not _NAME_RE.match(name):
             raise BadRequest(f"malformed header line {line[:80]!r}")
         value = value.strip(b" \t")
-        if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+        if _BAD_VALUE_RE.search(value):
             raise BadRequest("control character in a header value")
-        headers.append((name, value))
-    return headers
+        out.append((name, name.lower(), value))
+    return out
 
 
-def parse_request_start(line: bytes) -> tuple[bytes, bytes, bytes]:
-    parts = line.split(b" ")
-    if len(parts) != 3 or not _TOKEN_CHAR.match(parts[0]) or not parts[1]:
-        raise BadRequest(f"malformed request line {line[:80]!r}")
-    if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadRequest(f"unsupported HTTP version {parts[2][:20]!r}", 505)
-    if any(c <= 0x20 or c == 0x7F for c in parts[1]):
-        raise BadRequest("control character or space in the request target")
-    return parts[0], parts[1], parts[2]
+@dataclass(slots=True)
+class Request:
+    """A parsed, checked request head and its forwarded form."""
+
+    method: bytes
+    host: bytes
+    target: PreviewTarget
+    length: int  # Content-Length (0 if none); -1: chunked
+    keep_alive: bool
+    upgrade: bool
+    forwarded: bytes  # the head to send upstream, without its final CRLF
 
 
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """How a message's body is delimited."""
+def parse_request(head: bytes, domain: str, client_ip: bytes) -> Request:
+    """Parse one request head (without its blank line) strictly, for the preview `domain`.
 
-    length: int | None  # Content-Length
-    chunked: bool
-
-
-def request_framing(head: Head) -> Framing:
-    te = head.get_all(b"transfer-encoding")
-    cl = head.get_all(b"content-length")
-    if te and cl:
+    Raises:
+        BadRequest: anything ambiguous or malformed (status 400, 431, 501 or 505).
+    """
+    lines = _lines(head)
+    if len(lines) > MAX_HEADERS:
+        raise BadRequest("too many header lines", 431)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _NAME_RE.match(parts[0]) or not parts[1]:
+        raise BadRequest(f"malformed request line {lines[0][:80]!r}")
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadRequest(f"unsupported HTTP version {version[:20]!r}", 505)
+    if _BAD_VALUE_RE.search(target) or b"\t" in target:
+        raise BadRequest("control character in the request target")
+    host: bytes | None = None
+    length = 0
+    te: bytes | None = None
+    cl: bytes | None = None
+    tokens: set[bytes] = set()
+    upgrade: bytes | None = None
+    xff = b""
+    kept: list[bytes] = []
+    for name, lower, value in _headers(lines[1:]):
+        if lower == b"host":
+            if host is not None:
+                raise BadRequest("exactly one Host header is required")
+            host = value
+        elif lower == b"content-length":
+            if not value.isdigit() or len(value) > 18 or (cl is not None and cl != value):
+                raise BadRequest("malformed or conflicting Content-Length")
+            cl = value
+        elif lower == b"transfer-encoding":
+            if te is not None or value.lower() != b"chunked":
+                raise BadRequest("Transfer-Encoding other than one 'chunked' is refused", 501)
+            te = value
+        elif lower == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif lower == b"upgrade":
+            upgrade = value
+        elif lower == b"x-forwarded-for":
+            xff = value + b", "
+        if lower not in _REQUEST_HOP:
+            kept.append(name + b": " + value)
+    if host is None:
+        raise BadRequest("exactly one Host header is required")
+    if te is not None and cl is not None:
         raise BadRequest("both Content-Length and Transfer-Encoding: refused (request smuggling)")
-    if te:
-        if len(te) != 1 or te[0].lower() != b"chunked":
-            raise BadRequest("Transfer-Encoding other than a single 'chunked' is refused", 501)
-        return Framing(None, True)
-    if cl:
-        if len(set(cl)) != 1 or not cl[0].isdigit() or len(cl[0]) > 18:
-            raise BadRequest("malformed or conflicting Content-Length")
-        return Framing(int(cl[0]), False)
-    return Framing(0, False)
+    if te is not None:
+        length = -1
+    elif cl is not None:
+        length = int(cl)
+    try:
+        name_text, _ = split_host(host.decode("ascii"))
+    except UnicodeDecodeError:
+        raise BadRequest("malformed Host header") from None
+    preview = preview_target(name_text, domain)
+    if preview is None:
+        raise BadRequest("this connection serves preview hosts only; open a new one")
+    path = origin_form(target, host)
+    wants_upgrade = upgrade is not None and b"upgrade" in tokens
+    keep_alive = version == b"HTTP/1.1" and b"close" not in tokens
+    out = [method + b" " + path + b" HTTP/1.1", *kept]
+    out.append(b"X-Forwarded-For: " + xff + client_ip)
+    out.append(b"X-Forwarded-Proto: http")
+    out.append(b"X-Forwarded-Host: " + host)
+    if wants_upgrade:
+        assert upgrade is not None
+        out.append(b"Connection: Upgrade")
+        out.append(b"Upgrade: " + upgrade)
+    return Request(
+        method=method,
+        host=host,
+        target=preview,
+        length=length,
+        keep_alive=keep_alive,
+        upgrade=wants_upgrade,
+        forwarded=b"\r\n".join(out) + b"\r\n",
+    )
 
 
-def response_framing(head: Head, method: bytes) -> Framing:
-    status = int(head.start[1])
-    if method == b"HEAD" or 100 <= status < 200 or status in (204, 304):
-        return Framing(0, False)
-    te = head.get_all(b"transfer-encoding")
-    if te:
-        if te[-1].lower().split(b",")[-1].strip() == b"chunked":
-            return Framing(None, True)
-        return Framing(None, False)  # until close
-    cl = head.get_all(b"content-length")
-    if cl and cl[0].isdigit() and len(set(cl)) == 1:
-        return Framing(int(cl[0]), False)
-    if cl:
-        raise BadRequest("the sandbox sent a malformed Content-Length", 502)
-    return Framing(None, False)  # until close
+@dataclass(slots=True)
+class Response:
+    status: int
+    length: int  # -1: chunked; -2: until the connection closes
+    close: bool
+    forwarded: bytes  # the head to send to the client, without its final CRLF
+
+
+def parse_response(head: bytes, method: bytes, keep_alive: bool) -> Response:
+    """Parse a response head from a sandbox (untrusted too) into what the client gets."""
+    try:
+        lines = _lines(head)
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+            raise BadRequest("malformed status line")
+        status = int(parts[1])
+        headers = _headers(lines[1:])
+    except (BadRequest, ValueError) as exc:
+        raise BadRequest(f"the sandbox sent a malformed response: {exc}", 502) from None
+    if status == 101:
+        return Response(101, 0, False, head + b"\r\n")
+    te = [v for _, n, v in headers if n == b"transfer-encoding"]
+    cl = {v for _, n, v in headers if n == b"content-length"}
+    tokens = {t.strip().lower() for _, n, v in headers if n == b"connection" for t in v.split(b",")}
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        length = 0
+    elif te:
+        length = -1 if te[-1].lower().rsplit(b",", 1)[-1].strip() == b"chunked" else -2
+    elif cl:
+        value = cl.pop()
+        if cl or not value.isdigit() or len(value) > 18:
+            raise BadRequest("the sandbox sent a malformed Content-Length", 502)
+        length = int(value)
+    else:
+        length = -2
+    close = not keep_alive or length == -2 or b"close" in tokens
+    out = [lines[0]]
+    out += [name + b": " + value for name, lower, value in headers if lower not in _RESPONSE_HOP]
+    if te and length == -2:
+        out = [line for line in out if not line.lower().startswith(b"transfer-encoding:")]
+    if close:
+        out.append(b"Connection: close")
+    return Response(status, length, close, b"\r\n".join(out) + b"\r\n")
 
 
 def origin_form(target: bytes, host: bytes) -> bytes:
@@ -256,289 +343,447 @@ def origin_form(target: bytes, host: bytes) -> bytes:
     return rest if rest.startswith(b"/") else b"/" + rest
 
 
-def connection_tokens(head: Head) -> set[bytes]:
-    return {
-        t.strip().lower() for v in head.get_all(b"connection") for t in v.split(b",") if t.strip()
-    }
+class ChunkedFraming:
+    """Finds where a chunked body ends in a byte stream, without copying it."""
 
+    def __init__(self) -> None:
+        self._remaining = 0
+        self._state = "size"  # size | data | crlf | trailer | done
 
-# -- I/O -------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
 
+    def feed(self, buf: bytearray | bytes, pos: int = 0) -> int:
+        """Consume from `pos`; returns the index after the last byte of this body seen so far.
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[bytes, list[bytes]] | None:
-    """Start line and header lines; None on a clean EOF before any byte."""
-    lines: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as e:
-            if not e.partial and not lines:
-                return None
-            raise BadRequest("connection closed mid-head") from None
-        except asyncio.LimitOverrunError:
-            raise BadRequest("header line too long", 431) from None
-        size += len(line)
-        if not line.endswith(b"\r\n"):
-            raise BadRequest("bare LF line ending: refused (request smuggling)")
-        if size > MAX_HEAD or len(lines) > MAX_HEADERS:
-            raise BadRequest("request head too large", 431)
-        line = line[:-2]
-        if not line:
-            if not lines:
-                continue  # RFC 9112: ignore empty lines before the request line
-            return lines[0], lines[1:]
-        lines.append(line)
-
-
-async def copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-    while n > 0:
-        data = await reader.read(min(n, COPY_CHUNK))
-        if not data:
-            raise ConnectionError("peer closed mid-body")
-        n -= len(data)
-        writer.write(data)
-        await writer.drain()
-
-
-async def copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Forward a chunked body as it is, chunk by chunk, up to its end and trailers."""
-    while True:
-        line = await reader.readuntil(b"\n")
-        if not line.endswith(b"\r\n"):
-            raise BadRequest("bare LF in chunked framing")
-        size_text = line[:-2].split(b";", 1)[0].strip()
-        if not size_text or len(size_text) > 16 or not re.fullmatch(rb"[0-9a-fA-F]+", size_text):
-            raise BadRequest("malformed chunk size")
-        size = int(size_text, 16)
-        writer.write(line)
-        if size == 0:
-            while True:
-                trailer = await reader.readuntil(b"\n")
-                if not trailer.endswith(b"\r\n"):
-                    raise BadRequest("bare LF in chunked trailers")
-                writer.write(trailer)
-                if trailer == b"\r\n":
-                    await writer.drain()
-                    return
-        await copy_exact(reader, writer, size)
-        crlf = await reader.readexactly(2)
-        if crlf != b"\r\n":
-            raise BadRequest("chunk not followed by CRLF")
-        writer.write(crlf)
-
-
-async def copy_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(COPY_CHUNK):
-        writer.write(data)
-        await writer.drain()
-
-
-async def copy_body(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framing: Framing
-) -> None:
-    if framing.chunked:
-        await copy_chunked(reader, writer)
-    elif framing.length is not None:
-        await copy_exact(reader, writer, framing.length)
-    else:
-        await copy_until_eof(reader, writer)
+        Raises:
+            BadRequest: malformed framing.
+        """
+        end = len(buf)
+        while pos < end and self._state != "done":
+            if self._state == "data":
+                take = min(self._remaining, end - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = "crlf"
+            elif self._state == "crlf":
+                if end - pos < 2:
+                    return pos
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise BadRequest("chunk not followed by CRLF")
+                pos += 2
+                self._state = "size"
+            else:
+                nl = buf.find(b"\r\n", pos)
+                if nl < 0:
+                    if end - pos > 4096 or b"\n" in buf[pos:end]:
+                        raise BadRequest("malformed chunk framing")
+                    return pos
+                line = bytes(buf[pos:nl])
+                if b"\n" in line or b"\r" in line:
+                    raise BadRequest("bare LF in chunk framing")
+                pos = nl + 2
+                if self._state == "trailer":
+                    if not line:
+                        self._state = "done"
+                    continue
+                m = _CHUNK_SIZE_RE.match(line)
+                if m is None:
+                    raise BadRequest("malformed chunk size")
+                self._remaining = int(m.group(1), 16)
+                self._state = "data" if self._remaining else "trailer"
+        return pos
 
 
 def _simple_response(status: int, body: bytes, *, close: bool = True) -> bytes:
-    reason = {400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}.get(
-        status, "Error"
-    )
+    reason = {
+        400: "Bad Request",
+        404: "Not Found",
+        431: "Request Header Fields Too Large",
+        501: "Not Implemented",
+        502: "Bad Gateway",
+        505: "HTTP Version Not Supported",
+    }.get(status, "Error")
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\n{'connection: close' if close else ''}\r\n\r\n"
     ).encode() + body
 
 
-class _Upstream:
-    def __init__(
-        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.key = key
-        self.reader = reader
-        self.writer = writer
+# -- I/O: two protocols per preview connection -----------------------------------------------
+
+
+class PreviewConnection(asyncio.Protocol):
+    """The client side of one preview connection, taken over from uvicorn's protocol.
+
+    One request at a time: the next head is parsed only once the response to the previous one
+    is complete (pipelined bytes wait in the buffer). Bodies are forwarded as they arrive, in
+    their own framing; flow control pauses whichever side is ahead.
+    """
+
+    def __init__(self, routes: PreviewRoutes, client_ip: str) -> None:
+        self.routes = routes
+        self.client_ip = client_ip.encode()
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upstream: Upstream | None = None
+        self.body_left = 0  # request body bytes still to forward; -1: chunked
+        self.chunked: ChunkedFraming | None = None
+        self.inflight: Request | None = None
+        self.tunnel = False
+        self.closing = False
+        self.paused = False
+
+    # asyncio.Protocol
+
+    def take_over(self, transport: asyncio.Transport, buffered: bytes) -> None:
+        self.transport = transport
+        transport.set_protocol(self)
+        self.routes.connections.add(self)
+        self.data_received(buffered)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.upstream is not None:
+                self.upstream.write(data)
+            return
+        self.buf += data
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.upstream is not None:
+            self.upstream.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.routes.connections.discard(self)
+        self.closing = True
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # the state machine
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def close(self) -> None:
-        self.writer.close()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
 
+    def fail(self, status: int, message: str) -> None:
+        if not self.closing:
+            self.write(_simple_response(status, (message + "\n").encode()))
+        self.close()
 
-async def serve_preview(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    routes: PreviewRoutes,
-    client_ip: str,
-) -> None:
-    """Serve one client connection that asked for a preview host, request after request."""
-    upstream: _Upstream | None = None
-    try:
-        while True:
-            try:
-                got = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT)
-                if got is None:
-                    return
-                start_line, header_lines = got
-                method, target, version = parse_request_start(start_line)
-                head = Head((method, target, version), parse_head_lines(header_lines))
-                hosts = head.get_all(b"host")
-                if len(hosts) != 1:
-                    raise BadRequest("exactly one Host header is required")
-                host_text = hosts[0].decode("ascii", "strict")
-                host, _ = split_host(host_text)
-                preview = preview_target(host, routes.domain)
-                if preview is None:
-                    raise BadRequest("this connection serves preview hosts only")
-                path = origin_form(target, hosts[0])
-                framing = request_framing(head)
-            except (BadRequest, UnicodeDecodeError, TimeoutError) as exc:
-                status = exc.status if isinstance(exc, BadRequest) else 400
-                if not isinstance(exc, TimeoutError):
-                    writer.write(_simple_response(status, f"{exc}\n".encode()))
-                return
-            address = routes.resolve(preview)
-            if address is None:
-                writer.write(_simple_response(404, NOT_FOUND_BODY, close=False))
-                if framing.length or framing.chunked:
-                    return  # not worth reading a body we will not forward
-                await writer.drain()
-                continue
-            key = (address, preview.port)
-            if upstream is None or upstream.key != key or upstream.reader.at_eof():
-                if upstream is not None:
-                    upstream.close()
-                upstream = None
-                try:
-                    up_r, up_w = await asyncio.wait_for(
-                        asyncio.open_connection(address, preview.port, limit=MAX_HEAD), 10.0
-                    )
-                except (OSError, TimeoutError):
-                    body = b"the sandbox does not accept connections on this port\n"
-                    writer.write(_simple_response(502, body, close=False))
-                    if framing.length or framing.chunked:
+    def _process(self) -> None:
+        try:
+            while not self.closing and self.buf:
+                if self.body_left:
+                    if not self._forward_body():
                         return
-                    await writer.drain()
                     continue
-                upstream = _Upstream(key, up_r, up_w)
-            tokens = connection_tokens(head)
-            upgrade = head.get_all(b"upgrade")
-            wants_upgrade = b"upgrade" in tokens and len(upgrade) == 1
-            client_close = b"close" in tokens or version == b"HTTP/1.0"
-            out = [method, b" ", path, b" HTTP/1.1\r\n"]
-            for name, value in head.headers:
-                if name.lower() in _HOP_BY_HOP:
+                if self.inflight is not None:
+                    if len(self.buf) > MAX_HEAD and self.transport and not self.paused:
+                        self.paused = True
+                        self.transport.pause_reading()
+                    return
+                if not self._start_request():
+                    return
+        except BadRequest as exc:
+            self.fail(exc.status, str(exc))
+
+    def _start_request(self) -> bool:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            start = 0
+            while buf.startswith(b"\r\n", start):
+                start += 2  # RFC 9112: empty lines before a request line are ignored
+            if start:
+                del buf[:start]
+                return bool(buf)
+            if b"\n" in buf and buf.count(b"\n") != buf.count(b"\r\n"):
+                raise BadRequest("bare LF line ending: refused (request smuggling)")
+            if len(buf) > MAX_HEAD:
+                raise BadRequest("request head too large", 431)
+            return False
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        while head.startswith(b"\r\n"):
+            head = head[2:]
+        request = parse_request(head, self.routes.domain, self.client_ip)
+        address = self.routes.resolve(request.target)
+        if address is None:
+            self.write(_simple_response(404, NOT_FOUND_BODY, close=request.length != 0))
+            if request.length != 0:
+                self.close()  # not worth reading a body we will not forward
+            return True
+        key = (address, request.target.port)
+        if self.upstream is None or self.upstream.key != key or self.upstream.closed:
+            if self.upstream is not None:
+                self.upstream.close()
+            self.upstream = Upstream(self, key)
+        self.inflight = request
+        self.upstream.begin(request)
+        self.upstream.write(request.forwarded + b"\r\n")
+        if request.length == -1:
+            self.body_left = -1
+            self.chunked = ChunkedFraming()
+        else:
+            self.body_left = request.length
+        return True
+
+    def _forward_body(self) -> bool:
+        assert self.upstream is not None
+        if self.body_left > 0:
+            take = min(self.body_left, len(self.buf))
+            self.upstream.write(bytes(self.buf[:take]) if take < len(self.buf) else bytes(self.buf))
+            del self.buf[:take]
+            self.body_left -= take
+            return True
+        assert self.chunked is not None
+        pos = self.chunked.feed(self.buf)
+        if pos:
+            self.upstream.write(bytes(self.buf[:pos]))
+            del self.buf[:pos]
+        if self.chunked.done:
+            self.body_left = 0
+            self.chunked = None
+            return True
+        return False
+
+    def response_done(self, close: bool) -> None:
+        """The upstream finished its response to the in-flight request."""
+        self.inflight = None
+        if close or self.body_left:
+            self.close()
+            return
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        self._process()
+
+    def start_tunnel(self) -> None:
+        self.tunnel = True
+        self.inflight = None
+        if self.buf and self.upstream is not None:
+            self.upstream.write(bytes(self.buf))
+        self.buf.clear()
+
+
+class Upstream(asyncio.Protocol):
+    """The connection to the sandbox's port; writes queue until it is connected."""
+
+    def __init__(self, client: PreviewConnection, key: tuple[str, int]) -> None:
+        self.client = client
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.buf = bytearray()
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.left = 0
+        self.chunked: ChunkedFraming | None = None
+        self.tunnel = False
+        self.eof_pending = False
+        self._read_paused = False
+        loop = asyncio.get_running_loop()
+        self._connect = loop.create_task(self._open(loop))
+        client.routes.pending.add(self._connect)
+        self._connect.add_done_callback(client.routes.pending.discard)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: self, *self.key), 10.0)
+        except (OSError, TimeoutError):
+            self.closed = True
+            if self.request is not None and self.client.inflight is self.request:
+                body = b"the sandbox does not accept connections on this port\n"
+                self.client.write(_simple_response(502, body))
+                self.client.close()
+
+    def begin(self, request: Request) -> None:
+        self.request = request
+        self.response = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # NB: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
+        if self.closed:
+            transport.close()
+            return
+        if self.pending:
+            transport.write(b"".join(self.pending))
+            self.pending.clear()
+        if self.eof_pending and transport.can_write_eof():
+            transport.write_eof()
+        if self._read_paused:
+            transport.pause_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None:
+            self.pending.append(data)
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport is None:
+            self.eof_pending = True
+        elif self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    def pause_reading(self) -> None:
+        self._read_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._read_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.paused:
+            self.client.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        elif not self._connect.done():
+            self._connect.cancel()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel:
+            if self.client.transport is not None and self.client.transport.can_write_eof():
+                self.client.transport.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel:
+            self.client.close()
+            return
+        if self.response is not None and self.response.length == -2:
+            self.client.response_done(close=True)
+        elif self.request is not None and self.client.inflight is self.request:
+            if self.response is None:
+                self.client.fail(502, "the sandbox closed the connection without answering")
+            else:
+                self.client.close()  # cut mid-response
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self.client.write(data)
+            return
+        client = self.client
+        if self.response is None or self.response.status < 200:
+            self.buf += data
+            while self.response is None or self.response.status < 200:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > MAX_HEAD:
+                        client.fail(502, "the sandbox sent a response head that is too large")
+                        self.close()
+                    return
+                head = bytes(self.buf[:end])
+                del self.buf[: end + 4]
+                request = self.request
+                if request is None:
+                    self.close()
+                    return
+                try:
+                    response = parse_response(head, request.method, request.keep_alive)
+                except BadRequest as exc:
+                    client.fail(exc.status, str(exc))
+                    self.close()
+                    return
+                if response.status == 101:
+                    if not request.upgrade:
+                        client.fail(502, "the sandbox switched protocols unasked")
+                        self.close()
+                        return
+                    self.tunnel = True
+                    client.write(response.forwarded + b"\r\n")
+                    client.start_tunnel()
+                    if self.buf:
+                        client.write(bytes(self.buf))
+                        self.buf.clear()
+                    return
+                client.write(response.forwarded + b"\r\n")
+                self.response = response
+                if response.status < 200:
+                    self.response = None if response.status != 100 else None
                     continue
-                out += [name, b": ", value, b"\r\n"]
-            forwarded_for = b", ".join([*head.get_all(b"x-forwarded-for"), client_ip.encode()])
-            out += [
-                b"X-Forwarded-For: ",
-                forwarded_for,
-                b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
-                hosts[0],
-                b"\r\n",
-            ]
-            if wants_upgrade:
-                out += [b"Connection: Upgrade\r\nUpgrade: ", upgrade[0], b"\r\n"]
-            out.append(b"\r\n")
-            upstream.writer.write(b"".join(out))
-            try:
-                closing = await _exchange(
-                    reader, writer, upstream, method, framing, wants_upgrade, client_close
-                )
-            except BadRequest as exc:
-                if exc.status == 502:
-                    writer.write(_simple_response(502, f"{exc}\n".encode()))
+            data = bytes(self.buf)
+            self.buf.clear()
+            self.left = self.response.length
+            if self.left == -1:
+                self.chunked = ChunkedFraming()
+            if self.left == 0:
+                self._done()
                 return
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                return
-            if closing:
-                return
-    finally:
-        if upstream is not None:
-            upstream.close()
-        writer.close()
+        self._body(data)
 
+    def _body(self, data: bytes) -> None:
+        if not data:
+            return
+        response = self.response
+        assert response is not None
+        if self.left == -2:
+            self.client.write(data)
+            return
+        if self.left > 0:
+            if len(data) <= self.left:
+                self.client.write(data)
+                self.left -= len(data)
+            else:
+                self.client.write(data[: self.left])
+                self.left = 0
+            if self.left == 0:
+                self._done()
+            return
+        assert self.chunked is not None
+        try:
+            pos = self.chunked.feed(data)
+        except BadRequest:
+            self.client.close()
+            self.close()
+            return
+        self.client.write(data[:pos] if pos < len(data) else data)
+        if self.chunked.done:
+            self._done()
 
-async def _exchange(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    upstream: _Upstream,
-    method: bytes,
-    framing: Framing,
-    wants_upgrade: bool,
-    client_close: bool,
-) -> bool:
-    """Forward one request body and its response; True if the client connection must close."""
-    body_task: asyncio.Task[None] | None = None
-    if framing.chunked or framing.length:
-        # The body streams while the response may already start (a server may answer early).
-        body_task = asyncio.ensure_future(copy_body(reader, upstream.writer, framing))
-    try:
-        while True:
-            got = await read_head(upstream.reader)
-            if got is None:
-                raise BadRequest("the sandbox closed the connection without answering", 502)
-            start_line, header_lines = got
-            parts = start_line.split(b" ", 2)
-            if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
-                raise BadRequest("the sandbox sent a malformed status line", 502)
-            head = Head((parts[0], parts[1], parts[2] if len(parts) > 2 else b""), [])
-            head.headers = parse_head_lines(header_lines)
-            status = int(parts[1])
-            if status == 101 and wants_upgrade:
-                writer.write(start_line + b"\r\n" + b"".join(h + b"\r\n" for h in header_lines))
-                writer.write(b"\r\n")
-                await writer.drain()
-                await _splice(reader, writer, upstream)
-                return True
-            if 100 <= status < 200:
-                writer.write(start_line + b"\r\n" + b"".join(h + b"\r\n" for h in header_lines))
-                writer.write(b"\r\n")
-                continue
-            rframing = response_framing(head, method)
-            up_close = b"close" in connection_tokens(head)
-            until_eof = not rframing.chunked and rframing.length is None
-            closing = client_close or until_eof
-            out = [start_line, b"\r\n"]
-            for name, value in head.headers:
-                if name.lower() in _HOP_BY_HOP:
-                    continue
-                out += [name, b": ", value, b"\r\n"]
-            if closing:
-                out.append(b"Connection: close\r\n")
-            out.append(b"\r\n")
-            writer.write(b"".join(out))
-            await copy_body(upstream.reader, writer, rframing)
-            await writer.drain()
-            if body_task is not None:
-                await body_task
-                body_task = None
-            if up_close or until_eof:
-                upstream.close()
-                upstream.reader.feed_eof()
-            return closing
-    finally:
-        if body_task is not None and not body_task.done():
-            body_task.cancel()
-
-
-async def _splice(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: _Upstream
-) -> None:
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            await copy_until_eof(src, dst)
-        with contextlib.suppress(OSError, RuntimeError):
-            if dst.can_write_eof():
-                dst.write_eof()
-
-    await asyncio.gather(pipe(reader, upstream.writer), pipe(upstream.reader, writer))
-
-
-# -- the front protocol ----------------------------------------------------------------------
+    def _done(self) -> None:
+        response = self.response
+        assert response is not None
+        self.request = None
+        self.response = None
+        self.chunked = None
+        if response.close:
+            self.close()
+        self.client.response_done(close=response.close)
 
 
 def _client_host(head: bytes) -> bytes | None | BadRequest:
@@ -600,18 +845,8 @@ def front_protocol(routes: PreviewRoutes) -> type[HttpToolsProtocol]:
             self.transport.close()
 
         def _take_over(self, buffer: bytes) -> None:
-            loop = asyncio.get_running_loop()
-            transport: Any = self.transport
             self.connections.discard(self)
-            reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
-            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-            transport.set_protocol(protocol)
-            protocol.connection_made(transport)
-            reader.feed_data(buffer)
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             client_ip = self.client[0] if self.client else "unknown"
-            task = loop.create_task(serve_preview(reader, writer, routes, client_ip))
-            routes.connections.add(task)
-            task.add_done_callback(routes.connections.discard)
+            PreviewConnection(routes, client_ip).take_over(self.transport, buffer)
 
     return FrontProtocol
