@@ -15,10 +15,12 @@ keep-alive, chunked, server-sent events, large up/downloads, and upgrades (WebSo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import re
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -440,6 +442,7 @@ class PreviewConnection(asyncio.Protocol):
 
     def take_over(self, transport: asyncio.Transport, buffered: bytes) -> None:
         self.transport = transport
+        _nodelay(transport)
         transport.set_protocol(self)
         self.routes.connections.add(self)
         self.data_received(buffered)
@@ -625,6 +628,7 @@ class Upstream(asyncio.Protocol):
         # NB: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
+        _nodelay(transport)
         if self.closed:
             transport.close()
             return
@@ -731,36 +735,40 @@ class Upstream(asyncio.Protocol):
                         client.write(bytes(self.buf))
                         self.buf.clear()
                     return
-                client.write(response.forwarded + b"\r\n")
-                self.response = response
                 if response.status < 200:
-                    self.response = None if response.status != 100 else None
+                    client.write(response.forwarded + b"\r\n")  # 100 Continue and friends
                     continue
+                self.response = response
+            prefix = self.response.forwarded + b"\r\n"
             data = bytes(self.buf)
             self.buf.clear()
             self.left = self.response.length
             if self.left == -1:
                 self.chunked = ChunkedFraming()
             if self.left == 0:
+                client.write(prefix)
                 self._done()
                 return
+            # NB: the head goes out with the first body bytes in one write: one send, not two.
+            self._body(data, prefix)
+            return
         self._body(data)
 
-    def _body(self, data: bytes) -> None:
-        if not data:
-            return
+    def _body(self, data: bytes, prefix: bytes = b"") -> None:
         response = self.response
         assert response is not None
+        if not data:
+            if prefix:
+                self.client.write(prefix)
+            return
         if self.left == -2:
-            self.client.write(data)
+            self.client.write(prefix + data if prefix else data)
             return
         if self.left > 0:
-            if len(data) <= self.left:
-                self.client.write(data)
-                self.left -= len(data)
-            else:
-                self.client.write(data[: self.left])
-                self.left = 0
+            if len(data) > self.left:
+                data = data[: self.left]  # a sandbox that sends more than it announced
+            self.left -= len(data)
+            self.client.write(prefix + data if prefix else data)
             if self.left == 0:
                 self._done()
             return
@@ -771,7 +779,8 @@ class Upstream(asyncio.Protocol):
             self.client.close()
             self.close()
             return
-        self.client.write(data[:pos] if pos < len(data) else data)
+        data = data[:pos] if pos < len(data) else data
+        self.client.write(prefix + data if prefix else data)
         if self.chunked.done:
             self._done()
 
@@ -784,6 +793,13 @@ class Upstream(asyncio.Protocol):
         if response.close:
             self.close()
         self.client.response_done(close=response.close)
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _client_host(head: bytes) -> bytes | None | BadRequest:
