@@ -61,6 +61,11 @@ def _enable_forwarding() -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # procfs: never blocks
 
 
+def _disable_ipv6(ifname: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1\n")  # procfs
+
+
 class Networks:
     """Sandbox networks of one `HUTCH_HOME`."""
 
@@ -161,15 +166,21 @@ class Networks:
         os.replace(tmp, self._state / sandbox_id)
         return self._net(sandbox_id, index)
 
-    async def attach(self, sandbox_id: str, pid: int, policy: NetworkPolicy) -> SandboxNet:
-        """Give the running sandbox whose init is `pid` its veth, addresses and rules.
+    async def prepare(self, sandbox_id: str, policy: NetworkPolicy) -> SandboxNet:
+        """Allocate the sandbox's addresses and install its rules; needs no running sandbox,
+        so it overlaps `runc run`."""
+        await self.setup()
+        net = self._allocate(sandbox_id)
+        await self._nft(_nft.add_sandbox(self._tag, net.index, net.ifname, net.sandbox_ip, policy))
+        return net
+
+    async def attach(self, net: SandboxNet, pid: int) -> None:
+        """Give the running sandbox whose init is `pid` its veth and addresses.
 
         NB: the netns is the one runc made, owned by the sandbox's user namespace: runc can
         only mount /sys for a netns its user namespace owns. Docker's capability set has no
         NET_ADMIN, so root inside still cannot re-address or re-route it.
         """
-        await self.setup()
-        net = self._allocate(sandbox_id)
         if _link_exists(net.ifname):
             await _run("ip", "link", "delete", net.ifname)
         host_batch = (
@@ -182,20 +193,10 @@ class Networks:
             "link set eth0 up\n"
             f"route add default via {net.host_ip}\n"
         )
-        await asyncio.gather(
-            _run("ip", "-batch", "-", stdin=host_batch),
-            self._nft(_nft.add_sandbox(self._tag, net.index, net.ifname, net.sandbox_ip, policy)),
-        )
-        await _run(
-            "nsenter",
-            f"--net=/proc/{pid}/ns/net",
-            "--",
-            "sh",
-            "-c",
-            "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && ip -batch -",
-            stdin=inner_batch,
-        )
-        return net
+        await _run("ip", "-batch", "-", stdin=host_batch)
+        # No IPv6 on the host side: nothing for the sandbox's link-local address to talk to.
+        _disable_ipv6(net.ifname)
+        await _run("nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-", stdin=inner_batch)
 
     async def set_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         net = self.get(sandbox_id)

@@ -289,6 +289,8 @@ class Runtime:
         with _timed(timings, "socket"):
             listener = listen_unix(paths.socket)
         paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
+        # The sandbox's addresses and nft rules need no running container: overlap runc.
+        network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
         stderr_fd = self._agent_stderr(paths)
         try:
             with _timed(timings, "runc"):
@@ -299,12 +301,17 @@ class Runtime:
                     stderr_fd=stderr_fd,
                     log=paths.runc_log,
                 )
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await network  # never leave it running behind a failed start
+            raise
         finally:
             # The container holds its own copies now.
             listener.close()
             os.close(stderr_fd)
         with _timed(timings, "network"):
-            await self._networks.attach(spec.id, await self._init_pid(spec.id), spec.network)
+            net = await network
+            await self._networks.attach(net, await self._init_pid(spec.id))
         log.debug(
             "started sandbox %s: %s",
             spec.id,
