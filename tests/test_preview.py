@@ -82,6 +82,26 @@ def test_websocket_echo_through_the_proxy(server: ServerProcess, app: tuple[Sand
             assert ws.recv(timeout=10) == "echo:" + text
 
 
+def test_unexpose_closes_an_open_websocket_at_once(
+    server: ServerProcess, app: tuple[Sandbox, str]
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    sb = app[0]
+    sb.exec("nohup python3 /srv/wsecho.py 8003 /srv/site >/dev/null 2>&1 &")
+    url = sb.expose_port(8003).url
+    wait_ready(server, url)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    with connect(f"ws://{urlsplit(url).netloc}/ws", sock=sock, open_timeout=10) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "echo:before"
+        sb.unexpose_port(8003)
+        with pytest.raises(ConnectionClosed):  # closed, not merely silent (no TimeoutError)
+            ws.send("after")
+            ws.recv(timeout=5)
+
+
 def test_server_sent_events_arrive_unbuffered(
     server: ServerProcess, app: tuple[Sandbox, str]
 ) -> None:

@@ -217,5 +217,13 @@ class Networks:
             self._release(net.index, self._owner(sandbox_id))
         (self._state / sandbox_id).unlink(missing_ok=True)
 
+    async def teardown(self) -> None:
+        """Drop this home's nft table if no sandbox network is left in it."""
+        if self.ids():
+            return
+        with contextlib.suppress(NetworkError):
+            await self._nft(f"delete table inet {_nft.table_name(self._tag)}\n")
+        self._ready = False
+
     async def _nft(self, script: str) -> None:
         await _run("nft", "-f", "-", stdin=script)

@@ -180,11 +180,12 @@ class Runtime:
         self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
 
     async def teardown(self) -> None:
-        """Release what `setup` took that no sandbox needs: the storage pool's mount, if it
-        holds no sandbox. Running sandboxes are left alone."""
+        """Release what `setup` took that no sandbox needs: the storage pool's mount and the
+        nft table, if they hold no sandbox. Running sandboxes are left alone."""
         if self._storage.is_mounted() and not self._storage.names():
             with contextlib.suppress(OSError):
                 umount(self._storage.root)
+        await self._networks.teardown()
 
     def supports(self, runtime: str) -> bool:
         """Whether sandboxes can use `runtime` ("runc" or "gvisor") on this host."""

@@ -385,6 +385,7 @@ def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
     for port in svc.store.list_ports():
         svc.previews.add(port.sandbox_id, port.port, port.token)
     svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)
+    svc.previews.start()
 
 
 def create_app(

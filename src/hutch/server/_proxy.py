@@ -33,6 +33,7 @@ MAX_LINE = 16 * 1024
 MAX_HEADERS = 100
 MAX_HEAD = 64 * 1024
 TOKEN_BYTES = 16  # 128 bits
+IDLE_TIMEOUT = 120.0
 
 _HOST_RE = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$"
@@ -114,18 +115,28 @@ class PreviewRoutes:
         self._addresses: dict[str, str] = {}
         self.address_of: Callable[[str], str | None] = lambda _: None
         self.connections: set[PreviewConnection] = set()
+        self.idle_timeout = IDLE_TIMEOUT
+        self._sweeper: asyncio.Task[None] | None = None
         self.pending: set[asyncio.Task[None]] = set()  # upstream connects in progress
 
     def add(self, sandbox_id: str, port: int, token: str) -> None:
         self._tokens[(sandbox_id, port)] = token
 
     def remove(self, sandbox_id: str, port: int) -> None:
+        """Unexpose: new requests get 404, and open connections (WebSockets too) close now."""
         self._tokens.pop((sandbox_id, port), None)
+        self._close_where(lambda key: key == (sandbox_id, port))
 
     def forget_sandbox(self, sandbox_id: str) -> None:
         for key in [k for k in self._tokens if k[0] == sandbox_id]:
             del self._tokens[key]
         self._addresses.pop(sandbox_id, None)
+        self._close_where(lambda key: key is not None and key[0] == sandbox_id)
+
+    def _close_where(self, match: Callable[[tuple[str, int] | None], bool]) -> None:
+        for connection in list(self.connections):
+            if match(connection.target_key):
+                connection.close()
 
     def resolve(self, target: PreviewTarget) -> str | None:
         """The sandbox address to connect to, or None (one answer for every reason)."""
@@ -143,7 +154,25 @@ class PreviewRoutes:
             self._addresses[target.sandbox_id] = address
         return address
 
+    def start(self) -> None:
+        """Close idle preview connections (no bytes from the client for `idle_timeout` and no
+        request in flight): a client cannot hold connections open forever."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self.idle_timeout / 2)
+            for connection in list(self.connections):
+                if connection.active or connection.inflight is not None or connection.tunnel:
+                    connection.active = False
+                else:
+                    connection.close()
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task in list(self.pending):
             task.cancel()
         for connection in list(self.connections):
@@ -437,6 +466,8 @@ class PreviewConnection(asyncio.Protocol):
         self.tunnel = False
         self.closing = False
         self.paused = False
+        self.active = True  # bytes came since the idle sweeper last looked
+        self.target_key: tuple[str, int] | None = None  # (sandbox_id, port) last proxied to
 
     # asyncio.Protocol
 
@@ -448,6 +479,7 @@ class PreviewConnection(asyncio.Protocol):
         self.data_received(buffered)
 
     def data_received(self, data: bytes) -> None:
+        self.active = True
         if self.tunnel:
             if self.upstream is not None:
                 self.upstream.write(data)
@@ -486,6 +518,8 @@ class PreviewConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
 
     def fail(self, status: int, message: str) -> None:
         if not self.closing:
@@ -535,6 +569,7 @@ class PreviewConnection(asyncio.Protocol):
             if request.length != 0:
                 self.close()  # not worth reading a body we will not forward
             return True
+        self.target_key = (request.target.sandbox_id, request.target.port)
         key = (address, request.target.port)
         if self.upstream is None or self.upstream.key != key or self.upstream.closed:
             if self.upstream is not None:
