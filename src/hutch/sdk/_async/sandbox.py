@@ -246,24 +246,54 @@ class AsyncSandbox:
         await self.client.request("DELETE", self._path)
 
     async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
-        """Make `port` reachable at a preview URL (the same URL if already exposed)."""
+        """Make a port of the sandbox reachable at a preview URL.
+
+        The URL is ``http://{port}-{sandbox_id}-{token}.{preview_domain}:{server_port}/``;
+        anyone who has it can open it. Exposing a port twice returns the same URL.
+
+        Args:
+            port: The TCP port a server in the sandbox listens on (1-65535, any address).
+            name: An optional label, returned by `get_exposed_ports`.
+
+        Returns:
+            The exposed port with its URL.
+
+        Raises:
+            InvalidRequest: The port is out of range or reserved (code ``invalid_port``).
+            SandboxNotFound: The sandbox does not exist.
+        """
         return await ports.expose_port(self.client, self._path, port, name)
 
     async def get_preview_url(self, port: int) -> str:
-        """The preview URL of `port`, exposing it if needed."""
+        """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
         return (await self.expose_port(port)).url
 
     async def unexpose_port(self, port: int) -> None:
-        """Close `port`'s preview URL at once."""
+        """Close a port's preview URL: it answers 404 at once, open connections close.
+
+        Raises:
+            APIError: The port is not exposed (code ``port_not_exposed``).
+        """
         await ports.unexpose_port(self.client, self._path, port)
 
     async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
+        """The sandbox's exposed ports with their preview URLs, by port number."""
         return await ports.get_exposed_ports(self.client, self._path)
 
     async def set_network(
         self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
     ) -> dict[str, Any]:
-        """Replace the egress policy ("none" | "internet", allow/deny CIDRs); effective at once."""
+        """Replace the sandbox's egress policy; effective for its next packet.
+
+        Args:
+            network: ``"none"`` (no outbound connections) or ``"internet"``.
+            allow: CIDRs reachable even with ``"none"``.
+            deny: CIDRs never reachable (wins over `allow`).
+
+        Returns:
+            The policy now in force and the sandbox's address:
+            ``{"network", "network_allow", "network_deny", "address"}``.
+        """
         return await ports.set_network(self.client, self._path, network, allow, deny)
 
     async def __aenter__(self) -> AsyncSandbox:
