@@ -5,13 +5,14 @@ One tree, rooted at :class:`HutchError`::
     HutchError
     ├── APIError                        the server answered with an error (status, code, message)
     │   ├── AuthenticationError         401 unauthorized
-    │   ├── NotFoundError               404 not_found
+    │   ├── NotFoundError               404 not_found, port_not_exposed
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
     │   │   └── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running
     │   ├── PayloadTooLarge             413 body_too_large
-    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id (also a ValueError)
+    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_port
+    │   │                                   (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   └── SandboxUnavailable          503 sandbox_unavailable
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
@@ -152,6 +153,8 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "body_too_large": (PayloadTooLarge, 413),
     "invalid_request": (InvalidRequest, 422),
     "invalid_sandbox_id": (InvalidRequest, 422),
+    "port_not_exposed": (NotFoundError, 404),
+    "invalid_port": (InvalidRequest, 422),
     "internal": (ServerError, 500),
     "sandbox_unavailable": (SandboxUnavailable, 503),
 }
