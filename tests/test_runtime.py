@@ -211,7 +211,7 @@ async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Ima
         "ls /dev | tr '\\n' ' '": (
             "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
         ),
-        "grep -c : /proc/net/dev": "1",  # only lo
+        "grep -c : /proc/net/dev": "2",  # lo and eth0 (its veth to the host)
         "cat /proc/1/cmdline | tr '\\0' ' ' | grep -c hutch.agent": "1",
         "test -d /workspace && echo yes": "yes",
         "grep -c 127.0.0.53 /etc/resolv.conf": "0",

@@ -236,7 +236,7 @@ class HutchTools:
 
     async def expose_port(self, sandbox_id: str, port: int) -> str:
         """Expose a port of a sandbox as a preview URL that a browser can open."""
-        exposed = await self.sandbox(sandbox_id).expose_port(port)  # type: ignore[attr-defined]
+        exposed = await self.sandbox(sandbox_id).expose_port(port)
         return _text({"port": port, "url": getattr(exposed, "url", str(exposed))})
 
 

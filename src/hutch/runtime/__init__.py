@@ -22,6 +22,7 @@ from hutch.runtime._errors import (
 )
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
 from hutch.runtime._images import Image, ImageConfig, ImageNotFound, ImageStore
+from hutch.runtime._nft import NetworkPolicy
 from hutch.runtime._runtime import (
     Limits,
     Runtime,
@@ -40,6 +41,7 @@ __all__ = [
     "ImageNotFound",
     "ImageStore",
     "Limits",
+    "NetworkPolicy",
     "RuncError",
     "Runtime",
     "RuntimeConfig",

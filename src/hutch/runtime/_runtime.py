@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -54,6 +55,8 @@ from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
+from hutch.runtime._netns import DEFAULT_SUBNET, Networks
+from hutch.runtime._nft import NetworkPolicy
 from hutch.runtime._oci import (
     CPU_PERIOD_US,
     Resources,
@@ -103,6 +106,7 @@ class SandboxSpec:
     limits: Limits
     runtime: Literal["runc", "gvisor"] = "runc"
     hostname: str = "sandbox"
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class RuntimeConfig:
     runc: str = "runc"
     agent_package: Path | None = None
     debug_agent: bool = field(default_factory=_debug_agent_default)
+    network_subnet: str = DEFAULT_SUBNET
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,7 @@ class Runtime:
         self._bundle: AgentBundle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self.buckets = BucketMounts(config.home)
+        self._networks = Networks(config.home, config.network_subnet, ID_RANGE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,15 +179,17 @@ class Runtime:
         _check_traversable(self._home.resolve().parent)
         _mkdir(self._sandboxes, 0o711)
         await self._storage.ensure()
+        await self._networks.setup()
         package = self.config.agent_package or Path(hutch.__file__).parent
         self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
 
     async def teardown(self) -> None:
-        """Release what `setup` took that no sandbox needs: the storage pool's mount, if it
-        holds no sandbox. Running sandboxes are left alone."""
+        """Release what `setup` took that no sandbox needs: the storage pool's mount and the
+        nft table, if they hold no sandbox. Running sandboxes are left alone."""
         if self._storage.is_mounted() and not self._storage.names():
             with contextlib.suppress(OSError):
                 umount(self._storage.root)
+        await self._networks.teardown()
 
     def supports(self, runtime: str) -> bool:
         """Whether sandboxes can use `runtime` ("runc" or "gvisor") on this host."""
@@ -291,6 +299,8 @@ class Runtime:
         with _timed(timings, "socket"):
             listener = listen_unix(paths.socket)
         paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
+        # The sandbox's addresses and nft rules need no running container: overlap runc.
+        network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
         stderr_fd = self._agent_stderr(paths)
         try:
             with _timed(timings, "runc"):
@@ -301,10 +311,17 @@ class Runtime:
                     stderr_fd=stderr_fd,
                     log=paths.runc_log,
                 )
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await network  # never leave it running behind a failed start
+            raise
         finally:
             # The container holds its own copies now.
             listener.close()
             os.close(stderr_fd)
+        with _timed(timings, "network"):
+            net = await network
+            await self._networks.attach(net, await self._init_pid(spec.id))
         log.debug(
             "started sandbox %s: %s",
             spec.id,
@@ -379,6 +396,10 @@ class Runtime:
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"container: {e}")
         try:
+            await self._networks.remove(sandbox_id)
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"network: {e}")
+        try:
             for mountpoint in mounts_under(paths.bundle):
                 umount(mountpoint)
         except OSError as e:
@@ -419,6 +440,7 @@ class Runtime:
         found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
         found.update(self._storage.names())
         found.update(self.buckets.sandbox_ids())
+        found.update(self._networks.ids())
         kept = set(keep)
         stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
         errors = []
@@ -430,6 +452,28 @@ class Runtime:
         if errors:
             log.warning("sweep could not remove everything: %s", "; ".join(errors))
         return stale
+
+    # -- network ---------------------------------------------------------------------------
+
+    async def _init_pid(self, sandbox_id: str) -> int:
+        try:
+            state = json.loads((self._home / "runc" / sandbox_id / "state.json").read_bytes())
+            return int(state["init_process_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            container = await self._runc.state(sandbox_id)
+            if container is None or not container.pid:
+                raise SandboxStartError(f"sandbox {sandbox_id!r} has no running init") from None
+            return container.pid
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a running sandbox's egress policy; effective for its next packet."""
+        _check_id(sandbox_id)
+        await self._networks.set_policy(sandbox_id, policy)
+
+    def sandbox_address(self, sandbox_id: str) -> str | None:
+        """The sandbox's IPv4 address on its veth (None if it has no network)."""
+        net = self._networks.get(sandbox_id)
+        return net.sandbox_ip if net is not None else None
 
     # -- inspect ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ One tree, rooted at :class:`HutchError`::
     HutchError
     ├── APIError                        the server answered with an error (status, code, message)
     │   ├── AuthenticationError         401 unauthorized
-    │   ├── NotFoundError               404 not_found
+    │   ├── NotFoundError               404 not_found, port_not_exposed
     │   │   ├── SandboxNotFound         404 sandbox_not_found
     │   │   ├── ImageNotFound           404 image_not_found
     │   │   ├── ProcessNotFound         404 process_not_found
@@ -20,7 +20,8 @@ One tree, rooted at :class:`HutchError`::
     │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
-    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path
+    │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
+    │   │                                   invalid_port
     │   │                                   (also a ValueError)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
@@ -243,6 +244,8 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "context_dead": (Conflict, 409),
     "unknown_language": (InvalidRequest, 422),
     "language_unavailable": (InvalidRequest, 422),
+    "port_not_exposed": (NotFoundError, 404),
+    "invalid_port": (InvalidRequest, 422),
     "internal": (ServerError, 500),
     "image_in_use": (Conflict, 409),
     "image_invalid": (InvalidRequest, 422),

@@ -45,9 +45,11 @@ from hutch.server._models import (
     SandboxList,
 )
 from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._proxy import PreviewRoutes
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_images import build_images_router
+from hutch.server._routes_ports import build_ports_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._secrets import SecretBox
 from hutch.server._store import SqliteStore, Store
@@ -130,8 +132,13 @@ class Services:
         self.store: Store = SqliteStore(config.db_path)
         self.images = ImageStore(config.image_root)
         self.runtime = Runtime(
-            RuntimeConfig(home=config.home, storage_size_gb=config.storage_size_gb)
+            RuntimeConfig(
+                home=config.home,
+                storage_size_gb=config.storage_size_gb,
+                network_subnet=config.network_subnet,
+            )
         )
+        self.previews = PreviewRoutes(config.preview_domain)
         self.keys = KeyChecker(self.store, config.api_key)
         # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
         self.background: set[asyncio.Task[None]] = set()
@@ -260,7 +267,9 @@ def build_router() -> APIRouter:
     @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_sandbox(svc: Svc, sandbox_id: str) -> SandboxInfo:
         info = to_info(svc.sandboxes.get(sandbox_id))
-        info.mounts = [mount_info(m) for m in svc.runtime.buckets.list(sandbox_id)]
+        info.mounts = [
+            mount_info(m) for m in svc.runtime.buckets.list(svc.sandboxes.runtime_id(sandbox_id))
+        ]
         return info
 
     @router.delete("/sandboxes/{sandbox_id}", status_code=204)
@@ -396,7 +405,23 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None = None) -> FastAPI:
+def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
+    """Route preview hosts to the exposed ports of the store (and forget destroyed sandboxes)."""
+    if previews is not None:
+        svc.previews = previews
+    svc.previews.address_of = lambda sid: svc.runtime.sandbox_address(svc.sandboxes.runtime_id(sid))
+    for port in svc.store.list_ports():
+        svc.previews.add(port.sandbox_id, port.port, port.token)
+    svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)
+    svc.previews.start()
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    on_new_key: Callable[[str], None] | None = None,
+    previews: PreviewRoutes | None = None,
+) -> FastAPI:
     """Build the ASGI app. Sandboxes are recovered when the app starts (its lifespan)."""
 
     @asynccontextmanager
@@ -409,9 +434,11 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
         await svc.runtime.setup()
         await svc.sandboxes.start()
         app.state.services = svc
+        attach_previews(svc, previews)
         try:
             yield
         finally:
+            await svc.previews.close()
             await svc.sandboxes.stop()
             svc.store.close()
 
@@ -443,5 +470,6 @@ def create_app(config: ServerConfig, *, on_new_key: Callable[[str], None] | None
     app.include_router(build_procs_router())
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
+    app.include_router(build_ports_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

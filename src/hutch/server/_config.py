@@ -40,6 +40,9 @@ class ServerConfig:
     agent_connect_timeout: float = 10.0
     warm_pools: dict[str, int] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
+    preview_domain: str = "localhost"
+    network_subnet: str = "10.201.0.0/16"
+    reserved_ports: frozenset[int] = frozenset()
 
     @property
     def image_root(self) -> Path:
@@ -72,5 +75,9 @@ class ServerConfig:
             from hutch.server._pools import parse_pool_sizes
 
             values["warm_pools"] = parse_pool_sizes(env["HUTCH_WARM_POOLS"])
+        if "HUTCH_PREVIEW_DOMAIN" in env:
+            values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
+        if "HUTCH_NETWORK_SUBNET" in env:
+            values["network_subnet"] = env["HUTCH_NETWORK_SUBNET"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

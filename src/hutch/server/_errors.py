@@ -70,6 +70,11 @@ class SandboxNotFound(ApiError):
         )
 
 
+class PortNotExposed(ApiError):
+    status = 404
+    code = "port_not_exposed"
+
+
 class ImageNotFoundError(ApiError):
     status = 404
     code = "image_not_found"

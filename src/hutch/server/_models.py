@@ -24,6 +24,14 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _check_cidrs(cidrs: list[str]) -> list[str]:
+    from hutch.runtime._nft import normalize_cidr
+
+    if len(cidrs) > 256:
+        raise ValueError("at most 256 CIDRs")
+    return [normalize_cidr(c) for c in cidrs]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +45,8 @@ class SandboxCreate(Strict):
     disk_mb: int = Field(default=4096, ge=16, le=16 * 1024 * 1024)
     pids_limit: int = Field(default=512, ge=16, le=1_000_000)
     network: Literal["none", "internet"] = "none"
+    network_allow: list[str] = Field(default_factory=list, description="CIDRs always reachable")
+    network_deny: list[str] = Field(default_factory=list, description="CIDRs never reachable")
     timeout: float | None = Field(default=None, gt=0, description="maximum lifetime, seconds")
     sleep_after: str | None = None
     keep_alive: bool = False
@@ -49,6 +59,7 @@ class SandboxCreate(Strict):
     )
 
     _check_env = field_validator("env", "secrets")(_check_env)
+    _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
 
     @field_validator("labels")
     @classmethod
@@ -78,6 +89,36 @@ class SandboxInfo(BaseModel):
     timeout: float | None = None
     secret_names: list[str] = Field(default_factory=list)
     mounts: list[BucketMountInfo] = []
+
+
+class NetworkUpdate(Strict):
+    network: Literal["none", "internet"]
+    network_allow: list[str] = Field(default_factory=list)
+    network_deny: list[str] = Field(default_factory=list)
+
+    _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+
+
+class NetworkInfo(BaseModel):
+    network: str
+    network_allow: list[str]
+    network_deny: list[str]
+    address: str | None
+
+
+class PortExpose(Strict):
+    port: int
+    name: str | None = Field(default=None, max_length=64)
+
+
+class ExposedPort(BaseModel):
+    port: int
+    name: str | None
+    url: str
+
+
+class ExposedPortList(BaseModel):
+    ports: list[ExposedPort]
 
 
 class SandboxList(BaseModel):

@@ -202,7 +202,8 @@ async def _open_own(
     await svc.sandboxes.agent(sandbox_id)  # the sandbox exists and runs: 404/409/503 otherwise
     try:
         conn = await AgentConnection.connect(
-            svc.runtime.agent_socket(sandbox_id), timeout=svc.config.agent_connect_timeout
+            svc.runtime.agent_socket(svc.sandboxes.runtime_id(sandbox_id)),
+            timeout=svc.config.agent_connect_timeout,
         )
     except AgentDisconnected as exc:
         raise file_error(exc) from exc

@@ -11,6 +11,7 @@ import uvicorn
 from hutch.runtime import ImageStore, default_recipe_dir, ensure_default_image, render_progress_bar
 from hutch.server._app import create_app
 from hutch.server._config import ServerConfig
+from hutch.server._proxy import PreviewRoutes, front_protocol
 
 
 def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
@@ -38,9 +39,12 @@ def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
         )
         out.flush()
 
-    app = create_app(config, on_new_key=announce_key)
+    previews = PreviewRoutes(config.preview_domain)
+    app = create_app(config, on_new_key=announce_key, previews=previews)
     uvicorn.run(
         app,
+        # Preview hosts are taken over by the proxy before uvicorn parses them.
+        http=front_protocol(previews),
         host=config.host,
         port=config.port,
         log_level="warning",

@@ -11,11 +11,19 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
+from hutch.runtime import (
+    Image,
+    ImageNotFound,
+    ImageStore,
+    Limits,
+    NetworkPolicy,
+    Runtime,
+    SandboxSpec,
+)
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._errors import (
@@ -43,6 +51,10 @@ def check_sandbox_id(sandbox_id: str) -> str:
             f"invalid sandbox id {sandbox_id!r}: use {SANDBOX_ID_RULE}", code="invalid_sandbox_id"
         )
     return sandbox_id
+
+
+def network_policy(record: SandboxRecord) -> NetworkPolicy:
+    return NetworkPolicy.of(record.network, record.network_allow, record.network_deny)
 
 
 def new_sandbox_id() -> str:
@@ -98,8 +110,13 @@ class SandboxManager:
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._expiry_task: asyncio.Task[None] | None = None
+        self.on_destroy: list[Callable[[str], None]] = []
 
     # -- start/stop ---------------------------------------------------------------------
+
+    def runtime_id(self, sandbox_id: str) -> str:
+        """The id the runtime knows this sandbox by (a pooled sandbox keeps its pool id)."""
+        return self._rid(sandbox_id)
 
     def _rid(self, sandbox_id: str) -> str:
         return self._runtime_ids.get(sandbox_id) if self._runtime_ids else sandbox_id
@@ -153,7 +170,8 @@ class SandboxManager:
             if record.status == "running":
                 # Bucket mounts outlive a server crash (rclone runs in its own session):
                 # re-adopt them, or mount again what a host or sandbox restart lost.
-                await self._runtime.buckets.restore(record.id, self._runtime.rootfs(record.id))
+                rid = self._rid(record.id)
+                await self._runtime.buckets.restore(rid, self._runtime.rootfs(rid))
 
     async def _expire_loop(self) -> None:
         while True:
@@ -185,6 +203,7 @@ class SandboxManager:
             env=dict(record.env),
             limits=limits,
             runtime=record.runtime,  # type: ignore[arg-type]
+            network=network_policy(record),
         )
 
     def _image(self, name: str) -> Image:
@@ -227,6 +246,8 @@ class SandboxManager:
             disk_mb=request.disk_mb,
             pids_limit=request.pids_limit,
             network=request.network,
+            network_allow=list(request.network_allow),
+            network_deny=list(request.network_deny),
             runtime=request.runtime,
             timeout=request.timeout,
             sleep_after=request.sleep_after,
@@ -253,6 +274,8 @@ class SandboxManager:
                 assert self._runtime_ids is not None
                 self._runtime_ids.assign(sandbox_id, claimed[0])
                 self._agents[sandbox_id] = claimed[1]
+                # Pooled sandboxes start with no egress; give this one what was asked for.
+                await self._runtime.set_network_policy(claimed[0], network_policy(record))
                 # A pooled agent was connected before this sandbox had secrets.
                 await self._send_secrets(sandbox_id, claimed[1])
             else:
@@ -295,6 +318,8 @@ class SandboxManager:
             self._store.delete_sandbox(sandbox_id)
             if self._runtime_ids is not None:
                 self._runtime_ids.drop(sandbox_id)
+            for hook in self.on_destroy:
+                hook(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
 
     # -- agent connections ----------------------------------------------------------------

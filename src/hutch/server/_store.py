@@ -29,6 +29,8 @@ class SandboxRecord:
     disk_mb: int = 4096
     pids_limit: int = 512
     network: str = "none"
+    network_allow: list[str] = field(default_factory=list)
+    network_deny: list[str] = field(default_factory=list)
     runtime: str = "runc"
     timeout: float | None = None
     sleep_after: str | None = None
@@ -43,6 +45,8 @@ class SandboxRecord:
         "disk_mb",
         "pids_limit",
         "network",
+        "network_allow",
+        "network_deny",
         "runtime",
         "timeout",
         "sleep_after",
@@ -79,6 +83,15 @@ class ApiKeyRecord:
     created_at: str
 
 
+@dataclass(frozen=True)
+class PortRecord:
+    sandbox_id: str
+    port: int
+    name: str | None
+    token: str
+    created_at: str
+
+
 class Store(Protocol):
     def close(self) -> None: ...
     def insert_sandbox(self, record: SandboxRecord) -> bool: ...
@@ -92,6 +105,10 @@ class Store(Protocol):
     def delete_key(self, key_id: str) -> bool: ...
     def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None: ...
     def get_secrets(self, sandbox_id: str) -> dict[str, bytes]: ...
+    def update_sandbox_spec(self, record: SandboxRecord) -> None: ...
+    def insert_port(self, record: PortRecord) -> PortRecord: ...
+    def delete_port(self, sandbox_id: str, port: int) -> bool: ...
+    def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]: ...
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -121,6 +138,17 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT NOT NULL,
         ciphertext BLOB NOT NULL,
         PRIMARY KEY (sandbox_id, name)
+    );
+    """,
+    # 3: exposed ports and their preview-URL tokens
+    """
+    CREATE TABLE exposed_ports (
+        sandbox_id TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        name TEXT,
+        token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (sandbox_id, port)
     );
     """,
 )
@@ -209,6 +237,43 @@ class SqliteStore:
         with self._tx() as db:
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM exposed_ports WHERE sandbox_id = ?", (sandbox_id,))
+
+    def update_sandbox_spec(self, record: SandboxRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sandboxes SET spec = ? WHERE id = ?", (record.spec_json(), record.id)
+            )
+
+    def insert_port(self, record: PortRecord) -> PortRecord:
+        """Insert, or return the port's existing record (exposing twice keeps the URL)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO exposed_ports (sandbox_id, port, name, token, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.sandbox_id, record.port, record.name, record.token, record.created_at),
+            )
+            row = db.execute(
+                "SELECT * FROM exposed_ports WHERE sandbox_id = ? AND port = ?",
+                (record.sandbox_id, record.port),
+            ).fetchone()
+        return PortRecord(**dict(row))
+
+    def delete_port(self, sandbox_id: str, port: int) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM exposed_ports WHERE sandbox_id = ? AND port = ?", (sandbox_id, port)
+            )
+        return cur.rowcount > 0
+
+    def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]:
+        if sandbox_id is None:
+            rows = self._db.execute("SELECT * FROM exposed_ports ORDER BY sandbox_id, port")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM exposed_ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,)
+            )
+        return [PortRecord(**dict(r)) for r in rows.fetchall()]
 
     def insert_key(self, record: ApiKeyRecord) -> None:
         with self._tx() as db:

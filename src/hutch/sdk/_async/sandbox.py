@@ -11,10 +11,12 @@ from types import TracebackType
 from typing import Any, Literal, overload
 
 from hutch.sdk._async import buckets as _buckets
+from hutch.sdk._async import ports
 from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
 from hutch.sdk._async.files import Files, WriteData
+from hutch.sdk._async.ports import ExposedPort
 from hutch.sdk._async.processes import AsyncProcess
 from hutch.sdk._async.sessions import AsyncSession, create_session
 from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
@@ -317,6 +319,57 @@ class AsyncSandbox:
     async def list_bucket_mounts(self) -> builtins.list[BucketMount]:
         """The buckets mounted in this sandbox."""
         return await _buckets.list_mounts(self.client, self._path)
+
+    async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
+        """Make a port of the sandbox reachable at a preview URL.
+
+        The URL is ``http://{port}-{sandbox_id}-{token}.{preview_domain}:{server_port}/``;
+        anyone who has it can open it. Exposing a port twice returns the same URL.
+
+        Args:
+            port: The TCP port a server in the sandbox listens on (1-65535, any address).
+            name: An optional label, returned by `get_exposed_ports`.
+
+        Returns:
+            The exposed port with its URL.
+
+        Raises:
+            InvalidRequest: The port is out of range or reserved (code ``invalid_port``).
+            SandboxNotFound: The sandbox does not exist.
+        """
+        return await ports.expose_port(self.client, self._path, port, name)
+
+    async def get_preview_url(self, port: int) -> str:
+        """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
+        return (await self.expose_port(port)).url
+
+    async def unexpose_port(self, port: int) -> None:
+        """Close a port's preview URL: it answers 404 at once, open connections close.
+
+        Raises:
+            APIError: The port is not exposed (code ``port_not_exposed``).
+        """
+        await ports.unexpose_port(self.client, self._path, port)
+
+    async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
+        """The sandbox's exposed ports with their preview URLs, by port number."""
+        return await ports.get_exposed_ports(self.client, self._path)
+
+    async def set_network(
+        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Replace the sandbox's egress policy; effective for its next packet.
+
+        Args:
+            network: ``"none"`` (no outbound connections) or ``"internet"``.
+            allow: CIDRs reachable even with ``"none"``.
+            deny: CIDRs never reachable (wins over `allow`).
+
+        Returns:
+            The policy now in force and the sandbox's address:
+            ``{"network", "network_allow", "network_deny", "address"}``.
+        """
+        return await ports.set_network(self.client, self._path, network, allow, deny)
 
     async def __aenter__(self) -> AsyncSandbox:
         return self

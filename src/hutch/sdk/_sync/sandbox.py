@@ -18,10 +18,12 @@ from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync import buckets as _buckets
+from hutch.sdk._sync import ports
 from hutch.sdk._sync import processes as _processes
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.files import Files, WriteData
+from hutch.sdk._sync.ports import ExposedPort
 from hutch.sdk._sync.processes import Process
 from hutch.sdk._sync.sessions import Session, create_session
 from hutch.sdk._sync.terminal import Terminal, attach_terminal, open_terminal
@@ -318,6 +320,57 @@ class Sandbox:
     def list_bucket_mounts(self) -> builtins.list[BucketMount]:
         """The buckets mounted in this sandbox."""
         return _buckets.list_mounts(self.client, self._path)
+
+    def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
+        """Make a port of the sandbox reachable at a preview URL.
+
+        The URL is ``http://{port}-{sandbox_id}-{token}.{preview_domain}:{server_port}/``;
+        anyone who has it can open it. Exposing a port twice returns the same URL.
+
+        Args:
+            port: The TCP port a server in the sandbox listens on (1-65535, any address).
+            name: An optional label, returned by `get_exposed_ports`.
+
+        Returns:
+            The exposed port with its URL.
+
+        Raises:
+            InvalidRequest: The port is out of range or reserved (code ``invalid_port``).
+            SandboxNotFound: The sandbox does not exist.
+        """
+        return ports.expose_port(self.client, self._path, port, name)
+
+    def get_preview_url(self, port: int) -> str:
+        """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
+        return (self.expose_port(port)).url
+
+    def unexpose_port(self, port: int) -> None:
+        """Close a port's preview URL: it answers 404 at once, open connections close.
+
+        Raises:
+            APIError: The port is not exposed (code ``port_not_exposed``).
+        """
+        ports.unexpose_port(self.client, self._path, port)
+
+    def get_exposed_ports(self) -> builtins.list[ExposedPort]:
+        """The sandbox's exposed ports with their preview URLs, by port number."""
+        return ports.get_exposed_ports(self.client, self._path)
+
+    def set_network(
+        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Replace the sandbox's egress policy; effective for its next packet.
+
+        Args:
+            network: ``"none"`` (no outbound connections) or ``"internet"``.
+            allow: CIDRs reachable even with ``"none"``.
+            deny: CIDRs never reachable (wins over `allow`).
+
+        Returns:
+            The policy now in force and the sandbox's address:
+            ``{"network", "network_allow", "network_deny", "address"}``.
+        """
+        return ports.set_network(self.client, self._path, network, allow, deny)
 
     def __enter__(self) -> Sandbox:
         return self

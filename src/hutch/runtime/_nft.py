@@ -1,0 +1,141 @@
+"""nftables rules for sandbox networks, as text for one `nft -f` transaction each.
+
+One table per `HUTCH_HOME` (`inet hutch_<tag>`), so two homes on one host never touch each
+other's rules. Every sandbox's host-side veth is in the set `ifaces`; its egress policy is a
+chain `sb_<n>` reached through the verdict map `egress` keyed by that veth's name. A policy
+change rewrites that one chain in one transaction: effective for the next packet, since egress
+is judged per packet (no "established" short cut out of a sandbox).
+
+    input    from a sandbox veth: only replies to connections the host opened (the preview
+             proxy); nothing else reaches a host service, on any host address, v4 or v6.
+    forward  into a sandbox veth: only replies; out of one: never to another sandbox, the
+             sandbox subnet, loopback, link-local (169.254.0.0/16, metadata), multicast or
+             IPv6; then the sandbox's own chain: its source address, deny list, allow list,
+             internet on/off; anything else is dropped.
+    nat      sandbox subnet to the outside is masqueraded.
+
+Pure functions: the I/O (running `nft`) lives in `_netns`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BLOCKED_V4 = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Egress of one sandbox.
+
+    Attributes:
+        internet: outbound connections to the outside at all ("internet"), or none ("none").
+        allow: CIDRs reachable even with internet off.
+        deny: CIDRs never reachable (wins over `allow`).
+    """
+
+    internet: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> NetworkPolicy:
+        """Build and validate; raises ValueError with the rule on a bad value."""
+        if network not in ("none", "internet"):
+            raise ValueError(f"network must be 'none' or 'internet', not {network!r}")
+        return cls(
+            internet=network == "internet",
+            allow=tuple(normalize_cidr(c) for c in allow),
+            deny=tuple(normalize_cidr(c) for c in deny),
+        )
+
+
+def normalize_cidr(value: str) -> str:
+    """An IPv4 network in canonical form ('10.0.0.0/8'); ValueError for anything else."""
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR such as '203.0.113.0/24'") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r}: only IPv4 CIDRs are supported (sandboxes have no IPv6)")
+    return str(net)
+
+
+def table_name(tag: str) -> str:
+    return f"hutch_{tag}"
+
+
+def chain_name(index: int) -> str:
+    return f"sb_{index}"
+
+
+def base_ruleset(tag: str, subnet: str) -> str:
+    """Create (or refresh) the table; keeps the sets, map and sandbox chains as they are."""
+    t = f"inet {table_name(tag)}"
+    blocked = ", ".join(BLOCKED_V4)
+    return f"""
+add table {t}
+add set {t} ifaces {{ type ifname; }}
+add map {t} egress {{ type ifname : verdict; }}
+add chain {t} input {{ type filter hook input priority -10; policy accept; }}
+add chain {t} forward {{ type filter hook forward priority -10; policy accept; }}
+add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+flush chain {t} input
+flush chain {t} forward
+flush chain {t} postrouting
+add rule {t} input iifname @ifaces ct state established,related accept
+add rule {t} input iifname @ifaces drop
+add rule {t} forward oifname @ifaces ct state established,related accept
+add rule {t} forward oifname @ifaces drop
+add rule {t} forward iifname @ifaces meta nfproto ipv6 drop
+add rule {t} forward iifname @ifaces ip daddr {{ {blocked}, {subnet} }} drop
+add rule {t} forward iifname @ifaces iifname vmap @egress
+add rule {t} forward iifname @ifaces drop
+add rule {t} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
+"""
+
+
+def policy_rules(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -> str:
+    t = f"inet {table_name(tag)}"
+    c = chain_name(index)
+    lines = [f"add rule {t} {c} ip saddr != {sandbox_ip} drop"]
+    if policy.deny:
+        lines.append(f"add rule {t} {c} ip daddr {{ {', '.join(policy.deny)} }} drop")
+    if policy.allow:
+        lines.append(f"add rule {t} {c} ip daddr {{ {', '.join(policy.allow)} }} accept")
+    lines.append(f"add rule {t} {c} {'accept' if policy.internet else 'drop'}")
+    return "\n".join(lines) + "\n"
+
+
+def add_sandbox(tag: str, index: int, ifname: str, sandbox_ip: str, policy: NetworkPolicy) -> str:
+    t = f"inet {table_name(tag)}"
+    c = chain_name(index)
+    return (
+        f"add chain {t} {c}\nflush chain {t} {c}\n"
+        + policy_rules(tag, index, sandbox_ip, policy)
+        + f'add element {t} ifaces {{ "{ifname}" }}\n'
+        + f'add element {t} egress {{ "{ifname}" : jump {c} }}\n'
+    )
+
+
+def set_policy(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -> str:
+    t = f"inet {table_name(tag)}"
+    return f"flush chain {t} {chain_name(index)}\n" + policy_rules(tag, index, sandbox_ip, policy)
+
+
+def remove_sandbox_parts(tag: str, index: int, ifname: str) -> list[str]:
+    """The deletions, one per transaction: any of them may already be gone."""
+    t = f"inet {table_name(tag)}"
+    return [
+        f'delete element {t} egress {{ "{ifname}" }}\n',
+        f'delete element {t} ifaces {{ "{ifname}" }}\n',
+        f"delete chain {t} {chain_name(index)}\n",
+    ]

@@ -1,0 +1,326 @@
+"""Sandbox networks and preview URLs, through a real server, real runc sandboxes and the proxy."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from hutch import Sandbox
+from tests._server import ServerProcess
+
+pytestmark = pytest.mark.sandbox
+
+SERVE = "nohup python3 -m http.server {port} --bind 0.0.0.0 >/dev/null 2>&1 &"
+
+
+@pytest.fixture(scope="module")
+def web(server: ServerProcess) -> Iterator[Sandbox]:
+    sb = Sandbox.create(base_url=server.url, api_key=server.api_key)
+    sb.exec("mkdir -p /srv && echo hello-from-sandbox > /srv/index.html")
+    sb.exec(f"cd /srv && {SERVE.format(port=8080)}")
+    yield sb
+    sb.destroy()
+
+
+def _get(server: ServerProcess, url: str, **kw: object) -> httpx.Response:
+    """GET a preview URL by connecting to the server itself with the URL's Host."""
+    parts = urlsplit(url)
+    host = parts.netloc
+    return httpx.get(f"{server.url}{parts.path or '/'}", headers={"Host": host}, **kw)  # type: ignore[arg-type]
+
+
+def _wait_ok(server: ServerProcess, url: str) -> httpx.Response:
+    deadline = time.monotonic() + 20
+    while True:
+        r = _get(server, url)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
+def test_preview_url_serves_the_sandbox_port(server: ServerProcess, web: Sandbox) -> None:
+    exposed = web.expose_port(8080)
+    assert exposed.url.startswith("http://8080-" + web.id + "-")
+    assert exposed.url.endswith(f".localhost:{server.port}/")
+    assert web.expose_port(8080).url == exposed.url  # twice: the same URL
+    assert web.get_preview_url(8080) == exposed.url
+    r = _wait_ok(server, exposed.url)
+    assert r.status_code == 200 and r.text == "hello-from-sandbox\n"
+    assert [p.port for p in web.get_exposed_ports()] == [8080]
+
+
+def test_unknown_wrong_token_and_unexposed_get_the_same_404(
+    server: ServerProcess, web: Sandbox
+) -> None:
+    url = web.expose_port(8080).url
+    token = urlsplit(url).hostname.split(".")[0].rsplit("-", 1)[1]  # type: ignore[union-attr]
+    wrong = url.replace(token, "0" * 32)
+    unexposed = url.replace("8080-", "8081-", 1)
+    unknown = url.replace(web.id, "sb-000000000000")
+    bodies = {_get(server, u).status_code: _get(server, u).content for u in (wrong, unexposed)}
+    assert list(bodies) == [404]
+    r = _get(server, unknown)
+    assert r.status_code == 404 and r.content == bodies[404]
+
+
+def test_unexpose_kills_the_url_at_once(server: ServerProcess, web: Sandbox) -> None:
+    web.exec(SERVE.format(port=9090))
+    url = web.expose_port(9090).url
+    assert _wait_ok(server, url).status_code == 200
+    web.unexpose_port(9090)
+    assert _get(server, url).status_code == 404
+
+
+def test_bad_ports_and_hosts(server: ServerProcess, web: Sandbox) -> None:
+    for port in (0, 65536, -1):
+        r = httpx.post(
+            f"{server.url}/v1/sandboxes/{web.id}/ports",
+            json={"port": port},
+            headers={"Authorization": f"Bearer {server.api_key}"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_port"
+    for host in ("8080-x.localhost", "bad host!", "a..localhost"):
+        assert _raw(server, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+
+def _raw(server: ServerProcess, request: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(request.encode())
+        return s.recv(65536)
+
+
+def test_smuggling_shapes_are_refused(server: ServerProcess, web: Sandbox) -> None:
+    host = urlsplit(web.expose_port(8080).url).netloc
+    cl_te = (
+        f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    assert _raw(server, cl_te).startswith(b"HTTP/1.1 400")
+    assert _raw(server, f"GET / HTTP/1.1\nHost: {host}\n\n").startswith(b"HTTP/1.1 400")
+    absolute = f"GET http://other.localhost/ HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    assert _raw(server, absolute).startswith(b"HTTP/1.1 400")
+
+
+def test_keep_alive_chunked_and_forwarded_headers(server: ServerProcess, web: Sandbox) -> None:
+    app = (
+        "import http.server as h\n"
+        "class H(h.BaseHTTPRequestHandler):\n"
+        "    protocol_version = 'HTTP/1.1'\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Transfer-Encoding', 'chunked')\n"
+        "        self.end_headers()\n"
+        "        for k in ('X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Host'):\n"
+        "            v = (k + '=' + str(self.headers.get(k)) + '\\n').encode()\n"
+        "            self.wfile.write(b'%x\\r\\n%s\\r\\n' % (len(v), v))\n"
+        "        self.wfile.write(b'0\\r\\n\\r\\n')\n"
+        "    def log_message(self, *a): pass\n"
+        "h.ThreadingHTTPServer(('0.0.0.0', 7000), H).serve_forever()\n"
+    )
+    web.write_file("/srv/app.py", app) if hasattr(web, "write_file") else web.exec(
+        "cat > /srv/app.py", stdin=app
+    )
+    web.exec("nohup python3 /srv/app.py >/dev/null 2>&1 &")
+    url = web.expose_port(7000).url
+    host = urlsplit(url).netloc
+    assert _wait_ok(server, url).status_code == 200
+    with httpx.Client(base_url=server.url, headers={"Host": host}) as client:
+        for _ in range(3):  # one connection, several requests
+            r = client.get("/")
+            assert r.status_code == 200
+            assert "X-Forwarded-For=127.0.0.1" in r.text
+            assert "X-Forwarded-Proto=http" in r.text
+            assert f"X-Forwarded-Host={host}" in r.text
+
+
+PROBE = (
+    "import socket,sys\n"
+    "for a in sys.argv[1:]:\n"
+    "    h,p=a.rsplit(':',1)\n"
+    "    s=socket.socket(); s.settimeout(1.5)\n"
+    "    try:\n"
+    "        s.connect((h,int(p))); print(a,'OPEN')\n"
+    "    except OSError as e: print(a,'closed',type(e).__name__)\n"
+    "    finally: s.close()\n"
+)
+
+
+def _host_addresses() -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+
+def test_isolation_from_inside_a_sandbox(server: ServerProcess, web: Sandbox) -> None:
+    other = Sandbox.create(base_url=server.url, api_key=server.api_key, network="internet")
+    try:
+        other.exec(SERVE.format(port=8080))
+        other_ip = other.set_network("internet")["address"]
+        web_ip = web.set_network("none")["address"]
+        common = [f"{a}:{server.port}" for a in _host_addresses()] + ["169.254.169.254:80"]
+        for attacker, victim in ((web, other_ip), (other, web_ip)):
+            targets = [*common, f"{victim}:8080"]
+            attacker.exec("cat > /tmp/probe.py", stdin=PROBE)
+            r = attacker.exec("python3 /tmp/probe.py " + " ".join(targets))
+            assert "OPEN" not in r.stdout, r.stdout
+            assert r.stdout.count("closed") == len(targets)
+        # A raw socket cannot be opened.
+        r = web.exec(
+            "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'"
+        )
+        assert r.exit_code != 0 and "PermissionError" in r.stderr
+        # network="none": nothing but loopback.
+        r = web.exec("python3 -c 'import socket; print(socket.gethostbyname(\"localhost\"))'")
+        assert r.stdout.strip() == "127.0.0.1"
+    finally:
+        other.destroy()
+
+
+ECHO_SERVER = (
+    "import socketserver\n"
+    "class H(socketserver.StreamRequestHandler):\n"
+    "    def handle(self):\n"
+    "        for line in self.rfile:\n"
+    "            self.wfile.write(line)\n"
+    "socketserver.ThreadingTCPServer.allow_reuse_address = True\n"
+    "socketserver.ThreadingTCPServer(('198.51.100.2', 80), H).serve_forever()\n"
+)
+
+
+@pytest.fixture(scope="module")
+def outside() -> Iterator[str]:
+    """A stand-in for the internet: a netns of our own with an echo server at 198.51.100.2:80
+    (TEST-NET-2), routed from the host; traffic never leaves this machine."""
+    import secrets
+    import subprocess
+    import sys
+
+    tag = secrets.token_hex(3)
+    ns, host_if = f"hutchtest-{tag}", f"hto{tag}"
+    for cmd in (
+        f"ip netns add {ns}",
+        f"ip link add {host_if} type veth peer name eth0 netns {ns}",
+        f"ip addr add 198.51.100.1/24 dev {host_if}",
+        f"ip link set {host_if} up",
+        f"ip -n {ns} addr add 198.51.100.2/24 dev eth0",
+        f"ip -n {ns} link set eth0 up",
+        f"ip -n {ns} link set lo up",
+    ):
+        subprocess.run(cmd.split(), check=True)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO_SERVER])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("198.51.100.2", 80), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield "198.51.100.2"
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+HOLD = (
+    "import socket, os, time\n"
+    "s = socket.create_connection(('198.51.100.2', 80), timeout=3)\n"
+    "s.sendall(b'a\\n'); print('first', s.recv(10), flush=True)\n"
+    "while not os.path.exists('/tmp/go'): time.sleep(0.05)\n"
+    "s.settimeout(2); s.sendall(b'b\\n')\n"
+    "try: print('second', s.recv(10), flush=True)\n"
+    "except OSError: print('second blocked', flush=True)\n"
+)
+
+
+def test_egress_policy_changes_take_effect_at_once(server: ServerProcess, outside: str) -> None:
+    with Sandbox.create(base_url=server.url, api_key=server.api_key) as sb:
+        sb.exec("cat > /tmp/probe.py", stdin=PROBE)
+
+        def reachable() -> bool:
+            out = sb.exec(f"python3 /tmp/probe.py {outside}:80").stdout
+            return "OPEN" in out
+
+        assert not reachable()  # the default: network="none"
+        sb.set_network("internet")
+        assert reachable()
+        sb.set_network("internet", deny=["198.51.100.0/24"])
+        assert not reachable()
+        sb.set_network("none", allow=["198.51.100.2/32"])
+        assert reachable()
+        sb.set_network("none", allow=["198.51.100.0/24"], deny=["198.51.100.2"])
+        assert not reachable()  # deny wins
+
+        # An open connection is cut as soon as the policy says so.
+        sb.set_network("internet")
+        sb.exec("cat > /tmp/hold.py", stdin=HOLD)
+        sb.exec("nohup python3 /tmp/hold.py > /tmp/hold.out 2>&1 &")
+        deadline = time.monotonic() + 10
+        while "first" not in sb.exec("cat /tmp/hold.out").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        sb.set_network("none")
+        sb.exec("touch /tmp/go")
+        while "second" not in (out := sb.exec("cat /tmp/hold.out").stdout):
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.2)
+        assert "second blocked" in out, out
+        assert sb.info().network == "none"
+
+
+def _leftovers(address: str) -> list[str]:
+    import ipaddress
+    import subprocess
+
+    host_ip = str(ipaddress.IPv4Address(address) - 1)
+    found = []
+    if (
+        f" {host_ip}/31"
+        in subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    ):
+        found.append("veth")
+    index = (int(ipaddress.IPv4Address(host_ip)) & 0xFFFF) // 2
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    if f"chain sb_{index} " in rules:
+        found.append("nft chain")
+    return found
+
+
+def test_destroy_and_crash_sweep_remove_interfaces_and_rules(busybox_image: str) -> None:
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import _cleanup_home
+
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-net-", dir="/var/tmp")))
+    srv.start()
+    try:
+        opts = {"base_url": srv.url, "api_key": srv.api_key}
+        sb = Sandbox.create(**opts)
+        address = sb.set_network("none")["address"]
+        assert _leftovers(address) == ["veth", "nft chain"]
+        sb.destroy()
+        assert _leftovers(address) == []
+
+        # A crash that lost the record: the restarted server sweeps the sandbox's network.
+        sb = Sandbox.create(**opts)
+        address = sb.set_network("none")["address"]
+        srv.kill9()
+        with sqlite3.connect(srv.home / "hutch.db") as db:
+            db.execute("DELETE FROM sandboxes WHERE id = ?", (sb.id,))
+        srv.start()
+        assert _leftovers(address) == []
+        assert not (srv.home / "net" / sb.id).exists()
+    finally:
+        srv.stop()
+        _cleanup_home(srv)

@@ -1,0 +1,166 @@
+"""The preview proxy's pure parts: Host routing, strict request heads, chunked framing, rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from hutch.runtime._nft import NetworkPolicy, policy_rules
+from hutch.server._proxy import (
+    BadRequest,
+    ChunkedFraming,
+    PreviewRoutes,
+    PreviewTarget,
+    new_token,
+    parse_request,
+    parse_response,
+    preview_target,
+    split_host,
+)
+
+TOKEN = "ab" * 16
+HOST = f"8080-sb-1-{TOKEN}.localhost:7070"
+
+
+def head(*lines: str) -> bytes:
+    return "\r\n".join(lines).encode()
+
+
+def test_tokens_are_128_bits_of_hex() -> None:
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100 and all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+
+
+def test_preview_host_routing() -> None:
+    name, port = split_host(HOST)
+    assert port == 7070
+    assert preview_target(name, "localhost") == PreviewTarget(8080, "sb-1", TOKEN)
+    assert preview_target("127.0.0.1", "localhost") is None
+    assert preview_target("api.example.com", "localhost") is None
+    for bad in (
+        "8080-sb-1.localhost",
+        f"99999-sb-1-{TOKEN}.localhost",
+        f"x-sb-1-{TOKEN}.localhost",
+    ):
+        with pytest.raises(BadRequest):
+            preview_target(bad, "localhost")
+    for bad in ("a b", "host:99999", "host:", "-x.localhost", "a..b", "x.localhost:12a"):
+        with pytest.raises(BadRequest):
+            split_host(bad)
+
+
+def test_routes_answer_alike_for_every_wrong_part() -> None:
+    routes = PreviewRoutes()
+    routes.address_of = lambda sandbox_id: "10.0.0.1" if sandbox_id == "sb-1" else None
+    routes.add("sb-1", 8080, TOKEN)
+    assert routes.resolve(PreviewTarget(8080, "sb-1", TOKEN)) == "10.0.0.1"
+    assert routes.resolve(PreviewTarget(8080, "sb-1", "0" * 32)) is None
+    assert routes.resolve(PreviewTarget(8081, "sb-1", TOKEN)) is None
+    assert routes.resolve(PreviewTarget(8080, "sb-2", TOKEN)) is None
+    routes.forget_sandbox("sb-1")
+    assert routes.resolve(PreviewTarget(8080, "sb-1", TOKEN)) is None
+
+
+def test_request_is_forwarded_with_x_forwarded_headers() -> None:
+    req = parse_request(
+        head("GET /a?b=1 HTTP/1.1", f"Host: {HOST}", "X-Forwarded-For: 1.2.3.4", "Accept: */*"),
+        "localhost",
+        b"127.0.0.1",
+    )
+    assert req.length == 0 and req.keep_alive and not req.upgrade
+    lines = req.forwarded.split(b"\r\n")
+    assert lines[0] == b"GET /a?b=1 HTTP/1.1"
+    assert b"X-Forwarded-For: 1.2.3.4, 127.0.0.1" in lines
+    assert b"X-Forwarded-Proto: http" in lines
+    assert f"X-Forwarded-Host: {HOST}".encode() in lines
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (
+            head(
+                "POST / HTTP/1.1",
+                f"Host: {HOST}",
+                "Content-Length: 3",
+                "Transfer-Encoding: chunked",
+            ),
+            400,
+        ),
+        (f"GET / HTTP/1.1\nHost: {HOST}".encode(), 400),
+        (head("GET http://evil.localhost/ HTTP/1.1", f"Host: {HOST}"), 400),
+        (head("GET / HTTP/1.1", f"Host: {HOST}", f"Host: {HOST}"), 400),
+        (head("GET / HTTP/1.1"), 400),
+        (head("GET / HTTP/1.1", f"Host: {HOST}", " folded: line"), 400),
+        (head("GET / HTTP/1.1", f"Host: {HOST}", "Bad Name: x"), 400),
+        (head("POST / HTTP/1.1", f"Host: {HOST}", "Content-Length: 1", "Content-Length: 2"), 400),
+        (head("POST / HTTP/1.1", f"Host: {HOST}", "Content-Length: -1"), 400),
+        (head("POST / HTTP/1.1", f"Host: {HOST}", "Transfer-Encoding: gzip, chunked"), 501),
+        (head("GET / HTTP/2.0", f"Host: {HOST}"), 505),
+        (head("GET / HTTP/1.1", "Host: api.localhost:7070"), 400),
+    ],
+)
+def test_ambiguous_requests_are_refused(raw: bytes, status: int) -> None:
+    with pytest.raises(BadRequest) as exc:
+        parse_request(raw, "localhost", b"127.0.0.1")
+    assert exc.value.status == status
+
+
+def test_absolute_form_that_agrees_with_host_is_rewritten() -> None:
+    req = parse_request(head(f"GET http://{HOST}/x HTTP/1.1", f"Host: {HOST}"), "localhost", b"1")
+    assert req.forwarded.startswith(b"GET /x HTTP/1.1\r\n")
+
+
+def test_chunked_framing_finds_the_end_across_splits() -> None:
+    body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
+    for split in range(1, len(body)):
+        framing = ChunkedFraming()
+        first = framing.feed(body[:split])
+        rest = body[first:]
+        end = framing.feed(rest)
+        while not framing.done and end < len(rest):
+            rest = rest[end:]
+            end = framing.feed(rest)
+        assert framing.done
+    framing = ChunkedFraming()
+    assert framing.feed(body + b"GET / HTTP/1.1\r\n") == len(body)  # stops at its own end
+    with pytest.raises(BadRequest):
+        ChunkedFraming().feed(b"zz\r\n")
+    with pytest.raises(BadRequest):
+        ChunkedFraming().feed(b"4\r\nWikiXX")
+
+
+def test_response_framing() -> None:
+    ok = parse_response(
+        head("HTTP/1.1 200 OK", "Content-Length: 5", "Connection: keep-alive"), b"GET", True
+    )
+    assert ok.length == 5 and not ok.close and b"keep-alive" not in ok.forwarded.lower()
+    assert (
+        parse_response(head("HTTP/1.1 200 OK", "Transfer-Encoding: chunked"), b"GET", True).length
+        == -1
+    )
+    eof = parse_response(head("HTTP/1.1 200 OK"), b"GET", True)
+    assert eof.length == -2 and eof.close and eof.forwarded.endswith(b"Connection: close\r\n")
+    assert (
+        parse_response(head("HTTP/1.1 304 Not Modified", "Content-Length: 9"), b"GET", True).length
+        == 0
+    )
+    assert parse_response(head("HTTP/1.1 200 OK", "Content-Length: 9"), b"HEAD", True).length == 0
+    with pytest.raises(BadRequest):
+        parse_response(
+            head("HTTP/1.1 200 OK", "Content-Length: 1", "Content-Length: 2"), b"GET", True
+        )
+
+
+def test_policy_rules() -> None:
+    none = policy_rules("t", 3, "10.0.0.7", NetworkPolicy.of("none"))
+    assert none.splitlines()[-1].endswith("sb_3 drop")
+    assert "ip saddr != 10.0.0.7 drop" in none
+    mixed = policy_rules(
+        "t", 3, "10.0.0.7", NetworkPolicy.of("internet", ["1.2.3.4"], ["9.9.9.0/24"])
+    )
+    lines = mixed.splitlines()
+    assert "9.9.9.0/24 } drop" in lines[1] and "1.2.3.4/32 } accept" in lines[2]
+    assert lines[-1].endswith("sb_3 accept")
+    for bad in ("nope", "::1/128", "1.2.3.4/33"):
+        with pytest.raises(ValueError):
+            NetworkPolicy.of("none", [bad])
