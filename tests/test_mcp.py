@@ -171,7 +171,10 @@ async def test_feature_tools_when_the_sdk_has_them(server: ServerProcess) -> Non
                 assert out["next_since"] == len("line1\nline2\nline3\n")
             if "run_code" in tools:
                 # The kernel's inline backend turns the figure into a PNG display.
-                code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()\nprint('done')"
+                code = (
+                    "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()\n"
+                    "print('done')"
+                )
                 r = await client.call_tool("run_code", {"sandbox_id": sid, "code": code})
                 assert not r.is_error, r.content
                 assert any(c.type == "image" for c in r.content)

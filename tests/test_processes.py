@@ -235,18 +235,21 @@ def test_session_keeps_state_and_survives_a_timeout(sb: Sandbox) -> None:
 
 def test_session_runs_one_command_at_a_time(sb: Sandbox) -> None:
     s = sb.create_session()
-    order: list[str] = []
+    log = "/tmp/session-order.log"
 
-    def run(cmd: str, tag: str) -> None:
-        s.exec(cmd)
-        order.append(tag)
+    def run(tag: str) -> None:
+        s.exec(f"echo start-{tag} >> {log}; sleep 0.4; echo end-{tag} >> {log}")
 
-    t = threading.Thread(target=run, args=("sleep 0.5", "slow"))
-    t.start()
-    time.sleep(0.1)
-    run("true", "fast")
-    t.join()
-    assert order == ["slow", "fast"]
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = sb.read_file(log, text=True).split()
+    # Whatever order they were queued in, no command started before the previous one ended.
+    assert len(lines) == 6
+    for i in range(0, 6, 2):
+        assert lines[i].startswith("start-") and lines[i + 1] == "end-" + lines[i][6:], lines
     s.delete()
 
 
