@@ -55,7 +55,7 @@ from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
 from hutch.runtime._mounts import mounts_under, umount
-from hutch.runtime._netns import DEFAULT_SUBNET, Networks
+from hutch.runtime._netns import DEFAULT_SUBNET, Networks, SandboxNet
 from hutch.runtime._nft import NetworkPolicy
 from hutch.runtime._oci import (
     CPU_PERIOD_US,
@@ -162,6 +162,8 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self.buckets = BucketMounts(config.home)
         self._networks = Networks(config.home, config.network_subnet, ID_RANGE)
+        # Network attaches still running for sandboxes created with defer_network=True.
+        self._pending_networks: dict[str, asyncio.Future[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -206,10 +208,12 @@ class Runtime:
 
     # -- create / start --------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec) -> Path:
+    async def create(self, spec: SandboxSpec, *, defer_network: bool = False) -> Path:
         """Start a new sandbox; returns its agent's socket, already listening.
 
-        On any failure everything created so far is removed again.
+        On any failure everything created so far is removed again. With ``defer_network``
+        the veth is attached in the background, overlapping the agent's own start-up; the
+        caller must then ``await network_ready(id)`` before handing the sandbox out.
 
         Raises:
             ValueError: invalid id or limits.
@@ -226,7 +230,7 @@ class Runtime:
                 timings: dict[str, float] = {}
                 with _timed(timings, "storage"):
                     self._prepare_storage(spec, paths)
-                return await self._start(spec, paths, bundle, timings)
+                return await self._start(spec, paths, bundle, timings, defer_network)
             except BaseException:
                 # Shielded: a cancelled create must still roll back completely.
                 await asyncio.shield(self._destroy(spec.id))
@@ -284,8 +288,23 @@ class Runtime:
             os.chown(path, HOST_ID_BASE, HOST_ID_BASE)
             os.chmod(path, 0o644)
 
+    async def network_ready(self, sandbox_id: str) -> None:
+        """Wait for a deferred network attach (see `create`); raises if it failed."""
+        pending = self._pending_networks.pop(sandbox_id, None)
+        if pending is not None:
+            await pending
+
+    async def _attach_network(self, sandbox_id: str, prepared: asyncio.Future[SandboxNet]) -> None:
+        net = await prepared
+        await self._networks.attach(net, await self._init_pid(sandbox_id))
+
     async def _start(
-        self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle, timings: dict[str, float]
+        self,
+        spec: SandboxSpec,
+        paths: _Paths,
+        bundle: AgentBundle,
+        timings: dict[str, float],
+        defer_network: bool = False,
     ) -> Path:
         _mkdir(paths.bundle, 0o711)
         _mkdir(paths.rootfs, 0o755)
@@ -319,9 +338,13 @@ class Runtime:
             # The container holds its own copies now.
             listener.close()
             os.close(stderr_fd)
+        if defer_network:
+            self._pending_networks[spec.id] = asyncio.ensure_future(
+                self._attach_network(spec.id, network)
+            )
+            return paths.socket
         with _timed(timings, "network"):
-            net = await network
-            await self._networks.attach(net, await self._init_pid(spec.id))
+            await self._attach_network(spec.id, network)
         log.debug(
             "started sandbox %s: %s",
             spec.id,
@@ -386,6 +409,11 @@ class Runtime:
     async def _destroy(self, sandbox_id: str) -> None:
         paths = self._paths(sandbox_id)
         errors: list[str] = []
+        pending = self._pending_networks.pop(sandbox_id, None)
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
         # Every step runs even if one before failed; all failures are reported together.
         try:
             await self.buckets.remove_all(sandbox_id, paths.rootfs)

@@ -279,9 +279,17 @@ class SandboxManager:
                 # A pooled agent was connected before this sandbox had secrets.
                 await self._send_secrets(sandbox_id, claimed[1])
             else:
-                socket_path = await self._runtime.create(self._spec(record, image))
+                socket_path = await self._runtime.create(
+                    self._spec(record, image), defer_network=True
+                )
                 conn = await self._connect(sandbox_id, socket_path)
-                await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
+                # The veth is attached while the agent starts; both before anyone gets it.
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        conn.call("ping"), self._runtime.network_ready(self._rid(sandbox_id))
+                    ),
+                    self._agent_timeout,
+                )
         except BaseException as exc:
             await self._forget_agent(sandbox_id)
             with contextlib.suppress(Exception):
