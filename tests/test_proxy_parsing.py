@@ -153,13 +153,13 @@ def test_response_framing() -> None:
 
 def test_policy_rules() -> None:
     none = policy_rules("t", 3, "10.0.0.7", NetworkPolicy.of("none"))
-    assert none.splitlines()[-1].endswith("sb_3 drop")
+    assert none.splitlines()[-1].endswith("sb_3 reject with icmpx type admin-prohibited")
     assert "ip saddr != 10.0.0.7 drop" in none
     mixed = policy_rules(
         "t", 3, "10.0.0.7", NetworkPolicy.of("internet", ["1.2.3.4"], ["9.9.9.0/24"])
     )
     lines = mixed.splitlines()
-    assert "9.9.9.0/24 } drop" in lines[1] and "1.2.3.4/32 } accept" in lines[2]
+    assert "9.9.9.0/24 } reject" in lines[1] and "1.2.3.4/32 } accept" in lines[2]
     assert lines[-1].endswith("sb_3 accept")
     for bad in ("nope", "::1/128", "1.2.3.4/33"):
         with pytest.raises(ValueError):
