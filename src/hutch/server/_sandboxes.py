@@ -274,8 +274,11 @@ class SandboxManager:
                 assert self._runtime_ids is not None
                 self._runtime_ids.assign(sandbox_id, claimed[0])
                 self._agents[sandbox_id] = claimed[1]
-                # Pooled sandboxes start with no egress; give this one what was asked for.
-                await self._runtime.set_network_policy(claimed[0], network_policy(record))
+                # Pooled sandboxes start with no egress; give this one what was asked for
+                # (an nft transaction costs ~15 ms, so only when it differs).
+                policy = network_policy(record)
+                if policy != NetworkPolicy():
+                    await self._runtime.set_network_policy(claimed[0], policy)
                 # A pooled agent was connected before this sandbox had secrets.
                 await self._send_secrets(sandbox_id, claimed[1])
             else:
