@@ -99,3 +99,81 @@ def test_console_login_create_terminal_destroy(server: ServerProcess) -> None:
                 browser.close()
     with server.client() as http:
         assert http.get(f"/v1/sandboxes/{sandbox_id}").status_code == 404
+
+
+def test_console_files_processes_ports(server: ServerProcess) -> None:
+    """The Files, Processes and Ports panels against the real routes, next to the SDK."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/install installs it)")
+    from hutch import Sandbox
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    sb = Sandbox.create(base_url=server.url, api_key=server.api_key)
+    try:
+        assert sb.exec("echo made-by-exec > /workspace/from-exec.txt").exit_code == 0
+        with tempfile.TemporaryDirectory(prefix="hutch-chromium-") as profile:
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch_persistent_context(
+                    profile,
+                    executable_path=CHROMIUM,
+                    headless=True,
+                    args=CHROMIUM_ARGS,
+                    viewport={"width": 1280, "height": 900},
+                    accept_downloads=True,
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(60_000)
+                    page.goto(server.url + "/console/")
+                    page.fill("#login-key", server.api_key)
+                    page.click("#login-form button")
+                    page.click(f"tr[data-id='{sb.id}']")
+                    page.wait_for_selector("#detail", state="visible")
+
+                    # Files: /workspace lists the file exec made; download it; upload one.
+                    page.click("#tabs [data-tab=files]")
+                    page.wait_for_selector("#files-rows a:text-is('from-exec.txt')")
+                    with page.expect_download() as download:
+                        page.click("#files-rows a:text-is('from-exec.txt')")
+                    assert download.value.suggested_filename == "from-exec.txt"
+                    assert Path(download.value.path()).read_text() == "made-by-exec\n"
+                    page.set_input_files(
+                        "#files-upload",
+                        files=[
+                            {
+                                "name": "uploaded.txt",
+                                "mimeType": "text/plain",
+                                "buffer": b"sent from the browser\n",
+                            }
+                        ],
+                    )
+                    page.wait_for_selector("#files-rows a:text-is('uploaded.txt')")
+                    assert sb.read_file("/workspace/uploaded.txt") == b"sent from the browser\n"
+
+                    # Processes: one started by the SDK shows up; its output arrives live.
+                    sb.start_process(
+                        "for i in $(seq 1 600); do echo tick-$i; sleep 0.2; done",
+                        process_id="ticker",
+                    )
+                    page.click("#tabs [data-tab=processes]")
+                    row = page.locator("#process-rows tr", has_text="ticker")
+                    row.wait_for()
+                    assert "running" in row.inner_text()
+                    row.click()
+                    page.wait_for_selector("#process-logs:has-text('tick-1')")
+                    seen = int(re.findall(r"tick-(\d+)", page.inner_text("#process-logs"))[-1])
+                    # Lines printed after the stream opened arrive without a reload.
+                    page.wait_for_selector(f"#process-logs:has-text('tick-{seen + 3}')")
+
+                    # Ports: an exposed port appears with its preview link.
+                    exposed = sb.expose_port(8080)
+                    page.click("#tabs [data-tab=ports]")
+                    link = page.locator("#port-rows a", has_text=exposed.url)
+                    link.wait_for()
+                    assert link.get_attribute("href") == exposed.url
+                    page.screenshot(path=str(ARTIFACTS / "console-panels.png"), full_page=True)
+                finally:
+                    browser.close()
+    finally:
+        sb.destroy()
