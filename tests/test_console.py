@@ -151,28 +151,43 @@ def test_console_files_processes_ports(server: ServerProcess) -> None:
                     page.wait_for_selector("#files-rows a:text-is('uploaded.txt')")
                     assert sb.read_file("/workspace/uploaded.txt") == b"sent from the browser\n"
 
-                    # Processes: one started by the SDK shows up; its output arrives live.
+                    # Processes: one started by the SDK while the panel is open shows up;
+                    # its output arrives live; Kill on the page ends it.
+                    page.click("#tabs [data-tab=processes]")
                     sb.start_process(
-                        "for i in $(seq 1 600); do echo tick-$i; sleep 0.2; done",
+                        "for i in $(seq 1 600); do echo tick-$i; echo tock-$i >&2; sleep 0.2; done",
                         process_id="ticker",
                     )
-                    page.click("#tabs [data-tab=processes]")
-                    row = page.locator("#process-rows tr", has_text="ticker")
-                    row.wait_for()
-                    assert "running" in row.inner_text()
+                    row = page.locator("#process-rows tr[data-id=ticker]")
+                    row.locator("text=running").wait_for()
                     row.click()
-                    page.wait_for_selector("#process-logs:has-text('tick-1')")
+                    page.wait_for_selector("#process-logs .stdout:has-text('tick-1')")
+                    page.wait_for_selector("#process-logs .stderr:has-text('tock-1')")
                     seen = int(re.findall(r"tick-(\d+)", page.inner_text("#process-logs"))[-1])
                     # Lines printed after the stream opened arrive without a reload.
                     page.wait_for_selector(f"#process-logs:has-text('tick-{seen + 3}')")
+                    page.screenshot(path=str(ARTIFACTS / "console-processes.png"), full_page=True)
+                    row.locator("button.kill").click()
+                    page.wait_for_selector("#process-logs .note:has-text('killed')")
+                    row.locator("text=killed").wait_for()
+                    assert sb.get_process("ticker").status == "killed"
 
-                    # Ports: an exposed port appears with its preview link.
-                    exposed = sb.expose_port(8080)
+                    # Ports: one exposed by the SDK appears with its preview link; the page
+                    # exposes and unexposes one of its own.
                     page.click("#tabs [data-tab=ports]")
+                    exposed = sb.expose_port(8080)
                     link = page.locator("#port-rows a", has_text=exposed.url)
                     link.wait_for()
                     assert link.get_attribute("href") == exposed.url
-                    page.screenshot(path=str(ARTIFACTS / "console-panels.png"), full_page=True)
+                    page.fill("#expose-port", "9090")
+                    page.fill("#expose-name", "web")
+                    page.click("#expose-form button")
+                    page.wait_for_selector("#port-rows tr[data-port='9090'] >> text=web")
+                    assert {p.port for p in sb.get_exposed_ports()} == {8080, 9090}
+                    page.screenshot(path=str(ARTIFACTS / "console-ports.png"), full_page=True)
+                    page.click("#port-rows tr[data-port='9090'] button.unexpose")
+                    page.wait_for_selector("#port-rows tr[data-port='9090']", state="detached")
+                    assert [p.port for p in sb.get_exposed_ports()] == [8080]
                 finally:
                     browser.close()
     finally:
