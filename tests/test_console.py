@@ -171,6 +171,17 @@ def test_console_files_processes_ports(server: ServerProcess) -> None:
                     page.wait_for_selector("#process-logs .note:has-text('killed')")
                     row.locator("text=killed").wait_for()
                     assert sb.get_process("ticker").status == "killed"
+                    # A finished chatty one: only its tail is shown, then how it ended.
+                    sb.start_process(
+                        "yes line-of-output | head -n 100000; echo bulk-done", process_id="bulk"
+                    ).wait(timeout=60)
+                    page.click("#processes-refresh")
+                    page.click("#process-rows tr[data-id=bulk]")
+                    page.wait_for_selector("#process-logs .note:has-text('completed')")
+                    logs = page.inner_text("#process-logs")
+                    assert "earlier output is not shown" in logs
+                    assert "bulk-done" in logs
+                    assert len(logs) < 300_000
 
                     # Ports: one exposed by the SDK appears with its preview link; the page
                     # exposes and unexposes one of its own.

@@ -318,7 +318,7 @@ async function listProcesses() {
       el("td", { textContent: p.command || p.argv.join(" ") }),
       el("td", {}, kill));
     row.dataset.id = p.id;
-    row.addEventListener("click", () => followLogs(p.id));
+    row.addEventListener("click", () => followLogs(p));
     return row;
   }));
 }
@@ -335,8 +335,13 @@ function stopLogs() {
 // channel 1 (stdout) or 2 (stderr) at a byte offset. A stream that drops before its RESULT
 // is resumed from the offsets seen: nothing is lost or shown twice.
 const FRAME = { DATA: 2, EOF: 3, RESULT: 4, EVENT: 6, HEADER: 18 };
+// A chatty process can keep 64 MiB of output: show its last TAIL bytes per stream, and keep
+// at most KEEP characters on the page (the oldest go first).
+const TAIL = 256 * 1024;
+const KEEP = 2 * 1024 * 1024;
 
-async function followLogs(processId) {
+async function followLogs(process) {
+  const processId = process.id;
   stopLogs();
   const sandbox = state.selected;
   const out = $("process-logs");
@@ -346,16 +351,29 @@ async function followLogs(processId) {
   state.logsFor = processId;
   for (const row of $("process-rows").children) row.classList.toggle("selected", row.dataset.id === processId);
   const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
-  const offsets = { 1: 0, 2: 0 };
+  const offsets = {
+    1: Math.max(process.stdout_start, process.stdout_bytes - TAIL),
+    2: Math.max(process.stderr_start, process.stderr_bytes - TAIL),
+  };
+  let shown = 0;
   const note = (text) => out.append(el("span", { className: "note", textContent: `${text}\n` }));
+  if (offsets[1] > 0 || offsets[2] > 0) note("[earlier output is not shown]");
   const write = (channel, bytes) => {
     const text = decoders[channel].decode(bytes, { stream: true });
     if (!text) return;
+    shown += text.length;
+    while (shown > KEEP && out.firstChild && out.firstChild !== out.lastChild) {
+      shown -= out.firstChild.chars || out.firstChild.textContent.length;
+      out.firstChild.remove();
+    }
     const last = out.lastChild;
-    if (last && last.dataset && last.dataset.channel === String(channel)) last.append(text);
-    else {
+    if (last && last.dataset.channel === String(channel) && last.chars < 65536) {
+      last.append(text);
+      last.chars += text.length;
+    } else {
       const span = el("span", { className: channel === 2 ? "stderr" : "stdout" }, text);
       span.dataset.channel = channel;
+      span.chars = text.length;
       out.append(span);
     }
   };
