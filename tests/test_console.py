@@ -99,3 +99,107 @@ def test_console_login_create_terminal_destroy(server: ServerProcess) -> None:
                 browser.close()
     with server.client() as http:
         assert http.get(f"/v1/sandboxes/{sandbox_id}").status_code == 404
+
+
+def test_console_files_processes_ports(server: ServerProcess) -> None:
+    """The Files, Processes and Ports panels against the real routes, next to the SDK."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/install installs it)")
+    from hutch import Sandbox
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    sb = Sandbox.create(base_url=server.url, api_key=server.api_key)
+    try:
+        assert sb.exec("echo made-by-exec > /workspace/from-exec.txt").exit_code == 0
+        with tempfile.TemporaryDirectory(prefix="hutch-chromium-") as profile:
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch_persistent_context(
+                    profile,
+                    executable_path=CHROMIUM,
+                    headless=True,
+                    args=CHROMIUM_ARGS,
+                    viewport={"width": 1280, "height": 900},
+                    accept_downloads=True,
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(60_000)
+                    page.goto(server.url + "/console/")
+                    page.fill("#login-key", server.api_key)
+                    page.click("#login-form button")
+                    page.click(f"tr[data-id='{sb.id}']")
+                    page.wait_for_selector("#detail", state="visible")
+
+                    # Files: /workspace lists the file exec made; download it; upload one.
+                    page.click("#tabs [data-tab=files]")
+                    page.wait_for_selector("#files-rows a:text-is('from-exec.txt')")
+                    with page.expect_download() as download:
+                        page.click("#files-rows a:text-is('from-exec.txt')")
+                    assert download.value.suggested_filename == "from-exec.txt"
+                    assert Path(download.value.path()).read_text() == "made-by-exec\n"
+                    page.set_input_files(
+                        "#files-upload",
+                        files=[
+                            {
+                                "name": "uploaded.txt",
+                                "mimeType": "text/plain",
+                                "buffer": b"sent from the browser\n",
+                            }
+                        ],
+                    )
+                    page.wait_for_selector("#files-rows a:text-is('uploaded.txt')")
+                    assert sb.read_file("/workspace/uploaded.txt") == b"sent from the browser\n"
+
+                    # Processes: one started by the SDK while the panel is open shows up;
+                    # its output arrives live; Kill on the page ends it.
+                    page.click("#tabs [data-tab=processes]")
+                    sb.start_process(
+                        "for i in $(seq 1 600); do echo tick-$i; echo tock-$i >&2; sleep 0.2; done",
+                        process_id="ticker",
+                    )
+                    row = page.locator("#process-rows tr[data-id=ticker]")
+                    row.locator("text=running").wait_for()
+                    row.click()
+                    page.wait_for_selector("#process-logs .stdout:has-text('tick-1')")
+                    page.wait_for_selector("#process-logs .stderr:has-text('tock-1')")
+                    seen = int(re.findall(r"tick-(\d+)", page.inner_text("#process-logs"))[-1])
+                    # Lines printed after the stream opened arrive without a reload.
+                    page.wait_for_selector(f"#process-logs:has-text('tick-{seen + 3}')")
+                    page.screenshot(path=str(ARTIFACTS / "console-processes.png"), full_page=True)
+                    row.locator("button.kill").click()
+                    page.wait_for_selector("#process-logs .note:has-text('killed')")
+                    row.locator("text=killed").wait_for()
+                    assert sb.get_process("ticker").status == "killed"
+                    # A finished chatty one: only its tail is shown, then how it ended.
+                    sb.start_process(
+                        "yes line-of-output | head -n 100000; echo bulk-done", process_id="bulk"
+                    ).wait(timeout=60)
+                    page.click("#processes-refresh")
+                    page.click("#process-rows tr[data-id=bulk]")
+                    page.wait_for_selector("#process-logs .note:has-text('completed')")
+                    logs = page.inner_text("#process-logs")
+                    assert "earlier output is not shown" in logs
+                    assert "bulk-done" in logs
+                    assert len(logs) < 300_000
+
+                    # Ports: one exposed by the SDK appears with its preview link; the page
+                    # exposes and unexposes one of its own.
+                    page.click("#tabs [data-tab=ports]")
+                    exposed = sb.expose_port(8080)
+                    link = page.locator("#port-rows a", has_text=exposed.url)
+                    link.wait_for()
+                    assert link.get_attribute("href") == exposed.url
+                    page.fill("#expose-port", "9090")
+                    page.fill("#expose-name", "web")
+                    page.click("#expose-form button")
+                    page.wait_for_selector("#port-rows tr[data-port='9090'] >> text=web")
+                    assert {p.port for p in sb.get_exposed_ports()} == {8080, 9090}
+                    page.screenshot(path=str(ARTIFACTS / "console-ports.png"), full_page=True)
+                    page.click("#port-rows tr[data-port='9090'] button.unexpose")
+                    page.wait_for_selector("#port-rows tr[data-port='9090']", state="detached")
+                    assert [p.port for p in sb.get_exposed_ports()] == [8080]
+                finally:
+                    browser.close()
+    finally:
+        sb.destroy()

@@ -5,7 +5,7 @@
 
 const KEY = "hutch.apiKey";
 const $ = (id) => document.getElementById(id);
-const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null };
+const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null, logsFor: null };
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -16,13 +16,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, { json, body, raw } = {}) {
+async function api(method, path, { json, body, raw, signal } = {}) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` };
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(json);
   }
-  const response = await fetch(path, { method, headers, body });
+  const response = await fetch(path, { method, headers, body, signal });
   if (!response.ok) {
     let data = null;
     try { data = await response.json(); } catch (e) { /* not JSON */ }
@@ -262,8 +262,11 @@ async function listFiles(path) {
     link.addEventListener("click", async (e) => {
       e.preventDefault();
       if (entry.type === "directory") return listFiles(full);
-      const response = await api("GET", `${sbPath(state.selected)}/files/content?path=${encodeURIComponent(full)}`, { raw: true });
-      const url = URL.createObjectURL(await response.blob());
+      let blob;
+      try {
+        blob = await (await api("GET", `${sbPath(state.selected)}/files/content?path=${encodeURIComponent(full)}`, { raw: true })).blob();
+      } catch (e) { return showError(e); }
+      const url = URL.createObjectURL(blob);
       el("a", { href: url, download: entry.name }).click();
       setTimeout(() => URL.revokeObjectURL(url), 10000);
     });
@@ -286,19 +289,36 @@ async function upload() {
 // -- processes ----------------------------------------------------------------------------
 
 async function listProcesses() {
+  const sandbox = state.selected;
   const rows = $("process-rows");
   let processes;
   try {
-    processes = (await api("GET", `${sbPath(state.selected)}/processes`)).processes;
+    processes = (await api("GET", `${sbPath(sandbox)}/processes`)).processes;
   } catch (e) {
     rows.replaceChildren(el("tr", {}, el("td", { className: "error", textContent: e.message })));
     return;
   }
+  if (sandbox !== state.selected) return;
+  processes.sort((a, b) => b.started_at - a.started_at);
   rows.replaceChildren(...processes.map((p) => {
-    const row = el("tr", {}, el("td", {}, el("code", { textContent: p.id })), el("td", { textContent: p.pid }),
-      el("td", { textContent: p.exit_code === null ? p.status : `${p.status} (${p.exit_code})` }),
-      el("td", { textContent: p.command || p.argv.join(" ") }));
-    row.addEventListener("click", () => followLogs(p.id));
+    const running = p.status === "running" || p.status === "starting";
+    const kill = el("button", { textContent: "Kill", className: "kill", hidden: !running });
+    kill.addEventListener("click", async (event) => {
+      event.stopPropagation();
+      kill.disabled = true;
+      try {
+        await api("POST", `${sbPath(sandbox)}/processes/${encodeURIComponent(p.id)}/kill`, { json: { signal: "SIGTERM" } });
+      } catch (e) { showError(e); }
+      listProcesses();
+    });
+    const status = p.exit_code === null ? p.status : `${p.status} (${p.exit_code})`;
+    const row = el("tr", { className: p.id === state.logsFor ? "selected" : "" },
+      el("td", {}, el("code", { textContent: p.id })), el("td", { textContent: p.pid }),
+      el("td", { className: `status-${p.status}`, textContent: p.signal ? `${status} signal ${p.signal}` : status }),
+      el("td", { textContent: p.command || p.argv.join(" ") }),
+      el("td", {}, kill));
+    row.dataset.id = p.id;
+    row.addEventListener("click", () => followLogs(p));
     return row;
   }));
 }
@@ -306,55 +326,153 @@ async function listProcesses() {
 function stopLogs() {
   if (state.logs) state.logs.abort();
   state.logs = null;
+  state.logsFor = null;
 }
 
-// Follow a process's output live: the stream is Hutch's binary frames (an 18-byte header:
-// kind u8, channel u8, stream u32, offset u64, length u32; then the payload).
-async function followLogs(processId) {
+// Follow a process's output live. The stream is Hutch's binary frames (hutch._wire.frames):
+// an 18-byte big-endian header (kind u8, channel u8, stream u32, offset u64, length u32),
+// then the payload. EVENT (6) and RESULT (4) payloads are JSON; DATA (2) is raw output on
+// channel 1 (stdout) or 2 (stderr) at a byte offset. A stream that drops before its RESULT
+// is resumed from the offsets seen: nothing is lost or shown twice.
+const FRAME = { DATA: 2, EOF: 3, RESULT: 4, EVENT: 6, HEADER: 18 };
+// A chatty process can keep 64 MiB of output: show its last TAIL bytes per stream, and keep
+// at most KEEP characters on the page (the oldest go first).
+const TAIL = 256 * 1024;
+const KEEP = 2 * 1024 * 1024;
+
+async function followLogs(process) {
+  const processId = process.id;
   stopLogs();
+  const sandbox = state.selected;
   const out = $("process-logs");
-  out.textContent = "";
+  out.replaceChildren();
   const controller = new AbortController();
   state.logs = controller;
-  const decoder = new TextDecoder();
-  try {
-    const response = await fetch(`${sbPath(state.selected)}/processes/${encodeURIComponent(processId)}/logs/stream`, {
-      headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, signal: controller.signal });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const reader = response.body.getReader();
-    let buffer = new Uint8Array(0);
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const joined = new Uint8Array(buffer.length + value.length);
-      joined.set(buffer);
-      joined.set(value, buffer.length);
-      buffer = joined;
-      while (buffer.length >= 18) {
-        const view = new DataView(buffer.buffer, buffer.byteOffset);
-        const length = view.getUint32(14);
-        if (buffer.length < 18 + length) break;
-        if (view.getUint8(0) === 2) out.textContent += decoder.decode(buffer.subarray(18, 18 + length), { stream: true });
-        buffer = buffer.slice(18 + length);
-      }
-      out.scrollTop = out.scrollHeight;
+  state.logsFor = processId;
+  for (const row of $("process-rows").children) row.classList.toggle("selected", row.dataset.id === processId);
+  const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
+  const offsets = {
+    1: Math.max(process.stdout_start, process.stdout_bytes - TAIL),
+    2: Math.max(process.stderr_start, process.stderr_bytes - TAIL),
+  };
+  let shown = 0;
+  const note = (text) => out.append(el("span", { className: "note", textContent: `${text}\n` }));
+  if (offsets[1] > 0 || offsets[2] > 0) note("[earlier output is not shown]");
+  const write = (channel, bytes) => {
+    const text = decoders[channel].decode(bytes, { stream: true });
+    if (!text) return;
+    shown += text.length;
+    while (shown > KEEP && out.firstChild && out.firstChild !== out.lastChild) {
+      shown -= out.firstChild.chars || out.firstChild.textContent.length;
+      out.firstChild.remove();
     }
-  } catch (e) {
-    if (e.name !== "AbortError") out.textContent += `\n[${e.message}]`;
+    const last = out.lastChild;
+    if (last && last.dataset.channel === String(channel) && last.chars < 65536) {
+      last.append(text);
+      last.chars += text.length;
+    } else {
+      const span = el("span", { className: channel === 2 ? "stderr" : "stdout" }, text);
+      span.dataset.channel = channel;
+      span.chars = text.length;
+      out.append(span);
+    }
+  };
+  let attempts = 0;
+  while (!controller.signal.aborted) {
+    let ended = false;
+    try {
+      const query = `stdout_offset=${offsets[1]}&stderr_offset=${offsets[2]}&follow=true`;
+      const response = await api("GET", `${sbPath(sandbox)}/processes/${encodeURIComponent(processId)}/logs/stream?${query}`,
+        { raw: true, signal: controller.signal });
+      const reader = response.body.getReader();
+      let buffer = new Uint8Array(0);
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        attempts = 0;
+        const joined = new Uint8Array(buffer.length + value.length);
+        joined.set(buffer);
+        joined.set(value, buffer.length);
+        buffer = joined;
+        let at = 0;
+        while (buffer.length - at >= FRAME.HEADER) {
+          const view = new DataView(buffer.buffer, buffer.byteOffset + at);
+          const kind = view.getUint8(0);
+          const channel = view.getUint8(1);
+          const offset = Number(view.getBigUint64(6));
+          const length = view.getUint32(14);
+          if (buffer.length - at < FRAME.HEADER + length) break;
+          const payload = buffer.subarray(at + FRAME.HEADER, at + FRAME.HEADER + length);
+          at += FRAME.HEADER + length;
+          if (kind === FRAME.DATA && (channel === 1 || channel === 2)) {
+            write(channel, payload);
+            offsets[channel] = offset + length;
+          } else if (kind === FRAME.EVENT) {
+            const event = JSON.parse(new TextDecoder().decode(payload));
+            for (const name of ["stdout", "stderr"]) {
+              const skipped = event[`${name}_skipped`];
+              if (skipped) note(`[${name}: bytes ${skipped[0]}-${skipped[1]} are no longer kept]`);
+            }
+          } else if (kind === FRAME.RESULT) {
+            ended = true;
+            const result = JSON.parse(new TextDecoder().decode(payload));
+            const p = result.process;
+            if (result.error) note(`[${result.error.message}]`);
+            else if (p) note(`[${p.status}${p.exit_code === null ? "" : ` with exit code ${p.exit_code}`}${p.signal ? ` by signal ${p.signal}` : ""}]`);
+          }
+        }
+        buffer = buffer.slice(at);
+        out.scrollTop = out.scrollHeight;
+      }
+      if (ended) break;
+    } catch (e) {
+      if (controller.signal.aborted || e.name === "AbortError") return;
+      if (e instanceof ApiError && e.status < 500) { note(`[${e.message}]`); break; }
+    }
+    if (++attempts > 5) { note("[the logs stream keeps dropping; click the process to retry]"); break; }
+    await new Promise((resolve) => setTimeout(resolve, 1000 * attempts));  // then resume
   }
+  if (state.logs === controller && state.tab === "processes") listProcesses();
 }
 
 // -- ports --------------------------------------------------------------------------------
 
 async function listPorts() {
+  const sandbox = state.selected;
   const rows = $("port-rows");
+  let ports;
   try {
-    const ports = (await api("GET", `${sbPath(state.selected)}/ports`)).ports;
-    rows.replaceChildren(...ports.map((p) => el("tr", {}, el("td", { textContent: p.port }),
-      el("td", {}, el("a", { href: p.url, target: "_blank", rel: "noopener", textContent: p.url })))));
+    ports = (await api("GET", `${sbPath(sandbox)}/ports`)).ports;
   } catch (e) {
     rows.replaceChildren(el("tr", {}, el("td", { className: "error", textContent: e.message })));
+    return;
   }
+  if (sandbox !== state.selected) return;
+  rows.replaceChildren(...ports.map((p) => {
+    const remove = el("button", { textContent: "Unexpose", className: "unexpose" });
+    remove.addEventListener("click", async () => {
+      remove.disabled = true;
+      try { await api("DELETE", `${sbPath(sandbox)}/ports/${p.port}`); } catch (e) { showError(e); }
+      listPorts();
+    });
+    const row = el("tr", {}, el("td", { textContent: p.port }), el("td", { textContent: p.name || "" }),
+      el("td", {}, el("a", { href: p.url, target: "_blank", rel: "noopener noreferrer", textContent: p.url })),
+      el("td", {}, remove));
+    row.dataset.port = p.port;
+    return row;
+  }));
+}
+
+async function exposePort(event) {
+  event.preventDefault();
+  showError(null);
+  const name = $("expose-name").value.trim();
+  try {
+    await api("POST", `${sbPath(state.selected)}/ports`, { json: { port: Number($("expose-port").value), name: name || null } });
+    $("expose-port").value = "";
+    $("expose-name").value = "";
+  } catch (e) { showError(e); }
+  listPorts();
 }
 
 // -- wiring -------------------------------------------------------------------------------
@@ -367,7 +485,14 @@ function start() {
   loadImages();
   refresh();
   clearInterval(timer);
-  timer = setInterval(refresh, 5000);
+  timer = setInterval(() => { refresh(); refreshPanel(); }, 5000);
+}
+
+// The lists that change behind the page's back (the SDK, the CLI) follow along.
+function refreshPanel() {
+  if (!state.selected || document.hidden) return;
+  if (state.tab === "processes") listProcesses();
+  if (state.tab === "ports") listPorts();
 }
 
 $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("login-key").value.trim()); });
@@ -375,6 +500,8 @@ $("logout").addEventListener("click", () => logout());
 $("create-form").addEventListener("submit", create);
 $("files-go").addEventListener("click", () => listFiles());
 $("files-upload").addEventListener("change", upload);
+$("expose-form").addEventListener("submit", exposePort);
+$("processes-refresh").addEventListener("click", () => listProcesses());
 for (const button of document.querySelectorAll("#tabs button")) button.addEventListener("click", () => showTab(button.dataset.tab));
 window.addEventListener("resize", () => state.fit && state.fit.fit());
 if (sessionStorage.getItem(KEY)) start(); else logout();
