@@ -242,7 +242,7 @@ async def test_destroy_leaves_nothing(runtime: Runtime, image: Image) -> None:
         qgroups = btrfs("qgroup", "show", storage)
         if "<stale>" not in qgroups:
             break
-        time.sleep(0.25)
+        await asyncio.sleep(0.25)
     assert [line for line in qgroups.splitlines() if line.startswith("0/")] == [
         line for line in qgroups.splitlines() if line.startswith("0/5 ")
     ]
