@@ -260,12 +260,16 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _pid_start(pid: int) -> str:
-    """Field 22 of /proc/<pid>/stat: tells a live process from a later one with its pid."""
+    """Field 22 of /proc/<pid>/stat: tells a live process from a later one with its pid.
+    Empty for a zombie: a killed rclone whose new parent does not reap it is still dead."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
 
 
 def _alive(pid: int, start: str) -> bool:
