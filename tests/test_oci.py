@@ -11,6 +11,7 @@ import pytest
 
 import hutch.runtime
 from hutch.runtime._agent_bundle import AgentBundle, agent_args
+from hutch.runtime._nft import NetworkPolicy
 from hutch.runtime._oci import (
     DEFAULT_CAPABILITIES,
     SandboxLayout,
@@ -21,7 +22,7 @@ from hutch.runtime._oci import (
 )
 from hutch.runtime._overlay import overlay_options
 from hutch.runtime._runc import read_runc_error
-from hutch.runtime._runtime import etc_hosts, resolv_conf
+from hutch.runtime._runtime import RESOLV_MARKER, etc_hosts, resolv_conf
 from hutch.runtime._seccomp import (
     CLONE_NAMESPACE_FLAGS,
     CLONE_NEWUSER,
@@ -259,7 +260,9 @@ def test_overlay_refuses_paths_it_would_misparse() -> None:
 
 def test_resolv_conf_drops_loopback_resolvers() -> None:
     host = "search example.com\nnameserver 127.0.0.53\nnameserver 10.0.0.2\noptions edns0\n"
-    assert resolv_conf(host) == "search example.com\nnameserver 10.0.0.2\noptions edns0\n"
+    assert resolv_conf(host) == (
+        RESOLV_MARKER + "search example.com\nnameserver 10.0.0.2\noptions edns0\n"
+    )
     only_loopback = resolv_conf("nameserver 127.0.0.53\n")
     assert "127.0.0.53" not in only_loopback and "nameserver 8.8.8.8" in only_loopback
     assert "127.0.1.1\tbox\n" in etc_hosts("box")
@@ -273,3 +276,13 @@ def test_runc_errors_are_read_from_its_json_log(tmp_path: Path) -> None:
     )
     assert read_runc_error(log) == "runc run failed: unable to set memory limit"
     assert read_runc_error(tmp_path / "missing") == "(no runc log)"
+
+
+def test_resolv_conf_without_egress_fails_lookups_at_once() -> None:
+    # No egress: a local resolver where nothing listens (refused at once, no ICMP rate limit).
+    none = resolv_conf("nameserver 10.0.0.2\n", NetworkPolicy.of("none"))
+    assert "nameserver 127.0.0.1" in none and "10.0.0.2" not in none
+    internet = resolv_conf("nameserver 10.0.0.2\n", NetworkPolicy.of("internet"))
+    assert "nameserver 10.0.0.2" in internet
+    allowed = resolv_conf("nameserver 10.0.0.2\n", NetworkPolicy.of("none", ["10.0.0.0/8"]))
+    assert "nameserver 10.0.0.2" in allowed

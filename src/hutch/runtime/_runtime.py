@@ -276,7 +276,7 @@ class Runtime:
         files = {
             "hosts": etc_hosts(spec.hostname),
             "hostname": f"{spec.hostname}\n",
-            "resolv.conf": resolv_conf(_read_text(Path("/etc/resolv.conf"))),
+            "resolv.conf": resolv_conf(_read_text(Path("/etc/resolv.conf")), spec.network),
         }
         _mkdir(paths.etc, 0o755)
         for name, text in files.items():
@@ -497,6 +497,11 @@ class Runtime:
         """Replace a running sandbox's egress policy; effective for its next packet."""
         _check_id(sandbox_id)
         await self._networks.set_policy(sandbox_id, policy)
+        # The resolver follows the policy, unless the sandbox wrote its own resolv.conf.
+        # NB: rewritten in place: the sandbox sees this inode through a bind mount.
+        path = self._paths(sandbox_id).etc / "resolv.conf"
+        if _read_text(path).startswith(RESOLV_MARKER):
+            _rewrite_in_place(path, resolv_conf(_read_text(Path("/etc/resolv.conf")), policy))
 
     def sandbox_address(self, sandbox_id: str) -> str | None:
         """The sandbox's IPv4 address on its veth (None if it has no network)."""
@@ -650,6 +655,12 @@ def _check_traversable(directory: Path) -> None:
             )
 
 
+def _rewrite_in_place(path: Path, text: str) -> None:
+    with open(path, "r+") as f:
+        f.truncate(0)
+        f.write(text)
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text()
@@ -666,9 +677,22 @@ def etc_hosts(hostname: str) -> str:
 _FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 
 
-def resolv_conf(host: str) -> str:
+RESOLV_MARKER = "# Written by Hutch for this sandbox's network policy.\n"
+
+
+def resolv_conf(host: str, policy: NetworkPolicy | None = None) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from the sandbox's
-    network namespace), falling back to public resolvers as Docker does."""
+    network namespace), falling back to public resolvers as Docker does.
+
+    With no egress at all (network="none", no allow list) the resolver is 127.0.0.1, where
+    nothing listens: lookups fail at once. A remote resolver would be refused by nftables too,
+    but the kernel rate-limits those ICMP errors (1/s per destination), so every other lookup
+    waited out the 5 s DNS timeout (ipykernel's start-up does several).
+    """
+    if policy is not None and not policy.internet and not policy.allow:
+        return (
+            RESOLV_MARKER + "# network=none: no name server is reachable.\nnameserver 127.0.0.1\n"
+        )
     lines = []
     servers = 0
     for line in host.splitlines():
@@ -680,7 +704,7 @@ def resolv_conf(host: str) -> str:
         lines.append(line)
     if servers == 0:
         lines += [f"nameserver {ns}" for ns in _FALLBACK_NAMESERVERS]
-    return "\n".join(lines) + "\n"
+    return RESOLV_MARKER + "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager
