@@ -218,8 +218,6 @@ def test_image_build_calls_the_runtime(
 ) -> None:
     import hutch.runtime as runtime
 
-    if not hasattr(runtime, "ensure_default_image"):
-        pytest.skip("hutch.runtime does not export ensure_default_image yet")
     calls: list[dict[str, Any]] = []
 
     @dataclass

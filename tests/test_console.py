@@ -43,9 +43,9 @@ def test_console_files_are_served_without_a_cdn(server: ServerProcess) -> None:
 
 
 def test_console_login_create_terminal_destroy(server: ServerProcess) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/install installs it)")
+    import playwright.sync_api as sync_api
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (scripts/install does)"
     ARTIFACTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hutch-chromium-") as profile:
         with sync_api.sync_playwright() as p:
@@ -103,9 +103,9 @@ def test_console_login_create_terminal_destroy(server: ServerProcess) -> None:
 
 def test_console_files_processes_ports(server: ServerProcess) -> None:
     """The Files, Processes and Ports panels against the real routes, next to the SDK."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/install installs it)")
+    import playwright.sync_api as sync_api
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (scripts/install does)"
     from hutch import Sandbox
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -30,7 +30,8 @@ from hutch.runtime._default_image import (
     render_progress_bar,
 )
 from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
-from hutch.runtime._images import Image, ImageConfig, ImageNotFound, ImageStore
+from hutch.runtime._images import ImageConfig, ImageNotFound, ImageStore
+from tests._server import SHARED_IMAGES
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, chroot)")
@@ -450,25 +451,10 @@ def test_busybox_image_runs_and_is_stable(tmp_path: Path) -> None:
 
 # -- the built default image (the CI builds it before the tests) ------------------------------
 
-SHARED_IMAGES = Path(os.environ.get("HUTCH_TEST_IMAGES", "/var/lib/hutch/images"))
 
-
-def _built_default_image() -> Image | None:
-    if os.geteuid() != 0 or not SHARED_IMAGES.is_dir():
-        return None
-    try:
-        return ImageStore(SHARED_IMAGES).get("default")
-    except ImageNotFound:
-        return None
-
-
-@pytest.mark.skipif(
-    _built_default_image() is None,
-    reason="no default image: `python -m hutch.runtime._default_image` builds it",
-)
+@pytest.mark.sandbox
 def test_the_default_image_has_the_promised_tools() -> None:
-    image = _built_default_image()
-    assert image is not None
+    image = ImageStore(SHARED_IMAGES).get("default")  # scripts/test builds it first
     script = (
         "python -c 'import numpy, pandas, matplotlib, ipykernel, jupyter_client' && "
         "node --version && git --version && inotifywait --help >/dev/null 2>&1; "

@@ -145,8 +145,7 @@ def test_page_with_static_files_and_websocket_in_headless_chromium(
     app: tuple[Sandbox, str], tmp_path: Path
 ) -> None:
     chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium is not installed (scripts/install installs it)")
+    assert chromium is not None, "chromium is not installed (scripts/install installs it)"
     from playwright.sync_api import sync_playwright
 
     url = app[1] + "index.html"

@@ -363,9 +363,6 @@ async def test_disk_fill_stops_at_the_limit(runtime: Runtime, image: Image) -> N
     )
 
 
-@pytest.mark.skipif(
-    not (Path(hutch.__file__).parent / "agent/__main__.py").exists(), reason="no agent yet"
-)
 async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Image) -> None:
     home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
     rt = Runtime(RuntimeConfig(home=home, storage_size_gb=4))

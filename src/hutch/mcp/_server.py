@@ -2,9 +2,8 @@
 
 The MCP server is a client of a Hutch server (the async SDK, ``HUTCH_URL``/``HUTCH_API_KEY``):
 it holds no state of its own, so several MCP servers can front one Hutch. Tools exist for what
-the SDK can do: create/list/destroy sandboxes and exec always; processes, files, the code
-interpreter and ports only when the SDK has those methods (``hasattr``), so they appear as soon
-as those features are merged, with the names of DESIGN.md's SDK surface.
+the SDK can do: create/list/destroy sandboxes, exec, processes, files, the code interpreter
+and ports, with the names of DESIGN.md's SDK surface.
 
 Arguments are checked strictly: an unknown or invalid argument is an error result whose text
 names the field (``Error executing tool exec: ... bogus  Extra inputs are not permitted``), so a
@@ -275,26 +274,26 @@ def _execution_content(ex: Any) -> builtins.list[TextContent | ImageContent]:
     return out or [TextContent(type="text", text="(no output)")]
 
 
-# tool name -> the SDK methods it needs on AsyncSandbox (none: always available)
-TOOLS: dict[str, tuple[str, ...]] = {
-    "create_sandbox": (),
-    "list_sandboxes": (),
-    "destroy_sandbox": (),
-    "exec": (),
-    "start_process": ("start_process", "get_process"),
-    "follow_process": ("get_process",),
-    "kill_process": ("kill_process",),
-    "read_file": ("read_file",),
-    "write_file": ("write_file",),
-    "list_files": ("list_files",),
-    "run_code": ("run_code",),
-    "expose_port": ("expose_port",),
-}
+# The tools, each a method of HutchTools of the same name.
+TOOLS: tuple[str, ...] = (
+    "create_sandbox",
+    "list_sandboxes",
+    "destroy_sandbox",
+    "exec",
+    "start_process",
+    "follow_process",
+    "kill_process",
+    "read_file",
+    "write_file",
+    "list_files",
+    "run_code",
+    "expose_port",
+)
 
 
-def available_tools(sandbox_cls: type = AsyncSandbox) -> builtins.list[str]:
-    """The tools whose SDK methods exist in this build of Hutch."""
-    return [name for name, needs in TOOLS.items() if all(hasattr(sandbox_cls, m) for m in needs)]
+def available_tools() -> builtins.list[str]:
+    """The names of the tools `hutch mcp` serves."""
+    return list(TOOLS)
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
