@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch._wire import Kind, encode_frame_parts, encode_json_frame
+from hutch._wire import Kind
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
@@ -46,6 +46,7 @@ from hutch.server._models import (
 )
 from hutch.server._pools import RuntimeIds, WarmPools
 from hutch.server._proxy import PreviewRoutes
+from hutch.server._relay import relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_images import build_images_router
@@ -307,28 +308,7 @@ def build_router() -> APIRouter:
     )
     async def exec_stream(svc: Svc, sandbox_id: str, body: ExecRequest) -> StreamingResponse:
         stream = await _open_exec(svc, sandbox_id, body)
-
-        async def frames() -> AsyncIterator[bytes]:
-            done = False
-            try:
-                async for frame in stream:
-                    if frame.kind is Kind.RESULT:
-                        done = True
-                    for part in encode_frame_parts(
-                        frame.kind, 0, frame.payload, frame.channel, frame.offset
-                    ):
-                        yield part
-            except AgentError as exc:
-                done = True
-                error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
-                yield encode_json_frame(Kind.RESULT, 0, error)
-            finally:
-                if not done:
-                    # The client went away mid-stream: stop the command rather than orphan it.
-                    with contextlib.suppress(Exception):
-                        await stream.cancel()
-
-        return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
+        return StreamingResponse(relay_frames(stream), media_type=FRAMES_MEDIA_TYPE)
 
     @router.get("/keys", response_model=KeyList)
     async def list_keys(svc: Svc) -> KeyList:

@@ -10,14 +10,13 @@ an HTTP error instead, so clients see the usual ``{"error": {"code", "message"}}
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from hutch._wire import Kind, encode_frame, encode_json_frame
+from hutch._wire import Kind
 from hutch._wire.frames import Frame
 from hutch.server._agent_client import (
     AgentConnection,
@@ -34,6 +33,7 @@ from hutch.server._errors import (
     InvalidRequest,
     SandboxUnavailable,
 )
+from hutch.server._relay import relay_frames
 
 LANGUAGES = ("python", "javascript", "typescript")
 
@@ -165,7 +165,7 @@ def build_code_router() -> APIRouter:
             svc.sandboxes.drop_agent(sandbox_id, conn)
             raise api_error_for(exc, sandbox_id) from exc
         first = await _first_frame(stream, sandbox_id)
-        return StreamingResponse(_relay(stream, first), media_type=FRAMES_MEDIA_TYPE)
+        return StreamingResponse(relay_frames(stream, first), media_type=FRAMES_MEDIA_TYPE)
 
     return router
 
@@ -184,23 +184,3 @@ async def _first_frame(stream: AgentStream, sandbox_id: str) -> Frame:
             await stream.aclose()
         raise
     raise SandboxUnavailable(f"sandbox {sandbox_id}'s agent ended the run without an answer")
-
-
-async def _relay(stream: AgentStream, first: Frame) -> AsyncIterator[bytes]:
-    done = first.kind is Kind.RESULT
-    yield encode_frame(first.kind, 0, first.payload, first.channel, first.offset)
-    try:
-        if not done:
-            async for frame in stream:
-                if frame.kind is Kind.RESULT:
-                    done = True
-                yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
-    except AgentError as exc:
-        done = True
-        error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
-        yield encode_json_frame(Kind.RESULT, 0, error)
-    finally:
-        if not done:
-            # The client went away mid-run: interrupt the code rather than let it run on.
-            with contextlib.suppress(Exception):
-                await stream.cancel()

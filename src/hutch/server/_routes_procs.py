@@ -30,6 +30,7 @@ from hutch.server._errors import (
     SessionNotFound,
 )
 from hutch.server._models import ExecResult, _check_env
+from hutch.server._relay import relay_frames
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
 SIGNAL_NAMES = sorted(
@@ -477,27 +478,7 @@ def build_procs_router() -> APIRouter:
     ) -> StreamingResponse:
         """As ``exec/stream``; the command waits for the session's previous one to end."""
         stream = await open_session_exec(svc, sandbox_id, session_id, body)
-
-        async def frames() -> AsyncIterator[bytes]:
-            done = False
-            try:
-                async for frame in stream:
-                    if frame.kind is Kind.RESULT:
-                        done = True
-                    for part in encode_frame_parts(
-                        frame.kind, 0, frame.payload, frame.channel, frame.offset
-                    ):
-                        yield part
-            except AgentError as exc:
-                done = True
-                error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
-                yield encode_json_frame(Kind.RESULT, 0, error)
-            finally:
-                if not done:
-                    with contextlib.suppress(Exception):
-                        await stream.cancel()
-
-        return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
+        return StreamingResponse(relay_frames(stream), media_type=FRAMES_MEDIA_TYPE)
 
     @router.put("/sandboxes/{sandbox_id}/env", status_code=204)
     async def set_env_vars(svc: Svc, sandbox_id: str, body: EnvBody) -> Response:
