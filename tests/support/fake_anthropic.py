@@ -69,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "x-api-key": self.headers.get("x-api-key"),
+            "x-api-keys": self.headers.get_all("x-api-key") or [],
             "authorization": self.headers.get("authorization"),
             "model": body.get("model"),
             "stream": body.get("stream"),

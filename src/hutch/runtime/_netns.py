@@ -204,11 +204,28 @@ class Networks:
             raise NetworkError(f"sandbox {sandbox_id!r} has no network")
         await self._nft(_nft.set_policy(self._tag, net.index, net.sandbox_ip, policy))
 
+    async def open_gateway_port(self, sandbox_id: str, port: int) -> SandboxNet:
+        """Let the sandbox reach TCP `port` on its gateway address (and nothing else there).
+        Idempotent; remembered in `net/.port-<id>` so that `remove` takes it away again."""
+        net = self.get(sandbox_id)
+        if net is None:
+            raise NetworkError(f"sandbox {sandbox_id!r} has no network")
+        await self.setup()
+        await self._nft(_nft.gateway_port(self._tag, net.ifname, net.host_ip, port, add=True))
+        (self._state / f".port-{sandbox_id}").write_text(str(port))
+        return net
+
     async def remove(self, sandbox_id: str) -> None:
         """Remove the rules, veth, netns and state of a sandbox. Idempotent."""
         net = self.get(sandbox_id)
+        port_file = self._state / f".port-{sandbox_id}"
         if net is not None:
             parts = _nft.remove_sandbox_parts(self._tag, net.index, net.ifname)
+            with contextlib.suppress(OSError, ValueError):
+                port = int(port_file.read_text())
+                parts.insert(
+                    0, _nft.gateway_port(self._tag, net.ifname, net.host_ip, port, add=False)
+                )
             try:
                 # NB: each nft transaction costs ~15 ms (the kernel waits for RCU): try all
                 # parts in one, and only if one of them is already gone, each on its own.
@@ -221,6 +238,7 @@ class Networks:
                 with contextlib.suppress(NetworkError):
                     await _run("ip", "link", "delete", net.ifname)
             self._release(net.index, self._owner(sandbox_id))
+        port_file.unlink(missing_ok=True)
         (self._state / sandbox_id).unlink(missing_ok=True)
 
     async def teardown(self) -> None:

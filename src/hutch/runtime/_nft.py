@@ -7,7 +7,9 @@ change rewrites that one chain in one transaction: effective for the next packet
 is judged per packet (no "established" short cut out of a sandbox).
 
     input    from a sandbox veth: only replies to connections the host opened (the preview
-             proxy); nothing else reaches a host service, on any host address, v4 or v6.
+             proxy), and TCP to the (veth, its own gateway address, port) triples in the set
+             `gateways` (the egress proxy, for sandboxes given egress secrets); nothing else
+             reaches a host service, on any host address, v4 or v6.
     forward  into a sandbox veth: only replies; out of one: never to another sandbox, the
              sandbox subnet, loopback, link-local (169.254.0.0/16, metadata), multicast or
              IPv6; then the sandbox's own chain: its source address, deny list, allow list,
@@ -91,6 +93,7 @@ def base_ruleset(tag: str, subnet: str) -> str:
 add table {t}
 add set {t} ifaces {{ type ifname; }}
 add map {t} egress {{ type ifname : verdict; }}
+add set {t} gateways {{ type ifname . ipv4_addr . inet_service; }}
 add chain {t} input {{ type filter hook input priority -10; policy accept; }}
 add chain {t} forward {{ type filter hook forward priority -10; policy accept; }}
 add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
@@ -98,6 +101,7 @@ flush chain {t} input
 flush chain {t} forward
 flush chain {t} postrouting
 add rule {t} input iifname @ifaces ct state established,related accept
+add rule {t} input iifname . ip daddr . tcp dport @gateways accept
 add rule {t} input iifname @ifaces {REJECT}
 add rule {t} forward oifname @ifaces ct state established,related accept
 add rule {t} forward oifname @ifaces drop
@@ -135,6 +139,12 @@ def add_sandbox(tag: str, index: int, ifname: str, sandbox_ip: str, policy: Netw
 def set_policy(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -> str:
     t = f"inet {table_name(tag)}"
     return f"flush chain {t} {chain_name(index)}\n" + policy_rules(tag, index, sandbox_ip, policy)
+
+
+def gateway_port(tag: str, ifname: str, host_ip: str, port: int, *, add: bool) -> str:
+    """Let the sandbox behind `ifname` reach TCP `port` on its own gateway (or stop that)."""
+    verb = "add" if add else "delete"
+    return f'{verb} element inet {table_name(tag)} gateways {{ "{ifname}" . {host_ip} . {port} }}\n'
 
 
 def remove_sandbox_parts(tag: str, index: int, ifname: str) -> list[str]:

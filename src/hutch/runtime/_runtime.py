@@ -503,6 +503,16 @@ class Runtime:
         if _read_text(path).startswith(RESOLV_MARKER):
             _rewrite_in_place(path, resolv_conf(_read_text(Path("/etc/resolv.conf")), policy))
 
+    async def open_gateway_port(self, sandbox_id: str, port: int) -> tuple[str, str]:
+        """Let the sandbox reach TCP `port` on its gateway; (sandbox address, gateway)."""
+        net = await self._networks.open_gateway_port(sandbox_id, port)
+        return net.sandbox_ip, net.host_ip
+
+    def sandbox_gateway(self, sandbox_id: str) -> str | None:
+        """The host side of the sandbox's veth (None if it has no network yet)."""
+        net = self._networks.get(sandbox_id)
+        return net.host_ip if net is not None else None
+
     def sandbox_address(self, sandbox_id: str) -> str | None:
         """The sandbox's IPv4 address on its veth (None if it has no network)."""
         net = self._networks.get(sandbox_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +23,7 @@ def sandbox_create_body(
     labels: Mapping[str, str] | None = None,
     timeout: float | None = None,
     secrets: Mapping[str, str] | None = None,
+    egress_secrets: Sequence[Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -43,6 +44,8 @@ def sandbox_create_body(
         body["pids_limit"] = pids_limit
     if secrets:
         body["secrets"] = dict(secrets)
+    if egress_secrets:
+        body["egress_secrets"] = [dict(rule) for rule in egress_secrets]
     return body
 
 

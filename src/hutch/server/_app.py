@@ -22,6 +22,7 @@ from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
 from hutch.server._config import ServerConfig
+from hutch.server._egress import EgressProxy, running_with_rules
 from hutch.server._errors import (
     ApiError,
     BodyTooLarge,
@@ -155,6 +156,16 @@ class Services:
             runtime_ids=RuntimeIds(config.home / "runtime-ids.json"),
             secrets=SecretBox.open(config.home),
         )
+        self.egress = EgressProxy(
+            self.store,
+            SecretBox.open(config.home),
+            self.runtime,
+            config.home,
+            port=config.egress_port,
+            upstreams=config.egress_upstreams,
+        )
+        self.sandboxes.egress = self.egress
+        self.sandboxes.on_destroy.append(self.egress.forget)
 
 
 def services(request: Request) -> Services:
@@ -413,12 +424,14 @@ def create_app(
                 on_new_key(new.key)
         await svc.runtime.setup()
         await svc.sandboxes.start()
+        await svc.egress.start(running_with_rules(svc.store, svc.sandboxes.runtime_id))
         app.state.services = svc
         attach_previews(svc, previews)
         try:
             yield
         finally:
             await svc.previews.close()
+            await svc.egress.stop()
             await svc.sandboxes.stop()
             svc.store.close()
 

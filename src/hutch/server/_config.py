@@ -43,6 +43,8 @@ class ServerConfig:
     preview_domain: str = "localhost"
     network_subnet: str = "10.201.0.0/16"
     reserved_ports: frozenset[int] = frozenset()
+    egress_port: int = 0  # the egress proxy's port; 0: any free one, kept across restarts
+    egress_upstreams: dict[str, str] = field(default_factory=dict)  # tests: host -> http URL
 
     @property
     def image_root(self) -> Path:
@@ -79,5 +81,11 @@ class ServerConfig:
             values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
         if "HUTCH_NETWORK_SUBNET" in env:
             values["network_subnet"] = env["HUTCH_NETWORK_SUBNET"]
+        if "HUTCH_EGRESS_PORT" in env:
+            values["egress_port"] = int(env["HUTCH_EGRESS_PORT"])
+        if env.get("HUTCH_EGRESS_UPSTREAMS"):
+            from hutch.server._egress import parse_upstreams
+
+            values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -36,6 +36,70 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+HEADER_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+# Headers the egress proxy owns (framing, routing): never the injected one.
+RESERVED_HEADERS = frozenset(
+    "host content-length transfer-encoding connection keep-alive upgrade te trailer "
+    "proxy-authorization proxy-authenticate proxy-connection".split()
+)
+# The base-URL variable a CLI reads, for the model hosts we know.
+BASE_URL_ENVS = {"api.anthropic.com": "ANTHROPIC_BASE_URL", "api.openai.com": "OPENAI_BASE_URL"}
+
+
+class EgressSecret(Strict):
+    """One secret that Hutch's egress proxy injects as a header instead of giving it to the
+    sandbox (docs/agents.md, "Keys that never enter the sandbox")."""
+
+    host: str = Field(description="the upstream host, e.g. api.anthropic.com (HTTPS, port 443)")
+    header: str = Field(description="the header to set, e.g. x-api-key or authorization")
+    secret: str = Field(description="the name of one of the sandbox's `secrets`")
+    prefix: str = Field(default="", max_length=64, description="e.g. 'Bearer ' for authorization")
+    base_url_env: str | None = Field(
+        default=None,
+        description="variable given the proxy's URL for this host (default for known hosts, "
+        "e.g. ANTHROPIC_BASE_URL for api.anthropic.com)",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        host = host.lower().rstrip(".")
+        if not HOSTNAME_RE.match(host):
+            raise ValueError(f"host {host!r} must be a hostname such as api.anthropic.com")
+        return host
+
+    @field_validator("header")
+    @classmethod
+    def _check_header(cls, header: str) -> str:
+        if not HEADER_TOKEN_RE.match(header):
+            raise ValueError(f"header {header!r} must be an HTTP header name such as x-api-key")
+        if header.lower() in RESERVED_HEADERS:
+            raise ValueError(f"header {header!r} is set by the proxy itself; use another")
+        return header.lower()
+
+    @field_validator("secret", "base_url_env")
+    @classmethod
+    def _check_env_name(cls, name: str | None) -> str | None:
+        if name is not None and not ENV_NAME_RE.match(name):
+            raise ValueError(
+                f"{name!r} must be an environment variable name [A-Za-z_][A-Za-z0-9_]*"
+            )
+        return name
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if any(c in prefix for c in "\r\n\0"):
+            raise ValueError("prefix may not contain CR, LF or NUL")
+        return prefix
+
+    def url_env(self) -> str | None:
+        return self.base_url_env or BASE_URL_ENVS.get(self.host)
+
+
 class SandboxCreate(Strict):
     id: str | None = Field(default=None, description=SANDBOX_ID_RULE)
     image: str = "default"
@@ -57,9 +121,35 @@ class SandboxCreate(Strict):
         description="environment variables for every process, stored encrypted and never "
         "returned (SandboxInfo lists only their names)",
     )
+    egress_secrets: list[EgressSecret] = Field(
+        default_factory=list,
+        max_length=16,
+        description="secrets injected as a header by Hutch's egress proxy: they never enter "
+        "the sandbox, which gets a placeholder and a base-URL variable instead",
+    )
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+
+    @model_validator(mode="after")
+    def _check_egress(self) -> SandboxCreate:
+        hosts: set[str] = set()
+        for i, rule in enumerate(self.egress_secrets):
+            if rule.secret not in self.secrets:
+                raise ValueError(
+                    f"egress_secrets[{i}].secret {rule.secret!r} is not one of the sandbox's "
+                    "secrets: give its value in secrets as well"
+                )
+            if rule.host in hosts:
+                raise ValueError(f"egress_secrets: host {rule.host!r} is given twice")
+            hosts.add(rule.host)
+            env = rule.url_env()
+            if env is not None and (env in self.secrets or env in self.env):
+                raise ValueError(
+                    f"egress_secrets[{i}].base_url_env {env!r} is set by Hutch; do not set it "
+                    "in env or secrets"
+                )
+        return self
 
     @field_validator("labels")
     @classmethod

@@ -26,6 +26,7 @@ from hutch.runtime import (
 )
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
+from hutch.server._egress import EgressProxy, agent_env, seal_rules
 from hutch.server._errors import (
     ImageNotFoundError,
     InvalidRequest,
@@ -111,6 +112,8 @@ class SandboxManager:
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.on_destroy: list[Callable[[str], None]] = []
+        # Egress header injection (server/_egress.py), when the server runs its proxy.
+        self.egress: EgressProxy | None = None
 
     # -- start/stop ---------------------------------------------------------------------
 
@@ -258,6 +261,8 @@ class SandboxManager:
         )
         if request.secrets and self._secrets is None:
             raise InvalidRequest("this server has no secret store; start it with a HUTCH_HOME")
+        if request.egress_secrets and self.egress is None:
+            raise InvalidRequest("this server runs no egress proxy; egress_secrets cannot be used")
         if not self._store.insert_sandbox(record):
             raise SandboxExists(
                 f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
@@ -265,7 +270,8 @@ class SandboxManager:
             )
         try:
             if request.secrets and self._secrets is not None:
-                self._store.set_secrets(sandbox_id, self._secrets.seal(request.secrets))
+                sealed = {**request.secrets, **seal_rules(request.egress_secrets)}
+                self._store.set_secrets(sandbox_id, self._secrets.seal(sealed))
             claimed = None
             if self._pools is not None and self._runtime_ids is not None:
                 spec = self._spec(record, image)
@@ -293,6 +299,11 @@ class SandboxManager:
                     ),
                     self._agent_timeout,
                 )
+            if request.egress_secrets and self.egress is not None:
+                # The gateway port opens once the veth is there; the agent then learns the
+                # proxy's URL (its first secrets had only the placeholders).
+                await self.egress.register(sandbox_id, self._rid(sandbox_id))
+                await self._send_secrets(sandbox_id, self._agents[sandbox_id])
         except BaseException as exc:
             await self._forget_agent(sandbox_id)
             with contextlib.suppress(Exception):
@@ -357,7 +368,12 @@ class SandboxManager:
         sealed = self._store.get_secrets(sandbox_id)
         if not sealed:
             return
-        values = self._secrets.open_all(sealed)
+        egress = self.egress
+        values = agent_env(
+            self._secrets.open_all(sealed),
+            self._runtime.sandbox_gateway(self._rid(sandbox_id)),
+            egress.port if egress is not None else None,
+        )
         await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
     async def _forget_agent(self, sandbox_id: str) -> None:

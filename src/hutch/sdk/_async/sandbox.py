@@ -69,6 +69,7 @@ class AsyncSandbox:
         timeout: float | None = None,
         *,
         secrets: Mapping[str, str] | None = None,
+        egress_secrets: Sequence[Mapping[str, str]] | None = None,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -91,6 +92,12 @@ class AsyncSandbox:
             secrets: Environment variables for every process (e.g. ``{"ANTHROPIC_API_KEY":
                 ...}``), stored encrypted by the server and never returned by any API. Any
                 process in the sandbox can read them: give only what its code may see.
+            egress_secrets: Secrets injected as a header by Hutch's egress proxy instead, e.g.
+                ``[{"host": "api.anthropic.com", "header": "x-api-key", "secret":
+                "ANTHROPIC_API_KEY"}]`` (the value stays in ``secrets``): the sandbox gets the
+                placeholder ``hutch-egress-injected`` and ``ANTHROPIC_BASE_URL`` pointing at the
+                proxy, never the key. Optional keys: ``prefix`` (``"Bearer "``),
+                ``base_url_env``. See docs/agents.md.
             pids_limit: Maximum number of processes (the server's default when ``None``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
@@ -120,6 +127,7 @@ class AsyncSandbox:
             labels=labels,
             timeout=timeout,
             secrets=secrets,
+            egress_secrets=egress_secrets,
         )
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -141,6 +149,7 @@ class AsyncSandbox:
         timeout: float | None = None,
         *,
         secrets: Mapping[str, str] | None = None,
+        egress_secrets: Sequence[Mapping[str, str]] | None = None,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -164,6 +173,7 @@ class AsyncSandbox:
             runtime: See :meth:`create`.
             labels: See :meth:`create`.
             secrets: See :meth:`create`.
+            egress_secrets: See :meth:`create`.
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
             base_url: See :meth:`create`.
@@ -191,6 +201,7 @@ class AsyncSandbox:
             labels=labels,
             timeout=timeout,
             secrets=secrets,
+            egress_secrets=egress_secrets,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))

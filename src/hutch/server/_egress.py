@@ -1,0 +1,334 @@
+"""Egress header injection: keys that never enter the sandbox.
+
+A sandbox created with ``egress_secrets=[{"host": "api.anthropic.com", "header": "x-api-key",
+"secret": "ANTHROPIC_API_KEY"}]`` never gets that secret. Its processes see
+``ANTHROPIC_API_KEY=hutch-egress-injected`` (so CLIs that insist on the variable start) and
+``ANTHROPIC_BASE_URL=http://<gateway>:<port>/api.anthropic.com``: this proxy, listening on the
+host side of the sandbox's own veth. For each request it
+
+- finds the sandbox by the connection's SOURCE address, and checks that the connection came in
+  on that sandbox's own gateway address: never by anything the sandbox sends (nftables only
+  lets a sandbox with egress secrets reach this port, on its own gateway; see runtime/_nft.py);
+- takes the first path segment as the upstream host, refuses (403) a host that is not one of
+  that sandbox's rules;
+- drops hop-by-hop headers and every header of the rule's name the sandbox sent, sets that
+  header to the decrypted secret, and forwards over HTTPS with certificate checks;
+- streams the response back as it arrives (server-sent events unbuffered).
+
+The secret is decrypted per request from the state database; it is not logged and never sent
+to the sandbox. For tests, ``HUTCH_EGRESS_UPSTREAMS="api.anthropic.com=http://127.0.0.1:8765"``
+in the SERVER's environment sends a host elsewhere (nothing the sandbox sends can do that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hutch.server._models import EgressSecret
+
+if TYPE_CHECKING:
+    import httpx
+    import uvicorn
+    from starlette.types import Receive, Scope, Send
+
+    from hutch.runtime import Runtime
+    from hutch.server._secrets import SecretBox
+    from hutch.server._store import Store
+
+log = logging.getLogger("hutch.egress")
+
+# The sealed row that keeps a sandbox's rules, next to its secrets (not an env name: it can
+# never collide with one, and it is never sent to the agent).
+RULES_NAME = "hutch:egress"
+PLACEHOLDER = "hutch-egress-injected"
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+HOP_BY_HOP = frozenset(
+    "connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer "
+    "transfer-encoding upgrade host content-length".split()
+)
+
+
+def seal_rules(rules: list[EgressSecret]) -> dict[str, str]:
+    """The extra entry stored (encrypted) with the sandbox's secrets; {} without rules."""
+    if not rules:
+        return {}
+    return {RULES_NAME: json.dumps([r.model_dump() for r in rules])}
+
+
+def parse_upstreams(text: str) -> dict[str, str]:
+    """``host=http://127.0.0.1:8765,host2=https://...`` (server config, tests only)."""
+    upstreams: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise ValueError(f"HUTCH_EGRESS_UPSTREAMS: {item!r} is not host=http(s)://...")
+        upstreams[host.strip().lower()] = url.strip().rstrip("/")
+    return upstreams
+
+
+def agent_env(values: Mapping[str, str], gateway: str | None, port: int | None) -> dict[str, str]:
+    """What the agent gets of the opened secrets: egress secrets replaced by the placeholder,
+    the base-URL variables pointing at this proxy (once the gateway is known)."""
+    env = dict(values)
+    raw = env.pop(RULES_NAME, None)
+    if raw is None:
+        return env
+    for rule in [EgressSecret.model_validate(r) for r in json.loads(raw)]:
+        env[rule.secret] = PLACEHOLDER
+        name = rule.url_env()
+        if name is not None and gateway is not None and port is not None:
+            env[name] = f"http://{gateway}:{port}/{rule.host}"
+    return env
+
+
+class EgressProxy:
+    """The proxy of one server: its listening socket, and which sandbox address is whose."""
+
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        runtime: Runtime,
+        home: Path,
+        *,
+        port: int = 0,
+        upstreams: Mapping[str, str] | None = None,
+    ) -> None:
+        self._store = store
+        self._box = box
+        self._runtime = runtime
+        self._port_file = home / "egress-port"
+        self._wanted_port = port
+        self._upstreams = dict(upstreams or {})
+        self.port: int | None = None
+        # sandbox address -> (sandbox id, its gateway address)
+        self._by_address: dict[str, tuple[str, str]] = {}
+        self._server: uvicorn.Server | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, running: list[tuple[str, str]]) -> None:
+        """Listen, then re-register `running` (sandbox id, runtime id) that have rules."""
+        import httpx
+        import uvicorn
+
+        sock = self._bind()
+        self.port = int(sock.getsockname()[1])
+        self._port_file.write_text(str(self.port))
+        # Certificate checks against the system's CA store (a site's TLS-inspecting CA too).
+        self._client = httpx.AsyncClient(
+            verify=ssl.create_default_context(),
+            timeout=httpx.Timeout(30.0, read=600.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        config = uvicorn.Config(
+            self,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=1,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self._server = server
+        self._loop_task = asyncio.create_task(server.main_loop(), name="hutch-egress")
+        for sandbox_id, runtime_id in running:
+            try:
+                await self.register(sandbox_id, runtime_id)
+            except Exception as exc:  # noqa: BLE001 - one sandbox must not stop the server
+                log.error("egress rules of sandbox %s not restored: %s", sandbox_id, exc)
+
+    def _bind(self) -> socket.socket:
+        # The port a previous run used, so running sandboxes' base URLs stay right.
+        candidates = [self._wanted_port] if self._wanted_port else []
+        if not self._wanted_port:
+            with contextlib.suppress(OSError, ValueError):
+                candidates.append(int(self._port_file.read_text()))
+            candidates.append(0)
+        last: OSError | None = None
+        for port in candidates:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                # NB: every address: the gateways come and go with sandboxes. Connections from
+                # anything but a registered sandbox on its own gateway are refused below.
+                sock.bind(("0.0.0.0", port))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        raise OSError(f"the egress proxy cannot listen on port {self._wanted_port}: {last}")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._loop_task is not None:
+                await self._loop_task
+            await self._server.shutdown()
+            self._server = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- sandboxes ------------------------------------------------------------------------
+
+    def has_rules(self, sandbox_id: str) -> bool:
+        return RULES_NAME in self._store.get_secrets(sandbox_id)
+
+    async def register(self, sandbox_id: str, runtime_id: str) -> bool:
+        """Open the gateway port to a sandbox with rules and remember its address."""
+        if self.port is None or not self.has_rules(sandbox_id):
+            return False
+        address, gateway = await self._runtime.open_gateway_port(runtime_id, self.port)
+        self._by_address[address] = (sandbox_id, gateway)
+        return True
+
+    def forget(self, sandbox_id: str) -> None:
+        for address, (owner, _) in list(self._by_address.items()):
+            if owner == sandbox_id:
+                del self._by_address[address]
+
+    def _rules(self, sandbox_id: str) -> tuple[dict[str, EgressSecret], dict[str, str]]:
+        values = self._box.open_all(self._store.get_secrets(sandbox_id))
+        raw = values.pop(RULES_NAME, "[]")
+        rules = [EgressSecret.model_validate(r) for r in json.loads(raw)]
+        return {r.host: r for r in rules}, values
+
+    # -- the proxy (ASGI) -----------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        client, server = scope.get("client"), scope.get("server")
+        owner = self._by_address.get(client[0]) if client else None
+        if owner is None or server is None or server[0] != owner[1]:
+            # NB: not a registered sandbox on its own gateway (another sandbox, the host's
+            # network): nothing about the rules is said.
+            await _error(send, 403, "egress_forbidden", "this address may not use Hutch's egress")
+            return
+        sandbox_id = owner[0]
+        host, _, rest = scope["path"].lstrip("/").partition("/")
+        try:
+            rules, values = self._rules(sandbox_id)
+        except Exception:  # noqa: BLE001 - destroyed meanwhile, or the key changed
+            await _error(send, 403, "egress_forbidden", "this sandbox has no egress secrets")
+            return
+        rule = rules.get(host.lower())
+        if rule is None:
+            await _error(
+                send,
+                403,
+                "egress_host_not_configured",
+                f"host {host!r} is not one of this sandbox's egress_secrets hosts "
+                f"({', '.join(sorted(rules))}); the URL is http://<gateway>:<port>/<host>/<path>",
+            )
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await _error(send, 413, "body_too_large", "egress requests are limited to 32 MiB")
+            return
+        base = self._upstreams.get(rule.host, f"https://{rule.host}")
+        url = f"{base}/{rest}"
+        if scope.get("query_string"):
+            url += "?" + scope["query_string"].decode("latin-1")
+        headers = [
+            (k, v)
+            for k, v in ((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+            if k.lower() not in HOP_BY_HOP and k.lower() != rule.header
+        ]
+        headers.append((rule.header, rule.prefix + values[rule.secret]))
+        await self._forward(send, scope["method"], url, headers, body, sandbox_id, rule.host)
+
+    async def _forward(
+        self,
+        send: Send,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        sandbox_id: str,
+        host: str,
+    ) -> None:
+        import httpx
+
+        assert self._client is not None
+        request = self._client.build_request(method, url, headers=headers, content=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("egress of %s to %s failed: %s", sandbox_id, host, type(exc).__name__)
+            await _error(send, 502, "egress_upstream_failed", f"{host} could not be reached")
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [
+                        (k, v)
+                        for k, v in response.headers.raw
+                        if k.lower().decode("latin-1") not in HOP_BY_HOP - {"content-length"}
+                    ],
+                }
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except httpx.HTTPError as exc:
+            log.warning("egress of %s from %s broke: %s", sandbox_id, host, type(exc).__name__)
+        finally:
+            await response.aclose()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _error(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def running_with_rules(store: Store, runtime_id: Any) -> list[tuple[str, str]]:
+    """(sandbox id, runtime id) of the running sandboxes that have egress rules."""
+    return [
+        (r.id, runtime_id(r.id))
+        for r in store.list_sandboxes()
+        if r.status == "running" and RULES_NAME in store.get_secrets(r.id)
+    ]
