@@ -272,3 +272,19 @@ def test_bad_egress_secrets_are_422(
 def test_bad_egress_secret_through_the_sdk(env: tuple[_EgressServer, _Upstream]) -> None:
     with pytest.raises(InvalidRequest, match="secret"):
         Sandbox.create(egress_secrets=[{**RULE, "secret": "NOPE"}])
+
+
+def test_injection_survives_a_server_crash(env: tuple[_EgressServer, _Upstream]) -> None:
+    srv, upstream = env
+    sb = Sandbox.create(secrets={"ANTHROPIC_API_KEY": KEY}, egress_secrets=[RULE])
+    try:
+        base = sb.exec("echo $ANTHROPIC_BASE_URL").stdout.strip()
+        srv.kill9()
+        srv.start()
+        # Same port (kept in HUTCH_HOME), the sandbox re-registered by its address.
+        before = len(upstream.requests())
+        assert _post(sb, f"{base}/v1/messages")[0] == 200
+        assert [q["x-api-keys"] for q in upstream.requests()[before:]] == [[KEY]]
+        assert sb.exec("echo $ANTHROPIC_BASE_URL").stdout.strip() == base
+    finally:
+        sb.destroy()

@@ -306,6 +306,8 @@ class SandboxManager:
                 await self._send_secrets(sandbox_id, self._agents[sandbox_id])
         except BaseException as exc:
             await self._forget_agent(sandbox_id)
+            if self.egress is not None:
+                self.egress.forget(sandbox_id)
             with contextlib.suppress(Exception):
                 await self._runtime.destroy(self._rid(sandbox_id))
             if self._runtime_ids is not None:
