@@ -216,14 +216,19 @@ def test_other_sandboxes_and_hosts_cannot_use_it(env: tuple[_EgressServer, _Upst
         status, body = _post(owner, f"http://{host_port}/evil.example.com/v1/messages")
         assert status == 403 and "egress_host_not_configured" in body, body
         assert [q["x-api-key"] for q in upstream.requests()[before:]] == [OTHER_KEY]
-        # From the host (not a sandbox's address on its gateway): refused.
+        # From the host: nothing listens on its other addresses; on the gateway address, a
+        # connection from the host is not the sandbox's and is refused.
         port = int(host_port.split(":")[1])
-        r = httpx.post(f"http://127.0.0.1:{port}/api.anthropic.com/v1/messages", content=MESSAGE)
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"http://127.0.0.1:{port}/api.anthropic.com/v1/messages", content=MESSAGE)
+        r = httpx.post(f"http://{host_port}/api.anthropic.com/v1/messages", content=MESSAGE)
         assert r.status_code == 403 and r.json()["error"]["code"] == "egress_forbidden"
         assert KEY not in r.text
         # The port is open exactly to the two sandboxes with rules, on their own gateways.
         assert _gateway_elements(srv) == 2
     assert _gateway_elements(srv) == 0
+    with pytest.raises(httpx.ConnectError):  # the owner's listener went with it
+        httpx.post(f"http://{host_port}/api.anthropic.com/v1/messages", content=MESSAGE)
 
 
 def _gateway_elements(srv: ServerProcess) -> int:

@@ -6,9 +6,10 @@ A sandbox created with ``egress_secrets=[{"host": "api.anthropic.com", "header":
 ``ANTHROPIC_BASE_URL=http://<gateway>:<port>/api.anthropic.com``: this proxy, listening on the
 host side of the sandbox's own veth. For each request it
 
-- finds the sandbox by the connection's SOURCE address, and checks that the connection came in
-  on that sandbox's own gateway address: never by anything the sandbox sends (nftables only
-  lets a sandbox with egress secrets reach this port, on its own gateway; see runtime/_nft.py);
+- listens only on the gateway addresses of sandboxes with rules (one listener each, never on
+  every address), finds the sandbox by the connection's SOURCE address and checks that it came
+  in on that sandbox's own gateway: never by anything the sandbox sends (nftables only lets a
+  sandbox with egress secrets reach this port, on its own gateway; see runtime/_nft.py);
 - takes the first path segment as the upstream host, refuses (403) a host that is not one of
   that sandbox's rules;
 - drops hop-by-hop headers and every header of the rule's name the sandbox sent, sets that
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import httpx
     import uvicorn
     from starlette.types import Receive, Scope, Send
+    from uvicorn.server import ServerState
 
     from hutch.runtime import Runtime
     from hutch.server._secrets import SecretBox
@@ -111,19 +113,20 @@ class EgressProxy:
         self.port: int | None = None
         # sandbox address -> (sandbox id, its gateway address)
         self._by_address: dict[str, tuple[str, str]] = {}
-        self._server: uvicorn.Server | None = None
-        self._loop_task: asyncio.Task[None] | None = None
+        self._listeners: dict[str, asyncio.Server] = {}  # gateway address -> its listener
+        self._config: uvicorn.Config | None = None
+        self._state: ServerState | None = None
         self._client: httpx.AsyncClient | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, running: list[tuple[str, str]]) -> None:
-        """Listen, then re-register `running` (sandbox id, runtime id) that have rules."""
+        """Choose the port, then re-register `running` (sandbox id, runtime id) with rules."""
         import httpx
         import uvicorn
+        from uvicorn.server import ServerState
 
-        sock = self._bind()
-        self.port = int(sock.getsockname()[1])
+        self.port = self._choose_port()
         self._port_file.write_text(str(self.port))
         # Certificate checks against the system's CA store (a site's TLS-inspecting CA too).
         self._client = httpx.AsyncClient(
@@ -132,58 +135,70 @@ class EgressProxy:
             follow_redirects=False,
             trust_env=False,
         )
-        config = uvicorn.Config(
+        self._config = uvicorn.Config(
             self,
             lifespan="off",
             access_log=False,
             log_level="warning",
             server_header=False,
+            date_header=False,
             proxy_headers=False,
-            timeout_graceful_shutdown=1,
         )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
-        self._loop_task = asyncio.create_task(server.main_loop(), name="hutch-egress")
+        self._config.load()
+        self._state = ServerState()
         for sandbox_id, runtime_id in running:
             try:
                 await self.register(sandbox_id, runtime_id)
             except Exception as exc:  # noqa: BLE001 - one sandbox must not stop the server
                 log.error("egress rules of sandbox %s not restored: %s", sandbox_id, exc)
 
-    def _bind(self) -> socket.socket:
+    def _choose_port(self) -> int:
+        if self._wanted_port:
+            return self._wanted_port
         # The port a previous run used, so running sandboxes' base URLs stay right.
-        candidates = [self._wanted_port] if self._wanted_port else []
-        if not self._wanted_port:
-            with contextlib.suppress(OSError, ValueError):
-                candidates.append(int(self._port_file.read_text()))
-            candidates.append(0)
-        last: OSError | None = None
-        for port in candidates:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError, ValueError):
+            return int(self._port_file.read_text())
+        with socket.socket() as probe:
+            probe.bind(("0.0.0.0", 0))
+            return int(probe.getsockname()[1])
+
+    async def _listen(self, gateway: str) -> None:
+        """A listener on this one gateway address (never on every address: the proxy is
+        for sandboxes only, not for the host's networks)."""
+        if gateway in self._listeners or self._config is None or self._state is None:
+            return
+        config, state = self._config, self._state
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                # NB: every address: the gateways come and go with sandboxes. Connections from
-                # anything but a registered sandbox on its own gateway are refused below.
-                sock.bind(("0.0.0.0", port))
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
+            sock.bind((gateway, self.port or 0))
             sock.listen(128)
             sock.setblocking(False)
-            return sock
-        raise OSError(f"the egress proxy cannot listen on port {self._wanted_port}: {last}")
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"the egress proxy cannot listen on {gateway}:{self.port}: {exc}"
+            ) from exc
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state={}
+            )
+
+        loop = asyncio.get_running_loop()
+        self._listeners[gateway] = await loop.create_server(protocol, sock=sock)
+
+    def _unlisten(self, gateway: str) -> None:
+        server = self._listeners.pop(gateway, None)
+        if server is not None:
+            server.close()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._loop_task is not None:
-                await self._loop_task
-            await self._server.shutdown()
-            self._server = None
+        for gateway in list(self._listeners):
+            self._unlisten(gateway)
+        if self._state is not None:
+            for connection in list(self._state.connections):
+                connection.shutdown()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -199,12 +214,14 @@ class EgressProxy:
             return False
         address, gateway = await self._runtime.open_gateway_port(runtime_id, self.port)
         self._by_address[address] = (sandbox_id, gateway)
+        await self._listen(gateway)
         return True
 
     def forget(self, sandbox_id: str) -> None:
-        for address, (owner, _) in list(self._by_address.items()):
+        for address, (owner, gateway) in list(self._by_address.items()):
             if owner == sandbox_id:
                 del self._by_address[address]
+                self._unlisten(gateway)
 
     def _rules(self, sandbox_id: str) -> tuple[dict[str, EgressSecret], dict[str, str]]:
         values = self._box.open_all(self._store.get_secrets(sandbox_id))
