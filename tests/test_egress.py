@@ -72,6 +72,8 @@ class _EgressServer(ServerProcess):
     def env(self) -> dict[str, str]:
         env = super().env()
         env["HUTCH_EGRESS_UPSTREAMS"] = f"api.anthropic.com={self.upstream_url}"
+        # A pooled sandbox gets its rules when claimed (test_a_pooled_sandbox_gets_it_too).
+        env["HUTCH_WARM_POOLS"] = "default=1"
         return env
 
 
@@ -215,6 +217,9 @@ def test_other_sandboxes_and_hosts_cannot_use_it(env: tuple[_EgressServer, _Upst
         host_port = base.split("/")[2]
         status, body = _post(owner, f"http://{host_port}/evil.example.com/v1/messages")
         assert status == 403 and "egress_host_not_configured" in body, body
+        # Only that port on the gateway.
+        gateway, port_text = host_port.split(":")
+        assert _post(owner, f"http://{gateway}:{int(port_text) + 1}/api.anthropic.com/x")[0] == 0
         assert [q["x-api-key"] for q in upstream.requests()[before:]] == [OTHER_KEY]
         # From the host: nothing listens on its other addresses; on the gateway address, a
         # connection from the host is not the sandbox's and is refused.
@@ -229,6 +234,22 @@ def test_other_sandboxes_and_hosts_cannot_use_it(env: tuple[_EgressServer, _Upst
     assert _gateway_elements(srv) == 0
     with pytest.raises(httpx.ConnectError):  # the owner's listener went with it
         httpx.post(f"http://{host_port}/api.anthropic.com/v1/messages", content=MESSAGE)
+
+
+def test_a_pooled_sandbox_gets_it_too(env: tuple[_EgressServer, _Upstream]) -> None:
+    srv, upstream = env
+    deadline = time.monotonic() + 120
+    while not any((srv.home / "sandboxes").glob("pool-*")):
+        assert time.monotonic() < deadline, "the warm pool did not fill"
+        time.sleep(0.2)
+    with Sandbox.create(secrets={"ANTHROPIC_API_KEY": KEY}, egress_secrets=[RULE]) as sb:
+        ids = json.loads((srv.home / "runtime-ids.json").read_text())
+        assert ids.get(sb.id, "").startswith("pool-"), ids  # it came from the pool
+        base = sb.exec("echo $ANTHROPIC_API_KEY $ANTHROPIC_BASE_URL").stdout.split()
+        assert base[0] == "hutch-egress-injected"
+        before = len(upstream.requests())
+        assert _post(sb, f"{base[1]}/v1/messages")[0] == 200
+        assert [q["x-api-keys"] for q in upstream.requests()[before:]] == [[KEY]]
 
 
 def _gateway_elements(srv: ServerProcess) -> int:
