@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +23,8 @@ def sandbox_create_body(
     labels: Mapping[str, str] | None = None,
     timeout: float | None = None,
     secrets: Mapping[str, str] | None = None,
+    network_allow: Sequence[str] = (),
+    network_deny: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -43,6 +45,10 @@ def sandbox_create_body(
         body["pids_limit"] = pids_limit
     if secrets:
         body["secrets"] = dict(secrets)
+    if network_allow:
+        body["network_allow"] = list(network_allow)
+    if network_deny:
+        body["network_deny"] = list(network_deny)
     return body
 
 
