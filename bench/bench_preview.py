@@ -20,7 +20,9 @@ average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,8 +81,8 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8004), H).serve_forever()
 WSECHO = (Path(__file__).resolve().parent.parent / "tests" / "support" / "wsecho.py").read_text()
 
 
-def wrk(url: str, host: str | None, connections: int, duration: int) -> tuple[float, float]:
-    """(requests/s, p50 latency in ms)."""
+def wrk(url: str, host: str | None, connections: int, duration: int) -> tuple[float, float, int]:
+    """(requests/s, p50 latency in ms, requests)."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
     if host:
         argv[1:1] = ["-H", f"Host: {host}"]
@@ -89,7 +91,14 @@ def wrk(url: str, host: str | None, connections: int, duration: int) -> tuple[fl
     m = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     assert m, out
     p50 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-    return rps, p50
+    n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, n
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_average() -> str:
@@ -119,7 +128,8 @@ def wait_port(url: str, host: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gb", type=float, default=1.0)
     args = parser.parse_args()
     srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-", dir="/var/tmp")))
@@ -151,17 +161,35 @@ def main() -> None:
             wait_port(proxied, host)
             rows.append((label, direct, proxied, host))
         print(f"load average before: {load_average()}")
-        print(f"small responses, wrk -t1, {args.duration}s each, same run:")
+        print(
+            f"small responses, wrk -t1, {args.duration}s per run, direct and preview runs "
+            f"alternated {args.repeat} times, medians (the machine is shared: see the load):"
+        )
+        assert srv.proc is not None
         for label, d_url, p_url, host in rows:
             for c in (1, 16):
-                d_rps, d_p50 = wrk(d_url, None, c, args.duration)
-                p_rps, p_p50 = wrk(p_url, host, c, args.duration)
+                d_runs, p_runs, cpu = [], [], []
+                for _ in range(args.repeat):
+                    d_runs.append(wrk(d_url, None, c, args.duration))
+                    before = cpu_seconds(srv.proc.pid)
+                    p_runs.append(wrk(p_url, host, c, args.duration))
+                    cpu.append((cpu_seconds(srv.proc.pid) - before) / p_runs[-1][2] * 1e6)
+                d_rps = statistics.median(r[0] for r in d_runs)
+                p_rps = statistics.median(r[0] for r in p_runs)
+                d_p50 = statistics.median(r[1] for r in d_runs)
+                p_p50 = statistics.median(r[1] for r in p_runs)
+                per_run = " ".join(
+                    f"{p[0] / d[0]:.0%}" for d, p in zip(d_runs, p_runs, strict=True)
+                )
                 print(
                     f"  {label:<30} -c{c:<3} direct {d_rps:8.0f} req/s p50 {d_p50:6.3f} ms | "
                     f"preview {p_rps:8.0f} req/s p50 {p_p50:6.3f} ms | "
-                    f"ratio {p_rps / d_rps:6.1%}  added p50 {p_p50 - d_p50:+.3f} ms",
+                    f"ratio {p_rps / d_rps:6.1%}  added p50 {p_p50 - d_p50:+.3f} ms | "
+                    f"server CPU {statistics.median(cpu):5.1f} us/req  "
+                    f"(ratios per run: {per_run})",
                     flush=True,
                 )
+        print(f"load average: {load_average()}")
 
         n = int(args.gb * (1 << 30))
         big = f"/big?n={n}"
