@@ -276,8 +276,8 @@ def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
     One regex checks the whole head's shape in C (CRLF-only lines, token names, no control
     characters in values); a head that fails it goes through the line-by-line checks of
     `_parse_request_slow` for the precise error. Then only the lines whose names matter are
-    looked at (found with `bytes.find` in the lowercased head); the others are forwarded as
-    they are. The rules are the same as the reference's (a test compares them).
+    looked at (found by one case-insensitive regex scan); the others are forwarded as they
+    are. The rules are the same as the reference's (a test compares them).
     """
     if _HEAD_RE.fullmatch(h) is None:
         _parse_request_slow(h[:-2], domain, client_ip)
