@@ -22,7 +22,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -337,7 +337,7 @@ def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
     path = target if target[:1] == b"/" else origin_form(target, host)
     tokens = {t.strip().lower() for v in connection for t in v.split(b",")} if connection else set()
     wants_upgrade = upgrade is not None and b"upgrade" in tokens
-    kept = _without(h, first + 2, _REQUEST_HOP) if hop else h[first + 2 :]
+    kept = _without(h, first + 2, _REQUEST_HOP_LINES) if hop else h[first + 2 :]
     forwarded = _FORWARDED % (method, path, kept, xff, client_ip, host)
     if wants_upgrade:
         assert upgrade is not None
@@ -359,15 +359,22 @@ def _watched_fields(h: bytes, watch: re.Pattern[bytes]) -> list[tuple[bytes, byt
     return [(name.lower(), value.rstrip(b" \t")) for name, value in watch.findall(h)]
 
 
-def _without(h: bytes, start: int, names: frozenset[bytes]) -> bytes:
-    """The header lines of a checked head `h` from `start` on, without those named `names`."""
-    return b"".join(
-        [
-            line + b"\r\n"
-            for line in h[start:-2].split(b"\r\n")
-            if line.partition(b":")[0].lower() not in names
-        ]
-    )
+def _without(h: bytes, start: int, lines: re.Pattern[bytes]) -> bytes:
+    """The header lines of a checked head `h` from `start` on, without those `lines` matches
+    (a `_drop_lines` pattern)."""
+    return lines.sub(b"", h[start - 2 :])[2:]
+
+
+def _drop_lines(names: Iterable[bytes]) -> re.Pattern[bytes]:
+    """Matches a header line named one of `names` with the CRLF before it, in a checked head
+    (where every CRLF starts a line)."""
+    alternatives = b"|".join(re.escape(n) for n in sorted(names))
+    return re.compile(rb"\r\n(?:" + alternatives + rb"):[^\r]*", re.IGNORECASE)
+
+
+_REQUEST_HOP_LINES = _drop_lines(_REQUEST_HOP)
+_RESPONSE_HOP_LINES = _drop_lines(_RESPONSE_HOP)
+_RESPONSE_HOP_TE_LINES = _drop_lines(_RESPONSE_HOP | {b"transfer-encoding"})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -518,15 +525,15 @@ def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
     else:
         length = -2
     close = not keep_alive or length == -2
-    if connection and not close:
+    if connection and not close and b"close" in b",".join(connection).lower():
         close = b"close" in {t.strip().lower() for v in connection for t in v.split(b",")}
     drop_te = te is not None and length == -2
     if not hop and not drop_te:
         if close:
             return Response(status, length, True, h + b"Connection: close\r\n")
         return Response(status, length, False, h, True)
-    names = _RESPONSE_HOP | {b"transfer-encoding"} if drop_te else _RESPONSE_HOP
-    forwarded = h[: first + 2] + _without(h, first + 2, names)
+    lines = _RESPONSE_HOP_TE_LINES if drop_te else _RESPONSE_HOP_LINES
+    forwarded = h[: first + 2] + _without(h, first + 2, lines)
     if close:
         forwarded += b"Connection: close\r\n"
     return Response(status, length, close, forwarded)
