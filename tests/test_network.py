@@ -189,14 +189,15 @@ ECHO_SERVER = (
     "        for line in self.rfile:\n"
     "            self.wfile.write(line)\n"
     "socketserver.ThreadingTCPServer.allow_reuse_address = True\n"
-    "socketserver.ThreadingTCPServer(('198.51.100.2', 80), H).serve_forever()\n"
+    "socketserver.ThreadingTCPServer(('0.0.0.0', 80), H).serve_forever()\n"
 )
 
 
 @pytest.fixture(scope="module")
 def outside() -> Iterator[str]:
     """A stand-in for the internet: a netns of our own with an echo server at 198.51.100.2:80
-    (TEST-NET-2), routed from the host; traffic never leaves this machine."""
+    and 198.51.100.3:80 (TEST-NET-2), routed from the host; traffic never leaves this
+    machine."""
     import secrets
     import subprocess
     import sys
@@ -209,6 +210,7 @@ def outside() -> Iterator[str]:
         f"ip addr add 198.51.100.1/24 dev {host_if}",
         f"ip link set {host_if} up",
         f"ip -n {ns} addr add 198.51.100.2/24 dev eth0",
+        f"ip -n {ns} addr add 198.51.100.3/24 dev eth0",
         f"ip -n {ns} link set eth0 up",
         f"ip -n {ns} link set lo up",
     ):
@@ -275,6 +277,37 @@ def test_egress_policy_changes_take_effect_at_once(server: ServerProcess, outsid
             time.sleep(0.2)
         assert "second blocked" in out, out
         assert sb.info().network == "none"
+
+
+def test_policy_set_at_creation(server: ServerProcess, outside: str) -> None:
+    from hutch import InvalidRequest
+
+    # Both echo addresses answer the host: only the sandbox's policy can refuse one.
+    for address in ("198.51.100.2", "198.51.100.3"):
+        socket.create_connection((address, 80), timeout=5).close()
+    with Sandbox.create(
+        base_url=server.url,
+        api_key=server.api_key,
+        network="none",
+        network_allow=["198.51.100.0/24"],
+        network_deny=["198.51.100.3/32"],
+    ) as sb:
+        sb.exec("cat > /tmp/probe.py", stdin=PROBE)
+        assert "OPEN" in sb.exec(f"python3 /tmp/probe.py {outside}:80").stdout
+        assert "OPEN" not in sb.exec("python3 /tmp/probe.py 198.51.100.3:80").stdout
+        policy = sb.get_network()
+        assert policy["network"] == "none"
+        assert policy["network_allow"] == ["198.51.100.0/24"]
+        assert policy["network_deny"] == ["198.51.100.3/32"]
+
+    for bad in (["10.0.0.0/33"], ["not-a-cidr"], ["::1/128"]):
+        with pytest.raises(InvalidRequest) as info:
+            Sandbox.create(base_url=server.url, api_key=server.api_key, network_allow=bad)
+        assert info.value.code == "invalid_request"
+        assert "network_allow" in str(info.value), info.value
+    with pytest.raises(InvalidRequest) as info:
+        Sandbox.create(base_url=server.url, api_key=server.api_key, network_deny=["1.2.3.4/x"])
+    assert "network_deny" in str(info.value)
 
 
 def _leftovers(address: str) -> list[str]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import pytest
 
 from hutch.runtime._nft import NetworkPolicy, policy_rules
@@ -10,6 +15,8 @@ from hutch.server._proxy import (
     ChunkedFraming,
     PreviewRoutes,
     PreviewTarget,
+    _parse_request_slow,
+    _parse_response_slow,
     new_token,
     parse_request,
     parse_response,
@@ -164,3 +171,78 @@ def test_policy_rules() -> None:
     for bad in ("nope", "::1/128", "1.2.3.4/33"):
         with pytest.raises(ValueError):
             NetworkPolicy.of("none", [bad])
+
+
+def _normalized(forwarded: bytes) -> list[bytes]:
+    lines = forwarded.split(b"\r\n")
+    return [lines[0]] + [
+        name + b":" + value.strip(b" \t")
+        for name, _, value in (line.partition(b":") for line in lines[1:])
+    ]
+
+
+def _outcome(parse: Callable[[], Any]) -> object:
+    try:
+        r = parse()
+    except BadRequest as exc:
+        return ("refused", exc.status)
+    fields = {k: getattr(r, k) for k in r.__slots__ if k not in ("forwarded", "verbatim")}
+    return (fields, _normalized(r.forwarded))
+
+
+def test_fast_parsers_agree_with_the_line_by_line_reference() -> None:
+    """The fast request/response parsers accept, refuse and forward exactly as the reference
+    (a line at a time, no shortcuts) on thousands of mutated heads."""
+    rng = random.Random(5)
+    requests = [
+        head("GET /a HTTP/1.1", f"Host: {HOST}"),
+        head(
+            "POST /up HTTP/1.1",
+            f"host:{HOST}",
+            "Content-Length: 12",
+            "Connection: keep-alive, Upgrade",
+            "Upgrade: websocket",
+            "X-Forwarded-For: 9.9.9.9",
+            "Accept:  text/html ",
+        ),
+        head("PUT / HTTP/1.0", f"Host: {HOST}", "Transfer-Encoding: chunked", "Te: trailers"),
+        head(f"GET http://{HOST}/x?y HTTP/1.1", f"Host: {HOST}", "Connection: close"),
+    ]
+    responses = [
+        head("HTTP/1.1 200 OK", "Content-Length: 2", "Content-Type: text/plain"),
+        head("HTTP/1.1 200 OK", "Transfer-Encoding: gzip", "Connection: keep-alive"),
+        head("HTTP/1.1 204 No Content", "Content-Length: 3", "Content-Length: 3"),
+        head("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"),
+        head("HTTP/1.0 200 OK", "Transfer-Encoding: chunked", "Connection: close"),
+    ]
+    pieces = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"\x00", b"\x7f", b"\xff", b",", b"0"]
+
+    def mutate(raw: bytes) -> bytes:
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data) + 1)
+            choice = rng.random()
+            if choice < 0.1:
+                lines = bytes(data).split(b"\r\n")
+                lines.insert(rng.randrange(1, len(lines) + 1), rng.choice(lines[1:] or [b"X: 1"]))
+                data = bytearray(b"\r\n".join(lines))
+            elif choice < 0.4:
+                data[at:at] = rng.choice(pieces)
+            elif choice < 0.7 and at < len(data):
+                del data[at : at + rng.randint(1, 3)]
+            elif at < len(data):
+                data[at] = rng.choice(b"\r\n :\t,aZ0-")
+        return bytes(data)
+
+    for raw in requests:
+        for candidate in [raw] + [mutate(raw) for _ in range(1500)]:
+            args = (candidate, "localhost", b"1.2.3.4")
+            assert _outcome(partial(parse_request, *args)) == (
+                _outcome(partial(_parse_request_slow, *args))
+            ), candidate
+    for raw in responses:
+        for method in (b"GET", b"HEAD"):
+            for candidate in [raw] + [mutate(raw) for _ in range(800)]:
+                assert _outcome(partial(parse_response, candidate, method, True)) == (
+                    _outcome(partial(_parse_response_slow, candidate, method, True))
+                ), candidate

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
+from hutch.cli._network import add_cidr_options, add_network_commands
 from hutch.cli._output import (
     format_labels,
     format_size,
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_process_commands(command, _client)
     add_file_commands(command)
     add_bucket_commands(command)
+    add_network_commands(command, connection)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -206,6 +208,7 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 def _add_sandbox_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default="default", help="image (default: %(default)s)")
     parser.add_argument("--network", choices=["none", "internet"], default="none")
+    add_cidr_options(parser)
 
 
 def _add_env(parser: argparse.ArgumentParser) -> None:
@@ -314,6 +317,8 @@ def cmd_create(args: argparse.Namespace) -> int:
             memory_mb=args.memory,
             disk_mb=args.disk,
             network=args.network,
+            network_allow=args.allow,
+            network_deny=args.deny,
             runtime=args.runtime,
             labels=dict(args.label or ()),
             timeout=args.timeout,
@@ -368,7 +373,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
-        sandbox = Sandbox.create(image=args.image, network=args.network, client=client)
+        sandbox = Sandbox.create(
+            image=args.image,
+            network=args.network,
+            network_allow=args.allow,
+            network_deny=args.deny,
+            client=client,
+        )
         with sandbox:  # destroyed on the way out, also on Ctrl-C
             return _stream_command(sandbox, args)
 

@@ -24,6 +24,8 @@ def sandbox_create_body(
     timeout: float | None = None,
     secrets: Mapping[str, str] | None = None,
     egress_secrets: Sequence[Mapping[str, str]] | None = None,
+    network_allow: Sequence[str] = (),
+    network_deny: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -46,6 +48,10 @@ def sandbox_create_body(
         body["secrets"] = dict(secrets)
     if egress_secrets:
         body["egress_secrets"] = [dict(rule) for rule in egress_secrets]
+    if network_allow:
+        body["network_allow"] = list(network_allow)
+    if network_deny:
+        body["network_deny"] = list(network_deny)
     return body
 
 

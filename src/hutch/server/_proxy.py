@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -184,19 +185,46 @@ class PreviewRoutes:
 _NAME_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE_RE = re.compile(rb"^([0-9a-fA-F]{1,16})(?:[ \t]*;[^\r\n]*)?$")
-_REQUEST_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-forwarded-for",
-}
-_RESPONSE_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"upgrade"}
+_REQUEST_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-for",
+    }
+)
+_RESPONSE_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"upgrade"}
+)
+# What the fast parsers look at (a name at the start of a line); other headers pass untouched.
+_REQUEST_WATCH_RE = re.compile(
+    rb"\n(host|content-length|transfer-encoding|"
+    + b"|".join(re.escape(n) for n in sorted(_REQUEST_HOP))
+    + rb"):[ \t]*([^\r]*)",
+    re.IGNORECASE,
+)
+_RESPONSE_WATCH_RE = re.compile(
+    rb"\n(content-length|transfer-encoding|"
+    + b"|".join(re.escape(n) for n in sorted(_RESPONSE_HOP))
+    + rb"):[ \t]*([^\r]*)",
+    re.IGNORECASE,
+)
+_FORWARDED = (
+    b"%s %s HTTP/1.1\r\n%s"
+    b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n"
+)
+# A whole head, each line with its CRLF: a line without CR or LF, then header lines of a token
+# name, a colon and a value without control characters (tab allowed). No bare CR or LF, no
+# obs-fold, no 'Name : value'.
+_HEAD_RE = re.compile(
+    rb"[^\r\n]*\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*"
+)
 
 
 def _lines(head: bytes) -> list[bytes]:
@@ -239,6 +267,131 @@ def parse_request(head: bytes, domain: str, client_ip: bytes) -> Request:
     Raises:
         BadRequest: anything ambiguous or malformed (status 400, 431, 501 or 505).
     """
+    return _parse_request(head + b"\r\n", domain, client_ip)
+
+
+def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
+    """`parse_request` of a head that ends with its last line's CRLF (the fast path).
+
+    One regex checks the whole head's shape in C (CRLF-only lines, token names, no control
+    characters in values); a head that fails it goes through the line-by-line checks of
+    `_parse_request_slow` for the precise error. Then only the lines whose names matter are
+    looked at (found by one case-insensitive regex scan); the others are forwarded as they
+    are. The rules are the same as the reference's (a test compares them).
+    """
+    if _HEAD_RE.fullmatch(h) is None:
+        _parse_request_slow(h[:-2], domain, client_ip)
+        raise BadRequest("malformed request head")
+    if h.count(b"\n") > MAX_HEADERS:
+        raise BadRequest("too many header lines", 431)
+    first = h.find(b"\r\n")
+    parts = h[:first].split(b" ")
+    if len(parts) != 3 or not _NAME_RE.match(parts[0]) or not parts[1]:
+        raise BadRequest(f"malformed request line {h[:first][:80]!r}")
+    method, target, version = parts
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        raise BadRequest(f"unsupported HTTP version {version[:20]!r}", 505)
+    if b"\t" in target or _BAD_VALUE_RE.search(target):
+        raise BadRequest("control character in the request target")
+    host: bytes | None = None
+    te: bytes | None = None
+    cl: bytes | None = None
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    xff = b""
+    hop = False
+    for lower, value in _watched_fields(h, _REQUEST_WATCH_RE):
+        if lower == b"host":
+            if host is not None:
+                raise BadRequest("exactly one Host header is required")
+            host = value
+            continue
+        if lower == b"content-length":
+            if not value.isdigit() or len(value) > 18 or (cl is not None and cl != value):
+                raise BadRequest("malformed or conflicting Content-Length")
+            cl = value
+            continue
+        if lower == b"transfer-encoding":
+            if te is not None or value.lower() != b"chunked":
+                raise BadRequest("Transfer-Encoding other than one 'chunked' is refused", 501)
+            te = value
+            continue
+        hop = True
+        if lower == b"connection":
+            connection.append(value)
+        elif lower == b"upgrade":
+            upgrade = value
+        elif lower == b"x-forwarded-for":
+            xff = value + b", "
+    if host is None:
+        raise BadRequest("exactly one Host header is required")
+    if te is not None:
+        if cl is not None:
+            raise BadRequest(
+                "both Content-Length and Transfer-Encoding: refused (request smuggling)"
+            )
+        length = -1
+    else:
+        length = 0 if cl is None else int(cl)
+    preview = _host_target(host, domain)
+    path = target if target[:1] == b"/" else origin_form(target, host)
+    tokens = {t.strip().lower() for v in connection for t in v.split(b",")} if connection else set()
+    wants_upgrade = upgrade is not None and b"upgrade" in tokens
+    kept = _without(h, first + 2, _REQUEST_HOP_LINES) if hop else h[first + 2 :]
+    forwarded = _FORWARDED % (method, path, kept, xff, client_ip, host)
+    if wants_upgrade:
+        assert upgrade is not None
+        forwarded += b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+    return Request(
+        method,
+        host,
+        preview,
+        length,
+        version == b"HTTP/1.1" and b"close" not in tokens,
+        wants_upgrade,
+        forwarded,
+    )
+
+
+def _watched_fields(h: bytes, watch: re.Pattern[bytes]) -> list[tuple[bytes, bytes]]:
+    """(lowercased name, stripped value) of each header line of a checked head `h` whose name
+    `watch` matches, in the head's order: one regex scan in C."""
+    return [(name.lower(), value.rstrip(b" \t")) for name, value in watch.findall(h)]
+
+
+def _without(h: bytes, start: int, lines: re.Pattern[bytes]) -> bytes:
+    """The header lines of a checked head `h` from `start` on, without those `lines` matches
+    (a `_drop_lines` pattern)."""
+    return lines.sub(b"", h[start - 2 :])[2:]
+
+
+def _drop_lines(names: Iterable[bytes]) -> re.Pattern[bytes]:
+    """Matches a header line named one of `names` with the CRLF before it, in a checked head
+    (where every CRLF starts a line)."""
+    alternatives = b"|".join(re.escape(n) for n in sorted(names))
+    return re.compile(rb"\r\n(?:" + alternatives + rb"):[^\r]*", re.IGNORECASE)
+
+
+_REQUEST_HOP_LINES = _drop_lines(_REQUEST_HOP)
+_RESPONSE_HOP_LINES = _drop_lines(_RESPONSE_HOP)
+_RESPONSE_HOP_TE_LINES = _drop_lines(_RESPONSE_HOP | {b"transfer-encoding"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_target(host: bytes, domain: str) -> PreviewTarget:
+    """The preview a Host value names (a pure function: connections repeat their Host)."""
+    try:
+        name, _ = split_host(host.decode("ascii"))
+    except UnicodeDecodeError:
+        raise BadRequest("malformed Host header") from None
+    preview = preview_target(name, domain)
+    if preview is None:
+        raise BadRequest("this connection serves preview hosts only; open a new one")
+    return preview
+
+
+def _parse_request_slow(head: bytes, domain: str, client_ip: bytes) -> Request:
+    """The line-by-line reference of `_parse_request`: raises the precise error."""
     lines = _lines(head)
     if len(lines) > MAX_HEADERS:
         raise BadRequest("too many header lines", 431)
@@ -322,10 +475,72 @@ class Response:
     length: int  # -1: chunked; -2: until the connection closes
     close: bool
     forwarded: bytes  # the head to send to the client, without its final CRLF
+    verbatim: bool = False  # forwarded is the sandbox's head unchanged
 
 
 def parse_response(head: bytes, method: bytes, keep_alive: bool) -> Response:
     """Parse a response head from a sandbox (untrusted too) into what the client gets."""
+    return _parse_response(head + b"\r\n", method, keep_alive)
+
+
+def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
+    """`parse_response` of a head that ends with its last line's CRLF (the fast path, as
+    `_parse_request`); a head with no hop-by-hop header is forwarded unchanged."""
+    if _HEAD_RE.fullmatch(h) is None:
+        _parse_response_slow(h[:-2], method, keep_alive)
+        raise BadRequest("the sandbox sent a malformed response", 502)
+    first = h.find(b"\r\n")
+    parts = h[:first].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+        raise BadRequest("the sandbox sent a malformed response: malformed status line", 502)
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise BadRequest("the sandbox sent a malformed response: bad status", 502) from None
+    if status == 101:
+        return Response(101, 0, False, h)
+    te: bytes | None = None
+    cl: bytes | None = None
+    cl_conflict = False
+    connection: list[bytes] = []
+    hop = False
+    for lower, value in _watched_fields(h, _RESPONSE_WATCH_RE):
+        if lower == b"content-length":
+            cl_conflict = cl_conflict or (cl is not None and cl != value)
+            cl = value
+        elif lower == b"transfer-encoding":
+            te = value
+        else:
+            hop = True
+            if lower == b"connection":
+                connection.append(value)
+    if method == b"HEAD" or status < 200 or status == 204 or status == 304:
+        length = 0
+    elif te is not None:
+        length = -1 if te.lower().rsplit(b",", 1)[-1].strip() == b"chunked" else -2
+    elif cl is not None:
+        if cl_conflict or not cl.isdigit() or len(cl) > 18:
+            raise BadRequest("the sandbox sent a malformed Content-Length", 502)
+        length = int(cl)
+    else:
+        length = -2
+    close = not keep_alive or length == -2
+    if connection and not close and b"close" in b",".join(connection).lower():
+        close = b"close" in {t.strip().lower() for v in connection for t in v.split(b",")}
+    drop_te = te is not None and length == -2
+    if not hop and not drop_te:
+        if close:
+            return Response(status, length, True, h + b"Connection: close\r\n")
+        return Response(status, length, False, h, True)
+    lines = _RESPONSE_HOP_TE_LINES if drop_te else _RESPONSE_HOP_LINES
+    forwarded = h[: first + 2] + _without(h, first + 2, lines)
+    if close:
+        forwarded += b"Connection: close\r\n"
+    return Response(status, length, close, forwarded)
+
+
+def _parse_response_slow(head: bytes, method: bytes, keep_alive: bool) -> Response:
+    """The line-by-line reference of `_parse_response`: raises the precise error."""
     try:
         lines = _lines(head)
         parts = lines[0].split(b" ", 2)
@@ -484,6 +699,15 @@ class PreviewConnection(asyncio.Protocol):
             if self.upstream is not None:
                 self.upstream.write(data)
             return
+        if not self.buf and self.inflight is None and not self.body_left and not self.closing:
+            # The common case: one whole request head in one read, nothing after it.
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and end + 4 == len(data) and data[0] != 0x0D:
+                try:
+                    self._request(data[: end + 2])
+                except BadRequest as exc:
+                    self.fail(exc.status, str(exc))
+                return
         self.buf += data
         self._process()
 
@@ -558,32 +782,43 @@ class PreviewConnection(asyncio.Protocol):
             if len(buf) > MAX_HEAD:
                 raise BadRequest("request head too large", 431)
             return False
-        head = bytes(buf[:end])
+        head = bytes(buf[: end + 2])
         del buf[: end + 4]
         while head.startswith(b"\r\n"):
             head = head[2:]
-        request = parse_request(head, self.routes.domain, self.client_ip)
-        address = self.routes.resolve(request.target)
+        self._request(head)
+        return True
+
+    def _request(self, h: bytes) -> None:
+        """Start forwarding the request whose head is `h` (with its last line's CRLF)."""
+        request = _parse_request(h, self.routes.domain, self.client_ip)
+        target = request.target
+        address = self.routes.resolve(target)
         if address is None:
             self.write(_simple_response(404, NOT_FOUND_BODY, close=request.length != 0))
             if request.length != 0:
                 self.close()  # not worth reading a body we will not forward
-            return True
-        self.target_key = (request.target.sandbox_id, request.target.port)
-        key = (address, request.target.port)
-        if self.upstream is None or self.upstream.key != key or self.upstream.closed:
-            if self.upstream is not None:
-                self.upstream.close()
-            self.upstream = Upstream(self, key)
+            return
+        self.target_key = (target.sandbox_id, target.port)
+        upstream = self.upstream
+        if (
+            upstream is None
+            or upstream.closed
+            or upstream.key[0] != address
+            or upstream.key[1] != target.port
+        ):
+            if upstream is not None:
+                upstream.close()
+            upstream = self.upstream = Upstream(self, (address, target.port))
         self.inflight = request
-        self.upstream.begin(request)
-        self.upstream.write(request.forwarded + b"\r\n")
+        upstream.request = request
+        upstream.response = None
+        upstream.write(request.forwarded + b"\r\n")
         if request.length == -1:
             self.body_left = -1
             self.chunked = ChunkedFraming()
         else:
             self.body_left = request.length
-        return True
 
     def _forward_body(self) -> bool:
         assert self.upstream is not None
@@ -654,10 +889,6 @@ class Upstream(asyncio.Protocol):
                 body = b"the sandbox does not accept connections on this port\n"
                 self.client.write(_simple_response(502, body))
                 self.client.close()
-
-    def begin(self, request: Request) -> None:
-        self.request = request
-        self.response = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # NB: uvloop's transports are not asyncio.Transport subclasses.
@@ -737,6 +968,27 @@ class Upstream(asyncio.Protocol):
             self.client.write(data)
             return
         client = self.client
+        request = self.request
+        if self.response is None and not self.buf and request is not None:
+            # The common case: a whole final response head at the start of a read.
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                try:
+                    response = _parse_response(data[: end + 2], request.method, request.keep_alive)
+                except BadRequest as exc:
+                    client.fail(exc.status, str(exc))
+                    self.close()
+                    return
+                if response.status >= 200:
+                    self.response = response
+                    length = response.length
+                    if response.verbatim and length >= 0 and len(data) == end + 4 + length:
+                        # Head and whole body in this read, head unchanged: relay it as is.
+                        client.write(data)
+                        self._done()
+                        return
+                    self._start_body(response, data[end + 4 :])
+                    return
         if self.response is None or self.response.status < 200:
             self.buf += data
             while self.response is None or self.response.status < 200:
@@ -746,14 +998,14 @@ class Upstream(asyncio.Protocol):
                         client.fail(502, "the sandbox sent a response head that is too large")
                         self.close()
                     return
-                head = bytes(self.buf[:end])
+                head = bytes(self.buf[: end + 2])
                 del self.buf[: end + 4]
                 request = self.request
                 if request is None:
                     self.close()
                     return
                 try:
-                    response = parse_response(head, request.method, request.keep_alive)
+                    response = _parse_response(head, request.method, request.keep_alive)
                 except BadRequest as exc:
                     client.fail(exc.status, str(exc))
                     self.close()
@@ -774,20 +1026,23 @@ class Upstream(asyncio.Protocol):
                     client.write(response.forwarded + b"\r\n")  # 100 Continue and friends
                     continue
                 self.response = response
-            prefix = self.response.forwarded + b"\r\n"
             data = bytes(self.buf)
             self.buf.clear()
-            self.left = self.response.length
-            if self.left == -1:
-                self.chunked = ChunkedFraming()
-            if self.left == 0:
-                client.write(prefix)
-                self._done()
-                return
-            # NB: the head goes out with the first body bytes in one write: one send, not two.
-            self._body(data, prefix)
+            self._start_body(self.response, data)
             return
         self._body(data)
+
+    def _start_body(self, response: Response, data: bytes) -> None:
+        prefix = response.forwarded + b"\r\n"
+        self.left = response.length
+        if self.left == -1:
+            self.chunked = ChunkedFraming()
+        if self.left == 0:
+            self.client.write(prefix)
+            self._done()
+            return
+        # NB: the head goes out with the first body bytes in one write: one send, not two.
+        self._body(data, prefix)
 
     def _body(self, data: bytes, prefix: bytes = b"") -> None:
         response = self.response

@@ -48,3 +48,8 @@ async def set_network(
     body = {"network": network, "network_allow": list(allow), "network_deny": list(deny)}
     result: dict[str, Any] = await client.request("PUT", f"{path}/network", json=body)
     return result
+
+
+async def get_network(client: AsyncClient, path: str) -> dict[str, Any]:
+    result: dict[str, Any] = await client.request("GET", f"{path}/network")
+    return result

@@ -71,6 +71,8 @@ class AsyncSandbox:
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
         pids_limit: int | None = None,
+        network_allow: Sequence[str] = (),
+        network_deny: Sequence[str] = (),
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -99,6 +101,9 @@ class AsyncSandbox:
                 proxy, never the key. Optional keys: ``prefix`` (``"Bearer "``),
                 ``base_url_env``. See docs/agents.md.
             pids_limit: Maximum number of processes (the server's default when ``None``).
+            network_allow: CIDRs the sandbox may reach even with ``network="none"``
+                (e.g. ``["10.0.0.0/8"]``); the same as :meth:`set_network`'s ``allow``.
+            network_deny: CIDRs it may never reach; wins over ``network_allow``.
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -128,6 +133,8 @@ class AsyncSandbox:
             timeout=timeout,
             secrets=secrets,
             egress_secrets=egress_secrets,
+            network_allow=network_allow,
+            network_deny=network_deny,
         )
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -151,6 +158,8 @@ class AsyncSandbox:
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
         pids_limit: int | None = None,
+        network_allow: Sequence[str] = (),
+        network_deny: Sequence[str] = (),
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -176,6 +185,8 @@ class AsyncSandbox:
             egress_secrets: See :meth:`create`.
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
+            network_allow: See :meth:`create`.
+            network_deny: See :meth:`create`.
             base_url: See :meth:`create`.
             api_key: See :meth:`create`.
             client: See :meth:`create`.
@@ -202,6 +213,8 @@ class AsyncSandbox:
             timeout=timeout,
             secrets=secrets,
             egress_secrets=egress_secrets,
+            network_allow=network_allow,
+            network_deny=network_deny,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))
@@ -365,6 +378,11 @@ class AsyncSandbox:
     async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
         """The sandbox's exposed ports with their preview URLs, by port number."""
         return await ports.get_exposed_ports(self.client, self._path)
+
+    async def get_network(self) -> dict[str, Any]:
+        """The sandbox's egress policy and address:
+        ``{"network", "network_allow", "network_deny", "address"}``."""
+        return await ports.get_network(self.client, self._path)
 
     async def set_network(
         self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()

@@ -47,3 +47,8 @@ def set_network(
     body = {"network": network, "network_allow": list(allow), "network_deny": list(deny)}
     result: dict[str, Any] = client.request("PUT", f"{path}/network", json=body)
     return result
+
+
+def get_network(client: Client, path: str) -> dict[str, Any]:
+    result: dict[str, Any] = client.request("GET", f"{path}/network")
+    return result
