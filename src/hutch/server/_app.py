@@ -44,12 +44,13 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
-from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._pools import WarmPools, import_runtime_ids_file
 from hutch.server._proxy import PreviewRoutes
 from hutch.server._relay import relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_images import build_images_router
+from hutch.server._routes_pools import build_pools_router
 from hutch.server._routes_ports import build_ports_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._secrets import SecretBox
@@ -131,6 +132,7 @@ class Services:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store: Store = SqliteStore(config.db_path)
+        import_runtime_ids_file(config.home / "runtime-ids.json", self.store)
         self.images = ImageStore(config.image_root)
         self.runtime = Runtime(
             RuntimeConfig(
@@ -152,7 +154,6 @@ class Services:
             self.images,
             agent_timeout=config.agent_connect_timeout,
             pools=self.pools,
-            runtime_ids=RuntimeIds(config.home / "runtime-ids.json"),
             secrets=SecretBox.open(config.home),
         )
 
@@ -436,6 +437,7 @@ def create_app(
 
     app.include_router(build_router())
     app.include_router(build_images_router(require_key))
+    app.include_router(build_pools_router(require_key))
     from hutch.server._routes_terminals import build_terminals_router  # imports this module
 
     app.include_router(build_terminals_router())

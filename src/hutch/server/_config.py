@@ -27,6 +27,8 @@ class ServerConfig:
         build_default_image: build the default image at start if it is missing or stale.
         warm_pools: image name -> how many started sandboxes to keep ready for it
             (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
+        log_level: of Hutch's own loggers (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
+            each step of a sandbox's create.
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +45,7 @@ class ServerConfig:
     preview_domain: str = "localhost"
     network_subnet: str = "10.201.0.0/16"
     reserved_ports: frozenset[int] = frozenset()
+    log_level: str = "info"
 
     @property
     def image_root(self) -> Path:
@@ -79,5 +82,7 @@ class ServerConfig:
             values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
         if "HUTCH_NETWORK_SUBNET" in env:
             values["network_subnet"] = env["HUTCH_NETWORK_SUBNET"]
+        if env.get("HUTCH_LOG_LEVEL"):
+            values["log_level"] = env["HUTCH_LOG_LEVEL"].lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
