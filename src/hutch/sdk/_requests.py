@@ -23,6 +23,7 @@ def sandbox_create_body(
     labels: Mapping[str, str] | None = None,
     timeout: float | None = None,
     secrets: Mapping[str, str] | None = None,
+    start_entrypoint: bool = False,
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -43,6 +44,8 @@ def sandbox_create_body(
         body["pids_limit"] = pids_limit
     if secrets:
         body["secrets"] = dict(secrets)
+    if start_entrypoint:
+        body["start_entrypoint"] = True
     return body
 
 

@@ -57,6 +57,11 @@ class SandboxCreate(Strict):
         description="environment variables for every process, stored encrypted and never "
         "returned (SandboxInfo lists only their names)",
     )
+    start_entrypoint: bool = Field(
+        default=False,
+        description="start the image's ENTRYPOINT+CMD as the background process 'entrypoint' "
+        "(422 image_has_no_entrypoint if it has none)",
+    )
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)

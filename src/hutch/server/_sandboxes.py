@@ -24,6 +24,7 @@ from hutch.runtime import (
     Runtime,
     SandboxSpec,
 )
+from hutch.runtime._image_defaults import image_command
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._errors import (
@@ -41,6 +42,9 @@ from hutch.server._secrets import SecretBox
 from hutch.server._store import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
+
+# The process id of the image's ENTRYPOINT+CMD when a create asks to start it.
+ENTRYPOINT_PROCESS_ID = "entrypoint"
 
 EXPIRY_INTERVAL = 1.0
 
@@ -252,6 +256,12 @@ class SandboxManager:
         steps = _Steps()
         image = self._image(request.image)
         steps.mark("image")
+        if request.start_entrypoint and not image_command(image.config):
+            raise InvalidRequest(
+                f"image {request.image!r} has neither ENTRYPOINT nor CMD to start; create the "
+                "sandbox without start_entrypoint and start a process yourself",
+                code="image_has_no_entrypoint",
+            )
         if request.runtime == "gvisor" and not self._runtime.supports("gvisor"):
             raise InvalidRequest(
                 "runtime 'gvisor' is not available on this host (runsc is not installed); "
@@ -293,14 +303,43 @@ class SandboxManager:
             steps.mark("claim")
             if claimed is not None:
                 await self._adopt_pooled(record, request, *claimed, steps=steps)
-                log.debug(
-                    "created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings}
-                )
-                return record
-        await self._create_cold(record, request, image)
-        steps.mark("cold")
+        if record.status != "running":
+            await self._create_cold(record, request, image)
+            steps.mark("cold")
+        if request.start_entrypoint:
+            await self._start_entrypoint(record, image)
+            steps.mark("entrypoint")
         log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
         return record
+
+    async def _start_entrypoint(self, record: SandboxRecord, image: Image) -> None:
+        """Start the image's ENTRYPOINT+CMD as the process `entrypoint` (with the image's user,
+        env and working dir, as every process); if it cannot start, the sandbox goes again."""
+        conn = self._agents[record.id]
+        try:
+            await asyncio.wait_for(
+                conn.call(
+                    "process_start",
+                    id=ENTRYPOINT_PROCESS_ID,
+                    command=None,
+                    argv=image_command(image.config),
+                    cwd=None,
+                    env=None,
+                    user=None,
+                    stdin=True,
+                    log_limit=None,
+                ),
+                self._agent_timeout,
+            )
+        except (AgentError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await self._destroy_locked(record.id)
+            message = exc.message if isinstance(exc, AgentError) else "timed out"
+            raise InvalidRequest(
+                f"the entrypoint of image {record.image!r} could not start ({message}); the "
+                "sandbox was removed",
+                code="entrypoint_failed",
+            ) from exc
 
     async def _adopt_pooled(
         self,
@@ -391,13 +430,16 @@ class SandboxManager:
     async def destroy(self, sandbox_id: str) -> None:
         self.get(sandbox_id)
         async with self._lock_for(sandbox_id):
-            await self._forget_agent(sandbox_id)
-            await self._runtime.destroy(self._rid(sandbox_id))
-            self._store.delete_sandbox(sandbox_id)
-            self._runtime_ids.pop(sandbox_id, None)
-            for hook in self.on_destroy:
-                hook(sandbox_id)
+            await self._destroy_locked(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
+
+    async def _destroy_locked(self, sandbox_id: str) -> None:
+        await self._forget_agent(sandbox_id)
+        await self._runtime.destroy(self._rid(sandbox_id))
+        self._store.delete_sandbox(sandbox_id)
+        self._runtime_ids.pop(sandbox_id, None)
+        for hook in self.on_destroy:
+            hook(sandbox_id)
 
     # -- agent connections ----------------------------------------------------------------
 

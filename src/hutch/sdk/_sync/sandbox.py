@@ -70,6 +70,7 @@ class Sandbox:
         timeout: float | None = None,
         *,
         secrets: Mapping[str, str] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -93,6 +94,10 @@ class Sandbox:
                 ...}``), stored encrypted by the server and never returned by any API. Any
                 process in the sandbox can read them: give only what its code may see.
             pids_limit: Maximum number of processes (the server's default when ``None``).
+            start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE``
+                runs) as the background process ``"entrypoint"``, with the image's user, env
+                and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
+                image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -121,6 +126,7 @@ class Sandbox:
             labels=labels,
             timeout=timeout,
             secrets=secrets,
+            start_entrypoint=start_entrypoint,
         )
         info = SandboxInfo.from_json(client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -142,6 +148,7 @@ class Sandbox:
         timeout: float | None = None,
         *,
         secrets: Mapping[str, str] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -165,6 +172,7 @@ class Sandbox:
             runtime: See :meth:`create`.
             labels: See :meth:`create`.
             secrets: See :meth:`create`.
+            start_entrypoint: See :meth:`create` (only when the sandbox is created).
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
             base_url: See :meth:`create`.
@@ -192,6 +200,7 @@ class Sandbox:
             labels=labels,
             timeout=timeout,
             secrets=secrets,
+            start_entrypoint=start_entrypoint,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(client.request("PUT", sandbox._path, json=body))
@@ -542,7 +551,7 @@ class Sandbox:
         self,
         cols: int = 80,
         rows: int = 24,
-        shell: str | None = "bash",
+        shell: str | None = None,
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
@@ -553,7 +562,8 @@ class Sandbox:
         Args:
             cols: Width in columns (1-1000).
             rows: Height in rows (1-1000).
-            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's.
+            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's: its
+                CMD when that is a shell (``CMD ["bash", "-l"]``), else bash, else sh.
             env: Extra environment variables (``TERM`` is ``xterm-256color``).
             cwd: Working directory (relative to the sandbox's workspace).
             idle_timeout: Seconds with no client attached after which it is closed.
