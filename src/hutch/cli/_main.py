@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = images.add_parser(
         "build",
         help="build an image on this host (root): 'default' or 'agents' from their recipes, "
-        "or a Dockerfile (-f) with buildah",
+        "or a Dockerfile (-f) with buildah (on the server when HUTCH_URL or --url is set)",
         parents=[connection],
     )
     p.set_defaults(handler=cmd_image_build)
@@ -437,6 +437,10 @@ def cmd_image_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    if args.dockerfile is not None and (getattr(args, "url", None) or os.environ.get("HUTCH_URL")):
+        from hutch.cli._images import build_through_api
+
+        return build_through_api(args, _client)
     if os.geteuid() != 0:
         _fail("building an image needs root (debootstrap, chroot); run: sudo hutch image build")
         return 1

@@ -49,6 +49,7 @@ from hutch.server._proxy import PreviewRoutes
 from hutch.server._relay import relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
+from hutch.server._routes_image_build import build_image_build_router
 from hutch.server._routes_images import build_images_router
 from hutch.server._routes_pools import build_pools_router
 from hutch.server._routes_ports import build_ports_router
@@ -65,7 +66,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # Routes that stream their body to disk themselves (image archives can be GBs).
-UNLIMITED_BODY_PATHS = frozenset({"/v1/images/import"})
+UNLIMITED_BODY_PATHS = frozenset({"/v1/images/import", "/v1/images/build"})
 
 
 class BodyLimitMiddleware:
@@ -436,6 +437,7 @@ def create_app(
         return {"ok": True}
 
     app.include_router(build_router())
+    app.include_router(build_image_build_router(require_key))
     app.include_router(build_images_router(require_key))
     app.include_router(build_pools_router(require_key))
     from hutch.server._routes_terminals import build_terminals_router  # imports this module

@@ -27,6 +27,8 @@ class ServerConfig:
         build_default_image: build the default image at start if it is missing or stale.
         warm_pools: image name -> how many started sandboxes to keep ready for it
             (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
+        max_build_context_bytes: largest build context (``POST /v1/images/build``), as sent
+            and unpacked (``HUTCH_MAX_BUILD_CONTEXT_BYTES``).
         log_level: of Hutch's own loggers (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
             each step of a sandbox's create.
     """
@@ -46,6 +48,7 @@ class ServerConfig:
     network_subnet: str = "10.201.0.0/16"
     reserved_ports: frozenset[int] = frozenset()
     log_level: str = "info"
+    max_build_context_bytes: int = 256 * 1024 * 1024
 
     @property
     def image_root(self) -> Path:
@@ -82,6 +85,8 @@ class ServerConfig:
             values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
         if "HUTCH_NETWORK_SUBNET" in env:
             values["network_subnet"] = env["HUTCH_NETWORK_SUBNET"]
+        if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
+            values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
         if env.get("HUTCH_LOG_LEVEL"):
             values["log_level"] = env["HUTCH_LOG_LEVEL"].lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
