@@ -78,6 +78,7 @@ def test_build_through_the_api_streams_progress_and_stores_the_image(
     dockerfile = tmp_path / "elsewhere.Dockerfile"  # outside the context
     dockerfile.write_text(
         f"FROM {base}\nRUN echo built > /built.txt\nENV BUILT=yes\nWORKDIR /srv\n"
+        "RUN cat /proc/self/uid_map > /uid_map; ip -o link | cut -d: -f2 > /links\n"
         'COPY hello.txt link /srv/\nCMD ["/bin/sh", "-l"]\n'
     )
     name = f"t{secrets.token_hex(3)}/api:1"
@@ -93,6 +94,10 @@ def test_build_through_the_api_streams_progress_and_stores_the_image(
                 assert sb.exec("pwd; echo $BUILT; cat /built.txt hello.txt link").stdout == (
                     "/srv\nyes\nbuilt\nhello from the context\nhello from the context\n"
                 )
+                assert sb.exec("stat -c %u /built.txt /srv/hello.txt").stdout == "0\n0\n"
+                # RUN steps ran as an unprivileged host uid, with no network but loopback.
+                assert sb.exec("cat /uid_map").stdout.split() == ["0", "1000000000", "65536"]
+                assert sb.exec("cat /links").stdout.split() == ["lo"]
         finally:
             client.remove_image(name)
 

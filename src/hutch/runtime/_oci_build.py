@@ -194,8 +194,13 @@ def build_image(
     *,
     out: Output,
     source: str | None = None,
+    untrusted: bool = False,
 ) -> Image:
     """Build with buildah and store as `name`. buildah's output goes to `out` as it comes.
+
+    An `untrusted` build (one sent over the API) runs its RUN steps in a runc container whose
+    root is the sandboxes' unprivileged host id range, with no network; otherwise with
+    buildah's chroot isolation as real root (what `hutch image build` on the host does).
 
     Raises:
         BuildError: buildah failed (the message has its last lines).
@@ -219,7 +224,13 @@ def build_image(
             "--storage-driver",
             "vfs",
         ]
-        bud = [*base, "bud", "--isolation", "chroot", "--layers=false", "-f", str(rewritten)]
+        if untrusted:
+            idmap = f"0:{HOST_ID_BASE}:{ID_RANGE}"
+            isolation = ["--isolation", "oci", "--userns-uid-map", idmap]
+            isolation += ["--userns-gid-map", idmap, "--network", "none"]
+        else:
+            isolation = ["--isolation", "chroot"]
+        bud = [*base, "bud", *isolation, "--layers=false", "-f", str(rewritten)]
         bud += ["-t", "hutch-build", str(context)]
         _run(bud, out)
         layout = stage / "result"
@@ -234,7 +245,9 @@ def build_image(
 
 
 def _run(cmd: list[str], out: Output | None) -> None:
-    env = {**os.environ, "BUILDAH_ISOLATION": "chroot"}
+    env = dict(os.environ)
+    if "--isolation" not in cmd:
+        env["BUILDAH_ISOLATION"] = "chroot"
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )

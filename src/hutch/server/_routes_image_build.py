@@ -163,7 +163,13 @@ async def _run_build(
     def work() -> Any:
         try:
             return build_image(
-                store, dockerfile, context, name, out=_Lines(loop, queue), source="api"
+                store,
+                dockerfile,
+                context,
+                name,
+                out=_Lines(loop, queue),
+                source="api",
+                untrusted=True,
             )
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, done)
