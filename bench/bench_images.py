@@ -2,9 +2,15 @@
 run), and pull + unpack of a ~100 MB image from a local registry (next to `skopeo copy` of the
 same image, which only fetches).
 
+The warm-pool figure is split into the client's two requests and the server's own steps of
+the create (logged at HUTCH_LOG_LEVEL=debug): image lookup, record, claim, network policy,
+secrets, the one SQLite transaction. Each create waits until the pool is full again (GET
+/v1/pools) and 0.3 s more; a second series creates one sandbox every 0.4 s while the pool
+refills behind it. Print `uptime` with every figure: the machine's load moves them by ms.
+
 Run as root after the default image is built:
 
-    .venv/bin/python bench/bench_images.py [--n 40] [--pulls 3]
+    .venv/bin/python bench/bench_images.py [--n 40] [--pulls 3]   # --pulls 0: pool figures only
 """
 
 from __future__ import annotations
@@ -100,14 +106,21 @@ def uptime() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def exec_round_trips(srv: ServerProcess, n: int) -> list[float]:
+def exec_round_trips(srv: ServerProcess, n: int, idle: float = 0.0) -> dict[str, list[float]]:
+    """exec `true` (and, after `idle` seconds of quiet, GET the sandbox: HTTP + auth alone)."""
     sb = Sandbox.create(image="busybox", base_url=srv.url, api_key=srv.api_key)
+    samples: dict[str, list[float]] = {"exec": [], "info": []}
     try:
-        samples = []
         for _ in range(n):
+            time.sleep(idle)
             t0 = time.perf_counter()
             sb.exec("true")
-            samples.append(time.perf_counter() - t0)
+            samples["exec"].append(time.perf_counter() - t0)
+            if idle:
+                time.sleep(idle)
+                t0 = time.perf_counter()
+                sb.info()
+                samples["info"].append(time.perf_counter() - t0)
         return samples
     finally:
         sb.destroy()
@@ -167,7 +180,10 @@ def main() -> None:
         steady = pool_create_first_exec(srv, args.n, every=0.4)
         cold = pool_create_first_exec(srv, max(5, args.n // 4), disk_mb=2048)
         rtt = exec_round_trips(srv, args.n)
-        print(report("exec round trip, running sandbox (baseline)", rtt))
+        idle = exec_round_trips(srv, args.n, idle=0.3)
+        print(report("exec round trip, running sandbox (baseline)", rtt["exec"]))
+        print(report("  ... after 0.3 s of quiet", idle["exec"]))
+        print(report("GET /v1/sandboxes/{id} after 0.3 s of quiet", idle["info"]))
         print(report("create -> first exec, warm pool (busybox)", warm))
         for name, values in {**parts, **steps}.items():
             print(report(f"  {name}", values))

@@ -258,6 +258,9 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "image_invalid": (InvalidRequest, 422),
     "image_architecture": (InvalidRequest, 422),
     "image_build_failed": (ImageBuildFailed, 422),
+    "build_context_invalid": (InvalidRequest, 422),
+    "image_has_no_entrypoint": (InvalidRequest, 422),
+    "entrypoint_failed": (InvalidRequest, 422),
     "registry_error": (RegistryError, 502),
     "sandbox_unavailable": (SandboxUnavailable, 503),
 }
