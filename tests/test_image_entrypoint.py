@@ -4,8 +4,11 @@ working directory), so an image that serves HTTP serves at once, through a previ
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,3 +181,24 @@ def test_the_image_user_is_the_default_of_processes_sessions_and_terminals(
             term.read_until(b"uid=65534.")
         # An explicit user still wins.
         assert sb.start_process("id -u", user="0").wait(timeout=30).exit_code == 0
+
+
+def test_cli_create_start_entrypoint(images: Images, sdk_env: ServerProcess) -> None:
+    hutch = Path(sys.executable).with_name("hutch")
+    env = {**os.environ, "HUTCH_URL": sdk_env.url, "HUTCH_API_KEY": sdk_env.api_key}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(hutch), *args], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    created = run("create", "--image", images.app, "--start-entrypoint")
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.strip()
+    try:
+        ps = run("ps", sandbox_id)
+        assert ps.returncode == 0 and "entrypoint" in ps.stdout, ps.stdout + ps.stderr
+        refused = run("create", "--image", images.bare, "--start-entrypoint")
+        assert refused.returncode != 0 and "image_has_no_entrypoint" in refused.stderr
+    finally:
+        run("rm", sandbox_id)
