@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from hutch.runtime import ImageStore
 from hutch.runtime._images import _check_name
@@ -142,17 +143,37 @@ def build_image_build_router(
         except BaseException:
             staging.__exit__(None, None, None)
             raise
-        return StreamingResponse(_run_build(store, path, context, name, staging), media_type=NDJSON)
+        job = _BuildJob(staging)
+        return StreamingResponse(
+            _run_build(store, path, context, name, job),
+            media_type=NDJSON,
+            # Also when the client left before the stream started (the generator never ran).
+            background=BackgroundTask(job.finish),
+        )
 
     return router
 
 
+class _BuildJob:
+    """The staging dir of one build and the thread running it; `finish` waits for the thread,
+    then removes the dir, once."""
+
+    def __init__(self, staging: contextlib.AbstractContextManager[Path]) -> None:
+        self._staging: contextlib.AbstractContextManager[Path] | None = staging
+        self.task: asyncio.Future[Any] | None = None
+
+    async def finish(self) -> None:
+        if self.task is not None:
+            # NB: a client that goes away does not stop buildah; its dir goes after it.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.task)
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            staging.__exit__(None, None, None)
+
+
 async def _run_build(
-    store: ImageStore,
-    dockerfile: Path,
-    context: Path,
-    name: str,
-    staging: contextlib.AbstractContextManager[Path],
+    store: ImageStore, dockerfile: Path, context: Path, name: str, job: _BuildJob
 ) -> AsyncIterator[bytes]:
     from hutch.server._routes_images import detail_of
 
@@ -174,7 +195,7 @@ async def _run_build(
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, done)
 
-    task = asyncio.ensure_future(asyncio.to_thread(work))
+    task = job.task = asyncio.ensure_future(asyncio.to_thread(work))
     try:
         while (item := await queue.get()) is not done:
             yield _line({"type": "progress", "line": item})
@@ -191,10 +212,7 @@ async def _run_build(
             return
         yield _line({"type": "image", "image": detail_of(image, 0).model_dump()})
     finally:
-        # NB: a client that goes away does not stop buildah; the staging dir goes after it.
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(task)
-        staging.__exit__(None, None, None)
+        await job.finish()
 
 
 def _error(code: str, message: str, *, tail: list[str] | None = None) -> dict[str, Any]:
