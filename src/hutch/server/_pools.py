@@ -131,8 +131,9 @@ class WarmPools:
         if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
             return None
         for name, ready in self._ready.items():
-            while ready and ready[0].image_id == image.id:
-                entry = ready.pop(0)
+            # NB: the most recently started first (LIFO): its agent ran its warm-up last.
+            while ready and ready[-1].image_id == image.id:
+                entry = ready.pop()
                 self._last_claim = time.monotonic()
                 self._wake.set()
                 if entry.conn.closed:
