@@ -22,6 +22,7 @@ from hutch import Client, InvalidRequest, Sandbox
 from hutch.runtime._image_defaults import image_shell
 from hutch.runtime._images import ImageConfig
 from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.oci_images import make_oci_layout, skopeo_copy
 
@@ -202,3 +203,33 @@ def test_cli_create_start_entrypoint(images: Images, sdk_env: ServerProcess) -> 
         assert refused.returncode != 0 and "image_has_no_entrypoint" in refused.stderr
     finally:
         run("rm", sandbox_id)
+
+
+def test_a_pooled_sandbox_starts_its_entrypoint(images: Images, sdk_env: ServerProcess) -> None:
+    from hutch.runtime import ImageStore
+    from tests._server import SHARED_IMAGES
+    from tests.test_warm_pools import runtime_ids, wait_for
+
+    store = ImageStore(SHARED_IMAGES)
+    pooled = f"ep{secrets.token_hex(3)}/pooled:1"
+    store.tag(images.app, pooled)
+
+    class PoolServer(ServerProcess):
+        def env(self) -> dict[str, str]:
+            return {**super().env(), "HUTCH_WARM_POOLS": f"{pooled}=1"}
+
+    srv = PoolServer(Path(tempfile.mkdtemp(prefix="hutch-ep-pool-", dir="/var/tmp")))
+    srv.start()
+    try:
+        opts = {"base_url": srv.url, "api_key": srv.api_key}
+        with Client(**opts) as client:  # type: ignore[arg-type]
+            wait_for(lambda: client.request("GET", "/v1/pools")["pools"][0]["ready"] == 1)
+        with Sandbox.create(image=pooled, start_entrypoint=True, **opts) as sb:  # type: ignore[arg-type]
+            assert runtime_ids(srv.home)[sb.id].startswith("pool-"), "it came from the pool"
+            proc = sb.get_process("entrypoint")
+            proc.wait_for_port(8080, mode="http", timeout=30)
+            assert proc.logs().stdout == "hello from the image uid=65534 cwd=/srv\n"
+    finally:
+        srv.stop()
+        _cleanup_home(srv)
+        store.remove(pooled)
