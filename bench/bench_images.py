@@ -171,8 +171,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hutch-bench-images-", dir="/var/tmp"))
     work.chmod(0o711)
     srv = PoolServer(work / "home")
-    srv.start()
     try:
+        srv.start()
         print(f"load average before: {uptime()}")
         parts: dict[str, list[float]] = {}
         warm = pool_create_first_exec(srv, args.n, parts)
