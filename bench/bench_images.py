@@ -2,15 +2,20 @@
 run), and pull + unpack of a ~100 MB image from a local registry (next to `skopeo copy` of the
 same image, which only fetches).
 
+The warm-pool figure is split into the client's two requests and the server's own steps of
+the create (logged at HUTCH_LOG_LEVEL=debug): image lookup, record, claim, network policy,
+secrets, the one SQLite transaction. Each create waits until the pool is full again (GET
+/v1/pools) and 0.3 s more; a second series creates one sandbox every 0.4 s while the pool
+refills behind it. Print `uptime` with every figure: the machine's load moves them by ms.
+
 Run as root after the default image is built:
 
-    .venv/bin/python bench/bench_images.py [--n 40] [--pulls 3]
+    .venv/bin/python bench/bench_images.py [--n 40] [--pulls 3]   # --pulls 0: pool figures only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import shutil
 import subprocess
@@ -39,43 +44,83 @@ POOL = 3
 
 class PoolServer(ServerProcess):
     def env(self) -> dict[str, str]:
-        return {**super().env(), "HUTCH_WARM_POOLS": f"busybox={POOL}"}
+        return {
+            **super().env(),
+            "HUTCH_WARM_POOLS": f"busybox={POOL}",
+            "HUTCH_LOG_LEVEL": "debug",
+        }
 
 
-def _ready(home: Path) -> int:
-    claimed = (
-        set(json.loads((home / "runtime-ids.json").read_text()).values())
-        if (home / "runtime-ids.json").exists()
-        else set()
-    )
-    return len({p.name for p in (home / "sandboxes").glob("pool-*")} - claimed)
+def _ready(srv: ServerProcess) -> int:
+    with srv.client() as c:
+        pools = c.get("/v1/pools").json()["pools"]
+    return sum(p["ready"] for p in pools if p["image"] == "busybox")
 
 
-def pool_create_first_exec(srv: ServerProcess, n: int, **extra: object) -> list[float]:
+def pool_create_first_exec(
+    srv: ServerProcess,
+    n: int,
+    parts: dict[str, list[float]] | None = None,
+    *,
+    every: float | None = None,
+    **extra: object,
+) -> list[float]:
+    """With `every`, one create each `every` seconds while the pool refills behind them;
+    else each create after the pool is full again (a quiet server)."""
     opts = {"base_url": srv.url, "api_key": srv.api_key}
     samples = []
     for _ in range(n):
         deadline = time.monotonic() + 120
-        while _ready(srv.home) < POOL:  # measure hits only: let the pool refill first
+        while _ready(srv) < (1 if every else POOL):  # measure hits only
             assert time.monotonic() < deadline, "pool did not refill"
             time.sleep(0.05)
+        time.sleep(every or 0.3)  # NB: the refill's last step (a warm-up exec) ends first
         t0 = time.perf_counter()
         sb = Sandbox.create(image="busybox", **opts, **extra)  # type: ignore[arg-type]
+        t1 = time.perf_counter()
         r = sb.exec("true")
-        samples.append(time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        samples.append(t2 - t0)
+        if parts is not None:
+            parts.setdefault("client: POST /v1/sandboxes", []).append(t1 - t0)
+            parts.setdefault("client: first exec", []).append(t2 - t1)
         assert r.exit_code == 0
         sb.destroy()
     return samples
 
 
-def exec_round_trips(srv: ServerProcess, n: int) -> list[float]:
+def server_steps(log: Path) -> dict[str, list[float]]:
+    """The create steps the server logged at debug level (HUTCH_LOG_LEVEL=debug), pooled only."""
+    steps: dict[str, list[float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "created sandbox" not in line or " claim=" not in line or " cold=" in line:
+            continue
+        for word in line.split():
+            name, sep, value = word.partition("=")
+            if sep and value.endswith("ms"):
+                steps.setdefault(f"server: {name}", []).append(float(value[:-2]) / 1e3)
+    return steps
+
+
+def uptime() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def exec_round_trips(srv: ServerProcess, n: int, idle: float = 0.0) -> dict[str, list[float]]:
+    """exec `true` (and, after `idle` seconds of quiet, GET the sandbox: HTTP + auth alone)."""
     sb = Sandbox.create(image="busybox", base_url=srv.url, api_key=srv.api_key)
+    samples: dict[str, list[float]] = {"exec": [], "info": []}
     try:
-        samples = []
         for _ in range(n):
+            time.sleep(idle)
             t0 = time.perf_counter()
             sb.exec("true")
-            samples.append(time.perf_counter() - t0)
+            samples["exec"].append(time.perf_counter() - t0)
+            if idle:
+                time.sleep(idle)
+                t0 = time.perf_counter()
+                sb.info()
+                samples["info"].append(time.perf_counter() - t0)
         return samples
     finally:
         sb.destroy()
@@ -126,15 +171,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hutch-bench-images-", dir="/var/tmp"))
     work.chmod(0o711)
     srv = PoolServer(work / "home")
-    srv.start()
     try:
-        warm = pool_create_first_exec(srv, args.n)
+        srv.start()
+        print(f"load average before: {uptime()}")
+        parts: dict[str, list[float]] = {}
+        warm = pool_create_first_exec(srv, args.n, parts)
+        steps = server_steps(srv.log_path)
+        steady = pool_create_first_exec(srv, args.n, every=0.4)
         cold = pool_create_first_exec(srv, max(5, args.n // 4), disk_mb=2048)
         rtt = exec_round_trips(srv, args.n)
-        print(report("exec round trip, running sandbox (baseline)", rtt))
+        idle = exec_round_trips(srv, args.n, idle=0.3)
+        print(report("exec round trip, running sandbox (baseline)", rtt["exec"]))
+        print(report("  ... after 0.3 s of quiet", idle["exec"]))
+        print(report("GET /v1/sandboxes/{id} after 0.3 s of quiet", idle["info"]))
         print(report("create -> first exec, warm pool (busybox)", warm))
+        for name, values in {**parts, **steps}.items():
+            print(report(f"  {name}", values))
+        print(report("  ... one create every 0.4 s (refilling)", steady))
         print(report("create -> first exec, cold (busybox)", cold))
-        pull_figures(work, srv, args.pulls, args.size_mb)
+        print(f"load average after the sandbox figures: {uptime()}")
+        if args.pulls:
+            pull_figures(work, srv, args.pulls, args.size_mb)
     finally:
         srv.stop()
         _cleanup_home(srv)

@@ -56,3 +56,45 @@ def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     assert checker.is_valid(new.key) and checker.is_valid("hk_static")
     assert not checker.is_valid("hk_wrong") and not checker.is_valid(None)
     assert store.delete_key(new.record.id) and not checker.is_valid(new.key)
+
+
+def test_runtime_id_and_secrets_commit_with_the_row(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.insert_sandbox(record("sb-3", runtime_id="pool-abc"), {"K": b"sealed"})
+    # No close(): as after kill -9.
+    reopened = SqliteStore(tmp_path / "s.db")
+    got = reopened.get_sandbox("sb-3")
+    assert got is not None and got.runtime_id == "pool-abc"
+    assert reopened.get_secrets("sb-3") == {"K": b"sealed"}
+    # A failed insert stores neither (the id is taken).
+    assert not reopened.insert_sandbox(record("sb-3"), {"L": b"x"})
+    assert reopened.get_secrets("sb-3") == {"K": b"sealed"}
+
+
+def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, sql in enumerate(MIGRATIONS[:3], start=1):
+        db.executescript(sql)
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    db.execute(
+        "INSERT INTO sandboxes VALUES ('sb-old', 'running', 'default', 'abc', 't', NULL, '{}')"
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.schema_version == len(MIGRATIONS)
+    old = store.get_sandbox("sb-old")
+    assert old is not None and old.runtime_id is None
+
+
+def test_the_old_runtime_ids_file_moves_into_the_store(tmp_path: Path) -> None:
+    from hutch.server._pools import import_runtime_ids_file
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.insert_sandbox(record("sb-4"))
+    path = tmp_path / "runtime-ids.json"
+    path.write_text('{"sb-4": "pool-123", "sb-gone": "pool-456"}')
+    import_runtime_ids_file(path, store)
+    assert store.get_sandbox("sb-4").runtime_id == "pool-123"  # type: ignore[union-attr]
+    assert not path.exists()

@@ -3,7 +3,7 @@ env, labels and limits; the pool refills; the mapping survives a server crash.""
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,8 +30,13 @@ def pooled(home: Path) -> set[str]:
 
 
 def runtime_ids(home: Path) -> dict[str, str]:
-    path = home / "runtime-ids.json"
-    return dict(json.loads(path.read_text())) if path.exists() else {}
+    """sandbox id -> runtime id of the sandboxes that came from a pool, from the server's db."""
+    db = sqlite3.connect(f"file:{home / 'hutch.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id, runtime_id FROM sandboxes WHERE runtime_id IS NOT NULL")
+        return dict(rows.fetchall())
+    finally:
+        db.close()
 
 
 def cgroup_value(rid: str, controller: str, v2: str, v1: str) -> str:
@@ -96,4 +101,30 @@ def test_create_from_a_warm_pool(pool_server: ServerProcess) -> None:
     assert again.exec('printf %s "$FOO"').stdout == "from the user"
     sb.destroy()
     assert sb.id not in runtime_ids(home)
+    assert host_leftovers(home, rid) == []
+
+
+def test_a_claimed_pooled_sandbox_survives_a_server_kill_9(pool_server: ServerProcess) -> None:
+    home = pool_server.home
+    opts = {"base_url": pool_server.url, "api_key": pool_server.api_key}
+    wait_for(lambda: len(pooled(home) - set(runtime_ids(home).values())) == 2)
+    sb = Sandbox.create(image="busybox", env={"A": "1"}, **opts)
+    rid = runtime_ids(home)[sb.id]
+    assert rid.startswith("pool-")
+    sb.write_file("/tmp/kept", b"before the crash")
+    proc = sb.start_process("sleep 600", process_id="sleeper")
+    unclaimed = pooled(home) - {rid}
+
+    pool_server.kill9()
+    pool_server.start()
+
+    again = Sandbox.connect(sb.id, **opts)
+    assert again.exec('printf %s "$A"').stdout == "1"
+    assert again.read_file("/tmp/kept") == b"before the crash"
+    assert again.get_process("sleeper").status == "running"
+    assert runtime_ids(home)[sb.id] == rid
+    assert proc.id == "sleeper"
+    # What the pool had ready was not handed out: the restart swept it and refilled.
+    wait_for(lambda: len(pooled(home) - {rid}) == 2 and not (unclaimed & pooled(home)))
+    again.destroy()
     assert host_leftovers(home, rid) == []

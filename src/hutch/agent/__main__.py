@@ -3,6 +3,7 @@
 Environment (read here only):
     HUTCH_AGENT_LISTEN_FD   the inherited, already listening unix socket (default 3)
     HUTCH_AGENT_WORKSPACE   what a relative exec ``cwd`` is relative to (default /workspace)
+    HUTCH_AGENT_SHELL       JSON argv of the image's shell for terminals and sessions (optional)
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def _ensure_stdio() -> None:
             os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
 
 
+def _image_shell(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    import json  # NB: already loaded by the frame codec
+
+    try:
+        argv = json.loads(text)
+    except ValueError:
+        argv = None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        report(f"ignoring HUTCH_AGENT_SHELL={text!r}: not a JSON list of strings")
+        return None
+    return argv
+
+
 def main() -> None:
     _ensure_stdio()
     listen_fd = int(os.environ.get("HUTCH_AGENT_LISTEN_FD", "3"))
@@ -80,7 +96,13 @@ def main() -> None:
         _become_subreaper()
 
     loop = Loop()
-    agent = Agent(loop, listener, workspace=workspace, base_env=child_environment(dict(os.environ)))
+    agent = Agent(
+        loop,
+        listener,
+        workspace=workspace,
+        base_env=child_environment(dict(os.environ)),
+        image_shell=_image_shell(os.environ.get("HUTCH_AGENT_SHELL")),
+    )
     loop.add_signal_handler(signal.SIGCHLD, agent.reaper.reap)
     # NB: as PID 1 the kernel drops signals the agent has no handler for, so without these a
     # SIGTERM from the runtime would do nothing; with them, it is a graceful stop.

@@ -17,7 +17,15 @@ import time
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
-from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, kill_tree, resolve_user, signal_tree, spawn
+from ._procs import (
+    DEFAULT_PATH,
+    EXEC_TAG_VAR,
+    default_user,
+    kill_tree,
+    resolve_user,
+    signal_tree,
+    spawn,
+)
 from ._requests import InvalidRequest, parse_exec
 
 TYPE_CHECKING = False
@@ -194,9 +202,10 @@ class BackgroundProcess:
     def spawn(self, request: dict[str, Any], want_stdin: bool) -> None:
         agent = self._table.agent
         identity = None
-        if request["user"] is not None:
+        user = request["user"] if request["user"] is not None else default_user()
+        if user is not None:
             try:
-                identity = resolve_user(request["user"])
+                identity = resolve_user(user)
             except LookupError as e:
                 raise OpError("user_not_found", str(e)) from None
         cwd = request["cwd"]

@@ -19,7 +19,7 @@ import os
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
-from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, kill_tree
+from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, Identity, kill_tree
 from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
@@ -69,17 +69,24 @@ def _get(agent: Agent, request: dict[str, Any]) -> Terminal:
     return terminal
 
 
-def _find_shell(agent: Agent, shell: str | None, env: dict[str, str]) -> str:
+def _find_shell(agent: Agent, shell: str | None, env: dict[str, str]) -> list[str]:
     if shell is None or shell == "":
-        return agent.shell()
+        return agent.interactive_shell()
     if "/" in shell:
         candidates = [shell]
     else:
         candidates = [os.path.join(d, shell) for d in env.get("PATH", DEFAULT_PATH).split(":")]
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
+            return [path]
     raise OpError("shell_not_found", f"shell {shell!r} is not installed in this sandbox")
+
+
+def _identity_args(identity: Identity | None) -> dict[str, Any]:
+    """Popen's arguments to run as `identity` (the image's USER); none to stay root."""
+    if identity is None or (os.geteuid() != 0 and identity.uid == os.geteuid()):
+        return {}
+    return {"user": identity.uid, "group": identity.gid, "extra_groups": identity.groups}
 
 
 def _make_controlling_tty() -> None:
@@ -115,7 +122,15 @@ class Terminal:
         self._tag = os.urandom(8).hex()
         self._idle: Timer | None = None
 
-    def spawn(self, shell: str, cwd: str | None, env: dict[str, str], cols: int, rows: int) -> None:
+    def spawn(
+        self,
+        argv: list[str],
+        cwd: str | None,
+        env: dict[str, str],
+        cols: int,
+        rows: int,
+        identity: Identity | None = None,
+    ) -> None:
         import subprocess
         import termios
 
@@ -124,7 +139,7 @@ class Terminal:
             termios.tcsetwinsize(master, (rows, cols))
             env[EXEC_TAG_VAR] = self._tag
             self._popen = subprocess.Popen(
-                [shell],
+                argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -134,6 +149,7 @@ class Terminal:
                 start_new_session=True,
                 restore_signals=True,
                 preexec_fn=_make_controlling_tty,
+                **_identity_args(identity),
             )
         except BaseException:
             os.close(master)
@@ -143,7 +159,7 @@ class Terminal:
         self.master = master
         os.set_blocking(master, False)
         self.pid = self._popen.pid
-        self.shell = shell
+        self.shell = argv[0]
         self.cols, self.rows = cols, rows
         self.agent.reaper.watch(self.pid, self._on_exit)
         self._start_reading()
@@ -416,19 +432,26 @@ def pty_create(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
             raise OpError("cwd_not_found", f"working directory {cwd} does not exist")
     elif os.path.isdir(agent.workspace):
         cwd = agent.workspace
+    from ._sessions import _image_identity
+
+    identity = _image_identity()
     env = dict(agent.base_env)
+    if identity is not None:
+        env["HOME"] = identity.home
+        if identity.name is not None:
+            env["USER"] = env["LOGNAME"] = identity.name
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("HOME", "/root")
     env.update(env_in)
     env["TERM"] = TERM
     env.setdefault("COLORTERM", "truecolor")
-    path = _find_shell(agent, shell, env)
+    argv = _find_shell(agent, shell, env)
     terminal = Terminal(agent, "pty-" + os.urandom(6).hex(), float(idle))
     try:
-        terminal.spawn(path, cwd, env, cols, rows)
+        terminal.spawn(argv, cwd, env, cols, rows, identity)
     except OSError as e:
-        raise OpError("spawn_failed", f"could not start {path}: {e}") from None
+        raise OpError("spawn_failed", f"could not start {argv[0]}: {e}") from None
     _terminals(agent)[terminal.id] = terminal
     return {"ok": True, **terminal.info()}
 

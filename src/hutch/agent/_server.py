@@ -50,9 +50,17 @@ class Agent:
     """Process-wide state: the loop, the reaper, the listener and every live connection."""
 
     def __init__(
-        self, loop: Loop, listener: _socket.socket, *, workspace: str, base_env: dict[str, str]
+        self,
+        loop: Loop,
+        listener: _socket.socket,
+        *,
+        workspace: str,
+        base_env: dict[str, str],
+        image_shell: list[str] | None = None,
     ) -> None:
         self.loop = loop
+        # The image's ENTRYPOINT+CMD when it is an interactive shell (e.g. ["bash", "-l"]).
+        self.image_shell = image_shell
         self.reaper = Reaper()
         self.workspace = workspace
         self.base_env = base_env
@@ -95,6 +103,21 @@ class Agent:
     def shell() -> str:
         # Looked up each time: a user may install bash into a running sandbox.
         return "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+
+    def interactive_shell(self) -> list[str]:
+        """argv of the shell of terminals and sessions: the image's own (its ENTRYPOINT+CMD,
+        when that is a shell that is installed), else `shell()`."""
+        if self.image_shell:
+            name, args = self.image_shell[0], self.image_shell[1:]
+            if "/" in name:
+                candidates = [name]
+            else:
+                path = self.base_env.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
+                candidates = [os.path.join(d, name) for d in path.split(":") if d]
+            for candidate in candidates:
+                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                    return [candidate, *args]
+        return [self.shell()]
 
     def ping(self) -> PingResult:
         return {

@@ -20,7 +20,16 @@ from collections import deque
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
-from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, _scan_processes, kill_tree, spawn
+from ._procs import (
+    DEFAULT_PATH,
+    EXEC_TAG_VAR,
+    Identity,
+    _scan_processes,
+    default_user,
+    kill_tree,
+    resolve_user,
+    spawn,
+)
 from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
@@ -39,6 +48,17 @@ ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _image_identity() -> Identity | None:
+    """The image's USER, the default of sessions and terminals as of exec (None: root)."""
+    user = default_user()
+    if user is None:
+        return None
+    try:
+        return resolve_user(user)
+    except LookupError as e:
+        raise OpError("user_not_found", str(e)) from None
 
 
 class Session:
@@ -69,7 +89,12 @@ class Session:
 
     def start(self) -> None:
         agent = self._table.agent
+        identity = _image_identity()
         env = dict(agent.base_env)
+        if identity is not None:
+            env["HOME"] = identity.home
+            if identity.name is not None:
+                env["USER"] = env["LOGNAME"] = identity.name
         env.update(self._env)
         env.setdefault("PATH", DEFAULT_PATH)
         self._tag = os.urandom(8).hex().encode()
@@ -77,10 +102,11 @@ class Session:
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        shell = agent.shell()
+        # NB: never interactive: a prompt on stderr would land in the commands' output.
+        shell = [a for a in agent.interactive_shell() if a not in ("-i", "--interactive")]
         try:
             self._popen = spawn(
-                [shell], env=env, cwd=self._cwd, identity=None, stdin=stdin_r, stdout=out_w,
+                shell, env=env, cwd=self._cwd, identity=identity, stdin=stdin_r, stdout=out_w,
                 stderr=err_w,
             )  # fmt: skip
         except OSError as e:

@@ -120,3 +120,22 @@ def build_with_buildah(
     from hutch.runtime._oci_build import build_image
 
     return build_image(ImageStore(store_root), dockerfile, context, name, out=sys.stderr)
+
+
+def build_through_api(args: argparse.Namespace, client: Callable[[argparse.Namespace], Any]) -> int:
+    """`hutch image build -f Dockerfile -t NAME [context]` on the server (POST /v1/images/build):
+    the context goes up as a tar, buildah's progress comes back to stderr."""
+    if not args.tag:
+        print("hutch: name the image: hutch image build -f Dockerfile -t NAME [context]",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    context = Path(args.name if args.name != "default" else ".")
+    with client(args) as c:
+        image = c.build_image(
+            args.tag,
+            context,
+            dockerfile=args.dockerfile,
+            on_progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    _print(image)
+    return 0

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
     p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+    p.add_argument(
+        "--start-entrypoint",
+        action="store_true",
+        help="start the image's ENTRYPOINT+CMD as the process 'entrypoint'",
+    )
 
     p = command("ls", cmd_ls, "list sandboxes")
     p.add_argument("--label", metavar="K=V", action="append", type=_pair, help="filter; repeatable")
@@ -147,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("shell", cmd_shell, "open an interactive shell in a sandbox (exits with its code)")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--shell", default="bash", help="the shell to run (default: %(default)s)")
+    p.add_argument(
+        "--shell", help="the shell to run (default: the image's CMD if a shell, else bash, else sh)"
+    )
     from hutch.cli._procs import add_process_commands
 
     add_process_commands(command, _client)
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = images.add_parser(
         "build",
         help="build an image on this host (root): 'default' or 'agents' from their recipes, "
-        "or a Dockerfile (-f) with buildah",
+        "or a Dockerfile (-f) with buildah (on the server when HUTCH_URL or --url is set)",
         parents=[connection],
     )
     p.set_defaults(handler=cmd_image_build)
@@ -322,6 +329,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             runtime=args.runtime,
             labels=dict(args.label or ()),
             timeout=args.timeout,
+            start_entrypoint=args.start_entrypoint,
             client=client,
         )
     print(sandbox.id)
@@ -440,6 +448,10 @@ def cmd_image_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    if args.dockerfile is not None and (getattr(args, "url", None) or os.environ.get("HUTCH_URL")):
+        from hutch.cli._images import build_through_api
+
+        return build_through_api(args, _client)
     if os.geteuid() != 0:
         _fail("building an image needs root (debootstrap, chroot); run: sudo hutch image build")
         return 1

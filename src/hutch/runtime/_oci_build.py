@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._images import Image, ImageNotFound, ImageStore
@@ -26,8 +26,64 @@ from hutch.runtime._oci_import import (
 _FROM_RE = re.compile(r"^(\s*FROM\s+)(?:--platform=\S+\s+)?(\S+)(.*)$", re.IGNORECASE)
 
 
+class Output(Protocol):
+    """Where buildah's output goes (a text file such as sys.stderr, or a line relay)."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
 class BuildError(RuntimeError):
-    """buildah failed; the message has the end of its output."""
+    """buildah failed; the message has the end of its output (`tail`: its last lines)."""
+
+    def __init__(self, message: str, tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.tail = tail or []
+
+
+# containers-image transports that name host paths or daemons; an API build must only name
+# Hutch images, registry images, earlier stages or scratch.
+_TRANSPORTS = frozenset(
+    {
+        "oci",
+        "oci-archive",
+        "dir",
+        "docker-archive",
+        "docker-daemon",
+        "containers-storage",
+        "ostree",
+        "sif",
+        "tarball",
+    }
+)
+_FROM_OPTION_RE = re.compile(r"(?i)(?:--from=|\bfrom=)([^\s,]+)")
+
+
+def _names_a_transport(ref: str) -> bool:
+    scheme, sep, rest = ref.partition(":")
+    if not sep:
+        return False
+    scheme = scheme.lower().strip("\"'")
+    return scheme in _TRANSPORTS or (scheme == "docker" and not rest.startswith("//"))
+
+
+def check_untrusted_dockerfile(text: str) -> None:
+    """Refuse what would let a Dockerfile sent over the API read the host: `FROM`,
+    `COPY --from=` or `RUN --mount=...,from=` naming a host path or daemon through a transport
+    (`oci:/path`, `dir:/`, `docker-archive:/file`, ...).
+
+    Raises:
+        ValueError: the first such reference, and what to use instead.
+    """
+    refs = [m.group(2) for line in text.splitlines() if (m := _FROM_RE.match(line))]
+    refs += _FROM_OPTION_RE.findall(text)
+    for ref in refs:
+        if _names_a_transport(ref):
+            raise ValueError(
+                f"the Dockerfile names {ref!r}: a build through the API may use Hutch images, "
+                "registry images (name[:tag]), earlier stages or scratch, not a transport that "
+                "reads the server's host"
+            )
 
 
 def _unshift(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -131,9 +187,20 @@ def _rewrite_from(dockerfile: str, store: ImageStore, work: Path) -> str:
 
 
 def build_image(
-    store: ImageStore, dockerfile: Path, context: Path, name: str, *, out: IO[str]
+    store: ImageStore,
+    dockerfile: Path,
+    context: Path,
+    name: str,
+    *,
+    out: Output,
+    source: str | None = None,
+    untrusted: bool = False,
 ) -> Image:
     """Build with buildah and store as `name`. buildah's output goes to `out` as it comes.
+
+    An `untrusted` build (one sent over the API) runs its RUN steps in a runc container whose
+    root is the sandboxes' unprivileged host id range, with no network; otherwise with
+    buildah's chroot isolation as real root (what `hutch image build` on the host does).
 
     Raises:
         BuildError: buildah failed (the message has its last lines).
@@ -157,22 +224,30 @@ def build_image(
             "--storage-driver",
             "vfs",
         ]
-        bud = [*base, "bud", "--isolation", "chroot", "--layers=false", "-f", str(rewritten)]
+        if untrusted:
+            idmap = f"0:{HOST_ID_BASE}:{ID_RANGE}"
+            isolation = ["--isolation", "oci", "--userns-uid-map", idmap]
+            isolation += ["--userns-gid-map", idmap, "--network", "none"]
+        else:
+            isolation = ["--isolation", "chroot"]
+        bud = [*base, "bud", *isolation, "--layers=false", "-f", str(rewritten)]
         bud += ["-t", "hutch-build", str(context)]
         _run(bud, out)
         layout = stage / "result"
         _run([*base, "push", "hutch-build", f"oci:{layout}:image"], out)
         parsed = parse_oci_layout(layout, "image")
         image = store_parsed(
-            store, name, parsed, stage, labels={"hutch.built-from": str(dockerfile)}
+            store, name, parsed, stage, labels={"hutch.built-from": source or str(dockerfile)}
         )
         _run([*base, "rm", "--all"], None)
         subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True)
         return image
 
 
-def _run(cmd: list[str], out: IO[str] | None) -> None:
-    env = {**os.environ, "BUILDAH_ISOLATION": "chroot"}
+def _run(cmd: list[str], out: Output | None) -> None:
+    env = dict(os.environ)
+    if "--isolation" not in cmd:
+        env["BUILDAH_ISOLATION"] = "chroot"
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -184,7 +259,13 @@ def _run(cmd: list[str], out: IO[str] | None) -> None:
             out.flush()
         tail = (tail + [line.rstrip()])[-15:]
     if proc.wait() != 0:
-        raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail))
+        raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail), tail)
 
 
-__all__ = ["BuildError", "ImageInvalid", "build_image", "export_oci_layout"]
+__all__ = [
+    "BuildError",
+    "ImageInvalid",
+    "build_image",
+    "check_untrusted_dockerfile",
+    "export_oci_layout",
+]

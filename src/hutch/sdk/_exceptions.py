@@ -23,6 +23,7 @@ One tree, rooted at :class:`HutchError`::
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
     │   │                                   invalid_port
     │   │                                   (also a ValueError)
+    │   │   └── ImageBuildFailed        422 image_build_failed (output_tail: the step's output)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
     │   └── SandboxUnavailable          503 sandbox_unavailable
@@ -163,6 +164,12 @@ class InvalidRequest(APIError, ValueError):
     """The request was malformed (HTTP 422); :attr:`APIError.fields` says where."""
 
 
+class ImageBuildFailed(InvalidRequest):
+    """A step of an image build failed; :attr:`output_tail` holds the last lines it printed."""
+
+    output_tail: list[str] = []  # noqa: RUF012 - set per instance by the build
+
+
 class GitError(APIError):
     """``git_checkout`` failed; :attr:`APIError.code` says why: ``git_branch_not_found``,
     ``git_repository_not_found``, ``git_auth_failed``, ``git_unreachable`` or ``git_failed``."""
@@ -250,6 +257,10 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "image_in_use": (Conflict, 409),
     "image_invalid": (InvalidRequest, 422),
     "image_architecture": (InvalidRequest, 422),
+    "image_build_failed": (ImageBuildFailed, 422),
+    "build_context_invalid": (InvalidRequest, 422),
+    "image_has_no_entrypoint": (InvalidRequest, 422),
+    "entrypoint_failed": (InvalidRequest, 422),
     "registry_error": (RegistryError, 502),
     "sandbox_unavailable": (SandboxUnavailable, 503),
 }

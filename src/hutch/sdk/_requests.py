@@ -26,6 +26,7 @@ def sandbox_create_body(
     egress_secrets: Sequence[Mapping[str, str]] | None = None,
     network_allow: Sequence[str] = (),
     network_deny: Sequence[str] = (),
+    start_entrypoint: bool = False,
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -52,6 +53,8 @@ def sandbox_create_body(
         body["network_allow"] = list(network_allow)
     if network_deny:
         body["network_deny"] = list(network_deny)
+    if start_entrypoint:
+        body["start_entrypoint"] = True
     return body
 
 

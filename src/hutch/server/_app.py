@@ -45,12 +45,14 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
-from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._pools import WarmPools, import_runtime_ids_file
 from hutch.server._proxy import PreviewRoutes
 from hutch.server._relay import relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
+from hutch.server._routes_image_build import build_image_build_router
 from hutch.server._routes_images import build_images_router
+from hutch.server._routes_pools import build_pools_router
 from hutch.server._routes_ports import build_ports_router
 from hutch.server._sandboxes import SandboxManager, to_info
 from hutch.server._secrets import SecretBox
@@ -65,7 +67,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # Routes that stream their body to disk themselves (image archives can be GBs).
-UNLIMITED_BODY_PATHS = frozenset({"/v1/images/import"})
+UNLIMITED_BODY_PATHS = frozenset({"/v1/images/import", "/v1/images/build"})
 
 
 class BodyLimitMiddleware:
@@ -132,6 +134,7 @@ class Services:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store: Store = SqliteStore(config.db_path)
+        import_runtime_ids_file(config.home / "runtime-ids.json", self.store)
         self.images = ImageStore(config.image_root)
         self.runtime = Runtime(
             RuntimeConfig(
@@ -153,7 +156,6 @@ class Services:
             self.images,
             agent_timeout=config.agent_connect_timeout,
             pools=self.pools,
-            runtime_ids=RuntimeIds(config.home / "runtime-ids.json"),
             secrets=SecretBox.open(config.home),
         )
         self.egress = EgressProxy(
@@ -448,7 +450,9 @@ def create_app(
         return {"ok": True}
 
     app.include_router(build_router())
+    app.include_router(build_image_build_router(require_key))
     app.include_router(build_images_router(require_key))
+    app.include_router(build_pools_router(require_key))
     from hutch.server._routes_terminals import build_terminals_router  # imports this module
 
     app.include_router(build_terminals_router())

@@ -27,6 +27,10 @@ class ServerConfig:
         build_default_image: build the default image at start if it is missing or stale.
         warm_pools: image name -> how many started sandboxes to keep ready for it
             (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
+        max_build_context_bytes: largest build context (``POST /v1/images/build``), as sent
+            and unpacked (``HUTCH_MAX_BUILD_CONTEXT_BYTES``).
+        log_level: of Hutch's own loggers (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
+            each step of a sandbox's create.
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +49,8 @@ class ServerConfig:
     reserved_ports: frozenset[int] = frozenset()
     egress_port: int = 0  # the egress proxy's port; 0: any free one, kept across restarts
     egress_upstreams: dict[str, str] = field(default_factory=dict)  # tests: host -> http URL
+    log_level: str = "info"
+    max_build_context_bytes: int = 256 * 1024 * 1024
 
     @property
     def image_root(self) -> Path:
@@ -87,5 +93,9 @@ class ServerConfig:
             from hutch.server._egress import parse_upstreams
 
             values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
+        if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
+            values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
+        if env.get("HUTCH_LOG_LEVEL"):
+            values["log_level"] = env["HUTCH_LOG_LEVEL"].lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

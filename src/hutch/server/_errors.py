@@ -26,6 +26,7 @@ ApiError (status, code, message)
 │                               language_unavailable
 ├── ImageInUse              409 image_in_use
 ├── ImageInvalid            422 image_invalid / image_architecture
+├── ImageBuildFailed        422 image_build_failed (in the build's NDJSON stream)
 ├── SandboxStartFailed      500 sandbox_start_failed
 ├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
@@ -129,6 +130,13 @@ class BodyTooLarge(ApiError):
 class InvalidRequest(ApiError):
     status = 422
     code = "invalid_request"
+
+
+class ImageBuildFailed(ApiError):
+    """A build step failed; the stream's error carries the step's `output_tail`."""
+
+    status = 422
+    code = "image_build_failed"
 
 
 class SandboxStartFailed(ApiError):

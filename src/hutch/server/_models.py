@@ -127,6 +127,11 @@ class SandboxCreate(Strict):
         description="secrets injected as a header by Hutch's egress proxy: they never enter "
         "the sandbox, which gets a placeholder and a base-URL variable instead",
     )
+    start_entrypoint: bool = Field(
+        default=False,
+        description="start the image's ENTRYPOINT+CMD as the background process 'entrypoint' "
+        "(422 image_has_no_entrypoint if it has none)",
+    )
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)

@@ -3,8 +3,8 @@
 A pooled sandbox is a normal runtime sandbox (runtime id `pool-<hex>`) whose agent is already
 connected and answering. Handing one out applies what is only known then:
 
-- the user's id: the store maps it to the runtime id (`RuntimeIds`, persisted next to the db,
-  so restarts and recovery find the container);
+- the user's id: the sandbox's row keeps the runtime id (written in the transaction that
+  inserts the row, so restarts and recovery find the container);
 - env: the agent's `set_env` op (every later exec, session and terminal starts from it);
 - cpu, memory, swap and pids limits: `runc update` on its cgroups (skipped when they are the
   pool's own);
@@ -20,14 +20,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
 from hutch.server._agent_client import AgentConnection
+from hutch.server._store import Store
 
 log = logging.getLogger("hutch.server.pools")
 
@@ -36,6 +37,7 @@ POOL_PREFIX = "pool-"
 POOL_LIMITS = Limits(cpu=1.0, memory_mb=1024, pids=512, disk_mb=4096)
 _RETRY_AFTER_FAILURE = 5.0
 REFILL_DELAY = 0.25
+REFILL_MAX_WAIT = 5.0
 
 
 def parse_pool_sizes(text: str) -> dict[str, int]:
@@ -56,37 +58,21 @@ def parse_pool_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
-class RuntimeIds:
-    """sandbox id -> runtime id, for sandboxes that came from a pool (others: the same id)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        try:
-            data = json.loads(path.read_text())
-            self._map: dict[str, str] = {str(k): str(v) for k, v in data.items()}
-        except FileNotFoundError:
-            self._map = {}
-
-    def get(self, sandbox_id: str) -> str:
-        return self._map.get(sandbox_id, sandbox_id)
-
-    def assign(self, sandbox_id: str, runtime_id: str) -> None:
-        self._map[sandbox_id] = runtime_id
-        self._save()
-
-    def drop(self, sandbox_id: str) -> None:
-        if self._map.pop(sandbox_id, None) is not None:
-            self._save()
-
-    def retain(self, sandbox_ids: set[str]) -> None:
-        if set(self._map) - sandbox_ids:
-            self._map = {k: v for k, v in self._map.items() if k in sandbox_ids}
-            self._save()
-
-    def _save(self) -> None:
-        tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(4)}")
-        tmp.write_text(json.dumps(self._map, sort_keys=True))
-        os.replace(tmp, self._path)
+def import_runtime_ids_file(path: Path, store: Store) -> None:
+    """Move the runtime ids of pooled sandboxes from the JSON file where Hutch kept them before
+    (`HOME/runtime-ids.json`) into the store, once."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError as exc:
+        log.error("ignoring unreadable %s: %s", path, exc)
+        data = {}
+    for sandbox_id, runtime_id in data.items():
+        record = store.get_sandbox(str(sandbox_id))
+        if record is not None and record.runtime_id is None:
+            store.set_runtime_id(record.id, str(runtime_id))
+    path.unlink()
 
 
 @dataclass
@@ -112,6 +98,7 @@ class WarmPools:
         self._ready: dict[str, list[_Ready]] = {name: [] for name in sizes}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_claim = float("-inf")
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +120,10 @@ class WarmPools:
     def ready_count(self, image_name: str) -> int:
         return len(self._ready.get(image_name, []))
 
+    def status(self) -> dict[str, tuple[int, int]]:
+        """image name -> (configured size, sandboxes ready now)."""
+        return {name: (size, self.ready_count(name)) for name, size in self._sizes.items()}
+
     async def claim(
         self, image: Image, limits: Limits, env: Mapping[str, str], runtime: str
     ) -> tuple[str, AgentConnection] | None:
@@ -140,8 +131,10 @@ class WarmPools:
         if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
             return None
         for name, ready in self._ready.items():
-            while ready and ready[0].image_id == image.id:
-                entry = ready.pop(0)
+            # NB: the most recently started first (LIFO): its agent ran its warm-up last.
+            while ready and ready[-1].image_id == image.id:
+                entry = ready.pop()
+                self._last_claim = time.monotonic()
                 self._wake.set()
                 if entry.conn.closed:
                     await self._discard(entry)
@@ -190,6 +183,7 @@ class WarmPools:
                     ready.remove(stale)  # the name points at new content now
                     await self._discard(stale)
                 while len(ready) < size:
+                    await self._yield_to_claims()
                     try:
                         ready.append(await self._start_one(image))
                     except Exception as exc:  # noqa: BLE001 - keep serving; retry later
@@ -202,9 +196,21 @@ class WarmPools:
             with contextlib.suppress(TimeoutError):
                 # Also look again now and then: a pulled image may fill a pool that had none.
                 await asyncio.wait_for(self._wake.wait(), 10.0)
-            # Let the request that took a sandbox finish first: starting one blocks the event
-            # loop for a few ms (mounts, subvolume) right when the user's first exec comes in.
-            await asyncio.sleep(REFILL_DELAY)
+
+    async def _yield_to_claims(self) -> None:
+        """Wait until no sandbox was handed out for REFILL_DELAY (at most REFILL_MAX_WAIT).
+
+        Starting a sandbox blocks the event loop for a few ms (subvolume, overlay mount,
+        config) and its agent's start-up takes a core for ~100 ms: right after a hand-out the
+        user's first exec comes in, and in a burst of creates the next claim does, and both
+        must not wait behind a refill. A burst longer than REFILL_MAX_WAIT refills anyway.
+        """
+        started = time.monotonic()
+        while True:
+            quiet_for = time.monotonic() - self._last_claim
+            if quiet_for >= REFILL_DELAY or time.monotonic() - started >= REFILL_MAX_WAIT:
+                return
+            await asyncio.sleep(REFILL_DELAY - quiet_for)
 
     async def _start_one(self, image: Image) -> _Ready:
         runtime_id = POOL_PREFIX + secrets.token_hex(6)

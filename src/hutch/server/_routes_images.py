@@ -76,6 +76,10 @@ def _in_use(request: Request, image_id: str) -> int:
 
 
 def _detail(request: Request, image: Image) -> ImageDetail:
+    return detail_of(image, _in_use(request, image.id))
+
+
+def detail_of(image: Image, sandboxes: int) -> ImageDetail:
     c = image.config
     return ImageDetail(
         name=image.name,
@@ -90,7 +94,7 @@ def _detail(request: Request, image: Image) -> ImageDetail:
             cmd=list(c.cmd),
         ),
         labels=dict(image.labels),
-        sandboxes=_in_use(request, image.id),
+        sandboxes=sandboxes,
     )
 
 

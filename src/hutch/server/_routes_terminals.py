@@ -56,7 +56,11 @@ class TerminalCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cols: int = Field(default=80, ge=1, le=MAX_DIMENSION)
     rows: int = Field(default=24, ge=1, le=MAX_DIMENSION)
-    shell: str | None = Field(default=None, description="e.g. 'bash' or '/bin/sh'; default: bash")
+    shell: str | None = Field(
+        default=None,
+        description="e.g. 'bash' or '/bin/sh'; default: the image's CMD if it is a shell, "
+        "else bash, else sh",
+    )
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     idle_timeout: float | None = Field(

@@ -28,6 +28,7 @@ def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
 def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both). Sandboxes outlive the server."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("hutch").setLevel(config.log_level.upper())
     config.home.mkdir(parents=True, exist_ok=True)
     if config.build_default_image:
         prepare_default_image(config, out)

@@ -24,6 +24,7 @@ from hutch.runtime import (
     Runtime,
     SandboxSpec,
 )
+from hutch.runtime._image_defaults import image_command
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._egress import EgressProxy, agent_env, seal_rules
@@ -37,11 +38,14 @@ from hutch.server._errors import (
     SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
-from hutch.server._pools import RuntimeIds, WarmPools
+from hutch.server._pools import WarmPools
 from hutch.server._secrets import SecretBox
 from hutch.server._store import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
+
+# The process id of the image's ENTRYPOINT+CMD when a create asks to start it.
+ENTRYPOINT_PROCESS_ID = "entrypoint"
 
 EXPIRY_INTERVAL = 1.0
 
@@ -87,6 +91,22 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
     )
 
 
+class _Steps:
+    """Wall time of each step of a request, for the debug log (`HUTCH_LOG_LEVEL=debug`)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v * 1e3:.2f}ms" for k, v in self.timings.items())
+
+
 class SandboxManager:
     def __init__(
         self,
@@ -96,12 +116,12 @@ class SandboxManager:
         *,
         agent_timeout: float,
         pools: WarmPools | None = None,
-        runtime_ids: RuntimeIds | None = None,
         secrets: SecretBox | None = None,
     ) -> None:
         self._pools = pools
-        # Sandboxes from a warm pool run under the pool's runtime id.
-        self._runtime_ids = runtime_ids
+        # Sandboxes from a warm pool run under the pool's runtime id: the store's
+        # `runtime_id`, cached here (every request and every proxied preview looks it up).
+        self._runtime_ids: dict[str, str] = {}
         self._store = store
         self._secrets = secrets
         self._runtime = runtime
@@ -122,7 +142,12 @@ class SandboxManager:
         return self._rid(sandbox_id)
 
     def _rid(self, sandbox_id: str) -> str:
-        return self._runtime_ids.get(sandbox_id) if self._runtime_ids else sandbox_id
+        return self._runtime_ids.get(sandbox_id, sandbox_id)
+
+    def _load_runtime_ids(self) -> None:
+        self._runtime_ids = {
+            r.id: r.runtime_id for r in self._store.list_sandboxes() if r.runtime_id is not None
+        }
 
     async def start(self) -> None:
         await self.recover()
@@ -145,6 +170,7 @@ class SandboxManager:
 
     async def recover(self) -> None:
         """Re-adopt what still runs, restart what the host lost, sweep what a crash left."""
+        self._load_runtime_ids()
         containers = await self._runtime.list_sandboxes()
         keep: set[str] = set()
         for record in self._store.list_sandboxes():
@@ -164,8 +190,7 @@ class SandboxManager:
             except Exception as exc:  # noqa: BLE001 - one broken sandbox must not stop the server
                 log.error("could not restart sandbox %s: %s", record.id, exc)
                 self._store.set_sandbox_status(record.id, "failed")
-        if self._runtime_ids is not None:
-            self._runtime_ids.retain({r.id for r in self._store.list_sandboxes()})
+        self._load_runtime_ids()
         removed = await self._runtime.sweep(keep)
         for sandbox_id in removed:
             log.info("swept leftovers of sandbox %s", sandbox_id)
@@ -231,7 +256,15 @@ class SandboxManager:
             return await self._create_locked(request, sandbox_id), True
 
     async def _create_locked(self, request: SandboxCreate, sandbox_id: str) -> SandboxRecord:
+        steps = _Steps()
         image = self._image(request.image)
+        steps.mark("image")
+        if request.start_entrypoint and not image_command(image.config):
+            raise InvalidRequest(
+                f"image {request.image!r} has neither ENTRYPOINT nor CMD to start; create the "
+                "sandbox without start_entrypoint and start a process yourself",
+                code="image_has_no_entrypoint",
+            )
         if request.runtime == "gvisor" and not self._runtime.supports("gvisor"):
             raise InvalidRequest(
                 "runtime 'gvisor' is not available on this host (runsc is not installed); "
@@ -263,62 +296,152 @@ class SandboxManager:
             raise InvalidRequest("this server has no secret store; start it with a HUTCH_HOME")
         if request.egress_secrets and self.egress is None:
             raise InvalidRequest("this server runs no egress proxy; egress_secrets cannot be used")
-        if not self._store.insert_sandbox(record):
+        steps.mark("record")
+        if self._store.get_sandbox(sandbox_id) is not None:
+            raise SandboxExists(
+                f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
+                "(Sandbox.get_or_create) to reuse it, or choose another id"
+            )
+        if self._pools is not None:
+            spec = self._spec(record, image)
+            claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
+            steps.mark("claim")
+            if claimed is not None:
+                await self._adopt_pooled(record, request, *claimed, steps=steps)
+        if record.status != "running":
+            await self._create_cold(record, request, image)
+            steps.mark("cold")
+        if request.egress_secrets:
+            await self._open_egress(record)
+            steps.mark("egress")
+        if request.start_entrypoint:
+            await self._start_entrypoint(record, image)
+            steps.mark("entrypoint")
+        log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
+        return record
+
+    async def _open_egress(self, record: SandboxRecord) -> None:
+        """The gateway port opens once the veth is there; the agent then learns the proxy's
+        URL (its first secrets had only the placeholders). If that fails the sandbox goes."""
+        assert self.egress is not None
+        try:
+            await self.egress.register(record.id, self._rid(record.id))
+            await self._send_secrets(record.id, self._agents[record.id])
+        except BaseException as exc:
+            self.egress.forget(record.id)
+            with contextlib.suppress(Exception):
+                await self._destroy_locked(record.id)
+            if isinstance(exc, Exception):
+                raise SandboxStartFailed(f"sandbox {record.id} failed to start: {exc}") from exc
+            raise
+
+    async def _start_entrypoint(self, record: SandboxRecord, image: Image) -> None:
+        """Start the image's ENTRYPOINT+CMD as the process `entrypoint` (with the image's user,
+        env and working dir, as every process); if it cannot start, the sandbox goes again."""
+        conn = self._agents[record.id]
+        try:
+            await asyncio.wait_for(
+                conn.call(
+                    "process_start",
+                    id=ENTRYPOINT_PROCESS_ID,
+                    command=None,
+                    argv=image_command(image.config),
+                    cwd=None,
+                    env=None,
+                    user=None,
+                    stdin=True,
+                    log_limit=None,
+                ),
+                self._agent_timeout,
+            )
+        except (AgentError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await self._destroy_locked(record.id)
+            message = exc.message if isinstance(exc, AgentError) else "timed out"
+            raise InvalidRequest(
+                f"the entrypoint of image {record.image!r} could not start ({message}); the "
+                "sandbox was removed",
+                code="entrypoint_failed",
+            ) from exc
+
+    async def _adopt_pooled(
+        self,
+        record: SandboxRecord,
+        request: SandboxCreate,
+        runtime_id: str,
+        conn: AgentConnection,
+        *,
+        steps: _Steps,
+    ) -> None:
+        """Make a sandbox handed out by a pool this one: its policy and secrets, then its row
+        (with the runtime id and the sealed secrets) in one transaction. A crash before that
+        commit leaves only a pool sandbox that no row claims, which recovery sweeps."""
+        try:
+            # Pooled sandboxes start with no egress; give this one what was asked for
+            # (an nft transaction costs ~15 ms, so only when it differs).
+            policy = network_policy(record)
+            if policy != NetworkPolicy():
+                await self._runtime.set_network_policy(runtime_id, policy)
+            steps.mark("policy")
+            sealed = None
+            if request.secrets and self._secrets is not None:
+                # A pooled agent was connected before this sandbox had secrets. Egress secrets
+                # go as placeholders only (agent_env); the proxy's URL follows in _open_egress.
+                plain = _secrets_to_store(request)
+                sealed = self._secrets.seal(plain)
+                await asyncio.wait_for(
+                    conn.call("set_secrets", env=agent_env(plain, None, None)),
+                    self._agent_timeout,
+                )
+            steps.mark("secrets")
+            record.status = "running"
+            record.runtime_id = runtime_id
+            if not self._store.insert_sandbox(record, sealed):
+                raise SandboxExists(f"a sandbox with id {record.id!r} already exists")
+            steps.mark("insert")
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._runtime.destroy(runtime_id))
+            if isinstance(exc, Exception) and not isinstance(exc, SandboxExists):
+                raise SandboxStartFailed(f"sandbox {record.id} failed to start: {exc}") from exc
+            raise
+        self._runtime_ids[record.id] = runtime_id
+        self._agents[record.id] = conn
+
+    async def _create_cold(
+        self, record: SandboxRecord, request: SandboxCreate, image: Image
+    ) -> None:
+        sandbox_id = record.id
+        sealed = None
+        if request.secrets and self._secrets is not None:
+            sealed = self._secrets.seal(_secrets_to_store(request))
+        if not self._store.insert_sandbox(record, sealed):
             raise SandboxExists(
                 f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
                 "(Sandbox.get_or_create) to reuse it, or choose another id"
             )
         try:
-            if request.secrets and self._secrets is not None:
-                sealed = {**request.secrets, **seal_rules(request.egress_secrets)}
-                self._store.set_secrets(sandbox_id, self._secrets.seal(sealed))
-            claimed = None
-            if self._pools is not None and self._runtime_ids is not None:
-                spec = self._spec(record, image)
-                claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
-            if claimed is not None:
-                assert self._runtime_ids is not None
-                self._runtime_ids.assign(sandbox_id, claimed[0])
-                self._agents[sandbox_id] = claimed[1]
-                # Pooled sandboxes start with no egress; give this one what was asked for
-                # (an nft transaction costs ~15 ms, so only when it differs).
-                policy = network_policy(record)
-                if policy != NetworkPolicy():
-                    await self._runtime.set_network_policy(claimed[0], policy)
-                # A pooled agent was connected before this sandbox had secrets.
-                await self._send_secrets(sandbox_id, claimed[1])
-            else:
-                socket_path = await self._runtime.create(
-                    self._spec(record, image), defer_network=True
-                )
-                conn = await self._connect(sandbox_id, socket_path)
-                # The veth is attached while the agent starts; both before anyone gets it.
-                await asyncio.wait_for(
-                    asyncio.gather(
-                        conn.call("ping"), self._runtime.network_ready(self._rid(sandbox_id))
-                    ),
-                    self._agent_timeout,
-                )
-            if request.egress_secrets and self.egress is not None:
-                # The gateway port opens once the veth is there; the agent then learns the
-                # proxy's URL (its first secrets had only the placeholders).
-                await self.egress.register(sandbox_id, self._rid(sandbox_id))
-                await self._send_secrets(sandbox_id, self._agents[sandbox_id])
+            socket_path = await self._runtime.create(self._spec(record, image), defer_network=True)
+            conn = await self._connect(sandbox_id, socket_path)
+            # The veth is attached while the agent starts; both before anyone gets it.
+            await asyncio.wait_for(
+                asyncio.gather(conn.call("ping"), self._runtime.network_ready(sandbox_id)),
+                self._agent_timeout,
+            )
         except BaseException as exc:
             await self._forget_agent(sandbox_id)
             if self.egress is not None:
                 self.egress.forget(sandbox_id)
             with contextlib.suppress(Exception):
-                await self._runtime.destroy(self._rid(sandbox_id))
-            if self._runtime_ids is not None:
-                self._runtime_ids.drop(sandbox_id)
+                await self._runtime.destroy(sandbox_id)
             self._store.delete_sandbox(sandbox_id)
             if isinstance(exc, Exception):
                 raise SandboxStartFailed(f"sandbox {sandbox_id} failed to start: {exc}") from exc
             raise
         self._store.set_sandbox_status(sandbox_id, "running")
         record.status = "running"
-        return record
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         check_sandbox_id(sandbox_id)
@@ -337,14 +460,16 @@ class SandboxManager:
     async def destroy(self, sandbox_id: str) -> None:
         self.get(sandbox_id)
         async with self._lock_for(sandbox_id):
-            await self._forget_agent(sandbox_id)
-            await self._runtime.destroy(self._rid(sandbox_id))
-            self._store.delete_sandbox(sandbox_id)
-            if self._runtime_ids is not None:
-                self._runtime_ids.drop(sandbox_id)
-            for hook in self.on_destroy:
-                hook(sandbox_id)
+            await self._destroy_locked(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
+
+    async def _destroy_locked(self, sandbox_id: str) -> None:
+        await self._forget_agent(sandbox_id)
+        await self._runtime.destroy(self._rid(sandbox_id))
+        self._store.delete_sandbox(sandbox_id)
+        self._runtime_ids.pop(sandbox_id, None)
+        for hook in self.on_destroy:
+            hook(sandbox_id)
 
     # -- agent connections ----------------------------------------------------------------
 
@@ -420,7 +545,7 @@ class SandboxManager:
             )
         try:
             return await AgentConnection.connect(
-                self._runtime.agent_socket(sandbox_id), timeout=self._agent_timeout
+                self._runtime.agent_socket(self._rid(sandbox_id)), timeout=self._agent_timeout
             )
         except (OSError, AgentError, TimeoutError) as exc:
             raise SandboxUnavailable(
@@ -432,3 +557,8 @@ class SandboxManager:
         """Forget a connection that broke, so the next request reconnects."""
         if self._agents.get(sandbox_id) is conn:
             del self._agents[sandbox_id]
+
+
+def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:
+    """The secrets and, sealed with them, the egress rules that name some of them."""
+    return {**request.secrets, **seal_rules(request.egress_secrets)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,8 @@ class SandboxRecord:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     secret_names: list[str] = field(default_factory=list)  # values: sandbox_secrets, encrypted
+    # The id the runtime knows it by, when not `id` (a sandbox handed out by a warm pool).
+    runtime_id: str | None = None
 
     _SPEC_FIELDS = (
         "cpu",
@@ -70,6 +72,7 @@ class SandboxRecord:
             image_id=row["image_id"],
             created_at=row["created_at"],
             expires_at=row["expires_at"],
+            runtime_id=row["runtime_id"],
             **known,
         )
 
@@ -94,7 +97,9 @@ class PortRecord:
 
 class Store(Protocol):
     def close(self) -> None: ...
-    def insert_sandbox(self, record: SandboxRecord) -> bool: ...
+    def insert_sandbox(
+        self, record: SandboxRecord, secrets: Mapping[str, bytes] | None = None
+    ) -> bool: ...
     def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None: ...
     def list_sandboxes(self) -> list[SandboxRecord]: ...
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None: ...
@@ -106,6 +111,7 @@ class Store(Protocol):
     def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None: ...
     def get_secrets(self, sandbox_id: str) -> dict[str, bytes]: ...
     def update_sandbox_spec(self, record: SandboxRecord) -> None: ...
+    def set_runtime_id(self, sandbox_id: str, runtime_id: str) -> None: ...
     def insert_port(self, record: PortRecord) -> PortRecord: ...
     def delete_port(self, sandbox_id: str, port: int) -> bool: ...
     def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]: ...
@@ -151,6 +157,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sandbox_id, port)
     );
     """,
+    # 4: the runtime id of a sandbox from a warm pool (NULL: the sandbox's own id); written in
+    # the same transaction as the sandbox's row (it was a JSON file next to the db before)
+    """
+    ALTER TABLE sandboxes ADD COLUMN runtime_id TEXT;
+    """,
 )
 
 
@@ -164,6 +175,10 @@ class SqliteStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        # NB: NORMAL, not FULL: in WAL mode a commit then writes the WAL without an fsync (the
+        # WAL is synced at checkpoints). A kill -9 loses nothing; a power loss may lose the last
+        # commits, and with them sandboxes whose containers died with the host anyway (the
+        # sweep removes what is left of them). FULL would put an fsync on every create.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
@@ -200,13 +215,16 @@ class SqliteStore:
     def close(self) -> None:
         self._db.close()
 
-    def insert_sandbox(self, record: SandboxRecord) -> bool:
-        """Insert; False if the id is taken (the caller decides what that means)."""
+    def insert_sandbox(
+        self, record: SandboxRecord, secrets: Mapping[str, bytes] | None = None
+    ) -> bool:
+        """Insert, with its sealed `secrets` in the same transaction; False if the id is taken
+        (the caller decides what that means)."""
         try:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
-                    " spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " spec, runtime_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.id,
                         record.status,
@@ -215,11 +233,22 @@ class SqliteStore:
                         record.created_at,
                         record.expires_at,
                         record.spec_json(),
+                        record.runtime_id,
                     ),
                 )
+                if secrets:
+                    db.executemany(
+                        "INSERT INTO sandbox_secrets (sandbox_id, name, ciphertext)"
+                        " VALUES (?, ?, ?)",
+                        [(record.id, name, token) for name, token in secrets.items()],
+                    )
         except sqlite3.IntegrityError:
             return False
         return True
+
+    def set_runtime_id(self, sandbox_id: str, runtime_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE sandboxes SET runtime_id = ? WHERE id = ?", (runtime_id, sandbox_id))
 
     def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()

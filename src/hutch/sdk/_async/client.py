@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -259,6 +260,36 @@ class AsyncClient:
                 (``image_invalid`` / ``image_architecture``); nothing was stored.
         """
         return await _images.import_image(self, path, name=name)
+
+    async def build_image(
+        self,
+        name: str,
+        context: str | os.PathLike[str] = ".",
+        *,
+        dockerfile: str | os.PathLike[str] | None = None,
+        on_progress: Callable[[str], object] | None = None,
+    ) -> ImageDetail:
+        """Build a Dockerfile on the server (buildah) and store the image as ``name``.
+
+        The ``context`` directory is sent as a tar (symlinks as symlinks; one that points out
+        of it is refused). ``FROM`` may name an image the server has, a registry image or
+        ``scratch``.
+
+        Args:
+            name: The name to store the image as, e.g. ``"app:1"``.
+            context: The build context directory.
+            dockerfile: The Dockerfile (default: ``context/Dockerfile``); it may lie outside.
+            on_progress: Called with each line of the build's output as it comes.
+
+        Raises:
+            ImageBuildFailed: A step failed; ``output_tail`` has its last lines.
+            PayloadTooLarge: The context is over the server's limit.
+            InvalidRequest: A bad name, a context that is not usable, or a Dockerfile that
+                names a host path (``FROM oci:/...``).
+        """
+        return await _images.build_image(
+            self, name, context, dockerfile=dockerfile, on_progress=on_progress
+        )
 
     async def get_image(self, name: str) -> ImageDetail:
         """An image with its config (env, working dir, user, entrypoint, cmd).

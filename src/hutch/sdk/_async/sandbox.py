@@ -70,6 +70,7 @@ class AsyncSandbox:
         *,
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
@@ -104,6 +105,10 @@ class AsyncSandbox:
             network_allow: CIDRs the sandbox may reach even with ``network="none"``
                 (e.g. ``["10.0.0.0/8"]``); the same as :meth:`set_network`'s ``allow``.
             network_deny: CIDRs it may never reach; wins over ``network_allow``.
+            start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE``
+                runs) as the background process ``"entrypoint"``, with the image's user, env
+                and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
+                image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -135,6 +140,7 @@ class AsyncSandbox:
             egress_secrets=egress_secrets,
             network_allow=network_allow,
             network_deny=network_deny,
+            start_entrypoint=start_entrypoint,
         )
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -157,6 +163,7 @@ class AsyncSandbox:
         *,
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
@@ -183,6 +190,7 @@ class AsyncSandbox:
             labels: See :meth:`create`.
             secrets: See :meth:`create`.
             egress_secrets: See :meth:`create`.
+            start_entrypoint: See :meth:`create` (only when the sandbox is created).
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
             network_allow: See :meth:`create`.
@@ -215,6 +223,7 @@ class AsyncSandbox:
             egress_secrets=egress_secrets,
             network_allow=network_allow,
             network_deny=network_deny,
+            start_entrypoint=start_entrypoint,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))
@@ -570,7 +579,7 @@ class AsyncSandbox:
         self,
         cols: int = 80,
         rows: int = 24,
-        shell: str | None = "bash",
+        shell: str | None = None,
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
@@ -581,7 +590,8 @@ class AsyncSandbox:
         Args:
             cols: Width in columns (1-1000).
             rows: Height in rows (1-1000).
-            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's.
+            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's: its
+                CMD when that is a shell (``CMD ["bash", "-l"]``), else bash, else sh.
             env: Extra environment variables (``TERM`` is ``xterm-256color``).
             cwd: Working directory (relative to the sandbox's workspace).
             idle_timeout: Seconds with no client attached after which it is closed.

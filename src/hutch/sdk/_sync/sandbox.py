@@ -71,6 +71,7 @@ class Sandbox:
         *,
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
@@ -105,6 +106,10 @@ class Sandbox:
             network_allow: CIDRs the sandbox may reach even with ``network="none"``
                 (e.g. ``["10.0.0.0/8"]``); the same as :meth:`set_network`'s ``allow``.
             network_deny: CIDRs it may never reach; wins over ``network_allow``.
+            start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE``
+                runs) as the background process ``"entrypoint"``, with the image's user, env
+                and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
+                image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -136,6 +141,7 @@ class Sandbox:
             egress_secrets=egress_secrets,
             network_allow=network_allow,
             network_deny=network_deny,
+            start_entrypoint=start_entrypoint,
         )
         info = SandboxInfo.from_json(client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -158,6 +164,7 @@ class Sandbox:
         *,
         secrets: Mapping[str, str] | None = None,
         egress_secrets: Sequence[Mapping[str, str]] | None = None,
+        start_entrypoint: bool = False,
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
@@ -184,6 +191,7 @@ class Sandbox:
             labels: See :meth:`create`.
             secrets: See :meth:`create`.
             egress_secrets: See :meth:`create`.
+            start_entrypoint: See :meth:`create` (only when the sandbox is created).
             timeout: See :meth:`create`.
             pids_limit: See :meth:`create`.
             network_allow: See :meth:`create`.
@@ -216,6 +224,7 @@ class Sandbox:
             egress_secrets=egress_secrets,
             network_allow=network_allow,
             network_deny=network_deny,
+            start_entrypoint=start_entrypoint,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(client.request("PUT", sandbox._path, json=body))
@@ -571,7 +580,7 @@ class Sandbox:
         self,
         cols: int = 80,
         rows: int = 24,
-        shell: str | None = "bash",
+        shell: str | None = None,
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
@@ -582,7 +591,8 @@ class Sandbox:
         Args:
             cols: Width in columns (1-1000).
             rows: Height in rows (1-1000).
-            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's.
+            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's: its
+                CMD when that is a shell (``CMD ["bash", "-l"]``), else bash, else sh.
             env: Extra environment variables (``TERM`` is ``xterm-256color``).
             cwd: Working directory (relative to the sandbox's workspace).
             idle_timeout: Seconds with no client attached after which it is closed.
