@@ -26,6 +26,7 @@ from hutch.runtime import ImageNotFound, ImageStore
 from tests._server import SHARED_IMAGES, ServerProcess, free_port
 from tests.conftest import _cleanup_home
 from tests.test_secrets import _files_containing
+from tests.test_warm_pools import runtime_ids
 
 pytestmark = pytest.mark.sandbox
 
@@ -239,11 +240,14 @@ def test_other_sandboxes_and_hosts_cannot_use_it(env: tuple[_EgressServer, _Upst
 def test_a_pooled_sandbox_gets_it_too(env: tuple[_EgressServer, _Upstream]) -> None:
     srv, upstream = env
     deadline = time.monotonic() + 120
-    while not any((srv.home / "sandboxes").glob("pool-*")):
+    headers = {"Authorization": f"Bearer {srv.api_key}"}
+    while not any(
+        p["ready"] for p in httpx.get(f"{srv.url}/v1/pools", headers=headers).json()["pools"]
+    ):
         assert time.monotonic() < deadline, "the warm pool did not fill"
         time.sleep(0.2)
     with Sandbox.create(secrets={"ANTHROPIC_API_KEY": KEY}, egress_secrets=[RULE]) as sb:
-        ids = json.loads((srv.home / "runtime-ids.json").read_text())
+        ids = runtime_ids(srv.home)
         assert ids.get(sb.id, "").startswith("pool-"), ids  # it came from the pool
         base = sb.exec("echo $ANTHROPIC_API_KEY $ANTHROPIC_BASE_URL").stdout.split()
         assert base[0] == "hutch-egress-injected"
