@@ -158,6 +158,25 @@ def test_response_framing() -> None:
         )
 
 
+def test_a_response_cannot_desync_the_client() -> None:
+    """A sandbox's response with both framings goes out with Transfer-Encoding only, and a
+    status that is not three digits is refused (int() would read "+99" as an interim 99)."""
+    for parse in (parse_response, _parse_response_slow):
+        both = parse(
+            head("HTTP/1.1 200 OK", "Content-Length: 5", "Transfer-Encoding: chunked"), b"GET", True
+        )
+        assert both.length == -1 and b"content-length" not in both.forwarded.lower()
+        assert b"transfer-encoding: chunked" in both.forwarded.lower()
+        gzip = parse(
+            head("HTTP/1.1 200 OK", "Content-Length: 5", "Transfer-Encoding: gzip"), b"GET", True
+        )
+        assert gzip.length == -2 and gzip.close
+        assert b"content-length" not in gzip.forwarded.lower()
+        for status in ("+99", "1_0", "-10", "\t20", "２００"):
+            with pytest.raises(BadRequest):
+                parse(head(f"HTTP/1.1 {status} X"), b"GET", True)
+
+
 def test_policy_rules() -> None:
     none = policy_rules("t", 3, "10.0.0.7", NetworkPolicy.of("none"))
     assert none.splitlines()[-1].endswith("sb_3 reject with icmpx type admin-prohibited")

@@ -30,6 +30,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ log = logging.getLogger("hutch.egress")
 RULES_NAME = "hutch:egress"
 PLACEHOLDER = "hutch-egress-injected"
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 HOP_BY_HOP = frozenset(
     "connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer "
     "transfer-encoding upgrade host content-length".split()
@@ -122,19 +124,12 @@ class EgressProxy:
 
     async def start(self, running: list[tuple[str, str]]) -> None:
         """Choose the port, then re-register `running` (sandbox id, runtime id) with rules."""
-        import httpx
         import uvicorn
         from uvicorn.server import ServerState
 
         self.port = self._choose_port()
         self._port_file.write_text(str(self.port))
-        # Certificate checks against the system's CA store (a site's TLS-inspecting CA too).
-        self._client = httpx.AsyncClient(
-            verify=ssl.create_default_context(),
-            timeout=httpx.Timeout(30.0, read=600.0),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._client = upstream_client()
         self._config = uvicorn.Config(
             self,
             lifespan="off",
@@ -242,7 +237,15 @@ class EgressProxy:
             await _error(send, 403, "egress_forbidden", "this address may not use Hutch's egress")
             return
         sandbox_id = owner[0]
-        host, _, rest = scope["path"].lstrip("/").partition("/")
+        if scope["method"] in REFUSED_METHODS:
+            # TRACE echoes the request, the injected header included, back to the sandbox.
+            await _error(
+                send, 405, "method_not_allowed", f"{scope['method']} is not forwarded by egress"
+            )
+            return
+        # The path as sent (still percent-encoded), so %2F or %3F in it stay data upstream.
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        host, _, rest = raw_path.lstrip("/").partition("/")
         try:
             rules, values = self._rules(sandbox_id)
         except Exception:  # noqa: BLE001 - destroyed meanwhile, or the key changed
@@ -287,7 +290,11 @@ class EgressProxy:
         import httpx
 
         assert self._client is not None
-        request = self._client.build_request(method, url, headers=headers, content=body)
+        try:
+            request = self._client.build_request(method, url, headers=headers, content=body)
+        except (httpx.InvalidURL, ValueError):
+            await _error(send, 400, "invalid_request", "the request's path is not a valid URL")
+            return
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -313,6 +320,28 @@ class EgressProxy:
             log.warning("egress of %s from %s broke: %s", sandbox_id, host, type(exc).__name__)
         finally:
             await response.aclose()
+
+
+def upstream_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The client of every upstream request (`transport`: tests only).
+
+    Certificate checks against the system's CA store (a site's TLS-inspecting CA too), no
+    redirects followed, and no cookie jar: one client serves every sandbox, and a cookie that
+    one upstream answer set must not ride along on another sandbox's requests (a sandbox's
+    own Cookie header is forwarded like any other).
+    """
+    import httpx
+
+    client = httpx.AsyncClient(
+        verify=ssl.create_default_context(),
+        timeout=httpx.Timeout(30.0, read=600.0),
+        follow_redirects=False,
+        trust_env=False,
+        transport=transport,
+    )
+    # Set on the client's own jar (a jar passed as `cookies=` is copied, its policy lost).
+    client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return client
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -373,8 +373,13 @@ def _drop_lines(names: Iterable[bytes]) -> re.Pattern[bytes]:
 
 
 _REQUEST_HOP_LINES = _drop_lines(_REQUEST_HOP)
-_RESPONSE_HOP_LINES = _drop_lines(_RESPONSE_HOP)
-_RESPONSE_HOP_TE_LINES = _drop_lines(_RESPONSE_HOP | {b"transfer-encoding"})
+# (drop Transfer-Encoding, drop Content-Length) -> the lines a response head loses.
+_RESPONSE_DROP_LINES = {
+    (False, False): _drop_lines(_RESPONSE_HOP),
+    (True, False): _drop_lines(_RESPONSE_HOP | {b"transfer-encoding"}),
+    (False, True): _drop_lines(_RESPONSE_HOP | {b"content-length"}),
+    (True, True): _drop_lines(_RESPONSE_HOP | {b"transfer-encoding", b"content-length"}),
+}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -491,7 +496,12 @@ def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
         raise BadRequest("the sandbox sent a malformed response", 502)
     first = h.find(b"\r\n")
     parts = h[:first].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/1.")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()  # three ASCII digits: int() would take "+99" or "1_0"
+    ):
         raise BadRequest("the sandbox sent a malformed response: malformed status line", 502)
     try:
         status = int(parts[1])
@@ -528,11 +538,14 @@ def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
     if connection and not close and b"close" in b",".join(connection).lower():
         close = b"close" in {t.strip().lower() for v in connection for t in v.split(b",")}
     drop_te = te is not None and length == -2
-    if not hop and not drop_te:
+    # Transfer-Encoding wins over Content-Length (RFC 9112 6.3), and the Content-Length is not
+    # passed on: a client that trusted it would read the next response out of this body.
+    drop_cl = te is not None and cl is not None
+    if not hop and not drop_te and not drop_cl:
         if close:
             return Response(status, length, True, h + b"Connection: close\r\n")
         return Response(status, length, False, h, True)
-    lines = _RESPONSE_HOP_TE_LINES if drop_te else _RESPONSE_HOP_LINES
+    lines = _RESPONSE_DROP_LINES[drop_te, drop_cl]
     forwarded = h[: first + 2] + _without(h, first + 2, lines)
     if close:
         forwarded += b"Connection: close\r\n"
@@ -544,7 +557,12 @@ def _parse_response_slow(head: bytes, method: bytes, keep_alive: bool) -> Respon
     try:
         lines = _lines(head)
         parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+        if (
+            len(parts) < 2
+            or not parts[0].startswith(b"HTTP/1.")
+            or len(parts[1]) != 3
+            or not parts[1].isdigit()
+        ):
             raise BadRequest("malformed status line")
         status = int(parts[1])
         headers = _headers(lines[1:])
@@ -571,6 +589,8 @@ def _parse_response_slow(head: bytes, method: bytes, keep_alive: bool) -> Respon
     out += [name + b": " + value for name, lower, value in headers if lower not in _RESPONSE_HOP]
     if te and length == -2:
         out = [line for line in out if not line.lower().startswith(b"transfer-encoding:")]
+    if te and cl:
+        out = [line for line in out if not line.lower().startswith(b"content-length:")]
     if close:
         out.append(b"Connection: close")
     return Response(status, length, close, b"\r\n".join(out) + b"\r\n")
