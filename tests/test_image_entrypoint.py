@@ -180,6 +180,9 @@ def test_the_image_user_is_the_default_of_processes_sessions_and_terminals(
         with sb.terminal() as term:
             term.send(b'echo "uid=$(id -u)."\n')
             term.read_until(b"uid=65534.")
+            # The user owns its terminal: programs that reopen it by name (tmux) can.
+            term.send(b'echo "tty=$(stat -c %u "$(tty)")."\n')
+            term.read_until(b"tty=65534.")
         # An explicit user still wins.
         assert sb.start_process("id -u", user="0").wait(timeout=30).exit_code == 0
 

@@ -63,7 +63,9 @@ def resolve_user(spec: str, etc: str = "/etc") -> Identity:
                 f"user {user!r} is not in the image's /etc/passwd; "
                 "create it in the image or pass a numeric uid"
             )
-        uid = int(entry[2]) if entry[2].isdigit() else 0
+        if not entry[2].isdigit():  # never a silent root
+            raise LookupError(f"user {user!r} has no numeric uid in the image's /etc/passwd")
+        uid = int(entry[2])
     # As Docker does: a uid without a passwd entry runs with gid 0 and HOME=/.
     gid = int(entry[3]) if entry and entry[3].isdigit() else 0
     name = entry[0] if entry else None

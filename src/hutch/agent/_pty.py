@@ -136,6 +136,11 @@ class Terminal:
 
         master, slave = os.openpty()
         try:
+            if identity is not None and os.geteuid() == 0 and identity.uid != 0:
+                # The user owns its terminal, as after a login: tmux, screen, gpg, `write`
+                # reopen /dev/pts/N by name.
+                os.fchown(slave, identity.uid, -1)
+                os.fchmod(slave, 0o620)
             termios.tcsetwinsize(master, (rows, cols))
             env[EXEC_TAG_VAR] = self._tag
             self._popen = subprocess.Popen(
