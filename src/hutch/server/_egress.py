@@ -119,6 +119,9 @@ class EgressProxy:
         self._config: uvicorn.Config | None = None
         self._state: ServerState | None = None
         self._client: httpx.AsyncClient | None = None
+        # Request bodies are read whole before the key is added (so a body can be retried
+        # and sized): at most this many at once, so memory stays bounded (8 x 32 MiB).
+        self._reading = asyncio.Semaphore(8)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -261,7 +264,8 @@ class EgressProxy:
                 f"({', '.join(sorted(rules))}); the URL is http://<gateway>:<port>/<host>/<path>",
             )
             return
-        body = await _read_body(receive)
+        async with self._reading:
+            body = await _read_body(receive)
         if body is None:
             await _error(send, 413, "body_too_large", "egress requests are limited to 32 MiB")
             return
