@@ -369,17 +369,17 @@ def _run(cmd: list[str], out: Output | None, *, offline: bool = False) -> None:
     if "--isolation" not in cmd:
         env["BUILDAH_ISOLATION"] = "chroot"
     argv = ["unshare", "--net", "--", *cmd] if offline else cmd
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if out is not None:
-            out.write(line)
-            out.flush()
-        tail = (tail + [line.rstrip()])[-15:]
-    if proc.wait() != 0:
+    ) as proc:
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if out is not None:
+                out.write(line)
+                out.flush()
+            tail = (tail + [line.rstrip()])[-15:]
+    if proc.returncode != 0:
         raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail), tail)
 
 
