@@ -413,3 +413,22 @@ def test_a_multi_stage_build_through_the_api_still_works(
             assert (rootfs / "copied.txt").read_text() == "staged\n"
         finally:
             client.remove_image(name)
+
+
+def test_a_base_the_server_does_not_have_is_refused_up_front(
+    base: str, sdk_env: ServerProcess
+) -> None:
+    with sdk_env.client() as http_client:
+        for dockerfile in (
+            "FROM busybox-not-here:1\n",
+            "FROM docker://127.0.0.1:1/img:1\n",
+            f"FROM {base} AS a\nFROM \\\n  nothere/img:1\n",
+        ):
+            r = http_client.post(
+                "/v1/images/build",
+                params={"name": "t-nobase:1"},
+                content=_tar({"Dockerfile": dockerfile.encode()}),
+            )
+            assert r.status_code == 422, (dockerfile, r.text)
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert "pull it first" in r.json()["error"]["message"]

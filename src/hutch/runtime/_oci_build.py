@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -202,6 +203,32 @@ def check_untrusted_dockerfile(text: str) -> None:
             raise ValueError(f"the Dockerfile names {ref!r}: {_HOST_REF}")
 
 
+def check_offline_bases(text: str, has_image: Callable[[str], bool]) -> None:
+    """Refuse a `FROM` that an API build (which has no network) cannot have: anything but
+    `scratch`, an earlier stage or an image `has_image` knows.
+
+    Raises:
+        ValueError: the first such FROM, and what to do instead.
+    """
+    stages: set[str] = set()
+    for ins in _instructions(text, _escape_directive(text.split("\n")) or "\\"):
+        if ins.keyword != "FROM":
+            continue
+        words = [w for w in ins.args.split() if not w.startswith("--")]
+        if not words:
+            continue  # buildah says what is wrong
+        ref = words[0]
+        if ref.lower() != "scratch" and ref.lower() not in stages and not has_image(ref):
+            raise _refused(
+                ins,
+                f"the server has no image {ref!r}, and a build through the API has no "
+                "network: pull it first (POST /v1/images/pull, `hutch image pull`), or build "
+                "FROM an image the server has, an earlier stage or scratch",
+            )
+        if len(words) >= 3 and words[1].lower() == "as":
+            stages.add(words[2].lower())
+
+
 def _unshift(info: tarfile.TarInfo) -> tarfile.TarInfo:
     for attr in ("uid", "gid"):
         value = getattr(info, attr)
@@ -387,6 +414,7 @@ __all__ = [
     "BuildError",
     "ImageInvalid",
     "build_image",
+    "check_offline_bases",
     "check_untrusted_dockerfile",
     "export_oci_layout",
 ]

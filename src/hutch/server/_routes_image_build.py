@@ -25,8 +25,13 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from hutch.runtime import ImageStore
-from hutch.runtime._images import _check_name
-from hutch.runtime._oci_build import BuildError, build_image, check_untrusted_dockerfile
+from hutch.runtime._images import ImageNotFound, _check_name
+from hutch.runtime._oci_build import (
+    BuildError,
+    build_image,
+    check_offline_bases,
+    check_untrusted_dockerfile,
+)
 from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import BodyTooLarge, ImageBuildFailed, ImageInvalid, InvalidRequest
 from hutch.server._models import ErrorBody
@@ -138,6 +143,14 @@ def _dockerfile_in(context: Path, name: str) -> Path:
     return path
 
 
+def _has_image(store: ImageStore, ref: str) -> bool:
+    try:
+        store.get(ref)
+    except (ImageNotFound, ValueError, OSError):
+        return False
+    return True
+
+
 def build_image_build_router(
     require_key: Callable[..., Coroutine[Any, Any, None]],
 ) -> APIRouter:
@@ -170,7 +183,9 @@ def build_image_build_router(
             (stage / "context.tar").unlink()
             path = _dockerfile_in(context, dockerfile)
             try:
-                check_untrusted_dockerfile(path.read_text(errors="replace"))
+                text = path.read_text(errors="replace")
+                check_untrusted_dockerfile(text)
+                check_offline_bases(text, lambda ref: _has_image(store, ref))
             except ValueError as exc:
                 raise InvalidRequest(str(exc), code="invalid_request") from None
         except BaseException:
