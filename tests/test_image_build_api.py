@@ -180,9 +180,10 @@ def test_host_files_do_not_leak_into_a_build(tmp_path: Path, sdk_env: ServerProc
 
     dockerfile = b"FROM scratch\nCOPY etc /etc-copy\n"
     # A context symlink to the host's /etc (absolute, or climbing out) is refused.
-    for target in ("/etc", "../../../../../../etc"):
+    for target in ("/etc", "../../../../../../etc", "Dockerfile"):  # any link, even inside
         status, text = post(_tar({"Dockerfile": dockerfile}, {"etc": target}))
         assert status == 422 and "build_context_invalid" in text, text
+        assert "not allowed in a build context" in text
     # Paths that climb out of the context, or a Dockerfile outside it.
     status, text = post(_tar({"../escape": b"x", "Dockerfile": dockerfile}))
     assert status == 422 and "build_context_invalid" in text
