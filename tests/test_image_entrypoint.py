@@ -56,7 +56,7 @@ SITE = "<h1>served by the image's entrypoint</h1>\n"
 
 @dataclass
 class Images:
-    shell: str  # CMD ["/bin/ash", "-l"]
+    shell: str  # CMD ["/bin/ash", "-il"]
     app: str  # ENTRYPOINT sh -c: prints env/uid/cwd, then httpd on 8080 as nobody
     bare: str  # neither ENTRYPOINT nor CMD
     broken: str  # ENTRYPOINT a file that is not there
@@ -77,7 +77,7 @@ def images(server: ServerProcess) -> Iterator[Images]:
         (rootfs / "srv").mkdir()
         (rootfs / "srv/index.html").write_text(SITE)
         layout = work / "layout"
-        make_oci_layout(layout, "shell", rootfs, ["--config.cmd=/bin/ash", "--config.cmd=-l"])
+        make_oci_layout(layout, "shell", rootfs, ["--config.cmd=/bin/ash", "--config.cmd=-il"])
         make_oci_layout(
             layout,
             "app",
@@ -115,7 +115,7 @@ def test_inspect_shows_entrypoint_and_cmd(images: Images, sdk_env: ServerProcess
         app = client.get_image(images.app)
         assert app.entrypoint == ["/bin/sh", "-c"]
         assert app.cmd[0].startswith('echo "$GREETING')
-        assert client.get_image(images.shell).cmd == ["/bin/ash", "-l"]
+        assert client.get_image(images.shell).cmd == ["/bin/ash", "-il"]
 
 
 def test_a_shell_command_is_the_shell_of_sessions_and_terminals(
@@ -123,7 +123,10 @@ def test_a_shell_command_is_the_shell_of_sessions_and_terminals(
 ) -> None:
     with Sandbox.create(image=images.shell) as sb:
         session = sb.create_session()
-        assert session.exec('echo "$0"').stdout.strip() == "/bin/ash"
+        # The image's `-il` loses its `i` in a session: no prompts in a command's output.
+        result = session.exec('echo "$0"; echo done >&2')
+        assert (result.stdout, result.stderr) == ("/bin/ash\n", "done\n")
+        assert session.exec("case $- in *i*) echo interactive;; esac").stdout == ""
         with sb.terminal() as term:
             assert [t["shell"] for t in sb.list_terminals()] == ["/bin/ash"]
             term.send(b'echo "shell=$0."\n')
@@ -131,6 +134,27 @@ def test_a_shell_command_is_the_shell_of_sessions_and_terminals(
     # Where the command is not a shell, the usual default (bash, else sh).
     with Sandbox.create(image=images.app) as sb, sb.terminal():
         assert [t["shell"] for t in sb.list_terminals()] == ["/bin/sh"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["bash", "-il"], ["bash", "-l"]),
+        (["bash", "-i"], ["bash"]),
+        (["bash", "-l", "--interactive"], ["bash", "-l"]),
+        (["/bin/zsh", "-lis"], ["/bin/zsh", "-ls"]),
+        (["bash", "-o", "vi", "-i"], ["bash", "-o", "vi"]),
+        (["bash", "+O", "extglob", "-li"], ["bash", "+O", "extglob", "-l"]),
+        (["bash", "--rcfile", "/r", "-il"], ["bash", "--rcfile", "/r", "-l"]),
+        (["bash", "-l", "--", "-i"], ["bash", "-l", "--", "-i"]),  # operands stay
+        (["sh", "-c", "echo -i", "-i"], ["sh", "-c", "echo -i", "-i"]),
+        (["bash"], ["bash"]),
+    ],
+)
+def test_sessions_strip_interactive_options(argv: list[str], expected: list[str]) -> None:
+    from hutch.agent._sessions import non_interactive
+
+    assert non_interactive(argv) == expected
 
 
 def test_start_entrypoint_serves_at_once_through_a_preview_url(

@@ -103,7 +103,7 @@ class Session:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         # NB: never interactive: a prompt on stderr would land in the commands' output.
-        shell = [a for a in agent.interactive_shell() if a not in ("-i", "--interactive")]
+        shell = non_interactive(agent.interactive_shell())
         try:
             self._popen = spawn(
                 shell, env=env, cwd=self._cwd, identity=identity, stdin=stdin_r, stdout=out_w,
@@ -490,3 +490,33 @@ def open_session_exec(
     agent: Agent, conn: Connection, stream: int, request: dict[str, Any]
 ) -> SessionExecOp:
     return SessionExecOp(agent, conn, stream, request)
+
+
+# Shell options that take the next argument as their value.
+_VALUE_OPTIONS = frozenset({"--rcfile", "--init-file"})
+
+
+def non_interactive(argv: list[str]) -> list[str]:
+    """`argv` (a shell and its options, e.g. an image's `["bash", "-il"]`) without what makes
+    it interactive: `-i`, `--interactive`, and the `i` of an option cluster (`-il` -> `-l`).
+    Options end at `--`, `-` or the first operand (a script, or `-c`'s command)."""
+    out = argv[:1]
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("--", "-") or arg[:1] not in ("-", "+"):
+            out += [arg, *args]
+            break
+        if arg == "--interactive":
+            continue
+        out.append(arg)
+        if arg.startswith("--"):
+            if arg in _VALUE_OPTIONS and (value := next(args, None)) is not None:
+                out.append(value)
+            continue
+        if arg[0] == "-" and "i" in arg:
+            out[-1] = arg.replace("i", "")
+            if out[-1] == "-":
+                out.pop()
+        if arg[-1] in ("o", "O") and (value := next(args, None)) is not None:
+            out.append(value)  # `-o NAME`, `+O shopt`: the option's value
+    return out

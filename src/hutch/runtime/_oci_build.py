@@ -11,8 +11,9 @@ import re
 import shlex
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._images import Image, ImageNotFound, ImageStore
@@ -67,23 +68,165 @@ def _names_a_transport(ref: str) -> bool:
     return scheme in _TRANSPORTS or (scheme == "docker" and not rest.startswith("//"))
 
 
+_DIRECTIVE_RE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.*?)[ \t]*$")
+
+
+class _Instruction(NamedTuple):
+    line: int
+    keyword: str
+    args: str
+
+
+def _escape_directive(lines: list[str]) -> str | None:
+    """The `# escape=` parser directive's character, if the file opens with one."""
+    for line in lines:
+        m = _DIRECTIVE_RE.match(line.strip())
+        if not m:
+            return None
+        if m.group(1).lower() == "escape":
+            return m.group(2)[:1] or None
+    return None
+
+
+def _instructions(text: str, escape: str) -> list[_Instruction]:
+    """The Dockerfile's instructions as buildah's parser reads them with `escape` as the
+    escape character: lines split at `\\n`, comments skipped, continuation lines joined."""
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
+    continued = re.compile(re.escape(escape) + r"[ \t]*$")
+    out: list[_Instruction] = []
+    i = 0
+    while i < len(lines):
+        start, line = i, lines[i].lstrip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        while (m := continued.search(line)) and i < len(lines):
+            line = line[: m.start()]
+            nxt = lines[i]
+            i += 1
+            if nxt.strip().startswith("#") or not nxt.strip():
+                line += escape  # comments and blank lines inside a continuation are skipped
+                continue
+            line += nxt
+        keyword, *rest = line.strip().split(None, 1)
+        out.append(_Instruction(start + 1, keyword.upper(), rest[0] if rest else ""))
+    return out
+
+
+def _refused(ins: _Instruction, why: str) -> ValueError:
+    return ValueError(f"the Dockerfile's line {ins.line} ({ins.keyword} {ins.args[:200]}): {why}")
+
+
+def _leading_flags(args: str) -> list[tuple[str, str | None]]:
+    """The `--name[=value]` flags before an instruction's arguments (a flag given without `=`
+    takes the next word as its value too, to be safe)."""
+    words = args.split()
+    flags: list[tuple[str, str | None]] = []
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            break
+        name, eq, value = word[2:].partition("=")
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        flags.append((name.strip("\"'").lower(), value if eq else nxt))
+    return flags
+
+
+_HOST_REF = (
+    "a build through the API may use Hutch images, earlier stages or scratch, not a "
+    "transport that reads the server's host"
+)
+
+
+def _check_instruction(ins: _Instruction) -> None:
+    keyword, args = ins.keyword, ins.args
+    if keyword == "ONBUILD":
+        inner, *rest = args.split(None, 1) or [""]
+        _check_instruction(_Instruction(ins.line, inner.upper(), rest[0] if rest else ""))
+        return
+    if keyword == "FROM":
+        if "$" in args:
+            raise _refused(
+                ins, "a build through the API takes no variables in FROM: name the image"
+            )
+        words = [w for w in args.split() if not w.startswith("--")]
+        if words and _names_a_transport(words[0]):
+            raise _refused(ins, f"it names {words[0]!r}: {_HOST_REF}")
+    elif keyword in ("COPY", "ADD"):
+        for name, value in _leading_flags(args):
+            if name == "from" and value is not None:
+                if "$" in value:
+                    raise _refused(ins, "a build through the API takes no variables in --from=")
+                if _names_a_transport(value):
+                    raise _refused(ins, f"it names {value!r}: {_HOST_REF}")
+        if "://" in args or "git@" in args:
+            raise _refused(
+                ins,
+                "a build through the API fetches nothing from the network (no URL or git "
+                "source): put the file in the build context and COPY it",
+            )
+        if keyword == "ADD" and "$" in args:
+            raise _refused(ins, "a build through the API takes no variables in ADD: use COPY")
+    elif keyword == "RUN" and args.startswith("--"):
+        raise _refused(
+            ins,
+            "a build through the API takes no RUN flags (--mount, --network, --security): "
+            "COPY what the step needs into an earlier stage instead",
+        )
+
+
 def check_untrusted_dockerfile(text: str) -> None:
-    """Refuse what would let a Dockerfile sent over the API read the host: `FROM`,
+    """Refuse what would let a Dockerfile sent over the API reach the host: `FROM`,
     `COPY --from=` or `RUN --mount=...,from=` naming a host path or daemon through a transport
-    (`oci:/path`, `dir:/`, `docker-archive:/file`, ...).
+    (`oci:/path`, `dir:/`, `docker-archive:/file`, ...), variables in `FROM`/`--from=`/`ADD`
+    (which could expand to one), `ADD` of a URL or git repository, and any `RUN` flag
+    (`--mount` binds or caches reach the host through buildah's CVE-2024-1753/-9675).
+
+    Instructions are read as buildah's parser reads them (continuation lines joined, comments
+    skipped), once with each escape character a `# escape=` directive may set, and refused if
+    either reading is refused.
 
     Raises:
-        ValueError: the first such reference, and what to use instead.
+        ValueError: the first such instruction, and what to do instead.
     """
+    escapes = {"\\", "`"}
+    directive = _escape_directive(text.split("\n"))
+    if directive is not None:
+        escapes.add(directive)
+    for escape in sorted(escapes):
+        for ins in _instructions(text, escape):
+            _check_instruction(ins)
+    # A second, cruder wall: any physical line that looks like a FROM or from= naming one.
     refs = [m.group(2) for line in text.splitlines() if (m := _FROM_RE.match(line))]
     refs += _FROM_OPTION_RE.findall(text)
     for ref in refs:
         if _names_a_transport(ref):
-            raise ValueError(
-                f"the Dockerfile names {ref!r}: a build through the API may use Hutch images, "
-                "registry images (name[:tag]), earlier stages or scratch, not a transport that "
-                "reads the server's host"
+            raise ValueError(f"the Dockerfile names {ref!r}: {_HOST_REF}")
+
+
+def check_offline_bases(text: str, has_image: Callable[[str], bool]) -> None:
+    """Refuse a `FROM` that an API build (which has no network) cannot have: anything but
+    `scratch`, an earlier stage or an image `has_image` knows.
+
+    Raises:
+        ValueError: the first such FROM, and what to do instead.
+    """
+    stages: set[str] = set()
+    for ins in _instructions(text, _escape_directive(text.split("\n")) or "\\"):
+        if ins.keyword != "FROM":
+            continue
+        words = [w for w in ins.args.split() if not w.startswith("--")]
+        if not words:
+            continue  # buildah says what is wrong
+        ref = words[0]
+        if ref.lower() != "scratch" and ref.lower() not in stages and not has_image(ref):
+            raise _refused(
+                ins,
+                f"the server has no image {ref!r}, and a build through the API has no "
+                "network: pull it first (POST /v1/images/pull, `hutch image pull`), or build "
+                "FROM an image the server has, an earlier stage or scratch",
             )
+        if len(words) >= 3 and words[1].lower() == "as":
+            stages.add(words[2].lower())
 
 
 def _unshift(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -232,9 +375,13 @@ def build_image(
             isolation = ["--isolation", "chroot"]
         bud = [*base, "bud", *isolation, "--layers=false", "-f", str(rewritten)]
         bud += ["-t", "hutch-build", str(context)]
-        _run(bud, out)
+        # `--network none` covers only RUN steps: buildah itself fetches `ADD <url>`, git
+        # sources and registry images in the host's network namespace (the host's loopback,
+        # the cloud metadata address, ...). An API build runs buildah in a new network
+        # namespace with nothing but a down `lo`: its FROM is a Hutch image or scratch.
+        _run(bud, out, offline=untrusted)
         layout = stage / "result"
-        _run([*base, "push", "hutch-build", f"oci:{layout}:image"], out)
+        _run([*base, "push", "hutch-build", f"oci:{layout}:image"], out, offline=untrusted)
         parsed = parse_oci_layout(layout, "image")
         image = store_parsed(
             store, name, parsed, stage, labels={"hutch.built-from": source or str(dockerfile)}
@@ -244,21 +391,22 @@ def build_image(
         return image
 
 
-def _run(cmd: list[str], out: Output | None) -> None:
+def _run(cmd: list[str], out: Output | None, *, offline: bool = False) -> None:
     env = dict(os.environ)
     if "--isolation" not in cmd:
         env["BUILDAH_ISOLATION"] = "chroot"
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if out is not None:
-            out.write(line)
-            out.flush()
-        tail = (tail + [line.rstrip()])[-15:]
-    if proc.wait() != 0:
+    argv = ["unshare", "--net", "--", *cmd] if offline else cmd
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc:
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if out is not None:
+                out.write(line)
+                out.flush()
+            tail = (tail + [line.rstrip()])[-15:]
+    if proc.returncode != 0:
         raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail), tail)
 
 
@@ -266,6 +414,7 @@ __all__ = [
     "BuildError",
     "ImageInvalid",
     "build_image",
+    "check_offline_bases",
     "check_untrusted_dockerfile",
     "export_oci_layout",
 ]

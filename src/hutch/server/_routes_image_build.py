@@ -2,9 +2,11 @@
 (as `hutch image build` does on the host) and stored; progress streams back as NDJSON.
 
 The body is the build context as a tar (optionally gzipped), as Docker's build API takes it;
-`dockerfile` names the Dockerfile inside it. The context is unpacked with tarfile's `data`
-filter, so nothing in it can point outside it (absolute or `..` paths, links leaving it,
-devices), and the Dockerfile may name no transport that reads the host (`FROM oci:/path`).
+`dockerfile` names the Dockerfile inside it. The context may hold only regular files and
+directories (no links, devices or fifos: checked before anything is unpacked), and is unpacked
+with tarfile's `data` filter too. The Dockerfile may name no transport that reads the host
+(`FROM oci:/path`), fetch nothing (`ADD <url>`), nor take `RUN --mount`; buildah runs with no
+network at all.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from hutch.runtime import ImageStore
-from hutch.runtime._images import _check_name
-from hutch.runtime._oci_build import BuildError, build_image, check_untrusted_dockerfile
+from hutch.runtime._images import ImageNotFound, _check_name
+from hutch.runtime._oci_build import (
+    BuildError,
+    build_image,
+    check_offline_bases,
+    check_untrusted_dockerfile,
+)
 from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import BodyTooLarge, ImageBuildFailed, ImageInvalid, InvalidRequest
 from hutch.server._models import ErrorBody
@@ -73,13 +80,44 @@ def _too_large(limit: int) -> str:
     )
 
 
+# At most this many entries in a build context (each costs memory before anything is unpacked).
+MAX_CONTEXT_MEMBERS = 100_000
+
+
+def _context_members(tar: tarfile.TarFile, limit: int) -> list[tarfile.TarInfo]:
+    """Every entry of the context, all of them regular files or directories: links, devices
+    and fifos are refused before anything is unpacked (tarfile's `data` filter alone is not
+    enough on every Python: CVE-2025-4517 lets a chain of symlinks point out of it)."""
+    members: list[tarfile.TarInfo] = []
+    size = 0
+    while (member := tar.next()) is not None:
+        if not (member.isreg() or member.isdir()):
+            kind = "link" if member.issym() or member.islnk() else "special file"
+            raise InvalidRequest(
+                f"the build context has a {kind} at {member.name!r}: links and special files "
+                "are not allowed in a build context; replace each link by the file it "
+                "points to",
+                code="build_context_invalid",
+            )
+        members.append(member)
+        if len(members) > MAX_CONTEXT_MEMBERS:
+            raise InvalidRequest(
+                f"the build context has more than {MAX_CONTEXT_MEMBERS} entries; send only "
+                "what the build needs",
+                code="build_context_invalid",
+            )
+        size += member.size if member.isreg() else 0
+        if size > limit:
+            raise BodyTooLarge(_too_large(limit))
+    return members
+
+
 def _unpack_context(archive: Path, dest: Path, limit: int) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            if sum(m.size for m in members if m.isfile()) > limit:
-                raise BodyTooLarge(_too_large(limit))
+            members = _context_members(tar, limit)
             dest.mkdir()
+            # The `data` filter stays as a second wall (absolute and `..` paths, modes).
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InvalidRequest(
@@ -103,6 +141,14 @@ def _dockerfile_in(context: Path, name: str) -> Path:
             code="invalid_request",
         )
     return path
+
+
+def _has_image(store: ImageStore, ref: str) -> bool:
+    try:
+        store.get(ref)
+    except (ImageNotFound, ValueError, OSError):
+        return False
+    return True
 
 
 def build_image_build_router(
@@ -137,7 +183,9 @@ def build_image_build_router(
             (stage / "context.tar").unlink()
             path = _dockerfile_in(context, dockerfile)
             try:
-                check_untrusted_dockerfile(path.read_text(errors="replace"))
+                text = path.read_text(errors="replace")
+                check_untrusted_dockerfile(text)
+                check_offline_bases(text, lambda ref: _has_image(store, ref))
             except ValueError as exc:
                 raise InvalidRequest(str(exc), code="invalid_request") from None
         except BaseException:

@@ -270,9 +270,10 @@ class Client:
     ) -> ImageDetail:
         """Build a Dockerfile on the server (buildah) and store the image as ``name``.
 
-        The ``context`` directory is sent as a tar (symlinks as symlinks; one that points out
-        of it is refused). ``FROM`` may name an image the server has, a registry image or
-        ``scratch``.
+        The ``context`` directory is sent as a tar; the server refuses links and special files
+        in it (replace each link by the file it points to). ``FROM`` may name an image the
+        server has (the build has no network: pull a registry image first), an earlier stage
+        or ``scratch``.
 
         Args:
             name: The name to store the image as, e.g. ``"app:1"``.
@@ -284,7 +285,7 @@ class Client:
             ImageBuildFailed: A step failed; ``output_tail`` has its last lines.
             PayloadTooLarge: The context is over the server's limit.
             InvalidRequest: A bad name, a context that is not usable, or a Dockerfile that
-                names a host path (``FROM oci:/...``).
+                names a host path (``FROM oci:/...``), a URL to ``ADD`` or a ``RUN --mount``.
         """
         return _images.build_image(
             self, name, context, dockerfile=dockerfile, on_progress=on_progress
