@@ -34,7 +34,6 @@ from hutch.runtime._images import ImageConfig, ImageNotFound, ImageStore
 from tests._server import SHARED_IMAGES
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, chroot)")
 CONFIG = ImageConfig(env=("PATH=/bin", "LANG=C.UTF-8"), working_dir="/workspace", user="root")
 # A v2 file capability blob: cap_net_raw in the effective and permitted sets.
 CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
@@ -85,7 +84,6 @@ def test_the_default_recipe_lists_what_the_design_promises() -> None:
         assert name in packages
 
 
-@needs_root
 def test_ensure_default_image_returns_the_stored_image_when_the_recipe_matches(
     tmp_path: Path,
 ) -> None:
@@ -106,7 +104,6 @@ def test_ensure_default_image_returns_the_stored_image_when_the_recipe_matches(
     assert calls == [(1.0, "default image is up to date")]
 
 
-@needs_root
 def test_a_failed_build_says_why_and_stores_nothing(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe"
     shutil.copytree(default_recipe_dir(), recipe)
@@ -263,7 +260,6 @@ def test_invalid_names_are_refused(tmp_path: Path) -> None:
             store.add_rootfs(name, small_rootfs(tmp_path / f"src{len(name)}"), CONFIG)
 
 
-@needs_root
 def test_add_rootfs_shifts_ownership_and_keeps_special_bits(tmp_path: Path) -> None:
     src = small_rootfs(tmp_path / "src")
     (src / "bin/su").write_bytes(b"x")
@@ -295,14 +291,12 @@ def test_add_rootfs_shifts_ownership_and_keeps_special_bits(tmp_path: Path) -> N
     assert image.size_bytes > 0 and image.config == CONFIG
 
 
-@needs_root
 def test_shift_ownership_is_usable_on_its_own(tmp_path: Path) -> None:
     tree = small_rootfs(tmp_path / "t")
     shift_ownership(tree, base=200_000)
     assert owners(tree / "bin/tool") == (200_000, 200_000)
 
 
-@needs_root
 def test_get_list_remove(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     a = store.add_rootfs("a", small_rootfs(tmp_path / "a"), CONFIG)
@@ -325,7 +319,6 @@ def test_get_list_remove(tmp_path: Path) -> None:
         store.get(a.id)
 
 
-@needs_root
 def test_repointing_a_name_keeps_the_old_content_until_pruned(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     old = store.add_rootfs("app", small_rootfs(tmp_path / "v1"), CONFIG)
@@ -341,7 +334,6 @@ def test_repointing_a_name_keeps_the_old_content_until_pruned(tmp_path: Path) ->
     assert store.get("app").id == new.id
 
 
-@needs_root
 def test_a_failure_mid_add_leaves_nothing_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -361,7 +353,6 @@ def test_a_failure_mid_add_leaves_nothing_stored(
         store.get("x")
 
 
-@needs_root
 def test_a_crash_mid_add_leaves_nothing_stored(tmp_path: Path) -> None:
     root = tmp_path / "images"
     small_rootfs(tmp_path / "src")
@@ -433,7 +424,6 @@ def test_busybox_rootfs_has_only_busybox(tmp_path: Path) -> None:
     assert (root / "workspace").is_dir()
 
 
-@needs_root
 def test_busybox_image_runs_and_is_stable(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     first = add_busybox_image(store)
