@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch._wire import Kind
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
@@ -47,7 +46,7 @@ from hutch.server._models import (
 )
 from hutch.server._pools import WarmPools, import_runtime_ids_file
 from hutch.server._proxy import PreviewRoutes
-from hutch.server._relay import relay_frames
+from hutch.server._relay import gather_exec, relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
 from hutch.server._routes_image_build import build_image_build_router
@@ -294,25 +293,12 @@ def build_router() -> APIRouter:
     @router.post("/sandboxes/{sandbox_id}/exec", response_model=ExecResult)
     async def exec_command(svc: Svc, sandbox_id: str, body: ExecRequest) -> ExecResult:
         stream = await _open_exec(svc, sandbox_id, body)
-        out: list[bytes] = []
-        err: list[bytes] = []
-        result: dict[str, Any] = {}
         try:
-            async for frame in stream:
-                if frame.kind is Kind.DATA:
-                    (out if frame.channel == 1 else err).append(frame.payload)
-                elif frame.kind is Kind.RESULT:
-                    result = frame.json()
+            gathered, result = await gather_exec(stream)
         except AgentDisconnected as exc:
             raise SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {exc}") from exc
         _raise_agent_error(result)
-        return ExecResult(
-            exit_code=int(result.get("exit_code", -1)),
-            stdout=b"".join(out).decode("utf-8", "replace"),
-            stderr=b"".join(err).decode("utf-8", "replace"),
-            duration=float(result.get("duration", 0.0)),
-            timed_out=bool(result.get("timed_out", False)),
-        )
+        return gathered
 
     @router.post(
         "/sandboxes/{sandbox_id}/exec/stream",

@@ -4,9 +4,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from hutch._wire import Frame, Kind, encode_frame_parts, encode_json_frame
 from hutch.server._agent_client import AgentError, AgentStream
+from hutch.server._models import ExecResult
+
+
+async def gather_exec(stream: AgentStream) -> tuple[ExecResult, dict[str, Any]]:
+    """An exec's frames (a command, or a session's command) gathered into its `ExecResult`,
+    with the agent's RESULT as sent: the caller maps an ``error`` in it. A lost agent raises
+    `AgentError`."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    result: dict[str, Any] = {}
+    async for frame in stream:
+        if frame.kind is Kind.DATA:
+            (out if frame.channel == 1 else err).append(frame.payload)
+        elif frame.kind is Kind.RESULT:
+            result = frame.json()
+    gathered = ExecResult(
+        exit_code=int(result.get("exit_code", -1)),
+        stdout=b"".join(out).decode("utf-8", "replace"),
+        stderr=b"".join(err).decode("utf-8", "replace"),
+        duration=float(result.get("duration", 0.0)),
+        timed_out=bool(result.get("timed_out", False)),
+    )
+    return gathered, result
 
 
 async def relay_frames(stream: AgentStream, first: Frame | None = None) -> AsyncIterator[bytes]:

@@ -30,7 +30,7 @@ from hutch.server._errors import (
     SessionNotFound,
 )
 from hutch.server._models import ExecResult, _check_env
-from hutch.server._relay import relay_frames
+from hutch.server._relay import gather_exec, relay_frames
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
 SIGNAL_NAMES = sorted(
@@ -444,15 +444,8 @@ def build_procs_router() -> APIRouter:
         svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
     ) -> ExecResult:
         stream = await open_session_exec(svc, sandbox_id, session_id, body)
-        out: list[bytes] = []
-        err: list[bytes] = []
-        result: dict[str, Any] = {}
         try:
-            async for frame in stream:
-                if frame.kind is Kind.DATA:
-                    (out if frame.channel == 1 else err).append(frame.payload)
-                elif frame.kind is Kind.RESULT:
-                    result = frame.json()
+            gathered, result = await gather_exec(stream)
         except AgentError as exc:
             raise _agent_error(exc, sandbox_id) from exc
         error = result.get("error")
@@ -460,13 +453,7 @@ def build_procs_router() -> APIRouter:
             raise _agent_error(
                 AgentError(str(error.get("code")), str(error.get("message"))), sandbox_id
             )
-        return ExecResult(
-            exit_code=int(result.get("exit_code", -1)),
-            stdout=b"".join(out).decode("utf-8", "replace"),
-            stderr=b"".join(err).decode("utf-8", "replace"),
-            duration=float(result.get("duration", 0.0)),
-            timed_out=bool(result.get("timed_out", False)),
-        )
+        return gathered
 
     @router.post(
         sessions + "/{session_id}/exec/stream",
