@@ -20,9 +20,9 @@ from ._ops import OpError
 from ._procs import (
     DEFAULT_PATH,
     EXEC_TAG_VAR,
-    default_user,
+    command_cwd,
+    command_identity,
     kill_tree,
-    resolve_user,
     signal_tree,
     spawn,
 )
@@ -201,20 +201,8 @@ class BackgroundProcess:
 
     def spawn(self, request: dict[str, Any], want_stdin: bool) -> None:
         agent = self._table.agent
-        identity = None
-        user = request["user"] if request["user"] is not None else default_user()
-        if user is not None:
-            try:
-                identity = resolve_user(user)
-            except LookupError as e:
-                raise OpError("user_not_found", str(e)) from None
-        cwd = request["cwd"]
-        if cwd is not None:
-            cwd = os.path.join(agent.workspace, cwd)
-            if not os.path.isdir(cwd):
-                raise OpError("cwd_not_found", f"working directory {cwd} does not exist")
-        elif os.path.isdir(agent.workspace):
-            cwd = agent.workspace
+        identity = command_identity(request["user"])
+        cwd = command_cwd(agent.workspace, request["cwd"])
         env = dict(agent.base_env)
         if identity is not None:
             env["HOME"] = identity.home

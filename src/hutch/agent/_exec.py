@@ -7,12 +7,13 @@ import time
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
+from ._ops import OpError
 from ._procs import (
     DEFAULT_PATH,
     EXEC_TAG_VAR,
-    default_user,
+    command_cwd,
+    command_identity,
     kill_tree,
-    resolve_user,
     signal_tree,
     spawn,
 )
@@ -82,21 +83,12 @@ class ExecOp:
 
     def start(self) -> None:
         request = self._request
-        identity: Identity | None = None
-        user = request["user"] if request["user"] is not None else default_user()
-        if user is not None:
-            try:
-                identity = resolve_user(user)
-            except LookupError as e:
-                return self._fail("user_not_found", str(e))
-        cwd = request["cwd"]
-        if cwd is not None:
-            cwd = os.path.join(self._agent.workspace, cwd)  # join() keeps an absolute cwd
-            if not os.path.isdir(cwd):
-                return self._fail("cwd_not_found", f"working directory {cwd} does not exist")
-        elif os.path.isdir(self._agent.workspace):
-            # The image's working directory is every command's default, as in `docker exec`.
-            cwd = self._agent.workspace
+        try:
+            identity = command_identity(request["user"])
+            cwd = command_cwd(self._agent.workspace, request["cwd"])
+        except OpError as e:
+            # NB: command_identity/command_cwd raise only user_not_found and cwd_not_found.
+            return self._fail(e.code, e.message)  # type: ignore[arg-type]
         env = self._environment(identity)
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()

@@ -45,6 +45,41 @@ def default_user() -> str | None:
     return os.environ.get("HUTCH_AGENT_USER") or None
 
 
+def command_identity(user: str | None) -> Identity | None:
+    """Who a command, process, session or terminal runs as: `user`, else the image's USER;
+    None is root (no switch).
+
+    Raises:
+        OpError: ``user_not_found``, a name that is not in the image's files.
+    """
+    from ._ops import OpError
+
+    user = user if user is not None else default_user()
+    if user is None:
+        return None
+    try:
+        return resolve_user(user)
+    except LookupError as e:
+        raise OpError("user_not_found", str(e)) from None
+
+
+def command_cwd(workspace: str, cwd: str | None) -> str | None:
+    """Where a command starts: `cwd` under the workspace (join() keeps an absolute one), else
+    the image's working directory when it exists, as in `docker exec`.
+
+    Raises:
+        OpError: ``cwd_not_found``.
+    """
+    from ._ops import OpError
+
+    if cwd is None:
+        return workspace if os.path.isdir(workspace) else None
+    cwd = os.path.join(workspace, cwd)
+    if not os.path.isdir(cwd):
+        raise OpError("cwd_not_found", f"working directory {cwd} does not exist")
+    return cwd
+
+
 def resolve_user(spec: str, etc: str = "/etc") -> Identity:
     """Resolve Docker-style ``user``, ``uid``, ``user:group`` or ``uid:gid``.
 

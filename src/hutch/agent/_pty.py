@@ -19,7 +19,14 @@ import os
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
-from ._procs import DEFAULT_PATH, EXEC_TAG_VAR, Identity, kill_tree
+from ._procs import (
+    DEFAULT_PATH,
+    EXEC_TAG_VAR,
+    Identity,
+    command_cwd,
+    command_identity,
+    kill_tree,
+)
 from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
@@ -429,17 +436,10 @@ def pty_create(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     if shell is not None and (not isinstance(shell, str) or "\0" in shell):
         raise InvalidRequest("shell", "must be a shell name or path")
     cwd = request.get("cwd")
-    if cwd is not None:
-        if not isinstance(cwd, str) or "\0" in cwd:
-            raise InvalidRequest("cwd", "must be a path")
-        cwd = os.path.join(agent.workspace, cwd)
-        if not os.path.isdir(cwd):
-            raise OpError("cwd_not_found", f"working directory {cwd} does not exist")
-    elif os.path.isdir(agent.workspace):
-        cwd = agent.workspace
-    from ._sessions import _image_identity
-
-    identity = _image_identity()
+    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+        raise InvalidRequest("cwd", "must be a path")
+    cwd = command_cwd(agent.workspace, cwd)
+    identity = command_identity(None)
     env = dict(agent.base_env)
     if identity is not None:
         env["HOME"] = identity.home

@@ -23,11 +23,10 @@ from ._ops import OpError
 from ._procs import (
     DEFAULT_PATH,
     EXEC_TAG_VAR,
-    Identity,
     _scan_processes,
-    default_user,
+    command_cwd,
+    command_identity,
     kill_tree,
-    resolve_user,
     spawn,
 )
 from ._requests import InvalidRequest
@@ -48,17 +47,6 @@ ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _image_identity() -> Identity | None:
-    """The image's USER, the default of sessions and terminals as of exec (None: root)."""
-    user = default_user()
-    if user is None:
-        return None
-    try:
-        return resolve_user(user)
-    except LookupError as e:
-        raise OpError("user_not_found", str(e)) from None
 
 
 class Session:
@@ -89,7 +77,7 @@ class Session:
 
     def start(self) -> None:
         agent = self._table.agent
-        identity = _image_identity()
+        identity = command_identity(None)
         env = dict(agent.base_env)
         if identity is not None:
             env["HOME"] = identity.home
@@ -276,14 +264,9 @@ def create_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     if sid in table.sessions:
         raise OpError("session_exists", f"session {sid!r} exists; delete it or pick another id")
     cwd = request.get("cwd")
-    if cwd is not None:
-        if not isinstance(cwd, str):
-            raise InvalidRequest("cwd", "must be a string")
-        cwd = os.path.join(agent.workspace, cwd)
-        if not os.path.isdir(cwd):
-            raise OpError("cwd_not_found", f"working directory {cwd} does not exist")
-    elif os.path.isdir(agent.workspace):
-        cwd = agent.workspace
+    if cwd is not None and not isinstance(cwd, str):
+        raise InvalidRequest("cwd", "must be a string")
+    cwd = command_cwd(agent.workspace, cwd)
     env = request.get("env") or {}
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
