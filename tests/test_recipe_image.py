@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from hutch.runtime import HOST_ID_BASE, ImageStore, shift_ownership
+from hutch.runtime._idmap import unshift_ownership
 from hutch.runtime._recipe_image import (
     RecipeImageBuildError,
     ensure_recipe_image,
     recipe_base,
     recipe_dir_for,
-    unshift_ownership,
 )
 
 

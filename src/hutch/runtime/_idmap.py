@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 HOST_ID_BASE = 1_000_000_000
@@ -35,15 +36,31 @@ def shift_ownership(root: Path, base: int = HOST_ID_BASE) -> None:
     the sandbox's `nobody`. The tree must hold unshifted ids (as seen inside the sandbox); shifting
     twice moves everything to `nobody`.
     """
-    _shift_one(str(root), base)
+    _remap_ownership(root, lambda sandbox_id: shifted_id(sandbox_id, base))
+
+
+def unshift_ownership(root: Path) -> None:
+    """Undo `shift_ownership`: sandbox-range ids back to 0..ID_RANGE-1 (others: nobody)."""
+    _remap_ownership(root, _unshifted)
+
+
+def _unshifted(host_id: int) -> int:
+    if HOST_ID_BASE <= host_id < HOST_ID_BASE + ID_RANGE:
+        return host_id - HOST_ID_BASE
+    return OVERFLOW_ID
+
+
+def _remap_ownership(root: Path, remap: Callable[[int], int]) -> None:
+    """Give every entry under `root` (and `root`) the owner and group `remap` maps its ids to."""
+    _remap_one(str(root), remap)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
-            _shift_one(os.path.join(dirpath, name), base)
+            _remap_one(os.path.join(dirpath, name), remap)
 
 
-def _shift_one(path: str, base: int) -> None:
+def _remap_one(path: str, remap: Callable[[int], int]) -> None:
     st = os.lstat(path)
-    uid, gid = shifted_id(st.st_uid, base), shifted_id(st.st_gid, base)
+    uid, gid = remap(st.st_uid), remap(st.st_gid)
     if (uid, gid) == (st.st_uid, st.st_gid):
         return
     is_link = stat.S_ISLNK(st.st_mode)

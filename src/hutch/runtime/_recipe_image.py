@@ -19,9 +19,7 @@ image's id: it is rebuilt when either changes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 from pathlib import Path
 
 from hutch.runtime._default_image import (
@@ -37,7 +35,7 @@ from hutch.runtime._default_image import (
     _MonotonicProgress,
     recipe_digest,
 )
-from hutch.runtime._idmap import _CAPS_XATTR, HOST_ID_BASE, ID_RANGE, OVERFLOW_ID, _get_caps
+from hutch.runtime._idmap import unshift_ownership
 from hutch.runtime._images import Image, ImageNotFound, ImageStore
 
 RECIPE_LABEL = "hutch.recipe-digest"
@@ -210,33 +208,3 @@ def _npm_ci(builder: _Builder, recipe_dir: Path, prefix: str, report: Progress) 
     finally:
         build_ca.unlink(missing_ok=True)
     report(1.0, "npm packages installed")
-
-
-def unshift_ownership(root: Path) -> None:
-    """Undo `shift_ownership`: sandbox-range ids back to 0..ID_RANGE-1 (others: nobody)."""
-
-    def one(path: str) -> None:
-        st = os.lstat(path)
-        uid, gid = _unshifted(st.st_uid), _unshifted(st.st_gid)
-        if (uid, gid) == (st.st_uid, st.st_gid):
-            return
-        is_link = stat.S_ISLNK(st.st_mode)
-        caps = None if is_link else _get_caps(path)
-        os.lchown(path, uid, gid)
-        if is_link:
-            return
-        if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(path, stat.S_IMODE(st.st_mode))
-        if caps is not None:
-            os.setxattr(path, _CAPS_XATTR, caps, follow_symlinks=False)
-
-    one(str(root))
-    for dirpath, dirnames, filenames in os.walk(root):
-        for entry in dirnames + filenames:
-            one(os.path.join(dirpath, entry))
-
-
-def _unshifted(host_id: int) -> int:
-    if HOST_ID_BASE <= host_id < HOST_ID_BASE + ID_RANGE:
-        return host_id - HOST_ID_BASE
-    return OVERFLOW_ID
