@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
-from hutch._wire import Kind, encode_frame
+from hutch._wire import Kind
 from hutch.server._agent_client import (
     AgentConnection,
     AgentDisconnected,
@@ -33,6 +33,7 @@ from hutch.server._errors import (
     InvalidRequest,
     SandboxUnavailable,
 )
+from hutch.server._relay import relay_frames
 
 MAX_PATH_BYTES = 4096
 UPLOAD_CHUNK = 1024 * 1024
@@ -590,21 +591,11 @@ def build_files_router(require_key: Any) -> APIRouter:
         async def frames() -> AsyncIterator[bytes]:
             from hutch._wire import encode_json_frame
 
-            done = False
             try:
                 yield encode_json_frame(Kind.EVENT, 0, first)
-                async for frame in stream:
-                    if frame.kind is Kind.RESULT:
-                        done = True
-                    yield encode_frame(frame.kind, 0, frame.payload, frame.channel, frame.offset)
-            except AgentError as exc:
-                done = True
-                error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
-                yield encode_json_frame(Kind.RESULT, 0, error)
+                async for part in relay_frames(stream):
+                    yield part
             finally:
-                if not done:
-                    with contextlib.suppress(Exception):
-                        await stream.aclose()
                 await conn.close()
 
         return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
