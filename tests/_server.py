@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,3 +91,20 @@ class ServerProcess:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=60
         )
+
+
+def runtime_ids(home: Path) -> dict[str, str]:
+    """sandbox id -> runtime id of the sandboxes that came from a pool, from the server's db."""
+    db = sqlite3.connect(f"file:{home / 'hutch.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id, runtime_id FROM sandboxes WHERE runtime_id IS NOT NULL")
+        return dict(rows.fetchall())
+    finally:
+        db.close()
+
+
+def wait_for(predicate: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

@@ -23,10 +23,9 @@ import pytest
 
 from hutch import InvalidRequest, Sandbox
 from hutch.runtime import ImageNotFound, ImageStore
-from tests._server import SHARED_IMAGES, ServerProcess, free_port
+from tests._server import SHARED_IMAGES, ServerProcess, free_port, runtime_ids
 from tests.conftest import _cleanup_home
 from tests.test_secrets import _files_containing
-from tests.test_warm_pools import runtime_ids
 
 pytestmark = pytest.mark.sandbox
 

@@ -234,8 +234,7 @@ def test_cli_create_start_entrypoint(images: Images, sdk_env: ServerProcess) -> 
 
 def test_a_pooled_sandbox_starts_its_entrypoint(images: Images, sdk_env: ServerProcess) -> None:
     from hutch.runtime import ImageStore
-    from tests._server import SHARED_IMAGES
-    from tests.test_warm_pools import runtime_ids, wait_for
+    from tests._server import SHARED_IMAGES, runtime_ids, wait_for
 
     store = ImageStore(SHARED_IMAGES)
     pooled = f"ep{secrets.token_hex(3)}/pooled:1"

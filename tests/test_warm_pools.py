@@ -3,16 +3,14 @@ env, labels and limits; the pool refills; the mapping survives a server crash.""
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hutch import Sandbox
-from tests._server import ServerProcess
+from tests._server import ServerProcess, runtime_ids, wait_for
 from tests.conftest import _cleanup_home
 from tests.test_recovery import host_leftovers
 
@@ -29,28 +27,11 @@ def pooled(home: Path) -> set[str]:
     return {p.name for p in d.iterdir() if p.name.startswith("pool-")} if d.is_dir() else set()
 
 
-def runtime_ids(home: Path) -> dict[str, str]:
-    """sandbox id -> runtime id of the sandboxes that came from a pool, from the server's db."""
-    db = sqlite3.connect(f"file:{home / 'hutch.db'}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT id, runtime_id FROM sandboxes WHERE runtime_id IS NOT NULL")
-        return dict(rows.fetchall())
-    finally:
-        db.close()
-
-
 def cgroup_value(rid: str, controller: str, v2: str, v1: str) -> str:
     root = Path("/sys/fs/cgroup")
     if (root / "cgroup.controllers").exists():
         return (root / "hutch" / rid / v2).read_text().strip()
     return (root / controller / "hutch" / rid / v1).read_text().strip()
-
-
-def wait_for(predicate: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 @pytest.fixture()
