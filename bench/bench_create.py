@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hutch  # noqa: E402
 from hutch.runtime import ImageStore, Limits, Runtime, RuntimeConfig, SandboxSpec  # noqa: E402
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs  # noqa: E402
+from tests.support.echo_agent import echo_agent_package  # noqa: E402
 
 
 class StepTimings(logging.Handler):
@@ -46,32 +46,6 @@ class StepTimings(logging.Handler):
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(samples, n=100, method="inclusive")
     return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
-
-
-ECHO_AGENT = """
-import socket
-
-def main():
-    listener = socket.socket(fileno=3)
-    while True:
-        conn, _ = listener.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-"""
-
-
-def echo_agent_package(root: Path) -> Path:
-    package = root / "echo-agent"
-    shutil.copytree(
-        Path(hutch.__file__).parent / "_wire",
-        package / "_wire",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    (package / "agent").mkdir()
-    (package / "agent/__init__.py").write_text("")
-    (package / "agent/__main__.py").write_text(ECHO_AGENT)
-    return package
 
 
 def first_answer(path: Path) -> None:

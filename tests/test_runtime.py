@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-import hutch
 from hutch.runtime import (
     HOST_ID_BASE,
     Image,
@@ -35,20 +34,9 @@ from hutch.runtime import (
 )
 from hutch.runtime._mounts import umount
 from tests.support.busybox import add_busybox_image
+from tests.support.echo_agent import echo_agent_package
 
 pytestmark = pytest.mark.sandbox
-
-ECHO_AGENT = """
-import socket
-
-def main():
-    listener = socket.socket(fileno=3)
-    while True:
-        conn, _ = listener.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +50,7 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def echo_agent(workdir: Path) -> Path:
     """A `hutch` package tree whose agent echoes whatever it is sent."""
-    package = workdir / "echo-agent"
-    shutil.copytree(
-        Path(hutch.__file__).parent / "_wire",
-        package / "_wire",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    (package / "agent").mkdir()
-    (package / "agent/__init__.py").write_text("")
-    (package / "agent/__main__.py").write_text(ECHO_AGENT)
-    return package
+    return echo_agent_package(workdir)
 
 
 @pytest.fixture(scope="module")
