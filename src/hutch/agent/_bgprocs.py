@@ -18,9 +18,9 @@ from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
 from ._procs import (
-    DEFAULT_PATH,
     EXEC_TAG_VAR,
     command_cwd,
+    command_env,
     command_identity,
     kill_tree,
     signal_tree,
@@ -203,13 +203,7 @@ class BackgroundProcess:
         agent = self._table.agent
         identity = command_identity(request["user"])
         cwd = command_cwd(agent.workspace, request["cwd"])
-        env = dict(agent.base_env)
-        if identity is not None:
-            env["HOME"] = identity.home
-            if identity.name is not None:
-                env["USER"] = env["LOGNAME"] = identity.name
-        env.update(request["env"] or {})
-        env.setdefault("PATH", DEFAULT_PATH)
+        env = command_env(agent.base_env, identity, request["env"])
         env[EXEC_TAG_VAR] = self._tag.decode()
         if request["argv"] is not None:
             args = list(request["argv"])

@@ -9,9 +9,9 @@ from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
 from ._procs import (
-    DEFAULT_PATH,
     EXEC_TAG_VAR,
     command_cwd,
+    command_env,
     command_identity,
     kill_tree,
     signal_tree,
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from hutch._wire.agent_ops import ErrorCode, ExecRequest, ExecResult
 
     from ._loop import Timer
-    from ._procs import Identity
     from ._server import Agent, Connection
 
 CHUNK = 1024 * 1024
@@ -89,7 +88,7 @@ class ExecOp:
         except OpError as e:
             # NB: command_identity/command_cwd raise only user_not_found and cwd_not_found.
             return self._fail(e.code, e.message)  # type: ignore[arg-type]
-        env = self._environment(identity)
+        env = command_env(self._agent.base_env, identity, request["env"])
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()
         if request["argv"] is not None:
@@ -144,16 +143,6 @@ class ExecOp:
         timeout = request["timeout"]
         if timeout is not None:
             self._timer = self._agent.loop.call_later(timeout, self._on_timeout)
-
-    def _environment(self, identity: Identity | None) -> dict[str, str]:
-        env = dict(self._agent.base_env)
-        if identity is not None:
-            env["HOME"] = identity.home
-            if identity.name is not None:
-                env["USER"] = env["LOGNAME"] = identity.name
-        env.update(self._request["env"] or {})
-        env.setdefault("PATH", DEFAULT_PATH)
-        return env
 
     def _spawn_failed(self, error: OSError, program: str, cwd: str | None) -> None:
         if cwd is not None and error.filename == cwd:

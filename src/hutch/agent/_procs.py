@@ -9,6 +9,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -144,9 +145,6 @@ def spawn(
     # Imported on the first exec only: an agent that never runs anything stays smaller.
     import subprocess
 
-    uid = gid = groups = None
-    if identity is not None and (os.geteuid() == 0 or identity.uid != os.geteuid()):
-        uid, gid, groups = identity.uid, identity.gid, identity.groups
     return subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL if stdin is None else stdin,
@@ -157,10 +155,40 @@ def spawn(
         close_fds=True,
         start_new_session=True,
         restore_signals=True,
-        user=uid,
-        group=gid,
-        extra_groups=groups,
+        **identity_args(identity),
     )
+
+
+def find_program(name: str, path: str) -> str | None:
+    """`name` if it is a path, else the first `name` on `path` (a PATH value), when it is an
+    executable file; None otherwise."""
+    candidates = [name] if "/" in name else [os.path.join(d, name) for d in path.split(":") if d]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def identity_args(identity: Identity | None) -> dict[str, Any]:
+    """Popen's arguments to run as `identity`; none to stay who the agent is."""
+    if identity is None or (os.geteuid() != 0 and identity.uid == os.geteuid()):
+        return {}
+    return {"user": identity.uid, "group": identity.gid, "extra_groups": identity.groups}
+
+
+def command_env(
+    base: Mapping[str, str], identity: Identity | None, extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The environment a command starts with: `base` (the image's and the sandbox's), the
+    HOME/USER/LOGNAME of `identity`, then `extra` (the request's), with a PATH."""
+    env = dict(base)
+    if identity is not None:
+        env["HOME"] = identity.home
+        if identity.name is not None:
+            env["USER"] = env["LOGNAME"] = identity.name
+    env.update(extra or {})
+    env.setdefault("PATH", DEFAULT_PATH)
+    return env
 
 
 # -- reaping -----------------------------------------------------------------------------------

@@ -24,7 +24,10 @@ from ._procs import (
     EXEC_TAG_VAR,
     Identity,
     command_cwd,
+    command_env,
     command_identity,
+    find_program,
+    identity_args,
     kill_tree,
 )
 from ._requests import InvalidRequest
@@ -79,21 +82,10 @@ def _get(agent: Agent, request: dict[str, Any]) -> Terminal:
 def _find_shell(agent: Agent, shell: str | None, env: dict[str, str]) -> list[str]:
     if shell is None or shell == "":
         return agent.interactive_shell()
-    if "/" in shell:
-        candidates = [shell]
-    else:
-        candidates = [os.path.join(d, shell) for d in env.get("PATH", DEFAULT_PATH).split(":")]
-    for path in candidates:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return [path]
+    path = find_program(shell, env.get("PATH", DEFAULT_PATH))
+    if path is not None:
+        return [path]
     raise OpError("shell_not_found", f"shell {shell!r} is not installed in this sandbox")
-
-
-def _identity_args(identity: Identity | None) -> dict[str, Any]:
-    """Popen's arguments to run as `identity` (the image's USER); none to stay root."""
-    if identity is None or (os.geteuid() != 0 and identity.uid == os.geteuid()):
-        return {}
-    return {"user": identity.uid, "group": identity.gid, "extra_groups": identity.groups}
 
 
 def _make_controlling_tty() -> None:
@@ -161,7 +153,7 @@ class Terminal:
                 start_new_session=True,
                 restore_signals=True,
                 preexec_fn=_make_controlling_tty,
-                **_identity_args(identity),
+                **identity_args(identity),
             )
         except BaseException:
             os.close(master)
@@ -440,15 +432,9 @@ def pty_create(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest("cwd", "must be a path")
     cwd = command_cwd(agent.workspace, cwd)
     identity = command_identity(None)
-    env = dict(agent.base_env)
-    if identity is not None:
-        env["HOME"] = identity.home
-        if identity.name is not None:
-            env["USER"] = env["LOGNAME"] = identity.name
-    env.setdefault("PATH", DEFAULT_PATH)
+    env = command_env(agent.base_env, identity, env_in)
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("HOME", "/root")
-    env.update(env_in)
     env["TERM"] = TERM
     env.setdefault("COLORTERM", "truecolor")
     argv = _find_shell(agent, shell, env)

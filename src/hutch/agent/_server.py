@@ -13,7 +13,7 @@ from . import AGENT_VERSION
 from ._exec import SIGKILL, ExecOp
 from ._loop import report, report_exception
 from ._ops import STREAM_OPS, UNARY_OPS, OpError, load_handler
-from ._procs import Reaper
+from ._procs import Reaper, find_program
 from ._requests import InvalidRequest, parse_op, parse_ping
 
 TYPE_CHECKING = False
@@ -109,14 +109,9 @@ class Agent:
         when that is a shell that is installed), else `shell()`."""
         if self.image_shell:
             name, args = self.image_shell[0], self.image_shell[1:]
-            if "/" in name:
-                candidates = [name]
-            else:
-                path = self.base_env.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
-                candidates = [os.path.join(d, name) for d in path.split(":") if d]
-            for candidate in candidates:
-                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    return [candidate, *args]
+            path = find_program(name, self.base_env.get("PATH") or "/usr/local/bin:/usr/bin:/bin")
+            if path is not None:
+                return [path, *args]
         return [self.shell()]
 
     def ping(self) -> PingResult:

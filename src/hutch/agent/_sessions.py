@@ -21,10 +21,10 @@ from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
 from ._ops import OpError
 from ._procs import (
-    DEFAULT_PATH,
     EXEC_TAG_VAR,
     _scan_processes,
     command_cwd,
+    command_env,
     command_identity,
     kill_tree,
     spawn,
@@ -78,13 +78,7 @@ class Session:
     def start(self) -> None:
         agent = self._table.agent
         identity = command_identity(None)
-        env = dict(agent.base_env)
-        if identity is not None:
-            env["HOME"] = identity.home
-            if identity.name is not None:
-                env["USER"] = env["LOGNAME"] = identity.name
-        env.update(self._env)
-        env.setdefault("PATH", DEFAULT_PATH)
+        env = command_env(agent.base_env, identity, self._env)
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()
         stdin_r, stdin_w = os.pipe()
