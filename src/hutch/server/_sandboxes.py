@@ -298,10 +298,7 @@ class SandboxManager:
             raise InvalidRequest("this server runs no egress proxy; egress_secrets cannot be used")
         steps.mark("record")
         if self._store.get_sandbox(sandbox_id) is not None:
-            raise SandboxExists(
-                f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
-                "(Sandbox.get_or_create) to reuse it, or choose another id"
-            )
+            raise _exists(sandbox_id)
         if self._pools is not None:
             spec = self._spec(record, image)
             claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
@@ -397,7 +394,7 @@ class SandboxManager:
             record.status = "running"
             record.runtime_id = runtime_id
             if not self._store.insert_sandbox(record, sealed):
-                raise SandboxExists(f"a sandbox with id {record.id!r} already exists")
+                raise _exists(record.id)
             steps.mark("insert")
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -418,10 +415,7 @@ class SandboxManager:
         if request.secrets and self._secrets is not None:
             sealed = self._secrets.seal(_secrets_to_store(request))
         if not self._store.insert_sandbox(record, sealed):
-            raise SandboxExists(
-                f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
-                "(Sandbox.get_or_create) to reuse it, or choose another id"
-            )
+            raise _exists(sandbox_id)
         try:
             socket_path = await self._runtime.create(self._spec(record, image), defer_network=True)
             conn = await self._connect(sandbox_id, socket_path)
@@ -562,3 +556,10 @@ class SandboxManager:
 def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:
     """The secrets and, sealed with them, the egress rules that name some of them."""
     return {**request.secrets, **seal_rules(request.egress_secrets)}
+
+
+def _exists(sandbox_id: str) -> SandboxExists:
+    return SandboxExists(
+        f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
+        "(Sandbox.get_or_create) to reuse it, or choose another id"
+    )
