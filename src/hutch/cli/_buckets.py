@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from hutch.cli._connect import client_for as _client
+
 Handler = Callable[[argparse.Namespace], int]
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -63,7 +65,7 @@ def credentials_from(path: Path | None, environ: dict[str, str]) -> dict[str, st
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client, _fail
+    from hutch.cli._main import _fail
     from hutch.sdk import Sandbox
 
     try:
@@ -86,7 +88,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client
     from hutch.sdk import Sandbox
 
     with _client(args) as client:

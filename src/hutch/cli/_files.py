@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch.cli._connect import client_for as _client
 from hutch.cli._output import format_size, render_table
 
 if TYPE_CHECKING:
-    from hutch.sdk import Client, Sandbox
+    from hutch.sdk import Sandbox
 
 CommandFactory = Callable[..., argparse.ArgumentParser]
 
@@ -42,12 +43,6 @@ def add_file_commands(command: CommandFactory) -> None:
     p.add_argument("path", metavar="PATH", nargs="?", default=".")
     p.add_argument("-r", "--recursive", action="store_true", help="the whole tree")
     p.add_argument("-a", "--all", action="store_true", help="include names starting with '.'")
-
-
-def _client(args: argparse.Namespace) -> Client:
-    from hutch.sdk import Client
-
-    return Client(base_url=getattr(args, "url", None), api_key=getattr(args, "api_key", None))
 
 
 def split_remote(spec: str) -> tuple[str, str] | None:

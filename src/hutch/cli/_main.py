@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hutch.cli._buckets import add_bucket_commands
+from hutch.cli._connect import client_for as _client
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
 from hutch.cli._network import add_cidr_options, add_network_commands
@@ -30,7 +31,7 @@ from hutch.cli._output import (
 )
 
 if TYPE_CHECKING:
-    from hutch.sdk import Client, Sandbox
+    from hutch.sdk import Sandbox
     from hutch.server import ServerConfig
 
 Handler = Callable[[argparse.Namespace], int]
@@ -265,12 +266,6 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-def _client(args: argparse.Namespace) -> Client:
-    from hutch.sdk import Client
-
-    return Client(base_url=getattr(args, "url", None), api_key=getattr(args, "api_key", None))
 
 
 def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfig:

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from hutch.cli._connect import client_for as _client
+
 Handler = Callable[[argparse.Namespace], int]
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -84,7 +86,6 @@ def format_policy(policy: dict[str, Any]) -> str:
 
 
 def cmd_ports_expose(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
@@ -94,7 +95,6 @@ def cmd_ports_expose(args: argparse.Namespace) -> int:
 
 
 def cmd_ports_unexpose(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
@@ -103,7 +103,7 @@ def cmd_ports_unexpose(args: argparse.Namespace) -> int:
 
 
 def cmd_ports_ls(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client, _fail
+    from hutch.cli._main import _fail
     from hutch.cli._output import render_table
     from hutch.sdk import Sandbox
 
@@ -122,7 +122,7 @@ def cmd_ports_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_network(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _client, _fail
+    from hutch.cli._main import _fail
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
