@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", help="create an API key and print it", parents=[connection])
     p.set_defaults(handler=cmd_keys_create)
     p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--e2b", action="store_true", help="an E2B-shaped key (e2b_<hex>) for the e2b SDKs"
+    )
     p = keys.add_parser("rm", help="delete an API key", parents=[connection])
     p.set_defaults(handler=cmd_keys_rm)
     p.add_argument("key_id", metavar="ID")
@@ -534,7 +537,7 @@ def cmd_keys_ls(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        key = client.create_key(args.name)
+        key = client.create_key(args.name, e2b=args.e2b)
     print(key.key)
     print(
         f"hutch: created {key.id} ({key.name}); the key is shown only this once",

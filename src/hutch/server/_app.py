@@ -320,7 +320,7 @@ def build_router() -> APIRouter:
 
     @router.post("/keys", status_code=201, response_model=KeyCreated)
     async def create_api_key(svc: Svc, body: KeyCreate) -> KeyCreated:
-        new = create_key(svc.store, body.name)
+        new = create_key(svc.store, body.name, e2b=body.e2b)
         r = new.record
         return KeyCreated(
             id=r.id, name=r.name, prefix=r.prefix, created_at=r.created_at, key=new.key
@@ -455,4 +455,7 @@ def create_app(
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    from hutch.e2b import E2bFrontDoor  # imports the files routes, which import this module
+
+    app.add_middleware(E2bFrontDoor)
     return app

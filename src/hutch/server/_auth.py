@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from hutch.server._store import ApiKeyRecord, Store
 
 KEY_PREFIX = "hk_"
+E2B_KEY_PREFIX = "e2b_"
 
 
 def hash_key(key: str) -> str:
@@ -31,8 +32,9 @@ class NewKey:
     key: str
 
 
-def create_key(store: Store, name: str) -> NewKey:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+def create_key(store: Store, name: str, *, e2b: bool = False) -> NewKey:
+    # NB: the e2b SDKs refuse keys that do not look like theirs before sending anything.
+    key = E2B_KEY_PREFIX + secrets.token_hex(20) if e2b else KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKeyRecord(
         id="key-" + secrets.token_hex(6),
         name=name,

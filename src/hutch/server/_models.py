@@ -253,6 +253,7 @@ class ExecResult(BaseModel):
 
 class KeyCreate(Strict):
     name: str = Field(min_length=1, max_length=100)
+    e2b: bool = Field(default=False, description="shape it as E2B's keys: e2b_ + 40 hex digits")
 
 
 class KeyInfo(BaseModel):

@@ -205,13 +205,18 @@ class AsyncClient:
         body = await self.request("GET", "/v1/keys")
         return [ApiKey.from_json(k) for k in body["keys"]]
 
-    async def create_key(self, name: str) -> ApiKey:
+    async def create_key(self, name: str, *, e2b: bool = False) -> ApiKey:
         """Create an API key; the returned value's ``key`` is the only copy of the secret.
 
         Args:
             name: A name to recognise the key by, e.g. ``"ci"``.
+            e2b: Shape the key as E2B's (``e2b_`` and 40 hex digits), which the e2b SDKs
+                check before they send it.
         """
-        return ApiKey.from_json(await self.request("POST", "/v1/keys", json={"name": name}))
+        body: dict[str, object] = {"name": name}
+        if e2b:
+            body["e2b"] = True
+        return ApiKey.from_json(await self.request("POST", "/v1/keys", json=body))
 
     async def delete_key(self, key_id: str) -> None:
         """Delete (revoke) an API key.

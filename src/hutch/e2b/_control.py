@@ -1,0 +1,305 @@
+"""E2B's control plane (REST, JSON): create, connect, get, list, kill sandboxes.
+
+Everything goes through Hutch's SandboxManager; this module only translates shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hutch.e2b._errors import E2bError, from_api_error
+from hutch.e2b._templates import DEFAULT_TEMPLATE, image_for_template
+from hutch.e2b._tokens import AccessTokens
+from hutch.server._auth import key_from_headers
+from hutch.server._errors import ApiError
+from hutch.server._models import SandboxCreate
+from hutch.server._store import SandboxRecord
+
+ENVD_VERSION = "0.5.7"
+CLIENT_ID = "hutch"
+TEMPLATE_LABEL = "e2b.template"
+E2B_LABEL_PREFIX = "e2b."
+DEFAULT_TIMEOUT = 15  # seconds; E2B's API default when the body has none
+MAX_TIMEOUT = 24 * 3600
+LIST_LIMIT = 100
+
+
+class NewSandbox(BaseModel):
+    """POST /sandboxes and /v2/sandboxes. Unknown fields (mcp, iam, volumeMounts...) are
+    ignored as E2B's API does for fields an older server does not know."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    template_id: str = Field(default=DEFAULT_TEMPLATE, alias="templateID")
+    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=0, le=MAX_TIMEOUT)
+    metadata: dict[str, str] | None = None
+    env_vars: dict[str, str] | None = Field(default=None, alias="envVars")
+    allow_internet_access: bool | None = None
+    auto_pause: bool = Field(default=False, alias="autoPause")
+    secure: bool = False
+
+
+class ConnectBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=0, le=MAX_TIMEOUT)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _started(record: SandboxRecord) -> float:
+    return (
+        datetime.strptime(record.created_at, "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=UTC)
+        .timestamp()
+    )
+
+
+def metadata_of(record: SandboxRecord) -> dict[str, str]:
+    return {k: v for k, v in record.labels.items() if not k.startswith(E2B_LABEL_PREFIX)}
+
+
+def _template_of(record: SandboxRecord) -> str:
+    return record.labels.get(TEMPLATE_LABEL, record.image)
+
+
+def _state(record: SandboxRecord) -> str:
+    return "paused" if record.status in ("paused", "stopped") else "running"
+
+
+def sandbox_body(record: SandboxRecord, tokens: AccessTokens) -> dict[str, Any]:
+    return {
+        "templateID": _template_of(record),
+        "sandboxID": record.id,
+        "clientID": CLIENT_ID,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": tokens.token_for(record.id),
+        "trafficAccessToken": None,
+        "domain": None,
+        "alias": _template_of(record),
+    }
+
+
+def listed_body(record: SandboxRecord) -> dict[str, Any]:
+    started = _started(record)
+    end = record.expires_at if record.expires_at is not None else started + MAX_TIMEOUT
+    return {
+        "templateID": _template_of(record),
+        "alias": _template_of(record),
+        "sandboxID": record.id,
+        "clientID": CLIENT_ID,
+        "startedAt": _iso(started),
+        "endAt": _iso(end),
+        "cpuCount": max(1, round(record.cpu)),
+        "memoryMB": record.memory_mb,
+        "diskSizeMB": record.disk_mb,
+        "state": _state(record),
+        "envdVersion": ENVD_VERSION,
+        "metadata": metadata_of(record),
+    }
+
+
+def detail_body(record: SandboxRecord, tokens: AccessTokens) -> dict[str, Any]:
+    return {
+        **listed_body(record),
+        "envdAccessToken": tokens.token_for(record.id),
+        "allowInternetAccess": record.network == "internet",
+        "domain": None,
+    }
+
+
+def parse_metadata_filter(raw: str | None) -> dict[str, str]:
+    """``metadata=k1%3Dv1%26k2%3Dv2`` (a url-encoded query string, as the SDKs send it)."""
+    if not raw:
+        return {}
+    return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+
+
+def _decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
+    except (ValueError, UnicodeDecodeError):
+        raise E2bError(400, f"nextToken {token!r} is not one this server gave out") from None
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(str(offset).encode()).decode()
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+        return model.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        raise E2bError(400, f"invalid request body: {exc}") from None
+
+
+def build_control_app() -> FastAPI:
+    """E2B's REST API as its own app, so its errors keep E2B's shape; mounted by the front
+    door (hutch.e2b._front) under the paths E2B's SDKs use."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    def services(request: Request) -> Any:
+        svc = request.scope["hutch.services"]
+        if not svc.keys.is_valid(
+            key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        ):
+            raise E2bError(
+                401,
+                "Invalid API key: send a Hutch API key in X-API-Key (E2B_API_KEY); "
+                "make one with `hutch keys create NAME --e2b`",
+            )
+        return svc
+
+    def tokens(request: Request) -> AccessTokens:
+        tok: AccessTokens = request.scope["hutch.e2b.tokens"]
+        return tok
+
+    def record_or_404(svc: Any, sandbox_id: str) -> SandboxRecord:
+        record: SandboxRecord | None = svc.store.get_sandbox(sandbox_id)
+        if record is None:
+            raise E2bError(404, f"sandbox {sandbox_id!r} not found")
+        return record
+
+    async def create(request: Request) -> JSONResponse:
+        svc = services(request)
+        body: NewSandbox = await _body(request, NewSandbox)
+        image = image_for_template(body.template_id)
+        if image not in {i.name for i in svc.images.list()}:
+            raise E2bError(
+                404,
+                f"template '{body.template_id}' not found; use 'base', "
+                "'code-interpreter-v1' or the name of a Hutch image (hutch images list)",
+            )
+        labels = dict(body.metadata or {})
+        labels[TEMPLATE_LABEL] = body.template_id
+        try:
+            spec = SandboxCreate(
+                image=image,
+                env=body.env_vars or {},
+                network="none" if body.allow_internet_access is False else "internet",
+                timeout=body.timeout or None,
+                labels=labels,
+            )
+        except ValidationError as exc:
+            msgs = "; ".join(str(e.get("msg")) for e in exc.errors())
+            raise E2bError(400, f"invalid sandbox request: {msgs}") from None
+        record = await svc.sandboxes.create(spec)
+        return JSONResponse(sandbox_body(record, tokens(request)), 201)
+
+    async def connect(request: Request) -> JSONResponse:
+        svc = services(request)
+        await _body(request, ConnectBody)
+        record = record_or_404(svc, request.path_params["sandbox_id"])
+        # NB: Hutch keeps a sandbox's timeout as set at create; extending it belongs to the
+        # lifecycle service (set_timeout), which this server does not have yet.
+        return JSONResponse(sandbox_body(record, tokens(request)), 200)
+
+    async def get(request: Request) -> JSONResponse:
+        svc = services(request)
+        record = record_or_404(svc, request.path_params["sandbox_id"])
+        return JSONResponse(detail_body(record, tokens(request)))
+
+    async def kill(request: Request) -> Response:
+        svc = services(request)
+        record_or_404(svc, request.path_params["sandbox_id"])
+        await svc.sandboxes.destroy(request.path_params["sandbox_id"])
+        return Response(status_code=204)
+
+    def filtered(request: Request) -> list[SandboxRecord]:
+        svc = services(request)
+        wanted = parse_metadata_filter(request.query_params.get("metadata"))
+        states = {s for raw in request.query_params.getlist("state") for s in raw.split(",") if s}
+        bad = states - {"running", "paused"}
+        if bad:
+            raise E2bError(400, f"state {sorted(bad)} is not one of: running, paused")
+        records = [
+            r
+            for r in svc.store.list_sandboxes()
+            if all(metadata_of(r).get(k) == v for k, v in wanted.items())
+            and (not states or _state(r) in states)
+        ]
+        records.sort(key=lambda r: (r.created_at, r.id))
+        return records
+
+    async def list_v2(request: Request) -> JSONResponse:
+        records = filtered(request)
+        raw_limit = request.query_params.get("limit")
+        try:
+            limit = int(raw_limit) if raw_limit else LIST_LIMIT
+        except ValueError:
+            raise E2bError(400, f"limit {raw_limit!r} must be a number from 1 to 100") from None
+        if not 1 <= limit <= LIST_LIMIT:
+            raise E2bError(400, f"limit {limit} must be from 1 to 100")
+        offset = _decode_token(request.query_params.get("nextToken"))
+        page = records[offset : offset + limit]
+        headers = {}
+        if offset + limit < len(records):
+            headers["x-next-token"] = _encode_token(offset + limit)
+        return JSONResponse([listed_body(r) for r in page], headers=headers)
+
+    async def list_v1(request: Request) -> JSONResponse:
+        return JSONResponse([listed_body(r) for r in filtered(request)])
+
+    async def not_here(request: Request) -> JSONResponse:
+        services(request)
+        record_or_404(services(request), request.path_params["sandbox_id"])
+        what = request.url.path.rsplit("/", 1)[-1]
+        raise E2bError(
+            501,
+            f"'{what}' is not available on this Hutch server yet (pause, resume and "
+            "timeout changes come with Hutch's lifecycle service); the sandbox keeps running",
+        )
+
+    async def metrics(request: Request) -> JSONResponse:
+        record_or_404(services(request), request.path_params["sandbox_id"])
+        return JSONResponse([])
+
+    sid = "/sandboxes/{sandbox_id}"
+    app.add_api_route("/sandboxes", create, methods=["POST"])
+    app.add_api_route("/v2/sandboxes", create, methods=["POST"])
+    app.add_api_route("/sandboxes", list_v1, methods=["GET"])
+    app.add_api_route("/v2/sandboxes", list_v2, methods=["GET"])
+    app.add_api_route(sid, get, methods=["GET"])
+    app.add_api_route(sid, kill, methods=["DELETE"])
+    app.add_api_route(sid + "/connect", connect, methods=["POST"])
+    app.add_api_route("/v2" + sid + "/connect", connect, methods=["POST"])
+    app.add_api_route(sid + "/metrics", metrics, methods=["GET"])
+    for action in ("pause", "resume", "timeout", "refreshes", "snapshots", "fork"):
+        app.add_api_route(f"{sid}/{action}", not_here, methods=["POST"])
+
+    async def on_e2b(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, E2bError)
+        return exc.response()
+
+    async def on_api(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return from_api_error(exc).response()
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return E2bError(exc.status_code, f"{exc.detail}: no such E2B API route").response()
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        return E2bError(400, f"invalid request: {exc}").response()
+
+    app.add_exception_handler(E2bError, on_e2b)
+    app.add_exception_handler(ApiError, on_api)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    return app

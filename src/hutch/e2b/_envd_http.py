@@ -1,0 +1,207 @@
+"""envd's plain-HTTP routes: ``GET /health`` and ``GET/POST /files`` (octet-stream or
+multipart uploads, gzip both ways, signed URLs), on the files routes' agent helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from hutch._wire import Kind
+from hutch.e2b._errors import E2bError, from_api_error
+from hutch.e2b._identity import DEFAULT_USER, SANDBOX_HEADER
+from hutch.e2b._tokens import AccessTokens
+from hutch.server._agent_client import AgentError, parse_result
+from hutch.server._errors import ApiError
+from hutch.server._routes_files import (
+    UPLOAD_CHUNK,
+    _first_event,
+    _open_own,
+    _result,
+    check_path,
+    file_error,
+)
+
+ACCESS_HEADER = "x-access-token"
+
+
+def _sandbox(request: Request) -> str:
+    return request.headers.get(SANDBOX_HEADER, "")
+
+
+def check_file_access(request: Request, tokens: AccessTokens, operation: str) -> None:
+    """The access token, or a signed URL for this path, operation and user (not expired)."""
+    sandbox_id = _sandbox(request)
+    if tokens.is_valid(sandbox_id, request.headers.get(ACCESS_HEADER)):
+        return
+    signature = request.query_params.get("signature")
+    if signature is None:
+        raise E2bError(401, "missing or wrong X-Access-Token (the sandbox's envdAccessToken)")
+    raw_expiry = request.query_params.get("signature_expiration") or "0"
+    try:
+        expires = int(raw_expiry)
+    except ValueError:
+        raise E2bError(400, "signature_expiration must be a unix time in seconds") from None
+    if expires and expires < time.time():
+        raise E2bError(401, "the signed URL has expired; sign a new one")
+    user = request.query_params.get("username") or ""
+    path = request.query_params.get("path") or ""
+    expected = tokens.signature(sandbox_id, path, operation, user, expires)
+    import hmac
+
+    if not hmac.compare_digest(expected, signature):
+        raise E2bError(401, "the URL signature does not match this path, user and expiry")
+
+
+def _path(request: Request, name: str | None = None) -> str:
+    path = request.query_params.get("path") or name
+    if not path:
+        raise E2bError(400, "give the file path in the 'path' query parameter")
+    return path
+
+
+async def health(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+async def read_file(request: Request) -> Response:
+    svc = request.scope["hutch.services"]
+    check_file_access(request, request.scope["hutch.e2b.tokens"], "read")
+    sandbox_id = _sandbox(request)
+    path = check_path(_path(request))
+    conn, stream = await _open_own(svc, sandbox_id, {"op": "read", "path": path})
+    try:
+        opened = await _first_event(stream)
+    except BaseException:
+        await conn.close()
+        raise
+    gzip = "gzip" in request.headers.get("accept-encoding", "")
+    headers: dict[str, str] = {}
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    elif opened.get("length") is not None:
+        headers["Content-Length"] = str(opened["length"])
+    name = posixpath.basename(path)
+    headers["Content-Disposition"] = f'attachment; filename="{name}"'
+
+    async def body() -> AsyncIterator[bytes]:
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        done = False
+        try:
+            async for frame in stream:
+                if frame.kind is Kind.DATA:
+                    yield packer.compress(frame.payload) if packer else frame.payload
+                elif frame.kind is Kind.RESULT:
+                    done = True
+                    parse_result(frame)
+            if packer is not None:
+                yield packer.flush()
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+            await conn.close()
+
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+
+
+async def _chunks_of(request: Request) -> AsyncIterator[bytes]:
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        unpacker = zlib.decompressobj(31)
+        async for chunk in request.stream():
+            out = unpacker.decompress(chunk)
+            if out:
+                yield out
+        if not unpacker.eof:
+            raise E2bError(400, "the gzip body ended early")
+        return
+    async for chunk in request.stream():
+        yield chunk
+
+
+async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(UPLOAD_CHUNK):
+        yield chunk
+
+
+async def _write(
+    svc: Any, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
+) -> dict[str, Any]:
+    check_path(path)
+    conn, stream = await _open_own(svc, sandbox_id, {"op": "write", "path": path, "parents": True})
+    done = False
+    try:
+        await _first_event(stream)
+        async for chunk in chunks:
+            if chunk:
+                await stream.send_stdin(chunk, chunk_size=UPLOAD_CHUNK)
+            if stream.finished:
+                break
+        await stream.close_stdin()
+        result = await _result(stream)
+        done = True
+    except AgentError as exc:
+        raise file_error(exc) from exc
+    finally:
+        if not done:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        await conn.close()
+    written = str(result["path"])
+    return {"name": posixpath.basename(written), "type": "file", "path": written}
+
+
+async def write_file(request: Request) -> Response:
+    svc = request.scope["hutch.services"]
+    check_file_access(request, request.scope["hutch.e2b.tokens"], "write")
+    sandbox_id = _sandbox(request)
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            written = []
+            async with request.form(max_files=10_000, max_part_size=64 * 1024 * 1024) as form:
+                uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+                if not uploads:
+                    raise E2bError(400, "the multipart body has no file part")
+                single = request.query_params.get("path") if len(uploads) == 1 else None
+                for upload in uploads:
+                    path = single or upload.filename
+                    if not path:
+                        raise E2bError(400, "name each file part with its path")
+                    written.append(await _write(svc, sandbox_id, path, _upload_chunks(upload)))
+            return JSONResponse(written)
+        path = _path(request)
+        return JSONResponse([await _write(svc, sandbox_id, path, _chunks_of(request))])
+    except ClientDisconnect:
+        raise E2bError(400, "the upload was cut off before its end") from None
+
+
+def build_envd_http_app() -> Starlette:
+    async def on_e2b(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, E2bError)
+        return exc.response()
+
+    async def on_api(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return from_api_error(exc).response()
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/files", read_file, methods=["GET"]),
+            Route("/files", write_file, methods=["POST"]),
+        ],
+        exception_handlers={E2bError: on_e2b, ApiError: on_api},
+    )
+
+
+__all__ = ["DEFAULT_USER", "build_envd_http_app"]

@@ -1,0 +1,309 @@
+"""envd's ``filesystem.Filesystem`` service on the agent's file ops (stat, mkdir, move,
+list, remove, watch)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import posixpath
+import secrets
+import stat as stat_module
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from e2b.envd.filesystem import filesystem_pb as pb
+from e2b.envd.filesystem.filesystem_connect import Filesystem
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+
+from hutch._wire import Kind
+from hutch.e2b._errors import connect_error
+from hutch.e2b._identity import sandbox_of
+from hutch.e2b._oneof import oneof
+from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
+
+R = TypeVar("R")
+WATCH_KEEPALIVE = 30.0
+MAX_WATCHER_EVENTS = 10_000
+
+_FILE_TYPES = {
+    "file": pb.FileType.FILE,
+    "directory": pb.FileType.DIRECTORY,
+    "symlink": pb.FileType.SYMLINK,
+}
+_TYPE_BITS = {"file": stat_module.S_IFREG, "directory": stat_module.S_IFDIR}
+_EVENT_TYPES = {
+    "create": pb.EventType.CREATE,
+    "modify": pb.EventType.WRITE,
+    "delete": pb.EventType.REMOVE,
+    "move": pb.EventType.RENAME,
+    "attrib": pb.EventType.CHMOD,
+}
+
+
+def entry_info(entry: dict[str, Any]) -> pb.EntryInfo:
+    """An agent FileEntry as envd's EntryInfo (``path`` absolute, as envd gives it)."""
+    kind = str(entry.get("type"))
+    mode = int(entry.get("mode") or 0)
+    mtime = float(entry.get("mtime") or 0.0)
+    seconds = int(mtime)
+    target = entry.get("target")
+    return pb.EntryInfo(
+        name=str(entry.get("name") or posixpath.basename(str(entry["absolute_path"]))),
+        type=_FILE_TYPES.get(kind, pb.FileType.FILE),
+        path=str(entry["absolute_path"]),
+        size=int(entry.get("size") or 0),
+        mode=mode,
+        permissions=stat_module.filemode(mode | _TYPE_BITS.get(kind, stat_module.S_IFLNK)),
+        owner="",
+        group="",
+        modified_time=Timestamp(seconds=seconds, nanos=int((mtime - seconds) * 1e9)),
+        symlink_target=str(target) if target else None,
+        is_symlink=kind == "symlink",
+    )
+
+
+def _depth(relative: str) -> int:
+    return relative.strip("/").count("/") + 1
+
+
+class FilesystemService(Filesystem):
+    """Implements e2b.envd.filesystem.filesystem_connect.Filesystem."""
+
+    def __init__(self, svc: Any) -> None:
+        self._svc = svc
+        self._watchers: dict[str, _Watcher] = {}
+
+    async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
+        try:
+            return await work
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a Connect error
+            raise connect_error(exc, sandbox_id) from exc
+
+    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
+        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
+        return await conn.call(op, **args)
+
+    async def _stat(self, sandbox_id: str, path: str) -> pb.EntryInfo:
+        _check_path(path)
+        return entry_info(await self._call(sandbox_id, "stat", path=path))
+
+    async def stat(self, request: pb.StatRequest, ctx: RequestContext[Any, Any]) -> pb.StatResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        entry = await self._guard(sandbox_id, self._stat(sandbox_id, request.path))
+        return pb.StatResponse(entry=entry)
+
+    async def make_dir(
+        self, request: pb.MakeDirRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.MakeDirResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+
+        async def make() -> pb.EntryInfo:
+            _check_path(request.path)
+            found = await self._call(sandbox_id, "stat", path=request.path, missing_ok=True)
+            if found.get("exists"):
+                # envd answers ALREADY_EXISTS; the SDKs turn it into make_dir() -> False.
+                raise ConnectError(Code.ALREADY_EXISTS, f"path {request.path} already exists")
+            await self._call(sandbox_id, "mkdir", path=request.path, recursive=True)
+            return await self._stat(sandbox_id, request.path)
+
+        return pb.MakeDirResponse(entry=await self._guard(sandbox_id, make()))
+
+    async def move(self, request: pb.MoveRequest, ctx: RequestContext[Any, Any]) -> pb.MoveResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+
+        async def move() -> pb.EntryInfo:
+            _check_path(request.source)
+            _check_path(request.destination)
+            moved = await self._call(
+                sandbox_id,
+                "move",
+                source=request.source,
+                destination=request.destination,
+                overwrite=True,
+            )
+            return await self._stat(sandbox_id, str(moved["path"]))
+
+        return pb.MoveResponse(entry=await self._guard(sandbox_id, move()))
+
+    async def remove(
+        self, request: pb.RemoveRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.RemoveResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+
+        async def remove() -> None:
+            _check_path(request.path)
+            await self._call(sandbox_id, "remove", path=request.path, recursive=True)
+
+        await self._guard(sandbox_id, remove())
+        return pb.RemoveResponse()
+
+    async def list_dir(
+        self, request: pb.ListDirRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListDirResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        depth = request.depth or 1
+        return pb.ListDirResponse(
+            entries=await self._guard(sandbox_id, self._list(sandbox_id, request.path, depth))
+        )
+
+    async def _list(self, sandbox_id: str, path: str, depth: int) -> list[pb.EntryInfo]:
+        _check_path(path)
+        top = await self._call(sandbox_id, "stat", path=path)
+        if top.get("type") != "directory":
+            raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
+        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
+        stream = conn.open_stream(
+            {"op": "list", "path": path, "recursive": depth > 1, "include_hidden": True}
+        )
+        entries: list[pb.EntryInfo] = []
+
+        async for frame in stream:
+            if frame.kind is Kind.DATA:
+                for entry in json.loads(frame.payload):
+                    if _depth(str(entry["path"])) <= depth:
+                        entries.append(entry_info(entry))
+            elif frame.kind is Kind.RESULT:
+                parse_result(frame)
+                break
+        return entries
+
+    # -- watching -------------------------------------------------------------------------
+
+    async def _open_watch(
+        self, sandbox_id: str, path: str, recursive: bool
+    ) -> tuple[AgentConnection, AgentStream, str]:
+        _check_path(path)
+        top = await self._call(sandbox_id, "stat", path=path)
+        if top.get("type") != "directory":
+            raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
+        # A connection of its own: a watch nobody reads must not stall the shared one.
+        conn: AgentConnection = await self._svc.sandboxes.dedicated_agent(sandbox_id)
+        stream = conn.open_stream({"op": "watch", "path": path, "recursive": recursive})
+        try:
+            async for frame in stream:
+                if frame.kind is Kind.EVENT and frame.json().get("event") == "watching":
+                    return conn, stream, str(frame.json().get("path") or path)
+                if frame.kind is Kind.RESULT:
+                    parse_result(frame)
+                    break
+        except BaseException:
+            await conn.close()
+            raise
+        await conn.close()
+        raise AgentError("bad_response", "the watch ended before it started")
+
+    async def watch_dir(
+        self, request: pb.WatchDirRequest, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchDirResponse]:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        conn, stream, root = await self._guard(
+            sandbox_id, self._open_watch(sandbox_id, request.path, request.recursive)
+        )
+        try:
+            yield pb.WatchDirResponse(event=oneof("start", pb.WatchDirResponse.StartEvent()))
+            frames = stream.__aiter__()
+            while True:
+                try:
+                    frame = await asyncio.wait_for(frames.__anext__(), WATCH_KEEPALIVE)
+                except TimeoutError:
+                    keepalive = pb.WatchDirResponse.KeepAlive()
+                    yield pb.WatchDirResponse(event=oneof("keepalive", keepalive))
+                    continue
+                except StopAsyncIteration:
+                    return
+                if frame.kind is Kind.RESULT:
+                    return
+                event = _fs_event(frame.json(), root) if frame.kind is Kind.EVENT else None
+                if event is not None:
+                    yield pb.WatchDirResponse(event=oneof("filesystem", event))
+        except AgentError as exc:
+            raise connect_error(exc, sandbox_id) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.cancel()
+            await conn.close()
+
+    async def create_watcher(
+        self, request: pb.CreateWatcherRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.CreateWatcherResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        conn, stream, root = await self._guard(
+            sandbox_id, self._open_watch(sandbox_id, request.path, request.recursive)
+        )
+        watcher_id = secrets.token_hex(8)
+        self._watchers[watcher_id] = _Watcher(sandbox_id, root, conn, stream)
+        return pb.CreateWatcherResponse(watcher_id=watcher_id)
+
+    def _watcher(self, ctx: RequestContext[Any, Any], watcher_id: str) -> _Watcher:
+        watcher = self._watchers.get(watcher_id)
+        if watcher is None or watcher.sandbox_id != sandbox_of(ctx.request_headers):
+            raise ConnectError(Code.NOT_FOUND, f"watcher {watcher_id} not found")
+        return watcher
+
+    async def get_watcher_events(
+        self, request: pb.GetWatcherEventsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.GetWatcherEventsResponse:
+        watcher = self._watcher(ctx, request.watcher_id)
+        return pb.GetWatcherEventsResponse(events=watcher.drain())
+
+    async def remove_watcher(
+        self, request: pb.RemoveWatcherRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.RemoveWatcherResponse:
+        watcher = self._watcher(ctx, request.watcher_id)
+        del self._watchers[request.watcher_id]
+        await watcher.close()
+        return pb.RemoveWatcherResponse()
+
+
+class _Watcher:
+    """A watch whose events wait for GetWatcherEvents (the sync SDK polls)."""
+
+    def __init__(
+        self, sandbox_id: str, path: str, conn: AgentConnection, stream: AgentStream
+    ) -> None:
+        self.sandbox_id = sandbox_id
+        self._path = path
+        self._conn = conn
+        self._stream = stream
+        self._events: list[pb.FilesystemEvent] = []
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        with contextlib.suppress(AgentError):
+            async for frame in self._stream:
+                if frame.kind is Kind.RESULT:
+                    return
+                if frame.kind is Kind.EVENT:
+                    event = _fs_event(frame.json(), self._path)
+                    if event is not None and len(self._events) < MAX_WATCHER_EVENTS:
+                        self._events.append(event)
+
+    def drain(self) -> list[pb.FilesystemEvent]:
+        events, self._events = self._events, []
+        return events
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._stream.cancel()
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        await self._conn.close()
+
+
+def _fs_event(event: dict[str, Any], root: str) -> pb.FilesystemEvent | None:
+    kind = _EVENT_TYPES.get(str(event.get("event")))
+    if kind is None:
+        return None
+    path = str(event.get("path") or "")
+    name = posixpath.relpath(path, root) if path.startswith("/") else path
+    return pb.FilesystemEvent(name=name, type=kind)
+
+
+def _check_path(path: str) -> None:
+    if not path or "\0" in path:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid path {path!r}: give a file path")

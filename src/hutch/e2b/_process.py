@@ -1,0 +1,299 @@
+"""envd's ``process.Process`` service on Hutch's background processes (agent ``process_*``
+ops): an E2B command is a Hutch process whose pid E2B clients use as its handle."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal as signal_module
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from e2b.envd.process import process_pb as pb
+from e2b.envd.process.process_connect import Process
+from protobuf import Oneof
+
+from hutch._wire import Kind
+from hutch.e2b._errors import connect_error
+from hutch.e2b._identity import DEFAULT_USER, Users, sandbox_of, user_of
+from hutch.e2b._oneof import oneof
+from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
+
+KEEPALIVE_HEADER = "keepalive-ping-interval"
+DEFAULT_KEEPALIVE = 30.0
+R = TypeVar("R")
+Event = TypeVar("Event", pb.StartResponse, pb.ConnectResponse)
+
+
+def _event(kind: type[Event], event: pb.ProcessEvent) -> Event:
+    return kind(event=event)
+
+
+def _start(pid: int) -> pb.ProcessEvent:
+    return pb.ProcessEvent(event=oneof("start", pb.ProcessEvent.StartEvent(pid=pid)))
+
+
+def _data(channel: int, payload: bytes) -> pb.ProcessEvent:
+    if channel == 1:
+        return pb.ProcessEvent(
+            event=oneof("data", pb.ProcessEvent.DataEvent(output=oneof("stdout", payload)))
+        )
+    return pb.ProcessEvent(
+        event=oneof("data", pb.ProcessEvent.DataEvent(output=oneof("stderr", payload)))
+    )
+
+
+def end_event(info: dict[str, Any]) -> pb.ProcessEvent.EndEvent:
+    """envd's end event: a signal death is exit code -1 and status ``signal: killed``."""
+    sig = info.get("signal")
+    if sig:
+        try:
+            name = signal_module.Signals(sig).name.removeprefix("SIG").lower()
+        except ValueError:
+            name = str(sig)
+        name = "killed" if name == "kill" else name
+        status = f"signal: {name}"
+        return pb.ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status, error=status)
+    code = int(info.get("exit_code") or 0)
+    return pb.ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
+
+
+class ProcessService(Process):
+    """Implements e2b.envd.process.process_connect.Process."""
+
+    def __init__(self, svc: Any, users: Users) -> None:
+        self._svc = svc
+        self._users = users
+        # (sandbox, pid) -> Hutch process id: pids are E2B's handles.
+        self._ids: dict[tuple[str, int], str] = {}
+
+    async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
+        try:
+            return await work
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a Connect error
+            raise connect_error(exc, sandbox_id) from exc
+
+    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
+        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
+        return await conn.call(op, **args)
+
+    async def _process_id(self, sandbox_id: str, selector: pb.ProcessSelector | None) -> str:
+        match selector.selector if selector is not None else None:
+            case Oneof(field="tag", value=tag):
+                return str(tag)
+            case Oneof(field="pid", value=pid):
+                known = self._ids.get((sandbox_id, int(pid)))
+                if known is not None:
+                    return known
+                listed = await self._call(sandbox_id, "process_list")
+                for proc in listed["processes"]:
+                    if proc["pid"] == pid and proc["status"] == "running":
+                        self._ids[(sandbox_id, int(pid))] = proc["id"]
+                        return str(proc["id"])
+                raise ConnectError(Code.NOT_FOUND, f"process with pid {pid} not found")
+        raise ConnectError(Code.INVALID_ARGUMENT, "select the process by pid or tag")
+
+    async def _spawn(self, sandbox_id: str, request: pb.StartRequest, user: str) -> dict[str, Any]:
+        config = request.process
+        if config is None or not config.cmd:
+            raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
+        args: dict[str, Any] = {
+            "argv": [config.cmd, *config.args],
+            "env": dict(config.envs) or None,
+            "cwd": config.cwd or None,
+            "stdin": request.stdin if request.stdin is not None else True,
+        }
+        if request.tag:
+            args["id"] = request.tag
+        who = self._users.effective(sandbox_id, user)
+        try:
+            result = await self._call(sandbox_id, "process_start", user=who, **args)
+        except AgentError as exc:
+            if exc.code != "user_not_found" or who != DEFAULT_USER:
+                raise
+            # An image without E2B's `user`: run as its default (root) instead.
+            self._users.mark_missing(sandbox_id)
+            result = await self._call(sandbox_id, "process_start", user=None, **args)
+        info: dict[str, Any] = result["process"]
+        self._ids[(sandbox_id, int(info["pid"]))] = info["id"]
+        return info
+
+    async def _follow(
+        self,
+        sandbox_id: str,
+        process_id: str,
+        kind: type[Event],
+        ctx: RequestContext[Any, Any],
+        offsets: tuple[int, int] = (0, 0),
+    ) -> AsyncIterator[Event]:
+        """Data events from the process's logs, then its end event; keepalives between."""
+        interval = _keepalive(ctx)
+        svc = self._svc
+        conn: AgentConnection = await svc.sandboxes.dedicated_agent(sandbox_id)
+        stream: AgentStream | None = None
+        try:
+            stream = conn.open_stream(
+                {
+                    "op": "process_logs",
+                    "id": process_id,
+                    "stdout_offset": offsets[0],
+                    "stderr_offset": offsets[1],
+                    "follow": True,
+                }
+            )
+            frames = stream.__aiter__()
+            while True:
+                try:
+                    frame = await asyncio.wait_for(frames.__anext__(), interval)
+                except TimeoutError:
+                    yield _event(
+                        kind, pb.ProcessEvent(event=oneof("keepalive", pb.ProcessEvent.KeepAlive()))
+                    )
+                    continue
+                except StopAsyncIteration:
+                    raise ConnectError(Code.UNAVAILABLE, "the process stream ended early") from None
+                if frame.kind is Kind.DATA:
+                    yield _event(kind, _data(frame.channel, frame.payload))
+                elif frame.kind is Kind.RESULT:
+                    info = parse_result(frame)["process"]
+                    yield _event(kind, pb.ProcessEvent(event=oneof("end", end_event(info))))
+                    return
+        finally:
+            if stream is not None and not stream.finished:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+            await conn.close()
+
+    # -- the service --------------------------------------------------------------------
+
+    async def start(
+        self, request: pb.StartRequest, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.StartResponse]:
+        headers = ctx.request_headers
+        sandbox_id = sandbox_of(headers)
+        if request.pty is not None:
+            raise ConnectError(Code.UNIMPLEMENTED, "PTY commands are not available here yet")
+        info = await self._guard(sandbox_id, self._spawn(sandbox_id, request, user_of(headers)))
+        yield _event(pb.StartResponse, _start(int(info["pid"])))
+        try:
+            async for event in self._follow(sandbox_id, info["id"], pb.StartResponse, ctx):
+                yield event
+        except Exception as exc:  # noqa: BLE001
+            raise connect_error(exc, sandbox_id) from exc
+
+    async def connect(
+        self, request: pb.ConnectRequest, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        sandbox_id = sandbox_of(ctx.request_headers)
+
+        async def find() -> dict[str, Any]:
+            process_id = await self._process_id(sandbox_id, request.process)
+            got = await self._call(sandbox_id, "process_get", id=process_id)
+            return dict(got["process"])
+
+        info = await self._guard(sandbox_id, find())
+        yield _event(pb.ConnectResponse, _start(int(info["pid"])))
+        # envd streams what comes after the connect, not what came before.
+        offsets = (int(info["stdout_bytes"]), int(info["stderr_bytes"]))
+        try:
+            async for event in self._follow(
+                sandbox_id, info["id"], pb.ConnectResponse, ctx, offsets
+            ):
+                yield event
+        except Exception as exc:  # noqa: BLE001
+            raise connect_error(exc, sandbox_id) from exc
+
+    async def list(self, request: pb.ListRequest, ctx: RequestContext[Any, Any]) -> pb.ListResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        listed = await self._guard(sandbox_id, self._call(sandbox_id, "process_list"))
+        processes = []
+        for proc in listed["processes"]:
+            if proc["status"] != "running":
+                continue
+            argv = proc.get("argv") or []
+            config = pb.ProcessConfig(
+                cmd=argv[0] if argv else "", args=argv[1:], cwd=proc.get("cwd")
+            )
+            tag = None if proc["id"].startswith("proc-") else proc["id"]
+            processes.append(pb.ProcessInfo(config=config, pid=proc["pid"], tag=tag))
+        return pb.ListResponse(processes=processes)
+
+    async def send_input(
+        self, request: pb.SendInputRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.SendInputResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        await self._guard(sandbox_id, self._input(sandbox_id, request.process, request.input))
+        return pb.SendInputResponse()
+
+    async def _input(
+        self, sandbox_id: str, selector: pb.ProcessSelector | None, data: pb.ProcessInput | None
+    ) -> None:
+        process_id = await self._process_id(sandbox_id, selector)
+        match data.input if data is not None else None:
+            case Oneof(field="stdin", value=raw):
+                payload = base64.b64encode(raw).decode()
+                await self._call(
+                    sandbox_id, "process_stdin", id=process_id, data=payload, eof=False
+                )
+            case Oneof(field="pty"):
+                raise ConnectError(Code.UNIMPLEMENTED, "PTY input is not available here yet")
+
+    async def stream_input(
+        self, request: AsyncIterator[pb.StreamInputRequest], ctx: RequestContext[Any, Any]
+    ) -> pb.StreamInputResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        selector: pb.ProcessSelector | None = None
+        async for message in request:
+            match message.event:
+                case Oneof(value=pb.StreamInputRequest.StartEvent() as start):
+                    selector = start.process
+                case Oneof(value=pb.StreamInputRequest.DataEvent() as data):
+                    if selector is None:
+                        raise ConnectError(
+                            Code.INVALID_ARGUMENT, "send the start event before any data"
+                        )
+                    await self._guard(sandbox_id, self._input(sandbox_id, selector, data.input))
+        return pb.StreamInputResponse()
+
+    async def close_stdin(
+        self, request: pb.CloseStdinRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.CloseStdinResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+
+        async def close() -> None:
+            process_id = await self._process_id(sandbox_id, request.process)
+            await self._call(sandbox_id, "process_stdin", id=process_id, data="", eof=True)
+
+        await self._guard(sandbox_id, close())
+        return pb.CloseStdinResponse()
+
+    async def send_signal(
+        self, request: pb.SendSignalRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.SendSignalResponse:
+        sandbox_id = sandbox_of(ctx.request_headers)
+        number = int(request.signal) if request.signal else int(signal_module.SIGKILL)
+
+        async def send() -> None:
+            process_id = await self._process_id(sandbox_id, request.process)
+            await self._call(sandbox_id, "process_kill", id=process_id, signal=number)
+
+        await self._guard(sandbox_id, send())
+        return pb.SendSignalResponse()
+
+    async def update(
+        self, request: pb.UpdateRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.UpdateResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "PTY resize is not available here yet")
+
+
+def _keepalive(ctx: RequestContext[Any, Any]) -> float:
+    raw = ctx.request_headers.get(KEEPALIVE_HEADER)
+    try:
+        value = float(raw) if raw else DEFAULT_KEEPALIVE
+    except ValueError:
+        value = DEFAULT_KEEPALIVE
+    return min(max(value, 1.0), 300.0)

@@ -1,0 +1,242 @@
+"""The unmodified e2b SDK (PyPI, pinned) against a real Hutch server and real sandboxes."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from e2b import (
+    AsyncSandbox,
+    CommandExitException,
+    NotFoundException,
+    Sandbox,
+    SandboxQuery,
+)
+from e2b.exceptions import AuthenticationException, SandboxException
+
+from tests._server import HUTCH_BIN, ServerProcess
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture()
+def e2b_env(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    monkeypatch.setenv("E2B_API_URL", server.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
+    return server
+
+
+@pytest.fixture()
+def sbx(e2b_env: ServerProcess) -> Iterator[Sandbox]:
+    sb = Sandbox.create(timeout=300)
+    yield sb
+    try:
+        sb.kill()
+    except SandboxException:
+        pass
+
+
+def test_create_info_list_and_kill(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create(metadata={"suite": "e2b", "n": "1"}, envs={"GREETING": "hi"}, timeout=120)
+    other = Sandbox.create(metadata={"suite": "e2b", "n": "2"}, allow_internet_access=False)
+    try:
+        info = sb.get_info()
+        assert info.sandbox_id == sb.sandbox_id
+        assert info.template_id == "base"
+        assert info.metadata == {"suite": "e2b", "n": "1"}
+        assert info.state.value == "running"
+        assert 100 < (info.end_at - info.started_at).total_seconds() <= 121
+        assert sb.commands.run("echo $GREETING").stdout == "hi\n"
+
+        found = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b", "n": "1"})).next_items()
+        assert [s.sandbox_id for s in found] == [sb.sandbox_id]
+
+        pages = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b"}), limit=1)
+        seen = []
+        while pages.has_next:
+            items = pages.next_items()
+            assert len(items) <= 1
+            seen += [s.sandbox_id for s in items]
+        assert sorted(seen) == sorted([sb.sandbox_id, other.sandbox_id])
+
+        again = Sandbox.connect(sb.sandbox_id)
+        assert again.commands.run("echo again").stdout == "again\n"
+    finally:
+        sb.kill()
+        other.kill()
+    assert not Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b"})).next_items()
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sb.sandbox_id)
+
+
+def test_control_plane_errors_have_e2b_shape(e2b_env: ServerProcess) -> None:
+    base = e2b_env.url
+    key = {"X-API-Key": e2b_env.api_key}
+    r = httpx.post(f"{base}/sandboxes", json={"templateID": "no-such-template"}, headers=key)
+    assert r.status_code == 404
+    body = r.json()
+    assert body["code"] == 404 and "no-such-template" in body["message"]
+
+    r = httpx.post(f"{base}/v2/sandboxes", json={"templateID": "base"})
+    assert r.status_code == 401 and r.json()["code"] == 401
+    r = httpx.get(f"{base}/v2/sandboxes", headers={"X-API-Key": "e2b_" + "0" * 40})
+    assert r.status_code == 401
+
+    r = httpx.post(f"{base}/v2/sandboxes", content=b"{not json", headers=key)
+    assert r.status_code == 400 and r.json()["code"] == 400
+    r = httpx.get(f"{base}/v2/sandboxes", params={"limit": "0"}, headers=key)
+    assert r.status_code == 400
+    r = httpx.delete(f"{base}/sandboxes/sb-nothere", headers=key)
+    assert r.status_code == 404 and "sb-nothere" in r.json()["message"]
+
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_" + "1" * 40)
+
+
+def test_commands(sbx: Sandbox) -> None:
+    out: list[str] = []
+    r = sbx.commands.run("echo out; echo err >&2; printf 'a\\nb\\n'", on_stdout=out.append)
+    assert r.stdout == "out\na\nb\n" and r.stderr == "err\n" and r.exit_code == 0
+    assert "".join(out) == "out\na\nb\n"
+
+    with pytest.raises(CommandExitException) as exc:
+        sbx.commands.run("echo bad >&2; exit 3")
+    assert exc.value.exit_code == 3 and exc.value.stderr == "bad\n"
+
+    assert sbx.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sbx.commands.run("echo $A-$B", envs={"A": "1", "B": "2"}).stdout == "1-2\n"
+
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "from stdin\n")
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "from stdin\n"
+
+
+def test_background_connect_list_kill(sbx: Sandbox) -> None:
+    h = sbx.commands.run("sleep 600", background=True)
+    assert h.pid in [p.pid for p in sbx.commands.list()]
+    attached = sbx.commands.connect(h.pid)
+    assert sbx.commands.kill(h.pid)
+    with pytest.raises(CommandExitException) as exc:
+        attached.wait()
+    assert "killed" in (exc.value.error or "")
+    assert h.pid not in [p.pid for p in sbx.commands.list()]
+    assert not sbx.commands.kill(h.pid)
+
+    later = sbx.commands.run("sleep 0.5; echo late", background=True)
+    again = sbx.commands.connect(later.pid)
+    assert again.wait().stdout == "late\n"
+
+
+def test_files(sbx: Sandbox) -> None:
+    info = sbx.files.write("/tmp/e2b/a.txt", "hello")
+    assert info.path == "/tmp/e2b/a.txt"
+    assert sbx.files.read("/tmp/e2b/a.txt") == "hello"
+    assert sbx.files.read("/tmp/e2b/a.txt", format="bytes") == bytearray(b"hello")
+    data = bytes(range(256)) * 1000
+    sbx.files.write("/tmp/e2b/b.bin", data)
+    assert bytes(sbx.files.read("/tmp/e2b/b.bin", format="bytes")) == data
+    sbx.files.write("/tmp/e2b/z.txt", b"zipped" * 1000, gzip=True)
+    assert sbx.files.read("/tmp/e2b/z.txt", gzip=True) == "zipped" * 1000
+    sbx.files.write_files([{"path": "/tmp/e2b/m1", "data": "1"}, {"path": "/tmp/e2b/m2", "data": "2"}])
+    assert sbx.files.read("/tmp/e2b/m2") == "2"
+
+    assert sbx.files.make_dir("/tmp/e2b/sub/deeper") is True
+    assert sbx.files.make_dir("/tmp/e2b/sub/deeper") is False
+    names = sorted(e.name for e in sbx.files.list("/tmp/e2b"))
+    assert names == ["a.txt", "b.bin", "m1", "m2", "sub", "z.txt"]
+    deep = sorted(e.path for e in sbx.files.list("/tmp/e2b", depth=2) if e.type.value == "dir")
+    assert deep == ["/tmp/e2b/sub", "/tmp/e2b/sub/deeper"]
+
+    stat = sbx.files.get_info("/tmp/e2b/a.txt")
+    assert stat.size == 5 and stat.type.value == "file" and stat.permissions.startswith("-rw")
+    moved = sbx.files.rename("/tmp/e2b/a.txt", "/tmp/e2b/c.txt")
+    assert moved.path == "/tmp/e2b/c.txt"
+    assert not sbx.files.exists("/tmp/e2b/a.txt") and sbx.files.exists("/tmp/e2b/c.txt")
+    sbx.files.remove("/tmp/e2b/sub")
+    assert not sbx.files.exists("/tmp/e2b/sub/deeper")
+    with pytest.raises(NotFoundException):
+        sbx.files.read("/tmp/e2b/missing")
+    with pytest.raises(NotFoundException):
+        sbx.files.get_info("/tmp/e2b/missing")
+
+
+def test_data_plane_bad_input(e2b_env: ServerProcess, sbx: Sandbox) -> None:
+    base = e2b_env.url
+    route = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    token = {"X-Access-Token": sbx._envd_access_token or ""}
+    assert httpx.get(f"{base}/health", headers=route).status_code == 204
+
+    r = httpx.get(f"{base}/health", headers={**route, "E2b-Sandbox-Id": "sb-gone"})
+    assert r.status_code == 502 and "sandbox sb-gone was not found" in r.json()["message"]
+
+    r = httpx.get(f"{base}/files", params={"path": "/etc/hostname"}, headers=route)
+    assert r.status_code == 401
+    r = httpx.get(
+        f"{base}/files",
+        params={"path": "/etc/hostname"},
+        headers={**route, "X-Access-Token": "wrong"},
+    )
+    assert r.status_code == 401
+
+    r = httpx.post(
+        f"{base}/filesystem.Filesystem/Stat",
+        content=b"{not json",
+        headers={**route, **token, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+    r = httpx.post(
+        f"{base}/filesystem.Filesystem/Stat",
+        json={"path": "/nope"},
+        headers={**route, **token, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_signed_urls(e2b_env: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = Sandbox.create()
+    try:
+        sb.files.write("/tmp/signed.txt", "signed!")
+        url = sb.download_url("/tmp/signed.txt", use_signature_expiration=60)
+        assert httpx.get(url, headers={"E2b-Sandbox-Id": sb.sandbox_id}).text == "signed!"
+        tampered = url.replace("signed.txt", "other.txt")
+        r = httpx.get(tampered, headers={"E2b-Sandbox-Id": sb.sandbox_id})
+        assert r.status_code == 401
+    finally:
+        sb.kill()
+
+
+def test_killed_sandbox_is_reported_gone(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create()
+    sb.kill()
+    with pytest.raises(SandboxException, match="was not found"):
+        sb.commands.run("true")
+
+
+async def test_async_sdk(e2b_env: ServerProcess) -> None:
+    sb = await AsyncSandbox.create()
+    try:
+        r = await sb.commands.run("echo async")
+        assert r.stdout == "async\n"
+        await sb.files.write("/tmp/x", "y")
+        assert await sb.files.read("/tmp/x") == "y"
+    finally:
+        await sb.kill()
+
+
+def test_keys_create_e2b_shape(server: ServerProcess) -> None:
+    env = {"HUTCH_URL": server.url, "HUTCH_API_KEY": server.api_key, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [str(HUTCH_BIN), "keys", "create", "e2b-ci", "--e2b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = out.stdout.strip()
+    assert key.startswith("e2b_") and len(key) == 44 and int(key[4:], 16) >= 0
+    r = httpx.get(f"{server.url}/v2/sandboxes", headers={"X-API-Key": key})
+    assert r.status_code == 200 and isinstance(r.json(), list)
