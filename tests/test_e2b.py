@@ -141,7 +141,9 @@ def test_files(sbx: Sandbox) -> None:
     assert bytes(sbx.files.read("/tmp/e2b/b.bin", format="bytes")) == data
     sbx.files.write("/tmp/e2b/z.txt", b"zipped" * 1000, gzip=True)
     assert sbx.files.read("/tmp/e2b/z.txt", gzip=True) == "zipped" * 1000
-    sbx.files.write_files([{"path": "/tmp/e2b/m1", "data": "1"}, {"path": "/tmp/e2b/m2", "data": "2"}])
+    sbx.files.write_files(
+        [{"path": "/tmp/e2b/m1", "data": "1"}, {"path": "/tmp/e2b/m2", "data": "2"}]
+    )
     assert sbx.files.read("/tmp/e2b/m2") == "2"
 
     assert sbx.files.make_dir("/tmp/e2b/sub/deeper") is True

@@ -86,7 +86,9 @@ def sandbox_body(record: SandboxRecord, tokens: AccessTokens) -> dict[str, Any]:
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": tokens.token_for(record.id),
-        "trafficAccessToken": None,
+        # NB: the same secret as envd's: e2b-code-interpreter sends only this one on its
+        # /contexts calls, and a sandbox reachable by id alone would run anyone's code.
+        "trafficAccessToken": tokens.token_for(record.id),
         "domain": None,
         "alias": _template_of(record),
     }

@@ -16,14 +16,17 @@ from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
 from e2b.envd.process.process_connect import ProcessASGIApplication
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hutch.e2b._codecs import strict_codecs
 from hutch.e2b._control import build_control_app
 from hutch.e2b._envd_http import ACCESS_HEADER, build_envd_http_app
 from hutch.e2b._errors import sandbox_gone_message
 from hutch.e2b._filesystem import FilesystemService
 from hutch.e2b._identity import ENVD_PORT, INTERPRETER_PORT, PORT_HEADER, SANDBOX_HEADER, Users
+from hutch.e2b._interpreter import build_interpreter_app
 from hutch.e2b._process import ProcessService
 from hutch.e2b._tokens import AccessTokens
 
+TRAFFIC_HEADER = "e2b-traffic-access-token"
 CONTROL_PREFIXES = ("/sandboxes", "/v2/sandboxes")
 
 
@@ -35,10 +38,12 @@ class _DataPlane:
         self.tokens = AccessTokens.open(svc.config.home)
         self.users = Users()
         svc.sandboxes.on_destroy.append(self.users.forget)
-        self.process = ProcessASGIApplication(ProcessService(svc, self.users))
-        self.filesystem = FilesystemASGIApplication(FilesystemService(svc))
+        self.process = ProcessASGIApplication(
+            ProcessService(svc, self.users), codecs=strict_codecs()
+        )
+        self.filesystem = FilesystemASGIApplication(FilesystemService(svc), codecs=strict_codecs())
         self.envd_http = build_envd_http_app()
-        self.interpreter: ASGIApp | None = None
+        self.interpreter = build_interpreter_app()
 
 
 class E2bFrontDoor:
@@ -97,7 +102,10 @@ class E2bFrontDoor:
             await _json(send, 502, {"code": 502, "message": message})
             return
         is_file_url = path == "/files" and "signature" in scope.get("query_string", b"").decode()
-        if not is_file_url and not plane.tokens.is_valid(sandbox_id, headers.get(ACCESS_HEADER)):
+        # NB: e2b-code-interpreter sends the envd token on /execute only, and the traffic
+        # token (which Hutch always hands out) on every call to port 49999.
+        token = headers.get(ACCESS_HEADER) or headers.get(TRAFFIC_HEADER)
+        if not is_file_url and not plane.tokens.is_valid(sandbox_id, token):
             await _json(
                 send,
                 401,
@@ -109,9 +117,6 @@ class E2bFrontDoor:
             )
             return
         if port == INTERPRETER_PORT:
-            if plane.interpreter is None:
-                await _json(send, 404, {"code": 404, "message": "no code interpreter here yet"})
-                return
             await plane.interpreter(scope, receive, send)
         elif path.startswith("/process.Process/"):
             await plane.process(scope, receive, send)

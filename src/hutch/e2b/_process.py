@@ -279,6 +279,10 @@ class ProcessService(Process):
 
         async def send() -> None:
             process_id = await self._process_id(sandbox_id, request.process)
+            got = await self._call(sandbox_id, "process_get", id=process_id)
+            if got["process"]["status"] != "running":
+                # envd knows only running processes: the SDKs' kill() answers False.
+                raise ConnectError(Code.NOT_FOUND, f"process {process_id} is not running")
             await self._call(sandbox_id, "process_kill", id=process_id, signal=number)
 
         await self._guard(sandbox_id, send())
