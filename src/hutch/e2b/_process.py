@@ -129,11 +129,14 @@ class ProcessService(Process):
         kind: type[Event],
         ctx: RequestContext[Any, Any],
         offsets: tuple[int, int] = (0, 0),
+        conn: AgentConnection | None = None,
     ) -> AsyncIterator[Event]:
-        """Data events from the process's logs, then its end event; keepalives between."""
+        """Data events from the process's logs, then its end event; keepalives between.
+        The logs stream gets a connection of its own (``conn``, else a new one): a slow
+        reader must not stall the sandbox's other requests."""
         interval = _keepalive(ctx)
-        svc = self._svc
-        conn: AgentConnection = await svc.sandboxes.dedicated_agent(sandbox_id)
+        if conn is None:
+            conn = await self._svc.sandboxes.dedicated_agent(sandbox_id)
         stream: AgentStream | None = None
         try:
             stream = conn.open_stream(
@@ -177,10 +180,26 @@ class ProcessService(Process):
         sandbox_id = sandbox_of(headers)
         if request.pty is not None:
             raise ConnectError(Code.UNIMPLEMENTED, "PTY commands are not available here yet")
-        info = await self._guard(sandbox_id, self._spawn(sandbox_id, request, user_of(headers)))
-        yield _event(pb.StartResponse, _start(int(info["pid"])))
+        # NB: the logs connection is opened while the process starts, not after: one round
+        # trip less on every command.
+        opening = asyncio.ensure_future(self._svc.sandboxes.dedicated_agent(sandbox_id))
         try:
-            async for event in self._follow(sandbox_id, info["id"], pb.StartResponse, ctx):
+            info = await self._guard(sandbox_id, self._spawn(sandbox_id, request, user_of(headers)))
+            conn: AgentConnection = await self._guard(sandbox_id, opening)
+        except BaseException:
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await (await opening).close()
+            raise
+        try:
+            yield _event(pb.StartResponse, _start(int(info["pid"])))
+        except BaseException:
+            await conn.close()  # the client left before the output: _follow never ran
+            raise
+        try:
+            async for event in self._follow(
+                sandbox_id, info["id"], pb.StartResponse, ctx, conn=conn
+            ):
                 yield event
         except Exception as exc:  # noqa: BLE001
             raise connect_error(exc, sandbox_id) from exc
