@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -242,3 +243,46 @@ def test_keys_create_e2b_shape(server: ServerProcess) -> None:
     assert key.startswith("e2b_") and len(key) == 44 and int(key[4:], 16) >= 0
     r = httpx.get(f"{server.url}/v2/sandboxes", headers={"X-API-Key": key})
     assert r.status_code == 200 and isinstance(r.json(), list)
+
+
+def test_pty(sbx: Sandbox) -> None:
+    from e2b import PtySize
+
+    seen = bytearray()
+    term = sbx.pty.create(PtySize(rows=30, cols=100))
+    sbx.pty.send_stdin(term.pid, b"stty size; echo pty-$((6 * 7)); exit 7\n")
+    with pytest.raises(CommandExitException) as exc:
+        term.wait(on_pty=seen.extend)
+    assert exc.value.exit_code == 7
+    text = seen.decode(errors="replace")
+    assert "pty-42" in text and "30 100" in text
+
+    seen.clear()
+    other = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.resize(other.pid, PtySize(rows=40, cols=120))
+    sbx.pty.send_stdin(other.pid, b"stty size; exit\n")
+    other.wait(on_pty=seen.extend)
+    assert "40 120" in seen.decode(errors="replace")
+
+    third = sbx.pty.create(PtySize(rows=24, cols=80))
+    assert sbx.pty.kill(third.pid)
+
+
+def test_watch_dir(sbx: Sandbox) -> None:
+    sbx.files.make_dir("/tmp/watched")
+    handle = sbx.files.watch_dir("/tmp/watched")
+    try:
+        sbx.files.write("/tmp/watched/new.txt", "x")
+        sbx.files.remove("/tmp/watched/new.txt")
+        deadline = time.monotonic() + 10
+        events: list[tuple[str, str]] = []
+        while time.monotonic() < deadline:
+            events += [(e.name, e.type.value) for e in handle.get_new_events()]
+            if any(kind == "remove" for _, kind in events):
+                break
+            time.sleep(0.2)
+    finally:
+        handle.stop()
+    names = {name for name, _ in events}
+    kinds = {kind for _, kind in events}
+    assert "new.txt" in names and "remove" in kinds, events

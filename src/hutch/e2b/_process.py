@@ -21,6 +21,7 @@ from hutch._wire import Kind
 from hutch.e2b._errors import connect_error
 from hutch.e2b._identity import DEFAULT_USER, Users, sandbox_of, user_of
 from hutch.e2b._oneof import oneof
+from hutch.e2b._pty import Terminals
 from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
 
 KEEPALIVE_HEADER = "keepalive-ping-interval"
@@ -70,6 +71,7 @@ class ProcessService(Process):
         self._users = users
         # (sandbox, pid) -> Hutch process id: pids are E2B's handles.
         self._ids: dict[tuple[str, int], str] = {}
+        self._terminals = Terminals(svc)
 
     async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
         try:
@@ -179,7 +181,9 @@ class ProcessService(Process):
         headers = ctx.request_headers
         sandbox_id = sandbox_of(headers)
         if request.pty is not None:
-            raise ConnectError(Code.UNIMPLEMENTED, "PTY commands are not available here yet")
+            async for event in self._start_pty(sandbox_id, request):
+                yield event
+            return
         # NB: the logs connection is opened while the process starts, not after: one round
         # trip less on every command.
         opening = asyncio.ensure_future(self._svc.sandboxes.dedicated_agent(sandbox_id))
@@ -204,10 +208,32 @@ class ProcessService(Process):
         except Exception as exc:  # noqa: BLE001
             raise connect_error(exc, sandbox_id) from exc
 
+    async def _start_pty(
+        self, sandbox_id: str, request: pb.StartRequest
+    ) -> AsyncIterator[pb.StartResponse]:
+        info = await self._guard(sandbox_id, self._terminals.create(sandbox_id, request))
+        pid = int(info["pid"])
+        yield _event(pb.StartResponse, _start(pid))
+        try:
+            async for event in self._terminals.follow(sandbox_id, pid, pb.StartResponse):
+                yield event
+        except Exception as exc:  # noqa: BLE001
+            raise connect_error(exc, sandbox_id) from exc
+
     async def connect(
         self, request: pb.ConnectRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pb.ConnectResponse]:
         sandbox_id = sandbox_of(ctx.request_headers)
+        selector = request.process.selector if request.process is not None else None
+        match selector:
+            case Oneof(field="pid", value=int() as pid) if self._terminals.has(sandbox_id, pid):
+                yield _event(pb.ConnectResponse, _start(pid))
+                try:
+                    async for event in self._terminals.follow(sandbox_id, pid, pb.ConnectResponse):
+                        yield event
+                except Exception as exc:  # noqa: BLE001
+                    raise connect_error(exc, sandbox_id) from exc
+                return
 
         async def find() -> dict[str, Any]:
             process_id = await self._process_id(sandbox_id, request.process)
@@ -251,15 +277,18 @@ class ProcessService(Process):
     async def _input(
         self, sandbox_id: str, selector: pb.ProcessSelector | None, data: pb.ProcessInput | None
     ) -> None:
-        process_id = await self._process_id(sandbox_id, selector)
         match data.input if data is not None else None:
             case Oneof(field="stdin", value=raw):
+                process_id = await self._process_id(sandbox_id, selector)
                 payload = base64.b64encode(raw).decode()
                 await self._call(
                     sandbox_id, "process_stdin", id=process_id, data=payload, eof=False
                 )
-            case Oneof(field="pty"):
-                raise ConnectError(Code.UNIMPLEMENTED, "PTY input is not available here yet")
+            case Oneof(field="pty", value=raw):
+                pid = _pid_of(selector)
+                if pid is None or not self._terminals.has(sandbox_id, pid):
+                    raise ConnectError(Code.NOT_FOUND, "no PTY with that pid")
+                await self._terminals.write(sandbox_id, pid, raw)
 
     async def stream_input(
         self, request: AsyncIterator[pb.StreamInputRequest], ctx: RequestContext[Any, Any]
@@ -297,6 +326,10 @@ class ProcessService(Process):
         number = int(request.signal) if request.signal else int(signal_module.SIGKILL)
 
         async def send() -> None:
+            pid = _pid_of(request.process)
+            if pid is not None and self._terminals.has(sandbox_id, pid):
+                await self._terminals.kill(sandbox_id, pid)
+                return
             process_id = await self._process_id(sandbox_id, request.process)
             got = await self._call(sandbox_id, "process_get", id=process_id)
             if got["process"]["status"] != "running":
@@ -310,7 +343,20 @@ class ProcessService(Process):
     async def update(
         self, request: pb.UpdateRequest, ctx: RequestContext[Any, Any]
     ) -> pb.UpdateResponse:
-        raise ConnectError(Code.UNIMPLEMENTED, "PTY resize is not available here yet")
+        sandbox_id = sandbox_of(ctx.request_headers)
+        pid = _pid_of(request.process)
+        if pid is None or not self._terminals.has(sandbox_id, pid):
+            raise ConnectError(Code.NOT_FOUND, "no PTY with that pid")
+        size = request.pty.size if request.pty is not None else None
+        await self._guard(sandbox_id, self._terminals.resize(sandbox_id, pid, size))
+        return pb.UpdateResponse()
+
+
+def _pid_of(selector: pb.ProcessSelector | None) -> int | None:
+    match selector.selector if selector is not None else None:
+        case Oneof(field="pid", value=int() as pid):
+            return pid
+    return None
 
 
 def _keepalive(ctx: RequestContext[Any, Any]) -> float:

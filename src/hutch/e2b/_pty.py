@@ -1,0 +1,110 @@
+"""E2B PTY commands on Hutch's terminals (agent ``pty_*`` ops): a Start with ``pty`` set
+makes a terminal and streams it; SendInput, Update and SendSignal find it by pid."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from e2b.envd.process import process_pb as pb
+
+from hutch._wire import Kind
+from hutch.e2b._oneof import oneof
+from hutch.server._agent_client import AgentConnection, AgentStream, parse_result
+
+
+class Terminals:
+    """The terminals started through E2B, by (sandbox, pid), with the stream that shows each
+    (its stdin channel is the terminal's keyboard)."""
+
+    def __init__(self, svc: Any) -> None:
+        self._svc = svc
+        self._ids: dict[tuple[str, int], str] = {}
+        self._streams: dict[tuple[str, int], AgentStream] = {}
+
+    def has(self, sandbox_id: str, pid: int) -> bool:
+        return (sandbox_id, pid) in self._ids
+
+    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
+        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
+        return await conn.call(op, **args)
+
+    async def create(self, sandbox_id: str, request: pb.StartRequest) -> dict[str, Any]:
+        config = request.process
+        size = request.pty.size if request.pty is not None else None
+        info = await self._call(
+            sandbox_id,
+            "pty_create",
+            cols=(size.cols if size else 0) or 80,
+            rows=(size.rows if size else 0) or 24,
+            shell=config.cmd if config is not None and config.cmd else None,
+            cwd=config.cwd if config is not None else None,
+            env=dict(config.envs) if config is not None else None,
+        )
+        self._ids[(sandbox_id, int(info["pid"]))] = str(info["id"])
+        return info
+
+    async def follow(
+        self, sandbox_id: str, pid: int, kind: type[Any], since: int = 0
+    ) -> AsyncIterator[Any]:
+        terminal_id = self._ids[(sandbox_id, pid)]
+        conn: AgentConnection = await self._svc.sandboxes.dedicated_agent(sandbox_id)
+        stream = conn.open_stream({"op": "pty_attach", "id": terminal_id, "since": since})
+        self._streams[(sandbox_id, pid)] = stream
+        try:
+            async for frame in stream:
+                if frame.kind is Kind.DATA:
+                    data = pb.ProcessEvent.DataEvent(output=oneof("pty", frame.payload))
+                    yield kind(event=pb.ProcessEvent(event=oneof("data", data)))
+                elif frame.kind is Kind.RESULT:
+                    result = parse_result(frame)
+                    if result.get("detached"):
+                        return
+                    code = int(result.get("exit_code") or 0)
+                    end = pb.ProcessEvent.EndEvent(
+                        exit_code=code, exited=True, status=f"exit status {code}"
+                    )
+                    yield kind(event=pb.ProcessEvent(event=oneof("end", end)))
+                    return
+        finally:
+            if self._streams.get((sandbox_id, pid)) is stream:
+                del self._streams[(sandbox_id, pid)]
+            if not stream.finished:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+            await conn.close()
+
+    async def write(self, sandbox_id: str, pid: int, data: bytes) -> None:
+        stream = self._streams.get((sandbox_id, pid))
+        if stream is not None and not stream.finished:
+            await stream.send_stdin(data)
+            return
+        # Nobody watches it now: a short attach to type into it.
+        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
+        info = await self._call(sandbox_id, "pty_info", id=self._ids[(sandbox_id, pid)])
+        short = conn.open_stream(
+            {"op": "pty_attach", "id": info["id"], "since": int(info["offset"])}
+        )
+        await short.send_stdin(data)
+        await short.cancel()
+        with contextlib.suppress(Exception):
+            async for _ in short:
+                pass
+
+    async def resize(self, sandbox_id: str, pid: int, size: pb.PTY.Size | None) -> None:
+        if size is None or not size.cols or not size.rows:
+            raise ConnectError(Code.INVALID_ARGUMENT, "give the PTY size (cols and rows)")
+        await self._call(
+            sandbox_id,
+            "pty_resize",
+            id=self._ids[(sandbox_id, pid)],
+            cols=size.cols,
+            rows=size.rows,
+        )
+
+    async def kill(self, sandbox_id: str, pid: int) -> None:
+        terminal_id = self._ids.pop((sandbox_id, pid))
+        await self._call(sandbox_id, "pty_close", id=terminal_id)
