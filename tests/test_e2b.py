@@ -286,3 +286,15 @@ def test_watch_dir(sbx: Sandbox) -> None:
     names = {name for name, _ in events}
     kinds = {kind for _, kind in events}
     assert "new.txt" in names and "remove" in kinds, events
+
+
+def test_create_timeout_is_enforced(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create(timeout=2)
+    assert sb.is_running()
+    deadline = time.monotonic() + 30
+    while sb.sandbox_id in [s.sandbox_id for s in Sandbox.list().next_items()]:
+        assert time.monotonic() < deadline, "the sandbox outlived its timeout"
+        time.sleep(0.5)
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sb.sandbox_id)
+    assert not sb.is_running()

@@ -43,6 +43,7 @@ def test_values_logs_and_errors(ci: Sandbox) -> None:
 
 def test_rich_results_and_charts(ci: Sandbox) -> None:
     ex = ci.run_code("import pandas as pd; pd.DataFrame({'a': [1, 2]})")
+    assert ex.results, ex
     assert "<table" in (ex.results[0].html or "") and "text" in ex.results[0].formats()
 
     code = """

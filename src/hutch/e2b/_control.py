@@ -29,7 +29,7 @@ ENVD_VERSION = "0.5.7"
 CLIENT_ID = "hutch"
 TEMPLATE_LABEL = "e2b.template"
 E2B_LABEL_PREFIX = "e2b."
-DEFAULT_TIMEOUT = 15  # seconds; E2B's API default when the body has none
+DEFAULT_TIMEOUT = 300  # seconds; E2B's API default when the body has none
 MAX_TIMEOUT = 24 * 3600
 LIST_LIMIT = 100
 
