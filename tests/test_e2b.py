@@ -298,3 +298,21 @@ def test_create_timeout_is_enforced(e2b_env: ServerProcess) -> None:
     with pytest.raises(NotFoundException):
         Sandbox.get_info(sb.sandbox_id)
     assert not sb.is_running()
+
+
+def test_command_timeout_fires_and_kills(sbx: Sandbox) -> None:
+    from e2b import TimeoutException
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.commands.run("sleep 30; echo never", timeout=1)
+    assert time.monotonic() - t0 < 15
+    assert "sleep 30" not in sbx.commands.run("ps -eo args").stdout
+
+
+def test_pause_and_set_timeout_answer_clearly(sbx: Sandbox) -> None:
+    with pytest.raises(SandboxException, match="lifecycle"):
+        sbx.pause()
+    with pytest.raises(SandboxException, match="lifecycle"):
+        sbx.set_timeout(600)
+    assert sbx.commands.run("echo still").stdout == "still\n"

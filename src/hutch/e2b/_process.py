@@ -132,6 +132,7 @@ class ProcessService(Process):
         ctx: RequestContext[Any, Any],
         offsets: tuple[int, int] = (0, 0),
         conn: AgentConnection | None = None,
+        kill_on_deadline: bool = False,
     ) -> AsyncIterator[Event]:
         """Data events from the process's logs, then its end event; keepalives between.
         The logs stream gets a connection of its own (``conn``, else a new one): a slow
@@ -151,10 +152,25 @@ class ProcessService(Process):
                 }
             )
             frames = stream.__aiter__()
+            loop = asyncio.get_running_loop()
+            # NB: connectrpc parses connect-timeout-ms but leaves enforcing it to us.
+            deadline = None if not ctx.timeout_ms else loop.time() + ctx.timeout_ms / 1000
             while True:
+                wait = interval if deadline is None else min(interval, deadline - loop.time())
+                if wait <= 0:
+                    if kill_on_deadline:
+                        with contextlib.suppress(AgentError):
+                            await self._call(sandbox_id, "process_kill", id=process_id, signal=9)
+                    raise ConnectError(
+                        Code.DEADLINE_EXCEEDED,
+                        "the command ran past its timeout"
+                        + (" and was killed" if kill_on_deadline else ""),
+                    )
                 try:
-                    frame = await asyncio.wait_for(frames.__anext__(), interval)
+                    frame = await asyncio.wait_for(frames.__anext__(), wait)
                 except TimeoutError:
+                    if deadline is not None and loop.time() >= deadline:
+                        continue
                     yield _event(
                         kind, pb.ProcessEvent(event=oneof("keepalive", pb.ProcessEvent.KeepAlive()))
                     )
@@ -202,7 +218,7 @@ class ProcessService(Process):
             raise
         try:
             async for event in self._follow(
-                sandbox_id, info["id"], pb.StartResponse, ctx, conn=conn
+                sandbox_id, info["id"], pb.StartResponse, ctx, conn=conn, kill_on_deadline=True
             ):
                 yield event
         except Exception as exc:  # noqa: BLE001
