@@ -108,6 +108,7 @@ def test_commands(sbx: Sandbox) -> None:
     assert exc.value.exit_code == 3 and exc.value.stderr == "bad\n"
 
     assert sbx.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sbx.commands.run("pwd").stdout == "/home/user\n"  # E2B's home, made if missing
     assert sbx.commands.run("echo $A-$B", envs={"A": "1", "B": "2"}).stdout == "1-2\n"
 
     h = sbx.commands.run("cat", background=True, stdin=True)
@@ -133,6 +134,8 @@ def test_background_connect_list_kill(sbx: Sandbox) -> None:
 
 
 def test_files(sbx: Sandbox) -> None:
+    assert sbx.files.write("rel.txt", "r").path == "/home/user/rel.txt"  # relative: home
+    assert sbx.commands.run("cat rel.txt").stdout == "r"
     info = sbx.files.write("/tmp/e2b/a.txt", "hello")
     assert info.path == "/tmp/e2b/a.txt"
     assert sbx.files.read("/tmp/e2b/a.txt") == "hello"

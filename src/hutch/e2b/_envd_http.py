@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from hutch._wire import Kind
 from hutch.e2b._errors import E2bError, from_api_error
-from hutch.e2b._identity import DEFAULT_USER, SANDBOX_HEADER
+from hutch.e2b._identity import DEFAULT_USER, SANDBOX_HEADER, in_home
 from hutch.e2b._tokens import AccessTokens
 from hutch.server._agent_client import AgentError, parse_result
 from hutch.server._errors import ApiError
@@ -66,7 +66,7 @@ def _path(request: Request, name: str | None = None) -> str:
     path = request.query_params.get("path") or name
     if not path:
         raise E2bError(400, "give the file path in the 'path' query parameter")
-    return path
+    return in_home(path)
 
 
 async def health(request: Request) -> Response:
@@ -174,8 +174,8 @@ async def write_file(request: Request) -> Response:
                     raise E2bError(400, "the multipart body has no file part")
                 single = request.query_params.get("path") if len(uploads) == 1 else None
                 for upload in uploads:
-                    path = single or upload.filename
-                    if not path:
+                    path = in_home(single or upload.filename or "")
+                    if path == in_home(""):
                         raise E2bError(400, "name each file part with its path")
                     written.append(await _write(svc, sandbox_id, path, _upload_chunks(upload)))
             return JSONResponse(written)

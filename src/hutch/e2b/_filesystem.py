@@ -21,7 +21,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from hutch._wire import Kind
 from hutch.e2b._errors import connect_error
-from hutch.e2b._identity import sandbox_of
+from hutch.e2b._identity import in_home, sandbox_of
 from hutch.e2b._oneof import oneof
 from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
 
@@ -88,7 +88,7 @@ class FilesystemService(Filesystem):
         return await conn.call(op, **args)
 
     async def _stat(self, sandbox_id: str, path: str) -> pb.EntryInfo:
-        _check_path(path)
+        path = _check_path(path)
         return entry_info(await self._call(sandbox_id, "stat", path=path))
 
     async def stat(self, request: pb.StatRequest, ctx: RequestContext[Any, Any]) -> pb.StatResponse:
@@ -102,13 +102,13 @@ class FilesystemService(Filesystem):
         sandbox_id = sandbox_of(ctx.request_headers)
 
         async def make() -> pb.EntryInfo:
-            _check_path(request.path)
-            found = await self._call(sandbox_id, "stat", path=request.path, missing_ok=True)
+            path = _check_path(request.path)
+            found = await self._call(sandbox_id, "stat", path=path, missing_ok=True)
             if found.get("exists"):
                 # envd answers ALREADY_EXISTS; the SDKs turn it into make_dir() -> False.
-                raise ConnectError(Code.ALREADY_EXISTS, f"path {request.path} already exists")
-            await self._call(sandbox_id, "mkdir", path=request.path, recursive=True)
-            return await self._stat(sandbox_id, request.path)
+                raise ConnectError(Code.ALREADY_EXISTS, f"path {path} already exists")
+            await self._call(sandbox_id, "mkdir", path=path, recursive=True)
+            return await self._stat(sandbox_id, path)
 
         return pb.MakeDirResponse(entry=await self._guard(sandbox_id, make()))
 
@@ -116,13 +116,11 @@ class FilesystemService(Filesystem):
         sandbox_id = sandbox_of(ctx.request_headers)
 
         async def move() -> pb.EntryInfo:
-            _check_path(request.source)
-            _check_path(request.destination)
             moved = await self._call(
                 sandbox_id,
                 "move",
-                source=request.source,
-                destination=request.destination,
+                source=_check_path(request.source),
+                destination=_check_path(request.destination),
                 overwrite=True,
             )
             return await self._stat(sandbox_id, str(moved["path"]))
@@ -135,8 +133,8 @@ class FilesystemService(Filesystem):
         sandbox_id = sandbox_of(ctx.request_headers)
 
         async def remove() -> None:
-            _check_path(request.path)
-            await self._call(sandbox_id, "remove", path=request.path, recursive=True)
+            path = _check_path(request.path)
+            await self._call(sandbox_id, "remove", path=path, recursive=True)
 
         await self._guard(sandbox_id, remove())
         return pb.RemoveResponse()
@@ -151,7 +149,7 @@ class FilesystemService(Filesystem):
         )
 
     async def _list(self, sandbox_id: str, path: str, depth: int) -> list[pb.EntryInfo]:
-        _check_path(path)
+        path = _check_path(path)
         top = await self._call(sandbox_id, "stat", path=path)
         if top.get("type") != "directory":
             raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
@@ -176,7 +174,7 @@ class FilesystemService(Filesystem):
     async def _open_watch(
         self, sandbox_id: str, path: str, recursive: bool
     ) -> tuple[AgentConnection, AgentStream, str]:
-        _check_path(path)
+        path = _check_path(path)
         top = await self._call(sandbox_id, "stat", path=path)
         if top.get("type") != "directory":
             raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
@@ -304,6 +302,7 @@ def _fs_event(event: dict[str, Any], root: str) -> pb.FilesystemEvent | None:
     return pb.FilesystemEvent(name=name, type=kind)
 
 
-def _check_path(path: str) -> None:
+def _check_path(path: str) -> str:
     if not path or "\0" in path:
         raise ConnectError(Code.INVALID_ARGUMENT, f"invalid path {path!r}: give a file path")
+    return in_home(path)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -21,7 +22,14 @@ from hutch.e2b._control import build_control_app
 from hutch.e2b._envd_http import ACCESS_HEADER, build_envd_http_app
 from hutch.e2b._errors import sandbox_gone_message
 from hutch.e2b._filesystem import FilesystemService
-from hutch.e2b._identity import ENVD_PORT, INTERPRETER_PORT, PORT_HEADER, SANDBOX_HEADER, Users
+from hutch.e2b._identity import (
+    E2B_HOME,
+    ENVD_PORT,
+    INTERPRETER_PORT,
+    PORT_HEADER,
+    SANDBOX_HEADER,
+    Users,
+)
 from hutch.e2b._interpreter import build_interpreter_app
 from hutch.e2b._process import ProcessService
 from hutch.e2b._tokens import AccessTokens
@@ -44,6 +52,18 @@ class _DataPlane:
         self.filesystem = FilesystemASGIApplication(FilesystemService(svc), codecs=strict_codecs())
         self.envd_http = build_envd_http_app()
         self.interpreter = build_interpreter_app()
+        self._homes: set[str] = set()
+        svc.sandboxes.on_destroy.append(self._homes.discard)
+
+    async def ensure_home(self, svc: Any, sandbox_id: str) -> None:
+        """E2B's clients expect /home/user (relative paths, default cwd); Hutch's images may
+        not have it, so make it once per sandbox."""
+        if sandbox_id in self._homes:
+            return
+        with contextlib.suppress(Exception):
+            conn = await svc.sandboxes.agent(sandbox_id)
+            await conn.call("mkdir", path=E2B_HOME, recursive=True)
+            self._homes.add(sandbox_id)
 
 
 class E2bFrontDoor:
@@ -116,6 +136,7 @@ class E2bFrontDoor:
                 },
             )
             return
+        await plane.ensure_home(svc, sandbox_id)
         if port == INTERPRETER_PORT:
             await plane.interpreter(scope, receive, send)
         elif path.startswith("/process.Process/"):

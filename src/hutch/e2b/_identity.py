@@ -9,7 +9,15 @@ from collections.abc import Mapping
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-DEFAULT_USER = "user"  # E2B's default user (home /home/user)
+DEFAULT_USER = "user"  # E2B's default user
+E2B_HOME = "/home/user"  # its home: where relative paths start and commands run
+
+
+def in_home(path: str) -> str:
+    """E2B resolves relative paths against the user's home, not Hutch's /workspace."""
+    return path if path.startswith("/") else f"{E2B_HOME}/{path}"
+
+
 SANDBOX_HEADER = "e2b-sandbox-id"
 PORT_HEADER = "e2b-sandbox-port"
 ENVD_PORT = 49983

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from hutch._wire import Kind
 from hutch.e2b._charts import e2b_chart
 from hutch.e2b._errors import E2bError, from_api_error
-from hutch.e2b._identity import SANDBOX_HEADER
+from hutch.e2b._identity import E2B_HOME, SANDBOX_HEADER, in_home
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError
 from hutch.server._errors import ApiError
 from hutch.server._routes_code import api_error_for
@@ -114,7 +114,11 @@ def _context(info: dict[str, Any]) -> dict[str, Any]:
 async def create_context(request: Request) -> Response:
     body: ContextBody = await _body(request, ContextBody)
     info = await _call(
-        request, "code_context_create", language=_language(body.language), cwd=body.cwd, env=None
+        request,
+        "code_context_create",
+        language=_language(body.language),
+        cwd=in_home(body.cwd) if body.cwd else E2B_HOME,
+        env=None,
     )
     return JSONResponse(_context(info))
 

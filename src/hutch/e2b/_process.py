@@ -19,7 +19,7 @@ from protobuf import Oneof
 
 from hutch._wire import Kind
 from hutch.e2b._errors import connect_error
-from hutch.e2b._identity import DEFAULT_USER, Users, sandbox_of, user_of
+from hutch.e2b._identity import DEFAULT_USER, E2B_HOME, Users, in_home, sandbox_of, user_of
 from hutch.e2b._oneof import oneof
 from hutch.e2b._pty import Terminals
 from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
@@ -106,7 +106,7 @@ class ProcessService(Process):
         args: dict[str, Any] = {
             "argv": [config.cmd, *config.args],
             "env": dict(config.envs) or None,
-            "cwd": config.cwd or None,
+            "cwd": in_home(config.cwd) if config.cwd else E2B_HOME,
             "stdin": request.stdin if request.stdin is not None else True,
         }
         if request.tag:

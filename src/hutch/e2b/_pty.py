@@ -12,6 +12,7 @@ from connectrpc.errors import ConnectError
 from e2b.envd.process import process_pb as pb
 
 from hutch._wire import Kind
+from hutch.e2b._identity import E2B_HOME, in_home
 from hutch.e2b._oneof import oneof
 from hutch.server._agent_client import AgentConnection, AgentStream, parse_result
 
@@ -41,7 +42,7 @@ class Terminals:
             cols=(size.cols if size else 0) or 80,
             rows=(size.rows if size else 0) or 24,
             shell=config.cmd if config is not None and config.cmd else None,
-            cwd=config.cwd if config is not None else None,
+            cwd=in_home(config.cwd) if config is not None and config.cwd else E2B_HOME,
             env=dict(config.envs) if config is not None else None,
         )
         self._ids[(sandbox_id, int(info["pid"]))] = str(info["id"])
