@@ -25,7 +25,7 @@ from hutch.server._errors import ApiError
 from hutch.server._models import SandboxCreate
 from hutch.server._store import SandboxRecord
 
-ENVD_VERSION = "0.5.7"
+ENVD_VERSION = "0.6.4"  # the features the SDKs gate on it: entry info and mounts in watches
 CLIENT_ID = "hutch"
 TEMPLATE_LABEL = "e2b.template"
 E2B_LABEL_PREFIX = "e2b."

@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import posixpath
+import re
 import secrets
 import stat as stat_module
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from connectrpc.code import Code
@@ -28,6 +29,7 @@ from hutch.server._agent_client import AgentConnection, AgentError, AgentStream,
 R = TypeVar("R")
 WATCH_KEEPALIVE = 30.0
 MAX_WATCHER_EVENTS = 10_000
+DRAIN_GRACE_STEPS = 10  # x 10 ms
 
 _FILE_TYPES = {
     "file": pb.FileType.FILE,
@@ -216,6 +218,8 @@ class FilesystemService(Filesystem):
                 if frame.kind is Kind.RESULT:
                     return
                 event = _fs_event(frame.json(), root) if frame.kind is Kind.EVENT else None
+                if event is not None and request.include_entry:
+                    event = await self._with_entry(sandbox_id, root, event)
                 if event is not None:
                     yield pb.WatchDirResponse(event=oneof("filesystem", event))
         except AgentError as exc:
@@ -233,8 +237,24 @@ class FilesystemService(Filesystem):
             sandbox_id, self._open_watch(sandbox_id, request.path, request.recursive)
         )
         watcher_id = secrets.token_hex(8)
-        self._watchers[watcher_id] = _Watcher(sandbox_id, root, conn, stream)
+        enrich = (
+            (lambda e: self._with_entry(sandbox_id, root, e)) if request.include_entry else None
+        )
+        self._watchers[watcher_id] = _Watcher(sandbox_id, root, conn, stream, enrich)
         return pb.CreateWatcherResponse(watcher_id=watcher_id)
+
+    async def _with_entry(
+        self, sandbox_id: str, root: str, event: pb.FilesystemEvent
+    ) -> pb.FilesystemEvent:
+        """envd's best-effort entry: the path's info if it still exists."""
+        if event.type is pb.EventType.REMOVE:
+            return event
+        with contextlib.suppress(AgentError):
+            path = posixpath.join(root, event.name)
+            found = await self._call(sandbox_id, "stat", path=path, missing_ok=True)
+            if found.get("exists"):
+                return pb.FilesystemEvent(name=event.name, type=event.type, entry=entry_info(found))
+        return event
 
     def _watcher(self, ctx: RequestContext[Any, Any], watcher_id: str) -> _Watcher:
         watcher = self._watchers.get(watcher_id)
@@ -246,7 +266,7 @@ class FilesystemService(Filesystem):
         self, request: pb.GetWatcherEventsRequest, ctx: RequestContext[Any, Any]
     ) -> pb.GetWatcherEventsResponse:
         watcher = self._watcher(ctx, request.watcher_id)
-        return pb.GetWatcherEventsResponse(events=watcher.drain())
+        return pb.GetWatcherEventsResponse(events=await watcher.drain())
 
     async def remove_watcher(
         self, request: pb.RemoveWatcherRequest, ctx: RequestContext[Any, Any]
@@ -261,9 +281,15 @@ class _Watcher:
     """A watch whose events wait for GetWatcherEvents (the sync SDK polls)."""
 
     def __init__(
-        self, sandbox_id: str, path: str, conn: AgentConnection, stream: AgentStream
+        self,
+        sandbox_id: str,
+        path: str,
+        conn: AgentConnection,
+        stream: AgentStream,
+        enrich: Callable[[pb.FilesystemEvent], Awaitable[pb.FilesystemEvent]] | None = None,
     ) -> None:
         self.sandbox_id = sandbox_id
+        self._enrich = enrich
         self._path = path
         self._conn = conn
         self._stream = stream
@@ -277,10 +303,18 @@ class _Watcher:
                     return
                 if frame.kind is Kind.EVENT:
                     event = _fs_event(frame.json(), self._path)
+                    if event is not None and self._enrich is not None:
+                        event = await self._enrich(event)
                     if event is not None and len(self._events) < MAX_WATCHER_EVENTS:
                         self._events.append(event)
 
-    def drain(self) -> list[pb.FilesystemEvent]:
+    async def drain(self) -> list[pb.FilesystemEvent]:
+        # NB: a poll right after a write may beat the watch's event by a few ms (inotify,
+        # then the agent, then here); wait a moment for it rather than answer empty.
+        for _ in range(DRAIN_GRACE_STEPS):
+            if self._events or self._task.done():
+                break
+            await asyncio.sleep(0.01)
         events, self._events = self._events, []
         return events
 
@@ -293,11 +327,20 @@ class _Watcher:
         await self._conn.close()
 
 
+# The agent writes a file as a hidden temporary one renamed into place (atomic for readers).
+_WRITE_TEMP = re.compile(r"^\..+\.hutch-[0-9a-f]{12}$")
+
+
 def _fs_event(event: dict[str, Any], root: str) -> pb.FilesystemEvent | None:
     kind = _EVENT_TYPES.get(str(event.get("event")))
     if kind is None:
         return None
     path = str(event.get("path") or "")
+    if _WRITE_TEMP.match(posixpath.basename(path)):
+        return None  # the temporary file's own life is not news to anyone
+    old = str(event.get("old_path") or "")
+    if kind is pb.EventType.RENAME and _WRITE_TEMP.match(posixpath.basename(old)):
+        kind = pb.EventType.WRITE  # what envd reports for a write, which it does in place
     name = posixpath.relpath(path, root) if path.startswith("/") else path
     return pb.FilesystemEvent(name=name, type=kind)
 
