@@ -163,6 +163,7 @@ def test_files(sbx: Sandbox) -> None:
     assert moved.path == "/tmp/e2b/c.txt"
     assert not sbx.files.exists("/tmp/e2b/a.txt") and sbx.files.exists("/tmp/e2b/c.txt")
     sbx.files.remove("/tmp/e2b/sub")
+    sbx.files.remove("/tmp/e2b/never-was")  # as envd: removing nothing succeeds
     assert not sbx.files.exists("/tmp/e2b/sub/deeper")
     with pytest.raises(NotFoundException):
         sbx.files.read("/tmp/e2b/missing")

@@ -136,7 +136,11 @@ class FilesystemService(Filesystem):
 
         async def remove() -> None:
             path = _check_path(request.path)
-            await self._call(sandbox_id, "remove", path=path, recursive=True)
+            try:
+                await self._call(sandbox_id, "remove", path=path, recursive=True)
+            except AgentError as exc:
+                if exc.code != "file_not_found":  # envd's remove of nothing succeeds
+                    raise
 
         await self._guard(sandbox_id, remove())
         return pb.RemoveResponse()
@@ -159,17 +163,18 @@ class FilesystemService(Filesystem):
         stream = conn.open_stream(
             {"op": "list", "path": path, "recursive": depth > 1, "include_hidden": True}
         )
-        entries: list[pb.EntryInfo] = []
+        entries: list[dict[str, Any]] = []
 
         async for frame in stream:
             if frame.kind is Kind.DATA:
                 for entry in json.loads(frame.payload):
                     if _depth(str(entry["path"])) <= depth:
-                        entries.append(entry_info(entry))
+                        entries.append(entry)
             elif frame.kind is Kind.RESULT:
                 parse_result(frame)
                 break
-        return entries
+        # envd walks in lexical order of the path.
+        return [entry_info(e) for e in sorted(entries, key=lambda e: str(e["absolute_path"]))]
 
     # -- watching -------------------------------------------------------------------------
 
