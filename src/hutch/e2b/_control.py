@@ -129,6 +129,18 @@ def parse_metadata_filter(raw: str | None) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
 
 
+def _started_after(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise E2bError(400, f"startedAfter {raw!r} must be an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def _decode_token(token: str | None) -> int:
     if not token:
         return 0
@@ -230,13 +242,21 @@ def build_control_app() -> FastAPI:
         bad = states - {"running", "paused"}
         if bad:
             raise E2bError(400, f"state {sorted(bad)} is not one of: running, paused")
+        template = request.query_params.get("template")
+        order = request.query_params.get("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise E2bError(400, f"order {order!r} must be 'asc' or 'desc'")
+        after = _started_after(request.query_params.get("startedAfter"))
         records = [
             r
             for r in svc.store.list_sandboxes()
             if all(metadata_of(r).get(k) == v for k, v in wanted.items())
             and (not states or _state(r) in states)
+            and (template is None or _template_of(r) == template)
+            and (after is None or _started(r) > after)
         ]
-        records.sort(key=lambda r: (r.created_at, r.id))
+        # E2B lists the newest first unless asked otherwise.
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=order == "desc")
         return records
 
     async def list_v2(request: Request) -> JSONResponse:
