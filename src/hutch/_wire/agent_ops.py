@@ -128,6 +128,7 @@ class ExecResult(TypedDict):
     duration: float  # seconds from spawn to exit
     timed_out: bool
     signal: int | None  # the signal that ended the process, if one did
+    oom_killed: bool  # the kernel's OOM killer ended it (the sandbox's memory limit)
 
 
 class StatRequest(TypedDict):

@@ -406,6 +406,7 @@ class SessionExecOp:
             "duration": round(time.monotonic() - self._started, 6),
             "timed_out": self._timed_out,
             "signal": None,
+            "oom_killed": False,  # the session's shell reports only an exit code
             "session_restarted": self._restarted,
         }
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))

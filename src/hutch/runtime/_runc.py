@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -61,8 +62,9 @@ class Runc:
         fd3: int,
         stderr_fd: int,
         log: Path,
+        extra_fds: Sequence[int] = (),
     ) -> None:
-        """`runc run --detach` with `fd3` as the container's fd 3.
+        """`runc run --detach` with `fd3` as the container's fd 3 (and `extra_fds` as 4, 5, …).
 
         runc runs in a new session, and the container process is its child, so once runc exits
         the container belongs to no process of ours: killing the server leaves it running.
@@ -79,12 +81,12 @@ class Runc:
             "run",
             "--detach",
             "--preserve-fds",
-            "1",
+            str(1 + len(extra_fds)),
             "--bundle",
             str(bundle),
             container_id,
         )
-        pid = _spawn(self.binary, argv, stderr_fd=stderr_fd, fd3=fd3)
+        pid = _spawn(self.binary, argv, stderr_fd=stderr_fd, fds=(fd3, *extra_fds))
         status = await _wait_pid(pid)
         if status != 0:
             raise SandboxStartError(
@@ -172,14 +174,18 @@ def read_runc_error(log: Path) -> str:
     return "; ".join(messages or lines[-5:]) or "(empty runc log)"
 
 
-def _spawn(binary: str, argv: list[str], *, stderr_fd: int, fd3: int) -> int:
-    """Start runc in a new session with stdin/stdout on /dev/null, `stderr_fd` and `fd3`.
+def _spawn(binary: str, argv: list[str], *, stderr_fd: int, fds: Sequence[int]) -> int:
+    """Start runc in a new session with stdin/stdout on /dev/null, `stderr_fd`, and `fds` as
+    its fds 3, 4, ….
 
     posix_spawn, not subprocess: it can place the socket at fd 3 (subprocess would need a
     preexec_fn, which rules out vfork and forks the whole server instead). It returns once
     runc is exec'd: microseconds, fine on the event loop.
     """
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    # Copies above every target number first: dup2 in order would otherwise clobber a
+    # source that happens to sit at a later target (say fds=(7, 3)).
+    fds = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
     try:
         return os.posix_spawn(
             binary,
@@ -189,12 +195,14 @@ def _spawn(binary: str, argv: list[str], *, stderr_fd: int, fd3: int) -> int:
                 (os.POSIX_SPAWN_DUP2, devnull, 0),
                 (os.POSIX_SPAWN_DUP2, devnull, 1),
                 (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-                (os.POSIX_SPAWN_DUP2, fd3, 3),
+                *((os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(fds)),
             ],
             setsid=True,
         )
     finally:
         os.close(devnull)
+        for fd in fds:
+            os.close(fd)
 
 
 async def _wait_pid(pid: int) -> int:

@@ -67,6 +67,7 @@ from hutch.runtime._oci import (
     sandbox_spec,
 )
 from hutch.runtime._overlay import mount_overlay, unmount_overlay
+from hutch.runtime import _workcgroup as workcgroup
 from hutch.runtime._runc import Runc
 from hutch.runtime._seccomp import default_profile, kernel_version
 from hutch.runtime._storage import StoragePool
@@ -321,7 +322,10 @@ class Runtime:
         # The sandbox's addresses and nft rules need no running container: overlap runc.
         network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
         stderr_fd = self._agent_stderr(paths)
+        work_fds: list[int] = []
         try:
+            with _timed(timings, "work_cgroup"):
+                work_fds = workcgroup.prepare(spec.id, self._work_limits(spec.limits))
             with _timed(timings, "runc"):
                 await self._runc.run_detached(
                     spec.id,
@@ -329,6 +333,7 @@ class Runtime:
                     fd3=listener.fileno(),
                     stderr_fd=stderr_fd,
                     log=paths.runc_log,
+                    extra_fds=work_fds,
                 )
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -338,6 +343,8 @@ class Runtime:
             # The container holds its own copies now.
             listener.close()
             os.close(stderr_fd)
+            for fd in work_fds:
+                os.close(fd)
         if defer_network:
             self._pending_networks[spec.id] = asyncio.ensure_future(
                 self._attach_network(spec.id, network)
@@ -361,17 +368,33 @@ class Runtime:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     def _resources(self, limits: Limits) -> Resources:
+        """The sandbox cgroup's limits: the user's, plus the agent's reserve when user code
+        lives in `work` (see _workcgroup)."""
+        reserve = workcgroup.supported()
         return resources(
             cpu=limits.cpu,
-            memory_mb=limits.memory_mb,
+            memory_mb=limits.memory_mb + (workcgroup.AGENT_MEMORY_RESERVE_MB if reserve else 0),
             swap_mb=limits.swap_mb,
-            pids=limits.pids,
+            pids=limits.pids + (workcgroup.AGENT_PIDS_RESERVE if reserve else 0),
             memsw=self._memsw,
+        )
+
+    def _work_limits(self, limits: Limits) -> workcgroup.WorkLimits:
+        return workcgroup.WorkLimits(
+            memory_bytes=limits.memory_mb << 20,
+            memsw_bytes=(limits.memory_mb + limits.swap_mb) << 20 if self._memsw else 0,
+            pids=limits.pids,
         )
 
     def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
         limits = spec.limits
-        env = merge_env(spec.image.config.env, spec.env, AGENT_ENV, image_agent_env(spec.image))
+        env = merge_env(
+            spec.image.config.env,
+            spec.env,
+            AGENT_ENV,
+            image_agent_env(spec.image),
+            workcgroup.agent_env(),
+        )
         return sandbox_spec(
             cgroups_path=cgroups_path(spec.id),
             hostname=spec.hostname,
@@ -549,6 +572,7 @@ class Runtime:
         if r.memory.swap:
             args += ["--memory-swap", str(r.memory.swap)]
         await self._runc.update(sandbox_id, *args)
+        workcgroup.update(sandbox_id, self._work_limits(limits))
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""

@@ -129,6 +129,8 @@ class ExecResult:
             128+N: killed by signal N).
         duration: Seconds it ran, as measured in the sandbox.
         timed_out: Whether it was killed because it ran past its timeout.
+        oom_killed: Whether the kernel killed it for using more memory than the sandbox
+            has (exit code 137, usually with nothing on stderr).
     """
 
     stdout_bytes: bytes
@@ -136,6 +138,7 @@ class ExecResult:
     exit_code: int
     duration: float
     timed_out: bool = False
+    oom_killed: bool = False
 
     @property
     def stdout(self) -> str:
@@ -165,6 +168,7 @@ class ExecEvent:
         exit_code: The exit status, on the ``"exit"`` event only.
         timed_out: On the ``"exit"`` event: whether the command was killed by its timeout.
         duration: On the ``"exit"`` event: seconds the command ran.
+        oom_killed: On the ``"exit"`` event: whether the kernel's OOM killer ended it.
     """
 
     type: ExecEventType
@@ -173,6 +177,7 @@ class ExecEvent:
     exit_code: int | None = None
     timed_out: bool = False
     duration: float | None = None
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,6 +249,7 @@ class ExecResult(BaseModel):
     stderr: str
     duration: float
     timed_out: bool
+    oom_killed: bool = False
 
 
 class KeyCreate(Strict):

@@ -29,6 +29,7 @@ async def gather_exec(stream: AgentStream) -> tuple[ExecResult, dict[str, Any]]:
         stderr=b"".join(err).decode("utf-8", "replace"),
         duration=float(result.get("duration", 0.0)),
         timed_out=bool(result.get("timed_out", False)),
+        oom_killed=bool(result.get("oom_killed", False)),
     )
     return gathered, result
 

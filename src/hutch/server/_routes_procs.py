@@ -71,6 +71,9 @@ class ProcessInfo(BaseModel):
     status: str = Field(description="starting | running | completed | failed | killed")
     exit_code: int | None
     signal: int | None
+    oom_killed: bool = Field(
+        default=False, description="the kernel's OOM killer ended it (the memory limit)"
+    )
     started_at: float
     ended_at: float | None
     stdin_open: bool
