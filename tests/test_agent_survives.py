@@ -22,7 +22,7 @@ pytestmark = pytest.mark.sandbox
 # as the kernel's does, would pick the agent.
 MEMORY_HUNGRY_FORKS = (
     "for i in $(seq 80); do python3 -c 'import time; b = bytearray(2 * 1024**2); "
-    "b[::4096] = b\"x\" * (len(b) // 4096); time.sleep(60)' & done; wait"
+    'b[::4096] = b"x" * (len(b) // 4096); time.sleep(60)\' & done; wait'
 )
 
 

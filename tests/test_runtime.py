@@ -8,6 +8,7 @@ test boots the real agent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -33,6 +34,8 @@ from hutch.runtime import (
     SandboxStartError,
 )
 from hutch.runtime._mounts import umount
+from hutch.runtime._oci import Mount, Spec
+from hutch.runtime._workcgroup import AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
 from tests.support.busybox import add_busybox_image
 from tests.support.echo_agent import echo_agent_package
 
@@ -167,10 +170,22 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     assert "HOME=/root" in environ  # from the image's config
 
     cgroups = Path("/sys/fs/cgroup")
-    assert int(text(cgroups / "memory/hutch/lock/memory.limit_in_bytes")) == 256 << 20
-    assert int(text(cgroups / "memory/hutch/lock/memory.memsw.limit_in_bytes")) == 320 << 20
+    # User code gets the limits asked for, in `work`; the sandbox as a whole adds the agent's
+    # reserve, so user code can never take the agent's memory or pids.
+    work = cgroups / "memory/hutch/lock/work"
+    assert int(text(work / "memory.limit_in_bytes")) == 256 << 20
+    assert int(text(work / "memory.memsw.limit_in_bytes")) == 320 << 20
+    assert text(cgroups / "pids/hutch/lock/work/pids.max") == "99\n"
+    reserve_mb, reserve_pids = AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
+    whole = cgroups / "memory/hutch/lock"
+    assert int(text(whole / "memory.limit_in_bytes")) == (256 + reserve_mb) << 20
+    assert int(text(whole / "memory.memsw.limit_in_bytes")) == (320 + reserve_mb) << 20
+    assert text(cgroups / "pids/hutch/lock/pids.max") == f"{99 + reserve_pids}\n"
     assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
-    assert text(cgroups / "pids/hutch/lock/pids.max") == "99\n"
+    # The agent holds work's cgroup.procs open (fds 4, 5); nothing of the agent is in work.
+    assert os.readlink(f"/proc/{pid}/fd/4") == str(work / "cgroup.procs")
+    assert os.readlink(f"/proc/{pid}/fd/5") == str(cgroups / "pids/hutch/lock/work/cgroup.procs")
+    assert str(pid) not in text(work / "cgroup.procs").split()
 
 
 async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Image) -> None:
@@ -235,11 +250,23 @@ async def test_destroy_of_a_paused_sandbox(runtime: Runtime, image: Image) -> No
     assert leftovers(runtime, "frozen") == []
 
 
-async def test_failed_create_rolls_back_everything(runtime: Runtime, image: Image) -> None:
-    # runc cannot put a 1 MB memory limit on its own init: a real runc failure.
-    with pytest.raises(SandboxStartError, match="memory limit"):
-        await runtime.create(spec(image, "nomem", memory_mb=1))
-    assert leftovers(runtime, "nomem") == []
+async def test_failed_create_rolls_back_everything(
+    runtime: Runtime, image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bind mount whose source is missing: runc fails after the overlay, the subvolume, the
+    # cgroups (user code's `work` included) and the bundle were made; a real runc failure.
+    spec_for = runtime._spec_for
+
+    def with_missing_mount(*args: Any) -> Spec:
+        missing = Mount.bind(Path("/nonexistent/hutch-test"), "/mnt/missing", readonly=True)
+        made = spec_for(*args)
+        return dataclasses.replace(made, mounts=(*made.mounts, missing))
+
+    monkeypatch.setattr(runtime, "_spec_for", with_missing_mount)
+    with pytest.raises(SandboxStartError, match="(?i)no such file or directory"):
+        await runtime.create(spec(image, "nomount"))
+    monkeypatch.undo()
+    assert leftovers(runtime, "nomount") == []
     # Bad specs are refused before anything is made for them.
     bad_env = SandboxSpec(id="badenv", image=image, env={"A=B": "x"}, limits=Limits())
     bad_hostname = SandboxSpec(id="badhost", image=image, env={}, limits=Limits(), hostname="a b")

@@ -16,7 +16,6 @@ import time
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
-from ._workcg import oom_killed_since, oom_kills
 from ._ops import OpError
 from ._procs import (
     EXEC_TAG_VAR,
@@ -28,6 +27,7 @@ from ._procs import (
     spawn,
 )
 from ._requests import InvalidRequest, parse_exec
+from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ class BackgroundProcess:
     __slots__ = (
         "id", "argv", "command", "log_limit",
         "cwd", "pid", "status", "exit_code", "signal", "started_at",
-        "ended_at", "logs", "log_dir", "followers", "killed", "oom_killed", "_oom_kills", "_table", "_popen", "_tag",
+        "ended_at", "logs", "log_dir", "followers", "killed", "oom_killed", "_oom_kills",
+        "_table", "_popen", "_tag",
         "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "exited", "done",
     )  # fmt: skip
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import hutch
+from hutch.runtime import _workcgroup as workcgroup
 from hutch.runtime._agent_bundle import AGENT_ENV, AgentBundle, agent_args, ensure_agent_bundle
 from hutch.runtime._buckets import BucketMounts
 from hutch.runtime._cgroups import (
@@ -67,7 +68,6 @@ from hutch.runtime._oci import (
     sandbox_spec,
 )
 from hutch.runtime._overlay import mount_overlay, unmount_overlay
-from hutch.runtime import _workcgroup as workcgroup
 from hutch.runtime._runc import Runc
 from hutch.runtime._seccomp import default_profile, kernel_version
 from hutch.runtime._storage import StoragePool
