@@ -91,3 +91,19 @@ def test_kill_minus_one_as_root_leaves_the_agent(small: Sandbox) -> None:
     small.exec("kill -9 -1")
     assert small.exec("echo alive").stdout == "alive\n"
     _agent_pid_is_unchanged(small, born)
+
+
+def test_a_sandbox_sees_its_own_limits(server: ServerProcess) -> None:
+    sb = Sandbox.create(base_url=server.url, api_key=server.api_key, memory_mb=512, cpu=1.0)
+    try:
+        r = sb.exec(
+            "free -m | awk '/^Mem:/ {print $2}'; grep -c ^processor /proc/cpuinfo; "
+            "python3 -c 'import os; print(os.cpu_count())'; cut -d. -f1 /proc/uptime"
+        )
+        total_mb, processors, cpu_count, uptime = r.stdout.split()
+        # The host has 24 GB and 2 cores, and has been up for far longer than this sandbox.
+        assert int(total_mb) == 512
+        assert processors == "1" and cpu_count == "1"
+        assert int(uptime) < 120
+    finally:
+        sb.destroy()

@@ -170,17 +170,16 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     assert "HOME=/root" in environ  # from the image's config
 
     cgroups = Path("/sys/fs/cgroup")
-    # User code gets the limits asked for, in `work`; the sandbox as a whole adds the agent's
-    # reserve, so user code can never take the agent's memory or pids.
-    work = cgroups / "memory/hutch/lock/work"
-    assert int(text(work / "memory.limit_in_bytes")) == 256 << 20
-    assert int(text(work / "memory.memsw.limit_in_bytes")) == 320 << 20
-    assert text(cgroups / "pids/hutch/lock/work/pids.max") == "99\n"
-    reserve_mb, reserve_pids = AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
+    # The sandbox as a whole has the limits asked for; user code (in `work`) has them less
+    # the agent's reserve, so it can never take the agent's memory or pids.
     whole = cgroups / "memory/hutch/lock"
-    assert int(text(whole / "memory.limit_in_bytes")) == (256 + reserve_mb) << 20
-    assert int(text(whole / "memory.memsw.limit_in_bytes")) == (320 + reserve_mb) << 20
-    assert text(cgroups / "pids/hutch/lock/pids.max") == f"{99 + reserve_pids}\n"
+    work = whole / "work"
+    assert int(text(whole / "memory.limit_in_bytes")) == 256 << 20
+    assert int(text(whole / "memory.memsw.limit_in_bytes")) == 320 << 20
+    assert text(cgroups / "pids/hutch/lock/pids.max") == "99\n"
+    assert int(text(work / "memory.limit_in_bytes")) == (256 - AGENT_MEMORY_RESERVE_MB) << 20
+    assert int(text(work / "memory.memsw.limit_in_bytes")) == (320 - AGENT_MEMORY_RESERVE_MB) << 20
+    assert text(cgroups / "pids/hutch/lock/work/pids.max") == f"{99 - AGENT_PIDS_RESERVE}\n"
     assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
     # The agent holds work's cgroup.procs open (fds 4, 5); nothing of the agent is in work.
     assert os.readlink(f"/proc/{pid}/fd/4") == str(work / "cgroup.procs")

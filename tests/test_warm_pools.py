@@ -63,9 +63,8 @@ def test_create_from_a_warm_pool(pool_server: ServerProcess) -> None:
     assert sb.exec('printf %s "$FOO"').stdout == "from the user"
     info = sb.info()
     assert info.labels == {"team": "a"} and info.memory_mb == 256
-    # The claimed sandbox's user code has the limits asked for (in its `work` cgroup).
-    assert cgroup_value(rid, "memory", "memory.max", "work/memory.limit_in_bytes") == str(256 << 20)
-    assert cgroup_value(rid, "pids", "pids.max", "work/pids.max") == "64"
+    assert cgroup_value(rid, "memory", "memory.max", "memory.limit_in_bytes") == str(256 << 20)
+    assert cgroup_value(rid, "pids", "pids.max", "pids.max") == "64"
 
     # Refilled in the background.
     wait_for(lambda: len(pooled(home) - set(runtime_ids(home).values())) == 2)

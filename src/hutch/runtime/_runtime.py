@@ -55,6 +55,7 @@ from hutch.runtime._errors import (
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
+from hutch.runtime._lxcfs import LxcfsView
 from hutch.runtime._mounts import mounts_under, umount
 from hutch.runtime._netns import DEFAULT_SUBNET, Networks, SandboxNet
 from hutch.runtime._nft import NetworkPolicy
@@ -156,6 +157,7 @@ class Runtime:
         self._sandboxes = config.home / "sandboxes"
         self._storage = StoragePool(config.home, config.storage_size_gb)
         self._runc = Runc(config.runc, config.home / "runc")
+        self._lxcfs = LxcfsView(config.home)
         self._seccomp = default_profile(kernel_version())
         self._memsw = host_accounts_swap()
         self._nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], _MAX_NOFILE)
@@ -185,6 +187,7 @@ class Runtime:
         await self._networks.setup()
         package = self.config.agent_package or Path(hutch.__file__).parent
         self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
+        await self._lxcfs.ensure()
 
     async def teardown(self) -> None:
         """Release what `setup` took that no sandbox needs: the storage pool's mount and the
@@ -192,6 +195,7 @@ class Runtime:
         if self._storage.is_mounted() and not self._storage.names():
             with contextlib.suppress(OSError):
                 umount(self._storage.root)
+            self._lxcfs.stop()
         await self._networks.teardown()
 
     def supports(self, runtime: str) -> bool:
@@ -368,22 +372,19 @@ class Runtime:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     def _resources(self, limits: Limits) -> Resources:
-        """The sandbox cgroup's limits: the user's, plus the agent's reserve when user code
-        lives in `work` (see _workcgroup)."""
-        reserve = workcgroup.supported()
+        """The sandbox cgroup's limits: what the user asked for, the agent included (user
+        code gets that less the agent's reserve: see _workcgroup)."""
         return resources(
             cpu=limits.cpu,
-            memory_mb=limits.memory_mb + (workcgroup.AGENT_MEMORY_RESERVE_MB if reserve else 0),
+            memory_mb=limits.memory_mb,
             swap_mb=limits.swap_mb,
-            pids=limits.pids + (workcgroup.AGENT_PIDS_RESERVE if reserve else 0),
+            pids=limits.pids,
             memsw=self._memsw,
         )
 
     def _work_limits(self, limits: Limits) -> workcgroup.WorkLimits:
-        return workcgroup.WorkLimits(
-            memory_bytes=limits.memory_mb << 20,
-            memsw_bytes=(limits.memory_mb + limits.swap_mb) << 20 if self._memsw else 0,
-            pids=limits.pids,
+        return workcgroup.work_limits(
+            memory_mb=limits.memory_mb, swap_mb=limits.swap_mb, pids=limits.pids, memsw=self._memsw
         )
 
     def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
@@ -403,7 +404,7 @@ class Runtime:
                 etc_hosts=paths.etc / "hosts",
                 etc_hostname=paths.etc / "hostname",
                 etc_resolv_conf=paths.etc / "resolv.conf",
-                extra_mounts=bundle.mounts(),
+                extra_mounts=(*bundle.mounts(), *self._lxcfs.mounts()),
             ),
             args=agent_args(),
             env=env,

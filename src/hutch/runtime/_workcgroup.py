@@ -3,7 +3,9 @@
 A sandbox's cgroup (`hutch/<id>`, made by runc) holds the agent, PID 1. Everything the agent
 starts (execs, processes, sessions, terminals, code kernels) moves itself, between fork and
 exec, into the child cgroup `hutch/<id>/work`, whose memory and pids limits are the
-sandbox's own. The parent's limits are those plus a small reserve for the agent. So:
+sandbox's own less a small reserve for the agent. The sandbox as a whole (the parent) keeps
+exactly the limits the user asked for, so the host's accounting and what `free` shows in the
+sandbox (LXCFS reads the parent's) stay the numbers the user gave. So:
 
 - memory: user code that runs out of memory hits `work`'s limit first, and the kernel's
   OOM killer then picks its victim inside `work` only: never the agent, whatever the code
@@ -37,8 +39,9 @@ from pathlib import Path
 from hutch.runtime._cgroups import CGROUP_PARENT, CGROUP_ROOT, is_unified
 
 WORK = "work"
-# What the agent may use beyond the sandbox's own memory and pids limits: an idle agent
-# is a few MB; file transfers and frame buffers are bounded well under this.
+# What user code may never take from the agent: an idle agent is about 13 MB resident; file
+# transfers and frame buffers are bounded well under this. Small sandboxes keep at most a
+# quarter for it.
 AGENT_MEMORY_RESERVE_MB = 64
 AGENT_PIDS_RESERVE = 16
 # The hierarchies where `work` has limits of its own.
@@ -52,6 +55,16 @@ class WorkLimits:
     memory_bytes: int
     memsw_bytes: int  # 0: the host does not account swap
     pids: int
+
+
+def work_limits(*, memory_mb: int, swap_mb: int, pids: int, memsw: bool) -> WorkLimits:
+    """`work`'s limits in a sandbox with these limits (see AGENT_MEMORY_RESERVE_MB)."""
+    memory = max(1, memory_mb - min(AGENT_MEMORY_RESERVE_MB, memory_mb // 4))
+    return WorkLimits(
+        memory_bytes=memory << 20,
+        memsw_bytes=(memory + swap_mb) << 20 if memsw else 0,
+        pids=max(1, pids - min(AGENT_PIDS_RESERVE, pids // 4)),
+    )
 
 
 def supported() -> bool:
