@@ -30,6 +30,7 @@ from hutch.runtime._runtime import (
     SandboxSpec,
     SandboxState,
 )
+from hutch.runtime._usage import SandboxUsage
 
 __all__ = [
     "HOST_ID_BASE",
@@ -51,6 +52,7 @@ __all__ = [
     "SandboxSpec",
     "SandboxStartError",
     "SandboxState",
+    "SandboxUsage",
     "StorageError",
     "default_recipe_dir",
     "ensure_default_image",

@@ -72,6 +72,7 @@ from hutch.runtime._overlay import mount_overlay, unmount_overlay
 from hutch.runtime._runc import Runc
 from hutch.runtime._seccomp import default_profile, kernel_version
 from hutch.runtime._storage import StoragePool
+from hutch.runtime._usage import SandboxUsage, cgroup_usage, qgroup_usage, veth_bytes
 
 log = logging.getLogger("hutch.runtime")
 
@@ -574,6 +575,34 @@ class Runtime:
             args += ["--memory-swap", str(r.memory.swap)]
         await self._runc.update(sandbox_id, *args)
         workcgroup.update(sandbox_id, self._work_limits(limits))
+
+    def storage_usage(self) -> tuple[int, int]:
+        """(used, total) bytes of the sandboxes' storage pool."""
+        try:
+            st = os.statvfs(self._storage.root)
+        except OSError:
+            return 0, 0
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        """What the sandbox uses now: CPU time, memory, tasks, network bytes, disk."""
+        _check_id(sandbox_id)
+        cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(sandbox_id)
+        net = self._networks.get(sandbox_id)
+        rx, tx = veth_bytes(net.ifname if net is not None else None)
+        disk = await qgroup_usage(self._storage.path(sandbox_id))
+        return SandboxUsage(
+            cpu_seconds=cpu,
+            cpu_limit=cpu_limit,
+            memory_bytes=memory,
+            memory_limit_bytes=memory_limit,
+            pids=pids,
+            pids_limit=pids_limit,
+            net_rx_bytes=rx,
+            net_tx_bytes=tx,
+            disk_bytes=disk[0] if disk else None,
+            disk_limit_bytes=disk[1] if disk else None,
+        )
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""

@@ -49,7 +49,9 @@ from hutch.sdk._models import (
     ExecResult,
     ImageDetail,
     ImageInfo,
+    MetricsPoint,
     SandboxInfo,
+    SandboxMetrics,
 )
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -92,6 +94,7 @@ __all__ = [
     "InvalidRequest",
     "LogEvent",
     "Logs",
+    "MetricsPoint",
     "NotFoundError",
     "PayloadTooLarge",
     "Process",
@@ -105,6 +108,7 @@ __all__ = [
     "Result",
     "Sandbox",
     "SandboxInfo",
+    "SandboxMetrics",
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",

@@ -286,3 +286,53 @@ class ImageDetail:
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             sandboxes=int(data.get("sandboxes") or 0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPoint:
+    """One sample of a sandbox's CPU and memory (see :class:`SandboxMetrics`)."""
+
+    timestamp: float
+    cpu_percent: float
+    memory_used_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxMetrics:
+    """What a sandbox uses now (see :meth:`Sandbox.metrics`).
+
+    Attributes:
+        timestamp: Unix time of the reading.
+        cpu_percent: Share of the sandbox's CPU limit in use, 0-100.
+        cpu_count: The sandbox's CPU limit, in CPUs.
+        cpu_seconds: CPU time its processes have used since it started.
+        memory_used_bytes: Memory charged to it (page cache included, as its limit counts).
+        memory_limit_bytes: Its memory limit.
+        disk_used_bytes: Its writable layer's size, or ``None`` if it cannot be read.
+        disk_limit_bytes: Its disk quota, or ``None``.
+        net_rx_bytes: Bytes it has received since it started.
+        net_tx_bytes: Bytes it has sent since it started.
+        pids: Its processes and threads now.
+        pids_limit: How many it may have.
+        history: CPU and memory every 15 seconds over the last 15 minutes, oldest first.
+    """
+
+    timestamp: float
+    cpu_percent: float
+    cpu_count: float
+    cpu_seconds: float
+    memory_used_bytes: int
+    memory_limit_bytes: int
+    disk_used_bytes: int | None
+    disk_limit_bytes: int | None
+    net_rx_bytes: int
+    net_tx_bytes: int
+    pids: int
+    pids_limit: int
+    history: list[MetricsPoint] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SandboxMetrics:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["history"] = [MetricsPoint(**p) for p in data.get("history") or []]
+        return cls(**fields)

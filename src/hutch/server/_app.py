@@ -30,6 +30,12 @@ from hutch.server._errors import (
     SandboxUnavailable,
     Unauthorized,
 )
+from hutch.server._metrics import (
+    RequestMetricsMiddleware,
+    ServerMetrics,
+    UsageHistory,
+    build_metrics_router,
+)
 from hutch.server._models import (
     ErrorBody,
     ExecRequest,
@@ -167,6 +173,16 @@ class Services:
         )
         self.sandboxes.egress = self.egress
         self.sandboxes.on_destroy.append(self.egress.forget)
+        self.metrics = ServerMetrics()
+        self.metrics.watch_state(self.store, self.pools, self.runtime)
+        self.usage_history = UsageHistory(self._running_sandboxes)
+
+    def _running_sandboxes(self) -> list[tuple[str, str]]:
+        return [
+            (r.id, self.sandboxes.runtime_id(r.id))
+            for r in self.store.list_sandboxes()
+            if r.status == "running"
+        ]
 
 
 def services(request: Request) -> Services:
@@ -251,7 +267,8 @@ def build_router() -> APIRouter:
 
     @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
     async def create_sandbox(svc: Svc, body: SandboxCreate | None = None) -> SandboxInfo:
-        record = await svc.sandboxes.create(body or SandboxCreate())
+        with svc.metrics.creates.time():
+            record = await svc.sandboxes.create(body or SandboxCreate())
         return to_info(record)
 
     @router.put("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
@@ -415,9 +432,11 @@ def create_app(
         await svc.egress.start(running_with_rules(svc.store, svc.sandboxes.runtime_id))
         app.state.services = svc
         attach_previews(svc, previews)
+        svc.usage_history.start()
         try:
             yield
         finally:
+            await svc.usage_history.stop()
             await svc.previews.close()
             await svc.egress.stop()
             await svc.sandboxes.stop()
@@ -454,5 +473,10 @@ def create_app(
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())
+    app.include_router(build_metrics_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=lambda: getattr(getattr(app.state, "services", None), "metrics", None),
+    )
     return app

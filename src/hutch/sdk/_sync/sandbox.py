@@ -15,7 +15,7 @@ from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo
+from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo, SandboxMetrics
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync import buckets as _buckets
 from hutch.sdk._sync import ports
@@ -288,6 +288,15 @@ class Sandbox:
         """
         self._info = SandboxInfo.from_json(self.client.request("GET", self._path))
         return self._info
+
+    def metrics(self) -> SandboxMetrics:
+        """What the sandbox uses now (CPU, memory, disk, network, tasks), with its CPU and
+        memory over the last 15 minutes.
+
+        Raises:
+            SandboxNotFound: The sandbox no longer exists.
+        """
+        return SandboxMetrics.from_json(self.client.request("GET", f"{self._path}/metrics"))
 
     def destroy(self) -> None:
         """Stop the sandbox and delete it, with everything written in it.
