@@ -22,7 +22,7 @@ from hutch.agent._exec import CHUNK
 from hutch.agent._host import HostAgent
 from hutch.agent._procs import resolve_user
 from hutch.agent._requests import InvalidRequest, parse_exec
-from hutch.server._agent_client import (
+from hutch.node._agent_client import (
     AgentConnection,
     AgentConnectionClosed,
     AgentDisconnected,

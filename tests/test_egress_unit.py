@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from hutch.server._egress import EgressProxy, upstream_client
+from hutch.node._egress import EgressProxy, upstream_client
 from hutch.server._models import EgressSecret
 
 KEY = "sk-ant-unit-" + "9" * 20

@@ -296,7 +296,7 @@ def test_links_and_special_files_in_a_context_are_refused_before_unpacking(
     tmp_path: Path, kind: str
 ) -> None:
     from hutch.server._errors import InvalidRequest as ServerInvalidRequest
-    from hutch.server._routes_image_build import _unpack_context
+    from hutch.server.routes._image_build import _unpack_context
 
     archive = tmp_path / "context.tar"
     archive.write_bytes(_special_tar(kind))
@@ -311,7 +311,7 @@ def test_links_and_special_files_in_a_context_are_refused_before_unpacking(
 def test_a_context_with_too_many_entries_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hutch.server import _routes_image_build as route
+    from hutch.server.routes import _image_build as route
 
     monkeypatch.setattr(route, "MAX_CONTEXT_MEMBERS", 10)
     archive = tmp_path / "context.tar"

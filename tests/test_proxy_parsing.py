@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hutch.runtime._nft import NetworkPolicy, policy_rules
-from hutch.server._proxy import (
+from hutch.proxy._proxy import (
     BadRequest,
     ChunkedFraming,
     PreviewRoutes,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hutch import InvalidRequest, Sandbox
-from hutch.server._secrets import SecretBox, SecretKeyMismatch
+from hutch.server.services._secrets import SecretBox, SecretKeyMismatch
 from tests._server import ServerProcess
 
 SECRET = "sk-ant-hutch-test-" + "Zq9" * 12

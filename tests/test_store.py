@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from hutch.server._auth import KeyChecker, create_key, hash_key
-from hutch.server._store import MIGRATIONS, SandboxRecord, SqliteStore
+from hutch.server.services._keys import KeyChecker, create_key, hash_key
+from hutch.server.store._sqlite import MIGRATIONS, SandboxRecord, SqliteStore
 
 
 def record(sandbox_id: str, **kw: object) -> SandboxRecord:
@@ -89,7 +89,7 @@ def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
 
 
 def test_the_old_runtime_ids_file_moves_into_the_store(tmp_path: Path) -> None:
-    from hutch.server._pools import import_runtime_ids_file
+    from hutch.node._pools import import_runtime_ids_file
 
     store = SqliteStore(tmp_path / "s.db")
     store.insert_sandbox(record("sb-4"))

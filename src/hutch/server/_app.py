@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
-from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
-from hutch.server._auth import KeyChecker, create_key, key_from_headers
+from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
+from hutch.server.services._keys import KeyChecker, create_key, key_from_headers
 from hutch.server._config import ServerConfig
-from hutch.server._egress import EgressProxy, running_with_rules
+from hutch.node._egress import EgressProxy, running_with_rules
 from hutch.server._errors import (
     ApiError,
     BodyTooLarge,
@@ -44,18 +44,18 @@ from hutch.server._models import (
     SandboxInfo,
     SandboxList,
 )
-from hutch.server._pools import WarmPools, import_runtime_ids_file
-from hutch.server._proxy import PreviewRoutes
+from hutch.node._pools import WarmPools, import_runtime_ids_file
+from hutch.proxy._proxy import PreviewRoutes
 from hutch.server._relay import gather_exec, relay_frames
-from hutch.server._routes_buckets import build_buckets_router, mount_info
-from hutch.server._routes_files import build_files_router, streams_body
-from hutch.server._routes_image_build import build_image_build_router
-from hutch.server._routes_images import build_images_router
-from hutch.server._routes_pools import build_pools_router
-from hutch.server._routes_ports import build_ports_router
-from hutch.server._sandboxes import SandboxManager, to_info
-from hutch.server._secrets import SecretBox
-from hutch.server._store import SqliteStore, Store
+from hutch.server.routes._buckets import build_buckets_router, mount_info
+from hutch.server.routes._files import build_files_router, streams_body
+from hutch.server.routes._image_build import build_image_build_router
+from hutch.server.routes._images import build_images_router
+from hutch.server.routes._pools import build_pools_router
+from hutch.server.routes._ports import build_ports_router
+from hutch.server.services._sandboxes import SandboxManager, to_info
+from hutch.server.services._secrets import SecretBox
+from hutch.server.store._sqlite import SqliteStore, Store
 
 log = logging.getLogger("hutch.server")
 
@@ -439,16 +439,16 @@ def create_app(
     app.include_router(build_image_build_router(require_key))
     app.include_router(build_images_router(require_key))
     app.include_router(build_pools_router(require_key))
-    from hutch.server._routes_terminals import build_terminals_router  # imports this module
+    from hutch.server.routes._terminals import build_terminals_router  # imports this module
 
     app.include_router(build_terminals_router())
     from hutch.server._console import mount_console
 
     mount_console(app)
-    from hutch.server._routes_code import build_code_router  # noqa: PLC0415 (imports this module)
+    from hutch.server.routes._code import build_code_router  # noqa: PLC0415 (imports this module)
 
     app.include_router(build_code_router())
-    from hutch.server._routes_procs import build_procs_router  # NB: it imports this module
+    from hutch.server.routes._procs import build_procs_router  # NB: it imports this module
 
     app.include_router(build_procs_router())
     app.include_router(build_files_router(require_key))

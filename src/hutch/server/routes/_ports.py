@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from hutch.runtime import NetworkPolicy
-from hutch.server._auth import now_iso
+from hutch.server.services._keys import now_iso
 from hutch.server._errors import InvalidRequest, PortNotExposed, SandboxNotRunning
 from hutch.server._models import (
     ExposedPort,
@@ -16,8 +16,8 @@ from hutch.server._models import (
     NetworkUpdate,
     PortExpose,
 )
-from hutch.server._proxy import new_token, preview_url
-from hutch.server._store import PortRecord
+from hutch.proxy._proxy import new_token, preview_url
+from hutch.server.store._sqlite import PortRecord
 
 if TYPE_CHECKING:
     from hutch.server._app import Services

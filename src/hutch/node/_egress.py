@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
 
     from hutch.runtime import Runtime
-    from hutch.server._secrets import SecretBox
-    from hutch.server._store import Store
+    from hutch.server.services._secrets import SecretBox
+    from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.egress")
 

@@ -223,7 +223,7 @@ class _BuildJob:
 async def _run_build(
     store: ImageStore, dockerfile: Path, context: Path, name: str, job: _BuildJob
 ) -> AsyncIterator[bytes]:
-    from hutch.server._routes_images import detail_of
+    from hutch.server.routes._images import detail_of
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()

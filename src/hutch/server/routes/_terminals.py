@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketState
 
 from hutch._wire import Kind
-from hutch.server._agent_client import (
+from hutch.node._agent_client import (
     AgentConnection,
     AgentDisconnected,
     AgentError,
@@ -38,7 +38,7 @@ from hutch.server._agent_client import (
     parse_result,
 )
 from hutch.server._app import Services, Svc, require_key
-from hutch.server._auth import key_from_headers
+from hutch.server.services._keys import key_from_headers
 from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
 
 SUBPROTOCOL = "hutch.terminal.v1"

@@ -137,7 +137,7 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     );
     """,
-    # 2: sandbox secrets (values encrypted by server/_secrets.py; names also in the spec)
+    # 2: sandbox secrets (values encrypted by server/services/_secrets.py; names also in the spec)
     """
     CREATE TABLE sandbox_secrets (
         sandbox_id TEXT NOT NULL,

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from hutch.server._store import ApiKeyRecord, Store
+from hutch.server.store._sqlite import ApiKeyRecord, Store
 
 KEY_PREFIX = "hk_"
 

@@ -25,9 +25,9 @@ from hutch.runtime import (
     SandboxSpec,
 )
 from hutch.runtime._image_defaults import image_command
-from hutch.server._agent_client import AgentConnection, AgentError
-from hutch.server._auth import now_iso
-from hutch.server._egress import EgressProxy, agent_env, seal_rules
+from hutch.node._agent_client import AgentConnection, AgentError
+from hutch.server.services._keys import now_iso
+from hutch.node._egress import EgressProxy, agent_env, seal_rules
 from hutch.server._errors import (
     ImageNotFoundError,
     InvalidRequest,
@@ -38,9 +38,9 @@ from hutch.server._errors import (
     SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
-from hutch.server._pools import WarmPools
-from hutch.server._secrets import SecretBox
-from hutch.server._store import SandboxRecord, Store
+from hutch.node._pools import WarmPools
+from hutch.server.services._secrets import SecretBox
+from hutch.server.store._sqlite import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
 
@@ -132,7 +132,7 @@ class SandboxManager:
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.on_destroy: list[Callable[[str], None]] = []
-        # Egress header injection (server/_egress.py), when the server runs its proxy.
+        # Egress header injection (node/_egress.py), when the server runs its proxy.
         self.egress: EgressProxy | None = None
 
     # -- start/stop ---------------------------------------------------------------------

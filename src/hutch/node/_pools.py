@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
-from hutch.server._agent_client import AgentConnection
-from hutch.server._store import Store
+from hutch.node._agent_client import AgentConnection
+from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server.pools")
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hutch._wire import Kind
 from hutch._wire.frames import Frame
-from hutch.server._agent_client import (
+from hutch.node._agent_client import (
     AgentConnection,
     AgentDisconnected,
     AgentError,

@@ -1,0 +1,1 @@
+"""What runs on one host: agent connections, warm pools, egress."""

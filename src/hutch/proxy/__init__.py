@@ -1,0 +1,1 @@
+"""The preview data plane: preview hosts routed to sandbox ports."""

@@ -1,0 +1,1 @@
+"""The API's services: sandbox lifecycle, API keys, encrypted secrets."""

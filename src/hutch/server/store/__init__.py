@@ -1,0 +1,1 @@
+"""Persistent state behind the `Store` interface (SQLite today)."""
