@@ -1,7 +1,6 @@
 """Bucket mounts of a running sandbox: `POST/GET/DELETE /v1/sandboxes/{id}/mounts`."""
 
-# NB: no `from __future__ import annotations`: FastAPI must see the route parameters' types,
-# and `Svc` is imported inside build_buckets_router (importing _app here would be circular).
+# NB: no `from __future__ import annotations`: FastAPI must see the route parameters' types.
 
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from hutch.runtime._buckets import (
     BucketRequest,
     Credentials,
 )
+from hutch.server._deps import ERROR_RESPONSES, Svc, require_key
 from hutch.server._errors import (
     ApiError,
     BucketMountFailedError,
@@ -48,9 +48,6 @@ def _map_error(exc: Exception) -> ApiError:
 
 
 def build_buckets_router() -> APIRouter:
-    # NB: imported here, as _app includes this router: a module-level import would be circular.
-    from hutch.server._app import ERROR_RESPONSES, Svc, require_key
-
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
     @router.post("/sandboxes/{sandbox_id}/mounts", status_code=201, response_model=BucketMountInfo)

@@ -25,7 +25,7 @@ from hutch.node._agent_client import (
     AgentStream,
     parse_result,
 )
-from hutch.server._app import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
+from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
     ApiError,
     CodeContextDead,

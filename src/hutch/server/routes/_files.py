@@ -26,6 +26,7 @@ from hutch.node._agent_client import (
     AgentStream,
     parse_result,
 )
+from hutch.server._deps import FRAMES_MEDIA_TYPE, Services, Svc
 from hutch.server._errors import (
     ApiError,
     FileError,
@@ -37,7 +38,6 @@ from hutch.server._relay import relay_frames
 
 MAX_PATH_BYTES = 4096
 UPLOAD_CHUNK = 1024 * 1024
-FRAMES_MEDIA_TYPE = "application/x-hutch-frames"
 GIT_TIMEOUT = 600.0
 
 # Agent error code -> HTTP status. Codes the agent may send that are not here become 422.
@@ -177,24 +177,17 @@ def file_error(error: AgentError) -> ApiError:
     return FileError(error.message, code=error.code, status=FILE_ERROR_STATUS.get(error.code, 422))
 
 
-def _services(request: Request) -> Any:
-    return request.app.state.services
-
-
-Svc = Annotated[Any, Depends(_services)]
-
-
-async def _open(svc: Any, sandbox_id: str, request: dict[str, Any]) -> AgentStream:
+async def _open(svc: Services, sandbox_id: str, request: dict[str, Any]) -> AgentStream:
     conn = await svc.sandboxes.agent(sandbox_id)
     try:
-        return conn.open_stream(request)  # type: ignore[no-any-return]
+        return conn.open_stream(request)
     except AgentDisconnected as exc:
         svc.sandboxes.drop_agent(sandbox_id, conn)
         raise file_error(exc) from exc
 
 
 async def _open_own(
-    svc: Any, sandbox_id: str, request: dict[str, Any]
+    svc: Services, sandbox_id: str, request: dict[str, Any]
 ) -> tuple[AgentConnection, AgentStream]:
     """A stream on a connection of its own, for transfers and watches: the agent client's
     backpressure holds up a whole connection, so a slow reader of a 1 GiB download (or a
@@ -215,10 +208,10 @@ async def _open_own(
         raise file_error(exc) from exc
 
 
-async def _call(svc: Any, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
+async def _call(svc: Services, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
     conn = await svc.sandboxes.agent(sandbox_id)
     try:
-        return await conn.call(op, **args)  # type: ignore[no-any-return]
+        return await conn.call(op, **args)
     except AgentError as exc:
         if isinstance(exc, AgentDisconnected):
             svc.sandboxes.drop_agent(sandbox_id, conn)
@@ -336,7 +329,9 @@ def git_error(stderr: str) -> GitError:
     return GitError(f"git clone failed: {tail}", code="git_failed", status=422)
 
 
-async def _run(svc: Any, sandbox_id: str, argv: list[str], cwd: str | None) -> tuple[int, str, str]:
+async def _run(
+    svc: Services, sandbox_id: str, argv: list[str], cwd: str | None
+) -> tuple[int, str, str]:
     stream = await _open(
         svc,
         sandbox_id,

@@ -28,7 +28,7 @@ from hutch.server._errors import (
     InvalidRequest,
     RegistryFailed,
 )
-from hutch.server._models import ErrorBody, Strict
+from hutch.server._models import ErrorBody, ImageInfo, ImageList, Strict
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (401, 404, 409, 413, 422, 502)
@@ -122,6 +122,15 @@ def build_images_router(
     require_key: Callable[..., Coroutine[Any, Any, None]],
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/images", dependencies=[Depends(require_key)], responses=_ERRORS)
+
+    @router.get("", response_model=ImageList)
+    async def list_images(request: Request) -> ImageList:
+        return ImageList(
+            images=[
+                ImageInfo(name=i.name, id=i.id, size_bytes=i.size_bytes, created_at=i.created_at)
+                for i in _store(request).list()
+            ]
+        )
 
     @router.post("/pull", status_code=201, response_model=ImageDetail)
     async def pull_image(request: Request, body: ImagePull) -> ImageDetail:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from fastapi import APIRouter, Depends, Response
 
-from fastapi import APIRouter, Depends, Request, Response
-
+from hutch.proxy._proxy import new_token, preview_url
 from hutch.runtime import NetworkPolicy
-from hutch.server.services._keys import now_iso
+from hutch.server._deps import ERROR_RESPONSES, Svc, require_key
 from hutch.server._errors import InvalidRequest, PortNotExposed, SandboxNotRunning
 from hutch.server._models import (
     ExposedPort,
@@ -16,18 +15,8 @@ from hutch.server._models import (
     NetworkUpdate,
     PortExpose,
 )
-from hutch.proxy._proxy import new_token, preview_url
+from hutch.server.services._keys import now_iso
 from hutch.server.store._sqlite import PortRecord
-
-if TYPE_CHECKING:
-    from hutch.server._app import Services
-
-
-def _services(request: Request) -> Any:
-    return request.app.state.services
-
-
-Svc = Annotated["Services", Depends(_services)]
 
 
 def _port_rule(port: int, reserved: frozenset[int]) -> None:
@@ -46,8 +35,6 @@ def _port_rule(port: int, reserved: frozenset[int]) -> None:
 
 
 def build_ports_router() -> APIRouter:
-    from hutch.server._app import ERROR_RESPONSES, require_key
-
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
     def to_port(svc: Svc, record: PortRecord) -> ExposedPort:

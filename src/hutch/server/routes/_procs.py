@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hutch._wire import Kind, encode_frame, encode_frame_parts, encode_json_frame
 from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
-from hutch.server._app import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
+from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
     ApiError,
     InvalidRequest,

@@ -37,9 +37,9 @@ from hutch.node._agent_client import (
     AgentStream,
     parse_result,
 )
-from hutch.server._app import Services, Svc, require_key
-from hutch.server.services._keys import key_from_headers
+from hutch.server._deps import Services, Svc, require_key
 from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
+from hutch.server.services._keys import key_from_headers
 
 SUBPROTOCOL = "hutch.terminal.v1"
 KEY_SUBPROTOCOL_PREFIX = "hutch.key."

@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hutch.node._agent_client import AgentConnection, AgentError
+from hutch.node._egress import EgressProxy, agent_env, seal_rules
+from hutch.node._pools import WarmPools
 from hutch.runtime import (
     Image,
     ImageNotFound,
@@ -25,9 +28,6 @@ from hutch.runtime import (
     SandboxSpec,
 )
 from hutch.runtime._image_defaults import image_command
-from hutch.node._agent_client import AgentConnection, AgentError
-from hutch.server.services._keys import now_iso
-from hutch.node._egress import EgressProxy, agent_env, seal_rules
 from hutch.server._errors import (
     ImageNotFoundError,
     InvalidRequest,
@@ -38,7 +38,7 @@ from hutch.server._errors import (
     SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
-from hutch.node._pools import WarmPools
+from hutch.server.services._keys import now_iso
 from hutch.server.services._secrets import SecretBox
 from hutch.server.store._sqlite import SandboxRecord, Store
 
