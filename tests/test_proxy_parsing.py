@@ -9,20 +9,19 @@ from typing import Any
 
 import pytest
 
-from hutch.runtime._nft import NetworkPolicy, policy_rules
-from hutch.proxy._proxy import (
+from hutch.proxy import (
     BadRequest,
     ChunkedFraming,
     PreviewRoutes,
     PreviewTarget,
-    _parse_request_slow,
-    _parse_response_slow,
     new_token,
     parse_request,
     parse_response,
     preview_target,
     split_host,
 )
+from hutch.proxy._http1 import _parse_request_slow, _parse_response_slow
+from hutch.runtime._nft import NetworkPolicy, policy_rules
 
 TOKEN = "ab" * 16
 HOST = f"8080-sb-1-{TOKEN}.localhost:7070"

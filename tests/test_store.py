@@ -89,7 +89,7 @@ def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
 
 
 def test_the_old_runtime_ids_file_moves_into_the_store(tmp_path: Path) -> None:
-    from hutch.node._pools import import_runtime_ids_file
+    from hutch.server.store._runtime_ids_file import import_runtime_ids_file
 
     store = SqliteStore(tmp_path / "s.db")
     store.insert_sandbox(record("sb-4"))

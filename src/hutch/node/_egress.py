@@ -32,9 +32,9 @@ import ssl
 from collections.abc import Mapping
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
-from hutch.server._models import EgressSecret
+from hutch.node._egress_rules import RULES_NAME, EgressRule, read_rules
 
 if TYPE_CHECKING:
     import httpx
@@ -43,14 +43,9 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
 
     from hutch.runtime import Runtime
-    from hutch.server.services._secrets import SecretBox
-    from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.egress")
 
-# The sealed row that keeps a sandbox's rules, next to its secrets (not an env name: it can
-# never collide with one, and it is never sent to the agent).
-RULES_NAME = "hutch:egress"
 PLACEHOLDER = "hutch-egress-injected"
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
@@ -58,13 +53,6 @@ HOP_BY_HOP = frozenset(
     "connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer "
     "transfer-encoding upgrade host content-length".split()
 )
-
-
-def seal_rules(rules: list[EgressSecret]) -> dict[str, str]:
-    """The extra entry stored (encrypted) with the sandbox's secrets; {} without rules."""
-    if not rules:
-        return {}
-    return {RULES_NAME: json.dumps([r.model_dump() for r in rules])}
 
 
 def parse_upstreams(text: str) -> dict[str, str]:
@@ -85,7 +73,7 @@ def agent_env(values: Mapping[str, str], gateway: str | None, port: int | None) 
     raw = env.pop(RULES_NAME, None)
     if raw is None:
         return env
-    for rule in [EgressSecret.model_validate(r) for r in json.loads(raw)]:
+    for rule in read_rules(raw):
         env[rule.secret] = PLACEHOLDER
         name = rule.url_env()
         if name is not None and gateway is not None and port is not None:
@@ -93,13 +81,25 @@ def agent_env(values: Mapping[str, str], gateway: str | None, port: int | None) 
     return env
 
 
+class SealedSecrets(Protocol):
+    """Where a sandbox's sealed secrets are kept (the API's store)."""
+
+    def get_secrets(self, sandbox_id: str) -> dict[str, bytes]: ...
+
+
+class SecretOpener(Protocol):
+    """What unseals them (the API's secret box)."""
+
+    def open_all(self, sealed: Mapping[str, bytes]) -> dict[str, str]: ...
+
+
 class EgressProxy:
     """The proxy of one server: its listening socket, and which sandbox address is whose."""
 
     def __init__(
         self,
-        store: Store,
-        box: SecretBox,
+        store: SealedSecrets,
+        box: SecretOpener,
         runtime: Runtime,
         home: Path,
         *,
@@ -221,10 +221,10 @@ class EgressProxy:
                 del self._by_address[address]
                 self._unlisten(gateway)
 
-    def _rules(self, sandbox_id: str) -> tuple[dict[str, EgressSecret], dict[str, str]]:
+    def _rules(self, sandbox_id: str) -> tuple[dict[str, EgressRule], dict[str, str]]:
         values = self._box.open_all(self._store.get_secrets(sandbox_id))
         raw = values.pop(RULES_NAME, "[]")
-        rules = [EgressSecret.model_validate(r) for r in json.loads(raw)]
+        rules = read_rules(raw)
         return {r.host: r for r in rules}, values
 
     # -- the proxy (ASGI) -----------------------------------------------------------------
@@ -373,12 +373,3 @@ async def _error(send: Send, status: int, code: str, message: str) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def running_with_rules(store: Store, runtime_id: Any) -> list[tuple[str, str]]:
-    """(sandbox id, runtime id) of the running sandboxes that have egress rules."""
-    return [
-        (r.id, runtime_id(r.id))
-        for r in store.list_sandboxes()
-        if r.status == "running" and RULES_NAME in store.get_secrets(r.id)
-    ]

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
 from hutch.node._agent_client import AgentConnection
-from hutch.server.store._sqlite import Store
+from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
 
 log = logging.getLogger("hutch.server.pools")
 
@@ -56,23 +53,6 @@ def parse_pool_sizes(text: str) -> dict[str, int]:
             )
         sizes[name] = int(count)
     return sizes
-
-
-def import_runtime_ids_file(path: Path, store: Store) -> None:
-    """Move the runtime ids of pooled sandboxes from the JSON file where Hutch kept them before
-    (`HOME/runtime-ids.json`) into the store, once."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return
-    except ValueError as exc:
-        log.error("ignoring unreadable %s: %s", path, exc)
-        data = {}
-    for sandbox_id, runtime_id in data.items():
-        record = store.get_sandbox(str(sandbox_id))
-        if record is not None and record.runtime_id is None:
-            store.set_runtime_id(record.id, str(runtime_id))
-    path.unlink()
 
 
 @dataclass

@@ -13,8 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hutch.node._egress import running_with_rules
-from hutch.proxy._proxy import PreviewRoutes
+from hutch.proxy import PreviewRoutes
 from hutch.server._config import ServerConfig
 from hutch.server._console import mount_console
 from hutch.server._deps import Services, require_key
@@ -105,7 +104,7 @@ def create_app(
                 on_new_key(new.key)
         await svc.runtime.setup()
         await svc.sandboxes.start()
-        await svc.egress.start(running_with_rules(svc.store, svc.sandboxes.runtime_id))
+        await svc.egress.start(svc.sandboxes.running_with_egress_rules())
         app.state.services = svc
         attach_previews(svc, previews)
         try:

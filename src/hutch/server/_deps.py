@@ -10,9 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from hutch.node._egress import EgressProxy
-from hutch.node._pools import WarmPools, import_runtime_ids_file
-from hutch.proxy._proxy import PreviewRoutes
+from hutch.node import EgressProxy, WarmPools
+from hutch.proxy import PreviewRoutes
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._config import ServerConfig
 from hutch.server._errors import Unauthorized
@@ -20,6 +19,7 @@ from hutch.server._models import ErrorBody
 from hutch.server.services._keys import KeyChecker, key_from_headers
 from hutch.server.services._sandboxes import SandboxManager
 from hutch.server.services._secrets import SecretBox
+from hutch.server.store._runtime_ids_file import import_runtime_ids_file
 from hutch.server.store._sqlite import SqliteStore, Store
 
 FRAMES_MEDIA_TYPE = "application/x-hutch-frames"

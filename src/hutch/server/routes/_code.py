@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hutch._wire import Kind
 from hutch._wire.frames import Frame
-from hutch.node._agent_client import (
+from hutch.node import (
     AgentConnection,
     AgentDisconnected,
     AgentError,

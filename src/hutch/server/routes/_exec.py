@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
+from hutch.node import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Services, Svc, require_key
 from hutch.server._errors import InvalidRequest, SandboxUnavailable
 from hutch.server._models import ExecRequest, ExecResult

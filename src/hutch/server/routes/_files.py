@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from hutch._wire import Kind
-from hutch.node._agent_client import (
+from hutch.node import (
     AgentConnection,
     AgentDisconnected,
     AgentError,

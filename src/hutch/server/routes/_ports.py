@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from hutch.proxy._proxy import new_token, preview_url
+from hutch.proxy import new_token, preview_url
 from hutch.runtime import NetworkPolicy
 from hutch.server._deps import ERROR_RESPONSES, Svc, require_key
 from hutch.server._errors import InvalidRequest, PortNotExposed, SandboxNotRunning

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch._wire import Kind, encode_frame, encode_frame_parts, encode_json_frame
-from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
+from hutch.node import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
     ApiError,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketState
 
 from hutch._wire import Kind
-from hutch.node._agent_client import (
+from hutch.node import (
     AgentConnection,
     AgentDisconnected,
     AgentError,

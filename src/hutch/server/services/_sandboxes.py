@@ -7,6 +7,7 @@ clients. This module keeps the two in step, and holds one agent connection per s
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import secrets
@@ -15,9 +16,15 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hutch.node._agent_client import AgentConnection, AgentError
-from hutch.node._egress import EgressProxy, agent_env, seal_rules
-from hutch.node._pools import WarmPools
+from hutch.node import (
+    RULES_NAME,
+    AgentConnection,
+    AgentError,
+    EgressProxy,
+    WarmPools,
+    agent_env,
+    seal_rules,
+)
 from hutch.runtime import (
     Image,
     ImageNotFound,
@@ -547,6 +554,14 @@ class SandboxManager:
                 "retry, or destroy the sandbox"
             ) from exc
 
+    def running_with_egress_rules(self) -> builtins.list[tuple[str, str]]:
+        """(sandbox id, runtime id) of the running sandboxes that have egress rules."""
+        return [
+            (r.id, self._rid(r.id))
+            for r in self._store.list_sandboxes()
+            if r.status == "running" and RULES_NAME in self._store.get_secrets(r.id)
+        ]
+
     def drop_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Forget a connection that broke, so the next request reconnects."""
         if self._agents.get(sandbox_id) is conn:
@@ -555,7 +570,7 @@ class SandboxManager:
 
 def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:
     """The secrets and, sealed with them, the egress rules that name some of them."""
-    return {**request.secrets, **seal_rules(request.egress_secrets)}
+    return {**request.secrets, **seal_rules(r.model_dump() for r in request.egress_secrets)}
 
 
 def _exists(sandbox_id: str) -> SandboxExists:
