@@ -22,6 +22,7 @@ from hutch.node._egress import (
     upstream_client,
 )
 from hutch.node._egress_rules import BASE_URL_ENVS, RULES_NAME, EgressRule, seal_rules
+from hutch.node._gateway import AgentGateway, AgentUnreachable
 from hutch.node._pools import POOL_PREFIX, WarmPools, parse_pool_sizes
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
     "AgentConnectionClosed",
     "AgentDisconnected",
     "AgentError",
+    "AgentGateway",
     "AgentStream",
+    "AgentUnreachable",
     "EgressProxy",
     "EgressRule",
     "SealedSecrets",

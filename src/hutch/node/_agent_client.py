@@ -26,6 +26,7 @@ import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from hutch._wire.agent_ops import OpName
 from hutch._wire.frames import (
     Channel,
     Frame,
@@ -53,6 +54,8 @@ class AgentError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        # Set by the gateway: whose agent said it (the API's messages name the sandbox).
+        self.sandbox_id: str | None = None
 
 
 class AgentDisconnected(AgentError):
@@ -261,7 +264,7 @@ class AgentConnection:
         """Closed by ``close()`` or broken: either way, make a new connection."""
         return self._error is not None
 
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
+    async def call(self, op: OpName, **args: Any) -> dict[str, Any]:
         """Run a unary op and return its RESULT's fields (without ``ok``).
 
         Raises:

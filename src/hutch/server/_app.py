@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hutch.node import AgentError
 from hutch.proxy import PreviewRoutes
+from hutch.server._agent_errors import api_error_for
 from hutch.server._config import ServerConfig
 from hutch.server._console import mount_console
 from hutch.server._deps import Services, require_key
@@ -70,7 +72,13 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": {"code": "internal", "message": f"internal error: {exc}"}}, 500
         )
 
+    async def on_agent_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AgentError)
+        error = api_error_for(exc)
+        return JSONResponse(error.body(), status_code=error.status)
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(AgentError, on_agent_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)

@@ -12,6 +12,7 @@ ApiError (status, code, message)
 ├── ProcessNotRunning       409 process_not_running
 ├── SessionNotFound         404 session_not_found
 ├── SessionExists           409 session_exists
+├── TerminalNotFound        404 terminal_not_found
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── FileError               404/409/403/422/507 file_not_found, is_a_directory, read_only, ...
@@ -204,3 +205,8 @@ class BucketMountFailedError(ApiError):
 
     status = 400
     code = "bucket_mount_failed"
+
+
+class TerminalNotFound(ApiError):
+    status = 404
+    code = "terminal_not_found"

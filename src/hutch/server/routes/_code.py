@@ -17,19 +17,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hutch._wire import Kind
+from hutch._wire.agent_ops import OpName
 from hutch._wire.frames import Frame
 from hutch.node import (
-    AgentConnection,
-    AgentDisconnected,
-    AgentError,
     AgentStream,
     parse_result,
 )
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
-    ApiError,
-    CodeContextDead,
-    CodeContextNotFound,
     InvalidRequest,
     SandboxUnavailable,
 )
@@ -66,36 +61,8 @@ class CodeRunRequest(BaseModel):
     timeout: float | None = Field(None, gt=0, description="seconds; interrupts the run")
 
 
-def api_error_for(error: AgentError, sandbox_id: str) -> ApiError:
-    """Map an agent's error code to the API's (status and code)."""
-    if isinstance(error, AgentDisconnected):
-        return SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {error.message}")
-    code = error.code
-    if code == "context_not_found":
-        return CodeContextNotFound(error.message)
-    if code == "context_dead":
-        return CodeContextDead(error.message)
-    if code in ("unknown_language", "language_unavailable", "invalid_request", "cwd_not_found"):
-        return InvalidRequest(error.message, code=code)
-    if code == "context_failed":
-        return ApiError(error.message, code=code)
-    return ApiError(f"the agent failed: {error.message}", code="internal")
-
-
-async def _agent(svc: Svc, sandbox_id: str) -> AgentConnection:
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-    return conn
-
-
-async def _call(svc: Svc, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-    conn = await _agent(svc, sandbox_id)
-    try:
-        return await conn.call(op, **args)
-    except AgentDisconnected as exc:
-        svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise api_error_for(exc, sandbox_id) from exc
-    except AgentError as exc:
-        raise api_error_for(exc, sandbox_id) from exc
+async def _call(svc: Svc, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+    return await svc.sandboxes.call(sandbox_id, op, **args)
 
 
 def _check_language(language: str | None) -> None:
@@ -151,7 +118,6 @@ def build_code_router() -> APIRouter:
     )
     async def run_code_stream(svc: Svc, sandbox_id: str, body: CodeRunRequest) -> StreamingResponse:
         _check_language(body.language)
-        conn = await _agent(svc, sandbox_id)
         request = {
             "op": "code_run",
             "code": body.code,
@@ -159,11 +125,7 @@ def build_code_router() -> APIRouter:
             "language": body.language,
             "timeout": body.timeout,
         }
-        try:
-            stream = conn.open_stream(request)
-        except AgentDisconnected as exc:
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-            raise api_error_for(exc, sandbox_id) from exc
+        stream = await svc.sandboxes.open_stream(sandbox_id, request)
         first = await _first_frame(stream, sandbox_id)
         return StreamingResponse(relay_frames(stream, first), media_type=FRAMES_MEDIA_TYPE)
 
@@ -177,9 +139,7 @@ async def _first_frame(stream: AgentStream, sandbox_id: str) -> Frame:
             if frame.kind is Kind.RESULT:
                 parse_result(frame)  # raises the agent's error
             return frame
-    except AgentError as exc:
-        raise api_error_for(exc, sandbox_id) from exc
-    except BaseException:  # the client left while the context was starting
+    except BaseException:  # an agent's error, or the client left while the context was starting
         with contextlib.suppress(Exception):
             await stream.aclose()
         raise

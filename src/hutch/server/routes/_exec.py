@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from hutch.node import AgentConnection, AgentDisconnected, AgentError, AgentStream
+from hutch.node import AgentError, AgentStream
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Services, Svc, require_key
-from hutch.server._errors import InvalidRequest, SandboxUnavailable
+from hutch.server._errors import InvalidRequest
 from hutch.server._models import ExecRequest, ExecResult
 from hutch.server._relay import gather_exec, relay_frames
 
@@ -44,14 +44,7 @@ def _stdin_bytes(body: ExecRequest) -> bytes | None:
 
 async def _open_exec(svc: Services, sandbox_id: str, body: ExecRequest) -> AgentStream:
     stdin = _stdin_bytes(body)
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-    try:
-        stream = conn.open_stream(_agent_request(body))
-    except AgentDisconnected as exc:
-        svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise SandboxUnavailable(
-            f"lost the connection to sandbox {sandbox_id}'s agent ({exc}); retry"
-        ) from exc
+    stream = await svc.sandboxes.open_stream(sandbox_id, _agent_request(body))
     if stdin is not None:
         # NB: feed stdin from its own task: a process that echoes its input (cat) would
         # otherwise fill the output buffers while we are still writing, and both sides stall.
@@ -71,7 +64,7 @@ async def _feed_stdin(stream: AgentStream, data: bytes) -> None:
 def _raise_agent_error(result: dict[str, Any]) -> None:
     error = result.get("error")
     if isinstance(error, dict):
-        raise InvalidRequest(str(error.get("message")), code=str(error.get("code", "invalid")))
+        raise AgentError(str(error.get("code", "invalid")), str(error.get("message")))
 
 
 def build_exec_router() -> APIRouter:
@@ -80,10 +73,7 @@ def build_exec_router() -> APIRouter:
     @router.post("/sandboxes/{sandbox_id}/exec", response_model=ExecResult)
     async def exec_command(svc: Svc, sandbox_id: str, body: ExecRequest) -> ExecResult:
         stream = await _open_exec(svc, sandbox_id, body)
-        try:
-            gathered, result = await gather_exec(stream)
-        except AgentDisconnected as exc:
-            raise SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {exc}") from exc
+        gathered, result = await gather_exec(stream)
         _raise_agent_error(result)
         return gathered
 

@@ -19,20 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from hutch._wire import Kind
+from hutch._wire.agent_ops import OpName
 from hutch.node import (
     AgentConnection,
-    AgentDisconnected,
     AgentError,
     AgentStream,
     parse_result,
 )
+from hutch.server._agent_errors import as_api_error
 from hutch.server._deps import FRAMES_MEDIA_TYPE, Services, Svc
 from hutch.server._errors import (
-    ApiError,
-    FileError,
     GitError,
     InvalidRequest,
-    SandboxUnavailable,
 )
 from hutch.server._relay import relay_frames
 
@@ -40,27 +38,8 @@ MAX_PATH_BYTES = 4096
 UPLOAD_CHUNK = 1024 * 1024
 GIT_TIMEOUT = 600.0
 
+
 # Agent error code -> HTTP status. Codes the agent may send that are not here become 422.
-FILE_ERROR_STATUS = {
-    "file_not_found": 404,
-    "not_a_directory": 409,
-    "is_a_directory": 409,
-    "file_exists": 409,
-    "directory_not_empty": 409,
-    "not_a_regular_file": 409,
-    "read_only": 409,
-    "busy": 409,
-    "permission_denied": 403,
-    "no_space": 507,
-    "invalid_path": 422,
-    "too_many_links": 422,
-    "invalid_request": 422,
-    "io_error": 422,
-    "internal": 500,
-    "shutting_down": 503,
-}
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -171,19 +150,8 @@ def check_path(path: str, field: str = "path") -> str:
     return path
 
 
-def file_error(error: AgentError) -> ApiError:
-    if isinstance(error, AgentDisconnected):
-        return SandboxUnavailable(f"lost the connection to the sandbox's agent ({error}); retry")
-    return FileError(error.message, code=error.code, status=FILE_ERROR_STATUS.get(error.code, 422))
-
-
 async def _open(svc: Services, sandbox_id: str, request: dict[str, Any]) -> AgentStream:
-    conn = await svc.sandboxes.agent(sandbox_id)
-    try:
-        return conn.open_stream(request)
-    except AgentDisconnected as exc:
-        svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise file_error(exc) from exc
+    return await svc.sandboxes.open_stream(sandbox_id, request)
 
 
 async def _open_own(
@@ -193,53 +161,29 @@ async def _open_own(
     backpressure holds up a whole connection, so a slow reader of a 1 GiB download (or a
     watch nobody reads) must not stall the sandbox's other requests. Close the connection
     when the stream ends."""
-    await svc.sandboxes.agent(sandbox_id)  # the sandbox exists and runs: 404/409/503 otherwise
-    try:
-        conn = await AgentConnection.connect(
-            svc.runtime.agent_socket(svc.sandboxes.runtime_id(sandbox_id)),
-            timeout=svc.config.agent_connect_timeout,
-        )
-    except AgentDisconnected as exc:
-        raise file_error(exc) from exc
-    try:
-        return conn, conn.open_stream(request)
-    except AgentDisconnected as exc:
-        await conn.close()
-        raise file_error(exc) from exc
+    return await svc.sandboxes.open_own(sandbox_id, request)
 
 
-async def _call(svc: Services, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-    conn = await svc.sandboxes.agent(sandbox_id)
-    try:
-        return await conn.call(op, **args)
-    except AgentError as exc:
-        if isinstance(exc, AgentDisconnected):
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise file_error(exc) from exc
+async def _call(svc: Services, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+    return await svc.sandboxes.call(sandbox_id, op, **args)
 
 
 async def _first_event(stream: AgentStream) -> dict[str, Any]:
-    """The stream's first EVENT; an error RESULT (or a broken stream) raises the API error."""
-    try:
-        async for frame in stream:
-            if frame.kind is Kind.EVENT:
-                return frame.json()
-            if frame.kind is Kind.RESULT:
-                parse_result(frame)
-                raise AgentError("bad_response", "the agent ended the stream before starting")
-    except AgentError as exc:
-        raise file_error(exc) from exc
-    raise file_error(AgentError("bad_response", "the agent ended the stream early"))
+    """The stream's first EVENT; an error RESULT (or a broken stream) raises the agent's error."""
+    async for frame in stream:
+        if frame.kind is Kind.EVENT:
+            return frame.json()
+        if frame.kind is Kind.RESULT:
+            parse_result(frame)
+            raise AgentError("bad_response", "the agent ended the stream before starting")
+    raise AgentError("bad_response", "the agent ended the stream early")
 
 
 async def _result(stream: AgentStream) -> dict[str, Any]:
-    try:
-        async for frame in stream:
-            if frame.kind is Kind.RESULT:
-                return parse_result(frame)
-    except AgentError as exc:
-        raise file_error(exc) from exc
-    raise file_error(AgentError("bad_response", "the agent ended the stream without a result"))
+    async for frame in stream:
+        if frame.kind is Kind.RESULT:
+            return parse_result(frame)
+    raise AgentError("bad_response", "the agent ended the stream without a result")
 
 
 _GIT_SCHEME = re.compile(r"^(https?|git|ssh|file)://", re.IGNORECASE)
@@ -349,16 +293,13 @@ async def _run(
     limit = 1024 * 1024
     async with stream:
         result = None
-        try:
-            async for frame in stream:
-                if frame.kind is Kind.DATA:
-                    target = out if frame.channel == 1 else err
-                    if sum(map(len, target)) < limit:
-                        target.append(frame.payload)
-                elif frame.kind is Kind.RESULT:
-                    result = parse_result(frame)
-        except AgentError as exc:
-            raise file_error(exc) from exc
+        async for frame in stream:
+            if frame.kind is Kind.DATA:
+                target = out if frame.channel == 1 else err
+                if sum(map(len, target)) < limit:
+                    target.append(frame.payload)
+            elif frame.kind is Kind.RESULT:
+                result = parse_result(frame)
     assert result is not None
     code = int(result["exit_code"])
     return code, b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
@@ -385,7 +326,9 @@ def build_files_router(require_key: Any) -> APIRouter:
         try:
             try:
                 await _first_event(stream)
-            except ApiError:
+            except Exception as exc:
+                if as_api_error(exc) is None:
+                    raise
                 # Read (and drop) the rest of the body, so that the client, which sends all of
                 # it before it reads an answer, gets this error rather than a broken pipe.
                 with contextlib.suppress(ClientDisconnect):
@@ -414,8 +357,6 @@ def build_files_router(require_key: Any) -> APIRouter:
             raise InvalidRequest(
                 "the upload was cut off before its end; nothing was written"
             ) from None
-        except AgentError as exc:
-            raise file_error(exc) from exc
         finally:
             if not done:
                 with contextlib.suppress(Exception):
@@ -505,14 +446,11 @@ def build_files_router(require_key: Any) -> APIRouter:
         batches: list[bytes] = []
         result: dict[str, Any] = {}
         async with stream:
-            try:
-                async for frame in stream:
-                    if frame.kind is Kind.DATA:
-                        batches.append(entries_batch(frame.payload))
-                    elif frame.kind is Kind.RESULT:
-                        result = parse_result(frame)
-            except AgentError as exc:
-                raise file_error(exc) from exc
+            async for frame in stream:
+                if frame.kind is Kind.DATA:
+                    batches.append(entries_batch(frame.payload))
+                elif frame.kind is Kind.RESULT:
+                    result = parse_result(frame)
         truncated = b"true" if result.get("truncated") else b"false"
         body = (
             b'{"entries":['

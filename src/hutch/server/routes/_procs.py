@@ -16,18 +16,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hutch._wire import Kind, encode_frame, encode_frame_parts, encode_json_frame
-from hutch.node import AgentConnection, AgentDisconnected, AgentError, AgentStream
+from hutch._wire import Frame, Kind, encode_frame, encode_frame_parts, encode_json_frame
+from hutch._wire.agent_ops import OpName
+from hutch.node import AgentConnection, AgentError, AgentStream
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
 from hutch.server._errors import (
-    ApiError,
     InvalidRequest,
-    ProcessExists,
-    ProcessNotFound,
-    ProcessNotRunning,
     SandboxUnavailable,
-    SessionExists,
-    SessionNotFound,
 )
 from hutch.server._models import ExecResult, _check_env
 from hutch.server._relay import gather_exec, relay_frames
@@ -167,62 +162,29 @@ def parse_signal(value: str | int) -> int:
     return number
 
 
-def _agent_error(exc: AgentError, sandbox_id: str) -> ApiError:
-    table: dict[str, type[ApiError]] = {
-        "process_not_found": ProcessNotFound,
-        "process_not_running": ProcessNotRunning,
-        "process_exists": ProcessExists,
-        "stdin_full": ProcessNotRunning,
-        "session_not_found": SessionNotFound,
-        "session_exists": SessionExists,
-    }
-    if isinstance(exc, AgentDisconnected):
-        return SandboxUnavailable(f"sandbox {sandbox_id} stopped answering: {exc}; retry")
-    cls = table.get(exc.code)
-    if cls is not None:
-        return cls(exc.message, code=exc.code)
-    return InvalidRequest(exc.message, code=exc.code)
-
-
-async def agent_call(svc: Svc, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-    try:
-        return await conn.call(op, **args)
-    except AgentDisconnected as exc:
-        svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise _agent_error(exc, sandbox_id) from exc
-    except AgentError as exc:
-        raise _agent_error(exc, sandbox_id) from exc
+async def agent_call(svc: Svc, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+    return await svc.sandboxes.call(sandbox_id, op, **args)
 
 
 async def open_logs(
     svc: Svc, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
 ) -> AgentStream:
     """Open the agent's logs stream (on ``conn``, else the shared connection)."""
-    shared = conn is None
-    if conn is None:
-        conn = await svc.sandboxes.agent(sandbox_id)
-    try:
-        stream = conn.open_stream({"op": "process_logs", **request})
-    except AgentDisconnected as exc:
-        if shared:
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise _agent_error(exc, sandbox_id) from exc
-    return stream
+    return await svc.sandboxes.open_stream(sandbox_id, {"op": "process_logs", **request}, conn)
 
 
-async def _first(stream: AgentStream, sandbox_id: str) -> Any:
-    try:
-        frame = await stream.__anext__()
-    except AgentError as exc:
-        raise _agent_error(exc, sandbox_id) from exc
+async def _first(stream: AgentStream) -> Frame:
+    """The stream's first frame; an error RESULT raises the agent's error."""
+    frame = await stream.__anext__()
     if frame.kind is Kind.RESULT:
-        error = frame.json().get("error")
-        if isinstance(error, dict):
-            raise _agent_error(
-                AgentError(str(error.get("code")), str(error.get("message"))), sandbox_id
-            )
+        _raise_error(frame.json())
     return frame
+
+
+def _raise_error(result: dict[str, Any]) -> None:
+    error = result.get("error")
+    if isinstance(error, dict):
+        raise AgentError(str(error.get("code")), str(error.get("message")))
 
 
 def build_procs_router() -> APIRouter:
@@ -282,19 +244,16 @@ def build_procs_router() -> APIRouter:
         stream = await open_logs(svc, sandbox_id, {"id": process_id, "follow": False})
         out: list[bytes] = []
         err: list[bytes] = []
-        await _first(stream, sandbox_id)
-        try:
-            async for frame in stream:
-                if frame.kind is Kind.DATA:
-                    (out if frame.channel == 1 else err).append(frame.payload)
-                elif frame.kind is Kind.RESULT:
-                    return {
-                        "stdout": b"".join(out).decode("utf-8", "replace"),
-                        "stderr": b"".join(err).decode("utf-8", "replace"),
-                        "process": frame.json()["process"],
-                    }
-        except AgentError as exc:
-            raise _agent_error(exc, sandbox_id) from exc
+        await _first(stream)
+        async for frame in stream:
+            if frame.kind is Kind.DATA:
+                (out if frame.channel == 1 else err).append(frame.payload)
+            elif frame.kind is Kind.RESULT:
+                return {
+                    "stdout": b"".join(out).decode("utf-8", "replace"),
+                    "stderr": b"".join(err).decode("utf-8", "replace"),
+                    "process": frame.json()["process"],
+                }
         raise SandboxUnavailable("the logs stream ended early; retry")
 
     @router.get(
@@ -328,7 +287,7 @@ def build_procs_router() -> APIRouter:
         try:
             stream = await open_logs(svc, sandbox_id, request, conn)
             # The first frame before the 200: an unknown process is a 404, not a broken stream.
-            first = await _first(stream, sandbox_id)
+            first = await _first(stream)
         except BaseException:
             await conn.close()
             raise
@@ -376,7 +335,7 @@ def build_procs_router() -> APIRouter:
         """Wait until the process has ended (or ``timeout`` seconds); returns its info either
         way: check ``status``."""
         stream = await open_logs(svc, sandbox_id, {"id": process_id, "data": False})
-        await _first(stream, sandbox_id)
+        await _first(stream)
         try:
             async with asyncio.timeout(timeout):
                 async for frame in stream:
@@ -385,8 +344,6 @@ def build_procs_router() -> APIRouter:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await stream.cancel()
-        except AgentError as exc:
-            raise _agent_error(exc, sandbox_id) from exc
         return (await agent_call(svc, sandbox_id, "process_get", id=process_id))["process"]
 
     @router.post(base + "/{process_id}/wait-for-port", response_model=PortWaitResult)
@@ -429,14 +386,9 @@ def build_procs_router() -> APIRouter:
     async def open_session_exec(
         svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
     ) -> AgentStream:
-        conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
         request = {"op": "session_exec", "session": session_id, **body.model_dump()}
-        try:
-            stream = conn.open_stream(request)
-        except AgentDisconnected as exc:
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-            raise _agent_error(exc, sandbox_id) from exc
-        await _first(stream, sandbox_id)  # "accepted", or the error (unknown session)
+        stream = await svc.sandboxes.open_stream(sandbox_id, request)
+        await _first(stream)  # "accepted", or the error (unknown session)
         return stream
 
     @router.post(sessions + "/{session_id}/exec", response_model=ExecResult)
@@ -444,15 +396,8 @@ def build_procs_router() -> APIRouter:
         svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
     ) -> ExecResult:
         stream = await open_session_exec(svc, sandbox_id, session_id, body)
-        try:
-            gathered, result = await gather_exec(stream)
-        except AgentError as exc:
-            raise _agent_error(exc, sandbox_id) from exc
-        error = result.get("error")
-        if isinstance(error, dict):
-            raise _agent_error(
-                AgentError(str(error.get("code")), str(error.get("message"))), sandbox_id
-            )
+        gathered, result = await gather_exec(stream)
+        _raise_error(result)
         return gathered
 
     @router.post(

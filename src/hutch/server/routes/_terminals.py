@@ -29,27 +29,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketState
 
-from hutch._wire import Kind
+from hutch._wire import Frame, Kind
+from hutch._wire.agent_ops import OpName
 from hutch.node import (
     AgentConnection,
-    AgentDisconnected,
     AgentError,
     AgentStream,
     parse_result,
 )
+from hutch.server._agent_errors import as_api_error
 from hutch.server._deps import Services, Svc, require_key
-from hutch.server._errors import ApiError, InvalidRequest, SandboxUnavailable
 from hutch.server.services._keys import key_from_headers
 
 SUBPROTOCOL = "hutch.terminal.v1"
 KEY_SUBPROTOCOL_PREFIX = "hutch.key."
 MAX_DIMENSION = 1000
 BATCH_BYTES = 1024 * 1024
-
-
-class TerminalNotFound(ApiError):
-    status = 404
-    code = "terminal_not_found"
 
 
 class TerminalCreate(BaseModel):
@@ -98,27 +93,28 @@ def _to_info(fields: dict[str, Any]) -> TerminalInfo:
     return TerminalInfo(**{k: fields[k] for k in TerminalInfo.model_fields})
 
 
-def _api_error(sandbox_id: str, terminal_id: str | None, exc: AgentError) -> ApiError:
-    if exc.code == "terminal_not_found":
-        return TerminalNotFound(
-            f"no terminal {terminal_id!r} in sandbox {sandbox_id} (it was closed, idled out, "
-            "or never existed); list them with GET /v1/sandboxes/{id}/terminals"
-        )
-    if isinstance(exc, AgentDisconnected):
-        return SandboxUnavailable(f"lost the connection to sandbox {sandbox_id}'s agent; retry")
-    return InvalidRequest(exc.message, code=exc.code)
-
-
 async def _call(
-    svc: Services, sandbox_id: str, terminal_id: str | None, op: str, **args: Any
+    svc: Services, sandbox_id: str, terminal_id: str | None, op: OpName, **args: Any
 ) -> Any:
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
+    return await svc.sandboxes.call(sandbox_id, op, **args)
+
+
+async def _attach(
+    svc: Services, sandbox_id: str, terminal_id: str, since: int
+) -> tuple[AgentConnection, AgentStream, Frame]:
+    """The shared connection, the attach stream and its first frame (the agent's error raised)."""
+    conn = await svc.sandboxes.agent(sandbox_id)
+    stream = await svc.sandboxes.open_stream(
+        sandbox_id, {"op": "pty_attach", "id": terminal_id, "since": since}, conn
+    )
     try:
-        return await conn.call(op, **args)
-    except AgentError as exc:
-        if isinstance(exc, AgentDisconnected):
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise _api_error(sandbox_id, terminal_id, exc) from exc
+        first = await anext(stream)
+        if first.kind is Kind.RESULT:
+            parse_result(first)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return conn, stream, first
 
 
 def _ws_key(websocket: WebSocket) -> str | None:
@@ -223,21 +219,11 @@ def build_terminals_router() -> APIRouter:
             await _refuse(websocket, subprotocol, 4401, "missing or invalid API key")
             return
         try:
-            conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-            stream = conn.open_stream({"op": "pty_attach", "id": terminal_id, "since": since})
-        except ApiError as exc:
-            await _refuse(websocket, subprotocol, WS_CLOSE_CODES.get(exc.status, 4500), exc.code)
-            return
-        except AgentDisconnected:
-            await _refuse(websocket, subprotocol, 4503, "sandbox_unavailable")
-            return
-        try:
-            first = await anext(stream)
-            if first.kind is Kind.RESULT:
-                parse_result(first)
-        except AgentError as exc:
-            await stream.aclose()
-            error = _api_error(sandbox_id, terminal_id, exc)
+            conn, stream, first = await _attach(svc, sandbox_id, terminal_id, since)
+        except Exception as exc:
+            error = as_api_error(exc)
+            if error is None:
+                raise
             await _refuse(
                 websocket, subprotocol, WS_CLOSE_CODES.get(error.status, 4500), error.code
             )
@@ -356,5 +342,8 @@ async def _control(
             )
     try:
         await conn.call("pty_resize", id=terminal_id, cols=cols, rows=rows)
-    except AgentError as exc:
-        await error(exc.code, exc.message)
+    except Exception as exc:
+        api_error = as_api_error(exc)
+        if api_error is None:
+            raise
+        await error(api_error.code, api_error.message)

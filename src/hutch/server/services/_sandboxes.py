@@ -14,12 +14,15 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
+from hutch._wire.agent_ops import OpName
 from hutch.node import (
     RULES_NAME,
     AgentConnection,
     AgentError,
+    AgentGateway,
+    AgentStream,
     EgressProxy,
     WarmPools,
     agent_env,
@@ -42,7 +45,6 @@ from hutch.server._errors import (
     SandboxNotFound,
     SandboxNotRunning,
     SandboxStartFailed,
-    SandboxUnavailable,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
 from hutch.server.services._keys import now_iso
@@ -134,8 +136,11 @@ class SandboxManager:
         self._runtime = runtime
         self._images = images
         self._agent_timeout = agent_timeout
-        self._agents: dict[str, AgentConnection] = {}
-        self._agent_locks: dict[str, asyncio.Lock] = {}
+        self.gateway = AgentGateway(
+            lambda sid: runtime.agent_socket(self._rid(sid)),
+            timeout=agent_timeout,
+            on_connect=self._send_secrets,
+        )
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.on_destroy: list[Callable[[str], None]] = []
@@ -170,10 +175,7 @@ class SandboxManager:
         if self._pools is not None:
             await self._pools.stop()
         # Sandboxes keep running: only our connections to them close.
-        for conn in list(self._agents.values()):
-            with contextlib.suppress(Exception):
-                await conn.close()
-        self._agents.clear()
+        await self.gateway.close()
 
     async def recover(self) -> None:
         """Re-adopt what still runs, restart what the host lost, sweep what a crash left."""
@@ -330,7 +332,7 @@ class SandboxManager:
         assert self.egress is not None
         try:
             await self.egress.register(record.id, self._rid(record.id))
-            await self._send_secrets(record.id, self._agents[record.id])
+            await self._send_secrets(record.id, self.gateway.current(record.id))
         except BaseException as exc:
             self.egress.forget(record.id)
             with contextlib.suppress(Exception):
@@ -342,7 +344,7 @@ class SandboxManager:
     async def _start_entrypoint(self, record: SandboxRecord, image: Image) -> None:
         """Start the image's ENTRYPOINT+CMD as the process `entrypoint` (with the image's user,
         env and working dir, as every process); if it cannot start, the sandbox goes again."""
-        conn = self._agents[record.id]
+        conn = self.gateway.current(record.id)
         try:
             await asyncio.wait_for(
                 conn.call(
@@ -412,7 +414,7 @@ class SandboxManager:
                 raise SandboxStartFailed(f"sandbox {record.id} failed to start: {exc}") from exc
             raise
         self._runtime_ids[record.id] = runtime_id
-        self._agents[record.id] = conn
+        self.gateway.adopt(record.id, conn)
 
     async def _create_cold(
         self, record: SandboxRecord, request: SandboxCreate, image: Image
@@ -425,14 +427,14 @@ class SandboxManager:
             raise _exists(sandbox_id)
         try:
             socket_path = await self._runtime.create(self._spec(record, image), defer_network=True)
-            conn = await self._connect(sandbox_id, socket_path)
+            conn = await self.gateway.connect(sandbox_id, socket_path)
             # The veth is attached while the agent starts; both before anyone gets it.
             await asyncio.wait_for(
                 asyncio.gather(conn.call("ping"), self._runtime.network_ready(sandbox_id)),
                 self._agent_timeout,
             )
         except BaseException as exc:
-            await self._forget_agent(sandbox_id)
+            await self.gateway.forget(sandbox_id)
             if self.egress is not None:
                 self.egress.forget(sandbox_id)
             with contextlib.suppress(Exception):
@@ -465,7 +467,7 @@ class SandboxManager:
         self._id_locks.pop(sandbox_id, None)
 
     async def _destroy_locked(self, sandbox_id: str) -> None:
-        await self._forget_agent(sandbox_id)
+        await self.gateway.forget(sandbox_id)
         await self._runtime.destroy(self._rid(sandbox_id))
         self._store.delete_sandbox(sandbox_id)
         self._runtime_ids.pop(sandbox_id, None)
@@ -473,17 +475,6 @@ class SandboxManager:
             hook(sandbox_id)
 
     # -- agent connections ----------------------------------------------------------------
-
-    async def _connect(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
-        conn = await AgentConnection.connect(socket_path, timeout=self._agent_timeout)
-        try:
-            await self._send_secrets(sandbox_id, conn)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            raise
-        self._agents[sandbox_id] = conn
-        return conn
 
     async def _send_secrets(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Give the agent the sandbox's secrets (kept in its memory, never in config.json).
@@ -504,55 +495,42 @@ class SandboxManager:
         )
         await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
-    async def _forget_agent(self, sandbox_id: str) -> None:
-        conn = self._agents.pop(sandbox_id, None)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+    def _check_running(self, sandbox_id: str) -> None:
+        record = self.get(sandbox_id)
+        if record.status != "running":
+            raise SandboxNotRunning(
+                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
+            )
 
     async def agent(self, sandbox_id: str) -> AgentConnection:
-        """The live connection to a running sandbox's agent, (re)connecting if needed."""
-        record = self.get(sandbox_id)
-        if record.status != "running":
-            raise SandboxNotRunning(
-                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
-            )
-        conn = self._agents.get(sandbox_id)
-        if conn is not None and not conn.closed:
-            return conn
-        lock = self._agent_locks.setdefault(sandbox_id, asyncio.Lock())
-        async with lock:
-            conn = self._agents.get(sandbox_id)
-            if conn is not None and not conn.closed:
-                return conn
-            try:
-                socket_path = self._runtime.agent_socket(self._rid(sandbox_id))
-                return await self._connect(sandbox_id, socket_path)
-            except (OSError, AgentError, TimeoutError) as exc:
-                raise SandboxUnavailable(
-                    f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
-                    "retry, or destroy the sandbox"
-                ) from exc
+        """The live shared connection to a running sandbox's agent, (re)connecting if needed."""
+        self._check_running(sandbox_id)
+        return await self.gateway.shared(sandbox_id)
+
+    async def call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        """One request to a running sandbox's agent (agent errors propagate: the app maps them)."""
+        self._check_running(sandbox_id)
+        return await self.gateway.call(sandbox_id, op, **args)
+
+    async def open_stream(
+        self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+    ) -> AgentStream:
+        """A stream to a running sandbox's agent, on `conn` or the shared connection."""
+        self._check_running(sandbox_id)
+        return await self.gateway.open_stream(sandbox_id, request, conn)
+
+    async def open_own(
+        self, sandbox_id: str, request: dict[str, Any]
+    ) -> tuple[AgentConnection, AgentStream]:
+        """A stream on a connection of its own (transfers, watches); close the connection when
+        the stream ends."""
+        self._check_running(sandbox_id)
+        return await self.gateway.open_own(sandbox_id, request)
 
     async def dedicated_agent(self, sandbox_id: str) -> AgentConnection:
-        """A new connection of its own to the sandbox's agent, for one bulk stream; the caller
-        closes it. NB: streams sharing a connection stall together when one consumer is slow
-        (see _agent_client's backpressure note); a slow reader of a 2 GB stream must not hold
-        up every other request to the sandbox."""
-        record = self.get(sandbox_id)
-        if record.status != "running":
-            raise SandboxNotRunning(
-                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
-            )
-        try:
-            return await AgentConnection.connect(
-                self._runtime.agent_socket(self._rid(sandbox_id)), timeout=self._agent_timeout
-            )
-        except (OSError, AgentError, TimeoutError) as exc:
-            raise SandboxUnavailable(
-                f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
-                "retry, or destroy the sandbox"
-            ) from exc
+        """A new connection of its own to a running sandbox's agent; the caller closes it."""
+        self._check_running(sandbox_id)
+        return await self.gateway.dedicated(sandbox_id)
 
     def running_with_egress_rules(self) -> builtins.list[tuple[str, str]]:
         """(sandbox id, runtime id) of the running sandboxes that have egress rules."""
@@ -561,11 +539,6 @@ class SandboxManager:
             for r in self._store.list_sandboxes()
             if r.status == "running" and RULES_NAME in self._store.get_secrets(r.id)
         ]
-
-    def drop_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
-        """Forget a connection that broke, so the next request reconnects."""
-        if self._agents.get(sandbox_id) is conn:
-            del self._agents[sandbox_id]
 
 
 def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:
