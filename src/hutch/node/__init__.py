@@ -23,6 +23,7 @@ from hutch.node._egress import (
 )
 from hutch.node._egress_rules import BASE_URL_ENVS, RULES_NAME, EgressRule, seal_rules
 from hutch.node._gateway import AgentGateway, AgentUnreachable
+from hutch.node._host import LocalHost, SandboxHost
 from hutch.node._pools import POOL_PREFIX, WarmPools, parse_pool_sizes
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "AgentUnreachable",
     "EgressProxy",
     "EgressRule",
+    "LocalHost",
+    "SandboxHost",
     "SealedSecrets",
     "SecretOpener",
     "WarmPools",

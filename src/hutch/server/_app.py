@@ -88,7 +88,7 @@ def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
     """Route preview hosts to the exposed ports of the store (and forget destroyed sandboxes)."""
     if previews is not None:
         svc.previews = previews
-    svc.previews.address_of = lambda sid: svc.runtime.sandbox_address(svc.sandboxes.runtime_id(sid))
+    svc.previews.address_of = svc.host.address
     for port in svc.store.list_ports():
         svc.previews.add(port.sandbox_id, port.port, port.token)
     svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from hutch.node import EgressProxy, WarmPools
+from hutch.node import EgressProxy, LocalHost, SandboxHost, WarmPools
 from hutch.proxy import PreviewRoutes
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._config import ServerConfig
@@ -67,6 +67,9 @@ class Services:
             upstreams=config.egress_upstreams,
         )
         self.sandboxes.egress = self.egress
+        # The one way routes reach the host (by sandbox id; never the runtime, never a
+        # runtime id).
+        self.host: SandboxHost = LocalHost(self.runtime, self.sandboxes.runtime_id)
         self.sandboxes.on_destroy.append(self.egress.forget)
 
 

@@ -71,9 +71,8 @@ def build_buckets_router() -> APIRouter:
             prefix=body.prefix,
             region=body.region,
         )
-        rid = svc.sandboxes.runtime_id(sandbox_id)
         try:
-            mounted = await svc.runtime.buckets.mount(rid, svc.runtime.rootfs(rid), req)
+            mounted = await svc.host.mount_bucket(sandbox_id, req)
         except (BucketMountFailed, BucketPathBusy, BucketPathInvalid, ValueError) as exc:
             raise _map_error(exc) from None
         return mount_info(mounted)
@@ -81,21 +80,15 @@ def build_buckets_router() -> APIRouter:
     @router.get("/sandboxes/{sandbox_id}/mounts", response_model=BucketMountList)
     async def list_mounts(svc: Svc, sandbox_id: str) -> BucketMountList:
         svc.sandboxes.get(sandbox_id)
-        return BucketMountList(
-            mounts=[
-                mount_info(m)
-                for m in svc.runtime.buckets.list(svc.sandboxes.runtime_id(sandbox_id))
-            ]
-        )
+        return BucketMountList(mounts=[mount_info(m) for m in svc.host.bucket_mounts(sandbox_id)])
 
     @router.delete("/sandboxes/{sandbox_id}/mounts", status_code=204)
     async def unmount_bucket(
         svc: Svc, sandbox_id: str, mount_path: Annotated[str, Query()]
     ) -> Response:
         svc.sandboxes.get(sandbox_id)
-        rid = svc.sandboxes.runtime_id(sandbox_id)
         try:
-            await svc.runtime.buckets.unmount(rid, svc.runtime.rootfs(rid), mount_path)
+            await svc.host.unmount_bucket(sandbox_id, mount_path)
         except (BucketNotMounted, BucketPathInvalid) as exc:
             raise _map_error(exc) from None
         return Response(status_code=204)

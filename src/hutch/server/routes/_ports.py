@@ -75,7 +75,7 @@ def build_ports_router() -> APIRouter:
             network=r.network,
             network_allow=r.network_allow,
             network_deny=r.network_deny,
-            address=svc.runtime.sandbox_address(svc.sandboxes.runtime_id(sandbox_id)),
+            address=svc.host.address(sandbox_id),
         )
 
     @router.put("/sandboxes/{sandbox_id}/network", response_model=NetworkInfo)
@@ -84,7 +84,7 @@ def build_ports_router() -> APIRouter:
         if record.status != "running":
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {record.status}")
         policy = NetworkPolicy.of(body.network, body.network_allow, body.network_deny)
-        await svc.runtime.set_network_policy(svc.sandboxes.runtime_id(sandbox_id), policy)
+        await svc.host.set_network_policy(sandbox_id, policy)
         record.network = body.network
         record.network_allow = list(body.network_allow)
         record.network_deny = list(body.network_deny)

@@ -47,9 +47,7 @@ def build_sandboxes_router() -> APIRouter:
     @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_sandbox(svc: Svc, sandbox_id: str) -> SandboxInfo:
         info = to_info(svc.sandboxes.get(sandbox_id))
-        info.mounts = [
-            mount_info(m) for m in svc.runtime.buckets.list(svc.sandboxes.runtime_id(sandbox_id))
-        ]
+        info.mounts = [mount_info(m) for m in svc.host.bucket_mounts(sandbox_id)]
         return info
 
     @router.delete("/sandboxes/{sandbox_id}", status_code=204)
