@@ -22,7 +22,7 @@ import pytest
 
 from hutch import Client, ImageBuildFailed, InvalidRequest, PayloadTooLarge, Sandbox
 from hutch.runtime import ImageStore
-from hutch.runtime._oci_build import BuildError, build_image, check_untrusted_dockerfile
+from hutch.runtime.images._oci_build import BuildError, build_image, check_untrusted_dockerfile
 from tests._server import SHARED_IMAGES, ServerProcess
 from tests.conftest import _cleanup_home
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime import _images
-from hutch.runtime._default_image import (
+from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
+from hutch.runtime.images import _store as _images
+from hutch.runtime.images._default_image import (
     RECIPE_LABEL,
     DebootstrapStatusParser,
     DefaultImageBuildError,
@@ -29,8 +30,7 @@ from hutch.runtime._default_image import (
     recipe_digest,
     render_progress_bar,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
-from hutch.runtime._images import ImageConfig, ImageNotFound, ImageStore
+from hutch.runtime.images._store import ImageConfig, ImageNotFound, ImageStore
 from tests._server import SHARED_IMAGES
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs
 
@@ -378,7 +378,7 @@ def test_a_crash_mid_add_leaves_nothing_stored(tmp_path: Path) -> None:
 _ADD_THEN_HANG = """
 import sys, time
 from pathlib import Path
-from hutch.runtime import _images
+from hutch.runtime.images import _store as _images
 
 def hang(root, base=0):
     print("copied", flush=True)

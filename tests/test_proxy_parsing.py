@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hutch.runtime._nft import NetworkPolicy, policy_rules
+from hutch.runtime.container._nft import NetworkPolicy, policy_rules
 from hutch.server._proxy import (
     BadRequest,
     ChunkedFraming,

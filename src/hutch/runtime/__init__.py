@@ -4,14 +4,8 @@
 agent, and removes every trace of it again. `ImageStore` holds the root filesystems.
 """
 
-from hutch.runtime._default_image import (
-    DefaultImageBuildError,
-    default_recipe_dir,
-    ensure_default_image,
-    recipe_digest,
-    render_progress_bar,
-)
-from hutch.runtime._errors import (
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
+from hutch.runtime.container._errors import (
     AgentBundleError,
     RuncError,
     SandboxExists,
@@ -20,16 +14,22 @@ from hutch.runtime._errors import (
     SandboxStartError,
     StorageError,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
-from hutch.runtime._images import Image, ImageConfig, ImageNotFound, ImageStore
-from hutch.runtime._nft import NetworkPolicy
-from hutch.runtime._runtime import (
+from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._runtime import (
     Limits,
     Runtime,
     RuntimeConfig,
     SandboxSpec,
     SandboxState,
 )
+from hutch.runtime.images._default_image import (
+    DefaultImageBuildError,
+    default_recipe_dir,
+    ensure_default_image,
+    recipe_digest,
+    render_progress_bar,
+)
+from hutch.runtime.images._store import Image, ImageConfig, ImageNotFound, ImageStore
 
 __all__ = [
     "HOST_ID_BASE",

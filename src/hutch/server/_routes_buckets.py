@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from hutch.runtime._buckets import (
+from hutch.runtime.container._buckets import (
     BucketMount,
     BucketMountFailed,
     BucketNotMounted,

@@ -25,14 +25,14 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from hutch.runtime import ImageStore
-from hutch.runtime._images import ImageNotFound, _check_name
-from hutch.runtime._oci_build import (
+from hutch.runtime.images._oci_build import (
     BuildError,
     build_image,
     check_offline_bases,
     check_untrusted_dockerfile,
 )
-from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
+from hutch.runtime.images._oci_import import ImageInvalid as RuntimeImageInvalid
+from hutch.runtime.images._store import ImageNotFound, _check_name
 from hutch.server._errors import BodyTooLarge, ImageBuildFailed, ImageInvalid, InvalidRequest
 from hutch.server._models import ErrorBody
 

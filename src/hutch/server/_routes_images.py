@@ -14,13 +14,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from hutch.runtime import Image, ImageNotFound, ImageStore
-from hutch.runtime._oci_import import (
+from hutch.runtime.images._oci_import import (
     ImageArchitectureError,
     RegistryError,
     import_archive,
     pull,
 )
-from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
+from hutch.runtime.images._oci_import import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import (
     ImageInUse,
     ImageInvalid,

@@ -24,7 +24,7 @@ from hutch.runtime import (
     Runtime,
     SandboxSpec,
 )
-from hutch.runtime._image_defaults import image_command
+from hutch.runtime.images._image_defaults import image_command
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._egress import EgressProxy, agent_env, seal_rules

@@ -43,9 +43,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hutch.runtime._errors import SandboxRuntimeError
 from hutch.runtime._idmap import HOST_ID_BASE
-from hutch.runtime._mounts import MS_BIND, mount, mount_table, umount
+from hutch.runtime.container._errors import SandboxRuntimeError
+from hutch.runtime.container._mounts import MS_BIND, mount, mount_table, umount
 
 log = logging.getLogger("hutch.runtime.buckets")
 

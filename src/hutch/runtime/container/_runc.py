@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hutch.runtime._errors import RuncError, SandboxStartError
+from hutch.runtime.container._errors import RuncError, SandboxStartError
 
 # runc gets a fixed environment: it would honour LISTEN_FDS (systemd socket activation) of the
 # server's and hand those fds to the container.

@@ -8,7 +8,7 @@ The build runs once per recipe: the recipe's digest is stored as a label on the 
 3. apt lists and caches and host leftovers (resolv.conf, hostname) removed;
 4. the rootfs moved into the image store (which shifts its ownership into the sandbox id range).
 
-Run `python -m hutch.runtime._default_image` to build it with a progress bar.
+Run `python -m hutch.runtime.images._default_image` to build it with a progress bar.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from hutch.runtime._images import Image, ImageConfig, ImageNotFound, ImageStore, _rmtree
+from hutch.runtime.images._store import Image, ImageConfig, ImageNotFound, ImageStore, _rmtree
 
 DEFAULT_IMAGE_NAME = "default"
 RECIPE_LABEL = "hutch.recipe-digest"
@@ -51,7 +51,7 @@ class DefaultImageBuildError(RuntimeError):
 
 def default_recipe_dir() -> Path:
     """The `images/default` recipe of the source tree this module was loaded from."""
-    recipe = Path(__file__).resolve().parents[3] / "images" / "default"
+    recipe = Path(__file__).resolve().parents[4] / "images" / "default"
     if not (recipe / "packages.txt").is_file():
         raise FileNotFoundError(
             f"the default image recipe is not at {recipe}: run from a Hutch source checkout, "
@@ -752,7 +752,7 @@ def _lines(stdout_fd: int, status_fd: int) -> Iterator[tuple[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hutch.runtime._default_image",
+        prog="python -m hutch.runtime.images._default_image",
         description="Build the default image (once per recipe) into Hutch's image store.",
     )
     home = Path(os.environ.get("HUTCH_HOME", "/var/lib/hutch"))

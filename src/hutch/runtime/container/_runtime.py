@@ -37,27 +37,30 @@ from pathlib import Path
 from typing import Literal
 
 import hutch
-from hutch.runtime._agent_bundle import AGENT_ENV, AgentBundle, agent_args, ensure_agent_bundle
-from hutch.runtime._buckets import BucketMounts
-from hutch.runtime._cgroups import (
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime.container._agent_bundle import (
+    AGENT_ENV,
+    AgentBundle,
+    agent_args,
+    ensure_agent_bundle,
+)
+from hutch.runtime.container._buckets import BucketMounts
+from hutch.runtime.container._cgroups import (
     cgroups_path,
     host_accounts_swap,
     kill_cgroup_tasks,
     remove_cgroups,
 )
-from hutch.runtime._errors import (
+from hutch.runtime.container._errors import (
     SandboxExists,
     SandboxMissing,
     SandboxRuntimeError,
     SandboxStartError,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
-from hutch.runtime._image_defaults import image_agent_env
-from hutch.runtime._images import Image
-from hutch.runtime._mounts import mounts_under, umount
-from hutch.runtime._netns import DEFAULT_SUBNET, Networks, SandboxNet
-from hutch.runtime._nft import NetworkPolicy
-from hutch.runtime._oci import (
+from hutch.runtime.container._mounts import mounts_under, umount
+from hutch.runtime.container._netns import DEFAULT_SUBNET, Networks, SandboxNet
+from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._oci import (
     CPU_PERIOD_US,
     Resources,
     SandboxLayout,
@@ -66,10 +69,12 @@ from hutch.runtime._oci import (
     resources,
     sandbox_spec,
 )
-from hutch.runtime._overlay import mount_overlay, unmount_overlay
-from hutch.runtime._runc import Runc
-from hutch.runtime._seccomp import default_profile, kernel_version
-from hutch.runtime._storage import StoragePool
+from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
+from hutch.runtime.container._runc import Runc
+from hutch.runtime.container._seccomp import default_profile, kernel_version
+from hutch.runtime.container._storage import StoragePool
+from hutch.runtime.images._image_defaults import image_agent_env
+from hutch.runtime.images._store import Image
 
 log = logging.getLogger("hutch.runtime")
 

@@ -22,7 +22,8 @@ import json
 import shutil
 from pathlib import Path
 
-from hutch.runtime._default_image import (
+from hutch.runtime._idmap import unshift_ownership
+from hutch.runtime.images._default_image import (
     _CHROOT_ENV,
     _CHROOT_SCRIPT,
     _PRIVATE_NAMESPACES,
@@ -35,8 +36,7 @@ from hutch.runtime._default_image import (
     _MonotonicProgress,
     recipe_digest,
 )
-from hutch.runtime._idmap import unshift_ownership
-from hutch.runtime._images import Image, ImageNotFound, ImageStore
+from hutch.runtime.images._store import Image, ImageNotFound, ImageStore
 
 RECIPE_LABEL = "hutch.recipe-digest"
 BASE_LABEL = "hutch.base-image"
@@ -48,7 +48,7 @@ class RecipeImageBuildError(RuntimeError):
 
 def recipe_dir_for(name: str) -> Path:
     """`images/<name>` of the source tree this module was loaded from."""
-    recipe = Path(__file__).resolve().parents[3] / "images" / name
+    recipe = Path(__file__).resolve().parents[4] / "images" / name
     if not (recipe / "config.json").is_file():
         raise FileNotFoundError(
             f"no image recipe {name!r} at {recipe}: run from a Hutch source checkout"
