@@ -17,16 +17,17 @@ import pytest
 
 from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
 from hutch.runtime.images import _store as _images
+from hutch.runtime.images._apt_sources import (
+    image_apt_sources,
+    parse_deb822_sources,
+    parse_sources_list,
+)
+from hutch.runtime.images._build_progress import DebootstrapStatusParser, parse_apt_status
 from hutch.runtime.images._default_image import (
     RECIPE_LABEL,
-    DebootstrapStatusParser,
     DefaultImageBuildError,
     default_recipe_dir,
     ensure_default_image,
-    image_apt_sources,
-    parse_apt_status,
-    parse_deb822_sources,
-    parse_sources_list,
     recipe_digest,
     render_progress_bar,
 )

@@ -483,8 +483,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
     from hutch.cli._images import build_with_buildah
-    from hutch.runtime.images._oci_build import BuildError
-    from hutch.runtime.images._oci_import import ImageInvalid
+    from hutch.runtime import BuildError, ImageInvalid
 
     context = Path(args.name if args.name != "default" else ".")
     if not args.tag:
@@ -501,11 +500,12 @@ def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
 
 def _build_recipe_image(args: argparse.Namespace, config: ServerConfig) -> int:
     """Images built on a stored image from `images/<name>/` (e.g. agents, on default)."""
-    from hutch.runtime import ImageStore, render_progress_bar
-    from hutch.runtime.images._recipe_image import (
+    from hutch.runtime import (
+        ImageStore,
         RecipeImageBuildError,
         ensure_recipe_image,
         recipe_dir_for,
+        render_progress_bar,
     )
 
     try:

@@ -25,7 +25,7 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def _check_cidrs(cidrs: list[str]) -> list[str]:
-    from hutch.runtime.container._nft import normalize_cidr
+    from hutch.runtime import normalize_cidr
 
     if len(cidrs) > 256:
         raise ValueError("at most 256 CIDRs")

@@ -23,8 +23,8 @@ from hutch.runtime import (
     NetworkPolicy,
     Runtime,
     SandboxSpec,
+    image_command,
 )
-from hutch.runtime.images._image_defaults import image_command
 from hutch.server._agent_client import AgentConnection, AgentError
 from hutch.server._auth import now_iso
 from hutch.server._egress import EgressProxy, agent_env, seal_rules

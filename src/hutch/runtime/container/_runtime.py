@@ -73,8 +73,7 @@ from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
 from hutch.runtime.container._runc import Runc
 from hutch.runtime.container._seccomp import default_profile, kernel_version
 from hutch.runtime.container._storage import StoragePool
-from hutch.runtime.images._image_defaults import image_agent_env
-from hutch.runtime.images._store import Image
+from hutch.runtime.images import Image, image_agent_env
 
 log = logging.getLogger("hutch.runtime")
 
