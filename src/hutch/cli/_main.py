@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
+from hutch.cli._extras import install_server_message, missing_server_module
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
 from hutch.cli._network import add_cidr_options, add_network_commands
@@ -52,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except HutchError as exc:
         _fail(str(exc))
+        return 1
+    except ModuleNotFoundError as exc:
+        # `pip install hutch` has no server: say how to get it instead of a traceback.
+        if (module := missing_server_module(exc)) is None:
+            raise
+        _fail(install_server_message(args.command, module))
         return 1
     except KeyboardInterrupt:
         return 130

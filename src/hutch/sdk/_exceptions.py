@@ -167,7 +167,7 @@ class InvalidRequest(APIError, ValueError):
 class ImageBuildFailed(InvalidRequest):
     """A step of an image build failed; :attr:`output_tail` holds the last lines it printed."""
 
-    output_tail: list[str] = []  # noqa: RUF012 - set per instance by the build
+    output_tail: list[str] = []
 
 
 class GitError(APIError):

@@ -445,7 +445,7 @@ def create_app(
     from hutch.server._console import mount_console
 
     mount_console(app)
-    from hutch.server._routes_code import build_code_router  # noqa: PLC0415 (imports this module)
+    from hutch.server._routes_code import build_code_router
 
     app.include_router(build_code_router())
     from hutch.server._routes_procs import build_procs_router  # NB: it imports this module

@@ -146,7 +146,7 @@ class WarmPools:
                         )
                     if limits != POOL_LIMITS:
                         await self._runtime.update_limits(entry.runtime_id, limits)
-                except Exception as exc:  # noqa: BLE001 - fall back to a cold start
+                except Exception as exc:
                     log.warning("pooled sandbox %s unusable: %s", entry.runtime_id, exc)
                     await self._discard(entry)
                     continue
@@ -166,7 +166,7 @@ class WarmPools:
             await entry.conn.close()
         try:
             await self._runtime.destroy(entry.runtime_id)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.error("could not destroy pooled sandbox %s: %s", entry.runtime_id, exc)
 
     async def _refill_loop(self) -> None:
@@ -186,7 +186,7 @@ class WarmPools:
                     await self._yield_to_claims()
                     try:
                         ready.append(await self._start_one(image))
-                    except Exception as exc:  # noqa: BLE001 - keep serving; retry later
+                    except Exception as exc:
                         log.error("could not start a pooled sandbox of %s: %s", name, exc)
                         failed = True
                         break
