@@ -30,6 +30,7 @@ from hutch.cli._output import (
     render_table,
     short_id,
 )
+from hutch.cli._output import print_error as _fail
 
 if TYPE_CHECKING:
     from hutch.sdk import Sandbox
@@ -260,11 +261,6 @@ def _pair(text: str) -> tuple[str, str]:
 
 def _needs_subcommand(args: argparse.Namespace) -> int:
     raise AssertionError("argparse requires a subcommand")  # pragma: no cover
-
-
-def _fail(message: str) -> None:
-    sys.stdout.flush()
-    print(f"hutch: error: {message}", file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hutch.cli._connect import client_for as _client
+from hutch.cli._output import print_error, render_table
 
 Handler = Callable[[argparse.Namespace], int]
 Command = Callable[..., argparse.ArgumentParser]
@@ -103,8 +104,6 @@ def cmd_ports_unexpose(args: argparse.Namespace) -> int:
 
 
 def cmd_ports_ls(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _fail
-    from hutch.cli._output import render_table
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
@@ -112,7 +111,7 @@ def cmd_ports_ls(args: argparse.Namespace) -> int:
     if args.port is not None:
         urls = [p.url for p in exposed if p.port == args.port]
         if not urls:
-            _fail(f"port {args.port} is not exposed; expose it with: hutch ports expose")
+            print_error(f"port {args.port} is not exposed; expose it with: hutch ports expose")
             return 1
         print(urls[0])
         return 0
@@ -122,14 +121,13 @@ def cmd_ports_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_network(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _fail
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
         sandbox = Sandbox(args.id, client=client)
         if args.mode is None:
             if args.allow or args.deny:
-                _fail("--allow and --deny need a mode: hutch network ID none|internet ...")
+                print_error("--allow and --deny need a mode: hutch network ID none|internet ...")
                 return 2
             policy = sandbox.get_network()
         else:
