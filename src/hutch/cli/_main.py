@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch._wire.sandbox_options import DEFAULTS, HELP, NETWORKS, RUNTIMES
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
 from hutch.cli._extras import install_server_message, missing_server_module
@@ -120,16 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label", metavar="K=V", action="append", type=_pair, help="a label; repeatable"
     )
-    p.add_argument("--cpu", type=float, default=1.0, help="CPUs (default: %(default)s)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MB", help="memory limit in MiB")
-    p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
-    p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+    # Defaults and help: hutch._wire.sandbox_options, as for the SDK and the API.
+    p.add_argument("--cpu", type=float, default=DEFAULTS.cpu, help=_help("cpu"))
     p.add_argument(
-        "--start-entrypoint",
-        action="store_true",
-        help="start the image's ENTRYPOINT+CMD as the process 'entrypoint'",
+        "--memory", type=int, default=DEFAULTS.memory_mb, metavar="MB", help=_help("memory_mb")
     )
+    p.add_argument(
+        "--disk", type=int, default=DEFAULTS.disk_mb, metavar="MB", help=_help("disk_mb")
+    )
+    p.add_argument("--runtime", choices=RUNTIMES, default=DEFAULTS.runtime, help=_help("runtime"))
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help=HELP["timeout"])
+    p.add_argument("--start-entrypoint", action="store_true", help=HELP["start_entrypoint"])
 
     p = command("ls", cmd_ls, "list sandboxes")
     p.add_argument("--label", metavar="K=V", action="append", type=_pair, help="filter; repeatable")
@@ -222,9 +224,15 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sandbox_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default="default", help="image (default: %(default)s)")
-    parser.add_argument("--network", choices=["none", "internet"], default="none")
+    parser.add_argument("--image", default=DEFAULTS.image, help=_help("image"))
+    parser.add_argument(
+        "--network", choices=NETWORKS, default=DEFAULTS.network, help=_help("network")
+    )
     add_cidr_options(parser)
+
+
+def _help(option: str) -> str:
+    return f"{HELP[option]} (default: %(default)s)"
 
 
 def _add_env(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from hutch._wire.sandbox_options import HELP
 from hutch.cli._connect import client_for as _client
 from hutch.cli._output import print_error, render_table
 
@@ -60,10 +61,14 @@ def add_cidr_options(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR",
         action="append",
         default=[],
-        help="reachable even with network none; repeatable",
+        help=f"{HELP['network_allow']}, even with network none; repeatable",
     )
     parser.add_argument(
-        "--deny", metavar="CIDR", action="append", default=[], help="never reachable; repeatable"
+        "--deny",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help=f"{HELP['network_deny']}; repeatable",
     )
 
 

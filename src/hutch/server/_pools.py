@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch._wire.sandbox_options import DEFAULTS
 from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
 from hutch.server._agent_client import AgentConnection
 from hutch.server._store import Store
@@ -34,7 +35,13 @@ log = logging.getLogger("hutch.server.pools")
 
 POOL_PREFIX = "pool-"
 # What a pooled sandbox is started with: SandboxCreate's defaults.
-POOL_LIMITS = Limits(cpu=1.0, memory_mb=1024, pids=512, disk_mb=4096)
+# A pooled sandbox has the default options (hutch._wire.sandbox_options) until it is claimed.
+POOL_LIMITS = Limits(
+    cpu=DEFAULTS.cpu,
+    memory_mb=DEFAULTS.memory_mb,
+    pids=DEFAULTS.pids_limit,
+    disk_mb=DEFAULTS.disk_mb,
+)
 _RETRY_AFTER_FAILURE = 5.0
 REFILL_DELAY = 0.25
 REFILL_MAX_WAIT = 5.0
