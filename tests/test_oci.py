@@ -11,6 +11,7 @@ import pytest
 
 import hutch.runtime
 from hutch.runtime.container._agent_bundle import AgentBundle, agent_args
+from hutch.runtime.container._host_files import RESOLV_MARKER, etc_hosts, resolv_conf
 from hutch.runtime.container._nft import NetworkPolicy
 from hutch.runtime.container._oci import (
     DEFAULT_CAPABILITIES,
@@ -22,7 +23,6 @@ from hutch.runtime.container._oci import (
 )
 from hutch.runtime.container._overlay import overlay_options
 from hutch.runtime.container._runc import read_runc_error
-from hutch.runtime.container._runtime import RESOLV_MARKER, etc_hosts, resolv_conf
 from hutch.runtime.container._seccomp import (
     CLONE_NAMESPACE_FLAGS,
     CLONE_NEWUSER,

@@ -27,9 +27,9 @@ from hutch.runtime.container._errors import (
     StorageError,
 )
 from hutch.runtime.container._nft import NetworkPolicy, normalize_cidr
-from hutch.runtime.container._runtime import (
+from hutch.runtime.container._runtime import Runtime
+from hutch.runtime.container._spec import (
     Limits,
-    Runtime,
     RuntimeConfig,
     SandboxSpec,
     SandboxState,
