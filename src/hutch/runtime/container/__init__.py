@@ -7,7 +7,7 @@ from an image) and `hutch.runtime._idmap`; nothing in `hutch.runtime.images` imp
 Other packages import these names from `hutch.runtime`.
 """
 
-from hutch.runtime.container._buckets import (
+from hutch.runtime.container._bucket_spec import (
     BucketError,
     BucketMount,
     BucketMountFailed,
