@@ -51,7 +51,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait until /healthz answers; returns the seconds that took."""
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "ab")
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [str(HUTCH_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)],

@@ -22,7 +22,7 @@ import pytest
 
 from hutch import Client, ImageBuildFailed, InvalidRequest, PayloadTooLarge, Sandbox
 from hutch.runtime import ImageStore
-from hutch.runtime._oci_build import BuildError, build_image, check_untrusted_dockerfile
+from hutch.runtime.images._oci_build import BuildError, build_image, check_untrusted_dockerfile
 from tests._server import SHARED_IMAGES, ServerProcess
 from tests.conftest import _cleanup_home
 
@@ -324,7 +324,7 @@ def test_a_context_with_too_many_entries_is_refused(
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         body = b"host secret\n"
         self.send_response(200)

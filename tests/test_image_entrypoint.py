@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from hutch import Client, InvalidRequest, Sandbox
-from hutch.runtime._image_defaults import image_shell
-from hutch.runtime._images import ImageConfig
+from hutch.runtime.images._image_defaults import image_shell
+from hutch.runtime.images._store import ImageConfig
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
 from tests.support.busybox import make_busybox_rootfs

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hutch.runtime import HOST_ID_BASE, ImageStore
-from hutch.runtime._oci_import import (
+from hutch.runtime.images._oci_import import (
     ImageArchitectureError,
     ImageInvalid,
     apply_layer,

@@ -15,22 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime import _images
-from hutch.runtime._default_image import (
+from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
+from hutch.runtime.images import _store as _images
+from hutch.runtime.images._apt_sources import (
+    image_apt_sources,
+    parse_deb822_sources,
+    parse_sources_list,
+)
+from hutch.runtime.images._build_progress import DebootstrapStatusParser, parse_apt_status
+from hutch.runtime.images._default_image import (
     RECIPE_LABEL,
-    DebootstrapStatusParser,
     DefaultImageBuildError,
     default_recipe_dir,
     ensure_default_image,
-    image_apt_sources,
-    parse_apt_status,
-    parse_deb822_sources,
-    parse_sources_list,
     recipe_digest,
     render_progress_bar,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
-from hutch.runtime._images import ImageConfig, ImageNotFound, ImageStore
+from hutch.runtime.images._store import ImageConfig, ImageNotFound, ImageStore
 from tests._server import SHARED_IMAGES
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs
 
@@ -378,7 +379,7 @@ def test_a_crash_mid_add_leaves_nothing_stored(tmp_path: Path) -> None:
 _ADD_THEN_HANG = """
 import sys, time
 from pathlib import Path
-from hutch.runtime import _images
+from hutch.runtime.images import _store as _images
 
 def hang(root, base=0):
     print("copied", flush=True)

@@ -21,7 +21,7 @@ from hutch.proxy import (
     split_host,
 )
 from hutch.proxy._http1 import _parse_request_slow, _parse_response_slow
-from hutch.runtime._nft import NetworkPolicy, policy_rules
+from hutch.runtime.container._nft import NetworkPolicy, policy_rules
 
 TOKEN = "ab" * 16
 HOST = f"8080-sb-1-{TOKEN}.localhost:7070"

@@ -9,7 +9,7 @@ import pytest
 
 from hutch.runtime import HOST_ID_BASE, ImageStore, shift_ownership
 from hutch.runtime._idmap import unshift_ownership
-from hutch.runtime._recipe_image import (
+from hutch.runtime.images._recipe_image import (
     RecipeImageBuildError,
     ensure_recipe_image,
     recipe_base,

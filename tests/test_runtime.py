@@ -32,7 +32,7 @@ from hutch.runtime import (
     SandboxSpec,
     SandboxStartError,
 )
-from hutch.runtime._mounts import umount
+from hutch.runtime.container._mounts import umount
 from tests.support.busybox import add_busybox_image
 from tests.support.echo_agent import echo_agent_package
 

@@ -54,7 +54,7 @@ _libc: Any = None
 
 
 def _inotify() -> Any:
-    global _libc  # noqa: PLW0603 - loaded once, on the first watch
+    global _libc
     if _libc is None:
         import ctypes
 

@@ -9,7 +9,7 @@ host side of the sandbox's own veth. For each request it
 - listens only on the gateway addresses of sandboxes with rules (one listener each, never on
   every address), finds the sandbox by the connection's SOURCE address and checks that it came
   in on that sandbox's own gateway: never by anything the sandbox sends (nftables only lets a
-  sandbox with egress secrets reach this port, on its own gateway; see runtime/_nft.py);
+  sandbox with egress secrets reach this port, on its own gateway; see runtime/container/_nft.py);
 - takes the first path segment as the upstream host, refuses (403) a host that is not one of
   that sandbox's rules;
 - drops hop-by-hop headers and every header of the rule's name the sandbox sent, sets that
@@ -147,7 +147,7 @@ class EgressProxy:
         for sandbox_id, runtime_id in running:
             try:
                 await self.register(sandbox_id, runtime_id)
-            except Exception as exc:  # noqa: BLE001 - one sandbox must not stop the server
+            except Exception as exc:
                 log.error("egress rules of sandbox %s not restored: %s", sandbox_id, exc)
 
     def _choose_port(self) -> int:
@@ -251,7 +251,7 @@ class EgressProxy:
         host, _, rest = raw_path.lstrip("/").partition("/")
         try:
             rules, values = self._rules(sandbox_id)
-        except Exception:  # noqa: BLE001 - destroyed meanwhile, or the key changed
+        except Exception:
             await _error(send, 403, "egress_forbidden", "this sandbox has no egress secrets")
             return
         rule = rules.get(host.lower())

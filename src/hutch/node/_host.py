@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from hutch.runtime import NetworkPolicy, Runtime
-from hutch.runtime._buckets import BucketMount, BucketRequest
+from hutch.runtime import BucketMount, BucketRequest, NetworkPolicy, Runtime
 
 
 class SandboxHost(Protocol):

@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hutch._wire.sandbox_options import DEFAULTS
 from hutch.node._agent_client import AgentConnection
 from hutch.runtime import Image, ImageNotFound, ImageStore, Limits, Runtime, SandboxSpec
 
@@ -31,7 +32,13 @@ log = logging.getLogger("hutch.server.pools")
 
 POOL_PREFIX = "pool-"
 # What a pooled sandbox is started with: SandboxCreate's defaults.
-POOL_LIMITS = Limits(cpu=1.0, memory_mb=1024, pids=512, disk_mb=4096)
+# A pooled sandbox has the default options (hutch._wire.sandbox_options) until it is claimed.
+POOL_LIMITS = Limits(
+    cpu=DEFAULTS.cpu,
+    memory_mb=DEFAULTS.memory_mb,
+    pids=DEFAULTS.pids_limit,
+    disk_mb=DEFAULTS.disk_mb,
+)
 _RETRY_AFTER_FAILURE = 5.0
 REFILL_DELAY = 0.25
 REFILL_MAX_WAIT = 5.0
@@ -126,7 +133,7 @@ class WarmPools:
                         )
                     if limits != POOL_LIMITS:
                         await self._runtime.update_limits(entry.runtime_id, limits)
-                except Exception as exc:  # noqa: BLE001 - fall back to a cold start
+                except Exception as exc:
                     log.warning("pooled sandbox %s unusable: %s", entry.runtime_id, exc)
                     await self._discard(entry)
                     continue
@@ -146,7 +153,7 @@ class WarmPools:
             await entry.conn.close()
         try:
             await self._runtime.destroy(entry.runtime_id)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.error("could not destroy pooled sandbox %s: %s", entry.runtime_id, exc)
 
     async def _refill_loop(self) -> None:
@@ -166,7 +173,7 @@ class WarmPools:
                     await self._yield_to_claims()
                     try:
                         ready.append(await self._start_one(image))
-                    except Exception as exc:  # noqa: BLE001 - keep serving; retry later
+                    except Exception as exc:
                         log.error("could not start a pooled sandbox of %s: %s", name, exc)
                         failed = True
                         break

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from hutch.runtime._buckets import (
+from hutch.runtime import (
     BucketMount,
     BucketMountFailed,
     BucketNotMounted,

@@ -24,15 +24,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from hutch.runtime import ImageStore
-from hutch.runtime._images import ImageNotFound, _check_name
-from hutch.runtime._oci_build import (
+from hutch.runtime import (
     BuildError,
+    ImageNotFound,
+    ImageStore,
     build_image,
+    check_image_name,
     check_offline_bases,
     check_untrusted_dockerfile,
 )
-from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
+from hutch.runtime import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import BodyTooLarge, ImageBuildFailed, ImageInvalid, InvalidRequest
 from hutch.server._models import ErrorBody
 
@@ -171,7 +172,7 @@ def build_image_build_router(
         store: ImageStore = svc.images
         limit: int = svc.config.max_build_context_bytes
         try:
-            _check_name(name)
+            check_image_name(name)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         staging = store.staging()

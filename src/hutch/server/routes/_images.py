@@ -13,14 +13,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from hutch.runtime import Image, ImageNotFound, ImageStore
-from hutch.runtime._oci_import import (
+from hutch.runtime import (
+    Image,
     ImageArchitectureError,
+    ImageNotFound,
+    ImageStore,
     RegistryError,
     import_archive,
     pull,
 )
-from hutch.runtime._oci_import import ImageInvalid as RuntimeImageInvalid
+from hutch.runtime import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import (
     ImageInUse,
     ImageInvalid,

@@ -36,8 +36,8 @@ from hutch.runtime import (
     NetworkPolicy,
     Runtime,
     SandboxSpec,
+    image_command,
 )
-from hutch.runtime._image_defaults import image_command
 from hutch.server._errors import (
     ImageNotFoundError,
     InvalidRequest,
@@ -196,7 +196,7 @@ class SandboxManager:
                 image = self._images.get(record.image_id)
                 await self._runtime.start_existing(self._spec(record, image))
                 log.info("restarted sandbox %s (its container was %s)", record.id, state)
-            except Exception as exc:  # noqa: BLE001 - one broken sandbox must not stop the server
+            except Exception as exc:
                 log.error("could not restart sandbox %s: %s", record.id, exc)
                 self._store.set_sandbox_status(record.id, "failed")
         self._load_runtime_ids()
@@ -219,7 +219,7 @@ class SandboxManager:
                     log.info("sandbox %s reached its timeout; destroying it", record.id)
                     try:
                         await self.destroy(record.id)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         log.error("could not destroy expired sandbox %s: %s", record.id, exc)
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime import _nft
-from hutch.runtime._errors import SandboxRuntimeError
-from hutch.runtime._nft import NetworkPolicy
+from hutch.runtime.container import _nft
+from hutch.runtime.container._errors import SandboxRuntimeError
+from hutch.runtime.container._nft import NetworkPolicy
 
 log = logging.getLogger("hutch.runtime")
 

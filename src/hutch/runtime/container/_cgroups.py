@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hutch.runtime._errors import SandboxRuntimeError
+from hutch.runtime.container._errors import SandboxRuntimeError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "hutch"

@@ -15,7 +15,7 @@ import errno
 import os
 import re
 
-from hutch.runtime._oci import Seccomp, SeccompArg, SyscallRule
+from hutch.runtime.container._oci import Seccomp, SeccompArg, SyscallRule
 
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"

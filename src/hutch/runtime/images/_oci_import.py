@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from hutch.runtime._images import Image, ImageConfig, ImageStore
+from hutch.runtime.images._store import Image, ImageConfig, ImageStore
 
 _MAX_SYMLINK_HOPS = 40
 _CAPS_XATTR = "security.capability"

@@ -24,40 +24,50 @@ import contextlib
 import json
 import logging
 import os
-import re
 import resource
-import secrets
-import shutil
-import socket
 import stat
 import time
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import hutch
-from hutch.runtime._agent_bundle import AGENT_ENV, AgentBundle, agent_args, ensure_agent_bundle
-from hutch.runtime._buckets import BucketMounts
-from hutch.runtime._cgroups import (
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime.container._agent_bundle import (
+    AGENT_ENV,
+    AgentBundle,
+    agent_args,
+    ensure_agent_bundle,
+)
+from hutch.runtime.container._buckets import BucketMounts
+from hutch.runtime.container._cgroups import (
     cgroups_path,
     host_accounts_swap,
     kill_cgroup_tasks,
     remove_cgroups,
 )
-from hutch.runtime._errors import (
+from hutch.runtime.container._errors import (
     SandboxExists,
     SandboxMissing,
     SandboxRuntimeError,
     SandboxStartError,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
-from hutch.runtime._image_defaults import image_agent_env
-from hutch.runtime._images import Image
-from hutch.runtime._mounts import mounts_under, umount
-from hutch.runtime._netns import DEFAULT_SUBNET, Networks, SandboxNet
-from hutch.runtime._nft import NetworkPolicy
-from hutch.runtime._oci import (
+from hutch.runtime.container._host_files import (
+    RESOLV_MARKER,
+    add_mode,
+    check_traversable,
+    etc_hosts,
+    listen_unix,
+    make_dir,
+    read_text_or_empty,
+    remove_dir,
+    resolv_conf,
+    rewrite_in_place,
+)
+from hutch.runtime.container._mounts import mounts_under, umount
+from hutch.runtime.container._netns import Networks, SandboxNet
+from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._oci import (
     CPU_PERIOD_US,
     Resources,
     SandboxLayout,
@@ -66,70 +76,24 @@ from hutch.runtime._oci import (
     resources,
     sandbox_spec,
 )
-from hutch.runtime._overlay import mount_overlay, unmount_overlay
-from hutch.runtime._runc import Runc
-from hutch.runtime._seccomp import default_profile, kernel_version
-from hutch.runtime._storage import StoragePool
+from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
+from hutch.runtime.container._runc import Runc
+from hutch.runtime.container._seccomp import default_profile, kernel_version
+from hutch.runtime.container._spec import (
+    HOSTNAME_RE,
+    SANDBOX_ID_RE,
+    Limits,
+    RuntimeConfig,
+    SandboxSpec,
+    SandboxState,
+    check_sandbox_id,
+)
+from hutch.runtime.container._storage import StoragePool
+from hutch.runtime.images import image_agent_env
 
 log = logging.getLogger("hutch.runtime")
 
-SandboxState = Literal["running", "paused", "stopped", "missing"]
-
-SANDBOX_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _MAX_NOFILE = 1 << 20
-
-
-def _debug_agent_default() -> bool:
-    return os.environ.get("HUTCH_DEBUG_AGENT") == "1"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one sandbox."""
-
-    cpu: float = 1.0
-    memory_mb: int = 1024
-    swap_mb: int = 0  # swap on top of memory: the memory+swap limit is memory_mb + swap_mb
-    pids: int = 512
-    disk_mb: int = 4096
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    """What to run: `image` with `env` (over the image's) and `limits`."""
-
-    id: str
-    image: Image
-    env: Mapping[str, str]
-    limits: Limits
-    runtime: Literal["runc", "gvisor"] = "runc"
-    hostname: str = "sandbox"
-    network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Settings of the host-side runtime.
-
-    Attributes:
-        home: `HUTCH_HOME`; everything the runtime keeps lives under it.
-        storage_size_gb: size of the sparse btrfs pool file holding the writable layers.
-        runc: the runc binary (name on PATH or path).
-        agent_package: the `hutch` package whose `_wire` and `agent` run in sandboxes
-            (default: this installation's).
-        debug_agent: send the agent's stderr to `sandboxes/<id>/agent.log` (default: the
-            `HUTCH_DEBUG_AGENT=1` environment variable). Off in production: sandbox root could
-            reopen its PID 1's stderr and fill the host disk through it.
-    """
-
-    home: Path
-    storage_size_gb: int = 64
-    runc: str = "runc"
-    agent_package: Path | None = None
-    debug_agent: bool = field(default_factory=_debug_agent_default)
-    network_subnet: str = DEFAULT_SUBNET
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +141,9 @@ class Runtime:
         self._home.mkdir(parents=True, exist_ok=True)
         # The sandbox's root (an unprivileged host uid) must be able to traverse to its rootfs
         # and to the agent bundle: o+x on the home, never o+r.
-        _add_mode(self._home, 0o711)
-        _check_traversable(self._home.resolve().parent)
-        _mkdir(self._sandboxes, 0o711)
+        add_mode(self._home, 0o711)
+        check_traversable(self._home.resolve().parent)
+        make_dir(self._sandboxes, 0o711)
         await self._storage.ensure()
         await self._networks.setup()
         package = self.config.agent_package or Path(hutch.__file__).parent
@@ -199,7 +163,7 @@ class Runtime:
 
     def rootfs(self, sandbox_id: str) -> Path:
         """The host path where the sandbox's root filesystem is mounted while it runs."""
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         return self._paths(sandbox_id).rootfs
 
     def agent_socket(self, sandbox_id: str) -> Path:
@@ -266,19 +230,19 @@ class Runtime:
         os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
         lower = os.stat(spec.image.rootfs)
         # The overlay's root takes the upper dir's owner and mode: make them the image's.
-        _mkdir(paths.upper, stat.S_IMODE(lower.st_mode), owner=(lower.st_uid, lower.st_gid))
-        _mkdir(paths.work, 0o700, owner=(HOST_ID_BASE, HOST_ID_BASE))
+        make_dir(paths.upper, stat.S_IMODE(lower.st_mode), owner=(lower.st_uid, lower.st_gid))
+        make_dir(paths.work, 0o700, owner=(HOST_ID_BASE, HOST_ID_BASE))
         if not (spec.image.rootfs / "workspace").is_dir():
-            _mkdir(paths.upper / "workspace", 0o755, owner=(HOST_ID_BASE, HOST_ID_BASE))
+            make_dir(paths.upper / "workspace", 0o755, owner=(HOST_ID_BASE, HOST_ID_BASE))
         self._write_etc_files(spec, paths, overwrite=True)
 
     def _write_etc_files(self, spec: SandboxSpec, paths: _Paths, *, overwrite: bool) -> None:
         files = {
             "hosts": etc_hosts(spec.hostname),
             "hostname": f"{spec.hostname}\n",
-            "resolv.conf": resolv_conf(_read_text(Path("/etc/resolv.conf")), spec.network),
+            "resolv.conf": resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), spec.network),
         }
-        _mkdir(paths.etc, 0o755)
+        make_dir(paths.etc, 0o755)
         for name, text in files.items():
             path = paths.etc / name
             if not overwrite and path.exists():
@@ -306,8 +270,8 @@ class Runtime:
         timings: dict[str, float],
         defer_network: bool = False,
     ) -> Path:
-        _mkdir(paths.bundle, 0o711)
-        _mkdir(paths.rootfs, 0o755)
+        make_dir(paths.bundle, 0o711)
+        make_dir(paths.rootfs, 0o755)
         with _timed(timings, "overlay"):
             unmount_overlay(paths.rootfs)  # a stale mount from before a runc failure
             mount_overlay(
@@ -402,7 +366,7 @@ class Runtime:
             SandboxRuntimeError: some trace could not be removed (the others were); calling
                 again retries.
         """
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         async with self._lock(sandbox_id):
             await self._destroy(sandbox_id)
 
@@ -437,7 +401,7 @@ class Runtime:
         except SandboxRuntimeError as e:
             errors.append(str(e))
         try:
-            _rmtree(paths.bundle)
+            remove_dir(paths.bundle)
         except OSError as e:
             errors.append(f"bundle dir: {e}")
         if errors:
@@ -495,13 +459,15 @@ class Runtime:
 
     async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         """Replace a running sandbox's egress policy; effective for its next packet."""
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         await self._networks.set_policy(sandbox_id, policy)
         # The resolver follows the policy, unless the sandbox wrote its own resolv.conf.
         # NB: rewritten in place: the sandbox sees this inode through a bind mount.
         path = self._paths(sandbox_id).etc / "resolv.conf"
-        if _read_text(path).startswith(RESOLV_MARKER):
-            _rewrite_in_place(path, resolv_conf(_read_text(Path("/etc/resolv.conf")), policy))
+        if read_text_or_empty(path).startswith(RESOLV_MARKER):
+            rewrite_in_place(
+                path, resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), policy)
+            )
 
     async def open_gateway_port(self, sandbox_id: str, port: int) -> tuple[str, str]:
         """Let the sandbox reach TCP `port` on its gateway; (sandbox address, gateway)."""
@@ -523,7 +489,7 @@ class Runtime:
     async def state(self, sandbox_id: str) -> SandboxState:
         """running / paused; stopped (its writable layer remains: `start_existing` runs it
         again); missing (nothing left)."""
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         container = await self._runc.state(sandbox_id)
         if container is not None and container.status == "running":
             return "running"
@@ -541,7 +507,7 @@ class Runtime:
     async def update_limits(self, sandbox_id: str, limits: Limits) -> None:
         """Apply new cpu, memory, swap and pids limits to a running sandbox (its cgroups).
         The disk quota is fixed at create."""
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         r = self._resources(limits)
         args = ["--cpu-quota", str(r.cpu.quota), "--cpu-period", str(CPU_PERIOD_US)]
         args += ["--cpu-share", str(r.cpu.shares), "--pids-limit", str(r.pids_limit)]
@@ -552,11 +518,11 @@ class Runtime:
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         await self._runc.pause(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> None:
-        _check_id(sandbox_id)
+        check_sandbox_id(sandbox_id)
         await self._runc.resume(sandbox_id)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -587,7 +553,7 @@ class Runtime:
 
     def _validate(self, spec: SandboxSpec) -> None:
         """Refuse a bad spec before anything is created for it."""
-        _check_id(spec.id)
+        check_sandbox_id(spec.id)
         if not HOSTNAME_RE.fullmatch(spec.hostname):
             raise ValueError(f"invalid hostname {spec.hostname!r}")
         if spec.limits.disk_mb <= 0:
@@ -599,122 +565,6 @@ class Runtime:
                 f"runtime {spec.runtime!r} is not available on this host (runsc is not "
                 "installed); use runtime='runc'"
             )
-
-
-def _check_id(sandbox_id: str) -> None:
-    if not SANDBOX_ID_RE.fullmatch(sandbox_id):
-        raise ValueError(
-            f"invalid sandbox id {sandbox_id!r}: 1-63 characters of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit"
-        )
-
-
-def listen_unix(path: Path) -> socket.socket:
-    """A listening unix socket at `path` that only root can connect to, replacing any old one.
-
-    Bound in a private directory and renamed into place: there is never a moment when the
-    socket exists at `path` with the umask's looser mode.
-    """
-    private = path.parent / f".sock-{secrets.token_hex(4)}"
-    private.mkdir(mode=0o700)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        staged = private / "s"
-        sock.bind(str(staged))
-        os.chmod(staged, 0o600)
-        sock.listen(512)
-        os.rename(staged, path)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(private / "s")  # only there if the rename did not happen
-        os.rmdir(private)
-    return sock
-
-
-def _mkdir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """mkdir -p with exactly `mode`, whatever the umask."""
-    path.mkdir(mode=mode, exist_ok=True)
-    os.chmod(path, mode)
-    if owner is not None:
-        os.chown(path, *owner)
-
-
-def _rmtree(path: Path) -> None:
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-
-
-def _add_mode(path: Path, bits: int) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & bits != bits:
-        os.chmod(path, mode | (bits & 0o111))
-
-
-def _check_traversable(directory: Path) -> None:
-    for path in (directory, *directory.parents):
-        if not path.stat().st_mode & stat.S_IXOTH:
-            raise SandboxRuntimeError(
-                f"{path} is not searchable by others (o+x), so sandboxes, whose root is an "
-                f"unprivileged host uid, cannot reach their root filesystem under it: "
-                f"chmod o+x {path}, or put HUTCH_HOME elsewhere"
-            )
-
-
-def _rewrite_in_place(path: Path, text: str) -> None:
-    with open(path, "r+") as f:
-        f.truncate(0)
-        f.write(text)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def etc_hosts(hostname: str) -> str:
-    return (
-        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    )
-
-
-_FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
-
-
-RESOLV_MARKER = "# Written by Hutch for this sandbox's network policy.\n"
-
-
-def resolv_conf(host: str, policy: NetworkPolicy | None = None) -> str:
-    """The host's resolv.conf without loopback nameservers (unreachable from the sandbox's
-    network namespace), falling back to public resolvers as Docker does.
-
-    With no egress at all (network="none", no allow list) the resolver is 127.0.0.1, where
-    nothing listens: lookups fail at once. A remote resolver would be refused by nftables too,
-    but the kernel rate-limits those ICMP errors (1/s per destination), so every other lookup
-    waited out the 5 s DNS timeout (ipykernel's start-up does several).
-    """
-    if policy is not None and not policy.internet and not policy.allow:
-        return (
-            RESOLV_MARKER + "# network=none: no name server is reachable.\nnameserver 127.0.0.1\n"
-        )
-    lines = []
-    servers = 0
-    for line in host.splitlines():
-        words = line.split()
-        if words[:1] == ["nameserver"] and len(words) > 1:
-            if words[1].startswith("127.") or words[1] == "::1":
-                continue
-            servers += 1
-        lines.append(line)
-    if servers == 0:
-        lines += [f"nameserver {ns}" for ns in _FALLBACK_NAMESERVERS]
-    return RESOLV_MARKER + "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
-from hutch.runtime._images import Image, ImageNotFound, ImageStore
-from hutch.runtime._oci_import import (
+from hutch.runtime.images._oci_import import (
     ImageInvalid,
     host_architecture,
     parse_oci_layout,
     store_parsed,
 )
+from hutch.runtime.images._store import Image, ImageNotFound, ImageStore
 
 _FROM_RE = re.compile(r"^(\s*FROM\s+)(?:--platform=\S+\s+)?(\S+)(.*)$", re.IGNORECASE)
 

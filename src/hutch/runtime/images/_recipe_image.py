@@ -22,21 +22,18 @@ import json
 import shutil
 from pathlib import Path
 
-from hutch.runtime._default_image import (
-    _CHROOT_ENV,
-    _CHROOT_SCRIPT,
-    _PRIVATE_NAMESPACES,
-    Progress,
-    Recipe,
-    _Builder,
-    _check_host,
-    _copy_files_over,
-    _exclusive,
-    _MonotonicProgress,
-    recipe_digest,
-)
 from hutch.runtime._idmap import unshift_ownership
-from hutch.runtime._images import Image, ImageNotFound, ImageStore
+from hutch.runtime.images._build_progress import MonotonicProgress, Progress
+from hutch.runtime.images._chroot_build import (
+    CHROOT_ENV,
+    ChrootBuilder,
+    Recipe,
+    check_host,
+    copy_files_over,
+    exclusive,
+)
+from hutch.runtime.images._default_image import recipe_digest
+from hutch.runtime.images._store import Image, ImageNotFound, ImageStore
 
 RECIPE_LABEL = "hutch.recipe-digest"
 BASE_LABEL = "hutch.base-image"
@@ -48,7 +45,7 @@ class RecipeImageBuildError(RuntimeError):
 
 def recipe_dir_for(name: str) -> Path:
     """`images/<name>` of the source tree this module was loaded from."""
-    recipe = Path(__file__).resolve().parents[3] / "images" / name
+    recipe = Path(__file__).resolve().parents[4] / "images" / name
     if not (recipe / "config.json").is_file():
         raise FileNotFoundError(
             f"no image recipe {name!r} at {recipe}: run from a Hutch source checkout"
@@ -76,7 +73,7 @@ def ensure_recipe_image(
     Raises:
         RecipeImageBuildError: the base image is missing, or a build step failed.
     """
-    report = _MonotonicProgress(progress)
+    report = MonotonicProgress(progress)
     base_name = recipe_base(recipe_dir)
     if base_name is None:
         raise RecipeImageBuildError(f"recipe {recipe_dir} has no 'base' in its config.json")
@@ -92,14 +89,14 @@ def ensure_recipe_image(
     if not force and (image := _current(store, name, labels)) is not None:
         report(1.0, f"{name} image is up to date")
         return image
-    _check_host()
+    check_host()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f"build-{name}.lock"):
+    with exclusive(cache_dir / f"build-{name}.lock"):
         if not force and (image := _current(store, name, labels)) is not None:
             report(1.0, f"{name} image is up to date")
             return image
         recipe = Recipe.load(recipe_dir)
-        builder = _Builder(recipe, cache_dir, report)
+        builder = ChrootBuilder(recipe, cache_dir, report)
         # NB: its own work dir and log: the default image may be building at the same time.
         builder.work = cache_dir / f"build-{name}"
         builder.rootfs = builder.work / "rootfs"
@@ -130,7 +127,7 @@ def _current(store: ImageStore, name: str, labels: dict[str, str]) -> Image | No
     return image if ok else None
 
 
-def _build(builder: _Builder, base: Image, recipe_dir: Path, name: str) -> Path:
+def _build(builder: ChrootBuilder, base: Image, recipe_dir: Path, name: str) -> Path:
     report = builder.report
     builder.cleanup()
     builder.work.mkdir(parents=True, exist_ok=True)
@@ -138,7 +135,7 @@ def _build(builder: _Builder, base: Image, recipe_dir: Path, name: str) -> Path:
     root = builder.rootfs
     with open(builder.log_path, "w") as builder.log:
         report(0.0, f"copying the {base.name} image")
-        builder._run(
+        builder.run(
             ["cp", "-a", "--reflink=auto", str(base.rootfs), str(root)], step="copy base image"
         )
         report(0.1, "shifting ownership out of the sandbox id range")
@@ -148,10 +145,10 @@ def _build(builder: _Builder, base: Image, recipe_dir: Path, name: str) -> Path:
             if Path("/etc", file).is_file():
                 shutil.copy(Path("/etc", file), etc / file)
         if builder.recipe.files_dir is not None:
-            _copy_files_over(builder.recipe.files_dir, root)
+            copy_files_over(builder.recipe.files_dir, root)
         if builder.recipe.packages:
-            builder._apt(["update"], report.span(0.15, 0.2), "updating package lists")
-            builder._apt(
+            builder.apt(["update"], report.span(0.15, 0.2), "updating package lists")
+            builder.apt(
                 ["install", "-y", "--no-install-recommends", *builder.recipe.packages],
                 report.span(0.2, 0.4),
                 "installing packages",
@@ -161,14 +158,14 @@ def _build(builder: _Builder, base: Image, recipe_dir: Path, name: str) -> Path:
         if builder.recipe.setup_script is not None:
             report(0.88, "running setup.sh")
             shutil.copy(builder.recipe.setup_script, root / "hutch-setup.sh")
-            builder._in_chroot(["/bin/sh", "-eu", "/hutch-setup.sh"], step="setup.sh")
+            builder.in_chroot(["/bin/sh", "-eu", "/hutch-setup.sh"], step="setup.sh")
             (root / "hutch-setup.sh").unlink()
         report(0.9, "cleaning up")
-        builder._finish_rootfs()
+        builder.finish_rootfs()
     return root
 
 
-def _npm_ci(builder: _Builder, recipe_dir: Path, prefix: str, report: Progress) -> None:
+def _npm_ci(builder: ChrootBuilder, recipe_dir: Path, prefix: str, report: Progress) -> None:
     if not (recipe_dir / "package-lock.json").is_file():
         raise RecipeImageBuildError(
             f"{recipe_dir}/package.json needs its package-lock.json: run "
@@ -189,8 +186,7 @@ def _npm_ci(builder: _Builder, recipe_dir: Path, prefix: str, report: Progress) 
             report(min(0.9, added / 60), line[:70])
 
     argv = ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=http"]
-    wrapper = [*_PRIVATE_NAMESPACES, "sh", "-c", _CHROOT_SCRIPT, "sh", str(builder.rootfs)]
-    env = dict(_CHROOT_ENV)
+    env = dict(CHROOT_ENV)
     # NB: trust what the host trusts for the download (a site's TLS-inspecting proxy CA), for
     # the build only: the image keeps Debian's CA bundle.
     host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -199,8 +195,8 @@ def _npm_ci(builder: _Builder, recipe_dir: Path, prefix: str, report: Progress) 
         shutil.copy(host_ca, build_ca)
         env["NODE_EXTRA_CA_CERTS"] = "/tmp/hutch-build-ca.crt"
     try:
-        builder._run(
-            [*wrapper, str(builder.archives), *argv, "--prefix", prefix],
+        builder.in_chroot(
+            [*argv, "--prefix", prefix],
             step="npm ci",
             on_output=on_output,
             env=env,

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime._errors import AgentBundleError
-from hutch.runtime._oci import Mount
+from hutch.runtime.container._errors import AgentBundleError
+from hutch.runtime.container._oci import Mount
 
 # Bump when the layout or the selection of files changes, so existing bundles are rebuilt.
 _FORMAT = "1"

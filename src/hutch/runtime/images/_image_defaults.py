@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import posixpath
 
-from hutch.runtime._images import Image, ImageConfig
+from hutch.runtime.images._store import Image, ImageConfig
 
 SHELL_NAMES = frozenset({"sh", "bash", "ash", "zsh", "dash"})
 

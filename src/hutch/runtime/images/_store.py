@@ -174,7 +174,7 @@ class ImageStore:
             ValueError: `name` is not a valid image name.
             NotADirectoryError: `source` is not a directory.
         """
-        _check_name(name)
+        check_image_name(name)
         source = source.resolve()
         if not source.is_dir():
             raise NotADirectoryError(f"image source {str(source)!r} is not a directory")
@@ -213,7 +213,7 @@ class ImageStore:
             ImageNotFound: no image `source`.
             ValueError: `name` is not a valid image name.
         """
-        _check_name(name)
+        check_image_name(name)
         with self._locked():
             image = self.get(source)
             refs = self._read_refs()
@@ -329,7 +329,7 @@ class ImageStore:
             try:
                 yield stage
             finally:
-                _rmtree(stage)
+                remove_tree(stage)
         finally:
             lock_path.unlink(missing_ok=True)
             os.close(fd)
@@ -353,7 +353,7 @@ class ImageStore:
                 if fd is None:
                     continue  # a live adder owns it
                 try:
-                    _rmtree(entry)
+                    remove_tree(entry)
                     lock_path.unlink(missing_ok=True)
                 finally:
                     if fd >= 0:
@@ -381,7 +381,8 @@ def _try_lock(lock_path: Path) -> int | None:
     return fd
 
 
-def _check_name(name: str) -> None:
+def check_image_name(name: str) -> None:
+    """Raises ValueError, saying what a name may hold, unless `name` can name an image."""
     if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid image name {name!r}: use letters, digits and . _ : / @ + - "
@@ -406,7 +407,7 @@ def _move_or_copy(source: Path, dest: Path, *, move: bool) -> None:
     if proc.returncode != 0:
         raise OSError(f"copying {source} into the image store failed: {proc.stderr.strip()}")
     if move:
-        _rmtree(source)
+        remove_tree(source)
 
 
 def _tree_digest(root: Path) -> tuple[str, int]:
@@ -490,8 +491,9 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _rmtree(path: Path) -> None:
-    # Never cross into something mounted below `path` (a build's proc, say): refuse instead.
+def remove_tree(path: Path) -> None:
+    """Deletes a file or a tree, read-only dirs included, and refuses (EBUSY) if anything is
+    mounted below it: never cross into a build's proc, say."""
     if _has_mounts_below(path):
         raise OSError(errno.EBUSY, "refusing to delete a tree with mounts below it", str(path))
     if path.is_symlink() or path.is_file():

@@ -18,8 +18,8 @@ import os
 import struct
 from pathlib import Path
 
-from hutch.runtime._errors import StorageError
-from hutch.runtime._mounts import mount_fstype, mount_source
+from hutch.runtime.container._errors import StorageError
+from hutch.runtime.container._mounts import mount_fstype, mount_source
 
 # <linux/btrfs.h>: _IOW/_IOR/_IOWR(0x94, nr, struct).
 _VOL_ARGS = struct.Struct("q4088s")  # struct btrfs_ioctl_vol_args {__s64 fd; char name[4088];}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hutch.runtime._errors import RuncError, SandboxStartError
+from hutch.runtime.container._errors import RuncError, SandboxStartError
 
 # runc gets a fixed environment: it would honour LISTEN_FDS (systemd socket activation) of the
 # server's and hand those fds to the container.
@@ -36,7 +36,10 @@ class ContainerState:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecResult:
+class RuncOutput:
+    """What one runc invocation (or `runc exec` of a host-side helper) returned: not an API
+    exec result, which is the agent's (hutch._wire.agent_ops.ExecResult)."""
+
     exit_code: int
     stdout: bytes
     stderr: bytes
@@ -91,7 +94,7 @@ class Runc:
                 f"runc run {container_id} failed (exit {status}): {read_runc_error(log)}"
             )
 
-    async def _call(self, *args: str, check: bool = True, stdin: bytes | None = None) -> ExecResult:
+    async def _call(self, *args: str, check: bool = True, stdin: bytes | None = None) -> RuncOutput:
         proc = await asyncio.create_subprocess_exec(
             *self._argv(*args),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -102,7 +105,7 @@ class Runc:
         )
         out, err = await proc.communicate(stdin)
         assert proc.returncode is not None
-        result = ExecResult(proc.returncode, out, err)
+        result = RuncOutput(proc.returncode, out, err)
         if check and result.exit_code != 0:
             raise RuncError(
                 f"runc {' '.join(args)} failed (exit {result.exit_code}): "
@@ -145,7 +148,7 @@ class Runc:
 
     async def exec(
         self, container_id: str, argv: Sequence[str], *, stdin: bytes | None = None
-    ) -> ExecResult:
+    ) -> RuncOutput:
         """Run a process in the container (with its spec's user, capabilities and seccomp)."""
         return await self._call("exec", container_id, *argv, check=False, stdin=stdin)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hutch.runtime._mounts import MS_NODEV, MS_NOSUID, MS_SHARED, mount, umount
+from hutch.runtime.container._mounts import MS_NODEV, MS_NOSUID, MS_SHARED, mount, umount
 
 # overlayfs splits its options on these; a path holding one would be misread.
 _RESERVED = (",", ":", "\\")
