@@ -441,6 +441,7 @@ async def test_connect_to_nothing_raises_disconnected(tmp_path: Path) -> None:
 # -- users -------------------------------------------------------------------------------------
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 async def test_user_by_name_and_by_number(conn: AgentConnection) -> None:
     ran = await run(conn, command="id -u; id -g; echo $HOME", user="nobody")
     uid, gid, home = ran.stdout.decode().split()
