@@ -198,13 +198,18 @@ def test_isolation_from_inside_a_sandbox(
             socket.create_connection((gateway, host_listener), timeout=5).close()
         for box in (a, b):
             own = f"{ips[box.id]}:8080"
-            wait_open = f"for i in $(seq 50); do python3 /tmp/probe.py {own} | grep -q OPEN && break; sleep 0.1; done; python3 /tmp/probe.py {own}"
+            wait_open = (
+                f"for i in $(seq 50); do python3 /tmp/probe.py {own} | grep -q OPEN && break; "
+                f"sleep 0.1; done; python3 /tmp/probe.py {own}"
+            )
             assert box.exec(wait_open).stdout.split()[1] == "OPEN"
         # Both directions, both sandboxes on the internet policy: neither reaches the other,
         # the host on any of its addresses, nor the API.
         hosts = {*_host_addresses(), *gateways.values()}
         for attacker, victim in ((a, b), (b, a)):
-            targets = [f"{h}:{port}" for h in sorted(hosts) for port in (host_listener, server.port)]
+            targets = [
+                f"{h}:{port}" for h in sorted(hosts) for port in (host_listener, server.port)
+            ]
             targets.append(f"{ips[victim.id]}:8080")
             r = attacker.exec("python3 /tmp/probe.py " + " ".join(targets), timeout=120)
             assert "OPEN" not in r.stdout, r.stdout

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hutch.agent import AGENT_VERSION
 from hutch.runtime import (
     HOST_ID_BASE,
     Image,
@@ -32,7 +33,6 @@ from hutch.runtime import (
     SandboxSpec,
     SandboxStartError,
 )
-from hutch.agent import AGENT_VERSION
 from hutch.runtime._mounts import umount
 from hutch.server._agent_client import AgentConnection
 from tests.support.busybox import add_busybox_image

@@ -102,7 +102,9 @@ def test_fork_bomb_is_contained(server: ServerProcess) -> None:
         except CommandTimeout:
             pass  # a shell starved of pids may not finish in time: an outcome, not a failure
         # The limit, not luck, stopped it: forks were refused at the cgroup's maximum.
-        events = dict(line.split() for line in pids.joinpath("pids.events").read_text().splitlines())
+        events = dict(
+            line.split() for line in pids.joinpath("pids.events").read_text().splitlines()
+        )
         assert int(events["max"]) > 0, events
         # The API and other sandboxes still answer while the bomb sandbox is saturated.
         assert bystander.exec("echo alive", timeout=30).stdout == "alive\n"
