@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -66,7 +67,25 @@ def test_unknown_wrong_token_and_unexposed_get_the_same_404(
     answers = [_get(server, u) for u in (wrong, unexposed, unknown)]
     assert [r.status_code for r in answers] == [404, 404, 404]
     assert answers[0].content == answers[1].content == answers[2].content, answers
+    assert answers[0].text.startswith("no such preview:"), answers[0].text
     assert _wait_ok(server, url).status_code == 200  # and the right URL does answer
+    # A 404 leaves a kept-alive connection usable: the next request on it gets its own answer.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        for target in (unexposed, url):
+            host = urlsplit(target).netloc
+            s.sendall(f"GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        replies = b""
+        while b"hello-from-sandbox\n" not in replies:
+            chunk = s.recv(65536)
+            assert chunk, replies
+            replies += chunk
+    head, _, rest = replies.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404"), replies
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    assert rest[:length] == answers[0].content, replies
+    second = rest[length:]  # the next response starts right after the 404's body, exactly
+    assert re.match(rb"HTTP/1\.[01] 200 ", second), replies
+    assert second.endswith(b"\r\n\r\nhello-from-sandbox\n"), replies
 
 
 def test_unexpose_kills_the_url_at_once(server: ServerProcess, web: Sandbox) -> None:
