@@ -27,8 +27,16 @@ def free_port() -> int:
 class ServerProcess:
     """One Hutch server with its own home; the image store is shared between test servers."""
 
-    def __init__(self, home: Path, *, port: int | None = None, api_key: str = TEST_KEY) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int | None = None,
+        api_key: str = TEST_KEY,
+        bind: str = "127.0.0.1",
+    ) -> None:
         self.home = home
+        self.bind = bind
         self.port = port or free_port()
         self.api_key = api_key
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,7 +62,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(HUTCH_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(HUTCH_BIN), "serve", "--host", self.bind, "--port", str(self.port)],
             env=self.env(),
             stdout=log,
             stderr=log,

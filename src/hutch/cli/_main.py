@@ -283,7 +283,11 @@ def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfi
     from hutch.server import ServerConfig
 
     # HUTCH_* variables are read by the server's own loader; options given here win.
-    return ServerConfig.from_env(home=args.home, **overrides)
+    try:
+        return ServerConfig.from_env(home=args.home, **overrides)
+    except ValueError as exc:
+        # A bad HUTCH_* value is the operator's to fix: say what is wrong, not a traceback.
+        raise SystemExit(f"hutch: {exc}") from None
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ def _simple_response(status: int, body: bytes, *, close: bool = True) -> bytes:
         502: "Bad Gateway",
         505: "HTTP Version Not Supported",
     }.get(status, "Error")
+    # NB: no empty header line when the connection stays open: an extra CRLF would shift the
+    # body by two bytes and leave them in front of the next response on the connection.
+    connection = "connection: close\r\n" if close else ""
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(body)}\r\n{'connection: close' if close else ''}\r\n\r\n"
+        f"content-length: {len(body)}\r\n{connection}\r\n"
     ).encode() + body
