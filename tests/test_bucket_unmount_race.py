@@ -7,7 +7,10 @@ A server that resolves the mount point by name, following links, unmounts `<host
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +22,7 @@ import pytest
 from hutch import Sandbox
 from hutch.runtime._agent_bundle import agent_args
 from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
 from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.sandbox
@@ -90,3 +94,56 @@ def test_swapping_a_parent_for_a_symlink_cannot_unmount_a_host_mount(
             assert f"{d}/data" not in sb.exec("cat /proc/self/mountinfo").stdout
             assert f"{link}/data" not in sb.exec("cat /proc/self/mountinfo").stdout
             assert sb.info().mounts == []
+
+
+def test_destroy_while_the_swap_loop_runs_leaves_host_mounts_alone(
+    sdk_env: ServerProcess, s3: S3Server, host_mount: Path
+) -> None:
+    bucket = f"race-{time.time_ns() % 10**9}"
+    s3.make_bucket(bucket)
+    for _ in range(3):
+        sb = Sandbox.create(image="busybox")
+        assert sb.exec(f"mkdir /m && ln -s {host_mount} /mX").exit_code == 0
+        sb.mount_bucket(bucket, "/m/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        sb.start_process(python_in_sandbox(SWAP_LOOP, "/m", "/mX"))
+        time.sleep(0.3)
+        sb.destroy()
+        assert is_mounted(host_mount / "data"), "destroy unmounted the host's tmpfs"
+        assert (host_mount / "data" / "marker").read_text() == "host data"
+        assert not [
+            ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if bucket in ln
+        ]
+
+
+@pytest.fixture()
+def own_server(busybox_image: str) -> Iterator[ServerProcess]:
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-race-", dir="/var/tmp")))
+    srv.start()
+    yield srv
+    srv.stop()
+    _cleanup_home(srv)
+
+
+def test_restore_after_a_crash_while_the_swap_loop_runs_leaves_host_mounts_alone(
+    own_server: ServerProcess, s3: S3Server, host_mount: Path
+) -> None:
+    # A restarted server replaces the binds of an rclone that died: by id, through an fd.
+    bucket = f"race-{time.time_ns() % 10**9}"
+    s3.make_bucket(bucket)
+    sb = Sandbox.create(image="busybox", base_url=own_server.url, api_key=own_server.api_key)
+    try:
+        assert sb.exec(f"mkdir /m && ln -s {host_mount} /mX").exit_code == 0
+        sb.mount_bucket(bucket, "/m/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        sb.start_process(python_in_sandbox(SWAP_LOOP, "/m", "/mX"))
+        own_server.kill9()
+        (slot,) = (own_server.home / "buckets" / sb.id).iterdir()
+        os.kill(json.loads((slot / "mount.json").read_text())["pid"], signal.SIGKILL)
+        time.sleep(0.3)
+        own_server.start()
+        sb = Sandbox.connect(sb.id, base_url=own_server.url, api_key=own_server.api_key)
+        assert [m.mount_path for m in sb.info().mounts] == ["/m/data"]
+        assert is_mounted(host_mount / "data"), "restore unmounted the host's tmpfs"
+        assert (host_mount / "data" / "marker").read_text() == "host data"
+    finally:
+        sb.destroy()
+    assert is_mounted(host_mount / "data")

@@ -26,6 +26,7 @@ RESOLVE_BENEATH = 0x08
 _STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 AT_EMPTY_PATH = 0x1000
+AT_STATX_DONT_SYNC = 0x4000  # no round trip to a FUSE daemon (a dead one answers ENOTCONN)
 STATX_MNT_ID = 0x1000
 _STATX_MNT_ID_OFFSET = 144  # struct statx: stx_mnt_id follows the dev numbers
 _STATX_SIZE = 256
@@ -79,7 +80,13 @@ def open_beneath(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
 def mount_id_of(fd: int) -> int:
     """The id (as in mountinfo's first field) of the mount the open file `fd` lies on."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    rc = _libc().statx(ctypes.c_int(fd), ctypes.c_char_p(b""), AT_EMPTY_PATH, STATX_MNT_ID, buf)
+    rc = _libc().statx(
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+        STATX_MNT_ID,
+        buf,
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"statx: {os.strerror(err)}")
