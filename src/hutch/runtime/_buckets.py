@@ -46,7 +46,7 @@ from pathlib import Path
 from hutch.runtime._errors import SandboxRuntimeError
 from hutch.runtime._idmap import HOST_ID_BASE
 from hutch.runtime._mounts import MS_BIND, MountEntry, mount, mount_table, umount
-from hutch.runtime._safepath import unmount_in_root
+from hutch.runtime._safepath import PathKeptMoving, unmount_in_root
 
 log = logging.getLogger("hutch.runtime.buckets")
 
@@ -581,7 +581,14 @@ def _mounts_of(rootfs: Path, record: BucketMount) -> list[MountEntry]:
 
 def _unmount_binds(rootfs: Path, record: BucketMount) -> None:
     for entry in _mounts_of(rootfs, record):
-        unmount_in_root(rootfs, entry.mount_id)
+        try:
+            unmount_in_root(rootfs, entry.mount_id)
+        except PathKeptMoving:
+            raise BucketPathBusy(
+                f"the bucket at {record.mount_path} kept moving while it was being unmounted "
+                "(something in the sandbox keeps renaming its directories); stop that and "
+                "unmount again"
+            ) from None
 
 
 def _is_mount_point(path: Path) -> bool:

@@ -425,7 +425,7 @@ class Runtime:
             errors.append(f"container: {e}")
         try:
             await self.buckets.remove_all(sandbox_id, paths.rootfs)
-        except OSError as e:
+        except (SandboxRuntimeError, OSError) as e:
             errors.append(f"bucket mounts: {e}")
         try:
             await self._networks.remove(sandbox_id)

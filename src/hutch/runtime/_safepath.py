@@ -36,6 +36,10 @@ _MOVED = (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN)
 UNMOUNT_ATTEMPTS = 200
 
 
+class PathKeptMoving(OSError):
+    """Sandbox code kept renaming the directories on the way while the host looked for it."""
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = (
         ("flags", ctypes.c_uint64),
@@ -111,7 +115,8 @@ def unmount_in_root(rootfs: Path, mount_id: int) -> bool:
     redirect it).
 
     Raises:
-        OSError: the kernel refused the unmount, or the mount never held still long enough.
+        PathKeptMoving: the mount never held still long enough (the sandbox may retry).
+        OSError: the kernel refused the unmount.
     """
     base = str(rootfs).rstrip("/") + "/"
     root_fd = open_root(rootfs)
@@ -136,7 +141,7 @@ def unmount_in_root(rootfs: Path, mount_id: int) -> bool:
                 return True
             finally:
                 os.close(fd)
-        raise OSError(
+        raise PathKeptMoving(
             errno.EBUSY,
             f"mount {mount_id} under {rootfs} kept moving while it was being unmounted",
         )

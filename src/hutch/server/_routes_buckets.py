@@ -99,7 +99,7 @@ def build_buckets_router() -> APIRouter:
         rid = svc.sandboxes.runtime_id(sandbox_id)
         try:
             await svc.runtime.buckets.unmount(rid, svc.runtime.rootfs(rid), mount_path)
-        except (BucketNotMounted, BucketPathInvalid) as exc:
+        except (BucketNotMounted, BucketPathBusy, BucketPathInvalid) as exc:
             raise _map_error(exc) from None
         return Response(status_code=204)
 
