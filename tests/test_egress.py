@@ -284,6 +284,18 @@ def _gateway_elements(srv: ServerProcess) -> int:
         ({**RULE, "header": "Host"}, "header"),
         ({**RULE, "host": "api.anthropic.com/evil"}, "host"),
         ({**RULE, "host": "http://api.anthropic.com"}, "host"),
+        # The server would send the real secret to its own network, at a path of the
+        # sandbox's choosing.
+        ({**RULE, "host": "localhost"}, "host"),
+        ({**RULE, "host": "api.localhost"}, "host"),
+        ({**RULE, "host": "127.0.0.1"}, "host"),
+        ({**RULE, "host": "127.1"}, "host"),
+        ({**RULE, "host": "2130706433"}, "host"),
+        ({**RULE, "host": "10.0.0.5"}, "host"),
+        ({**RULE, "host": "169.254.169.254"}, "host"),
+        ({**RULE, "host": "metadata.google.internal"}, "host"),
+        ({**RULE, "host": "printer.local"}, "host"),
+        ({**RULE, "host": "intranet"}, "host"),
         ({**RULE, "secret": "NOT-A-NAME"}, "secret"),
         ({**RULE, "secret": "MISSING"}, "MISSING"),
         ({**RULE, "prefix": "Bearer\r\nX: y"}, "prefix"),

@@ -157,6 +157,26 @@ def test_a_failing_step_ends_the_stream_with_its_output(
         assert events[-1]["error"]["code"] == "image_build_failed"
 
 
+def test_build_output_names_no_host_paths(base: str, sdk_env: ServerProcess) -> None:
+    # buildah names the exported base, the staging context, its storage and the id map.
+    for dockerfile, expected in (
+        (f"FROM {base}\nCOPY missing /x\n", "missing"),
+        (f"FROM {base}\nRUN false\n", "RUN false"),
+    ):
+        with sdk_env.client() as http:
+            r = http.post(
+                "/v1/images/build",
+                params={"name": "t-paths:1"},
+                content=_tar({"Dockerfile": dockerfile.encode()}),
+            )
+        assert r.status_code == 200
+        events = [json.loads(line) for line in r.text.splitlines()]
+        assert events[-1]["type"] == "error", events[-1]
+        assert expected in r.text and f"FROM {base}" in r.text
+        for host_string in (str(SHARED_IMAGES), str(sdk_env.home), "/tmp/", "1000000000"):
+            assert host_string not in r.text, host_string
+
+
 def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

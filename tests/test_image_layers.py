@@ -245,3 +245,17 @@ def test_layers_two_images_share_take_disk_once(tmp_path: Path) -> None:
     assert (two.rootfs / "usr/lib/big.so").stat().st_nlink == 2  # two:1 and the share pool
     store.remove("two:1")
     assert os.listdir(store.root / "files") == [], "nothing stays behind the last image"
+
+
+@pytest.mark.parametrize("name", [".wh...", "dir/.wh...", ".wh..", "dir/.wh..", ".wh."])
+def test_whiteouts_of_dot_and_dotdot_are_refused(
+    tmp_path: Path, box: tuple[Path, Path], name: str
+) -> None:
+    # `.wh...` would whiteout "..": the rootfs's parent, the import's staging dir.
+    rootfs, outside = box
+    (rootfs / "keep").write_text("kept")
+    layer = _layer(tmp_path / "l.tar", [_entry("dir", tarfile.DIRTYPE), _file(name)])
+    with pytest.raises(ImageInvalid, match="whiteout"):
+        apply_layer(rootfs, layer)
+    _untouched(outside)
+    assert (rootfs / "keep").read_text() == "kept"

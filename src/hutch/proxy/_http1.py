@@ -22,6 +22,8 @@ _REQUEST_HOP = frozenset(
         b"keep-alive",
         b"proxy-connection",
         b"proxy-authorization",
+        # A preview URL is the sandbox's: an API key a client sends along must not reach it.
+        b"authorization",
         b"te",
         b"trailer",
         b"upgrade",
@@ -46,6 +48,24 @@ _RESPONSE_WATCH_RE = re.compile(
     + rb"):[ \t]*([^\r]*)",
     re.IGNORECASE,
 )
+# A Set-Cookie `Domain` attribute makes a cookie reach every host under that domain: other
+# sandboxes' previews and, under the default `localhost`, the console. Dropped, every cookie a
+# sandbox sets is host-only: its own preview host, nothing else.
+_COOKIE_DOMAIN_RE = re.compile(rb"\nset-cookie:[^\r]*;[ \t]*domain[ \t]*=", re.IGNORECASE)
+_SET_COOKIE_LINE_RE = re.compile(rb"(\r\nset-cookie:)([^\r]*)", re.IGNORECASE)
+
+
+def cookie_without_domain(value: bytes) -> bytes:
+    """A Set-Cookie value without its Domain attributes (so the cookie is host-only)."""
+    cookie, *attributes = value.split(b";")
+    kept = [a for a in attributes if a.partition(b"=")[0].strip(b" \t").lower() != b"domain"]
+    return b";".join([cookie, *kept])
+
+
+def _cookies_host_only(h: bytes) -> bytes:
+    return _SET_COOKIE_LINE_RE.sub(lambda m: m[1] + cookie_without_domain(m[2]), h)
+
+
 _FORWARDED = (
     b"%s %s HTTP/1.1\r\n%s"
     b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n"
@@ -325,6 +345,9 @@ def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
     if _HEAD_RE.fullmatch(h) is None:
         _parse_response_slow(h[:-2], method, keep_alive)
         raise BadRequest("the sandbox sent a malformed response", 502)
+    rewritten = _COOKIE_DOMAIN_RE.search(h) is not None
+    if rewritten:
+        h = _cookies_host_only(h)
     first = h.find(b"\r\n")
     parts = h[:first].split(b" ", 2)
     if (
@@ -375,7 +398,7 @@ def _parse_response(h: bytes, method: bytes, keep_alive: bool) -> Response:
     if not hop and not drop_te and not drop_cl:
         if close:
             return Response(status, length, True, h + b"Connection: close\r\n")
-        return Response(status, length, False, h, True)
+        return Response(status, length, False, h, not rewritten)
     lines = _RESPONSE_DROP_LINES[drop_te, drop_cl]
     forwarded = h[: first + 2] + _without(h, first + 2, lines)
     if close:
@@ -399,8 +422,13 @@ def _parse_response_slow(head: bytes, method: bytes, keep_alive: bool) -> Respon
         headers = _headers(lines[1:])
     except (BadRequest, ValueError) as exc:
         raise BadRequest(f"the sandbox sent a malformed response: {exc}", 502) from None
+    headers = [
+        (name, lower, cookie_without_domain(value) if lower == b"set-cookie" else value)
+        for name, lower, value in headers
+    ]
     if status == 101:
-        return Response(101, 0, False, head + b"\r\n")
+        out = [lines[0], *(name + b": " + value for name, _, value in headers)]
+        return Response(101, 0, False, b"\r\n".join(out) + b"\r\n")
     te = [v for _, n, v in headers if n == b"transfer-encoding"]
     cl = {v for _, n, v in headers if n == b"content-length"}
     tokens = {t.strip().lower() for _, n, v in headers if n == b"connection" for t in v.split(b",")}

@@ -4,6 +4,7 @@ installs the error handlers."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -66,10 +67,22 @@ def install_error_handlers(app: FastAPI) -> None:
         }.get(exc.status_code, str(exc.detail))
         return JSONResponse({"error": {"code": code, "message": message}}, exc.status_code)
 
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # NB: an exception's text can hold host paths, ids and state: it goes to the log,
+        # under an id the client gets to quote, never into the response.
+        request_id = secrets.token_hex(8)
+        log.error(
+            "unexpected error, request id %s (%s %s)",
+            request_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        message = f"internal error (request id {request_id}); the server's log has the details"
         return JSONResponse(
-            {"error": {"code": "internal", "message": f"internal error: {exc}"}}, 500
+            {"error": {"code": "internal", "message": message, "request_id": request_id}},
+            500,
+            headers={"X-Request-Id": request_id},
         )
 
     async def on_agent_error(_: Request, exc: Exception) -> JSONResponse:

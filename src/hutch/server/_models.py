@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch._wire.sandbox_options import DEFAULTS, HELP, LIMITS, Network, RuntimeName
+from hutch.server._internal_hosts import internal_host_reason
 
 SANDBOX_ID_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
 SANDBOX_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -71,6 +72,10 @@ class EgressSecret(Strict):
         host = host.lower().rstrip(".")
         if not HOSTNAME_RE.match(host):
             raise ValueError(f"host {host!r} must be a hostname such as api.anthropic.com")
+        reason = internal_host_reason(host)
+        if reason is not None:
+            # The server itself sends the secret there, to a path the sandbox picks.
+            raise ValueError(f"host {reason}; egress secrets go to public hosts only")
         return host
 
     @field_validator("header")

@@ -61,7 +61,8 @@ from hutch.runtime.container._bucket_spec import (
     rclone_bin,
     rclone_config,
 )
-from hutch.runtime.container._mounts import MS_BIND, mount, mount_table, umount
+from hutch.runtime.container._mounts import MS_BIND, MountEntry, mount, mount_table, umount
+from hutch.runtime.container._safepath import PathKeptMoving, unmount_in_root
 
 log = logging.getLogger("hutch.runtime.buckets")
 
@@ -248,11 +249,11 @@ class BucketMounts:
 
     async def _remove_slot(self, rootfs: Path, slot_dir: Path, record: BucketMount | None) -> None:
         if record is not None:
-            # Found by source, not by path: sandbox code may have renamed a parent directory
-            # (and a path through a planted symlink must not reach a host mount).
+            # Found by source, not by path: sandbox code may have renamed a parent directory.
+            # Unmounted by mount id through an fd opened beneath the rootfs: a name, even
+            # read a moment ago, may lead through a planted symlink to a host mount.
             # The unmount propagates into the sandbox's mount namespace too.
-            for target in _mounts_of(rootfs, record):
-                umount(target)
+            _unmount_binds(rootfs, record)
         await _stop_rclone(slot_dir, record)
         shutil.rmtree(slot_dir, ignore_errors=True)
 
@@ -267,8 +268,7 @@ class BucketMounts:
                         _alive(record.pid, record.pid_start) and _is_fuse_mount(slot_dir / "mnt")
                     ):
                         # Binds of a dead FUSE connection only answer ENOTCONN: replace them.
-                        for target in _mounts_of(rootfs, record):
-                            umount(target)
+                        _unmount_binds(rootfs, record)
                         await _stop_rclone(slot_dir, record)
                         await self._start_rclone(slot_dir, record)
                         log.info("restarted rclone for %s in %s", record.mount_path, sandbox_id)
@@ -384,16 +384,24 @@ def _open_target(rootfs: Path, path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _mounts_of(rootfs: Path, record: BucketMount) -> list[Path]:
+def _mounts_of(rootfs: Path, record: BucketMount) -> list[MountEntry]:
     """Where `record`'s bucket is bound under `rootfs`, deepest/latest first."""
     base = str(rootfs).rstrip("/") + "/"
     source = devname(record)
-    found = [
-        Path(e.mountpoint)
-        for e in mount_table()
-        if e.source == source and e.mountpoint.startswith(base)
-    ]
+    found = [e for e in mount_table() if e.source == source and e.mountpoint.startswith(base)]
     return list(reversed(found))
+
+
+def _unmount_binds(rootfs: Path, record: BucketMount) -> None:
+    for entry in _mounts_of(rootfs, record):
+        try:
+            unmount_in_root(rootfs, entry.mount_id)
+        except PathKeptMoving:
+            raise BucketPathBusy(
+                f"the bucket at {record.mount_path} kept moving while it was being unmounted "
+                "(something in the sandbox keeps renaming its directories); stop that and "
+                "unmount again"
+            ) from None
 
 
 def _is_mount_point(path: Path) -> bool:

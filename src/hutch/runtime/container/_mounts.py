@@ -30,6 +30,7 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    mount_id: int = 0  # mountinfo's first field; statx(STATX_MNT_ID) reports the same
 
 
 @functools.cache
@@ -47,7 +48,12 @@ def mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None
 
 
 def umount(target: Path) -> bool:
-    """Unmount `target` (lazily if busy); False if nothing was mounted there."""
+    """Unmount `target` (lazily if busy); False if nothing was mounted there.
+
+    Only for paths no sandbox can change (its bundle dir, a bucket's staging dir, a stopped
+    sandbox's rootfs): UMOUNT_NOFOLLOW guards the last component only. A mount inside a
+    running sandbox's rootfs goes through `_safepath.unmount_in_root`.
+    """
     libc = _libc()
     path = os.fsencode(target)
     if libc.umount2(path, UMOUNT_NOFOLLOW) == 0:
@@ -81,6 +87,7 @@ def mount_table() -> list[MountEntry]:
                     mountpoint=_unescape(fields[4]),
                     fstype=fields[sep + 1],
                     source=_unescape(fields[sep + 2]),
+                    mount_id=int(fields[0]),
                 )
             )
     return entries

@@ -379,21 +379,26 @@ class Runtime:
             with contextlib.suppress(BaseException):
                 await pending
         # Every step runs even if one before failed; all failures are reported together.
-        try:
-            await self.buckets.remove_all(sandbox_id, paths.rootfs)
-        except OSError as e:
-            errors.append(f"bucket mounts: {e}")
+        # NB: the container goes first: its mounts are torn down (by name, below) only once
+        # no sandbox code is left to move directories or plant symlinks under the rootfs.
+        stopped = False
         try:
             await self._stop_container(sandbox_id)
+            stopped = True
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"container: {e}")
+        try:
+            await self.buckets.remove_all(sandbox_id, paths.rootfs)
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"bucket mounts: {e}")
         try:
             await self._networks.remove(sandbox_id)
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"network: {e}")
         try:
-            for mountpoint in mounts_under(paths.bundle):
-                umount(mountpoint)
+            if stopped:  # else a name under the rootfs may lead anywhere: keep it for a retry
+                for mountpoint in mounts_under(paths.bundle):
+                    umount(mountpoint)
         except OSError as e:
             errors.append(f"rootfs mount: {e}")
         try:
@@ -401,7 +406,11 @@ class Runtime:
         except SandboxRuntimeError as e:
             errors.append(str(e))
         try:
-            remove_dir(paths.bundle)
+            if mounts_under(paths.bundle):
+                # rmtree would walk into them: the sandbox's files, a bucket's objects.
+                errors.append("bundle dir: mounts are left under it")
+            else:
+                remove_dir(paths.bundle)
         except OSError as e:
             errors.append(f"bundle dir: {e}")
         if errors:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime.images._build_output import HostPathScrubber, build_scrubber
 from hutch.runtime.images._oci_import import (
     ImageInvalid,
     host_architecture,
@@ -307,8 +308,11 @@ def export_oci_layout(image: Image, layout: Path) -> None:
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
 
 
-def _rewrite_from(dockerfile: str, store: ImageStore, work: Path) -> str:
-    """Point every `FROM <hutch image>` at an exported OCI layout of it."""
+def _rewrite_from(
+    dockerfile: str, store: ImageStore, work: Path, bases: dict[str, str] | None = None
+) -> str:
+    """Point every `FROM <hutch image>` at an exported OCI layout of it (`bases` gets each
+    `oci:<layout>:image` -> the reference it replaced)."""
     lines = []
     exported: dict[str, Path] = {}
     for line in dockerfile.splitlines():
@@ -324,7 +328,10 @@ def _rewrite_from(dockerfile: str, store: ImageStore, work: Path) -> str:
                     layout = work / f"from-{len(exported)}"
                     export_oci_layout(image, layout)
                     exported[image.id] = layout
-                line = f"{m.group(1)}oci:{exported[image.id]}:image{m.group(3)}"
+                base = f"oci:{exported[image.id]}:image"
+                if bases is not None:
+                    bases[base] = ref
+                line = f"{m.group(1)}{base}{m.group(3)}"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -357,7 +364,8 @@ def build_image(
         raise BuildError(f"cannot read {dockerfile}: {e}") from None
     with store.staging() as stage:
         rewritten = stage / "Dockerfile"
-        rewritten.write_text(_rewrite_from(text, store, stage))
+        bases: dict[str, str] = {}
+        rewritten.write_text(_rewrite_from(text, store, stage, bases))
         base = [
             "buildah",
             "--root",
@@ -367,10 +375,19 @@ def build_image(
             "--storage-driver",
             "vfs",
         ]
+        scrub: HostPathScrubber | None = None
         if untrusted:
             idmap = f"0:{HOST_ID_BASE}:{ID_RANGE}"
             isolation = ["--isolation", "oci", "--userns-uid-map", idmap]
             isolation += ["--userns-gid-map", idmap, "--network", "none"]
+            # An API client gets buildah's lines without the server's paths in them.
+            scrub = build_scrubber(
+                bases=bases,
+                context=str(context),
+                stage=str(stage),
+                store_root=str(store.root),
+                idmap=idmap,
+            )
         else:
             isolation = ["--isolation", "chroot"]
         bud = [*base, "bud", *isolation, "--layers=false", "-f", str(rewritten)]
@@ -379,9 +396,10 @@ def build_image(
         # sources and registry images in the host's network namespace (the host's loopback,
         # the cloud metadata address, ...). An API build runs buildah in a new network
         # namespace with nothing but a down `lo`: its FROM is a Hutch image or scratch.
-        _run(bud, out, offline=untrusted)
+        _run(bud, out, offline=untrusted, scrub=scrub)
         layout = stage / "result"
-        _run([*base, "push", "hutch-build", f"oci:{layout}:image"], out, offline=untrusted)
+        push = [*base, "push", "hutch-build", f"oci:{layout}:image"]
+        _run(push, out, offline=untrusted, scrub=scrub)
         parsed = parse_oci_layout(layout, "image")
         image = store_parsed(
             store, name, parsed, stage, labels={"hutch.built-from": source or str(dockerfile)}
@@ -391,7 +409,13 @@ def build_image(
         return image
 
 
-def _run(cmd: list[str], out: Output | None, *, offline: bool = False) -> None:
+def _run(
+    cmd: list[str],
+    out: Output | None,
+    *,
+    offline: bool = False,
+    scrub: HostPathScrubber | None = None,
+) -> None:
     env = dict(os.environ)
     if "--isolation" not in cmd:
         env["BUILDAH_ISOLATION"] = "chroot"
@@ -402,12 +426,14 @@ def _run(cmd: list[str], out: Output | None, *, offline: bool = False) -> None:
         tail: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:
+            if scrub is not None:
+                line = scrub(line)
             if out is not None:
                 out.write(line)
                 out.flush()
             tail = (tail + [line.rstrip()])[-15:]
     if proc.returncode != 0:
-        raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:9])} failed:\n" + "\n".join(tail), tail)
+        raise BuildError(f"{shlex.join(cmd[:1] + cmd[7:8])} failed:\n" + "\n".join(tail), tail)
 
 
 __all__ = [

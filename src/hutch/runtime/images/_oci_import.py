@@ -403,7 +403,11 @@ def _apply_member(
             _remove(os.path.join(parent, entry))
         return
     if base.startswith(_WHITEOUT):
-        _remove(os.path.join(parent, base[len(_WHITEOUT) :]))
+        hidden = base[len(_WHITEOUT) :]
+        if hidden in ("", ".", ".."):
+            # `.wh...` would remove the rootfs's parent (the import's staging dir).
+            raise ImageInvalid(f"layer entry {member.name!r} is a whiteout of {hidden!r}")
+        _remove(os.path.join(parent, hidden))
         return
     target = os.path.join(parent, base)
     if member.ischr() or member.isblk():

@@ -89,7 +89,7 @@ def build_buckets_router() -> APIRouter:
         svc.sandboxes.get(sandbox_id)
         try:
             await svc.host.unmount_bucket(sandbox_id, mount_path)
-        except (BucketNotMounted, BucketPathInvalid) as exc:
+        except (BucketNotMounted, BucketPathBusy, BucketPathInvalid) as exc:
             raise _map_error(exc) from None
         return Response(status_code=204)
 
