@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from hutch.agent import AGENT_VERSION
+from hutch.node import AgentConnection
 from hutch.runtime import (
     HOST_ID_BASE,
     Image,
@@ -33,9 +35,9 @@ from hutch.runtime import (
     SandboxSpec,
     SandboxStartError,
 )
-from hutch.runtime._mounts import umount
-from hutch.runtime._oci import Mount, Spec
-from hutch.runtime._workcgroup import AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
+from hutch.runtime.container._mounts import umount
+from hutch.runtime.container._oci import Mount, Spec
+from hutch.runtime.container._workcgroup import AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
 from tests.support.busybox import add_busybox_image
 from tests.support.echo_agent import echo_agent_package
 
@@ -194,8 +196,9 @@ async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Ima
         "hostname": "sandbox",
         "cat /proc/self/uid_map | tr -s ' '": f" 0 {HOST_ID_BASE} 65536",
         "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused": "refused",
-        "unshare -U true 2>/dev/null && echo unshared || echo refused": "refused",
-        "unshare -m true 2>/dev/null && echo unshared || echo refused": "refused",
+        # Refused by the kernel, not missing: a lacking `unshare` binary must not pass.
+        "unshare -U true 2>&1 | grep -c 'Operation not permitted'": "1",
+        "unshare -m true 2>&1 | grep -c 'Operation not permitted'": "1",
         "head -c 64 /proc/kcore | wc -c": "0",
         "echo 1 2>/dev/null > /proc/sys/kernel/sysrq && echo wrote || echo refused": "refused",
         "echo h 2>/dev/null > /proc/sysrq-trigger && echo wrote || echo refused": "refused",
@@ -374,10 +377,12 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
     await rt.setup()
     try:
         sock = await rt.create(spec(image, "real"))
-        await asyncio.sleep(1)  # long enough to import everything and fail, if it would
+        # The runtime made the socket itself: only an answer proves the agent inside serves it.
+        async with await AgentConnection.connect(sock, timeout=30) as conn:
+            pong = await asyncio.wait_for(conn.call("ping"), 30)
+        assert pong["version"] == AGENT_VERSION, pong
+        assert pong["pid"] == 1  # the agent is the sandbox's init, not a stand-in beside it
         assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(sock))
     finally:
         await rt.sweep(keep=())
         await rt.teardown()

@@ -458,9 +458,11 @@ class ProcessTable:
 
 
 def table_of(agent: Agent) -> ProcessTable:
-    if agent.processes is None:
-        agent.processes = ProcessTable(agent)
-    return agent.processes
+    table = agent.processes
+    if not isinstance(table, ProcessTable):  # NB: typed loosely on Agent, which must not import us
+        table = ProcessTable(agent)
+        agent.processes = table
+    return table
 
 
 def _parse_signal(request: dict[str, Any]) -> int:
@@ -698,7 +700,7 @@ class LogStreamOp:
             )
         result = {"ok": True, "process": self._proc.info()}
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
 
 def open_logs(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> LogStreamOp:

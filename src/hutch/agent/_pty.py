@@ -407,7 +407,7 @@ class AttachOp:
         self.finished = True
         self._terminal.detach(self)
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
 
 # -- ops ---------------------------------------------------------------------------------------

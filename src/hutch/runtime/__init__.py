@@ -2,47 +2,95 @@
 
 `Runtime` turns a `SandboxSpec` into a running, locked-down container whose PID 1 is the Hutch
 agent, and removes every trace of it again. `ImageStore` holds the root filesystems.
+
+Two subpackages: `container/` (what one sandbox is made of and how runc runs it) and `images/`
+(the store and the ways images get into it); `_idmap.py` holds the uid range both share. This
+facade is the package's public face: the server and the CLI import `hutch.runtime`, never a
+`_module` below it.
 """
 
-from hutch.runtime._default_image import (
-    DefaultImageBuildError,
-    default_recipe_dir,
-    ensure_default_image,
-    recipe_digest,
-    render_progress_bar,
-)
-from hutch.runtime._errors import (
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
+from hutch.runtime.container import (
     AgentBundleError,
+    BucketError,
+    BucketMount,
+    BucketMountFailed,
+    BucketNotMounted,
+    BucketPathBusy,
+    BucketPathInvalid,
+    BucketRequest,
+    Credentials,
+    Limits,
+    NetworkPolicy,
     RuncError,
+    Runtime,
+    RuntimeConfig,
     SandboxExists,
     SandboxMissing,
     SandboxRuntimeError,
-    SandboxStartError,
-    StorageError,
-)
-from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
-from hutch.runtime._images import Image, ImageConfig, ImageNotFound, ImageStore
-from hutch.runtime._nft import NetworkPolicy
-from hutch.runtime._runtime import (
-    Limits,
-    Runtime,
-    RuntimeConfig,
     SandboxSpec,
+    SandboxStartError,
     SandboxState,
+    SandboxUsage,
+    StorageError,
+    normalize_cidr,
 )
-from hutch.runtime._usage import SandboxUsage
+from hutch.runtime.images import (
+    DEFAULT_IMAGE_NAME,
+    BuildError,
+    DefaultImageBuildError,
+    Image,
+    ImageArchitectureError,
+    ImageConfig,
+    ImageInvalid,
+    ImageNotFound,
+    ImageStore,
+    Progress,
+    RecipeImageBuildError,
+    RegistryError,
+    build_image,
+    check_image_name,
+    check_offline_bases,
+    check_untrusted_dockerfile,
+    default_recipe_dir,
+    ensure_default_image,
+    ensure_recipe_image,
+    image_agent_env,
+    image_command,
+    image_shell,
+    import_archive,
+    pull,
+    recipe_digest,
+    recipe_dir_for,
+    render_progress_bar,
+)
 
 __all__ = [
+    "DEFAULT_IMAGE_NAME",
     "HOST_ID_BASE",
     "ID_RANGE",
     "AgentBundleError",
+    "BucketError",
+    "BucketMount",
+    "BucketMountFailed",
+    "BucketNotMounted",
+    "BucketPathBusy",
+    "BucketPathInvalid",
+    "BucketRequest",
+    "BuildError",
+    "Credentials",
     "DefaultImageBuildError",
     "Image",
+    "ImageArchitectureError",
     "ImageConfig",
+    "ImageInvalid",
     "ImageNotFound",
     "ImageStore",
     "Limits",
     "NetworkPolicy",
+    "Progress",
+    "RecipeImageBuildError",
+    "RegistryError",
     "RuncError",
     "Runtime",
     "RuntimeConfig",
@@ -54,9 +102,21 @@ __all__ = [
     "SandboxState",
     "SandboxUsage",
     "StorageError",
+    "build_image",
+    "check_image_name",
+    "check_offline_bases",
+    "check_untrusted_dockerfile",
     "default_recipe_dir",
     "ensure_default_image",
+    "ensure_recipe_image",
+    "image_agent_env",
+    "image_command",
+    "image_shell",
+    "import_archive",
+    "normalize_cidr",
+    "pull",
     "recipe_digest",
+    "recipe_dir_for",
     "render_progress_bar",
     "shift_ownership",
 ]

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.node import parse_pool_sizes, parse_upstreams
+
 DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
 
@@ -80,8 +82,6 @@ class ServerConfig:
         if "HUTCH_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["HUTCH_MAX_BODY_BYTES"])
         if env.get("HUTCH_WARM_POOLS"):
-            from hutch.server._pools import parse_pool_sizes
-
             values["warm_pools"] = parse_pool_sizes(env["HUTCH_WARM_POOLS"])
         if "HUTCH_PREVIEW_DOMAIN" in env:
             values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
@@ -90,8 +90,6 @@ class ServerConfig:
         if "HUTCH_EGRESS_PORT" in env:
             values["egress_port"] = int(env["HUTCH_EGRESS_PORT"])
         if env.get("HUTCH_EGRESS_UPSTREAMS"):
-            from hutch.server._egress import parse_upstreams
-
             values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
         if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
             values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])

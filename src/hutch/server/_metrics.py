@@ -29,14 +29,11 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch.runtime._usage import cgroup_usage
-
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from hutch.runtime import Runtime
-    from hutch.server._pools import WarmPools
-    from hutch.server._store import Store
+    from hutch.node import SandboxHost, WarmPools
+    from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server")
 
@@ -87,8 +84,9 @@ def _cpu_percent(before: _Reading, after: _Reading, cpu_limit: float) -> float:
 class UsageHistory:
     """CPU and memory of every running sandbox, sampled in the background."""
 
-    def __init__(self, running: Callable[[], Iterable[tuple[str, str]]]) -> None:
-        self._running = running  # () -> (sandbox id, runtime id) of running sandboxes
+    def __init__(self, host: SandboxHost, running: Callable[[], Iterable[str]]) -> None:
+        self._host = host
+        self._running = running  # () -> ids of the running sandboxes
         self._points: dict[str, deque[MetricsPoint]] = {}
         self._last: dict[str, _Reading] = {}
         self._task: asyncio.Task[None] | None = None
@@ -105,44 +103,45 @@ class UsageHistory:
     async def _loop(self) -> None:
         while True:
             try:
-                self.sample()
-            except Exception:  # noqa: BLE001 - a bad sample must not end the sampling
+                await self.sample()
+            except Exception:
                 log.exception("sampling sandbox usage failed")
             await asyncio.sleep(SAMPLE_EVERY)
 
-    def sample(self) -> None:
+    async def sample(self) -> None:
         seen = set()
-        for sandbox_id, runtime_id in self._running():
+        for sandbox_id in self._running():
             seen.add(sandbox_id)
-            self._point(sandbox_id, runtime_id)
+            with contextlib.suppress(Exception):  # destroyed meanwhile
+                await self._point(sandbox_id)
         for gone in set(self._points) - seen:
             self._points.pop(gone, None)
             self._last.pop(gone, None)
 
-    def _point(self, sandbox_id: str, runtime_id: str) -> tuple[float, float]:
-        """Read the sandbox now; (cpu %, cpu limit) since the last reading."""
-        cpu, cpu_limit, memory, *_ = cgroup_usage(runtime_id)
-        now = _Reading(time.monotonic(), cpu)
+    async def _point(self, sandbox_id: str) -> None:
+        usage = await self._host.usage(sandbox_id, disk=False)
+        now = _Reading(time.monotonic(), usage.cpu_seconds)
         before = self._last.get(sandbox_id)
         self._last[sandbox_id] = now
-        percent = _cpu_percent(before, now, cpu_limit) if before is not None else 0.0
         if before is not None:
             points = self._points.setdefault(sandbox_id, deque(maxlen=HISTORY))
             points.append(
-                MetricsPoint(timestamp=time.time(), cpu_percent=percent, memory_used_bytes=memory)
+                MetricsPoint(
+                    timestamp=time.time(),
+                    cpu_percent=_cpu_percent(before, now, usage.cpu_limit),
+                    memory_used_bytes=usage.memory_bytes,
+                )
             )
-        return percent, cpu_limit
 
-    async def current_cpu(self, sandbox_id: str, runtime_id: str) -> float:
+    async def current_cpu(self, sandbox_id: str, cpu_seconds: float, cpu_limit: float) -> float:
         """CPU % now: since the last reading if it is recent, else over a short window."""
+        after = _Reading(time.monotonic(), cpu_seconds)
         before = self._last.get(sandbox_id)
-        if before is None or time.monotonic() - before.at > 2 * SAMPLE_EVERY:
-            first, cpu_limit, *_ = cgroup_usage(runtime_id)
-            before = _Reading(time.monotonic(), first)
+        if before is None or after.at - before.at > 2 * SAMPLE_EVERY:
             await asyncio.sleep(0.1)
-        else:
-            cpu_limit = cgroup_usage(runtime_id)[1]
-        after = _Reading(time.monotonic(), cgroup_usage(runtime_id)[0])
+            before = after
+            usage = await self._host.usage(sandbox_id, disk=False)
+            after = _Reading(time.monotonic(), usage.cpu_seconds)
         return _cpu_percent(before, after, cpu_limit)
 
     def history(self, sandbox_id: str) -> list[MetricsPoint]:
@@ -152,10 +151,10 @@ class UsageHistory:
 class _StateCollector(Collector):
     """Gauges read when Prometheus scrapes: nothing to keep in step."""
 
-    def __init__(self, store: Store, pools: WarmPools, runtime: Runtime) -> None:
+    def __init__(self, store: Store, pools: WarmPools, host: SandboxHost) -> None:
         self._store = store
         self._pools = pools
-        self._runtime = runtime
+        self._host = host
 
     def collect(self) -> Iterable[Metric]:
         by_state = GaugeMetricFamily("hutch_sandboxes", "Sandboxes by state", labels=["state"])
@@ -176,7 +175,7 @@ class _StateCollector(Collector):
             size.add_metric([image], configured)
         yield ready
         yield size
-        used, total = self._runtime.storage_usage()
+        used, total = self._host.storage_usage()
         storage = GaugeMetricFamily(
             "hutch_storage_bytes", "The sandboxes' storage pool", labels=["kind"]
         )
@@ -204,8 +203,8 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def watch_state(self, store: Store, pools: WarmPools, runtime: Runtime) -> None:
-        self.registry.register(_StateCollector(store, pools, runtime))
+    def watch_state(self, store: Store, pools: WarmPools, host: SandboxHost) -> None:
+        self.registry.register(_StateCollector(store, pools, host))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -256,12 +255,11 @@ def build_metrics_router(require_key: Callable[..., Any]) -> APIRouter:
     async def sandbox_metrics(request: Request, sandbox_id: str) -> SandboxMetrics:
         svc = request.app.state.services
         svc.sandboxes.get(sandbox_id)  # 404 for an unknown sandbox
-        runtime_id = svc.sandboxes.runtime_id(sandbox_id)
-        usage = await svc.runtime.usage(runtime_id)
+        usage = await svc.host.usage(sandbox_id)
         history: UsageHistory = svc.usage_history
         return SandboxMetrics(
             timestamp=time.time(),
-            cpu_percent=await history.current_cpu(sandbox_id, runtime_id),
+            cpu_percent=await history.current_cpu(sandbox_id, usage.cpu_seconds, usage.cpu_limit),
             cpu_count=usage.cpu_limit,
             cpu_seconds=round(usage.cpu_seconds, 6),
             memory_used_bytes=usage.memory_bytes,

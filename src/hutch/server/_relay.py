@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from hutch._wire import Frame, Kind, encode_frame_parts, encode_json_frame
-from hutch.server._agent_client import AgentError, AgentStream
+from hutch.node import AgentError, AgentStream
 from hutch.server._models import ExecResult
 
 
