@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         ServerError,
         Session,
         SessionNotFound,
+        Snapshot,
         Terminal,
         WatchEvent,
     )
@@ -123,6 +124,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionNotFound",
+    "Snapshot",
     "Terminal",
     "WatchEvent",
 ]

@@ -69,6 +69,7 @@ from hutch.runtime._oci import (
 from hutch.runtime._overlay import mount_overlay, unmount_overlay
 from hutch.runtime._runc import Runc
 from hutch.runtime._seccomp import default_profile, kernel_version
+from hutch.runtime._snapshots import DiskSnapshots, disk_from
 from hutch.runtime._storage import StoragePool
 
 log = logging.getLogger("hutch.runtime")
@@ -107,6 +108,8 @@ class SandboxSpec:
     runtime: Literal["runc", "gvisor"] = "runc"
     hostname: str = "sandbox"
     network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
+    # A subvolume whose copy is the new sandbox's disk (a snapshot, or a disk to fork).
+    disk_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class Runtime:
         self._home = config.home
         self._sandboxes = config.home / "sandboxes"
         self._storage = StoragePool(config.home, config.storage_size_gb)
+        self.snapshots = DiskSnapshots(self._storage)
         self._runc = Runc(config.runc, config.home / "runc")
         self._seccomp = default_profile(kernel_version())
         self._memsw = host_accounts_swap()
@@ -262,6 +266,11 @@ class Runtime:
                 raise
 
     def _prepare_storage(self, spec: SandboxSpec, paths: _Paths) -> None:
+        if spec.disk_from is not None:
+            # The copy has the upper/work/etc dirs of its source already.
+            disk_from(spec.disk_from, self._storage, spec.id, spec.limits.disk_mb << 20)
+            self._write_etc_files(spec, paths, overwrite=True)
+            return
         subvolume = self._storage.create(spec.id, spec.limits.disk_mb << 20)
         os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
         lower = os.stat(spec.image.rootfs)
@@ -391,6 +400,29 @@ class Runtime:
             nofile=self._nofile,
             shm_bytes=max(64, limits.memory_mb // 2) << 20,
         )
+
+    async def stop(self, sandbox_id: str) -> None:
+        """End every process of the sandbox and release its container, keeping its disk
+        (subvolume), its network address and its bucket mounts' state: `start_existing`
+        runs it again. Idempotent."""
+        _check_id(sandbox_id)
+        paths = self._paths(sandbox_id)
+        async with self._lock(sandbox_id):
+            pending = self._pending_networks.pop(sandbox_id, None)
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await self._stop_container(sandbox_id)
+            # The rootfs overlay and bucket binds under it are host mounts: they outlive
+            # the container (start mounts them again).
+            for mountpoint in mounts_under(paths.bundle):
+                umount(mountpoint)
+
+    def disk_path(self, sandbox_id: str) -> Path:
+        """The sandbox's disk: the btrfs subvolume holding its writable layer."""
+        _check_id(sandbox_id)
+        return self._storage.path(sandbox_id)
 
     # -- destroy / sweep -------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from hutch.sdk._models import (
     ImageDetail,
     ImageInfo,
     SandboxInfo,
+    Snapshot,
 )
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -110,6 +111,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionNotFound",
+    "Snapshot",
     "Terminal",
     "WatchEvent",
 ]

@@ -27,6 +27,9 @@ def sandbox_create_body(
     network_allow: Sequence[str] = (),
     network_deny: Sequence[str] = (),
     start_entrypoint: bool = False,
+    on_idle: str | None = None,
+    on_timeout: str | None = None,
+    snapshot: str | None = None,
 ) -> dict[str, Any]:
     """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
     body: dict[str, Any] = {
@@ -55,6 +58,12 @@ def sandbox_create_body(
         body["network_deny"] = list(network_deny)
     if start_entrypoint:
         body["start_entrypoint"] = True
+    if on_idle is not None:
+        body["on_idle"] = on_idle
+    if on_timeout is not None:
+        body["on_timeout"] = on_timeout
+    if snapshot is not None:
+        body["snapshot"] = snapshot
     return body
 
 

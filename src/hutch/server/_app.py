@@ -30,6 +30,7 @@ from hutch.server._errors import (
     SandboxUnavailable,
     Unauthorized,
 )
+from hutch.server._lifecycle import Lifecycle, LifecyclePolicy
 from hutch.server._models import (
     ErrorBody,
     ExecRequest,
@@ -46,6 +47,7 @@ from hutch.server._models import (
 )
 from hutch.server._pools import WarmPools, import_runtime_ids_file
 from hutch.server._proxy import PreviewRoutes
+from hutch.server._reconciler import Reconciler
 from hutch.server._relay import gather_exec, relay_frames
 from hutch.server._routes_buckets import build_buckets_router, mount_info
 from hutch.server._routes_files import build_files_router, streams_body
@@ -167,6 +169,16 @@ class Services:
         )
         self.sandboxes.egress = self.egress
         self.sandboxes.on_destroy.append(self.egress.forget)
+        self.lifecycle = Lifecycle(
+            self.sandboxes,
+            self.store,
+            self.runtime,
+            self.images,
+            policy=LifecyclePolicy(default_timeout=config.default_timeout),
+            agent_timeout=config.agent_connect_timeout,
+        )
+        self.lifecycle.on_stop.append(self.egress.forget)
+        self.reconciler = Reconciler(self.lifecycle, self.store)
 
 
 def services(request: Request) -> Services:
@@ -251,14 +263,14 @@ def build_router() -> APIRouter:
 
     @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
     async def create_sandbox(svc: Svc, body: SandboxCreate | None = None) -> SandboxInfo:
-        record = await svc.sandboxes.create(body or SandboxCreate())
+        record = await svc.lifecycle.create(body or SandboxCreate())
         return to_info(record)
 
     @router.put("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_or_create_sandbox(
         svc: Svc, sandbox_id: str, response: Response, body: SandboxCreate | None = None
     ) -> SandboxInfo:
-        record, created = await svc.sandboxes.get_or_create(sandbox_id, body or SandboxCreate())
+        record, created = await svc.lifecycle.get_or_create(sandbox_id, body or SandboxCreate())
         response.status_code = 201 if created else 200
         return to_info(record)
 
@@ -392,6 +404,7 @@ def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
     for port in svc.store.list_ports():
         svc.previews.add(port.sandbox_id, port.port, port.token)
     svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)
+    svc.previews.on_hit = svc.lifecycle.preview_hit
     svc.previews.start()
 
 
@@ -412,12 +425,15 @@ def create_app(
                 on_new_key(new.key)
         await svc.runtime.setup()
         await svc.sandboxes.start()
+        await svc.lifecycle.recover()
+        svc.reconciler.start()
         await svc.egress.start(running_with_rules(svc.store, svc.sandboxes.runtime_id))
         app.state.services = svc
         attach_previews(svc, previews)
         try:
             yield
         finally:
+            await svc.reconciler.stop()
             await svc.previews.close()
             await svc.egress.stop()
             await svc.sandboxes.stop()
@@ -454,5 +470,8 @@ def create_app(
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())
+    from hutch.server._routes_lifecycle import build_lifecycle_router  # imports this module
+
+    app.include_router(build_lifecycle_router())
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

@@ -27,7 +27,10 @@ ApiError (status, code, message)
 ├── ImageInUse              409 image_in_use
 ├── ImageInvalid            422 image_invalid / image_architecture
 ├── ImageBuildFailed        422 image_build_failed (in the build's NDJSON stream)
-├── SandboxStartFailed      500 sandbox_start_failed
+├── SandboxStartFailed      503 sandbox_start_failed (the host could not start it: retry)
+├── SandboxStateConflict    409 invalid_state (e.g. pause of a stopped sandbox)
+├── SnapshotNotFound        404 snapshot_not_found
+├── SnapshotExists          409 snapshot_exists
 ├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
 """
@@ -140,8 +143,25 @@ class ImageBuildFailed(ApiError):
 
 
 class SandboxStartFailed(ApiError):
-    status = 500
+    # NB: 503, not 500: the request was fine; the host could not start a sandbox now (out
+    # of memory, keys, addresses...). A client may retry, or try another host.
+    status = 503
     code = "sandbox_start_failed"
+
+
+class SandboxStateConflict(ApiError):
+    status = 409
+    code = "invalid_state"
+
+
+class SnapshotNotFound(ApiError):
+    status = 404
+    code = "snapshot_not_found"
+
+
+class SnapshotExists(ApiError):
+    status = 409
+    code = "snapshot_exists"
 
 
 class SandboxUnavailable(ApiError):

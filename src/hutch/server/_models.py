@@ -32,6 +32,12 @@ def _check_cidrs(cidrs: list[str]) -> list[str]:
     return [normalize_cidr(c) for c in cidrs]
 
 
+def _duration_seconds(value: float | str | None) -> float | None:
+    from hutch.server._durations import parse_duration
+
+    return None if value is None else parse_duration(value)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,9 +117,21 @@ class SandboxCreate(Strict):
     network: Literal["none", "internet"] = "none"
     network_allow: list[str] = Field(default_factory=list, description="CIDRs always reachable")
     network_deny: list[str] = Field(default_factory=list, description="CIDRs never reachable")
-    timeout: float | None = Field(default=None, gt=0, description="maximum lifetime, seconds")
-    sleep_after: str | None = None
-    keep_alive: bool = False
+    timeout: float | str | None = Field(
+        default=None,
+        description="lifetime (seconds, or a duration such as '1h'); unset: the server's "
+        "default; 0: no limit",
+    )
+    sleep_after: float | str | None = Field(
+        default=None,
+        description="idle time after which the sandbox sleeps ('10m', or seconds); unset: never",
+    )
+    keep_alive: bool = Field(default=False, description="never sleep for idleness")
+    on_idle: Literal["pause", "stop"] = "pause"
+    on_timeout: Literal["destroy", "stop", "pause"] = "destroy"
+    snapshot: str | None = Field(
+        default=None, description="start from this snapshot's disk and settings (its image)"
+    )
     runtime: Literal["runc", "gvisor"] = "runc"
     labels: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(
@@ -135,6 +153,17 @@ class SandboxCreate(Strict):
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+    _check_durations = field_validator("timeout", "sleep_after")(_duration_seconds)
+
+    @property
+    def lifetime(self) -> float | None:
+        """`timeout` in seconds (checked and converted by the validator)."""
+        return None if self.timeout is None else float(self.timeout)
+
+    @property
+    def idle_limit(self) -> float | None:
+        """`sleep_after` in seconds."""
+        return None if self.sleep_after is None else float(self.sleep_after)
 
     @model_validator(mode="after")
     def _check_egress(self) -> SandboxCreate:
@@ -169,7 +198,10 @@ class SandboxCreate(Strict):
 
 class SandboxInfo(BaseModel):
     id: str
-    status: Literal["creating", "running", "stopped", "failed"]
+    status: Literal["creating", "running", "paused", "stopped", "error", "failed"]
+    status_reason: str | None = Field(
+        default=None, description="why the sandbox is in its state (e.g. 'idle for 10m')"
+    )
     image: str
     created_at: str
     expires_at: str | None
@@ -182,6 +214,10 @@ class SandboxInfo(BaseModel):
     labels: dict[str, str]
     env_keys: list[str]
     timeout: float | None = None
+    sleep_after: float | None = None
+    keep_alive: bool = False
+    on_idle: str = "pause"
+    on_timeout: str = "destroy"
     secret_names: list[str] = Field(default_factory=list)
     mounts: list[BucketMountInfo] = []
 

@@ -22,7 +22,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -115,6 +115,9 @@ class PreviewRoutes:
         self._tokens: dict[tuple[str, int], str] = {}
         self._addresses: dict[str, str] = {}
         self.address_of: Callable[[str], str | None] = lambda _: None
+        # Told of every request to a sandbox (it counts as activity); returns what to await
+        # before connecting when the sandbox sleeps (its wake), else None.
+        self.on_hit: Callable[[str], Awaitable[object] | None] = lambda _: None
         self.connections: set[PreviewConnection] = set()
         self.idle_timeout = IDLE_TIMEOUT
         self._sweeper: asyncio.Task[None] | None = None
@@ -820,6 +823,7 @@ class PreviewConnection(asyncio.Protocol):
                 self.close()  # not worth reading a body we will not forward
             return
         self.target_key = (target.sandbox_id, target.port)
+        wake = self.routes.on_hit(target.sandbox_id)
         upstream = self.upstream
         if (
             upstream is None
@@ -829,7 +833,7 @@ class PreviewConnection(asyncio.Protocol):
         ):
             if upstream is not None:
                 upstream.close()
-            upstream = self.upstream = Upstream(self, (address, target.port))
+            upstream = self.upstream = Upstream(self, (address, target.port), wake)
         self.inflight = request
         upstream.request = request
         upstream.response = None
@@ -881,7 +885,12 @@ class PreviewConnection(asyncio.Protocol):
 class Upstream(asyncio.Protocol):
     """The connection to the sandbox's port; writes queue until it is connected."""
 
-    def __init__(self, client: PreviewConnection, key: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        client: PreviewConnection,
+        key: tuple[str, int],
+        wake: Awaitable[object] | None = None,
+    ) -> None:
         self.client = client
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -896,14 +905,16 @@ class Upstream(asyncio.Protocol):
         self.eof_pending = False
         self._read_paused = False
         loop = asyncio.get_running_loop()
-        self._connect = loop.create_task(self._open(loop))
+        self._connect = loop.create_task(self._open(loop, wake))
         client.routes.pending.add(self._connect)
         self._connect.add_done_callback(client.routes.pending.discard)
 
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _open(self, loop: asyncio.AbstractEventLoop, wake: Awaitable[object] | None) -> None:
         try:
+            if wake is not None:
+                await wake  # a sleeping sandbox: the request waits for it (bytes queue meanwhile)
             await asyncio.wait_for(loop.create_connection(lambda: self, *self.key), 10.0)
-        except (OSError, TimeoutError):
+        except Exception:  # noqa: BLE001 - a failed wake or connect: the client gets a 502
             self.closed = True
             if self.request is not None and self.client.inflight is self.request:
                 body = b"the sandbox does not accept connections on this port\n"

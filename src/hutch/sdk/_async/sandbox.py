@@ -24,7 +24,7 @@ from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo
+from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo, Snapshot
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 
 
@@ -74,6 +74,9 @@ class AsyncSandbox:
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
+        on_idle: Literal["pause", "stop"] | None = None,
+        on_timeout: Literal["destroy", "stop", "pause"] | None = None,
+        snapshot: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -87,11 +90,16 @@ class AsyncSandbox:
             memory_mb: Memory limit in MiB.
             disk_mb: Limit of what it may write to its filesystem, in MiB.
             network: ``"none"`` (no network) or ``"internet"`` (outbound access).
-            sleep_after: Idle time after which it is frozen (e.g. ``"10m"``); ``None`` for never.
-            keep_alive: Never freeze it for idleness.
+            sleep_after: Idle time after which it sleeps: a duration (``"10m"``, ``"1h30m"``)
+                or seconds (``600``); ``None`` for never. Idle means no API call, no preview
+                request, no open stream or terminal. Any of those wakes it again: the caller
+                waits for the wake.
+            keep_alive: Never sleep for idleness.
             runtime: ``"runc"``, or ``"gvisor"`` for a hardened kernel boundary.
             labels: Labels to find it by with :meth:`list`.
-            timeout: Maximum lifetime in seconds; ``None`` lives until destroyed.
+            timeout: Lifetime: seconds or a duration (``"1h"``); ``None``: the server's default
+                (``HUTCH_DEFAULT_TIMEOUT``, 1 hour unless set); ``0``: no limit. See
+                :meth:`set_timeout` and ``on_timeout``.
             secrets: Environment variables for every process (e.g. ``{"ANTHROPIC_API_KEY":
                 ...}``), stored encrypted by the server and never returned by any API. Any
                 process in the sandbox can read them: give only what its code may see.
@@ -105,6 +113,12 @@ class AsyncSandbox:
             network_allow: CIDRs the sandbox may reach even with ``network="none"``
                 (e.g. ``["10.0.0.0/8"]``); the same as :meth:`set_network`'s ``allow``.
             network_deny: CIDRs it may never reach; wins over ``network_allow``.
+            on_idle: How it sleeps after ``sleep_after``: ``"pause"`` (default: processes
+                frozen, memory kept) or ``"stop"`` (processes ended, disk kept).
+            on_timeout: What the end of its lifetime does: ``"destroy"`` (default), ``"stop"``
+                or ``"pause"``.
+            snapshot: Start from this snapshot (id or name, see :meth:`snapshot`): its disk,
+                image, env and limits.
             start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE``
                 runs) as the background process ``"entrypoint"``, with the image's user, env
                 and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
@@ -141,6 +155,9 @@ class AsyncSandbox:
             network_allow=network_allow,
             network_deny=network_deny,
             start_entrypoint=start_entrypoint,
+            on_idle=on_idle,
+            on_timeout=on_timeout,
+            snapshot=snapshot,
         )
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -167,6 +184,9 @@ class AsyncSandbox:
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
+        on_idle: Literal["pause", "stop"] | None = None,
+        on_timeout: Literal["destroy", "stop", "pause"] | None = None,
+        snapshot: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -195,6 +215,9 @@ class AsyncSandbox:
             pids_limit: See :meth:`create`.
             network_allow: See :meth:`create`.
             network_deny: See :meth:`create`.
+            on_idle: See :meth:`create`.
+            on_timeout: See :meth:`create`.
+            snapshot: See :meth:`create`.
             base_url: See :meth:`create`.
             api_key: See :meth:`create`.
             client: See :meth:`create`.
@@ -224,6 +247,9 @@ class AsyncSandbox:
             network_allow=network_allow,
             network_deny=network_deny,
             start_entrypoint=start_entrypoint,
+            on_idle=on_idle,
+            on_timeout=on_timeout,
+            snapshot=snapshot,
         )
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))
@@ -286,6 +312,121 @@ class AsyncSandbox:
             SandboxNotFound: The sandbox no longer exists.
         """
         self._info = SandboxInfo.from_json(await self.client.request("GET", self._path))
+        return self._info
+
+    async def pause(self) -> SandboxInfo:
+        """Freeze every process in the sandbox (memory is kept); paused already: no-op.
+
+        Any later request (or :meth:`resume`) wakes it; the processes continue where they were.
+        An explicit pause stops its lifetime clock until it is resumed.
+
+        Raises:
+            Conflict: The sandbox is stopped (``invalid_state``): nothing runs to freeze.
+        """
+        return await self._lifecycle("pause")
+
+    async def resume(self) -> SandboxInfo:
+        """Run a paused or stopped sandbox again; running already: no-op.
+
+        Raises:
+            SandboxUnavailable: A stopped sandbox could not be started (its disk is kept).
+        """
+        return await self._lifecycle("resume")
+
+    async def stop(self) -> SandboxInfo:
+        """End every process in the sandbox, keeping its disk; :meth:`start` boots it again.
+
+        Memory is not kept across a stop (process checkpointing, CRIU, fails on this kind of
+        kernel); use :meth:`pause` to keep it.
+        """
+        return await self._lifecycle("stop")
+
+    async def start(self) -> SandboxInfo:
+        """Boot a stopped sandbox again on its disk (the image's entrypoint too, if it was
+        created with ``start_entrypoint``); resumes a paused one.
+
+        Raises:
+            SandboxUnavailable: It could not be started (its disk is kept: retry).
+        """
+        return await self._lifecycle("start")
+
+    async def set_timeout(self, timeout: float | str) -> SandboxInfo:
+        """End the sandbox's lifetime ``timeout`` from now (``on_timeout`` says how).
+
+        Args:
+            timeout: Seconds or a duration (``"10m"``, ``"1h30m"``); ``0``: no limit.
+
+        Raises:
+            InvalidRequest: ``timeout`` is not a duration.
+        """
+        body = await self.client.request("PUT", f"{self._path}/timeout", json={"timeout": timeout})
+        self._info = SandboxInfo.from_json(body)
+        return self._info
+
+    async def snapshot(self, name: str | None = None) -> Snapshot:
+        """Capture the sandbox's filesystem and settings (a copy-on-write snapshot, in
+        milliseconds; memory is not captured). Start sandboxes from it with
+        ``create(snapshot=snap.id)``.
+
+        Args:
+            name: A name to find it by (unique on the server).
+
+        Raises:
+            Conflict: The name is taken (``snapshot_exists``).
+        """
+        body = {"name": name} if name is not None else {}
+        return Snapshot.from_json(
+            await self.client.request("POST", f"{self._path}/snapshots", json=body)
+        )
+
+    async def fork(self, count: int = 1) -> builtins.list[AsyncSandbox]:
+        """``count`` new running sandboxes whose filesystems start as this one's is now.
+
+        Raises:
+            InvalidRequest: ``count`` is not 1-50.
+        """
+        body = await self.client.request("POST", f"{self._path}/fork", json={"count": count})
+        return [
+            type(self)(info.id, client=self.client, info=info)
+            for info in (SandboxInfo.from_json(s) for s in body["sandboxes"])
+        ]
+
+    @classmethod
+    async def list_snapshots(
+        cls,
+        sandbox_id: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> builtins.list[Snapshot]:
+        """The server's snapshots (of one sandbox if ``sandbox_id`` is given)."""
+        client = _client_for(client, base_url, api_key)
+        params = (("sandbox_id", sandbox_id),) if sandbox_id is not None else None
+        body = await client.request("GET", "/v1/snapshots", params=params)
+        return [Snapshot.from_json(s) for s in body["snapshots"]]
+
+    @classmethod
+    async def delete_snapshot(
+        cls,
+        snapshot: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> None:
+        """Delete a snapshot (by id or name); sandboxes started from it are not affected.
+
+        Raises:
+            NotFoundError: No such snapshot (``snapshot_not_found``).
+        """
+        client = _client_for(client, base_url, api_key)
+        await client.request("DELETE", f"/v1/snapshots/{path_segment(snapshot)}")
+
+    async def _lifecycle(self, action: str) -> SandboxInfo:
+        self._info = SandboxInfo.from_json(
+            await self.client.request("POST", f"{self._path}/{action}")
+        )
         return self._info
 
     async def destroy(self) -> None:
