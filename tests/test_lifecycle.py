@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -193,25 +194,27 @@ def test_preview_request_wakes_a_sleeping_sandbox(
     try:
         sb.exec("mkdir -p /www && echo hello > /www/index.html")
         sb.start_process("httpd -f -p 8080 -h /www")
-        url = sb.get_preview_url(8080)
-        wait_for(lambda: _get(url) == 200, timeout=20)
+        # The server's own address with the preview Host (no reliance on *.localhost DNS).
+        host = {"Host": urlsplit(sb.get_preview_url(8080)).netloc}
+        page = server.url + "/index.html"
+        wait_for(lambda: _get(page, host) == 200, timeout=20)
         sb.pause()
-        r = httpx.get(url, timeout=20)
+        r = httpx.get(page, headers=host, timeout=20)
         assert r.status_code == 200 and r.text == "hello\n"
         assert _status(sb) == "running"
         sb.stop()
         # Stopped: the web server is gone with its processes, but the sandbox is up again
         # for the request (it answers 502: nothing listens on the port any more).
-        r = httpx.get(url, timeout=20)
+        r = httpx.get(page, headers=host, timeout=20)
         assert _status(sb) == "running"
         assert r.status_code == 502
     finally:
         sb.destroy()
 
 
-def _get(url: str) -> int:
+def _get(url: str, headers: dict[str, str]) -> int:
     try:
-        return httpx.get(url, timeout=5).status_code
+        return httpx.get(url, headers=headers, timeout=5).status_code
     except httpx.HTTPError:
         return 0
 
