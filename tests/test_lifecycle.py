@@ -290,7 +290,9 @@ def _keys_of(uid: int) -> int:
 
 
 @pytest.fixture()
-def own_server(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[ServerProcess]:
+def own_server(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> Iterator[ServerProcess]:
     import shutil
     import tempfile
 
@@ -343,3 +345,30 @@ def test_paused_and_stopped_survive_kill9_and_a_host_restart(
     assert paused.exec("cat /tmp/f").stdout == "paused-disk\n"
     assert stopped.start().status == "running"
     assert stopped.exec("cat /tmp/f").stdout == "on-disk\n"
+
+
+def test_cli_pause_resume_stop_timeout_and_snapshots(
+    sdk_env: ServerProcess, busybox_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hutch.cli import main
+
+    def hutch(*argv: str) -> str:
+        assert main(list(argv)) == 0
+        return capsys.readouterr().out
+
+    sb_id = hutch("create", "--image", busybox_image, "--sleep-after", "10m").strip()
+    try:
+        assert hutch("pause", sb_id).split() == [sb_id, "paused"]
+        [row] = [r for r in hutch("ls").splitlines() if r.startswith(sb_id)]
+        assert row.split()[1] == "paused"
+        assert hutch("stop", sb_id).split() == [sb_id, "stopped"]
+        assert hutch("resume", sb_id).split() == [sb_id, "running"]
+        assert hutch("timeout", sb_id, "0").strip() == "no limit"
+        snap = hutch("snapshot", "create", sb_id, "--name", f"cli-{sb_id}").strip()
+        assert snap in hutch("snapshot", "ls", "-q").split()
+        hutch("snapshot", "rm", f"cli-{sb_id}")
+        assert snap not in hutch("snapshot", "ls", "-q").split()
+        assert main(["timeout", sb_id, "ten minutes"]) == 1
+        assert "seconds as a number" in capsys.readouterr().err
+    finally:
+        hutch("rm", sb_id)

@@ -20,6 +20,7 @@ from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
+from hutch.cli._lifecycle import add_lifecycle_commands, add_lifecycle_options
 from hutch.cli._network import add_cidr_options, add_network_commands
 from hutch.cli._output import (
     format_labels,
@@ -116,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=1024, metavar="MB", help="memory limit in MiB")
     p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
     p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+    p.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help='lifetime ("1h", or seconds; default: the server\'s; 0: no limit)',
+    )
+    add_lifecycle_options(p)
     p.add_argument(
         "--start-entrypoint",
         action="store_true",
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_commands(command)
     add_bucket_commands(command)
     add_network_commands(command, connection)
+    add_lifecycle_commands(command, connection)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -325,6 +332,11 @@ def cmd_create(args: argparse.Namespace) -> int:
             labels=dict(args.label or ()),
             timeout=args.timeout,
             start_entrypoint=args.start_entrypoint,
+            sleep_after=args.sleep_after,
+            keep_alive=args.keep_alive,
+            on_idle=args.on_idle,
+            on_timeout=args.on_timeout,
+            snapshot=args.snapshot,
             client=client,
         )
     print(sandbox.id)
@@ -341,10 +353,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(info.id)
         return 0
     rows = [
-        [s.id, s.status, s.image, format_time(s.created_at), format_labels(s.labels)]
+        [
+            s.id,
+            s.status,
+            s.image,
+            format_time(s.created_at),
+            format_time(s.expires_at) if s.expires_at else "-",
+            format_labels(s.labels),
+        ]
         for s in sandboxes
     ]
-    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "LABELS"], rows))
+    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"], rows))
     return 0
 
 

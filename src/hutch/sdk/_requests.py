@@ -21,7 +21,7 @@ def sandbox_create_body(
     keep_alive: bool = False,
     runtime: str = "runc",
     labels: Mapping[str, str] | None = None,
-    timeout: float | None = None,
+    timeout: float | str | None = None,
     secrets: Mapping[str, str] | None = None,
     egress_secrets: Sequence[Mapping[str, str]] | None = None,
     network_allow: Sequence[str] = (),
