@@ -51,6 +51,7 @@ from hutch.runtime._errors import (
     SandboxRuntimeError,
     SandboxStartError,
 )
+from hutch.runtime._freezer import set_frozen
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
 from hutch.runtime._image_defaults import image_agent_env
 from hutch.runtime._images import Image
@@ -585,11 +586,11 @@ class Runtime:
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""
         _check_id(sandbox_id)
-        await self._runc.pause(sandbox_id)
+        await set_frozen(sandbox_id, True)
 
     async def resume(self, sandbox_id: str) -> None:
         _check_id(sandbox_id)
-        await self._runc.resume(sandbox_id)
+        await set_frozen(sandbox_id, False)
 
     # -- helpers ---------------------------------------------------------------------------
 
