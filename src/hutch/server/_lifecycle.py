@@ -167,11 +167,18 @@ class Lifecycle:
         """
         return await self._pause(sandbox_id, reason=reason, explicit=True)
 
-    async def _pause(self, sandbox_id: str, *, reason: str, explicit: bool) -> SandboxRecord:
+    async def _pause(
+        self,
+        sandbox_id: str,
+        *,
+        reason: str,
+        explicit: bool,
+        unless: Callable[[SandboxRecord], bool] | None = None,
+    ) -> SandboxRecord:
         self._manager.get(sandbox_id)
         async with self._manager.lock_for(sandbox_id):
             record = self._manager.get(sandbox_id)
-            if record.status == "paused":
+            if record.status == "paused" or (unless is not None and unless(record)):
                 return record
             if record.status != "running":
                 raise _conflict(record, "pause", "only a running sandbox can be paused")
@@ -248,11 +255,18 @@ class Lifecycle:
         """
         return await self._stop(sandbox_id, reason=reason, explicit=True)
 
-    async def _stop(self, sandbox_id: str, *, reason: str, explicit: bool) -> SandboxRecord:
+    async def _stop(
+        self,
+        sandbox_id: str,
+        *,
+        reason: str,
+        explicit: bool,
+        unless: Callable[[SandboxRecord], bool] | None = None,
+    ) -> SandboxRecord:
         self._manager.get(sandbox_id)
         async with self._manager.lock_for(sandbox_id):
             record = self._manager.get(sandbox_id)
-            if record.status == "stopped":
+            if record.status == "stopped" or (unless is not None and unless(record)):
                 return record
             if record.status not in ("running", "paused"):
                 raise _conflict(record, "stop", "destroy it instead")
@@ -327,19 +341,33 @@ class Lifecycle:
     async def sleep_if_idle(self, record: SandboxRecord, now: float) -> bool:
         """Pause or stop (`on_idle`) a running sandbox idle for `sleep_after`; True if it
         went to sleep. Idle: no request, no preview traffic, no open stream or terminal."""
-        if record.status != "running" or record.keep_alive or not record.sleep_after:
+        if self._busy(record, now):
             return False
+        assert record.sleep_after is not None
+        reason = f"idle for {format_duration(record.sleep_after)}"
+        # Checked again under the sandbox's lock, right before the freeze: a request that
+        # came in meanwhile (it counts as activity before it reaches the agent) wins.
+        if record.on_idle == "stop":
+            after = await self._stop(
+                record.id, reason=reason, explicit=False, unless=self._busy_now
+            )
+        else:
+            after = await self._pause(
+                record.id, reason=reason, explicit=False, unless=self._busy_now
+            )
+        return after.status != "running"
+
+    def _busy_now(self, record: SandboxRecord) -> bool:
+        return self._busy(record, time.monotonic())
+
+    def _busy(self, record: SandboxRecord, now: float) -> bool:
+        """Whether a running sandbox is not (yet) to sleep for idleness."""
+        if record.status != "running" or record.keep_alive or not record.sleep_after:
+            return True
         if self._manager.has_open_streams(record.id):
             self.activity.touch(record.id)
-            return False
-        if self.activity.idle_for(record.id, now) < record.sleep_after:
-            return False
-        reason = f"idle for {format_duration(record.sleep_after)}"
-        if record.on_idle == "stop":
-            await self._stop(record.id, reason=reason, explicit=False)
-        else:
-            await self._pause(record.id, reason=reason, explicit=False)
-        return True
+            return True
+        return self.activity.idle_for(record.id, now) < record.sleep_after
 
     # -- after a server restart -------------------------------------------------------------
 
