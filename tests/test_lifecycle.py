@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from hutch import Sandbox
-from hutch.sdk import Conflict, InvalidRequest, NotFoundError
+from hutch.sdk import BucketMountFailed, Conflict, InvalidRequest, NotFoundError
 from tests._server import ServerProcess, wait_for
+from tests.support.s3 import S3Server
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
 
@@ -372,3 +373,56 @@ def test_cli_pause_resume_stop_timeout_and_snapshots(
         assert "seconds as a number" in capsys.readouterr().err
     finally:
         hutch("rm", sb_id)
+
+
+# -- backups ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_backup_incremental_and_restore_here_and_on_another_server(
+    own_server: ServerProcess, server: ServerProcess, s3: S3Server, busybox_image: str
+) -> None:
+    bucket = f"bk{time.time_ns() % 10**9}"
+    s3.make_bucket(bucket)
+    where = {"endpoint": s3.endpoint, "credentials": s3.credentials, "prefix": "team/a"}
+    sb = Sandbox.create(image=busybox_image, base_url=server.url, api_key=server.api_key)
+    try:
+        sb.exec("mkdir -p /proj && echo one > /proj/f && head -c 300000 /dev/urandom > /proj/r")
+        first = sb.backup(bucket, **where)  # type: ignore[arg-type]
+        assert first.parent_id is None
+        sb.exec("echo two > /proj/f")
+        second = sb.backup(bucket, **where)  # type: ignore[arg-type]
+        assert second.parent_id == first.id  # incremental against the first
+        objects = sorted(p.name for p in (s3.root / bucket / "team" / "a").iterdir())
+        assert objects == sorted(f"{b.id}{ext}" for b in (first, second)
+                                 for ext in (".json", ".btrfs.zst"))  # fmt: skip
+        # The incremental stream holds the change, not the 300 kB of random bytes again.
+        sizes = {p.name: p.stat().st_size for p in (s3.root / bucket / "team" / "a").iterdir()}
+        assert sizes[f"{second.id}.btrfs.zst"] < sizes[f"{first.id}.btrfs.zst"] / 3
+        assert [b.id for b in sb.list_backups()] == [first.id, second.id]
+
+        # Restore on another server (its own home and storage pool): the whole chain.
+        other = {"base_url": own_server.url, "api_key": own_server.api_key}
+        restored = Sandbox.restore(second.id, bucket, **where, **other)  # type: ignore[arg-type]
+        assert restored.exec("cat /proj/f").stdout == "two\n"
+        assert restored.exec("wc -c < /proj/r").stdout.strip() == "300000"
+        old = Sandbox.restore(first.id, bucket, **where, **other)  # type: ignore[arg-type]
+        assert old.exec("cat /proj/f").stdout == "one\n"
+
+        # Bad input: an unreachable bucket is a 400 and writes nothing; an unknown backup 404.
+        with pytest.raises(BucketMountFailed) as err:
+            sb.backup("no-such-bucket", **where)  # type: ignore[arg-type]
+        assert err.value.status == 400 and err.value.code == "backup_target_unreachable"
+        assert len(sb.list_backups()) == 2
+        with pytest.raises(NotFoundError) as missing:
+            Sandbox.restore("bk-000000000000", bucket, **where, **other)  # type: ignore[arg-type]
+        assert missing.value.code == "backup_not_found"
+    finally:
+        sb.destroy()

@@ -44,6 +44,7 @@ from hutch.sdk._exceptions import (
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import (
     ApiKey,
+    Backup,
     BucketMount,
     ExecEvent,
     ExecResult,
@@ -66,6 +67,7 @@ __all__ = [
     "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
+    "Backup",
     "BucketMount",
     "BucketMountFailed",
     "Client",

@@ -18,7 +18,8 @@ One tree, rooted at :class:`HutchError`::
     │   │   │                               invalid_state (e.g. pause of a stopped sandbox),
     │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
-    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
+    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted),
+    │   │                                   backup_target_unreachable (nothing written)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
@@ -268,6 +269,9 @@ ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
     "invalid_state": (Conflict, 409),
     "snapshot_not_found": (NotFoundError, 404),
     "snapshot_exists": (Conflict, 409),
+    "backup_target_unreachable": (BucketMountFailed, 400),
+    "backup_not_found": (NotFoundError, 404),
+    "backup_failed": (ServerError, 502),
 }
 
 _STATUS_CLASSES: Mapping[int, type[APIError]] = {

@@ -115,6 +115,43 @@ def _opt_float(value: Any) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Backup:
+    """A backup of a sandbox's disk in S3-compatible storage (``sb.backup(...)``); make a
+    sandbox from it with ``Sandbox.restore(backup.id, ...)`` on this server or another.
+
+    Attributes:
+        id: The backup's id, e.g. ``"bk-1a2b3c4d5e6f"`` (its objects are ``<id>.json`` and
+            ``<id>.btrfs.zst`` under the prefix).
+        sandbox_id: The sandbox it was taken of.
+        bucket: The bucket it was written to.
+        endpoint: The S3 endpoint.
+        prefix: The key prefix, or ``None``.
+        parent_id: The backup it is incremental against (``None``: a full backup).
+        created_at: When it was taken.
+    """
+
+    id: str
+    sandbox_id: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    parent_id: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Backup:
+        return cls(
+            id=str(data["id"]),
+            sandbox_id=str(data.get("sandbox_id", "")),
+            bucket=str(data.get("bucket", "")),
+            endpoint=str(data.get("endpoint", "")),
+            prefix=_opt_str(data.get("prefix")),
+            parent_id=_opt_str(data.get("parent_id")),
+            created_at=_parse_time(data.get("created_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A snapshot of a sandbox's disk and settings (``sb.snapshot()``); start new sandboxes
     from it with ``Sandbox.create(snapshot=snap.id)`` (or its ``name``).

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 from hutch.server._auth import KeyChecker, create_key, key_from_headers
+from hutch.server._backups import Backups
 from hutch.server._config import ServerConfig
 from hutch.server._egress import EgressProxy, running_with_rules
 from hutch.server._errors import (
@@ -179,6 +180,9 @@ class Services:
         )
         self.lifecycle.on_stop.append(self.egress.forget)
         self.reconciler = Reconciler(self.lifecycle, self.store)
+        self.backups = Backups(
+            self.lifecycle, self.sandboxes, self.store, self.runtime, self.images
+        )
 
 
 def services(request: Request) -> Services:

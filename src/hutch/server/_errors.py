@@ -31,6 +31,9 @@ ApiError (status, code, message)
 ├── SandboxStateConflict    409 invalid_state (e.g. pause of a stopped sandbox)
 ├── SnapshotNotFound        404 snapshot_not_found
 ├── SnapshotExists          409 snapshot_exists
+├── BackupTargetUnreachable 400 backup_target_unreachable (nothing was written)
+├── BackupNotFound          404 backup_not_found
+├── BackupFailed            502 backup_failed (the stream to/from S3 broke)
 ├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
 """
@@ -224,3 +227,18 @@ class BucketMountFailedError(ApiError):
 
     status = 400
     code = "bucket_mount_failed"
+
+
+class BackupTargetUnreachable(ApiError):
+    status = 400
+    code = "backup_target_unreachable"
+
+
+class BackupNotFound(ApiError):
+    status = 404
+    code = "backup_not_found"
+
+
+class BackupStreamFailed(ApiError):
+    status = 502
+    code = "backup_failed"

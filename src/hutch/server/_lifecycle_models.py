@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hutch.server._durations import parse_duration
+from hutch.server._models import BucketCredentials, SandboxCreate
 
 
 class TimeoutUpdate(BaseModel):
@@ -53,3 +54,34 @@ class ForkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(default=1, ge=1, le=50)
+
+
+class BackupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(min_length=1, max_length=63)
+    endpoint: str = Field(min_length=1, max_length=2048)
+    credentials: BucketCredentials
+    prefix: str | None = Field(default=None, max_length=1024)
+    region: str | None = Field(default=None, max_length=64)
+
+
+class BackupInfo(BaseModel):
+    id: str
+    sandbox_id: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    parent_id: str | None = Field(description="the backup this one is incremental against")
+    created_at: str
+
+
+class BackupList(BaseModel):
+    backups: list[BackupInfo]
+
+
+class RestoreRequest(BackupCreate):
+    backup_id: str = Field(min_length=1, max_length=64)
+    sandbox: SandboxCreate | None = Field(
+        default=None, description="options of the new sandbox (id, labels, timeout, ...)"
+    )

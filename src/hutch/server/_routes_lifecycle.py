@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from hutch.server._app import ERROR_RESPONSES, Svc, require_key
+from hutch.server._backups import target_of
 from hutch.server._lifecycle_models import (
+    BackupCreate,
+    BackupInfo,
+    BackupList,
     ForkRequest,
+    RestoreRequest,
     SnapshotCreate,
     SnapshotInfo,
     SnapshotList,
     TimeoutUpdate,
 )
-from hutch.server._models import SandboxInfo, SandboxList
+from hutch.server._models import SandboxCreate, SandboxInfo, SandboxList
 from hutch.server._sandboxes import to_info
-from hutch.server._store import SnapshotRecord
+from hutch.server._store import BackupRecord, SnapshotRecord
+
+
+def backup_info(backup: BackupRecord) -> BackupInfo:
+    return BackupInfo(
+        id=backup.id,
+        sandbox_id=backup.sandbox_id,
+        bucket=backup.bucket,
+        endpoint=backup.endpoint,
+        prefix=backup.prefix,
+        parent_id=backup.parent_id,
+        created_at=backup.created_at,
+    )
+
+
+def _target(body: BackupCreate) -> Any:
+    return target_of(
+        body.bucket,
+        body.endpoint,
+        body.credentials.model_dump(),
+        body.prefix,
+        body.region,
+    )
 
 
 def snapshot_info(snap: SnapshotRecord) -> SnapshotInfo:
@@ -86,5 +113,20 @@ def build_lifecycle_router() -> APIRouter:
     async def delete_snapshot(svc: Svc, snapshot_id: str) -> Response:
         await svc.lifecycle.delete_snapshot(snapshot_id)
         return Response(status_code=204)
+
+    @router.post("/sandboxes/{sandbox_id}/backups", status_code=201, response_model=BackupInfo)
+    async def create_backup(svc: Svc, sandbox_id: str, body: BackupCreate) -> BackupInfo:
+        """Write the sandbox's disk to S3 (zstd; incremental against its last backup there)."""
+        return backup_info(await svc.backups.backup(sandbox_id, _target(body)))
+
+    @router.get("/sandboxes/{sandbox_id}/backups", response_model=BackupList)
+    async def list_backups(svc: Svc, sandbox_id: str) -> BackupList:
+        return BackupList(backups=[backup_info(b) for b in svc.backups.of_sandbox(sandbox_id)])
+
+    @router.post("/backups/restore", status_code=201, response_model=SandboxInfo)
+    async def restore_backup(svc: Svc, body: RestoreRequest) -> SandboxInfo:
+        """A new sandbox from a backup (made on this server or another)."""
+        request = body.sandbox or SandboxCreate()
+        return to_info(await svc.backups.restore(_target(body), body.backup_id, request))
 
     return router

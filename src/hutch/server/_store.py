@@ -129,6 +129,18 @@ class SnapshotRecord:
     spec: str  # the sandbox's SandboxRecord.spec_json() at the time
 
 
+@dataclass(frozen=True)
+class BackupRecord:
+    id: str
+    sandbox_id: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    parent_id: str | None  # the backup this one is incremental against
+    snapshot: str | None  # local snapshot id kept as the next backup's parent
+    created_at: str
+
+
 class Store(Protocol):
     def close(self) -> None: ...
     def insert_sandbox(
@@ -156,6 +168,9 @@ class Store(Protocol):
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
     def list_snapshots(self) -> list[SnapshotRecord]: ...
     def delete_snapshot(self, snapshot_id: str) -> bool: ...
+    def insert_backup(self, record: BackupRecord) -> None: ...
+    def list_backups(self, sandbox_id: str) -> list[BackupRecord]: ...
+    def clear_backup_snapshot(self, backup_id: str) -> None: ...
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -213,6 +228,20 @@ MIGRATIONS: tuple[str, ...] = (
         image_id TEXT NOT NULL,
         created_at TEXT NOT NULL,
         spec TEXT NOT NULL
+    );
+    """,
+    # 6: backups to S3 (server/_backups.py); `snapshot`: the local copy kept as the parent of
+    # the next incremental backup (NULL once a newer backup took that role)
+    """
+    CREATE TABLE backups (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        prefix TEXT,
+        parent_id TEXT,
+        snapshot TEXT,
+        created_at TEXT NOT NULL
     );
     """,
 )
@@ -372,6 +401,33 @@ class SqliteStore:
         with self._tx() as db:
             cur = db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
         return cur.rowcount > 0
+
+    def insert_backup(self, record: BackupRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO backups (id, sandbox_id, bucket, endpoint, prefix, parent_id,"
+                " snapshot, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.sandbox_id,
+                    record.bucket,
+                    record.endpoint,
+                    record.prefix,
+                    record.parent_id,
+                    record.snapshot,
+                    record.created_at,
+                ),
+            )
+
+    def list_backups(self, sandbox_id: str) -> list[BackupRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM backups WHERE sandbox_id = ? ORDER BY created_at, rowid", (sandbox_id,)
+        ).fetchall()
+        return [BackupRecord(**dict(r)) for r in rows]
+
+    def clear_backup_snapshot(self, backup_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE backups SET snapshot = NULL WHERE id = ?", (backup_id,))
 
     def update_sandbox_spec(self, record: SandboxRecord) -> None:
         with self._tx() as db:

@@ -24,7 +24,14 @@ from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
 from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo, Snapshot
+from hutch.sdk._models import (
+    Backup,
+    BucketMount,
+    ExecEvent,
+    ExecResult,
+    SandboxInfo,
+    Snapshot,
+)
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 
 
@@ -422,6 +429,96 @@ class AsyncSandbox:
         """
         client = _client_for(client, base_url, api_key)
         await client.request("DELETE", f"/v1/snapshots/{path_segment(snapshot)}")
+
+    async def backup(
+        self,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+    ) -> Backup:
+        """Write the sandbox's filesystem to an S3-compatible bucket (zstd-compressed, and
+        incremental against its previous backup to the same place when the server still has
+        that one's snapshot). Memory is not included.
+
+        Args:
+            bucket: The bucket's name.
+            endpoint: The S3 endpoint URL.
+            credentials: ``{"access_key_id": ..., "secret_access_key": ...}``.
+            prefix: A key prefix for the backup's objects.
+            region: The bucket's region, for servers that need it.
+
+        Raises:
+            BucketMountFailed: The bucket could not be reached (``backup_target_unreachable``);
+                nothing was written.
+            ServerError: The upload broke (``backup_failed``).
+        """
+        body = _buckets.mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        return Backup.from_json(
+            await self.client.request("POST", f"{self._path}/backups", json=body)
+        )
+
+    async def list_backups(self) -> builtins.list[Backup]:
+        """The backups this server made of the sandbox, oldest first."""
+        body = await self.client.request("GET", f"{self._path}/backups")
+        return [Backup.from_json(b) for b in body["backups"]]
+
+    @classmethod
+    async def restore(
+        cls,
+        backup_id: str,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+        id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> AsyncSandbox:
+        """A new running sandbox from a backup, made by this server or another one (which
+        must have the backup's image).
+
+        Args:
+            backup_id: The backup's id (``Backup.id``).
+            bucket: See :meth:`backup`; ``endpoint``, ``credentials``, ``prefix`` and
+                ``region`` too.
+            endpoint: See :meth:`backup`.
+            credentials: See :meth:`backup`.
+            prefix: See :meth:`backup`.
+            region: See :meth:`backup`.
+            id: The new sandbox's id (generated when ``None``).
+            labels: The new sandbox's labels.
+            timeout: The new sandbox's lifetime (see :meth:`create`).
+            base_url: See :meth:`create`.
+            api_key: See :meth:`create`.
+            client: See :meth:`create`.
+
+        Raises:
+            NotFoundError: No such backup there (``backup_not_found``), or the image is
+                missing on this server (``image_not_found``).
+            BucketMountFailed: The bucket could not be reached.
+        """
+        client = _client_for(client, base_url, api_key)
+        body = _buckets.mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        body["backup_id"] = backup_id
+        body["sandbox"] = {"id": id, "labels": dict(labels or {}), "timeout": timeout}
+        info = SandboxInfo.from_json(await client.request("POST", "/v1/backups/restore", json=body))
+        return cls(info.id, client=client, info=info)
 
     async def _lifecycle(self, action: str) -> SandboxInfo:
         self._info = SandboxInfo.from_json(
