@@ -426,3 +426,42 @@ def test_backup_incremental_and_restore_here_and_on_another_server(
         assert missing.value.code == "backup_not_found"
     finally:
         sb.destroy()
+
+
+def test_console_shows_the_state_and_pauses_and_resumes(
+    server: ServerProcess, opts: dict[str, str], busybox_image: str
+) -> None:
+    import tempfile
+
+    import playwright.sync_api as sync_api
+
+    from tests.test_console import CHROMIUM, CHROMIUM_ARGS
+
+    sb = Sandbox.create(image=busybox_image, **opts)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hutch-chromium-") as profile:
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch_persistent_context(
+                    profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(60_000)
+                    page.goto(server.url + "/console/")
+                    page.fill("#login-key", server.api_key)
+                    page.click("#login-form button")
+                    row = f"tr[data-id='{sb.id}']"
+                    page.wait_for_selector(f"{row} >> text=running")
+                    page.click(f"{row} button.pause")
+                    page.wait_for_selector(f"{row} td.status-paused")
+                    assert page.get_attribute(f"{row} td.status-paused", "title") == (
+                        "paused by request"
+                    )
+                    assert _status(sb) == "paused"
+                    page.click(f"{row} button.resume")
+                    page.wait_for_selector(f"{row} td.status-running")
+                finally:
+                    browser.close()
+        assert _status(sb) == "running"
+    finally:
+        sb.destroy()
