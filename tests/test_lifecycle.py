@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from hutch import Sandbox
-from hutch.sdk import BucketMountFailed, Conflict, InvalidRequest, NotFoundError
+from hutch.sdk import (
+    BucketMountFailed,
+    Conflict,
+    InvalidRequest,
+    NotFoundError,
+    SandboxUnavailable,
+)
 from tests._server import ServerProcess, wait_for
 from tests.support.s3 import S3Server
 
@@ -465,3 +471,20 @@ def test_console_shows_the_state_and_pauses_and_resumes(
         assert _status(sb) == "running"
     finally:
         sb.destroy()
+
+
+def test_a_start_that_fails_is_503_and_keeps_the_sandbox_stopped(
+    box: Sandbox, server: ServerProcess
+) -> None:
+    box.stop()
+    # The disk is gone behind the server's back: the start cannot succeed.
+    subprocess.run(
+        ["btrfs", "subvolume", "delete", str(server.home / "storage" / box.id)],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(SandboxUnavailable) as err:
+        box.start()
+    assert err.value.status == 503 and err.value.code == "sandbox_start_failed"
+    info = box.info()
+    assert info.status == "stopped" and "last start failed" in (info.status_reason or "")
