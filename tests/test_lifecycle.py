@@ -227,7 +227,7 @@ def _get(url: str, headers: dict[str, str]) -> int:
 
 
 def test_snapshot_create_from_it_and_fork(opts: dict[str, str], busybox_image: str) -> None:
-    sb = Sandbox.create(image=busybox_image, env={"FROM_ORIGIN": "1"}, **opts)
+    sb = Sandbox.create(image=busybox_image, env={"FROM_ORIGIN": "1"}, sleep_after="10m", **opts)
     made: list[Sandbox] = [sb]
     try:
         sb.exec("mkdir -p /proj && echo v1 > /proj/state")
@@ -247,6 +247,7 @@ def test_snapshot_create_from_it_and_fork(opts: dict[str, str], busybox_image: s
         assert len({f.id for f in forks}) == 2
         for f in forks:
             assert f.exec("cat /proj/state").stdout == "v2\n"
+            assert f.info().sleep_after == 600  # the source's idle policy, too
         assert [s.id for s in Sandbox.list_snapshots(sb.id, **opts)] == [snap.id]
         Sandbox.delete_snapshot(snap.id, **opts)
         with pytest.raises(NotFoundError) as err:

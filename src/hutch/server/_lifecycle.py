@@ -448,16 +448,27 @@ class Lifecycle:
         self._store.delete_snapshot(snap.id)
 
     async def fork(self, sandbox_id: str, count: int = 1) -> list[SandboxRecord]:
-        """`count` new running sandboxes whose disks start as this one's is now.
+        """`count` new running sandboxes whose disks start as this one's is now, with its
+        settings (image, env, limits, labels, lifetime and idle policy; not its secrets).
 
         Raises:
             InvalidRequest: count is out of range.
         """
         if not 1 <= count <= MAX_FORK:
             raise InvalidRequest(f"count must be 1-{MAX_FORK}, not {count}", code="invalid_request")
+        # NB: one snapshot for all: every fork starts from the same moment of the disk.
         snap = await self.snapshot(sandbox_id)
         try:
-            request = SandboxCreate(snapshot=snap.id, labels=self._manager.get(sandbox_id).labels)
+            source = self._manager.get(sandbox_id)
+            request = SandboxCreate(
+                snapshot=snap.id,
+                labels=source.labels,
+                timeout=source.timeout or 0,
+                sleep_after=source.sleep_after,
+                keep_alive=source.keep_alive,
+                on_idle=source.on_idle,  # type: ignore[arg-type]
+                on_timeout=source.on_timeout,  # type: ignore[arg-type]
+            )
             return list(await asyncio.gather(*(self.create(request) for _ in range(count))))
         finally:
             await self.delete_snapshot(snap.id)
