@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         AsyncSession,
         AsyncTerminal,
         AuthenticationError,
+        Backup,
         BucketMount,
         BucketMountFailed,
         Client,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
         ServerError,
         Session,
         SessionNotFound,
+        Snapshot,
         Terminal,
         WatchEvent,
     )
@@ -80,6 +82,7 @@ __all__ = [
     "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
+    "Backup",
     "BucketMount",
     "BucketMountFailed",
     "Client",
@@ -127,6 +130,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionNotFound",
+    "Snapshot",
     "Terminal",
     "WatchEvent",
 ]

@@ -14,6 +14,8 @@ from typing import Literal, TypedDict, get_args
 
 Network = Literal["none", "internet"]
 RuntimeName = Literal["runc", "gvisor"]
+OnIdle = Literal["pause", "stop"]
+OnTimeout = Literal["destroy", "stop", "pause"]
 
 
 class SandboxOptions(TypedDict, total=False):
@@ -30,9 +32,16 @@ class SandboxOptions(TypedDict, total=False):
         network_allow: CIDRs the sandbox may reach even with ``network="none"``
             (e.g. ``["10.0.0.0/8"]``); the same as ``set_network``'s ``allow``.
         network_deny: CIDRs it may never reach; wins over ``network_allow``.
-        timeout: Maximum lifetime in seconds; ``None`` lives until destroyed.
-        sleep_after: Idle time after which it is frozen (e.g. ``"10m"``); ``None`` for never.
-        keep_alive: Never freeze it for idleness.
+        timeout: Maximum lifetime, in seconds or as a duration (``"1h"``); ``None`` takes the
+            server's default lifetime, ``0`` lives until destroyed.
+        sleep_after: Idle time after which it sleeps (``"10m"``, or seconds); ``None`` for
+            never.
+        keep_alive: Never sleep for idleness.
+        on_idle: What sleeping means: ``"pause"`` (frozen, memory kept) or ``"stop"``
+            (processes ended, disk kept).
+        on_timeout: What happens when its lifetime ends: ``"destroy"``, ``"stop"`` or
+            ``"pause"``.
+        snapshot: Start from this snapshot's disk and settings (see ``Sandbox.snapshot``).
         runtime: ``"runc"``, or ``"gvisor"`` for a hardened kernel boundary.
         labels: Labels to find it by with ``Sandbox.list``.
         secrets: Environment variables for every process (e.g. ``{"ANTHROPIC_API_KEY":
@@ -58,9 +67,12 @@ class SandboxOptions(TypedDict, total=False):
     network: str
     network_allow: Sequence[str]
     network_deny: Sequence[str]
-    timeout: float | None
+    timeout: float | str | None
     sleep_after: str | float | None
     keep_alive: bool
+    on_idle: str
+    on_timeout: str
+    snapshot: str | None
     runtime: str
     labels: Mapping[str, str] | None
     secrets: Mapping[str, str] | None
@@ -84,6 +96,9 @@ class SandboxDefaults:
     timeout: float | None = None
     sleep_after: str | None = None
     keep_alive: bool = False
+    on_idle: OnIdle = "pause"
+    on_timeout: OnTimeout = "destroy"
+    snapshot: str | None = None
     runtime: RuntimeName = "runc"
     start_entrypoint: bool = False
 
@@ -120,9 +135,13 @@ HELP: Mapping[str, str] = {
     "network": "none (no network) or internet (outbound access)",
     "network_allow": "CIDRs always reachable",
     "network_deny": "CIDRs never reachable",
-    "timeout": "maximum lifetime, seconds",
-    "sleep_after": "idle time after which it is frozen, e.g. 10m",
-    "keep_alive": "never freeze it for idleness",
+    "timeout": "lifetime (seconds, or a duration such as '1h'); unset: the server's default; "
+    "0: no limit",
+    "sleep_after": "idle time after which the sandbox sleeps ('10m', or seconds); unset: never",
+    "keep_alive": "never sleep for idleness",
+    "on_idle": "what sleeping means: pause (frozen, memory kept) or stop (disk kept)",
+    "on_timeout": "at the end of its lifetime: destroy, stop or pause",
+    "snapshot": "start from this snapshot's disk and settings (its image)",
     "runtime": "runc, or gvisor for a hardened kernel boundary",
     "labels": "labels to find it by",
     "secrets": "environment variables for every process, stored encrypted and never "

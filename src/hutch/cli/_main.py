@@ -22,6 +22,7 @@ from hutch.cli._connect import client_for as _client
 from hutch.cli._extras import install_server_message, missing_server_module
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
+from hutch.cli._lifecycle import add_lifecycle_commands, add_lifecycle_options
 from hutch.cli._network import add_cidr_options, add_network_commands
 from hutch.cli._output import (
     format_labels,
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Defaults and help: hutch._wire.sandbox_options, as for the SDK and the API.
     p.add_argument("--cpu", type=float, default=DEFAULTS.cpu, help=_help("cpu"))
+    add_lifecycle_options(p)
     p.add_argument(
         "--memory", type=int, default=DEFAULTS.memory_mb, metavar="MB", help=_help("memory_mb")
     )
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--disk", type=int, default=DEFAULTS.disk_mb, metavar="MB", help=_help("disk_mb")
     )
     p.add_argument("--runtime", choices=RUNTIMES, default=DEFAULTS.runtime, help=_help("runtime"))
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help=HELP["timeout"])
+    p.add_argument("--timeout", metavar="DURATION", help=HELP["timeout"])
     p.add_argument("--start-entrypoint", action="store_true", help=HELP["start_entrypoint"])
 
     p = command("ls", cmd_ls, "list sandboxes")
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_commands(command)
     add_bucket_commands(command)
     add_network_commands(command, connection)
+    add_lifecycle_commands(command, connection)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -340,6 +343,11 @@ def cmd_create(args: argparse.Namespace) -> int:
             labels=dict(args.label or ()),
             timeout=args.timeout,
             start_entrypoint=args.start_entrypoint,
+            sleep_after=args.sleep_after,
+            keep_alive=args.keep_alive,
+            on_idle=args.on_idle,
+            on_timeout=args.on_timeout,
+            snapshot=args.snapshot,
             client=client,
         )
     print(sandbox.id)
@@ -356,10 +364,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(info.id)
         return 0
     rows = [
-        [s.id, s.status, s.image, format_time(s.created_at), format_labels(s.labels)]
+        [
+            s.id,
+            s.status,
+            s.image,
+            format_time(s.created_at),
+            format_time(s.expires_at) if s.expires_at else "-",
+            format_labels(s.labels),
+        ]
         for s in sandboxes
     ]
-    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "LABELS"], rows))
+    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"], rows))
     return 0
 
 

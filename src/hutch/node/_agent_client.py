@@ -260,6 +260,11 @@ class AgentConnection:
         return cls(reader, writer)
 
     @property
+    def open_streams(self) -> int:
+        """Streams in flight (a command, a log stream, a terminal): the sandbox is in use."""
+        return len(self._streams)
+
+    @property
     def closed(self) -> bool:
         """Closed by ``close()`` or broken: either way, make a new connection."""
         return self._error is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class AgentGateway:
         self.on_connect = on_connect
         self._shared: dict[str, AgentConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Weakly held: their callers close them; while a stream runs on one, the sandbox is
+        # in use (the idle timer must not put it to sleep under a transfer).
+        self._dedicated: dict[str, weakref.WeakSet[AgentConnection]] = {}
 
     # -- connections ----------------------------------------------------------------------
 
@@ -89,9 +93,16 @@ class AgentGateway:
     async def dedicated(self, sandbox_id: str) -> AgentConnection:
         """A new connection of its own, for one bulk stream; the caller closes it."""
         try:
-            return await AgentConnection.connect(self._socket_of(sandbox_id), timeout=self._timeout)
+            conn = await AgentConnection.connect(self._socket_of(sandbox_id), timeout=self._timeout)
         except (OSError, AgentError, TimeoutError) as exc:
             raise self._unreachable(sandbox_id, exc) from exc
+        self._dedicated.setdefault(sandbox_id, weakref.WeakSet()).add(conn)
+        return conn
+
+    def has_open_streams(self, sandbox_id: str) -> bool:
+        """Whether a stream (a command, log stream, transfer, terminal) is in flight."""
+        conns = [self._shared.get(sandbox_id), *self._dedicated.get(sandbox_id, ())]
+        return any(c is not None and not c.closed and c.open_streams > 0 for c in conns)
 
     def drop(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Forget a shared connection that broke, so the next request reconnects."""
@@ -101,6 +112,7 @@ class AgentGateway:
     async def forget(self, sandbox_id: str) -> None:
         """Close the sandbox's shared connection (it is being destroyed)."""
         self._locks.pop(sandbox_id, None)
+        self._dedicated.pop(sandbox_id, None)
         conn = self._shared.pop(sandbox_id, None)
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable
 from typing import cast
 
 from hutch.proxy._chunked import ChunkedFraming
@@ -165,6 +166,7 @@ class PreviewConnection(asyncio.Protocol):
                 self.close()  # not worth reading a body we will not forward
             return
         self.target_key = (target.sandbox_id, target.port)
+        wake = self.routes.on_hit(target.sandbox_id)
         upstream = self.upstream
         if (
             upstream is None
@@ -174,7 +176,7 @@ class PreviewConnection(asyncio.Protocol):
         ):
             if upstream is not None:
                 upstream.close()
-            upstream = self.upstream = Upstream(self, (address, target.port))
+            upstream = self.upstream = Upstream(self, (address, target.port), wake)
         self.inflight = request
         upstream.request = request
         upstream.response = None
@@ -226,7 +228,12 @@ class PreviewConnection(asyncio.Protocol):
 class Upstream(asyncio.Protocol):
     """The connection to the sandbox's port; writes queue until it is connected."""
 
-    def __init__(self, client: PreviewConnection, key: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        client: PreviewConnection,
+        key: tuple[str, int],
+        wake: Awaitable[object] | None = None,
+    ) -> None:
         self.client = client
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -241,14 +248,16 @@ class Upstream(asyncio.Protocol):
         self.eof_pending = False
         self._read_paused = False
         loop = asyncio.get_running_loop()
-        self._connect = loop.create_task(self._open(loop))
+        self._connect = loop.create_task(self._open(loop, wake))
         client.routes.pending.add(self._connect)
         self._connect.add_done_callback(client.routes.pending.discard)
 
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _open(self, loop: asyncio.AbstractEventLoop, wake: Awaitable[object] | None) -> None:
         try:
+            if wake is not None:
+                await wake  # a sleeping sandbox: the request waits for it (bytes queue meanwhile)
             await asyncio.wait_for(loop.create_connection(lambda: self, *self.key), 10.0)
-        except (OSError, TimeoutError):
+        except Exception:
             self.closed = True
             if self.request is not None and self.client.inflight is self.request:
                 body = b"the sandbox does not accept connections on this port\n"

@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,6 +106,9 @@ class PreviewRoutes:
         self._tokens: dict[tuple[str, int], str] = {}
         self._addresses: dict[str, str] = {}
         self.address_of: Callable[[str], str | None] = lambda _: None
+        # Told of every request to a sandbox (it counts as activity); returns what to await
+        # before connecting when the sandbox sleeps (its wake), else None.
+        self.on_hit: Callable[[str], Awaitable[object] | None] = lambda _: None
         self.connections: set[OpenConnection] = set()
         self.idle_timeout = IDLE_TIMEOUT
         self._sweeper: asyncio.Task[None] | None = None

@@ -12,6 +12,9 @@ facade is the package's public face: the server and the CLI import `hutch.runtim
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE, shift_ownership
 from hutch.runtime.container import (
     AgentBundleError,
+    BackupFailed,
+    BackupIO,
+    BackupTarget,
     BucketError,
     BucketMount,
     BucketMountFailed,
@@ -34,6 +37,9 @@ from hutch.runtime.container import (
     SandboxUsage,
     StorageError,
     normalize_cidr,
+    receive_dir,
+    remove_received,
+    snapshot_subvolume,
 )
 from hutch.runtime.images import (
     DEFAULT_IMAGE_NAME,
@@ -70,6 +76,9 @@ __all__ = [
     "HOST_ID_BASE",
     "ID_RANGE",
     "AgentBundleError",
+    "BackupFailed",
+    "BackupIO",
+    "BackupTarget",
     "BucketError",
     "BucketMount",
     "BucketMountFailed",
@@ -115,8 +124,11 @@ __all__ = [
     "import_archive",
     "normalize_cidr",
     "pull",
+    "receive_dir",
     "recipe_digest",
     "recipe_dir_for",
+    "remove_received",
     "render_progress_bar",
     "shift_ownership",
+    "snapshot_subvolume",
 ]

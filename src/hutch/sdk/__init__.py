@@ -44,6 +44,7 @@ from hutch.sdk._exceptions import (
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import (
     ApiKey,
+    Backup,
     BucketMount,
     ExecEvent,
     ExecResult,
@@ -52,6 +53,7 @@ from hutch.sdk._models import (
     MetricsPoint,
     SandboxInfo,
     SandboxMetrics,
+    Snapshot,
 )
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -67,6 +69,7 @@ __all__ = [
     "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
+    "Backup",
     "BucketMount",
     "BucketMountFailed",
     "Client",
@@ -114,6 +117,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionNotFound",
+    "Snapshot",
     "Terminal",
     "WatchEvent",
 ]

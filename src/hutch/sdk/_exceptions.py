@@ -12,12 +12,14 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── SessionNotFound         404 session_not_found
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   │   ├── ContextNotFound         404 context_not_found
-    │   │   └── (NotFoundError)         404 bucket_not_mounted
+    │   │   └── (NotFoundError)         404 bucket_not_mounted, snapshot_not_found
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
     │   │   │                               image_in_use, context_dead, read_only, mount_path_busy,
+    │   │   │                               invalid_state (e.g. pause of a stopped sandbox),
     │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
-    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
+    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted),
+    │   │                                   backup_target_unreachable (nothing written)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
@@ -26,7 +28,7 @@ One tree, rooted at :class:`HutchError`::
     │   │   └── ImageBuildFailed        422 image_build_failed (output_tail: the step's output)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
-    │   └── SandboxUnavailable          503 sandbox_unavailable
+    │   └── SandboxUnavailable          503 sandbox_unavailable, sandbox_start_failed
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
     ├── ProcessTimeout                  a wait on a process ran out of time (also a TimeoutError)
     ├── ProcessExited                   a process ended before what was waited for happened
@@ -231,6 +233,7 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
     "process_not_running": ProcessNotRunning,
     "session_not_found": SessionNotFound,
     "bucket_mount_failed": BucketMountFailed,
+    "backup_target_unreachable": BucketMountFailed,  # a bucket the backup cannot reach
     "permission_denied": APIError,  # 403 from the filesystem, not about the API key
     "no_space": APIError,
     "git_branch_not_found": GitError,

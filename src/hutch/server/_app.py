@@ -30,6 +30,7 @@ from hutch.server.routes._files import build_files_router
 from hutch.server.routes._image_build import build_image_build_router
 from hutch.server.routes._images import build_images_router
 from hutch.server.routes._keys import build_keys_router
+from hutch.server.routes._lifecycle import build_lifecycle_router
 from hutch.server.routes._pools import build_pools_router
 from hutch.server.routes._ports import build_ports_router
 from hutch.server.routes._procs import build_procs_router
@@ -106,6 +107,7 @@ def attach_previews(svc: Services, previews: PreviewRoutes | None) -> None:
     for port in svc.store.list_ports():
         svc.previews.add(port.sandbox_id, port.port, port.token)
     svc.sandboxes.on_destroy.append(svc.previews.forget_sandbox)
+    svc.previews.on_hit = svc.lifecycle.preview_hit
     svc.previews.start()
 
 
@@ -126,6 +128,8 @@ def create_app(
                 on_new_key(new.key)
         await svc.runtime.setup()
         await svc.sandboxes.start()
+        await svc.lifecycle.recover()
+        svc.reconciler.start()
         await svc.egress.start(svc.sandboxes.running_with_egress_rules())
         app.state.services = svc
         attach_previews(svc, previews)
@@ -134,6 +138,7 @@ def create_app(
             yield
         finally:
             await svc.usage_history.stop()
+            await svc.reconciler.stop()
             await svc.previews.close()
             await svc.egress.stop()
             await svc.sandboxes.stop()
@@ -164,6 +169,7 @@ def create_app(
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())
+    app.include_router(build_lifecycle_router())
     app.include_router(build_metrics_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(

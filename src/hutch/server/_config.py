@@ -31,6 +31,8 @@ class ServerConfig:
             (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
         max_build_context_bytes: largest build context (``POST /v1/images/build``), as sent
             and unpacked (``HUTCH_MAX_BUILD_CONTEXT_BYTES``).
+        default_timeout: lifetime in seconds of a sandbox created without ``timeout``
+            (``HUTCH_DEFAULT_TIMEOUT``, e.g. ``"1h"`` or ``300``; ``0``/None: no limit).
         log_level: of Hutch's own loggers (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
             each step of a sandbox's create.
     """
@@ -53,6 +55,7 @@ class ServerConfig:
     egress_upstreams: dict[str, str] = field(default_factory=dict)  # tests: host -> http URL
     log_level: str = "info"
     max_build_context_bytes: int = 256 * 1024 * 1024
+    default_timeout: float | None = 3600.0
 
     @property
     def image_root(self) -> Path:
@@ -93,6 +96,10 @@ class ServerConfig:
             values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
         if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
             values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
+        if env.get("HUTCH_DEFAULT_TIMEOUT"):
+            from hutch.server._durations import parse_duration
+
+            values["default_timeout"] = parse_duration(env["HUTCH_DEFAULT_TIMEOUT"]) or None
         if env.get("HUTCH_LOG_LEVEL"):
             values["log_level"] = env["HUTCH_LOG_LEVEL"].lower()
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -17,7 +17,10 @@ from hutch.server._config import ServerConfig
 from hutch.server._errors import Unauthorized
 from hutch.server._metrics import ServerMetrics, UsageHistory
 from hutch.server._models import ErrorBody
+from hutch.server.services._backups import Backups
 from hutch.server.services._keys import KeyChecker, key_from_headers
+from hutch.server.services._lifecycle import Lifecycle, LifecyclePolicy
+from hutch.server.services._reconciler import Reconciler
 from hutch.server.services._sandboxes import SandboxManager
 from hutch.server.services._secrets import SecretBox
 from hutch.server.store._runtime_ids_file import import_runtime_ids_file
@@ -72,6 +75,19 @@ class Services:
         # runtime id).
         self.host: SandboxHost = LocalHost(self.runtime, self.sandboxes.runtime_id)
         self.sandboxes.on_destroy.append(self.egress.forget)
+        self.lifecycle = Lifecycle(
+            self.sandboxes,
+            self.store,
+            self.runtime,
+            self.images,
+            policy=LifecyclePolicy(default_timeout=config.default_timeout),
+            agent_timeout=config.agent_connect_timeout,
+        )
+        self.lifecycle.on_stop.append(self.egress.forget)
+        self.reconciler = Reconciler(self.lifecycle, self.store)
+        self.backups = Backups(
+            self.lifecycle, self.sandboxes, self.store, self.runtime, self.images
+        )
         self.metrics = ServerMetrics()
         self.metrics.watch_state(self.store, self.pools, self.host)
         self.usage_history = UsageHistory(self.host, self._running_sandboxes)

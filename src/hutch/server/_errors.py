@@ -28,7 +28,13 @@ ApiError (status, code, message)
 ├── ImageInUse              409 image_in_use
 ├── ImageInvalid            422 image_invalid / image_architecture
 ├── ImageBuildFailed        422 image_build_failed (in the build's NDJSON stream)
-├── SandboxStartFailed      500 sandbox_start_failed
+├── SandboxStartFailed      503 sandbox_start_failed (the host could not start it: retry)
+├── SandboxStateConflict    409 invalid_state (e.g. pause of a stopped sandbox)
+├── SnapshotNotFound        404 snapshot_not_found
+├── SnapshotExists          409 snapshot_exists
+├── BackupTargetUnreachable 400 backup_target_unreachable (nothing was written)
+├── BackupNotFound          404 backup_not_found
+├── BackupFailed            502 backup_failed (the stream to/from S3 broke)
 ├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
 """
@@ -138,7 +144,21 @@ class ImageBuildFailed(ApiError):
 
 
 class SandboxStartFailed(ApiError):
+    # NB: 503, not 500: the request was fine; the host could not start a sandbox now (out
+    # of memory, keys, addresses...). A client may retry, or try another host.
     code = "sandbox_start_failed"
+
+
+class SandboxStateConflict(ApiError):
+    code = "invalid_state"
+
+
+class SnapshotNotFound(ApiError):
+    code = "snapshot_not_found"
+
+
+class SnapshotExists(ApiError):
+    code = "snapshot_exists"
 
 
 class SandboxUnavailable(ApiError):
@@ -191,6 +211,17 @@ class BucketMountFailedError(ApiError):
     code = "bucket_mount_failed"
 
 
+class BackupTargetUnreachable(ApiError):
+    code = "backup_target_unreachable"
+
+
+class BackupNotFound(ApiError):
+    code = "backup_not_found"
+
+
+class BackupStreamFailed(ApiError):
+    code = "backup_failed"
+
+
 class TerminalNotFound(ApiError):
-    status = 404
     code = "terminal_not_found"

@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hutch._wire.sandbox_options import DEFAULTS, HELP, LIMITS, Network, RuntimeName
+from hutch._wire.sandbox_options import (
+    DEFAULTS,
+    HELP,
+    LIMITS,
+    Network,
+    OnIdle,
+    OnTimeout,
+    RuntimeName,
+)
 from hutch.server._internal_hosts import internal_host_reason
 
 SANDBOX_ID_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
@@ -33,6 +41,12 @@ def _check_cidrs(cidrs: list[str]) -> list[str]:
     if len(cidrs) > 256:
         raise ValueError("at most 256 CIDRs")
     return [normalize_cidr(c) for c in cidrs]
+
+
+def _duration_seconds(value: float | str | None) -> float | None:
+    from hutch.server._durations import parse_duration
+
+    return None if value is None else parse_duration(value)
 
 
 class Strict(BaseModel):
@@ -144,9 +158,14 @@ class SandboxCreate(Strict):
     network: Network = Field(default=DEFAULTS.network, description=HELP["network"])
     network_allow: list[str] = Field(default_factory=list, description=HELP["network_allow"])
     network_deny: list[str] = Field(default_factory=list, description=HELP["network_deny"])
-    timeout: float | None = Field(default=DEFAULTS.timeout, gt=0, description=HELP["timeout"])
-    sleep_after: str | None = Field(default=DEFAULTS.sleep_after, description=HELP["sleep_after"])
+    timeout: float | str | None = Field(default=DEFAULTS.timeout, description=HELP["timeout"])
+    sleep_after: float | str | None = Field(
+        default=DEFAULTS.sleep_after, description=HELP["sleep_after"]
+    )
     keep_alive: bool = Field(default=DEFAULTS.keep_alive, description=HELP["keep_alive"])
+    on_idle: OnIdle = Field(default=DEFAULTS.on_idle, description=HELP["on_idle"])
+    on_timeout: OnTimeout = Field(default=DEFAULTS.on_timeout, description=HELP["on_timeout"])
+    snapshot: str | None = Field(default=DEFAULTS.snapshot, description=HELP["snapshot"])
     runtime: RuntimeName = Field(default=DEFAULTS.runtime, description=HELP["runtime"])
     labels: dict[str, str] = Field(default_factory=dict, description=HELP["labels"])
     secrets: dict[str, str] = Field(default_factory=dict, description=HELP["secrets"])
@@ -159,6 +178,17 @@ class SandboxCreate(Strict):
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+    _check_durations = field_validator("timeout", "sleep_after")(_duration_seconds)
+
+    @property
+    def lifetime(self) -> float | None:
+        """`timeout` in seconds (checked and converted by the validator)."""
+        return None if self.timeout is None else float(self.timeout)
+
+    @property
+    def idle_limit(self) -> float | None:
+        """`sleep_after` in seconds."""
+        return None if self.sleep_after is None else float(self.sleep_after)
 
     @model_validator(mode="after")
     def _check_egress(self) -> SandboxCreate:
@@ -193,7 +223,10 @@ class SandboxCreate(Strict):
 
 class SandboxInfo(BaseModel):
     id: str
-    status: Literal["creating", "running", "stopped", "failed"]
+    status: Literal["creating", "running", "paused", "stopped", "error", "failed"]
+    status_reason: str | None = Field(
+        default=None, description="why the sandbox is in its state (e.g. 'idle for 10m')"
+    )
     image: str
     created_at: str
     expires_at: str | None
@@ -206,6 +239,10 @@ class SandboxInfo(BaseModel):
     labels: dict[str, str]
     env_keys: list[str]
     timeout: float | None = None
+    sleep_after: float | None = None
+    keep_alive: bool = False
+    on_idle: str = "pause"
+    on_timeout: str = "destroy"
     secret_names: list[str] = Field(default_factory=list)
     mounts: list[BucketMountInfo] = []
 

@@ -7,6 +7,13 @@ from an image) and `hutch.runtime._idmap`; nothing in `hutch.runtime.images` imp
 Other packages import these names from `hutch.runtime`.
 """
 
+from hutch.runtime.container._backups import (
+    BackupFailed,
+    BackupIO,
+    BackupTarget,
+    receive_dir,
+    remove_received,
+)
 from hutch.runtime.container._bucket_spec import (
     BucketError,
     BucketMount,
@@ -28,6 +35,7 @@ from hutch.runtime.container._errors import (
 )
 from hutch.runtime.container._nft import NetworkPolicy, normalize_cidr
 from hutch.runtime.container._runtime import Runtime
+from hutch.runtime.container._snapshots import snapshot_subvolume
 from hutch.runtime.container._spec import (
     Limits,
     RuntimeConfig,
@@ -38,6 +46,9 @@ from hutch.runtime.container._usage import SandboxUsage
 
 __all__ = [
     "AgentBundleError",
+    "BackupFailed",
+    "BackupIO",
+    "BackupTarget",
     "BucketError",
     "BucketMount",
     "BucketMountFailed",
@@ -60,4 +71,7 @@ __all__ = [
     "SandboxUsage",
     "StorageError",
     "normalize_cidr",
+    "receive_dir",
+    "remove_received",
+    "snapshot_subvolume",
 ]

@@ -83,6 +83,10 @@ class Runc:
             "json",
             "run",
             "--detach",
+            # NB: no session keyring per container: every sandbox's root is the same host
+            # uid, and the kernel allows that uid 200 keys (kernel.keys.maxkeys), so the
+            # 201st sandbox failed with "disk quota exceeded".
+            "--no-new-keyring",
             "--preserve-fds",
             str(1 + len(extra_fds)),
             "--bundle",

@@ -53,6 +53,7 @@ from hutch.runtime.container._errors import (
     SandboxRuntimeError,
     SandboxStartError,
 )
+from hutch.runtime.container._freezer import set_frozen
 from hutch.runtime.container._host_files import (
     RESOLV_MARKER,
     add_mode,
@@ -81,6 +82,7 @@ from hutch.runtime.container._oci import (
 from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
 from hutch.runtime.container._runc import Runc
 from hutch.runtime.container._seccomp import default_profile, kernel_version
+from hutch.runtime.container._snapshots import DiskSnapshots, disk_from
 from hutch.runtime.container._spec import (
     HOSTNAME_RE,
     SANDBOX_ID_RE,
@@ -121,6 +123,7 @@ class Runtime:
         self._home = config.home
         self._sandboxes = config.home / "sandboxes"
         self._storage = StoragePool(config.home, config.storage_size_gb)
+        self.snapshots = DiskSnapshots(self._storage)
         self._runc = Runc(config.runc, config.home / "runc")
         self._lxcfs = LxcfsView(config.home)
         self._seccomp = default_profile(kernel_version())
@@ -232,6 +235,11 @@ class Runtime:
                 raise
 
     def _prepare_storage(self, spec: SandboxSpec, paths: _Paths) -> None:
+        if spec.disk_from is not None:
+            # The copy has the upper/work/etc dirs of its source already.
+            disk_from(spec.disk_from, self._storage, spec.id, spec.limits.disk_mb << 20)
+            self._write_etc_files(spec, paths, overwrite=True)
+            return
         subvolume = self._storage.create(spec.id, spec.limits.disk_mb << 20)
         os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
         lower = os.stat(spec.image.rootfs)
@@ -380,6 +388,29 @@ class Runtime:
             nofile=self._nofile,
             shm_bytes=max(64, limits.memory_mb // 2) << 20,
         )
+
+    async def stop(self, sandbox_id: str) -> None:
+        """End every process of the sandbox and release its container, keeping its disk
+        (subvolume), its network address and its bucket mounts' state: `start_existing`
+        runs it again. Idempotent."""
+        check_sandbox_id(sandbox_id)
+        paths = self._paths(sandbox_id)
+        async with self._lock(sandbox_id):
+            pending = self._pending_networks.pop(sandbox_id, None)
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await self._stop_container(sandbox_id)
+            # The rootfs overlay and bucket binds under it are host mounts: they outlive
+            # the container (start mounts them again).
+            for mountpoint in mounts_under(paths.bundle):
+                umount(mountpoint)
+
+    def disk_path(self, sandbox_id: str) -> Path:
+        """The sandbox's disk: the btrfs subvolume holding its writable layer."""
+        check_sandbox_id(sandbox_id)
+        return self._storage.path(sandbox_id)
 
     # -- destroy / sweep -------------------------------------------------------------------
 
@@ -583,11 +614,11 @@ class Runtime:
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""
         check_sandbox_id(sandbox_id)
-        await self._runc.pause(sandbox_id)
+        await set_frozen(sandbox_id, True)
 
     async def resume(self, sandbox_id: str) -> None:
         check_sandbox_id(sandbox_id)
-        await self._runc.resume(sandbox_id)
+        await set_frozen(sandbox_id, False)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class SandboxSpec:
     runtime: Literal["runc", "gvisor"] = "runc"
     hostname: str = "sandbox"
     network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
+    # A subvolume whose copy is the new sandbox's disk (a snapshot, or a disk to fork).
+    disk_from: Path | None = None
 
 
 @dataclass(frozen=True)

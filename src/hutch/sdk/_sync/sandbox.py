@@ -16,10 +16,18 @@ from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import SandboxNotFound
 from hutch.sdk._exec import OutputCallback
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo, SandboxMetrics
+from hutch.sdk._models import (
+    Backup,
+    BucketMount,
+    ExecEvent,
+    ExecResult,
+    SandboxInfo,
+    SandboxMetrics,
+    Snapshot,
+)
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 from hutch.sdk._sync import processes as _processes
-from hutch.sdk._sync.buckets import Buckets
+from hutch.sdk._sync.buckets import Buckets, mount_body
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import Commands
@@ -201,6 +209,205 @@ class Sandbox:
             SandboxNotFound: The sandbox no longer exists.
         """
         return SandboxMetrics.from_json(self.client.request("GET", f"{self._path}/metrics"))
+
+    def pause(self) -> SandboxInfo:
+        """Freeze every process in the sandbox (memory is kept); paused already: no-op.
+
+        Any later request (or :meth:`resume`) wakes it; the processes continue where they were.
+        An explicit pause stops its lifetime clock until it is resumed.
+
+        Raises:
+            Conflict: The sandbox is stopped (``invalid_state``): nothing runs to freeze.
+        """
+        return self._lifecycle("pause")
+
+    def resume(self) -> SandboxInfo:
+        """Run a paused or stopped sandbox again; running already: no-op.
+
+        Raises:
+            SandboxUnavailable: A stopped sandbox could not be started (its disk is kept).
+        """
+        return self._lifecycle("resume")
+
+    def stop(self) -> SandboxInfo:
+        """End every process in the sandbox, keeping its disk; :meth:`start` boots it again.
+
+        Memory is not kept across a stop (process checkpointing, CRIU, fails on this kind of
+        kernel); use :meth:`pause` to keep it.
+        """
+        return self._lifecycle("stop")
+
+    def start(self) -> SandboxInfo:
+        """Boot a stopped sandbox again on its disk (the image's entrypoint too, if it was
+        created with ``start_entrypoint``); resumes a paused one.
+
+        Raises:
+            SandboxUnavailable: It could not be started (its disk is kept: retry).
+        """
+        return self._lifecycle("start")
+
+    def set_timeout(self, timeout: float | str) -> SandboxInfo:
+        """End the sandbox's lifetime ``timeout`` from now (``on_timeout`` says how).
+
+        Args:
+            timeout: Seconds or a duration (``"10m"``, ``"1h30m"``); ``0``: no limit.
+
+        Raises:
+            InvalidRequest: ``timeout`` is not a duration.
+        """
+        body = self.client.request("PUT", f"{self._path}/timeout", json={"timeout": timeout})
+        self._info = SandboxInfo.from_json(body)
+        return self._info
+
+    def snapshot(self, name: str | None = None) -> Snapshot:
+        """Capture the sandbox's filesystem and settings (a copy-on-write snapshot, in
+        milliseconds; memory is not captured). Start sandboxes from it with
+        ``create(snapshot=snap.id)``.
+
+        Args:
+            name: A name to find it by (unique on the server).
+
+        Raises:
+            Conflict: The name is taken (``snapshot_exists``).
+        """
+        body = {"name": name} if name is not None else {}
+        return Snapshot.from_json(self.client.request("POST", f"{self._path}/snapshots", json=body))
+
+    def fork(self, count: int = 1) -> builtins.list[Sandbox]:
+        """``count`` new running sandboxes whose filesystems start as this one's is now.
+
+        Raises:
+            InvalidRequest: ``count`` is not 1-50.
+        """
+        body = self.client.request("POST", f"{self._path}/fork", json={"count": count})
+        return [
+            type(self)(info.id, client=self.client, info=info)
+            for info in (SandboxInfo.from_json(s) for s in body["sandboxes"])
+        ]
+
+    @classmethod
+    def list_snapshots(
+        cls,
+        sandbox_id: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: Client | None = None,
+    ) -> builtins.list[Snapshot]:
+        """The server's snapshots (of one sandbox if ``sandbox_id`` is given)."""
+        client = _client_for(client, base_url, api_key)
+        params = (("sandbox_id", sandbox_id),) if sandbox_id is not None else None
+        body = client.request("GET", "/v1/snapshots", params=params)
+        return [Snapshot.from_json(s) for s in body["snapshots"]]
+
+    @classmethod
+    def delete_snapshot(
+        cls,
+        snapshot: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: Client | None = None,
+    ) -> None:
+        """Delete a snapshot (by id or name); sandboxes started from it are not affected.
+
+        Raises:
+            NotFoundError: No such snapshot (``snapshot_not_found``).
+        """
+        client = _client_for(client, base_url, api_key)
+        client.request("DELETE", f"/v1/snapshots/{path_segment(snapshot)}")
+
+    def backup(
+        self,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+    ) -> Backup:
+        """Write the sandbox's filesystem to an S3-compatible bucket (zstd-compressed, and
+        incremental against its previous backup to the same place when the server still has
+        that one's snapshot). Memory is not included.
+
+        Args:
+            bucket: The bucket's name.
+            endpoint: The S3 endpoint URL.
+            credentials: ``{"access_key_id": ..., "secret_access_key": ...}``.
+            prefix: A key prefix for the backup's objects.
+            region: The bucket's region, for servers that need it.
+
+        Raises:
+            BucketMountFailed: The bucket could not be reached (``backup_target_unreachable``);
+                nothing was written.
+            ServerError: The upload broke (``backup_failed``).
+        """
+        body = mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        return Backup.from_json(self.client.request("POST", f"{self._path}/backups", json=body))
+
+    def list_backups(self) -> builtins.list[Backup]:
+        """The backups this server made of the sandbox, oldest first."""
+        body = self.client.request("GET", f"{self._path}/backups")
+        return [Backup.from_json(b) for b in body["backups"]]
+
+    @classmethod
+    def restore(
+        cls,
+        backup_id: str,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+        id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: Client | None = None,
+    ) -> Sandbox:
+        """A new running sandbox from a backup, made by this server or another one (which
+        must have the backup's image).
+
+        Args:
+            backup_id: The backup's id (``Backup.id``).
+            bucket: See :meth:`backup`; ``endpoint``, ``credentials``, ``prefix`` and
+                ``region`` too.
+            endpoint: See :meth:`backup`.
+            credentials: See :meth:`backup`.
+            prefix: See :meth:`backup`.
+            region: See :meth:`backup`.
+            id: The new sandbox's id (generated when ``None``).
+            labels: The new sandbox's labels.
+            timeout: The new sandbox's lifetime (see :meth:`create`).
+            base_url: See :meth:`create`.
+            api_key: See :meth:`create`.
+            client: See :meth:`create`.
+
+        Raises:
+            NotFoundError: No such backup there (``backup_not_found``), or the image is
+                missing on this server (``image_not_found``).
+            BucketMountFailed: The bucket could not be reached.
+        """
+        client = _client_for(client, base_url, api_key)
+        body = mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        body["backup_id"] = backup_id
+        body["sandbox"] = {"id": id, "labels": dict(labels or {}), "timeout": timeout}
+        info = SandboxInfo.from_json(client.request("POST", "/v1/backups/restore", json=body))
+        return cls(info.id, client=client, info=info)
+
+    def _lifecycle(self, action: str) -> SandboxInfo:
+        self._info = SandboxInfo.from_json(self.client.request("POST", f"{self._path}/{action}"))
+        return self._info
 
     def destroy(self) -> None:
         """Stop the sandbox and delete it, with everything written in it.

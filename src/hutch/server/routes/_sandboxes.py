@@ -19,14 +19,14 @@ def build_sandboxes_router() -> APIRouter:
     @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
     async def create_sandbox(svc: Svc, body: SandboxCreate | None = None) -> SandboxInfo:
         with svc.metrics.creates.time():
-            record = await svc.sandboxes.create(body or SandboxCreate())
+            record = await svc.lifecycle.create(body or SandboxCreate())
         return to_info(record)
 
     @router.put("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_or_create_sandbox(
         svc: Svc, sandbox_id: str, response: Response, body: SandboxCreate | None = None
     ) -> SandboxInfo:
-        record, created = await svc.sandboxes.get_or_create(sandbox_id, body or SandboxCreate())
+        record, created = await svc.lifecycle.get_or_create(sandbox_id, body or SandboxCreate())
         response.status_code = 201 if created else 200
         return to_info(record)
 

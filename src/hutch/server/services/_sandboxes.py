@@ -12,8 +12,9 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hutch._wire.agent_ops import OpName
@@ -56,7 +57,8 @@ log = logging.getLogger("hutch.server")
 # The process id of the image's ENTRYPOINT+CMD when a create asks to start it.
 ENTRYPOINT_PROCESS_ID = "entrypoint"
 
-EXPIRY_INTERVAL = 1.0
+# States a request wakes a sandbox from (server/_lifecycle.py).
+SLEEPING = frozenset({"paused", "stopped"})
 
 
 def check_sandbox_id(sandbox_id: str) -> str:
@@ -84,6 +86,7 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
     return SandboxInfo(
         id=record.id,
         status=record.status,  # type: ignore[arg-type]
+        status_reason=record.status_reason,
         image=record.image,
         created_at=record.created_at,
         expires_at=expires,
@@ -96,6 +99,10 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
         labels=record.labels,
         env_keys=sorted(record.env),
         timeout=record.timeout,
+        sleep_after=record.sleep_after,
+        keep_alive=record.keep_alive,
+        on_idle=record.on_idle,
+        on_timeout=record.on_timeout,
         secret_names=sorted(record.secret_names),
     )
 
@@ -142,8 +149,11 @@ class SandboxManager:
             on_connect=self._send_secrets,
         )
         self._id_locks: dict[str, asyncio.Lock] = {}
-        self._expiry_task: asyncio.Task[None] | None = None
         self.on_destroy: list[Callable[[str], None]] = []
+        # Set by the lifecycle service: a request to a sleeping sandbox waits for its wake,
+        # and every request counts as activity against its idle timer.
+        self.waker: Callable[[str], Awaitable[object]] | None = None
+        self.on_use: Callable[[str], None] | None = None
         # Egress header injection (node/_egress.py), when the server runs its proxy.
         self.egress: EgressProxy | None = None
 
@@ -165,13 +175,8 @@ class SandboxManager:
         await self.recover()
         if self._pools is not None:
             self._pools.start()
-        self._expiry_task = asyncio.create_task(self._expire_loop(), name="hutch-expiry")
 
     async def stop(self) -> None:
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
         if self._pools is not None:
             await self._pools.stop()
         # Sandboxes keep running: only our connections to them close.
@@ -198,7 +203,9 @@ class SandboxManager:
                 log.info("restarted sandbox %s (its container was %s)", record.id, state)
             except Exception as exc:
                 log.error("could not restart sandbox %s: %s", record.id, exc)
-                self._store.set_sandbox_status(record.id, "failed")
+                self._store.set_sandbox_state(
+                    record.id, "error", f"could not restart after a host restart: {exc}", None
+                )
         self._load_runtime_ids()
         removed = await self._runtime.sweep(keep)
         for sandbox_id in removed:
@@ -210,24 +217,25 @@ class SandboxManager:
                 rid = self._rid(record.id)
                 await self._runtime.buckets.restore(rid, self._runtime.rootfs(rid))
 
-    async def _expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(EXPIRY_INTERVAL)
-            now = time.time()
-            for record in self._store.list_sandboxes():
-                if record.expires_at is not None and record.expires_at <= now:
-                    log.info("sandbox %s reached its timeout; destroying it", record.id)
-                    try:
-                        await self.destroy(record.id)
-                    except Exception as exc:
-                        log.error("could not destroy expired sandbox %s: %s", record.id, exc)
-
     # -- lifecycle ----------------------------------------------------------------------
 
     def _lock_for(self, sandbox_id: str) -> asyncio.Lock:
         return self._id_locks.setdefault(sandbox_id, asyncio.Lock())
 
-    def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec:
+    def lock_for(self, sandbox_id: str) -> asyncio.Lock:
+        """The lock that orders create, destroy and lifecycle steps of one sandbox."""
+        return self._lock_for(sandbox_id)
+
+    def spec_for(
+        self, record: SandboxRecord, image: Image, disk_from: Path | None = None
+    ) -> SandboxSpec:
+        """What the runtime runs for this sandbox (`disk_from`: a disk to copy, see
+        runtime/_snapshots.py)."""
+        return self._spec(record, image, disk_from)
+
+    def _spec(
+        self, record: SandboxRecord, image: Image, disk_from: Path | None = None
+    ) -> SandboxSpec:
         limits = Limits(
             cpu=record.cpu,
             memory_mb=record.memory_mb,
@@ -241,6 +249,7 @@ class SandboxManager:
             limits=limits,
             runtime=record.runtime,  # type: ignore[arg-type]
             network=network_policy(record),
+            disk_from=disk_from,
         )
 
     def _image(self, name: str) -> Image:
@@ -249,22 +258,30 @@ class SandboxManager:
         except ImageNotFound as exc:
             raise ImageNotFoundError(str(exc)) from None
 
-    async def create(self, request: SandboxCreate, sandbox_id: str | None = None) -> SandboxRecord:
+    async def create(
+        self,
+        request: SandboxCreate,
+        sandbox_id: str | None = None,
+        *,
+        disk_from: Path | None = None,
+    ) -> SandboxRecord:
         sandbox_id = check_sandbox_id(sandbox_id or request.id or new_sandbox_id())
         async with self._lock_for(sandbox_id):
-            return await self._create_locked(request, sandbox_id)
+            return await self._create_locked(request, sandbox_id, disk_from)
 
     async def get_or_create(
-        self, sandbox_id: str, request: SandboxCreate
+        self, sandbox_id: str, request: SandboxCreate, *, disk_from: Path | None = None
     ) -> tuple[SandboxRecord, bool]:
         check_sandbox_id(sandbox_id)
         async with self._lock_for(sandbox_id):
             existing = self._store.get_sandbox(sandbox_id)
             if existing is not None:
                 return existing, False
-            return await self._create_locked(request, sandbox_id), True
+            return await self._create_locked(request, sandbox_id, disk_from), True
 
-    async def _create_locked(self, request: SandboxCreate, sandbox_id: str) -> SandboxRecord:
+    async def _create_locked(
+        self, request: SandboxCreate, sandbox_id: str, disk_from: Path | None = None
+    ) -> SandboxRecord:
         steps = _Steps()
         image = self._image(request.image)
         steps.mark("image")
@@ -285,7 +302,7 @@ class SandboxManager:
             image=request.image,
             image_id=image.id,
             created_at=now_iso(),
-            expires_at=time.time() + request.timeout if request.timeout else None,
+            expires_at=time.time() + request.lifetime if request.lifetime else None,
             cpu=request.cpu,
             memory_mb=request.memory_mb,
             disk_mb=request.disk_mb,
@@ -294,9 +311,12 @@ class SandboxManager:
             network_allow=list(request.network_allow),
             network_deny=list(request.network_deny),
             runtime=request.runtime,
-            timeout=request.timeout,
-            sleep_after=request.sleep_after,
+            timeout=request.lifetime,
+            sleep_after=request.idle_limit,
             keep_alive=request.keep_alive,
+            on_idle=request.on_idle,
+            on_timeout=request.on_timeout,
+            start_entrypoint=request.start_entrypoint,
             env=dict(request.env),
             labels=dict(request.labels),
             secret_names=sorted(request.secrets),
@@ -308,14 +328,14 @@ class SandboxManager:
         steps.mark("record")
         if self._store.get_sandbox(sandbox_id) is not None:
             raise _exists(sandbox_id)
-        if self._pools is not None:
+        if self._pools is not None and disk_from is None:
             spec = self._spec(record, image)
             claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
             steps.mark("claim")
             if claimed is not None:
                 await self._adopt_pooled(record, request, *claimed, steps=steps)
         if record.status != "running":
-            await self._create_cold(record, request, image)
+            await self._create_cold(record, request, image, disk_from)
             steps.mark("cold")
         if request.egress_secrets:
             await self._open_egress(record)
@@ -347,18 +367,7 @@ class SandboxManager:
         conn = self.gateway.current(record.id)
         try:
             await asyncio.wait_for(
-                conn.call(
-                    "process_start",
-                    id=ENTRYPOINT_PROCESS_ID,
-                    command=None,
-                    argv=image_command(image.config),
-                    cwd=None,
-                    env=None,
-                    user=None,
-                    stdin=True,
-                    log_limit=None,
-                ),
-                self._agent_timeout,
+                conn.call("process_start", **entrypoint_request(image)), self._agent_timeout
             )
         except (AgentError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
@@ -417,7 +426,11 @@ class SandboxManager:
         self.gateway.adopt(record.id, conn)
 
     async def _create_cold(
-        self, record: SandboxRecord, request: SandboxCreate, image: Image
+        self,
+        record: SandboxRecord,
+        request: SandboxCreate,
+        image: Image,
+        disk_from: Path | None = None,
     ) -> None:
         sandbox_id = record.id
         sealed = None
@@ -426,7 +439,9 @@ class SandboxManager:
         if not self._store.insert_sandbox(record, sealed):
             raise _exists(sandbox_id)
         try:
-            socket_path = await self._runtime.create(self._spec(record, image), defer_network=True)
+            socket_path = await self._runtime.create(
+                self._spec(record, image, disk_from), defer_network=True
+            )
             conn = await self.gateway.connect(sandbox_id, socket_path)
             # The veth is attached while the agent starts; both before anyone gets it.
             await asyncio.wait_for(
@@ -495,28 +510,37 @@ class SandboxManager:
         )
         await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
-    def _check_running(self, sandbox_id: str) -> None:
+    async def running(self, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, once it runs: a sleeping one is woken first (the caller waits)."""
         record = self.get(sandbox_id)
+        if self.on_use is not None:
+            self.on_use(sandbox_id)
+        if record.status in SLEEPING and self.waker is not None:
+            await self.waker(sandbox_id)
+            record = self.get(sandbox_id)
         if record.status != "running":
+            reason = f" ({record.status_reason})" if record.status_reason else ""
             raise SandboxNotRunning(
-                f"sandbox {sandbox_id} is {record.status}; destroy it and create a new one"
+                f"sandbox {sandbox_id} is {record.status}{reason}; start it "
+                f"(POST /v1/sandboxes/{sandbox_id}/start), or destroy it and create a new one"
             )
+        return record
 
     async def agent(self, sandbox_id: str) -> AgentConnection:
         """The live shared connection to a running sandbox's agent, (re)connecting if needed."""
-        self._check_running(sandbox_id)
+        await self.running(sandbox_id)
         return await self.gateway.shared(sandbox_id)
 
     async def call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
         """One request to a running sandbox's agent (agent errors propagate: the app maps them)."""
-        self._check_running(sandbox_id)
+        await self.running(sandbox_id)
         return await self.gateway.call(sandbox_id, op, **args)
 
     async def open_stream(
         self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
     ) -> AgentStream:
         """A stream to a running sandbox's agent, on `conn` or the shared connection."""
-        self._check_running(sandbox_id)
+        await self.running(sandbox_id)
         return await self.gateway.open_stream(sandbox_id, request, conn)
 
     async def open_own(
@@ -524,12 +548,12 @@ class SandboxManager:
     ) -> tuple[AgentConnection, AgentStream]:
         """A stream on a connection of its own (transfers, watches); close the connection when
         the stream ends."""
-        self._check_running(sandbox_id)
+        await self.running(sandbox_id)
         return await self.gateway.open_own(sandbox_id, request)
 
     async def dedicated_agent(self, sandbox_id: str) -> AgentConnection:
         """A new connection of its own to a running sandbox's agent; the caller closes it."""
-        self._check_running(sandbox_id)
+        await self.running(sandbox_id)
         return await self.gateway.dedicated(sandbox_id)
 
     def running_with_egress_rules(self) -> builtins.list[tuple[str, str]]:
@@ -539,6 +563,32 @@ class SandboxManager:
             for r in self._store.list_sandboxes()
             if r.status == "running" and RULES_NAME in self._store.get_secrets(r.id)
         ]
+
+    async def connect_agent(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
+        """Connect to a (re)started sandbox's agent and give it its secrets."""
+        return await self.gateway.connect(sandbox_id, socket_path)
+
+    async def forget_agent(self, sandbox_id: str) -> None:
+        """Close and forget the connection to the sandbox's agent (it is being stopped)."""
+        await self.gateway.forget(sandbox_id)
+
+    def has_open_streams(self, sandbox_id: str) -> bool:
+        """Whether a command, log stream, transfer or terminal is in flight (it is in use)."""
+        return self.gateway.has_open_streams(sandbox_id)
+
+
+def entrypoint_request(image: Image) -> dict[str, object]:
+    """The agent's process_start of the image's ENTRYPOINT+CMD (at create, and at start)."""
+    return {
+        "id": ENTRYPOINT_PROCESS_ID,
+        "command": None,
+        "argv": image_command(image.config),
+        "cwd": None,
+        "env": None,
+        "user": None,
+        "stdin": True,
+        "log_limit": None,
+    }
 
 
 def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:

@@ -33,8 +33,12 @@ class SandboxRecord:
     network_deny: list[str] = field(default_factory=list)
     runtime: str = "runc"
     timeout: float | None = None
-    sleep_after: str | None = None
+    sleep_after: float | None = None  # seconds of idleness before it sleeps
     keep_alive: bool = False
+    on_idle: str = "pause"  # pause | stop
+    on_timeout: str = "destroy"  # destroy | stop | pause
+    status_reason: str | None = None  # why it is in its status (shown to users)
+    start_entrypoint: bool = False  # started again on `start`
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     secret_names: list[str] = field(default_factory=list)  # values: sandbox_secrets, encrypted
@@ -53,6 +57,10 @@ class SandboxRecord:
         "timeout",
         "sleep_after",
         "keep_alive",
+        "on_idle",
+        "on_timeout",
+        "status_reason",
+        "start_entrypoint",
         "env",
         "labels",
         "secret_names",
@@ -62,9 +70,22 @@ class SandboxRecord:
         return json.dumps({name: getattr(self, name) for name in self._SPEC_FIELDS})
 
     @classmethod
+    def from_spec_json(cls, spec: str) -> SandboxRecord:
+        """Only the settings of a `spec_json()` (a snapshot's), on a placeholder record."""
+        known = {k: v for k, v in json.loads(spec).items() if k in cls._SPEC_FIELDS}
+        return cls(id="", status="", image="", image_id="", created_at="", **known)
+
+    @classmethod
     def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
         spec: dict[str, Any] = json.loads(row["spec"])
         known = {k: v for k, v in spec.items() if k in cls._SPEC_FIELDS}
+        if isinstance(known.get("sleep_after"), str):  # rows from before it was checked
+            from hutch.server._durations import parse_duration
+
+            try:
+                known["sleep_after"] = parse_duration(known["sleep_after"])
+            except ValueError:
+                known["sleep_after"] = None
         return cls(
             id=row["id"],
             status=row["status"],
@@ -95,6 +116,31 @@ class PortRecord:
     created_at: str
 
 
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A sandbox's disk, kept as a read-only btrfs snapshot, with the settings to start it."""
+
+    id: str
+    name: str | None
+    sandbox_id: str  # the sandbox it was taken of (it may be gone since)
+    image: str
+    image_id: str
+    created_at: str
+    spec: str  # the sandbox's SandboxRecord.spec_json() at the time
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    id: str
+    sandbox_id: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    parent_id: str | None  # the backup this one is incremental against
+    snapshot: str | None  # local snapshot id kept as the next backup's parent
+    created_at: str
+
+
 class Store(Protocol):
     def close(self) -> None: ...
     def insert_sandbox(
@@ -115,6 +161,16 @@ class Store(Protocol):
     def insert_port(self, record: PortRecord) -> PortRecord: ...
     def delete_port(self, sandbox_id: str, port: int) -> bool: ...
     def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]: ...
+    def set_sandbox_state(
+        self, sandbox_id: str, status: str, reason: str | None, expires_at: float | None
+    ) -> None: ...
+    def insert_snapshot(self, record: SnapshotRecord) -> bool: ...
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
+    def list_snapshots(self) -> list[SnapshotRecord]: ...
+    def delete_snapshot(self, snapshot_id: str) -> bool: ...
+    def insert_backup(self, record: BackupRecord) -> None: ...
+    def list_backups(self, sandbox_id: str) -> list[BackupRecord]: ...
+    def clear_backup_snapshot(self, backup_id: str) -> None: ...
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -161,6 +217,32 @@ MIGRATIONS: tuple[str, ...] = (
     # the same transaction as the sandbox's row (it was a JSON file next to the db before)
     """
     ALTER TABLE sandboxes ADD COLUMN runtime_id TEXT;
+    """,
+    # 5: snapshots of sandbox disks (the data is a btrfs subvolume; see server/_lifecycle.py)
+    """
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        name TEXT UNIQUE,
+        sandbox_id TEXT NOT NULL,
+        image TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        spec TEXT NOT NULL
+    );
+    """,
+    # 6: backups to S3 (server/_backups.py); `snapshot`: the local copy kept as the parent of
+    # the next incremental backup (NULL once a newer backup took that role)
+    """
+    CREATE TABLE backups (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        prefix TEXT,
+        parent_id TEXT,
+        snapshot TEXT,
+        created_at TEXT NOT NULL
+    );
     """,
 )
 
@@ -267,6 +349,85 @@ class SqliteStore:
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM exposed_ports WHERE sandbox_id = ?", (sandbox_id,))
+
+    def set_sandbox_state(
+        self, sandbox_id: str, status: str, reason: str | None, expires_at: float | None
+    ) -> None:
+        """Status, its reason and the expiry in one transaction (a lifecycle step)."""
+        with self._tx() as db:
+            row = db.execute("SELECT spec FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+            if row is None:
+                return
+            spec = json.loads(row["spec"])
+            spec["status_reason"] = reason
+            db.execute(
+                "UPDATE sandboxes SET status = ?, expires_at = ?, spec = ? WHERE id = ?",
+                (status, expires_at, json.dumps(spec), sandbox_id),
+            )
+
+    def insert_snapshot(self, record: SnapshotRecord) -> bool:
+        """False if the id or the name is taken."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO snapshots (id, name, sandbox_id, image, image_id, created_at,"
+                    " spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        record.name,
+                        record.sandbox_id,
+                        record.image,
+                        record.image_id,
+                        record.created_at,
+                        record.spec,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        """By id or by name."""
+        row = self._db.execute(
+            "SELECT * FROM snapshots WHERE id = ? OR name = ?", (snapshot_id, snapshot_id)
+        ).fetchone()
+        return SnapshotRecord(**dict(row)) if row else None
+
+    def list_snapshots(self) -> list[SnapshotRecord]:
+        rows = self._db.execute("SELECT * FROM snapshots ORDER BY created_at, id").fetchall()
+        return [SnapshotRecord(**dict(r)) for r in rows]
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+        return cur.rowcount > 0
+
+    def insert_backup(self, record: BackupRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO backups (id, sandbox_id, bucket, endpoint, prefix, parent_id,"
+                " snapshot, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.sandbox_id,
+                    record.bucket,
+                    record.endpoint,
+                    record.prefix,
+                    record.parent_id,
+                    record.snapshot,
+                    record.created_at,
+                ),
+            )
+
+    def list_backups(self, sandbox_id: str) -> list[BackupRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM backups WHERE sandbox_id = ? ORDER BY created_at, rowid", (sandbox_id,)
+        ).fetchall()
+        return [BackupRecord(**dict(r)) for r in rows]
+
+    def clear_backup_snapshot(self, backup_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE backups SET snapshot = NULL WHERE id = ?", (backup_id,))
 
     def update_sandbox_spec(self, record: SandboxRecord) -> None:
         with self._tx() as db:
