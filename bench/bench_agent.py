@@ -17,7 +17,7 @@ from typing import Any
 
 from hutch._wire.frames import Kind
 from hutch.agent._host import HostAgent
-from hutch.server._agent_client import AgentConnection
+from hutch.node._agent_client import AgentConnection
 
 
 def percentiles(samples: list[float]) -> str:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report  # noqa: E402
-from hutch import Sandbox  # noqa: E402
-from tests._server import ServerProcess  # noqa: E402
-from tests.conftest import _cleanup_home  # noqa: E402
-from tests.support.s3 import S3Server  # noqa: E402
+from bench._stats import report
+from hutch import Sandbox
+from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
+from tests.support.s3 import S3Server
 
 
 def object_size(s3: S3Server, key: str) -> int:

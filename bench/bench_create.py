@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hutch.runtime import ImageStore, Limits, Runtime, RuntimeConfig, SandboxSpec  # noqa: E402
-from tests.support.busybox import add_busybox_image, make_busybox_rootfs  # noqa: E402
-from tests.support.echo_agent import echo_agent_package  # noqa: E402
+from hutch.runtime import ImageStore, Limits, Runtime, RuntimeConfig, SandboxSpec
+from tests.support.busybox import add_busybox_image, make_busybox_rootfs
+from tests.support.echo_agent import echo_agent_package
 
 
 class StepTimings(logging.Handler):

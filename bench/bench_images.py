@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report  # noqa: E402
-from hutch import Client, Sandbox  # noqa: E402
-from hutch.runtime import ImageStore  # noqa: E402
-from tests._server import SHARED_IMAGES, ServerProcess  # noqa: E402
-from tests.conftest import _cleanup_home  # noqa: E402
-from tests.support.busybox import add_busybox_image  # noqa: E402
-from tests.support.oci_images import (  # noqa: E402
+from bench._stats import report
+from hutch import Client, Sandbox
+from hutch.runtime import ImageStore
+from tests._server import SHARED_IMAGES, ServerProcess
+from tests.conftest import _cleanup_home
+from tests.support.busybox import add_busybox_image
+from tests.support.oci_images import (
     local_registry,
     make_oci_layout,
     make_python_rootfs,

@@ -24,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-import httpx2  # noqa: E402
-from mcp import Client, StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+import httpx
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
-from bench._stats import report  # noqa: E402
-from hutch import AsyncSandbox  # noqa: E402
-from hutch.sdk import AsyncClient  # noqa: E402
-from tests._server import HUTCH_BIN, ServerProcess, free_port  # noqa: E402
-from tests.conftest import _cleanup_home  # noqa: E402
+from bench._stats import report
+from hutch import AsyncSandbox
+from hutch.sdk import AsyncClient
+from tests._server import HUTCH_BIN, ServerProcess, free_port
+from tests.conftest import _cleanup_home
 
 
 async def timed(call: Callable[[], Awaitable[object]], n: int, warmup: int = 20) -> list[float]:
@@ -62,7 +62,7 @@ async def run(server: ServerProcess, n: int) -> None:
         print(report("MCP exec over stdio", stdio))
 
         port = free_port()
-        log = open(server.home / "mcp-bench.log", "ab")  # noqa: SIM115, ASYNC230
+        log = open(server.home / "mcp-bench.log", "ab")  # noqa: ASYNC230
         proc = subprocess.Popen(  # noqa: ASYNC220 - a bench, started once
             [str(HUTCH_BIN), "mcp", "--transport", "http", "--port", str(port)],
             env={**os.environ, **env},

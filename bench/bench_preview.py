@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hutch import Sandbox  # noqa: E402
-from tests._server import ServerProcess  # noqa: E402
-from tests.conftest import _cleanup_home  # noqa: E402
+from hutch import Sandbox
+from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
 
 SMALL_SERVER = """
 import asyncio

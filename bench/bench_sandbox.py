@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report  # noqa: E402
-from hutch import Sandbox  # noqa: E402
-from hutch.runtime import ImageStore  # noqa: E402
-from tests._server import SHARED_IMAGES, ServerProcess  # noqa: E402
+from bench._stats import report
+from hutch import Sandbox
+from hutch.runtime import ImageStore
+from tests._server import SHARED_IMAGES, ServerProcess
 
 
 def raw_runc_true(rootfs: Path, n: int) -> list[float]:

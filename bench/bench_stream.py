@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report  # noqa: E402
-from hutch import Sandbox  # noqa: E402
-from tests._server import ServerProcess  # noqa: E402
+from bench._stats import report
+from hutch import Sandbox
+from tests._server import ServerProcess
 
 
 def parse_size(text: str) -> int:

@@ -27,8 +27,16 @@ def free_port() -> int:
 class ServerProcess:
     """One Hutch server with its own home; the image store is shared between test servers."""
 
-    def __init__(self, home: Path, *, port: int | None = None, api_key: str = TEST_KEY) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int | None = None,
+        api_key: str = TEST_KEY,
+        bind: str = "127.0.0.1",
+    ) -> None:
         self.home = home
+        self.bind = bind
         self.port = port or free_port()
         self.api_key = api_key
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,10 +59,10 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait until /healthz answers; returns the seconds that took."""
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "ab")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(HUTCH_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(HUTCH_BIN), "serve", "--host", self.bind, "--port", str(self.port)],
             env=self.env(),
             stdout=log,
             stderr=log,

@@ -11,11 +11,20 @@ import pytest
 from tests._server import SHARED_IMAGES, ServerProcess
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Sandboxes, chown and chroot need root: a run without it fails at once rather than
-    # skipping most of the suite and looking green.
-    if os.geteuid() != 0:
-        raise pytest.UsageError("the tests run as root: `sudo ./scripts/test` (see README)")
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` deselect what they leave out
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Sandboxes, chown and chroot need root: a run that selects sandbox tests without it fails
+    # at once rather than skipping most of the suite and looking green. The unit tests
+    # (`-m "not sandbox"`) run as any user.
+    if os.geteuid() == 0:
+        return
+    needs_root = [item.nodeid for item in items if item.get_closest_marker("sandbox")]
+    if needs_root:
+        raise pytest.UsageError(
+            f"{len(needs_root)} selected tests start real sandboxes and need root "
+            f"(first: {needs_root[0]}): run them with `sudo ./scripts/test`, "
+            'or only the unit tests with `pytest -m "not sandbox"`'
+        )
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hutch.cli._buckets import credentials_from
-from hutch.runtime._buckets import (
+from hutch.runtime.container._bucket_spec import (
     BucketMount,
     BucketPathInvalid,
     BucketRequest,

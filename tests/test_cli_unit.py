@@ -72,9 +72,11 @@ def test_create_ls_info_rm(cli: Any, fake: FakeHutch) -> None:
     r = cli("ls")
     assert r.code == 0
     header, *rows = r.out.splitlines()
-    assert header.split() == ["ID", "STATUS", "IMAGE", "CREATED", "LABELS"]
+    assert header.split() == ["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"]
     [row] = [line for line in rows if line.startswith(sandbox_id)]
-    assert row.split() == [sandbox_id, "running", "default", "2026-11-26", "13:00:00", "team=cli"]
+    assert row.split() == [
+        sandbox_id, "running", "default", "2026-11-26", "13:00:00", "-", "team=cli"
+    ]  # fmt: skip
 
     other = cli("create").out.strip()
     assert cli("ls", "--label", "team=cli", "-q").out.split() == [sandbox_id]

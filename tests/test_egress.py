@@ -143,13 +143,20 @@ def test_curl_gets_answers_and_the_key_never_enters(env: tuple[_EgressServer, _U
         assert got[1]["stream"] is True
 
         # Nowhere inside: environment of every process, files it can write, the agent's env.
+        # The key is put together in a file, so the probe's own command line and environment
+        # hold only halves; a planted copy is the positive control that the search finds it.
+        half = len(KEY) // 2
         r = sb.exec(
-            "env; cat /proc/[0-9]*/environ; "
-            'grep -rlsF "$NEEDLE" /tmp /root /home /workspace /var /etc /run /dev/shm /opt; '
-            "exit 0",
-            env={"NEEDLE": "sk-ant-egress-"},
+            'printf %s%s "$HEAD" "$TAIL" > /dev/shm/pat; '
+            'printf %s%s "$HEAD" "$TAIL" > /workspace/planted; '
+            "env | grep -c -F -f /dev/shm/pat; "
+            "cat /proc/[0-9]*/environ 2>/dev/null | grep -a -c -F -f /dev/shm/pat; "
+            "grep -rlsF -f /dev/shm/pat /tmp /root /home /workspace /var /etc /run /dev/shm /opt"
+            " | grep -v '^/dev/shm/pat$'; exit 0",
+            env={"HEAD": KEY[:half], "TAIL": KEY[half:]},
         )
-        assert "sk-ant-egress-" not in r.stdout.replace("NEEDLE=sk-ant-egress-", ""), r.stdout
+        assert r.stdout == "0\n0\n/workspace/planted\n", r.stdout
+        sb.exec("rm -f /workspace/planted /dev/shm/pat")
         # Nowhere on the host but encrypted: logs, bundles, the sandbox's writable layer.
         assert _files_containing(srv.home, needle) == []
         with srv.client() as http:
@@ -160,9 +167,10 @@ def test_curl_gets_answers_and_the_key_never_enters(env: tuple[_EgressServer, _U
                 assert needle not in resp.content
             assert "ANTHROPIC_API_KEY" in responses[1].json()["secret_names"]
         db = sqlite3.connect(f"file:{srv.home / 'hutch.db'}?mode=ro", uri=True)
-        for (blob,) in db.execute("SELECT ciphertext FROM sandbox_secrets"):
-            assert needle not in bytes(blob)
+        blobs = [bytes(b) for (b,) in db.execute("SELECT ciphertext FROM sandbox_secrets")]
         db.close()
+        assert blobs, "the sandbox's secret is not stored at all"  # else the loop proves nothing
+        assert all(needle not in blob for blob in blobs)
     assert needle not in srv.log_path.read_bytes()
 
 
@@ -276,6 +284,18 @@ def _gateway_elements(srv: ServerProcess) -> int:
         ({**RULE, "header": "Host"}, "header"),
         ({**RULE, "host": "api.anthropic.com/evil"}, "host"),
         ({**RULE, "host": "http://api.anthropic.com"}, "host"),
+        # The server would send the real secret to its own network, at a path of the
+        # sandbox's choosing.
+        ({**RULE, "host": "localhost"}, "host"),
+        ({**RULE, "host": "api.localhost"}, "host"),
+        ({**RULE, "host": "127.0.0.1"}, "host"),
+        ({**RULE, "host": "127.1"}, "host"),
+        ({**RULE, "host": "2130706433"}, "host"),
+        ({**RULE, "host": "10.0.0.5"}, "host"),
+        ({**RULE, "host": "169.254.169.254"}, "host"),
+        ({**RULE, "host": "metadata.google.internal"}, "host"),
+        ({**RULE, "host": "printer.local"}, "host"),
+        ({**RULE, "host": "intranet"}, "host"),
         ({**RULE, "secret": "NOT-A-NAME"}, "secret"),
         ({**RULE, "secret": "MISSING"}, "MISSING"),
         ({**RULE, "prefix": "Bearer\r\nX: y"}, "prefix"),

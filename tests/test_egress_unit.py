@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from hutch.server._egress import EgressProxy, upstream_client
+from hutch.node._egress import EgressProxy, upstream_client
 from hutch.server._models import EgressSecret
 
 KEY = "sk-ant-unit-" + "9" * 20
@@ -108,3 +108,30 @@ def test_the_path_is_forwarded_as_sent_and_stays_on_the_host(tmp_path: Path) -> 
     # A path httpx cannot make a URL of is a 400, not a 500.
     status, body = _call(proxy, "10.0.0.2", "10.0.0.1", "GET", b"/api.anthropic.com/a\x00b")
     assert status == 400 and KEY.encode() not in body
+
+
+def test_internal_upstream_hosts_are_named() -> None:
+    from hutch.server._internal_hosts import internal_host_reason
+
+    for host in (
+        "localhost",
+        "a.b.localhost",
+        "127.0.0.1",
+        "127.1",
+        "0x7f.1",
+        "2130706433",
+        "0",
+        "10.1.2.3",
+        "192.168.0.1",
+        "172.16.0.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "::1",
+        "metadata.google.internal",
+        "nas.local",
+        "router.home.arpa",
+        "gateway",
+    ):
+        assert internal_host_reason(host) is not None, host
+    for host in ("api.anthropic.com", "api.openai.com", "8.8.8.8", "example.com"):
+        assert internal_host_reason(host) is None, host

@@ -122,9 +122,9 @@ def test_bad_input_codes(sb: Sandbox, server: ServerProcess) -> None:
         assert c.value.code == "read_only", ro
 
 
+@pytest.mark.timeout(120)  # the deadline: a read that hangs fails the test here
 def test_special_files_never_hang(sb: Sandbox) -> None:
     sb.exec("mkfifo /workspace/fifo")
-    started = time.monotonic()
     for path in ("fifo", "/dev/zero", "/dev/urandom", "/dev/null"):
         with pytest.raises(Conflict) as c:
             sb.read_file(path)
@@ -140,7 +140,6 @@ def test_special_files_never_hang(sb: Sandbox) -> None:
     # /proc files (size 0, made on the fly) are read with a bound.
     assert b"Name:" in sb.read_file("/proc/self/status")
     assert sb.read_file("/proc/uptime")
-    assert time.monotonic() - started < 60
 
 
 def test_raw_http_routes(sb: Sandbox, server: ServerProcess) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hutch.server._errors import InvalidRequest
-from hutch.server._routes_files import check_path, git_error, git_url
+from hutch.server.routes._files import check_path, git_error, git_url
 
 
 def test_check_path() -> None:
@@ -85,8 +85,8 @@ def test_git_error_classification(stderr: str, code: str, status: int) -> None:
 
 
 def test_entries_batch_splices_only_valid_listings() -> None:
-    from hutch.server._agent_client import AgentError
-    from hutch.server._routes_files import entries_batch
+    from hutch.node._agent_client import AgentError
+    from hutch.server.routes._files import entries_batch
 
     assert entries_batch(b'[{"name":"a"},{"name":"b"}]') == b'{"name":"a"},{"name":"b"}'
     assert entries_batch(b"[]") == b""

@@ -22,7 +22,7 @@ import pytest
 
 from hutch import Client, ImageBuildFailed, InvalidRequest, PayloadTooLarge, Sandbox
 from hutch.runtime import ImageStore
-from hutch.runtime._oci_build import BuildError, build_image, check_untrusted_dockerfile
+from hutch.runtime.images._oci_build import BuildError, build_image, check_untrusted_dockerfile
 from tests._server import SHARED_IMAGES, ServerProcess
 from tests.conftest import _cleanup_home
 
@@ -155,6 +155,26 @@ def test_a_failing_step_ends_the_stream_with_its_output(
         events = [json.loads(line) for line in r.text.splitlines()]
         assert events[-1]["type"] == "error"
         assert events[-1]["error"]["code"] == "image_build_failed"
+
+
+def test_build_output_names_no_host_paths(base: str, sdk_env: ServerProcess) -> None:
+    # buildah names the exported base, the staging context, its storage and the id map.
+    for dockerfile, expected in (
+        (f"FROM {base}\nCOPY missing /x\n", "missing"),
+        (f"FROM {base}\nRUN false\n", "RUN false"),
+    ):
+        with sdk_env.client() as http:
+            r = http.post(
+                "/v1/images/build",
+                params={"name": "t-paths:1"},
+                content=_tar({"Dockerfile": dockerfile.encode()}),
+            )
+        assert r.status_code == 200
+        events = [json.loads(line) for line in r.text.splitlines()]
+        assert events[-1]["type"] == "error", events[-1]
+        assert expected in r.text and f"FROM {base}" in r.text
+        for host_string in (str(SHARED_IMAGES), str(sdk_env.home), "/tmp/", "1000000000"):
+            assert host_string not in r.text, host_string
 
 
 def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
@@ -296,7 +316,7 @@ def test_links_and_special_files_in_a_context_are_refused_before_unpacking(
     tmp_path: Path, kind: str
 ) -> None:
     from hutch.server._errors import InvalidRequest as ServerInvalidRequest
-    from hutch.server._routes_image_build import _unpack_context
+    from hutch.server.routes._image_build import _unpack_context
 
     archive = tmp_path / "context.tar"
     archive.write_bytes(_special_tar(kind))
@@ -311,7 +331,7 @@ def test_links_and_special_files_in_a_context_are_refused_before_unpacking(
 def test_a_context_with_too_many_entries_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hutch.server import _routes_image_build as route
+    from hutch.server.routes import _image_build as route
 
     monkeypatch.setattr(route, "MAX_CONTEXT_MEMBERS", 10)
     archive = tmp_path / "context.tar"
@@ -324,7 +344,7 @@ def test_a_context_with_too_many_entries_is_refused(
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         body = b"host secret\n"
         self.send_response(200)

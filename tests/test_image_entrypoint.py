@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from hutch import Client, InvalidRequest, Sandbox
-from hutch.runtime._image_defaults import image_shell
-from hutch.runtime._images import ImageConfig
+from hutch.runtime.images._image_defaults import image_shell
+from hutch.runtime.images._store import ImageConfig
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
 from tests.support.busybox import make_busybox_rootfs
@@ -174,7 +174,10 @@ def test_start_entrypoint_serves_at_once_through_a_preview_url(
         )
         assert response.status_code == 200 and response.text == SITE
         proc.kill()
-        assert proc.wait(timeout=30).status in ("killed", "failed", "completed")
+        assert proc.wait(timeout=30).status == "killed"
+        # The whole tree went: the image's server no longer answers behind the preview.
+        gone = httpx.get(sdk_env.url + "/index.html", headers={"Host": parts.netloc}, timeout=30)
+        assert gone.status_code == 502, (gone.status_code, gone.text)
 
 
 def test_start_entrypoint_bad_input(images: Images, sdk_env: ServerProcess) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hutch.runtime import HOST_ID_BASE, ImageStore
-from hutch.runtime._oci_import import (
+from hutch.runtime.images._oci_import import (
     ImageArchitectureError,
     ImageInvalid,
     apply_layer,
@@ -67,6 +67,7 @@ def test_dotdot_entries_are_refused(tmp_path: Path, box: tuple[Path, Path]) -> N
     _untouched(outside)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_symlinks_are_resolved_inside_the_rootfs(tmp_path: Path, box: tuple[Path, Path]) -> None:
     rootfs, outside = box
     layer = _layer(
@@ -103,6 +104,7 @@ def test_hard_links_stay_inside(tmp_path: Path, box: tuple[Path, Path]) -> None:
     _untouched(outside)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_device_nodes_are_dropped(tmp_path: Path, box: tuple[Path, Path]) -> None:
     rootfs, _ = box
     dev = _entry("sda", tarfile.BLKTYPE, mode=0o666)
@@ -113,6 +115,7 @@ def test_device_nodes_are_dropped(tmp_path: Path, box: tuple[Path, Path]) -> Non
     assert sorted(os.listdir(rootfs)) == ["ok"]
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_whiteouts_and_opaque_dirs(tmp_path: Path, box: tuple[Path, Path]) -> None:
     rootfs, _ = box
     apply_layer(
@@ -172,6 +175,7 @@ def _store_is_clean(store: ImageStore) -> None:
     assert [p for p in os.listdir(store.root / "tmp") if not p.endswith(".lock")] == []
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_import_shifts_ownership_and_keeps_config(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     setuid = _file("bin/tool", b"#!/bin/sh\n", uid=1000)
@@ -226,6 +230,7 @@ def test_other_architecture_is_refused(tmp_path: Path) -> None:
     _store_is_clean(store)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_layers_two_images_share_take_disk_once(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     config = {"architecture": "amd64", "os": "linux", "config": {}}
@@ -240,3 +245,17 @@ def test_layers_two_images_share_take_disk_once(tmp_path: Path) -> None:
     assert (two.rootfs / "usr/lib/big.so").stat().st_nlink == 2  # two:1 and the share pool
     store.remove("two:1")
     assert os.listdir(store.root / "files") == [], "nothing stays behind the last image"
+
+
+@pytest.mark.parametrize("name", [".wh...", "dir/.wh...", ".wh..", "dir/.wh..", ".wh."])
+def test_whiteouts_of_dot_and_dotdot_are_refused(
+    tmp_path: Path, box: tuple[Path, Path], name: str
+) -> None:
+    # `.wh...` would whiteout "..": the rootfs's parent, the import's staging dir.
+    rootfs, outside = box
+    (rootfs / "keep").write_text("kept")
+    layer = _layer(tmp_path / "l.tar", [_entry("dir", tarfile.DIRTYPE), _file(name)])
+    with pytest.raises(ImageInvalid, match="whiteout"):
+        apply_layer(rootfs, layer)
+    _untouched(outside)
+    assert (rootfs / "keep").read_text() == "kept"

@@ -15,22 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime import _images
-from hutch.runtime._default_image import (
+from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
+from hutch.runtime.images import _store as _images
+from hutch.runtime.images._apt_sources import (
+    image_apt_sources,
+    parse_deb822_sources,
+    parse_sources_list,
+)
+from hutch.runtime.images._build_progress import DebootstrapStatusParser, parse_apt_status
+from hutch.runtime.images._default_image import (
     RECIPE_LABEL,
-    DebootstrapStatusParser,
     DefaultImageBuildError,
     default_recipe_dir,
     ensure_default_image,
-    image_apt_sources,
-    parse_apt_status,
-    parse_deb822_sources,
-    parse_sources_list,
     recipe_digest,
     render_progress_bar,
 )
-from hutch.runtime._idmap import HOST_ID_BASE, shift_ownership
-from hutch.runtime._images import ImageConfig, ImageNotFound, ImageStore
+from hutch.runtime.images._store import ImageConfig, ImageNotFound, ImageStore
 from tests._server import SHARED_IMAGES
 from tests.support.busybox import add_busybox_image, make_busybox_rootfs
 
@@ -84,6 +85,7 @@ def test_the_default_recipe_lists_what_the_design_promises() -> None:
         assert name in packages
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_ensure_default_image_returns_the_stored_image_when_the_recipe_matches(
     tmp_path: Path,
 ) -> None:
@@ -104,6 +106,7 @@ def test_ensure_default_image_returns_the_stored_image_when_the_recipe_matches(
     assert calls == [(1.0, "default image is up to date")]
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_a_failed_build_says_why_and_stores_nothing(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe"
     shutil.copytree(default_recipe_dir(), recipe)
@@ -260,6 +263,7 @@ def test_invalid_names_are_refused(tmp_path: Path) -> None:
             store.add_rootfs(name, small_rootfs(tmp_path / f"src{len(name)}"), CONFIG)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_add_rootfs_shifts_ownership_and_keeps_special_bits(tmp_path: Path) -> None:
     src = small_rootfs(tmp_path / "src")
     (src / "bin/su").write_bytes(b"x")
@@ -291,12 +295,14 @@ def test_add_rootfs_shifts_ownership_and_keeps_special_bits(tmp_path: Path) -> N
     assert image.size_bytes > 0 and image.config == CONFIG
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_shift_ownership_is_usable_on_its_own(tmp_path: Path) -> None:
     tree = small_rootfs(tmp_path / "t")
     shift_ownership(tree, base=200_000)
     assert owners(tree / "bin/tool") == (200_000, 200_000)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_get_list_remove(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     a = store.add_rootfs("a", small_rootfs(tmp_path / "a"), CONFIG)
@@ -319,6 +325,7 @@ def test_get_list_remove(tmp_path: Path) -> None:
         store.get(a.id)
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_repointing_a_name_keeps_the_old_content_until_pruned(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     old = store.add_rootfs("app", small_rootfs(tmp_path / "v1"), CONFIG)
@@ -334,6 +341,7 @@ def test_repointing_a_name_keeps_the_old_content_until_pruned(tmp_path: Path) ->
     assert store.get("app").id == new.id
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_a_failure_mid_add_leaves_nothing_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,7 +386,7 @@ def test_a_crash_mid_add_leaves_nothing_stored(tmp_path: Path) -> None:
 _ADD_THEN_HANG = """
 import sys, time
 from pathlib import Path
-from hutch.runtime import _images
+from hutch.runtime.images import _store as _images
 
 def hang(root, base=0):
     print("copied", flush=True)
@@ -424,6 +432,7 @@ def test_busybox_rootfs_has_only_busybox(tmp_path: Path) -> None:
     assert (root / "workspace").is_dir()
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_busybox_image_runs_and_is_stable(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     first = add_busybox_image(store)

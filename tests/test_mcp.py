@@ -23,6 +23,16 @@ from tests._server import HUTCH_BIN, ServerProcess, free_port
 pytestmark = pytest.mark.sandbox
 
 ALWAYS = {"create_sandbox", "list_sandboxes", "destroy_sandbox", "exec"}
+FEATURES = {
+    "start_process",
+    "follow_process",
+    "kill_process",
+    "read_file",
+    "write_file",
+    "list_files",
+    "run_code",
+    "expose_port",
+}
 
 
 def _stdio_params(server: ServerProcess) -> StdioServerParameters:
@@ -134,51 +144,111 @@ def test_http_needs_the_key(mcp_http: str) -> None:
         assert r.json()["error"]["code"] == "unauthorized"
 
 
-async def test_feature_tools_when_the_sdk_has_them(server: ServerProcess) -> None:
-    """Files, processes, code and ports."""
+async def test_feature_tools(server: ServerProcess) -> None:
+    """Files, processes (kill included), code and ports, each called for real, with the errors
+    a model gets back when a call goes wrong."""
     tools = set(available_tools())
-    assert tools > ALWAYS, "the process, file, code and port tools are missing"
+    assert tools == ALWAYS | FEATURES, tools ^ (ALWAYS | FEATURES)
     async with Client(_stdio_params(server)) as client:
+        listed_tools = {t.name for t in (await client.list_tools()).tools}
+        assert listed_tools == tools
         sid = _json(await client.call_tool("create_sandbox", {}))["id"]
         try:
-            if "write_file" in tools and "read_file" in tools:
-                args = {"sandbox_id": sid, "path": "/workspace/a.txt", "content": "hello"}
-                _json(await client.call_tool("write_file", args))
-                read = await client.call_tool(
-                    "read_file", {"sandbox_id": sid, "path": "/workspace/a.txt"}
+            # Files: written, read back, listed (with its size), and errors that name the path.
+            args = {"sandbox_id": sid, "path": "/workspace/a.txt", "content": "hello"}
+            assert _json(await client.call_tool("write_file", args)) == {
+                "written": "/workspace/a.txt",
+                "bytes": 5,
+            }
+            read = await client.call_tool(
+                "read_file", {"sandbox_id": sid, "path": "/workspace/a.txt"}
+            )
+            assert not read.is_error and read.content[0].text == "hello"
+            listed = _json(
+                await client.call_tool("list_files", {"sandbox_id": sid, "path": "/workspace"})
+            )
+            entry = next(e for e in listed if e["name"] == "a.txt")
+            assert entry["size"] == 5 and entry["type"] == "file", entry
+            text = _error_text(
+                await client.call_tool("read_file", {"sandbox_id": sid, "path": "/workspace/no"})
+            )
+            assert "FileNotFound" in text and "/workspace/no" in text, text
+            text = _error_text(
+                await client.call_tool(
+                    "list_files", {"sandbox_id": sid, "path": "/workspace/a.txt"}
                 )
-                assert read.content[0].text == "hello"
-            if "list_files" in tools:
-                listed = _json(
-                    await client.call_tool("list_files", {"sandbox_id": sid, "path": "/workspace"})
+            )
+            assert "not_a_directory" in text or "not a directory" in text, text
+
+            # Processes: output followed from an offset, then one killed for real.
+            p = _json(
+                await client.call_tool(
+                    "start_process",
+                    {"sandbox_id": sid, "command": "for i in 1 2 3; do echo line$i; done"},
                 )
-                assert listed is not None
-            if "start_process" in tools:
-                p = _json(
-                    await client.call_tool(
-                        "start_process",
-                        {"sandbox_id": sid, "command": "for i in 1 2 3; do echo line$i; done"},
-                    )
+            )
+            out = _json(
+                await client.call_tool(
+                    "follow_process",
+                    {"sandbox_id": sid, "process_id": p["id"], "wait_seconds": 5},
                 )
-                out = _json(
-                    await client.call_tool(
-                        "follow_process",
-                        {"sandbox_id": sid, "process_id": p["id"], "wait_seconds": 5},
-                    )
+            )
+            assert "line3" in out["stdout"], out
+            assert out["next_since"] == len("line1\nline2\nline3\n")
+            sleeper = _json(
+                await client.call_tool(
+                    "start_process",
+                    {"sandbox_id": sid, "command": "echo up; sleep 600", "process_id": "sleeper"},
                 )
-                assert "line3" in out["stdout"], out
-                assert out["next_since"] == len("line1\nline2\nline3\n")
-            if "run_code" in tools:
-                # The kernel's inline backend turns the figure into a PNG display.
-                code = (
-                    "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()\n"
-                    "print('done')"
+            )
+            assert sleeper["status"] == "running"
+            killed = _json(
+                await client.call_tool(
+                    "kill_process",
+                    {"sandbox_id": sid, "process_id": "sleeper", "signal": "SIGKILL"},
                 )
-                r = await client.call_tool("run_code", {"sandbox_id": sid, "code": code})
-                assert not r.is_error, r.content
-                assert any(c.type == "image" for c in r.content)
-            if "expose_port" in tools:
-                r = _json(await client.call_tool("expose_port", {"sandbox_id": sid, "port": 8080}))
-                assert str(sid) in r["url"]
+            )
+            assert killed == {"killed": "sleeper", "signal": "SIGKILL"}
+            after = _json(
+                await client.call_tool(
+                    "follow_process",
+                    {"sandbox_id": sid, "process_id": "sleeper", "wait_seconds": 10},
+                )
+            )
+            assert after["status"] == "killed" and after["stdout"] == "up\n", after
+            for bad in (
+                {"process_id": "no-such-process"},
+                {"process_id": "sleeper", "signal": "SIGBOGUS"},
+            ):
+                text = _error_text(
+                    await client.call_tool("kill_process", {"sandbox_id": sid, **bad})
+                )
+                assert bad.get("signal", bad["process_id"]) in text, text
+
+            # Code: the kernel's inline backend turns the figure into a PNG display; an
+            # exception comes back as its name and message.
+            code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()\nprint('done')"
+            r = await client.call_tool("run_code", {"sandbox_id": sid, "code": code})
+            assert not r.is_error, r.content
+            assert any(c.type == "image" for c in r.content)
+            assert any(getattr(c, "text", "") == "done\n" for c in r.content), r.content
+            r = await client.call_tool(
+                "run_code", {"sandbox_id": sid, "code": "raise ValueError('bad value')"}
+            )
+            assert "ValueError: bad value" in " ".join(getattr(c, "text", "") for c in r.content)
+            text = _error_text(
+                await client.call_tool(
+                    "run_code", {"sandbox_id": sid, "code": "1", "language": "cobol"}
+                )
+            )
+            assert "cobol" in text, text
+
+            # Ports: a preview URL for this sandbox; a bad port is an error naming it.
+            r = _json(await client.call_tool("expose_port", {"sandbox_id": sid, "port": 8080}))
+            assert r["port"] == 8080 and str(sid) in r["url"]
+            text = _error_text(
+                await client.call_tool("expose_port", {"sandbox_id": sid, "port": 70000})
+            )
+            assert "port" in text, text
         finally:
             await client.call_tool("destroy_sandbox", {"sandbox_id": sid})

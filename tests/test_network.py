@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -62,10 +63,29 @@ def test_unknown_wrong_token_and_unexposed_get_the_same_404(
     wrong = url.replace(token, "0" * 32)
     unexposed = url.replace("8080-", "8081-", 1)
     unknown = url.replace(web.id, "sb-000000000000")
-    bodies = {_get(server, u).status_code: _get(server, u).content for u in (wrong, unexposed)}
-    assert list(bodies) == [404]
-    r = _get(server, unknown)
-    assert r.status_code == 404 and r.content == bodies[404]
+    # One body for all three: nothing tells a prober which part of the URL was wrong.
+    answers = [_get(server, u) for u in (wrong, unexposed, unknown)]
+    assert [r.status_code for r in answers] == [404, 404, 404]
+    assert answers[0].content == answers[1].content == answers[2].content, answers
+    assert answers[0].text.startswith("no such preview:"), answers[0].text
+    assert _wait_ok(server, url).status_code == 200  # and the right URL does answer
+    # A 404 leaves a kept-alive connection usable: the next request on it gets its own answer.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        for target in (unexposed, url):
+            host = urlsplit(target).netloc
+            s.sendall(f"GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        replies = b""
+        while b"hello-from-sandbox\n" not in replies:
+            chunk = s.recv(65536)
+            assert chunk, replies
+            replies += chunk
+    head, _, rest = replies.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404"), replies
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    assert rest[:length] == answers[0].content, replies
+    second = rest[length:]  # the next response starts right after the 404's body, exactly
+    assert re.match(rb"HTTP/1\.[01] 200 ", second), replies
+    assert second.endswith(b"\r\n\r\nhello-from-sandbox\n"), replies
 
 
 def test_unexpose_kills_the_url_at_once(server: ServerProcess, web: Sandbox) -> None:
@@ -130,12 +150,17 @@ def test_keep_alive_chunked_and_forwarded_headers(server: ServerProcess, web: Sa
     host = urlsplit(url).netloc
     assert _wait_ok(server, url).status_code == 200
     with httpx.Client(base_url=server.url, headers={"Host": host}) as client:
+        sockets = set()
         for _ in range(3):  # one connection, several requests
             r = client.get("/")
             assert r.status_code == 200
+            # The client's own address and port: the same for each when the server keeps
+            # the connection open.
+            sockets.add(r.extensions["network_stream"].get_extra_info("client_addr"))
             assert "X-Forwarded-For=127.0.0.1" in r.text
             assert "X-Forwarded-Proto=http" in r.text
             assert f"X-Forwarded-Host={host}" in r.text
+        assert len(sockets) == 1, sockets
 
 
 PROBE = (
@@ -157,29 +182,67 @@ def _host_addresses() -> list[str]:
     return [line.split()[3].split("/")[0] for line in out.splitlines()]
 
 
-def test_isolation_from_inside_a_sandbox(server: ServerProcess, web: Sandbox) -> None:
-    other = Sandbox.create(base_url=server.url, api_key=server.api_key, network="internet")
+def _default_gateway(sb: Sandbox) -> str:
+    """The host's end of the sandbox's veth, from the sandbox's routing table."""
+    for line in sb.exec("cat /proc/net/route").stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":  # the default route
+            return socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+    raise AssertionError("the sandbox has no default route")
+
+
+@pytest.fixture()
+def host_listener() -> Iterator[int]:
+    """A TCP listener on every host address (0.0.0.0): what a sandbox must not reach."""
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+def test_isolation_from_inside_a_sandbox(
+    server: ServerProcess, web: Sandbox, host_listener: int
+) -> None:
+    a = Sandbox.create(base_url=server.url, api_key=server.api_key, network="internet")
+    b = Sandbox.create(base_url=server.url, api_key=server.api_key, network="internet")
     try:
-        other.exec(SERVE.format(port=8080))
-        other_ip = other.set_network("internet")["address"]
-        web_ip = web.set_network("none")["address"]
-        common = [f"{a}:{server.port}" for a in _host_addresses()] + ["169.254.169.254:80"]
-        for attacker, victim in ((web, other_ip), (other, web_ip)):
-            targets = [*common, f"{victim}:8080"]
-            attacker.exec("cat > /tmp/probe.py", stdin=PROBE)
-            r = attacker.exec("python3 /tmp/probe.py " + " ".join(targets))
+        for box in (a, b):
+            box.exec(SERVE.format(port=8080))
+            box.exec("cat > /tmp/probe.py", stdin=PROBE)
+        ips = {box.id: box.set_network("internet")["address"] for box in (a, b)}
+        gateways = {box.id: _default_gateway(box) for box in (a, b)}
+        # Positive control: the listener answers on each sandbox's gateway address from the
+        # host, and each sandbox's probe reports its own server OPEN.
+        for gateway in gateways.values():
+            socket.create_connection((gateway, host_listener), timeout=5).close()
+        for box in (a, b):
+            own = f"{ips[box.id]}:8080"
+            wait_open = (
+                f"for i in $(seq 50); do python3 /tmp/probe.py {own} | grep -q OPEN && break; "
+                f"sleep 0.1; done; python3 /tmp/probe.py {own}"
+            )
+            assert box.exec(wait_open).stdout.split()[1] == "OPEN"
+        # Both directions, both sandboxes on the internet policy: neither reaches the other,
+        # the host on any of its addresses, nor the API.
+        hosts = {*_host_addresses(), *gateways.values()}
+        for attacker, victim in ((a, b), (b, a)):
+            targets = [
+                f"{h}:{port}" for h in sorted(hosts) for port in (host_listener, server.port)
+            ]
+            targets.append(f"{ips[victim.id]}:8080")
+            r = attacker.exec("python3 /tmp/probe.py " + " ".join(targets), timeout=120)
             assert "OPEN" not in r.stdout, r.stdout
-            assert r.stdout.count("closed") == len(targets)
+            assert r.stdout.count("closed") == len(targets), r.stdout
         # A raw socket cannot be opened.
-        r = web.exec(
-            "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'"
-        )
+        r = a.exec("python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'")
         assert r.exit_code != 0 and "PermissionError" in r.stderr
-        # network="none": nothing but loopback.
-        r = web.exec("python3 -c 'import socket; print(socket.gethostbyname(\"localhost\"))'")
-        assert r.stdout.strip() == "127.0.0.1"
+        # network="none": nothing but loopback, not even the gateway.
+        a.set_network("none")
+        r = a.exec(f"python3 /tmp/probe.py 127.0.0.1:8080 {gateways[a.id]}:{host_listener}")
+        assert r.stdout.split("\n")[0].endswith("OPEN") and "closed" in r.stdout, r.stdout
     finally:
-        other.destroy()
+        a.destroy()
+        b.destroy()
 
 
 ECHO_SERVER = (

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 import hutch.runtime
-from hutch.runtime._agent_bundle import AgentBundle, agent_args
-from hutch.runtime._nft import NetworkPolicy
-from hutch.runtime._oci import (
+from hutch.runtime.container._agent_bundle import AgentBundle, agent_args
+from hutch.runtime.container._host_files import RESOLV_MARKER, etc_hosts, resolv_conf
+from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._oci import (
     DEFAULT_CAPABILITIES,
     SandboxLayout,
     Spec,
@@ -20,10 +21,9 @@ from hutch.runtime._oci import (
     resources,
     sandbox_spec,
 )
-from hutch.runtime._overlay import overlay_options
-from hutch.runtime._runc import read_runc_error
-from hutch.runtime._runtime import RESOLV_MARKER, etc_hosts, resolv_conf
-from hutch.runtime._seccomp import (
+from hutch.runtime.container._overlay import overlay_options
+from hutch.runtime.container._runc import read_runc_error
+from hutch.runtime.container._seccomp import (
     CLONE_NAMESPACE_FLAGS,
     CLONE_NEWUSER,
     DENIED_SYSCALLS,

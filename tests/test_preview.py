@@ -3,6 +3,8 @@ headless chromium page; and preview tokens survive a server restart."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import socket
 import tempfile
@@ -17,6 +19,7 @@ import pytest
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
+from tests.support.wsecho import random_block
 
 pytestmark = pytest.mark.sandbox
 
@@ -118,18 +121,28 @@ def test_server_sent_events_arrive_unbuffered(
 
 
 def test_large_download_and_upload_stream(server: ServerProcess, app: tuple[Sandbox, str]) -> None:
+    # Random bytes and a digest, not zeros and a count: a proxy that dropped, repeated or
+    # reordered a chunk would still move the right number of zeros.
     base, headers = via_server(server, app[1])
     n = 256 << 20
-    got = 0
-    with httpx.stream("GET", f"{base}/big?n={n}", headers=headers, timeout=60) as r:
+    seed = os.urandom(8).hex()
+    want = hashlib.sha256()
+    for i in range(n >> 20):
+        want.update(random_block(seed, i))
+    got, digest = 0, hashlib.sha256()
+    with httpx.stream("GET", f"{base}/big?n={n}&seed={seed}", headers=headers, timeout=60) as r:
         assert int(r.headers["content-length"]) == n
         for chunk in r.iter_raw():
             got += len(chunk)
-    assert got == n
+            digest.update(chunk)
+    assert got == n and digest.hexdigest() == want.hexdigest()
+
+    sent = hashlib.sha256()
 
     def body() -> Iterator[bytes]:
-        block = bytes(1 << 20)
         for _ in range(n >> 20):
+            block = os.urandom(1 << 20)
+            sent.update(block)
             yield block
 
     r = httpx.post(
@@ -138,7 +151,7 @@ def test_large_download_and_upload_stream(server: ServerProcess, app: tuple[Sand
         content=body(),
         timeout=60,
     )
-    assert r.status_code == 200 and r.text == str(n)
+    assert r.status_code == 200 and r.text == f"{n} {sent.hexdigest()}"
 
 
 def test_page_with_static_files_and_websocket_in_headless_chromium(

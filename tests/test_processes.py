@@ -22,7 +22,7 @@ from hutch.sdk import (
     ProcessNotRunning,
     ProcessTimeout,
 )
-from tests._server import HUTCH_BIN, ServerProcess
+from tests._server import HUTCH_BIN, ServerProcess, wait_for
 from tests.conftest import _cleanup_home
 
 pytestmark = pytest.mark.sandbox
@@ -162,7 +162,19 @@ def _bad_input_codes(sb: Sandbox, c: httpx.Client) -> None:
     p.wait(timeout=30)
     r = c.post(f"{base}/{p.id}/stdin", content=b"x")
     assert r.status_code == 409 and r.json()["error"]["code"] == "process_not_running"
-    assert isinstance(sb.kill_all_processes(), list)
+    # kill_all_processes ends every running background process, says which, and spares the
+    # finished ones (a positive control that it does not just return every id it knows).
+    done = sb.start_process("true")
+    done.wait(timeout=30)
+    running = [sb.start_process(f"sleep 600{i}") for i in (1, 2)]
+    count = "pgrep -c -f '^sleep 600[12]$' || true"
+    wait_for(lambda: sb.exec(count).stdout == "2\n", 30)  # both really run (the control)
+    killed = sb.kill_all_processes()
+    assert {q.id for q in running} <= set(killed) and done.id not in killed, killed
+    for q in running:
+        assert q.wait(timeout=30).status == "killed"
+    assert sb.exec(count).stdout == "0\n"
+    assert sb.get_process(done.id).status == "completed"
 
 
 def test_sandbox_code_cannot_read_other_process_logs_as_a_user(sb: Sandbox) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from hutch._wire import Kind
 from hutch.agent._host import HostAgent
-from hutch.server._agent_client import AgentConnection, AgentError
+from hutch.node._agent_client import AgentConnection, AgentError
 
 
 @pytest.fixture(scope="module")

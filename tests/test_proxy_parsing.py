@@ -9,20 +9,19 @@ from typing import Any
 
 import pytest
 
-from hutch.runtime._nft import NetworkPolicy, policy_rules
-from hutch.server._proxy import (
+from hutch.proxy import (
     BadRequest,
     ChunkedFraming,
     PreviewRoutes,
     PreviewTarget,
-    _parse_request_slow,
-    _parse_response_slow,
     new_token,
     parse_request,
     parse_response,
     preview_target,
     split_host,
 )
+from hutch.proxy._http1 import _parse_request_slow, _parse_response_slow
+from hutch.runtime.container._nft import NetworkPolicy, policy_rules
 
 TOKEN = "ab" * 16
 HOST = f"8080-sb-1-{TOKEN}.localhost:7070"
@@ -233,6 +232,7 @@ def test_fast_parsers_agree_with_the_line_by_line_reference() -> None:
         head("HTTP/1.1 204 No Content", "Content-Length: 3", "Content-Length: 3"),
         head("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"),
         head("HTTP/1.0 200 OK", "Transfer-Encoding: chunked", "Connection: close"),
+        head("HTTP/1.1 200 OK", "Set-Cookie: a=1; Domain=localhost", "Content-Length: 0"),
     ]
     pieces = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"\x00", b"\x7f", b"\xff", b",", b"0"]
 
@@ -265,3 +265,31 @@ def test_fast_parsers_agree_with_the_line_by_line_reference() -> None:
                 assert _outcome(partial(parse_response, candidate, method, True)) == (
                     _outcome(partial(_parse_response_slow, candidate, method, True))
                 ), candidate
+
+
+def test_authorization_is_not_forwarded_to_a_preview() -> None:
+    raw = head("GET / HTTP/1.1", f"Host: {HOST}", "Authorization: Bearer hk_admin", "A: 1")
+    for parse in (parse_request, _parse_request_slow):
+        forwarded = parse(raw, "localhost", b"127.0.0.1").forwarded
+        assert b"hk_admin" not in forwarded and b"A: 1" in forwarded
+
+
+def test_set_cookie_domains_are_dropped_so_cookies_stay_host_only() -> None:
+    raw = head(
+        "HTTP/1.1 200 OK",
+        "Set-Cookie: a=1; Domain=localhost; Path=/",
+        "set-cookie: b=2;domain=.localhost",
+        "Set-Cookie: c=3; HttpOnly",
+        "Set-Cookie: domain=4",  # a cookie *named* domain is not an attribute
+        "Content-Length: 0",
+    )
+    for status in (b"200 OK", b"101 Switching Protocols"):
+        for parse in (parse_response, _parse_response_slow):
+            r = parse(raw.replace(b"200 OK", status), b"GET", True)
+            assert not r.verbatim
+            lines = _normalized(r.forwarded)
+            assert b"Set-Cookie:a=1; Path=/" in lines
+            assert b"set-cookie:b=2" in lines
+            assert b"Set-Cookie:c=3; HttpOnly" in lines
+            assert b"Set-Cookie:domain=4" in lines
+            assert b"domain=." not in r.forwarded.lower()

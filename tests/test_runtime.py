@@ -8,6 +8,7 @@ test boots the real agent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from hutch.agent import AGENT_VERSION
+from hutch.node import AgentConnection
 from hutch.runtime import (
     HOST_ID_BASE,
     Image,
@@ -32,7 +35,9 @@ from hutch.runtime import (
     SandboxSpec,
     SandboxStartError,
 )
-from hutch.runtime._mounts import umount
+from hutch.runtime.container._mounts import umount
+from hutch.runtime.container._oci import Mount, Spec
+from hutch.runtime.container._workcgroup import AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
 from tests.support.busybox import add_busybox_image
 from tests.support.echo_agent import echo_agent_package
 
@@ -167,10 +172,21 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     assert "HOME=/root" in environ  # from the image's config
 
     cgroups = Path("/sys/fs/cgroup")
-    assert int(text(cgroups / "memory/hutch/lock/memory.limit_in_bytes")) == 256 << 20
-    assert int(text(cgroups / "memory/hutch/lock/memory.memsw.limit_in_bytes")) == 320 << 20
-    assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
+    # The sandbox as a whole has the limits asked for; user code (in `work`) has them less
+    # the agent's reserve, so it can never take the agent's memory or pids.
+    whole = cgroups / "memory/hutch/lock"
+    work = whole / "work"
+    assert int(text(whole / "memory.limit_in_bytes")) == 256 << 20
+    assert int(text(whole / "memory.memsw.limit_in_bytes")) == 320 << 20
     assert text(cgroups / "pids/hutch/lock/pids.max") == "99\n"
+    assert int(text(work / "memory.limit_in_bytes")) == (256 - AGENT_MEMORY_RESERVE_MB) << 20
+    assert int(text(work / "memory.memsw.limit_in_bytes")) == (320 - AGENT_MEMORY_RESERVE_MB) << 20
+    assert text(cgroups / "pids/hutch/lock/work/pids.max") == f"{99 - AGENT_PIDS_RESERVE}\n"
+    assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
+    # The agent holds work's cgroup.procs open (fds 4, 5); nothing of the agent is in work.
+    assert os.readlink(f"/proc/{pid}/fd/4") == str(work / "cgroup.procs")
+    assert os.readlink(f"/proc/{pid}/fd/5") == str(cgroups / "pids/hutch/lock/work/cgroup.procs")
+    assert str(pid) not in text(work / "cgroup.procs").split()
 
 
 async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Image) -> None:
@@ -180,8 +196,9 @@ async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Ima
         "hostname": "sandbox",
         "cat /proc/self/uid_map | tr -s ' '": f" 0 {HOST_ID_BASE} 65536",
         "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused": "refused",
-        "unshare -U true 2>/dev/null && echo unshared || echo refused": "refused",
-        "unshare -m true 2>/dev/null && echo unshared || echo refused": "refused",
+        # Refused by the kernel, not missing: a lacking `unshare` binary must not pass.
+        "unshare -U true 2>&1 | grep -c 'Operation not permitted'": "1",
+        "unshare -m true 2>&1 | grep -c 'Operation not permitted'": "1",
         "head -c 64 /proc/kcore | wc -c": "0",
         "echo 1 2>/dev/null > /proc/sys/kernel/sysrq && echo wrote || echo refused": "refused",
         "echo h 2>/dev/null > /proc/sysrq-trigger && echo wrote || echo refused": "refused",
@@ -235,11 +252,23 @@ async def test_destroy_of_a_paused_sandbox(runtime: Runtime, image: Image) -> No
     assert leftovers(runtime, "frozen") == []
 
 
-async def test_failed_create_rolls_back_everything(runtime: Runtime, image: Image) -> None:
-    # runc cannot put a 1 MB memory limit on its own init: a real runc failure.
-    with pytest.raises(SandboxStartError, match="memory limit"):
-        await runtime.create(spec(image, "nomem", memory_mb=1))
-    assert leftovers(runtime, "nomem") == []
+async def test_failed_create_rolls_back_everything(
+    runtime: Runtime, image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bind mount whose source is missing: runc fails after the overlay, the subvolume, the
+    # cgroups (user code's `work` included) and the bundle were made; a real runc failure.
+    spec_for = runtime._spec_for
+
+    def with_missing_mount(*args: Any) -> Spec:
+        missing = Mount.bind(Path("/nonexistent/hutch-test"), "/mnt/missing", readonly=True)
+        made = spec_for(*args)
+        return dataclasses.replace(made, mounts=(*made.mounts, missing))
+
+    monkeypatch.setattr(runtime, "_spec_for", with_missing_mount)
+    with pytest.raises(SandboxStartError, match="(?i)no such file or directory"):
+        await runtime.create(spec(image, "nomount"))
+    monkeypatch.undo()
+    assert leftovers(runtime, "nomount") == []
     # Bad specs are refused before anything is made for them.
     bad_env = SandboxSpec(id="badenv", image=image, env={"A=B": "x"}, limits=Limits())
     bad_hostname = SandboxSpec(id="badhost", image=image, env={}, limits=Limits(), hostname="a b")
@@ -348,10 +377,12 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
     await rt.setup()
     try:
         sock = await rt.create(spec(image, "real"))
-        await asyncio.sleep(1)  # long enough to import everything and fail, if it would
+        # The runtime made the socket itself: only an answer proves the agent inside serves it.
+        async with await AgentConnection.connect(sock, timeout=30) as conn:
+            pong = await asyncio.wait_for(conn.call("ping"), 30)
+        assert pong["version"] == AGENT_VERSION, pong
+        assert pong["pid"] == 1  # the agent is the sandbox's init, not a stand-in beside it
         assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(sock))
     finally:
         await rt.sweep(keep=())
         await rt.teardown()

@@ -726,13 +726,11 @@ def test_exec_stream_stopped_early_kills_the_command(fake: FakeHutch) -> None:
         first = next(iter(stream))
         assert first.data == b"ready\n"
         before = len(fake.killed_pids)
-        started = time.monotonic()
         stream.close()  # type: ignore[attr-defined]
         deadline = time.monotonic() + 5
         while len(fake.killed_pids) == before:
             assert time.monotonic() < deadline, "the fake never saw the stream close"
             time.sleep(0.01)
-        assert time.monotonic() - started < 5
 
 
 def test_timeout_raises_with_the_partial_result() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hutch import InvalidRequest, Sandbox
-from hutch.server._secrets import SecretBox, SecretKeyMismatch
+from hutch.server.services._secrets import SecretBox, SecretKeyMismatch
 from tests._server import ServerProcess
 
 SECRET = "sk-ant-hutch-test-" + "Zq9" * 12
@@ -121,12 +121,18 @@ def test_another_sandbox_does_not_see_the_secret(sdk_env: ServerProcess) -> None
     with Sandbox.create(secrets={"TOKEN_A": SECRET}) as a, Sandbox.create() as b:
         assert a.info().secret_names == ["TOKEN_A"]
         assert a.exec("echo ${#TOKEN_A}").stdout == f"{len(SECRET)}\n"
-        r = b.exec(
-            'echo "[$TOKEN_A]"; grep -r -l -s -- "$X" /proc/*/environ || true',
-            env={"X": "sk-ant-hutch-test-"},
+        # The secret is put together in a file: no command line or environment of the probe
+        # holds it whole, so any environ that matches belongs to someone else.
+        half = len(SECRET) // 2
+        probe = (
+            'echo "[$TOKEN_A]"; printf %s%s "$HEAD" "$TAIL" > /dev/shm/pat; '
+            "grep -l -s -F -f /dev/shm/pat /proc/[0-9]*/environ; true"
         )
-        assert r.stdout.startswith("[]\n")
-        assert "sk-ant" not in r.stdout.replace("[]\n", "", 1).replace("/proc/self", "")
+        halves = {"HEAD": SECRET[:half], "TAIL": SECRET[half:]}
+        assert b.exec(probe, env=halves).stdout == "[]\n"
+        # Positive control: the same probe finds it in the sandbox that was given it.
+        found = a.exec(probe, env=halves).stdout.splitlines()
+        assert found[0] == f"[{SECRET}]" and found[1:], found
         # The server's key file is on the host, out of reach of every sandbox.
         probe = f"cat {sdk_env.home / 'secrets.key'} || find / -name secrets.key 2>/dev/null"
         assert a.exec(probe).stdout == ""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-from hutch.server._auth import KeyChecker, create_key, hash_key
-from hutch.server._store import MIGRATIONS, SandboxRecord, SqliteStore
+from hutch.server.services._keys import KeyChecker, create_key, hash_key
+from hutch.server.store._sqlite import MIGRATIONS, SandboxRecord, SqliteStore
 
 
 def record(sandbox_id: str, **kw: object) -> SandboxRecord:
@@ -38,12 +41,43 @@ def test_sandbox_round_trip_and_duplicate_ids(tmp_path: Path) -> None:
     assert store.get_sandbox("sb-1") is None and store.list_sandboxes() == []
 
 
-def test_state_survives_an_unclean_close(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
-    store.insert_sandbox(record("sb-2"))
-    # No close(): as after kill -9. WAL contents must be visible to the next opener.
+def test_state_survives_a_kill_9_mid_write(tmp_path: Path) -> None:
+    # A real writer process, killed with SIGKILL while it keeps inserting: nothing it reported
+    # as stored may be lost, and the next opener finds a sound database.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INSERT_FOREVER, str(tmp_path / "s.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    stored = [child.stdout.readline().strip() for _ in range(50)]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+
     reopened = SqliteStore(tmp_path / "s.db")
-    assert [r.id for r in reopened.list_sandboxes()] == ["sb-2"]
+    ids = {r.id for r in reopened.list_sandboxes()}
+    assert set(stored) <= ids, set(stored) - ids
+    assert sqlite3.connect(tmp_path / "s.db").execute("PRAGMA integrity_check").fetchone() == (
+        "ok",
+    )
+    assert reopened.insert_sandbox(record("sb-after"))  # and it takes writes again
+
+
+_INSERT_FOREVER = """
+import sys
+from pathlib import Path
+from hutch.server.store._sqlite import SandboxRecord, SqliteStore
+store = SqliteStore(Path(sys.argv[1]))
+i = 0
+while True:
+    i += 1
+    rec = SandboxRecord(id=f"sb-{i}", status="running", image="default", image_id="abc",
+                        created_at="t")
+    assert store.insert_sandbox(rec)
+    print(rec.id, flush=True)  # only once it is committed
+"""
 
 
 def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
@@ -89,7 +123,7 @@ def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
 
 
 def test_the_old_runtime_ids_file_moves_into_the_store(tmp_path: Path) -> None:
-    from hutch.server._pools import import_runtime_ids_file
+    from hutch.server.store._runtime_ids_file import import_runtime_ids_file
 
     store = SqliteStore(tmp_path / "s.db")
     store.insert_sandbox(record("sb-4"))

@@ -232,10 +232,15 @@ def test_a_terminal_is_reachable_only_through_its_own_sandbox(
         with server.client() as http:
             r = http.delete(f"/v1/sandboxes/{other.id}/terminals/{t.id}")
             assert r.status_code == 404
-        # From inside the other sandbox, nothing of the first one's terminal is visible.
-        r = other.exec("ls /dev/pts; ps -eo args 2>/dev/null || true")
-        assert t.id not in r.stdout
-        t.send("echo mine\n")
+        # A process in the terminal is seen in its own sandbox (the positive control) and not
+        # from inside the other one.
+        marker = "term-marker-" + t.id
+        t.send(f"sh -c 'echo started; sleep 600' {marker}\n")
+        t.read_until(b"started\r\n")
+        assert marker in sb.exec("ps -eo args").stdout
+        assert marker not in other.exec("ps -eo args").stdout
+        assert other.exec("ls /dev/pts").stdout.split() == ["ptmx"]
+        t.send("\x03echo mine\n")
         t.read_until(b"mine\r\n")
     finally:
         t.close()

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from hutch.runtime._images import Image, ImageConfig, ImageStore
+from hutch.runtime.images._store import Image, ImageConfig, ImageStore
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_CONFIG = ImageConfig(

@@ -127,7 +127,7 @@ def local_registry(workdir: Path) -> Iterator[str]:
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed below
+    log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen(
         ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
     )

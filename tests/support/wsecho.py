@@ -1,8 +1,9 @@
 """A stdlib-only HTTP + WebSocket echo server for sandboxes (no pip inside the image).
 
 python3 wsecho.py PORT DIR: serves DIR's files; /ws upgrades and echoes text frames back;
-/sse sends three events 0.3 s apart; /big?n=BYTES streams n zero bytes; POST /upload
-answers the byte count of its body.
+/sse sends three events 0.3 s apart; /big?n=BYTES streams n zero bytes, /big?n=BYTES&seed=S
+n pseudo-random ones (`random_block(S, i)` for the i-th MiB, so a test can check them); POST
+/upload answers the byte count and the SHA-256 of its body.
 """
 
 import base64
@@ -39,26 +40,30 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         if self.path.startswith("/big?n="):
-            n = int(self.path.split("=", 1)[1])
+            query = dict(p.split("=", 1) for p in self.path.split("?", 1)[1].split("&"))
+            n, seed = int(query["n"]), query.get("seed")
             self.send_response(200)
             self.send_header("Content-Length", str(n))
             self.end_headers()
-            block = bytes(1 << 20)
+            zeros, i = bytes(1 << 20), 0
             while n > 0:
+                block = zeros if seed is None else random_block(seed, i)
                 self.wfile.write(block[: min(n, len(block))])
                 n -= min(n, len(block))
+                i += 1
             return
         return super().do_GET()
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
-        got = 0
+        got, digest = 0, hashlib.sha256()
         while got < n:
             chunk = self.rfile.read(min(1 << 20, n - got))
             if not chunk:
                 break
             got += len(chunk)
-        body = str(got).encode()
+            digest.update(chunk)
+        body = f"{got} {digest.hexdigest()}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -93,6 +98,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 header = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + struct.pack("!H", n)
                 self.wfile.write(header + reply)
                 self.wfile.flush()
+
+
+def random_block(seed, i):
+    """The i-th MiB of the /big stream for `seed`: random-looking, and the same on the host."""
+    return hashlib.shake_256(f"{seed}:{i}".encode()).digest(1 << 20)
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

@@ -14,28 +14,50 @@ from __future__ import annotations
 from typing import Literal, NotRequired, TypedDict
 
 OpName = Literal[
-    "exec",
+    # unary: one RESULT
     "ping",
-    "set_env",
     "set_secrets",
+    "set_env",
     "pty_create",
     "pty_resize",
     "pty_close",
     "pty_list",
     "pty_info",
-    "pty_attach",
+    "code_context_list",
+    "code_context_delete",
+    "process_start",
+    "process_list",
+    "process_get",
+    "process_kill",
+    "process_kill_all",
+    "process_stdin",
+    "port_check",
+    "session_create",
+    "session_list",
+    "session_delete",
     "stat",
     "mkdir",
     "remove",
     "move",
+    # streams: EVENT/DATA/EOF frames, then one RESULT
+    "exec",
+    "pty_attach",
+    "code_context_create",
+    "code_context_restart",
+    "code_run",
+    "process_logs",
+    "session_exec",
     "read",
     "write",
     "list",
     "watch",
 ]
+"""Every op the agent serves (agent/_ops.py's tables are keyed by it, and a test checks that
+they serve exactly these); the server's `AgentConnection.call` takes only these names."""
 
 ErrorCode = Literal[
-    "invalid_request",  # unknown op, bad JSON, a field of the wrong type; the message names it
+    "invalid_request",  # bad JSON, a field of the wrong type; the message names it
+    "unknown_op",  # the op is not one of OpName; the message lists the ones the agent knows
     "cwd_not_found",  # exec: the working directory does not exist
     "user_not_found",  # exec: no such user (or group) in the image's /etc/passwd (/etc/group)
     "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
@@ -128,6 +150,7 @@ class ExecResult(TypedDict):
     duration: float  # seconds from spawn to exit
     timed_out: bool
     signal: int | None  # the signal that ended the process, if one did
+    oom_killed: bool  # the kernel's OOM killer ended it (the sandbox's memory limit)
 
 
 class StatRequest(TypedDict):

@@ -4,6 +4,7 @@ Environment (read here only):
     HUTCH_AGENT_LISTEN_FD   the inherited, already listening unix socket (default 3)
     HUTCH_AGENT_WORKSPACE   what a relative exec ``cwd`` is relative to (default /workspace)
     HUTCH_AGENT_SHELL       JSON argv of the image's shell for terminals and sessions (optional)
+    HUTCH_AGENT_WORK_FDS    open `cgroup.procs` files of the `work` cgroup (optional; _workcg)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import _socket
 import os
 import signal
 
+from . import _workcg
 from ._loop import Loop, report
 from ._server import Agent
 
@@ -91,6 +93,9 @@ def main() -> None:
     except OSError as e:
         raise SystemExit(f"hutch-agent: fd {listen_fd} is not a listening socket: {e}") from None
     os.set_inheritable(listen_fd, False)
+    problem = _workcg.configure(os.environ.get("HUTCH_AGENT_WORK_FDS"))
+    if problem:
+        report(problem)
     _protect_self()
     if os.getpid() != 1:
         _become_subreaper()

@@ -27,6 +27,7 @@ from ._procs import (
     spawn,
 )
 from ._requests import InvalidRequest, parse_exec
+from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -140,7 +141,8 @@ class BackgroundProcess:
     __slots__ = (
         "id", "argv", "command", "log_limit",
         "cwd", "pid", "status", "exit_code", "signal", "started_at",
-        "ended_at", "logs", "log_dir", "followers", "killed", "_table", "_popen", "_tag",
+        "ended_at", "logs", "log_dir", "followers", "killed", "oom_killed", "_oom_kills",
+        "_table", "_popen", "_tag",
         "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "exited", "done",
     )  # fmt: skip
 
@@ -165,6 +167,8 @@ class BackgroundProcess:
         self.log_limit = limit
         self.followers: set[LogStreamOp] = set()
         self.killed = False
+        self.oom_killed = False
+        self._oom_kills = oom_kills()
         self.exited = False  # the process itself has been reaped
         self.done = False  # reaped and its output pipes closed: the logs are final
         self._popen: subprocess.Popen[bytes] | None = None
@@ -186,6 +190,7 @@ class BackgroundProcess:
             "status": self.status,
             "exit_code": self.exit_code,
             "signal": self.signal,
+            "oom_killed": self.oom_killed,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "stdin_open": self._stdin_fd is not None and not self._stdin_eof,
@@ -357,6 +362,7 @@ class BackgroundProcess:
         if code < 0:
             self.signal = -code
             code = 128 - code
+        self.oom_killed = self.signal == 9 and oom_killed_since(self._oom_kills)
         self.exit_code = code
         if self.signal is not None:
             self.status = "killed"
@@ -452,9 +458,11 @@ class ProcessTable:
 
 
 def table_of(agent: Agent) -> ProcessTable:
-    if agent.processes is None:
-        agent.processes = ProcessTable(agent)
-    return agent.processes
+    table = agent.processes
+    if not isinstance(table, ProcessTable):  # NB: typed loosely on Agent, which must not import us
+        table = ProcessTable(agent)
+        agent.processes = table
+    return table
 
 
 def _parse_signal(request: dict[str, Any]) -> int:
@@ -692,7 +700,7 @@ class LogStreamOp:
             )
         result = {"ok": True, "process": self._proc.info()}
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
 
 def open_logs(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> LogStreamOp:

@@ -465,7 +465,7 @@ class _WaitReady:
             return
         self.finished = True
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, body))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
     def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
         pass
@@ -629,7 +629,7 @@ class RunOp:
             for channel, offset in self._offsets.items():
                 send(encode_frame(Kind.EOF, self._stream, b"", channel, offset))
             send(encode_json_frame(Kind.RESULT, self._stream, body))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
     def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
         if kind == Kind.CANCEL:

@@ -18,6 +18,7 @@ from ._procs import (
     spawn,
 )
 from ._requests import parse_exec
+from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class ExecOp:
         self._tag: bytes | None = None
         self._paused = False
         self._detached = False
+        self._oom_kills = -1
         self.finished = False
 
     # -- start ---------------------------------------------------------------------------------
@@ -106,6 +108,7 @@ class ExecOp:
             child_fds.append(stdin_r)
             os.set_blocking(self._stdin_fd, False)
         started = time.monotonic()
+        self._oom_kills = oom_kills()
         try:
             self._popen = spawn(
                 args,
@@ -337,6 +340,7 @@ class ExecOp:
             "duration": round(self._duration, 6),
             "timed_out": self._timed_out,
             "signal": signal,
+            "oom_killed": signal == SIGKILL and oom_killed_since(self._oom_kills),
         }
         if not self._detached:
             self._conn.send(encode_json_frame(Kind.RESULT, self._stream, dict(result)))

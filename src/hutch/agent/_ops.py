@@ -14,7 +14,36 @@ what it holds (``_files.py``, ``_pty.py``, ...) and add one line below.
 
 from __future__ import annotations
 
-UNARY_OPS: dict[str, tuple[str, str]] = {
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Protocol
+
+    from hutch._wire.agent_ops import OpName
+
+    class StreamOp(Protocol):
+        """What the connection asks of a stream op (ExecOp, the file, pty, code ops, ...).
+        NB: typed here, not in _server, so that the op modules and _server need not import
+        each other."""
+
+        def start(self) -> None: ...
+        def on_frame(self, kind: int, channel: int, payload: bytes) -> None: ...
+        def cancel(self) -> None: ...
+        def terminate(self, sig: int) -> None: ...
+        def connection_lost(self) -> None: ...
+        def pause_output(self) -> None: ...
+        def resume_output(self) -> None: ...
+
+    class Killable(Protocol):
+        def kill(self, sig: int) -> None: ...
+
+    class RunningProcesses(Protocol):
+        """The background-process table, as shutdown sees it (_bgprocs.ProcessTable)."""
+
+        def all_running(self) -> Iterable[Killable]: ...
+
+
+UNARY_OPS: dict[OpName, tuple[str, str]] = {
     "ping": ("_server", "ping_op"),
     "set_secrets": ("_secrets", "set_secrets_op"),
     "pty_create": ("_pty", "pty_create"),
@@ -41,7 +70,7 @@ UNARY_OPS: dict[str, tuple[str, str]] = {
     "move": ("_files", "move_op"),
 }
 
-STREAM_OPS: dict[str, tuple[str, str]] = {
+STREAM_OPS: dict[OpName, tuple[str, str]] = {
     "exec": ("_exec", "open_exec"),
     "pty_attach": ("_pty", "open_attach"),
     "code_context_create": ("_code", "open_create"),
@@ -65,6 +94,6 @@ class OpError(Exception):
         self.message = message
 
 
-def load_handler(table: dict[str, tuple[str, str]], op: str) -> object:
+def load_handler(table: dict[OpName, tuple[str, str]], op: OpName) -> object:
     module, name = table[op]
     return getattr(__import__(f"hutch.agent.{module}", fromlist=[name]), name)

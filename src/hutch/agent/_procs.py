@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import signal
 
+from ._workcg import active as work_active
+from ._workcg import enter_work
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
@@ -155,6 +158,7 @@ def spawn(
         close_fds=True,
         start_new_session=True,
         restore_signals=True,
+        preexec_fn=enter_work if work_active() else None,
         **identity_args(identity),
     )
 

@@ -31,6 +31,7 @@ from ._procs import (
     kill_tree,
 )
 from ._requests import InvalidRequest
+from ._workcg import enter_work
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def _make_controlling_tty() -> None:
     import termios
 
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    enter_work()
 
 
 class Terminal:
@@ -405,7 +407,7 @@ class AttachOp:
         self.finished = True
         self._terminal.detach(self)
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
 
 # -- ops ---------------------------------------------------------------------------------------

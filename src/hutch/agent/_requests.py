@@ -4,9 +4,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Container
     from typing import Any
 
-    from hutch._wire.agent_ops import ExecRequest
+    from hutch._wire.agent_ops import ExecRequest, OpName
 
 _EXEC_FIELDS = ("op", "command", "argv", "env", "cwd", "user", "timeout", "stdin")
 
@@ -33,11 +34,17 @@ def _optional_str(request: dict[str, Any], field: str) -> str | None:
     return value
 
 
-def parse_op(request: dict[str, Any]) -> str:
+class UnknownOp(InvalidRequest):
+    """The op is not one the agent serves (the error RESULT's code is ``unknown_op``)."""
+
+
+def parse_op(request: dict[str, Any], known: Container[str]) -> OpName:
     op = request.get("op")
     if not isinstance(op, str):
         raise InvalidRequest("op", "missing or not a string")
-    return op
+    if op not in known:
+        raise UnknownOp("op", f"unknown op {op!r}")
+    return op  # type: ignore[return-value]  # NB: `known` holds the tables keyed by OpName
 
 
 def parse_exec(request: dict[str, Any]) -> ExecRequest:

@@ -10,11 +10,10 @@ from collections import deque
 from hutch._wire.frames import Frame, FrameDecoder, FrameError, Kind, encode_json_frame
 
 from . import AGENT_VERSION
-from ._exec import SIGKILL, ExecOp
 from ._loop import report, report_exception
 from ._ops import STREAM_OPS, UNARY_OPS, OpError, load_handler
 from ._procs import Reaper, find_program
-from ._requests import InvalidRequest, parse_op, parse_ping
+from ._requests import InvalidRequest, UnknownOp, parse_op, parse_ping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,9 +22,8 @@ if TYPE_CHECKING:
 
     from hutch._wire.agent_ops import ErrorCode, PingResult
 
-    from ._bgprocs import ProcessTable
     from ._loop import Loop, Timer
-    from ._sessions import SessionTable
+    from ._ops import RunningProcesses, StreamOp
 
 RECV_SIZE = 256 * 1024
 # Output waiting for a slow server: above HIGH the execs of that connection stop reading
@@ -36,6 +34,7 @@ WRITE_LOW_WATER = 1024 * 1024
 RELEASE_MEMORY_AFTER = 1024 * 1024
 SHUTDOWN_GRACE = 3.0
 SIGTERM = 15
+SIGKILL = 9
 
 
 def rss_kb() -> int:
@@ -64,11 +63,12 @@ class Agent:
         self.reaper = Reaper()
         self.workspace = workspace
         self.base_env = base_env
-        self.running: set[ExecOp] = set()  # spawned and not yet reaped, any connection
+        self.running: set[StreamOp] = set()  # spawned and not yet reaped, any connection
         self.connections: set[Connection] = set()
-        self.processes: ProcessTable | None = None  # background processes, made on first use
-        self.sessions: SessionTable | None = None  # persistent shells, made on first use
+        self.processes: RunningProcesses | None = None  # background processes, made on first use
+        self.sessions: object | None = None  # persistent shells, made on first use
         self.shutting_down = False
+        self.known_ops = frozenset([*UNARY_OPS, *STREAM_OPS])
         self._listener: _socket.socket | None = listener
         self._shutdown_deadline = 0.0
         self._malloc_trim: Callable[[int], int] | Literal[False] | None = None
@@ -185,11 +185,11 @@ class Connection:
         self._fd = sock.fileno()
         sock.setblocking(False)
         self._decoder = FrameDecoder()
-        self._streams: dict[int, ExecOp] = {}
+        self._streams: dict[int, StreamOp] = {}
         self._out: deque[bytes | memoryview] = deque()
         self._out_bytes = 0
         self._out_grew = False  # over RELEASE_MEMORY_AFTER since the queue was last empty
-        self._read_blockers: set[ExecOp] = set()
+        self._read_blockers: set[StreamOp] = set()
         self._close_timer: Timer | None = None
         self.output_paused = False
         self.closed = False
@@ -243,7 +243,7 @@ class Connection:
         except ValueError as e:  # bad UTF-8, bad JSON, not an object
             return self._error(stream, "invalid_request", f"OPEN payload is not a JSON object: {e}")
         try:
-            op = parse_op(request)
+            op = parse_op(request, self._agent.known_ops)
             if op in UNARY_OPS:
                 handler = load_handler(UNARY_OPS, op)
                 return self._ok(stream, handler(self._agent, request))  # type: ignore[operator]
@@ -254,8 +254,10 @@ class Connection:
                 stream_op = factory(self._agent, self, stream, request)  # type: ignore[operator]
                 self._streams[stream] = stream_op
                 return stream_op.start()  # type: ignore[no-any-return]
-            known = ", ".join(sorted([*UNARY_OPS, *STREAM_OPS]))
-            raise InvalidRequest("op", f"unknown op {op!r}; the agent knows: {known}")
+            raise UnknownOp("op", f"unknown op {op!r}")
+        except UnknownOp as e:
+            known = ", ".join(sorted(self._agent.known_ops))
+            return self._error(stream, "unknown_op", f"{e}; the agent knows: {known}")
         except InvalidRequest as e:
             return self._error(stream, "invalid_request", str(e))
         except OpError as e:
@@ -273,18 +275,18 @@ class Connection:
         error = {"error": {"code": code, "message": message}}
         self.send(encode_json_frame(Kind.RESULT, stream, error))
 
-    def stream_finished(self, stream: int, op: ExecOp) -> None:
+    def stream_finished(self, stream: int, op: StreamOp) -> None:
         if self._streams.get(stream) is op:
             del self._streams[stream]
         self.unblock_reading(op)
 
-    def block_reading(self, op: ExecOp) -> None:
+    def block_reading(self, op: StreamOp) -> None:
         """``op`` holds too much stdin: stop reading frames until it has written it out."""
         if not self._read_blockers and not self.closed:
             self._loop.remove_reader(self._fd)
         self._read_blockers.add(op)
 
-    def unblock_reading(self, op: ExecOp) -> None:
+    def unblock_reading(self, op: StreamOp) -> None:
         if op in self._read_blockers:
             self._read_blockers.discard(op)
             if not self._read_blockers and not self.closed:

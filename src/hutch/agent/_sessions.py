@@ -239,9 +239,11 @@ class SessionTable:
 
 
 def sessions_of(agent: Agent) -> SessionTable:
-    if agent.sessions is None:
-        agent.sessions = SessionTable(agent)
-    return agent.sessions
+    table = agent.sessions
+    if not isinstance(table, SessionTable):  # NB: typed loosely on Agent, which must not import us
+        table = SessionTable(agent)
+        agent.sessions = table
+    return table
 
 
 def create_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -406,10 +408,11 @@ class SessionExecOp:
             "duration": round(time.monotonic() - self._started, 6),
             "timed_out": self._timed_out,
             "signal": None,
+            "oom_killed": False,  # the session's shell reports only an exit code
             "session_restarted": self._restarted,
         }
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
         self._session.finished(self)
 
     def fail(self, code: str, message: str) -> None:
@@ -421,7 +424,7 @@ class SessionExecOp:
             self._timer = None
         error = {"error": {"code": code, "message": message}}
         self._conn.send(encode_json_frame(Kind.RESULT, self._stream, error))
-        self._conn.stream_finished(self._stream, self)  # type: ignore[arg-type]
+        self._conn.stream_finished(self._stream, self)
 
     # -- the connection's hooks ----------------------------------------------------------------
 

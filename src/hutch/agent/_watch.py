@@ -54,7 +54,7 @@ _libc: Any = None
 
 
 def _inotify() -> Any:
-    global _libc  # noqa: PLW0603 - loaded once, on the first watch
+    global _libc
     if _libc is None:
         import ctypes
 
@@ -105,9 +105,11 @@ class WatchOp(_StreamOp):
     def _add(self, path: str) -> None:
         if len(self._wds) >= MAX_WATCHES:
             return
-        wd = _libc.inotify_add_watch(
-            self._fd, os.fsencode(path), MASK | IN_ONLYDIR | IN_DONT_FOLLOW
-        )
+        # NB: the root the caller named may be a symlink to a directory (start() checked that
+        # it resolves to one): follow it, or the watch is silently dead. Links found inside
+        # are not followed, so a link cannot widen the watch.
+        dont_follow = 0 if path == self._root else IN_DONT_FOLLOW
+        wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), MASK | IN_ONLYDIR | dont_follow)
         if wd >= 0:
             self._wds[wd] = path
 

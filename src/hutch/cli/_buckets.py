@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hutch.cli._connect import client_for as _client
+from hutch.cli._output import print_error
 
 Handler = Callable[[argparse.Namespace], int]
 Command = Callable[..., argparse.ArgumentParser]
@@ -65,13 +66,12 @@ def credentials_from(path: Path | None, environ: dict[str, str]) -> dict[str, st
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _fail
     from hutch.sdk import Sandbox
 
     try:
         creds = credentials_from(args.credentials_file, dict(os.environ))
     except (OSError, ValueError) as exc:
-        _fail(f"credentials: {exc}")
+        print_error(f"credentials: {exc}")
         return 2
     with _client(args) as client:
         mount = Sandbox(args.id, client=client).mount_bucket(

@@ -116,8 +116,7 @@ def build_with_buildah(
 ) -> Any:
     """Build `dockerfile` in `context` with buildah on this host and store the result as `name`;
     buildah's progress goes to stderr. Returns the stored image."""
-    from hutch.runtime import ImageStore
-    from hutch.runtime._oci_build import build_image
+    from hutch.runtime import ImageStore, build_image
 
     return build_image(ImageStore(store_root), dockerfile, context, name, out=sys.stderr)
 

@@ -16,10 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hutch._wire.sandbox_options import DEFAULTS, HELP, NETWORKS, RUNTIMES
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
+from hutch.cli._extras import install_server_message, missing_server_module
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
+from hutch.cli._lifecycle import add_lifecycle_commands, add_lifecycle_options
 from hutch.cli._network import add_cidr_options, add_network_commands
 from hutch.cli._output import (
     format_labels,
@@ -29,6 +32,7 @@ from hutch.cli._output import (
     render_table,
     short_id,
 )
+from hutch.cli._output import print_error as _fail
 
 if TYPE_CHECKING:
     from hutch.sdk import Sandbox
@@ -52,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except HutchError as exc:
         _fail(str(exc))
+        return 1
+    except ModuleNotFoundError as exc:
+        # `pip install hutch` has no server: say how to get it instead of a traceback.
+        if (module := missing_server_module(exc)) is None:
+            raise
+        _fail(install_server_message(args.command, module))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -112,16 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label", metavar="K=V", action="append", type=_pair, help="a label; repeatable"
     )
-    p.add_argument("--cpu", type=float, default=1.0, help="CPUs (default: %(default)s)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MB", help="memory limit in MiB")
-    p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
-    p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+    # Defaults and help: hutch._wire.sandbox_options, as for the SDK and the API.
+    p.add_argument("--cpu", type=float, default=DEFAULTS.cpu, help=_help("cpu"))
+    add_lifecycle_options(p)
     p.add_argument(
-        "--start-entrypoint",
-        action="store_true",
-        help="start the image's ENTRYPOINT+CMD as the process 'entrypoint'",
+        "--memory", type=int, default=DEFAULTS.memory_mb, metavar="MB", help=_help("memory_mb")
     )
+    p.add_argument(
+        "--disk", type=int, default=DEFAULTS.disk_mb, metavar="MB", help=_help("disk_mb")
+    )
+    p.add_argument("--runtime", choices=RUNTIMES, default=DEFAULTS.runtime, help=_help("runtime"))
+    p.add_argument("--timeout", metavar="DURATION", help=HELP["timeout"])
+    p.add_argument("--start-entrypoint", action="store_true", help=HELP["start_entrypoint"])
 
     p = command("ls", cmd_ls, "list sandboxes")
     p.add_argument("--label", metavar="K=V", action="append", type=_pair, help="filter; repeatable")
@@ -162,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_commands(command)
     add_bucket_commands(command)
     add_network_commands(command, connection)
+    add_lifecycle_commands(command, connection)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -217,9 +230,15 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sandbox_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default="default", help="image (default: %(default)s)")
-    parser.add_argument("--network", choices=["none", "internet"], default="none")
+    parser.add_argument("--image", default=DEFAULTS.image, help=_help("image"))
+    parser.add_argument(
+        "--network", choices=NETWORKS, default=DEFAULTS.network, help=_help("network")
+    )
     add_cidr_options(parser)
+
+
+def _help(option: str) -> str:
+    return f"{HELP[option]} (default: %(default)s)"
 
 
 def _add_env(parser: argparse.ArgumentParser) -> None:
@@ -258,11 +277,6 @@ def _needs_subcommand(args: argparse.Namespace) -> int:
     raise AssertionError("argparse requires a subcommand")  # pragma: no cover
 
 
-def _fail(message: str) -> None:
-    sys.stdout.flush()
-    print(f"hutch: error: {message}", file=sys.stderr, flush=True)
-
-
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -275,7 +289,11 @@ def _server_config(args: argparse.Namespace, **overrides: object) -> ServerConfi
     from hutch.server import ServerConfig
 
     # HUTCH_* variables are read by the server's own loader; options given here win.
-    return ServerConfig.from_env(home=args.home, **overrides)
+    try:
+        return ServerConfig.from_env(home=args.home, **overrides)
+    except ValueError as exc:
+        # A bad HUTCH_* value is the operator's to fix: say what is wrong, not a traceback.
+        raise SystemExit(f"hutch: {exc}") from None
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -328,6 +346,11 @@ def cmd_create(args: argparse.Namespace) -> int:
             labels=dict(args.label or ()),
             timeout=args.timeout,
             start_entrypoint=args.start_entrypoint,
+            sleep_after=args.sleep_after,
+            keep_alive=args.keep_alive,
+            on_idle=args.on_idle,
+            on_timeout=args.on_timeout,
+            snapshot=args.snapshot,
             client=client,
         )
     print(sandbox.id)
@@ -344,10 +367,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(info.id)
         return 0
     rows = [
-        [s.id, s.status, s.image, format_time(s.created_at), format_labels(s.labels)]
+        [
+            s.id,
+            s.status,
+            s.image,
+            format_time(s.created_at),
+            format_time(s.expires_at) if s.expires_at else "-",
+            format_labels(s.labels),
+        ]
         for s in sandboxes
     ]
-    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "LABELS"], rows))
+    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"], rows))
     return 0
 
 
@@ -486,8 +516,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
     from hutch.cli._images import build_with_buildah
-    from hutch.runtime._oci_build import BuildError
-    from hutch.runtime._oci_import import ImageInvalid
+    from hutch.runtime import BuildError, ImageInvalid
 
     context = Path(args.name if args.name != "default" else ".")
     if not args.tag:
@@ -504,11 +533,12 @@ def _build_dockerfile(args: argparse.Namespace, config: ServerConfig) -> int:
 
 def _build_recipe_image(args: argparse.Namespace, config: ServerConfig) -> int:
     """Images built on a stored image from `images/<name>/` (e.g. agents, on default)."""
-    from hutch.runtime import ImageStore, render_progress_bar
-    from hutch.runtime._recipe_image import (
+    from hutch.runtime import (
+        ImageStore,
         RecipeImageBuildError,
         ensure_recipe_image,
         recipe_dir_for,
+        render_progress_bar,
     )
 
     try:

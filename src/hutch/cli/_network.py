@@ -6,7 +6,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from hutch._wire.sandbox_options import HELP
 from hutch.cli._connect import client_for as _client
+from hutch.cli._output import print_error, render_table
 
 Handler = Callable[[argparse.Namespace], int]
 Command = Callable[..., argparse.ArgumentParser]
@@ -59,10 +61,14 @@ def add_cidr_options(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR",
         action="append",
         default=[],
-        help="reachable even with network none; repeatable",
+        help=f"{HELP['network_allow']}, even with network none; repeatable",
     )
     parser.add_argument(
-        "--deny", metavar="CIDR", action="append", default=[], help="never reachable; repeatable"
+        "--deny",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help=f"{HELP['network_deny']}; repeatable",
     )
 
 
@@ -103,8 +109,6 @@ def cmd_ports_unexpose(args: argparse.Namespace) -> int:
 
 
 def cmd_ports_ls(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _fail
-    from hutch.cli._output import render_table
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
@@ -112,7 +116,7 @@ def cmd_ports_ls(args: argparse.Namespace) -> int:
     if args.port is not None:
         urls = [p.url for p in exposed if p.port == args.port]
         if not urls:
-            _fail(f"port {args.port} is not exposed; expose it with: hutch ports expose")
+            print_error(f"port {args.port} is not exposed; expose it with: hutch ports expose")
             return 1
         print(urls[0])
         return 0
@@ -122,14 +126,13 @@ def cmd_ports_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_network(args: argparse.Namespace) -> int:
-    from hutch.cli._main import _fail
     from hutch.sdk import Sandbox
 
     with _client(args) as client:
         sandbox = Sandbox(args.id, client=client)
         if args.mode is None:
             if args.allow or args.deny:
-                _fail("--allow and --deny need a mode: hutch network ID none|internet ...")
+                print_error("--allow and --deny need a mode: hutch network ID none|internet ...")
                 return 2
             policy = sandbox.get_network()
         else:

@@ -1,7 +1,8 @@
-"""Plain-text rendering for the CLI: tables, sizes, times, ``K=V`` pairs."""
+"""Plain-text rendering for the CLI: tables, sizes, times, ``K=V`` pairs, errors."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -51,3 +52,9 @@ def parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
             raise ValueError(f"{what} {pair!r} is not of the form KEY=VALUE")
         result[key] = value
     return result
+
+
+def print_error(message: str) -> None:
+    """``hutch: error: MESSAGE`` on stderr, after what was written to stdout so far."""
+    sys.stdout.flush()
+    print(f"hutch: error: {message}", file=sys.stderr, flush=True)

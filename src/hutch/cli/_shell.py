@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hutch.sdk import Sandbox
-    from hutch.sdk._sync.terminal import Terminal
+    from hutch.sdk import Sandbox, Terminal
 
 READ_SIZE = 64 * 1024
 

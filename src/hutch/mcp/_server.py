@@ -27,6 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ImageContent, TextContent
 
+from hutch._wire.sandbox_options import DEFAULTS
 from hutch.sdk import AsyncClient, AsyncSandbox, HutchError
 
 INSTRUCTIONS = """\
@@ -68,10 +69,10 @@ class HutchTools:
 
     async def create_sandbox(
         self,
-        image: str = "default",
+        image: str = DEFAULTS.image,
         env: dict[str, str] | None = None,
-        cpu: float = 1.0,
-        memory_mb: int = 1024,
+        cpu: float = DEFAULTS.cpu,
+        memory_mb: int = DEFAULTS.memory_mb,
         timeout: float | None = None,
         labels: dict[str, str] | None = None,
     ) -> str:

@@ -44,12 +44,16 @@ from hutch.sdk._exceptions import (
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import (
     ApiKey,
+    Backup,
     BucketMount,
     ExecEvent,
     ExecResult,
     ImageDetail,
     ImageInfo,
+    MetricsPoint,
     SandboxInfo,
+    SandboxMetrics,
+    Snapshot,
 )
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -65,6 +69,7 @@ __all__ = [
     "AsyncSession",
     "AsyncTerminal",
     "AuthenticationError",
+    "Backup",
     "BucketMount",
     "BucketMountFailed",
     "Client",
@@ -92,6 +97,7 @@ __all__ = [
     "InvalidRequest",
     "LogEvent",
     "Logs",
+    "MetricsPoint",
     "NotFoundError",
     "PayloadTooLarge",
     "Process",
@@ -105,11 +111,13 @@ __all__ = [
     "Result",
     "Sandbox",
     "SandboxInfo",
+    "SandboxMetrics",
     "SandboxNotFound",
     "SandboxUnavailable",
     "ServerError",
     "Session",
     "SessionNotFound",
+    "Snapshot",
     "Terminal",
     "WatchEvent",
 ]

@@ -12,12 +12,14 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── SessionNotFound         404 session_not_found
     │   │   ├── FileNotFound            404 file_not_found       (also a FileNotFoundError)
     │   │   ├── ContextNotFound         404 context_not_found
-    │   │   └── (NotFoundError)         404 bucket_not_mounted
+    │   │   └── (NotFoundError)         404 bucket_not_mounted, snapshot_not_found
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
     │   │   │                               image_in_use, context_dead, read_only, mount_path_busy,
+    │   │   │                               invalid_state (e.g. pause of a stopped sandbox),
     │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
-    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted)
+    │   ├── BucketMountFailed           400 bucket_mount_failed (nothing mounted),
+    │   │                                   backup_target_unreachable (nothing written)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
@@ -26,7 +28,7 @@ One tree, rooted at :class:`HutchError`::
     │   │   └── ImageBuildFailed        422 image_build_failed (output_tail: the step's output)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
-    │   └── SandboxUnavailable          503 sandbox_unavailable
+    │   └── SandboxUnavailable          503 sandbox_unavailable, sandbox_start_failed
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
     ├── ProcessTimeout                  a wait on a process ran out of time (also a TimeoutError)
     ├── ProcessExited                   a process ended before what was waited for happened
@@ -41,6 +43,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from hutch._wire.errors import ERRORS
 
 if TYPE_CHECKING:
     from hutch.sdk._models import ExecResult
@@ -167,7 +171,7 @@ class InvalidRequest(APIError, ValueError):
 class ImageBuildFailed(InvalidRequest):
     """A step of an image build failed; :attr:`output_tail` holds the last lines it printed."""
 
-    output_tail: list[str] = []  # noqa: RUF012 - set per instance by the build
+    output_tail: list[str] = []
 
 
 class GitError(APIError):
@@ -208,63 +212,6 @@ class HutchConnectionError(HutchError, ConnectionError):
     """The Hutch server could not be reached, or the connection to it broke mid-answer."""
 
 
-# One table: wire code -> (exception class, the HTTP status the server sends it with).
-ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
-    "unauthorized": (AuthenticationError, 401),
-    "not_found": (NotFoundError, 404),
-    "sandbox_not_found": (SandboxNotFound, 404),
-    "image_not_found": (ImageNotFound, 404),
-    "file_not_found": (FileNotFound, 404),
-    "terminal_not_found": (NotFoundError, 404),
-    "not_a_directory": (Conflict, 409),
-    "is_a_directory": (Conflict, 409),
-    "file_exists": (Conflict, 409),
-    "directory_not_empty": (Conflict, 409),
-    "not_a_regular_file": (Conflict, 409),
-    "read_only": (Conflict, 409),
-    "busy": (Conflict, 409),
-    "permission_denied": (APIError, 403),
-    "no_space": (APIError, 507),
-    "invalid_path": (InvalidRequest, 422),
-    "invalid_git_url": (InvalidRequest, 422),
-    "git_branch_not_found": (GitError, 404),
-    "git_repository_not_found": (GitError, 404),
-    "git_auth_failed": (GitError, 403),
-    "git_unreachable": (GitError, 502),
-    "git_failed": (GitError, 422),
-    "git_not_installed": (GitError, 422),
-    "sandbox_exists": (Conflict, 409),
-    "sandbox_not_running": (Conflict, 409),
-    "process_not_found": (ProcessNotFound, 404),
-    "process_not_running": (ProcessNotRunning, 409),
-    "process_exists": (Conflict, 409),
-    "session_not_found": (SessionNotFound, 404),
-    "session_exists": (Conflict, 409),
-    "invalid_signal": (InvalidRequest, 422),
-    "mount_path_busy": (Conflict, 409),
-    "bucket_not_mounted": (NotFoundError, 404),
-    "bucket_mount_failed": (BucketMountFailed, 400),
-    "body_too_large": (PayloadTooLarge, 413),
-    "invalid_request": (InvalidRequest, 422),
-    "invalid_sandbox_id": (InvalidRequest, 422),
-    "context_not_found": (ContextNotFound, 404),
-    "context_dead": (Conflict, 409),
-    "unknown_language": (InvalidRequest, 422),
-    "language_unavailable": (InvalidRequest, 422),
-    "port_not_exposed": (NotFoundError, 404),
-    "invalid_port": (InvalidRequest, 422),
-    "internal": (ServerError, 500),
-    "image_in_use": (Conflict, 409),
-    "image_invalid": (InvalidRequest, 422),
-    "image_architecture": (InvalidRequest, 422),
-    "image_build_failed": (ImageBuildFailed, 422),
-    "build_context_invalid": (InvalidRequest, 422),
-    "image_has_no_entrypoint": (InvalidRequest, 422),
-    "entrypoint_failed": (InvalidRequest, 422),
-    "registry_error": (RegistryError, 502),
-    "sandbox_unavailable": (SandboxUnavailable, 503),
-}
-
 _STATUS_CLASSES: Mapping[int, type[APIError]] = {
     400: InvalidRequest,
     401: AuthenticationError,
@@ -274,6 +221,41 @@ _STATUS_CLASSES: Mapping[int, type[APIError]] = {
     413: PayloadTooLarge,
     422: InvalidRequest,
     503: SandboxUnavailable,
+}
+
+# The class of each code whose class is not its status's (_STATUS_CLASSES).
+_CODE_CLASSES: Mapping[str, type[APIError]] = {
+    "sandbox_not_found": SandboxNotFound,
+    "image_not_found": ImageNotFound,
+    "file_not_found": FileNotFound,
+    "context_not_found": ContextNotFound,
+    "process_not_found": ProcessNotFound,
+    "process_not_running": ProcessNotRunning,
+    "session_not_found": SessionNotFound,
+    "bucket_mount_failed": BucketMountFailed,
+    "backup_target_unreachable": BucketMountFailed,  # a bucket the backup cannot reach
+    "permission_denied": APIError,  # 403 from the filesystem, not about the API key
+    "no_space": APIError,
+    "git_branch_not_found": GitError,
+    "git_repository_not_found": GitError,
+    "git_auth_failed": GitError,
+    "git_unreachable": GitError,
+    "git_failed": GitError,
+    "git_not_installed": GitError,
+    "image_build_failed": ImageBuildFailed,
+    "registry_error": RegistryError,
+}
+
+
+def _status_class(status: int) -> type[APIError]:
+    return _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
+
+
+# wire code -> (exception class, the HTTP status the server sends it with), for every code in
+# the one list (hutch._wire.errors).
+ERROR_CODES: Mapping[str, tuple[type[APIError], int]] = {
+    error.code: (_CODE_CLASSES.get(error.code) or _status_class(error.status), error.status)
+    for error in ERRORS
 }
 
 
@@ -291,8 +273,7 @@ def api_error(
         return cls(message, status=status or default_status, code=code, fields=fields)
     if status is None:
         return APIError(message, status=500, code=code, fields=fields)
-    cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
-    return cls(message, status=status, code=code, fields=fields)
+    return _status_class(status)(message, status=status, code=code, fields=fields)
 
 
 def api_error_from_body(status: int, body: object, text: str = "") -> APIError:

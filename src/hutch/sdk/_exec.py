@@ -117,6 +117,7 @@ def _exit_event(result: dict[str, Any]) -> ExecEvent:
         exit_code=int(result.get("exit_code", -1)),
         timed_out=bool(result.get("timed_out", False)),
         duration=float(result.get("duration") or 0.0),
+        oom_killed=bool(result.get("oom_killed", False)),
     )
 
 
@@ -166,4 +167,5 @@ class OutputCollector:
             exit_code=self._exit.exit_code if self._exit.exit_code is not None else -1,
             duration=self._exit.duration or 0.0,
             timed_out=self._exit.timed_out,
+            oom_killed=self._exit.oom_killed,
         )

@@ -45,6 +45,12 @@ class SandboxInfo:
         labels: Its labels.
         env_keys: Names of the environment variables set for it (values are not shown).
         secret_names: Names of its secrets (their values are never returned).
+        status_reason: Why it is in its status (e.g. ``"idle for 10m"``), or ``None``.
+        timeout: Its lifetime in seconds (``None``: no limit); see ``expires_at``.
+        sleep_after: Idle seconds after which it sleeps (``None``: never).
+        keep_alive: Whether it never sleeps for idleness.
+        on_idle: ``"pause"`` or ``"stop"``: how it sleeps.
+        on_timeout: ``"destroy"``, ``"stop"`` or ``"pause"``: what its lifetime's end does.
         raw: The server's JSON object as received, fields this SDK does not know included.
     """
 
@@ -63,6 +69,12 @@ class SandboxInfo:
     env_keys: list[str]
     secret_names: list[str] = field(default_factory=list)
     mounts: list[BucketMount] = field(default_factory=list)
+    status_reason: str | None = None
+    timeout: float | None = None
+    sleep_after: float | None = None
+    keep_alive: bool = False
+    on_idle: str = "pause"
+    on_timeout: str = "destroy"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -84,7 +96,88 @@ class SandboxInfo:
             env_keys=[str(k) for k in data.get("env_keys") or ()],
             secret_names=[str(k) for k in data.get("secret_names") or ()],
             mounts=[BucketMount.from_json(m) for m in data.get("mounts") or ()],
+            status_reason=_opt_str(data.get("status_reason")),
+            timeout=_opt_float(data.get("timeout")),
+            sleep_after=_opt_float(data.get("sleep_after")),
+            keep_alive=bool(data.get("keep_alive", False)),
+            on_idle=str(data.get("on_idle") or "pause"),
+            on_timeout=str(data.get("on_timeout") or "destroy"),
             raw=dict(data),
+        )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """A backup of a sandbox's disk in S3-compatible storage (``sb.backup(...)``); make a
+    sandbox from it with ``Sandbox.restore(backup.id, ...)`` on this server or another.
+
+    Attributes:
+        id: The backup's id, e.g. ``"bk-1a2b3c4d5e6f"`` (its objects are ``<id>.json`` and
+            ``<id>.btrfs.zst`` under the prefix).
+        sandbox_id: The sandbox it was taken of.
+        bucket: The bucket it was written to.
+        endpoint: The S3 endpoint.
+        prefix: The key prefix, or ``None``.
+        parent_id: The backup it is incremental against (``None``: a full backup).
+        created_at: When it was taken.
+    """
+
+    id: str
+    sandbox_id: str
+    bucket: str
+    endpoint: str
+    prefix: str | None
+    parent_id: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Backup:
+        return cls(
+            id=str(data["id"]),
+            sandbox_id=str(data.get("sandbox_id", "")),
+            bucket=str(data.get("bucket", "")),
+            endpoint=str(data.get("endpoint", "")),
+            prefix=_opt_str(data.get("prefix")),
+            parent_id=_opt_str(data.get("parent_id")),
+            created_at=_parse_time(data.get("created_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A snapshot of a sandbox's disk and settings (``sb.snapshot()``); start new sandboxes
+    from it with ``Sandbox.create(snapshot=snap.id)`` (or its ``name``).
+
+    Attributes:
+        id: The snapshot's id, e.g. ``"snap-1a2b3c4d5e6f"``.
+        name: The name it was given, or ``None``.
+        sandbox_id: The sandbox it was taken of (which may be gone since).
+        image: The image under its disk.
+        created_at: When it was taken.
+    """
+
+    id: str
+    name: str | None
+    sandbox_id: str
+    image: str
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            id=str(data["id"]),
+            name=_opt_str(data.get("name")),
+            sandbox_id=str(data.get("sandbox_id", "")),
+            image=str(data.get("image", "")),
+            created_at=_parse_time(data.get("created_at")),
         )
 
 
@@ -129,6 +222,8 @@ class ExecResult:
             128+N: killed by signal N).
         duration: Seconds it ran, as measured in the sandbox.
         timed_out: Whether it was killed because it ran past its timeout.
+        oom_killed: Whether the kernel killed it for using more memory than the sandbox
+            has (exit code 137, usually with nothing on stderr).
     """
 
     stdout_bytes: bytes
@@ -136,6 +231,7 @@ class ExecResult:
     exit_code: int
     duration: float
     timed_out: bool = False
+    oom_killed: bool = False
 
     @property
     def stdout(self) -> str:
@@ -165,6 +261,7 @@ class ExecEvent:
         exit_code: The exit status, on the ``"exit"`` event only.
         timed_out: On the ``"exit"`` event: whether the command was killed by its timeout.
         duration: On the ``"exit"`` event: seconds the command ran.
+        oom_killed: On the ``"exit"`` event: whether the kernel's OOM killer ended it.
     """
 
     type: ExecEventType
@@ -173,6 +270,7 @@ class ExecEvent:
     exit_code: int | None = None
     timed_out: bool = False
     duration: float | None = None
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,3 +379,53 @@ class ImageDetail:
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             sandboxes=int(data.get("sandboxes") or 0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPoint:
+    """One sample of a sandbox's CPU and memory (see :class:`SandboxMetrics`)."""
+
+    timestamp: float
+    cpu_percent: float
+    memory_used_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxMetrics:
+    """What a sandbox uses now (see :meth:`Sandbox.metrics`).
+
+    Attributes:
+        timestamp: Unix time of the reading.
+        cpu_percent: Share of the sandbox's CPU limit in use, 0-100.
+        cpu_count: The sandbox's CPU limit, in CPUs.
+        cpu_seconds: CPU time its processes have used since it started.
+        memory_used_bytes: Memory charged to it (page cache included, as its limit counts).
+        memory_limit_bytes: Its memory limit.
+        disk_used_bytes: Its writable layer's size, or ``None`` if it cannot be read.
+        disk_limit_bytes: Its disk quota, or ``None``.
+        net_rx_bytes: Bytes it has received since it started.
+        net_tx_bytes: Bytes it has sent since it started.
+        pids: Its processes and threads now.
+        pids_limit: How many it may have.
+        history: CPU and memory every 15 seconds over the last 15 minutes, oldest first.
+    """
+
+    timestamp: float
+    cpu_percent: float
+    cpu_count: float
+    cpu_seconds: float
+    memory_used_bytes: int
+    memory_limit_bytes: int
+    disk_used_bytes: int | None
+    disk_limit_bytes: int | None
+    net_rx_bytes: int
+    net_tx_bytes: int
+    pids: int
+    pids_limit: int
+    history: list[MetricsPoint] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SandboxMetrics:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["history"] = [MetricsPoint(**p) for p in data.get("history") or []]
+        return cls(**fields)

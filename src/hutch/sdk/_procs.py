@@ -32,6 +32,7 @@ class ProcessInfo:
             (non-zero exit) or ``"killed"`` (ended by a signal, or stopped by ``kill``).
         exit_code: Its exit status once ended (128 + signal number after a signal).
         signal: The signal that ended it, if one did.
+        oom_killed: Whether the kernel's OOM killer ended it (the sandbox's memory limit).
         command: The shell command, or ``None`` if started from argv.
         argv: What was executed.
         started_at: Unix time it started.
@@ -59,6 +60,7 @@ class ProcessInfo:
     stderr_start: int
     truncated: bool
     raw: Mapping[str, Any]
+    oom_killed: bool = False
 
     @property
     def running(self) -> bool:
@@ -72,6 +74,7 @@ class ProcessInfo:
             status=str(data.get("status", "running")),
             exit_code=data.get("exit_code"),
             signal=data.get("signal"),
+            oom_killed=bool(data.get("oom_killed", False)),
             command=data.get("command"),
             argv=list(data.get("argv") or []),
             started_at=float(data.get("started_at") or 0.0),

@@ -6,55 +6,29 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from hutch._wire.sandbox_options import OPTION_NAMES
+
 
 def sandbox_create_body(
-    *,
-    id: str | None = None,
-    image: str = "default",
-    env: Mapping[str, str] | None = None,
-    cpu: float = 1.0,
-    memory_mb: int = 1024,
-    disk_mb: int = 4096,
-    pids_limit: int | None = None,
-    network: str = "none",
-    sleep_after: str | float | None = None,
-    keep_alive: bool = False,
-    runtime: str = "runc",
-    labels: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    secrets: Mapping[str, str] | None = None,
-    egress_secrets: Sequence[Mapping[str, str]] | None = None,
-    network_allow: Sequence[str] = (),
-    network_deny: Sequence[str] = (),
-    start_entrypoint: bool = False,
+    image: str, options: Mapping[str, Any], *, function: str, sandbox_id: str | None = None
 ) -> dict[str, Any]:
-    """The JSON ``SandboxCreate`` body; ``pids_limit`` is left to the server when ``None``."""
-    body: dict[str, Any] = {
-        "id": id,
-        "image": image,
-        "env": dict(env or {}),
-        "cpu": cpu,
-        "memory_mb": memory_mb,
-        "disk_mb": disk_mb,
-        "network": network,
-        "timeout": timeout,
-        "sleep_after": sleep_after,
-        "keep_alive": keep_alive,
-        "runtime": runtime,
-        "labels": dict(labels or {}),
-    }
-    if pids_limit is not None:
-        body["pids_limit"] = pids_limit
-    if secrets:
-        body["secrets"] = dict(secrets)
-    if egress_secrets:
-        body["egress_secrets"] = [dict(rule) for rule in egress_secrets]
-    if network_allow:
-        body["network_allow"] = list(network_allow)
-    if network_deny:
-        body["network_deny"] = list(network_deny)
-    if start_entrypoint:
-        body["start_entrypoint"] = True
+    """The JSON ``SandboxCreate`` body: the options given (the server has the defaults).
+
+    Raises:
+        TypeError: An option that does not exist, as Python says for an unknown keyword.
+    """
+    body: dict[str, Any] = {"id": sandbox_id, "image": image}
+    for name, value in options.items():
+        if name not in OPTION_NAMES:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+        if value is None:
+            continue  # the server's default, as for an option not given
+        if isinstance(value, Mapping):
+            body[name] = dict(value)
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            body[name] = [dict(v) if isinstance(v, Mapping) else v for v in value]
+        else:
+            body[name] = value
     return body
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hutch.node import parse_pool_sizes, parse_upstreams
+
 DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
 
@@ -29,6 +31,8 @@ class ServerConfig:
             (``HUTCH_WARM_POOLS="default=2,python:3.12=1"``).
         max_build_context_bytes: largest build context (``POST /v1/images/build``), as sent
             and unpacked (``HUTCH_MAX_BUILD_CONTEXT_BYTES``).
+        default_timeout: lifetime in seconds of a sandbox created without ``timeout``
+            (``HUTCH_DEFAULT_TIMEOUT``, e.g. ``"1h"`` or ``300``; ``0``/None: no limit).
         log_level: of Hutch's own loggers (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
             each step of a sandbox's create.
     """
@@ -51,6 +55,7 @@ class ServerConfig:
     egress_upstreams: dict[str, str] = field(default_factory=dict)  # tests: host -> http URL
     log_level: str = "info"
     max_build_context_bytes: int = 256 * 1024 * 1024
+    default_timeout: float | None = 3600.0
 
     @property
     def image_root(self) -> Path:
@@ -80,8 +85,6 @@ class ServerConfig:
         if "HUTCH_MAX_BODY_BYTES" in env:
             values["max_body_bytes"] = int(env["HUTCH_MAX_BODY_BYTES"])
         if env.get("HUTCH_WARM_POOLS"):
-            from hutch.server._pools import parse_pool_sizes
-
             values["warm_pools"] = parse_pool_sizes(env["HUTCH_WARM_POOLS"])
         if "HUTCH_PREVIEW_DOMAIN" in env:
             values["preview_domain"] = env["HUTCH_PREVIEW_DOMAIN"].lower().strip(".")
@@ -90,11 +93,13 @@ class ServerConfig:
         if "HUTCH_EGRESS_PORT" in env:
             values["egress_port"] = int(env["HUTCH_EGRESS_PORT"])
         if env.get("HUTCH_EGRESS_UPSTREAMS"):
-            from hutch.server._egress import parse_upstreams
-
             values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
         if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
             values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
+        if env.get("HUTCH_DEFAULT_TIMEOUT"):
+            from hutch.server._durations import parse_duration
+
+            values["default_timeout"] = parse_duration(env["HUTCH_DEFAULT_TIMEOUT"]) or None
         if env.get("HUTCH_LOG_LEVEL"):
             values["log_level"] = env["HUTCH_LOG_LEVEL"].lower()
         values.update({k: v for k, v in overrides.items() if v is not None})

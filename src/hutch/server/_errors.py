@@ -12,6 +12,7 @@ ApiError (status, code, message)
 ├── ProcessNotRunning       409 process_not_running
 ├── SessionNotFound         404 session_not_found
 ├── SessionExists           409 session_exists
+├── TerminalNotFound        404 terminal_not_found
 ├── SandboxExists           409 sandbox_exists
 ├── SandboxNotRunning       409 sandbox_not_running
 ├── FileError               404/409/403/422/507 file_not_found, is_a_directory, read_only, ...
@@ -27,7 +28,13 @@ ApiError (status, code, message)
 ├── ImageInUse              409 image_in_use
 ├── ImageInvalid            422 image_invalid / image_architecture
 ├── ImageBuildFailed        422 image_build_failed (in the build's NDJSON stream)
-├── SandboxStartFailed      500 sandbox_start_failed
+├── SandboxStartFailed      503 sandbox_start_failed (the host could not start it: retry)
+├── SandboxStateConflict    409 invalid_state (e.g. pause of a stopped sandbox)
+├── SnapshotNotFound        404 snapshot_not_found
+├── SnapshotExists          409 snapshot_exists
+├── BackupTargetUnreachable 400 backup_target_unreachable (nothing was written)
+├── BackupNotFound          404 backup_not_found
+├── BackupFailed            502 backup_failed (the stream to/from S3 broke)
 ├── RegistryFailed          502 registry_error
 └── SandboxUnavailable      503 sandbox_unavailable
 """
@@ -36,10 +43,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from hutch._wire.errors import STATUS_OF
+
 
 class ApiError(Exception):
     status = 500
     code = "internal"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # NB: a code's status comes from the one list (hutch._wire.errors); an unlisted code
+        # fails at import, so the SDK and docs/api.md can never miss one.
+        if "code" in cls.__dict__:
+            cls.status = STATUS_OF[cls.code]
 
     def __init__(self, message: str, *, code: str | None = None, fields: list[Any] | None = None):
         super().__init__(message)
@@ -56,12 +72,10 @@ class ApiError(Exception):
 
 
 class Unauthorized(ApiError):
-    status = 401
     code = "unauthorized"
 
 
 class SandboxNotFound(ApiError):
-    status = 404
     code = "sandbox_not_found"
 
     def __init__(self, sandbox_id: str) -> None:
@@ -72,37 +86,30 @@ class SandboxNotFound(ApiError):
 
 
 class PortNotExposed(ApiError):
-    status = 404
     code = "port_not_exposed"
 
 
 class ImageNotFoundError(ApiError):
-    status = 404
     code = "image_not_found"
 
 
 class KeyNotFound(ApiError):
-    status = 404
     code = "key_not_found"
 
 
 class CodeContextNotFound(ApiError):
-    status = 404
     code = "context_not_found"
 
 
 class CodeContextDead(ApiError):
-    status = 409
     code = "context_dead"
 
 
 class SandboxExists(ApiError):
-    status = 409
     code = "sandbox_exists"
 
 
 class SandboxNotRunning(ApiError):
-    status = 409
     code = "sandbox_not_running"
 
 
@@ -123,84 +130,98 @@ class GitError(ApiError):
 
 
 class BodyTooLarge(ApiError):
-    status = 413
     code = "body_too_large"
 
 
 class InvalidRequest(ApiError):
-    status = 422
     code = "invalid_request"
 
 
 class ImageBuildFailed(ApiError):
     """A build step failed; the stream's error carries the step's `output_tail`."""
 
-    status = 422
     code = "image_build_failed"
 
 
 class SandboxStartFailed(ApiError):
-    status = 500
+    # NB: 503, not 500: the request was fine; the host could not start a sandbox now (out
+    # of memory, keys, addresses...). A client may retry, or try another host.
     code = "sandbox_start_failed"
 
 
+class SandboxStateConflict(ApiError):
+    code = "invalid_state"
+
+
+class SnapshotNotFound(ApiError):
+    code = "snapshot_not_found"
+
+
+class SnapshotExists(ApiError):
+    code = "snapshot_exists"
+
+
 class SandboxUnavailable(ApiError):
-    status = 503
     code = "sandbox_unavailable"
 
 
 class ImageInUse(ApiError):
-    status = 409
     code = "image_in_use"
 
 
 class ImageInvalid(ApiError):
-    status = 422
     code = "image_invalid"
 
 
 class RegistryFailed(ApiError):
-    status = 502
     code = "registry_error"
 
 
 class ProcessNotFound(ApiError):
-    status = 404
     code = "process_not_found"
 
 
 class ProcessNotRunning(ApiError):
-    status = 409
     code = "process_not_running"
 
 
 class ProcessExists(ApiError):
-    status = 409
     code = "process_exists"
 
 
 class SessionNotFound(ApiError):
-    status = 404
     code = "session_not_found"
 
 
 class SessionExists(ApiError):
-    status = 409
     code = "session_exists"
 
 
 class BucketNotMountedError(ApiError):
-    status = 404
     code = "bucket_not_mounted"
 
 
 class MountPathBusy(ApiError):
-    status = 409
     code = "mount_path_busy"
 
 
 class BucketMountFailedError(ApiError):
     """rclone could not reach the bucket with what the client sent: nothing was mounted."""
 
-    status = 400
     code = "bucket_mount_failed"
+
+
+class BackupTargetUnreachable(ApiError):
+    code = "backup_target_unreachable"
+
+
+class BackupNotFound(ApiError):
+    code = "backup_not_found"
+
+
+class BackupStreamFailed(ApiError):
+    code = "backup_failed"
+
+
+class TerminalNotFound(ApiError):
+    code = "terminal_not_found"

@@ -7,6 +7,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hutch._wire.sandbox_options import (
+    DEFAULTS,
+    HELP,
+    LIMITS,
+    Network,
+    OnIdle,
+    OnTimeout,
+    RuntimeName,
+)
+from hutch.server._internal_hosts import internal_host_reason
+
 SANDBOX_ID_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
 SANDBOX_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -25,11 +36,17 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def _check_cidrs(cidrs: list[str]) -> list[str]:
-    from hutch.runtime._nft import normalize_cidr
+    from hutch.runtime import normalize_cidr
 
     if len(cidrs) > 256:
         raise ValueError("at most 256 CIDRs")
     return [normalize_cidr(c) for c in cidrs]
+
+
+def _duration_seconds(value: float | str | None) -> float | None:
+    from hutch.server._durations import parse_duration
+
+    return None if value is None else parse_duration(value)
 
 
 class Strict(BaseModel):
@@ -69,6 +86,10 @@ class EgressSecret(Strict):
         host = host.lower().rstrip(".")
         if not HOSTNAME_RE.match(host):
             raise ValueError(f"host {host!r} must be a hostname such as api.anthropic.com")
+        reason = internal_host_reason(host)
+        if reason is not None:
+            # The server itself sends the secret there, to a path the sandbox picks.
+            raise ValueError(f"host {reason}; egress secrets go to public hosts only")
         return host
 
     @field_validator("header")
@@ -101,40 +122,73 @@ class EgressSecret(Strict):
 
 
 class SandboxCreate(Strict):
+    """A new sandbox's options: defaults, limits and help come from hutch._wire.sandbox_options."""
+
     id: str | None = Field(default=None, description=SANDBOX_ID_RULE)
-    image: str = "default"
-    env: dict[str, str] = Field(default_factory=dict)
-    cpu: float = Field(default=1.0, gt=0, le=64)
-    memory_mb: int = Field(default=1024, ge=32, le=1024 * 1024)
-    disk_mb: int = Field(default=4096, ge=16, le=16 * 1024 * 1024)
-    pids_limit: int = Field(default=512, ge=16, le=1_000_000)
-    network: Literal["none", "internet"] = "none"
-    network_allow: list[str] = Field(default_factory=list, description="CIDRs always reachable")
-    network_deny: list[str] = Field(default_factory=list, description="CIDRs never reachable")
-    timeout: float | None = Field(default=None, gt=0, description="maximum lifetime, seconds")
-    sleep_after: str | None = None
-    keep_alive: bool = False
-    runtime: Literal["runc", "gvisor"] = "runc"
-    labels: dict[str, str] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(
-        default_factory=dict,
-        description="environment variables for every process, stored encrypted and never "
-        "returned (SandboxInfo lists only their names)",
+    image: str = Field(default=DEFAULTS.image, description=HELP["image"])
+    env: dict[str, str] = Field(default_factory=dict, description=HELP["env"])
+    cpu: float = Field(
+        default=DEFAULTS.cpu,
+        gt=LIMITS["cpu"].gt,
+        ge=LIMITS["cpu"].ge,
+        le=LIMITS["cpu"].le,
+        description=HELP["cpu"],
     )
+    memory_mb: int = Field(
+        default=DEFAULTS.memory_mb,
+        gt=LIMITS["memory_mb"].gt,
+        ge=LIMITS["memory_mb"].ge,
+        le=LIMITS["memory_mb"].le,
+        description=HELP["memory_mb"],
+    )
+    disk_mb: int = Field(
+        default=DEFAULTS.disk_mb,
+        gt=LIMITS["disk_mb"].gt,
+        ge=LIMITS["disk_mb"].ge,
+        le=LIMITS["disk_mb"].le,
+        description=HELP["disk_mb"],
+    )
+    pids_limit: int = Field(
+        default=DEFAULTS.pids_limit,
+        gt=LIMITS["pids_limit"].gt,
+        ge=LIMITS["pids_limit"].ge,
+        le=LIMITS["pids_limit"].le,
+        description=HELP["pids_limit"],
+    )
+    network: Network = Field(default=DEFAULTS.network, description=HELP["network"])
+    network_allow: list[str] = Field(default_factory=list, description=HELP["network_allow"])
+    network_deny: list[str] = Field(default_factory=list, description=HELP["network_deny"])
+    timeout: float | str | None = Field(default=DEFAULTS.timeout, description=HELP["timeout"])
+    sleep_after: float | str | None = Field(
+        default=DEFAULTS.sleep_after, description=HELP["sleep_after"]
+    )
+    keep_alive: bool = Field(default=DEFAULTS.keep_alive, description=HELP["keep_alive"])
+    on_idle: OnIdle = Field(default=DEFAULTS.on_idle, description=HELP["on_idle"])
+    on_timeout: OnTimeout = Field(default=DEFAULTS.on_timeout, description=HELP["on_timeout"])
+    snapshot: str | None = Field(default=DEFAULTS.snapshot, description=HELP["snapshot"])
+    runtime: RuntimeName = Field(default=DEFAULTS.runtime, description=HELP["runtime"])
+    labels: dict[str, str] = Field(default_factory=dict, description=HELP["labels"])
+    secrets: dict[str, str] = Field(default_factory=dict, description=HELP["secrets"])
     egress_secrets: list[EgressSecret] = Field(
-        default_factory=list,
-        max_length=16,
-        description="secrets injected as a header by Hutch's egress proxy: they never enter "
-        "the sandbox, which gets a placeholder and a base-URL variable instead",
+        default_factory=list, max_length=16, description=HELP["egress_secrets"]
     )
     start_entrypoint: bool = Field(
-        default=False,
-        description="start the image's ENTRYPOINT+CMD as the background process 'entrypoint' "
-        "(422 image_has_no_entrypoint if it has none)",
+        default=DEFAULTS.start_entrypoint, description=HELP["start_entrypoint"]
     )
 
     _check_env = field_validator("env", "secrets")(_check_env)
     _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+    _check_durations = field_validator("timeout", "sleep_after")(_duration_seconds)
+
+    @property
+    def lifetime(self) -> float | None:
+        """`timeout` in seconds (checked and converted by the validator)."""
+        return None if self.timeout is None else float(self.timeout)
+
+    @property
+    def idle_limit(self) -> float | None:
+        """`sleep_after` in seconds."""
+        return None if self.sleep_after is None else float(self.sleep_after)
 
     @model_validator(mode="after")
     def _check_egress(self) -> SandboxCreate:
@@ -169,7 +223,10 @@ class SandboxCreate(Strict):
 
 class SandboxInfo(BaseModel):
     id: str
-    status: Literal["creating", "running", "stopped", "failed"]
+    status: Literal["creating", "running", "paused", "stopped", "error", "failed"]
+    status_reason: str | None = Field(
+        default=None, description="why the sandbox is in its state (e.g. 'idle for 10m')"
+    )
     image: str
     created_at: str
     expires_at: str | None
@@ -182,6 +239,10 @@ class SandboxInfo(BaseModel):
     labels: dict[str, str]
     env_keys: list[str]
     timeout: float | None = None
+    sleep_after: float | None = None
+    keep_alive: bool = False
+    on_idle: str = "pause"
+    on_timeout: str = "destroy"
     secret_names: list[str] = Field(default_factory=list)
     mounts: list[BucketMountInfo] = []
 
@@ -249,6 +310,7 @@ class ExecResult(BaseModel):
     stderr: str
     duration: float
     timed_out: bool
+    oom_killed: bool = False
 
 
 class KeyCreate(Strict):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from hutch._wire import Frame, Kind, encode_frame_parts, encode_json_frame
-from hutch.server._agent_client import AgentError, AgentStream
+from hutch.node import AgentError, AgentStream
 from hutch.server._models import ExecResult
 
 
@@ -29,6 +29,7 @@ async def gather_exec(stream: AgentStream) -> tuple[ExecResult, dict[str, Any]]:
         stderr=b"".join(err).decode("utf-8", "replace"),
         duration=float(result.get("duration", 0.0)),
         timed_out=bool(result.get("timed_out", False)),
+        oom_killed=bool(result.get("oom_killed", False)),
     )
     return gathered, result
 

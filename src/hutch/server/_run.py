@@ -8,10 +8,10 @@ from typing import TextIO
 
 import uvicorn
 
+from hutch.proxy import PreviewRoutes, front_protocol
 from hutch.runtime import ImageStore, default_recipe_dir, ensure_default_image, render_progress_bar
 from hutch.server._app import create_app
 from hutch.server._config import ServerConfig
-from hutch.server._proxy import PreviewRoutes, front_protocol
 
 
 def prepare_default_image(config: ServerConfig, out: TextIO) -> None:

@@ -90,15 +90,29 @@ async function refresh() {
       } catch (e) { showError(e); }
       refresh();
     });
+    // Pause/Stop a running sandbox, Resume a sleeping one (any request would wake it too).
+    const steps = sb.status === "running" ? ["pause", "stop"]
+      : (sb.status === "paused" || sb.status === "stopped") ? ["resume"] : [];
+    const lifecycle = steps.map((step) => {
+      const button = el("button", { textContent: step[0].toUpperCase() + step.slice(1), className: step });
+      button.addEventListener("click", async (event) => {
+        event.stopPropagation();
+        button.disabled = true;
+        try { await api("POST", `${sbPath(sb.id)}/${step}`); } catch (e) { showError(e); }
+        refresh();
+      });
+      return button;
+    });
     const row = el("tr", { className: sb.id === state.selected ? "selected" : "" },
       el("td", {}, el("code", { textContent: sb.id })),
-      el("td", { className: `status-${sb.status}`, textContent: sb.status }),
+      el("td", { className: `status-${sb.status}`, textContent: sb.status, title: sb.status_reason || "" }),
       el("td", { textContent: sb.image }),
       el("td", { textContent: sb.cpu }),
       el("td", { textContent: `${sb.memory_mb} MiB` }),
       el("td", { textContent: `${sb.disk_mb} MiB` }),
       el("td", { textContent: new Date(sb.created_at).toLocaleString() }),
-      el("td", {}, destroy));
+      el("td", { textContent: sb.expires_at ? new Date(sb.expires_at).toLocaleString() : "never" }),
+      el("td", {}, ...lifecycle, destroy));
     row.dataset.id = sb.id;
     row.addEventListener("click", () => select(sb.id));
     rows.append(row);

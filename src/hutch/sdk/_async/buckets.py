@@ -1,7 +1,8 @@
-"""S3 bucket mounts of a sandbox: request bodies and calls (the sandbox methods delegate here)."""
+"""S3 bucket mounts of a sandbox (``sb.buckets``; the sandbox's ``*bucket*`` methods)."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,14 +52,69 @@ def mount_body(
     return body
 
 
-async def mount_bucket(client: AsyncClient, path: str, body: dict[str, Any]) -> BucketMount:
-    return BucketMount.from_json(await client.request("POST", f"{path}/mounts", json=body))
+class Buckets:
+    """The S3 bucket mounts of one sandbox."""
 
+    def __init__(self, client: AsyncClient, sandbox_path: str) -> None:
+        self._client = client
+        self._path = sandbox_path
 
-async def unmount_bucket(client: AsyncClient, path: str, mount_path: str) -> None:
-    await client.request("DELETE", f"{path}/mounts", params={"mount_path": mount_path})
+    async def mount(
+        self,
+        bucket: str,
+        mount_path: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        read_only: bool = False,
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+    ) -> BucketMount:
+        """Mount an S3-compatible bucket at ``mount_path`` inside the running sandbox.
 
+        The mount is made on the host: the credentials never enter the sandbox. A file written
+        there is uploaded as soon as it is closed; objects other clients write show up within
+        about two seconds.
 
-async def list_mounts(client: AsyncClient, path: str) -> list[BucketMount]:
-    body = await client.request("GET", f"{path}/mounts")
-    return [BucketMount.from_json(m) for m in body["mounts"]]
+        Args:
+            bucket: The bucket's name.
+            mount_path: An absolute directory path in the sandbox (created if missing).
+            endpoint: The S3 endpoint URL, e.g. ``"https://s3.us-east-1.amazonaws.com"``.
+            credentials: ``{"access_key_id": ..., "secret_access_key": ...}`` (and optionally
+                ``"session_token"``; camelCase keys are accepted too).
+            read_only: Refuse writes inside the sandbox.
+            prefix: Mount only the keys under this prefix (e.g. ``"datasets/2024"``).
+            region: The bucket's region, for servers that need it.
+
+        Raises:
+            BucketMountFailed: The bucket could not be reached (wrong credentials, unknown
+                bucket, unreachable endpoint); nothing was mounted.
+            Conflict: Something is already mounted there (``mount_path_busy``), or the sandbox
+                is not running.
+            InvalidRequest: ``mount_path`` is not absolute, or another value is malformed.
+        """
+        body = mount_body(
+            bucket,
+            mount_path,
+            endpoint=endpoint,
+            credentials=credentials,
+            read_only=read_only,
+            prefix=prefix,
+            region=region,
+        )
+        data = await self._client.request("POST", f"{self._path}/mounts", json=body)
+        return BucketMount.from_json(data)
+
+    async def unmount(self, mount_path: str) -> None:
+        """Unmount the bucket at ``mount_path``, after uploading what was written to it.
+
+        Raises:
+            NotFoundError: No bucket is mounted there (``bucket_not_mounted``).
+        """
+        params = {"mount_path": mount_path}
+        await self._client.request("DELETE", f"{self._path}/mounts", params=params)
+
+    async def list(self) -> builtins.list[BucketMount]:
+        """The buckets mounted in this sandbox."""
+        body = await self._client.request("GET", f"{self._path}/mounts")
+        return [BucketMount.from_json(m) for m in body["mounts"]]

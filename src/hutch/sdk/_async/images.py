@@ -9,8 +9,11 @@ import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
+import httpx
+
+from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import HutchConnectionError, ImageBuildFailed, api_error
 from hutch.sdk._http import (
     error_from_response,
@@ -21,8 +24,17 @@ from hutch.sdk._http import (
 from hutch.sdk._models import ImageDetail
 from hutch.sdk._requests import path_segment
 
-if TYPE_CHECKING:
-    from hutch.sdk._async.client import AsyncClient
+
+class ImageClient(Protocol):
+    """What these calls need of an `AsyncClient` (which calls them: typed here, not imported)."""
+
+    config: ConnectionConfig
+    _http: httpx.AsyncClient
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: Any = None, content: Any = None
+    ) -> Any: ...
+
 
 _CHUNK = 1 << 20
 
@@ -33,7 +45,7 @@ def _image_path(name: str) -> str:
 
 
 async def pull_image(
-    client: AsyncClient,
+    client: ImageClient,
     ref: str,
     *,
     name: str | None = None,
@@ -65,7 +77,7 @@ async def _file_chunks(path: str) -> AsyncIterator[bytes]:
 
 
 async def import_image(
-    client: AsyncClient, path: str | os.PathLike[str], *, name: str | None = None
+    client: ImageClient, path: str | os.PathLike[str], *, name: str | None = None
 ) -> ImageDetail:
     params = {"name": name} if name is not None else None
     with translate_transport_errors(client.config):
@@ -83,16 +95,16 @@ async def import_image(
     return ImageDetail.from_json(body)
 
 
-async def get_image(client: AsyncClient, name: str) -> ImageDetail:
+async def get_image(client: ImageClient, name: str) -> ImageDetail:
     return ImageDetail.from_json(await client.request("GET", _image_path(name)))
 
 
-async def tag_image(client: AsyncClient, name: str, new_name: str) -> ImageDetail:
+async def tag_image(client: ImageClient, name: str, new_name: str) -> ImageDetail:
     body = await client.request("POST", _image_path(name) + "/tags", json={"name": new_name})
     return ImageDetail.from_json(body)
 
 
-async def remove_image(client: AsyncClient, name: str) -> None:
+async def remove_image(client: ImageClient, name: str) -> None:
     await client.request("DELETE", _image_path(name))
 
 
@@ -115,7 +127,7 @@ def _context_tar(context: Path, dockerfile: Path | None, out: IO[bytes]) -> str:
 
 
 async def build_image(
-    client: AsyncClient,
+    client: ImageClient,
     name: str,
     context: str | os.PathLike[str],
     *,

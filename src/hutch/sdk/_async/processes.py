@@ -67,6 +67,11 @@ class AsyncProcess:
     def exit_code(self) -> int | None:
         return self.info.exit_code
 
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer ended it (the sandbox's memory limit)."""
+        return self.info.oom_killed
+
     async def refresh(self) -> ProcessInfo:
         """Fetch the process's current state."""
         self.info = ProcessInfo.from_json(await self.client.request("GET", self._path))

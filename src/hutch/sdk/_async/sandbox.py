@@ -8,23 +8,32 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, Unpack, overload
 
-from hutch.sdk._async import buckets as _buckets
-from hutch.sdk._async import ports
+from hutch._wire.sandbox_options import DEFAULTS, SandboxOptions
 from hutch.sdk._async import processes as _processes
+from hutch.sdk._async.buckets import Buckets, mount_body
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
+from hutch.sdk._async.commands import Commands
 from hutch.sdk._async.files import Files, WriteData
-from hutch.sdk._async.ports import ExposedPort
+from hutch.sdk._async.ports import ExposedPort, Ports
 from hutch.sdk._async.processes import AsyncProcess
 from hutch.sdk._async.sessions import AsyncSession, create_session
 from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
-from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
-from hutch.sdk._exec import ExecStreamDecoder, OutputCallback, OutputCollector, exec_request_body
+from hutch.sdk._exceptions import SandboxNotFound
+from hutch.sdk._exec import OutputCallback
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
-from hutch.sdk._models import BucketMount, ExecEvent, ExecResult, SandboxInfo
+from hutch.sdk._models import (
+    Backup,
+    BucketMount,
+    ExecEvent,
+    ExecResult,
+    SandboxInfo,
+    SandboxMetrics,
+    Snapshot,
+)
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 
 
@@ -49,6 +58,10 @@ class AsyncSandbox:
         self._info = info
         self._path = f"/v1/sandboxes/{path_segment(id)}"
         self.files = Files(client, self._path)
+        self.commands = Commands(client, self._path)
+        self.code = CodeInterpreter(client, self._path)
+        self.buckets = Buckets(client, self._path)
+        self.ports = Ports(client, self._path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -56,62 +69,27 @@ class AsyncSandbox:
     @classmethod
     async def create(
         cls,
-        image: str = "default",
-        env: Mapping[str, str] | None = None,
-        cpu: float = 1.0,
-        memory_mb: int = 1024,
-        disk_mb: int = 4096,
-        network: str = "none",
-        sleep_after: str | float | None = None,
-        keep_alive: bool = False,
-        runtime: str = "runc",
-        labels: Mapping[str, str] | None = None,
-        timeout: float | None = None,
+        image: str = DEFAULTS.image,
         *,
-        secrets: Mapping[str, str] | None = None,
-        egress_secrets: Sequence[Mapping[str, str]] | None = None,
-        start_entrypoint: bool = False,
-        pids_limit: int | None = None,
-        network_allow: Sequence[str] = (),
-        network_deny: Sequence[str] = (),
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
+        **options: Unpack[SandboxOptions],
     ) -> AsyncSandbox:
         """Create a new sandbox and wait until it runs.
 
         Args:
             image: The image to run, e.g. ``"default"`` (Debian with Python, Node and git).
-            env: Environment variables for every command in the sandbox.
-            cpu: CPUs it may use (fractions allowed).
-            memory_mb: Memory limit in MiB.
-            disk_mb: Limit of what it may write to its filesystem, in MiB.
-            network: ``"none"`` (no network) or ``"internet"`` (outbound access).
-            sleep_after: Idle time after which it is frozen (e.g. ``"10m"``); ``None`` for never.
-            keep_alive: Never freeze it for idleness.
-            runtime: ``"runc"``, or ``"gvisor"`` for a hardened kernel boundary.
-            labels: Labels to find it by with :meth:`list`.
-            timeout: Maximum lifetime in seconds; ``None`` lives until destroyed.
-            secrets: Environment variables for every process (e.g. ``{"ANTHROPIC_API_KEY":
-                ...}``), stored encrypted by the server and never returned by any API. Any
-                process in the sandbox can read them: give only what its code may see.
-            egress_secrets: Secrets injected as a header by Hutch's egress proxy instead, e.g.
-                ``[{"host": "api.anthropic.com", "header": "x-api-key", "secret":
-                "ANTHROPIC_API_KEY"}]`` (the value stays in ``secrets``): the sandbox gets the
-                placeholder ``hutch-egress-injected`` and ``ANTHROPIC_BASE_URL`` pointing at the
-                proxy, never the key. Optional keys: ``prefix`` (``"Bearer "``),
-                ``base_url_env``. See docs/agents.md.
-            pids_limit: Maximum number of processes (the server's default when ``None``).
-            network_allow: CIDRs the sandbox may reach even with ``network="none"``
-                (e.g. ``["10.0.0.0/8"]``); the same as :meth:`set_network`'s ``allow``.
-            network_deny: CIDRs it may never reach; wins over ``network_allow``.
-            start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE``
-                runs) as the background process ``"entrypoint"``, with the image's user, env
-                and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
-                image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
+            **options: The sandbox's options, each described in
+                :class:`~hutch._wire.sandbox_options.SandboxOptions`: ``env``, ``cpu`` (1.0),
+                ``memory_mb`` (1024), ``disk_mb`` (4096), ``pids_limit`` (512), ``network``
+                (``"none"`` or ``"internet"``), ``network_allow``, ``network_deny``,
+                ``timeout`` (lifetime, seconds), ``sleep_after``, ``keep_alive``, ``runtime``
+                (``"runc"`` or ``"gvisor"``), ``labels``, ``secrets``, ``egress_secrets``,
+                ``start_entrypoint``.
 
         Returns:
             The running sandbox.
@@ -121,27 +99,10 @@ class AsyncSandbox:
             ImageNotFound: The image is not in the server's store.
             AuthenticationError: The API key is missing or wrong.
             HutchConnectionError: The server could not be reached.
+            TypeError: An option that does not exist.
         """
         client = _client_for(client, base_url, api_key)
-        body = sandbox_create_body(
-            image=image,
-            env=env,
-            cpu=cpu,
-            memory_mb=memory_mb,
-            disk_mb=disk_mb,
-            pids_limit=pids_limit,
-            network=network,
-            sleep_after=sleep_after,
-            keep_alive=keep_alive,
-            runtime=runtime,
-            labels=labels,
-            timeout=timeout,
-            secrets=secrets,
-            egress_secrets=egress_secrets,
-            network_allow=network_allow,
-            network_deny=network_deny,
-            start_entrypoint=start_entrypoint,
-        )
+        body = sandbox_create_body(image, options, function="create")
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
 
@@ -149,27 +110,12 @@ class AsyncSandbox:
     async def get_or_create(
         cls,
         id: str,
-        image: str = "default",
-        env: Mapping[str, str] | None = None,
-        cpu: float = 1.0,
-        memory_mb: int = 1024,
-        disk_mb: int = 4096,
-        network: str = "none",
-        sleep_after: str | float | None = None,
-        keep_alive: bool = False,
-        runtime: str = "runc",
-        labels: Mapping[str, str] | None = None,
-        timeout: float | None = None,
+        image: str = DEFAULTS.image,
         *,
-        secrets: Mapping[str, str] | None = None,
-        egress_secrets: Sequence[Mapping[str, str]] | None = None,
-        start_entrypoint: bool = False,
-        pids_limit: int | None = None,
-        network_allow: Sequence[str] = (),
-        network_deny: Sequence[str] = (),
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
+        **options: Unpack[SandboxOptions],
     ) -> AsyncSandbox:
         """The sandbox with this id, created with these options if it does not exist yet.
 
@@ -178,26 +124,11 @@ class AsyncSandbox:
 
         Args:
             id: 1-63 characters of ``[a-z0-9-]``, starting and ending alphanumeric.
-            image: As for :meth:`create`; the other options too.
-            env: See :meth:`create`.
-            cpu: See :meth:`create`.
-            memory_mb: See :meth:`create`.
-            disk_mb: See :meth:`create`.
-            network: See :meth:`create`.
-            sleep_after: See :meth:`create`.
-            keep_alive: See :meth:`create`.
-            runtime: See :meth:`create`.
-            labels: See :meth:`create`.
-            secrets: See :meth:`create`.
-            egress_secrets: See :meth:`create`.
-            start_entrypoint: See :meth:`create` (only when the sandbox is created).
-            timeout: See :meth:`create`.
-            pids_limit: See :meth:`create`.
-            network_allow: See :meth:`create`.
-            network_deny: See :meth:`create`.
+            image: See :meth:`create`.
             base_url: See :meth:`create`.
             api_key: See :meth:`create`.
             client: See :meth:`create`.
+            **options: See :meth:`create` (``start_entrypoint`` only when it is created).
 
         Raises:
             InvalidRequest: The id is not valid (``invalid_sandbox_id``) or an option is out
@@ -205,26 +136,7 @@ class AsyncSandbox:
             HutchConnectionError: The server could not be reached.
         """
         client = _client_for(client, base_url, api_key)
-        body = sandbox_create_body(
-            id=id,
-            image=image,
-            env=env,
-            cpu=cpu,
-            memory_mb=memory_mb,
-            disk_mb=disk_mb,
-            pids_limit=pids_limit,
-            network=network,
-            sleep_after=sleep_after,
-            keep_alive=keep_alive,
-            runtime=runtime,
-            labels=labels,
-            timeout=timeout,
-            secrets=secrets,
-            egress_secrets=egress_secrets,
-            network_allow=network_allow,
-            network_deny=network_deny,
-            start_entrypoint=start_entrypoint,
-        )
+        body = sandbox_create_body(image, options, function="get_or_create", sandbox_id=id)
         sandbox = cls(id, client=client)
         info = SandboxInfo.from_json(await client.request("PUT", sandbox._path, json=body))
         sandbox._info = info
@@ -288,6 +200,220 @@ class AsyncSandbox:
         self._info = SandboxInfo.from_json(await self.client.request("GET", self._path))
         return self._info
 
+    async def metrics(self) -> SandboxMetrics:
+        """What the sandbox uses now (CPU, memory, disk, network, tasks), with its CPU and
+        memory over the last 15 minutes.
+
+        Raises:
+            SandboxNotFound: The sandbox no longer exists.
+        """
+        return SandboxMetrics.from_json(await self.client.request("GET", f"{self._path}/metrics"))
+
+    async def pause(self) -> SandboxInfo:
+        """Freeze every process in the sandbox (memory is kept); paused already: no-op.
+
+        Any later request (or :meth:`resume`) wakes it; the processes continue where they were.
+        An explicit pause stops its lifetime clock until it is resumed.
+
+        Raises:
+            Conflict: The sandbox is stopped (``invalid_state``): nothing runs to freeze.
+        """
+        return await self._lifecycle("pause")
+
+    async def resume(self) -> SandboxInfo:
+        """Run a paused or stopped sandbox again; running already: no-op.
+
+        Raises:
+            SandboxUnavailable: A stopped sandbox could not be started (its disk is kept).
+        """
+        return await self._lifecycle("resume")
+
+    async def stop(self) -> SandboxInfo:
+        """End every process in the sandbox, keeping its disk; :meth:`start` boots it again.
+
+        Memory is not kept across a stop (process checkpointing, CRIU, fails on this kind of
+        kernel); use :meth:`pause` to keep it.
+        """
+        return await self._lifecycle("stop")
+
+    async def start(self) -> SandboxInfo:
+        """Boot a stopped sandbox again on its disk (the image's entrypoint too, if it was
+        created with ``start_entrypoint``); resumes a paused one.
+
+        Raises:
+            SandboxUnavailable: It could not be started (its disk is kept: retry).
+        """
+        return await self._lifecycle("start")
+
+    async def set_timeout(self, timeout: float | str) -> SandboxInfo:
+        """End the sandbox's lifetime ``timeout`` from now (``on_timeout`` says how).
+
+        Args:
+            timeout: Seconds or a duration (``"10m"``, ``"1h30m"``); ``0``: no limit.
+
+        Raises:
+            InvalidRequest: ``timeout`` is not a duration.
+        """
+        body = await self.client.request("PUT", f"{self._path}/timeout", json={"timeout": timeout})
+        self._info = SandboxInfo.from_json(body)
+        return self._info
+
+    async def snapshot(self, name: str | None = None) -> Snapshot:
+        """Capture the sandbox's filesystem and settings (a copy-on-write snapshot, in
+        milliseconds; memory is not captured). Start sandboxes from it with
+        ``create(snapshot=snap.id)``.
+
+        Args:
+            name: A name to find it by (unique on the server).
+
+        Raises:
+            Conflict: The name is taken (``snapshot_exists``).
+        """
+        body = {"name": name} if name is not None else {}
+        return Snapshot.from_json(
+            await self.client.request("POST", f"{self._path}/snapshots", json=body)
+        )
+
+    async def fork(self, count: int = 1) -> builtins.list[AsyncSandbox]:
+        """``count`` new running sandboxes whose filesystems start as this one's is now.
+
+        Raises:
+            InvalidRequest: ``count`` is not 1-50.
+        """
+        body = await self.client.request("POST", f"{self._path}/fork", json={"count": count})
+        return [
+            type(self)(info.id, client=self.client, info=info)
+            for info in (SandboxInfo.from_json(s) for s in body["sandboxes"])
+        ]
+
+    @classmethod
+    async def list_snapshots(
+        cls,
+        sandbox_id: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> builtins.list[Snapshot]:
+        """The server's snapshots (of one sandbox if ``sandbox_id`` is given)."""
+        client = _client_for(client, base_url, api_key)
+        params = (("sandbox_id", sandbox_id),) if sandbox_id is not None else None
+        body = await client.request("GET", "/v1/snapshots", params=params)
+        return [Snapshot.from_json(s) for s in body["snapshots"]]
+
+    @classmethod
+    async def delete_snapshot(
+        cls,
+        snapshot: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> None:
+        """Delete a snapshot (by id or name); sandboxes started from it are not affected.
+
+        Raises:
+            NotFoundError: No such snapshot (``snapshot_not_found``).
+        """
+        client = _client_for(client, base_url, api_key)
+        await client.request("DELETE", f"/v1/snapshots/{path_segment(snapshot)}")
+
+    async def backup(
+        self,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+    ) -> Backup:
+        """Write the sandbox's filesystem to an S3-compatible bucket (zstd-compressed, and
+        incremental against its previous backup to the same place when the server still has
+        that one's snapshot). Memory is not included.
+
+        Args:
+            bucket: The bucket's name.
+            endpoint: The S3 endpoint URL.
+            credentials: ``{"access_key_id": ..., "secret_access_key": ...}``.
+            prefix: A key prefix for the backup's objects.
+            region: The bucket's region, for servers that need it.
+
+        Raises:
+            BucketMountFailed: The bucket could not be reached (``backup_target_unreachable``);
+                nothing was written.
+            ServerError: The upload broke (``backup_failed``).
+        """
+        body = mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        return Backup.from_json(
+            await self.client.request("POST", f"{self._path}/backups", json=body)
+        )
+
+    async def list_backups(self) -> builtins.list[Backup]:
+        """The backups this server made of the sandbox, oldest first."""
+        body = await self.client.request("GET", f"{self._path}/backups")
+        return [Backup.from_json(b) for b in body["backups"]]
+
+    @classmethod
+    async def restore(
+        cls,
+        backup_id: str,
+        bucket: str,
+        endpoint: str,
+        credentials: Mapping[str, str],
+        prefix: str | None = None,
+        *,
+        region: str | None = None,
+        id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncClient | None = None,
+    ) -> AsyncSandbox:
+        """A new running sandbox from a backup, made by this server or another one (which
+        must have the backup's image).
+
+        Args:
+            backup_id: The backup's id (``Backup.id``).
+            bucket: See :meth:`backup`; ``endpoint``, ``credentials``, ``prefix`` and
+                ``region`` too.
+            endpoint: See :meth:`backup`.
+            credentials: See :meth:`backup`.
+            prefix: See :meth:`backup`.
+            region: See :meth:`backup`.
+            id: The new sandbox's id (generated when ``None``).
+            labels: The new sandbox's labels.
+            timeout: The new sandbox's lifetime (see :meth:`create`).
+            base_url: See :meth:`create`.
+            api_key: See :meth:`create`.
+            client: See :meth:`create`.
+
+        Raises:
+            NotFoundError: No such backup there (``backup_not_found``), or the image is
+                missing on this server (``image_not_found``).
+            BucketMountFailed: The bucket could not be reached.
+        """
+        client = _client_for(client, base_url, api_key)
+        body = mount_body(
+            bucket, "/", endpoint=endpoint, credentials=credentials, read_only=False,
+            prefix=prefix, region=region,
+        )  # fmt: skip
+        del body["mount_path"], body["read_only"]
+        body["backup_id"] = backup_id
+        body["sandbox"] = {"id": id, "labels": dict(labels or {}), "timeout": timeout}
+        info = SandboxInfo.from_json(await client.request("POST", "/v1/backups/restore", json=body))
+        return cls(info.id, client=client, info=info)
+
+    async def _lifecycle(self, action: str) -> SandboxInfo:
+        self._info = SandboxInfo.from_json(
+            await self.client.request("POST", f"{self._path}/{action}")
+        )
+        return self._info
+
     async def destroy(self) -> None:
         """Stop the sandbox and delete it, with everything written in it.
 
@@ -307,107 +433,50 @@ class AsyncSandbox:
         *,
         region: str | None = None,
     ) -> BucketMount:
-        """Mount an S3-compatible bucket at ``mount_path`` inside the running sandbox.
-
-        The mount is made on the host: the credentials never enter the sandbox. A file written
-        there is uploaded as soon as it is closed; objects other clients write show up within
-        about two seconds.
-
-        Args:
-            bucket: The bucket's name.
-            mount_path: An absolute directory path in the sandbox (created if missing).
-            endpoint: The S3 endpoint URL, e.g. ``"https://s3.us-east-1.amazonaws.com"``.
-            credentials: ``{"access_key_id": ..., "secret_access_key": ...}`` (and optionally
-                ``"session_token"``; camelCase keys are accepted too).
-            read_only: Refuse writes inside the sandbox.
-            prefix: Mount only the keys under this prefix (e.g. ``"datasets/2024"``).
-            region: The bucket's region, for servers that need it.
-
-        Raises:
-            BucketMountFailed: The bucket could not be reached (wrong credentials, unknown
-                bucket, unreachable endpoint); nothing was mounted.
-            Conflict: Something is already mounted there (``mount_path_busy``), or the sandbox
-                is not running.
-            InvalidRequest: ``mount_path`` is not absolute, or another value is malformed.
-        """
-        body = _buckets.mount_body(
+        """Mount an S3-compatible bucket inside the running sandbox; see :meth:`Buckets.mount`."""
+        return await self.buckets.mount(
             bucket,
             mount_path,
-            endpoint=endpoint,
-            credentials=credentials,
-            read_only=read_only,
-            prefix=prefix,
+            endpoint,
+            credentials,
+            read_only,
+            prefix,
             region=region,
         )
-        return await _buckets.mount_bucket(self.client, self._path, body)
 
     async def unmount_bucket(self, mount_path: str) -> None:
-        """Unmount the bucket at ``mount_path``, after uploading what was written to it.
-
-        Raises:
-            NotFoundError: No bucket is mounted there (``bucket_not_mounted``).
-        """
-        await _buckets.unmount_bucket(self.client, self._path, mount_path)
+        """Unmount the bucket at ``mount_path``; see :meth:`Buckets.unmount`."""
+        await self.buckets.unmount(mount_path)
 
     async def list_bucket_mounts(self) -> builtins.list[BucketMount]:
         """The buckets mounted in this sandbox."""
-        return await _buckets.list_mounts(self.client, self._path)
+        return await self.buckets.list()
 
     async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
-        """Make a port of the sandbox reachable at a preview URL.
-
-        The URL is ``http://{port}-{sandbox_id}-{token}.{preview_domain}:{server_port}/``;
-        anyone who has it can open it. Exposing a port twice returns the same URL.
-
-        Args:
-            port: The TCP port a server in the sandbox listens on (1-65535, any address).
-            name: An optional label, returned by `get_exposed_ports`.
-
-        Returns:
-            The exposed port with its URL.
-
-        Raises:
-            InvalidRequest: The port is out of range or reserved (code ``invalid_port``).
-            SandboxNotFound: The sandbox does not exist.
-        """
-        return await ports.expose_port(self.client, self._path, port, name)
+        """Make a port reachable at a preview URL; see :meth:`Ports.expose`."""
+        return await self.ports.expose(port, name)
 
     async def get_preview_url(self, port: int) -> str:
         """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
         return (await self.expose_port(port)).url
 
     async def unexpose_port(self, port: int) -> None:
-        """Close a port's preview URL: it answers 404 at once, open connections close.
-
-        Raises:
-            APIError: The port is not exposed (code ``port_not_exposed``).
-        """
-        await ports.unexpose_port(self.client, self._path, port)
+        """Close a port's preview URL; see :meth:`Ports.unexpose`."""
+        await self.ports.unexpose(port)
 
     async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
         """The sandbox's exposed ports with their preview URLs, by port number."""
-        return await ports.get_exposed_ports(self.client, self._path)
+        return await self.ports.list()
 
     async def get_network(self) -> dict[str, Any]:
-        """The sandbox's egress policy and address:
-        ``{"network", "network_allow", "network_deny", "address"}``."""
-        return await ports.get_network(self.client, self._path)
+        """The sandbox's egress policy and address; see :meth:`Ports.get_network`."""
+        return await self.ports.get_network()
 
     async def set_network(
         self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
     ) -> dict[str, Any]:
-        """Replace the sandbox's egress policy; effective for its next packet.
-
-        Args:
-            network: ``"none"`` (no outbound connections) or ``"internet"``.
-            allow: CIDRs reachable even with ``"none"``.
-            deny: CIDRs never reachable (wins over `allow`).
-
-        Returns:
-            The policy now in force and the sandbox's address:
-            ``{"network", "network_allow", "network_deny", "address"}``.
-        """
-        return await ports.set_network(self.client, self._path, network, allow, deny)
+        """Replace the sandbox's egress policy; see :meth:`Ports.set_network`."""
+        return await self.ports.set_network(network, allow, deny)
 
     async def __aenter__(self) -> AsyncSandbox:
         return self
@@ -435,37 +504,17 @@ class AsyncSandbox:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
-        """Run a shell command (bash, or sh where the image has no bash) and wait for it.
-
-        Output is streamed: ``on_stdout``/``on_stderr`` are called with each chunk as it
-        arrives.
-
-        Args:
-            command: The shell command line, e.g. ``"echo hi | tr a-z A-Z"``.
-            cwd: Working directory (the image's when ``None``).
-            env: Environment variables added for this command.
-            user: User to run as (the image's when ``None``).
-            timeout: Seconds after which the command and all its children are killed.
-            stdin: Bytes (or text, sent as UTF-8) fed to the command's stdin; ``None`` gives
-                it ``/dev/null``.
-            on_stdout: Called with each chunk of stdout, decoded as UTF-8.
-            on_stderr: Called with each chunk of stderr, decoded as UTF-8.
-
-        Returns:
-            How the command ended and what it wrote. A failing command is not an error:
-            check ``result.exit_code`` or ``result.success`` (127: command not found).
-
-        Raises:
-            CommandTimeout: The command ran past ``timeout``; ``.result`` holds its output.
-            SandboxNotFound: The sandbox does not exist.
-            HutchConnectionError: The server could not be reached, or the stream broke.
-        """
-        if not isinstance(command, str):
-            raise TypeError("exec() takes a shell command string; use run(program, args) for argv")
-        body = exec_request_body(
-            command=command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
+        """Run a shell command and wait for it; see :meth:`Commands.exec`."""
+        return await self.commands.exec(
+            command,
+            cwd=cwd,
+            env=env,
+            user=user,
+            timeout=timeout,
+            stdin=stdin,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
         )
-        return await self._collect(body, on_stdout, on_stderr)
 
     async def run(
         self,
@@ -480,31 +529,18 @@ class AsyncSandbox:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
-        """Run a program with arguments, no shell in between, and wait for it.
-
-        Args:
-            program: The program, looked up on the sandbox's ``PATH``, e.g. ``"python"``.
-            args: Its arguments, passed as they are (no quoting needed).
-            cwd: See :meth:`exec`.
-            env: See :meth:`exec`.
-            user: See :meth:`exec`.
-            timeout: See :meth:`exec`.
-            stdin: See :meth:`exec`.
-            on_stdout: See :meth:`exec`.
-            on_stderr: See :meth:`exec`.
-
-        Returns:
-            How the program ended and what it wrote (exit code 127 if it was not found).
-
-        Raises:
-            CommandTimeout: The program ran past ``timeout``; ``.result`` holds its output.
-            SandboxNotFound: The sandbox does not exist.
-            HutchConnectionError: The server could not be reached, or the stream broke.
-        """
-        body = exec_request_body(
-            argv=_argv(program, args), cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
+        """Run a program with arguments, no shell, and wait; see :meth:`Commands.run`."""
+        return await self.commands.run(
+            program,
+            args,
+            cwd=cwd,
+            env=env,
+            user=user,
+            timeout=timeout,
+            stdin=stdin,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
         )
-        return await self._collect(body, on_stdout, on_stderr)
 
     async def exec_stream(
         self,
@@ -516,32 +552,10 @@ class AsyncSandbox:
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> AsyncIterator[ExecEvent]:
-        """Run a shell command and yield its output as it arrives, then its exit.
-
-        A timeout does not raise here: the last event has ``timed_out`` set (and exit code
-        124). Stopping the iteration early closes the stream.
-
-        Args:
-            command: The shell command line.
-            cwd: See :meth:`exec`.
-            env: See :meth:`exec`.
-            user: See :meth:`exec`.
-            timeout: See :meth:`exec`.
-            stdin: See :meth:`exec`.
-
-        Yields:
-            ``"stdout"``/``"stderr"`` events with the bytes, then one ``"exit"`` event.
-
-        Raises:
-            SandboxNotFound: The sandbox does not exist.
-            HutchConnectionError: The server could not be reached, or the stream broke.
-        """
-        if not isinstance(command, str):
-            raise TypeError("exec_stream() takes a shell command string; use run_stream() for argv")
-        body = exec_request_body(
-            command=command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
-        )
-        async for event in self._stream(body):
+        """Yield a shell command's output as it arrives; see :meth:`Commands.exec_stream`."""
+        async for event in self.commands.exec_stream(
+            command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
+        ):
             yield event
 
     async def run_stream(
@@ -555,24 +569,11 @@ class AsyncSandbox:
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> AsyncIterator[ExecEvent]:
-        """Like :meth:`exec_stream` for a program and its arguments, with no shell.
-
-        Args:
-            program: See :meth:`run`.
-            args: See :meth:`run`.
-            cwd: See :meth:`exec`.
-            env: See :meth:`exec`.
-            user: See :meth:`exec`.
-            timeout: See :meth:`exec`.
-            stdin: See :meth:`exec`.
-
-        Yields:
-            ``"stdout"``/``"stderr"`` events with the bytes, then one ``"exit"`` event.
-        """
-        body = exec_request_body(
-            argv=_argv(program, args), cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
-        )
-        async for event in self._stream(body):
+        """Like :meth:`exec_stream` for a program and its arguments; see
+        :meth:`Commands.run_stream`."""
+        async for event in self.commands.run_stream(
+            program, args, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
+        ):
             yield event
 
     async def terminal(
@@ -612,10 +613,6 @@ class AsyncSandbox:
 
     # -- code interpreter (see sdk/_async/code.py) --------------------------------------------
 
-    @property
-    def _code(self) -> CodeInterpreter:
-        return CodeInterpreter(self.client, self._path)
-
     async def create_code_context(
         self,
         language: str = "python",
@@ -623,31 +620,21 @@ class AsyncSandbox:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> CodeContext:
-        """Start an interpreter whose state (variables, imports, functions) lasts between runs.
-
-        Args:
-            language: ``"python"`` (a Jupyter kernel), ``"javascript"`` or ``"typescript"``
-                (node).
-            cwd: Its working directory (relative paths are under ``/workspace``).
-            env: Environment variables for it.
-
-        Raises:
-            InvalidRequest: Unknown language (``unknown_language``), or the image lacks the
-                interpreter (``language_unavailable``).
-        """
-        return await self._code.create_context(language, cwd=cwd, env=env)
+        """Start an interpreter whose state lasts between runs; see
+        :meth:`CodeInterpreter.create_context`."""
+        return await self.code.create_context(language, cwd=cwd, env=env)
 
     async def list_code_contexts(self) -> builtins.list[CodeContext]:
         """The sandbox's code contexts (default ones included)."""
-        return await self._code.list_contexts()
+        return await self.code.list_contexts()
 
     async def delete_code_context(self, context: CodeContext | str) -> None:
         """Stop a context's interpreter. Raises ``ContextNotFound`` if there is none."""
-        await self._code.delete_context(context)
+        await self.code.delete_context(context)
 
     async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
         """Start a context's interpreter afresh (its state is lost); same id."""
-        return await self._code.restart_context(context)
+        return await self.code.restart_context(context)
 
     async def run_code(
         self,
@@ -661,28 +648,8 @@ class AsyncSandbox:
         on_result: Callback | None = None,
         on_error: Callback | None = None,
     ) -> Execution:
-        """Run code in a context and gather what it produced; callbacks fire live.
-
-        Args:
-            code: The code (a cell: the last expression's value is a result).
-            context: The context; ``None`` uses the default context of ``language``.
-            language: For the default context (``"python"`` when ``None``).
-            timeout: Seconds after which the run is interrupted (``KeyboardInterrupt`` in
-                Python); the context and its state survive. ``status`` is then ``"timeout"``.
-            on_stdout: Called with each chunk of stdout (text) as it is printed.
-            on_stderr: Called with each chunk of stderr.
-            on_result: Called with each :class:`Result` (display, figure, last value).
-            on_error: Called with the :class:`ExecutionError` if the code raises.
-
-        Returns:
-            The :class:`Execution`: ``results``, ``logs``, ``error``, ``status``. An exception
-            in the code is not raised: see ``.error``.
-
-        Raises:
-            ContextNotFound: No such context.
-            InvalidRequest: Unknown language, or the image lacks the interpreter.
-        """
-        return await self._code.run(
+        """Run code in a context and gather what it produced; see :meth:`CodeInterpreter.run`."""
+        return await self.code.run(
             code,
             context=context,
             language=language,
@@ -702,7 +669,7 @@ class AsyncSandbox:
         timeout: float | None = None,
     ) -> AsyncIterator[CodeEvent]:
         """Like :meth:`run_code`, yielding each output as it arrives, then an ``"end"``."""
-        async for event in self._code.run_stream(
+        async for event in self.code.run_stream(
             code, context=context, language=language, timeout=timeout
         ):
             yield event
@@ -879,36 +846,6 @@ class AsyncSandbox:
         """Clone a git repository into the sandbox; see :meth:`Files.git_checkout`."""
         return await self.files.git_checkout(url, branch=branch, target_dir=target_dir, depth=depth)
 
-    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[ExecEvent]:
-        decoder = ExecStreamDecoder()
-        path = f"{self._path}/exec/stream"
-        async with self.client.stream("POST", path, json=body, limit=body["timeout"]) as chunks:
-            async for chunk in chunks:
-                # NB: read on to the end of the body after the result, so that the
-                # connection goes back to the pool instead of being dropped.
-                for event in decoder.feed(chunk):
-                    yield event
-        decoder.close()
-
-    async def _collect(
-        self,
-        body: dict[str, Any],
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ExecResult:
-        collector = OutputCollector(on_stdout, on_stderr)
-        async for event in self._stream(body):
-            collector.add(event)
-        result = collector.result()
-        if result.timed_out:
-            limit = body["timeout"]
-            raise CommandTimeout(
-                f"the command ran past its timeout{f' of {limit:g}s' if limit else ''} and was "
-                "killed with its process tree; what it wrote is in the exception's .result",
-                result=result,
-            )
-        return result
-
 
 def _client_for(
     client: AsyncClient | None, base_url: str | None, api_key: str | None
@@ -918,9 +855,3 @@ def _client_for(
     if base_url is not None or api_key is not None:
         raise TypeError("pass either client or base_url/api_key, not both")
     return client
-
-
-def _argv(program: str, args: Sequence[str] | None) -> list[str]:
-    if isinstance(args, str):
-        raise TypeError("args must be a list of strings, e.g. run('python', ['-c', 'print(1)'])")
-    return [program, *(args or ())]

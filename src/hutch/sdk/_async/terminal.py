@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
 from hutch.sdk import _ws
+from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._exceptions import HutchConnectionError, InvalidRequest, NotFoundError, api_error
 from hutch.sdk._requests import path_segment
 
-if TYPE_CHECKING:
-    from hutch.sdk._async.sandbox import AsyncSandbox
+
+class TerminalSandbox(Protocol):
+    """What a terminal needs of its `AsyncSandbox` (which opens it: typed here, not imported)."""
+
+    id: str
+    client: AsyncClient
+
 
 MAX_DIMENSION = 1000
 _CLOSE_CODES = {
@@ -51,7 +57,7 @@ class AsyncTerminal:
         offset: Bytes of output received so far (counted from the terminal's start).
     """
 
-    def __init__(self, sandbox: AsyncSandbox, terminal_id: str, ws: _ws.AsyncWebSocket) -> None:
+    def __init__(self, sandbox: TerminalSandbox, terminal_id: str, ws: _ws.AsyncWebSocket) -> None:
         self.sandbox = sandbox
         self.id = terminal_id
         self.exit_code: int | None = None
@@ -67,7 +73,7 @@ class AsyncTerminal:
         return f"{type(self).__name__}(id={self.id!r}, sandbox={self.sandbox.id!r})"
 
     @classmethod
-    async def _open(cls, sandbox: AsyncSandbox, terminal_id: str, since: int) -> AsyncTerminal:
+    async def _open(cls, sandbox: TerminalSandbox, terminal_id: str, since: int) -> AsyncTerminal:
         path = (
             f"/v1/sandboxes/{path_segment(sandbox.id)}/terminals/"
             f"{path_segment(terminal_id)}/ws?since={since}"
@@ -192,7 +198,7 @@ class AsyncTerminal:
 
 
 async def open_terminal(
-    sandbox: AsyncSandbox,
+    sandbox: TerminalSandbox,
     cols: int,
     rows: int,
     shell: str | None,
@@ -216,5 +222,5 @@ async def open_terminal(
     return await AsyncTerminal._open(sandbox, str(info["id"]), 0)
 
 
-async def attach_terminal(sandbox: AsyncSandbox, terminal_id: str, since: int) -> AsyncTerminal:
+async def attach_terminal(sandbox: TerminalSandbox, terminal_id: str, since: int) -> AsyncTerminal:
     return await AsyncTerminal._open(sandbox, terminal_id, since)

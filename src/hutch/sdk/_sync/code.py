@@ -21,7 +21,7 @@ def _context_id(context: CodeContext | str) -> str:
 
 
 class CodeInterpreter:
-    """Code contexts and runs of one sandbox; reached as the sandbox's methods."""
+    """Code contexts and runs of one sandbox (``sb.code``; the sandbox's ``*_code*`` methods)."""
 
     def __init__(self, client: Client, sandbox_path: str) -> None:
         self._client = client
@@ -34,19 +34,34 @@ class CodeInterpreter:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> CodeContext:
+        """Start an interpreter whose state (variables, imports, functions) lasts between runs.
+
+        Args:
+            language: ``"python"`` (a Jupyter kernel), ``"javascript"`` or ``"typescript"``
+                (node).
+            cwd: Its working directory (relative paths are under ``/workspace``).
+            env: Environment variables for it.
+
+        Raises:
+            InvalidRequest: Unknown language (``unknown_language``), or the image lacks the
+                interpreter (``language_unavailable``).
+        """
         body = {"language": language, "cwd": cwd, "env": dict(env or {})}
         data = self._client.request("POST", f"{self._path}/contexts", json=body)
         return CodeContext.from_json(data)
 
     def list_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts (default ones included)."""
         data = self._client.request("GET", f"{self._path}/contexts")
         return [CodeContext.from_json(c) for c in data["contexts"]]
 
     def delete_context(self, context: CodeContext | str) -> None:
+        """Stop a context's interpreter. Raises ``ContextNotFound`` if there is none."""
         path = f"{self._path}/contexts/{path_segment(_context_id(context))}"
         self._client.request("DELETE", path)
 
     def restart_context(self, context: CodeContext | str) -> CodeContext:
+        """Start a context's interpreter afresh (its state is lost); same id."""
         path = f"{self._path}/contexts/{path_segment(_context_id(context))}/restart"
         return CodeContext.from_json(self._client.request("POST", path))
 
@@ -58,6 +73,7 @@ class CodeInterpreter:
         language: str | None = None,
         timeout: float | None = None,
     ) -> Iterator[CodeEvent]:
+        """Like :meth:`run_code`, yielding each output as it arrives, then an ``"end"``."""
         if not isinstance(code, str):
             raise TypeError("code must be a string")
         body: dict[str, Any] = {
@@ -87,6 +103,27 @@ class CodeInterpreter:
         on_result: Callback | None = None,
         on_error: Callback | None = None,
     ) -> Execution:
+        """Run code in a context and gather what it produced; callbacks fire live.
+
+        Args:
+            code: The code (a cell: the last expression's value is a result).
+            context: The context; ``None`` uses the default context of ``language``.
+            language: For the default context (``"python"`` when ``None``).
+            timeout: Seconds after which the run is interrupted (``KeyboardInterrupt`` in
+                Python); the context and its state survive. ``status`` is then ``"timeout"``.
+            on_stdout: Called with each chunk of stdout (text) as it is printed.
+            on_stderr: Called with each chunk of stderr.
+            on_result: Called with each :class:`Result` (display, figure, last value).
+            on_error: Called with the :class:`ExecutionError` if the code raises.
+
+        Returns:
+            The :class:`Execution`: ``results``, ``logs``, ``error``, ``status``. An exception
+            in the code is not raised: see ``.error``.
+
+        Raises:
+            ContextNotFound: No such context.
+            InvalidRequest: Unknown language, or the image lacks the interpreter.
+        """
         execution = Execution()
         for event in self.run_stream(code, context=context, language=language, timeout=timeout):
             dispatch(event, on_stdout, on_stderr, on_result, on_error)

@@ -10,8 +10,11 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
+import httpx
+
+from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._exceptions import HutchConnectionError, ImageBuildFailed, api_error
 from hutch.sdk._http import (
     error_from_response,
@@ -22,8 +25,17 @@ from hutch.sdk._http import (
 from hutch.sdk._models import ImageDetail
 from hutch.sdk._requests import path_segment
 
-if TYPE_CHECKING:
-    from hutch.sdk._sync.client import Client
+
+class ImageClient(Protocol):
+    """What these calls need of an `Client` (which calls them: typed here, not imported)."""
+
+    config: ConnectionConfig
+    _http: httpx.Client
+
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: Any = None, content: Any = None
+    ) -> Any: ...
+
 
 _CHUNK = 1 << 20
 
@@ -34,7 +46,7 @@ def _image_path(name: str) -> str:
 
 
 def pull_image(
-    client: Client,
+    client: ImageClient,
     ref: str,
     *,
     name: str | None = None,
@@ -66,7 +78,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 
 
 def import_image(
-    client: Client, path: str | os.PathLike[str], *, name: str | None = None
+    client: ImageClient, path: str | os.PathLike[str], *, name: str | None = None
 ) -> ImageDetail:
     params = {"name": name} if name is not None else None
     with translate_transport_errors(client.config):
@@ -84,16 +96,16 @@ def import_image(
     return ImageDetail.from_json(body)
 
 
-def get_image(client: Client, name: str) -> ImageDetail:
+def get_image(client: ImageClient, name: str) -> ImageDetail:
     return ImageDetail.from_json(client.request("GET", _image_path(name)))
 
 
-def tag_image(client: Client, name: str, new_name: str) -> ImageDetail:
+def tag_image(client: ImageClient, name: str, new_name: str) -> ImageDetail:
     body = client.request("POST", _image_path(name) + "/tags", json={"name": new_name})
     return ImageDetail.from_json(body)
 
 
-def remove_image(client: Client, name: str) -> None:
+def remove_image(client: ImageClient, name: str) -> None:
     client.request("DELETE", _image_path(name))
 
 
@@ -116,7 +128,7 @@ def _context_tar(context: Path, dockerfile: Path | None, out: IO[bytes]) -> str:
 
 
 def build_image(
-    client: Client,
+    client: ImageClient,
     name: str,
     context: str | os.PathLike[str],
     *,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,32 +24,66 @@ class ExposedPort:
         return cls(port=int(data["port"]), name=data.get("name"), url=str(data["url"]))
 
 
-def expose_port(client: Client, path: str, port: int, name: str | None = None) -> ExposedPort:
-    body = client.request("POST", f"{path}/ports", json={"port": port, "name": name})
-    return ExposedPort.from_json(body)
+class Ports:
+    """Preview URLs of the sandbox's ports, and its network policy (``sb.ports``)."""
 
+    def __init__(self, client: Client, sandbox_path: str) -> None:
+        self._client = client
+        self._path = sandbox_path
 
-def unexpose_port(client: Client, path: str, port: int) -> None:
-    client.request("DELETE", f"{path}/ports/{int(port)}")
+    def expose(self, port: int, name: str | None = None) -> ExposedPort:
+        """Make a port of the sandbox reachable at a preview URL.
 
+        The URL is ``http://{port}-{sandbox_id}-{token}.{preview_domain}:{server_port}/``;
+        anyone who has it can open it. Exposing a port twice returns the same URL.
 
-def get_exposed_ports(client: Client, path: str) -> list[ExposedPort]:
-    body = client.request("GET", f"{path}/ports")
-    return [ExposedPort.from_json(p) for p in body["ports"]]
+        Args:
+            port: The TCP port a server in the sandbox listens on (1-65535, any address).
+            name: An optional label, returned by `get_exposed_ports`.
 
+        Returns:
+            The exposed port with its URL.
 
-def set_network(
-    client: Client,
-    path: str,
-    network: str,
-    allow: Sequence[str] = (),
-    deny: Sequence[str] = (),
-) -> dict[str, Any]:
-    body = {"network": network, "network_allow": list(allow), "network_deny": list(deny)}
-    result: dict[str, Any] = client.request("PUT", f"{path}/network", json=body)
-    return result
+        Raises:
+            InvalidRequest: The port is out of range or reserved (code ``invalid_port``).
+            SandboxNotFound: The sandbox does not exist.
+        """
+        body = {"port": port, "name": name}
+        return ExposedPort.from_json(self._client.request("POST", f"{self._path}/ports", json=body))
 
+    def unexpose(self, port: int) -> None:
+        """Close a port's preview URL: it answers 404 at once, open connections close.
 
-def get_network(client: Client, path: str) -> dict[str, Any]:
-    result: dict[str, Any] = client.request("GET", f"{path}/network")
-    return result
+        Raises:
+            APIError: The port is not exposed (code ``port_not_exposed``).
+        """
+        self._client.request("DELETE", f"{self._path}/ports/{int(port)}")
+
+    def list(self) -> builtins.list[ExposedPort]:
+        """The sandbox's exposed ports with their preview URLs, by port number."""
+        body = self._client.request("GET", f"{self._path}/ports")
+        return [ExposedPort.from_json(p) for p in body["ports"]]
+
+    def set_network(
+        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Replace the sandbox's egress policy; effective for its next packet.
+
+        Args:
+            network: ``"none"`` (no outbound connections) or ``"internet"``.
+            allow: CIDRs reachable even with ``"none"``.
+            deny: CIDRs never reachable (wins over `allow`).
+
+        Returns:
+            The policy now in force and the sandbox's address:
+            ``{"network", "network_allow", "network_deny", "address"}``.
+        """
+        body = {"network": network, "network_allow": list(allow), "network_deny": list(deny)}
+        result: dict[str, Any] = self._client.request("PUT", f"{self._path}/network", json=body)
+        return result
+
+    def get_network(self) -> dict[str, Any]:
+        """The sandbox's egress policy and address:
+        ``{"network", "network_allow", "network_deny", "address"}``."""
+        result: dict[str, Any] = self._client.request("GET", f"{self._path}/network")
+        return result

@@ -68,6 +68,11 @@ class Process:
     def exit_code(self) -> int | None:
         return self.info.exit_code
 
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer ended it (the sandbox's memory limit)."""
+        return self.info.oom_killed
+
     def refresh(self) -> ProcessInfo:
         """Fetch the process's current state."""
         self.info = ProcessInfo.from_json(self.client.request("GET", self._path))

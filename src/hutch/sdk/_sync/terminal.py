@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
 from hutch.sdk import _ws
 from hutch.sdk._exceptions import HutchConnectionError, InvalidRequest, NotFoundError, api_error
 from hutch.sdk._requests import path_segment
+from hutch.sdk._sync.client import Client
 
-if TYPE_CHECKING:
-    from hutch.sdk._sync.sandbox import Sandbox
+
+class TerminalSandbox(Protocol):
+    """What a terminal needs of its `Sandbox` (which opens it: typed here, not imported)."""
+
+    id: str
+    client: Client
+
 
 MAX_DIMENSION = 1000
 _CLOSE_CODES = {
@@ -52,7 +58,7 @@ class Terminal:
         offset: Bytes of output received so far (counted from the terminal's start).
     """
 
-    def __init__(self, sandbox: Sandbox, terminal_id: str, ws: _ws.WebSocket) -> None:
+    def __init__(self, sandbox: TerminalSandbox, terminal_id: str, ws: _ws.WebSocket) -> None:
         self.sandbox = sandbox
         self.id = terminal_id
         self.exit_code: int | None = None
@@ -68,7 +74,7 @@ class Terminal:
         return f"{type(self).__name__}(id={self.id!r}, sandbox={self.sandbox.id!r})"
 
     @classmethod
-    def _open(cls, sandbox: Sandbox, terminal_id: str, since: int) -> Terminal:
+    def _open(cls, sandbox: TerminalSandbox, terminal_id: str, since: int) -> Terminal:
         path = (
             f"/v1/sandboxes/{path_segment(sandbox.id)}/terminals/"
             f"{path_segment(terminal_id)}/ws?since={since}"
@@ -193,7 +199,7 @@ class Terminal:
 
 
 def open_terminal(
-    sandbox: Sandbox,
+    sandbox: TerminalSandbox,
     cols: int,
     rows: int,
     shell: str | None,
@@ -217,5 +223,5 @@ def open_terminal(
     return Terminal._open(sandbox, str(info["id"]), 0)
 
 
-def attach_terminal(sandbox: Sandbox, terminal_id: str, since: int) -> Terminal:
+def attach_terminal(sandbox: TerminalSandbox, terminal_id: str, since: int) -> Terminal:
     return Terminal._open(sandbox, terminal_id, since)

@@ -1,0 +1,132 @@
+"""Lifecycle figures through a real server and the SDK, each next to a cold create in the same
+run (interleaved, so load changes hit both):
+
+    sudo .venv/bin/python bench/bench_lifecycle.py [--n 20] [--image busybox]
+
+- cold create -> first exec          (the baseline)
+- pause -> resume -> first exec      (cgroup freezer)
+- stop -> start -> first exec        (container again on the kept disk; agent boots)
+- snapshot                           (btrfs snapshot of the disk + a row)
+- create from a snapshot -> first exec, and fork(1) -> first exec
+
+The load average is printed before and after: figures from a busy machine are not comparable
+with figures from a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stats import report
+from hutch import Sandbox
+from tests._server import ServerProcess
+
+T = TypeVar("T")
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def timed(samples: list[float], action: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = action()
+    samples.append(time.perf_counter() - started)
+    return result
+
+
+def create_and_exec(made: list[Sandbox], opts: dict[str, Any]) -> Sandbox:
+    sb = Sandbox.create(**opts)
+    made.append(sb)
+    sb.exec("true")
+    return sb
+
+
+def stop_start_exec(sb: Sandbox) -> None:
+    sb.stop()
+    sb.start()
+    sb.exec("true")
+
+
+def fork_and_exec(made: list[Sandbox], base: Sandbox) -> None:
+    [child] = base.fork(1)
+    made.append(child)
+    child.exec("true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--image", default="busybox", help="busybox (added if missing) or default")
+    args = parser.parse_args()
+    if args.image == "busybox":
+        from hutch.runtime import ImageStore
+        from tests._server import SHARED_IMAGES
+        from tests.support.busybox import add_busybox_image
+
+        add_busybox_image(ImageStore(SHARED_IMAGES), name="busybox")
+
+    srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-lc-", dir="/var/tmp")))
+    srv.start()
+    opts: dict[str, Any] = {
+        "base_url": srv.url,
+        "api_key": srv.api_key,
+        "image": args.image,
+        "timeout": 0,
+    }
+    cold: list[float] = []
+    pause_resume: list[float] = []
+    pause_only: list[float] = []
+    stop_start: list[float] = []
+    snapshot: list[float] = []
+    from_snapshot: list[float] = []
+    fork: list[float] = []
+    print(f"load average before: {loadavg()}")
+    try:
+        base = Sandbox.create(**opts)
+        base.exec("mkdir -p /data && head -c 1048576 /dev/urandom > /data/blob")
+        for _ in range(args.n):
+            made: list[Sandbox] = []
+            # Cold create -> first exec: the baseline, measured in the same loop.
+            sb = timed(cold, partial(create_and_exec, made, opts))
+            timed(pause_only, sb.pause)
+            t0 = time.perf_counter()
+            sb.resume()
+            sb.exec("true")
+            pause_resume.append(pause_only[-1] + time.perf_counter() - t0)
+            timed(stop_start, partial(stop_start_exec, sb))
+            snap = timed(snapshot, base.snapshot)
+            copy_opts = {"base_url": srv.url, "api_key": srv.api_key, "timeout": 0}
+            timed(from_snapshot, partial(create_and_exec, made, {**copy_opts, "snapshot": snap.id}))
+            Sandbox.delete_snapshot(snap.id, base_url=srv.url, api_key=srv.api_key)
+            timed(fork, partial(fork_and_exec, made, base))
+            for s in made:
+                s.destroy()
+        base.destroy()
+    finally:
+        srv.stop()
+        from tests.conftest import _cleanup_home
+
+        _cleanup_home(srv)
+    print(f"load average after:  {loadavg()}")
+    print(f"image={args.image} n={args.n} (each row interleaved with the cold-create baseline)")
+    print(report("baseline: cold create -> first exec", cold))
+    print(report("pause (alone)", pause_only))
+    print(report("pause -> resume -> first exec", pause_resume))
+    print(report("stop -> start -> first exec", stop_start))
+    print(report("snapshot (1 MiB+ disk)", snapshot))
+    print(report("create from snapshot -> first exec", from_snapshot))
+    print(report("fork(1) -> first exec", fork))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The agent gateway: the one owner of this host's connections to its sandboxes' agents.
+
+Three kinds of use, one place each: the shared connection of a sandbox (multiplexed; most
+requests), a dedicated connection for one bulk stream (NB: streams sharing a connection stall
+together when one consumer is slow, see _agent_client's backpressure note, so a slow reader of
+a 2 GB download must not hold up every other request to the sandbox), and streams on either.
+
+Errors are the agent's (`AgentError`, `AgentDisconnected`), tagged with the sandbox id; the
+API turns them into its own errors in one table. A broken shared connection is forgotten here,
+so the next request reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hutch._wire.agent_ops import OpName
+from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
+
+# Called on every new shared connection before anyone else gets it (the API sends the
+# sandbox's secrets: the agent keeps them in memory only, so a reconnect must resend them).
+OnConnect = Callable[[str, AgentConnection], Awaitable[None]]
+
+
+class AgentUnreachable(AgentDisconnected):
+    """No connection could be made to the agent (it does not run, or does not answer)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="agent_unreachable")
+
+
+class AgentGateway:
+    def __init__(
+        self,
+        socket_of: Callable[[str], Path],
+        *,
+        timeout: float,
+        on_connect: OnConnect | None = None,
+    ) -> None:
+        self._socket_of = socket_of  # sandbox id -> its agent's socket
+        self._timeout = timeout
+        self.on_connect = on_connect
+        self._shared: dict[str, AgentConnection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Weakly held: their callers close them; while a stream runs on one, the sandbox is
+        # in use (the idle timer must not put it to sleep under a transfer).
+        self._dedicated: dict[str, weakref.WeakSet[AgentConnection]] = {}
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self, sandbox_id: str, socket_path: Path | None = None) -> AgentConnection:
+        """A new shared connection (replacing any), set up with `on_connect`."""
+        conn = await AgentConnection.connect(
+            socket_path or self._socket_of(sandbox_id), timeout=self._timeout
+        )
+        try:
+            if self.on_connect is not None:
+                await self.on_connect(sandbox_id, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        self._shared[sandbox_id] = conn
+        return conn
+
+    def adopt(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Make a connection made elsewhere (a warm pool's) the sandbox's shared one."""
+        self._shared[sandbox_id] = conn
+
+    def current(self, sandbox_id: str) -> AgentConnection:
+        """The shared connection made by `connect` or `adopt` (KeyError if none)."""
+        return self._shared[sandbox_id]
+
+    async def shared(self, sandbox_id: str) -> AgentConnection:
+        """The live shared connection, (re)connecting if needed."""
+        conn = self._shared.get(sandbox_id)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._locks.setdefault(sandbox_id, asyncio.Lock()):
+            conn = self._shared.get(sandbox_id)
+            if conn is not None and not conn.closed:
+                return conn
+            try:
+                return await self.connect(sandbox_id)
+            except (OSError, AgentError, TimeoutError) as exc:
+                raise self._unreachable(sandbox_id, exc) from exc
+
+    async def dedicated(self, sandbox_id: str) -> AgentConnection:
+        """A new connection of its own, for one bulk stream; the caller closes it."""
+        try:
+            conn = await AgentConnection.connect(self._socket_of(sandbox_id), timeout=self._timeout)
+        except (OSError, AgentError, TimeoutError) as exc:
+            raise self._unreachable(sandbox_id, exc) from exc
+        self._dedicated.setdefault(sandbox_id, weakref.WeakSet()).add(conn)
+        return conn
+
+    def has_open_streams(self, sandbox_id: str) -> bool:
+        """Whether a stream (a command, log stream, transfer, terminal) is in flight."""
+        conns = [self._shared.get(sandbox_id), *self._dedicated.get(sandbox_id, ())]
+        return any(c is not None and not c.closed and c.open_streams > 0 for c in conns)
+
+    def drop(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Forget a shared connection that broke, so the next request reconnects."""
+        if self._shared.get(sandbox_id) is conn:
+            del self._shared[sandbox_id]
+
+    async def forget(self, sandbox_id: str) -> None:
+        """Close the sandbox's shared connection (it is being destroyed)."""
+        self._locks.pop(sandbox_id, None)
+        self._dedicated.pop(sandbox_id, None)
+        conn = self._shared.pop(sandbox_id, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        """Close every connection; the sandboxes keep running."""
+        for conn in list(self._shared.values()):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._shared.clear()
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        """One request and its result on the shared connection."""
+        conn = await self.shared(sandbox_id)
+        try:
+            return await conn.call(op, **args)
+        except AgentError as exc:
+            if isinstance(exc, AgentDisconnected):
+                self.drop(sandbox_id, conn)
+            exc.sandbox_id = sandbox_id
+            raise
+
+    async def open_stream(
+        self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+    ) -> AgentStream:
+        """A stream on `conn`, else on the shared connection."""
+        shared = conn is None
+        if conn is None:
+            conn = await self.shared(sandbox_id)
+        try:
+            return conn.open_stream(request)
+        except AgentDisconnected as exc:
+            if shared:
+                self.drop(sandbox_id, conn)
+            exc.sandbox_id = sandbox_id
+            raise
+
+    async def open_own(
+        self, sandbox_id: str, request: dict[str, Any]
+    ) -> tuple[AgentConnection, AgentStream]:
+        """A stream on a dedicated connection; close the connection when the stream ends."""
+        conn = await self.dedicated(sandbox_id)
+        try:
+            return conn, conn.open_stream(request)
+        except AgentDisconnected as exc:
+            await conn.close()
+            exc.sandbox_id = sandbox_id
+            raise
+
+    def _unreachable(self, sandbox_id: str, exc: BaseException) -> AgentUnreachable:
+        error = AgentUnreachable(
+            f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
+            "retry, or destroy the sandbox"
+        )
+        error.sandbox_id = sandbox_id
+        return error

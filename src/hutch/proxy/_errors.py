@@ -1,0 +1,27 @@
+"""What the proxy refuses a request with, and the plain answer it sends."""
+
+from __future__ import annotations
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _simple_response(status: int, body: bytes, *, close: bool = True) -> bytes:
+    reason = {
+        400: "Bad Request",
+        404: "Not Found",
+        431: "Request Header Fields Too Large",
+        501: "Not Implemented",
+        502: "Bad Gateway",
+        505: "HTTP Version Not Supported",
+    }.get(status, "Error")
+    # NB: no empty header line when the connection stays open: an extra CRLF would shift the
+    # body by two bytes and leave them in front of the next response on the connection.
+    connection = "connection: close\r\n" if close else ""
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\n{connection}\r\n"
+    ).encode() + body

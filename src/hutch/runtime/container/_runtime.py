@@ -1,0 +1,671 @@
+"""The `Runtime` facade: a sandbox spec in, a running locked-down runc container out, and back.
+
+Host layout under `HUTCH_HOME`:
+
+    sandboxes/<id>/             the OCI bundle (0711: runc resolves it as the sandbox's root)
+        config.json  rootfs/    the spec, and the overlay mounted there before runc runs
+        agent.sock              the agent's listening socket, handed to it as fd 3; never
+                                mounted into the sandbox, so nothing inside can reach or swap it
+        runc.log  agent.log     runc's errors; the agent's stderr only with debug_agent
+    storage/<id>/               the sandbox's btrfs subvolume with its disk quota:
+        upper/ work/ etc/       the overlay's writable layer, and /etc/hosts etc. bind-mounted in
+    runc/<id>/                  runc's state (`runc --root`)
+    agent/runtime-*/ code-*/    the agent's Python and code, mounted read-only at /.hutch
+
+A sandbox's traces are the runc state, its cgroups (`/sys/fs/cgroup/*/hutch/<id>`), the rootfs
+mount, the subvolume and the bundle dir; `destroy` removes them in that order, so the bundle dir,
+removed last, marks an unfinished destroy for `sweep` to complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import stat
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hutch
+from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime.container import _workcgroup as workcgroup
+from hutch.runtime.container._agent_bundle import (
+    AGENT_ENV,
+    AgentBundle,
+    agent_args,
+    ensure_agent_bundle,
+)
+from hutch.runtime.container._buckets import BucketMounts
+from hutch.runtime.container._cgroups import (
+    cgroups_path,
+    host_accounts_swap,
+    kill_cgroup_tasks,
+    remove_cgroups,
+)
+from hutch.runtime.container._errors import (
+    SandboxExists,
+    SandboxMissing,
+    SandboxRuntimeError,
+    SandboxStartError,
+)
+from hutch.runtime.container._freezer import set_frozen
+from hutch.runtime.container._host_files import (
+    RESOLV_MARKER,
+    add_mode,
+    check_traversable,
+    etc_hosts,
+    listen_unix,
+    make_dir,
+    read_text_or_empty,
+    remove_dir,
+    resolv_conf,
+    rewrite_in_place,
+)
+from hutch.runtime.container._lxcfs import LxcfsView
+from hutch.runtime.container._mounts import mounts_under, umount
+from hutch.runtime.container._netns import Networks, SandboxNet
+from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._oci import (
+    CPU_PERIOD_US,
+    Resources,
+    SandboxLayout,
+    Spec,
+    merge_env,
+    resources,
+    sandbox_spec,
+)
+from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
+from hutch.runtime.container._runc import Runc
+from hutch.runtime.container._seccomp import default_profile, kernel_version
+from hutch.runtime.container._snapshots import DiskSnapshots, disk_from
+from hutch.runtime.container._spec import (
+    HOSTNAME_RE,
+    SANDBOX_ID_RE,
+    Limits,
+    RuntimeConfig,
+    SandboxSpec,
+    SandboxState,
+    check_sandbox_id,
+)
+from hutch.runtime.container._storage import StoragePool
+from hutch.runtime.container._usage import SandboxUsage, cgroup_usage, qgroup_usage, veth_bytes
+from hutch.runtime.images import image_agent_env
+
+log = logging.getLogger("hutch.runtime")
+
+_MAX_NOFILE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    bundle: Path
+    rootfs: Path
+    config: Path
+    socket: Path
+    runc_log: Path
+    agent_log: Path
+    storage: Path
+    upper: Path
+    work: Path
+    etc: Path
+
+
+class Runtime:
+    """Creates, restarts, inspects and removes runc sandboxes. One per `HUTCH_HOME`."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self._home = config.home
+        self._sandboxes = config.home / "sandboxes"
+        self._storage = StoragePool(config.home, config.storage_size_gb)
+        self.snapshots = DiskSnapshots(self._storage)
+        self._runc = Runc(config.runc, config.home / "runc")
+        self._lxcfs = LxcfsView(config.home)
+        self._seccomp = default_profile(kernel_version())
+        self._memsw = host_accounts_swap()
+        self._nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], _MAX_NOFILE)
+        self._bundle: AgentBundle | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.buckets = BucketMounts(config.home)
+        self._networks = Networks(config.home, config.network_subnet, ID_RANGE)
+        # Network attaches still running for sandboxes created with defer_network=True.
+        self._pending_networks: dict[str, asyncio.Future[None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Mount the storage pool and build the agent bundle. Idempotent; call at server start.
+
+        Raises:
+            StorageError: the btrfs pool cannot be created or mounted.
+            AgentBundleError: the agent's runtime cannot be assembled.
+        """
+        self._home.mkdir(parents=True, exist_ok=True)
+        # The sandbox's root (an unprivileged host uid) must be able to traverse to its rootfs
+        # and to the agent bundle: o+x on the home, never o+r.
+        add_mode(self._home, 0o711)
+        check_traversable(self._home.resolve().parent)
+        make_dir(self._sandboxes, 0o711)
+        await self._storage.ensure()
+        await self._networks.setup()
+        package = self.config.agent_package or Path(hutch.__file__).parent
+        self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
+        await self._lxcfs.ensure()
+
+    async def teardown(self) -> None:
+        """Release what `setup` took that no sandbox needs: the storage pool's mount and the
+        nft table, if they hold no sandbox. Running sandboxes are left alone."""
+        if self._storage.is_mounted() and not self._storage.names():
+            with contextlib.suppress(OSError):
+                umount(self._storage.root)
+            self._lxcfs.stop()
+        await self._networks.teardown()
+
+    def supports(self, runtime: str) -> bool:
+        """Whether sandboxes can use `runtime` ("runc" or "gvisor") on this host."""
+        return runtime == "runc"
+
+    def rootfs(self, sandbox_id: str) -> Path:
+        """The host path where the sandbox's root filesystem is mounted while it runs."""
+        check_sandbox_id(sandbox_id)
+        return self._paths(sandbox_id).rootfs
+
+    def agent_socket(self, sandbox_id: str) -> Path:
+        """The host path of the sandbox agent's listening unix socket."""
+        return self._sandboxes / sandbox_id / "agent.sock"
+
+    # -- create / start --------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec, *, defer_network: bool = False) -> Path:
+        """Start a new sandbox; returns its agent's socket, already listening.
+
+        On any failure everything created so far is removed again. With ``defer_network``
+        the veth is attached in the background, overlapping the agent's own start-up; the
+        caller must then ``await network_ready(id)`` before handing the sandbox out.
+
+        Raises:
+            ValueError: invalid id or limits.
+            SandboxExists: the id has a sandbox (or leftovers of one: `destroy` it first).
+            SandboxStartError: runc could not start it (the message has runc's error).
+        """
+        self._validate(spec)
+        bundle = self._require_setup()
+        paths = self._paths(spec.id)
+        async with self._lock(spec.id):
+            if paths.bundle.exists() or self._storage.exists(spec.id):
+                raise SandboxExists(f"sandbox {spec.id!r} already exists")
+            try:
+                timings: dict[str, float] = {}
+                with _timed(timings, "storage"):
+                    self._prepare_storage(spec, paths)
+                return await self._start(spec, paths, bundle, timings, defer_network)
+            except BaseException:
+                # Shielded: a cancelled create must still roll back completely.
+                await asyncio.shield(self._destroy(spec.id))
+                raise
+
+    async def start_existing(self, spec: SandboxSpec) -> Path:
+        """Run a sandbox again on its kept writable layer (after a host reboot, or when its
+        container stopped); returns the agent socket. A running sandbox is left as it is.
+
+        Raises:
+            SandboxMissing: the sandbox has no writable layer to start from.
+            SandboxStartError: runc could not start it; the writable layer is kept.
+        """
+        self._validate(spec)
+        bundle = self._require_setup()
+        paths = self._paths(spec.id)
+        async with self._lock(spec.id):
+            state = await self._runc.state(spec.id)
+            if state is not None and state.status in ("running", "paused", "pausing"):
+                return paths.socket
+            if not self._storage.exists(spec.id):
+                raise SandboxMissing(f"sandbox {spec.id!r} has no writable layer to start from")
+            await self._stop_container(spec.id)
+            try:
+                self._write_etc_files(spec, paths, overwrite=False)
+                return await self._start(spec, paths, bundle, {})
+            except BaseException:
+                await asyncio.shield(self._stop_container(spec.id))
+                raise
+
+    def _prepare_storage(self, spec: SandboxSpec, paths: _Paths) -> None:
+        if spec.disk_from is not None:
+            # The copy has the upper/work/etc dirs of its source already.
+            disk_from(spec.disk_from, self._storage, spec.id, spec.limits.disk_mb << 20)
+            self._write_etc_files(spec, paths, overwrite=True)
+            return
+        subvolume = self._storage.create(spec.id, spec.limits.disk_mb << 20)
+        os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
+        lower = os.stat(spec.image.rootfs)
+        # The overlay's root takes the upper dir's owner and mode: make them the image's.
+        make_dir(paths.upper, stat.S_IMODE(lower.st_mode), owner=(lower.st_uid, lower.st_gid))
+        make_dir(paths.work, 0o700, owner=(HOST_ID_BASE, HOST_ID_BASE))
+        if not (spec.image.rootfs / "workspace").is_dir():
+            make_dir(paths.upper / "workspace", 0o755, owner=(HOST_ID_BASE, HOST_ID_BASE))
+        self._write_etc_files(spec, paths, overwrite=True)
+
+    def _write_etc_files(self, spec: SandboxSpec, paths: _Paths, *, overwrite: bool) -> None:
+        files = {
+            "hosts": etc_hosts(spec.hostname),
+            "hostname": f"{spec.hostname}\n",
+            "resolv.conf": resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), spec.network),
+        }
+        make_dir(paths.etc, 0o755)
+        for name, text in files.items():
+            path = paths.etc / name
+            if not overwrite and path.exists():
+                continue  # the sandbox may have edited it
+            path.write_text(text)
+            # Root inside may edit them (as in Docker); they count against its disk quota.
+            os.chown(path, HOST_ID_BASE, HOST_ID_BASE)
+            os.chmod(path, 0o644)
+
+    async def network_ready(self, sandbox_id: str) -> None:
+        """Wait for a deferred network attach (see `create`); raises if it failed."""
+        pending = self._pending_networks.pop(sandbox_id, None)
+        if pending is not None:
+            await pending
+
+    async def _attach_network(self, sandbox_id: str, prepared: asyncio.Future[SandboxNet]) -> None:
+        net = await prepared
+        await self._networks.attach(net, await self._init_pid(sandbox_id))
+
+    async def _start(
+        self,
+        spec: SandboxSpec,
+        paths: _Paths,
+        bundle: AgentBundle,
+        timings: dict[str, float],
+        defer_network: bool = False,
+    ) -> Path:
+        make_dir(paths.bundle, 0o711)
+        make_dir(paths.rootfs, 0o755)
+        with _timed(timings, "overlay"):
+            unmount_overlay(paths.rootfs)  # a stale mount from before a runc failure
+            mount_overlay(
+                lower=spec.image.rootfs, upper=paths.upper, work=paths.work, target=paths.rootfs
+            )
+        with _timed(timings, "config"):
+            paths.config.write_bytes(self._spec_for(spec, paths, bundle).dumps())
+        with _timed(timings, "socket"):
+            listener = listen_unix(paths.socket)
+        paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
+        # The sandbox's addresses and nft rules need no running container: overlap runc.
+        network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
+        stderr_fd = self._agent_stderr(paths)
+        work_fds: list[int] = []
+        try:
+            with _timed(timings, "work_cgroup"):
+                work_fds = workcgroup.prepare(spec.id, self._work_limits(spec.limits))
+            with _timed(timings, "runc"):
+                await self._runc.run_detached(
+                    spec.id,
+                    paths.bundle,
+                    fd3=listener.fileno(),
+                    stderr_fd=stderr_fd,
+                    log=paths.runc_log,
+                    extra_fds=work_fds,
+                )
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await network  # never leave it running behind a failed start
+            raise
+        finally:
+            # The container holds its own copies now.
+            listener.close()
+            os.close(stderr_fd)
+            for fd in work_fds:
+                os.close(fd)
+        if defer_network:
+            self._pending_networks[spec.id] = asyncio.ensure_future(
+                self._attach_network(spec.id, network)
+            )
+            return paths.socket
+        with _timed(timings, "network"):
+            await self._attach_network(spec.id, network)
+        log.debug(
+            "started sandbox %s: %s",
+            spec.id,
+            " ".join(f"{k}={v * 1e3:.2f}ms" for k, v in timings.items()),
+            extra={"sandbox_id": spec.id, "timings": timings},
+        )
+        return paths.socket
+
+    def _agent_stderr(self, paths: _Paths) -> int:
+        if self.config.debug_agent:
+            return os.open(
+                paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+    def _resources(self, limits: Limits) -> Resources:
+        """The sandbox cgroup's limits: what the user asked for, the agent included (user
+        code gets that less the agent's reserve: see _workcgroup)."""
+        return resources(
+            cpu=limits.cpu,
+            memory_mb=limits.memory_mb,
+            swap_mb=limits.swap_mb,
+            pids=limits.pids,
+            memsw=self._memsw,
+        )
+
+    def _work_limits(self, limits: Limits) -> workcgroup.WorkLimits:
+        return workcgroup.work_limits(
+            memory_mb=limits.memory_mb, swap_mb=limits.swap_mb, pids=limits.pids, memsw=self._memsw
+        )
+
+    def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
+        limits = spec.limits
+        env = merge_env(
+            spec.image.config.env,
+            spec.env,
+            AGENT_ENV,
+            image_agent_env(spec.image),
+            workcgroup.agent_env(),
+        )
+        return sandbox_spec(
+            cgroups_path=cgroups_path(spec.id),
+            hostname=spec.hostname,
+            layout=SandboxLayout(
+                rootfs=paths.rootfs,
+                etc_hosts=paths.etc / "hosts",
+                etc_hostname=paths.etc / "hostname",
+                etc_resolv_conf=paths.etc / "resolv.conf",
+                extra_mounts=(*bundle.mounts(), *self._lxcfs.mounts()),
+            ),
+            args=agent_args(),
+            env=env,
+            resources=self._resources(limits),
+            seccomp=self._seccomp,
+            id_base=HOST_ID_BASE,
+            id_range=ID_RANGE,
+            nofile=self._nofile,
+            shm_bytes=max(64, limits.memory_mb // 2) << 20,
+        )
+
+    async def stop(self, sandbox_id: str) -> None:
+        """End every process of the sandbox and release its container, keeping its disk
+        (subvolume), its network address and its bucket mounts' state: `start_existing`
+        runs it again. Idempotent."""
+        check_sandbox_id(sandbox_id)
+        paths = self._paths(sandbox_id)
+        async with self._lock(sandbox_id):
+            pending = self._pending_networks.pop(sandbox_id, None)
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await self._stop_container(sandbox_id)
+            # The rootfs overlay and bucket binds under it are host mounts: they outlive
+            # the container (start mounts them again).
+            for mountpoint in mounts_under(paths.bundle):
+                umount(mountpoint)
+
+    def disk_path(self, sandbox_id: str) -> Path:
+        """The sandbox's disk: the btrfs subvolume holding its writable layer."""
+        check_sandbox_id(sandbox_id)
+        return self._storage.path(sandbox_id)
+
+    # -- destroy / sweep -------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove every trace of a sandbox: its processes, runc state, cgroups, rootfs mount,
+        subvolume (with its quota group), bundle dir and socket. Idempotent.
+
+        Raises:
+            SandboxRuntimeError: some trace could not be removed (the others were); calling
+                again retries.
+        """
+        check_sandbox_id(sandbox_id)
+        async with self._lock(sandbox_id):
+            await self._destroy(sandbox_id)
+
+    async def _destroy(self, sandbox_id: str) -> None:
+        paths = self._paths(sandbox_id)
+        errors: list[str] = []
+        pending = self._pending_networks.pop(sandbox_id, None)
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        # Every step runs even if one before failed; all failures are reported together.
+        # NB: the container goes first: its mounts are torn down (by name, below) only once
+        # no sandbox code is left to move directories or plant symlinks under the rootfs.
+        stopped = False
+        try:
+            await self._stop_container(sandbox_id)
+            stopped = True
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"container: {e}")
+        try:
+            await self.buckets.remove_all(sandbox_id, paths.rootfs)
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"bucket mounts: {e}")
+        try:
+            await self._networks.remove(sandbox_id)
+        except (SandboxRuntimeError, OSError) as e:
+            errors.append(f"network: {e}")
+        try:
+            if stopped:  # else a name under the rootfs may lead anywhere: keep it for a retry
+                for mountpoint in mounts_under(paths.bundle):
+                    umount(mountpoint)
+        except OSError as e:
+            errors.append(f"rootfs mount: {e}")
+        try:
+            self._storage.delete(sandbox_id)
+        except SandboxRuntimeError as e:
+            errors.append(str(e))
+        try:
+            if mounts_under(paths.bundle):
+                # rmtree would walk into them: the sandbox's files, a bucket's objects.
+                errors.append("bundle dir: mounts are left under it")
+            else:
+                remove_dir(paths.bundle)
+        except OSError as e:
+            errors.append(f"bundle dir: {e}")
+        if errors:
+            raise SandboxRuntimeError(
+                f"sandbox {sandbox_id!r} was only partly removed ({'; '.join(errors)}); "
+                "destroy it again to retry"
+            )
+
+    async def _stop_container(self, sandbox_id: str) -> None:
+        """Kill the container and delete its runc state and cgroups."""
+        # NB: `runc delete --force` of a live container sends SIGKILL and then sleeps a fixed
+        # 100 ms before it looks again; killing every task ourselves and waiting for the
+        # cgroups to empty makes it a plain delete (~10 ms instead of ~110 ms).
+        await kill_cgroup_tasks(sandbox_id)
+        await self._runc.delete(sandbox_id)
+        # runc removes its cgroups, but not if it crashed or its state was lost mid-create.
+        await remove_cgroups(sandbox_id)
+
+    async def sweep(self, keep: Collection[str]) -> list[str]:
+        """Destroy every sandbox of this home whose id is not in `keep`; returns their ids.
+
+        Looks at everything a sandbox leaves (runc state, bundle dirs, mounts, subvolumes), so
+        half-created and half-destroyed sandboxes are found too.
+        """
+        found = {c.id for c in await self._runc.list()}
+        if self._sandboxes.is_dir():
+            found.update(p.name for p in self._sandboxes.iterdir())
+        found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
+        found.update(self._storage.names())
+        found.update(self.buckets.sandbox_ids())
+        found.update(self._networks.ids())
+        kept = set(keep)
+        stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
+        errors = []
+        for sandbox_id in stale:
+            try:
+                await self.destroy(sandbox_id)
+            except SandboxRuntimeError as e:
+                errors.append(str(e))
+        if errors:
+            log.warning("sweep could not remove everything: %s", "; ".join(errors))
+        return stale
+
+    # -- network ---------------------------------------------------------------------------
+
+    async def _init_pid(self, sandbox_id: str) -> int:
+        try:
+            state = json.loads((self._home / "runc" / sandbox_id / "state.json").read_bytes())
+            return int(state["init_process_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            container = await self._runc.state(sandbox_id)
+            if container is None or not container.pid:
+                raise SandboxStartError(f"sandbox {sandbox_id!r} has no running init") from None
+            return container.pid
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a running sandbox's egress policy; effective for its next packet."""
+        check_sandbox_id(sandbox_id)
+        await self._networks.set_policy(sandbox_id, policy)
+        # The resolver follows the policy, unless the sandbox wrote its own resolv.conf.
+        # NB: rewritten in place: the sandbox sees this inode through a bind mount.
+        path = self._paths(sandbox_id).etc / "resolv.conf"
+        if read_text_or_empty(path).startswith(RESOLV_MARKER):
+            rewrite_in_place(
+                path, resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), policy)
+            )
+
+    async def open_gateway_port(self, sandbox_id: str, port: int) -> tuple[str, str]:
+        """Let the sandbox reach TCP `port` on its gateway; (sandbox address, gateway)."""
+        net = await self._networks.open_gateway_port(sandbox_id, port)
+        return net.sandbox_ip, net.host_ip
+
+    def sandbox_gateway(self, sandbox_id: str) -> str | None:
+        """The host side of the sandbox's veth (None if it has no network yet)."""
+        net = self._networks.get(sandbox_id)
+        return net.host_ip if net is not None else None
+
+    def sandbox_address(self, sandbox_id: str) -> str | None:
+        """The sandbox's IPv4 address on its veth (None if it has no network)."""
+        net = self._networks.get(sandbox_id)
+        return net.sandbox_ip if net is not None else None
+
+    # -- inspect ---------------------------------------------------------------------------
+
+    async def state(self, sandbox_id: str) -> SandboxState:
+        """running / paused; stopped (its writable layer remains: `start_existing` runs it
+        again); missing (nothing left)."""
+        check_sandbox_id(sandbox_id)
+        container = await self._runc.state(sandbox_id)
+        if container is not None and container.status == "running":
+            return "running"
+        if container is not None and container.status in ("paused", "pausing"):
+            return "paused"
+        if container is not None or self._storage.exists(sandbox_id):
+            return "stopped"
+        return "missing"
+
+    async def list_sandboxes(self) -> dict[str, str]:
+        """id -> runc status (created, running, pausing, paused, stopped) of this home's
+        containers."""
+        return {c.id: c.status for c in await self._runc.list()}
+
+    async def update_limits(self, sandbox_id: str, limits: Limits) -> None:
+        """Apply new cpu, memory, swap and pids limits to a running sandbox (its cgroups).
+        The disk quota is fixed at create."""
+        check_sandbox_id(sandbox_id)
+        r = self._resources(limits)
+        args = ["--cpu-quota", str(r.cpu.quota), "--cpu-period", str(CPU_PERIOD_US)]
+        args += ["--cpu-share", str(r.cpu.shares), "--pids-limit", str(r.pids_limit)]
+        args += ["--memory", str(r.memory.limit)]
+        if r.memory.swap:
+            args += ["--memory-swap", str(r.memory.swap)]
+        await self._runc.update(sandbox_id, *args)
+        workcgroup.update(sandbox_id, self._work_limits(limits))
+
+    def storage_usage(self) -> tuple[int, int]:
+        """(used, total) bytes of the sandboxes' storage pool."""
+        try:
+            st = os.statvfs(self._storage.root)
+        except OSError:
+            return 0, 0
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+    async def usage(self, sandbox_id: str, *, disk: bool = True) -> SandboxUsage:
+        """What the sandbox uses now: CPU time, memory, tasks, network bytes, and (a btrfs
+        call, some milliseconds) its disk unless `disk` is False."""
+        check_sandbox_id(sandbox_id)
+        cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(sandbox_id)
+        net = self._networks.get(sandbox_id)
+        rx, tx = veth_bytes(net.ifname if net is not None else None)
+        quota = await qgroup_usage(self._storage.path(sandbox_id)) if disk else None
+        return SandboxUsage(
+            cpu_seconds=cpu,
+            cpu_limit=cpu_limit,
+            memory_bytes=memory,
+            memory_limit_bytes=memory_limit,
+            pids=pids,
+            pids_limit=pids_limit,
+            net_rx_bytes=rx,
+            net_tx_bytes=tx,
+            disk_bytes=quota[0] if quota else None,
+            disk_limit_bytes=quota[1] if quota else None,
+        )
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""
+        check_sandbox_id(sandbox_id)
+        await set_frozen(sandbox_id, True)
+
+    async def resume(self, sandbox_id: str) -> None:
+        check_sandbox_id(sandbox_id)
+        await set_frozen(sandbox_id, False)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _paths(self, sandbox_id: str) -> _Paths:
+        bundle = self._sandboxes / sandbox_id
+        storage = self._storage.path(sandbox_id)
+        return _Paths(
+            bundle=bundle,
+            rootfs=bundle / "rootfs",
+            config=bundle / "config.json",
+            socket=bundle / "agent.sock",
+            runc_log=bundle / "runc.log",
+            agent_log=bundle / "agent.log",
+            storage=storage,
+            upper=storage / "upper",
+            work=storage / "work",
+            etc=storage / "etc",
+        )
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _require_setup(self) -> AgentBundle:
+        if self._bundle is None:
+            raise SandboxRuntimeError("Runtime.setup() must be awaited before sandboxes start")
+        return self._bundle
+
+    def _validate(self, spec: SandboxSpec) -> None:
+        """Refuse a bad spec before anything is created for it."""
+        check_sandbox_id(spec.id)
+        if not HOSTNAME_RE.fullmatch(spec.hostname):
+            raise ValueError(f"invalid hostname {spec.hostname!r}")
+        if spec.limits.disk_mb <= 0:
+            raise ValueError("disk_mb must be positive")
+        self._resources(spec.limits)
+        merge_env(spec.image.config.env, spec.env)
+        if not self.supports(spec.runtime):
+            raise SandboxStartError(
+                f"runtime {spec.runtime!r} is not available on this host (runsc is not "
+                "installed); use runtime='runc'"
+            )
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - started

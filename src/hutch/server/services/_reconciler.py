@@ -1,0 +1,58 @@
+"""The lifecycle loop: once a second, end sandboxes whose lifetime is over (`on_timeout`) and
+put idle ones to sleep (`sleep_after`, `on_idle`). One broken sandbox never stops the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from hutch.server._errors import ApiError
+from hutch.server.services._lifecycle import Lifecycle
+from hutch.server.store._sqlite import Store
+
+log = logging.getLogger("hutch.server")
+
+INTERVAL = 1.0
+
+
+class Reconciler:
+    def __init__(self, lifecycle: Lifecycle, store: Store, *, interval: float = INTERVAL) -> None:
+        self._lifecycle = lifecycle
+        self._store = store
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="hutch-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One pass over every sandbox."""
+        wall, mono = time.time(), time.monotonic()
+        for record in self._store.list_sandboxes():
+            if record.status == "creating":
+                continue
+            try:
+                if record.expires_at is not None and record.expires_at <= wall:
+                    await self._lifecycle.expire(record)
+                else:
+                    await self._lifecycle.sleep_if_idle(record, mono)
+            except (ApiError, OSError, RuntimeError) as exc:
+                # NB: ApiError includes "already gone" races with a concurrent destroy.
+                log.error("lifecycle step for sandbox %s failed: %s", record.id, exc)
+            except Exception:
+                log.exception("lifecycle step for sandbox %s failed", record.id)
