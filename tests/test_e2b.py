@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -314,9 +315,82 @@ def test_command_timeout_fires_and_kills(sbx: Sandbox) -> None:
     assert "sleep 30" not in sbx.commands.run("ps -eo args").stdout
 
 
-def test_pause_and_set_timeout_answer_clearly(sbx: Sandbox) -> None:
-    with pytest.raises(SandboxException, match="lifecycle"):
-        sbx.pause()
-    with pytest.raises(SandboxException, match="lifecycle"):
-        sbx.set_timeout(600)
+def _seconds_left(sandbox_id: str) -> float:
+    return (Sandbox.get_info(sandbox_id).end_at - datetime.now(UTC)).total_seconds()
+
+
+def _hutch_status(server: ServerProcess, sandbox_id: str) -> str:
+    """What Hutch's own API says: the two APIs share one lifecycle."""
+    answer = httpx.get(
+        f"{server.url}/v1/sandboxes/{sandbox_id}",
+        headers={"Authorization": f"Bearer {server.api_key}"},
+    )
+    answer.raise_for_status()
+    return str(answer.json()["status"])
+
+
+def test_pause_keeps_processes_and_files_and_connect_resumes(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create(timeout=300)
+    try:
+        sleeper = sb.commands.run("sleep 600", background=True)
+        sb.files.write("/tmp/mark", "kept")
+
+        assert sb.pause() is True
+        assert Sandbox.get_info(sb.sandbox_id).state.value == "paused"
+        assert _hutch_status(e2b_env, sb.sandbox_id) == "paused"
+        assert Sandbox.pause(sb.sandbox_id) is False  # paused already: E2B's 409
+
+        resumed = Sandbox.connect(sb.sandbox_id, timeout=120)
+        assert Sandbox.get_info(sb.sandbox_id).state.value == "running"
+        assert _hutch_status(e2b_env, sb.sandbox_id) == "running"
+        assert 100 < _seconds_left(sb.sandbox_id) <= 121
+        assert resumed.files.read("/tmp/mark") == "kept"
+        # Memory was kept: the process started before the pause still runs.
+        assert str(sleeper.pid) in resumed.commands.run("ps -eo pid").stdout.split()
+    finally:
+        sb.kill()
+
+
+def test_pause_without_memory_keeps_the_disk(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create(timeout=300)
+    try:
+        sb.files.write("/tmp/mark", "on disk")
+        assert sb.pause(keep_memory=False) is True
+        assert Sandbox.get_info(sb.sandbox_id).state.value == "paused"
+        assert _hutch_status(e2b_env, sb.sandbox_id) == "stopped"
+        resumed = Sandbox.connect(sb.sandbox_id)
+        assert resumed.files.read("/tmp/mark") == "on disk"
+    finally:
+        sb.kill()
+
+
+def test_set_timeout_and_connect_move_the_end(sbx: Sandbox) -> None:
+    sbx.set_timeout(30)
+    assert 20 < _seconds_left(sbx.sandbox_id) <= 31
+    Sandbox.connect(sbx.sandbox_id, timeout=600)
+    assert 590 < _seconds_left(sbx.sandbox_id) <= 601
+    Sandbox.connect(sbx.sandbox_id, timeout=60)  # connect only ever extends a running one
+    assert _seconds_left(sbx.sandbox_id) > 590
+    with pytest.raises(SandboxException, match="timeout"):
+        sbx.set_timeout(0)
     assert sbx.commands.run("echo still").stdout == "still\n"
+
+
+def test_set_timeout_is_enforced(sbx: Sandbox) -> None:
+    sbx.set_timeout(1)
+    deadline = time.monotonic() + 30
+    while sbx.sandbox_id in [s.sandbox_id for s in Sandbox.list().next_items()]:
+        assert time.monotonic() < deadline, "the sandbox outlived its new timeout"
+        time.sleep(0.5)
+
+
+def test_auto_pause_at_the_timeout(e2b_env: ServerProcess) -> None:
+    sb = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        deadline = time.monotonic() + 30
+        while Sandbox.get_info(sb.sandbox_id).state.value != "paused":
+            assert time.monotonic() < deadline, "the sandbox did not pause at its timeout"
+            time.sleep(0.5)
+        assert Sandbox.connect(sb.sandbox_id).commands.run("echo back").stdout == "back\n"
+    finally:
+        sb.kill()

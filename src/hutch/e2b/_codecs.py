@@ -26,7 +26,7 @@ class StrictDecode:
     def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
         try:
             return self._inner.decode(data, message_class)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is the sender's
+        except Exception as exc:  # any decode failure is the sender's
             raise ConnectError(
                 Code.INVALID_ARGUMENT,
                 f"malformed {self.name()} message for {message_class.__name__}: {exc}",

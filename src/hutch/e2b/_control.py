@@ -1,12 +1,15 @@
-"""E2B's control plane (REST, JSON): create, connect, get, list, kill sandboxes.
+"""E2B's control plane (REST, JSON): create, connect, get, list, kill, pause, resume and
+timeouts of sandboxes.
 
-Everything goes through Hutch's SandboxManager; this module only translates shapes.
+Everything goes through Hutch's services (SandboxManager, Lifecycle): one implementation
+behind two APIs; this module only translates shapes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hutch.e2b._errors import E2bError, from_api_error
 from hutch.e2b._templates import DEFAULT_TEMPLATE, image_for_template
 from hutch.e2b._tokens import AccessTokens
-from hutch.server._auth import key_from_headers
-from hutch.server._errors import ApiError
-from hutch.server._models import SandboxCreate
-from hutch.server._store import SandboxRecord
+from hutch.node import AgentError
+from hutch.server.routes import ApiError, SandboxCreate, as_api_error, key_from_headers
+from hutch.server.store import SandboxRecord
 
 ENVD_VERSION = "0.6.4"  # the features the SDKs gate on it: entry info and mounts in watches
 CLIENT_ID = "hutch"
@@ -50,9 +52,36 @@ class NewSandbox(BaseModel):
 
 
 class ConnectBody(BaseModel):
+    """POST /sandboxes/{id}/connect and (older SDKs) /resume."""
+
     model_config = ConfigDict(extra="ignore")
 
     timeout: int = Field(default=DEFAULT_TIMEOUT, ge=0, le=MAX_TIMEOUT)
+
+
+class PauseBody(BaseModel):
+    """POST /sandboxes/{id}/pause. ``memory: false`` (keep_memory=False) keeps the disk only:
+    Hutch's stop, which the next connect starts again."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    memory: bool | None = None
+
+
+class TimeoutBody(BaseModel):
+    """POST /sandboxes/{id}/timeout. NB: 0 would mean "no limit" to Hutch, nothing to E2B."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timeout: int = Field(ge=1, le=MAX_TIMEOUT)
+
+
+class RefreshBody(BaseModel):
+    """POST /sandboxes/{id}/refreshes: live `duration` seconds from now."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    duration: int = Field(default=DEFAULT_TIMEOUT, ge=1, le=3600)
 
 
 def _iso(ts: float) -> str:
@@ -163,6 +192,13 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         raise E2bError(400, f"invalid request body: {exc}") from None
 
 
+async def _resume(svc: Any, sandbox_id: str, seconds: int) -> SandboxRecord:
+    """Resume a paused (or stopped) sandbox with E2B's timeout from now on."""
+    await svc.lifecycle.resume(sandbox_id)
+    record: SandboxRecord = await svc.lifecycle.set_timeout(sandbox_id, seconds or DEFAULT_TIMEOUT)
+    return record
+
+
 def build_control_app() -> FastAPI:
     """E2B's REST API as its own app, so its errors keep E2B's shape; mounted by the front
     door (hutch.e2b._front) under the paths E2B's SDKs use."""
@@ -208,21 +244,70 @@ def build_control_app() -> FastAPI:
                 env=body.env_vars or {},
                 network="none" if body.allow_internet_access is False else "internet",
                 timeout=body.timeout or None,
+                # E2B's autoPause: pause (memory kept) instead of killing at the timeout.
+                on_timeout="pause" if body.auto_pause else "destroy",
                 labels=labels,
             )
         except ValidationError as exc:
             msgs = "; ".join(str(e.get("msg")) for e in exc.errors())
             raise E2bError(400, f"invalid sandbox request: {msgs}") from None
-        record = await svc.sandboxes.create(spec)
+        record = await svc.lifecycle.create(spec)
         return JSONResponse(sandbox_body(record, tokens(request)), 201)
 
     async def connect(request: Request) -> JSONResponse:
+        """Running: its timeout is only ever extended (200). Paused: resumed with the
+        timeout (201), as E2B's API does."""
         svc = services(request)
-        await _body(request, ConnectBody)
-        record = record_or_404(svc, request.path_params["sandbox_id"])
-        # NB: Hutch keeps a sandbox's timeout as set at create; extending it belongs to the
-        # lifecycle service (set_timeout), which this server does not have yet.
+        body: ConnectBody = await _body(request, ConnectBody)
+        sandbox_id = request.path_params["sandbox_id"]
+        record = record_or_404(svc, sandbox_id)
+        if record.status != "running":
+            record = await _resume(svc, sandbox_id, body.timeout)
+            return JSONResponse(sandbox_body(record, tokens(request)), 201)
+        if body.timeout and (
+            record.expires_at is not None and record.expires_at < time.time() + body.timeout
+        ):
+            record = await svc.lifecycle.set_timeout(sandbox_id, body.timeout)
         return JSONResponse(sandbox_body(record, tokens(request)), 200)
+
+    async def resume(request: Request) -> JSONResponse:
+        """The older SDKs' resume: 409 when it runs already."""
+        svc = services(request)
+        body: ConnectBody = await _body(request, ConnectBody)
+        sandbox_id = request.path_params["sandbox_id"]
+        if record_or_404(svc, sandbox_id).status == "running":
+            raise E2bError(409, f"sandbox {sandbox_id} is already running")
+        record = await _resume(svc, sandbox_id, body.timeout)
+        return JSONResponse(sandbox_body(record, tokens(request)), 201)
+
+    async def pause(request: Request) -> Response:
+        """204; 409 when it is paused already (the SDKs' pause() then answers False)."""
+        svc = services(request)
+        body: PauseBody = await _body(request, PauseBody)
+        sandbox_id = request.path_params["sandbox_id"]
+        if _state(record_or_404(svc, sandbox_id)) == "paused":
+            raise E2bError(409, f"sandbox {sandbox_id} is already paused")
+        if body.memory is False:
+            await svc.lifecycle.stop(sandbox_id, reason="paused without memory (E2B API)")
+        else:
+            await svc.lifecycle.pause(sandbox_id, reason="paused by request (E2B API)")
+        return Response(status_code=204)
+
+    async def set_timeout(request: Request) -> Response:
+        svc = services(request)
+        body: TimeoutBody = await _body(request, TimeoutBody)
+        sandbox_id = request.path_params["sandbox_id"]
+        record_or_404(svc, sandbox_id)
+        await svc.lifecycle.set_timeout(sandbox_id, body.timeout)
+        return Response(status_code=204)
+
+    async def refresh(request: Request) -> Response:
+        svc = services(request)
+        body: RefreshBody = await _body(request, RefreshBody)
+        sandbox_id = request.path_params["sandbox_id"]
+        record_or_404(svc, sandbox_id)
+        await svc.lifecycle.set_timeout(sandbox_id, body.duration)
+        return Response(status_code=204)
 
     async def get(request: Request) -> JSONResponse:
         svc = services(request)
@@ -284,8 +369,8 @@ def build_control_app() -> FastAPI:
         what = request.url.path.rsplit("/", 1)[-1]
         raise E2bError(
             501,
-            f"'{what}' is not available on this Hutch server yet (pause, resume and "
-            "timeout changes come with Hutch's lifecycle service); the sandbox keeps running",
+            f"E2B's '{what}' is not available on Hutch's E2B API yet; use Hutch's own API "
+            f"(POST /v1/sandboxes/{{id}}/{what}, or the hutch SDK's snapshot() and fork())",
         )
 
     async def metrics(request: Request) -> JSONResponse:
@@ -302,7 +387,11 @@ def build_control_app() -> FastAPI:
     app.add_api_route(sid + "/connect", connect, methods=["POST"])
     app.add_api_route("/v2" + sid + "/connect", connect, methods=["POST"])
     app.add_api_route(sid + "/metrics", metrics, methods=["GET"])
-    for action in ("pause", "resume", "timeout", "refreshes", "snapshots", "fork"):
+    app.add_api_route(sid + "/pause", pause, methods=["POST"])
+    app.add_api_route(sid + "/resume", resume, methods=["POST"])
+    app.add_api_route(sid + "/timeout", set_timeout, methods=["POST"])
+    app.add_api_route(sid + "/refreshes", refresh, methods=["POST"])
+    for action in ("snapshots", "fork"):
         app.add_api_route(f"{sid}/{action}", not_here, methods=["POST"])
 
     async def on_e2b(_: Request, exc: Exception) -> JSONResponse:
@@ -310,8 +399,9 @@ def build_control_app() -> FastAPI:
         return exc.response()
 
     async def on_api(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return from_api_error(exc).response()
+        error = as_api_error(exc)
+        assert error is not None
+        return from_api_error(error).response()
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -322,6 +412,7 @@ def build_control_app() -> FastAPI:
 
     app.add_exception_handler(E2bError, on_e2b)
     app.add_exception_handler(ApiError, on_api)
+    app.add_exception_handler(AgentError, on_api)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     return app

@@ -20,16 +20,8 @@ from hutch._wire import Kind
 from hutch.e2b._errors import E2bError, from_api_error
 from hutch.e2b._identity import DEFAULT_USER, SANDBOX_HEADER, in_home
 from hutch.e2b._tokens import AccessTokens
-from hutch.server._agent_client import AgentError, parse_result
-from hutch.server._errors import ApiError
-from hutch.server._routes_files import (
-    UPLOAD_CHUNK,
-    _first_event,
-    _open_own,
-    _result,
-    check_path,
-    file_error,
-)
+from hutch.node import AgentError, AgentStream, parse_result
+from hutch.server.routes import UPLOAD_CHUNK, ApiError, as_api_error, check_path
 
 ACCESS_HEADER = "x-access-token"
 
@@ -69,6 +61,24 @@ def _path(request: Request, name: str | None = None) -> str:
     return in_home(path)
 
 
+async def _first_event(stream: AgentStream) -> dict[str, Any]:
+    """The stream's first EVENT; an error RESULT raises the agent's error (the app maps it)."""
+    async for frame in stream:
+        if frame.kind is Kind.EVENT:
+            return frame.json()
+        if frame.kind is Kind.RESULT:
+            parse_result(frame)
+            raise AgentError("bad_response", "the agent ended the stream before starting")
+    raise AgentError("bad_response", "the agent ended the stream early")
+
+
+async def _result(stream: AgentStream) -> dict[str, Any]:
+    async for frame in stream:
+        if frame.kind is Kind.RESULT:
+            return parse_result(frame)
+    raise AgentError("bad_response", "the agent ended the stream without a result")
+
+
 async def health(request: Request) -> Response:
     return Response(status_code=204)
 
@@ -78,7 +88,7 @@ async def read_file(request: Request) -> Response:
     check_file_access(request, request.scope["hutch.e2b.tokens"], "read")
     sandbox_id = _sandbox(request)
     path = check_path(_path(request))
-    conn, stream = await _open_own(svc, sandbox_id, {"op": "read", "path": path})
+    conn, stream = await svc.sandboxes.open_own(sandbox_id, {"op": "read", "path": path})
     try:
         opened = await _first_event(stream)
     except BaseException:
@@ -137,7 +147,9 @@ async def _write(
     svc: Any, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
 ) -> dict[str, Any]:
     check_path(path)
-    conn, stream = await _open_own(svc, sandbox_id, {"op": "write", "path": path, "parents": True})
+    conn, stream = await svc.sandboxes.open_own(
+        sandbox_id, {"op": "write", "path": path, "parents": True}
+    )
     done = False
     try:
         await _first_event(stream)
@@ -149,8 +161,6 @@ async def _write(
         await stream.close_stdin()
         result = await _result(stream)
         done = True
-    except AgentError as exc:
-        raise file_error(exc) from exc
     finally:
         if not done:
             with contextlib.suppress(Exception):
@@ -191,8 +201,9 @@ def build_envd_http_app() -> Starlette:
         return exc.response()
 
     async def on_api(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return from_api_error(exc).response()
+        error = as_api_error(exc)
+        assert error is not None
+        return from_api_error(error).response()
 
     return Starlette(
         routes=[
@@ -200,7 +211,7 @@ def build_envd_http_app() -> Starlette:
             Route("/files", read_file, methods=["GET"]),
             Route("/files", write_file, methods=["POST"]),
         ],
-        exception_handlers={E2bError: on_e2b, ApiError: on_api},
+        exception_handlers={E2bError: on_e2b, ApiError: on_api, AgentError: on_api},
     )
 
 

@@ -11,8 +11,8 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from starlette.responses import JSONResponse
 
-from hutch.server._agent_client import AgentDisconnected, AgentError
-from hutch.server._errors import ApiError
+from hutch.node import AgentDisconnected, AgentError
+from hutch.server.routes import ApiError
 
 
 class E2bError(Exception):

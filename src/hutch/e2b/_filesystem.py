@@ -21,10 +21,11 @@ from e2b.envd.filesystem.filesystem_connect import Filesystem
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from hutch._wire import Kind
+from hutch._wire.agent_ops import OpName
 from hutch.e2b._errors import connect_error
 from hutch.e2b._identity import in_home, sandbox_of
 from hutch.e2b._oneof import oneof
-from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
+from hutch.node import AgentConnection, AgentError, AgentStream, parse_result
 
 R = TypeVar("R")
 WATCH_KEEPALIVE = 30.0
@@ -82,12 +83,12 @@ class FilesystemService(Filesystem):
     async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
         try:
             return await work
-        except Exception as exc:  # noqa: BLE001 - every failure leaves as a Connect error
+        except Exception as exc:  # every failure leaves as a Connect error
             raise connect_error(exc, sandbox_id) from exc
 
-    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
-        return await conn.call(op, **args)
+    async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        return result
 
     async def _stat(self, sandbox_id: str, path: str) -> pb.EntryInfo:
         path = _check_path(path)
@@ -159,9 +160,9 @@ class FilesystemService(Filesystem):
         top = await self._call(sandbox_id, "stat", path=path)
         if top.get("type") != "directory":
             raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
-        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
-        stream = conn.open_stream(
-            {"op": "list", "path": path, "recursive": depth > 1, "include_hidden": True}
+        stream: AgentStream = await self._svc.sandboxes.open_stream(
+            sandbox_id,
+            {"op": "list", "path": path, "recursive": depth > 1, "include_hidden": True},
         )
         entries: list[dict[str, Any]] = []
 
@@ -186,8 +187,11 @@ class FilesystemService(Filesystem):
         if top.get("type") != "directory":
             raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
         # A connection of its own: a watch nobody reads must not stall the shared one.
-        conn: AgentConnection = await self._svc.sandboxes.dedicated_agent(sandbox_id)
-        stream = conn.open_stream({"op": "watch", "path": path, "recursive": recursive})
+        conn: AgentConnection
+        stream: AgentStream
+        conn, stream = await self._svc.sandboxes.open_own(
+            sandbox_id, {"op": "watch", "path": path, "recursive": recursive}
+        )
         try:
             async for frame in stream:
                 if frame.kind is Kind.EVENT and frame.json().get("event") == "watching":

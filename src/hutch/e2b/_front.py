@@ -61,8 +61,7 @@ class _DataPlane:
         if sandbox_id in self._homes:
             return
         with contextlib.suppress(Exception):
-            conn = await svc.sandboxes.agent(sandbox_id)
-            await conn.call("mkdir", path=E2B_HOME, recursive=True)
+            await svc.sandboxes.call(sandbox_id, "mkdir", path=E2B_HOME, recursive=True)
             self._homes.add(sandbox_id)
 
 

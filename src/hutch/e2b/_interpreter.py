@@ -15,13 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hutch._wire import Kind
+from hutch._wire import Frame, Kind
 from hutch.e2b._charts import e2b_chart
 from hutch.e2b._errors import E2bError, from_api_error
 from hutch.e2b._identity import E2B_HOME, SANDBOX_HEADER, in_home
-from hutch.server._agent_client import AgentConnection, AgentDisconnected, AgentError
-from hutch.server._errors import ApiError
-from hutch.server._routes_code import api_error_for
+from hutch.node import AgentError, AgentStream, parse_result
+from hutch.server.routes import ApiError, as_api_error
 
 CHART_MIME = "application/vnd.hutch.chart+json"
 # MIME type -> the field of E2B's result line.
@@ -98,13 +97,9 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
 async def _call(request: Request, op: str, **args: Any) -> dict[str, Any]:
     svc = request.scope["hutch.services"]
     sandbox_id = request.headers[SANDBOX_HEADER]
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-    try:
-        return await conn.call(op, **args)
-    except AgentError as exc:
-        if isinstance(exc, AgentDisconnected):
-            svc.sandboxes.drop_agent(sandbox_id, conn)
-        raise api_error_for(exc, sandbox_id) from exc
+    # Agent errors go up: the app's handler maps them through Hutch's one table.
+    result: dict[str, Any] = await svc.sandboxes.call(sandbox_id, op, **args)
+    return result
 
 
 def _context(info: dict[str, Any]) -> dict[str, Any]:
@@ -144,28 +139,28 @@ async def execute(request: Request) -> Response:
         raise E2bError(400, "give a context_id or a language, not both")
     svc = request.scope["hutch.services"]
     sandbox_id = request.headers[SANDBOX_HEADER]
-    conn: AgentConnection = await svc.sandboxes.agent(sandbox_id)
-    stream = conn.open_stream(
+    stream: AgentStream = await svc.sandboxes.open_stream(
+        sandbox_id,
         {
             "op": "code_run",
             "code": body.code,
             "context_id": body.context_id,
             "language": _language(body.language),
             "timeout": None,
-        }
+        },
     )
-    # The first frame before the 200: an unknown context is a 404, not a broken stream.
-    try:
+    # The first frame before the 200: an unknown context is a 404, not a broken stream
+    # (parse_result raises the agent's error, which the app's handler maps).
+    first = await stream.__anext__()
+    while first.kind is Kind.EOF:  # an early error RESULT comes after the EOFs
         first = await stream.__anext__()
-        while first.kind is Kind.EOF:  # an early error RESULT comes after the EOFs
-            first = await stream.__anext__()
-        if first.kind is Kind.RESULT:
-            error = first.json().get("error") or {}
-            raise api_error_for(
-                AgentError(str(error.get("code")), str(error.get("message"))), sandbox_id
-            )
-    except AgentError as exc:
-        raise api_error_for(exc, sandbox_id) from exc
+    if first.kind is Kind.RESULT:
+        parse_result(first)
+
+    async def frames() -> AsyncIterator[Frame]:
+        yield first
+        async for frame in stream:
+            yield frame
 
     async def lines() -> AsyncIterator[bytes]:
         def out(line: dict[str, Any]) -> bytes:
@@ -173,7 +168,7 @@ async def execute(request: Request) -> Response:
 
         done = False
         try:
-            async for frame in stream:
+            async for frame in frames():
                 if frame.kind is Kind.DATA:
                     kind = "stdout" if frame.channel == 1 else "stderr"
                     text = frame.payload.decode("utf-8", "replace")
@@ -214,8 +209,9 @@ def build_interpreter_app() -> Starlette:
         return exc.response()
 
     async def on_api(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return from_api_error(exc).response()
+        error = as_api_error(exc)
+        assert error is not None
+        return from_api_error(error).response()
 
     return Starlette(
         routes=[
@@ -225,5 +221,5 @@ def build_interpreter_app() -> Starlette:
             Route("/contexts/{context_id}", delete_context, methods=["DELETE"]),
             Route("/contexts/{context_id}/restart", restart_context, methods=["POST"]),
         ],
-        exception_handlers={E2bError: on_e2b, ApiError: on_api},
+        exception_handlers={E2bError: on_e2b, ApiError: on_api, AgentError: on_api},
     )

@@ -18,11 +18,12 @@ from e2b.envd.process.process_connect import Process
 from protobuf import Oneof
 
 from hutch._wire import Kind
+from hutch._wire.agent_ops import OpName
 from hutch.e2b._errors import connect_error
 from hutch.e2b._identity import DEFAULT_USER, E2B_HOME, Users, in_home, sandbox_of, user_of
 from hutch.e2b._oneof import oneof
 from hutch.e2b._pty import Terminals
-from hutch.server._agent_client import AgentConnection, AgentError, AgentStream, parse_result
+from hutch.node import AgentConnection, AgentError, AgentStream, parse_result
 
 KEEPALIVE_HEADER = "keepalive-ping-interval"
 DEFAULT_KEEPALIVE = 30.0
@@ -76,12 +77,12 @@ class ProcessService(Process):
     async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
         try:
             return await work
-        except Exception as exc:  # noqa: BLE001 - every failure leaves as a Connect error
+        except Exception as exc:
             raise connect_error(exc, sandbox_id) from exc
 
-    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
-        return await conn.call(op, **args)
+    async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        return result
 
     async def _process_id(self, sandbox_id: str, selector: pb.ProcessSelector | None) -> str:
         match selector.selector if selector is not None else None:
@@ -221,7 +222,7 @@ class ProcessService(Process):
                 sandbox_id, info["id"], pb.StartResponse, ctx, conn=conn, kill_on_deadline=True
             ):
                 yield event
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise connect_error(exc, sandbox_id) from exc
 
     async def _start_pty(
@@ -233,7 +234,7 @@ class ProcessService(Process):
         try:
             async for event in self._terminals.follow(sandbox_id, pid, pb.StartResponse):
                 yield event
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise connect_error(exc, sandbox_id) from exc
 
     async def connect(
@@ -247,7 +248,7 @@ class ProcessService(Process):
                 try:
                     async for event in self._terminals.follow(sandbox_id, pid, pb.ConnectResponse):
                         yield event
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise connect_error(exc, sandbox_id) from exc
                 return
 
@@ -265,7 +266,7 @@ class ProcessService(Process):
                 sandbox_id, info["id"], pb.ConnectResponse, ctx, offsets
             ):
                 yield event
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise connect_error(exc, sandbox_id) from exc
 
     async def list(self, request: pb.ListRequest, ctx: RequestContext[Any, Any]) -> pb.ListResponse:

@@ -12,9 +12,10 @@ from connectrpc.errors import ConnectError
 from e2b.envd.process import process_pb as pb
 
 from hutch._wire import Kind
+from hutch._wire.agent_ops import OpName
 from hutch.e2b._identity import E2B_HOME, in_home
 from hutch.e2b._oneof import oneof
-from hutch.server._agent_client import AgentConnection, AgentStream, parse_result
+from hutch.node import AgentConnection, AgentStream, parse_result
 
 
 class Terminals:
@@ -29,9 +30,9 @@ class Terminals:
     def has(self, sandbox_id: str, pid: int) -> bool:
         return (sandbox_id, pid) in self._ids
 
-    async def _call(self, sandbox_id: str, op: str, **args: Any) -> dict[str, Any]:
-        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
-        return await conn.call(op, **args)
+    async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        return result
 
     async def create(self, sandbox_id: str, request: pb.StartRequest) -> dict[str, Any]:
         config = request.process
@@ -52,8 +53,11 @@ class Terminals:
         self, sandbox_id: str, pid: int, kind: type[Any], since: int = 0
     ) -> AsyncIterator[Any]:
         terminal_id = self._ids[(sandbox_id, pid)]
-        conn: AgentConnection = await self._svc.sandboxes.dedicated_agent(sandbox_id)
-        stream = conn.open_stream({"op": "pty_attach", "id": terminal_id, "since": since})
+        conn: AgentConnection
+        stream: AgentStream
+        conn, stream = await self._svc.sandboxes.open_own(
+            sandbox_id, {"op": "pty_attach", "id": terminal_id, "since": since}
+        )
         self._streams[(sandbox_id, pid)] = stream
         try:
             async for frame in stream:
@@ -84,10 +88,9 @@ class Terminals:
             await stream.send_stdin(data)
             return
         # Nobody watches it now: a short attach to type into it.
-        conn: AgentConnection = await self._svc.sandboxes.agent(sandbox_id)
         info = await self._call(sandbox_id, "pty_info", id=self._ids[(sandbox_id, pid)])
-        short = conn.open_stream(
-            {"op": "pty_attach", "id": info["id"], "since": int(info["offset"])}
+        short: AgentStream = await self._svc.sandboxes.open_stream(
+            sandbox_id, {"op": "pty_attach", "id": info["id"], "since": int(info["offset"])}
         )
         await short.send_stdin(data)
         await short.cancel()

@@ -14,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hutch.e2b import E2bFrontDoor
 from hutch.node import AgentError
 from hutch.proxy import PreviewRoutes
 from hutch.server._agent_errors import api_error_for
@@ -173,6 +172,11 @@ def create_app(
     app.include_router(build_lifecycle_router())
     app.include_router(build_metrics_router(require_key))
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    # NB: imported here, not at the top: hutch.e2b builds on hutch.server.routes, and importing
+    # any of hutch.server runs this package's __init__, which imports this module (a program
+    # that imports hutch.e2b first would meet a half-made hutch.e2b).
+    from hutch.e2b import E2bFrontDoor
+
     app.add_middleware(E2bFrontDoor)
     app.add_middleware(
         RequestMetricsMiddleware,
