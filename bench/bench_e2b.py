@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile, report  # noqa: E402
-from hutch import Sandbox  # noqa: E402
-from tests._server import ServerProcess  # noqa: E402
-from tests.conftest import _cleanup_home  # noqa: E402
+from bench._stats import percentile, report
+from hutch import Sandbox
+from tests._server import ServerProcess
+from tests.conftest import _cleanup_home
 
 WARMUP = 20
 ROUND = 10
