@@ -5,7 +5,8 @@ It owns the app factory (`_app.py`), what routes depend on (`_deps.py`: `Service
 to them (`_agent_errors.py`), the request models, `routes/`, `services/` and `store/`. It may
 import `hutch.node` (the host: agent gateway, pools, egress), `hutch.proxy` (the preview data
 plane, which shares its port), `hutch.runtime` and `hutch._wire`; nothing imports it but the
-CLI's `hutch serve`. The name stays `server` (not `api`): it is what `hutch serve` runs and
+CLI's `hutch serve` and `hutch.e2b` (E2B's API over the same services, through the public names
+of `routes` and `store`). The name stays `server` (not `api`): it is what `hutch serve` runs and
 what the `hutch[server]` extra installs. See docs/architecture.md.
 """
 
