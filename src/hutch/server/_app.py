@@ -130,6 +130,7 @@ def create_app(
         await svc.sandboxes.start()
         await svc.lifecycle.recover()
         svc.reconciler.start()
+        svc.deaths.start()
         await svc.egress.start(svc.sandboxes.running_with_egress_rules())
         app.state.services = svc
         attach_previews(svc, previews)
@@ -139,6 +140,7 @@ def create_app(
         finally:
             await svc.usage_history.stop()
             await svc.reconciler.stop()
+            await svc.deaths.stop()
             await svc.previews.close()
             await svc.egress.stop()
             await svc.sandboxes.stop()
