@@ -8,7 +8,7 @@ python="${HUTCH_PYTHON:-$repo/.venv/bin/python}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$python" "$here/scripts/dump_openapi.py" > "$tmp/openapi.json"
-(cd "$here" && node_modules/.bin/openapi-typescript "$tmp/openapi.json" -o "$tmp/api.gen.ts" --silent)
+(cd "$here" && node_modules/.bin/openapi-typescript "$tmp/openapi.json" -o "$tmp/api.gen.ts" --default-non-nullable=false --silent)
 if [[ "${1:-}" == "--check" ]]; then
   if ! diff -q "$tmp/api.gen.ts" "$here/src/api.gen.ts" >/dev/null; then
     diff -u "$here/src/api.gen.ts" "$tmp/api.gen.ts" | head -40 >&2 || true

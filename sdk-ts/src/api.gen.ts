@@ -945,7 +945,7 @@ export interface components {
              * Read Only
              * @default false
              */
-            read_only: boolean;
+            read_only?: boolean;
             /** Region */
             region?: string | null;
         };
@@ -983,7 +983,7 @@ export interface components {
              * @description python, javascript or typescript
              * @default python
              */
-            language: string;
+            language?: string;
         };
         /** CodeContextInfo */
         CodeContextInfo: {
@@ -991,7 +991,7 @@ export interface components {
              * Busy
              * @default false
              */
-            busy: boolean;
+            busy?: boolean;
             /** Cwd */
             cwd?: string | null;
             /** Id */
@@ -1062,7 +1062,7 @@ export interface components {
              * @description e.g. 'Bearer ' for authorization
              * @default
              */
-            prefix: string;
+            prefix?: string;
             /**
              * Secret
              * @description the name of one of the sandbox's `secrets`
@@ -1270,7 +1270,7 @@ export interface components {
              * @description plain HTTP / unverified TLS
              * @default false
              */
-            insecure: boolean;
+            insecure?: boolean;
             /**
              * Name
              * @description store name; default: the reference
@@ -1340,7 +1340,7 @@ export interface components {
              * Recursive
              * @default false
              */
-            recursive: boolean;
+            recursive?: boolean;
         };
         /** MoveRequest */
         MoveRequest: {
@@ -1350,7 +1350,7 @@ export interface components {
              * Overwrite
              * @default true
              */
-            overwrite: boolean;
+            overwrite?: boolean;
             /** Source */
             source: string;
         };
@@ -1503,7 +1503,7 @@ export interface components {
              * @description give it a stdin pipe (else /dev/null)
              * @default true
              */
-            stdin: boolean;
+            stdin?: boolean;
             /** User */
             user?: string | null;
         };
@@ -1513,12 +1513,12 @@ export interface components {
              * Cpu
              * @default 1
              */
-            cpu: number;
+            cpu?: number;
             /**
              * Disk Mb
              * @default 4096
              */
-            disk_mb: number;
+            disk_mb?: number;
             /**
              * Egress Secrets
              * @description secrets injected as a header by Hutch's egress proxy: they never enter the sandbox, which gets a placeholder and a base-URL variable instead
@@ -1537,12 +1537,12 @@ export interface components {
              * Image
              * @default default
              */
-            image: string;
+            image?: string;
             /**
              * Keep Alive
              * @default false
              */
-            keep_alive: boolean;
+            keep_alive?: boolean;
             /** Labels */
             labels?: {
                 [key: string]: string;
@@ -1551,13 +1551,13 @@ export interface components {
              * Memory Mb
              * @default 1024
              */
-            memory_mb: number;
+            memory_mb?: number;
             /**
              * Network
              * @default none
              * @enum {string}
              */
-            network: "none" | "internet";
+            network?: "none" | "internet";
             /**
              * Network Allow
              * @description CIDRs always reachable
@@ -1572,13 +1572,13 @@ export interface components {
              * Pids Limit
              * @default 512
              */
-            pids_limit: number;
+            pids_limit?: number;
             /**
              * Runtime
              * @default runc
              * @enum {string}
              */
-            runtime: "runc" | "gvisor";
+            runtime?: "runc" | "gvisor";
             /**
              * Secrets
              * @description environment variables for every process, stored encrypted and never returned (SandboxInfo lists only their names)
@@ -1593,7 +1593,7 @@ export interface components {
              * @description start the image's ENTRYPOINT+CMD as the background process 'entrypoint' (422 image_has_no_entrypoint if it has none)
              * @default false
              */
-            start_entrypoint: boolean;
+            start_entrypoint?: boolean;
             /**
              * Timeout
              * @description maximum lifetime, seconds
@@ -1626,7 +1626,7 @@ export interface components {
              * Mounts
              * @default []
              */
-            mounts: components["schemas"]["BucketMountInfo"][];
+            mounts?: components["schemas"]["BucketMountInfo"][];
             /** Network */
             network: string;
             /** Pids Limit */
@@ -1695,7 +1695,7 @@ export interface components {
              * Signal
              * @default SIGTERM
              */
-            signal: string | number;
+            signal?: string | number;
         };
         /** TerminalCreate */
         TerminalCreate: {
@@ -1703,7 +1703,7 @@ export interface components {
              * Cols
              * @default 80
              */
-            cols: number;
+            cols?: number;
             /** Cwd */
             cwd?: string | null;
             /** Env */
@@ -1719,7 +1719,7 @@ export interface components {
              * Rows
              * @default 24
              */
-            rows: number;
+            rows?: number;
             /**
              * Shell
              * @description e.g. 'bash' or '/bin/sh'; default: the image's CMD if it is a shell, else bash, else sh
@@ -1786,29 +1786,29 @@ export interface components {
              * @default tcp
              * @enum {string}
              */
-            mode: "tcp" | "http";
+            mode?: "tcp" | "http";
             /**
              * Path
              * @default /
              */
-            path: string;
+            path?: string;
             /** Port */
             port: number;
             /**
              * Status Max
              * @default 399
              */
-            status_max: number;
+            status_max?: number;
             /**
              * Status Min
              * @default 200
              */
-            status_min: number;
+            status_min?: number;
             /**
              * Timeout
              * @default 60
              */
-            timeout: number | null;
+            timeout?: number | null;
         };
         /** WatchRequest */
         WatchRequest: {
@@ -1820,12 +1820,12 @@ export interface components {
              * Path
              * @default .
              */
-            path: string;
+            path?: string;
             /**
              * Recursive
              * @default true
              */
-            recursive: boolean;
+            recursive?: boolean;
         };
         /** Written */
         Written: {
