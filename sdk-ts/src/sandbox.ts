@@ -1,6 +1,7 @@
 /** Sandboxes: create, find, destroy, and everything that runs in them. Method names and
  * shapes follow Cloudflare's `@cloudflare/sandbox`; times are milliseconds as there. */
 
+import "./dispose.js";
 import { type ConnectionOptions, HutchClient, bodyChunks, seg } from "./client.js";
 import { SandboxNotFoundError, SessionNotFoundError } from "./errors.js";
 import { CodeInterpreter, type CodeContext, type CodeEvent, type CreateContextOptions, type Execution, type RunCodeOptions } from "./code.js";

@@ -5,6 +5,7 @@
  * (or a dropped network) leaves it running and `attachTerminal(id, since)` replays from `since`.
  */
 
+import "./dispose.js";
 import { type HutchClient, seg } from "./client.js";
 import { HutchConnectionError, InvalidSizeError, NotFoundError, apiError } from "./errors.js";
 import type { TerminalCreateBody, TerminalInfo } from "./types.js";
