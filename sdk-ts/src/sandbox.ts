@@ -59,6 +59,8 @@ import type {
 } from "./types.js";
 
 export interface SandboxOptions extends ConnectionOptions {
+  /** The id to create it under (create: SandboxExistsError if taken); generated when left out. */
+  id?: string;
   /** The image to run (default "default": Debian with Python, Node and git). */
   image?: string;
   env?: Record<string, string>;
@@ -119,6 +121,7 @@ function createBody(options: SandboxOptions, id?: string): SandboxCreateBody {
     timeout: options.timeout === undefined ? null : options.timeout / 1000,
   };
   if (id !== undefined) body.id = id;
+  else if (options.id !== undefined) body.id = options.id;
   if (options.cpu !== undefined) body.cpu = options.cpu;
   if (options.memoryMb !== undefined) body.memory_mb = options.memoryMb;
   if (options.diskMb !== undefined) body.disk_mb = options.diskMb;

@@ -33,8 +33,7 @@ test("runCode: state persists in a context; output and results come live and typ
 test("runCode: rich results (html, png, chart data) and errors", async () => {
   const ex = await sb.runCode(
     [
-      "import pandas as pd, matplotlib",
-      "matplotlib.use('Agg')",
+      "import pandas as pd",
       "import matplotlib.pyplot as plt",
       "from IPython.display import display",
       "display(pd.DataFrame({'a': [1, 2]}))",

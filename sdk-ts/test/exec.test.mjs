@@ -68,7 +68,7 @@ test("execStream: leaving the loop early kills the command", async () => {
   // The command's tree is gone: no `sleep 60` left running.
   let left = "";
   for (let i = 0; i < 50; i++) {
-    left = (await sb.exec("pgrep -f 'sleep 60' || true")).stdout.trim();
+    left = (await sb.run("pgrep", ["-x", "sleep"])).stdout.trim();
     if (!left) break;
     await new Promise((r) => setTimeout(r, 100));
   }

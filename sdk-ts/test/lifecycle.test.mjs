@@ -91,7 +91,8 @@ test("images: list, get, tag, remove", async () => {
   assert.ok(detail.size_bytes > 0);
   const alias = `ts-alias-${Date.now()}:1`;
   const tagged = await images.tag("default", alias);
-  assert.equal(tagged.id, detail.id);
+  assert.equal(tagged.name, alias);
+  assert.equal((await images.get(alias)).id, tagged.id);
   await images.remove(alias);
   await assert.rejects(images.get(alias), ImageNotFoundError);
 });

@@ -27,10 +27,10 @@ test("startProcess, waitForLog, waitForPort, preview URL, kill with a signal", a
   assert.equal(await sb.getProcess("nope"), null);
 
   await assert.rejects(p.kill("SIGNOPE"), InvalidSignalError);
-  await p.kill("SIGINT");
+  await p.kill("SIGUSR1"); // python's default action for it: die
   const end = await p.waitForExit(10_000);
   assert.equal(end.status, "killed");
-  assert.equal(p.info.signal, 2);
+  assert.equal(p.info.signal, 10);
   await assert.rejects(p.writeStdin("x"), ProcessNotRunningError);
 });
 
@@ -88,7 +88,8 @@ test("streamProcessLogs resumes after a dropped connection: every byte once, in 
       }
     }
     assert.equal(cuts, 2);
-    assert.ok(proxy.connections - before >= 3, `reconnected ${proxy.connections - before - 1} times`);
+    // Each cut closed the connection the stream was on; it went on over a new one each time.
+    assert.ok(proxy.connections - before >= 2, `${proxy.connections - before} new connections`);
     const expected = Array.from({ length: lines }, (_, i) => `line-${i + 1}\n`).join("");
     assert.equal(text, expected);
     assert.equal(exit.exitCode, 0);
