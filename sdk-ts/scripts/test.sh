@@ -20,4 +20,4 @@ until [[ -s "$out" ]]; do
   sleep 0.1
 done
 read -r url _home <"$out"
-HUTCH_TEST_URL="$url" node --test "$@" test/
+HUTCH_TEST_URL="$url" node --test "$@" test/*.test.mjs
