@@ -9,6 +9,8 @@ command -v npm >/dev/null || { echo "sdk-ts: npm is missing; run scripts/install
 npm ci --no-audit --no-fund --loglevel=error
 bash scripts/gen-types.sh --check
 npm run --silent build
+# The seed example and `await using`, type-checked against the built package's types.
+node_modules/.bin/tsc -p examples/tsconfig.json
 
 out="$(mktemp)"
 node test/_serve.mjs >"$out" &
