@@ -145,7 +145,8 @@ export class Sandbox {
   private readonly path: string;
   private readonly code: CodeInterpreter;
   private cachedInfo: SandboxInfo | undefined;
-  // getSandbox() hands out a sandbox at once and creates it on first use (as Cloudflare's does).
+  // getSandbox() hands out a sandbox at once (as Cloudflare's does); every call waits for its
+  // get-or-create first.
   private pending: Promise<void> | undefined;
 
   constructor(id: string, client: HutchClient, info?: SandboxInfo) {
@@ -551,9 +552,10 @@ export class Sandbox {
 }
 
 /**
- * Cloudflare's entry point: a sandbox by id, handed out at once and created (get-or-create) on
- * first use. The first argument may be Cloudflare's Durable Object namespace, which Hutch does
- * not need, so `getSandbox(env.Sandbox, "my-id")` ports unchanged.
+ * Cloudflare's entry point: a sandbox by id, handed out at once (no await) while it is got or
+ * created in the background; the first call on it waits for that (and throws its error). The
+ * first argument may be Cloudflare's Durable Object namespace, which Hutch does not need, so
+ * `getSandbox(env.Sandbox, "my-id")` ports unchanged.
  */
 export function getSandbox(id: string, options?: SandboxOptions): Sandbox;
 export function getSandbox(namespace: unknown, id: string, options?: SandboxOptions): Sandbox;
