@@ -56,11 +56,23 @@ def python_exec(sb: Sandbox, n: int) -> list[float]:
     return samples
 
 
+def exec_round_trips(server: ServerProcess, sb: Sandbox, n: int, rounds: int) -> None:
+    py: list[float] = []
+    ts: list[float] = []
+    for _ in range(rounds):
+        py += python_exec(sb, n)
+        ts += [float(s) for s in node(server, sb.id, "exec", str(n))["samples"]]
+    print(report("exec round trip, Python SDK (baseline)", py))
+    print(report("exec round trip, TypeScript SDK (Node)", ts))
+    print(f"TypeScript / Python p50: {percentile(ts, 50) / percentile(py, 50):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bytes", default="1G")
+    parser.add_argument("--only", choices=("exec", "stream"), help="measure only this")
     args = parser.parse_args()
     size = parse_size(args.bytes)
     if not (ROOT / "sdk-ts" / "dist" / "index.js").exists():
@@ -72,21 +84,16 @@ def main() -> None:
         sb = Sandbox.create(base_url=server.url, api_key=server.api_key)
         try:
             print(f"load average before: {Path('/proc/loadavg').read_text().strip()}")
-            py: list[float] = []
-            ts: list[float] = []
-            for _ in range(args.rounds):
-                py += python_exec(sb, args.n)
-                ts += [float(s) for s in node(server, sb.id, "exec", str(args.n))["samples"]]
-            print(report("exec round trip, Python SDK (baseline)", py))
-            print(report("exec round trip, TypeScript SDK (Node)", ts))
-            print(f"TypeScript / Python p50: {percentile(ts, 50) / percentile(py, 50):.2f}x")
-
+            if args.only != "stream":
+                exec_round_trips(server, sb, args.n, args.rounds)
+            if args.only == "exec":
+                return
             exec_stream(sb, 64 << 20)  # warm up
-            py_rate = [exec_stream(sb, size) for _ in range(args.rounds)]
-            ts_rate = [
-                float(node(server, sb.id, "stream", str(size))["bytesPerSecond"])
-                for _ in range(args.rounds)
-            ]
+            py_rate: list[float] = []
+            ts_rate: list[float] = []
+            for _ in range(args.rounds):  # alternated, so both see the same load
+                py_rate.append(exec_stream(sb, size))
+                ts_rate.append(float(node(server, sb.id, "stream", str(size))["bytesPerSecond"]))
             py_mid = sorted(py_rate)[len(py_rate) // 2]
             ts_mid = sorted(ts_rate)[len(ts_rate) // 2]
             label = f"exec stream of {size >> 20} MiB"
