@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/v1/backups/restore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Restore Backup
+         * @description A new sandbox from a backup (made on this server or another).
+         */
+        post: operations["restore_backup_v1_backups_restore_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/images": {
         parameters: {
             query?: never;
@@ -197,6 +217,27 @@ export interface paths {
         post?: never;
         /** Destroy Sandbox */
         delete: operations["destroy_sandbox_v1_sandboxes__sandbox_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/backups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Backups */
+        get: operations["list_backups_v1_sandboxes__sandbox_id__backups_get"];
+        put?: never;
+        /**
+         * Create Backup
+         * @description Write the sandbox's disk to S3 (zstd; incremental against its last backup there).
+         */
+        post: operations["create_backup_v1_sandboxes__sandbox_id__backups_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -472,6 +513,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{sandbox_id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Fork */
+        post: operations["fork_v1_sandboxes__sandbox_id__fork_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/sandboxes/{sandbox_id}/git/checkout": {
         parameters: {
             query?: never;
@@ -486,6 +544,23 @@ export interface paths {
          * @description ``git clone`` inside the sandbox (the sandbox's network, the image's git).
          */
         post: operations["git_checkout_v1_sandboxes__sandbox_id__git_checkout_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Sandbox Metrics */
+        get: operations["sandbox_metrics_v1_sandboxes__sandbox_id__metrics_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -523,6 +598,26 @@ export interface paths {
         /** Set Network */
         put: operations["set_network_v1_sandboxes__sandbox_id__network_put"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause
+         * @description Freeze every process (memory kept); a paused sandbox: no-op; stopped: 409.
+         */
+        post: operations["pause_v1_sandboxes__sandbox_id__pause_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -755,6 +850,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{sandbox_id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume
+         * @description Run a paused or stopped sandbox again; a running one: no-op.
+         */
+        post: operations["resume_v1_sandboxes__sandbox_id__resume_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/sandboxes/{sandbox_id}/sessions": {
         parameters: {
             query?: never;
@@ -824,6 +939,63 @@ export interface paths {
          * @description As ``exec/stream``; the command waits for the session's previous one to end.
          */
         post: operations["session_exec_stream_v1_sandboxes__sandbox_id__sessions__session_id__exec_stream_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Create Snapshot */
+        post: operations["create_snapshot_v1_sandboxes__sandbox_id__snapshots_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start
+         * @description Boot a stopped sandbox again on its disk (or resume a paused one).
+         */
+        post: operations["start_v1_sandboxes__sandbox_id__start_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{sandbox_id}/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop
+         * @description End every process, keep the disk; a stopped sandbox: no-op.
+         */
+        post: operations["stop_v1_sandboxes__sandbox_id__stop_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -917,10 +1089,102 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{sandbox_id}/timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set Timeout
+         * @description End the sandbox's lifetime this long from now (0: never); see `on_timeout`.
+         */
+        put: operations["set_timeout_v1_sandboxes__sandbox_id__timeout_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Snapshots */
+        get: operations["list_snapshots_v1_snapshots_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/snapshots/{snapshot_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Snapshot */
+        get: operations["get_snapshot_v1_snapshots__snapshot_id__get"];
+        put?: never;
+        post?: never;
+        /** Delete Snapshot */
+        delete: operations["delete_snapshot_v1_snapshots__snapshot_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** BackupCreate */
+        BackupCreate: {
+            /** Bucket */
+            bucket: string;
+            credentials: components["schemas"]["BucketCredentials"];
+            /** Endpoint */
+            endpoint: string;
+            /** Prefix */
+            prefix?: string | null;
+            /** Region */
+            region?: string | null;
+        };
+        /** BackupInfo */
+        BackupInfo: {
+            /** Bucket */
+            bucket: string;
+            /** Created At */
+            created_at: string;
+            /** Endpoint */
+            endpoint: string;
+            /** Id */
+            id: string;
+            /**
+             * Parent Id
+             * @description the backup this one is incremental against
+             */
+            parent_id: string | null;
+            /** Prefix */
+            prefix: string | null;
+            /** Sandbox Id */
+            sandbox_id: string;
+        };
+        /** BackupList */
+        BackupList: {
+            /** Backups */
+            backups: components["schemas"]["BackupInfo"][];
+        };
         /** BucketCredentials */
         BucketCredentials: {
             /** Accesskeyid */
@@ -1125,6 +1389,11 @@ export interface components {
             duration: number;
             /** Exit Code */
             exit_code: number;
+            /**
+             * Oom Killed
+             * @default false
+             */
+            oom_killed?: boolean;
             /** Stderr */
             stderr: string;
             /** Stdout */
@@ -1185,6 +1454,14 @@ export interface components {
             entries: components["schemas"]["FileEntry"][];
             /** Truncated */
             truncated: boolean;
+        };
+        /** ForkRequest */
+        ForkRequest: {
+            /**
+             * Count
+             * @default 1
+             */
+            count?: number;
         };
         /** GitCheckoutRequest */
         GitCheckoutRequest: {
@@ -1330,6 +1607,18 @@ export interface components {
             /** Killed */
             killed: string[];
         };
+        /** MetricsPoint */
+        MetricsPoint: {
+            /**
+             * Cpu Percent
+             * @description share of the sandbox's CPU limit used, 0-100
+             */
+            cpu_percent: number;
+            /** Memory Used Bytes */
+            memory_used_bytes: number;
+            /** Timestamp */
+            timestamp: number;
+        };
         /** MkdirRequest */
         MkdirRequest: {
             /** Mode */
@@ -1433,6 +1722,12 @@ export interface components {
             id: string;
             /** Log Write Errors */
             log_write_errors: number;
+            /**
+             * Oom Killed
+             * @description the kernel's OOM killer ended it (the memory limit)
+             * @default false
+             */
+            oom_killed?: boolean;
             /** Pid */
             pid: number;
             /** Signal */
@@ -1507,15 +1802,36 @@ export interface components {
             /** User */
             user?: string | null;
         };
-        /** SandboxCreate */
+        /** RestoreRequest */
+        RestoreRequest: {
+            /** Backup Id */
+            backup_id: string;
+            /** Bucket */
+            bucket: string;
+            credentials: components["schemas"]["BucketCredentials"];
+            /** Endpoint */
+            endpoint: string;
+            /** Prefix */
+            prefix?: string | null;
+            /** Region */
+            region?: string | null;
+            /** @description options of the new sandbox (id, labels, timeout, ...) */
+            sandbox?: components["schemas"]["SandboxCreate"] | null;
+        };
+        /**
+         * SandboxCreate
+         * @description A new sandbox's options: defaults, limits and help come from hutch._wire.sandbox_options.
+         */
         SandboxCreate: {
             /**
              * Cpu
+             * @description CPUs it may use (fractions allowed)
              * @default 1
              */
             cpu?: number;
             /**
              * Disk Mb
+             * @description limit of what it may write to its filesystem, in MiB
              * @default 4096
              */
             disk_mb?: number;
@@ -1524,7 +1840,10 @@ export interface components {
              * @description secrets injected as a header by Hutch's egress proxy: they never enter the sandbox, which gets a placeholder and a base-URL variable instead
              */
             egress_secrets?: components["schemas"]["EgressSecret"][];
-            /** Env */
+            /**
+             * Env
+             * @description environment variables for every command
+             */
             env?: {
                 [key: string]: string;
             };
@@ -1535,25 +1854,32 @@ export interface components {
             id?: string | null;
             /**
              * Image
+             * @description the image to run
              * @default default
              */
             image?: string;
             /**
              * Keep Alive
+             * @description never sleep for idleness
              * @default false
              */
             keep_alive?: boolean;
-            /** Labels */
+            /**
+             * Labels
+             * @description labels to find it by
+             */
             labels?: {
                 [key: string]: string;
             };
             /**
              * Memory Mb
+             * @description memory limit in MiB
              * @default 1024
              */
             memory_mb?: number;
             /**
              * Network
+             * @description none (no network) or internet (outbound access)
              * @default none
              * @enum {string}
              */
@@ -1569,12 +1895,28 @@ export interface components {
              */
             network_deny?: string[];
             /**
+             * On Idle
+             * @description what sleeping means: pause (frozen, memory kept) or stop (disk kept)
+             * @default pause
+             * @enum {string}
+             */
+            on_idle?: "pause" | "stop";
+            /**
+             * On Timeout
+             * @description at the end of its lifetime: destroy, stop or pause
+             * @default destroy
+             * @enum {string}
+             */
+            on_timeout?: "destroy" | "stop" | "pause";
+            /**
              * Pids Limit
+             * @description maximum number of processes
              * @default 512
              */
             pids_limit?: number;
             /**
              * Runtime
+             * @description runc, or gvisor for a hardened kernel boundary
              * @default runc
              * @enum {string}
              */
@@ -1586,8 +1928,16 @@ export interface components {
             secrets?: {
                 [key: string]: string;
             };
-            /** Sleep After */
-            sleep_after?: string | null;
+            /**
+             * Sleep After
+             * @description idle time after which the sandbox sleeps ('10m', or seconds); unset: never
+             */
+            sleep_after?: number | string | null;
+            /**
+             * Snapshot
+             * @description start from this snapshot's disk and settings (its image)
+             */
+            snapshot?: string | null;
             /**
              * Start Entrypoint
              * @description start the image's ENTRYPOINT+CMD as the background process 'entrypoint' (422 image_has_no_entrypoint if it has none)
@@ -1596,9 +1946,9 @@ export interface components {
             start_entrypoint?: boolean;
             /**
              * Timeout
-             * @description maximum lifetime, seconds
+             * @description lifetime (seconds, or a duration such as '1h'); unset: the server's default; 0: no limit
              */
-            timeout?: number | null;
+            timeout?: number | string | null;
         };
         /** SandboxInfo */
         SandboxInfo: {
@@ -1616,6 +1966,11 @@ export interface components {
             id: string;
             /** Image */
             image: string;
+            /**
+             * Keep Alive
+             * @default false
+             */
+            keep_alive?: boolean;
             /** Labels */
             labels: {
                 [key: string]: string;
@@ -1629,17 +1984,34 @@ export interface components {
             mounts?: components["schemas"]["BucketMountInfo"][];
             /** Network */
             network: string;
+            /**
+             * On Idle
+             * @default pause
+             */
+            on_idle?: string;
+            /**
+             * On Timeout
+             * @default destroy
+             */
+            on_timeout?: string;
             /** Pids Limit */
             pids_limit: number;
             /** Runtime */
             runtime: string;
             /** Secret Names */
             secret_names?: string[];
+            /** Sleep After */
+            sleep_after?: number | null;
             /**
              * Status
              * @enum {string}
              */
-            status: "creating" | "running" | "stopped" | "failed";
+            status: "creating" | "running" | "paused" | "stopped" | "error" | "failed";
+            /**
+             * Status Reason
+             * @description why the sandbox is in its state (e.g. 'idle for 10m')
+             */
+            status_reason?: string | null;
             /** Timeout */
             timeout?: number | null;
         };
@@ -1647,6 +2019,53 @@ export interface components {
         SandboxList: {
             /** Sandboxes */
             sandboxes: components["schemas"]["SandboxInfo"][];
+        };
+        /** SandboxMetrics */
+        SandboxMetrics: {
+            /**
+             * Cpu Count
+             * @description the sandbox's CPU limit, in CPUs
+             */
+            cpu_count: number;
+            /**
+             * Cpu Percent
+             * @description share of the sandbox's CPU limit used, 0-100
+             */
+            cpu_percent: number;
+            /**
+             * Cpu Seconds
+             * @description CPU time used since the sandbox started
+             */
+            cpu_seconds: number;
+            /** Disk Limit Bytes */
+            disk_limit_bytes: number | null;
+            /** Disk Used Bytes */
+            disk_used_bytes: number | null;
+            /**
+             * History
+             * @description CPU and memory every 15 s over the last 15 minutes
+             */
+            history: components["schemas"]["MetricsPoint"][];
+            /** Memory Limit Bytes */
+            memory_limit_bytes: number;
+            /** Memory Used Bytes */
+            memory_used_bytes: number;
+            /**
+             * Net Rx Bytes
+             * @description bytes the sandbox received since it started
+             */
+            net_rx_bytes: number;
+            /**
+             * Net Tx Bytes
+             * @description bytes the sandbox sent since it started
+             */
+            net_tx_bytes: number;
+            /** Pids */
+            pids: number;
+            /** Pids Limit */
+            pids_limit: number;
+            /** Timestamp */
+            timestamp: number;
         };
         /** SessionCreate */
         SessionCreate: {
@@ -1696,6 +2115,32 @@ export interface components {
              * @default SIGTERM
              */
             signal?: string | number;
+        };
+        /** SnapshotCreate */
+        SnapshotCreate: {
+            /**
+             * Name
+             * @description a name to start sandboxes from it by (unique on the server)
+             */
+            name?: string | null;
+        };
+        /** SnapshotInfo */
+        SnapshotInfo: {
+            /** Created At */
+            created_at: string;
+            /** Id */
+            id: string;
+            /** Image */
+            image: string;
+            /** Name */
+            name: string | null;
+            /** Sandbox Id */
+            sandbox_id: string;
+        };
+        /** SnapshotList */
+        SnapshotList: {
+            /** Snapshots */
+            snapshots: components["schemas"]["SnapshotInfo"][];
         };
         /** TerminalCreate */
         TerminalCreate: {
@@ -1765,6 +2210,14 @@ export interface components {
             cols: number;
             /** Rows */
             rows: number;
+        };
+        /** TimeoutUpdate */
+        TimeoutUpdate: {
+            /**
+             * Timeout
+             * @description the lifetime from now: seconds, or a duration such as '10m' or '1h30m'; 0: no limit
+             */
+            timeout: number | string;
         };
         /** ValidationError */
         ValidationError: {
@@ -1843,6 +2296,87 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    restore_backup_v1_backups_restore_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RestoreRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_images_v1_images_get: {
         parameters: {
             query?: never;
@@ -1909,8 +2443,8 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Service Unavailable */
-            503: {
+            /** @description Bad Gateway */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3038,6 +3572,168 @@ export interface operations {
             };
         };
     };
+    list_backups_v1_sandboxes__sandbox_id__backups_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupList"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_backup_v1_sandboxes__sandbox_id__backups_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_code_contexts_v1_sandboxes__sandbox_id__code_contexts_get: {
         parameters: {
             query?: never;
@@ -4025,6 +4721,89 @@ export interface operations {
             };
         };
     };
+    fork_v1_sandboxes__sandbox_id__fork_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ForkRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxList"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     git_checkout_v1_sandboxes__sandbox_id__git_checkout_post: {
         parameters: {
             query?: never;
@@ -4050,6 +4829,40 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["GitCheckoutResult"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    sandbox_metrics_v1_sandboxes__sandbox_id__metrics_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxMetrics"];
                 };
             };
             /** @description Validation Error */
@@ -4408,6 +5221,85 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["NetworkInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    pause_v1_sandboxes__sandbox_id__pause_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
                 };
             };
             /** @description Unauthorized */
@@ -5605,6 +6497,85 @@ export interface operations {
             };
         };
     };
+    resume_v1_sandboxes__sandbox_id__resume_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_sessions_v1_sandboxes__sandbox_id__sessions_get: {
         parameters: {
             query?: never;
@@ -6013,6 +6984,247 @@ export interface operations {
             };
         };
     };
+    create_snapshot_v1_sandboxes__sandbox_id__snapshots_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["SnapshotCreate"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SnapshotInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    start_v1_sandboxes__sandbox_id__start_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stop_v1_sandboxes__sandbox_id__stop_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_terminals_v1_sandboxes__sandbox_id__terminals_get: {
         parameters: {
             query?: never;
@@ -6223,6 +7435,324 @@ export interface operations {
                 };
                 content: {
                     "application/json": unknown;
+                };
+            };
+        };
+    };
+    set_timeout_v1_sandboxes__sandbox_id__timeout_put: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TimeoutUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_snapshots_v1_snapshots_get: {
+        parameters: {
+            query?: {
+                sandbox_id?: string | null;
+            };
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SnapshotList"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_snapshot_v1_snapshots__snapshot_id__get: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                snapshot_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SnapshotInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_snapshot_v1_snapshots__snapshot_id__delete: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                snapshot_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
