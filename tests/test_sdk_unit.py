@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ def _error(status: int, code: str, message: str, fields: list[Any] | None = None
     if fields is not None:
         error["fields"] = fields
     return JSONResponse({"error": error}, status_code=status)
+
+
+def _expiry(created_at: str, timeout: float | None) -> str | None:
+    if timeout is None:
+        return None
+    created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    return (created + timedelta(seconds=timeout)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeHutch:
@@ -155,7 +163,7 @@ class FakeHutch:
             "status": "running",
             "image": body.get("image", "default"),
             "created_at": "2026-11-26T13:00:00Z",
-            "expires_at": None,
+            "expires_at": _expiry("2026-11-26T13:00:00Z", body.get("timeout")),
             "cpu": body.get("cpu", 1.0),
             "memory_mb": body.get("memory_mb", 1024),
             "disk_mb": body.get("disk_mb", 4096),
@@ -165,6 +173,7 @@ class FakeHutch:
             "labels": body.get("labels") or {},
             "env_keys": sorted(body.get("env") or {}),
             "_env": dict(body.get("env") or {}),
+            "_body": dict(body),
         }
 
     def _validate(self, body: Any) -> Response | None:

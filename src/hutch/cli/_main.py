@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
+from hutch.cli._create_options import add_lifetime_options, secrets_from
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
 from hutch.cli._network import add_cidr_options, add_network_commands
@@ -29,6 +30,8 @@ from hutch.cli._output import (
     render_table,
     short_id,
 )
+from hutch.cli._stdin import unsent_stdin_warning
+from hutch.cli._wait_port import add_wait_port_command
 
 if TYPE_CHECKING:
     from hutch.sdk import Sandbox
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", type=int, default=4096, metavar="MB", help="disk limit in MiB")
     p.add_argument("--runtime", choices=["runc", "gvisor"], default="runc")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="maximum lifetime")
+    add_lifetime_options(p)
     p.add_argument(
         "--start-entrypoint",
         action="store_true",
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_commands(command)
     add_bucket_commands(command)
     add_network_commands(command, connection)
+    add_wait_port_command(command)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -228,6 +233,9 @@ def _add_env(parser: argparse.ArgumentParser) -> None:
 def _add_exec_options(parser: argparse.ArgumentParser) -> None:
     _add_env(parser)
     parser.add_argument("--cwd", help="working directory in the sandbox")
+    parser.add_argument(
+        "-u", "--user", help="user to run as, e.g. 'user' (default: the image's, root)"
+    )
     parser.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="kill the command after this long"
     )
@@ -325,6 +333,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             labels=dict(args.label or ()),
             timeout=args.timeout,
             start_entrypoint=args.start_entrypoint,
+            sleep_after=args.sleep_after,
+            keep_alive=args.keep_alive,
+            secrets=secrets_from(args.secret),
+            pids_limit=args.pids_limit,
             client=client,
         )
     print(sandbox.id)
@@ -341,10 +353,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(info.id)
         return 0
     rows = [
-        [s.id, s.status, s.image, format_time(s.created_at), format_labels(s.labels)]
+        [
+            s.id,
+            s.status,
+            s.image,
+            s.network,
+            format_time(s.created_at),
+            format_time(s.expires_at),
+            format_labels(s.labels),
+        ]
         for s in sandboxes
     ]
-    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "LABELS"], rows))
+    headers = ["ID", "STATUS", "IMAGE", "NETWORK", "CREATED", "EXPIRES", "LABELS"]
+    print(render_table(headers, rows))
     return 0
 
 
@@ -391,13 +412,16 @@ def _stream_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
     argv: list[str] = args.argv
     env = dict(args.env or ())
     stdin = sys.stdin.buffer.read() if args.stdin else None
+    if stdin is None and (warning := unsent_stdin_warning()) is not None:
+        print(warning, file=sys.stderr, flush=True)
+    cwd, user, timeout = args.cwd, args.user, args.timeout
     if len(argv) == 1:
         events = sandbox.exec_stream(
-            argv[0], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+            argv[0], cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         )
     else:
         events = sandbox.run_stream(
-            argv[0], argv[1:], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+            argv[0], argv[1:], cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         )
     sys.stdout.flush()
     sys.stderr.flush()

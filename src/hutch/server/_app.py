@@ -451,6 +451,9 @@ def create_app(
     from hutch.server._routes_procs import build_procs_router  # NB: it imports this module
 
     app.include_router(build_procs_router())
+    from hutch.server._routes_port_wait import build_port_wait_router  # imports _routes_procs
+
+    app.include_router(build_port_wait_router())
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())

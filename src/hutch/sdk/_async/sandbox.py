@@ -9,12 +9,14 @@ import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, overload
+from urllib.parse import urlsplit
 
 from hutch.sdk._async import buckets as _buckets
 from hutch.sdk._async import ports
 from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
+from hutch.sdk._async.e2b_names import Commands, e2b_create_names
 from hutch.sdk._async.files import Files, WriteData
 from hutch.sdk._async.ports import ExposedPort
 from hutch.sdk._async.processes import AsyncProcess
@@ -74,6 +76,9 @@ class AsyncSandbox:
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
+        template: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -109,6 +114,9 @@ class AsyncSandbox:
                 runs) as the background process ``"entrypoint"``, with the image's user, env
                 and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
                 image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
+            template: E2B's name for ``image``.
+            metadata: E2B's name for ``labels`` (merged with them).
+            envs: E2B's name for ``env`` (merged with it).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -123,6 +131,9 @@ class AsyncSandbox:
             HutchConnectionError: The server could not be reached.
         """
         client = _client_for(client, base_url, api_key)
+        image, labels, env = e2b_create_names(
+            image, labels, env, template=template, metadata=metadata, envs=envs
+        )
         body = sandbox_create_body(
             image=image,
             env=env,
@@ -296,6 +307,35 @@ class AsyncSandbox:
         """
         await self.client.request("DELETE", self._path)
 
+    # -- E2B's names for the calls above (see e2b_names.py and docs/e2b-names.md) ---------------
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id: E2B's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def commands(self) -> Commands:
+        """E2B's ``sb.commands``: ``run(cmd, background=...)``, ``list()``, ``kill(id)``."""
+        return Commands(self)
+
+    async def kill(self) -> None:
+        """Destroy the sandbox: E2B's name for :meth:`destroy`."""
+        await self.destroy()
+
+    async def is_running(self) -> bool:
+        """Whether the sandbox exists and runs (``False`` once it is destroyed)."""
+        try:
+            return (await self.info()).status == "running"
+        except SandboxNotFound:
+            return False
+
+    async def get_host(self, port: int) -> str:
+        """The host (and port) of ``port``'s preview URL without a scheme, as E2B's
+        ``get_host`` returns it: ``f"http://{sb.get_host(8080)}/"`` opens it. Exposes the port
+        first if needed (see :meth:`expose_port`)."""
+        return urlsplit(await self.get_preview_url(port)).netloc
+
     async def mount_bucket(
         self,
         bucket: str,
@@ -371,6 +411,20 @@ class AsyncSandbox:
             SandboxNotFound: The sandbox does not exist.
         """
         return await ports.expose_port(self.client, self._path, port, name)
+
+    async def wait_for_port(
+        self, port: int, *, mode: str = "tcp", path: str = "/", timeout: float = 60.0
+    ) -> int | None:
+        """Wait until something listens on ``port`` inside the sandbox, whatever started it
+        (``mode="http"``: until ``GET path`` answers 200-399; returns that status).
+
+        Raises:
+            ProcessTimeout: Nothing was ready within ``timeout`` seconds.
+            InvalidRequest: ``port`` is outside 1-65535 or ``mode`` is unknown.
+        """
+        return await ports.wait_for_port(
+            self.client, self._path, port, mode=mode, http_path=path, timeout=timeout
+        )
 
     async def get_preview_url(self, port: int) -> str:
         """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
@@ -811,7 +865,7 @@ class AsyncSandbox:
         """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
         if text:
             return await self.files.read(path, text=True, offset=offset, length=length)
-        return await self.files.read(path, offset=offset, length=length)
+        return await self.files.read(path, text=False, offset=offset, length=length)
 
     async def read_file_stream(
         self, path: str, *, offset: int = 0, length: int | None = None

@@ -52,3 +52,23 @@ def set_network(
 def get_network(client: Client, path: str) -> dict[str, Any]:
     result: dict[str, Any] = client.request("GET", f"{path}/network")
     return result
+
+
+def wait_for_port(
+    client: Client,
+    path: str,
+    port: int,
+    *,
+    mode: str = "tcp",
+    http_path: str = "/",
+    timeout: float = 60.0,  # noqa: ASYNC109 -- the server's wait, not a client deadline
+) -> int | None:
+    """Wait until ``port`` listens inside the sandbox; the HTTP status with ``mode="http"``."""
+    from hutch.sdk._exceptions import ProcessTimeout
+
+    body = {"port": port, "mode": mode, "path": http_path, "timeout": timeout}
+    result = client.request("POST", f"{path}/wait-for-port", json=body)
+    if not result.get("ready"):
+        raise ProcessTimeout(f"nothing was listening on port {port} within {timeout:g}s")
+    status = result.get("status")
+    return int(status) if status is not None else None

@@ -10,6 +10,7 @@ import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, overload
+from urllib.parse import urlsplit
 
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
 from hutch.sdk._exceptions import CommandTimeout, SandboxNotFound
@@ -22,6 +23,7 @@ from hutch.sdk._sync import ports
 from hutch.sdk._sync import processes as _processes
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
+from hutch.sdk._sync.e2b_names import Commands, e2b_create_names
 from hutch.sdk._sync.files import Files, WriteData
 from hutch.sdk._sync.ports import ExposedPort
 from hutch.sdk._sync.processes import Process
@@ -75,6 +77,9 @@ class Sandbox:
         pids_limit: int | None = None,
         network_allow: Sequence[str] = (),
         network_deny: Sequence[str] = (),
+        template: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: Client | None = None,
@@ -110,6 +115,9 @@ class Sandbox:
                 runs) as the background process ``"entrypoint"``, with the image's user, env
                 and working directory: ``sb.get_process("entrypoint")`` gives its logs. An
                 image without one raises ``InvalidRequest`` (``image_has_no_entrypoint``).
+            template: E2B's name for ``image``.
+            metadata: E2B's name for ``labels`` (merged with them).
+            envs: E2B's name for ``env`` (merged with it).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -124,6 +132,9 @@ class Sandbox:
             HutchConnectionError: The server could not be reached.
         """
         client = _client_for(client, base_url, api_key)
+        image, labels, env = e2b_create_names(
+            image, labels, env, template=template, metadata=metadata, envs=envs
+        )
         body = sandbox_create_body(
             image=image,
             env=env,
@@ -297,6 +308,35 @@ class Sandbox:
         """
         self.client.request("DELETE", self._path)
 
+    # -- E2B's names for the calls above (see e2b_names.py and docs/e2b-names.md) ---------------
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id: E2B's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def commands(self) -> Commands:
+        """E2B's ``sb.commands``: ``run(cmd, background=...)``, ``list()``, ``kill(id)``."""
+        return Commands(self)
+
+    def kill(self) -> None:
+        """Destroy the sandbox: E2B's name for :meth:`destroy`."""
+        self.destroy()
+
+    def is_running(self) -> bool:
+        """Whether the sandbox exists and runs (``False`` once it is destroyed)."""
+        try:
+            return (self.info()).status == "running"
+        except SandboxNotFound:
+            return False
+
+    def get_host(self, port: int) -> str:
+        """The host (and port) of ``port``'s preview URL without a scheme, as E2B's
+        ``get_host`` returns it: ``f"http://{sb.get_host(8080)}/"`` opens it. Exposes the port
+        first if needed (see :meth:`expose_port`)."""
+        return urlsplit(self.get_preview_url(port)).netloc
+
     def mount_bucket(
         self,
         bucket: str,
@@ -372,6 +412,20 @@ class Sandbox:
             SandboxNotFound: The sandbox does not exist.
         """
         return ports.expose_port(self.client, self._path, port, name)
+
+    def wait_for_port(
+        self, port: int, *, mode: str = "tcp", path: str = "/", timeout: float = 60.0
+    ) -> int | None:
+        """Wait until something listens on ``port`` inside the sandbox, whatever started it
+        (``mode="http"``: until ``GET path`` answers 200-399; returns that status).
+
+        Raises:
+            ProcessTimeout: Nothing was ready within ``timeout`` seconds.
+            InvalidRequest: ``port`` is outside 1-65535 or ``mode`` is unknown.
+        """
+        return ports.wait_for_port(
+            self.client, self._path, port, mode=mode, http_path=path, timeout=timeout
+        )
 
     def get_preview_url(self, port: int) -> str:
         """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
@@ -812,7 +866,7 @@ class Sandbox:
         """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
         if text:
             return self.files.read(path, text=True, offset=offset, length=length)
-        return self.files.read(path, offset=offset, length=length)
+        return self.files.read(path, text=False, offset=offset, length=length)
 
     def read_file_stream(
         self, path: str, *, offset: int = 0, length: int | None = None
