@@ -1,9 +1,11 @@
 """``hutch cp`` and ``hutch files``: copy files and directories in and out, list a directory.
 
-Symlinks are copied as symlinks (as ``docker cp`` and ``cp -a`` do), in both directions. A
-download writes only what it creates itself on the host, never a path with ``..`` in it,
-whatever the sandbox's listing says, and makes its symlinks last, so no file it writes can
-land through a link the sandbox chose.
+Symlinks are copied as symlinks (as ``docker cp`` and ``cp -a`` do). Into a sandbox, every
+one. Out of one, only those that stay inside the copied tree (relative, not climbing out of
+it: ``lib -> ../shared/lib`` within the tree, not ``-> /etc/passwd``), made after everything
+else, so no file the download writes can land through a link the sandbox chose; the others are
+skipped with a message. A download never writes a path with ``..`` in it, whatever the
+sandbox's listing says.
 """
 
 from __future__ import annotations
@@ -177,7 +179,14 @@ def _download(sb: Sandbox, remote: str, local: str) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_local(sb, entry.absolute_path, target, entry.mode)
         elif entry.type == "symlink" and entry.target is not None:
-            links.append((target, entry.target))
+            if _link_stays_inside(entry.path, entry.target):
+                links.append((target, entry.target))
+            else:
+                print(
+                    f"hutch cp: skipping {entry.absolute_path} -> {entry.target} "
+                    "(a link out of the copied tree)",
+                    file=sys.stderr,
+                )
         else:
             print(f"hutch cp: skipping {entry.absolute_path} ({entry.type})", file=sys.stderr)
     for target, link_target in links:  # last: nothing is written through them
@@ -195,6 +204,14 @@ def _download(sb: Sandbox, remote: str, local: str) -> int:
         except FileExistsError:
             print(f"hutch cp: skipping the link {target}: something else is there", file=sys.stderr)
     return 0
+
+
+def _link_stays_inside(path: str, target: str) -> bool:
+    """Whether the link at ``path`` (relative to the copied tree) points into the tree."""
+    if target.startswith("/") or not target:
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved != ".." and not resolved.startswith("../")
 
 
 def cmd_files(args: argparse.Namespace) -> int:
