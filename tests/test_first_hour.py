@@ -65,6 +65,27 @@ def test_without_network_a_name_lookup_fails_at_once_with_a_clear_error(sb: Sand
     assert "network=none" in sb.read_file("/etc/resolv.conf", text=True)
 
 
+def test_without_network_pip_gives_up_at_once_and_the_setting_follows_the_network(
+    sb: Sandbox, server: ServerProcess
+) -> None:
+    r = sb.exec("pip download --no-deps -d /tmp/dl pytest 2>&1")
+    assert r.exit_code != 0
+    assert "Temporary failure in name resolution" in r.stdout
+    assert "No matching distribution found for pytest" in r.stdout
+    assert "Retrying" not in r.stdout  # pip's five retries with back-off took ~8 s
+    assert sb.exec("echo $PIP_RETRIES $npm_config_fetch_retries").stdout == "0 0\n"
+
+    with Sandbox.create(
+        env={"PIP_RETRIES": "3"}, base_url=server.url, api_key=server.api_key
+    ) as other:
+        probe = "echo ${PIP_RETRIES:-unset} ${npm_config_fetch_retries:-unset}"
+        assert other.exec(probe).stdout == "3 0\n"  # the sandbox's own env wins
+        other.set_network("internet")
+        assert other.exec(probe).stdout == "3 unset\n"  # retries are useful with a network
+        other.set_network("none")
+        assert other.exec(probe).stdout == "3 0\n"
+
+
 def test_pid_1_is_called_hutch_agent_in_ps(sb: Sandbox) -> None:
     r = sb.exec("ps -o comm=,args= -p 1")
     assert r.stdout.split() == ["hutch-agent", "hutch-agent"], r.stdout

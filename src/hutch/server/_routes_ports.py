@@ -45,6 +45,15 @@ def _port_rule(port: int, reserved: frozenset[int]) -> None:
         )
 
 
+async def _follow_offline_env(
+    svc: Svc, sandbox_id: str, policy: NetworkPolicy, user_env: dict[str, str]
+) -> None:
+    from hutch.server._offline_env import offline_env_change
+    from hutch.server._routes_procs import agent_call
+
+    await agent_call(svc, sandbox_id, "set_env", env=offline_env_change(policy, user_env))
+
+
 def build_ports_router() -> APIRouter:
     from hutch.server._app import ERROR_RESPONSES, require_key
 
@@ -98,6 +107,7 @@ def build_ports_router() -> APIRouter:
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {record.status}")
         policy = NetworkPolicy.of(body.network, body.network_allow, body.network_deny)
         await svc.runtime.set_network_policy(svc.sandboxes.runtime_id(sandbox_id), policy)
+        await _follow_offline_env(svc, sandbox_id, policy, record.env)
         record.network = body.network
         record.network_allow = list(body.network_allow)
         record.network_deny = list(body.network_deny)
