@@ -7,7 +7,8 @@ Run as root after the default image is built (HUTCH_TEST_IMAGES picks the image 
 Timed inside one network="none" sandbox by Python's own clock, so the exec round trip is not
 in the figures: getaddrinfo() of a public name (fails), next to the baseline of the same call
 for `localhost` (answered from /etc/hosts) in the same run. Then `pip download` of one package
-end to end as a user runs it (exec included), and `getent hosts`.
+end to end as a user runs it (exec included), next to the same with pip's own retries (the
+behaviour before PIP_RETRIES=0 was set for sandboxes without network), and `getent hosts`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def main() -> None:
             print(report("baseline: exec true", base))
             getent, _ = timed_exec(sb, "getent hosts pypi.org", 20)
             print(report("exec getent hosts pypi.org (fails)", getent))
-            pip, last = timed_exec(sb, "pip download --no-deps -d /tmp/dl pytest", args.pip)
+            pip_cmd = "pip download --no-deps -d /tmp/dl pytest"
+            old, _ = timed_exec(sb, f"env -u PIP_RETRIES {pip_cmd}", args.pip)
+            print(report("before: pip download, pip's own retries", old))
+            pip, last = timed_exec(sb, pip_cmd, args.pip)
             print(report("exec pip download pytest (fails)", pip) + f"  [{last[:90]}]")
     finally:
         server.stop()

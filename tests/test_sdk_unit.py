@@ -954,3 +954,29 @@ def test_exec_result_json_shape_is_what_the_server_sends() -> None:
     payload = {"ok": {"exit_code": 1, "duration": 0.5, "timed_out": False}}
     [event] = decoder.feed(encode_frame(Kind.RESULT, 0, json.dumps(payload).encode()))
     assert (event.exit_code, event.duration) == (1, 0.5)
+
+
+def test_e2b_names_are_aliases_of_hutch_calls(fake: FakeHutch) -> None:
+    sb = Sandbox.create(template="default", metadata={"user": "alice"}, envs={"GREETING": "hi"})
+    body = fake.sandboxes[sb.id]["_body"]
+    assert (body["image"], body["labels"], body["env"]) == (
+        "default",
+        {"user": "alice"},
+        {"GREETING": "hi"},
+    )
+    assert sb.sandbox_id == sb.id and sb.is_running()
+    r = sb.commands.run("echo $GREETING; exit 3", envs={"GREETING": "from commands"})
+    assert (r.stdout, r.exit_code) == ("from commands\n", 3)  # no exception, as documented
+    assert fake.exec_requests[-1]["env"] == {"GREETING": "from commands"}
+    with pytest.raises(TypeError, match="background=True"):
+        sb.commands.run("sleep 1", background=True, timeout=5)
+    sb.kill()
+    assert sb.id not in fake.sandboxes and not sb.is_running()
+
+    # Both spellings of one option, with different values, are a mistake caught before sending.
+    before = set(fake.sandboxes)
+    with pytest.raises(TypeError, match="image= or template="):
+        Sandbox.create(image="python", template="node")
+    with pytest.raises(TypeError, match="metadata= and labels="):
+        Sandbox.create(labels={"a": "1"}, metadata={"a": "2"})
+    assert set(fake.sandboxes) == before
