@@ -8,7 +8,7 @@ Timed inside one network="none" sandbox by Python's own clock, so the exec round
 in the figures: getaddrinfo() of a public name (fails), next to the baseline of the same call
 for `localhost` (answered from /etc/hosts) in the same run. Then `pip download` of one package
 end to end as a user runs it (exec included), next to the same with pip's own retries (the
-behaviour before PIP_RETRIES=0 was set for sandboxes without network), and `getent hosts`.
+behaviour before PIP_RETRIES=1 was set for sandboxes without network), and `getent hosts`.
 """
 
 from __future__ import annotations

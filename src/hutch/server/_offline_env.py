@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from hutch.runtime import NetworkPolicy
 
 NO_RETRY_ENV: dict[str, str] = {
-    "PIP_RETRIES": "0",
-    "npm_config_fetch_retries": "0",
+    # NB: 1, not 0: pip names the cause ("Temporary failure in name resolution") only in the
+    # warning of a retry, and urllib3 does not back off before the first one: one retry costs
+    # a failed lookup (well under a millisecond) and keeps the message.
+    "PIP_RETRIES": "1",
+    "npm_config_fetch_retries": "0",  # npm prints the cause itself: "EAI_AGAIN"
 }
 
 
