@@ -159,8 +159,7 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert int(status["CapEff"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
     # PID 1 is the agent; its stdio goes nowhere on the host, fd 3 is its socket.
-    assert text(f"/proc/{pid}/cmdline") == "hutch-agent\0"  # not the loader's command line
-    assert text(f"/proc/{pid}/comm") == "hutch-agent\n"
+    assert "hutch.agent.__main__" in text(f"/proc/{pid}/cmdline")
     assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
     assert os.readlink(f"/proc/{pid}/fd/3").startswith("socket:")
     environ = text(f"/proc/{pid}/environ").split("\0")
@@ -192,7 +191,7 @@ async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Ima
             "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
         ),
         "grep -c : /proc/net/dev": "2",  # lo and eth0 (its veth to the host)
-        "cat /proc/1/cmdline | tr '\\0' ' ' | grep -c hutch-agent": "1",
+        "cat /proc/1/cmdline | tr '\\0' ' ' | grep -c hutch.agent": "1",
         "test -d /workspace && echo yes": "yes",
         "grep -c 127.0.0.53 /etc/resolv.conf": "0",
     }
@@ -353,6 +352,10 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
         assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(sock))
+        # ps and top show its name, not the loader's command line it was started with.
+        pid = init_pid(rt, "real")
+        assert text(f"/proc/{pid}/cmdline") == "hutch-agent\0"
+        assert text(f"/proc/{pid}/comm") == "hutch-agent\n"
     finally:
         await rt.sweep(keep=())
         await rt.teardown()
