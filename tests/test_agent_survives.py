@@ -8,12 +8,15 @@ would notice: the next call works at once and says what happened.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
-from hutch import CommandTimeout, Sandbox
-from tests._server import ServerProcess
+from hutch import CommandTimeout, Conflict, Sandbox
+from tests._server import ServerProcess, runtime_ids, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -105,5 +108,31 @@ def test_a_sandbox_sees_its_own_limits(server: ServerProcess) -> None:
         assert int(total_mb) == 512
         assert processors == "1" and cpu_count == "1"
         assert int(uptime) < 120
+    finally:
+        sb.destroy()
+
+
+def _init_pid(server: ServerProcess, sandbox_id: str) -> int:
+    rid = runtime_ids(server.home).get(sandbox_id, sandbox_id)
+    state = json.loads((server.home / "runc" / rid / "state.json").read_text())
+    return int(state["init_process_pid"])
+
+
+def test_a_sandbox_whose_agent_is_killed_from_outside_says_so(server: ServerProcess) -> None:
+    sb = Sandbox.create(base_url=server.url, api_key=server.api_key, memory_mb=256)
+    try:
+        assert sb.exec("echo ok").stdout == "ok\n"
+        os.kill(_init_pid(server, sb.id), signal.SIGKILL)  # as a host OOM or an operator would
+        wait_for(lambda: sb.info().status == "error", timeout=30)
+        info = sb.info()
+        assert info.status_reason is not None and info.status_reason.startswith("agent_exited")
+        # Not "the agent does not answer, retry": the call says what happened.
+        with pytest.raises(Conflict) as refused:
+            sb.exec("echo again")
+        assert "agent_exited" in str(refused.value)
+        # Its disk was kept: an explicit start brings it back.
+        sb.start()
+        assert sb.info().status == "running"
+        assert sb.exec("echo back").stdout == "back\n"
     finally:
         sb.destroy()

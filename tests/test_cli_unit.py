@@ -72,10 +72,11 @@ def test_create_ls_info_rm(cli: Any, fake: FakeHutch) -> None:
     r = cli("ls")
     assert r.code == 0
     header, *rows = r.out.splitlines()
-    assert header.split() == ["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"]
+    assert header.split() == ["ID", "STATUS", "IMAGE", "NETWORK", "CREATED", "EXPIRES", "LABELS"]
     [row] = [line for line in rows if line.startswith(sandbox_id)]
     assert row.split() == [
-        sandbox_id, "running", "default", "2026-11-26", "13:00:00", "-", "team=cli"
+        sandbox_id, "running", "default", "internet", "2026-11-26", "13:00:00",
+        "2026-11-26", "13:10:00", "team=cli",
     ]  # fmt: skip
 
     other = cli("create").out.strip()
@@ -90,6 +91,47 @@ def test_create_ls_info_rm(cli: Any, fake: FakeHutch) -> None:
     assert r.err.count("\n") == 1 and r.err.startswith("hutch: error: sb-nope: ")
     assert "Traceback" not in r.err
     assert sandbox_id not in fake.sandboxes and other not in fake.sandboxes
+
+
+def test_create_passes_lifetime_limits_and_secrets(
+    cli: Any, fake: FakeHutch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN_FROM_SHELL", "s3cret")
+    r = cli(
+        "create", "--sleep-after", "10m", "--keep-alive", "--pids-limit", "64",
+        "--secret", "API_KEY=abc", "--secret", "TOKEN_FROM_SHELL", "--timeout", "30",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    body = fake.sandboxes[r.out.strip()]["_body"]
+    assert (body["sleep_after"], body["keep_alive"], body["pids_limit"]) == ("10m", True, 64)
+    assert body["secrets"] == {"API_KEY": "abc", "TOKEN_FROM_SHELL": "s3cret"}
+    assert body["timeout"] == 30
+    # A secret named but not set here is refused before anything is created.
+    monkeypatch.delenv("TOKEN_FROM_SHELL")
+    before = set(fake.sandboxes)
+    with pytest.raises(SystemExit) as info:
+        main(["create", "--secret", "TOKEN_FROM_SHELL"])
+    assert "TOKEN_FROM_SHELL is not set here" in str(info.value.code)
+    assert set(fake.sandboxes) == before
+
+
+def test_exec_passes_user_and_warns_about_unsent_piped_stdin(
+    cli: Any, fake: FakeHutch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    sandbox_id = cli("create").out.strip()
+    r = cli("exec", "--user", "user", sandbox_id, "--", "id -un")
+    assert r.code == 0 and fake.exec_requests[-1]["user"] == "user"
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"hello\n")
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(pipe))
+        r = cli("exec", sandbox_id, "--", "cat")
+    assert "add -i to send it" in r.err
+    assert fake.exec_requests[-1].get("stdin") in (None, "")
 
 
 def test_exec_streams_output_and_exits_with_the_command_code(

@@ -218,3 +218,67 @@ def test_console_files_processes_ports(server: ServerProcess) -> None:
                     browser.close()
     finally:
         sb.destroy()
+
+
+def test_console_shows_labels_network_expiry_and_the_sandbox_state(
+    server: ServerProcess,
+) -> None:
+    """The list says what a user looks for (labels, network, expiry), its rows look and act
+    like links, the page has an icon, and the sandbox page shows the sandbox's state."""
+    import playwright.sync_api as sync_api
+
+    from hutch import Sandbox
+
+    icon = httpx.get(server.url + "/console/favicon.svg", timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    sb = Sandbox.create(
+        labels={"team": "console", "task": "t-1"},
+        network="internet",
+        timeout=3600,
+        base_url=server.url,
+        api_key=server.api_key,
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="hutch-chromium-") as profile:
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch_persistent_context(
+                    profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(60_000)
+                    page.goto(server.url + "/console/")
+                    assert page.get_attribute("link[rel=icon]", "href") == "favicon.svg"
+                    page.fill("#login-key", server.api_key)
+                    page.click("#login-form button")
+                    row = page.locator(f"tr[data-id='{sb.id}']")
+                    row.wait_for()
+                    assert row.locator("td.network").inner_text() == "internet"
+                    chips = row.locator("td.labels code").all_inner_texts()
+                    assert chips == ["task=t-1", "team=console"]
+                    assert re.search(r"\(in (59|60) min\)", row.locator("td.expires").inner_text())
+                    headers = page.locator("#sandboxes thead th").all_inner_texts()
+                    assert {"Network", "Labels", "Expires"} <= set(headers)
+                    assert row.evaluate("r => getComputedStyle(r).cursor") == "pointer"
+
+                    row.focus()
+                    page.keyboard.press("Enter")  # rows open from the keyboard too
+                    page.wait_for_selector("#detail", state="visible")
+                    page.wait_for_selector("#detail-status:text-is('running')")
+                    facts = page.inner_text("#detail-state")
+                    assert "internet" in facts and "default" in facts
+                    assert re.search(r"in (59|60) min", facts)
+
+                    # The hook a sandbox event stream calls: the state and the event show up.
+                    page.evaluate(
+                        "id => hutchConsole.onSandboxEvent({sandbox_id: id, type: 'paused',"
+                        " status: 'paused', message: 'idle for 10m'})",
+                        sb.id,
+                    )
+                    page.wait_for_selector("#detail-events li:has-text('paused: idle for 10m')")
+                    assert page.inner_text("#detail-status") == "paused"
+                    page.screenshot(path=str(ARTIFACTS / "console-state.png"), full_page=True)
+                finally:
+                    browser.close()
+    finally:
+        sb.destroy()

@@ -309,7 +309,7 @@ def _agent_host_pid(sandbox_id: str) -> int:
         try:
             if sandbox_id not in (entry / "cgroup").read_text():
                 continue
-            if b"hutch.agent" in (entry / "cmdline").read_bytes():
+            if (entry / "cmdline").read_bytes() == b"hutch-agent\0":
                 return int(entry.name)
         except OSError:
             continue

@@ -383,6 +383,10 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
         assert pong["version"] == AGENT_VERSION, pong
         assert pong["pid"] == 1  # the agent is the sandbox's init, not a stand-in beside it
         assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()
+        # ps and top show its name, not the loader's command line it was started with.
+        pid = init_pid(rt, "real")
+        assert text(f"/proc/{pid}/cmdline") == "hutch-agent\0"
+        assert text(f"/proc/{pid}/comm") == "hutch-agent\n"
     finally:
         await rt.sweep(keep=())
         await rt.teardown()

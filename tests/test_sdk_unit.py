@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ def _error(status: int, code: str, message: str, fields: list[Any] | None = None
     if fields is not None:
         error["fields"] = fields
     return JSONResponse({"error": error}, status_code=status)
+
+
+def _expiry(created_at: str, timeout: float | None) -> str | None:
+    if timeout is None:
+        return None
+    created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    return (created + timedelta(seconds=timeout)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeHutch:
@@ -155,7 +163,7 @@ class FakeHutch:
             "status": "running",
             "image": body.get("image", "default"),
             "created_at": "2026-11-26T13:00:00Z",
-            "expires_at": None,
+            "expires_at": _expiry("2026-11-26T13:00:00Z", body.get("timeout")),
             "cpu": body.get("cpu", 1.0),
             "memory_mb": body.get("memory_mb", 1024),
             "disk_mb": body.get("disk_mb", 4096),
@@ -165,6 +173,7 @@ class FakeHutch:
             "labels": body.get("labels") or {},
             "env_keys": sorted(body.get("env") or {}),
             "_env": dict(body.get("env") or {}),
+            "_body": dict(body),
         }
 
     def _validate(self, body: Any) -> Response | None:
@@ -943,3 +952,29 @@ def test_exec_result_json_shape_is_what_the_server_sends() -> None:
     payload = {"ok": {"exit_code": 1, "duration": 0.5, "timed_out": False}}
     [event] = decoder.feed(encode_frame(Kind.RESULT, 0, json.dumps(payload).encode()))
     assert (event.exit_code, event.duration) == (1, 0.5)
+
+
+def test_e2b_names_are_aliases_of_hutch_calls(fake: FakeHutch) -> None:
+    sb = Sandbox.create(template="default", metadata={"user": "alice"}, envs={"GREETING": "hi"})
+    body = fake.sandboxes[sb.id]["_body"]
+    assert (body["image"], body["labels"], body["env"]) == (
+        "default",
+        {"user": "alice"},
+        {"GREETING": "hi"},
+    )
+    assert sb.sandbox_id == sb.id and sb.is_running()
+    r = sb.commands.run("echo $GREETING; exit 3", envs={"GREETING": "from commands"})
+    assert (r.stdout, r.exit_code) == ("from commands\n", 3)  # no exception, as documented
+    assert fake.exec_requests[-1]["env"] == {"GREETING": "from commands"}
+    with pytest.raises(TypeError, match="background=True"):
+        sb.commands.run("sleep 1", background=True, timeout=5)
+    sb.kill()
+    assert sb.id not in fake.sandboxes and not sb.is_running()
+
+    # Both spellings of one option, with different values, are a mistake caught before sending.
+    before = set(fake.sandboxes)
+    with pytest.raises(TypeError, match="image= or template="):
+        Sandbox.create(image="python", template="node")
+    with pytest.raises(TypeError, match="metadata= and labels="):
+        Sandbox.create(labels={"a": "1"}, metadata={"a": "2"})
+    assert set(fake.sandboxes) == before

@@ -9,6 +9,14 @@ rm -f /usr/lib/python3*/EXTERNALLY-MANAGED
 mkdir -p /workspace
 chmod 755 /workspace
 
+# A normal user as E2B's base image has: uid 1000, /home/user, sudo without a password. Commands
+# still run as root unless the caller asks for `user` (the image config's user is root).
+useradd --create-home --uid 1000 --user-group --shell /bin/bash user
+echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/user
+chmod 440 /etc/sudoers.d/user
+# /workspace is the default working directory: `user` must be able to write there too.
+chown user:user /workspace
+
 # What debootstrap installed before files/etc/dpkg/dpkg.cfg.d/ applied: same trimming.
 find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete
 find /usr/share/doc -mindepth 1 -type d -empty -delete

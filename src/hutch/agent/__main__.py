@@ -50,6 +50,16 @@ def _protect_self() -> None:
         report(f"cannot make the agent non-dumpable ({e})")
 
 
+def _retitle() -> None:
+    """``hutch-agent`` in ps and top, not the loader's long command line (see _proctitle)."""
+    from ._proctitle import set_process_title
+
+    try:
+        set_process_title()
+    except (ImportError, OSError, AttributeError, ValueError) as e:
+        report(f"cannot set the process title ({e})")
+
+
 def _become_subreaper() -> None:
     """Outside a sandbox (tests, development) adopt orphaned descendants as PID 1 would, so
     that they are reaped and killed the same way."""
@@ -93,6 +103,7 @@ def main() -> None:
     except OSError as e:
         raise SystemExit(f"hutch-agent: fd {listen_fd} is not a listening socket: {e}") from None
     os.set_inheritable(listen_fd, False)
+    _retitle()
     problem = _workcg.configure(os.environ.get("HUTCH_AGENT_WORK_FDS"))
     if problem:
         report(problem)

@@ -298,8 +298,9 @@ class ReadOp(_StreamOp):
                 error=OpError("not_a_regular_file", f"{path} is a {kind}; only files are read")
             )
         size = s.st_size
-        if size == 0:
-            # /proc and /sys files report size 0 and may be produced on the fly: bound them.
+        if size == 0 or _is_pseudo(path):
+            # /proc and /sys files report size 0 (or, under LXCFS, a size that is not what a
+            # read then gives) and are produced on the fly: bound them, length unknown.
             limit = PSEUDO_FILE_LIMIT
             size_known = False
         else:
@@ -535,3 +536,9 @@ def open_write(agent: Agent, conn: Connection, stream: int, request: dict[str, A
 
 def open_list(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> ListOp:
     return ListOp(agent, conn, stream, request)
+
+
+def _is_pseudo(path: str) -> bool:
+    """Whether `path` is a file of /proc or /sys, whose stat size says nothing of its content."""
+    real = os.path.realpath(path)
+    return real.startswith(("/proc/", "/sys/"))

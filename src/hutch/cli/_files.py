@@ -1,7 +1,11 @@
 """``hutch cp`` and ``hutch files``: copy files and directories in and out, list a directory.
 
-A download writes only what it creates itself on the host: directories and regular files,
-never symlinks, and never a path with ``..`` in it, whatever the sandbox's listing says.
+Symlinks are copied as symlinks (as ``docker cp`` and ``cp -a`` do). Into a sandbox, every
+one. Out of one, only those that stay inside the copied tree (relative, not climbing out of
+it: ``lib -> ../shared/lib`` within the tree, not ``-> /etc/passwd``), made after everything
+else, so no file the download writes can land through a link the sandbox chose; the others are
+skipped with a message. A download never writes a path with ``..`` in it, whatever the
+sandbox's listing says.
 """
 
 from __future__ import annotations
@@ -106,16 +110,30 @@ def _upload(sb: Sandbox, local: str, remote: str) -> int:
         rel = Path(dirpath).relative_to(source)
         base = posixpath.join(target, rel.as_posix()) if rel.parts else target
         for name in dirnames:
-            if not (Path(dirpath) / name).is_symlink():
+            path = Path(dirpath) / name
+            if path.is_symlink():  # os.walk does not descend into it
+                _remote_symlink(sb, os.readlink(path), posixpath.join(base, name))
+            else:
                 sb.mkdir(posixpath.join(base, name), recursive=True)
         for name in filenames:
             path = Path(dirpath) / name
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink():
+                _remote_symlink(sb, os.readlink(path), posixpath.join(base, name))
+                continue
+            if not path.is_file():
                 print(f"hutch cp: skipping {path} (not a regular file)", file=sys.stderr)
                 continue
             with open(path, "rb") as f:
                 sb.write_file(posixpath.join(base, name), f, mode=stat.S_IMODE(path.stat().st_mode))
     return 0
+
+
+def _remote_symlink(sb: Sandbox, target: str, path: str) -> None:
+    # NB: the files API has no symlink call; ln is in coreutils and busybox alike. Relative
+    # paths start at /workspace, as the files API's do.
+    result = sb.run("ln", ["-sfn", "--", target, path], cwd="/workspace")
+    if not result.success:
+        raise OSError(f"could not create the symlink {path} -> {target}: {result.stderr.strip()}")
 
 
 def _write_local(sb: Sandbox, remote: str, target: Path, mode: int | None) -> None:
@@ -148,6 +166,7 @@ def _download(sb: Sandbox, remote: str, local: str) -> int:
         _write_local(sb, remote, dest, info.mode)
         return 0
     dest.mkdir(parents=True, exist_ok=True)
+    links: list[tuple[Path, str]] = []
     for entry in sb.list_files(remote, recursive=True, include_hidden=True):
         try:
             target = dest / safe_relative(entry.path)
@@ -159,9 +178,40 @@ def _download(sb: Sandbox, remote: str, local: str) -> int:
         elif entry.type == "file":
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_local(sb, entry.absolute_path, target, entry.mode)
+        elif entry.type == "symlink" and entry.target is not None:
+            if _link_stays_inside(entry.path, entry.target):
+                links.append((target, entry.target))
+            else:
+                print(
+                    f"hutch cp: skipping {entry.absolute_path} -> {entry.target} "
+                    "(a link out of the copied tree)",
+                    file=sys.stderr,
+                )
         else:
             print(f"hutch cp: skipping {entry.absolute_path} ({entry.type})", file=sys.stderr)
+    for target, link_target in links:  # last: nothing is written through them
+        # A listing that puts one link below another ("a" -> /etc, then "a/b") must not make
+        # anything outside `dest`.
+        rel = target.relative_to(dest)
+        if any((dest / parent).is_symlink() for parent in rel.parents if parent.parts):
+            print(f"hutch cp: refusing the link {target} below another link", file=sys.stderr)
+            return 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()
+        try:
+            os.symlink(link_target, target)
+        except FileExistsError:
+            print(f"hutch cp: skipping the link {target}: something else is there", file=sys.stderr)
     return 0
+
+
+def _link_stays_inside(path: str, target: str) -> bool:
+    """Whether the link at ``path`` (relative to the copied tree) points into the tree."""
+    if target.startswith("/") or not target:
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved != ".." and not resolved.startswith("../")
 
 
 def cmd_files(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from hutch._wire.sandbox_options import DEFAULTS, HELP, NETWORKS, RUNTIMES
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
+from hutch.cli._create_options import add_lifetime_options, secrets_from
 from hutch.cli._extras import install_server_message, missing_server_module
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
@@ -33,6 +34,8 @@ from hutch.cli._output import (
     short_id,
 )
 from hutch.cli._output import print_error as _fail
+from hutch.cli._stdin import unsent_stdin_warning
+from hutch.cli._wait_port import add_wait_port_command
 
 if TYPE_CHECKING:
     from hutch.sdk import Sandbox
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults and help: hutch._wire.sandbox_options, as for the SDK and the API.
     p.add_argument("--cpu", type=float, default=DEFAULTS.cpu, help=_help("cpu"))
     add_lifecycle_options(p)
+    add_lifetime_options(p)
     p.add_argument(
         "--memory", type=int, default=DEFAULTS.memory_mb, metavar="MB", help=_help("memory_mb")
     )
@@ -175,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bucket_commands(command)
     add_network_commands(command, connection)
     add_lifecycle_commands(command, connection)
+    add_wait_port_command(command)
 
     p = command("rm", cmd_rm, "destroy sandboxes")
     p.add_argument("ids", metavar="ID", nargs="+")
@@ -250,6 +255,9 @@ def _add_env(parser: argparse.ArgumentParser) -> None:
 def _add_exec_options(parser: argparse.ArgumentParser) -> None:
     _add_env(parser)
     parser.add_argument("--cwd", help="working directory in the sandbox")
+    parser.add_argument(
+        "-u", "--user", help="user to run as, e.g. 'user' (default: the image's, root)"
+    )
     parser.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="kill the command after this long"
     )
@@ -351,6 +359,8 @@ def cmd_create(args: argparse.Namespace) -> int:
             on_idle=args.on_idle,
             on_timeout=args.on_timeout,
             snapshot=args.snapshot,
+            secrets=secrets_from(args.secret),
+            pids_limit=args.pids_limit,
             client=client,
         )
     print(sandbox.id)
@@ -371,13 +381,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
             s.id,
             s.status,
             s.image,
+            s.network,
             format_time(s.created_at),
             format_time(s.expires_at) if s.expires_at else "-",
             format_labels(s.labels),
         ]
         for s in sandboxes
     ]
-    print(render_table(["ID", "STATUS", "IMAGE", "CREATED", "EXPIRES", "LABELS"], rows))
+    headers = ["ID", "STATUS", "IMAGE", "NETWORK", "CREATED", "EXPIRES", "LABELS"]
+    print(render_table(headers, rows))
     return 0
 
 
@@ -424,13 +436,16 @@ def _stream_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
     argv: list[str] = args.argv
     env = dict(args.env or ())
     stdin = sys.stdin.buffer.read() if args.stdin else None
+    if stdin is None and (warning := unsent_stdin_warning()) is not None:
+        print(warning, file=sys.stderr, flush=True)
+    cwd, user, timeout = args.cwd, args.user, args.timeout
     if len(argv) == 1:
         events = sandbox.exec_stream(
-            argv[0], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+            argv[0], cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         )
     else:
         events = sandbox.run_stream(
-            argv[0], argv[1:], cwd=args.cwd, env=env, timeout=args.timeout, stdin=stdin
+            argv[0], argv[1:], cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -260,7 +260,13 @@ class Upstream(asyncio.Protocol):
         except Exception:
             self.closed = True
             if self.request is not None and self.client.inflight is self.request:
-                body = b"the sandbox does not accept connections on this port\n"
+                # The usual cause: a dev server bound to 127.0.0.1 inside the sandbox, which
+                # the proxy (coming in over the sandbox's veth) cannot reach.
+                body = (
+                    b"the sandbox does not accept connections on this port: is the server "
+                    b"running, and listening on 0.0.0.0 (not 127.0.0.1 or localhost)? "
+                    b"See docs/troubleshooting.md\n"
+                )
                 self.client.write(_simple_response(502, body))
                 self.client.close()
 

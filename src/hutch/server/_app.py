@@ -32,6 +32,7 @@ from hutch.server.routes._images import build_images_router
 from hutch.server.routes._keys import build_keys_router
 from hutch.server.routes._lifecycle import build_lifecycle_router
 from hutch.server.routes._pools import build_pools_router
+from hutch.server.routes._port_wait import build_port_wait_router
 from hutch.server.routes._ports import build_ports_router
 from hutch.server.routes._procs import build_procs_router
 from hutch.server.routes._sandboxes import build_sandboxes_router
@@ -130,6 +131,7 @@ def create_app(
         await svc.sandboxes.start()
         await svc.lifecycle.recover()
         svc.reconciler.start()
+        svc.deaths.start()
         await svc.egress.start(svc.sandboxes.running_with_egress_rules())
         app.state.services = svc
         attach_previews(svc, previews)
@@ -139,6 +141,7 @@ def create_app(
         finally:
             await svc.usage_history.stop()
             await svc.reconciler.stop()
+            await svc.deaths.stop()
             await svc.previews.close()
             await svc.egress.stop()
             await svc.sandboxes.stop()
@@ -166,6 +169,7 @@ def create_app(
     mount_console(app)
     app.include_router(build_code_router())
     app.include_router(build_procs_router())
+    app.include_router(build_port_wait_router())
     app.include_router(build_files_router(require_key))
     app.include_router(build_buckets_router())
     app.include_router(build_ports_router())

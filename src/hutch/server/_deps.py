@@ -18,6 +18,7 @@ from hutch.server._errors import Unauthorized
 from hutch.server._metrics import ServerMetrics, UsageHistory
 from hutch.server._models import ErrorBody
 from hutch.server.services._backups import Backups
+from hutch.server.services._deaths import DeathWatch
 from hutch.server.services._keys import KeyChecker, key_from_headers
 from hutch.server.services._lifecycle import Lifecycle, LifecyclePolicy
 from hutch.server.services._reconciler import Reconciler
@@ -85,6 +86,7 @@ class Services:
         )
         self.lifecycle.on_stop.append(self.egress.forget)
         self.reconciler = Reconciler(self.lifecycle, self.store)
+        self.deaths = DeathWatch(self.sandboxes, self.store, self.runtime)
         self.backups = Backups(
             self.lifecycle, self.sandboxes, self.store, self.runtime, self.images
         )

@@ -103,21 +103,68 @@ async function refresh() {
       });
       return button;
     });
-    const row = el("tr", { className: sb.id === state.selected ? "selected" : "" },
+    const row = el("tr", { className: sb.id === state.selected ? "selected" : "", tabIndex: 0,
+                           title: `Open ${sb.id}` },
       el("td", {}, el("code", { textContent: sb.id })),
       el("td", { className: `status-${sb.status}`, textContent: sb.status, title: sb.status_reason || "" }),
       el("td", { textContent: sb.image }),
+      el("td", { className: "network", textContent: sb.network }),
+      el("td", { className: "labels" }, ...labelChips(sb.labels)),
       el("td", { textContent: sb.cpu }),
       el("td", { textContent: `${sb.memory_mb} MiB` }),
       el("td", { textContent: `${sb.disk_mb} MiB` }),
       el("td", { textContent: new Date(sb.created_at).toLocaleString() }),
-      el("td", { textContent: sb.expires_at ? new Date(sb.expires_at).toLocaleString() : "never" }),
+      expiryCell(sb.expires_at),
       el("td", {}, ...lifecycle, destroy));
     row.dataset.id = sb.id;
     row.addEventListener("click", () => select(sb.id));
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter") select(sb.id); });
     rows.append(row);
+    if (sb.id === state.selected) showSandboxState(sb);
   }
+  $("rows-hint").hidden = list.length === 0;
 }
+
+function labelChips(labels) {
+  const entries = Object.entries(labels || {}).sort(([a], [b]) => a.localeCompare(b));
+  return entries.length ? entries.map(([k, v]) => el("code", { textContent: `${k}=${v}` })) : ["-"];
+}
+
+// "in 9 min" next to the time: a sandbox with a lifetime disappears on its own.
+function expiresText(expiresAt) {
+  if (!expiresAt) return "never";
+  const minutes = Math.round((new Date(expiresAt) - Date.now()) / 60000);
+  const when = minutes <= 0 ? "now" : minutes < 120 ? `in ${minutes} min` : `in ${Math.round(minutes / 60)} h`;
+  return `${new Date(expiresAt).toLocaleString()} (${when})`;
+}
+
+function expiryCell(expiresAt) {
+  const soon = expiresAt && new Date(expiresAt) - Date.now() < 10 * 60000;
+  return el("td", { className: soon ? "expires expiring" : "expires", textContent: expiresText(expiresAt) });
+}
+
+// The sandbox page's header: its state as the list last said. Another piece of work streams a
+// sandbox's events (paused, resumed, OOM, ...); it calls hutchConsole.onSandboxEvent for each.
+function showSandboxState(sb) {
+  $("detail-status").textContent = sb.status;
+  $("detail-status").className = `status-${sb.status}`;
+  const facts = [
+    ["Image", sb.image], ["Network", sb.network], ["Runtime", sb.runtime],
+    ["Limits", `${sb.cpu} CPU, ${sb.memory_mb} MiB memory, ${sb.disk_mb} MiB disk`],
+    ["Created", new Date(sb.created_at).toLocaleString()], ["Expires", expiresText(sb.expires_at)],
+  ];
+  $("detail-state").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", { textContent: k }), el("dd", { textContent: v }))));
+}
+
+function onSandboxEvent(event) {
+  if (!event || event.sandbox_id !== state.selected) return;
+  const list = $("detail-events");
+  list.hidden = false;
+  const when = event.at ? new Date(event.at).toLocaleTimeString() : new Date().toLocaleTimeString();
+  list.append(el("li", { textContent: `${when} ${event.type}${event.message ? ": " + event.message : ""}` }));
+  if (event.status) { $("detail-status").textContent = event.status; $("detail-status").className = `status-${event.status}`; }
+}
+window.hutchConsole = { onSandboxEvent };
 
 async function create(event) {
   event.preventDefault();
@@ -156,6 +203,10 @@ function select(id) {
   $("detail").hidden = !id;
   if (!id) return;
   $("detail-id").textContent = id;
+  $("detail-events").replaceChildren();
+  $("detail-events").hidden = true;
+  $("detail-state").replaceChildren();
+  api("GET", sbPath(id)).then(showSandboxState, () => {});
   for (const tab of ["files", "processes", "ports"]) probeTab(tab);
   showTab(state.tab);
 }

@@ -93,7 +93,7 @@ from hutch.runtime.container._spec import (
     check_sandbox_id,
 )
 from hutch.runtime.container._storage import StoragePool
-from hutch.runtime.container._usage import SandboxUsage, cgroup_usage, qgroup_usage, veth_bytes
+from hutch.runtime.container._usage import SandboxUsage, sandbox_usage
 from hutch.runtime.images import image_agent_env
 
 log = logging.getLogger("hutch.runtime")
@@ -512,6 +512,20 @@ class Runtime:
 
     # -- network ---------------------------------------------------------------------------
 
+    async def init_pid(self, sandbox_id: str) -> int | None:
+        """The host pid of the sandbox's PID 1 (its agent), or None when it has none."""
+        check_sandbox_id(sandbox_id)
+        try:
+            return await self._init_pid(sandbox_id)
+        except SandboxStartError:
+            return None
+
+    def agent_oom_killed(self, sandbox_id: str) -> bool:
+        """Whether the OOM killer ended a task of the sandbox outside user code's `work`
+        cgroup: its agent (what a host-wide OOM, or a sandbox without `work`, can do)."""
+        whole, work = workcgroup.oom_kills(sandbox_id)
+        return whole > work
+
     async def _init_pid(self, sandbox_id: str) -> int:
         try:
             state = json.loads((self._home / "runc" / sandbox_id / "state.json").read_bytes())
@@ -594,22 +608,9 @@ class Runtime:
         """What the sandbox uses now: CPU time, memory, tasks, network bytes, and (a btrfs
         call, some milliseconds) its disk unless `disk` is False."""
         check_sandbox_id(sandbox_id)
-        cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(sandbox_id)
         net = self._networks.get(sandbox_id)
-        rx, tx = veth_bytes(net.ifname if net is not None else None)
-        quota = await qgroup_usage(self._storage.path(sandbox_id)) if disk else None
-        return SandboxUsage(
-            cpu_seconds=cpu,
-            cpu_limit=cpu_limit,
-            memory_bytes=memory,
-            memory_limit_bytes=memory_limit,
-            pids=pids,
-            pids_limit=pids_limit,
-            net_rx_bytes=rx,
-            net_tx_bytes=tx,
-            disk_bytes=quota[0] if quota else None,
-            disk_limit_bytes=quota[1] if quota else None,
-        )
+        subvolume = self._storage.path(sandbox_id) if disk else None
+        return await sandbox_usage(sandbox_id, net.ifname if net else None, subvolume)
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""

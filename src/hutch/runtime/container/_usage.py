@@ -112,3 +112,25 @@ async def qgroup_usage(subvolume: Path) -> tuple[int, int | None] | None:
             limit = int(fields[3]) if fields[3].isdigit() else None
             return int(fields[1]), limit
     return None
+
+
+async def sandbox_usage(
+    sandbox_id: str, ifname: str | None, subvolume: Path | None
+) -> SandboxUsage:
+    """The sandbox's usage from its cgroups, its veth `ifname` and (unless None) the quota
+    group of its `subvolume`."""
+    cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(sandbox_id)
+    rx, tx = veth_bytes(ifname)
+    quota = await qgroup_usage(subvolume) if subvolume is not None else None
+    return SandboxUsage(
+        cpu_seconds=cpu,
+        cpu_limit=cpu_limit,
+        memory_bytes=memory,
+        memory_limit_bytes=memory_limit,
+        pids=pids,
+        pids_limit=pids_limit,
+        net_rx_bytes=rx,
+        net_tx_bytes=tx,
+        disk_bytes=quota[0] if quota else None,
+        disk_limit_bytes=quota[1] if quota else None,
+    )

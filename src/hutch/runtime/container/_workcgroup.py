@@ -134,3 +134,21 @@ def agent_env() -> tuple[str, ...]:
         return ()
     fds = ",".join(str(4 + i) for i in range(len(_CONTROLLERS)))
     return (f"HUTCH_AGENT_WORK_FDS={fds}",)
+
+
+def oom_kills(sandbox_id: str) -> tuple[int, int]:
+    """(in the whole sandbox, in `work`) how many tasks the OOM killer has ended. The
+    kernel counts a child's kills in its parents too, so the difference is what it killed
+    outside `work`: the agent."""
+
+    def count(directory: Path) -> int:
+        try:
+            for line in (directory / "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    whole = CGROUP_ROOT / "memory" / CGROUP_PARENT / sandbox_id
+    return count(whole), count(whole / WORK)

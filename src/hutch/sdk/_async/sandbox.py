@@ -9,6 +9,7 @@ import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Unpack, overload
+from urllib.parse import urlsplit
 
 from hutch._wire.sandbox_options import DEFAULTS, SandboxOptions
 from hutch.sdk._async import processes as _processes
@@ -16,6 +17,7 @@ from hutch.sdk._async.buckets import Buckets, mount_body
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
 from hutch.sdk._async.commands import Commands
+from hutch.sdk._async.e2b_names import E2bCommands, e2b_create_names
 from hutch.sdk._async.files import Files, WriteData
 from hutch.sdk._async.ports import ExposedPort, Ports
 from hutch.sdk._async.processes import AsyncProcess
@@ -58,7 +60,8 @@ class AsyncSandbox:
         self._info = info
         self._path = f"/v1/sandboxes/{path_segment(id)}"
         self.files = Files(client, self._path)
-        self.commands = Commands(client, self._path)
+        # Hutch's exec and run (sb.exec, sb.run, the streams); `sb.commands` is E2B's names.
+        self._commands = Commands(client, self._path)
         self.code = CodeInterpreter(client, self._path)
         self.buckets = Buckets(client, self._path)
         self.ports = Ports(client, self._path)
@@ -71,6 +74,9 @@ class AsyncSandbox:
         cls,
         image: str = DEFAULTS.image,
         *,
+        template: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: AsyncClient | None = None,
@@ -80,6 +86,9 @@ class AsyncSandbox:
 
         Args:
             image: The image to run, e.g. ``"default"`` (Debian with Python, Node and git).
+            template: E2B's name for ``image``.
+            metadata: E2B's name for ``labels`` (merged with them).
+            envs: E2B's name for ``env`` (merged with it).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -102,6 +111,15 @@ class AsyncSandbox:
             TypeError: An option that does not exist.
         """
         client = _client_for(client, base_url, api_key)
+        image, labels, env = e2b_create_names(
+            image,
+            options.get("labels"),
+            options.get("env"),
+            template=template,
+            metadata=metadata,
+            envs=envs,
+        )
+        options = {**options, "labels": labels, "env": env}
         body = sandbox_create_body(image, options, function="create")
         info = SandboxInfo.from_json(await client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -422,6 +440,35 @@ class AsyncSandbox:
         """
         await self.client.request("DELETE", self._path)
 
+    # -- E2B's names for the calls above (see e2b_names.py and docs/e2b-names.md) ---------------
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id: E2B's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def commands(self) -> E2bCommands:
+        """E2B's ``sb.commands``: ``run(cmd, background=...)``, ``list()``, ``kill(id)``."""
+        return E2bCommands(self)
+
+    async def kill(self) -> None:
+        """Destroy the sandbox: E2B's name for :meth:`destroy`."""
+        await self.destroy()
+
+    async def is_running(self) -> bool:
+        """Whether the sandbox exists and runs (``False`` once it is destroyed)."""
+        try:
+            return (await self.info()).status == "running"
+        except SandboxNotFound:
+            return False
+
+    async def get_host(self, port: int) -> str:
+        """The host (and port) of ``port``'s preview URL without a scheme, as E2B's
+        ``get_host`` returns it: ``f"http://{sb.get_host(8080)}/"`` opens it. Exposes the port
+        first if needed (see :meth:`expose_port`)."""
+        return urlsplit(await self.get_preview_url(port)).netloc
+
     async def mount_bucket(
         self,
         bucket: str,
@@ -455,6 +502,18 @@ class AsyncSandbox:
     async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
         """Make a port reachable at a preview URL; see :meth:`Ports.expose`."""
         return await self.ports.expose(port, name)
+
+    async def wait_for_port(
+        self, port: int, *, mode: str = "tcp", path: str = "/", timeout: float = 60.0
+    ) -> int | None:
+        """Wait until something listens on ``port`` inside the sandbox, whatever started it
+        (``mode="http"``: until ``GET path`` answers 200-399; returns that status).
+
+        Raises:
+            ProcessTimeout: Nothing was ready within ``timeout`` seconds.
+            InvalidRequest: ``port`` is outside 1-65535 or ``mode`` is unknown.
+        """
+        return await self.ports.wait_for_port(port, mode=mode, http_path=path, timeout=timeout)
 
     async def get_preview_url(self, port: int) -> str:
         """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
@@ -505,7 +564,7 @@ class AsyncSandbox:
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         """Run a shell command and wait for it; see :meth:`Commands.exec`."""
-        return await self.commands.exec(
+        return await self._commands.exec(
             command,
             cwd=cwd,
             env=env,
@@ -530,7 +589,7 @@ class AsyncSandbox:
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         """Run a program with arguments, no shell, and wait; see :meth:`Commands.run`."""
-        return await self.commands.run(
+        return await self._commands.run(
             program,
             args,
             cwd=cwd,
@@ -553,7 +612,7 @@ class AsyncSandbox:
         stdin: bytes | str | None = None,
     ) -> AsyncIterator[ExecEvent]:
         """Yield a shell command's output as it arrives; see :meth:`Commands.exec_stream`."""
-        async for event in self.commands.exec_stream(
+        async for event in self._commands.exec_stream(
             command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         ):
             yield event
@@ -571,7 +630,7 @@ class AsyncSandbox:
     ) -> AsyncIterator[ExecEvent]:
         """Like :meth:`exec_stream` for a program and its arguments; see
         :meth:`Commands.run_stream`."""
-        async for event in self.commands.run_stream(
+        async for event in self._commands.run_stream(
             program, args, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         ):
             yield event
@@ -778,7 +837,7 @@ class AsyncSandbox:
         """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
         if text:
             return await self.files.read(path, text=True, offset=offset, length=length)
-        return await self.files.read(path, offset=offset, length=length)
+        return await self.files.read(path, text=False, offset=offset, length=length)
 
     async def read_file_stream(
         self, path: str, *, offset: int = 0, length: int | None = None

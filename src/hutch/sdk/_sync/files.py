@@ -93,24 +93,50 @@ class Files:
         self,
         path: str,
         *,
-        text: Literal[False] = False,
+        text: Literal[True] = True,
+        format: Literal["text"] = "text",
+        offset: int = 0,
+        length: int | None = None,
+    ) -> str: ...
+
+    @overload
+    def read(
+        self,
+        path: str,
+        *,
+        text: Literal[False],
+        format: Literal["text", "bytes"] = "text",
         offset: int = 0,
         length: int | None = None,
     ) -> bytes: ...
 
     @overload
     def read(
-        self, path: str, *, text: Literal[True], offset: int = 0, length: int | None = None
-    ) -> str: ...
+        self,
+        path: str,
+        *,
+        text: bool = True,
+        format: Literal["bytes"],
+        offset: int = 0,
+        length: int | None = None,
+    ) -> bytes: ...
 
     def read(
-        self, path: str, *, text: bool = False, offset: int = 0, length: int | None = None
+        self,
+        path: str,
+        *,
+        text: bool = True,
+        format: Literal["text", "bytes"] = "text",
+        offset: int = 0,
+        length: int | None = None,
     ) -> bytes | str:
-        """A file's contents (or ``length`` bytes from ``offset``).
+        """A file's text, as E2B's ``files.read`` returns it (or its bytes: ``text=False`` or
+        ``format="bytes"``; ``sb.read_file`` returns bytes unless asked for text).
 
         Args:
             path: The file's path.
-            text: Decode as UTF-8 (invalid bytes are replaced).
+            text: Decode as UTF-8 (invalid bytes are replaced); ``False`` returns bytes.
+            format: E2B's spelling: ``"text"`` or ``"bytes"``.
             offset: The first byte to read.
             length: How many bytes at most; ``None`` reads to the end.
 
@@ -121,7 +147,8 @@ class Files:
         """
         parts = [chunk for chunk in self.read_stream(path, offset=offset, length=length)]
         data = b"".join(parts)
-        return data.decode(errors="replace") if text else data
+        as_text = text and format == "text"
+        return data.decode(errors="replace") if as_text else data
 
     def read_stream(
         self, path: str, *, offset: int = 0, length: int | None = None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hutch.sdk._exceptions import ProcessTimeout
 from hutch.sdk._sync.client import Client
 
 
@@ -87,3 +88,23 @@ class Ports:
         ``{"network", "network_allow", "network_deny", "address"}``."""
         result: dict[str, Any] = self._client.request("GET", f"{self._path}/network")
         return result
+
+    def wait_for_port(
+        self,
+        port: int,
+        *,
+        mode: str = "tcp",
+        http_path: str = "/",
+        timeout: float = 60.0,  # noqa: ASYNC109 -- the server's wait, not a client deadline
+    ) -> int | None:
+        """Wait until ``port`` listens inside the sandbox; the HTTP status with ``mode="http"``.
+
+        Raises:
+            ProcessTimeout: Nothing listened on it within ``timeout`` seconds.
+        """
+        body = {"port": port, "mode": mode, "path": http_path, "timeout": timeout}
+        result = self._client.request("POST", f"{self._path}/wait-for-port", json=body)
+        if not result.get("ready"):
+            raise ProcessTimeout(f"nothing was listening on port {port} within {timeout:g}s")
+        status = result.get("status")
+        return int(status) if status is not None else None

@@ -10,6 +10,7 @@ import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Unpack, overload
+from urllib.parse import urlsplit
 
 from hutch._wire.sandbox_options import DEFAULTS, SandboxOptions
 from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
@@ -31,6 +32,7 @@ from hutch.sdk._sync.buckets import Buckets, mount_body
 from hutch.sdk._sync.client import Client
 from hutch.sdk._sync.code import CodeInterpreter
 from hutch.sdk._sync.commands import Commands
+from hutch.sdk._sync.e2b_names import E2bCommands, e2b_create_names
 from hutch.sdk._sync.files import Files, WriteData
 from hutch.sdk._sync.ports import ExposedPort, Ports
 from hutch.sdk._sync.processes import Process
@@ -59,7 +61,8 @@ class Sandbox:
         self._info = info
         self._path = f"/v1/sandboxes/{path_segment(id)}"
         self.files = Files(client, self._path)
-        self.commands = Commands(client, self._path)
+        # Hutch's exec and run (sb.exec, sb.run, the streams); `sb.commands` is E2B's names.
+        self._commands = Commands(client, self._path)
         self.code = CodeInterpreter(client, self._path)
         self.buckets = Buckets(client, self._path)
         self.ports = Ports(client, self._path)
@@ -72,6 +75,9 @@ class Sandbox:
         cls,
         image: str = DEFAULTS.image,
         *,
+        template: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         client: Client | None = None,
@@ -81,6 +87,9 @@ class Sandbox:
 
         Args:
             image: The image to run, e.g. ``"default"`` (Debian with Python, Node and git).
+            template: E2B's name for ``image``.
+            metadata: E2B's name for ``labels`` (merged with them).
+            envs: E2B's name for ``env`` (merged with it).
             base_url: The server URL; defaults to ``$HUTCH_URL``, then ``http://127.0.0.1:7070``.
             api_key: The API key; defaults to ``$HUTCH_API_KEY``.
             client: A client to use instead of the shared one for ``base_url``/``api_key``.
@@ -103,6 +112,15 @@ class Sandbox:
             TypeError: An option that does not exist.
         """
         client = _client_for(client, base_url, api_key)
+        image, labels, env = e2b_create_names(
+            image,
+            options.get("labels"),
+            options.get("env"),
+            template=template,
+            metadata=metadata,
+            envs=envs,
+        )
+        options = {**options, "labels": labels, "env": env}
         body = sandbox_create_body(image, options, function="create")
         info = SandboxInfo.from_json(client.request("POST", "/v1/sandboxes", json=body))
         return cls(info.id, client=client, info=info)
@@ -417,6 +435,35 @@ class Sandbox:
         """
         self.client.request("DELETE", self._path)
 
+    # -- E2B's names for the calls above (see e2b_names.py and docs/e2b-names.md) ---------------
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id: E2B's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def commands(self) -> E2bCommands:
+        """E2B's ``sb.commands``: ``run(cmd, background=...)``, ``list()``, ``kill(id)``."""
+        return E2bCommands(self)
+
+    def kill(self) -> None:
+        """Destroy the sandbox: E2B's name for :meth:`destroy`."""
+        self.destroy()
+
+    def is_running(self) -> bool:
+        """Whether the sandbox exists and runs (``False`` once it is destroyed)."""
+        try:
+            return (self.info()).status == "running"
+        except SandboxNotFound:
+            return False
+
+    def get_host(self, port: int) -> str:
+        """The host (and port) of ``port``'s preview URL without a scheme, as E2B's
+        ``get_host`` returns it: ``f"http://{sb.get_host(8080)}/"`` opens it. Exposes the port
+        first if needed (see :meth:`expose_port`)."""
+        return urlsplit(self.get_preview_url(port)).netloc
+
     def mount_bucket(
         self,
         bucket: str,
@@ -450,6 +497,18 @@ class Sandbox:
     def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
         """Make a port reachable at a preview URL; see :meth:`Ports.expose`."""
         return self.ports.expose(port, name)
+
+    def wait_for_port(
+        self, port: int, *, mode: str = "tcp", path: str = "/", timeout: float = 60.0
+    ) -> int | None:
+        """Wait until something listens on ``port`` inside the sandbox, whatever started it
+        (``mode="http"``: until ``GET path`` answers 200-399; returns that status).
+
+        Raises:
+            ProcessTimeout: Nothing was ready within ``timeout`` seconds.
+            InvalidRequest: ``port`` is outside 1-65535 or ``mode`` is unknown.
+        """
+        return self.ports.wait_for_port(port, mode=mode, http_path=path, timeout=timeout)
 
     def get_preview_url(self, port: int) -> str:
         """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
@@ -500,7 +559,7 @@ class Sandbox:
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         """Run a shell command and wait for it; see :meth:`Commands.exec`."""
-        return self.commands.exec(
+        return self._commands.exec(
             command,
             cwd=cwd,
             env=env,
@@ -525,7 +584,7 @@ class Sandbox:
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         """Run a program with arguments, no shell, and wait; see :meth:`Commands.run`."""
-        return self.commands.run(
+        return self._commands.run(
             program,
             args,
             cwd=cwd,
@@ -548,7 +607,7 @@ class Sandbox:
         stdin: bytes | str | None = None,
     ) -> Iterator[ExecEvent]:
         """Yield a shell command's output as it arrives; see :meth:`Commands.exec_stream`."""
-        for event in self.commands.exec_stream(
+        for event in self._commands.exec_stream(
             command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         ):
             yield event
@@ -566,7 +625,7 @@ class Sandbox:
     ) -> Iterator[ExecEvent]:
         """Like :meth:`exec_stream` for a program and its arguments; see
         :meth:`Commands.run_stream`."""
-        for event in self.commands.run_stream(
+        for event in self._commands.run_stream(
             program, args, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
         ):
             yield event
@@ -773,7 +832,7 @@ class Sandbox:
         """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
         if text:
             return self.files.read(path, text=True, offset=offset, length=length)
-        return self.files.read(path, offset=offset, length=length)
+        return self.files.read(path, text=False, offset=offset, length=length)
 
     def read_file_stream(
         self, path: str, *, offset: int = 0, length: int | None = None

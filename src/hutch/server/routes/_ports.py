@@ -15,6 +15,7 @@ from hutch.server._models import (
     NetworkUpdate,
     PortExpose,
 )
+from hutch.server._offline_env import offline_env_change
 from hutch.server.services._keys import now_iso
 from hutch.server.store._sqlite import PortRecord
 
@@ -32,6 +33,12 @@ def _port_rule(port: int, reserved: frozenset[int]) -> None:
             code="invalid_port",
             fields=[{"loc": ["body", "port"], "message": "reserved by Hutch"}],
         )
+
+
+async def _follow_offline_env(
+    svc: Svc, sandbox_id: str, policy: NetworkPolicy, user_env: dict[str, str]
+) -> None:
+    await svc.sandboxes.call(sandbox_id, "set_env", env=offline_env_change(policy, user_env))
 
 
 def build_ports_router() -> APIRouter:
@@ -85,6 +92,7 @@ def build_ports_router() -> APIRouter:
             raise SandboxNotRunning(f"sandbox {sandbox_id} is {record.status}")
         policy = NetworkPolicy.of(body.network, body.network_allow, body.network_deny)
         await svc.host.set_network_policy(sandbox_id, policy)
+        await _follow_offline_env(svc, sandbox_id, policy, record.env)
         record.network = body.network
         record.network_allow = list(body.network_allow)
         record.network_deny = list(body.network_deny)

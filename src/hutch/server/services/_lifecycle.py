@@ -224,7 +224,10 @@ class Lifecycle:
                 started = time.perf_counter()
                 await self._runtime.resume(self._manager.runtime_id(sandbox_id))
                 log.info("resumed sandbox %s in %.1f ms", sandbox_id, _ms(started))
-            elif record.status == "stopped":
+            elif record.status in ("stopped", "error"):
+                # NB: a sandbox in error (its agent died: services/_deaths.py) keeps its disk
+                # too. Only an explicit start or resume gets here for it: requests wake only
+                # sleeping sandboxes (SandboxManager.running, preview_hit).
                 await self._boot(record)
             elif record.status != "running":
                 raise _conflict(record, "start", "destroy it and create a new one")

@@ -48,6 +48,7 @@ from hutch.server._errors import (
     SandboxStartFailed,
 )
 from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
+from hutch.server._offline_env import offline_env
 from hutch.server.services._keys import now_iso
 from hutch.server.services._secrets import SecretBox
 from hutch.server.store._sqlite import SandboxRecord, Store
@@ -242,13 +243,14 @@ class SandboxManager:
             pids=record.pids_limit,
             disk_mb=record.disk_mb,
         )
+        policy = network_policy(record)
         return SandboxSpec(
             id=self._rid(record.id),
             image=image,
-            env=dict(record.env),
+            env={**offline_env(policy, record.env), **record.env},
             limits=limits,
             runtime=record.runtime,  # type: ignore[arg-type]
-            network=network_policy(record),
+            network=policy,
             disk_from=disk_from,
         )
 
