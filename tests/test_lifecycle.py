@@ -23,6 +23,8 @@ from hutch.sdk import (
 from tests._server import ServerProcess, wait_for
 from tests.support.s3 import S3Server
 
+pytestmark = pytest.mark.sandbox
+
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
 
 

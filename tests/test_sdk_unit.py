@@ -75,11 +75,12 @@ def _error(status: int, code: str, message: str, fields: list[Any] | None = None
     return JSONResponse({"error": error}, status_code=status)
 
 
-def _expiry(created_at: str, timeout: float | None) -> str | None:
+def _expiry(created_at: str, timeout: float | str | None) -> str | None:
     if timeout is None:
         return None
     created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-    return (created + timedelta(seconds=timeout)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # NB: the fake takes seconds only (as a number or a string of one), not "1h"-style forms.
+    return (created + timedelta(seconds=float(timeout))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeHutch:

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--disk", type=int, default=DEFAULTS.disk_mb, metavar="MB", help=_help("disk_mb")
     )
     p.add_argument("--runtime", choices=RUNTIMES, default=DEFAULTS.runtime, help=_help("runtime"))
-    p.add_argument("--timeout", metavar="DURATION", help=HELP["timeout"])
+    p.add_argument("--timeout", type=_seconds_or_duration, metavar="DURATION", help=HELP["timeout"])
     p.add_argument("--start-entrypoint", action="store_true", help=HELP["start_entrypoint"])
 
     p = command("ls", cmd_ls, "list sandboxes")
@@ -596,3 +596,12 @@ def cmd_keys_rm(args: argparse.Namespace) -> int:
         client.delete_key(args.key_id)
     print(args.key_id)
     return 0
+
+
+def _seconds_or_duration(text: str) -> float | str:
+    """A number of seconds as a number; a duration ("10m", "1h30m") as given, for the server
+    to check (it answers 422 naming the accepted forms)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
