@@ -63,6 +63,7 @@ def test_symlinks_and_escapes_are_refused(tree: Path) -> None:
         os.close(root_fd)
 
 
+@pytest.mark.sandbox  # mounts a tmpfs: root
 def test_unmount_goes_by_mount_id_and_never_outside_the_root(tree: Path) -> None:
     root, host = tree / "root", tree / "host"
     inside = _tmpfs(root / "a" / "data")
