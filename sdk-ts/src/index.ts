@@ -56,6 +56,15 @@ export {
 } from "./code.js";
 export { Terminal, type TerminalOptions } from "./terminal.js";
 export { Images, type PullImageOptions } from "./images.js";
+export type {
+  Backup,
+  BackupTarget,
+  Duration,
+  MetricsPoint,
+  SandboxMetrics,
+  SandboxState,
+  Snapshot,
+} from "./lifecycle.js";
 export {
   Sandbox,
   getSandbox,
