@@ -96,7 +96,11 @@ export class LanguageUnavailableError extends InvalidRequestError { override nam
 export class InvalidGitUrlError extends InvalidRequestError { override name = "InvalidGitUrlError"; }
 export class GitError extends InvalidRequestError { override name = "GitError"; }
 export class ImageInvalidError extends InvalidRequestError { override name = "ImageInvalidError"; }
-export class ImageBuildFailedError extends InvalidRequestError { override name = "ImageBuildFailedError"; }
+export class ImageBuildFailedError extends InvalidRequestError {
+  override name = "ImageBuildFailedError";
+  /** The build's last lines of output (from a streamed build's error). */
+  outputTail: string[] = [];
+}
 export class BucketMountFailedError extends InvalidRequestError { override name = "BucketMountFailedError"; }
 /** 400 backup_target_unreachable: the backup's bucket could not be reached; nothing was written. */
 export class BackupTargetUnreachableError extends InvalidRequestError { override name = "BackupTargetUnreachableError"; }
