@@ -103,7 +103,7 @@ export class ImageBuildFailedError extends InvalidRequestError {
 }
 export class BucketMountFailedError extends InvalidRequestError { override name = "BucketMountFailedError"; }
 /** 400 backup_target_unreachable: the backup's bucket could not be reached; nothing was written. */
-export class BackupTargetUnreachableError extends InvalidRequestError { override name = "BackupTargetUnreachableError"; }
+export class BackupTargetUnreachableError extends BucketMountFailedError { override name = "BackupTargetUnreachableError"; }
 
 export class RegistryError extends ServerError { override name = "RegistryError"; }
 export class SandboxUnavailableError extends ServerError { override name = "SandboxUnavailableError"; }
