@@ -1109,6 +1109,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/sandboxes/{sandbox_id}/wait-for-port": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Wait For Port
+         * @description Poll the port from inside the sandbox (its loopback) until it accepts (``http``:
+         *     answers ``GET path`` with a status in range) or ``timeout`` seconds pass; ``ready``
+         *     says which.
+         */
+        post: operations["wait_for_port_v1_sandboxes__sandbox_id__wait_for_port_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/snapshots": {
         parameters: {
             query?: never;
@@ -2066,6 +2088,44 @@ export interface components {
             pids_limit: number;
             /** Timestamp */
             timestamp: number;
+        };
+        /** SandboxPortWait */
+        SandboxPortWait: {
+            /**
+             * Mode
+             * @default tcp
+             * @enum {string}
+             */
+            mode?: "tcp" | "http";
+            /**
+             * Path
+             * @default /
+             */
+            path?: string;
+            /** Port */
+            port: number;
+            /**
+             * Status Max
+             * @default 399
+             */
+            status_max?: number;
+            /**
+             * Status Min
+             * @default 200
+             */
+            status_min?: number;
+            /**
+             * Timeout
+             * @default 60
+             */
+            timeout?: number;
+        };
+        /** SandboxPortWaitResult */
+        SandboxPortWaitResult: {
+            /** Ready */
+            ready: boolean;
+            /** Status */
+            status?: number | null;
         };
         /** SessionCreate */
         SessionCreate: {
@@ -7464,6 +7524,89 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SandboxInfo"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    wait_for_port_v1_sandboxes__sandbox_id__wait_for_port_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                authorization?: string | null;
+                "x-api-key"?: string | null;
+            };
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SandboxPortWait"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxPortWaitResult"];
                 };
             };
             /** @description Unauthorized */

@@ -65,6 +65,8 @@ export class BucketNotMountedError extends NotFoundError { override name = "Buck
 export class KeyNotFoundError extends NotFoundError { override name = "KeyNotFoundError"; }
 export class GitRepositoryNotFoundError extends NotFoundError { override name = "GitRepositoryNotFoundError"; }
 export class GitBranchNotFoundError extends NotFoundError { override name = "GitBranchNotFoundError"; }
+export class SnapshotNotFoundError extends NotFoundError { override name = "SnapshotNotFoundError"; }
+export class BackupNotFoundError extends NotFoundError { override name = "BackupNotFoundError"; }
 
 export class SandboxExistsError extends ConflictError { override name = "SandboxExistsError"; }
 export class SandboxNotRunningError extends ConflictError { override name = "SandboxNotRunningError"; }
@@ -80,6 +82,9 @@ export class NotADirectoryError extends ConflictError { override name = "NotADir
 export class DirectoryNotEmptyError extends ConflictError { override name = "DirectoryNotEmptyError"; }
 export class NotARegularFileError extends ConflictError { override name = "NotARegularFileError"; }
 export class ReadOnlyError extends ConflictError { override name = "ReadOnlyError"; }
+/** 409 invalid_state: an operation the sandbox's state does not allow (e.g. pause a stopped one). */
+export class SandboxStateConflictError extends ConflictError { override name = "SandboxStateConflictError"; }
+export class SnapshotExistsError extends ConflictError { override name = "SnapshotExistsError"; }
 
 export class InvalidSandboxIdError extends InvalidRequestError { override name = "InvalidSandboxIdError"; }
 export class InvalidPathError extends InvalidRequestError { override name = "InvalidPathError"; }
@@ -91,13 +96,20 @@ export class LanguageUnavailableError extends InvalidRequestError { override nam
 export class InvalidGitUrlError extends InvalidRequestError { override name = "InvalidGitUrlError"; }
 export class GitError extends InvalidRequestError { override name = "GitError"; }
 export class ImageInvalidError extends InvalidRequestError { override name = "ImageInvalidError"; }
-export class ImageBuildFailedError extends InvalidRequestError { override name = "ImageBuildFailedError"; }
+export class ImageBuildFailedError extends InvalidRequestError {
+  override name = "ImageBuildFailedError";
+  /** The build's last lines of output (from a streamed build's error). */
+  outputTail: string[] = [];
+}
 export class BucketMountFailedError extends InvalidRequestError { override name = "BucketMountFailedError"; }
+/** 400 backup_target_unreachable: the backup's bucket could not be reached; nothing was written. */
+export class BackupTargetUnreachableError extends BucketMountFailedError { override name = "BackupTargetUnreachableError"; }
 
 export class RegistryError extends ServerError { override name = "RegistryError"; }
 export class SandboxUnavailableError extends ServerError { override name = "SandboxUnavailableError"; }
 export class SandboxStartFailedError extends ServerError { override name = "SandboxStartFailedError"; }
 export class GitUnreachableError extends ServerError { override name = "GitUnreachableError"; }
+export class BackupFailedError extends ServerError { override name = "BackupFailedError"; }
 
 type APIErrorClass = new (
   message: string,
@@ -161,6 +173,12 @@ export const ERROR_CLASSES: Readonly<Record<string, APIErrorClass>> = {
   sandbox_unavailable: SandboxUnavailableError,
   sandbox_start_failed: SandboxStartFailedError,
   git_unreachable: GitUnreachableError,
+  invalid_state: SandboxStateConflictError,
+  snapshot_not_found: SnapshotNotFoundError,
+  snapshot_exists: SnapshotExistsError,
+  backup_not_found: BackupNotFoundError,
+  backup_target_unreachable: BackupTargetUnreachableError,
+  backup_failed: BackupFailedError,
 };
 
 function classForStatus(status: number): APIErrorClass {

@@ -55,7 +55,17 @@ export {
   type RunCodeOptions,
 } from "./code.js";
 export { Terminal, type TerminalOptions } from "./terminal.js";
-export { Images, type PullImageOptions } from "./images.js";
+export { Images, type BuildImageOptions, type PullImageOptions } from "./images.js";
+export { Keys, type ApiKey } from "./keys.js";
+export type {
+  Backup,
+  BackupTarget,
+  Duration,
+  MetricsPoint,
+  SandboxMetrics,
+  SandboxState,
+  Snapshot,
+} from "./lifecycle.js";
 export {
   Sandbox,
   getSandbox,

@@ -33,13 +33,30 @@ import {
   type StreamLogsOptions,
   processStartBody,
 } from "./processes.js";
+import {
+  type Backup,
+  type BackupTarget,
+  type Duration,
+  type SandboxMetrics,
+  type SandboxState,
+  type Snapshot,
+  backupBody,
+  durationBody,
+  toBackup,
+  toMetrics,
+  toSnapshot,
+  toState,
+} from "./lifecycle.js";
 import { ExecutionSession, type SessionOptions } from "./sessions.js";
 import { Terminal, type TerminalOptions } from "./terminal.js";
 import type {
+  BackupInfo,
+  BackupList,
   BucketMountCreateBody,
   BucketMountInfo,
   BucketMountList,
   EnvBody,
+  ForkBody,
   ExposedPortInfo,
   ExposedPortList,
   KillAllResult,
@@ -51,11 +68,17 @@ import type {
   SandboxCreateBody,
   SandboxInfo,
   SandboxList,
+  SandboxMetricsBody,
+  RestoreBody,
   SessionCreateBody,
+  SnapshotCreateBody,
+  SnapshotInfo,
+  SnapshotList,
   SessionInfo,
   SessionList,
   TerminalInfo,
   TerminalList,
+  TimeoutUpdateBody,
 } from "./types.js";
 
 export interface SandboxOptions extends ConnectionOptions {
@@ -72,13 +95,20 @@ export interface SandboxOptions extends ConnectionOptions {
   network?: "none" | "internet";
   networkAllow?: string[];
   networkDeny?: string[];
-  /** Idle time after which it is frozen, e.g. "10m"; milliseconds when a number. */
-  sleepAfter?: string | number;
+  /** Idle time after which it sleeps (see onIdle), e.g. "10m"; milliseconds when a number. */
+  sleepAfter?: Duration;
+  /** Never sleep for idleness. */
   keepAlive?: boolean;
+  /** How it sleeps when idle: "pause" (default: frozen, memory kept) or "stop" (disk kept). */
+  onIdle?: "pause" | "stop";
+  /** What the end of its lifetime does: "destroy" (default), "stop" or "pause". */
+  onTimeout?: "destroy" | "stop" | "pause";
+  /** A snapshot (id or name) to start from instead of a fresh image. */
+  snapshot?: string;
   runtime?: "runc" | "gvisor";
   labels?: Record<string, string>;
-  /** Maximum lifetime in milliseconds (left out: until destroyed). */
-  timeout?: number;
+  /** Maximum lifetime: milliseconds, or a duration such as "1h" (left out: until destroyed). */
+  timeout?: Duration;
   /** Environment variables stored encrypted by the server and never returned. */
   secrets?: Record<string, string>;
   egressSecrets?: SandboxCreateBody["egress_secrets"];
@@ -118,8 +148,11 @@ function createBody(options: SandboxOptions, id?: string): SandboxCreateBody {
     keep_alive: options.keepAlive ?? false,
     runtime: options.runtime ?? "runc",
     start_entrypoint: options.startEntrypoint ?? false,
-    timeout: options.timeout === undefined ? null : options.timeout / 1000,
+    timeout: options.timeout === undefined ? null : durationBody(options.timeout),
   };
+  if (options.onIdle !== undefined) body.on_idle = options.onIdle;
+  if (options.onTimeout !== undefined) body.on_timeout = options.onTimeout;
+  if (options.snapshot !== undefined) body.snapshot = options.snapshot;
   if (id !== undefined) body.id = id;
   else if (options.id !== undefined) body.id = options.id;
   if (options.cpu !== undefined) body.cpu = options.cpu;
@@ -208,10 +241,121 @@ export class Sandbox {
 
   // ---- lifecycle
 
-  async info(): Promise<SandboxInfo> {
+  /** Its current state and settings: `status` ("running", "paused", "stopped", ...),
+   * `statusReason`, `expiresAt`, and the server's fields as they are. */
+  async info(): Promise<SandboxState> {
     await this.ready();
     this.cachedInfo = await this.client.request<SandboxInfo>("GET", this.path);
-    return this.cachedInfo;
+    return toState(this.cachedInfo);
+  }
+
+  /** What it uses now (CPU, memory, disk, network, tasks), with CPU and memory over the last
+   * 15 minutes. */
+  async metrics(): Promise<SandboxMetrics> {
+    await this.ready();
+    return toMetrics(await this.client.request<SandboxMetricsBody>("GET", `${this.path}/metrics`));
+  }
+
+  /** Freeze every process (memory is kept); paused already: no-op. Any later call (or
+   * resume()) wakes it, and an explicit pause stops its lifetime clock until then.
+   * Stopped: SandboxStateConflictError (invalid_state). */
+  async pause(): Promise<SandboxState> {
+    return this.lifecycle("pause");
+  }
+
+  /** Run a paused or stopped sandbox again; running already: no-op. */
+  async resume(): Promise<SandboxState> {
+    return this.lifecycle("resume");
+  }
+
+  /** End every process, keeping its disk (not its memory: use pause() for that); start()
+   * boots it again. */
+  async stop(): Promise<SandboxState> {
+    return this.lifecycle("stop");
+  }
+
+  /** Boot a stopped sandbox again on its disk; resumes a paused one. */
+  async start(): Promise<SandboxState> {
+    return this.lifecycle("start");
+  }
+
+  /** End its lifetime this long from now (onTimeout says how): milliseconds or a duration
+   * string ("10m", "1h30m"); 0: no limit. A bad duration: InvalidRequestError. */
+  async setTimeout(timeout: Duration): Promise<SandboxState> {
+    await this.ready();
+    const body: TimeoutUpdateBody = { timeout: durationBody(timeout) };
+    this.cachedInfo = await this.client.request<SandboxInfo>("PUT", `${this.path}/timeout`, { json: body });
+    return toState(this.cachedInfo);
+  }
+
+  /** Capture its filesystem and settings (copy-on-write; memory is not captured). Start
+   * sandboxes from it with `Sandbox.create({ snapshot: snap.id })`. A taken name:
+   * SnapshotExistsError. */
+  async snapshot(name?: string): Promise<Snapshot> {
+    await this.ready();
+    const body: SnapshotCreateBody = name === undefined ? {} : { name };
+    return toSnapshot(await this.client.request<SnapshotInfo>("POST", `${this.path}/snapshots`, { json: body }));
+  }
+
+  /** `count` (1-50) new running sandboxes whose filesystems start as this one's is now. */
+  async fork(count = 1): Promise<Sandbox[]> {
+    await this.ready();
+    const body: ForkBody = { count };
+    const list = await this.client.request<SandboxList>("POST", `${this.path}/fork`, { json: body });
+    return list.sandboxes.map((info) => new Sandbox(info.id, this.client, info));
+  }
+
+  /** The server's snapshots (of one sandbox when `sandboxId` is given). */
+  static async listSnapshots(options: ConnectionOptions & { sandboxId?: string } = {}): Promise<Snapshot[]> {
+    const client = HutchClient.from(options);
+    const query = options.sandboxId === undefined ? undefined : { sandbox_id: options.sandboxId };
+    const body = await client.request<SnapshotList>("GET", "/v1/snapshots", query ? { query } : {});
+    return body.snapshots.map(toSnapshot);
+  }
+
+  /** Delete a snapshot by id or name (sandboxes started from it are not affected). None:
+   * SnapshotNotFoundError. */
+  static async deleteSnapshot(snapshot: string, options: ConnectionOptions = {}): Promise<void> {
+    const client = HutchClient.from(options);
+    await client.request("DELETE", `/v1/snapshots/${seg(snapshot)}`);
+  }
+
+  /** Write its filesystem to an S3-compatible bucket (zstd, incremental against its previous
+   * backup to the same place when the server still has that one's snapshot); not memory.
+   * Unreachable bucket: BackupTargetUnreachableError, and nothing is written. */
+  async backup(bucket: string, target: BackupTarget): Promise<Backup> {
+    await this.ready();
+    return toBackup(await this.client.request<BackupInfo>("POST", `${this.path}/backups`, { json: backupBody(bucket, target) }));
+  }
+
+  /** The backups this server made of it, oldest first. */
+  async listBackups(): Promise<Backup[]> {
+    await this.ready();
+    return (await this.client.request<BackupList>("GET", `${this.path}/backups`)).backups.map(toBackup);
+  }
+
+  /** A new running sandbox from a backup made by this server or another (which must have the
+   * backup's image). None in the bucket: BackupNotFoundError. */
+  static async restore(
+    backupId: string,
+    bucket: string,
+    options: BackupTarget & ConnectionOptions & { id?: string; labels?: Record<string, string>; timeout?: Duration },
+  ): Promise<Sandbox> {
+    const client = HutchClient.from(options);
+    const sandbox: NonNullable<RestoreBody["sandbox"]> = {
+      labels: options.labels ?? {},
+      timeout: options.timeout === undefined ? null : durationBody(options.timeout),
+    };
+    if (options.id !== undefined) sandbox.id = options.id;
+    const body: RestoreBody = { ...backupBody(bucket, options), backup_id: backupId, sandbox };
+    const info = await client.request<SandboxInfo>("POST", "/v1/backups/restore", { json: body });
+    return new Sandbox(info.id, client, info);
+  }
+
+  private async lifecycle(action: "pause" | "resume" | "stop" | "start"): Promise<SandboxState> {
+    await this.ready();
+    this.cachedInfo = await this.client.request<SandboxInfo>("POST", `${this.path}/${action}`);
+    return toState(this.cachedInfo);
   }
 
   /** Destroy it: every process stops and its filesystem is deleted. */
