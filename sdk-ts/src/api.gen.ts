@@ -1592,6 +1592,12 @@ export interface components {
         };
         /** KeyCreate */
         KeyCreate: {
+            /**
+             * E2B
+             * @description shape it as E2B's keys: e2b_ + 40 hex digits
+             * @default false
+             */
+            e2b?: boolean;
             /** Name */
             name: string;
         };
