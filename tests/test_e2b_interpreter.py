@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2b import NotFoundException
+from e2b import NotFoundException, SandboxException
 from e2b_code_interpreter import Sandbox
 from e2b_code_interpreter.charts import BarChart, ChartType, LineChart
 
@@ -85,3 +85,9 @@ def test_contexts(ci: Sandbox) -> None:
 
     js = ci.run_code("const a = 20; a * 2 + 2", language="javascript")
     assert js.text == "42"
+
+
+def test_per_run_env_vars_are_refused_not_ignored(ci: Sandbox) -> None:
+    with pytest.raises(SandboxException, match="400 Bad Request.*env_vars are not supported"):
+        ci.run_code("import os; os.environ.get('A')", envs={"A": "1"})
+    assert ci.run_code("1 + 1").text == "2"  # and the sandbox still runs code

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from hutch._wire.oom_control import read_oom_kills
+
 _fds: tuple[int, ...] = ()
 # Inside the sandbox its cgroupfs is rooted at its own cgroup: `work` is a child of it.
 OOM_CONTROL = "/sys/fs/cgroup/memory/work/memory.oom_control"
@@ -52,14 +54,8 @@ def oom_kills() -> int:
     """How many processes the OOM killer has killed in `work` so far (-1: unknown)."""
     if not _fds:
         return -1
-    try:
-        with open(OOM_CONTROL, "rb") as f:
-            for line in f:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return -1
+    count = read_oom_kills(OOM_CONTROL)
+    return -1 if count is None else count
 
 
 def oom_killed_since(before: int) -> bool:

@@ -137,6 +137,13 @@ async def execute(request: Request) -> Response:
     body: ExecuteBody = await _body(request, ExecuteBody)
     if body.context_id and body.language:
         raise E2bError(400, "give a context_id or a language, not both")
+    if body.env_vars:
+        # NB: a kernel's environment is its own for its life; Hutch has no per-run one.
+        raise E2bError(
+            400,
+            "per-run env_vars are not supported by this server: give envs when the sandbox is "
+            "created (Sandbox.create(envs=...)), or set os.environ in the code",
+        )
     svc = request.scope["hutch.services"]
     sandbox_id = request.headers[SANDBOX_HEADER]
     stream: AgentStream = await svc.sandboxes.open_stream(

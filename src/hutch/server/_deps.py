@@ -92,10 +92,7 @@ class Services:
         )
         self.metrics = ServerMetrics()
         self.metrics.watch_state(self.store, self.pools, self.host)
-        self.usage_history = UsageHistory(self.host, self._running_sandboxes)
-
-    def _running_sandboxes(self) -> list[str]:
-        return [r.id for r in self.store.list_sandboxes() if r.status == "running"]
+        self.usage_history = UsageHistory(self.host, self.sandboxes.running_ids)
 
 
 def services(request: Request) -> Services:

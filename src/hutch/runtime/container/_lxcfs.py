@@ -25,7 +25,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from hutch.runtime.container._mounts import umount
+from hutch.runtime.container._mounts import mount_table, umount
 from hutch.runtime.container._oci import Mount
 
 log = logging.getLogger("hutch.runtime")
@@ -47,11 +47,7 @@ class LxcfsView:
 
     def _mounted(self) -> bool:
         target = str(self.root)
-        try:
-            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-                return any(line.split()[4] == target for line in f)
-        except OSError:
-            return False
+        return any(entry.mountpoint == target for entry in mount_table())
 
     async def ensure(self) -> bool:
         """Start LXCFS on `<home>/lxcfs` unless it already runs there; whether it is usable."""

@@ -36,6 +36,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch._wire.oom_control import read_oom_kills
 from hutch.runtime.container._cgroups import CGROUP_PARENT, CGROUP_ROOT, is_unified
 
 WORK = "work"
@@ -142,13 +143,7 @@ def oom_kills(sandbox_id: str) -> tuple[int, int]:
     outside `work`: the agent."""
 
     def count(directory: Path) -> int:
-        try:
-            for line in (directory / "memory.oom_control").read_text().splitlines():
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        return 0
+        return read_oom_kills(str(directory / "memory.oom_control")) or 0
 
     whole = CGROUP_ROOT / "memory" / CGROUP_PARENT / sandbox_id
     return count(whole), count(whole / WORK)

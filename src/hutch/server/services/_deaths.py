@@ -58,7 +58,7 @@ class DeathWatch:
             await asyncio.sleep(CHECK_EVERY)
 
     async def check(self) -> None:
-        running = {r.id for r in self._store.list_sandboxes() if r.status == "running"}
+        running = set(self._manager.running_ids())
         for gone in set(self._pidfds) - running:
             os.close(self._pidfds.pop(gone)[1])
         for sandbox_id in running - set(self._pidfds):

@@ -558,6 +558,10 @@ class SandboxManager:
         await self.running(sandbox_id)
         return await self.gateway.dedicated(sandbox_id)
 
+    def running_ids(self) -> builtins.list[str]:
+        """The ids of the sandboxes that are running now."""
+        return [r.id for r in self._store.list_sandboxes() if r.status == "running"]
+
     def running_with_egress_rules(self) -> builtins.list[tuple[str, str]]:
         """(sandbox id, runtime id) of the running sandboxes that have egress rules."""
         return [
