@@ -48,7 +48,8 @@ class NewSandbox(BaseModel):
     env_vars: dict[str, str] | None = Field(default=None, alias="envVars")
     allow_internet_access: bool | None = None
     auto_pause: bool = Field(default=False, alias="autoPause")
-    secure: bool = False
+    # NB: no `secure`: envd access tokens are checked on every call whatever a client asks
+    # (E2B's secure=True); a request for an unauthenticated sandbox is not honoured.
 
 
 class ConnectBody(BaseModel):
