@@ -5,8 +5,11 @@ Run as root once the default image is built:
 
     .venv/bin/python bench/bench_e2b.py [--n 200] [--url http://127.0.0.1:PORT --key KEY]
 
-The e2b SDK runs every command as ``/bin/bash -l -c CMD`` (a login shell); the third line,
-Hutch's SDK running that same argv, shows what the login shell itself costs.
+The e2b SDK runs every command as ``/bin/bash -l -c CMD`` (a login shell) as E2B's user
+``user``; the third line, Hutch's SDK running that same argv, shows what the login shell
+itself costs, and the fourth, Hutch's exec as ``user``, what running as a non-root user costs:
+the agent then cannot vfork (CPython's subprocess forks the whole agent to change uid), the
+largest part of the gap measured in session 8.
 
 The goal (issue 16): e2b's p50 at most 1.5x Hutch's. The runs are interleaved in rounds so
 that a change of machine load hits both alike; the load average is printed with the figures.
@@ -62,6 +65,7 @@ def main() -> None:
             e2b_samples: list[float] = []
             hutch_samples: list[float] = []
             login_samples: list[float] = []
+            user_samples: list[float] = []
             before = loadavg()
             while len(e2b_samples) < args.n:
                 for _ in range(ROUND):
@@ -77,10 +81,15 @@ def main() -> None:
                     t0 = time.perf_counter()
                     hutch_sb.run("/bin/bash", ["-l", "-c", "true"])
                     login_samples.append(time.perf_counter() - t0)
+                for _ in range(ROUND):
+                    t0 = time.perf_counter()
+                    hutch_sb.exec("true", user="user")
+                    user_samples.append(time.perf_counter() - t0)
             print(f"load average before: {before}")
             print(report('e2b SDK commands.run("true")', e2b_samples))
             print(report('  baseline: hutch SDK Sandbox.exec("true")', hutch_samples))
             print(report('  hutch SDK run("/bin/bash -l -c true")', login_samples))
+            print(report('  hutch SDK exec("true", user="user")', user_samples))
             ratio = percentile(e2b_samples, 50) / percentile(hutch_samples, 50)
             print(f"p50 ratio e2b/hutch: {ratio:.2f}x (goal <= 1.5x)")
             print(f"load average after:  {loadavg()}")

@@ -64,10 +64,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sandbox_cgroup(hierarchy: Path, sandbox_id: str) -> Path:
+    """The sandbox's cgroup in `hierarchy`: `hutch/<home tag>/<id>` (one server runs here)."""
+    found = sorted(hierarchy.glob(f"hutch/*/{sandbox_id}"))
+    return found[0] if found else hierarchy / "hutch" / sandbox_id
+
+
 def sandbox_cpu_seconds(sandbox_id: str) -> float:
     """CPU time of everything in the sandbox (the agent, here), from its cgroup (v2 or v1)."""
-    v2 = Path("/sys/fs/cgroup/hutch") / sandbox_id / "cpu.stat"
-    v1 = Path("/sys/fs/cgroup/cpuacct/hutch") / sandbox_id / "cpuacct.usage"
+    v2 = sandbox_cgroup(Path("/sys/fs/cgroup"), sandbox_id) / "cpu.stat"
+    v1 = sandbox_cgroup(Path("/sys/fs/cgroup/cpuacct"), sandbox_id) / "cpuacct.usage"
     try:
         if v2.exists():
             for line in v2.read_text().splitlines():

@@ -1,7 +1,9 @@
 """Preview proxy figures: small responses through the preview URL vs the sandbox's address
 directly (requests/s and p50 latency, wrk), and a 1 GB download through the proxy (curl).
 
-Run as root after the default image is built:
+Each figure is measured three ways in the same run: straight to the sandbox's veth address
+(the baseline), through the Python proxy on the API's port, and through the native proxy
+(HAProxy) on the port the preview URL names. Run as root after the default image is built:
 
     .venv/bin/python bench/bench_preview.py [--duration 5]
 
@@ -32,6 +34,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stats import report
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
@@ -126,6 +129,32 @@ def wait_port(url: str, host: str | None) -> None:
     raise SystemExit(f"{url} did not answer")
 
 
+HTTP10_PORT = 8005  # `python3 -m http.server`: HTTP/1.0, closes after every response
+
+
+def preview_base(preview_url: str) -> str:
+    """Where to send a preview request with its Host: the port the URL names (the native
+    proxy's when it runs; else the API's own, where the Python proxy answers)."""
+    return f"http://127.0.0.1:{urlsplit(preview_url).port}/"
+
+
+def route_change_figure(sb: Sandbox, port: int, n: int) -> str:
+    """Expose a port and GET it through the native proxy at once, `n` times: the time from
+    the expose call to the answer, and how many first requests already got the sandbox."""
+    import httpx
+
+    times, hits = [], 0
+    for _ in range(n):
+        sb.unexpose_port(port)
+        started = time.perf_counter()
+        url = sb.expose_port(port).url
+        parts = urlsplit(url)
+        r = httpx.get(preview_base(url), headers={"Host": parts.netloc})
+        times.append(time.perf_counter() - started)
+        hits += r.status_code == 200
+    return report("expose -> first answer via the preview URL", times) + f"  ({hits}/{n} 200)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=3)
@@ -133,7 +162,7 @@ def main() -> None:
     parser.add_argument("--gb", type=float, default=1.0)
     args = parser.parse_args()
     srv = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-", dir="/var/tmp")))
-    srv.start()
+    srv.start(timeout=180)
     try:
         sb = Sandbox.create(base_url=srv.url, api_key=srv.api_key, cpu=2.0)
         sb.exec("cat > /tmp/small.py", stdin=SMALL_SERVER)
@@ -143,60 +172,66 @@ def main() -> None:
         sb.exec("nohup python3 /tmp/small.py >/dev/null 2>&1 &")
         sb.exec("nohup node /tmp/node.js >/dev/null 2>&1 &")
         sb.exec("nohup python3 /tmp/py.py >/dev/null 2>&1 &")
+        sb.exec(f"cd /tmp && nohup python3 -m http.server {HTTP10_PORT} >/dev/null 2>&1 &")
         sb.exec(
             "mkdir -p /tmp/site && nohup python3 /tmp/wsecho.py 8002 /tmp/site >/dev/null 2>&1 &"
         )
         address = sb.set_network("none")["address"]
-        big_host = urlsplit(sb.expose_port(8002).url).netloc
-        proxied = f"http://127.0.0.1:{srv.port}/"
+        big_url = sb.expose_port(8002).url
+        big_host = urlsplit(big_url).netloc
+        # Both proxies in the same run: the Python one on the API's port (what a miss of the
+        # native one falls back to), the native one on the port the preview URL names.
+        python_base = f"http://127.0.0.1:{srv.port}/"
         rows = []
-        for label, port in (
-            ("raw asyncio 'ok' (worst case)", 8001),
-            ("node http, 2-byte body", 8003),
-            ("python http.server, no Nagle", 8004),
+        for label, port, conns in (
+            ("raw asyncio 'ok' (worst case)", 8001, (1, 16)),
+            ("node http, 2-byte body", 8003, (1, 16)),
+            ("python http.server, no Nagle", 8004, (1, 16)),
+            ("http.server HTTP/1.0 (close)", HTTP10_PORT, (1,)),
         ):
-            host = urlsplit(sb.expose_port(port).url).netloc
+            url = sb.expose_port(port).url
+            host = urlsplit(url).netloc
             direct = f"http://{address}:{port}/"
+            native_base = preview_base(url)
             wait_port(direct, None)
-            wait_port(proxied, host)
-            rows.append((label, direct, proxied, host))
+            wait_port(python_base, host)
+            wait_port(native_base, host)
+            rows.append((label, conns, direct, python_base, native_base, host))
         print(f"load average before: {load_average()}")
         print(
-            f"small responses, wrk -t1, {args.duration}s per run, direct and preview runs "
-            f"alternated {args.repeat} times, medians (the machine is shared: see the load):"
+            f"small responses, wrk -t1, {args.duration}s per run, direct / python proxy / "
+            f"native proxy runs alternated {args.repeat} times, medians:"
         )
-        assert srv.proc is not None
-        for label, d_url, p_url, host in rows:
-            for c in (1, 16):
-                d_runs, p_runs, cpu = [], [], []
+        for label, conns, d_url, py_url, nat_url, host in rows:
+            for c in conns:
+                runs: dict[str, list[tuple[float, float, int]]] = {"d": [], "py": [], "nat": []}
                 for _ in range(args.repeat):
-                    d_runs.append(wrk(d_url, None, c, args.duration))
-                    before = cpu_seconds(srv.proc.pid)
-                    p_runs.append(wrk(p_url, host, c, args.duration))
-                    cpu.append((cpu_seconds(srv.proc.pid) - before) / p_runs[-1][2] * 1e6)
-                d_rps = statistics.median(r[0] for r in d_runs)
-                p_rps = statistics.median(r[0] for r in p_runs)
-                d_p50 = statistics.median(r[1] for r in d_runs)
-                p_p50 = statistics.median(r[1] for r in p_runs)
-                per_run = " ".join(
-                    f"{p[0] / d[0]:.0%}" for d, p in zip(d_runs, p_runs, strict=True)
-                )
+                    runs["d"].append(wrk(d_url, None, c, args.duration))
+                    runs["py"].append(wrk(py_url, host, c, args.duration))
+                    runs["nat"].append(wrk(nat_url, host, c, args.duration))
+                rps = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+                p50 = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
                 print(
-                    f"  {label:<30} -c{c:<3} direct {d_rps:8.0f} req/s p50 {d_p50:6.3f} ms | "
-                    f"preview {p_rps:8.0f} req/s p50 {p_p50:6.3f} ms | "
-                    f"ratio {p_rps / d_rps:6.1%}  added p50 {p_p50 - d_p50:+.3f} ms | "
-                    f"server CPU {statistics.median(cpu):5.1f} us/req  "
-                    f"(ratios per run: {per_run})",
+                    f"  {label:<30} -c{c:<3} direct {rps['d']:8.0f} req/s p50 {p50['d']:6.3f} ms"
+                    f" | python {rps['py']:8.0f} ({rps['py'] / rps['d']:5.1%}) p50 "
+                    f"{p50['py']:6.3f} ms | native {rps['nat']:8.0f} "
+                    f"({rps['nat'] / rps['d']:5.1%}) p50 {p50['nat']:6.3f} ms",
                     flush=True,
                 )
         print(f"load average: {load_average()}")
 
+        print(route_change_figure(sb, 8001, 40))
+
         n = int(args.gb * (1 << 30))
-        big = f"/big?n={n}"
+        big = f"big?n={n}"
         wait_port(f"http://{address}:8002/big?n=1", None)
-        d = curl_speed(f"http://{address}:8002{big}", None)
-        p = curl_speed(f"http://127.0.0.1:{srv.port}{big}", big_host)
-        print(f"{args.gb:g} GB download (curl): direct {d:7.0f} MB/s | preview {p:7.0f} MB/s")
+        d = curl_speed(f"http://{address}:8002/{big}", None)
+        py = curl_speed(python_base + big, big_host)
+        nat = curl_speed(preview_base(big_url) + big, big_host)
+        print(
+            f"{args.gb:g} GB download (curl): direct {d:7.0f} MB/s | python {py:7.0f} MB/s "
+            f"({py / d:.0%}) | native {nat:7.0f} MB/s ({nat / d:.0%})"
+        )
         print(f"load average after: {load_average()}")
         sb.destroy()
     finally:

@@ -16,6 +16,9 @@ import httpx
 HUTCH_BIN = Path(sys.executable).with_name("hutch")
 SHARED_IMAGES = Path(os.environ.get("HUTCH_TEST_IMAGES", "/var/lib/hutch/images"))
 TEST_KEY = "hk_test_" + "k" * 32
+# The runtime of the sandboxes tests create without naming one (HUTCH_TEST_RUNTIME=gvisor runs
+# the integration suite under gVisor); tests whose expectations differ under gVisor read it.
+TEST_RUNTIME = os.environ.get("HUTCH_TEST_RUNTIME", "runc")
 
 
 def free_port() -> int:
@@ -34,8 +37,12 @@ class ServerProcess:
         port: int | None = None,
         api_key: str = TEST_KEY,
         bind: str = "127.0.0.1",
+        command: str = "serve",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.home = home
+        self.command = command  # `serve`, or `api` (a replica on a shared database)
+        self.extra_env = dict(extra_env or {})
         self.bind = bind
         self.port = port or free_port()
         self.api_key = api_key
@@ -46,6 +53,12 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def preview_port(self) -> int:
+        """Where preview URLs point: the native proxy's port, else the API's own."""
+        saved = self.home / "proxy" / "port"
+        return int(saved.read_text()) if saved.exists() else self.port
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -54,6 +67,11 @@ class ServerProcess:
             HUTCH_API_KEY=self.api_key,
             HUTCH_STORAGE_SIZE_GB="32",
         )
+        # HUTCH_TEST_RUNTIME=gvisor: every sandbox a test creates without naming a runtime
+        # runs under gVisor (see tests/README or .ci/run).
+        if os.environ.get("HUTCH_TEST_RUNTIME"):
+            env["HUTCH_DEFAULT_RUNTIME"] = os.environ["HUTCH_TEST_RUNTIME"]
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 60.0) -> float:
@@ -62,7 +80,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(HUTCH_BIN), "serve", "--host", self.bind, "--port", str(self.port)],
+            [str(HUTCH_BIN), self.command, "--host", self.bind, "--port", str(self.port)],
             env=self.env(),
             stdout=log,
             stderr=log,
@@ -79,6 +97,10 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.02)
+        # NB: not left running: a leaked server holds its sandboxes, and its Popen's
+        # ResourceWarning would fail whichever test runs next.
+        self.proc.kill()
+        self.proc.wait()
         raise TimeoutError(f"hutch serve did not answer: {self.log_path.read_text()[-3000:]}")
 
     def kill9(self) -> None:

@@ -3,12 +3,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from hutch.agent._host import HostAgent
+from hutch.node._agent_client import AgentConnection
 from tests._server import SHARED_IMAGES, ServerProcess
+from tests.support.failure_notes import FAILURE_NOTES
+from tests.support.postgres import PostgresServer
+from tests.support.stores import OpenStore
 
 
 @pytest.hookimpl(trylast=True)  # after `-m`/`-k` deselect what they leave out
@@ -25,6 +30,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"(first: {needs_root[0]}): run them with `sudo ./scripts/test`, "
             'or only the unit tests with `pytest -m "not sandbox"`'
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for note in item.stash.get(FAILURE_NOTES, []):
+            report.sections.append(note())
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +61,14 @@ def server(busybox_image: str) -> Iterator[ServerProcess]:
     yield srv
     srv.stop()
     _cleanup_home(srv)
+
+
+@pytest.fixture()
+async def conn(agent: HostAgent) -> AsyncIterator[AgentConnection]:
+    """A connection to the module's own `agent` fixture (the real agent run on the host)."""
+    c = await AgentConnection.connect(agent.socket_path, timeout=5)
+    yield c
+    await c.close()
 
 
 def _cleanup_home(srv: ServerProcess) -> None:
@@ -68,3 +92,33 @@ def sdk_env(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> ServerPro
     monkeypatch.setenv("HUTCH_URL", server.url)
     monkeypatch.setenv("HUTCH_API_KEY", server.api_key)
     return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server (initdb + pg_ctl on a unix socket) for the whole run."""
+    pg = PostgresServer()
+    try:
+        pg.start()
+    except BaseException:
+        pg.stop()
+        raise
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the test PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens store instances on one fresh database, SQLite or PostgreSQL (both, in turn)."""
+    if request.param == "postgres":
+        opener = OpenStore("postgres", url=request.getfixturevalue("postgres_url"))
+    else:
+        opener = OpenStore("sqlite", path=tmp_path / "s.db")
+    yield opener
+    opener.close_all()

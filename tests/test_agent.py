@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -30,6 +30,7 @@ from hutch.node._agent_client import (
     AgentDisconnected,
     AgentError,
     AgentStream,
+    AgentUnknownOp,
 )
 
 HOST_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
@@ -40,13 +41,6 @@ def agent() -> Iterator[HostAgent]:
     # PYTHONHOME is set as in a sandbox, to check that children do not inherit it.
     with HostAgent(env={**os.environ, "PYTHONHOME": "/nonexistent"}) as host:
         yield host
-
-
-@pytest.fixture()
-async def conn(agent: HostAgent) -> AsyncIterator[AgentConnection]:
-    c = await AgentConnection.connect(agent.socket_path, timeout=5)
-    yield c
-    await c.close()
 
 
 @dataclass
@@ -422,6 +416,8 @@ async def test_an_unknown_op_is_its_own_error_listing_the_known_ones(
     assert error["code"] == "unknown_op"
     assert "'fly'" in error["message"]
     assert all(op in error["message"] for op in get_args(OpName))
+    with pytest.raises(AgentUnknownOp, match="unknown_op"):  # its own class on the server
+        await conn.call_untyped("fly")  # type: ignore[arg-type]  # the point: not an op
     assert (await conn.call("ping"))["pid"] > 0  # the connection is still good
 
 
@@ -602,6 +598,20 @@ async def read_open(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
     return stream, Frame(Kind.OPEN, stream, payload).json()
 
 
+async def stream_breaks(
+    socket: Path, script: Any, request: dict[str, Any], match: str
+) -> AgentConnection:
+    """Open `request` against a fake agent running `script` and check that the stream fails
+    with AgentDisconnected matching `match`; returns the (broken) connection."""
+    async with FakeAgent(socket, script):
+        c = await AgentConnection.connect(socket, timeout=5)
+        stream = c.open_stream(request)
+        with pytest.raises(AgentDisconnected, match=match):
+            async with asyncio.timeout(5):
+                [f async for f in stream]
+        return c
+
+
 async def test_client_survives_a_bad_result_body(tmp_path: Path) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream, _ = await read_open(reader)
@@ -628,16 +638,13 @@ async def test_client_drops_the_connection_on_an_oversize_frame(tmp_path: Path) 
         await writer.drain()
         await reader.read()
 
-    async with FakeAgent(tmp_path / "a.sock", script):
-        c = await AgentConnection.connect(tmp_path / "a.sock", timeout=5)
-        stream = c.open_stream({"op": "exec", "command": "x"})
-        with pytest.raises(AgentDisconnected, match="malformed frame"):
-            async with asyncio.timeout(5):
-                [f async for f in stream]
-        assert c.closed
-        with pytest.raises(AgentDisconnected):
-            c.open_stream({"op": "ping"})
-        await c.close()
+    c = await stream_breaks(
+        tmp_path / "a.sock", script, {"op": "exec", "command": "x"}, "malformed frame"
+    )
+    assert c.closed
+    with pytest.raises(AgentDisconnected):
+        c.open_stream({"op": "ping"})
+    await c.close()
 
 
 async def test_client_buffers_a_bounded_amount_for_a_slow_consumer(tmp_path: Path) -> None:

@@ -216,7 +216,15 @@ def test_keys_and_images(cli: Any, fake: FakeHutch) -> None:
     assert "shown only this once" in r.err
     [key_id] = [k for k, v in fake.keys.items() if v["name"] == "ci"]
     r = cli("keys", "ls")
-    assert r.out.splitlines()[0].split() == ["ID", "NAME", "PREFIX", "CREATED"]
+    assert r.out.splitlines()[0].split() == [
+        "ID",
+        "NAME",
+        "TEAM",
+        "ROLE",
+        "PREFIX",
+        "CREATED",
+        "EXPIRES",
+    ]
     assert key_id in r.out and r.out.strip().split("\n")[1].split()[1] == "ci"
     assert cli("keys", "rm", key_id).code == 0 and key_id not in fake.keys
     r = cli("keys", "rm", key_id)

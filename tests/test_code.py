@@ -59,6 +59,26 @@ def test_python_state_persists_and_last_value(
     assert sb.run_code("math.floor(2.5)", context=ctx).text == "2"
 
 
+def test_modules_kept_out_of_the_kernels_start_still_work(
+    sb: Sandbox, new_context: Callable[..., CodeContext]
+) -> None:
+    """The kernel starts without psutil, debugpy, jedi and IPython's terminal (a faster cold
+    context); user code gets the real modules, and the kernel's own psutil works."""
+    ctx = new_context("python")
+    code = (
+        "import os, sys, types, psutil, debugpy, jedi\n"
+        "import ipykernel.kernelbase as kb\n"
+        "from IPython.terminal.embed import InteractiveShellEmbed\n"
+        "pid = os.getpid()\n"
+        "[psutil.Process().pid == pid, type(sys.modules['psutil']) is types.ModuleType,\n"
+        " kb.psutil.Process().pid == pid, kb.psutil.NoSuchProcess is psutil.NoSuchProcess,\n"
+        " callable(debugpy.listen), hasattr(jedi, 'Script'), InteractiveShellEmbed.__name__]"
+    )
+    ex = sb.run_code(code, context=ctx)
+    assert ex.error is None, ex.error
+    assert ex.text == "[True, True, True, True, True, True, 'InteractiveShellEmbed']"
+
+
 def test_contexts_are_isolated_listed_and_deleted(
     sb: Sandbox, new_context: Callable[..., CodeContext]
 ) -> None:
@@ -266,6 +286,25 @@ def test_dead_kernel_is_reported_and_restartable(
     assert sb.run_code("2 + 2", context=ctx).text == "4"
 
 
+def test_the_default_context_comes_back_after_its_kernel_died(sb: Sandbox) -> None:
+    sb.run_code("kept = 1")
+    ex = sb.run_code("import os\nos._exit(3)")
+    assert ex.error is not None and ex.error.name == "KernelDied"
+    deadline = time.monotonic() + 30
+    while True:  # the next run on the default context restarts it by itself, afresh
+        ex = sb.run_code("kept")
+        if ex.error is None or ex.error.name == "NameError" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert ex.error is not None and ex.error.name == "NameError", ex
+    assert sb.run_code("2 + 2").text == "4"
+    sb.run_code("again = 5")
+    restarted = sb.restart_code_context()  # no argument: the default context
+    assert restarted.state == "ready" and restarted.language == "python"
+    ex = sb.run_code("again")
+    assert ex.error is not None and ex.error.name == "NameError"
+
+
 def test_javascript_state_await_console_and_json(
     sb: Sandbox, new_context: Callable[..., CodeContext]
 ) -> None:
@@ -393,6 +432,57 @@ def test_language_unavailable_in_an_image_without_it(
             box.run_code("1")
         assert info.value.code == "language_unavailable"
     finally:
+        box.destroy()
+
+
+def test_a_context_that_runs_out_of_memory_says_so(server: ServerProcess) -> None:
+    """A sandbox too small for a Jupyter kernel (found by fuzzing: it was a 500): a 409 that
+    names the cause and what to change, and the sandbox stays usable. (64 MiB was too small
+    until the bridge stopped importing jupyter_client; 32 MiB, the least a sandbox may have,
+    still is.)"""
+    box = Sandbox.create(base_url=server.url, api_key=server.api_key, memory_mb=32)
+    try:
+        with pytest.raises(Conflict) as info:
+            box.create_code_context("python")
+        assert info.value.status == 409 and info.value.code == "context_failed"
+        assert "out of memory" in info.value.message and "memory_mb" in info.value.message
+        assert box.exec("echo still here").stdout == "still here\n"
+    finally:
+        box.destroy()
+
+
+def _pool(box: Sandbox) -> dict[str, Any]:
+    answer: dict[str, Any] = box.client.request("GET", f"/v1/sandboxes/{box.id}/code/contexts")
+    return answer
+
+
+def test_an_opted_in_sandbox_starts_its_first_kernel_with_the_agent(server: ServerProcess) -> None:
+    """HUTCH_CODE_PRESTART=python in a sandbox's env: a kernel starts with the sandbox and the
+    first context takes it, with its own cwd and env; a name it does not know is ignored.
+    Without it, an idle sandbox runs no interpreter (density: a kernel is ~40-60 MB)."""
+    opts: dict[str, Any] = {"base_url": server.url, "api_key": server.api_key, "memory_mb": 1024}
+    plain = Sandbox.create(**opts)
+    box = Sandbox.create(env={"HUTCH_CODE_PRESTART": "cobol, Python,"}, **opts)
+    try:
+        deadline = time.monotonic() + 120
+        while _pool(box)["pool"].get("python") != "ready":
+            assert time.monotonic() < deadline, _pool(box)
+            time.sleep(0.2)
+        assert _pool(box)["contexts"] == []
+        box.mkdir("/workspace/here")
+        ctx = box.create_code_context("python", cwd="here", env={"A": "1"})
+        ex = box.run_code("import os; os.environ['A'] + ' ' + os.getcwd()", context=ctx)
+        assert ex.text == "'1 /workspace/here'", ex
+        assert box.run_code("x = 5", context=ctx).error is None
+
+        time.sleep(1)
+        assert _pool(plain) == {"contexts": [], "pool": {}}
+        assert "python" not in plain.exec("ps -eo comm=").stdout
+        # Asked for later (a pooled sandbox gets its env this way): it starts then.
+        plain.set_env_vars({"HUTCH_CODE_PRESTART": "python"})
+        assert _pool(plain)["pool"].get("python") in ("starting", "ready")
+    finally:
+        plain.destroy()
         box.destroy()
 
 

@@ -269,14 +269,18 @@ def test_console_shows_labels_network_expiry_and_the_sandbox_state(
                     assert "internet" in facts and "default" in facts
                     assert re.search(r"in (59|60) min", facts)
 
-                    # The hook a sandbox event stream calls: the state and the event show up.
-                    page.evaluate(
-                        "id => hutchConsole.onSandboxEvent({sandbox_id: id, type: 'paused',"
-                        " status: 'paused', message: 'idle for 10m'})",
-                        sb.id,
+                    # The sandbox's events, live: its past, then a pause made elsewhere.
+                    page.wait_for_selector("#detail-events li:has-text('started')")
+                    sb.pause()
+                    page.wait_for_selector(
+                        "#detail-events li:has-text('paused: paused by request')"
                     )
-                    page.wait_for_selector("#detail-events li:has-text('paused: idle for 10m')")
                     assert page.inner_text("#detail-status") == "paused"
+                    kinds = [
+                        t.split(" ")[-1]
+                        for t in page.locator("#detail-events li").all_inner_texts()
+                    ]
+                    assert kinds[:2] == ["created", "started"], kinds
                     page.screenshot(path=str(ARTIFACTS / "console-state.png"), full_page=True)
                 finally:
                     browser.close()

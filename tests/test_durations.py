@@ -37,3 +37,10 @@ def test_create_body_converts_to_seconds() -> None:
     assert (body.idle_limit, body.lifetime) == (600, 3600)
     with pytest.raises(ValueError, match="not a duration"):
         SandboxCreate(sleep_after="10 minutes")
+
+
+def test_a_duration_past_ten_years_is_refused() -> None:
+    """Regression (schemathesis): PUT …/timeout with 1.8e308 overflowed the end date (a 500)."""
+    with pytest.raises(ValueError, match="10 years"):
+        parse_duration(1.7976931348623157e308)
+    assert parse_duration("3650d") == 3650 * 86400

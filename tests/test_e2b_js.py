@@ -1,4 +1,5 @@
-"""The unmodified e2b JavaScript SDK (npm, pinned in tests/e2b_js) under node's test runner,
+"""The unmodified e2b JavaScript SDK (npm, pinned in tests/e2b_js) under node's test runner
+(create, commands with stdin and connect, files, watch, signed URLs, PTY, getHost, pause/resume),
 against a real Hutch server; scripts/install runs its `npm ci`."""
 
 from __future__ import annotations
@@ -37,5 +38,5 @@ def test_e2b_js_sdk(server: ServerProcess) -> None:
         timeout=240,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "pass 2" in run.stdout.replace("ℹ ", "")
+    assert "pass 4" in run.stdout.replace("ℹ ", "")
     assert httpx.get(f"{server.url}/healthz").status_code == 200

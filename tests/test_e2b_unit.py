@@ -6,6 +6,8 @@ import signal
 import types
 from pathlib import Path
 
+import pytest
+from connectrpc.errors import ConnectError
 from e2b.sandbox.signature import get_signature
 from e2b_code_interpreter.charts import BarChart, LineChart, PieChart
 from e2b_code_interpreter.models import Result
@@ -58,6 +60,10 @@ def test_metadata_filter_is_a_urlencoded_query() -> None:
 def test_user_from_basic_auth() -> None:
     assert user_of({}) == DEFAULT_USER
     assert user_of({"authorization": "Basic cm9vdDo="}) == "root"  # "root:"
+    # a header is latin-1: characters outside ASCII are a client's error, never a 500
+    for bad in ("Basic \u00f0\u00e9", "Basic !!!", "Basic /w=="):
+        with pytest.raises(ConnectError):
+            user_of({"authorization": bad})
 
 
 def test_end_event_like_envd() -> None:

@@ -11,105 +11,23 @@ is sent. No root and no sandbox: the proxy is driven as the ASGI app it is.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import http.server
-import ipaddress
 import json
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from hutch.node import EgressProxy, upstream_client
 from hutch.server._models import EgressSecret
+from tests.support.authority import Authority
 
 KEY = "sk-ant-tls-" + "T5" * 16
 RULE = EgressSecret(host="api.anthropic.com", header="x-api-key", secret="ANTHROPIC_API_KEY")
 SANDBOX, GATEWAY = "10.0.0.2", "10.0.0.1"
-
-
-@dataclass
-class _Authority:
-    """A CA that signs leaf certificates for the names it is asked for."""
-
-    name: str
-    key: ec.EllipticCurvePrivateKey = field(init=False)
-    cert: x509.Certificate = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
-        self.cert = (
-            _builder(subject, subject, self.key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, directory: Path, dns_name: str) -> tuple[Path, Path]:
-        """A server certificate for `dns_name` (and 127.0.0.1): (cert chain file, key file)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
-        san = x509.SubjectAlternativeName(
-            [x509.DNSName(dns_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        )
-        cert = (
-            _builder(subject, self.cert.subject, key.public_key())
-            .add_extension(san, critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        cert_file = directory / f"{self.name}-{dns_name}.pem"
-        key_file = directory / f"{self.name}-{dns_name}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + self.pem())
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return cert_file, key_file
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
 
 
 class _TLSUpstream:
@@ -164,9 +82,9 @@ class _TLSUpstream:
 
 
 @pytest.fixture()
-def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Authority:
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Authority:
     """The local CA, trusted the way a system store is overridden (OpenSSL's SSL_CERT_FILE)."""
-    ca = _Authority("hutch-test-ca")
+    ca = Authority("hutch-test-ca")
     bundle = tmp_path / "trusted-ca.pem"
     bundle.write_bytes(ca.pem())
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
@@ -224,7 +142,7 @@ def _through_proxy(tmp_path: Path, upstream: _TLSUpstream, host: str) -> tuple[i
 
 
 def test_a_certificate_from_the_trusted_ca_carries_the_key(
-    tmp_path: Path, trusted: _Authority, upstreams: list[_TLSUpstream]
+    tmp_path: Path, trusted: Authority, upstreams: list[_TLSUpstream]
 ) -> None:
     upstreams.append(_TLSUpstream(*trusted.issue(tmp_path, "localhost")))
     status, body = _through_proxy(tmp_path, upstreams[0], "localhost")
@@ -239,9 +157,9 @@ def test_a_certificate_from_the_trusted_ca_carries_the_key(
 
 
 def test_a_certificate_from_another_ca_is_refused_before_the_key_is_sent(
-    tmp_path: Path, trusted: _Authority, upstreams: list[_TLSUpstream]
+    tmp_path: Path, trusted: Authority, upstreams: list[_TLSUpstream]
 ) -> None:
-    rogue = _Authority("rogue-ca")  # a valid chain, just not one the host trusts
+    rogue = Authority("rogue-ca")  # a valid chain, just not one the host trusts
     upstreams.append(_TLSUpstream(*rogue.issue(tmp_path, "localhost")))
     status, body = _through_proxy(tmp_path, upstreams[0], "localhost")
     assert status == 502, body
@@ -251,7 +169,7 @@ def test_a_certificate_from_another_ca_is_refused_before_the_key_is_sent(
 
 
 def test_a_certificate_for_another_name_is_refused(
-    tmp_path: Path, trusted: _Authority, upstreams: list[_TLSUpstream]
+    tmp_path: Path, trusted: Authority, upstreams: list[_TLSUpstream]
 ) -> None:
     # Signed by the trusted CA, but for a name the proxy did not ask for.
     upstreams.append(_TLSUpstream(*trusted.issue(tmp_path, "other.test")))

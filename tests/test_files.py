@@ -196,6 +196,35 @@ def test_watch_reports_changes_and_stops(sb: Sandbox) -> None:
     assert r.stdout.strip() == "0"
 
 
+def test_watch_reports_sdk_writes_by_their_final_name(sb: Sandbox) -> None:
+    sb.mkdir("w2", recursive=True)
+    events: list = []
+    ready = threading.Event()
+
+    def consume() -> None:
+        for ev in sb.watch("w2"):
+            events.append(ev)
+            ready.set()
+            if ev.type == "delete" and ev.path.endswith("end"):
+                return
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not ready.is_set() and time.monotonic() < deadline:
+        sb.exec("touch /workspace/w2/probe")
+        ready.wait(0.3)
+    sb.write_file("w2/new.txt", "first")
+    sb.write_file("w2/new.txt", "second")
+    sb.write_file("w2/new.txt", b"big" * 400_000)  # swapped into place (agent/_replace.py)
+    sb.exec("touch /workspace/w2/end && rm /workspace/w2/end")
+    thread.join(30)
+    names = [(e.type, os.path.basename(e.path)) for e in events]
+    assert not any(".hutch-" in e.path or ".hutch-" in (e.old_path or "") for e in events), names
+    written = [n for n in names if n[1] == "new.txt"]
+    assert written == [("create", "new.txt"), ("modify", "new.txt"), ("modify", "new.txt")], names
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -398,6 +398,7 @@ store.add_rootfs("x", Path(sys.argv[2]), _images.ImageConfig(("A=1",), "/", "roo
 """
 
 
+@pytest.mark.root  # as root the staged rootfs is shifted too
 def test_a_live_adder_is_not_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "images"
     store = ImageStore(root)

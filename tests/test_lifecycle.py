@@ -231,6 +231,7 @@ def _get(url: str, headers: dict[str, str]) -> int:
 def test_snapshot_create_from_it_and_fork(opts: dict[str, str], busybox_image: str) -> None:
     sb = Sandbox.create(image=busybox_image, env={"FROM_ORIGIN": "1"}, sleep_after="10m", **opts)
     made: list[Sandbox] = [sb]
+    sb.set_network("none")  # changed after its create: forks take the network it has now
     try:
         sb.exec("mkdir -p /proj && echo v1 > /proj/state")
         snap = sb.snapshot(name=f"snap-{sb.id}")
@@ -250,6 +251,7 @@ def test_snapshot_create_from_it_and_fork(opts: dict[str, str], busybox_image: s
         for f in forks:
             assert f.exec("cat /proj/state").stdout == "v2\n"
             assert f.info().sleep_after == 600  # the source's idle policy, too
+            assert f.info().network == "none"  # and its network, not the default
         assert [s.id for s in Sandbox.list_snapshots(sb.id, **opts)] == [snap.id]
         Sandbox.delete_snapshot(snap.id, **opts)
         with pytest.raises(NotFoundError) as err:

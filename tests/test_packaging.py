@@ -56,6 +56,7 @@ def test_the_client_works_without_the_server_packages() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
 
 
+@pytest.mark.root  # as root `image build` gets as far as the missing extra
 @pytest.mark.parametrize("argv", [["serve"], ["mcp"], ["image", "build"]])
 def test_server_commands_say_to_install_the_server_extra(argv: list[str]) -> None:
     code = _NO_SERVER + f"from hutch.cli import main\nsys.exit(main({argv!r}))\n"

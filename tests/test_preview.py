@@ -52,7 +52,7 @@ def start_app(sb: Sandbox, port: int) -> str:
 def via_server(server: ServerProcess, url: str) -> tuple[str, dict[str, str]]:
     """The server's own address plus the preview Host (no reliance on *.localhost DNS)."""
     parts = urlsplit(url)
-    return server.url, {"Host": parts.netloc}
+    return f"http://127.0.0.1:{parts.port}", {"Host": parts.netloc}
 
 
 def wait_ready(server: ServerProcess, url: str) -> None:
@@ -78,7 +78,7 @@ def test_websocket_echo_through_the_proxy(server: ServerProcess, app: tuple[Sand
     from websockets.sync.client import connect
 
     host = urlsplit(app[1]).netloc
-    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock = socket.create_connection(("127.0.0.1", urlsplit(app[1]).port))
     with connect(f"ws://{host}/ws", sock=sock, open_timeout=10) as ws:
         for text in ("one", "two", "x" * 5000):
             ws.send(text)
@@ -95,7 +95,7 @@ def test_unexpose_closes_an_open_websocket_at_once(
     sb.exec("nohup python3 /srv/wsecho.py 8003 /srv/site >/dev/null 2>&1 &")
     url = sb.expose_port(8003).url
     wait_ready(server, url)
-    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock = socket.create_connection(("127.0.0.1", urlsplit(url).port))
     with connect(f"ws://{urlsplit(url).netloc}/ws", sock=sock, open_timeout=10) as ws:
         ws.send("before")
         assert ws.recv(timeout=10) == "echo:before"

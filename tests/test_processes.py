@@ -102,6 +102,45 @@ def test_kill_reaches_the_whole_tree_with_any_signal(sb: Sandbox) -> None:
     assert "SIGTERM" in str(e.value)
 
 
+def test_a_timeout_kills_the_tree_at_its_deadline_with_nobody_connected(
+    sb: Sandbox, server: ServerProcess
+) -> None:
+    # Its children go too, one of them in a session of its own; nothing follows its logs or
+    # waits on it meanwhile (only short GETs), so the sandbox itself must hold the deadline.
+    count = "pgrep -c -f '^sleep 31[123]$' || true"
+    p = sb.start_process("sleep 311 & (setsid sleep 312 &); echo up; sleep 313", timeout=2)
+    started = time.monotonic()
+    assert p.wait_for_log("up", timeout=30) == "up"
+    running = sb.exec(count).stdout
+    if time.monotonic() - started < 1.5:  # the control: the tree really ran (a quiet machine)
+        assert running == "3\n"
+        assert sb.get_process(p.id).status == "running"
+    wait_for(lambda: not sb.get_process(p.id).info.running, 30)
+    info = p.refresh()
+    assert (info.status, info.signal, info.timed_out) == ("killed", 9, True), info
+    assert info.ended_at is not None and info.ended_at - info.started_at >= 2.0  # not before
+    assert sb.exec(count).stdout == "0\n"
+    assert any(q.id == p.id and q.info.timed_out for q in sb.list_processes())
+
+    # Only the deadline says timed_out: not a process that ended first, nor one killed by a
+    # caller before its deadline.
+    quick = sb.start_process("exit 3", timeout=60)
+    assert (quick.wait(timeout=30).status, quick.timed_out) == ("failed", False)
+    killed = sb.start_process("sleep 314", timeout=60)
+    killed.kill("SIGKILL")
+    info = killed.wait(timeout=30)
+    assert (info.status, info.timed_out) == ("killed", False)
+
+    with server.client() as c:
+        base = f"/v1/sandboxes/{sb.id}/processes"
+        for bad in (0, -1, "soon", 7 * 24 * 3600 + 1):
+            r = c.post(base, json={"command": "sleep 315", "timeout": bad})
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert "timeout" in r.json()["error"]["message"]
+    assert sb.exec("pgrep -c -f '^sleep 315$' || true").stdout == "0\n"  # none started
+
+
 def test_stdin_drives_a_repl(sb: Sandbox) -> None:
     p = sb.start_process(["python3", "-i", "-q", "-u"])
     p.write_stdin("print(6 * 7)\n")
@@ -273,7 +312,9 @@ def test_cli_start_ps_logs_kill(sb: Sandbox, server: ServerProcess) -> None:
             [str(HUTCH_BIN), *args], env=env, capture_output=True, text=True, timeout=60
         )
 
-    r = hutch("start", sb.id, "--name", "cli-proc", "--", "echo from-cli; sleep 60")
+    # NB: it must outlive the test: with `sleep 60` a loaded CI machine once took over 60 s
+    # for the CLI calls below, and the kill found a process that had completed by itself.
+    r = hutch("start", sb.id, "--name", "cli-proc", "--", "echo from-cli; sleep 600")
     assert r.returncode == 0 and r.stdout.strip() == "cli-proc", r.stderr
     sb.get_process("cli-proc").wait_for_log("from-cli", timeout=30)
     r = hutch("ps", sb.id)
@@ -289,6 +330,11 @@ def test_cli_start_ps_logs_kill(sb: Sandbox, server: ServerProcess) -> None:
     assert r.returncode == 1 and "SIGTERM" in r.stderr
     r = hutch("logs", sb.id, "nope")
     assert r.returncode == 1 and "nope" in r.stderr
+    r = hutch("start", sb.id, "--name", "cli-brief", "--timeout", "0.5", "--", "sleep 600")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not sb.get_process("cli-brief").info.running, 30)
+    row = [line for line in hutch("ps", sb.id).stdout.splitlines() if "cli-brief" in line]
+    assert row and "timed out" in row[0], row
 
 
 # -- backpressure ---------------------------------------------------------------------------------

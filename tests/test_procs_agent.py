@@ -7,7 +7,7 @@ import asyncio
 import base64
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +22,6 @@ def agent() -> Iterator[HostAgent]:
     state = tempfile.mkdtemp(prefix="hutch-agent-state-")
     with HostAgent(env={**os.environ, "HUTCH_AGENT_STATE_DIR": state}) as host:
         yield host
-
-
-@pytest.fixture()
-async def conn(agent: HostAgent) -> AsyncIterator[AgentConnection]:
-    c = await AgentConnection.connect(agent.socket_path, timeout=5)
-    yield c
-    await c.close()
 
 
 async def logs(
@@ -76,6 +69,18 @@ async def test_process_outlives_its_connection(agent: HostAgent) -> None:
     listed = await c2.call("process_list")
     assert "ticker" in [p["id"] for p in listed["processes"]]
     await c2.close()
+
+
+async def test_timeout_kills_the_tree_with_nobody_connected(agent: HostAgent) -> None:
+    c1 = await AgentConnection.connect(agent.socket_path, timeout=5)
+    await c1.call("process_start", id="late", command="sleep 30 & sleep 30", timeout=0.5)
+    await c1.close()  # its starter is gone: the deadline is the agent's to keep
+    c2 = await AgentConnection.connect(agent.socket_path, timeout=5)
+    _, _, result, _ = await asyncio.wait_for(logs(c2, "late"), 10)
+    await c2.close()
+    assert result["process"]["status"] == "killed"
+    assert result["process"]["signal"] == 9
+    assert result["process"]["ended_at"] - result["process"]["started_at"] < 5
 
 
 async def test_truncation_is_reported(conn: AgentConnection) -> None:

@@ -42,8 +42,13 @@ def test_preview_host_routing() -> None:
     assert preview_target(name, "localhost") == PreviewTarget(8080, "sb-1", TOKEN)
     assert preview_target("127.0.0.1", "localhost") is None
     assert preview_target("api.example.com", "localhost") is None
+    # E2B's shape (`get_host`): the token is not in the name but in a request header.
+    assert preview_target("8080-sb-1.localhost", "localhost") == PreviewTarget(
+        8080, "sb-1", "", in_header=True
+    )
     for bad in (
-        "8080-sb-1.localhost",
+        "sb-1.localhost",
+        "99999-sb-1.localhost",
         f"99999-sb-1-{TOKEN}.localhost",
         f"x-sb-1-{TOKEN}.localhost",
     ):
@@ -64,6 +69,45 @@ def test_routes_answer_alike_for_every_wrong_part() -> None:
     assert routes.resolve(PreviewTarget(8080, "sb-2", TOKEN)) is None
     routes.forget_sandbox("sb-1")
     assert routes.resolve(PreviewTarget(8080, "sb-1", TOKEN)) is None
+
+
+def test_e2b_hosts_open_every_port_with_the_traffic_token_alone() -> None:
+    routes = PreviewRoutes()
+    routes.address_of = lambda sandbox_id: "10.0.0.1" if sandbox_id == "sb-1" else None
+    e2b = partial(PreviewTarget, sandbox_id="sb-1", in_header=True)
+    assert routes.resolve(e2b(8080, token="t" * 64)) is None  # no E2B tokens: nothing opens
+    changed: list[str] = []
+    routes.on_change.append(changed.append)
+    routes.traffic_token_of = lambda sandbox_id: sandbox_id[::-1] + "t" * 60
+    routes.reserved_ports = frozenset({2222})
+    good = "1-bs" + "t" * 60
+    assert routes.resolve(e2b(8080, token=good)) == "10.0.0.1"
+    assert routes.resolve(e2b(3000, token=good)) == "10.0.0.1"  # any port, none exposed
+    assert routes.reached_by_header("sb-1") and changed == ["sb-1"]  # the native map learns
+    for wrong in ("", "t" * 64, good[:-1], good + "t", "é" * 64):
+        assert routes.resolve(e2b(8080, token=wrong)) is None
+    assert routes.resolve(e2b(2222, token=good)) is None  # a port Hutch reserves
+    assert routes.resolve(PreviewTarget(8080, "sb-1", good)) is None  # not as a name's token
+    routes.forget_sandbox("sb-1")
+    assert not routes.reached_by_header("sb-1")
+
+
+@pytest.mark.parametrize("parse", [parse_request, _parse_request_slow])
+def test_traffic_token_header_fills_the_target_and_never_reaches_the_sandbox(
+    parse: Callable[[bytes, str, bytes], Any],
+) -> None:
+    raw = head("GET / HTTP/1.1", "Host: 8080-sb-1.localhost:7070", "E2B-Traffic-Access-Token: abc")
+    req = parse(raw, "localhost", b"127.0.0.1")
+    assert req.target == PreviewTarget(8080, "sb-1", "abc", in_header=True)
+    assert b"abc" not in req.forwarded and b"traffic" not in req.forwarded.lower()
+    plain = parse(
+        head("GET / HTTP/1.1", f"Host: {HOST}", "E2B-Traffic-Access-Token: abc"),
+        "localhost",
+        b"127.0.0.1",
+    )
+    assert plain.target == PreviewTarget(8080, "sb-1", TOKEN)  # a name's token stays
+    bare = parse(head("GET / HTTP/1.1", "Host: 8080-sb-1.localhost"), "localhost", b"1.2.3.4")
+    assert bare.target.token == ""
 
 
 def test_request_is_forwarded_with_x_forwarded_headers() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from hutch import Sandbox, SandboxNotFound
 from hutch.runtime import ImageStore, Limits, Runtime, RuntimeConfig, SandboxSpec
+from hutch.runtime.container._cgroups import cgroup_name
 from tests._server import SHARED_IMAGES, ServerProcess
 from tests.conftest import _cleanup_home
 
@@ -36,7 +37,7 @@ def host_leftovers(home: Path, sandbox_id: str) -> list[str]:
     if sandbox_id in mounts:
         found.append("mount")
     for controller in Path("/sys/fs/cgroup").iterdir():
-        if (controller / "hutch" / sandbox_id).exists():
+        if (controller / cgroup_name(home, sandbox_id)).exists():
             found.append(f"cgroup {controller.name}")
     for path in (home / "runc" / sandbox_id, home / "sandboxes" / sandbox_id):
         if path.exists():

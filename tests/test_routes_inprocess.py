@@ -8,6 +8,7 @@ streaming), not isolation.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,14 +27,19 @@ from hutch.node import (
     AgentStream,
     AgentUnreachable,
 )
+from hutch.node._gateway import MAX_IDLE_DEDICATED
+from hutch.sdk._exec import ExecStreamDecoder, OutputCollector
 from hutch.server._agent_errors import api_error_for
 from hutch.server._app import install_error_handlers
 from hutch.server._deps import require_key
 from hutch.server._errors import SandboxNotFound
+from hutch.server._relay import relay_on_own
 from hutch.server.routes._exec import build_exec_router
 from hutch.server.routes._files import build_files_router
 from hutch.server.routes._procs import build_procs_router
 from hutch.server.services._keys import KeyChecker
+from hutch.server.services._ratelimit import RateLimits
+from hutch.server.services._teams import Teams
 from hutch.server.store._sqlite import SqliteStore
 
 KEY = "test-key-" + "x" * 32
@@ -48,7 +54,13 @@ class FakeSandboxes:
     def __init__(self, socket: Path, missing: Path) -> None:
         sockets = {LIVE: socket, GONE: missing}
         self._sockets = sockets
-        self.gateway = AgentGateway(lambda sid: sockets[sid], timeout=2)
+        self.opened = 0  # connections made to an agent
+
+        async def connect(sandbox_id: str, limit: float) -> AgentConnection:
+            self.opened += 1
+            return await AgentConnection.connect(sockets[sandbox_id], timeout=limit)
+
+        self.gateway = AgentGateway(connect, timeout=2)
 
     def _check(self, sandbox_id: str) -> None:
         if sandbox_id not in self._sockets:
@@ -58,9 +70,12 @@ class FakeSandboxes:
         self._check(sandbox_id)
         return await self.gateway.shared(sandbox_id)
 
-    async def call(self, sandbox_id: str, op: Any, **args: Any) -> dict[str, Any]:
-        self._check(sandbox_id)
-        return await self.gateway.call(sandbox_id, op, **args)
+    def agent_call(self, sandbox_id: str) -> Any:
+        async def call(op: Any, **args: Any) -> dict[str, Any]:
+            self._check(sandbox_id)
+            return await self.gateway.call_untyped(sandbox_id, op, **args)
+
+        return call
 
     async def open_stream(
         self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
@@ -78,11 +93,17 @@ class FakeSandboxes:
         self._check(sandbox_id)
         return await self.gateway.dedicated(sandbox_id)
 
+    async def release_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
+        await self.gateway.release(sandbox_id, conn)
+
 
 class FakeServices:
     def __init__(self, sandboxes: FakeSandboxes, store: SqliteStore) -> None:
         self.sandboxes = sandboxes
+        self.store = store
         self.keys = KeyChecker(store, KEY)
+        self.teams = Teams(store)
+        self.rate_limits = RateLimits(None, None)
         self.background: set[Any] = set()
 
 
@@ -93,9 +114,13 @@ def agent() -> Iterator[HostAgent]:
 
 
 @pytest.fixture()
-async def client(agent: HostAgent, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+def sandboxes(agent: HostAgent, tmp_path: Path) -> FakeSandboxes:
+    return FakeSandboxes(agent.socket_path, tmp_path / "no-agent.sock")
+
+
+@pytest.fixture()
+async def client(sandboxes: FakeSandboxes, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     store = SqliteStore(tmp_path / "hutch.db")
-    sandboxes = FakeSandboxes(agent.socket_path, tmp_path / "no-agent.sock")
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(build_exec_router())
@@ -199,3 +224,73 @@ def test_the_table_looks_errors_up_by_class_then_by_code() -> None:
     # A code the table does not know keeps the agent's code, as bad input.
     other = api_error_for(AgentError("user_not_found", "no user bob"))
     assert (other.status, other.code, other.message) == (422, "user_not_found", "no user bob")
+
+
+async def test_a_bad_env_name_is_a_422_not_a_500(client: httpx.AsyncClient) -> None:
+    """Regression (schemathesis): the name was checked in the route, and its ValueError was
+    a 500."""
+    r = await client.put(f"/v1/sandboxes/{LIVE}/env", json={"env": {"x-not-a-name": None}})
+    assert r.status_code == 422, r.text
+    assert "x-not-a-name" in r.json()["error"]["message"]
+
+
+async def _exec_stream(client: httpx.AsyncClient, command: str) -> tuple[str, int | None]:
+    decoder, collector = ExecStreamDecoder(), OutputCollector()
+    r = await client.post(f"/v1/sandboxes/{LIVE}/exec/stream", json={"command": command})
+    assert r.status_code == 200, r.text
+    for event in decoder.feed(r.content):
+        collector.add(event)
+    decoder.close()
+    result = collector.result()
+    return result.stdout, result.exit_code
+
+
+async def test_exec_streams_reuse_their_agent_connection(
+    client: httpx.AsyncClient, sandboxes: FakeSandboxes
+) -> None:
+    """Each exec streams on a connection of its own, made once and then reused: 20 execs in
+    a row make 2 connections (the shared one and one dedicated), not 21."""
+    for i in range(20):
+        assert await _exec_stream(client, f"echo {i}; exit {i % 3}") == (f"{i}\n", i % 3)
+    assert sandboxes.opened == 2
+
+
+async def test_a_stream_left_early_never_lends_its_connection(
+    client: httpx.AsyncClient, sandboxes: FakeSandboxes
+) -> None:
+    """A client that leaves mid-command: its connection still carries that command's
+    frames, so it is closed, not lent to the next stream; the next exec sees only its own
+    output. Many at once each get their own connection, and at most MAX_IDLE_DEDICATED are
+    kept."""
+    gateway = sandboxes.gateway
+    used: list[AgentConnection] = []
+
+    async def connecting() -> AgentConnection:
+        used.append(await gateway.dedicated(LIVE))
+        return used[-1]
+
+    request: Any = {"op": "exec", "command": "echo early; sleep 1; echo late", "stdin": False}
+    frames = await relay_on_own(
+        connecting(),
+        lambda conn: gateway.open_stream(LIVE, request, conn),
+        lambda conn: gateway.release(LIVE, conn),
+    )
+    while b"early" not in await anext(frames):  # the command runs and has written
+        pass
+    await frames.aclose()  # what the server does when the client leaves
+    assert used[0].closed and not gateway._idle.get(LIVE)
+    opened = sandboxes.opened
+    assert await _exec_stream(client, "echo next") == ("next\n", 0)
+    assert sandboxes.opened == opened + 1
+    await asyncio.sleep(1.2)  # the left command would have written "late" by now
+    assert await _exec_stream(client, "echo again") == ("again\n", 0)
+
+    n = MAX_IDLE_DEDICATED + 4
+    results = await asyncio.gather(
+        *(_exec_stream(client, f"sleep 0.3; echo {i}") for i in range(n))
+    )
+    assert results == [(f"{i}\n", 0) for i in range(n)]
+    idle = gateway._idle[LIVE]
+    assert len(idle) == MAX_IDLE_DEDICATED
+    await gateway.forget(LIVE)  # the sandbox is stopped or destroyed
+    assert all(conn.closed for conn in idle)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 
 from hutch.agent import AGENT_VERSION
 from hutch.node import AgentConnection
+from hutch.node._deaths import InitWatch
 from hutch.runtime import (
     HOST_ID_BASE,
     Image,
@@ -35,8 +37,11 @@ from hutch.runtime import (
     SandboxSpec,
     SandboxStartError,
 )
+from hutch.runtime.container import _cgroups
+from hutch.runtime.container._cgroups import cgroup_name
 from hutch.runtime.container._mounts import umount
 from hutch.runtime.container._oci import Mount, Spec
+from hutch.runtime.container._uid_ranges import FIRST_BASE
 from hutch.runtime.container._workcgroup import AGENT_MEMORY_RESERVE_MB, AGENT_PIDS_RESERVE
 from tests.support.busybox import add_busybox_image
 from tests.support.echo_agent import echo_agent_package
@@ -112,7 +117,10 @@ def leftovers(rt: Runtime, sandbox_id: str) -> list[str]:
         if f"/{sandbox_id}/" in line or line.split()[4].endswith(f"/{sandbox_id}"):
             found.append(f"mount {line.split()[4]}")
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        if (hierarchy / "hutch" / sandbox_id).exists():
+        if any(
+            (hierarchy / c).exists()
+            for c in (cgroup_name(home, sandbox_id), rt.cgroups.of(sandbox_id))
+        ):
             found.append(f"cgroup {hierarchy.name}")
     for path in (home / "runc" / sandbox_id, home / "sandboxes" / sandbox_id):
         if path.exists():
@@ -158,8 +166,11 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     # Not a child (nor any descendant) of ours, nor in our session: killing us leaves it alone.
     assert os.getpid() not in ancestors(pid)
     assert os.getsid(pid) != os.getsid(0)
-    assert text(f"/proc/{pid}/uid_map").split() == ["0", str(HOST_ID_BASE), "65536"]
-    assert text(f"/proc/{pid}/gid_map").split() == ["0", str(HOST_ID_BASE), "65536"]
+    # Its own host uid range (the default), which owns its rootfs as it sees it.
+    base = (runtime.config.home / "sandboxes" / "lock" / "rootfs").stat().st_uid
+    assert base >= FIRST_BASE > HOST_ID_BASE and (base - FIRST_BASE) % 65536 == 0
+    assert text(f"/proc/{pid}/uid_map").split() == ["0", str(base), "65536"]
+    assert text(f"/proc/{pid}/gid_map").split() == ["0", str(base), "65536"]
     status = dict(line.split(":\t", 1) for line in text(f"/proc/{pid}/status").splitlines())
     assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert int(status["CapEff"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
@@ -174,27 +185,30 @@ async def test_create_runs_the_agent_locked_down(runtime: Runtime, image: Image)
     cgroups = Path("/sys/fs/cgroup")
     # The sandbox as a whole has the limits asked for; user code (in `work`) has them less
     # the agent's reserve, so it can never take the agent's memory or pids.
-    whole = cgroups / "memory/hutch/lock"
+    name = cgroup_name(runtime.config.home, "lock")  # hutch/<home tag>/lock
+    whole = cgroups / "memory" / name
     work = whole / "work"
     assert int(text(whole / "memory.limit_in_bytes")) == 256 << 20
     assert int(text(whole / "memory.memsw.limit_in_bytes")) == 320 << 20
-    assert text(cgroups / "pids/hutch/lock/pids.max") == "99\n"
+    assert text(cgroups / "pids" / name / "pids.max") == "99\n"
     assert int(text(work / "memory.limit_in_bytes")) == (256 - AGENT_MEMORY_RESERVE_MB) << 20
     assert int(text(work / "memory.memsw.limit_in_bytes")) == (320 - AGENT_MEMORY_RESERVE_MB) << 20
-    assert text(cgroups / "pids/hutch/lock/work/pids.max") == f"{99 - AGENT_PIDS_RESERVE}\n"
-    assert text(cgroups / "cpu/hutch/lock/cpu.cfs_quota_us") == "50000\n"
+    assert text(cgroups / "pids" / name / "work/pids.max") == f"{99 - AGENT_PIDS_RESERVE}\n"
+    assert text(cgroups / "cpu" / name / "cpu.cfs_quota_us") == "50000\n"
     # The agent holds work's cgroup.procs open (fds 4, 5); nothing of the agent is in work.
     assert os.readlink(f"/proc/{pid}/fd/4") == str(work / "cgroup.procs")
-    assert os.readlink(f"/proc/{pid}/fd/5") == str(cgroups / "pids/hutch/lock/work/cgroup.procs")
+    assert os.readlink(f"/proc/{pid}/fd/5") == str(cgroups / "pids" / name / "work/cgroup.procs")
     assert str(pid) not in text(work / "cgroup.procs").split()
 
 
 async def test_inside_the_sandbox_root_is_fenced_in(runtime: Runtime, image: Image) -> None:
     await runtime.create(spec(image, "fence"))
+    fence_base = (runtime.config.home / "sandboxes" / "fence" / "rootfs").stat().st_uid
+    assert fence_base >= FIRST_BASE
     checks = {
         "id -u": "0",
         "hostname": "sandbox",
-        "cat /proc/self/uid_map | tr -s ' '": f" 0 {HOST_ID_BASE} 65536",
+        "cat /proc/self/uid_map | tr -s ' '": f" 0 {fence_base} 65536",
         "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused": "refused",
         # Refused by the kernel, not missing: a lacking `unshare` binary must not pass.
         "unshare -U true 2>&1 | grep -c 'Operation not permitted'": "1",
@@ -336,7 +350,10 @@ async def test_start_existing_after_a_reboot_keeps_the_writable_layer(
     assert result.returncode == 0, result.stderr
     # A host reboot: every process dies, mounts vanish, runc's state goes stale.
     home = runtime.config.home
-    kill_and_wait([int(p) for p in text("/sys/fs/cgroup/pids/hutch/reboot/cgroup.procs").split()])
+    procs = (
+        Path("/sys/fs/cgroup/pids") / cgroup_name(runtime.config.home, "reboot") / "cgroup.procs"
+    )
+    kill_and_wait([int(p) for p in text(procs).split()])
     assert umount(home / "sandboxes/reboot/rootfs")
     assert umount(home / "storage")
     await runtime.setup()  # what the server does first on start
@@ -390,3 +407,89 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
     finally:
         await rt.sweep(keep=())
         await rt.teardown()
+
+
+def _hierarchies_with(cgroup: str) -> list[str]:
+    return [h for h in os.listdir("/sys/fs/cgroup") if Path("/sys/fs/cgroup", h, cgroup).exists()]
+
+
+async def test_a_sandbox_of_another_home_with_the_same_id_is_never_touched(
+    runtime: Runtime, image: Image, workdir: Path, echo_agent: Path
+) -> None:
+    """Two homes on one host (nodes on one machine, servers side by side) and one sandbox id
+    in both (a user's choice, or a sandbox moved between nodes): the other home's destroy,
+    pause and sweep leave this one running, its processes included."""
+    other_home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
+    other = Runtime(RuntimeConfig(home=other_home, storage_size_gb=4, agent_package=echo_agent))
+    await other.setup()
+    try:
+        await runtime.create(spec(image, "twin"))
+        sh(runtime, "twin", "sleep 1000 >/dev/null 2>&1 &")
+        await other.create(spec(image, "twin"))
+        assert runtime.cgroups.of("twin") != other.cgroups.of("twin")
+        await other.pause("twin")
+        assert await runtime.state("twin") == "running"
+        await other.destroy("twin")
+        await other.create(spec(image, "twin"))
+        assert await other.sweep(keep=()) == ["twin"]
+        assert await runtime.state("twin") == "running"
+        assert "sleep 1000" in sh(runtime, "twin", "ps -o args").stdout
+        assert (await runtime.usage("twin", disk=False)).pids >= 2
+    finally:
+        await other.sweep(keep=())
+        await other.teardown()
+        parent = _cgroups.home_cgroup_parent(other_home)
+        shutil.rmtree(other_home, ignore_errors=True)
+    # The other home's teardown took its (empty) parent cgroups with it.
+    assert _hierarchies_with(parent) == []
+
+
+async def test_a_sandbox_made_with_the_flat_cgroup_of_older_versions_is_still_handled(
+    runtime: Runtime, image: Image, echo_agent: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrade: a sandbox made before homes had a cgroup parent of their own (`hutch/<id>`)
+    and still running is paused, measured and destroyed by the new version's runtime."""
+    with monkeypatch.context() as m:
+        m.setattr(_cgroups, "cgroup_name", lambda home, sandbox_id: f"hutch/{sandbox_id}")
+        await runtime.create(spec(image, "old"))
+    flat = [Path("/sys/fs/cgroup", h, "hutch", "old") for h in os.listdir("/sys/fs/cgroup")]
+    assert any(d.is_dir() for d in flat)
+    sh(runtime, "old", "sleep 1000 >/dev/null 2>&1 &")
+    # A restarted server: a new runtime on the same home, which has not seen it made.
+    upgraded = Runtime(RuntimeConfig(home=runtime.config.home, storage_size_gb=4,
+                                     agent_package=echo_agent))  # fmt: skip
+    await upgraded.setup()
+    assert upgraded.cgroups.of("old") == "hutch/old"
+    assert (await upgraded.usage("old", disk=False)).pids >= 2
+    await upgraded.pause("old")
+    assert await upgraded.state("old") == "paused"
+    await upgraded.resume("old")
+    await upgraded.destroy("old")
+    assert leftovers(upgraded, "old") == []
+    assert not any(d.exists() for d in flat)
+
+
+async def test_a_stop_seen_by_another_processs_death_watch_is_no_death(
+    runtime: Runtime, image: Image
+) -> None:
+    """Another API replica on this home (or on a node, the watch the other replica asks)
+    sees the init of a sandbox this one stops end, outside this one's lock: not a death. It
+    was `agent_exited` ("killed from outside"), and the stop then failed with a 409. An init
+    killed from outside still is one."""
+    await runtime.create(spec(image, "halt"))
+    watch = InitWatch(runtime)
+    try:
+        assert await watch.dead(["halt"]) == {}
+        await runtime.stop("halt")
+        assert await watch.dead(["halt"]) == {}
+        assert await watch.dead(["halt"]) == {}
+        await runtime.start_existing(spec(image, "halt"))
+        assert await watch.dead(["halt"]) == {}
+        os.kill(init_pid(runtime, "halt"), signal.SIGKILL)
+        for _ in range(100):
+            if found := await watch.dead(["halt"]):
+                break
+            await asyncio.sleep(0.05)
+        assert found["halt"].startswith("agent_exited"), found
+    finally:
+        watch.close()

@@ -968,7 +968,7 @@ def test_e2b_names_are_aliases_of_hutch_calls(fake: FakeHutch) -> None:
     assert (r.stdout, r.exit_code) == ("from commands\n", 3)  # no exception, as documented
     assert fake.exec_requests[-1]["env"] == {"GREETING": "from commands"}
     with pytest.raises(TypeError, match="background=True"):
-        sb.commands.run("sleep 1", background=True, timeout=5)
+        sb.commands.run("cat", background=True, stdin="x")
     sb.kill()
     assert sb.id not in fake.sandboxes and not sb.is_running()
 

@@ -12,14 +12,38 @@ import pytest
 
 from hutch import InvalidRequest, Sandbox
 from hutch.server.services._secrets import SecretBox, SecretKeyMismatch
-from tests._server import ServerProcess
+from tests._server import SHARED_IMAGES, ServerProcess
 
 SECRET = "sk-ant-hutch-test-" + "Zq9" * 12
 
 
+def _views_of_other_files(root: Path) -> set[str]:
+    """Mount points under `root` that only show files kept elsewhere: a sandbox's overlay
+    rootfs (each write to it lands in its upperdir, under `root` too, which the walk reads) and
+    its `lower`, a bind of the shared image store's rootfs (read-only to Hutch). Reading both
+    read the whole default image twice per live sandbox: most of these tests' time."""
+    views: set[str] = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        source_root, mount_point = fields[3], fields[4]
+        fstype, options = fields[fields.index("-") + 1], fields[-1]
+        if not mount_point.startswith(f"{root}/"):
+            continue
+        upper = next(
+            (o[len("upperdir=") :] for o in options.split(",") if o.startswith("upperdir=")), ""
+        )
+        if fstype == "overlay" and upper.startswith(f"{root}/"):
+            views.add(mount_point)
+        elif source_root.startswith(f"{SHARED_IMAGES}/"):
+            views.add(mount_point)
+    return views
+
+
 def _files_containing(root: Path, needle: bytes) -> list[Path]:
     hits: list[Path] = []
-    for dirpath, _, names in os.walk(root):
+    skip = _views_of_other_files(root)
+    for dirpath, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
         for name in names:
             path = Path(dirpath) / name
             try:
@@ -93,7 +117,18 @@ def test_secret_reaches_processes_and_nothing_else(server: ServerProcess) -> Non
             for resp in responses:
                 assert needle not in resp.content, resp.request.url
 
-            # At rest: encrypted in the database, absent from logs and bundles.
+            # At rest: encrypted in the database, absent from logs and bundles. A copy planted
+            # in the sandbox is the positive control: the search reads its writable layer.
+            plant = 'printf %s "$V" > /workspace/planted'
+            assert (
+                http.post(
+                    f"/v1/sandboxes/{sid}/exec", json={"command": plant, "env": {"V": SECRET}}
+                ).json()["exit_code"]
+                == 0
+            )
+            planted = _files_containing(server.home, needle)
+            assert planted and {p.name for p in planted} == {"planted"}, planted
+            http.post(f"/v1/sandboxes/{sid}/exec", json={"command": "rm /workspace/planted"})
             hits = _files_containing(server.home, needle)
             assert hits == [], hits
             db = sqlite3.connect(f"file:{server.home / 'hutch.db'}?mode=ro", uri=True)

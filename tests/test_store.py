@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, crash safety, keys."""
+"""The stores, SQLite and PostgreSQL, through the one `Store` contract: migrations, records,
+crash safety, keys. What replicas sharing a database need is in test_store_replicas.py."""
 
 from __future__ import annotations
 
@@ -8,28 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hutch.server.services._keys import KeyChecker, create_key, hash_key
-from hutch.server.store._sqlite import MIGRATIONS, SandboxRecord, SqliteStore
+from hutch.server.store._migrations import MIGRATIONS, migration_sql
+from hutch.server.store._sqlite import SqliteStore
+from tests.support.stores import OpenStore, record
 
 
-def record(sandbox_id: str, **kw: object) -> SandboxRecord:
-    return SandboxRecord(
-        id=sandbox_id, status="running", image="default", image_id="abc", created_at="t", **kw
-    )  # type: ignore[arg-type]
-
-
-def test_migrations_run_once_and_are_versioned(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
-    assert store.schema_version == len(MIGRATIONS)
+def test_migrations_run_once_and_are_versioned(open_store: OpenStore) -> None:
+    store = open_store()
+    assert store.schema_version == len(MIGRATIONS)  # type: ignore[attr-defined]
     store.close()
-    again = SqliteStore(tmp_path / "s.db")  # a second open must not re-run anything
-    assert again.schema_version == len(MIGRATIONS)
-    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT COUNT(*) FROM schema_version")
-    assert rows.fetchone()[0] == len(MIGRATIONS)
+    again = open_store()  # a second open must not re-run anything
+    assert again.schema_version == len(MIGRATIONS)  # type: ignore[attr-defined]
+    assert open_store.count("schema_version") == len(MIGRATIONS)
 
 
-def test_sandbox_round_trip_and_duplicate_ids(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_sandbox_round_trip_and_duplicate_ids(open_store: OpenStore) -> None:
+    store = open_store()
     rec = record("sb-1", env={"A": "1"}, labels={"team": "x"}, memory_mb=256, timeout=5.0)
     assert store.insert_sandbox(rec)
     assert not store.insert_sandbox(record("sb-1"))
@@ -68,6 +66,8 @@ def test_state_survives_a_kill_9_mid_write(tmp_path: Path) -> None:
 _INSERT_FOREVER = """
 import sys
 from pathlib import Path
+
+import pytest
 from hutch.server.store._sqlite import SandboxRecord, SqliteStore
 store = SqliteStore(Path(sys.argv[1]))
 i = 0
@@ -80,11 +80,10 @@ while True:
 """
 
 
-def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_keys_are_stored_hashed_and_checked(open_store: OpenStore) -> None:
+    store = open_store()
     new = create_key(store, "ci")
-    raw = (tmp_path / "s.db").read_bytes() + (tmp_path / "s.db-wal").read_bytes()
-    assert new.key.encode() not in raw
+    assert new.key.encode() not in open_store.dump()
     assert store.find_key_by_hash(hash_key(new.key)) is not None
     checker = KeyChecker(store, static_key="hk_static")
     assert checker.is_valid(new.key) and checker.is_valid("hk_static")
@@ -92,11 +91,11 @@ def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     assert store.delete_key(new.record.id) and not checker.is_valid(new.key)
 
 
-def test_runtime_id_and_secrets_commit_with_the_row(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+def test_runtime_id_and_secrets_commit_with_the_row(open_store: OpenStore) -> None:
+    store = open_store()
     assert store.insert_sandbox(record("sb-3", runtime_id="pool-abc"), {"K": b"sealed"})
     # No close(): as after kill -9.
-    reopened = SqliteStore(tmp_path / "s.db")
+    reopened = open_store()
     got = reopened.get_sandbox("sb-3")
     assert got is not None and got.runtime_id == "pool-abc"
     assert reopened.get_secrets("sb-3") == {"K": b"sealed"}
@@ -108,8 +107,8 @@ def test_runtime_id_and_secrets_commit_with_the_row(tmp_path: Path) -> None:
 def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.db")
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for version, sql in enumerate(MIGRATIONS[:3], start=1):
-        db.executescript(sql)
+    for version, migration in enumerate(MIGRATIONS[:3], start=1):
+        db.executescript(migration_sql(migration, "sqlite"))
         db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
     db.execute(
         "INSERT INTO sandboxes VALUES ('sb-old', 'running', 'default', 'abc', 't', NULL, '{}')"
@@ -122,13 +121,84 @@ def test_a_v3_database_gains_the_runtime_id_column(tmp_path: Path) -> None:
     assert old is not None and old.runtime_id is None
 
 
-def test_the_old_runtime_ids_file_moves_into_the_store(tmp_path: Path) -> None:
+def test_the_old_runtime_ids_file_moves_into_the_store(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
     from hutch.server.store._runtime_ids_file import import_runtime_ids_file
 
-    store = SqliteStore(tmp_path / "s.db")
+    store = open_store()
     store.insert_sandbox(record("sb-4"))
     path = tmp_path / "runtime-ids.json"
     path.write_text('{"sb-4": "pool-123", "sb-gone": "pool-456"}')
     import_runtime_ids_file(path, store)
     assert store.get_sandbox("sb-4").runtime_id == "pool-123"  # type: ignore[union-attr]
     assert not path.exists()
+
+
+def _build_at_version(open_store: OpenStore, version: int) -> None:
+    """A database as a Hutch of schema `version` left it, with a sandbox, a secret, a port."""
+    dialect = "postgres" if open_store.kind == "postgres" else "sqlite"
+    script = ["CREATE TABLE schema_version (version INTEGER NOT NULL)"]
+    for number, migration in enumerate(MIGRATIONS[:version], start=1):
+        script += [s for s in migration_sql(migration, dialect).split(";") if s.strip()]
+        script.append(f"INSERT INTO schema_version (version) VALUES ({number})")
+    script += [
+        "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at, spec,"
+        " runtime_id) VALUES ('sb-old', 'paused', 'default', 'abc', 't', 12.5,"
+        ' \'{"labels": {"team": "x"}, "status_reason": "idle"}\', \'pool-1\')',
+        "INSERT INTO sandbox_secrets VALUES ('sb-old', 'K', "
+        + ("'\\x7365616c6564'" if dialect == "postgres" else "X'7365616c6564'")
+        + ")",
+        "INSERT INTO exposed_ports VALUES ('sb-old', 8080, NULL, 'tok', 't')",
+    ]
+    if open_store.url is not None:
+        import psycopg
+
+        with psycopg.connect(open_store.url) as conn, conn.transaction():
+            for statement in script:
+                conn.execute(statement)  # type: ignore[arg-type]
+    else:
+        assert open_store.path is not None
+        db = sqlite3.connect(open_store.path)
+        db.executescript(";\n".join(script) + ";")
+        db.commit()
+        db.close()
+
+
+def test_the_previous_schema_migrates_with_its_data_kept(open_store: OpenStore) -> None:
+    previous = len(MIGRATIONS) - 1
+    _build_at_version(open_store, previous)
+    store = open_store()
+    assert store.schema_version == len(MIGRATIONS)  # type: ignore[attr-defined]
+    old = store.get_sandbox("sb-old")
+    assert old is not None
+    assert (old.status, old.status_reason, old.expires_at) == ("paused", "idle", 12.5)
+    assert old.labels == {"team": "x"} and old.runtime_id == "pool-1"
+    assert store.get_secrets("sb-old") == {"K": b"sealed"}
+    assert [p.token for p in store.list_ports("sb-old")] == ["tok"]
+    # The newest migration (teams): old rows belong to the default team.
+    assert old.team == "default"
+    assert [t.name for t in store.list_teams()] == ["default"]
+    assert store.list_pool_entries("node-a") == []
+
+
+def test_a_database_newer_than_this_hutch_is_refused(open_store: OpenStore) -> None:
+    open_store().close()
+    open_store.rows(f"INSERT INTO schema_version (version) VALUES ({len(MIGRATIONS) + 1})")
+    with pytest.raises(RuntimeError, match="newer than this Hutch"):
+        open_store()
+
+
+def test_a_migration_that_fails_leaves_the_version_where_it_was(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hutch.server.store import _migrations
+
+    broken = (*_migrations.MIGRATIONS, "CREATE TABLE extra (a TEXT); CREATE TABLE broken (")
+    monkeypatch.setattr(_migrations, "MIGRATIONS", broken)
+    with pytest.raises(Exception):  # noqa: B017 (each driver has its own syntax error)
+        open_store()
+    # Neither the version nor the migration's first statement was kept.
+    assert open_store.rows("SELECT MAX(version) FROM schema_version") == [(len(MIGRATIONS),)]
+    with pytest.raises(Exception):  # noqa: B017
+        open_store.rows("SELECT * FROM extra")

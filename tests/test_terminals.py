@@ -55,7 +55,10 @@ def test_resize_reaches_the_program(sb: Sandbox) -> None:
 
 def test_ctrl_c_reaches_the_foreground_job_and_exit_code_is_reported(sb: Sandbox) -> None:
     t = sb.terminal()
-    t.send("sleep 1000\n")
+    # Wait for the job to run (the echo prints before it): a ^C that comes first reaches the
+    # shell instead, and a loaded machine (or gVisor) can take longer than any fixed pause.
+    t.send("echo st''arted; sleep 1000\n")
+    t.read_until(b"started")
     time.sleep(0.5)
     t.send(b"\x03")
     t.send("echo after-$?\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hutch import Sandbox
+from hutch.runtime.container._cgroups import cgroup_name
 from tests._server import ServerProcess, runtime_ids, wait_for
 from tests.conftest import _cleanup_home
 from tests.test_recovery import host_leftovers
@@ -27,11 +28,11 @@ def pooled(home: Path) -> set[str]:
     return {p.name for p in d.iterdir() if p.name.startswith("pool-")} if d.is_dir() else set()
 
 
-def cgroup_value(rid: str, controller: str, v2: str, v1: str) -> str:
+def cgroup_value(home: Path, rid: str, controller: str, v2: str, v1: str) -> str:
     root = Path("/sys/fs/cgroup")
     if (root / "cgroup.controllers").exists():
-        return (root / "hutch" / rid / v2).read_text().strip()
-    return (root / controller / "hutch" / rid / v1).read_text().strip()
+        return (root / cgroup_name(home, rid) / v2).read_text().strip()
+    return (root / controller / cgroup_name(home, rid) / v1).read_text().strip()
 
 
 @pytest.fixture()
@@ -63,8 +64,10 @@ def test_create_from_a_warm_pool(pool_server: ServerProcess) -> None:
     assert sb.exec('printf %s "$FOO"').stdout == "from the user"
     info = sb.info()
     assert info.labels == {"team": "a"} and info.memory_mb == 256
-    assert cgroup_value(rid, "memory", "memory.max", "memory.limit_in_bytes") == str(256 << 20)
-    assert cgroup_value(rid, "pids", "pids.max", "pids.max") == "64"
+    assert cgroup_value(home, rid, "memory", "memory.max", "memory.limit_in_bytes") == str(
+        256 << 20
+    )
+    assert cgroup_value(home, rid, "pids", "pids.max", "pids.max") == "64"
 
     # Refilled in the background.
     wait_for(lambda: len(pooled(home) - set(runtime_ids(home).values())) == 2)

@@ -23,3 +23,11 @@ find /usr/share/doc -mindepth 1 -type d -empty -delete
 rm -rf /usr/share/man/* /usr/share/info/* /usr/share/groff/* /usr/share/lintian/*
 find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
 
+
+# A login shell is what every E2B command runs in (`bash -l -c CMD`): Debian's profiles fork
+# `id -u` (and `mesg n`, for root) on each. Bash knows its uid ($EUID) and `mesg` only acts
+# on a terminal: the same PATH and the same result, without the forks (plain sh still asks id).
+sed -i 's/^if \[ "\$(id -u)" -eq 0 \]; then$/if [ "${BASH_VERSION:+$EUID}" = 0 ] || { [ -z "${BASH_VERSION-}" ] \&\& [ "$(id -u)" -eq 0 ]; }; then/' /etc/profile
+grep -q 'BASH_VERSION:+$EUID' /etc/profile
+sed -i 's/^mesg n 2> \/dev\/null || true$/{ [ -t 0 ] \&\& mesg n 2> \/dev\/null; } || true/' /root/.profile
+grep -q '\[ -t 0 \] && mesg n' /root/.profile

@@ -114,26 +114,31 @@ export class HutchClient {
     const init: RequestInit & { duplex?: "half" } = { method, headers, body: (body ?? null) as BodyInit | null };
     if (options.signal) init.signal = options.signal;
     if (body instanceof ReadableStream) init.duplex = "half"; // a streamed upload
-    let response: Response;
-    try {
-      response = await this.fetchImpl(this.url(path, options.query), init);
-    } catch (err) {
-      if (options.signal?.aborted) throw err;
-      throw new HutchConnectionError(
-        `cannot reach the Hutch server at ${this.baseUrl} (${describe(err)}); is \`hutch serve\` running and HUTCH_URL right?`,
-        { cause: err },
-      );
-    }
-    if (!response.ok) {
+    for (let attempt = 0; ; attempt++) {
+      let response: Response;
+      try {
+        response = await this.fetchImpl(this.url(path, options.query), init);
+      } catch (err) {
+        if (options.signal?.aborted) throw err;
+        throw new HutchConnectionError(
+          `cannot reach the Hutch server at ${this.baseUrl} (${describe(err)}); is \`hutch serve\` running and HUTCH_URL right?`,
+          { cause: err },
+        );
+      }
+      if (response.ok) return response;
       let text = "";
       try {
         text = await response.text();
       } catch {
         // the body broke off: the status alone must do
       }
-      throw errorFromBody(response.status, text);
+      const error = errorFromBody(response.status, text);
+      // NB: create_busy means the server made nothing (too many sandboxes were starting), so
+      // sending the same request again is safe — unless its body was a stream, now spent.
+      const resendable = !(body instanceof ReadableStream) && attempt < BUSY_RETRIES;
+      if (!(error instanceof APIError && error.code === "create_busy") || !resendable) throw error;
+      await sleep(busyWait(response), options.signal);
     }
-    return response;
   }
 
   /** Send one request and return its decoded JSON body (`undefined` for an empty body). */
@@ -168,6 +173,30 @@ export class HutchClient {
     const body = await this.request<{ ok?: boolean }>("GET", "/healthz");
     return body?.ok === true;
   }
+}
+
+/** How many times a request answered 503 `create_busy` is sent again (as the Python SDK). */
+const BUSY_RETRIES = 10;
+
+/** Milliseconds to wait before sending again: the server's Retry-After, at most 30 s. */
+function busyWait(response: Response): number {
+  const after = response.headers.get("retry-after") ?? "";
+  return /^\d+$/.test(after) ? Math.min(Number(after), 30) * 1000 : 1000;
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 export function describe(err: unknown): string {

@@ -61,6 +61,9 @@ export interface FileInfo {
   permissions: { readable: boolean; writable: boolean; executable: boolean };
   /** A symlink's target. */
   target: string | null;
+  /** The owning user's and group's names (the number as text when the image has none). */
+  owner: string;
+  group: string;
 }
 
 export interface ListFilesOptions {
@@ -106,6 +109,8 @@ export function fileInfo(entry: FileEntry): FileInfo {
     type: entry.type,
     size: entry.size,
     modifiedAt: new Date(entry.mtime * 1000).toISOString(),
+    owner: entry.owner,
+    group: entry.group,
     mode: modeString(entry.mode),
     // NB: the owner's bits: commands run as the image's user, which owns what it makes.
     permissions: {

@@ -55,6 +55,7 @@ export {
   type RunCodeOptions,
 } from "./code.js";
 export { Terminal, type TerminalOptions } from "./terminal.js";
+export { EventStreamDecoder, type EventsOptions, type SandboxEvent, type SandboxEventType } from "./events.js";
 export { Images, type BuildImageOptions, type PullImageOptions } from "./images.js";
 export { Keys, type ApiKey } from "./keys.js";
 export type {

@@ -28,6 +28,9 @@ export interface ProcessOptions {
   stdin?: boolean;
   /** Bytes of output kept (stdout and stderr together); older output is dropped. */
   logLimit?: number;
+  /** Milliseconds it may run: then the sandbox kills it and its children (SIGKILL), whether or
+   * not anyone is connected, and `timedOut` says so. Left out: no limit. */
+  timeout?: number;
 }
 
 export interface StreamLogsOptions {
@@ -126,6 +129,10 @@ export class Process {
   }
   get exitCode(): number | null {
     return this.info.exit_code ?? null;
+  }
+  /** Whether it was killed at the `timeout` it was started with. */
+  get timedOut(): boolean {
+    return this.info.timed_out ?? false;
   }
   get startTime(): Date {
     return new Date(this.info.started_at * 1000);
@@ -341,6 +348,8 @@ export function processStartBody(command: string | string[], options: ProcessOpt
     stdin: options.stdin ?? true,
     log_limit: options.logLimit ?? null,
   };
+  // Left out when not given: a server without process timeouts still takes the body.
+  if (options.timeout !== undefined) body.timeout = seconds(options.timeout);
   if (typeof command === "string") body.command = command;
   else body.argv = command;
   return body;

@@ -4,6 +4,7 @@
 import "./dispose.js";
 import { type ConnectionOptions, HutchClient, bodyChunks, seg } from "./client.js";
 import { SandboxNotFoundError, SessionNotFoundError } from "./errors.js";
+import { type EventsOptions, type SandboxEvent, followEvents } from "./events.js";
 import { CodeInterpreter, type CodeContext, type CodeEvent, type CreateContextOptions, type Execution, type RunCodeOptions } from "./code.js";
 import {
   type ExecEvent,
@@ -254,6 +255,17 @@ export class Sandbox {
   async metrics(): Promise<SandboxMetrics> {
     await this.ready();
     return toMetrics(await this.client.request<SandboxMetricsBody>("GET", `${this.path}/metrics`));
+  }
+
+  /** What happens to it, oldest first, then live until it is destroyed: created, started,
+   * paused, resumed, stopped, oom_killed (with the process), error (with the reason),
+   * destroyed. A dropped connection (a server restart too) resumes after the last event seen.
+   *
+   *     for await (const event of sandbox.events({ timeout: 60_000 })) console.log(event.type);
+   */
+  async *events(options: EventsOptions = {}): AsyncGenerator<SandboxEvent> {
+    await this.ready();
+    yield* followEvents(this.client, `${this.path}/events`, options);
   }
 
   /** Freeze every process (memory is kept); paused already: no-op. Any later call (or

@@ -51,6 +51,18 @@ test("stdin, getLogs, waitForExit, killAllProcesses, timeouts", async () => {
   await assert.rejects(sleeper.waitForLog("never printed", 5_000), ProcessExitedError);
 });
 
+test("a process's timeout kills it and its children; timedOut says so", async () => {
+  const p = await sb.startProcess("sleep 321 & echo up; sleep 322", { timeout: 1_000 });
+  await p.waitForLog("up", 30_000);
+  const end = await p.waitForExit(30_000);
+  assert.deepEqual([end.status, p.timedOut, p.info.signal], ["killed", true, 9]);
+  const left = await sb.exec("pgrep -c -f '^sleep 32[12]$' || true");
+  assert.equal(left.stdout, "0\n");
+  const quick = await sb.startProcess("true", { timeout: 60_000 });
+  await quick.waitForExit(30_000);
+  assert.deepEqual([quick.status, quick.timedOut], ["completed", false]);
+});
+
 test("streamProcessLogs: replay from an offset, then live, then an exit event", async () => {
   const p = await sb.startProcess("printf 0123456789; sleep 0.3; printf abc; printf E >&2");
   const got = [];

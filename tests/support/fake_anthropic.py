@@ -203,7 +203,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    # FAKE_HOST: another local address, for clients in other network namespaces.
+    server = ThreadingHTTPServer((os.environ.get("FAKE_HOST", "127.0.0.1"), port), Handler)
     print(f"fake Anthropic API on http://127.0.0.1:{port}", flush=True)
     server.serve_forever()
 

@@ -25,7 +25,10 @@ def _free_port() -> int:
 class S3Server:
     """Buckets are the top-level directories of `root`; objects are files below them."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        # `host`: another local address when the clients are in other network namespaces
+        # (the nodes of a local cluster reach its bridge's address, not this loopback).
+        self.host = host
         self.root = Path(tempfile.mkdtemp(prefix="hutch-s3-", dir="/var/tmp"))
         self.port = _free_port()
         self.access_key_id = "HUTCHTESTKEY" + os.urandom(4).hex().upper()
@@ -34,7 +37,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def credentials(self) -> dict[str, str]:
@@ -47,7 +50,7 @@ class S3Server:
                 "serve",
                 "s3",
                 "--addr",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--auth-key",
                 f"{self.access_key_id},{self.secret_access_key}",
                 "--config",

@@ -18,6 +18,7 @@ OpName = Literal[
     "ping",
     "set_secrets",
     "set_env",
+    "flush_closes",
     "pty_create",
     "pty_resize",
     "pty_close",
@@ -63,7 +64,7 @@ ErrorCode = Literal[
     "spawn_failed",  # exec: the process could not be set up (setuid, setgroups, ...)
     "terminal_not_found",  # pty_*: no terminal with that id (closed, idled out, never made)
     "shell_not_found",  # pty_create: the shell is not installed in the image
-    "unknown_language",  # code: not python, javascript or typescript; the message lists them
+    "unknown_language",  # code: not python, javascript, typescript or bash; the message lists them
     "language_unavailable",  # code: the image lacks the interpreter (python3+ipykernel, node)
     "context_not_found",  # code: no such code context
     "context_dead",  # code: the context's interpreter died; restart it
@@ -102,32 +103,34 @@ class PingRequest(TypedDict):
 
 
 class PingResult(TypedDict):
-    ok: Literal[True]
+    ok: NotRequired[Literal[True]]  # sent by the agent; the server's call strips it
     pid: int
     rss_kb: int
     version: str
     shell: str  # "/bin/bash" if the image has it, else "/bin/sh"
 
 
-class SetSecretsRequest(TypedDict):
+class SetSecretsArgs(TypedDict):
     """Merge ``env`` into the environment of every process started from now on."""
 
-    op: Literal["set_secrets"]
     env: dict[str, str]
 
 
+class SetSecretsRequest(SetSecretsArgs):
+    op: Literal["set_secrets"]
+
+
 class SetSecretsResult(TypedDict):
-    ok: Literal[True]
+    ok: NotRequired[Literal[True]]  # sent by the agent; the server's call strips it
     names: list[str]
 
 
-class ExecRequest(TypedDict):
+class ExecArgs(TypedDict):
     """Run one process: exactly one of ``command`` (through the shell) or ``argv`` (no shell).
 
     Fields left out mean None (``stdin``: False).
     """
 
-    op: Literal["exec"]
     command: NotRequired[str | None]
     argv: NotRequired[list[str] | None]
     env: NotRequired[dict[str, str] | None]  # merged over the sandbox's env
@@ -135,6 +138,10 @@ class ExecRequest(TypedDict):
     user: NotRequired[str | None]  # "name", "uid", "name:group", "uid:gid"; None: the agent's
     timeout: NotRequired[float | None]  # seconds; kills the whole process tree, exit_code 124
     stdin: NotRequired[bool]  # True: the opener sends DATA/EOF on channel 0; else /dev/null
+
+
+class ExecRequest(ExecArgs):
+    op: Literal["exec"]
 
 
 class StartedEvent(TypedDict):
@@ -153,51 +160,97 @@ class ExecResult(TypedDict):
     oom_killed: bool  # the kernel's OOM killer ended it (the sandbox's memory limit)
 
 
-class StatRequest(TypedDict):
+class StatArgs(TypedDict):
     """Unary. RESULT: ``{"exists": true, **FileEntry}`` (``{"exists": false}`` with
     ``missing_ok`` when nothing is there). Paths: relative ones start at the workspace."""
 
-    op: Literal["stat"]
     path: str
     missing_ok: NotRequired[bool]
+    xattr_prefix: NotRequired[str]  # "user.…": return those attributes as ``xattrs``
+
+
+class StatRequest(StatArgs):
+    op: Literal["stat"]
+
+
+FileType = Literal["file", "directory", "symlink", "other"]
 
 
 class FileEntry(TypedDict):
     name: str
     path: str  # relative to the listed directory
     absolute_path: str
-    type: Literal["file", "directory", "symlink", "other"]
+    type: FileType
     size: int
     mode: int  # permission bits
     mtime: float
     target: str | None  # a symlink's target
+    owner: str  # user name from the image's /etc/passwd, else the uid as text
+    group: str  # group name from /etc/group, else the gid as text
+    xattrs: NotRequired[dict[str, str]]  # with ``xattr_prefix``: those attributes, prefix cut
 
 
-class MkdirRequest(TypedDict):
+class StatResult(TypedDict):
+    """`FileEntry`'s fields are there when ``exists`` is true."""
+
+    ok: NotRequired[Literal[True]]  # sent by the agent; the server's call strips it
+    exists: bool
+    name: NotRequired[str]
+    path: NotRequired[str]
+    absolute_path: NotRequired[str]
+    type: NotRequired[FileType]
+    size: NotRequired[int]
+    mode: NotRequired[int]
+    mtime: NotRequired[float]
+    target: NotRequired[str | None]
+    owner: NotRequired[str]
+    group: NotRequired[str]
+    xattrs: NotRequired[dict[str, str]]
+
+
+class PathResult(TypedDict):
+    """mkdir, remove, move: the absolute path made, removed, or moved to."""
+
+    ok: NotRequired[Literal[True]]  # sent by the agent; the server's call strips it
+    path: str
+
+
+class MkdirArgs(TypedDict):
     """Unary. RESULT: ``{"path": absolute path}``."""
 
-    op: Literal["mkdir"]
     path: str
     recursive: NotRequired[bool]
     mode: NotRequired[int | None]
+    owner: NotRequired[str]  # user (name or uid) the new directories belong to
 
 
-class RemoveRequest(TypedDict):
+class MkdirRequest(MkdirArgs):
+    op: Literal["mkdir"]
+
+
+class RemoveArgs(TypedDict):
     """Unary. ``file_only`` refuses directories (``is_a_directory``). RESULT: ``{"path"}``."""
 
-    op: Literal["remove"]
     path: str
     recursive: NotRequired[bool]
     file_only: NotRequired[bool]
 
 
-class MoveRequest(TypedDict):
+class RemoveRequest(RemoveArgs):
+    op: Literal["remove"]
+
+
+class MoveArgs(TypedDict):
     """Unary (rename; a copy and delete across filesystems). RESULT: ``{"path"}``."""
 
-    op: Literal["move"]
     source: str
     destination: str
     overwrite: NotRequired[bool]
+    into: NotRequired[bool]  # a destination ending in "/": move into that directory
+
+
+class MoveRequest(MoveArgs):
+    op: Literal["move"]
 
 
 class ReadRequest(TypedDict):
@@ -218,6 +271,10 @@ class WriteRequest(TypedDict):
     path: str
     mode: NotRequired[int | None]
     parents: NotRequired[bool]
+    owner: NotRequired[str]  # user (name or uid) a new file and new parents belong to
+    xattrs: NotRequired[dict[str, str]]  # ``user.*`` attributes set on the written file
+    xattr_prefix: NotRequired[str]  # in place: drop old attributes under it first
+    in_place: NotRequired[bool]  # open and truncate the file itself (E2B's envd semantics)
 
 
 class ListRequest(TypedDict):
@@ -229,6 +286,7 @@ class ListRequest(TypedDict):
     recursive: NotRequired[bool]
     include_hidden: NotRequired[bool]
     limit: NotRequired[int]
+    xattr_prefix: NotRequired[str]  # "user.…": each entry gets those attributes as ``xattrs``
 
 
 class WatchRequest(TypedDict):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # NB: typing and dataclasses cost the agent ~2 MB and ~10 ms of startup
+    from collections.abc import Mapping
     from typing import Any
 
 FRAME_HEADER = struct.Struct(">BBIQI")
@@ -89,7 +90,7 @@ class Frame:
 
 
 def encode_frame(
-    kind: Kind, stream: int, payload: bytes = b"", channel: int = 0, offset: int = 0
+    kind: Kind, stream: int, payload: bytes | memoryview = b"", channel: int = 0, offset: int = 0
 ) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
@@ -100,9 +101,12 @@ def encode_frame(
 SEPARATE_PAYLOAD = 64 * 1024
 
 
+Payload = TypeVar("Payload", bytes, memoryview)
+
+
 def encode_frame_parts(
-    kind: Kind, stream: int, payload: bytes = b"", channel: int = 0, offset: int = 0
-) -> tuple[bytes, ...]:
+    kind: Kind, stream: int, payload: Payload, channel: int = 0, offset: int = 0
+) -> tuple[bytes | Payload, ...]:
     """As ``encode_frame``, for a writer that takes several buffers (an HTTP body): a large
     payload is returned as its own part instead of being copied behind the header."""
     if len(payload) < SEPARATE_PAYLOAD:
@@ -112,8 +116,30 @@ def encode_frame_parts(
     return FRAME_HEADER.pack(kind, channel, stream, offset, len(payload)), payload
 
 
-def encode_json_frame(kind: Kind, stream: int, value: dict[str, Any]) -> bytes:
+def encode_json_frame(kind: Kind, stream: int, value: Mapping[str, object]) -> bytes:
     return encode_frame(kind, stream, json.dumps(value, separators=(",", ":")).encode())
+
+
+def parse_header(header: bytes) -> tuple[Kind, int, int, int, int]:
+    """``(kind, channel, stream, offset, length)`` of a frame's header, for a reader that takes
+    each payload whole off its stream (no copy through a decoder's buffer).
+
+    Raises:
+        FrameError: an unknown kind, or a payload over ``MAX_PAYLOAD``.
+    """
+    kind, channel, stream, offset, length = FRAME_HEADER.unpack(header)
+    return _checked_kind(kind, length), channel, stream, offset, length
+
+
+def _checked_kind(kind: int, length: int) -> Kind:
+    """The header's kind, once its payload length is within bounds (both checks of every
+    reader: ``parse_header`` and ``FrameDecoder``)."""
+    if length > MAX_PAYLOAD:
+        raise FrameError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        return Kind(kind)
+    except ValueError:
+        raise FrameError(f"unknown frame kind {kind}") from None
 
 
 class FrameDecoder:
@@ -151,14 +177,9 @@ class FrameDecoder:
         unpack = FRAME_HEADER.unpack_from
         while total - pos >= size:
             kind, channel, stream, offset, length = unpack(data, pos)
-            if length > MAX_PAYLOAD:
-                raise FrameError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+            k = _checked_kind(kind, length)
             if total - pos - size < length:
                 break
-            try:
-                k = Kind(kind)
-            except ValueError:
-                raise FrameError(f"unknown frame kind {kind}") from None
             start = pos + size
             frames.append(Frame(k, stream, bytes(data[start : start + length]), channel, offset))
             pos = start + length

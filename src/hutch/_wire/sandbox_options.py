@@ -24,13 +24,18 @@ class SandboxOptions(TypedDict, total=False):
 
     Attributes:
         env: Environment variables for every command in the sandbox.
-        cpu: CPUs it may use (fractions allowed).
+        cpu: CPUs it may use (fractions allowed), at most the host's cores (more raises
+            ``InvalidRequest``, code ``cpu_above_host``); the team's quota may allow less
+            (``QuotaExceeded``).
         memory_mb: Memory limit in MiB.
         disk_mb: Limit of what it may write to its filesystem, in MiB.
         pids_limit: Maximum number of processes.
         network: ``"none"`` (no network) or ``"internet"`` (outbound access).
-        network_allow: CIDRs the sandbox may reach even with ``network="none"``
-            (e.g. ``["10.0.0.0/8"]``); the same as ``set_network``'s ``allow``.
+        network_allow: CIDRs (or single addresses) the sandbox may reach even with
+            ``network="none"`` (e.g. ``["10.0.0.0/8"]``), and private or host networks that
+            ``"internet"`` (the public internet only) does not reach; the same as
+            ``set_network``'s ``allow``. Host names (``"pypi.org"``) too: the server
+            resolves them and allows their addresses (``network_name_unresolved`` if not).
         network_deny: CIDRs it may never reach; wins over ``network_allow``.
         timeout: Maximum lifetime, in seconds or as a duration (``"1h"``); ``None`` takes the
             server's default lifetime, ``0`` lives until destroyed.
@@ -53,6 +58,12 @@ class SandboxOptions(TypedDict, total=False):
             placeholder ``hutch-egress-injected`` and ``ANTHROPIC_BASE_URL`` pointing at the
             proxy, never the key. Optional keys: ``prefix`` (``"Bearer "``), ``base_url_env``.
             See docs/agents.md.
+        ca_certificates: Extra CA certificates (PEM text) the sandbox trusts, e.g. a company
+            proxy's: appended to its ``/etc/ssl/certs/ca-certificates.crt`` (on top of any the
+            server adds to every sandbox), with ``SSL_CERT_FILE``, ``REQUESTS_CA_BUNDLE``,
+            ``CURL_CA_BUNDLE``, ``PIP_CERT`` and ``NODE_EXTRA_CA_CERTS`` pointing at it.
+            Anything but certificates raises ``InvalidRequest``
+            (``invalid_ca_certificate``).
         start_entrypoint: Start the image's ENTRYPOINT+CMD (what ``docker run IMAGE`` runs) as
             the background process ``"entrypoint"``, with the image's user, env and working
             directory. An image without one raises ``InvalidRequest``
@@ -77,6 +88,7 @@ class SandboxOptions(TypedDict, total=False):
     labels: Mapping[str, str] | None
     secrets: Mapping[str, str] | None
     egress_secrets: Sequence[Mapping[str, str]] | None
+    ca_certificates: Sequence[str] | None
     start_entrypoint: bool
 
 
@@ -128,12 +140,13 @@ LIMITS: Mapping[str, Range] = {
 HELP: Mapping[str, str] = {
     "image": "the image to run",
     "env": "environment variables for every command",
-    "cpu": "CPUs it may use (fractions allowed)",
+    "cpu": "CPUs it may use (fractions allowed; at most the host's cores)",
     "memory_mb": "memory limit in MiB",
     "disk_mb": "limit of what it may write to its filesystem, in MiB",
     "pids_limit": "maximum number of processes",
     "network": "none (no network) or internet (outbound access)",
-    "network_allow": "CIDRs always reachable",
+    "network_allow": "CIDRs or host names always reachable (also private ones, which internet "
+    "alone is not)",
     "network_deny": "CIDRs never reachable",
     "timeout": "lifetime (seconds, or a duration such as '1h'); unset: the server's default; "
     "0: no limit",
@@ -148,6 +161,9 @@ HELP: Mapping[str, str] = {
     "returned (SandboxInfo lists only their names)",
     "egress_secrets": "secrets injected as a header by Hutch's egress proxy: they never enter "
     "the sandbox, which gets a placeholder and a base-URL variable instead",
+    "ca_certificates": "extra CA certificates (PEM) the sandbox trusts, added to its system "
+    "bundle and to SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, PIP_CERT and "
+    "NODE_EXTRA_CA_CERTS",
     "start_entrypoint": "start the image's ENTRYPOINT+CMD as the background process "
     "'entrypoint' (422 image_has_no_entrypoint if it has none)",
 }

@@ -2,9 +2,18 @@
 
 Environment (read here only):
     HUTCH_AGENT_LISTEN_FD   the inherited, already listening unix socket (default 3)
+    HUTCH_AGENT_LISTEN_PATH bind and listen on a unix socket at this path instead (gVisor,
+                            whose runsc cannot pass fds: the host takes the socket file away
+                            once it appears, see hutch.runtime.container._gvisor)
     HUTCH_AGENT_WORKSPACE   what a relative exec ``cwd`` is relative to (default /workspace)
     HUTCH_AGENT_SHELL       JSON argv of the image's shell for terminals and sessions (optional)
     HUTCH_AGENT_WORK_FDS    open `cgroup.procs` files of the `work` cgroup (optional; _workcg)
+    HUTCH_AGENT_WORK_TASK_FDS  open `tasks` files of `work`, for the spawner thread (optional)
+    HUTCH_AGENT_NPROC       the hard RLIMIT_NPROC of every child (gVisor; optional)
+    HUTCH_AGENT_LAUNCHER    a static program that sets it and execs, so that children are
+                            vfork-ed (gVisor; optional, see _launch)
+    HUTCH_AGENT_CLOSE_FLUSH a file on the root mount the agent may create and unlink to make
+                            the host close what the sandbox closed (gVisor; see _close_flush)
 """
 
 from __future__ import annotations
@@ -94,17 +103,43 @@ def _image_shell(text: str | None) -> list[str] | None:
     return argv
 
 
-def main() -> None:
-    _ensure_stdio()
-    listen_fd = int(os.environ.get("HUTCH_AGENT_LISTEN_FD", "3"))
-    workspace = os.environ.get("HUTCH_AGENT_WORKSPACE", "/workspace")
+def _listener(environ: dict[str, str] | os._Environ[str]) -> _socket.socket:
+    path = environ.get("HUTCH_AGENT_LISTEN_PATH")
+    if path:
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        # Only root (the host side, through the mount) connects; nothing in here needs to.
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        except OSError as e:
+            raise SystemExit(f"hutch-agent: cannot listen on {path}: {e}") from None
+        finally:
+            os.umask(old)
+        listener.listen(512)
+        return listener
+    listen_fd = int(environ.get("HUTCH_AGENT_LISTEN_FD", "3"))
     try:
         listener = _socket.socket(fileno=listen_fd)
     except OSError as e:
         raise SystemExit(f"hutch-agent: fd {listen_fd} is not a listening socket: {e}") from None
     os.set_inheritable(listen_fd, False)
+    return listener
+
+
+def main() -> None:
+    _ensure_stdio()
+    workspace = os.environ.get("HUTCH_AGENT_WORKSPACE", "/workspace")
+    listener = _listener(os.environ)
     _retitle()
-    problem = _workcg.configure(os.environ.get("HUTCH_AGENT_WORK_FDS"))
+    problem = _workcg.configure(
+        os.environ.get("HUTCH_AGENT_WORK_FDS"), os.environ.get("HUTCH_AGENT_WORK_TASK_FDS")
+    )
+    if problem:
+        report(problem)
+    problem = _workcg.configure_nproc(os.environ.get("HUTCH_AGENT_NPROC"))
+    if problem:
+        report(problem)
+    problem = _workcg.configure_launcher(os.environ.get("HUTCH_AGENT_LAUNCHER"))
     if problem:
         report(problem)
     _protect_self()
@@ -119,6 +154,8 @@ def main() -> None:
         base_env=child_environment(dict(os.environ)),
         image_shell=_image_shell(os.environ.get("HUTCH_AGENT_SHELL")),
     )
+    agent.close_flush_path = os.environ.get("HUTCH_AGENT_CLOSE_FLUSH") or None
+    agent.reaper.after_reaping = agent.files_may_be_closed
     loop.add_signal_handler(signal.SIGCHLD, agent.reaper.reap)
     # NB: as PID 1 the kernel drops signals the agent has no handler for, so without these a
     # SIGTERM from the runtime would do nothing; with them, it is a graceful stop.
@@ -126,6 +163,10 @@ def main() -> None:
     loop.add_signal_handler(signal.SIGINT, agent.shutdown)
     agent.start()
     agent.reaper.reap()  # anything that exited before the handler was in place
+    if agent.base_env.get("HUTCH_CODE_PRESTART"):  # NB: imported only then (idle agent memory)
+        from ._code import prestart
+
+        prestart(agent)
     try:
         loop.run()
     finally:

@@ -7,6 +7,10 @@ Logs live under ``STATE_DIR/procs/<id>/`` as segment files per channel: when a c
 current segment is full a new one starts and the oldest is deleted, so a process keeps the
 most recent ``log_limit`` bytes (half per channel) and a reader asking for an older offset is
 told where the kept output begins (``truncated``), never handed silently shifted bytes.
+
+Here: the process's lifecycle (start, stdin, signals, exit) and the table of them with its
+unary ops. The log files are in _proc_logs.py, the stream that replays them in
+_proc_log_stream.py.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import os
 import time
 
-from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
+from hutch._wire.frames import Channel
 
 from ._ops import OpError
+from ._proc_logs import ChannelLog
 from ._procs import (
     EXEC_TAG_VAR,
     command_cwd,
@@ -34,8 +39,18 @@ if TYPE_CHECKING:
     import subprocess
     from typing import Any
 
+    from hutch._wire.agent_calls import (
+        OkResult,
+        PortCheckResult,
+        ProcessInfo,
+        ProcessKillAllResult,
+        ProcessListResult,
+        ProcessResult,
+    )
+
     from ._loop import Timer
-    from ._server import Agent, Connection
+    from ._proc_logs import LogFollower
+    from ._server import Agent
 
 # NB: on the overlay's writable layer (counted by the sandbox's disk quota), not /run (a
 # tmpfs in many images, i.e. memory). Root-only, and named so nobody takes it for theirs.
@@ -44,7 +59,6 @@ FALLBACK_STATE_DIR = "/tmp/.hutch-agent"
 DEFAULT_LOG_LIMIT = 64 * 1024 * 1024
 MIN_LOG_LIMIT = 4096
 READ_CHUNK = 256 * 1024
-REPLAY_CHUNK = 1024 * 1024
 OUTPUT_GRACE = 0.2
 STDIN_LIMIT = 16 * 1024 * 1024
 MAX_PROCESSES_KEPT = 1024  # finished ones beyond this are forgotten, oldest first
@@ -52,98 +66,15 @@ SIGKILL = 9
 ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
-class ChannelLog:
-    """One channel's kept output: segment files holding absolute offsets ``[start, end)``."""
-
-    __slots__ = ("_dir", "_name", "_segment_size", "_segments", "end", "write_errors")
-
-    def __init__(self, directory: str, name: str, segment_size: int) -> None:
-        self._dir = directory
-        self._name = name
-        self._segment_size = segment_size
-        self._segments: list[list[int]] = []  # [base offset, fd, size, number]
-        self.end = 0
-        self.write_errors = 0
-
-    @property
-    def start(self) -> int:
-        return self._segments[0][0] if self._segments else self.end
-
-    def _new_segment(self) -> list[int]:
-        number = self._segments[-1][3] + 1 if self._segments else 0
-        path = f"{self._dir}/{self._name}.{number}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        segment = [self.end, fd, 0, number]
-        self._segments.append(segment)
-        return segment
-
-    @property
-    def kept(self) -> int:
-        return sum(segment[2] for segment in self._segments)
-
-    def drop_oldest(self) -> bool:
-        """Delete the oldest segment, unless it is the one being written."""
-        if len(self._segments) < 2:
-            return False
-        _, old_fd, _, old_number = self._segments.pop(0)
-        os.close(old_fd)
-        try:
-            os.unlink(f"{self._dir}/{self._name}.{old_number}")
-        except OSError:
-            pass
-        return True
-
-    def append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            # Never more than the room left in a segment, so that dropping whole old
-            # segments keeps the process's logs within their limit.
-            segment = self._segments[-1] if self._segments else None
-            if (
-                segment is None
-                or segment[2] >= self._segment_size
-                or segment[0] + segment[2] != self.end
-            ):
-                try:
-                    segment = self._new_segment()
-                except OSError:
-                    segment = None
-            piece = view[: self._segment_size - segment[2]] if segment else view
-            try:
-                if segment is None:
-                    raise OSError
-                n = os.pwrite(segment[1], piece, segment[2])
-                segment[2] += n
-            except OSError:
-                # Disk full or over quota: these bytes are lost. Offsets still advance, so
-                # readers see a gap (the next segment starts past it), never shifted bytes.
-                self.write_errors += 1
-                n = len(piece)
-            self.end += n
-            view = view[n:]
-
-    def read(self, offset: int, limit: int) -> tuple[int, bytes]:
-        """Up to ``limit`` bytes from ``offset`` (moved forward past what is no longer kept)."""
-        for base, fd, size, _ in self._segments:
-            if offset < base:
-                offset = base
-            if offset < base + size:
-                return offset, os.pread(fd, min(limit, base + size - offset), offset - base)
-        return max(offset, self.end), b""
-
-    def close(self) -> None:
-        for segment in self._segments:
-            os.close(segment[1])
-        self._segments = []
-
-
 class BackgroundProcess:
     __slots__ = (
         "id", "argv", "command", "log_limit",
         "cwd", "pid", "status", "exit_code", "signal", "started_at",
-        "ended_at", "logs", "log_dir", "followers", "killed", "oom_killed", "_oom_kills",
+        "ended_at", "logs", "log_dir", "followers", "killed", "oom_killed", "timed_out",
+        "_oom_kills",
         "_table", "_popen", "_tag",
-        "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "exited", "done",
+        "_outputs", "_stdin_fd", "_stdin_buf", "_stdin_eof", "_grace", "_deadline", "exited",
+        "done",
     )  # fmt: skip
 
     def __init__(self, table: ProcessTable, pid_id: str, log_dir: str, limit: int) -> None:
@@ -165,9 +96,10 @@ class BackgroundProcess:
             Channel.STDERR: ChannelLog(log_dir, "stderr", segment),
         }
         self.log_limit = limit
-        self.followers: set[LogStreamOp] = set()
+        self.followers: set[LogFollower] = set()
         self.killed = False
         self.oom_killed = False
+        self.timed_out = False  # SIGKILLed at its `timeout` (not by a caller)
         self._oom_kills = oom_kills()
         self.exited = False  # the process itself has been reaped
         self.done = False  # reaped and its output pipes closed: the logs are final
@@ -178,8 +110,9 @@ class BackgroundProcess:
         self._stdin_buf = bytearray()
         self._stdin_eof = False
         self._grace: Timer | None = None
+        self._deadline: Timer | None = None  # the kill at `timeout`, if one was given
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ProcessInfo:
         out, err = self.logs[Channel.STDOUT], self.logs[Channel.STDERR]
         return {
             "id": self.id,
@@ -191,6 +124,7 @@ class BackgroundProcess:
             "exit_code": self.exit_code,
             "signal": self.signal,
             "oom_killed": self.oom_killed,
+            "timed_out": self.timed_out,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "stdin_open": self._stdin_fd is not None and not self._stdin_eof,
@@ -244,6 +178,10 @@ class BackgroundProcess:
         self.pid = self._popen.pid
         self.status = "running"
         agent.reaper.watch(self.pid, self._on_exit)
+        if request["timeout"] is not None:
+            # The process's own deadline, kept here and not by whoever started it: it holds
+            # when that caller has gone (an E2B client gives up at the same deadline).
+            self._deadline = agent.loop.call_later(request["timeout"], self._on_timeout)
         for fd, channel in ((out_r, Channel.STDOUT), (err_r, Channel.STDERR)):
             os.set_blocking(fd, False)
             self._outputs[fd] = channel
@@ -341,20 +279,35 @@ class BackgroundProcess:
 
     # -- ending --------------------------------------------------------------------------------
 
-    def kill(self, sig: int) -> None:
+    def kill(self, sig: int) -> bool:
+        """Signal the tree; True when the signal reached the process itself."""
+        # NB: a process that ended just before the kill is a zombie whose SIGCHLD waits in
+        # the loop behind this request. Reap first, so it is reported with its own exit
+        # ("failed", exit 3) and not as killed by a signal that never reached it.
+        self._table.agent.reaper.reap()
         if self.exited:
-            return
+            return False
         if sig == SIGKILL:
-            self.killed = True
-            kill_tree(self.pid, self.pid, self._tag)
+            signalled = kill_tree(self.pid, self.pid, self._tag)
         else:
-            if sig in (2, 3, 6, 15):  # INT, QUIT, ABRT, TERM: a stop, if it works
-                self.killed = True
-            signal_tree(self.pid, self.pid, sig, self._tag)
+            signalled = signal_tree(self.pid, self.pid, sig, self._tag)
+        # Only a stop that reached the process itself (alive, not a zombie) makes its
+        # non-zero exit a kill: one that ended on its own in between keeps its own status.
+        if self.pid in signalled and sig in (SIGKILL, 2, 3, 6, 15):  # KILL, INT, QUIT, ABRT, TERM
+            self.killed = True
+        return self.pid in signalled
+
+    def _on_timeout(self) -> None:
+        self._deadline = None
+        # One that ended on its own just before its deadline keeps its own status.
+        self.timed_out = self.kill(SIGKILL)
 
     def _on_exit(self, status: int) -> None:
         self.exited = True
         self.ended_at = time.time()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self._popen is not None:
             self._popen.returncode = os.waitstatus_to_exitcode(status)
             self._popen = None
@@ -475,7 +428,7 @@ def _parse_signal(request: dict[str, Any]) -> int:
 # -- unary ops -----------------------------------------------------------------------------------
 
 
-def start_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def start_op(agent: Agent, request: dict[str, Any]) -> ProcessResult:
     if agent.shutting_down:
         raise OpError("shutting_down", "the agent is shutting down")
     table = table_of(agent)
@@ -522,22 +475,22 @@ def start_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "process": proc.info()}
 
 
-def list_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def list_op(agent: Agent, request: dict[str, Any]) -> ProcessListResult:
     table = table_of(agent)
     return {"ok": True, "processes": [p.info() for p in table.processes.values()]}
 
 
-def get_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def get_op(agent: Agent, request: dict[str, Any]) -> ProcessResult:
     return {"ok": True, "process": table_of(agent).get(request.get("id")).info()}
 
 
-def kill_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def kill_op(agent: Agent, request: dict[str, Any]) -> ProcessResult:
     proc = table_of(agent).get(request.get("id"))
     proc.kill(_parse_signal(request))
     return {"ok": True, "process": proc.info()}
 
 
-def kill_all_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def kill_all_op(agent: Agent, request: dict[str, Any]) -> ProcessKillAllResult:
     sig = _parse_signal(request)
     killed = []
     for proc in table_of(agent).all_running():
@@ -546,7 +499,7 @@ def kill_all_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "killed": killed}
 
 
-def stdin_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def stdin_op(agent: Agent, request: dict[str, Any]) -> OkResult:
     import binascii
 
     proc = table_of(agent).get(request.get("id"))
@@ -562,7 +515,7 @@ def stdin_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-def set_env_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def set_env_op(agent: Agent, request: dict[str, Any]) -> OkResult:
     env = request.get("env")
     if not isinstance(env, dict):
         raise InvalidRequest("env", "must be an object of strings")
@@ -576,138 +529,14 @@ def set_env_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
             agent.base_env.pop(key, None)
         else:
             agent.base_env[key] = value
+    if env.get("HUTCH_CODE_PRESTART"):  # a pooled sandbox gets its env here, not at start
+        from ._code import prestart
+
+        prestart(agent)
     return {"ok": True}
 
 
-# -- the logs stream -----------------------------------------------------------------------------
-
-
-class LogStreamOp:
-    """Replays a process's kept output from the asked offsets, then follows it live; ends with
-    a RESULT holding the process's info once its logs are final (or at once without follow).
-
-    Reads from the log files, not from memory: a slow reader costs disk it already had, and
-    the connection's write buffer bounds what is in flight.
-    """
-
-    def __init__(
-        self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]
-    ) -> None:
-        self._agent = agent
-        self._conn = conn
-        self._stream = stream
-        self._proc = table_of(agent).get(request.get("id"))
-        self._offsets: dict[int, int] = {}
-        for channel, field in (
-            (Channel.STDOUT, "stdout_offset"),
-            (Channel.STDERR, "stderr_offset"),
-        ):
-            value = request.get(field, 0)
-            if value is None:
-                value = 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidRequest(field, "must be a byte offset >= 0")
-            self._offsets[channel] = value
-        follow = request.get("follow", True)
-        data = request.get("data", True)
-        if not isinstance(follow, bool) or not isinstance(data, bool):
-            raise InvalidRequest("follow", "follow and data must be true or false")
-        self._follow = follow
-        self._data = data
-        self._paused = False
-        self._finished = False
-
-    def start(self) -> None:
-        proc = self._proc
-        event: dict[str, Any] = {"event": "logs", "process": proc.info()}
-        for channel, name in ((Channel.STDOUT, "stdout"), (Channel.STDERR, "stderr")):
-            start = proc.logs[channel].start
-            if self._data and self._offsets[channel] < start:
-                event[f"{name}_skipped"] = [self._offsets[channel], start]
-        self._conn.send(encode_json_frame(Kind.EVENT, self._stream, event))
-        if not self._data:
-            self._offsets = {c: proc.logs[c].end for c in proc.logs}
-        proc.followers.add(self)
-        self._paused = self._conn.output_paused
-        self._pump()
-
-    def _pump(self) -> None:
-        proc = self._proc
-        for channel, log in proc.logs.items():
-            while not self._paused and self._offsets[channel] < log.end:
-                offset, data = log.read(self._offsets[channel], REPLAY_CHUNK)
-                if not data:
-                    self._offsets[channel] = log.end  # lost to a write error: nothing to send
-                    break
-                self._send(channel, offset, data)
-                if self._conn.output_paused:
-                    self._paused = True
-        if not self._paused and (proc.done or not self._follow):
-            self._finish()
-
-    def _send(self, channel: int, offset: int, data: bytes) -> None:
-        self._offsets[channel] = offset + len(data)
-        self._conn.send(encode_frame(Kind.DATA, self._stream, data, channel, offset))
-
-    def on_output(self, channel: int, offset: int, data: bytes) -> None:
-        if self._finished:
-            return
-        if not self._data:
-            self._offsets[channel] = offset + len(data)
-            return
-        if self._paused:
-            return  # read back from the file on resume
-        if self._offsets[channel] == offset:  # caught up: no need to go through the file
-            self._send(channel, offset, data)
-            if self._conn.output_paused:
-                self._paused = True
-        else:
-            self._pump()
-
-    def on_done(self) -> None:
-        if not self._paused:
-            self._pump()
-
-    def pause_output(self) -> None:
-        self._paused = True
-
-    def resume_output(self) -> None:
-        if self._paused and not self._finished:
-            self._paused = False
-            self._pump()
-
-    def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
-        if kind == Kind.CANCEL and not self._finished:
-            self._finish()
-
-    def cancel(self) -> None:
-        if not self._finished:
-            self._finish()
-
-    def terminate(self, sig: int) -> None:
-        pass
-
-    def connection_lost(self) -> None:
-        self._finished = True
-        self._proc.followers.discard(self)
-
-    def _finish(self) -> None:
-        self._finished = True
-        self._proc.followers.discard(self)
-        for channel in self._proc.logs:
-            self._conn.send(
-                encode_frame(Kind.EOF, self._stream, b"", channel, self._offsets[channel])
-            )
-        result = {"ok": True, "process": self._proc.info()}
-        self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
-        self._conn.stream_finished(self._stream, self)
-
-
-def open_logs(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> LogStreamOp:
-    return LogStreamOp(agent, conn, stream, request)
-
-
-def port_check_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def port_check_op(agent: Agent, request: dict[str, Any]) -> PortCheckResult:
     """Whether something inside the sandbox accepts on 127.0.0.1:``port`` (``http``: and
     answers ``GET path`` with a status in range). Short blocking I/O on loopback."""
     import _socket

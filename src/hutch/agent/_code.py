@@ -7,7 +7,13 @@ line per run and turns the bridge's lines into frames as they arrive (stdout/std
 results and errors as EVENTs, the end as the RESULT), so output is live.
 
 After the first Python context of a sandbox is made, a spare one is started in the
-background, so the next one is ready in milliseconds (the warm pool).
+background, so the next one is ready in milliseconds (the warm pool). A sandbox whose
+environment has ``HUTCH_CODE_PRESTART=python`` (an image's ENV, or the sandbox's env) starts
+that spare when the agent starts, so even its first context is taken from the pool: opt-in,
+because a waiting kernel holds ~40-60 MB of the sandbox's memory (an idle sandbox ~6 MB).
+
+Here: the contexts (their processes and the bridge's lines), the registry, and the ops that
+create, restart, list and delete them. Running code in one is _code_run.py.
 """
 
 from __future__ import annotations
@@ -15,37 +21,51 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import deque
 
-from hutch._wire.frames import Channel, FrameError, Kind, encode_frame, encode_json_frame
+from hutch._wire.frames import Kind, encode_json_frame
 
+from ._bash_context import BashDriver
 from ._ops import OpError
-from ._procs import DEFAULT_PATH, kill_tree, spawn
+from ._procs import DEFAULT_PATH, find_program, kill_tree, spawn
 from ._requests import InvalidRequest
+from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, Protocol
+
+    from hutch._wire.agent_calls import (
+        CodeContextInfo,
+        CodeContextListResult,
+        CodeContextResult,
+        OkResult,
+    )
 
     from ._server import Agent, Connection
 
-LANGUAGES = ("python", "javascript", "typescript")
+    class Run(Protocol):
+        """A run waiting on a context (_code_run.RunOp): told its output and its end."""
+
+        run_id: int
+
+        def on_output(self, kind: object, message: dict[str, Any]) -> None: ...
+        def finish(self, status: str, execution_count: int | None = None) -> None: ...
+
+
+LANGUAGES = ("python", "javascript", "typescript", "bash")
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript",
-           "ts": "typescript"}  # fmt: skip
+           "ts": "typescript", "sh": "bash"}  # fmt: skip
+NOT_PROVIDED = {"r": "R", "java": "Java"}
 MAX_LINE = 64 * 1024 * 1024
 STDERR_TAIL = 4096
 # An EVENT must fit in one frame; a bigger result is replaced by a note saying so.
 MAX_EVENT = 4 * 1024 * 1024 - 1024
-
-
-def _which(program: str, path: str) -> str | None:
-    for d in path.split(":"):
-        candidate = os.path.join(d or ".", program)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return None
+# An interpreter that has not said "ready" by then is killed and its context is dead, so a
+# create never waits forever (a python3 that hangs; the bridge's own wait for its kernel is
+# 60 s). The agent's setting HUTCH_AGENT_CODE_START_S changes it (tests).
+START_DEADLINE = float(os.environ.get("HUTCH_AGENT_CODE_START_S") or 120)
 
 
 def normalize_language(value: object) -> str:
@@ -54,6 +74,14 @@ def normalize_language(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidRequest("language", "must be a string")
     language = ALIASES.get(value.lower(), value.lower())
+    if language in NOT_PROVIDED:
+        # E2B's interpreter has R and Java kernels; asking for one here is not a typo.
+        raise OpError(
+            "language_unavailable",
+            f"{NOT_PROVIDED[language]} code contexts are not available on this server; "
+            f"supported: {', '.join(LANGUAGES)} (run {NOT_PROVIDED[language]} with a command "
+            "in an image that has it)",
+        )
     if language not in LANGUAGES:
         raise OpError(
             "unknown_language",
@@ -83,11 +111,15 @@ class Context:
         self._buf = bytearray()
         self._err_tail = b""
         self._ready_waiters: list[Callable[[Context], None]] = []
-        self._runs: dict[int, RunOp] = {}
+        self._start_timer: Any = None  # the kill at START_DEADLINE while "starting"
+        self._runs: dict[int, Run] = {}
         self._order: deque[int] = deque()
         self._next_run = 1
         self._pending_out = bytearray()
         self.pid_started_ok = False  # the interpreter said "ready" at least once
+        self.oom_kills_at_start = -1  # `oom_kills()` when it started: was it killed for memory?
+        # A bash context has no bridge: the driver speaks to bash itself.
+        self.bash = BashDriver(self) if language == "bash" else None
 
     # -- process ---------------------------------------------------------------------------
 
@@ -97,32 +129,11 @@ class Context:
         env.update(self.env)
         env.setdefault("PATH", DEFAULT_PATH)
         cwd = self.cwd or (agent.workspace if os.path.isdir(agent.workspace) else "/")
-        options = json.dumps({"cwd": cwd, "env": self.env, "language": self.language})
-        here = os.path.dirname(os.path.abspath(__file__))
-        if self.language == "python":
-            exe = _which("python3", env["PATH"])
-            if exe is None:
-                raise OpError(
-                    "language_unavailable",
-                    "this image has no python3; Python contexts need python3 with ipykernel "
-                    "and jupyter_client (Debian: python3-ipykernel python3-jupyter-client)",
-                )
-            args = [exe, "-u", os.path.join(here, "_kernel_bridge.py"), options]
-        else:
-            exe = _which("node", env["PATH"])
-            if exe is None:
-                raise OpError(
-                    "language_unavailable",
-                    f"this image has no node; {self.language} contexts need Node.js "
-                    "(Debian: nodejs)",
-                )
-            from ._node_bridge import NODE_BRIDGE
-
-            env.setdefault("NODE_PATH", "/usr/local/lib/node_modules:/usr/lib/node_modules")
-            args = [exe, "-e", NODE_BRIDGE, options]
+        args = self.command(env, cwd)
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        self.oom_kills_at_start = oom_kills()
         try:
             self._popen = spawn(
                 args, env=env, cwd=cwd, identity=None, stdin=in_r, stdout=out_w, stderr=err_w
@@ -130,7 +141,7 @@ class Context:
         except OSError as e:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
-            raise OpError("language_unavailable", f"could not start {exe}: {e}") from None
+            raise OpError("language_unavailable", f"could not start {args[0]}: {e}") from None
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         self.pid = self._popen.pid
@@ -141,6 +152,41 @@ class Context:
         agent.loop.add_reader(out_r, self._on_stdout)
         agent.loop.add_reader(err_r, self._on_stderr)
         agent.reaper.watch(self.pid, self._on_exit)
+        self._start_timer = agent.loop.call_later(START_DEADLINE, self._not_started)
+        if self.bash is not None:
+            self.bash.started()
+
+    def _not_started(self) -> None:
+        if self.state == "starting":
+            self.failure = f"it was not ready after {START_DEADLINE:g} s and was killed"
+            self.kill()
+            self._set_state("dead")
+
+    def command(self, env: dict[str, str], cwd: str) -> list[str]:
+        """The interpreter's bridge for this language, as a command line."""
+        if self.bash is not None:
+            return self.bash.command(env)
+        options = json.dumps({"cwd": cwd, "env": self.env, "language": self.language})
+        here = os.path.dirname(os.path.abspath(__file__))
+        if self.language == "python":
+            exe = find_program("python3", env["PATH"])
+            if exe is None:
+                raise OpError(
+                    "language_unavailable",
+                    "this image has no python3; Python contexts need python3 with ipykernel "
+                    "and jupyter_client (Debian: python3-ipykernel python3-jupyter-client)",
+                )
+            return [exe, "-u", os.path.join(here, "_kernel_bridge.py"), options]
+        exe = find_program("node", env["PATH"])
+        if exe is None:
+            raise OpError(
+                "language_unavailable",
+                f"this image has no node; {self.language} contexts need Node.js (Debian: nodejs)",
+            )
+        from ._node_bridge import NODE_BRIDGE
+
+        env.setdefault("NODE_PATH", "/usr/local/lib/node_modules:/usr/lib/node_modules")
+        return [exe, "-e", NODE_BRIDGE, options]
 
     def when_ready(self, callback: Callable[[Context], None]) -> None:
         if self.state == "starting":
@@ -150,6 +196,9 @@ class Context:
 
     def _set_state(self, state: str) -> None:
         self.state = state
+        if state != "starting" and self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         # A waiter may send the context back to "starting" (a spare being adopted): the
         # others then wait for the next "ready".
         while self._ready_waiters and self.state != "starting":
@@ -159,6 +208,7 @@ class Context:
         """A spare from the pool becomes a user's context: move it to its cwd and env."""
         self.cwd, self.env = cwd, env
         self.state = "starting"
+        self._start_timer = self.agent.loop.call_later(START_DEADLINE, self._not_started)
         self._write({"setup": {"cwd": cwd, "env": env}})
 
     def _write(self, message: dict[str, Any]) -> None:
@@ -184,6 +234,8 @@ class Context:
             self.agent.loop.remove_writer(self._stdin)
 
     def _on_stderr(self) -> None:
+        if self.bash is not None:
+            return self.bash.on_stderr()
         assert self._stderr is not None
         try:
             data = os.read(self._stderr, 65536)
@@ -199,6 +251,8 @@ class Context:
         self._err_tail = (self._err_tail + data)[-STDERR_TAIL:]
 
     def _on_stdout(self) -> None:
+        if self.bash is not None:
+            return self.bash.on_stdout()
         assert self._stdout is not None
         try:
             data = os.read(self._stdout, 256 * 1024)
@@ -252,11 +306,14 @@ class Context:
                 self.failure = "the kernel died; restart the context"
                 self.state = "dead"
                 self.kill()
-            run.finish(status)
+            count = message.get("execution_count")
+            run.finish(status, count if isinstance(count, int) else None)
         else:
             run.on_output(kind, message)
 
     def _on_exit(self, status: int) -> None:
+        if self.bash is not None:
+            self.bash.exited()
         if self._popen is not None:
             self._popen.returncode = os.waitstatus_to_exitcode(status)
             self._popen = None
@@ -290,6 +347,8 @@ class Context:
     def interrupt(self) -> None:
         """KeyboardInterrupt in the kernel (Python) or break the running script (node)."""
         # NB: never SIGINT the Python bridge itself: it would die of the KeyboardInterrupt.
+        if self.bash is not None:
+            return self.bash.interrupt()
         pid = self.kernel_pid if self.language == "python" else self.pid
         if pid and self.state == "ready":
             try:
@@ -299,16 +358,24 @@ class Context:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def submit(self, run: RunOp, code: str, timeout: float | None) -> None:
+    def submit(
+        self, run: Run, code: str, timeout: float | None, env: dict[str, str] | None = None
+    ) -> None:
+        """Run `code`; `env`: variables set for this run only, then put back (the bridge)."""
+        if self.bash is not None:
+            return self.bash.submit(run, code, timeout, env)
         run.run_id = self._next_run
         self._next_run += 1
         self._runs[run.run_id] = run
-        self._write({"id": run.run_id, "code": code, "timeout": timeout})
+        message: dict[str, Any] = {"id": run.run_id, "code": code, "timeout": timeout}
+        if env:
+            message["env"] = env
+        self._write(message)
 
-    def forget(self, run: RunOp) -> None:
+    def forget(self, run: Run) -> None:
         self._runs.pop(run.run_id, None)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> CodeContextInfo:
         return {
             "id": self.id,
             "language": self.language,
@@ -368,11 +435,18 @@ class Registry:
             )
         return context
 
-    def default(self, language: str) -> Context:
+    def default(self, language: str, cwd: str | None = None) -> Context:
+        """The language's default context; `cwd` is where it starts if it is made now (E2B's
+        start in /home/user, Hutch's in the workspace)."""
         context_id = self.defaults.get(language)
         if context_id is not None and context_id in self.contexts:
-            return self.contexts[context_id]
-        context = self.create(language, None, {})
+            current = self.contexts[context_id]
+            if current.state == "dead" and current.pid_started_ok:
+                # Its kernel died (OOM, os._exit): the default context is the one nobody
+                # manages by hand, so it comes back by itself, afresh.
+                return self.restart(context_id)
+            return current
+        context = self.create(language, cwd, {})
         self.defaults[language] = context.id
         return context
 
@@ -383,6 +457,8 @@ class Registry:
         context.kill()
 
     def restart(self, context_id: str) -> Context:
+        if context_id == DEFAULT_CONTEXT_ALIAS:
+            return self._restart_default()
         old = self.get(context_id)
         old.state = "deleted"
         old.kill()
@@ -391,6 +467,31 @@ class Registry:
         context.start()
         self.contexts[context_id] = context
         return context
+
+    def _restart_default(self) -> Context:
+        """`restart("default")`: the default python context, started afresh (or started)."""
+        context_id = self.defaults.get("python")
+        if context_id is None or context_id not in self.contexts:
+            return self.default("python")
+        return self.restart(context_id)
+
+
+# The id `restart_code_context()` sends when given no context: the default python one.
+DEFAULT_CONTEXT_ALIAS = "default"
+
+# The sandbox's env var naming the languages whose interpreter starts with the agent.
+PRESTART_VAR = "HUTCH_CODE_PRESTART"
+PRESTART_LANGUAGES = ("python",)  # the ones whose bridge can be adopted (cwd and env later)
+
+
+def prestart(agent: Agent) -> None:
+    """Start the spare interpreters the sandbox's HUTCH_CODE_PRESTART names; other values are
+    ignored (this runs before anyone could be told)."""
+    registry = registry_of(agent)
+    for name in agent.base_env.get(PRESTART_VAR, "").split(",")[:8]:
+        language = ALIASES.get(name.strip().lower(), name.strip().lower())
+        if language in PRESTART_LANGUAGES:
+            registry._refill(language)
 
 
 def registry_of(agent: Agent) -> Registry:
@@ -430,8 +531,14 @@ def failure_error(context: Context) -> dict[str, str]:
         s in context.failure for s in ("ModuleNotFoundError", "No module named", "@babel")
     )
     code = "language_unavailable" if unavailable else "context_failed"
-    hint = "; the image lacks what this language needs" if unavailable else ""
-    message = f"the {context.language} interpreter did not start: {context.failure}{hint}"
+    failure, hint = context.failure, ""
+    if unavailable:
+        hint = "; the image lacks what this language needs"
+    elif oom_killed_since(context.oom_kills_at_start):
+        # A sandbox made with a small memory_mb: an interpreter needs ~100 MiB to start.
+        failure = "the sandbox ran out of memory and the OOM killer ended it"
+        hint = "; create the sandbox with more memory (memory_mb) or end what uses it"
+    message = f"the {context.language} interpreter did not start: {failure}{hint}"
     return {"code": code, "message": message}
 
 
@@ -454,11 +561,14 @@ class _WaitReady:
 
     def _ready(self, context: Context) -> None:
         if context.state == "ready":
-            return self._send({"ok": True, **context.info()})
+            return self.send_result({"ok": True, **context.info()})
         registry = registry_of(self._agent)
         if registry.contexts.get(context.id) is context:
             del registry.contexts[context.id]
         self._send({"error": failure_error(context)})
+
+    def send_result(self, result: CodeContextResult) -> None:
+        self._send(dict(result))
 
     def _send(self, body: dict[str, Any]) -> None:
         if self.finished:
@@ -502,173 +612,38 @@ def open_restart(
     context_id = request.get("id")
     if not isinstance(context_id, str):
         raise InvalidRequest("id", "must be a context id string")
-    registry_of(agent).get(context_id)
+    if context_id != DEFAULT_CONTEXT_ALIAS:
+        registry_of(agent).get(context_id)  # an unknown id answers before the stream starts
     return _WaitReady(agent, conn, stream, lambda: registry_of(agent).restart(context_id))
 
 
-def list_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def list_op(agent: Agent, request: dict[str, Any]) -> CodeContextListResult:
     registry = registry_of(agent)
+    contexts = list(registry.contexts.values())
+    defaults = request.get("defaults")
+    if defaults is not None:
+        if not isinstance(defaults, list):
+            raise InvalidRequest("defaults", "must be a list of languages")
+        cwd = request.get("cwd")
+        if cwd is not None and not (isinstance(cwd, str) and cwd.startswith("/")):
+            raise InvalidRequest("cwd", "must be an absolute path or null")
+        for language in [normalize_language(d) for d in defaults]:
+            try:
+                registry.default(language, cwd)  # started now; "starting" until ready
+            except OpError:
+                pass  # the image lacks this language: listed without it
+        first = list(registry.defaults.values())
+        contexts = sorted(registry.contexts.values(), key=lambda c: c.id not in first)
     return {
         "ok": True,
-        "contexts": [c.info() for c in registry.contexts.values()],
+        "contexts": [c.info() for c in contexts],
         "pool": {language: spare.state for language, spare in registry.spares.items()},
     }
 
 
-def delete_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def delete_op(agent: Agent, request: dict[str, Any]) -> OkResult:
     context_id = request.get("id")
     if not isinstance(context_id, str):
         raise InvalidRequest("id", "must be a context id string")
     registry_of(agent).delete(context_id)
     return {"ok": True}
-
-
-class RunOp:
-    """One run of code in a context: frames out as the bridge writes, RESULT at ``done``."""
-
-    def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
-        self._agent = agent
-        self._conn = conn
-        self._stream = stream
-        self._request = request
-        self._context: Context | None = None
-        self._offsets = {Channel.STDOUT: 0, Channel.STDERR: 0}
-        self._detached = False
-        self.run_id = 0
-        self.finished = False
-        self._started = 0.0
-
-    def start(self) -> None:
-        request = self._request
-        registry = registry_of(self._agent)
-        try:
-            context_id = request.get("context_id")
-            if context_id is not None:
-                context = registry.get(context_id)
-            else:
-                context = registry.default(normalize_language(request.get("language")))
-        except OpError as e:
-            return self._result({"error": {"code": e.code, "message": e.message}})
-        self._context = context
-        context.when_ready(self._go)
-
-    def _go(self, context: Context) -> None:
-        if self.finished:
-            return
-        if context.state != "ready":
-            registry = registry_of(self._agent)
-            if context.state == "dead" and not context.pid_started_ok:
-                # A default context that never started: the image lacks what it needs.
-                if registry.contexts.get(context.id) is context:
-                    del registry.contexts[context.id]
-                return self._result({"error": failure_error(context)})
-            code = "context_dead" if context.state == "dead" else "context_not_found"
-            why = context.failure or "it was deleted"
-            return self._result(
-                {
-                    "error": {
-                        "code": code,
-                        "message": f"code context {context.id} cannot run code ({why}); "
-                        "restart it with restart_code_context()",
-                    }
-                }
-            )
-        # The first frame: until it, the server can still answer with an HTTP error.
-        self._conn.send(
-            encode_json_frame(
-                Kind.EVENT,
-                self._stream,
-                {"event": "context", "id": context.id, "language": context.language},
-            )
-        )
-        self._started = time.monotonic()
-        context.submit(self, self._request["code"], self._request.get("timeout"))
-
-    def on_output(self, kind: object, message: dict[str, Any]) -> None:
-        if self._detached:
-            return
-        if kind in ("stdout", "stderr"):
-            channel = Channel.STDOUT if kind == "stdout" else Channel.STDERR
-            data = str(message.get("text", "")).encode()
-            self._conn.send(
-                encode_frame(Kind.DATA, self._stream, data, channel, self._offsets[channel])
-            )
-            self._offsets[channel] += len(data)
-            return
-        event = {k: v for k, v in message.items() if k not in ("id", "type")}
-        event["event"] = "result" if kind == "result" else "error"
-        try:
-            frame = encode_json_frame(Kind.EVENT, self._stream, event)
-        except FrameError:
-            event = {
-                "event": "result",
-                "data": {"text/plain": "[result too large to send: over 4 MB]"},
-                "is_main_result": bool(message.get("is_main_result")),
-            }
-            frame = encode_json_frame(Kind.EVENT, self._stream, event)
-        self._conn.send(frame)
-
-    def finish(self, status: str) -> None:
-        duration = time.monotonic() - self._started if self._started else 0.0
-        context = self._context
-        self._result(
-            {
-                "ok": True,
-                "status": status,
-                "context_id": context.id if context else None,
-                "duration": round(duration, 6),
-            }
-        )
-
-    def _result(self, body: dict[str, Any]) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if not self._detached:
-            send = self._conn.send
-            for channel, offset in self._offsets.items():
-                send(encode_frame(Kind.EOF, self._stream, b"", channel, offset))
-            send(encode_json_frame(Kind.RESULT, self._stream, body))
-        self._conn.stream_finished(self._stream, self)
-
-    def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
-        if kind == Kind.CANCEL:
-            self.cancel()
-
-    def cancel(self) -> None:
-        if self._context is not None and not self.finished:
-            self._context.interrupt()
-
-    def terminate(self, sig: int) -> None:
-        pass
-
-    def connection_lost(self) -> None:
-        self._detached = True
-        self.cancel()
-        if self._context is not None and not self.finished:
-            self._context.forget(self)
-        self.finished = True
-
-    def pause_output(self) -> None:
-        pass
-
-    def resume_output(self) -> None:
-        pass
-
-
-def open_run(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> RunOp:
-    for field in request:
-        if field not in ("op", "code", "context_id", "language", "timeout"):
-            raise InvalidRequest(field, "unknown field; takes code, context_id, language, timeout")
-    if not isinstance(request.get("code"), str):
-        raise InvalidRequest("code", "must be a string")
-    if request.get("context_id") is not None and not isinstance(request["context_id"], str):
-        raise InvalidRequest("context_id", "must be a string or null")
-    timeout = request.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise InvalidRequest("timeout", "must be a positive number of seconds or null")
-    if request.get("context_id") is None:
-        normalize_language(request.get("language"))
-    return RunOp(agent, conn, stream, request)

@@ -18,6 +18,7 @@ from ._procs import (
     spawn,
 )
 from ._requests import parse_exec
+from ._word_command import direct_command
 from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
@@ -93,11 +94,14 @@ class ExecOp:
         env = command_env(self._agent.base_env, identity, request["env"])
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()
+        direct = None
         if request["argv"] is not None:
             args = request["argv"]
         else:
             assert request["command"] is not None
-            args = [self._agent.shell(), "-c", request["command"]]
+            shell = self._agent.shell()
+            args = [shell, "-c", request["command"]]
+            direct = direct_command(shell, request["command"], env, cwd)
 
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -110,15 +114,31 @@ class ExecOp:
         started = time.monotonic()
         self._oom_kills = oom_kills()
         try:
-            self._popen = spawn(
-                args,
-                env=env,
-                cwd=cwd,
-                identity=identity,
-                stdin=stdin_r,
-                stdout=out_w,
-                stderr=err_w,
-            )
+            self._popen = None
+            if direct is not None:
+                try:
+                    self._popen = spawn(
+                        direct.argv,
+                        env=direct.env,
+                        cwd=cwd,
+                        identity=identity,
+                        stdin=stdin_r,
+                        stdout=out_w,
+                        stderr=err_w,
+                        executable=direct.executable,
+                    )
+                except OSError:
+                    pass  # not started (not runnable, no #!, ...): bash says what it says
+            if self._popen is None:
+                self._popen = spawn(
+                    args,
+                    env=env,
+                    cwd=cwd,
+                    identity=identity,
+                    stdin=stdin_r,
+                    stdout=out_w,
+                    stderr=err_w,
+                )
         except OSError as e:
             for fd in (out_r, err_r, *child_fds):
                 os.close(fd)
@@ -342,6 +362,9 @@ class ExecOp:
             "signal": signal,
             "oom_killed": signal == SIGKILL and oom_killed_since(self._oom_kills),
         }
+        self.send_result(result)
+
+    def send_result(self, result: ExecResult) -> None:
         if not self._detached:
             self._conn.send(encode_json_frame(Kind.RESULT, self._stream, dict(result)))
         self._end()

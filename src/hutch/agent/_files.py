@@ -6,6 +6,9 @@ resolves inside the sandbox's own mount namespace: ``..``, absolute symlinks and
 sandbox path itself. What is left to guard here is the API itself: a FIFO or a device must not
 hang it (opened non-blocking and refused unless regular), a /proc file is read with a bound,
 and a write goes to a temporary file first, so an aborted upload leaves the old file intact.
+
+Here: paths, errors, entries and their extended attributes, the unary ops and list. Reading
+and writing a file's contents (the streamed read and write) are in _file_transfer.py.
 """
 
 from __future__ import annotations
@@ -16,19 +19,21 @@ import stat as st
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
+from ._accounts import Names
 from ._ops import OpError
+from ._procs import Identity, resolve_user
 from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from hutch._wire.agent_calls import ListResult
+    from hutch._wire.agent_ops import FileEntry, FileType, PathResult, StatResult
+
     from ._server import Agent, Connection
 
 MAX_PATH_BYTES = 4096
-CHUNK = 256 * 1024
-CHUNKS_PER_TURN = 8  # then yield to the loop, so one big read does not starve other streams
-PSEUDO_FILE_LIMIT = 16 * 1024 * 1024  # /proc and /sys files say size 0; read at most this
 LIST_BATCH = 2000
 DEFAULT_LIST_LIMIT = 1_000_000
 
@@ -90,7 +95,7 @@ def _bool(request: dict[str, Any], field: str, default: bool = False) -> bool:
     return value
 
 
-def _type_of(mode: int) -> str:
+def _type_of(mode: int) -> FileType:
     if st.S_ISREG(mode):
         return "file"
     if st.S_ISDIR(mode):
@@ -100,14 +105,21 @@ def _type_of(mode: int) -> str:
     return "other"
 
 
-def describe(path: str, name: str, rel: str, s: os.stat_result) -> dict[str, Any]:
+def describe(
+    path: str,
+    name: str,
+    rel: str,
+    s: os.stat_result,
+    names: Names,
+    xattr_prefix: str | None = None,
+) -> FileEntry:
     target = None
     if st.S_ISLNK(s.st_mode):
         try:
             target = os.readlink(path)
         except OSError:
             target = None
-    return {
+    entry: FileEntry = {
         "name": name,
         "path": rel,
         "absolute_path": path,
@@ -116,13 +128,94 @@ def describe(path: str, name: str, rel: str, s: os.stat_result) -> dict[str, Any
         "mode": st.S_IMODE(s.st_mode),
         "mtime": s.st_mtime,
         "target": target,
+        "owner": names.owner(s.st_uid),
+        "group": names.group(s.st_gid),
     }
+    if xattr_prefix is not None:
+        entry["xattrs"] = read_xattrs(path, xattr_prefix)
+    return entry
+
+
+# -- extended attributes (E2B keeps file metadata in `user.e2b.*`) -----------------------------
+
+MAX_XATTRS = 64
+MAX_XATTR_NAME = 255  # the kernel's XATTR_NAME_MAX
+MAX_XATTR_VALUE = 64 * 1024
+
+
+def read_xattrs(path: str, prefix: str) -> dict[str, str]:
+    """The `user.` attributes under `prefix`, prefix stripped; never follows a symlink."""
+    found: dict[str, str] = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return found  # a filesystem without xattrs (proc, some FUSE) has no metadata
+    for attr in names:
+        if attr.startswith(prefix):
+            try:
+                value = os.getxattr(path, attr, follow_symlinks=False)
+            except OSError:
+                continue  # removed meanwhile
+            found[attr[len(prefix) :]] = value.decode("utf-8", "replace")
+    return found
+
+
+def _xattr_prefix(request: dict[str, Any]) -> str | None:
+    prefix = request.get("xattr_prefix")
+    if prefix is None:
+        return None
+    if not isinstance(prefix, str) or not prefix.startswith("user."):
+        raise InvalidRequest("xattr_prefix", "must be a string starting with 'user.'")
+    return prefix
+
+
+def _xattrs(request: dict[str, Any]) -> dict[str, bytes]:
+    xattrs = request.get("xattrs") or {}
+    if not isinstance(xattrs, dict) or len(xattrs) > MAX_XATTRS:
+        raise InvalidRequest("xattrs", f"must be an object of at most {MAX_XATTRS} attributes")
+    checked: dict[str, bytes] = {}
+    for name, value in xattrs.items():
+        # Only the `user.` namespace: `security.`/`trusted.` would be privileged knobs.
+        if not isinstance(name, str) or not name.startswith("user.") or len(name) > MAX_XATTR_NAME:
+            raise InvalidRequest("xattrs", "names must start with 'user.' (at most 255 bytes)")
+        if not isinstance(value, str) or len(value.encode()) > MAX_XATTR_VALUE:
+            raise InvalidRequest("xattrs", "values must be strings of at most 64 KiB")
+        checked[name] = value.encode()
+    return checked
+
+
+def _owner(request: dict[str, Any]) -> Identity | None:
+    """Who a new file or directory belongs to (`owner`: a user name or uid); None: the agent."""
+    spec = request.get("owner")
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or not spec:
+        raise InvalidRequest("owner", "must be a user name or numeric uid")
+    try:
+        return resolve_user(spec)
+    except LookupError as e:
+        raise OpError("user_not_found", str(e)) from None
+
+
+def _made_dirs(path: str) -> list[str]:
+    """The directories `os.makedirs(path)` would create, outermost first."""
+    missing: list[str] = []
+    while path and path != "/" and not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing[::-1]
+
+
+def _chown_all(paths: list[str], owner: Identity | None) -> None:
+    if owner is not None:
+        for made in paths:
+            os.chown(made, owner.uid, owner.gid, follow_symlinks=False)
 
 
 # -- unary ops ---------------------------------------------------------------------------------
 
 
-def stat_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def stat_op(agent: Agent, request: dict[str, Any]) -> StatResult:
     path = resolve(agent, check_path(request))
     try:
         s = os.lstat(path)
@@ -130,25 +223,30 @@ def stat_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
         if e.errno in (errno.ENOENT, errno.ENOTDIR) and _bool(request, "missing_ok"):
             return {"ok": True, "exists": False}
         raise os_error(e, path) from None
-    return {"ok": True, "exists": True, **describe(path, os.path.basename(path) or "/", path, s)}
+    entry = describe(path, os.path.basename(path) or "/", path, s, Names(), _xattr_prefix(request))
+    return {"ok": True, "exists": True, **entry}
 
 
-def mkdir_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def mkdir_op(agent: Agent, request: dict[str, Any]) -> PathResult:
     path = resolve(agent, check_path(request))
     mode = _mode(request, 0o755) or 0o755
+    owner = _owner(request)
     try:
         if _bool(request, "recursive"):
+            made = _made_dirs(path)
             os.makedirs(path, mode, exist_ok=True)
             if not os.path.isdir(path):
                 raise OSError(errno.ENOTDIR, "exists and is not a directory")
         else:
             os.mkdir(path, mode)
+            made = [path]
+        _chown_all(made, owner)
     except OSError as e:
         raise os_error(e, path) from None
     return {"ok": True, "path": path}
 
 
-def remove_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def remove_op(agent: Agent, request: dict[str, Any]) -> PathResult:
     path = resolve(agent, check_path(request))
     if path == "/":
         raise OpError("invalid_path", "refusing to remove the sandbox's root directory")
@@ -174,7 +272,7 @@ def remove_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "path": path}
 
 
-def move_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def move_op(agent: Agent, request: dict[str, Any]) -> PathResult:
     source = resolve(agent, check_path(request, "source"))
     destination = resolve(agent, check_path(request, "destination"))
     overwrite = _bool(request, "overwrite", True)
@@ -258,216 +356,18 @@ class _StreamOp:
         pass
 
 
-class ReadOp(_StreamOp):
-    """Send a file as DATA frames on channel 1, at most ``length`` bytes from ``offset``."""
-
-    def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
-        super().__init__(agent, conn, stream)
-        self._path = resolve(agent, check_path(request))
-        offset = request.get("offset", 0) or 0
-        length = request.get("length")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidRequest("offset", "must be a non-negative integer")
-        if length is not None and (
-            isinstance(length, bool) or not isinstance(length, int) or length < 0
-        ):
-            raise InvalidRequest("length", "must be a non-negative integer or null")
-        self._offset = offset
-        self._remaining: int = -1
-        self._length = length
-        self._fd = -1
-        self._sent = 0
-        self._scheduled = False
-
-    def start(self) -> None:
-        path = self._path
-        try:
-            # O_NONBLOCK: opening a FIFO with no writer must not block the agent.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError as e:
-            return self._finish(error=os_error(e, path))
-        self._fd = fd
-        s = os.fstat(fd)
-        if st.S_ISDIR(s.st_mode):
-            return self._finish(
-                error=OpError("is_a_directory", f"{path} is a directory; use list_files")
-            )
-        if not st.S_ISREG(s.st_mode):
-            kind = "FIFO" if st.S_ISFIFO(s.st_mode) else "device or socket"
-            return self._finish(
-                error=OpError("not_a_regular_file", f"{path} is a {kind}; only files are read")
-            )
-        size = s.st_size
-        if size == 0 or _is_pseudo(path):
-            # /proc and /sys files report size 0 (or, under LXCFS, a size that is not what a
-            # read then gives) and are produced on the fly: bound them, length unknown.
-            limit = PSEUDO_FILE_LIMIT
-            size_known = False
-        else:
-            limit = max(0, size - self._offset)
-            size_known = True
-        if self._length is not None:
-            limit = min(limit, self._length)
-        self._remaining = limit
-        first = b""
-        if not size_known and limit:
-            # Kernel files fail on read, not on open (/proc/self/mem, /proc/kmsg): read the first
-            # chunk now, so that such a failure is an error answer, not a body cut short.
-            try:
-                first = os.pread(fd, min(CHUNK, limit), self._offset)
-            except OSError as e:
-                return self._finish(error=os_error(e, path))
-        self._send_event(
-            {
-                "event": "opened",
-                "size": size if size_known else None,
-                "length": limit if size_known else None,
-            }
-        )
-        if first:
-            self._conn.send(encode_frame(Kind.DATA, self._stream, first, Channel.STDOUT, 0))
-            self._offset += len(first)
-            self._sent += len(first)
-            self._remaining -= len(first)
-        elif not size_known:
-            self._remaining = 0
-        self._pump()
-
-    def _pump(self) -> None:
-        self._scheduled = False
-        if self.finished:
-            return
-        for _ in range(CHUNKS_PER_TURN):
-            if self._conn.output_paused:
-                return  # resume_output() calls back
-            if self._remaining <= 0:
-                return self._done()
-            try:
-                data = os.pread(self._fd, min(CHUNK, self._remaining), self._offset)
-            except OSError as e:
-                return self._finish(error=os_error(e, self._path))
-            if not data:
-                return self._done()
-            self._conn.send(encode_frame(Kind.DATA, self._stream, data, Channel.STDOUT, self._sent))
-            self._offset += len(data)
-            self._sent += len(data)
-            self._remaining -= len(data)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._agent.loop.call_later(0, self._pump)
-
-    def _done(self) -> None:
-        self._conn.send(encode_frame(Kind.EOF, self._stream, b"", Channel.STDOUT, self._sent))
-        self._finish({"size": self._sent})
-
-    def resume_output(self) -> None:
-        if not self.finished:
-            self._schedule()
-
-    def _cleanup(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class WriteOp(_StreamOp):
-    """Receive DATA frames on channel 0 into a temporary file; at EOF, rename it into place."""
-
-    def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
-        super().__init__(agent, conn, stream)
-        self._path = resolve(agent, check_path(request))
-        self._mode = _mode(request, None)
-        self._parents = _bool(request, "parents", True)
-        self._fd = -1
-        self._tmp: str | None = None
-        self._size = 0
-
-    def start(self) -> None:
-        path = self._path
-        try:
-            try:
-                s = os.stat(path)
-            except FileNotFoundError:
-                s = None
-            if s is not None:
-                if st.S_ISDIR(s.st_mode):
-                    raise OSError(errno.EISDIR, "is a directory; give the path of a file")
-                if not st.S_ISREG(s.st_mode):
-                    raise OSError(errno.ENXIO, "is not a regular file; only files are written")
-                # A symlink to a file is written through, as `>` in a shell would.
-                path = self._path = os.path.realpath(path)
-            parent = os.path.dirname(path)
-            if self._parents:
-                os.makedirs(parent, 0o755, exist_ok=True)
-            mode = (
-                self._mode
-                if self._mode is not None
-                else (st.S_IMODE(s.st_mode) if s is not None else 0o644)
-            )
-            tmp = os.path.join(parent, f".{os.path.basename(path)}.hutch-{os.urandom(6).hex()}")
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            self._fd = os.open(tmp, flags, 0o600)
-            self._tmp = tmp
-            os.fchmod(self._fd, mode)
-            if s is not None:
-                try:
-                    os.fchown(self._fd, s.st_uid, s.st_gid)
-                except OSError:
-                    pass
-        except OSError as e:
-            return self._finish(error=os_error(e, path))
-        self._send_event({"event": "ready"})
-
-    def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
-        if self.finished:
-            return
-        if kind == Kind.CANCEL:
-            return self.cancel()
-        if channel != Channel.STDIN:
-            return
-        if kind == Kind.DATA:
-            try:
-                view = memoryview(payload)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
-            except OSError as e:
-                return self._finish(error=os_error(e, self._path))
-            self._size += len(payload)
-        elif kind == Kind.EOF:
-            try:
-                os.close(self._fd)
-                self._fd = -1
-                assert self._tmp is not None
-                os.rename(self._tmp, self._path)
-                self._tmp = None
-            except OSError as e:
-                return self._finish(error=os_error(e, self._path))
-            self._finish({"path": self._path, "size": self._size})
-
-    def _cleanup(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except OSError:
-                pass
-            self._tmp = None
-
-
 class ListOp(_StreamOp):
     """Walk a directory (never following symlinks) and send its entries in EVENT batches."""
+
+    def send_result(self, result: ListResult) -> None:
+        self._finish(dict(result))
 
     def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
         super().__init__(agent, conn, stream)
         self._path = resolve(agent, check_path(request))
         self._recursive = _bool(request, "recursive")
         self._hidden = _bool(request, "include_hidden")
+        self._xattr_prefix = _xattr_prefix(request)
         limit = request.get("limit", DEFAULT_LIST_LIMIT) or DEFAULT_LIST_LIMIT
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise InvalidRequest("limit", "must be a positive integer")
@@ -475,10 +375,11 @@ class ListOp(_StreamOp):
 
     def start(self) -> None:
         root = self._path
-        batch: list[dict[str, Any]] = []
+        batch: list[FileEntry] = []
         count = 0
         truncated = False
         pending = [(root, "")]
+        names = Names()
         try:
             s = os.stat(root)
             if not st.S_ISDIR(s.st_mode):
@@ -503,7 +404,7 @@ class ListOp(_StreamOp):
                         s = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    batch.append(describe(entry.path, name, rel, s))
+                    batch.append(describe(entry.path, name, rel, s, names, self._xattr_prefix))
                     count += 1
                     if self._recursive and st.S_ISDIR(s.st_mode):
                         pending.append((entry.path, rel))
@@ -515,9 +416,9 @@ class ListOp(_StreamOp):
                         break
         if batch:
             self._send_batch(batch)
-        self._finish({"count": count, "truncated": truncated})
+        self.send_result({"count": count, "truncated": truncated})
 
-    def _send_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _send_batch(self, batch: list[FileEntry]) -> None:
         # A JSON array per DATA frame: the server checks it and splices it into its answer
         # without building 10,000 objects again.
         import json
@@ -526,19 +427,5 @@ class ListOp(_StreamOp):
         self._conn.send(encode_frame(Kind.DATA, self._stream, payload, Channel.STDOUT, 0))
 
 
-def open_read(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> ReadOp:
-    return ReadOp(agent, conn, stream, request)
-
-
-def open_write(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> WriteOp:
-    return WriteOp(agent, conn, stream, request)
-
-
 def open_list(agent: Agent, conn: Connection, stream: int, request: dict[str, Any]) -> ListOp:
     return ListOp(agent, conn, stream, request)
-
-
-def _is_pseudo(path: str) -> bool:
-    """Whether `path` is a file of /proc or /sys, whose stat size says nothing of its content."""
-    real = os.path.realpath(path)
-    return real.startswith(("/proc/", "/sys/"))

@@ -1,8 +1,7 @@
-# ruff: noqa: E501 -- KERNEL_SETUP is code for the kernel, kept compact
 """The Python code interpreter's bridge: runs under the IMAGE's python3, never the agent's.
 
-The agent (stdlib only, the host's Python) cannot import jupyter_client, so each Python code
-context is this script plus the ipykernel it starts. The agent talks to it in JSON lines:
+The agent (stdlib only, the host's Python) cannot import pyzmq, so each Python code context
+is this script plus the ipykernel it starts. The agent talks to it in JSON lines:
 
     agent -> bridge   {"id": 7, "code": "1+1", "timeout": 30.0}      run a cell
                       {"setup": {"cwd": "/x", "env": {...}}}         (warm pool) adopt a context
@@ -15,185 +14,94 @@ context is this script plus the ipykernel it starts. The agent talks to it in JS
 Each message is written and flushed as soon as the kernel sends it, so output is live.
 Charts: a display formatter in the kernel turns matplotlib figures into
 ``application/vnd.hutch.chart+json`` next to the PNG (see ``KERNEL_SETUP``).
+
+The bridge speaks Jupyter's wire protocol itself, over pyzmq (which ipykernel needs anyway),
+instead of jupyter_client's BlockingKernelClient: that client runs an asyncio loop (patched by
+nest_asyncio) per message received, a heartbeat thread, and sleeps 0.2 s between its
+readiness checks; importing it took ~0.26 s of CPU, which a new context paid while the kernel
+was starting on the same CPU quota.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
+
+# NB: run as a script (``python3 _kernel_bridge.py``): its directory is sys.path[0].
+from _kernel_setup import KERNEL_SETUP  # type: ignore[import-not-found]
 
 CHART_MIME = "application/vnd.hutch.chart+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+DELIMITER = b"<IDS|MSG>"
+PROTOCOL_VERSION = "5.3"
 
-# Runs once inside the kernel, silently. It must not import matplotlib (that costs ~0.3 s):
-# an import hook patches pie()/bxp() to remember their input when the user imports it.
-KERNEL_SETUP = r"""
-def __hutch_setup():
-    import sys, importlib.abc, importlib.util
-    for blocked in ("debugpy", "jedi"):  # see KERNEL_LAUNCH
-        if blocked in sys.modules and sys.modules[blocked] is None:
-            del sys.modules[blocked]
-    from IPython import get_ipython
-    from IPython.core.formatters import JSONFormatter
-    from traitlets import Unicode
 
-    def patch_axes(mod):
-        Axes = mod.Axes
-        pie, bxp = Axes.pie, Axes.bxp
-        def hutch_pie(self, x, *args, **kwargs):
-            labels = kwargs.get("labels")
-            if labels is None and len(args) >= 2:
-                labels = args[1]
-            self._hutch_pie = {"values": [float(v) for v in x],
-                               "labels": None if labels is None else [str(l) for l in labels]}
-            return pie(self, x, *args, **kwargs)
-        def hutch_bxp(self, bxpstats, *args, **kwargs):
-            self._hutch_box = list(bxpstats)
-            return bxp(self, bxpstats, *args, **kwargs)
-        Axes.pie, Axes.bxp = hutch_pie, hutch_bxp
-
-    class Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name != "matplotlib.axes._axes":
-                return None
-            sys.meta_path.remove(self)
-            try:
-                spec = importlib.util.find_spec(name)
-            finally:
-                sys.meta_path.insert(0, self)
-            if spec is None or spec.loader is None:
-                return spec
-            exec_module = spec.loader.exec_module
-            def run(module):
-                exec_module(module)
-                patch_axes(module)
-            spec.loader.exec_module = run
-            return spec
-    if "matplotlib.axes._axes" in sys.modules:
-        patch_axes(sys.modules["matplotlib.axes._axes"])
-    else:
-        sys.meta_path.insert(0, Finder())
-
-    def num(v):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            return str(v)
-        return int(f) if f.is_integer() and abs(f) < 2**53 else f
-
-    def nums(seq):
-        return [num(v) for v in seq]
-
-    def extract_axes(ax):
-        from matplotlib.collections import PathCollection
-        from matplotlib.container import BarContainer
-        base = {"title": ax.get_title(), "x_label": ax.get_xlabel(), "y_label": ax.get_ylabel(),
-                "x_scale": ax.get_xscale(), "y_scale": ax.get_yscale()}
-        pie = getattr(ax, "_hutch_pie", None)
-        if pie is not None:
-            labels = pie["labels"] or [str(i) for i in range(len(pie["values"]))]
-            total = sum(pie["values"]) or 1.0
-            return dict(base, type="pie", elements=[
-                {"label": l, "value": num(v), "fraction": v / total}
-                for l, v in zip(labels, pie["values"])])
-        box = getattr(ax, "_hutch_box", None)
-        if box is not None:
-            ticks = [t.get_text() for t in ax.get_xticklabels()]
-            elements = []
-            for i, s in enumerate(box):
-                label = s.get("label")
-                if label is None:
-                    label = ticks[i] if i < len(ticks) and ticks[i] else str(i + 1)
-                elements.append({"label": str(label), "min": num(s["whislo"]),
-                                 "first_quartile": num(s["q1"]), "median": num(s["med"]),
-                                 "third_quartile": num(s["q3"]), "max": num(s["whishi"]),
-                                 "outliers": nums(s.get("fliers", []))})
-            return dict(base, type="box_and_whisker", elements=elements)
-        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-        if bars:
-            ticks = {float(t): l.get_text() for t, l in zip(ax.get_xticks(), ax.get_xticklabels())}
-            horizontal = getattr(bars[0], "orientation", "vertical") == "horizontal"
-            if horizontal:
-                ticks = {float(t): l.get_text() for t, l in zip(ax.get_yticks(), ax.get_yticklabels())}
-            elements = []
-            for c in bars:
-                group = c.get_label() or ""
-                if group.startswith("_"):
-                    group = ""
-                for r in c.patches:
-                    if horizontal:
-                        center, value = r.get_y() + r.get_height() / 2, r.get_width()
-                    else:
-                        center, value = r.get_x() + r.get_width() / 2, r.get_height()
-                    label = ticks.get(float(center)) or ticks.get(round(center, 9)) or num(center)
-                    elements.append({"label": label, "value": num(value), "group": group})
-            return dict(base, type="bar", elements=elements)
-        scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
-        if scatters:
-            elements = []
-            for i, c in enumerate(scatters):
-                pts = c.get_offsets()
-                label = c.get_label()
-                elements.append({"label": label if label and not label.startswith("_") else f"series {i}",
-                                 "points": [[num(x), num(y)] for x, y in pts]})
-            return dict(base, type="scatter", elements=elements)
-        lines = [l for l in ax.get_lines()]
-        if lines:
-            elements = []
-            for i, l in enumerate(lines):
-                label = l.get_label()
-                elements.append({"label": label if label and not label.startswith("_") else f"series {i}",
-                                 "x": nums(l.get_xdata()), "y": nums(l.get_ydata())})
-            return dict(base, type="line", elements=elements)
-        return dict(base, type="unknown", elements=[])
-
-    def extract_figure(fig):
-        charts = [extract_axes(ax) for ax in fig.get_axes()]
-        if len(charts) == 1:
-            return charts[0]
-        title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else ""
-        return {"type": "composite", "title": title, "elements": charts}
-
-    class ChartFormatter(JSONFormatter):
-        # NB: not for_type(): matplotlib_inline pops Figure from every formatter when it sets
-        # up the inline backend, which would drop ours.
-        format_type = Unicode("application/vnd.hutch.chart+json")
-
-        def __call__(self, obj):
-            cls = type(obj)
-            if not (cls.__module__.startswith("matplotlib") and cls.__name__ == "Figure"):
-                return None
-            try:
-                return extract_figure(obj)
-            except Exception as e:
-                return {"type": "unknown", "title": "", "elements": [], "error": repr(e)}
-
-    ip = get_ipython()
-    df = ip.display_formatter
-    fmt = ChartFormatter(parent=df)
-    df.formatters[fmt.format_type] = fmt
-    df.active_types = list(df.active_types) + [fmt.format_type]
-__hutch_setup()
-del __hutch_setup
+# Puts back the variables a run with its own env changed (see Bridge.run).
+ENV_RESTORE = """def __hutch_restore(saved):
+    import os
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+__hutch_restore(globals().pop("__hutch_env_saved", {}))
+del __hutch_restore
 """
 
-
-# ipykernel_launcher without the debugger and IPython's jedi completion: importing them is
-# over half of the kernel's start (measured debugpy 0.3 s and jedi 0.2 s of ~1 s), and
-# nothing here speaks the debug or completion protocol. KERNEL_SETUP unblocks both, so user
-# code may still import them.
+# The kernel's own start (ipykernel_launcher's steps, IPKernelApp.initialize then start), with:
+# - no debugger and no jedi completion: importing them was over half of the kernel's start
+#   (debugpy 0.3 s, jedi 0.2 s of ~1 s), and nothing here speaks the debug or completion
+#   protocol. KERNEL_SETUP unblocks both, so user code may still import them;
+# - IPython's `embed` stubbed while IPython is imported: its real module pulls in the terminal
+#   shell and prompt_toolkit (~0.15 s of CPU), which a kernel never uses; `IPython.embed()`
+#   still works (the stub imports the real one) and so does a later import of the module;
+# - psutil stubbed while ipykernel is imported: kernelbase imports it at the top (~0.15 s of a
+#   0.5 s import at load 15, measured with -X importtime) for usage and shutdown requests only.
+#   The stub's attributes import the real one when first used; `Process` is a function, as the
+#   class body names it in an annotation. User code that imports psutil gets the real module;
+# - KERNEL_SETUP run before the kernel serves, not sent as a first cell (one round trip less).
 KERNEL_LAUNCH = (
-    "import sys; sys.modules['debugpy'] = sys.modules['jedi'] = None\n"
-    "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
+    "import sys, types\n"
+    "sys.modules['debugpy'] = sys.modules['jedi'] = None\n"
+    "def __hutch_embed(**kwargs):\n"
+    "    from IPython.terminal.embed import embed\n"
+    "    return embed(**kwargs)\n"
+    "__stub = types.ModuleType('IPython.terminal.embed')\n"
+    "__stub.embed = __hutch_embed\n"
+    "sys.modules[__stub.__name__] = __stub\n"
+    "class __HutchLazy(types.ModuleType):\n"
+    "    def __getattr__(self, name):\n"
+    "        import importlib\n"
+    "        if sys.modules.get(self.__name__) is self:\n"
+    "            del sys.modules[self.__name__]\n"
+    "        return getattr(importlib.import_module(self.__name__), name)\n"
+    "def __hutch_process(*args, **kwargs):\n"
+    "    import psutil\n"
+    "    return psutil.Process(*args, **kwargs)\n"
+    "__ps = __HutchLazy('psutil')\n"
+    "__ps.Process = __hutch_process\n"
+    "sys.modules['psutil'] = __ps\n"
+    "from ipykernel.kernelapp import IPKernelApp\n"
+    "for __name, __mod in (('IPython.terminal.embed', __stub), ('psutil', __ps)):\n"
+    "    if sys.modules.get(__name) is __mod:\n"
+    "        del sys.modules[__name]\n"
+    "del __stub, __hutch_embed, __ps, __name, __mod, __HutchLazy, __hutch_process\n"
+    "__app = IPKernelApp.instance()\n"
+    "__app.initialize()\n" + KERNEL_SETUP + "__app.start()\n"
 )
+# Input history in memory: `%history` and `In`/`Out` work, but no SQLite file is created in the
+# sandbox at start nor written after every cell.
+KERNEL_OPTIONS = ["--HistoryManager.hist_file=:memory:"]
 
 
 def emit(message: dict[str, object]) -> None:
@@ -214,13 +122,110 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
+class KernelClient:
+    """The client half of Jupyter's wire protocol that a bridge needs: requests on the shell
+    channel, replies and output read from shell and iopub with one poller, signed with the
+    connection's key (https://jupyter-client.readthedocs.io/en/stable/messaging.html)."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        import zmq  # type: ignore[import-not-found]
+
+        self._zmq = zmq
+        self._key = str(info["key"]).encode()
+        self._session = uuid.uuid4().hex
+        context = zmq.Context.instance()
+        base = f"tcp://{info['ip']}:"
+        self.shell = context.socket(zmq.DEALER)
+        self.iopub = context.socket(zmq.SUB)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        for sock, port in ((self.shell, info["shell_port"]), (self.iopub, info["iopub_port"])):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(base + str(port))
+        self._poller = zmq.Poller()
+        self._poller.register(self.shell, zmq.POLLIN)
+        self._poller.register(self.iopub, zmq.POLLIN)
+
+    def _sign(self, parts: list[bytes]) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode()
+
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "session": self._session,
+            "username": "hutch",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            "msg_type": msg_type,
+            "version": PROTOCOL_VERSION,
+        }
+        parts = [json.dumps(header).encode(), b"{}", b"{}", json.dumps(content).encode()]
+        self.shell.send_multipart([DELIMITER, self._sign(parts), *parts])
+        return msg_id
+
+    def execute(self, code: str, *, silent: bool = False) -> str:
+        return self.send(
+            "execute_request",
+            {
+                "code": code,
+                "silent": silent,
+                "store_history": not silent,
+                "user_expressions": {},
+                "allow_stdin": False,
+                # NB: True makes ipykernel abort the execute requests that reach it just
+                # after a failed one (they get only busy/idle: an empty run). Each request
+                # here is a run of its own: a run after an interrupted or failing one (the
+                # next client's, a per-run env's restore) must still run.
+                "stop_on_error": False,
+            },
+        )
+
+    def poll(self, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+        """What arrived within ``timeout`` seconds: ("shell" | "iopub", message) pairs, in
+        the order each channel received them; an unsigned or malformed message is dropped."""
+        events = self._poller.poll(int(timeout * 1000))
+        out: list[tuple[str, dict[str, Any]]] = []
+        for sock, _ in events:
+            channel = "shell" if sock is self.shell else "iopub"
+            while True:
+                try:
+                    frames = sock.recv_multipart(self._zmq.NOBLOCK)
+                except self._zmq.Again:
+                    break
+                message = self._parse(frames)
+                if message is not None:
+                    out.append((channel, message))
+        return out
+
+    def _parse(self, frames: list[bytes]) -> dict[str, Any] | None:
+        try:
+            i = frames.index(DELIMITER)
+        except ValueError:
+            return None
+        parts = frames[i + 2 : i + 6]
+        if len(parts) < 4 or not hmac.compare_digest(frames[i + 1], self._sign(parts)):
+            return None
+        return {
+            "header": json.loads(parts[0]),
+            "parent_header": json.loads(parts[1]),
+            "content": json.loads(parts[3]),
+        }
+
+    def close(self) -> None:
+        self.shell.close(linger=0)
+        self.iopub.close(linger=0)
+
+
 class Bridge:
     """Launches the kernel itself (no KernelManager: its kernelspec lookup and launcher cost
-    ~0.5 s) before importing jupyter_client, so the two start in parallel."""
+    ~0.5 s), then imports pyzmq while the kernel starts."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
-        self.kc: Any = None
+        self.kc: KernelClient | None = None
+        self.info: dict[str, Any] = {}
         self.connection_file = ""
         self.cwd: str | None = None
         self.env: dict[str, str] = {}
@@ -230,16 +235,16 @@ class Bridge:
         import secrets
         import tempfile
 
-        for module in ("ipykernel", "jupyter_client"):
+        for module in ("ipykernel", "zmq"):
             if importlib.util.find_spec(module) is None:
                 raise ModuleNotFoundError(
-                    f"No module named {module!r} in {sys.executable} (Debian: python3-ipykernel "
-                    "python3-jupyter-client; or pip install ipykernel jupyter_client)"
+                    f"No module named {module!r} in {sys.executable} (Debian: python3-ipykernel; "
+                    "or pip install ipykernel)"
                 )
 
         self.cwd, self.env = cwd, dict(env or {})
         shell, iopub, stdin, control, hb = _free_ports(5)
-        info = {
+        self.info = {
             "shell_port": shell,
             "iopub_port": iopub,
             "stdin_port": stdin,
@@ -253,21 +258,14 @@ class Bridge:
         }
         fd, self.connection_file = tempfile.mkstemp(prefix="hutch-kernel-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
+            json.dump(self.info, f)
         kernel_env = dict(os.environ)
         kernel_env.update(self.env)
         kernel_env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         kernel_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         kernel_env["JPY_PARENT_PID"] = str(os.getpid())  # the kernel exits when the bridge does
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-Xfrozen_modules=off",
-                "-c",
-                KERNEL_LAUNCH,
-                "-f",
-                self.connection_file,
-            ],
+            [sys.executable, "-c", KERNEL_LAUNCH, "-f", self.connection_file, *KERNEL_OPTIONS],
             cwd=cwd or os.getcwd(),
             env=kernel_env,
             stdin=subprocess.DEVNULL,
@@ -276,23 +274,33 @@ class Bridge:
         )
 
     def connect(self) -> None:
-        from jupyter_client.blocking import BlockingKernelClient  # type: ignore[import-not-found]
-
-        kc = BlockingKernelClient()
-        kc.load_connection_file(self.connection_file)
-        kc.start_channels()
-        self.kc = kc
+        """Wait until the kernel answers on shell AND iopub delivers to us: a SUB socket
+        misses what is published before its subscription reaches the kernel, so a reply alone
+        does not prove that a run's output would arrive."""
+        kc = self.kc = KernelClient(self.info)
         deadline = time.monotonic() + 60
+        msg_id, sent_at, replied_at, subscribed = "", 0.0, 0.0, False
         while True:
-            try:
-                kc.wait_for_ready(timeout=1)
-                break
-            except RuntimeError:
-                if not self.is_alive():
-                    raise RuntimeError("the kernel exited while starting") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the kernel did not answer within 60 s") from None
-        self.silent(KERNEL_SETUP)
+            now = time.monotonic()
+            if not self.is_alive():
+                raise RuntimeError("the kernel exited while starting")
+            if now > deadline:
+                raise RuntimeError("the kernel did not answer within 60 s")
+            # Ask again if the kernel missed the question (not listening yet) or its answer's
+            # busy/idle went out before iopub was subscribed.
+            if (
+                not msg_id
+                or (not replied_at and now - sent_at > 1)
+                or (replied_at and now - replied_at > 0.1)
+            ):
+                msg_id, sent_at, replied_at = kc.send("kernel_info_request", {}), now, 0.0
+            for channel, message in kc.poll(0.05):
+                if channel == "iopub":
+                    subscribed = True
+                elif message["parent_header"].get("msg_id") == msg_id:
+                    replied_at = time.monotonic()
+            if replied_at and subscribed:
+                return
 
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -304,7 +312,7 @@ class Bridge:
 
     def kill(self) -> None:
         if self.kc is not None:
-            self.kc.stop_channels()
+            self.kc.close()
             self.kc = None
         if self.proc is not None:
             self.proc.kill()
@@ -325,22 +333,53 @@ class Bridge:
         return self.proc.pid if self.proc is not None else None
 
     def silent(self, code: str) -> None:
-        assert self.kc is not None
-        msg_id = self.kc.execute(code, silent=True, store_history=False)
-        while True:
-            reply = self.kc.get_shell_msg(timeout=60)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
-        if reply["content"].get("status") != "ok":
-            c = reply["content"]
-            raise RuntimeError(f"kernel setup failed: {c.get('ename')}: {c.get('evalue')}")
-
-    def run(self, run_id: int, code: str, timeout: float | None) -> None:
         kc = self.kc
         assert kc is not None
+        msg_id = kc.execute(code, silent=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for channel, message in kc.poll(0.5):
+                if channel == "shell" and message["parent_header"].get("msg_id") == msg_id:
+                    c = message["content"]
+                    if c.get("status") != "ok":
+                        raise RuntimeError(
+                            f"kernel setup failed: {c.get('ename')}: {c.get('evalue')}"
+                        )
+                    return
+            if not self.is_alive():
+                raise RuntimeError("the kernel died")
+        raise RuntimeError("the kernel did not answer within 60 s")
+
+    def run(
+        self, run_id: int, code: str, timeout: float | None, env: dict[str, str] | None = None
+    ) -> None:
         if not self.is_alive():
             return self.dead(run_id)
-        msg_id = kc.execute(code, store_history=True, allow_stdin=False)
+        if not env:
+            return self._run(run_id, code, timeout)
+        # Per-run variables (E2B's run_code(envs=...)): set in the kernel's os.environ for
+        # this run (so `!` commands and subprocesses see them too), then put back as they
+        # were, also when the cell changed them.
+        names = sorted(env)
+        self.silent(
+            "import os as __o\n"
+            f"__hutch_env_saved = {{k: __o.environ.get(k) for k in {names!r}}}\n"
+            f"__o.environ.update({env!r})\ndel __o\n"
+        )
+        try:
+            self._run(run_id, code, timeout)
+        finally:
+            if self.is_alive():
+                try:
+                    self.silent(ENV_RESTORE)
+                except Exception:  # a restarted kernel has its env afresh: nothing to put back
+                    pass
+
+    def _run(self, run_id: int, code: str, timeout: float | None) -> None:
+        kc = self.kc
+        assert kc is not None
+        msg_id = kc.execute(code)
+        execution_count: int | None = None
         deadline = None if timeout is None else time.monotonic() + timeout
         interrupted_at = None
         status = "ok"
@@ -365,43 +404,63 @@ class Bridge:
                     }
                 )
                 break
+            # NB: the wait ends as soon as a message arrives; its length only bounds how late
+            # a timeout or a dead kernel is noticed.
             wait = 0.5 if deadline is None else max(0.01, min(0.5, deadline - now))
-            try:
-                msg = kc.get_iopub_msg(timeout=wait)
-            except queue.Empty:
-                if not self.is_alive():
-                    return self.dead(run_id)
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            content = msg["content"]
-            if kind == "stream":
-                emit({"id": run_id, "type": content["name"], "text": content["text"]})
-            elif kind in ("execute_result", "display_data"):
-                emit(
-                    {
-                        "id": run_id,
-                        "type": "result",
-                        "data": content["data"],
-                        "is_main_result": kind == "execute_result",
-                    }
-                )
-            elif kind == "error":
-                if status == "ok":
+            messages = kc.poll(wait)
+            if not messages and not self.is_alive():
+                return self.dead(run_id)
+            for channel, msg in messages:
+                if channel != "iopub" or msg["parent_header"].get("msg_id") != msg_id:
+                    continue  # shell: the execute_reply (iopub's idle is what ends a run)
+                if msg["header"].get("msg_type") == "execute_input":
+                    execution_count = msg["content"].get("execution_count")
+                idle = self._relay(run_id, msg) or idle
+                if msg["header"].get("msg_type") == "error" and status == "ok":
                     status = "error"
-                emit(
-                    {
-                        "id": run_id,
-                        "type": "error",
-                        "name": content["ename"],
-                        "value": content["evalue"],
-                        "traceback": [_ANSI.sub("", line) for line in content["traceback"]],
-                    }
-                )
-            elif kind == "status" and content["execution_state"] == "idle":
-                idle = True
-        emit({"id": run_id, "type": "done", "status": status})
+        if idle and execution_count is None:
+            # Idle without an execute_input: the kernel aborted the request unrun (see
+            # stop_on_error). Never an empty run that looks like a success.
+            status = "error"
+            emit(
+                {
+                    "id": run_id,
+                    "type": "error",
+                    "name": "RunAborted",
+                    "value": "the kernel aborted this run without running it; run it again",
+                    "traceback": [],
+                }
+            )
+        emit({"id": run_id, "type": "done", "status": status, "execution_count": execution_count})
+
+    def _relay(self, run_id: int, msg: dict[str, Any]) -> bool:
+        """Emit one iopub message of a run; True when it is the kernel's idle status."""
+        kind = msg["header"].get("msg_type")
+        content = msg["content"]
+        if kind == "stream":
+            emit({"id": run_id, "type": content["name"], "text": content["text"]})
+        elif kind in ("execute_result", "display_data"):
+            emit(
+                {
+                    "id": run_id,
+                    "type": "result",
+                    "data": content["data"],
+                    "is_main_result": kind == "execute_result",
+                }
+            )
+        elif kind == "error":
+            emit(
+                {
+                    "id": run_id,
+                    "type": "error",
+                    "name": content["ename"],
+                    "value": content["evalue"],
+                    "traceback": [_ANSI.sub("", line) for line in content["traceback"]],
+                }
+            )
+        elif kind == "status" and content["execution_state"] == "idle":
+            return True
+        return False
 
     def dead(self, run_id: int) -> None:
         emit(
@@ -443,7 +502,7 @@ def main() -> None:
                 except Exception as e:
                     emit({"type": "failed", "message": str(e)})
                 continue
-            bridge.run(request["id"], request["code"], request.get("timeout"))
+            bridge.run(request["id"], request["code"], request.get("timeout"), request.get("env"))
     finally:
         try:
             bridge.kill()

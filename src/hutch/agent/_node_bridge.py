@@ -41,6 +41,10 @@ globalThis.exports = globalThis.module.exports;
 globalThis.__filename = path.join(process.cwd(), '__hutch__.js');
 globalThis.__dirname = process.cwd();
 
+// `import()` in a cell: a script run by `vm` cannot import (node 18 needs a flag for it), so
+// cells call the bridge's own `import()`, which can.
+globalThis.__hutch_import = (specifier) => import(specifier);
+
 let babel = null;
 // Where Debian's node packages live (npm's dependencies bring Babel), then global npm installs.
 const BABEL_PATHS = [path.join(process.cwd(), 'node_modules'), '/usr/local/lib/node_modules',
@@ -78,6 +82,49 @@ function wrapAwait(code) {
   return '(async () => {\n' + body + '\n})()';
 }
 
+function dedent(code) {
+  // A cell indented as a whole (a snippet inside a Python string, as E2B's tests send)
+  // runs as if it started at column 0.
+  const lines = code.split('\n');
+  let indent = null;
+  for (const line of lines) {
+    if (!line.trim()) continue;
+    const n = line.length - line.trimStart().length;
+    indent = indent === null ? n : Math.min(indent, n);
+  }
+  return indent ? lines.map((l) => l.slice(Math.min(indent, l.length - l.trimStart().length))).join('\n') : code;
+}
+
+// Static ES module imports in a cell (a script cannot hold them) become dynamic ones, whose
+// bindings are plain variables of the cell: `import { a as b } from 'x'` ->
+// `var __hutch_m0 = await import('x'); var b = __hutch_m0.a;` (top-level await then runs it).
+const IMPORT = /^import\s+(?:(type\s+)?([\w$*{][^'"]*?)\s+from\s+)?(['"])([^'"]+)\3\s*;?[ \t]*$/gm;
+let importCount = 0;
+function esmImports(code) {
+  return code.replace(IMPORT, (all, typeOnly, clause, q, spec) => {
+    if (typeOnly) return '';
+    const m = `__hutch_m${importCount++}`;
+    const out = [`var ${m} = await __hutch_import(${JSON.stringify(spec)});`];
+    if (!clause) return out[0];
+    let rest = clause.trim();
+    const named = rest.match(/\{([^}]*)\}/);
+    if (named) rest = rest.replace(named[0], '');
+    for (const part of rest.split(',').map((p) => p.trim()).filter(Boolean)) {
+      const ns = part.match(/^\*\s+as\s+([\w$]+)$/);
+      if (ns) out.push(`var ${ns[1]} = ${m};`);
+      else out.push(`var ${part} = ('default' in ${m}) ? ${m}.default : ${m};`);
+    }
+    if (named) {
+      for (const item of named[1].split(',').map((p) => p.trim()).filter(Boolean)) {
+        if (/^type\s/.test(item)) continue;
+        const [name, alias] = item.split(/\s+as\s+/).map((p) => p.trim());
+        out.push(`var ${alias || name} = ${m}[${JSON.stringify(name)}];`);
+      }
+    }
+    return out.join('\n');
+  });
+}
+
 function mime(value) {
   const data = { 'text/plain': util.inspect(value, { depth: 6, colors: false }) };
   if (value !== null && typeof value === 'object') {
@@ -95,19 +142,29 @@ function report(id, e) {
          traceback: String(err.stack || `${err.name}: ${err.message}`).split('\n') });
 }
 
-async function run(id, code, timeout) {
+let executionCount = 0;
+async function run(id, code, timeout, env) {
   current = id;
+  executionCount += 1;
   let status = 'ok';
+  // Per-run variables (E2B's run_code(envs=...)): set for this run, then put back.
+  const saved = {};
+  for (const [k, v] of Object.entries(env || {})) {
+    saved[k] = Object.prototype.hasOwnProperty.call(process.env, k) ? process.env[k] : undefined;
+    process.env[k] = v;
+  }
   try {
+    code = esmImports(dedent(code)).replace(/(^|[^.\w$])import\s*\(/g, '$1__hutch_import(');
     if (language === 'typescript') code = transpile(code);
     // Column-0 const/let become var, so that re-running a cell does not fail on redeclaring.
     code = code.replace(/^(const|let)\s+(?=[A-Za-z_$[{])/gm, 'var ');
     let script;
     let isAsync = false;
-    try { script = new vm.Script(code, { filename: 'cell.js' }); }
+    const scriptOptions = { filename: 'cell.js' };
+    try { script = new vm.Script(code, scriptOptions); }
     catch (e) {
       if (!(e instanceof SyntaxError) || !/await/.test(code)) throw e;
-      script = new vm.Script(wrapAwait(code), { filename: 'cell.js' });
+      script = new vm.Script(wrapAwait(code), scriptOptions);
       isAsync = true;
     }
     const ms = timeout ? Math.max(1, Math.round(timeout * 1000)) : undefined;
@@ -125,8 +182,12 @@ async function run(id, code, timeout) {
     status = timedOut ? 'timeout' : 'error';
     if (timedOut && e instanceof Error) e.name = 'TimeoutError';
     report(id, e);
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    }
   }
-  emit({ id, type: 'done', status });
+  emit({ id, type: 'done', status, execution_count: executionCount });
 }
 
 process.on('SIGINT', () => {});  // the agent's interrupt: breaks a running script only
@@ -151,7 +212,7 @@ process.stdin.on('data', (chunk) => {
             emit({ type: 'ready' }); } catch (e) { emit({ type: 'failed', message: String(e) }); }
       continue;
     }
-    queue = queue.then(() => run(req.id, req.code, req.timeout));
+    queue = queue.then(() => run(req.id, req.code, req.timeout, req.env));
   }
 });
 process.stdin.on('end', () => queue.then(() => process.exit(0)));

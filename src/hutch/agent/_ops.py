@@ -35,7 +35,17 @@ if TYPE_CHECKING:
         def resume_output(self) -> None: ...
 
     class Killable(Protocol):
-        def kill(self, sig: int) -> None: ...
+        def kill(self, sig: int) -> object: ...
+
+    class ClosesFlusher(Protocol):
+        """_close_flush.CloseFlusher, as the agent and its op see it."""
+
+        flushes: int
+
+        @property
+        def every(self) -> float | None: ...
+        def enable(self, every: float | None) -> None: ...
+        def poke(self) -> None: ...
 
     class RunningProcesses(Protocol):
         """The background-process table, as shutdown sees it (_bgprocs.ProcessTable)."""
@@ -60,6 +70,7 @@ UNARY_OPS: dict[OpName, tuple[str, str]] = {
     "process_kill_all": ("_bgprocs", "kill_all_op"),
     "process_stdin": ("_bgprocs", "stdin_op"),
     "set_env": ("_bgprocs", "set_env_op"),
+    "flush_closes": ("_close_flush", "flush_closes_op"),
     "port_check": ("_bgprocs", "port_check_op"),
     "session_create": ("_sessions", "create_op"),
     "session_list": ("_sessions", "list_op"),
@@ -75,11 +86,11 @@ STREAM_OPS: dict[OpName, tuple[str, str]] = {
     "pty_attach": ("_pty", "open_attach"),
     "code_context_create": ("_code", "open_create"),
     "code_context_restart": ("_code", "open_restart"),
-    "code_run": ("_code", "open_run"),
-    "process_logs": ("_bgprocs", "open_logs"),
+    "code_run": ("_code_run", "open_run"),
+    "process_logs": ("_proc_log_stream", "open_logs"),
     "session_exec": ("_sessions", "open_session_exec"),
-    "read": ("_files", "open_read"),
-    "write": ("_files", "open_write"),
+    "read": ("_file_transfer", "open_read"),
+    "write": ("_file_transfer", "open_write"),
     "list": ("_files", "open_list"),
     "watch": ("_watch", "open_watch"),
 }

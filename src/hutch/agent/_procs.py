@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 
+from ._launch import MAX_GROUPS, bundled_launcher, launch
 from ._workcg import active as work_active
-from ._workcg import enter_work
+from ._workcg import enter_work, nproc_launcher
+from ._workcg import spawner as work_spawner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -138,29 +140,75 @@ def spawn(
     stdin: int | None,
     stdout: int,
     stderr: int,
+    executable: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``args`` in a new session (so the whole tree can be signalled).
 
-    ``stdin`` None means /dev/null. Raises OSError like ``subprocess.Popen``; the caller owns
-    the returned object until the process is reaped (see ``Reaper``) and must then set its
-    ``returncode`` so that Popen's own bookkeeping never waits for it.
+    ``stdin`` None means /dev/null; ``executable``, when given, is the program run with
+    ``args`` as its argv (else ``args[0]`` looked up on the env's PATH). Raises OSError like
+    ``subprocess.Popen``; the caller owns the returned object until the process is reaped
+    (see ``Reaper``) and must then set its ``returncode`` so that Popen's own bookkeeping
+    never waits for it.
     """
     # Imported on the first exec only: an agent that never runs anything stays smaller.
     import subprocess
 
-    return subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL if stdin is None else stdin,
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        env=env,
-        close_fds=True,
-        start_new_session=True,
-        restore_signals=True,
-        preexec_fn=enter_work if work_active() else None,
-        **identity_args(identity),
-    )
+    def popen(
+        preexec: Callable[[], None] | None,
+        argv: Sequence[str] = args,
+        pass_fds: tuple[int, ...] = (),
+        program: str | None = executable,
+        as_user: bool = True,
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            executable=program,
+            close_fds=True,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            restore_signals=True,
+            preexec_fn=preexec,
+            **(identity_args(identity) if as_user else {}),
+        )
+
+    if not work_active():
+        return popen(None)
+    limited = nproc_launcher()
+    if limited is not None:
+        # gVisor: vfork a launcher that sets the limit and execs, rather than fork the agent.
+        start = lambda argv, fds: popen(None, argv, fds, None)  # noqa: E731
+        return launch(*limited, args, env, start, executable=executable)
+    in_work = work_spawner()
+    if in_work is not None:
+        launcher = bundled_launcher() if identity_args(identity) else None
+        try:
+            if launcher is not None and identity is not None and len(identity.groups) <= MAX_GROUPS:
+                # Another user: subprocess would fork the agent to switch (it vforks only when
+                # it keeps the user), so a vfork-ed launcher switches and execs instead.
+                user = (identity.uid, identity.gid, identity.groups)
+                return in_work.call(
+                    lambda: launch(
+                        launcher,
+                        None,
+                        args,
+                        env,
+                        lambda argv, fds: popen(None, argv, fds, None, as_user=False),
+                        executable=executable,
+                        user=user,
+                    )
+                )
+            # Born in `work`, and by vfork: no fork of the agent, no Python in the child.
+            return in_work.call(lambda: popen(None))
+        except BlockingIOError:
+            # EAGAIN: `work`'s pids are full (a fork bomb). Fork here, in the agent's own
+            # reserve, and move the child: the exec that kills the bomb must still start.
+            pass
+    return popen(enter_work)
 
 
 def find_program(name: str, path: str) -> str | None:
@@ -202,25 +250,33 @@ class Reaper:
     """Collects every exited child (all orphans too, when the agent is PID 1) and hands the
     exit status of the ones it was asked about to their callbacks."""
 
-    __slots__ = ("_callbacks",)
+    __slots__ = ("_callbacks", "after_reaping")
 
     def __init__(self) -> None:
         self._callbacks: dict[int, Callable[[int], None]] = {}
+        # Called once after a round that reaped anything (its files are closed by then).
+        self.after_reaping: Callable[[], None] | None = None
 
     def watch(self, pid: int, callback: Callable[[int], None]) -> None:
         self._callbacks[pid] = callback
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            callback = self._callbacks.pop(pid, None)
-            if callback is not None:
-                callback(status)
+        reaped = False
+        try:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                reaped = True
+                callback = self._callbacks.pop(pid, None)
+                if callback is not None:
+                    callback(status)
+        finally:
+            if reaped and self.after_reaping is not None:
+                self.after_reaping()
 
     @property
     def watched(self) -> int:
@@ -299,8 +355,9 @@ def _send(pid: int, sig: int) -> None:
         pass
 
 
-def kill_tree(session: int, root: int | None, tag: bytes | None = None) -> None:
-    """SIGKILL a session and every descendant of ``root`` (pass None once it is reaped).
+def kill_tree(session: int, root: int | None, tag: bytes | None = None) -> set[int]:
+    """SIGKILL a session and every descendant of ``root`` (pass None once it is reaped);
+    returns the pids that were alive (not zombies) and signalled.
 
     Members are stopped first and the scan repeated until it finds nothing new, so that a
     process forking in a loop cannot outrun the kill.
@@ -315,9 +372,13 @@ def kill_tree(session: int, root: int | None, tag: bytes | None = None) -> None:
         stopped |= new
     for pid in stopped:
         _send(pid, signal.SIGKILL)
+    return stopped
 
 
-def signal_tree(session: int, root: int | None, sig: int, tag: bytes | None = None) -> None:
-    """Send ``sig`` once to a session and the descendants of ``root`` (graceful stop)."""
-    for pid in _tree(_scan_processes(), session, root, tag):
+def signal_tree(session: int, root: int | None, sig: int, tag: bytes | None = None) -> set[int]:
+    """Send ``sig`` once to a session and the descendants of ``root`` (graceful stop);
+    returns the pids that were alive (not zombies) and signalled."""
+    tree = _tree(_scan_processes(), session, root, tag)
+    for pid in tree:
         _send(pid, sig)
+    return tree

@@ -14,7 +14,9 @@ has exited or ``{"ok": true, "detached": true}`` on CANCEL).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 
@@ -30,6 +32,7 @@ from ._procs import (
     identity_args,
     kill_tree,
 )
+from ._pty_leader import leader_argv, leader_env, signal_keys
 from ._requests import InvalidRequest
 from ._workcg import enter_work
 
@@ -37,6 +40,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from typing import Any
+
+    from hutch._wire.agent_calls import (
+        PtyAttachResult,
+        PtyCloseResult,
+        PtyInfoResult,
+        PtyListResult,
+        TerminalInfo,
+    )
 
     from ._loop import Timer
     from ._server import Agent, Connection
@@ -122,6 +133,7 @@ class Terminal:
         self._popen: subprocess.Popen[bytes] | None = None
         self._tag = os.urandom(8).hex()
         self._idle: Timer | None = None
+        self._leader = False  # the shell runs under a `_pty_leader` (gVisor)
 
     def spawn(
         self,
@@ -144,8 +156,12 @@ class Terminal:
                 os.fchmod(slave, 0o620)
             termios.tcsetwinsize(master, (rows, cols))
             env[EXEC_TAG_VAR] = self._tag
+            wrapped = leader_argv(dict(os.environ), argv)
+            if wrapped is not None:
+                self._leader = True
+                env = leader_env(dict(os.environ), env)
             self._popen = subprocess.Popen(
-                argv,
+                wrapped or argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -242,10 +258,26 @@ class Terminal:
             return
         if len(self._input) > INPUT_HIGH_WATER:
             return  # a shell that reads nothing: drop keystrokes rather than grow without bound
+        if self._leader:
+            data = self._signal_keys(data)
         had = bool(self._input)
         self._input += data
         if not had:
             self._flush_input()
+
+    def _signal_keys(self, data: bytes) -> bytes:
+        """Under a leader: ^C, ^\\, ^Z in `data` become signals to the foreground job (what
+        the kernel's ISIG does elsewhere), and, as there, the input not yet read is dropped."""
+        keys = signal_keys(self.master)
+        last = max((i for i, b in enumerate(data) if b in keys), default=-1)
+        if last < 0:
+            return data
+        for b in data[: last + 1]:
+            if b in keys:
+                self._input.clear()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, keys[b])
+        return data[last + 1 :]
 
     def _flush_input(self) -> None:
         if self.master < 0:
@@ -270,6 +302,9 @@ class Terminal:
         if self.master >= 0 and self.exit_code is None:
             # TIOCSWINSZ on the master: the kernel sends SIGWINCH to the foreground job.
             termios.tcsetwinsize(self.master, (rows, cols))
+            if self._leader:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGWINCH)
         self.cols, self.rows = cols, rows
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -287,7 +322,7 @@ class Terminal:
                     break
         self._release_pty()
         for op in list(self.attached):
-            op.finish({"ok": True, "exit_code": self.exit_code})
+            op.send_result({"ok": True, "exit_code": self.exit_code})
         self._arm_idle()
 
     def _release_pty(self) -> None:
@@ -328,9 +363,9 @@ class Terminal:
             kill_tree(self.pid, self.pid, self._tag.encode())
         self._release_pty()
         for op in list(self.attached):
-            op.finish({"ok": True, "exit_code": self.exit_code, "closed": True})
+            op.send_result({"ok": True, "exit_code": self.exit_code, "closed": True})
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> TerminalInfo:
         return {
             "id": self.id,
             "pid": self.pid,
@@ -368,7 +403,7 @@ class AttachOp:
             chunk = data[i : i + CHUNK]
             self._conn.send(encode_frame(Kind.DATA, self._stream, chunk, Channel.STDOUT, start + i))
         if terminal.exit_code is not None:
-            return self.finish({"ok": True, "exit_code": terminal.exit_code})
+            return self.send_result({"ok": True, "exit_code": terminal.exit_code})
         terminal.attach(self)
         if self._conn.output_paused:
             terminal.pause(self)
@@ -380,7 +415,7 @@ class AttachOp:
 
     def on_frame(self, kind: int, channel: int, payload: bytes) -> None:
         if kind == Kind.CANCEL:
-            return self.finish({"ok": True, "detached": True})
+            return self.send_result({"ok": True, "detached": True})
         if kind == Kind.DATA and channel == Channel.STDIN:
             self._terminal.write(payload)
 
@@ -391,7 +426,7 @@ class AttachOp:
         self._terminal.resume(self)
 
     def cancel(self) -> None:
-        self.finish({"ok": True, "detached": True})
+        self.send_result({"ok": True, "detached": True})
 
     def terminate(self, sig: int) -> None:
         pass
@@ -401,19 +436,19 @@ class AttachOp:
         self.finished = True
         self._terminal.detach(self)
 
-    def finish(self, result: dict[str, Any]) -> None:
+    def send_result(self, result: PtyAttachResult) -> None:
         if self.finished:
             return
         self.finished = True
         self._terminal.detach(self)
-        self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
+        self._conn.send(encode_json_frame(Kind.RESULT, self._stream, dict(result)))
         self._conn.stream_finished(self._stream, self)
 
 
 # -- ops ---------------------------------------------------------------------------------------
 
 
-def pty_create(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def pty_create(agent: Agent, request: dict[str, Any]) -> PtyInfoResult:
     cols, rows = _check_size(request)
     env_in = request.get("env") or {}
     if not isinstance(env_in, dict) or not all(
@@ -449,24 +484,24 @@ def pty_create(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, **terminal.info()}
 
 
-def pty_resize(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def pty_resize(agent: Agent, request: dict[str, Any]) -> PtyInfoResult:
     terminal = _get(agent, request)
     cols, rows = _check_size(request)
     terminal.resize(cols, rows)
     return {"ok": True, **terminal.info()}
 
 
-def pty_close(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def pty_close(agent: Agent, request: dict[str, Any]) -> PtyCloseResult:
     terminal = _get(agent, request)
     terminal.close()
     return {"ok": True, "id": terminal.id, "exit_code": terminal.exit_code}
 
 
-def pty_list(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def pty_list(agent: Agent, request: dict[str, Any]) -> PtyListResult:
     return {"ok": True, "terminals": [t.info() for t in _terminals(agent).values()]}
 
 
-def pty_info(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def pty_info(agent: Agent, request: dict[str, Any]) -> PtyInfoResult:
     return {"ok": True, **_get(agent, request).info()}
 
 

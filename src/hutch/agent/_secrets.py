@@ -12,10 +12,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from hutch._wire.agent_ops import SetSecretsResult
+
     from ._server import Agent
 
 
-def set_secrets_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def set_secrets_op(agent: Agent, request: dict[str, Any]) -> SetSecretsResult:
     for field in request:
         if field not in ("op", "env"):
             raise InvalidRequest(field, "unknown field; set_secrets takes env")

@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     import subprocess
     from typing import Any
 
+    from hutch._wire.agent_calls import (
+        OkResult,
+        SessionExecResult,
+        SessionInfo,
+        SessionListResult,
+        SessionResult,
+    )
+
     from ._loop import Timer
     from ._server import Agent, Connection
 
@@ -65,7 +73,7 @@ class Session:
         self.alive = False
         self.created_at = time.time()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SessionInfo:
         return {
             "id": self.id,
             "pid": self.pid,
@@ -246,7 +254,7 @@ def sessions_of(agent: Agent) -> SessionTable:
     return table
 
 
-def create_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def create_op(agent: Agent, request: dict[str, Any]) -> SessionResult:
     table = sessions_of(agent)
     sid = request.get("id")
     if sid is None:
@@ -274,11 +282,11 @@ def create_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "session": session.info()}
 
 
-def list_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def list_op(agent: Agent, request: dict[str, Any]) -> SessionListResult:
     return {"ok": True, "sessions": [s.info() for s in sessions_of(agent).sessions.values()]}
 
 
-def delete_op(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
+def delete_op(agent: Agent, request: dict[str, Any]) -> OkResult:
     table = sessions_of(agent)
     session = table.get(request.get("id"))
     del table.sessions[session.id]
@@ -402,7 +410,7 @@ class SessionExecOp:
                 encode_frame(Kind.EOF, self._stream, b"", channel, self._offsets[channel])
             )
         code = 124 if self._timed_out else (self._exit_code if self._exit_code is not None else 1)
-        result = {
+        result: SessionExecResult = {
             "ok": True,
             "exit_code": code,
             "duration": round(time.monotonic() - self._started, 6),
@@ -411,7 +419,10 @@ class SessionExecOp:
             "oom_killed": False,  # the session's shell reports only an exit code
             "session_restarted": self._restarted,
         }
-        self._conn.send(encode_json_frame(Kind.RESULT, self._stream, result))
+        self.send_result(result)
+
+    def send_result(self, result: SessionExecResult) -> None:
+        self._conn.send(encode_json_frame(Kind.RESULT, self._stream, dict(result)))
         self._conn.stream_finished(self._stream, self)
         self._session.finished(self)
 

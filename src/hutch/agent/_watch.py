@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as st
 import struct
 
+from . import _recent_writes as recent_writes
 from ._files import _bool, _StreamOp, check_path, os_error, resolve
 from ._ops import OpError
 from ._requests import InvalidRequest
@@ -19,11 +21,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from hutch._wire.agent_calls import WatchResult
+
     from ._server import Agent, Connection
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
 IN_CLOSE_WRITE = 0x8
+# write_file's temporary file (agent/_file_transfer.py): `.NAME.hutch-<12 hex>`, renamed onto NAME.
+_WRITE_TEMP = re.compile(r"\.(?P<name>.+)\.hutch-[0-9a-f]{12}")
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
 IN_CREATE = 0x100
@@ -71,6 +77,9 @@ def _glob_list(request: dict[str, Any], field: str) -> list[str]:
 
 
 class WatchOp(_StreamOp):
+    def send_result(self, result: WatchResult) -> None:
+        self._finish(dict(result))
+
     def __init__(self, agent: Agent, conn: Connection, stream: int, request: dict[str, Any]):
         super().__init__(agent, conn, stream)
         self._root = resolve(agent, check_path(request))
@@ -80,6 +89,7 @@ class WatchOp(_StreamOp):
         self._fd = -1
         self._wds: dict[int, str] = {}
         self._moves: dict[int, tuple[str, bool]] = {}
+        self._temps: dict[str, bool] = {}  # write_file's temp -> whether its target existed
         self._buf = b""
 
     def start(self) -> None:
@@ -158,6 +168,28 @@ class WatchOp(_StreamOp):
         self._flush_moves()
 
     def _handle(self, wd: int, mask: int, cookie: int, name: str) -> None:
+        base = self._wds.get(wd)
+        if base is not None and name and _WRITE_TEMP.fullmatch(name):
+            return self._handle_write_temp(base, mask, cookie, name)
+        self._handle_event(wd, mask, cookie, name)
+
+    def _handle_write_temp(self, base: str, mask: int, cookie: int, name: str) -> None:
+        """write_file writes `.NAME.hutch-XXXX` and renames it onto NAME: the watcher sees
+        NAME created (or modified, if it existed when the write began), never the temp."""
+        temp = os.path.join(base, name)
+        final = os.path.join(base, _WRITE_TEMP.fullmatch(name)["name"])  # type: ignore[index]
+        if mask & IN_CREATE:
+            self._temps[temp] = os.path.lexists(final)
+        elif mask & IN_MOVED_FROM:
+            self._moves[cookie] = (temp, False)
+        elif mask & IN_MOVED_TO:
+            # A big write swaps NAME's old file onto its temp name (RENAME_EXCHANGE) and
+            # unlinks it there: NAME was modified, not moved away.
+            self._moves.pop(cookie, None)
+        elif mask & IN_DELETE:
+            self._temps.pop(temp, None)  # a write that failed, or the old file of a swap
+
+    def _handle_event(self, wd: int, mask: int, cookie: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
             self._send_event({"event": "overflow", "path": self._root, "is_directory": True})
             return
@@ -167,7 +199,7 @@ class WatchOp(_StreamOp):
         if mask & IN_IGNORED:
             del self._wds[wd]
             if base == self._root:
-                return self._finish({"reason": "the watched directory was removed"})
+                return self.send_result({"reason": "the watched directory was removed"})
             return
         if not name:  # an event on the watched directory itself
             return
@@ -177,6 +209,8 @@ class WatchOp(_StreamOp):
             if is_dir and self._recursive:
                 self._add_tree(path)
             self._emit("create", path, is_dir)
+            if is_dir and self._recursive:
+                self._emit_found(path)
         if mask & (IN_MODIFY | IN_CLOSE_WRITE) and not is_dir:
             if mask & IN_MODIFY:
                 self._emit("modify", path, is_dir)
@@ -190,10 +224,40 @@ class WatchOp(_StreamOp):
             source = self._moves.pop(cookie, None)
             if is_dir and self._recursive:
                 self._add_tree(path)
-            if source is not None:
+            known = recent_writes.target_existed(source[0]) if source is not None else None
+            if source is not None and known is not None:
+                self._temps.pop(source[0], None)
+                self._emit("modify" if known else "create", path, is_dir)
+            elif source is not None and source[0] in self._temps:
+                existed = self._temps.pop(source[0])
+                self._emit("modify" if existed else "create", path, is_dir)
+            elif source is not None and _WRITE_TEMP.fullmatch(os.path.basename(source[0])):
+                self._emit("create", path, is_dir)  # its write began before the watch
+            elif source is not None:
                 self._emit("move", path, is_dir, old=source[0])
             else:
                 self._emit("create", path, is_dir)
+
+    def _emit_found(self, path: str) -> None:
+        """What a new directory already holds once it is watched. A tree made at once
+        (`mkdir -p a/b && echo x > a/b/f`) exists before this watcher handles `a`'s create,
+        so inotify never reports `a/b` nor `f`: they are reported here, a file with content
+        as created and modified. An entry made between the watch and this walk may be
+        reported twice; none is missed."""
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames:
+                self._emit("create", os.path.join(dirpath, name), True)
+            for name in filenames:
+                if _WRITE_TEMP.fullmatch(name):
+                    continue  # a write in progress: its rename onto NAME is still to come
+                full = os.path.join(dirpath, name)
+                self._emit("create", full, False)
+                try:
+                    written = os.lstat(full).st_size > 0
+                except OSError:
+                    continue
+                if written:
+                    self._emit("modify", full, False)
 
     def _flush_moves(self) -> None:
         # A move out of the watched tree has no MOVED_TO: to the watcher, it is a delete.
@@ -212,7 +276,7 @@ class WatchOp(_StreamOp):
             self._agent.loop.add_reader(self._fd, self._on_readable)
 
     def cancel(self) -> None:
-        self._finish({"reason": "cancelled"})
+        self.send_result({"reason": "cancelled"})
 
     def _cleanup(self) -> None:
         if self._fd >= 0:

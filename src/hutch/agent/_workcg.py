@@ -16,14 +16,32 @@ import os
 
 from hutch._wire.oom_control import read_oom_kills
 
+from ._spawner import WorkSpawner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 _fds: tuple[int, ...] = ()
+_task_fds: tuple[int, ...] = ()
+_spawner: WorkSpawner | None = None
+_spawner_tried = False
+# gVisor has no host cgroup for user processes: there a per-uid process limit (RLIMIT_NPROC,
+# which the sentry enforces) set in each child bounds a fork bomb, the agent keeping no limit
+# of its own, so it can still fork when the bomb has taken the rest (HUTCH_AGENT_NPROC).
+_nproc = 0
+_limit_nproc: Callable[[], None] | None = None
+# The static launcher that sets that limit in the child itself, so the agent need not fork
+# (HUTCH_AGENT_LAUNCHER; see _launch).
+_launcher: str | None = None
 # Inside the sandbox its cgroupfs is rooted at its own cgroup: `work` is a child of it.
 OOM_CONTROL = "/sys/fs/cgroup/memory/work/memory.oom_control"
 
 
-def configure(spec: str | None) -> str | None:
-    """Take the comma-separated fds from HUTCH_AGENT_WORK_FDS; returns a problem, if any."""
-    global _fds
+def configure(spec: str | None, task_spec: str | None = None) -> str | None:
+    """Take the comma-separated fds from HUTCH_AGENT_WORK_FDS (`cgroup.procs`) and
+    HUTCH_AGENT_WORK_TASK_FDS (`tasks`, for the spawner thread); returns a problem, if any."""
+    global _fds, _task_fds
     if not spec:
         return None
     try:
@@ -33,7 +51,68 @@ def configure(spec: str | None) -> str | None:
     except (ValueError, OSError) as e:
         return f"ignoring HUTCH_AGENT_WORK_FDS={spec!r}: {e}"
     _fds = fds
+    if task_spec:
+        try:
+            task_fds = tuple(int(x) for x in task_spec.split(","))
+            for fd in task_fds:
+                os.set_inheritable(fd, False)
+        except (ValueError, OSError) as e:
+            return f"ignoring HUTCH_AGENT_WORK_TASK_FDS={task_spec!r}: {e}"
+        _task_fds = task_fds
     return None
+
+
+def configure_nproc(spec: str | None) -> str | None:
+    """Take HUTCH_AGENT_NPROC (the process limit of every child); returns a problem, if any."""
+    global _nproc, _limit_nproc
+    if not spec:
+        return None
+    try:
+        _nproc = int(spec)
+    except ValueError:
+        return f"ignoring HUTCH_AGENT_NPROC={spec!r}: not a number"
+    import functools
+    import resource
+
+    # Bound now: nothing may be imported between fork and exec.
+    _limit_nproc = functools.partial(resource.setrlimit, resource.RLIMIT_NPROC, (_nproc, _nproc))
+    return None
+
+
+def configure_launcher(path: str | None) -> str | None:
+    """Take HUTCH_AGENT_LAUNCHER (the launcher's path); returns a problem, if any."""
+    global _launcher
+    if not path:
+        return None
+    if not os.access(path, os.X_OK):
+        return f"ignoring HUTCH_AGENT_LAUNCHER={path!r}: not an executable file"
+    _launcher = path
+    return None
+
+
+def nproc_launcher() -> tuple[str, int] | None:
+    """(launcher, limit) when children get their process limit from the launcher rather than
+    from ``enter_work`` (under gVisor: no `work` cgroup to enter), else None."""
+    if _launcher is None or _nproc <= 0 or _fds:
+        return None
+    return _launcher, _nproc
+
+
+def spawner() -> WorkSpawner | None:
+    """The thread that starts children inside `work` (started on the first spawn), or None:
+    then each child moves itself (``enter_work``)."""
+    global _spawner, _spawner_tried
+    if not _spawner_tried:
+        _spawner_tried = True
+        if _fds and _task_fds:
+            candidate = WorkSpawner(_task_fds)
+            if candidate.start():
+                _spawner = candidate
+            else:
+                import sys
+
+                print(f"hutch-agent: {candidate.problem}", file=sys.stderr, flush=True)
+    return _spawner
 
 
 def enter_work() -> None:
@@ -44,10 +123,16 @@ def enter_work() -> None:
             os.write(fd, b"0")
         except OSError:
             pass
+    if _limit_nproc is not None:
+        try:
+            _limit_nproc()
+        except (OSError, ValueError):
+            pass
 
 
 def active() -> bool:
-    return bool(_fds)
+    """Whether children must go through `enter_work` (or the spawner)."""
+    return bool(_fds) or _nproc > 0
 
 
 def oom_kills() -> int:

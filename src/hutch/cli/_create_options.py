@@ -21,6 +21,13 @@ def add_lifetime_options(parser: argparse.ArgumentParser) -> None:
         help="an environment variable stored encrypted and never shown again; NAME alone "
         "takes the value from this shell's environment (keeps it out of `ps`); repeatable",
     )
+    parser.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        action="append",
+        help="a PEM file of CA certificates the sandbox trusts (e.g. a company's TLS-"
+        "intercepting proxy's); repeatable",
+    )
 
 
 def secrets_from(specs: list[str] | None, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -41,3 +48,17 @@ def secrets_from(specs: list[str] | None, environ: dict[str, str] | None = None)
             value = env[name]
         secrets[name] = value
     return secrets
+
+
+def ca_certificates_from(files: list[str] | None) -> list[str]:
+    """The PEM text of each ``--ca-cert FILE``; SystemExit(2) with a message if one cannot be
+    read (the server checks that it holds certificates: invalid_ca_certificate)."""
+    pems: list[str] = []
+    for name in files or ():
+        try:
+            with open(name, encoding="utf-8") as f:
+                pems.append(f.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not PEM text"
+            raise SystemExit(f"hutch: error: --ca-cert {name}: {reason}") from None
+    return pems

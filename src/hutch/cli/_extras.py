@@ -8,7 +8,17 @@ from __future__ import annotations
 
 # Top-level modules of the `server` extra's packages (pyproject.toml) and of what they pull in.
 SERVER_MODULES = frozenset(
-    {"cryptography", "fastapi", "mcp", "pydantic", "pydantic_core", "starlette", "uvicorn"}
+    {
+        "cryptography",
+        "fastapi",
+        "mcp",
+        "psycopg",
+        "psycopg_pool",
+        "pydantic",
+        "pydantic_core",
+        "starlette",
+        "uvicorn",
+    }
 )
 INSTALL_SERVER = "pip install 'hutch[server]'"
 

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hutch._wire.sandbox_options import DEFAULTS, HELP, NETWORKS, RUNTIMES
+from hutch.cli._api import add_api_command
 from hutch.cli._buckets import add_bucket_commands
 from hutch.cli._connect import client_for as _client
-from hutch.cli._create_options import add_lifetime_options, secrets_from
+from hutch.cli._create_options import add_lifetime_options, ca_certificates_from, secrets_from
 from hutch.cli._extras import install_server_message, missing_server_module
 from hutch.cli._files import add_file_commands
 from hutch.cli._images import add_image_commands
 from hutch.cli._lifecycle import add_lifecycle_commands, add_lifecycle_options
 from hutch.cli._network import add_cidr_options, add_network_commands
+from hutch.cli._nodes import add_node_commands
 from hutch.cli._output import (
     format_labels,
     format_size,
@@ -35,6 +37,7 @@ from hutch.cli._output import (
 )
 from hutch.cli._output import print_error as _fail
 from hutch.cli._stdin import unsent_stdin_warning
+from hutch.cli._teams import add_key_and_team_commands
 from hutch.cli._wait_port import add_wait_port_command
 
 if TYPE_CHECKING:
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: $HUTCH_HOST, then 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: $HUTCH_PORT, then 7070)")
     _add_home(p)
+    add_api_command(command)
+
+    add_node_commands(command, connection)
 
     p = command("mcp", cmd_mcp, "serve the Model Context Protocol (stdio or streamable HTTP)")
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
@@ -209,20 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_image_commands(images, connection, _client)
 
-    keys = command("keys", _needs_subcommand, "manage API keys").add_subparsers(
-        dest="keys_command", metavar="COMMAND", required=True
-    )
-    p = keys.add_parser("ls", help="list API keys", parents=[connection])
-    p.set_defaults(handler=cmd_keys_ls)
-    p = keys.add_parser("create", help="create an API key and print it", parents=[connection])
-    p.set_defaults(handler=cmd_keys_create)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument(
-        "--e2b", action="store_true", help="an E2B-shaped key (e2b_<hex>) for the e2b SDKs"
-    )
-    p = keys.add_parser("rm", help="delete an API key", parents=[connection])
-    p.set_defaults(handler=cmd_keys_rm)
-    p.add_argument("key_id", metavar="ID")
+    add_key_and_team_commands(command, connection, _client, _needs_subcommand)
     return parser
 
 
@@ -361,6 +354,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             snapshot=args.snapshot,
             secrets=secrets_from(args.secret),
             pids_limit=args.pids_limit,
+            ca_certificates=ca_certificates_from(args.ca_cert) or None,
             client=client,
         )
     print(sandbox.id)
@@ -569,32 +563,6 @@ def _build_recipe_image(args: argparse.Namespace, config: ServerConfig) -> int:
         _fail(str(exc))
         return 1
     print(f"{image.name} {image.id[:12]} {format_size(image.size_bytes)}")
-    return 0
-
-
-def cmd_keys_ls(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        keys = client.list_keys()
-    rows = [[k.id, k.name, k.prefix, format_time(k.created_at)] for k in keys]
-    print(render_table(["ID", "NAME", "PREFIX", "CREATED"], rows))
-    return 0
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        key = client.create_key(args.name, e2b=args.e2b)
-    print(key.key)
-    print(
-        f"hutch: created {key.id} ({key.name}); the key is shown only this once",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def cmd_keys_rm(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        client.delete_key(args.key_id)
-    print(args.key_id)
     return 0
 
 

@@ -52,6 +52,12 @@ def add_process_commands(command: AddCommand, client_for: Callable[..., object])
     p.add_argument("--name", help="the process id (generated if left out)")
     p.add_argument("--cwd", help="working directory in the sandbox")
     p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="kill it and its children after this long (`hutch ps` then shows timed out)",
+    )
+    p.add_argument(
         "argv",
         metavar="CMD",
         nargs="+",
@@ -77,7 +83,8 @@ def cmd_ps(args: argparse.Namespace, client_for: Callable[..., object]) -> int:
             started = datetime.fromtimestamp(info.started_at).strftime("%Y-%m-%d %H:%M:%S")
             exit_code = "-" if info.exit_code is None else str(info.exit_code)
             what = info.command if info.command is not None else " ".join(info.argv)
-            rows.append([info.id, str(info.pid), info.status, exit_code, started, what])
+            status = "timed out" if info.timed_out else info.status
+            rows.append([info.id, str(info.pid), status, exit_code, started, what])
     print(render_table(["ID", "PID", "STATUS", "EXIT", "STARTED", "COMMAND"], rows))
     return 0
 
@@ -114,6 +121,6 @@ def cmd_start(args: argparse.Namespace, client_for: Callable[..., object]) -> in
     command: str | list[str] = argv[0] if len(argv) == 1 else argv
     client, sandbox = _sandbox(args, client_for)
     with client:
-        process = sandbox.start_process(command, args.name, cwd=args.cwd)
+        process = sandbox.start_process(command, args.name, cwd=args.cwd, timeout=args.timeout)
     print(process.id)
     return 0

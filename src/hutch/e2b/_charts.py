@@ -4,16 +4,33 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+_UNIT = re.compile(r"\(([^()]+)\)\s*$")
+
+
+def unit_of(label: object) -> str | None:
+    """The unit an axis label gives in parentheses at its end: "Time (s)" -> "s"."""
+    found = _UNIT.search(label) if isinstance(label, str) else None
+    return found.group(1).strip() if found else None
 
 
 def _two_d(chart: dict[str, Any]) -> dict[str, Any]:
     return {
         "x_label": chart.get("x_label") or None,
         "y_label": chart.get("y_label") or None,
-        "x_unit": None,
-        "y_unit": None,
+        "x_unit": unit_of(chart.get("x_label")),
+        "y_unit": unit_of(chart.get("y_label")),
     }
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _ticks(value: object) -> list[Any]:
+    return [v for v in value if isinstance(v, str | int | float)] if isinstance(value, list) else []
 
 
 def _point_axes(chart: dict[str, Any]) -> dict[str, Any]:
@@ -22,10 +39,10 @@ def _point_axes(chart: dict[str, Any]) -> dict[str, Any]:
         **_two_d(chart),
         "x_scale": chart.get("x_scale") if chart.get("x_scale") in scales else "linear",
         "y_scale": chart.get("y_scale") if chart.get("y_scale") in scales else "linear",
-        "x_ticks": [],
-        "x_tick_labels": [],
-        "y_ticks": [],
-        "y_tick_labels": [],
+        "x_ticks": _ticks(chart.get("x_ticks")),
+        "x_tick_labels": _strings(chart.get("x_tick_labels")),
+        "y_ticks": _ticks(chart.get("y_ticks")),
+        "y_tick_labels": _strings(chart.get("y_tick_labels")),
     }
 
 

@@ -58,13 +58,17 @@ _AGENT_CODES: dict[str, Code] = {
 }
 
 
+# An envd stream ending with this is cut instead (_stream_cut.py): the sandbox went away.
+LOST_CONNECTION = "lost the connection to sandbox"
+
+
 def connect_error(exc: Exception, sandbox_id: str) -> ConnectError:
     """Any failure below an envd handler as a Connect error (never an unmapped exception:
     connectrpc would answer those with a bare 500)."""
     if isinstance(exc, ConnectError):
         return exc
     if isinstance(exc, AgentDisconnected):
-        return ConnectError(Code.UNAVAILABLE, f"lost the connection to sandbox {sandbox_id}")
+        return ConnectError(Code.UNAVAILABLE, f"{LOST_CONNECTION} {sandbox_id}")
     if isinstance(exc, AgentError):
         return ConnectError(_AGENT_CODES.get(exc.code, Code.INVALID_ARGUMENT), exc.message)
     if isinstance(exc, ApiError):

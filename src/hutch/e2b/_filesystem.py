@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import posixpath
-import re
 import secrets
 import stat as stat_module
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,11 +22,13 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 from hutch._wire import Kind
 from hutch._wire.agent_ops import OpName
 from hutch.e2b._errors import connect_error
-from hutch.e2b._identity import in_home, sandbox_of
+from hutch.e2b._identity import DEFAULT_USER, Users, in_home, sandbox_of, user_of
 from hutch.e2b._oneof import oneof
 from hutch.node import AgentConnection, AgentError, AgentStream, parse_result
+from hutch.server.routes import Services
 
 R = TypeVar("R")
+METADATA_XATTR = "user.e2b."  # envd keeps a file's metadata in these extended attributes
 WATCH_KEEPALIVE = 30.0
 MAX_WATCHER_EVENTS = 10_000
 DRAIN_GRACE_STEPS = 10  # x 10 ms
@@ -47,13 +48,18 @@ _EVENT_TYPES = {
 }
 
 
-def entry_info(entry: dict[str, Any]) -> pb.EntryInfo:
-    """An agent FileEntry as envd's EntryInfo (``path`` absolute, as envd gives it)."""
+def entry_info(entry: dict[str, Any], target: dict[str, Any] | None = None) -> pb.EntryInfo:
+    """An agent FileEntry as envd's EntryInfo (``path`` absolute, as envd gives it). For a
+    symlink, envd gives the type of what it points to and the target's absolute path."""
     kind = str(entry.get("type"))
+    link = None
+    if kind == "symlink" and target is not None and target.get("exists"):
+        kind = str(target.get("type"))
+        link = str(target["absolute_path"])
     mode = int(entry.get("mode") or 0)
     mtime = float(entry.get("mtime") or 0.0)
     seconds = int(mtime)
-    target = entry.get("target")
+    target_path = entry.get("target")
     return pb.EntryInfo(
         name=str(entry.get("name") or posixpath.basename(str(entry["absolute_path"]))),
         type=_FILE_TYPES.get(kind, pb.FileType.FILE),
@@ -61,11 +67,12 @@ def entry_info(entry: dict[str, Any]) -> pb.EntryInfo:
         size=int(entry.get("size") or 0),
         mode=mode,
         permissions=stat_module.filemode(mode | _TYPE_BITS.get(kind, stat_module.S_IFLNK)),
-        owner="",
-        group="",
+        owner=str(entry.get("owner") or ""),
+        group=str(entry.get("group") or ""),
         modified_time=Timestamp(seconds=seconds, nanos=int((mtime - seconds) * 1e9)),
-        symlink_target=str(target) if target else None,
-        is_symlink=kind == "symlink",
+        symlink_target=link or (str(target_path) if target_path else None),
+        is_symlink=link is not None or kind == "symlink",
+        metadata=entry.get("xattrs") or {},
     )
 
 
@@ -76,8 +83,9 @@ def _depth(relative: str) -> int:
 class FilesystemService(Filesystem):
     """Implements e2b.envd.filesystem.filesystem_connect.Filesystem."""
 
-    def __init__(self, svc: Any) -> None:
+    def __init__(self, svc: Services, users: Users) -> None:
         self._svc = svc
+        self._users = users
         self._watchers: dict[str, _Watcher] = {}
 
     async def _guard(self, sandbox_id: str, work: Awaitable[R]) -> R:
@@ -87,12 +95,23 @@ class FilesystemService(Filesystem):
             raise connect_error(exc, sandbox_id) from exc
 
     async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        # NB: `op` passes through untyped; routes/ call `agent_call` with literal ops.
+        # NB: `op` passes through untyped here (one forwarding helper); the rest of this module's
+        # use of the services is checked.
+        call: Callable[..., Awaitable[Any]] = self._svc.sandboxes.agent_call(sandbox_id)
+        result: dict[str, Any] = await call(op, **args)
         return result
 
     async def _stat(self, sandbox_id: str, path: str) -> pb.EntryInfo:
         path = _check_path(path)
-        return entry_info(await self._call(sandbox_id, "stat", path=path))
+        entry = await self._call(sandbox_id, "stat", path=path, xattr_prefix=METADATA_XATTR)
+        target = None
+        if entry.get("type") == "symlink" and entry.get("target"):
+            resolved = posixpath.normpath(
+                posixpath.join(posixpath.dirname(path), str(entry["target"]))
+            )
+            target = await self._call(sandbox_id, "stat", path=resolved, missing_ok=True)
+        return entry_info(entry, target)
 
     async def stat(self, request: pb.StatRequest, ctx: RequestContext[Any, Any]) -> pb.StatResponse:
         sandbox_id = sandbox_of(ctx.request_headers)
@@ -110,7 +129,14 @@ class FilesystemService(Filesystem):
             if found.get("exists"):
                 # envd answers ALREADY_EXISTS; the SDKs turn it into make_dir() -> False.
                 raise ConnectError(Code.ALREADY_EXISTS, f"path {path} already exists")
-            await self._call(sandbox_id, "mkdir", path=path, recursive=True)
+            user = self._users.effective(sandbox_id, user_of(ctx.request_headers))
+            try:
+                await self._call(sandbox_id, "mkdir", path=path, recursive=True, owner=user)
+            except AgentError as exc:
+                if exc.code != "user_not_found" or user != DEFAULT_USER:
+                    raise
+                self._users.mark_missing(sandbox_id)  # no E2B `user` here: the image's own
+                await self._call(sandbox_id, "mkdir", path=path, recursive=True)
             return await self._stat(sandbox_id, path)
 
         return pb.MakeDirResponse(entry=await self._guard(sandbox_id, make()))
@@ -162,7 +188,13 @@ class FilesystemService(Filesystem):
             raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory")
         stream: AgentStream = await self._svc.sandboxes.open_stream(
             sandbox_id,
-            {"op": "list", "path": path, "recursive": depth > 1, "include_hidden": True},
+            {
+                "op": "list",
+                "path": path,
+                "recursive": depth > 1,
+                "include_hidden": True,
+                "xattr_prefix": METADATA_XATTR,
+            },
         )
         entries: list[dict[str, Any]] = []
 
@@ -336,20 +368,12 @@ class _Watcher:
         await self._conn.close()
 
 
-# The agent writes a file as a hidden temporary one renamed into place (atomic for readers).
-_WRITE_TEMP = re.compile(r"^\..+\.hutch-[0-9a-f]{12}$")
-
-
 def _fs_event(event: dict[str, Any], root: str) -> pb.FilesystemEvent | None:
     kind = _EVENT_TYPES.get(str(event.get("event")))
     if kind is None:
         return None
+    # NB: the agent's watch already reports a write_file by its final name (agent/_watch.py).
     path = str(event.get("path") or "")
-    if _WRITE_TEMP.match(posixpath.basename(path)):
-        return None  # the temporary file's own life is not news to anyone
-    old = str(event.get("old_path") or "")
-    if kind is pb.EventType.RENAME and _WRITE_TEMP.match(posixpath.basename(old)):
-        kind = pb.EventType.WRITE  # what envd reports for a write, which it does in place
     name = posixpath.relpath(path, root) if path.startswith("/") else path
     return pb.FilesystemEvent(name=name, type=kind)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 
 from connectrpc.code import Code
@@ -13,9 +12,12 @@ DEFAULT_USER = "user"  # E2B's default user
 E2B_HOME = "/home/user"  # its home: where relative paths start and commands run
 
 
-def in_home(path: str) -> str:
-    """E2B resolves relative paths against the user's home, not Hutch's /workspace."""
-    return path if path.startswith("/") else f"{E2B_HOME}/{path}"
+def in_home(path: str, user: str | None = None) -> str:
+    """E2B resolves relative paths against the user's home (root's is /root), not Hutch's
+    /workspace."""
+    if path.startswith("/"):
+        return path
+    return f"{'/root' if user == 'root' else E2B_HOME}/{path}"
 
 
 SANDBOX_HEADER = "e2b-sandbox-id"
@@ -39,7 +41,7 @@ def user_of(headers: Mapping[str, str]) -> str:
         return DEFAULT_USER
     try:
         name = base64.b64decode(value, validate=True).decode().partition(":")[0]
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, not ASCII (a header is latin-1), or not UTF-8
         raise ConnectError(
             Code.INVALID_ARGUMENT, "Authorization must be Basic base64('user:')"
         ) from None

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import signal as signal_module
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -24,6 +25,10 @@ from hutch.e2b._identity import DEFAULT_USER, E2B_HOME, Users, in_home, sandbox_
 from hutch.e2b._oneof import oneof
 from hutch.e2b._pty import Terminals
 from hutch.node import AgentConnection, AgentError, AgentStream, parse_result
+from hutch.server.routes import Services
+
+if TYPE_CHECKING:
+    from hutch._wire.agent_calls import StreamRequest
 
 KEEPALIVE_HEADER = "keepalive-ping-interval"
 DEFAULT_KEEPALIVE = 30.0
@@ -67,7 +72,7 @@ def end_event(info: dict[str, Any]) -> pb.ProcessEvent.EndEvent:
 class ProcessService(Process):
     """Implements e2b.envd.process.process_connect.Process."""
 
-    def __init__(self, svc: Any, users: Users) -> None:
+    def __init__(self, svc: Services, users: Users) -> None:
         self._svc = svc
         self._users = users
         # (sandbox, pid) -> Hutch process id: pids are E2B's handles.
@@ -81,7 +86,11 @@ class ProcessService(Process):
             raise connect_error(exc, sandbox_id) from exc
 
     async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        # NB: `op` passes through untyped; routes/ call `agent_call` with literal ops.
+        # NB: `op` passes through untyped here (one forwarding helper); the rest of this module's
+        # use of the services is checked.
+        call: Callable[..., Awaitable[Any]] = self._svc.sandboxes.agent_call(sandbox_id)
+        result: dict[str, Any] = await call(op, **args)
         return result
 
     async def _process_id(self, sandbox_id: str, selector: pb.ProcessSelector | None) -> str:
@@ -100,7 +109,8 @@ class ProcessService(Process):
                 raise ConnectError(Code.NOT_FOUND, f"process with pid {pid} not found")
         raise ConnectError(Code.INVALID_ARGUMENT, "select the process by pid or tag")
 
-    async def _spawn(self, sandbox_id: str, request: pb.StartRequest, user: str) -> dict[str, Any]:
+    @staticmethod
+    def _start_args(request: pb.StartRequest, ctx: RequestContext[Any, Any]) -> dict[str, Any]:
         config = request.process
         if config is None or not config.cmd:
             raise ConnectError(Code.INVALID_ARGUMENT, "process.cmd is required")
@@ -112,6 +122,53 @@ class ProcessService(Process):
         }
         if request.tag:
             args["id"] = request.tag
+        left_ms = ctx.timeout_ms  # what is left of the call's connect-timeout-ms
+        if left_ms is not None:
+            # As envd: the command is killed at the call's deadline even if the client has
+            # already left (it gives up at that same moment), so the agent holds the deadline.
+            args["timeout"] = max(left_ms / 1000, 0.001)
+        return args
+
+    async def _spawn_pipelined(
+        self,
+        sandbox_id: str,
+        request: pb.StartRequest,
+        ctx: RequestContext[Any, Any],
+        user: str,
+        conn: AgentConnection,
+    ) -> tuple[dict[str, Any], AgentStream] | None:
+        """An untagged command's start and its logs stream, sent back to back on `conn` (the
+        agent takes one connection's requests in order): one round trip to the agent less
+        than start, answer, then logs. Its id is chosen here (untagged, as the agent's own
+        `proc-N`). None when the image has no `user`: the caller starts it the long way."""
+        args = self._start_args(request, ctx)
+        args["id"] = f"proc-e2b-{os.urandom(6).hex()}"
+        who = self._users.effective(sandbox_id, user)
+        # NB: process_start is a unary op; sent as a stream so that its OPEN goes out now.
+        starting = conn.open_stream(
+            cast("StreamRequest", {"op": "process_start", "user": who, **args})
+        )
+        logs = conn.open_stream(
+            {"op": "process_logs", "id": args["id"], "stdout_offset": 0, "stderr_offset": 0,
+             "follow": True}
+        )  # fmt: skip
+        try:
+            async for frame in starting:
+                if frame.kind is Kind.RESULT:
+                    info: dict[str, Any] = parse_result(frame)["process"]
+                    self._ids[(sandbox_id, int(info["pid"]))] = info["id"]
+                    return info, logs
+            raise AgentError("bad_response", "process_start ended without a RESULT")
+        except BaseException as exc:
+            await logs.aclose()
+            if isinstance(exc, AgentError) and exc.code == "user_not_found" and who == DEFAULT_USER:
+                return None
+            raise
+
+    async def _spawn(
+        self, sandbox_id: str, request: pb.StartRequest, ctx: RequestContext[Any, Any], user: str
+    ) -> dict[str, Any]:
+        args = self._start_args(request, ctx)
         who = self._users.effective(sandbox_id, user)
         try:
             result = await self._call(sandbox_id, "process_start", user=who, **args)
@@ -134,24 +191,26 @@ class ProcessService(Process):
         offsets: tuple[int, int] = (0, 0),
         conn: AgentConnection | None = None,
         kill_on_deadline: bool = False,
+        stream: AgentStream | None = None,
     ) -> AsyncIterator[Event]:
         """Data events from the process's logs, then its end event; keepalives between.
         The logs stream gets a connection of its own (``conn``, else a new one): a slow
-        reader must not stall the sandbox's other requests."""
+        reader must not stall the sandbox's other requests. `stream`: that logs stream,
+        already opened on `conn`."""
         interval = _keepalive(ctx)
         if conn is None:
             conn = await self._svc.sandboxes.dedicated_agent(sandbox_id)
-        stream: AgentStream | None = None
         try:
-            stream = conn.open_stream(
-                {
-                    "op": "process_logs",
-                    "id": process_id,
-                    "stdout_offset": offsets[0],
-                    "stderr_offset": offsets[1],
-                    "follow": True,
-                }
-            )
+            if stream is None:
+                stream = conn.open_stream(
+                    {
+                        "op": "process_logs",
+                        "id": process_id,
+                        "stdout_offset": offsets[0],
+                        "stderr_offset": offsets[1],
+                        "follow": True,
+                    }
+                )
             frames = stream.__aiter__()
             loop = asyncio.get_running_loop()
             # NB: connectrpc parses connect-timeout-ms but leaves enforcing it to us.
@@ -162,13 +221,11 @@ class ProcessService(Process):
                     if kill_on_deadline:
                         with contextlib.suppress(AgentError):
                             await self._call(sandbox_id, "process_kill", id=process_id, signal=9)
-                    raise ConnectError(
-                        Code.DEADLINE_EXCEEDED,
-                        "the command ran past its timeout"
-                        + (" and was killed" if kill_on_deadline else ""),
-                    )
+                    raise _past_deadline(kill_on_deadline)
                 try:
-                    frame = await asyncio.wait_for(frames.__anext__(), wait)
+                    # NB: not wait_for, which makes a task per frame.
+                    async with asyncio.timeout(wait):
+                        frame = await frames.__anext__()
                 except TimeoutError:
                     if deadline is not None and loop.time() >= deadline:
                         continue
@@ -182,13 +239,20 @@ class ProcessService(Process):
                     yield _event(kind, _data(frame.channel, frame.payload))
                 elif frame.kind is Kind.RESULT:
                     info = parse_result(frame)["process"]
+                    if kill_on_deadline and info.get("timed_out"):
+                        raise _past_deadline(True)  # the agent's own kill at that deadline
                     yield _event(kind, pb.ProcessEvent(event=oneof("end", end_event(info))))
                     return
         finally:
-            if stream is not None and not stream.finished:
-                with contextlib.suppress(Exception):
-                    await stream.cancel()
-            await conn.close()
+            if stream is not None and stream.answered:
+                # Kept for the next command: a new agent connection per command was a
+                # sizeable part of what a `commands.run` cost over Hutch's own exec.
+                await self._svc.sandboxes.release_agent(sandbox_id, conn)
+            else:
+                if stream is not None and not stream.finished:
+                    with contextlib.suppress(Exception):
+                        await stream.cancel()
+                await conn.close()
 
     # -- the service --------------------------------------------------------------------
 
@@ -201,16 +265,25 @@ class ProcessService(Process):
             async for event in self._start_pty(sandbox_id, request):
                 yield event
             return
-        # NB: the logs connection is opened while the process starts, not after: one round
-        # trip less on every command.
-        opening = asyncio.ensure_future(self._svc.sandboxes.dedicated_agent(sandbox_id))
+        conn: AgentConnection = await self._guard(
+            sandbox_id, self._svc.sandboxes.dedicated_agent(sandbox_id)
+        )
+        logs: AgentStream | None = None
         try:
-            info = await self._guard(sandbox_id, self._spawn(sandbox_id, request, user_of(headers)))
-            conn: AgentConnection = await self._guard(sandbox_id, opening)
+            started = None
+            if not request.tag:  # a tag may name a live process: its start must answer first
+                started = await self._guard(
+                    sandbox_id,
+                    self._spawn_pipelined(sandbox_id, request, ctx, user_of(headers), conn),
+                )
+            if started is not None:
+                info, logs = started
+            else:
+                info = await self._guard(
+                    sandbox_id, self._spawn(sandbox_id, request, ctx, user_of(headers))
+                )
         except BaseException:
-            opening.cancel()
-            with contextlib.suppress(BaseException):
-                await (await opening).close()
+            await conn.close()
             raise
         try:
             yield _event(pb.StartResponse, _start(int(info["pid"])))
@@ -219,7 +292,13 @@ class ProcessService(Process):
             raise
         try:
             async for event in self._follow(
-                sandbox_id, info["id"], pb.StartResponse, ctx, conn=conn, kill_on_deadline=True
+                sandbox_id,
+                info["id"],
+                pb.StartResponse,
+                ctx,
+                conn=conn,
+                kill_on_deadline=True,
+                stream=logs,
             ):
                 yield event
         except Exception as exc:
@@ -374,6 +453,13 @@ def _pid_of(selector: pb.ProcessSelector | None) -> int | None:
         case Oneof(field="pid", value=int() as pid):
             return pid
     return None
+
+
+def _past_deadline(killed: bool) -> ConnectError:
+    return ConnectError(
+        Code.DEADLINE_EXCEEDED,
+        "the command ran past its timeout" + (" and was killed" if killed else ""),
+    )
 
 
 def _keepalive(ctx: RequestContext[Any, Any]) -> float:

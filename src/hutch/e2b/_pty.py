@@ -4,7 +4,7 @@ makes a terminal and streams it; SendInput, Update and SendSignal find it by pid
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from connectrpc.code import Code
@@ -16,13 +16,14 @@ from hutch._wire.agent_ops import OpName
 from hutch.e2b._identity import E2B_HOME, in_home
 from hutch.e2b._oneof import oneof
 from hutch.node import AgentConnection, AgentStream, parse_result
+from hutch.server.routes import Services
 
 
 class Terminals:
     """The terminals started through E2B, by (sandbox, pid), with the stream that shows each
     (its stdin channel is the terminal's keyboard)."""
 
-    def __init__(self, svc: Any) -> None:
+    def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._ids: dict[tuple[str, int], str] = {}
         self._streams: dict[tuple[str, int], AgentStream] = {}
@@ -31,7 +32,11 @@ class Terminals:
         return (sandbox_id, pid) in self._ids
 
     async def _call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._svc.sandboxes.call(sandbox_id, op, **args)
+        # NB: `op` passes through untyped; routes/ call `agent_call` with literal ops.
+        # NB: `op` passes through untyped here (one forwarding helper); the rest of this module's
+        # use of the services is checked.
+        call: Callable[..., Awaitable[Any]] = self._svc.sandboxes.agent_call(sandbox_id)
+        result: dict[str, Any] = await call(op, **args)
         return result
 
     async def create(self, sandbox_id: str, request: pb.StartRequest) -> dict[str, Any]:

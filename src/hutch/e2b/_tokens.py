@@ -34,8 +34,16 @@ class AccessTokens:
     def token_for(self, sandbox_id: str) -> str:
         return hmac.new(self._key, b"envd:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
 
+    def traffic_token_for(self, sandbox_id: str) -> str:
+        """E2B's traffic token: reaches the sandbox's ports through the preview proxy (and
+        the interpreter's), never envd."""
+        return hmac.new(self._key, b"traffic:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
+
     def is_valid(self, sandbox_id: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.token_for(sandbox_id), token or "")
+        return _same(self.token_for(sandbox_id), token)
+
+    def is_valid_traffic(self, sandbox_id: str, token: str | None) -> bool:
+        return _same(self.traffic_token_for(sandbox_id), token)
 
     def signature(self, sandbox_id: str, path: str, operation: str, user: str, expires: int) -> str:
         """A signed-URL signature for /files (``read`` or ``write``), bound to the path,
@@ -45,3 +53,8 @@ class AccessTokens:
             raw += f":{expires}"
         digest = hashlib.sha256(raw.encode()).digest()
         return "v1_" + base64.b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _same(expected: str, token: str | None) -> bool:
+    # compare_digest refuses non-ASCII str: a header may hold any latin-1 text.
+    return bool(token) and hmac.compare_digest(expected.encode(), (token or "").encode())

@@ -11,23 +11,30 @@ from hutch.node._agent_client import (
     AgentDisconnected,
     AgentError,
     AgentStream,
+    AgentUnknownOp,
     parse_result,
 )
 from hutch.node._egress import (
     EgressProxy,
+    EgressRegistry,
     SealedSecrets,
     SecretOpener,
     agent_env,
     parse_upstreams,
     upstream_client,
 )
-from hutch.node._egress_rules import BASE_URL_ENVS, RULES_NAME, EgressRule, seal_rules
+from hutch.node._egress_grants import EgressGrants
+from hutch.node._egress_rules import BASE_URL_ENVS, RULES_NAME, EgressRule, read_rules, seal_rules
 from hutch.node._gateway import AgentGateway, AgentUnreachable
 from hutch.node._host import LocalHost, SandboxHost
-from hutch.node._pools import POOL_PREFIX, WarmPools, parse_pool_sizes
+from hutch.node._node_api import node_app
+from hutch.node._pools import POOL_LIMITS, POOL_PREFIX, PoolLedger, WarmPools, parse_pool_sizes
+from hutch.node._remote import NodeRefused, NodeUnavailable, RemoteHost
+from hutch.node._tunnel import TunnelRefused, TunnelServer, open_tunnel
 
 __all__ = [
     "BASE_URL_ENVS",
+    "POOL_LIMITS",
     "POOL_PREFIX",
     "RULES_NAME",
     "AgentConnection",
@@ -36,18 +43,30 @@ __all__ = [
     "AgentError",
     "AgentGateway",
     "AgentStream",
+    "AgentUnknownOp",
     "AgentUnreachable",
+    "EgressGrants",
     "EgressProxy",
+    "EgressRegistry",
     "EgressRule",
     "LocalHost",
+    "NodeRefused",
+    "NodeUnavailable",
+    "PoolLedger",
+    "RemoteHost",
     "SandboxHost",
     "SealedSecrets",
     "SecretOpener",
+    "TunnelRefused",
+    "TunnelServer",
     "WarmPools",
     "agent_env",
+    "node_app",
+    "open_tunnel",
     "parse_pool_sizes",
     "parse_result",
     "parse_upstreams",
+    "read_rules",
     "seal_rules",
     "upstream_client",
 ]

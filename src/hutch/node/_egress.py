@@ -93,6 +93,21 @@ class SecretOpener(Protocol):
     def open_all(self, sealed: Mapping[str, bytes]) -> dict[str, str]: ...
 
 
+class EgressRegistry(Protocol):
+    """What the API's services ask of the egress proxy: on one host this process's
+    `EgressProxy`; on a cluster the proxy of the sandbox's node, through the replica."""
+
+    async def register(self, sandbox_id: str, runtime_id: str) -> bool:
+        """Let the running sandbox use the proxy if it has rules; whether it has."""
+        ...
+
+    def forget(self, sandbox_id: str) -> None: ...
+
+    def port_for(self, sandbox_id: str) -> int | None:
+        """The proxy's port on the sandbox's gateway (None: not known now)."""
+        ...
+
+
 class EgressProxy:
     """The proxy of one server: its listening socket, and which sandbox address is whose."""
 
@@ -202,6 +217,9 @@ class EgressProxy:
             self._client = None
 
     # -- sandboxes ------------------------------------------------------------------------
+
+    def port_for(self, sandbox_id: str) -> int | None:
+        return self.port  # one proxy, one port, on every gateway of this host
 
     def has_rules(self, sandbox_id: str) -> bool:
         return RULES_NAME in self._store.get_secrets(sandbox_id)

@@ -16,15 +16,26 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from hutch._wire.agent_calls import StreamRequest
 from hutch._wire.agent_ops import OpName
 from hutch.node._agent_client import AgentConnection, AgentDisconnected, AgentError, AgentStream
 
 # Called on every new shared connection before anyone else gets it (the API sends the
 # sandbox's secrets: the agent keeps them in memory only, so a reconnect must resend them).
 OnConnect = Callable[[str, AgentConnection], Awaitable[None]]
+
+# How a new connection to a sandbox's agent is made: its unix socket on this host
+# (`LocalHost.connect_agent`), or the same byte stream tunnelled through a node daemon.
+# The gateway and the agent protocol are the same either way.
+AgentOpener = Callable[[str, float], Awaitable[AgentConnection]]
+
+# Dedicated connections whose stream ended cleanly are kept for the next stream, up to this
+# many per sandbox: `sb.exec()` is a stream on a dedicated connection, and connecting (the
+# connect, the agent's accept, a reader task on each side, the close) was a large share of
+# an exec's cost on both sides.
+MAX_IDLE_DEDICATED = 8
 
 
 class AgentUnreachable(AgentDisconnected):
@@ -37,12 +48,12 @@ class AgentUnreachable(AgentDisconnected):
 class AgentGateway:
     def __init__(
         self,
-        socket_of: Callable[[str], Path],
+        opener: AgentOpener,
         *,
         timeout: float,
         on_connect: OnConnect | None = None,
     ) -> None:
-        self._socket_of = socket_of  # sandbox id -> its agent's socket
+        self._open = opener  # (sandbox id, timeout) -> a new connection to its agent
         self._timeout = timeout
         self.on_connect = on_connect
         self._shared: dict[str, AgentConnection] = {}
@@ -50,14 +61,13 @@ class AgentGateway:
         # Weakly held: their callers close them; while a stream runs on one, the sandbox is
         # in use (the idle timer must not put it to sleep under a transfer).
         self._dedicated: dict[str, weakref.WeakSet[AgentConnection]] = {}
+        self._idle: dict[str, list[AgentConnection]] = {}
 
     # -- connections ----------------------------------------------------------------------
 
-    async def connect(self, sandbox_id: str, socket_path: Path | None = None) -> AgentConnection:
+    async def connect(self, sandbox_id: str) -> AgentConnection:
         """A new shared connection (replacing any), set up with `on_connect`."""
-        conn = await AgentConnection.connect(
-            socket_path or self._socket_of(sandbox_id), timeout=self._timeout
-        )
+        conn = await self._open(sandbox_id, self._timeout)
         try:
             if self.on_connect is not None:
                 await self.on_connect(sandbox_id, conn)
@@ -92,12 +102,39 @@ class AgentGateway:
 
     async def dedicated(self, sandbox_id: str) -> AgentConnection:
         """A new connection of its own, for one bulk stream; the caller closes it."""
+        # NB: `on_connect` (the sandbox's secrets) sets up the agent, not the connection:
+        # make sure the shared connection ran it for this agent first. Otherwise the first
+        # request after a server or container restart, if it is a stream, runs without them.
+        await self.shared(sandbox_id)
+        idle = self._idle.get(sandbox_id)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:  # NB: one whose agent died since reads EOF and is closed
+                self._dedicated.setdefault(sandbox_id, weakref.WeakSet()).add(conn)
+                return conn
         try:
-            conn = await AgentConnection.connect(self._socket_of(sandbox_id), timeout=self._timeout)
+            conn = await self._open(sandbox_id, self._timeout)
         except (OSError, AgentError, TimeoutError) as exc:
             raise self._unreachable(sandbox_id, exc) from exc
         self._dedicated.setdefault(sandbox_id, weakref.WeakSet()).add(conn)
         return conn
+
+    async def release(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Give back a dedicated connection whose streams all ended: kept for the next
+        `dedicated()` while the sandbox is known (not forgotten) and few are kept, else
+        closed. A connection whose stream did not end (the client left) must be closed."""
+        idle = self._idle.get(sandbox_id)
+        if idle is None and sandbox_id in self._shared:
+            idle = self._idle[sandbox_id] = []
+        if (
+            idle is not None
+            and not conn.closed
+            and conn.open_streams == 0
+            and len(idle) < MAX_IDLE_DEDICATED
+        ):
+            idle.append(conn)
+            return
+        await conn.close()
 
     def has_open_streams(self, sandbox_id: str) -> bool:
         """Whether a stream (a command, log stream, transfer, terminal) is in flight."""
@@ -113,6 +150,9 @@ class AgentGateway:
         """Close the sandbox's shared connection (it is being destroyed)."""
         self._locks.pop(sandbox_id, None)
         self._dedicated.pop(sandbox_id, None)
+        for idle in self._idle.pop(sandbox_id, ()):
+            with contextlib.suppress(Exception):
+                await idle.close()
         conn = self._shared.pop(sandbox_id, None)
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -120,18 +160,21 @@ class AgentGateway:
 
     async def close(self) -> None:
         """Close every connection; the sandboxes keep running."""
-        for conn in list(self._shared.values()):
+        idle = [conn for conns in self._idle.values() for conn in conns]
+        self._idle.clear()
+        for conn in [*self._shared.values(), *idle]:
             with contextlib.suppress(Exception):
                 await conn.close()
         self._shared.clear()
 
     # -- requests -------------------------------------------------------------------------
 
-    async def call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-        """One request and its result on the shared connection."""
+    async def call_untyped(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
+        """One request and its result on the shared connection (the caller types it: see
+        `SandboxManager.agent_call`)."""
         conn = await self.shared(sandbox_id)
         try:
-            return await conn.call(op, **args)
+            return await conn.call_untyped(op, **args)
         except AgentError as exc:
             if isinstance(exc, AgentDisconnected):
                 self.drop(sandbox_id, conn)
@@ -139,7 +182,7 @@ class AgentGateway:
             raise
 
     async def open_stream(
-        self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+        self, sandbox_id: str, request: StreamRequest, conn: AgentConnection | None = None
     ) -> AgentStream:
         """A stream on `conn`, else on the shared connection."""
         shared = conn is None
@@ -154,7 +197,7 @@ class AgentGateway:
             raise
 
     async def open_own(
-        self, sandbox_id: str, request: dict[str, Any]
+        self, sandbox_id: str, request: StreamRequest
     ) -> tuple[AgentConnection, AgentStream]:
         """A stream on a dedicated connection; close the connection when the stream ends."""
         conn = await self.dedicated(sandbox_id)

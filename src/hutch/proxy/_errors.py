@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+# The answer when nothing in the sandbox accepts on the port (both proxies give it).
+UNREACHABLE_BODY = (
+    b"the sandbox does not accept connections on this port: is the server "
+    b"running, and listening on this port (127.0.0.1 or 0.0.0.0)? "
+    b"See docs/troubleshooting.md\n"
+)
+
 
 class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400) -> None:

@@ -3,8 +3,15 @@ connection and hand preview hosts to the relay; anything else goes to the ASGI a
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hutch.proxy._coalesced_writes import CoalescedWrites
 from hutch.proxy._errors import BadRequest, _simple_response
 from hutch.proxy._relay import PreviewConnection
 from hutch.proxy._routes import (
@@ -13,6 +20,13 @@ from hutch.proxy._routes import (
     preview_target,
     split_host,
 )
+
+# A scope key the front sets on every request it hands the app: a callable that makes the
+# connection end with a TCP reset instead of a FIN when it is closed. An app cutting a stream
+# mid-body (hutch.e2b: the sandbox was killed) uses it so that clients see what a proxy's stream
+# reset looks like (a read error), not a malformed message (e2b's Python SDK asks the sandbox's
+# health only after a transport error). Servers without this front just lack the key.
+RESET_ON_CLOSE = "hutch.reset_on_close"
 
 
 def _client_host(head: bytes) -> bytes | None | BadRequest:
@@ -33,6 +47,21 @@ def front_protocol(routes: PreviewRoutes) -> type[HttpToolsProtocol]:
     class FrontProtocol(HttpToolsProtocol):
         _sniffing = True
         _buffer = b""
+
+        def connection_made(self, transport: Any) -> None:
+            # A response's head and body go out in one write (see _coalesced_writes).
+            wrapped = CoalescedWrites(transport, self.loop)
+            super().connection_made(cast("asyncio.Transport", wrapped))
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            cast("dict[str, Callable[[], None]]", self.scope)[RESET_ON_CLOSE] = self._reset_on_close
+
+        def _reset_on_close(self) -> None:
+            # SO_LINGER 0: close() (after asyncio has written what it holds) sends RST.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
         def data_received(self, data: bytes) -> None:
             if not self._sniffing:
@@ -76,6 +105,9 @@ def front_protocol(routes: PreviewRoutes) -> type[HttpToolsProtocol]:
         def _take_over(self, buffer: bytes) -> None:
             self.connections.discard(self)
             client_ip = self.client[0] if self.client else "unknown"
-            PreviewConnection(routes, client_ip).take_over(self.transport, buffer)
+            raw = self.transport
+            if isinstance(raw, CoalescedWrites):
+                raw = raw.raw
+            PreviewConnection(routes, client_ip).take_over(raw, buffer)
 
     return FrontProtocol

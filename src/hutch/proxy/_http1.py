@@ -6,13 +6,20 @@ refused, so the proxy and the sandbox's server can never disagree on where a req
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hutch.proxy._errors import BadRequest
-from hutch.proxy._routes import MAX_HEADERS, PreviewTarget, preview_target, split_host
+from hutch.proxy._routes import (
+    MAX_HEADERS,
+    TRAFFIC_TOKEN_HEADER,
+    PreviewTarget,
+    preview_target,
+    split_host,
+)
 
 _NAME_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -30,6 +37,8 @@ _REQUEST_HOP = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"x-forwarded-for",
+        # E2B's traffic token opens every port of its sandbox: the sandbox need not see it.
+        TRAFFIC_TOKEN_HEADER.encode(),
     }
 )
 _RESPONSE_HOP = frozenset(
@@ -150,6 +159,7 @@ def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
     connection: list[bytes] = []
     upgrade: bytes | None = None
     xff = b""
+    traffic = b""
     hop = False
     for lower, value in _watched_fields(h, _REQUEST_WATCH_RE):
         if lower == b"host":
@@ -174,6 +184,8 @@ def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
             upgrade = value
         elif lower == b"x-forwarded-for":
             xff = value + b", "
+        elif lower == _TRAFFIC:
+            traffic = value
     if host is None:
         raise BadRequest("exactly one Host header is required")
     if te is not None:
@@ -184,7 +196,7 @@ def _parse_request(h: bytes, domain: str, client_ip: bytes) -> Request:
         length = -1
     else:
         length = 0 if cl is None else int(cl)
-    preview = _host_target(host, domain)
+    preview = _with_traffic_token(_host_target(host, domain), traffic)
     path = target if target[:1] == b"/" else origin_form(target, host)
     tokens = {t.strip().lower() for v in connection for t in v.split(b",")} if connection else set()
     wants_upgrade = upgrade is not None and b"upgrade" in tokens
@@ -233,6 +245,17 @@ _RESPONSE_DROP_LINES = {
 }
 
 
+_TRAFFIC = TRAFFIC_TOKEN_HEADER.encode()
+
+
+def _with_traffic_token(target: PreviewTarget, value: bytes) -> PreviewTarget:
+    """An E2B host's target with the request's traffic token (a host's own: unchanged)."""
+    if not target.in_header:
+        return target
+    token = value.decode("ascii") if value.isascii() else ""
+    return dataclasses.replace(target, token=token)
+
+
 @functools.lru_cache(maxsize=1024)
 def _host_target(host: bytes, domain: str) -> PreviewTarget:
     """The preview a Host value names (a pure function: connections repeat their Host)."""
@@ -266,6 +289,7 @@ def _parse_request_slow(head: bytes, domain: str, client_ip: bytes) -> Request:
     tokens: set[bytes] = set()
     upgrade: bytes | None = None
     xff = b""
+    traffic = b""
     kept: list[bytes] = []
     for name, lower, value in _headers(lines[1:]):
         if lower == b"host":
@@ -286,6 +310,8 @@ def _parse_request_slow(head: bytes, domain: str, client_ip: bytes) -> Request:
             upgrade = value
         elif lower == b"x-forwarded-for":
             xff = value + b", "
+        elif lower == _TRAFFIC:
+            traffic = value
         if lower not in _REQUEST_HOP:
             kept.append(name + b": " + value)
     if host is None:
@@ -303,6 +329,7 @@ def _parse_request_slow(head: bytes, domain: str, client_ip: bytes) -> Request:
     preview = preview_target(name_text, domain)
     if preview is None:
         raise BadRequest("this connection serves preview hosts only; open a new one")
+    preview = _with_traffic_token(preview, traffic)
     path = origin_form(target, host)
     wants_upgrade = upgrade is not None and b"upgrade" in tokens
     keep_alive = version == b"HTTP/1.1" and b"close" not in tokens

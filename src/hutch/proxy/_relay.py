@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import cast
 
 from hutch.proxy._chunked import ChunkedFraming
-from hutch.proxy._errors import BadRequest, _simple_response
+from hutch.proxy._errors import UNREACHABLE_BODY, BadRequest, _simple_response
 from hutch.proxy._http1 import (
     Request,
     Response,
@@ -256,18 +256,19 @@ class Upstream(asyncio.Protocol):
         try:
             if wake is not None:
                 await wake  # a sleeping sandbox: the request waits for it (bytes queue meanwhile)
-            await asyncio.wait_for(loop.create_connection(lambda: self, *self.key), 10.0)
+            connect = self.client.routes.connect
+            target = self.client.target_key
+            if connect is not None and target is not None:
+                # A sandbox on another host: a byte tunnel through its node (docs/cluster.md).
+                await asyncio.wait_for(connect(target[0], target[1], lambda: self), 10.0)
+            else:
+                await asyncio.wait_for(loop.create_connection(lambda: self, *self.key), 10.0)
         except Exception:
             self.closed = True
             if self.request is not None and self.client.inflight is self.request:
-                # The usual cause: a dev server bound to 127.0.0.1 inside the sandbox, which
-                # the proxy (coming in over the sandbox's veth) cannot reach.
-                body = (
-                    b"the sandbox does not accept connections on this port: is the server "
-                    b"running, and listening on 0.0.0.0 (not 127.0.0.1 or localhost)? "
-                    b"See docs/troubleshooting.md\n"
-                )
-                self.client.write(_simple_response(502, body))
+                # The usual cause: the server is not running (yet), or listens on another
+                # port (or on IPv6 ::1 only, which the loopback rule does not reach).
+                self.client.write(_simple_response(502, UNREACHABLE_BODY))
                 self.client.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -14,6 +14,7 @@ from hutch.sdk._async.processes import AsyncProcess
 from hutch.sdk._async.sessions import AsyncSession
 from hutch.sdk._code import CodeContext, CodeEvent, Execution, ExecutionError, Logs, Result
 from hutch.sdk._config import ConnectionConfig
+from hutch.sdk._events import SandboxEvent
 from hutch.sdk._exceptions import (
     APIError,
     AuthenticationError,
@@ -22,6 +23,7 @@ from hutch.sdk._exceptions import (
     ConfigurationError,
     Conflict,
     ContextNotFound,
+    CwdNotFound,
     FileNotFound,
     GitError,
     HutchConnectionError,
@@ -35,11 +37,15 @@ from hutch.sdk._exceptions import (
     ProcessNotFound,
     ProcessNotRunning,
     ProcessTimeout,
+    QuotaExceeded,
+    RateLimited,
     RegistryError,
     SandboxNotFound,
     SandboxUnavailable,
     ServerError,
     SessionNotFound,
+    StorageFull,
+    UserNotFound,
 )
 from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import (
@@ -54,6 +60,7 @@ from hutch.sdk._models import (
     SandboxInfo,
     SandboxMetrics,
     Snapshot,
+    Team,
 )
 from hutch.sdk._procs import LogEvent, ProcessInfo, ProcessLogs
 from hutch.sdk._sync import Client, Sandbox, Terminal
@@ -80,6 +87,7 @@ __all__ = [
     "Conflict",
     "ConnectionConfig",
     "ContextNotFound",
+    "CwdNotFound",
     "ExecEvent",
     "ExecResult",
     "Execution",
@@ -107,9 +115,12 @@ __all__ = [
     "ProcessNotFound",
     "ProcessNotRunning",
     "ProcessTimeout",
+    "QuotaExceeded",
+    "RateLimited",
     "RegistryError",
     "Result",
     "Sandbox",
+    "SandboxEvent",
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxNotFound",
@@ -118,6 +129,9 @@ __all__ = [
     "Session",
     "SessionNotFound",
     "Snapshot",
+    "StorageFull",
+    "Team",
     "Terminal",
+    "UserNotFound",
     "WatchEvent",
 ]

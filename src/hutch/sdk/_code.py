@@ -23,6 +23,7 @@ _MIME_ATTRS = {
     "application/json": "json",
     "application/javascript": "javascript",
     CHART_MIME: "chart",
+    "application/vnd.hutch.dataframe+json": "dataframe",
 }
 
 
@@ -64,6 +65,7 @@ class Result:
         text, html, markdown, latex, svg, javascript: those representations, if given.
         png, jpeg: base64-encoded images, if given.
         json: ``application/json`` data.
+        dataframe: a pandas DataFrame (up to 20,000 cells) as ``{column: [values]}``.
         chart: a matplotlib figure as data: ``{"type": "line"|"bar"|"scatter"|"pie"|
             "box_and_whisker"|..., "title", "x_label", "y_label", "x_scale", "y_scale",
             "elements": [...]}``.

@@ -14,7 +14,8 @@ One tree, rooted at :class:`HutchError`::
     │   │   ├── ContextNotFound         404 context_not_found
     │   │   └── (NotFoundError)         404 bucket_not_mounted, snapshot_not_found
     │   ├── Conflict                    409 sandbox_exists, sandbox_not_running, *_exists,
-    │   │   │                               image_in_use, context_dead, read_only, mount_path_busy,
+    │   │   │                               image_in_use, context_dead, context_failed, read_only,
+    │   │   │                               mount_path_busy,
     │   │   │                               invalid_state (e.g. pause of a stopped sandbox),
     │   │   │                               is_a_directory, not_a_directory, ...
     │   │   └── ProcessNotRunning       409 process_not_running
@@ -22,13 +23,20 @@ One tree, rooted at :class:`HutchError`::
     │   │                                   backup_target_unreachable (nothing written)
     │   ├── GitError                        git_checkout failed: git_branch_not_found, ...
     │   ├── PayloadTooLarge             413 body_too_large
+    │   ├── QuotaExceeded               429 quota_exceeded (a team quota; the message names it)
+    │   ├── RateLimited                 429 rate_limited (retry_after: seconds to wait)
     │   ├── InvalidRequest              422 invalid_request, invalid_sandbox_id, invalid_path,
     │   │                                   invalid_port
     │   │                                   (also a ValueError)
-    │   │   └── ImageBuildFailed        422 image_build_failed (output_tail: the step's output)
+    │   │   ├── ImageBuildFailed        422 image_build_failed (output_tail: the step's output)
+    │   │   ├── CwdNotFound             422 cwd_not_found (the working directory is missing)
+    │   │   └── UserNotFound            422 user_not_found (no such user in the image)
+    │   ├── StorageFull                 507 no_space (the sandbox's quota), insufficient_storage
+    │   │                                   (the server's disk) (also an OSError)
     │   ├── ServerError                 500 internal (and any other 5xx)
     │   │   └── RegistryError           502 registry_error (the registry's message)
-    │   └── SandboxUnavailable          503 sandbox_unavailable, sandbox_start_failed
+    │   └── SandboxUnavailable          503 sandbox_unavailable, sandbox_start_failed,
+    │                                       create_busy (once the SDK's own retries ran out)
     ├── CommandTimeout                  a command ran past its timeout (also a TimeoutError)
     ├── ProcessTimeout                  a wait on a process ran out of time (also a TimeoutError)
     ├── ProcessExited                   a process ended before what was waited for happened
@@ -71,7 +79,11 @@ class APIError(HutchError):
         message: What was wrong and what to do, as written by the server.
         fields: For validation errors, the offending fields:
             ``[{"loc": [...], "message": "..."}]``.
+        request_id: The server's id of the request (its ``X-Request-Id``), to quote to
+            whoever reads the server's logs; ``None`` if the server sent none.
     """
+
+    request_id: str | None = None
 
     def __init__(
         self,
@@ -88,7 +100,8 @@ class APIError(HutchError):
 
     def __str__(self) -> str:
         text = f"{self.message} ({self.code})"
-        details = [_describe_field(f) for f in self.fields]
+        # NB: the server's message often names the fields already: say each only once.
+        details = [d for d in map(_describe_field, self.fields) if d not in self.message]
         if details:
             text += ": " + "; ".join(details)
         return text
@@ -164,6 +177,15 @@ class PayloadTooLarge(APIError):
     """The request body is over the server's limit (HTTP 413)."""
 
 
+class QuotaExceeded(APIError):
+    """A create (or snapshot) over one of the team's quotas; the message names the limit and
+    the use. Destroy or stop sandboxes, or ask an admin to raise it."""
+
+
+class RateLimited(APIError):
+    """Too many requests with this key; wait and retry (the server's ``Retry-After``)."""
+
+
 class InvalidRequest(APIError, ValueError):
     """The request was malformed (HTTP 422); :attr:`APIError.fields` says where."""
 
@@ -177,6 +199,20 @@ class ImageBuildFailed(InvalidRequest):
 class GitError(APIError):
     """``git_checkout`` failed; :attr:`APIError.code` says why: ``git_branch_not_found``,
     ``git_repository_not_found``, ``git_auth_failed``, ``git_unreachable`` or ``git_failed``."""
+
+
+class CwdNotFound(InvalidRequest):
+    """The working directory given to a command, process or terminal does not exist."""
+
+
+class UserNotFound(InvalidRequest):
+    """The user (or group) given to a command or process is not in the image."""
+
+
+class StorageFull(APIError, OSError):
+    """No space: the sandbox's disk quota is full (``no_space``: delete files in it, or
+    create it with a larger ``disk_mb``), or the server's own disk is
+    (``insufficient_storage``: nothing was changed; tell the operator)."""
 
 
 class ServerError(APIError):
@@ -235,7 +271,10 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
     "bucket_mount_failed": BucketMountFailed,
     "backup_target_unreachable": BucketMountFailed,  # a bucket the backup cannot reach
     "permission_denied": APIError,  # 403 from the filesystem, not about the API key
-    "no_space": APIError,
+    "no_space": StorageFull,
+    "insufficient_storage": StorageFull,
+    "cwd_not_found": CwdNotFound,
+    "user_not_found": UserNotFound,
     "git_branch_not_found": GitError,
     "git_repository_not_found": GitError,
     "git_auth_failed": GitError,
@@ -244,6 +283,8 @@ _CODE_CLASSES: Mapping[str, type[APIError]] = {
     "git_not_installed": GitError,
     "image_build_failed": ImageBuildFailed,
     "registry_error": RegistryError,
+    "quota_exceeded": QuotaExceeded,
+    "rate_limited": RateLimited,
 }
 
 
@@ -291,7 +332,10 @@ def api_error_from_body(status: int, body: object, text: str = "") -> APIError:
             code = str(error.get("code") or f"http_{status}")
             message = str(error.get("message") or f"the server answered HTTP {status}")
             fields = error.get("fields") or ()
-            return api_error(code, message, status=status, fields=_as_fields(fields))
+            exc = api_error(code, message, status=status, fields=_as_fields(fields))
+            request_id = error.get("request_id")
+            exc.request_id = request_id if isinstance(request_id, str) else None
+            return exc
         detail = body.get("detail")  # FastAPI's own shape, should a route slip past the handler
         if isinstance(detail, list):
             return api_error(

@@ -28,6 +28,8 @@ class FileInfo:
         mode: Permission bits, e.g. ``0o644``.
         mtime: Last modification, seconds since the epoch.
         target: A symlink's target, else ``None``.
+        owner: The owning user's name (the uid as text when the image has no such user).
+        group: The owning group's name (the gid as text when the image has none).
     """
 
     name: str
@@ -38,6 +40,8 @@ class FileInfo:
     mode: int
     mtime: float
     target: str | None = None
+    owner: str = ""
+    group: str = ""
 
     @property
     def is_file(self) -> bool:
@@ -58,6 +62,8 @@ class FileInfo:
             mode=data["mode"],
             mtime=data["mtime"],
             target=data.get("target"),
+            owner=data.get("owner", ""),
+            group=data.get("group", ""),
         )
 
 

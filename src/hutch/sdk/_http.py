@@ -76,6 +76,26 @@ def translate_transport_errors(config: ConnectionConfig) -> Iterator[None]:
         ) from exc
 
 
+# How often a create that found the server too busy to start it is sent again.
+BUSY_RETRIES = 10
+
+
+def busy_retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending again, when the server answered 503 ``create_busy``
+    (it made nothing: the request waited its turn among too many starts); else None."""
+    if response.status_code != 503:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or error.get("code") != "create_busy":
+        return None
+    after = response.headers.get("retry-after", "")
+    return min(float(after), 30.0) if after.isdigit() else 1.0
+
+
 def error_from_response(response: httpx.Response) -> APIError:
     """The exception for a non-2xx answer whose body has been read."""
     text = response.text

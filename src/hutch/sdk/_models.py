@@ -51,6 +51,7 @@ class SandboxInfo:
         keep_alive: Whether it never sleeps for idleness.
         on_idle: ``"pause"`` or ``"stop"``: how it sleeps.
         on_timeout: ``"destroy"``, ``"stop"`` or ``"pause"``: what its lifetime's end does.
+        team: The team it belongs to (an admin key lists every team's).
         raw: The server's JSON object as received, fields this SDK does not know included.
     """
 
@@ -75,6 +76,7 @@ class SandboxInfo:
     keep_alive: bool = False
     on_idle: str = "pause"
     on_timeout: str = "destroy"
+    team: str = "default"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -102,6 +104,7 @@ class SandboxInfo:
             keep_alive=bool(data.get("keep_alive", False)),
             on_idle=str(data.get("on_idle") or "pause"),
             on_timeout=str(data.get("on_timeout") or "destroy"),
+            team=str(data.get("team") or "default"),
             raw=dict(data),
         )
 
@@ -291,6 +294,9 @@ class ApiKey:
     prefix: str
     created_at: datetime | None
     key: str | None = field(default=None, repr=False)
+    team: str = "default"
+    role: str = "member"
+    expires_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ApiKey:
@@ -302,6 +308,33 @@ class ApiKey:
             prefix=str(data.get("prefix", "")),
             created_at=_parse_time(data.get("created_at")),
             key=str(key) if key is not None else None,
+            team=str(data.get("team", "default")),
+            role=str(data.get("role", "member")),
+            expires_at=_parse_time(data.get("expires_at")),
+        )
+
+
+@dataclass(frozen=True)
+class Team:
+    """A team: keys, sandboxes, snapshots and image names belong to one.
+
+    Attributes:
+        name: The team's name.
+        created_at: When it was created.
+        quota: Its limits by name (``max_running``, ``max_cpu``, ...); ``None``: no limit.
+    """
+
+    name: str
+    created_at: datetime | None
+    quota: Mapping[str, float | None]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Team:
+        """Build from the server's team JSON object."""
+        return cls(
+            name=str(data["name"]),
+            created_at=_parse_time(data.get("created_at")),
+            quota=dict(data.get("quota") or {}),
         )
 
 

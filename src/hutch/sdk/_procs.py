@@ -33,6 +33,8 @@ class ProcessInfo:
         exit_code: Its exit status once ended (128 + signal number after a signal).
         signal: The signal that ended it, if one did.
         oom_killed: Whether the kernel's OOM killer ended it (the sandbox's memory limit).
+        timed_out: Whether it was killed (with its children) at the ``timeout`` it was
+            started with.
         command: The shell command, or ``None`` if started from argv.
         argv: What was executed.
         started_at: Unix time it started.
@@ -61,6 +63,7 @@ class ProcessInfo:
     truncated: bool
     raw: Mapping[str, Any]
     oom_killed: bool = False
+    timed_out: bool = False
 
     @property
     def running(self) -> bool:
@@ -75,6 +78,7 @@ class ProcessInfo:
             exit_code=data.get("exit_code"),
             signal=data.get("signal"),
             oom_killed=bool(data.get("oom_killed", False)),
+            timed_out=bool(data.get("timed_out", False)),
             command=data.get("command"),
             argv=list(data.get("argv") or []),
             started_at=float(data.get("started_at") or 0.0),

@@ -12,6 +12,15 @@ what the `hutch[server]` extra installs. See docs/architecture.md.
 
 from hutch.server._app import create_app
 from hutch.server._config import ServerConfig
+from hutch.server._node_daemon import NodeConfig, run_node
+from hutch.server._node_daemon import remove_all as remove_node_sandboxes
 from hutch.server._run import run
 
-__all__ = ["ServerConfig", "create_app", "run"]
+__all__ = [
+    "NodeConfig",
+    "ServerConfig",
+    "create_app",
+    "remove_node_sandboxes",
+    "run",
+    "run_node",
+]

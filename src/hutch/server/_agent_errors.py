@@ -18,6 +18,7 @@ from hutch.node import AgentDisconnected, AgentError, AgentUnreachable
 from hutch.server._errors import (
     ApiError,
     CodeContextDead,
+    CodeContextFailed,
     CodeContextNotFound,
     FileError,
     InvalidRequest,
@@ -79,7 +80,7 @@ BY_CODE: dict[str, Mapper] = {
     # code contexts
     "context_not_found": _as(CodeContextNotFound),
     "context_dead": _as(CodeContextDead),
-    "context_failed": lambda e: ApiError(e.message, code=e.code),
+    "context_failed": _as(CodeContextFailed),
     # terminals
     "terminal_not_found": lambda e: TerminalNotFound(
         f"{e.message} (it was closed, idled out, or never existed); list them with "

@@ -1,4 +1,5 @@
-"""What every route depends on: the app's `Services`, the `Svc` dependency and `require_key`.
+"""What every route depends on: the app's `Services`, the `Svc` dependency and `require_key`
+(which yields the request's `Caller`: key id, team, role).
 
 Routes import this module; it imports no route (the app factory in _app.py includes them).
 """
@@ -6,30 +7,45 @@ Routes import this module; it imports no route (the app factory in _app.py inclu
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from hutch.node import EgressProxy, LocalHost, SandboxHost, WarmPools
 from hutch.proxy import PreviewRoutes
-from hutch.runtime import ImageStore, Runtime, RuntimeConfig
+from hutch.runtime import ImageNotFound, ImageStore, Runtime, RuntimeConfig
+from hutch.server._ca_certificates import server_ca_certificates
 from hutch.server._config import ServerConfig
-from hutch.server._errors import Unauthorized
 from hutch.server._metrics import ServerMetrics, UsageHistory
 from hutch.server._models import ErrorBody
 from hutch.server.services._backups import Backups
+from hutch.server.services._caller import CURRENT_CALLER, Caller, require_admin
+from hutch.server.services._cluster_host import ClusterHost
+from hutch.server.services._cold_starts import ColdStartGate
 from hutch.server.services._deaths import DeathWatch
+from hutch.server.services._egress_grants import NodeEgress
+from hutch.server.services._events import SandboxEvents
 from hutch.server.services._keys import KeyChecker, key_from_headers
 from hutch.server.services._lifecycle import Lifecycle, LifecyclePolicy
+from hutch.server.services._moves import Mover
+from hutch.server.services._network_names import NetworkNames
+from hutch.server.services._node_watch import NodeWatch
+from hutch.server.services._quotas import Quotas
+from hutch.server.services._ratelimit import RateLimits
 from hutch.server.services._reconciler import Reconciler
 from hutch.server.services._sandboxes import SandboxManager
 from hutch.server.services._secrets import SecretBox
+from hutch.server.services._teams import Teams
+from hutch.server.store._off_loop import off_loop, point_read
+from hutch.server.store._open import open_event_log, open_store
 from hutch.server.store._runtime_ids_file import import_runtime_ids_file
-from hutch.server.store._sqlite import SqliteStore, Store
+from hutch.server.store._sqlite import Store
 
 FRAMES_MEDIA_TYPE = "application/x-hutch-frames"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (401, 404, 409, 413, 422, 503)
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 
@@ -38,7 +54,7 @@ class Services:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store: Store = SqliteStore(config.db_path)
+        self.store: Store = open_store(config.db_path, config.database_url)
         import_runtime_ids_file(config.home / "runtime-ids.json", self.store)
         self.images = ImageStore(config.image_root)
         self.runtime = Runtime(
@@ -46,23 +62,58 @@ class Services:
                 home=config.home,
                 storage_size_gb=config.storage_size_gb,
                 network_subnet=config.network_subnet,
+                resolv=config.resolv_conf,
+                ca_certificates=server_ca_certificates(config.ca_certificates_file),
             )
         )
         self.previews = PreviewRoutes(config.preview_domain)
         self.keys = KeyChecker(self.store, config.api_key)
+        self.teams = Teams(self.store)
+        # NB: replicas on one database share each key's bucket (a row), so a key's rate holds
+        # across them all; one server keeps its buckets in memory (no write per request).
+        shared = config.database_url is not None or config.cluster
+        self.rate_limits = RateLimits(
+            config.rate_per_second, config.rate_burst, self.store if shared else None
+        )
         # Strong references to fire-and-forget tasks (asyncio keeps only weak ones).
         self.background: set[asyncio.Task[None]] = set()
         self.pools = WarmPools(
             self.runtime, self.images, config.warm_pools, agent_timeout=config.agent_connect_timeout
         )
+        # The one way the API reaches the host (by sandbox id; routes and services never
+        # touch the runtime, nor a runtime id). Late-bound: the manager holds the id map.
+        self.cluster: ClusterHost | None = None
+        if config.cluster:
+            # Several hosts: every sandbox lives on a node daemon (services/_cluster_host.py).
+            if not config.node_token:
+                raise ValueError("a cluster API replica needs node_token (HUTCH_NODE_TOKEN)")
+            self.cluster = ClusterHost(
+                self.store,
+                config.node_token,
+                lambda sid: self.sandboxes.runtime_id(sid),
+                pool_sizes=config.warm_pools,
+                image_id=self._image_id,
+            )
+            self.host: SandboxHost = self.cluster
+        else:
+            self.host = LocalHost(
+                self.runtime, lambda sandbox_id: self.sandboxes.runtime_id(sandbox_id), self.pools
+            )
         self.sandboxes = SandboxManager(
             self.store,
-            self.runtime,
+            self.host,
             self.images,
             agent_timeout=config.agent_connect_timeout,
-            pools=self.pools,
+            # On a cluster the nodes fill the pools; creates claim through the store.
+            pools=True,
             secrets=SecretBox.open(config.home),
         )
+        self.sandboxes.shared_runtime_ids = config.cluster
+        self.sandboxes.other_replicas = shared
+        self.events = SandboxEvents(open_event_log(self.store, config.db_path))
+        self.sandboxes.events = self.events
+        # Set when the server begins to shut down: open streams end (clients resume elsewhere).
+        self.draining = asyncio.Event()
         self.egress = EgressProxy(
             self.store,
             SecretBox.open(config.home),
@@ -71,28 +122,67 @@ class Services:
             port=config.egress_port,
             upstreams=config.egress_upstreams,
         )
-        self.sandboxes.egress = self.egress
-        # The one way routes reach the host (by sandbox id; never the runtime, never a
-        # runtime id).
-        self.host: SandboxHost = LocalHost(self.runtime, self.sandboxes.runtime_id)
+        # On a cluster the proxy runs on each sandbox's node; the replica grants it the keys.
+        self.sandboxes.egress = (
+            NodeEgress(self.cluster, self.store, SecretBox.open(config.home))
+            if self.cluster is not None
+            else self.egress
+        )
+        self.sandboxes.cold_starts = ColdStartGate(
+            config.cold_start_slots, wait=config.cold_start_wait
+        )
+        self.sandboxes.cold_starts.closing = self.draining  # queued creates end at a SIGTERM
+        self.sandboxes.default_runtime = config.default_runtime
+        self.sandboxes.names = NetworkNames(config.resolv_conf)
+        self.quotas = Quotas(
+            self.store,
+            self.teams.quota,
+            host_cpus=None if config.cluster else os.cpu_count() or 1,
+        )
+        self.sandboxes.admission = self.quotas.admit
+        self.sandboxes.row_admission = self.quotas.admit_rows
+        self.node_watch = (
+            NodeWatch(self.store, self.cluster, self.sandboxes) if self.cluster else None
+        )
         self.sandboxes.on_destroy.append(self.egress.forget)
         self.lifecycle = Lifecycle(
             self.sandboxes,
             self.store,
-            self.runtime,
+            self.host,
             self.images,
-            policy=LifecyclePolicy(default_timeout=config.default_timeout),
+            policy=LifecyclePolicy(
+                default_timeout=config.default_timeout,
+                # NB: several replicas (PostgreSQL or a cluster's shared database) must agree
+                # on when a sandbox was last used.
+                shared_activity=config.database_url is not None or config.cluster,
+            ),
             agent_timeout=config.agent_connect_timeout,
         )
         self.lifecycle.on_stop.append(self.egress.forget)
+        self.lifecycle.lifetime_cap = self.quotas.lifetime_cap
+        self.lifecycle.snapshot_quota = self.quotas.admit_snapshot
+        self.lifecycle.lifetime_quota = self.quotas.check_lifetime
+        self.lifecycle.start_admission = self.quotas.admit_start
         self.reconciler = Reconciler(self.lifecycle, self.store)
-        self.deaths = DeathWatch(self.sandboxes, self.store, self.runtime)
+        self.deaths = DeathWatch(self.sandboxes, self.store, self.host)
         self.backups = Backups(
-            self.lifecycle, self.sandboxes, self.store, self.runtime, self.images
+            self.lifecycle, self.sandboxes, self.store, self.host, self.images, workdir=config.home
+        )
+        # `drain --move` (a cluster only: one host has nowhere to move to).
+        self.mover = (
+            Mover(self.cluster, self.sandboxes, self.lifecycle, self.store, self.images)
+            if self.cluster
+            else None
         )
         self.metrics = ServerMetrics()
-        self.metrics.watch_state(self.store, self.pools, self.host)
+        self.metrics.watch_state(self.store, self.host)
         self.usage_history = UsageHistory(self.host, self.sandboxes.running_ids)
+
+    def _image_id(self, name: str) -> str | None:
+        try:
+            return self.images.get(name).id
+        except ImageNotFound:
+            return None
 
 
 def services(request: Request) -> Services:
@@ -100,17 +190,71 @@ def services(request: Request) -> Services:
     return svc
 
 
-Svc = Annotated[Services, Depends(services)]
+async def _services_dependency(request: Request) -> Services:
+    # NB: async, though it awaits nothing: FastAPI runs a plain `def` dependency in its
+    # thread pool, a thread hop on every request (seen in py-spy on the exec path).
+    return services(request)
+
+
+Svc = Annotated[Services, Depends(_services_dependency)]
+
+
+def authorize(
+    svc: Services, key: str | None, path_params: Mapping[str, str], state: Any = None
+) -> Caller:
+    """The caller behind `key`, for this request: authenticated (401), within its rate (429),
+    kept off other teams' sandbox routes (404); every service sees it from here on. The key's
+    id goes on the request's `state` too, for the access and audit logs (_access_log.py)."""
+    caller = svc.keys.caller(key)
+    if state is not None:
+        state.key_id = caller.key_id
+    svc.rate_limits.take(caller, svc.teams.quota(caller.team))
+    svc.teams.check_sandbox_path(caller, path_params)
+    CURRENT_CALLER.set(caller)
+    return caller
+
+
+async def authorize_off_loop(
+    svc: Services, key: str | None, path_params: Mapping[str, str], state: Any = None
+) -> Caller:
+    """`authorize`, with its store reads (the key, the team's quota, the sandbox's team) off
+    the event loop on a store that waits on the network."""
+    caller = svc.keys.static_caller(key)
+    if caller is None:
+        caller = await point_read(svc.store, svc.keys.caller, key)
+    if state is not None:
+        state.key_id = caller.key_id
+    quota = svc.teams.cached_quota(caller.team)
+    if quota is None:
+        quota = await point_read(svc.store, svc.teams.quota, caller.team)
+    if svc.rate_limits.shared:  # the buckets are rows in the database
+        await off_loop(svc.store, svc.rate_limits.take, caller, quota)
+    else:
+        svc.rate_limits.take(caller, quota)
+    if svc.teams.path_needs_check(caller, path_params):
+        await point_read(svc.store, svc.teams.check_sandbox_path, caller, path_params)
+    CURRENT_CALLER.set(caller)
+    return caller
 
 
 async def require_key(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
+) -> Caller:
     svc: Services = request.app.state.services
-    if not svc.keys.is_valid(key_from_headers(authorization, x_api_key)):
-        raise Unauthorized(
-            "missing or invalid API key: send 'Authorization: Bearer <key>' "
-            "(the SDK and CLI read HUTCH_API_KEY)"
-        )
+    request.state.key_id = None
+    key = key_from_headers(authorization, x_api_key)
+    return await authorize_off_loop(svc, key, request.path_params, request.state)
+
+
+# The caller of a route (a route that lists or creates uses it; the check is in require_key).
+CallerDep = Annotated[Caller, Depends(require_key)]
+
+
+def admin_caller(caller: CallerDep) -> Caller:
+    require_admin(caller, "this route")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(admin_caller)]

@@ -18,6 +18,9 @@ _DURATION_RE = re.compile(
 _NUMBER_RE = re.compile(r"^\d+(?:\.\d+)?$")
 
 
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
 def parse_duration(value: str | float | int) -> float:
     """Seconds in `value`; raises ValueError naming the accepted forms.
 
@@ -42,6 +45,9 @@ def parse_duration(value: str | float | int) -> float:
             )
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         raise ValueError(f"{value!r} is not a duration: use {ACCEPTED_FORMS}")
+    if seconds > MAX_SECONDS:
+        # NB: a lifetime of 1.8e308 s overflowed the date it ends at (a 500, found by fuzzing).
+        raise ValueError(f"{value!r} is longer than 10 years; use 0 for no limit")
     return seconds
 
 

@@ -7,6 +7,7 @@ ApiError (status, code, message)
 ├── KeyNotFound             404 key_not_found
 ├── CodeContextNotFound     404 context_not_found
 ├── CodeContextDead         409 context_dead
+├── CodeContextFailed       409 context_failed (the interpreter did not start: out of memory, ...)
 ├── ProcessNotFound         404 process_not_found
 ├── ProcessExists           409 process_exists
 ├── ProcessNotRunning       409 process_not_running
@@ -36,11 +37,22 @@ ApiError (status, code, message)
 ├── BackupNotFound          404 backup_not_found
 ├── BackupFailed            502 backup_failed (the stream to/from S3 broke)
 ├── RegistryFailed          502 registry_error
-└── SandboxUnavailable      503 sandbox_unavailable
+├── Forbidden               403 forbidden (a member key on an admin route)
+├── TeamNotFound            404 team_not_found
+├── TeamConflict            409 team_exists / team_not_empty / image_name_taken
+├── QuotaExceeded           429 quota_exceeded
+├── RateLimited             429 rate_limited (with Retry-After)
+├── SandboxUnavailable      503 sandbox_unavailable
+├── NodeUnavailableError    503 node_unavailable (several hosts: the sandbox's node is gone)
+├── NoCapacity              503 no_capacity (no node has room)
+├── CreateBusy              503 create_busy (waited too long for a start slot; Retry-After)
+├── NodeNotFound            404 node_not_found
+└── InsufficientStorage     507 insufficient_storage (the server's own disk is full)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hutch._wire.errors import STATUS_OF
@@ -49,6 +61,7 @@ from hutch._wire.errors import STATUS_OF
 class ApiError(Exception):
     status = 500
     code = "internal"
+    headers: dict[str, str] | None = None  # sent with the error (e.g. Retry-After)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -105,12 +118,22 @@ class CodeContextDead(ApiError):
     code = "context_dead"
 
 
+class CodeContextFailed(ApiError):
+    code = "context_failed"
+
+
 class SandboxExists(ApiError):
     code = "sandbox_exists"
 
 
 class SandboxNotRunning(ApiError):
     code = "sandbox_not_running"
+
+
+class RuntimeUnsupported(ApiError):
+    """What the sandbox's runtime cannot do (gVisor's limits: docs/security.md)."""
+
+    code = "runtime_unsupported"
 
 
 class FileError(ApiError):
@@ -225,3 +248,56 @@ class BackupStreamFailed(ApiError):
 
 class TerminalNotFound(ApiError):
     code = "terminal_not_found"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class TeamNotFound(ApiError):
+    code = "team_not_found"
+
+
+class TeamConflict(ApiError):
+    code = "team_exists"
+
+
+class QuotaExceeded(ApiError):
+    code = "quota_exceeded"
+
+
+class RateLimited(ApiError):
+    """Sent with ``Retry-After`` (whole seconds until the key's bucket holds a token)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        seconds = min(retry_after, 86_400.0) if math.isfinite(retry_after) else 86_400.0
+        self.headers = {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class NodeUnavailableError(ApiError):
+    code = "node_unavailable"
+
+
+class NoCapacity(ApiError):
+    code = "no_capacity"
+
+
+class CreateBusy(ApiError):
+    """Sent with ``Retry-After``: the create waited its turn to start too long (nothing made)."""
+
+    code = "create_busy"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
+
+class NodeNotFound(ApiError):
+    code = "node_not_found"
+
+
+class InsufficientStorage(ApiError):
+    code = "insufficient_storage"

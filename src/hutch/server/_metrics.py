@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from hutch.node import SandboxHost, WarmPools
+    from hutch.node import SandboxHost
     from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server")
@@ -151,9 +151,8 @@ class UsageHistory:
 class _StateCollector(Collector):
     """Gauges read when Prometheus scrapes: nothing to keep in step."""
 
-    def __init__(self, store: Store, pools: WarmPools, host: SandboxHost) -> None:
+    def __init__(self, store: Store, host: SandboxHost) -> None:
         self._store = store
-        self._pools = pools
         self._host = host
 
     def collect(self) -> Iterable[Metric]:
@@ -170,7 +169,7 @@ class _StateCollector(Collector):
         size = GaugeMetricFamily(
             "hutch_pool_size", "Configured size of a warm pool", labels=["image"]
         )
-        for image, (configured, now) in sorted(self._pools.status().items()):
+        for image, (configured, now) in sorted(self._host.pool_status().items()):
             ready.add_metric([image], now)
             size.add_metric([image], configured)
         yield ready
@@ -203,8 +202,8 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def watch_state(self, store: Store, pools: WarmPools, host: SandboxHost) -> None:
-        self.registry.register(_StateCollector(store, pools, host))
+    def watch_state(self, store: Store, host: SandboxHost) -> None:
+        self.registry.register(_StateCollector(store, host))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -253,24 +252,32 @@ def build_metrics_router(require_key: Callable[..., Any]) -> APIRouter:
 
     @router.get("/v1/sandboxes/{sandbox_id}/metrics", response_model=SandboxMetrics)
     async def sandbox_metrics(request: Request, sandbox_id: str) -> SandboxMetrics:
-        svc = request.app.state.services
-        svc.sandboxes.get(sandbox_id)  # 404 for an unknown sandbox
-        usage = await svc.host.usage(sandbox_id)
-        history: UsageHistory = svc.usage_history
-        return SandboxMetrics(
-            timestamp=time.time(),
-            cpu_percent=await history.current_cpu(sandbox_id, usage.cpu_seconds, usage.cpu_limit),
-            cpu_count=usage.cpu_limit,
-            cpu_seconds=round(usage.cpu_seconds, 6),
-            memory_used_bytes=usage.memory_bytes,
-            memory_limit_bytes=usage.memory_limit_bytes,
-            disk_used_bytes=usage.disk_bytes,
-            disk_limit_bytes=usage.disk_limit_bytes,
-            net_rx_bytes=usage.net_rx_bytes,
-            net_tx_bytes=usage.net_tx_bytes,
-            pids=usage.pids,
-            pids_limit=usage.pids_limit,
-            history=history.history(sandbox_id),
-        )
+        return await read_sandbox_metrics(request.app.state.services, sandbox_id)
 
     return router
+
+
+async def read_sandbox_metrics(svc: Any, sandbox_id: str) -> SandboxMetrics:
+    """A sandbox's usage now and over the last 15 minutes (also E2B's get_metrics).
+
+    Raises:
+        SandboxNotFound: no such sandbox.
+    """
+    svc.sandboxes.get(sandbox_id)  # 404 for an unknown sandbox
+    usage = await svc.host.usage(sandbox_id)
+    history: UsageHistory = svc.usage_history
+    return SandboxMetrics(
+        timestamp=time.time(),
+        cpu_percent=await history.current_cpu(sandbox_id, usage.cpu_seconds, usage.cpu_limit),
+        cpu_count=usage.cpu_limit,
+        cpu_seconds=round(usage.cpu_seconds, 6),
+        memory_used_bytes=usage.memory_bytes,
+        memory_limit_bytes=usage.memory_limit_bytes,
+        disk_used_bytes=usage.disk_bytes,
+        disk_limit_bytes=usage.disk_limit_bytes,
+        net_rx_bytes=usage.net_rx_bytes,
+        net_tx_bytes=usage.net_tx_bytes,
+        pids=usage.pids,
+        pids_limit=usage.pids_limit,
+        history=history.history(sandbox_id),
+    )

@@ -28,7 +28,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _send_error(send, BodyTooLarge(self._message()))
+                await send_error(send, BodyTooLarge(self._message()))
                 return
         seen = 0
         response_started = False
@@ -52,7 +52,7 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge as exc:
             if not response_started:
-                await _send_error(send, exc)
+                await send_error(send, exc)
 
     def _message(self) -> str:
         return (
@@ -61,7 +61,7 @@ class BodyLimitMiddleware:
         )
 
 
-async def _send_error(send: Send, error: ApiError) -> None:
+async def send_error(send: Send, error: ApiError) -> None:
     response = JSONResponse(error.body(), status_code=error.status)
     await response({"type": "http"}, _no_receive, send)
 

@@ -43,6 +43,25 @@ def _check_cidrs(cidrs: list[str]) -> list[str]:
     return [normalize_cidr(c) for c in cidrs]
 
 
+def _check_allow(entries: list[str]) -> list[str]:
+    """CIDRs, or host names (resolved by the server: services/_network_names.py)."""
+    from hutch.runtime import normalize_cidr
+
+    if len(entries) > 256:
+        raise ValueError("at most 256 CIDRs or host names")
+    checked = []
+    for entry in entries:
+        name = entry.lower().rstrip(".")
+        if HOSTNAME_RE.match(name) and "." in name and not name.replace(".", "").isdigit():
+            checked.append(name)
+            continue
+        try:
+            checked.append(normalize_cidr(entry))
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or a host name such as 'pypi.org'") from None
+    return checked
+
+
 def _duration_seconds(value: float | str | None) -> float | None:
     from hutch.server._durations import parse_duration
 
@@ -172,12 +191,16 @@ class SandboxCreate(Strict):
     egress_secrets: list[EgressSecret] = Field(
         default_factory=list, max_length=16, description=HELP["egress_secrets"]
     )
+    ca_certificates: list[str] = Field(
+        default_factory=list, max_length=64, description=HELP["ca_certificates"]
+    )
     start_entrypoint: bool = Field(
         default=DEFAULTS.start_entrypoint, description=HELP["start_entrypoint"]
     )
 
     _check_env = field_validator("env", "secrets")(_check_env)
-    _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+    _check_cidrs = field_validator("network_deny")(_check_cidrs)
+    _check_allow = field_validator("network_allow")(_check_allow)
     _check_durations = field_validator("timeout", "sleep_after")(_duration_seconds)
 
     @property
@@ -230,6 +253,7 @@ class SandboxInfo(BaseModel):
     image: str
     created_at: str
     expires_at: str | None
+    team: str = Field(default="default", description="the team it belongs to")
     cpu: float
     memory_mb: int
     disk_mb: int
@@ -252,7 +276,8 @@ class NetworkUpdate(Strict):
     network_allow: list[str] = Field(default_factory=list)
     network_deny: list[str] = Field(default_factory=list)
 
-    _check_cidrs = field_validator("network_allow", "network_deny")(_check_cidrs)
+    _check_cidrs = field_validator("network_deny")(_check_cidrs)
+    _check_allow = field_validator("network_allow")(_check_allow)
 
 
 class NetworkInfo(BaseModel):
@@ -316,6 +341,19 @@ class ExecResult(BaseModel):
 class KeyCreate(Strict):
     name: str = Field(min_length=1, max_length=100)
     e2b: bool = Field(default=False, description="shape it as E2B's keys: e2b_ + 40 hex digits")
+    team: str = Field(default="default", description="the team the key acts for")
+    role: Literal["admin", "member"] = Field(
+        default="member",
+        description="member: its team's resources only; admin: every team, keys, teams, quotas",
+    )
+    expires_in: float | str | None = Field(
+        default=None, description="the key stops working this long from now ('30d', seconds)"
+    )
+    expires_at: str | None = Field(
+        default=None, description="or at this time (ISO 8601, e.g. 2027-01-01T00:00:00Z)"
+    )
+
+    _check_expires_in = field_validator("expires_in")(_duration_seconds)
 
 
 class KeyInfo(BaseModel):
@@ -323,6 +361,9 @@ class KeyInfo(BaseModel):
     name: str
     prefix: str
     created_at: str
+    team: str = "default"
+    role: str = "member"
+    expires_at: str | None = None
 
 
 class KeyCreated(KeyInfo):
@@ -348,6 +389,7 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     fields: list[dict[str, object]] | None = None
+    request_id: str | None = None  # also the X-Request-Id header: quote it to the operator
 
 
 class ErrorBody(BaseModel):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
+from fastapi.responses import StreamingResponse
+from starlette.types import Send
+
 from hutch._wire import Frame, Kind, encode_frame_parts, encode_json_frame
-from hutch.node import AgentError, AgentStream
+from hutch.node import AgentConnection, AgentError, AgentStream
 from hutch.server._models import ExecResult
 
 
@@ -34,33 +37,141 @@ async def gather_exec(stream: AgentStream) -> tuple[ExecResult, dict[str, Any]]:
     return gathered, result
 
 
-async def relay_frames(stream: AgentStream, first: Frame | None = None) -> AsyncIterator[bytes]:
+# Frames already received are sent together, up to this much: one write and one chunk for
+# the client to read instead of two per frame (an exec of `true` was 8 writes). A payload this
+# big goes out on its own, uncopied.
+BATCH_BYTES = 64 * 1024
+
+
+class FinalPiece(bytes):
+    """The last piece of a relayed body (it holds the RESULT): `FramesResponse` sends it with
+    the body's end in one write."""
+
+
+class FramesResponse(StreamingResponse):
+    """A streamed body of frames whose final piece goes out together with the end of the
+    chunked body: one write and one wake-up of the client less per stream. The head waits
+    for the first piece, so that an exec of `true` is one write in all. Any other iterable
+    body is sent as StreamingResponse sends it."""
+
+    async def stream_response(self, send: Send) -> None:
+        # NB: the head waits for the first piece (an exec's "started" event comes at once), so
+        # both are sent in one turn of the loop and leave in one write
+        # (proxy/_coalesced_writes): an exec of `true` is then one write to the client and
+        # one read for it, instead of two of each.
+        start = {"type": "http.response.start", "status": self.status_code}
+        started = False
+        body = self.body_iterator
+        async for chunk in body:
+            if not started:
+                await send({**start, "headers": self.raw_headers})
+                started = True
+            final = isinstance(chunk, FinalPiece)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not final})
+            if final:
+                # NB: close the generator now: its `finally` gives back the agent connection.
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                return
+        if not started:
+            await send({**start, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def relay_frames(
+    stream: AgentStream, first: Frame | None = None
+) -> AsyncGenerator[bytes, None]:
     """The frames of ``stream`` (after ``first``, if the caller already read it) as the body of
     a streamed response, on stream id 0, ending after the RESULT.
+
+    Frames that are already waiting are batched into one piece; a frame is never held back
+    for one that has not arrived (live output stays live).
 
     A lost agent ends the body with an error RESULT. A client that leaves mid-stream cancels
     the op (kills the exec, interrupts the code) rather than orphan it.
     """
     done = False
+    batch: list[bytes] = []
+    size = 0
 
-    def encode(frame: Frame) -> tuple[bytes, ...]:
-        nonlocal done
+    def add(frame: Frame) -> list[bytes]:
+        """Batch the frame's parts; returns what must be sent now (in order)."""
+        nonlocal done, batch, size
         done = done or frame.kind is Kind.RESULT
-        return encode_frame_parts(frame.kind, 0, frame.payload, frame.channel, frame.offset)
+        ready: list[bytes] = []
+        for part in encode_frame_parts(frame.kind, 0, frame.payload, frame.channel, frame.offset):
+            if len(part) >= BATCH_BYTES:
+                if batch:
+                    ready.append(b"".join(batch))
+                ready.append(part)
+                batch, size = [], 0
+            elif part:
+                batch.append(part)
+                size += len(part)
+        if batch and (done or size >= BATCH_BYTES or stream.buffered() == 0):
+            ready.append(b"".join(batch))
+            batch, size = [], 0
+        if done and ready and len(ready[-1]) < BATCH_BYTES:
+            ready[-1] = FinalPiece(ready[-1])
+        return ready
 
     try:
         if first is not None:
-            for part in encode(first):
-                yield part
+            for piece in add(first):
+                yield piece
         if not done:
             async for frame in stream:
-                for part in encode(frame):
-                    yield part
+                for piece in add(frame):
+                    yield piece
+        if batch:
+            yield b"".join(batch)
     except AgentError as exc:
         done = True
         error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
-        yield encode_json_frame(Kind.RESULT, 0, error)
+        yield FinalPiece(b"".join([*batch, encode_json_frame(Kind.RESULT, 0, error)]))
     finally:
         if not done:
             with contextlib.suppress(Exception):
                 await stream.cancel()
+
+
+async def relay_on_own(
+    connecting: Awaitable[AgentConnection],
+    open_on: Callable[[AgentConnection], Awaitable[AgentStream]],
+    release: Callable[[AgentConnection], Awaitable[None]] | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The frames of the stream `open_on` opens on a new connection of its own: the
+    connection closes when the body ends, or at once if the stream does not open. Its own,
+    so that a client that stops reading stalls only this stream, never the shared connection
+    every other request to the sandbox uses.
+
+    NB: a drain does not close it: like every in-flight request, a command being streamed
+    may finish during the server's graceful shutdown.
+
+    With ``release``, a connection whose stream was answered to the end is handed to it
+    (the gateway keeps it for the next stream) instead of closed."""
+    conn = await connecting
+    try:
+        stream = await open_on(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return _relay_then_close(conn, stream, release)
+
+
+async def _relay_then_close(
+    conn: AgentConnection,
+    stream: AgentStream,
+    release: Callable[[AgentConnection], Awaitable[None]] | None,
+) -> AsyncGenerator[bytes, None]:
+    frames = relay_frames(stream)
+    try:
+        async for piece in frames:
+            yield piece
+    finally:
+        await frames.aclose()
+        if release is not None and stream.answered:
+            await release(conn)
+        else:
+            await conn.close()

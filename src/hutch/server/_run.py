@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TextIO
 
@@ -12,6 +11,8 @@ from hutch.proxy import PreviewRoutes, front_protocol
 from hutch.runtime import ImageStore, default_recipe_dir, ensure_default_image, render_progress_bar
 from hutch.server._app import create_app
 from hutch.server._config import ServerConfig
+from hutch.server._drain import DRAIN_SECONDS, DrainingServer
+from hutch.server._logging import configure_logging
 
 
 def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
@@ -27,9 +28,13 @@ def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
 
 def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both). Sandboxes outlive the server."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("hutch").setLevel(config.log_level.upper())
     config.home.mkdir(parents=True, exist_ok=True)
+    configure_logging(
+        level=config.log_level,
+        log_format=config.log_format,
+        levels=config.log_levels,
+        audit_file=config.home / "audit.log",
+    )
     if config.build_default_image:
         prepare_default_image(config, out)
 
@@ -42,13 +47,23 @@ def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
 
     previews = PreviewRoutes(config.preview_domain)
     app = create_app(config, on_new_key=announce_key, previews=previews)
-    uvicorn.run(
-        app,
-        # Preview hosts are taken over by the proxy before uvicorn parses them.
-        http=front_protocol(previews),
-        host=config.host,
-        port=config.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
+
+    def drain() -> None:
+        services = getattr(app.state, "services", None)
+        if services is not None:
+            services.draining.set()
+
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            # Preview hosts are taken over by the proxy before uvicorn parses them.
+            http=front_protocol(previews),
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=DRAIN_SECONDS,
+        ),
+        on_drain=drain,
     )
+    server.run()

@@ -5,7 +5,7 @@
 
 const KEY = "hutch.apiKey";
 const $ = (id) => document.getElementById(id);
-const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null, logsFor: null };
+const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null, logsFor: null, events: null };
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -123,6 +123,7 @@ async function refresh() {
     if (sb.id === state.selected) showSandboxState(sb);
   }
   $("rows-hint").hidden = list.length === 0;
+  showHost(list);
 }
 
 function labelChips(labels) {
@@ -166,6 +167,56 @@ function onSandboxEvent(event) {
 }
 window.hutchConsole = { onSandboxEvent };
 
+// The selected sandbox's events, live: GET .../events is Server-Sent Events, read with fetch
+// (EventSource cannot send the key's header). A dropped stream resumes after the last id.
+const STATUS_AFTER = { created: "running", started: "running", paused: "paused", resumed: "running",
+                       stopped: "stopped", error: "error", destroyed: "destroyed" };
+
+function stopEvents() {
+  if (state.events) state.events.abort();
+  state.events = null;
+}
+
+async function followEvents(sandbox) {
+  stopEvents();
+  const controller = new AbortController();
+  state.events = controller;
+  let after = 0;
+  let attempts = 0;
+  while (!controller.signal.aborted && state.selected === sandbox) {
+    try {
+      const response = await api("GET", `${sbPath(sandbox)}/events?after=${after}`, { raw: true, signal: controller.signal });
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        attempts = 0;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+          if (!data) continue;
+          const event = JSON.parse(data);
+          after = event.seq;
+          const d = event.data || {};
+          const message = d.reason || (d.command ? `${d.command} (host pid ${d.host_pid})` : "");
+          onSandboxEvent({ sandbox_id: sandbox, type: event.type, at: event.at, message, status: STATUS_AFTER[event.type] });
+          if (event.type === "destroyed") return;
+        }
+      }
+    } catch (e) {
+      if (controller.signal.aborted) return;
+      if (e instanceof ApiError && (e.status === 404 || routeMissing(e))) return;
+    }
+    attempts += 1;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 200 * attempts)));
+  }
+}
+
 async function create(event) {
   event.preventDefault();
   showError(null);
@@ -198,6 +249,7 @@ async function loadImages() {
 function select(id) {
   closeTerminal();
   stopLogs();
+  stopEvents();
   state.selected = id;
   for (const row of $("sandbox-rows").children) row.classList.toggle("selected", row.dataset.id === id);
   $("detail").hidden = !id;
@@ -207,6 +259,7 @@ function select(id) {
   $("detail-events").hidden = true;
   $("detail-state").replaceChildren();
   api("GET", sbPath(id)).then(showSandboxState, () => {});
+  followEvents(id);
   for (const tab of ["files", "processes", "ports"]) probeTab(tab);
   showTab(state.tab);
 }
@@ -232,6 +285,7 @@ function showTab(tab) {
   if (tab === "files") listFiles();
   if (tab === "processes") listProcesses();
   if (tab === "ports") listPorts();
+  if (tab === "usage") showUsage(state.selected);
 }
 
 // -- terminal -----------------------------------------------------------------------------
@@ -558,6 +612,7 @@ function refreshPanel() {
   if (!state.selected || document.hidden) return;
   if (state.tab === "processes") listProcesses();
   if (state.tab === "ports") listPorts();
+  if (state.tab === "usage") showUsage(state.selected);
 }
 
 $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("login-key").value.trim()); });

@@ -34,6 +34,8 @@ from hutch.runtime.container._errors import (
     StorageError,
 )
 from hutch.runtime.container._nft import NetworkPolicy, normalize_cidr
+from hutch.runtime.container._oom_watch import OomKill, OomWatch
+from hutch.runtime.container._public_net import nameservers
 from hutch.runtime.container._runtime import Runtime
 from hutch.runtime.container._snapshots import snapshot_subvolume
 from hutch.runtime.container._spec import (
@@ -42,6 +44,7 @@ from hutch.runtime.container._spec import (
     SandboxSpec,
     SandboxState,
 )
+from hutch.runtime.container._trust import split_pem
 from hutch.runtime.container._usage import SandboxUsage
 
 __all__ = [
@@ -59,6 +62,8 @@ __all__ = [
     "Credentials",
     "Limits",
     "NetworkPolicy",
+    "OomKill",
+    "OomWatch",
     "RuncError",
     "Runtime",
     "RuntimeConfig",
@@ -70,8 +75,10 @@ __all__ = [
     "SandboxState",
     "SandboxUsage",
     "StorageError",
+    "nameservers",
     "normalize_cidr",
     "receive_dir",
     "remove_received",
     "snapshot_subvolume",
+    "split_pem",
 ]

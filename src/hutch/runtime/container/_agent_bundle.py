@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.runtime.container._errors import AgentBundleError
+from hutch.runtime.container._gvisor_launch import SOURCE as LAUNCHER_SOURCE
+from hutch.runtime.container._gvisor_launch import compile_launcher
 from hutch.runtime.container._oci import Mount
 
 # Bump when the layout or the selection of files changes, so existing bundles are rebuilt.
@@ -87,21 +89,47 @@ class AgentBundle:
         )
 
 
-def ensure_agent_bundle(agent_home: Path, package_dir: Path) -> AgentBundle:
-    """Build (if needed) the runtime of this interpreter and the code of `package_dir`.
+def ensure_agent_bundle(
+    agent_home: Path, package_dir: Path, sandboxes_dir: Path | None = None
+) -> AgentBundle:
+    """Build (if needed) the runtime of this interpreter and the code of `package_dir`, and
+    remove the bundles of earlier versions that no sandbox under `sandboxes_dir` mounts.
 
     Args:
         agent_home: `HUTCH_HOME/agent`.
         package_dir: the `hutch` package whose `_wire` and `agent` subpackages are the agent.
+        sandboxes_dir: `HUTCH_HOME/sandboxes` (None: collect nothing).
 
     Blocking (the first build copies ~60 MB): call it from a worker thread.
     """
     agent_home.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(agent_home, 0o755)
-    return AgentBundle(
+    bundle = AgentBundle(
         runtime_dir=build_runtime(agent_home, Path(sys.base_prefix)),
         code_dir=build_code(agent_home, package_dir),
     )
+    if sandboxes_dir is not None:
+        collect_old_bundles(agent_home, bundle, sandboxes_dir)
+    return bundle
+
+
+def collect_old_bundles(agent_home: Path, current: AgentBundle, sandboxes_dir: Path) -> list[str]:
+    """Remove `runtime-*`, `code-*` and crashed builds' `.tmp-*` other than `current` that no
+    sandbox's config.json names (a mounted bundle must stay: its files are the sandbox's
+    agent). Each upgrade of Hutch or of the host's Python left one more before; returns
+    the names removed."""
+    keep = {current.runtime_dir.name, current.code_dir.name}
+    configs = [p.read_text(errors="replace") for p in sandboxes_dir.glob("*/config.json")]
+    removed = []
+    for entry in agent_home.iterdir():
+        name = entry.name
+        if name in keep or not name.startswith(("runtime-", "code-", ".tmp-")):
+            continue
+        if any(str(entry) in config for config in configs):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def _interpreter(prefix: Path) -> Path:
@@ -200,6 +228,7 @@ def _ldd(objects: list[Path]) -> dict[str, Path]:
 
 def code_hash(package_dir: Path) -> str:
     digest = hashlib.sha256(_FORMAT.encode())
+    digest.update(LAUNCHER_SOURCE.encode())
     for rel, path in _agent_sources(package_dir):
         digest.update(f"\0{rel}\0".encode())
         digest.update(path.read_bytes())
@@ -236,6 +265,11 @@ def build_code(agent_home: Path, package_dir: Path) -> Path:
         )
         if not ok:
             raise AgentBundleError(f"the agent sources in {package_dir} do not compile")
+        # The launcher the agent starts another user's processes through (agent/_launch.py);
+        # best effort: without a C compiler it forks for them, as before.
+        cc = shutil.which("cc")
+        if cc is not None:
+            compile_launcher(cc, tmp)
     return final
 
 

@@ -175,7 +175,9 @@ def rclone_bin() -> str:
 RCLONE_NET_FLAGS = ("--contimeout", "5s", "--timeout", "15s", "--low-level-retries", "2")
 
 
-def mount_args(binary: str, req: BucketMount, slot_dir: Path) -> list[str]:
+def mount_args(
+    binary: str, req: BucketMount, slot_dir: Path, owner: int = HOST_ID_BASE
+) -> list[str]:
     args = [
         binary,
         "mount",
@@ -188,9 +190,9 @@ def mount_args(binary: str, req: BucketMount, slot_dir: Path) -> list[str]:
         "--allow-other",
         "--default-permissions",
         "--uid",
-        str(HOST_ID_BASE),
+        str(owner),
         "--gid",
-        str(HOST_ID_BASE),
+        str(owner),
         "--umask",
         "022",
         "--dir-cache-time",

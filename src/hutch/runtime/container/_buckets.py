@@ -40,7 +40,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from hutch.runtime._idmap import HOST_ID_BASE
 from hutch.runtime.container._bucket_spec import (
     CHECK_TIMEOUT,
     MOUNT_TIMEOUT,
@@ -182,19 +181,21 @@ class BucketMounts:
             created_at=time.time(),
         )
         _write_record(slot_dir, record)
-        record = await self._start_rclone(slot_dir, record, req.credentials.secrets())
+        record = await self._start_rclone(
+            slot_dir, record, root_owner(rootfs), req.credentials.secrets()
+        )
         bind_into_rootfs(slot_dir / "mnt", rootfs, path)
         log.info("mounted bucket %s at %s in sandbox %s", req.bucket, path, sandbox_id)
         return record
 
     async def _start_rclone(
-        self, slot_dir: Path, record: BucketMount, secrets: tuple[str, ...] = ()
+        self, slot_dir: Path, record: BucketMount, owner: int, secrets: tuple[str, ...] = ()
     ) -> BucketMount:
         staging = slot_dir / "mnt"
         log_path = slot_dir / "rclone.log"
         log_path.unlink(missing_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            *mount_args(rclone_bin(), record, slot_dir),
+            *mount_args(rclone_bin(), record, slot_dir, owner),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -270,7 +271,7 @@ class BucketMounts:
                         # Binds of a dead FUSE connection only answer ENOTCONN: replace them.
                         _unmount_binds(rootfs, record)
                         await _stop_rclone(slot_dir, record)
-                        await self._start_rclone(slot_dir, record)
+                        await self._start_rclone(slot_dir, record, root_owner(rootfs))
                         log.info("restarted rclone for %s in %s", record.mount_path, sandbox_id)
                     if not _mounts_of(rootfs, record):
                         bind_into_rootfs(slot_dir / "mnt", rootfs, record.mount_path)
@@ -343,6 +344,11 @@ async def _stop_rclone(slot_dir: Path, record: BucketMount | None) -> None:
             break
 
 
+def root_owner(rootfs: Path) -> int:
+    """The host uid of the sandbox's root: its rootfs's owner (its uid range's first id)."""
+    return os.stat(rootfs).st_uid
+
+
 def bind_into_rootfs(source: Path, rootfs: Path, path: str) -> None:
     """Bind `source` onto `path` inside the sandbox rootfs, never following a symlink."""
     with _open_target(rootfs, path) as fd:
@@ -355,6 +361,7 @@ def _open_target(rootfs: Path, path: str) -> Iterator[int]:
     with O_NOFOLLOW and creating missing ones as sandbox root."""
     flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(rootfs, flags)
+    owner = os.fstat(fd).st_uid  # sandbox root, whichever uid range it has
     try:
         for part in path.strip("/").split("/"):
             try:
@@ -364,9 +371,7 @@ def _open_target(rootfs: Path, path: str) -> Iterator[int]:
                 try:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=real)
-                        os.chown(
-                            part, HOST_ID_BASE, HOST_ID_BASE, dir_fd=real, follow_symlinks=False
-                        )
+                        os.chown(part, owner, owner, dir_fd=real, follow_symlinks=False)
                 finally:
                     os.close(real)
                 nxt = os.open(part, flags, dir_fd=fd)

@@ -4,11 +4,13 @@ the runtime keeps for it (modes exact whatever the umask)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import shutil
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from hutch.runtime.container._errors import SandboxRuntimeError
@@ -84,10 +86,38 @@ def read_text_or_empty(path: Path) -> str:
         return ""
 
 
-def etc_hosts(hostname: str) -> str:
-    return (
-        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+def etc_hosts(hostname: str, pinned: Sequence[tuple[str, str]] = ()) -> str:
+    return pin_hosts(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
+        pinned,
     )
+
+
+_PINNED_BEGIN = "# hutch: allowed host names (network_allow), as the server resolved them\n"
+_PINNED_END = "# hutch: end of allowed host names\n"
+
+
+def pin_hosts(text: str, pinned: Sequence[tuple[str, str]]) -> str:
+    """/etc/hosts `text` with its block of pinned (name, address) pairs replaced by `pinned`
+    (removed if none); the sandbox's own lines are kept as they are.
+
+    A sandbox with network="none" has no name server (see `resolv_conf`): its allowed host
+    names resolve through this file alone, to the addresses nftables lets it reach.
+    """
+    kept: list[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        if line == _PINNED_BEGIN:
+            inside = True
+        elif line == _PINNED_END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    if pinned:
+        kept += [_PINNED_BEGIN, *(f"{address}\t{name}\n" for name, address in pinned), _PINNED_END]
+    return "".join(kept)
 
 
 _FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
@@ -100,15 +130,13 @@ def resolv_conf(host: str, policy: NetworkPolicy | None = None) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from the sandbox's
     network namespace), falling back to public resolvers as Docker does.
 
-    With no egress at all (network="none", no allow list) the resolver is 127.0.0.1, where
-    nothing listens: lookups fail at once. A remote resolver would be refused by nftables too,
-    but the kernel rate-limits those ICMP errors (1/s per destination), so every other lookup
-    waited out the 5 s DNS timeout (ipykernel's start-up does several).
+    With network="none" the resolver is 127.0.0.1, where nothing listens: lookups fail at
+    once (allowed host names resolve through /etc/hosts: `pin_hosts`). A remote resolver
+    would be refused by nftables too, but the kernel rate-limits those ICMP errors (1/s per
+    destination), so every other lookup waited out the 5 s DNS timeout (ipykernel's start-up
+    does several). Only a name server that `network_allow` names itself (a CIDR holding it)
+    stays: the user opened it.
     """
-    if policy is not None and not policy.internet and not policy.allow:
-        return (
-            RESOLV_MARKER + "# network=none: no name server is reachable.\nnameserver 127.0.0.1\n"
-        )
     lines = []
     servers = 0
     for line in host.splitlines():
@@ -116,8 +144,27 @@ def resolv_conf(host: str, policy: NetworkPolicy | None = None) -> str:
         if words[:1] == ["nameserver"] and len(words) > 1:
             if words[1].startswith("127.") or words[1] == "::1":
                 continue
+            if policy is not None and not policy.internet and not _allowed(words[1], policy):
+                continue
             servers += 1
         lines.append(line)
+    if policy is not None and not policy.internet and servers == 0:
+        return (
+            RESOLV_MARKER + "# network=none: no name server is reachable.\nnameserver 127.0.0.1\n"
+        )
     if servers == 0:
         lines += [f"nameserver {ns}" for ns in _FALLBACK_NAMESERVERS]
     return RESOLV_MARKER + "\n".join(lines) + "\n"
+
+
+def _allowed(address: str, policy: NetworkPolicy) -> bool:
+    """Whether `address` is in the policy's allow list and not in its deny list."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+
+    def within(cidrs: Sequence[str]) -> bool:
+        return any(ip in ipaddress.IPv4Network(c) for c in cidrs)
+
+    return within(policy.allow) and not within(policy.deny)

@@ -16,15 +16,14 @@ see the host's numbers, as before.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
+from hutch.runtime.container._daemons import start_detached
 from hutch.runtime.container._mounts import mount_table, umount
 from hutch.runtime.container._oci import Mount
 
@@ -49,6 +48,9 @@ class LxcfsView:
         target = str(self.root)
         return any(entry.mountpoint == target for entry in mount_table())
 
+    def _serves(self) -> bool:
+        return self._mounted() and (self.root / "proc" / "meminfo").exists()
+
     async def ensure(self) -> bool:
         """Start LXCFS on `<home>/lxcfs` unless it already runs there; whether it is usable."""
         if self._binary is None:
@@ -57,29 +59,12 @@ class LxcfsView:
         if not self._mounted():
             self.root.mkdir(mode=0o755, exist_ok=True)
             # NB: --enable-cfs turns the CPU quota into the CPUs /proc/cpuinfo and cpu/online
-            # list; -l virtualises loadavg. `setsid -f`: in a session of its own and nobody's
-            # child, it outlives the server as the sandboxes do.
-            starter = await asyncio.create_subprocess_exec(
-                "setsid",
-                "-f",
-                self._binary,
-                "--enable-cfs",
-                "-l",
-                "--pidfile",
-                str(self._pidfile),
-                str(self.root),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            await starter.wait()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + START_PATIENCE
-            while not self._mounted() or not (self.root / "proc" / "meminfo").exists():
-                if loop.time() > deadline:
-                    log.warning("lxcfs did not mount %s; sandboxes see the host's /proc", self.root)
-                    return False
-                await asyncio.sleep(0.02)
+            # list; -l virtualises loadavg.
+            argv = [self._binary, "--enable-cfs", "-l", "--pidfile", str(self._pidfile)]
+            argv.append(str(self.root))
+            if not await start_detached(argv, self._serves, START_PATIENCE):
+                log.warning("lxcfs did not mount %s; sandboxes see the host's /proc", self.root)
+                return False
         self.available = True
         return True
 

@@ -117,3 +117,9 @@ def mounts_under(prefix: Path) -> list[Path]:
     base = str(prefix).rstrip("/") + "/"
     points = {e.mountpoint for e in mount_table() if e.mountpoint.startswith(base)}
     return [Path(p) for p in sorted(points, key=lambda p: p.count("/"), reverse=True)]
+
+
+def unmount_all_under(prefix: Path) -> None:
+    """Unmount everything below `prefix`, deepest first (one mount table read)."""
+    for mountpoint in mounts_under(prefix):
+        umount(mountpoint)

@@ -18,14 +18,36 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime.container import _nft
+from hutch.runtime.container import _nft, _public_net
 from hutch.runtime.container._errors import SandboxRuntimeError
+from hutch.runtime.container._host_files import read_text_or_empty, resolv_conf
 from hutch.runtime.container._nft import NetworkPolicy
 
 log = logging.getLogger("hutch.runtime")
 
 DEFAULT_SUBNET = "10.201.0.0/16"
 CLAIMS_DIR = Path("/run/hutch")
+
+
+def _loopback_reach(host_ip: str) -> str:
+    """Shell lines (run in the sandbox's netns) that send TCP connections from the host side
+    of the veth (the preview proxy) to 127.0.0.1 inside: dev servers listen on localhost by
+    default (Vite, Next, Flask), and `wait_for_port` checks 127.0.0.1 too, so both agree.
+
+    NB: `route_localnet` lets a packet from eth0 be routed to a loopback address; only the
+    proxy's own address is rewritten, so nothing else reaches the sandbox's loopback.
+    """
+    return (
+        "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet\n"
+        "nft -f - <<'EOF'\n"
+        "table ip hutch_loopback {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f'    iifname "eth0" ip saddr {host_ip} meta l4proto tcp dnat to 127.0.0.1\n'
+        "  }\n"
+        "}\n"
+        "EOF\n"
+    )
 
 
 class NetworkError(SandboxRuntimeError):
@@ -53,6 +75,26 @@ async def _run(*argv: str, stdin: str | None = None) -> None:
         raise NetworkError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
 
 
+async def _host_networks() -> list[str]:
+    """The IPv4 networks of the host's interfaces now ([] if `ip` cannot say)."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip",
+        "-j",
+        "-4",
+        "addr",
+        "show",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    try:
+        return _public_net.parse_host_networks(out.decode())
+    except (ValueError, KeyError, TypeError):
+        log.error("the host's networks could not be read from `ip -j addr`: %r", out[:200])
+        return []
+
+
 def _link_exists(ifname: str) -> bool:
     return os.path.exists(f"/sys/class/net/{ifname}")  # sysfs: never blocks
 
@@ -69,8 +111,17 @@ def _disable_ipv6(ifname: str) -> None:
 class Networks:
     """Sandbox networks of one `HUTCH_HOME`."""
 
-    def __init__(self, home: Path, subnet: str = DEFAULT_SUBNET, id_range: int = 65536) -> None:
+    def __init__(
+        self,
+        home: Path,
+        subnet: str = DEFAULT_SUBNET,
+        id_range: int = 65536,
+        host_resolv_conf: Path = Path("/etc/resolv.conf"),
+        also_blocked: tuple[str, ...] = (),
+    ) -> None:
+        self._also_blocked = also_blocked
         self._state = home / "net"
+        self._host_resolv_conf = host_resolv_conf
         self._subnet = ipaddress.IPv4Network(subnet)
         if self._subnet.prefixlen > 30:
             raise ValueError(f"sandbox subnet {subnet} is too small")
@@ -124,8 +175,22 @@ class Networks:
             return
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
         _enable_forwarding()
-        await _run("nft", "-f", "-", stdin=_nft.base_ruleset(self._tag, str(self._subnet)))
+        # NB: read once, at start: an interface added later is not known until a restart.
+        host_nets = await _host_networks()
+        internal = _public_net.internal_networks(host_nets, str(self._subnet))
+        log.info("internet sandboxes may not reach %s unless allowed", ", ".join(internal))
+        await _run(
+            "nft",
+            "-f",
+            "-",
+            stdin=_nft.base_ruleset(self._tag, str(self._subnet), internal, self._also_blocked),
+        )
         self._ready = True
+
+    def _resolvers(self, policy: NetworkPolicy) -> list[str]:
+        """The name servers the sandbox's resolv.conf names under `policy` (the host's)."""
+        host = read_text_or_empty(self._host_resolv_conf)
+        return _public_net.nameservers(resolv_conf(host, policy))
 
     def _claim(self, index: int, owner: str) -> bool:
         """Take address pair `index` host-wide (every home sharing the subnet sees the claim)."""
@@ -171,11 +236,15 @@ class Networks:
         so it overlaps `runc run`."""
         await self.setup()
         net = self._allocate(sandbox_id)
-        await self._nft(_nft.add_sandbox(self._tag, net.index, net.ifname, net.sandbox_ip, policy))
+        resolvers = self._resolvers(policy)
+        await self._nft(
+            _nft.add_sandbox(self._tag, net.index, net.ifname, net.sandbox_ip, policy, resolvers)
+        )
         return net
 
-    async def attach(self, net: SandboxNet, pid: int) -> None:
-        """Give the running sandbox whose init is `pid` its veth and addresses.
+    async def attach(self, net: SandboxNet, netns: int | str) -> None:
+        """Give the running sandbox whose init is `netns` (a pid), or the named netns
+        `netns` (gVisor's, made before the sandbox), its veth and addresses.
 
         NB: the netns is the one runc made, owned by the sandbox's user namespace: runc can
         only mount /sys for a netns its user namespace owns. Docker's capability set has no
@@ -184,7 +253,7 @@ class Networks:
         if _link_exists(net.ifname):
             await _run("ip", "link", "delete", net.ifname)
         host_batch = (
-            f"link add {net.ifname} type veth peer name eth0 netns {pid}\n"
+            f"link add {net.ifname} type veth peer name eth0 netns {netns}\n"
             f"addr add {net.host_ip}/31 dev {net.ifname}\n"
             f"link set {net.ifname} up\n"
         )
@@ -196,13 +265,17 @@ class Networks:
         await _run("ip", "-batch", "-", stdin=host_batch)
         # No IPv6 on the host side: nothing for the sandbox's link-local address to talk to.
         _disable_ipv6(net.ifname)
-        await _run("nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-", stdin=inner_batch)
+        path = f"/proc/{netns}/ns/net" if isinstance(netns, int) else f"/run/netns/{netns}"
+        # One shell in the sandbox's netns: its addresses, then loopback reach (below).
+        inner = f"ip -batch - <<'EOF'\n{inner_batch}EOF\n{_loopback_reach(net.host_ip)}"
+        await _run("nsenter", f"--net={path}", "sh", "-es", stdin=inner)
 
     async def set_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         net = self.get(sandbox_id)
         if net is None:
             raise NetworkError(f"sandbox {sandbox_id!r} has no network")
-        await self._nft(_nft.set_policy(self._tag, net.index, net.sandbox_ip, policy))
+        resolvers = self._resolvers(policy)
+        await self._nft(_nft.set_policy(self._tag, net.index, net.sandbox_ip, policy, resolvers))
 
     async def open_gateway_port(self, sandbox_id: str, port: int) -> SandboxNet:
         """Let the sandbox reach TCP `port` on its gateway address (and nothing else there).

@@ -14,6 +14,9 @@ is judged per packet (no "established" short cut out of a sandbox).
              sandbox subnet, loopback, link-local (169.254.0.0/16, metadata), multicast or
              IPv6; then the sandbox's own chain: its source address, deny list, allow list,
              internet on/off; anything else is refused (rejected, so it fails at once).
+             "internet" means the public internet: the set `internal` (private ranges and
+             the host's own networks, see `_public_net`) stays refused unless allowed, but
+             for DNS to the resolvers the sandbox's resolv.conf names.
     nat      sandbox subnet to the outside is masqueraded.
 
 Pure functions: the I/O (running `nft`) lives in `_netns`.
@@ -22,6 +25,7 @@ Pure functions: the I/O (running `nft`) lives in `_netns`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,16 +44,26 @@ class NetworkPolicy:
 
     Attributes:
         internet: outbound connections to the outside at all ("internet"), or none ("none").
-        allow: CIDRs reachable even with internet off.
+        allow: CIDRs reachable even with internet off, and private or host networks that
+            "internet" alone does not reach.
         deny: CIDRs never reachable (wins over `allow`).
+        hosts: (host name, IPv4 address) pairs the sandbox resolves through its /etc/hosts
+            (`_host_files.pin_hosts`): the allowed host names of a sandbox that has no DNS.
     """
 
     internet: bool = False
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    hosts: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> NetworkPolicy:
+    def of(
+        cls,
+        network: str,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        hosts: Sequence[tuple[str, str]] = (),
+    ) -> NetworkPolicy:
         """Build and validate; raises ValueError with the rule on a bad value."""
         if network not in ("none", "internet"):
             raise ValueError(f"network must be 'none' or 'internet', not {network!r}")
@@ -57,7 +71,24 @@ class NetworkPolicy:
             internet=network == "internet",
             allow=tuple(normalize_cidr(c) for c in allow),
             deny=tuple(normalize_cidr(c) for c in deny),
+            hosts=tuple(
+                sorted({(check_host_name(n), str(ipaddress.IPv4Address(a))) for n, a in hosts})
+            ),
         )
+
+
+# What may be written as a name into /etc/hosts: DNS labels, nothing a parser of that file
+# reads as a separator or a comment.
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+
+
+def check_host_name(name: str) -> str:
+    """A lower-case DNS name with at least one dot; ValueError for anything else."""
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"{name!r} is not a host name such as 'pypi.org'")
+    return name
 
 
 def normalize_cidr(value: str) -> str:
@@ -85,13 +116,24 @@ def chain_name(index: int) -> str:
 REJECT = "reject with icmpx type admin-prohibited"
 
 
-def base_ruleset(tag: str, subnet: str) -> str:
-    """Create (or refresh) the table; keeps the sets, map and sandbox chains as they are."""
+def base_ruleset(
+    tag: str, subnet: str, internal: Sequence[str] = (), also_blocked: Sequence[str] = ()
+) -> str:
+    """Create (or refresh) the table; keeps the sets, map and sandbox chains as they are, but
+    for `internal` (non-overlapping CIDRs), which is replaced. `also_blocked`: more CIDRs no
+    sandbox may reach, whatever its policy (a cluster's node addresses: sandboxes never reach
+    a node API, this host's or another's)."""
     t = f"inet {table_name(tag)}"
-    blocked = ", ".join(BLOCKED_V4)
+    blocked = ", ".join((*BLOCKED_V4, *(normalize_cidr(c) for c in also_blocked)))
+    internal_elements = (
+        f"add element {t} internal {{ {', '.join(internal)} }}\n" if internal else ""
+    )
     return f"""
 add table {t}
 add set {t} ifaces {{ type ifname; }}
+add set {t} internal {{ type ipv4_addr; flags interval; }}
+flush set {t} internal
+{internal_elements}
 add map {t} egress {{ type ifname : verdict; }}
 add set {t} gateways {{ type ifname . ipv4_addr . inet_service; }}
 add chain {t} input {{ type filter hook input priority -10; policy accept; }}
@@ -113,7 +155,13 @@ add rule {t} postrouting ip saddr {subnet} ip daddr != {subnet} masquerade
 """
 
 
-def policy_rules(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -> str:
+def policy_rules(
+    tag: str,
+    index: int,
+    sandbox_ip: str,
+    policy: NetworkPolicy,
+    resolvers: Sequence[str] = (),
+) -> str:
     t = f"inet {table_name(tag)}"
     c = chain_name(index)
     lines = [f"add rule {t} {c} ip saddr != {sandbox_ip} drop"]
@@ -121,24 +169,48 @@ def policy_rules(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -
         lines.append(f"add rule {t} {c} ip daddr {{ {', '.join(policy.deny)} }} {REJECT}")
     if policy.allow:
         lines.append(f"add rule {t} {c} ip daddr {{ {', '.join(policy.allow)} }} accept")
+    if policy.internet:
+        if resolvers:
+            # NB: the resolver is often on a private address; DNS to it, and only DNS (no
+            # other port, no other private address), or no name resolves at all.
+            lines.append(
+                f"add rule {t} {c} ip daddr {{ {', '.join(resolvers)} }} "
+                "meta l4proto { tcp, udp } th dport 53 accept"
+            )
+        lines.append(f"add rule {t} {c} ip daddr @internal {REJECT}")
     lines.append(f"add rule {t} {c} {'accept' if policy.internet else REJECT}")
     return "\n".join(lines) + "\n"
 
 
-def add_sandbox(tag: str, index: int, ifname: str, sandbox_ip: str, policy: NetworkPolicy) -> str:
+def add_sandbox(
+    tag: str,
+    index: int,
+    ifname: str,
+    sandbox_ip: str,
+    policy: NetworkPolicy,
+    resolvers: Sequence[str] = (),
+) -> str:
     t = f"inet {table_name(tag)}"
     c = chain_name(index)
     return (
         f"add chain {t} {c}\nflush chain {t} {c}\n"
-        + policy_rules(tag, index, sandbox_ip, policy)
+        + policy_rules(tag, index, sandbox_ip, policy, resolvers)
         + f'add element {t} ifaces {{ "{ifname}" }}\n'
         + f'add element {t} egress {{ "{ifname}" : jump {c} }}\n'
     )
 
 
-def set_policy(tag: str, index: int, sandbox_ip: str, policy: NetworkPolicy) -> str:
+def set_policy(
+    tag: str,
+    index: int,
+    sandbox_ip: str,
+    policy: NetworkPolicy,
+    resolvers: Sequence[str] = (),
+) -> str:
     t = f"inet {table_name(tag)}"
-    return f"flush chain {t} {chain_name(index)}\n" + policy_rules(tag, index, sandbox_ip, policy)
+    return f"flush chain {t} {chain_name(index)}\n" + policy_rules(
+        tag, index, sandbox_ip, policy, resolvers
+    )
 
 
 def gateway_port(tag: str, ifname: str, host_ip: str, port: int, *, add: bool) -> str:

@@ -308,6 +308,10 @@ class Seccomp:
     default_errno_ret: int | None
     architectures: tuple[str, ...]
     syscalls: tuple[SyscallRule, ...]
+    # A unix socket runc hands the filter's notification fd to (SCMP_ACT_NOTIFY rules), and
+    # what it passes along with it (_statfs_view: the sandbox's qgroup).
+    listener_path: str | None = None
+    listener_metadata: str | None = None
 
     def allowed_names(self) -> frozenset[str]:
         """Syscalls allowed unconditionally (no argument filter)."""
@@ -325,6 +329,8 @@ class Seccomp:
                 "defaultErrnoRet": self.default_errno_ret,
                 "architectures": list(self.architectures),
                 "syscalls": [s.to_json() for s in self.syscalls],
+                "listenerPath": self.listener_path,
+                "listenerMetadata": self.listener_metadata,
             }
         )
 

@@ -7,12 +7,13 @@ Host layout under `HUTCH_HOME`:
         agent.sock              the agent's listening socket, handed to it as fd 3; never
                                 mounted into the sandbox, so nothing inside can reach or swap it
         runc.log  agent.log     runc's errors; the agent's stderr only with debug_agent
+        halted                  ended on purpose (stop, destroy): its init's end is no death
     storage/<id>/               the sandbox's btrfs subvolume with its disk quota:
         upper/ work/ etc/       the overlay's writable layer, and /etc/hosts etc. bind-mounted in
     runc/<id>/                  runc's state (`runc --root`)
     agent/runtime-*/ code-*/    the agent's Python and code, mounted read-only at /.hutch
 
-A sandbox's traces are the runc state, its cgroups (`/sys/fs/cgroup/*/hutch/<id>`), the rootfs
+A sandbox's traces are the runc state, its cgroups (`/sys/fs/cgroup/*/hutch/<tag>/<id>`), the rootfs
 mount, the subvolume and the bundle dir; `destroy` removes them in that order, so the bundle dir,
 removed last, marks an unfinished destroy for `sweep` to complete.
 """
@@ -25,14 +26,12 @@ import json
 import logging
 import os
 import resource
-import stat
-import time
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection
 from pathlib import Path
 
 import hutch
-from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime._idmap import ID_RANGE
+from hutch.runtime.container import _trust as trust
 from hutch.runtime.container import _workcgroup as workcgroup
 from hutch.runtime.container._agent_bundle import (
     AGENT_ENV,
@@ -41,12 +40,7 @@ from hutch.runtime.container._agent_bundle import (
     ensure_agent_bundle,
 )
 from hutch.runtime.container._buckets import BucketMounts
-from hutch.runtime.container._cgroups import (
-    cgroups_path,
-    host_accounts_swap,
-    kill_cgroup_tasks,
-    remove_cgroups,
-)
+from hutch.runtime.container._cgroups import HomeCgroups, cgroups_path, host_accounts_swap
 from hutch.runtime.container._errors import (
     SandboxExists,
     SandboxMissing,
@@ -54,35 +48,44 @@ from hutch.runtime.container._errors import (
     SandboxStartError,
 )
 from hutch.runtime.container._freezer import set_frozen
+from hutch.runtime.container._gvisor import GvisorSandboxes
 from hutch.runtime.container._host_files import (
     RESOLV_MARKER,
     add_mode,
     check_traversable,
-    etc_hosts,
     listen_unix,
     make_dir,
+    pin_hosts,
     read_text_or_empty,
     remove_dir,
     resolv_conf,
     rewrite_in_place,
 )
 from hutch.runtime.container._lxcfs import LxcfsView
-from hutch.runtime.container._mounts import mounts_under, umount
+from hutch.runtime.container._mounts import mounts_under, umount, unmount_all_under
 from hutch.runtime.container._netns import Networks, SandboxNet
 from hutch.runtime.container._nft import NetworkPolicy
 from hutch.runtime.container._oci import (
     CPU_PERIOD_US,
     Resources,
     SandboxLayout,
+    Seccomp,
     Spec,
     merge_env,
     resources,
     sandbox_spec,
 )
-from hutch.runtime.container._overlay import mount_overlay, unmount_overlay
+from hutch.runtime.container._rootfs_views import RootfsViews
 from hutch.runtime.container._runc import Runc
+from hutch.runtime.container._sandbox_dirs import (
+    SandboxPaths,
+    agent_stderr,
+    halting,
+    make_storage,
+    write_etc_files,
+)
 from hutch.runtime.container._seccomp import default_profile, kernel_version
-from hutch.runtime.container._snapshots import DiskSnapshots, disk_from
+from hutch.runtime.container._snapshots import DiskSnapshots
 from hutch.runtime.container._spec import (
     HOSTNAME_RE,
     SANDBOX_ID_RE,
@@ -92,27 +95,15 @@ from hutch.runtime.container._spec import (
     SandboxState,
     check_sandbox_id,
 )
+from hutch.runtime.container._statfs_view import StatfsView
 from hutch.runtime.container._storage import StoragePool
+from hutch.runtime.container._timing import timed
 from hutch.runtime.container._usage import SandboxUsage, sandbox_usage
 from hutch.runtime.images import image_agent_env
 
 log = logging.getLogger("hutch.runtime")
 
 _MAX_NOFILE = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class _Paths:
-    bundle: Path
-    rootfs: Path
-    config: Path
-    socket: Path
-    runc_log: Path
-    agent_log: Path
-    storage: Path
-    upper: Path
-    work: Path
-    etc: Path
 
 
 class Runtime:
@@ -126,13 +117,18 @@ class Runtime:
         self.snapshots = DiskSnapshots(self._storage)
         self._runc = Runc(config.runc, config.home / "runc")
         self._lxcfs = LxcfsView(config.home)
+        self._statfs = StatfsView(config.home, enabled=config.disk_statfs)  # `df /`: its limit
         self._seccomp = default_profile(kernel_version())
         self._memsw = host_accounts_swap()
         self._nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], _MAX_NOFILE)
         self._bundle: AgentBundle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self.cgroups = HomeCgroups(config.home)  # a sandbox's: `hutch/<home tag>/<id>`
         self.buckets = BucketMounts(config.home)
-        self._networks = Networks(config.home, config.network_subnet, ID_RANGE)
+        self._views = RootfsViews(config.home, config.uid_ranges)
+        c = config
+        self._networks = Networks(c.home, c.network_subnet, ID_RANGE, c.resolv, c.blocked_cidrs)
+        self._gvisor = GvisorSandboxes(config, self._networks)
         # Network attaches still running for sandboxes created with defer_network=True.
         self._pending_networks: dict[str, asyncio.Future[None]] = {}
 
@@ -152,10 +148,14 @@ class Runtime:
         check_traversable(self._home.resolve().parent)
         make_dir(self._sandboxes, 0o711)
         await self._storage.ensure()
+        await asyncio.to_thread(self.snapshots.sweep_spares)
         await self._networks.setup()
         package = self.config.agent_package or Path(hutch.__file__).parent
-        self._bundle = await asyncio.to_thread(ensure_agent_bundle, self._home / "agent", package)
+        self._bundle = await asyncio.to_thread(
+            ensure_agent_bundle, self._home / "agent", package, self._sandboxes
+        )
         await self._lxcfs.ensure()
+        await self._statfs.ensure()
 
     async def teardown(self) -> None:
         """Release what `setup` took that no sandbox needs: the storage pool's mount and the
@@ -164,11 +164,13 @@ class Runtime:
             with contextlib.suppress(OSError):
                 umount(self._storage.root)
             self._lxcfs.stop()
+            self._statfs.stop()
+            self.cgroups.release()
         await self._networks.teardown()
 
     def supports(self, runtime: str) -> bool:
         """Whether sandboxes can use `runtime` ("runc" or "gvisor") on this host."""
-        return runtime == "runc"
+        return runtime == "runc" or (runtime == "gvisor" and self._gvisor.available)
 
     def rootfs(self, sandbox_id: str) -> Path:
         """The host path where the sandbox's root filesystem is mounted while it runs."""
@@ -199,12 +201,24 @@ class Runtime:
         async with self._lock(spec.id):
             if paths.bundle.exists() or self._storage.exists(spec.id):
                 raise SandboxExists(f"sandbox {spec.id!r} already exists")
+            network = None
+            if spec.runtime == "runc" and self.snapshots.committing(spec.disk_from):
+                # A fork's disk is committing (~7 ms): its addresses and nft rules meanwhile.
+                network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
             try:
                 timings: dict[str, float] = {}
-                with _timed(timings, "storage"):
-                    self._prepare_storage(spec, paths)
-                return await self._start(spec, paths, bundle, timings, defer_network)
+                with timed(timings, "storage"):
+                    await make_storage(
+                        spec, paths, self._storage, self.snapshots, self.config.resolv
+                    )
+                socket = await self._start(spec, paths, bundle, timings, defer_network, network)
+                # The next create's spare: its commit would hold this one's disk writes.
+                self.snapshots.refill_later(spec.disk_from)
+                return socket
             except BaseException:
+                if network is not None and not network.done():
+                    with contextlib.suppress(BaseException):
+                        await network  # never leave it running behind a failed start
                 # Shielded: a cancelled create must still roll back completely.
                 await asyncio.shield(self._destroy(spec.id))
                 raise
@@ -221,50 +235,18 @@ class Runtime:
         bundle = self._require_setup()
         paths = self._paths(spec.id)
         async with self._lock(spec.id):
-            state = await self._runc.state(spec.id)
+            state = await self._runc.state(spec.id) or await self._gvisor.state(spec.id)
             if state is not None and state.status in ("running", "paused", "pausing"):
                 return paths.socket
             if not self._storage.exists(spec.id):
                 raise SandboxMissing(f"sandbox {spec.id!r} has no writable layer to start from")
             await self._stop_container(spec.id)
             try:
-                self._write_etc_files(spec, paths, overwrite=False)
+                write_etc_files(spec, paths, self.config.resolv, overwrite=False)
                 return await self._start(spec, paths, bundle, {})
             except BaseException:
                 await asyncio.shield(self._stop_container(spec.id))
                 raise
-
-    def _prepare_storage(self, spec: SandboxSpec, paths: _Paths) -> None:
-        if spec.disk_from is not None:
-            # The copy has the upper/work/etc dirs of its source already.
-            disk_from(spec.disk_from, self._storage, spec.id, spec.limits.disk_mb << 20)
-            self._write_etc_files(spec, paths, overwrite=True)
-            return
-        subvolume = self._storage.create(spec.id, spec.limits.disk_mb << 20)
-        os.chmod(subvolume, 0o755)  # created under the umask; the sandbox's root traverses it
-        lower = os.stat(spec.image.rootfs)
-        # The overlay's root takes the upper dir's owner and mode: make them the image's.
-        make_dir(paths.upper, stat.S_IMODE(lower.st_mode), owner=(lower.st_uid, lower.st_gid))
-        make_dir(paths.work, 0o700, owner=(HOST_ID_BASE, HOST_ID_BASE))
-        if not (spec.image.rootfs / "workspace").is_dir():
-            make_dir(paths.upper / "workspace", 0o755, owner=(HOST_ID_BASE, HOST_ID_BASE))
-        self._write_etc_files(spec, paths, overwrite=True)
-
-    def _write_etc_files(self, spec: SandboxSpec, paths: _Paths, *, overwrite: bool) -> None:
-        files = {
-            "hosts": etc_hosts(spec.hostname),
-            "hostname": f"{spec.hostname}\n",
-            "resolv.conf": resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), spec.network),
-        }
-        make_dir(paths.etc, 0o755)
-        for name, text in files.items():
-            path = paths.etc / name
-            if not overwrite and path.exists():
-                continue  # the sandbox may have edited it
-            path.write_text(text)
-            # Root inside may edit them (as in Docker); they count against its disk quota.
-            os.chown(path, HOST_ID_BASE, HOST_ID_BASE)
-            os.chmod(path, 0o644)
 
     async def network_ready(self, sandbox_id: str) -> None:
         """Wait for a deferred network attach (see `create`); raises if it failed."""
@@ -279,31 +261,41 @@ class Runtime:
     async def _start(
         self,
         spec: SandboxSpec,
-        paths: _Paths,
+        paths: SandboxPaths,
         bundle: AgentBundle,
         timings: dict[str, float],
         defer_network: bool = False,
+        network: asyncio.Future[SandboxNet] | None = None,
     ) -> Path:
         make_dir(paths.bundle, 0o711)
+        paths.halted.unlink(missing_ok=True)
         make_dir(paths.rootfs, 0o755)
-        with _timed(timings, "overlay"):
-            unmount_overlay(paths.rootfs)  # a stale mount from before a runc failure
-            mount_overlay(
-                lower=spec.image.rootfs, upper=paths.upper, work=paths.work, target=paths.rootfs
+        if spec.runtime == "gvisor":
+            oci, debug = self._spec_for(spec, paths, bundle), self.config.debug_agent
+            return await self._gvisor.start(spec, oci, paths.bundle, paths.storage, debug)
+        with timed(timings, "overlay"):
+            await self._views.mount(
+                spec.id, spec.image.rootfs, paths.storage, paths.bundle, paths.rootfs
             )
-        with _timed(timings, "config"):
+            trust.prepare(paths.rootfs, paths.etc, spec, self.config, self._views.id_base(spec.id))
+        with timed(timings, "config"):
+            # NB: runc fails a start whose statfs listener is gone: a dead daemon is started
+            # again here (a probe, ~0.1 ms), or the sandbox starts without it.
+            await self._statfs.ensure()
             paths.config.write_bytes(self._spec_for(spec, paths, bundle).dumps())
-        with _timed(timings, "socket"):
+        with timed(timings, "socket"):
             listener = listen_unix(paths.socket)
         paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
         # The sandbox's addresses and nft rules need no running container: overlap runc.
-        network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
-        stderr_fd = self._agent_stderr(paths)
+        if network is None:
+            network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
+        stderr_fd = agent_stderr(paths, self.config.debug_agent)
         work_fds: list[int] = []
         try:
-            with _timed(timings, "work_cgroup"):
-                work_fds = workcgroup.prepare(spec.id, self._work_limits(spec.limits))
-            with _timed(timings, "runc"):
+            with timed(timings, "work_cgroup"):
+                work_limits = workcgroup.work_limits_of(spec.limits, self._memsw)
+                work_fds = workcgroup.prepare(self.cgroups.of(spec.id), work_limits)
+            with timed(timings, "runc"):
                 await self._runc.run_detached(
                     spec.id,
                     paths.bundle,
@@ -326,9 +318,9 @@ class Runtime:
             self._pending_networks[spec.id] = asyncio.ensure_future(
                 self._attach_network(spec.id, network)
             )
-            return paths.socket
-        with _timed(timings, "network"):
-            await self._attach_network(spec.id, network)
+        else:
+            with timed(timings, "network"):
+                await self._attach_network(spec.id, network)
         log.debug(
             "started sandbox %s: %s",
             spec.id,
@@ -336,13 +328,6 @@ class Runtime:
             extra={"sandbox_id": spec.id, "timings": timings},
         )
         return paths.socket
-
-    def _agent_stderr(self, paths: _Paths) -> int:
-        if self.config.debug_agent:
-            return os.open(
-                paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-            )
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     def _resources(self, limits: Limits) -> Resources:
         """The sandbox cgroup's limits: what the user asked for, the agent included (user
@@ -355,35 +340,37 @@ class Runtime:
             memsw=self._memsw,
         )
 
-    def _work_limits(self, limits: Limits) -> workcgroup.WorkLimits:
-        return workcgroup.work_limits(
-            memory_mb=limits.memory_mb, swap_mb=limits.swap_mb, pids=limits.pids, memsw=self._memsw
-        )
+    def _seccomp_of(self, spec: SandboxSpec) -> Seccomp:
+        # runsc answers statfs in its own kernel and ignores the spec's filter.
+        if spec.runtime != "runc":
+            return self._seccomp
+        return self._statfs.profile(self._seccomp, self._storage.qgroup_dir(spec.id))
 
-    def _spec_for(self, spec: SandboxSpec, paths: _Paths, bundle: AgentBundle) -> Spec:
-        limits = spec.limits
+    def _spec_for(self, spec: SandboxSpec, paths: SandboxPaths, bundle: AgentBundle) -> Spec:
+        limits, etc = spec.limits, self._views.etc(paths.storage, paths.bundle)
         env = merge_env(
             spec.image.config.env,
+            trust.ca_env(trust.extra_cas(paths.etc, self.config.ca_certificates)),
             spec.env,
             AGENT_ENV,
             image_agent_env(spec.image),
             workcgroup.agent_env(),
         )
         return sandbox_spec(
-            cgroups_path=cgroups_path(spec.id),
+            cgroups_path=cgroups_path(self.cgroups.fresh(spec.id)),
             hostname=spec.hostname,
             layout=SandboxLayout(
                 rootfs=paths.rootfs,
-                etc_hosts=paths.etc / "hosts",
-                etc_hostname=paths.etc / "hostname",
-                etc_resolv_conf=paths.etc / "resolv.conf",
+                etc_hosts=etc / "hosts",
+                etc_hostname=etc / "hostname",
+                etc_resolv_conf=etc / "resolv.conf",
                 extra_mounts=(*bundle.mounts(), *self._lxcfs.mounts()),
             ),
             args=agent_args(),
             env=env,
             resources=self._resources(limits),
-            seccomp=self._seccomp,
-            id_base=HOST_ID_BASE,
+            seccomp=self._seccomp_of(spec),
+            id_base=self._views.id_base(spec.id),
             id_range=ID_RANGE,
             nofile=self._nofile,
             shm_bytes=max(64, limits.memory_mb // 2) << 20,
@@ -401,11 +388,11 @@ class Runtime:
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
-            await self._stop_container(sandbox_id)
+            with halting(paths):
+                await self._stop_container(sandbox_id)
             # The rootfs overlay and bucket binds under it are host mounts: they outlive
             # the container (start mounts them again).
-            for mountpoint in mounts_under(paths.bundle):
-                umount(mountpoint)
+            await asyncio.to_thread(unmount_all_under, paths.bundle)
 
     def disk_path(self, sandbox_id: str) -> Path:
         """The sandbox's disk: the btrfs subvolume holding its writable layer."""
@@ -439,7 +426,8 @@ class Runtime:
         # no sandbox code is left to move directories or plant symlinks under the rootfs.
         stopped = False
         try:
-            await self._stop_container(sandbox_id)
+            with halting(paths):
+                await self._stop_container(sandbox_id)
             stopped = True
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"container: {e}")
@@ -451,18 +439,20 @@ class Runtime:
             await self._networks.remove(sandbox_id)
         except (SandboxRuntimeError, OSError) as e:
             errors.append(f"network: {e}")
+        # NB: the mount table is read in a thread: with a thousand sandboxes it is thousands
+        # of lines, and a mass destroy parsing it on the event loop starved every request.
         try:
             if stopped:  # else a name under the rootfs may lead anywhere: keep it for a retry
-                for mountpoint in mounts_under(paths.bundle):
-                    umount(mountpoint)
+                await asyncio.to_thread(unmount_all_under, paths.bundle)
         except OSError as e:
             errors.append(f"rootfs mount: {e}")
         try:
             self._storage.delete(sandbox_id)
+            self._views.release(sandbox_id)
         except SandboxRuntimeError as e:
             errors.append(str(e))
         try:
-            if mounts_under(paths.bundle):
+            if await asyncio.to_thread(mounts_under, paths.bundle):
                 # rmtree would walk into them: the sandbox's files, a bucket's objects.
                 errors.append("bundle dir: mounts are left under it")
             else:
@@ -480,10 +470,11 @@ class Runtime:
         # NB: `runc delete --force` of a live container sends SIGKILL and then sleeps a fixed
         # 100 ms before it looks again; killing every task ourselves and waiting for the
         # cgroups to empty makes it a plain delete (~10 ms instead of ~110 ms).
-        await kill_cgroup_tasks(sandbox_id)
+        await self.cgroups.kill_tasks(sandbox_id)
         await self._runc.delete(sandbox_id)
+        await self._gvisor.delete(sandbox_id)
         # runc removes its cgroups, but not if it crashed or its state was lost mid-create.
-        await remove_cgroups(sandbox_id)
+        await self.cgroups.remove(sandbox_id)
 
     async def sweep(self, keep: Collection[str]) -> list[str]:
         """Destroy every sandbox of this home whose id is not in `keep`; returns their ids.
@@ -491,13 +482,13 @@ class Runtime:
         Looks at everything a sandbox leaves (runc state, bundle dirs, mounts, subvolumes), so
         half-created and half-destroyed sandboxes are found too.
         """
-        found = {c.id for c in await self._runc.list()}
+        found = {c.id for c in [*await self._runc.list(), *await self._gvisor.list()]}
         if self._sandboxes.is_dir():
             found.update(p.name for p in self._sandboxes.iterdir())
         found.update(p.relative_to(self._sandboxes).parts[0] for p in mounts_under(self._sandboxes))
         found.update(self._storage.names())
         found.update(self.buckets.sandbox_ids())
-        found.update(self._networks.ids())
+        found.update(self._networks.ids(), self._views.ids())
         kept = set(keep)
         stale = sorted(i for i in found if SANDBOX_ID_RE.fullmatch(i) and i not in kept)
         errors = []
@@ -520,18 +511,21 @@ class Runtime:
         except SandboxStartError:
             return None
 
+    def halted(self, sandbox_id: str) -> bool:
+        """Whether the sandbox was stopped or destroyed on purpose (its init's end is no death)."""
+        return self._paths(sandbox_id).halted.exists()
+
     def agent_oom_killed(self, sandbox_id: str) -> bool:
         """Whether the OOM killer ended a task of the sandbox outside user code's `work`
         cgroup: its agent (what a host-wide OOM, or a sandbox without `work`, can do)."""
-        whole, work = workcgroup.oom_kills(sandbox_id)
-        return whole > work
+        return workcgroup.outside_work_oom_kills(self.cgroups.of(sandbox_id)) > 0
 
     async def _init_pid(self, sandbox_id: str) -> int:
         try:
             state = json.loads((self._home / "runc" / sandbox_id / "state.json").read_bytes())
             return int(state["init_process_pid"])
         except (OSError, ValueError, KeyError, TypeError):
-            container = await self._runc.state(sandbox_id)
+            container = await self._runc.state(sandbox_id) or await self._gvisor.state(sandbox_id)
             if container is None or not container.pid:
                 raise SandboxStartError(f"sandbox {sandbox_id!r} has no running init") from None
             return container.pid
@@ -544,9 +538,11 @@ class Runtime:
         # NB: rewritten in place: the sandbox sees this inode through a bind mount.
         path = self._paths(sandbox_id).etc / "resolv.conf"
         if read_text_or_empty(path).startswith(RESOLV_MARKER):
-            rewrite_in_place(
-                path, resolv_conf(read_text_or_empty(Path("/etc/resolv.conf")), policy)
-            )
+            rewrite_in_place(path, resolv_conf(read_text_or_empty(self.config.resolv), policy))
+        hosts = self._paths(sandbox_id).etc / "hosts"
+        with contextlib.suppress(FileNotFoundError):
+            if (text := hosts.read_text()) != (pinned := pin_hosts(text, policy.hosts)):
+                rewrite_in_place(hosts, pinned)
 
     async def open_gateway_port(self, sandbox_id: str, port: int) -> tuple[str, str]:
         """Let the sandbox reach TCP `port` on its gateway; (sandbox address, gateway)."""
@@ -569,7 +565,7 @@ class Runtime:
         """running / paused; stopped (its writable layer remains: `start_existing` runs it
         again); missing (nothing left)."""
         check_sandbox_id(sandbox_id)
-        container = await self._runc.state(sandbox_id)
+        container = await self._runc.state(sandbox_id) or await self._gvisor.state(sandbox_id)
         if container is not None and container.status == "running":
             return "running"
         if container is not None and container.status in ("paused", "pausing"):
@@ -581,7 +577,7 @@ class Runtime:
     async def list_sandboxes(self) -> dict[str, str]:
         """id -> runc status (created, running, pausing, paused, stopped) of this home's
         containers."""
-        return {c.id: c.status for c in await self._runc.list()}
+        return {c.id: c.status for c in [*await self._runc.list(), *await self._gvisor.list()]}
 
     async def update_limits(self, sandbox_id: str, limits: Limits) -> None:
         """Apply new cpu, memory, swap and pids limits to a running sandbox (its cgroups).
@@ -594,7 +590,8 @@ class Runtime:
         if r.memory.swap:
             args += ["--memory-swap", str(r.memory.swap)]
         await self._runc.update(sandbox_id, *args)
-        workcgroup.update(sandbox_id, self._work_limits(limits))
+        work = workcgroup.work_limits_of(limits, self._memsw)
+        workcgroup.update(self.cgroups.of(sandbox_id), work)
 
     def storage_usage(self) -> tuple[int, int]:
         """(used, total) bytes of the sandboxes' storage pool."""
@@ -610,34 +607,24 @@ class Runtime:
         check_sandbox_id(sandbox_id)
         net = self._networks.get(sandbox_id)
         subvolume = self._storage.path(sandbox_id) if disk else None
-        return await sandbox_usage(sandbox_id, net.ifname if net else None, subvolume)
+        cgroup = self.cgroups.of(sandbox_id)
+        return await sandbox_usage(cgroup, net.ifname if net else None, subvolume)
 
-    async def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str, frozen: bool = True) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays as it is."""
         check_sandbox_id(sandbox_id)
-        await set_frozen(sandbox_id, True)
+        if self._gvisor.owns(sandbox_id):
+            await self._gvisor.pause(sandbox_id, frozen)
+        else:
+            await set_frozen(sandbox_id, self.cgroups.of(sandbox_id), frozen)
 
     async def resume(self, sandbox_id: str) -> None:
-        check_sandbox_id(sandbox_id)
-        await set_frozen(sandbox_id, False)
+        await self.pause(sandbox_id, frozen=False)
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _paths(self, sandbox_id: str) -> _Paths:
-        bundle = self._sandboxes / sandbox_id
-        storage = self._storage.path(sandbox_id)
-        return _Paths(
-            bundle=bundle,
-            rootfs=bundle / "rootfs",
-            config=bundle / "config.json",
-            socket=bundle / "agent.sock",
-            runc_log=bundle / "runc.log",
-            agent_log=bundle / "agent.log",
-            storage=storage,
-            upper=storage / "upper",
-            work=storage / "work",
-            etc=storage / "etc",
-        )
+    def _paths(self, sandbox_id: str) -> SandboxPaths:
+        return SandboxPaths.of(self._sandboxes / sandbox_id, self._storage.path(sandbox_id))
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -661,12 +648,3 @@ class Runtime:
                 f"runtime {spec.runtime!r} is not available on this host (runsc is not "
                 "installed); use runtime='runc'"
             )
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = time.perf_counter() - started

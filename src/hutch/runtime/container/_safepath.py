@@ -23,6 +23,7 @@ _SYS_OPENAT2 = 437  # the same number on every architecture (a syscall newer tha
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10  # symlinks resolved as if `root_fd` were "/": never above it
 _STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 AT_EMPTY_PATH = 0x1000
@@ -53,9 +54,10 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def open_beneath(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
+def open_beneath(root_fd: int, path: str, flags: int = os.O_PATH, resolve: int = _STRICT) -> int:
     """Open `path` relative to the directory `root_fd`, refusing any symlink on the way and
-    any escape above it; returns the fd (O_CLOEXEC).
+    any escape above it (or, with `resolve=RESOLVE_IN_ROOT`, following symlinks as if
+    `root_fd` were the root); returns the fd (O_CLOEXEC).
 
     Raises:
         OSError: ELOOP for a symlink, EXDEV for an escape, ENOENT, ... (errno set).
@@ -63,7 +65,7 @@ def open_beneath(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
     rel = path.strip("/") or "."
     # NB: no O_NOFOLLOW: with O_PATH it would hand back the symlink itself instead of the
     # ELOOP that RESOLVE_NO_SYMLINKS gives for a trailing one.
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _STRICT)
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     fd = int(

@@ -24,6 +24,16 @@ def _debug_agent_default() -> bool:
     return os.environ.get("HUTCH_DEBUG_AGENT") == "1"
 
 
+def _disk_statfs_default() -> bool:
+    # On unless HUTCH_DISK_STATFS=0 (then `df /` in a sandbox shows the storage pool).
+    return os.environ.get("HUTCH_DISK_STATFS", "1") != "0"
+
+
+def _uid_ranges_default() -> bool:
+    # On unless HUTCH_UID_RANGES=0 (the opt-out: every sandbox in the one canonical range).
+    return os.environ.get("HUTCH_UID_RANGES", "1") != "0"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandbox."""
@@ -48,6 +58,8 @@ class SandboxSpec:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)  # default: no egress
     # A subvolume whose copy is the new sandbox's disk (a snapshot, or a disk to fork).
     disk_from: Path | None = None
+    # Its own extra CA certificates (PEM, one each), kept with its disk: see _trust.
+    ca_certificates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,12 @@ class RuntimeConfig:
         debug_agent: send the agent's stderr to `sandboxes/<id>/agent.log` (default: the
             `HUTCH_DEBUG_AGENT=1` environment variable). Off in production: sandbox root could
             reopen its PID 1's stderr and fill the host disk through it.
+        network_subnet: the addresses of sandbox veths.
+        resolv: the host's resolver settings that sandboxes' resolv.conf copies (and
+            whose name servers an internet sandbox may send DNS to, private or not).
+        ca_certificates: extra CA certificates (PEM, one each) every sandbox trusts.
+        uid_ranges: give each sandbox a host uid range of its own, over idmapped views of its
+            image (`_rootfs_views`; default: on, off with `HUTCH_UID_RANGES=0`).
     """
 
     home: Path
@@ -71,6 +89,13 @@ class RuntimeConfig:
     agent_package: Path | None = None
     debug_agent: bool = field(default_factory=_debug_agent_default)
     network_subnet: str = DEFAULT_SUBNET
+    resolv: Path = Path("/etc/resolv.conf")
+    ca_certificates: tuple[str, ...] = ()
+    uid_ranges: bool = field(default_factory=_uid_ranges_default)
+    # CIDRs no sandbox may reach whatever its policy (a cluster's node network).
+    blocked_cidrs: tuple[str, ...] = ()
+    # statfs of a sandbox's root answers with its disk limit (_statfs_daemon).
+    disk_statfs: bool = field(default_factory=_disk_statfs_default)
 
 
 def check_sandbox_id(sandbox_id: str) -> None:

@@ -29,6 +29,8 @@ BTRFS_IOC_QUOTA_CTL = 0xC0109428
 BTRFS_IOC_QGROUP_LIMIT = 0x8030942B
 BTRFS_QUOTA_CTL_ENABLE = 1
 BTRFS_QGROUP_LIMIT_MAX_RFER = 1 << 0
+BTRFS_IOC_FS_INFO = 0x8400941F  # struct btrfs_ioctl_fs_info_args (1024 bytes)
+BTRFS_IOC_INO_LOOKUP = 0xD0009412  # struct btrfs_ioctl_ino_lookup_args (4096 bytes)
 # The root directory of every subvolume has this inode number.
 BTRFS_FIRST_FREE_OBJECTID = 256
 
@@ -115,6 +117,25 @@ class StoragePool:
         finally:
             os.close(fd)
         return path
+
+    def qgroup_dir(self, name: str) -> Path | None:
+        """Where sysfs shows the qgroup of subvolume `name` (its limit and usage), or None
+        (no such subvolume, or a kernel older than 5.9 without qgroups in sysfs)."""
+        fd = os.open(self.root / name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            info = bytearray(1024)
+            fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, info, True)
+            lookup = bytearray(struct.pack("QQ", 0, BTRFS_FIRST_FREE_OBJECTID).ljust(4096, b"\0"))
+            fcntl.ioctl(fd, BTRFS_IOC_INO_LOOKUP, lookup, True)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        fsid = info[16:32].hex()
+        uuid = f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
+        (tree_id,) = struct.unpack_from("Q", lookup)
+        path = Path(f"/sys/fs/btrfs/{uuid}/qgroups/0_{tree_id}")
+        return path if path.is_dir() else None
 
     def delete(self, name: str) -> bool:
         """Delete a subvolume and everything in it; False if there was none.

@@ -8,7 +8,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime.container._cgroups import CGROUP_PARENT, CGROUP_ROOT, is_unified
+from hutch.runtime.container._cgroups import CGROUP_ROOT, is_unified
 
 # cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit value.
 _UNLIMITED = 1 << 62
@@ -44,10 +44,11 @@ def _read_int(path: Path, default: int = 0) -> int:
         return default
 
 
-def cgroup_usage(sandbox_id: str) -> tuple[float, float, int, int, int, int]:
-    """(cpu_seconds, cpu_limit, memory, memory_limit, pids, pids_limit) of the sandbox."""
+def cgroup_usage(cgroup: str) -> tuple[float, float, int, int, int, int]:
+    """(cpu_seconds, cpu_limit, memory, memory_limit, pids, pids_limit) of the sandbox whose
+    cgroups are `cgroup`."""
     if is_unified():
-        base = CGROUP_ROOT / CGROUP_PARENT / sandbox_id
+        base = CGROUP_ROOT / cgroup
         usec = 0
         with contextlib.suppress(OSError):
             for line in (base / "cpu.stat").read_text().splitlines():
@@ -68,7 +69,7 @@ def cgroup_usage(sandbox_id: str) -> tuple[float, float, int, int, int, int]:
         )
 
     def v1(controller: str) -> Path:
-        return CGROUP_ROOT / controller / CGROUP_PARENT / sandbox_id
+        return CGROUP_ROOT / controller / cgroup
 
     quota_us = _read_int(v1("cpu") / "cpu.cfs_quota_us", -1)
     period_us = _read_int(v1("cpu") / "cpu.cfs_period_us", 100000) or 100000
@@ -114,12 +115,10 @@ async def qgroup_usage(subvolume: Path) -> tuple[int, int | None] | None:
     return None
 
 
-async def sandbox_usage(
-    sandbox_id: str, ifname: str | None, subvolume: Path | None
-) -> SandboxUsage:
-    """The sandbox's usage from its cgroups, its veth `ifname` and (unless None) the quota
-    group of its `subvolume`."""
-    cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(sandbox_id)
+async def sandbox_usage(cgroup: str, ifname: str | None, subvolume: Path | None) -> SandboxUsage:
+    """The sandbox's usage from its cgroups `cgroup`, its veth `ifname` and (unless None) the
+    quota group of its `subvolume`."""
+    cpu, cpu_limit, memory, memory_limit, pids, pids_limit = cgroup_usage(cgroup)
     rx, tx = veth_bytes(ifname)
     quota = await qgroup_usage(subvolume) if subvolume is not None else None
     return SandboxUsage(

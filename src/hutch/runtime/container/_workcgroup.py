@@ -1,11 +1,11 @@
 """The `work` cgroup: where a sandbox's user processes live, so that the agent never does.
 
-A sandbox's cgroup (`hutch/<id>`, made by runc) holds the agent, PID 1. Everything the agent
-starts (execs, processes, sessions, terminals, code kernels) moves itself, between fork and
-exec, into the child cgroup `hutch/<id>/work`, whose memory and pids limits are the
-sandbox's own less a small reserve for the agent. The sandbox as a whole (the parent) keeps
-exactly the limits the user asked for, so the host's accounting and what `free` shows in the
-sandbox (LXCFS reads the parent's) stay the numbers the user gave. So:
+A sandbox's cgroup (`hutch/<home tag>/<id>`, made by runc: _cgroups.py) holds the agent,
+PID 1. Everything the agent starts (execs, processes, sessions, terminals, code kernels)
+moves itself, between fork and exec, into the child cgroup `<that>/work`, whose memory and
+pids limits are the sandbox's own less a small reserve for the agent. The sandbox as a whole
+(the parent) keeps exactly the limits the user asked for, so the host's accounting and what
+`free` shows in the sandbox (LXCFS reads the parent's) stay the numbers the user gave. So:
 
 - memory: user code that runs out of memory hits `work`'s limit first, and the kernel's
   OOM killer then picks its victim inside `work` only: never the agent, whatever the code
@@ -24,7 +24,7 @@ and non-dumpable. Whoever holds them can only move tasks of the sandbox's own pi
 namespace *into* `work`, never out of it.
 
 cgroup v1 only (this host's layout). On a unified (v2) host runc places PID 1 in
-`hutch/<id>` itself, and v2 forbids processes in a cgroup whose children have
+its cgroup itself, and v2 forbids processes in a cgroup whose children have
 controllers, so there the agent would need a cgroup of its own: not done yet; sandboxes
 then start without `work` (and the agent is as exposed to OOM as before).
 """
@@ -35,9 +35,10 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hutch._wire.oom_control import read_oom_kills
-from hutch.runtime.container._cgroups import CGROUP_PARENT, CGROUP_ROOT, is_unified
+from hutch.runtime.container._cgroups import CGROUP_ROOT, is_unified
 
 WORK = "work"
 # What user code may never take from the agent: an idle agent is about 13 MB resident; file
@@ -58,6 +59,21 @@ class WorkLimits:
     pids: int
 
 
+class SandboxLimits(Protocol):
+    @property
+    def memory_mb(self) -> int: ...
+    @property
+    def swap_mb(self) -> int: ...
+    @property
+    def pids(self) -> int: ...
+
+
+def work_limits_of(limits: SandboxLimits, memsw: bool) -> WorkLimits:
+    return work_limits(
+        memory_mb=limits.memory_mb, swap_mb=limits.swap_mb, pids=limits.pids, memsw=memsw
+    )
+
+
 def work_limits(*, memory_mb: int, swap_mb: int, pids: int, memsw: bool) -> WorkLimits:
     """`work`'s limits in a sandbox with these limits (see AGENT_MEMORY_RESERVE_MB)."""
     memory = max(1, memory_mb - min(AGENT_MEMORY_RESERVE_MB, memory_mb // 4))
@@ -72,13 +88,14 @@ def supported() -> bool:
     return not is_unified() and all((CGROUP_ROOT / c).is_dir() for c in _CONTROLLERS)
 
 
-def _work_dir(controller: str, sandbox_id: str) -> Path:
-    return CGROUP_ROOT / controller / CGROUP_PARENT / sandbox_id / WORK
+def _work_dir(controller: str, cgroup: str) -> Path:
+    return CGROUP_ROOT / controller / cgroup / WORK
 
 
-def prepare(sandbox_id: str, limits: WorkLimits) -> list[int]:
+def prepare(cgroup: str, limits: WorkLimits) -> list[int]:
     """Make `work` in each hierarchy (before runc: it then finds the parent made and sets
-    the parent's own limits), set its limits, and open its `cgroup.procs` for the agent.
+    the parent's own limits), set its limits, and open its `cgroup.procs`, then its
+    `tasks`, for the agent (the order of agent_env's fd numbers).
 
     Returns the open fds (close-on-exec; the caller hands them to runc and closes them),
     or none when the host's cgroup layout has no `work` (see the module docstring).
@@ -88,10 +105,15 @@ def prepare(sandbox_id: str, limits: WorkLimits) -> list[int]:
     fds: list[int] = []
     try:
         for controller in _CONTROLLERS:
-            work = _work_dir(controller, sandbox_id)
+            work = _work_dir(controller, cgroup)
             work.mkdir(parents=True, exist_ok=True)
             _set_limits(controller, work, limits)
             fds.append(os.open(work / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        # `tasks` moves one thread: the agent's spawner thread (agent/_spawner.py), whose
+        # children are born in `work` without a fork of the agent.
+        for controller in _CONTROLLERS:
+            work = _work_dir(controller, cgroup)
+            fds.append(os.open(work / "tasks", os.O_WRONLY | os.O_CLOEXEC))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -99,12 +121,12 @@ def prepare(sandbox_id: str, limits: WorkLimits) -> list[int]:
     return fds
 
 
-def update(sandbox_id: str, limits: WorkLimits) -> None:
+def update(cgroup: str, limits: WorkLimits) -> None:
     """New limits for a running sandbox's `work` (after the parent's were changed)."""
     if not supported():
         return
     for controller in _CONTROLLERS:
-        work = _work_dir(controller, sandbox_id)
+        work = _work_dir(controller, cgroup)
         if work.is_dir():
             _set_limits(controller, work, limits)
 
@@ -133,17 +155,24 @@ def agent_env() -> tuple[str, ...]:
     """What tells the agent where its `work` fds are (runc's preserved fds 4, 5, …)."""
     if not supported():
         return ()
-    fds = ",".join(str(4 + i) for i in range(len(_CONTROLLERS)))
-    return (f"HUTCH_AGENT_WORK_FDS={fds}",)
+    n = len(_CONTROLLERS)
+    procs = ",".join(str(4 + i) for i in range(n))
+    tasks = ",".join(str(4 + n + i) for i in range(n))
+    return (f"HUTCH_AGENT_WORK_FDS={procs}", f"HUTCH_AGENT_WORK_TASK_FDS={tasks}")
 
 
-def oom_kills(sandbox_id: str) -> tuple[int, int]:
-    """(in the whole sandbox, in `work`) how many tasks the OOM killer has ended. The
-    kernel counts a child's kills in its parents too, so the difference is what it killed
-    outside `work`: the agent."""
+def _oom_kills_in(directory: Path) -> int:
+    return read_oom_kills(str(directory / "memory.oom_control")) or 0
 
-    def count(directory: Path) -> int:
-        return read_oom_kills(str(directory / "memory.oom_control")) or 0
 
-    whole = CGROUP_ROOT / "memory" / CGROUP_PARENT / sandbox_id
-    return count(whole), count(whole / WORK)
+def work_oom_kills(cgroup: str) -> int:
+    """How many tasks the OOM killer has ended in the sandbox's `work` (one file read: the
+    OOM watch asks this of every running sandbox every few seconds)."""
+    return _oom_kills_in(CGROUP_ROOT / "memory" / cgroup / WORK)
+
+
+def outside_work_oom_kills(cgroup: str) -> int:
+    """How many tasks the OOM killer has ended in the sandbox outside `work`: its agent.
+    NB: cgroup v1 counts a kill only in the cgroup of the task it ended, not in its parents
+    (checked on this kernel with a 20 MB child), so the sandbox's own count is exactly that."""
+    return _oom_kills_in(CGROUP_ROOT / "memory" / cgroup)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,6 +16,8 @@ import httpx
 from hutch.sdk._async import images as _images
 from hutch.sdk._config import ConnectionConfig
 from hutch.sdk._http import (
+    BUSY_RETRIES,
+    busy_retry_after,
     connection_limits,
     current_async_scope,
     default_headers,
@@ -23,7 +27,7 @@ from hutch.sdk._http import (
     translate_transport_errors,
     unary_timeout,
 )
-from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo
+from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo, Team
 from hutch.sdk._requests import path_segment
 
 QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
@@ -139,10 +143,16 @@ class AsyncClient:
         """
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
-        with translate_transport_errors(self.config):
-            response = await self._http.request(
-                method, path, json=json, params=params, content=content
-            )
+        for attempt in range(BUSY_RETRIES + 1):
+            with translate_transport_errors(self.config):
+                response = await self._http.request(
+                    method, path, json=json, params=params, content=content
+                )
+            wait = busy_retry_after(response)
+            if wait is None or attempt == BUSY_RETRIES or content is not None:
+                break
+            # NB: the server made nothing (too many sandboxes were starting): safe to resend.
+            await asyncio.sleep(wait)
         if response.is_error:
             raise error_from_response(response)
         return json_or_none(response)
@@ -170,6 +180,46 @@ class AsyncClient:
             APIError: The server answered with an error (the subclass for its ``code``).
             HutchConnectionError: The server could not be reached, or the stream broke.
         """
+        async with self.stream_response(
+            method, path, json=json, limit=limit, params=params
+        ) as response:
+            yield self._chunks(response)
+
+    async def read_all(self, method: str, path: str, *, params: QueryParams | None = None) -> bytes:
+        """The whole streamed body of one request, in one buffer.
+
+        NB: joining the chunks would hold the file twice at the end (the chunks and the
+        joined copy). The buffer is sized once from Content-Length, and BytesIO.getvalue()
+        hands its own bytes object over without a copy: a 600 MB file costs ~600 MB.
+
+        Raises:
+            APIError: The server answered with an error (the subclass for its ``code``).
+            HutchConnectionError: The server could not be reached, or the stream broke.
+        """
+        buffer = io.BytesIO()
+        async with self.stream_response(method, path, params=params) as response:
+            expected = response.headers.get("content-length", "")
+            if expected.isdigit() and int(expected) > 0:
+                buffer.seek(int(expected) - 1)
+                buffer.write(b"\0")
+                buffer.seek(0)
+            async for chunk in self._chunks(response):
+                buffer.write(chunk)
+            buffer.truncate()  # a body shorter than announced keeps only what came
+        return buffer.getvalue()
+
+    @contextlib.asynccontextmanager
+    async def stream_response(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        limit: float | None = None,
+        params: QueryParams | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """The response of one request whose body is streamed, once it is known not to be
+        an error (see :meth:`stream`)."""
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
         request = self._http.build_request(
@@ -182,7 +232,7 @@ class AsyncClient:
                 with translate_transport_errors(self.config):
                     await response.aread()
                 raise error_from_response(response)
-            yield self._chunks(response)
+            yield response
         finally:
             await response.aclose()
 
@@ -205,18 +255,67 @@ class AsyncClient:
         body = await self.request("GET", "/v1/keys")
         return [ApiKey.from_json(k) for k in body["keys"]]
 
-    async def create_key(self, name: str, *, e2b: bool = False) -> ApiKey:
-        """Create an API key; the returned value's ``key`` is the only copy of the secret.
+    async def create_key(
+        self,
+        name: str,
+        *,
+        e2b: bool = False,
+        team: str | None = None,
+        role: str | None = None,
+        expires_in: float | str | None = None,
+    ) -> ApiKey:
+        """Create an API key (needs an admin key); the returned value's ``key`` is the only
+        copy of the secret.
 
         Args:
             name: A name to recognise the key by, e.g. ``"ci"``.
             e2b: Shape the key as E2B's (``e2b_`` and 40 hex digits), which the e2b SDKs
                 check before they send it.
+            team: The team it acts for (default ``"default"``).
+            role: ``"member"`` (its team's resources only; the default) or ``"admin"``.
+            expires_in: It stops working this long from now: seconds or ``"30d"``.
         """
         body: dict[str, object] = {"name": name}
         if e2b:
             body["e2b"] = True
+        for field, value in (("team", team), ("role", role), ("expires_in", expires_in)):
+            if value is not None:
+                body[field] = value
         return ApiKey.from_json(await self.request("POST", "/v1/keys", json=body))
+
+    async def list_teams(self) -> list[Team]:
+        """The server's teams and their quotas (needs an admin key)."""
+        body = await self.request("GET", "/v1/teams")
+        return [Team.from_json(t) for t in body["teams"]]
+
+    async def create_team(self, name: str, **quota: float | str | None) -> Team:
+        """Create a team (needs an admin key).
+
+        Args:
+            name: 1-63 of a-z, 0-9, ``-`` and ``_``.
+            **quota: Limits, as :meth:`set_team_quota` takes them.
+        """
+        body: dict[str, object] = {"name": name}
+        if quota:
+            body["quota"] = quota
+        return Team.from_json(await self.request("POST", "/v1/teams", json=body))
+
+    async def set_team_quota(self, name: str, **quota: float | str | None) -> Team:
+        """Set some of a team's limits (needs an admin key); ``None`` lifts one.
+
+        Args:
+            name: The team.
+            **quota: ``max_running``, ``max_cpu``, ``max_memory_mb``, ``max_disk_mb``,
+                ``max_lifetime`` (seconds or ``"2h"``), ``max_snapshots``,
+                ``rate_per_second``, ``rate_burst``. A create over a limit raises
+                :class:`QuotaExceeded`.
+        """
+        path = f"/v1/teams/{path_segment(name)}/quota"
+        return Team.from_json(await self.request("PATCH", path, json=quota))
+
+    async def delete_team(self, name: str) -> None:
+        """Delete a team and its keys (needs an admin key; refused while it owns sandboxes)."""
+        await self.request("DELETE", f"/v1/teams/{path_segment(name)}")
 
     async def delete_key(self, key_id: str) -> None:
         """Delete (revoke) an API key.

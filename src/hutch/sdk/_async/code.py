@@ -59,8 +59,9 @@ class CodeInterpreter:
         path = f"{self._path}/contexts/{path_segment(_context_id(context))}"
         await self._client.request("DELETE", path)
 
-    async def restart_context(self, context: CodeContext | str) -> CodeContext:
-        """Start a context's interpreter afresh (its state is lost); same id."""
+    async def restart_context(self, context: CodeContext | str = "default") -> CodeContext:
+        """Start a context's interpreter afresh (its state is lost); same id. ``"default"``:
+        the default python context."""
         path = f"{self._path}/contexts/{path_segment(_context_id(context))}/restart"
         return CodeContext.from_json(await self._client.request("POST", path))
 

@@ -56,6 +56,7 @@ class _Sandbox(Protocol):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         user: str | None = None,
+        timeout: float | None = None,
     ) -> AsyncProcess: ...
 
     async def list_processes(self) -> builtins.list[AsyncProcess]: ...
@@ -125,19 +126,22 @@ class E2bCommands:
             on_stdout: Called with each chunk of stdout (foreground only).
             on_stderr: Called with each chunk of stderr (foreground only).
             stdin: Bytes or text fed to its stdin (foreground only).
-            timeout: Seconds after which it is killed (foreground only).
+            timeout: Seconds after which it is killed (in the background too: with its
+                children, by the sandbox, and ``p.timed_out`` says so).
 
         Returns:
             The :class:`ExecResult` (``stdout``, ``stderr``, ``exit_code``), or the started
             :class:`AsyncProcess` with ``background=True``.
         """
         if background:
-            if on_stdout or on_stderr or stdin is not None or timeout is not None:
+            if on_stdout or on_stderr or stdin is not None:
                 raise TypeError(
-                    "commands.run(background=True) takes no on_stdout/on_stderr/stdin/timeout: "
+                    "commands.run(background=True) takes no on_stdout/on_stderr/stdin: "
                     "read p.logs() or p.stream_logs(), write p.write_stdin(), call p.kill()"
                 )
-            return await self._sandbox.start_process(cmd, cwd=cwd, env=envs, user=user)
+            return await self._sandbox.start_process(
+                cmd, cwd=cwd, env=envs, user=user, timeout=timeout
+            )
         return await self._sandbox.exec(
             cmd,
             cwd=cwd,

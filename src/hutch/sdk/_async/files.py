@@ -34,6 +34,11 @@ async def _chunks(data: Any, chunk_size: int) -> AsyncIterator[bytes]:
             yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
 
 
+async def _slices(view: memoryview, chunk_size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(view), chunk_size):
+        yield bytes(view[start : start + chunk_size])
+
+
 class Files:
     """The file operations of one sandbox (also reachable as methods of the sandbox).
 
@@ -76,7 +81,10 @@ class Files:
         if isinstance(data, str):
             content: Any = data.encode()
         elif isinstance(data, bytes | bytearray | memoryview):
-            content = bytes(data)
+            # NB: a large body in one piece is slow to send (measured: 256 MiB at 39-66 MB/s
+            # against 175-208 MB/s for the same bytes from a file object); slices of it go
+            # out as the streamed upload does, without copying it first.
+            content = _slices(memoryview(data).cast("B"), chunk_size) if data else b""
         else:
             content = _chunks(data, chunk_size)
         params = {"path": path, "parents": bool_param(make_parents)}
@@ -144,8 +152,10 @@ class Files:
             Conflict: It is a directory (``is_a_directory``) or not a regular file, e.g. a
                 FIFO or a device (``not_a_regular_file``).
         """
-        parts = [chunk async for chunk in self.read_stream(path, offset=offset, length=length)]
-        data = b"".join(parts)
+        params = {"path": path, "offset": str(offset)}
+        if length is not None:
+            params["length"] = str(length)
+        data = await self.client.read_all("GET", f"{self._path}/files/content", params=params)
         as_text = text and format == "text"
         return data.decode(errors="replace") if as_text else data
 

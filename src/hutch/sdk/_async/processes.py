@@ -72,6 +72,11 @@ class AsyncProcess:
         """Whether the kernel's OOM killer ended it (the sandbox's memory limit)."""
         return self.info.oom_killed
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether it was killed at the ``timeout`` it was started with."""
+        return self.info.timed_out
+
     async def refresh(self) -> ProcessInfo:
         """Fetch the process's current state."""
         self.info = ProcessInfo.from_json(await self.client.request("GET", self._path))
@@ -271,6 +276,7 @@ async def start_process(
     user: str | None,
     stdin: bool,
     log_limit: int | None,
+    timeout: float | None = None,
 ) -> AsyncProcess:
     body: dict[str, Any] = {
         "id": process_id,
@@ -280,6 +286,8 @@ async def start_process(
         "stdin": stdin,
         "log_limit": log_limit,
     }
+    if timeout is not None:  # left out otherwise: a server without timeouts still answers
+        body["timeout"] = timeout
     if isinstance(command, str):
         body["command"] = command
     else:

@@ -1,4 +1,9 @@
-"""Sandboxes: create, find, destroy, and run commands in them."""
+"""Sandboxes: create, find, destroy them; snapshots, forks and backups.
+
+What runs in a sandbox, its files and its ports are methods of `AsyncSandbox` too, written in
+sandbox_run.py, sandbox_files.py and sandbox_ports.py (mixins, so that one object keeps the
+whole API).
+"""
 
 # ruff: noqa: ASYNC109 -- `timeout` is the sandbox's lifetime or the command's own limit,
 # enforced by the server; it is not a client-side deadline that asyncio.timeout could replace.
@@ -6,32 +11,26 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, Unpack, overload
+from typing import Unpack
 from urllib.parse import urlsplit
 
 from hutch._wire.sandbox_options import DEFAULTS, SandboxOptions
-from hutch.sdk._async import processes as _processes
 from hutch.sdk._async.buckets import Buckets, mount_body
 from hutch.sdk._async.client import AsyncClient
 from hutch.sdk._async.code import CodeInterpreter
 from hutch.sdk._async.commands import Commands
 from hutch.sdk._async.e2b_names import E2bCommands, e2b_create_names
-from hutch.sdk._async.files import Files, WriteData
-from hutch.sdk._async.ports import ExposedPort, Ports
-from hutch.sdk._async.processes import AsyncProcess
-from hutch.sdk._async.sessions import AsyncSession, create_session
-from hutch.sdk._async.terminal import AsyncTerminal, attach_terminal, open_terminal
-from hutch.sdk._code import Callback, CodeContext, CodeEvent, Execution
+from hutch.sdk._async.events import sandbox_events
+from hutch.sdk._async.files import Files
+from hutch.sdk._async.ports import Ports
+from hutch.sdk._async.sandbox_files import FileMethods
+from hutch.sdk._async.sandbox_ports import PortMethods
+from hutch.sdk._async.sandbox_run import RunMethods
 from hutch.sdk._exceptions import SandboxNotFound
-from hutch.sdk._exec import OutputCallback
-from hutch.sdk._files import FileInfo, GitCheckout, WatchEvent
 from hutch.sdk._models import (
     Backup,
-    BucketMount,
-    ExecEvent,
-    ExecResult,
     SandboxInfo,
     SandboxMetrics,
     Snapshot,
@@ -39,7 +38,7 @@ from hutch.sdk._models import (
 from hutch.sdk._requests import label_params, path_segment, sandbox_create_body
 
 
-class AsyncSandbox:
+class AsyncSandbox(RunMethods, FileMethods, PortMethods):
     """An isolated Linux sandbox on a Hutch server.
 
     Make one with :meth:`create`, :meth:`get_or_create` or :meth:`connect`. Used as a context
@@ -226,6 +225,8 @@ class AsyncSandbox:
             SandboxNotFound: The sandbox no longer exists.
         """
         return SandboxMetrics.from_json(await self.client.request("GET", f"{self._path}/metrics"))
+
+    events = sandbox_events  # sb.events(after=0, follow=True, timeout=None): see there
 
     async def pause(self) -> SandboxInfo:
         """Freeze every process in the sandbox (memory is kept); paused already: no-op.
@@ -469,74 +470,6 @@ class AsyncSandbox:
         first if needed (see :meth:`expose_port`)."""
         return urlsplit(await self.get_preview_url(port)).netloc
 
-    async def mount_bucket(
-        self,
-        bucket: str,
-        mount_path: str,
-        endpoint: str,
-        credentials: Mapping[str, str],
-        read_only: bool = False,
-        prefix: str | None = None,
-        *,
-        region: str | None = None,
-    ) -> BucketMount:
-        """Mount an S3-compatible bucket inside the running sandbox; see :meth:`Buckets.mount`."""
-        return await self.buckets.mount(
-            bucket,
-            mount_path,
-            endpoint,
-            credentials,
-            read_only,
-            prefix,
-            region=region,
-        )
-
-    async def unmount_bucket(self, mount_path: str) -> None:
-        """Unmount the bucket at ``mount_path``; see :meth:`Buckets.unmount`."""
-        await self.buckets.unmount(mount_path)
-
-    async def list_bucket_mounts(self) -> builtins.list[BucketMount]:
-        """The buckets mounted in this sandbox."""
-        return await self.buckets.list()
-
-    async def expose_port(self, port: int, name: str | None = None) -> ExposedPort:
-        """Make a port reachable at a preview URL; see :meth:`Ports.expose`."""
-        return await self.ports.expose(port, name)
-
-    async def wait_for_port(
-        self, port: int, *, mode: str = "tcp", path: str = "/", timeout: float = 60.0
-    ) -> int | None:
-        """Wait until something listens on ``port`` inside the sandbox, whatever started it
-        (``mode="http"``: until ``GET path`` answers 200-399; returns that status).
-
-        Raises:
-            ProcessTimeout: Nothing was ready within ``timeout`` seconds.
-            InvalidRequest: ``port`` is outside 1-65535 or ``mode`` is unknown.
-        """
-        return await self.ports.wait_for_port(port, mode=mode, http_path=path, timeout=timeout)
-
-    async def get_preview_url(self, port: int) -> str:
-        """The preview URL of a port, exposing it first if needed (see `expose_port`)."""
-        return (await self.expose_port(port)).url
-
-    async def unexpose_port(self, port: int) -> None:
-        """Close a port's preview URL; see :meth:`Ports.unexpose`."""
-        await self.ports.unexpose(port)
-
-    async def get_exposed_ports(self) -> builtins.list[ExposedPort]:
-        """The sandbox's exposed ports with their preview URLs, by port number."""
-        return await self.ports.list()
-
-    async def get_network(self) -> dict[str, Any]:
-        """The sandbox's egress policy and address; see :meth:`Ports.get_network`."""
-        return await self.ports.get_network()
-
-    async def set_network(
-        self, network: str, allow: Sequence[str] = (), deny: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        """Replace the sandbox's egress policy; see :meth:`Ports.set_network`."""
-        return await self.ports.set_network(network, allow, deny)
-
     async def __aenter__(self) -> AsyncSandbox:
         return self
 
@@ -550,360 +483,6 @@ class AsyncSandbox:
             await self.destroy()
         except SandboxNotFound:
             pass  # destroyed inside the block, or by its lifetime ending
-
-    async def exec(
-        self,
-        command: str,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        user: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecResult:
-        """Run a shell command and wait for it; see :meth:`Commands.exec`."""
-        return await self._commands.exec(
-            command,
-            cwd=cwd,
-            env=env,
-            user=user,
-            timeout=timeout,
-            stdin=stdin,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-        )
-
-    async def run(
-        self,
-        program: str,
-        args: Sequence[str] | None = None,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        user: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecResult:
-        """Run a program with arguments, no shell, and wait; see :meth:`Commands.run`."""
-        return await self._commands.run(
-            program,
-            args,
-            cwd=cwd,
-            env=env,
-            user=user,
-            timeout=timeout,
-            stdin=stdin,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-        )
-
-    async def exec_stream(
-        self,
-        command: str,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        user: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[ExecEvent]:
-        """Yield a shell command's output as it arrives; see :meth:`Commands.exec_stream`."""
-        async for event in self._commands.exec_stream(
-            command, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
-        ):
-            yield event
-
-    async def run_stream(
-        self,
-        program: str,
-        args: Sequence[str] | None = None,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        user: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[ExecEvent]:
-        """Like :meth:`exec_stream` for a program and its arguments; see
-        :meth:`Commands.run_stream`."""
-        async for event in self._commands.run_stream(
-            program, args, cwd=cwd, env=env, user=user, timeout=timeout, stdin=stdin
-        ):
-            yield event
-
-    async def terminal(
-        self,
-        cols: int = 80,
-        rows: int = 24,
-        shell: str | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        idle_timeout: float | None = None,
-    ) -> AsyncTerminal:
-        """Open an interactive shell on a pseudo-terminal (see :class:`AsyncTerminal`).
-
-        Args:
-            cols: Width in columns (1-1000).
-            rows: Height in rows (1-1000).
-            shell: The shell, e.g. ``"bash"`` or ``"/bin/sh"``; ``None`` for the image's: its
-                CMD when that is a shell (``CMD ["bash", "-l"]``), else bash, else sh.
-            env: Extra environment variables (``TERM`` is ``xterm-256color``).
-            cwd: Working directory (relative to the sandbox's workspace).
-            idle_timeout: Seconds with no client attached after which it is closed.
-
-        Raises:
-            InvalidRequest: A bad size, or a shell the image does not have.
-        """
-        return await open_terminal(self, cols, rows, shell, dict(env or {}), cwd, idle_timeout)
-
-    async def attach_terminal(self, terminal_id: str, since: int = 0) -> AsyncTerminal:
-        """Reattach to a running terminal; output from byte ``since`` (what is kept) replays."""
-        return await attach_terminal(self, terminal_id, since)
-
-    async def list_terminals(self) -> builtins.list[dict[str, Any]]:
-        """The sandbox's terminals (id, pid, size, exit_code, attached clients)."""
-        body = await self.client.request("GET", f"{self._path}/terminals")
-        return list(body["terminals"])
-
-    # -- code interpreter (see sdk/_async/code.py) --------------------------------------------
-
-    async def create_code_context(
-        self,
-        language: str = "python",
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> CodeContext:
-        """Start an interpreter whose state lasts between runs; see
-        :meth:`CodeInterpreter.create_context`."""
-        return await self.code.create_context(language, cwd=cwd, env=env)
-
-    async def list_code_contexts(self) -> builtins.list[CodeContext]:
-        """The sandbox's code contexts (default ones included)."""
-        return await self.code.list_contexts()
-
-    async def delete_code_context(self, context: CodeContext | str) -> None:
-        """Stop a context's interpreter. Raises ``ContextNotFound`` if there is none."""
-        await self.code.delete_context(context)
-
-    async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
-        """Start a context's interpreter afresh (its state is lost); same id."""
-        return await self.code.restart_context(context)
-
-    async def run_code(
-        self,
-        code: str,
-        *,
-        context: CodeContext | str | None = None,
-        language: str | None = None,
-        timeout: float | None = None,
-        on_stdout: Callback | None = None,
-        on_stderr: Callback | None = None,
-        on_result: Callback | None = None,
-        on_error: Callback | None = None,
-    ) -> Execution:
-        """Run code in a context and gather what it produced; see :meth:`CodeInterpreter.run`."""
-        return await self.code.run(
-            code,
-            context=context,
-            language=language,
-            timeout=timeout,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-            on_result=on_result,
-            on_error=on_error,
-        )
-
-    async def run_code_stream(
-        self,
-        code: str,
-        *,
-        context: CodeContext | str | None = None,
-        language: str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncIterator[CodeEvent]:
-        """Like :meth:`run_code`, yielding each output as it arrives, then an ``"end"``."""
-        async for event in self.code.run_stream(
-            code, context=context, language=language, timeout=timeout
-        ):
-            yield event
-
-    # -- background processes (the bulk is in _async/processes.py) ---------------------------
-
-    async def start_process(
-        self,
-        command: str | Sequence[str],
-        process_id: str | None = None,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        user: str | None = None,
-        stdin: bool = True,
-        log_limit: int | None = None,
-    ) -> AsyncProcess:
-        """Start a background process; it outlives this program and the server's restarts.
-
-        Args:
-            command: A shell command string, or an argv list (no shell).
-            process_id: Its id (letters, digits, ``-_.``); generated when ``None``.
-            cwd: See :meth:`exec`.
-            env: See :meth:`exec`.
-            user: See :meth:`exec`.
-            stdin: Give it a stdin pipe for :meth:`AsyncProcess.write_stdin` (else /dev/null).
-            log_limit: Bytes of output kept (default 64 MiB); older output is dropped and
-                reported as truncated.
-
-        Raises:
-            Conflict: A running process already has ``process_id``.
-        """
-        return await _processes.start_process(
-            self.client,
-            self._path,
-            command,
-            process_id=process_id,
-            cwd=cwd,
-            env=env,
-            user=user,
-            stdin=stdin,
-            log_limit=log_limit,
-        )
-
-    async def list_processes(self) -> builtins.list[AsyncProcess]:
-        """Every background process started in this sandbox (finished ones too)."""
-        return await _processes.list_processes(self.client, self._path)
-
-    async def get_process(self, process_id: str) -> AsyncProcess:
-        """A background process by id. Raises ProcessNotFound if there is none."""
-        return await _processes.get_process(self.client, self._path, process_id)
-
-    async def kill_process(self, process_id: str, signal: str | int = "SIGTERM") -> None:
-        """Send ``signal`` to a background process's whole tree."""
-        process = await self.get_process(process_id)
-        await process.kill(signal)
-
-    async def kill_all_processes(self, signal: str | int = "SIGTERM") -> builtins.list[str]:
-        """Send ``signal`` to every running background process; returns their ids."""
-        return await _processes.kill_all_processes(self.client, self._path, signal)
-
-    async def create_session(
-        self,
-        id: str | None = None,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> AsyncSession:
-        """Start a persistent shell: state (``cd``, ``export``, functions) carries over
-        between its :meth:`AsyncSession.exec` calls, which run one at a time.
-
-        Raises:
-            Conflict: A session with ``id`` exists.
-        """
-        return await create_session(self.client, self._path, id, cwd, env)
-
-    async def delete_session(self, id: str) -> None:
-        """End a session's shell. Raises SessionNotFound if there is none."""
-        await self.client.request("DELETE", f"{self._path}/sessions/{path_segment(id)}")
-
-    async def set_env_vars(self, env: Mapping[str, str | None]) -> None:
-        """Set environment variables (``None`` unsets) for every new command and process."""
-        await self.client.request("PUT", f"{self._path}/env", json={"env": dict(env)})
-
-    # -- files (see Files for the documentation) ------------------------------------------------
-
-    async def write_file(
-        self, path: str, data: WriteData, *, mode: int | None = None, make_parents: bool = True
-    ) -> int:
-        """Write a file (streamed for file objects and iterators); see :meth:`Files.write`."""
-        return await self.files.write(path, data, mode=mode, make_parents=make_parents)
-
-    @overload
-    async def read_file(
-        self, path: str, *, text: Literal[False] = False, offset: int = 0, length: int | None = None
-    ) -> bytes: ...
-
-    @overload
-    async def read_file(
-        self, path: str, *, text: Literal[True], offset: int = 0, length: int | None = None
-    ) -> str: ...
-
-    async def read_file(
-        self, path: str, *, text: bool = False, offset: int = 0, length: int | None = None
-    ) -> bytes | str:
-        """A file's bytes (or text with ``text=True``); see :meth:`Files.read`."""
-        if text:
-            return await self.files.read(path, text=True, offset=offset, length=length)
-        return await self.files.read(path, text=False, offset=offset, length=length)
-
-    async def read_file_stream(
-        self, path: str, *, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """Yield a file's bytes as they arrive; see :meth:`Files.read_stream`."""
-        async for chunk in self.files.read_stream(path, offset=offset, length=length):
-            yield chunk
-
-    async def mkdir(self, path: str, *, recursive: bool = False, mode: int | None = None) -> str:
-        """Create a directory; see :meth:`Files.mkdir`."""
-        return await self.files.mkdir(path, recursive=recursive, mode=mode)
-
-    async def delete_file(self, path: str) -> None:
-        """Delete a file; see :meth:`Files.delete`."""
-        await self.files.delete(path)
-
-    async def remove(self, path: str, *, recursive: bool = False) -> None:
-        """Delete a file or directory; see :meth:`Files.remove`."""
-        await self.files.remove(path, recursive=recursive)
-
-    async def rename_file(self, source: str, destination: str, *, overwrite: bool = True) -> str:
-        """Rename a path; see :meth:`Files.rename`."""
-        return await self.files.rename(source, destination, overwrite=overwrite)
-
-    async def move_file(self, source: str, destination: str, *, overwrite: bool = True) -> str:
-        """Move a path (into a directory when ``destination`` ends with ``/``)."""
-        return await self.files.move(source, destination, overwrite=overwrite)
-
-    async def list_files(
-        self, path: str = ".", *, recursive: bool = False, include_hidden: bool = False
-    ) -> builtins.list[FileInfo]:
-        """A directory's entries; see :meth:`Files.list`."""
-        return await self.files.list(path, recursive=recursive, include_hidden=include_hidden)
-
-    async def exists(self, path: str) -> bool:
-        """Whether anything is at ``path``."""
-        return await self.files.exists(path)
-
-    async def stat(self, path: str) -> FileInfo:
-        """What is at ``path``; see :meth:`Files.stat`."""
-        return await self.files.stat(path)
-
-    async def watch(
-        self,
-        path: str = ".",
-        *,
-        recursive: bool = True,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
-    ) -> AsyncIterator[WatchEvent]:
-        """Yield changes under a directory until you stop iterating; see :meth:`Files.watch`."""
-        async for event in self.files.watch(
-            path, recursive=recursive, include=include, exclude=exclude
-        ):
-            yield event
-
-    async def git_checkout(
-        self,
-        url: str,
-        *,
-        branch: str | None = None,
-        target_dir: str | None = None,
-        depth: int | None = None,
-    ) -> GitCheckout:
-        """Clone a git repository into the sandbox; see :meth:`Files.git_checkout`."""
-        return await self.files.git_checkout(url, branch=branch, target_dir=target_dir, depth=depth)
 
 
 def _client_for(

@@ -73,6 +73,11 @@ class Process:
         """Whether the kernel's OOM killer ended it (the sandbox's memory limit)."""
         return self.info.oom_killed
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether it was killed at the ``timeout`` it was started with."""
+        return self.info.timed_out
+
     def refresh(self) -> ProcessInfo:
         """Fetch the process's current state."""
         self.info = ProcessInfo.from_json(self.client.request("GET", self._path))
@@ -270,6 +275,7 @@ def start_process(
     user: str | None,
     stdin: bool,
     log_limit: int | None,
+    timeout: float | None = None,
 ) -> Process:
     body: dict[str, Any] = {
         "id": process_id,
@@ -279,6 +285,8 @@ def start_process(
         "stdin": stdin,
         "log_limit": log_limit,
     }
+    if timeout is not None:  # left out otherwise: a server without timeouts still answers
+        body["timeout"] = timeout
     if isinstance(command, str):
         body["command"] = command
     else:

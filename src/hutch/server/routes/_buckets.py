@@ -80,7 +80,9 @@ def build_buckets_router() -> APIRouter:
     @router.get("/sandboxes/{sandbox_id}/mounts", response_model=BucketMountList)
     async def list_mounts(svc: Svc, sandbox_id: str) -> BucketMountList:
         svc.sandboxes.get(sandbox_id)
-        return BucketMountList(mounts=[mount_info(m) for m in svc.host.bucket_mounts(sandbox_id)])
+        return BucketMountList(
+            mounts=[mount_info(m) for m in await svc.host.bucket_mounts(sandbox_id)]
+        )
 
     @router.delete("/sandboxes/{sandbox_id}/mounts", status_code=204)
     async def unmount_bucket(

@@ -10,14 +10,13 @@ an HTTP error instead, so clients see the usual ``{"error": {"code", "message"}}
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from hutch._wire import Kind
-from hutch._wire.agent_ops import OpName
+from hutch._wire.agent_calls import CodeRunRequest as AgentCodeRun
 from hutch._wire.frames import Frame
 from hutch.node import (
     AgentStream,
@@ -28,9 +27,9 @@ from hutch.server._errors import (
     InvalidRequest,
     SandboxUnavailable,
 )
-from hutch.server._relay import relay_frames
+from hutch.server._relay import FramesResponse, relay_frames
 
-LANGUAGES = ("python", "javascript", "typescript")
+LANGUAGES = ("python", "javascript", "typescript", "bash")
 
 
 class CodeContextCreate(BaseModel):
@@ -61,12 +60,8 @@ class CodeRunRequest(BaseModel):
     timeout: float | None = Field(None, gt=0, description="seconds; interrupts the run")
 
 
-async def _call(svc: Svc, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-    return await svc.sandboxes.call(sandbox_id, op, **args)
-
-
 def _check_language(language: str | None) -> None:
-    if language is not None and language.lower() not in (*LANGUAGES, "py", "js", "ts"):
+    if language is not None and language.lower() not in (*LANGUAGES, "py", "js", "ts", "sh"):
         raise InvalidRequest(
             f"unknown language {language!r}; supported: {', '.join(LANGUAGES)}",
             code="unknown_language",
@@ -86,9 +81,7 @@ def build_code_router() -> APIRouter:
     ) -> CodeContextInfo:
         body = body or CodeContextCreate.model_validate({})
         _check_language(body.language)
-        result = await _call(
-            svc,
-            sandbox_id,
+        result = await svc.sandboxes.agent_call(sandbox_id)(
             "code_context_create",
             language=body.language,
             cwd=body.cwd,
@@ -98,17 +91,17 @@ def build_code_router() -> APIRouter:
 
     @router.get("/contexts", response_model=CodeContextList)
     async def list_code_contexts(svc: Svc, sandbox_id: str) -> CodeContextList:
-        result = await _call(svc, sandbox_id, "code_context_list")
+        result = await svc.sandboxes.agent_call(sandbox_id)("code_context_list")
         return CodeContextList.model_validate(result)
 
     @router.delete("/contexts/{context_id}", status_code=204)
     async def delete_code_context(svc: Svc, sandbox_id: str, context_id: str) -> Response:
-        await _call(svc, sandbox_id, "code_context_delete", id=context_id)
+        await svc.sandboxes.agent_call(sandbox_id)("code_context_delete", id=context_id)
         return Response(status_code=204)
 
     @router.post("/contexts/{context_id}/restart", response_model=CodeContextInfo)
     async def restart_code_context(svc: Svc, sandbox_id: str, context_id: str) -> CodeContextInfo:
-        result = await _call(svc, sandbox_id, "code_context_restart", id=context_id)
+        result = await svc.sandboxes.agent_call(sandbox_id)("code_context_restart", id=context_id)
         return CodeContextInfo.model_validate(result)
 
     @router.post(
@@ -118,7 +111,7 @@ def build_code_router() -> APIRouter:
     )
     async def run_code_stream(svc: Svc, sandbox_id: str, body: CodeRunRequest) -> StreamingResponse:
         _check_language(body.language)
-        request = {
+        request: AgentCodeRun = {
             "op": "code_run",
             "code": body.code,
             "context_id": body.context_id,
@@ -127,7 +120,7 @@ def build_code_router() -> APIRouter:
         }
         stream = await svc.sandboxes.open_stream(sandbox_id, request)
         first = await _first_frame(stream, sandbox_id)
-        return StreamingResponse(relay_frames(stream, first), media_type=FRAMES_MEDIA_TYPE)
+        return FramesResponse(relay_frames(stream, first), media_type=FRAMES_MEDIA_TYPE)
 
     return router
 

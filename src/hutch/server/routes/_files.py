@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from hutch._wire import Kind
-from hutch._wire.agent_ops import OpName
+from hutch._wire.agent_calls import StreamRequest
 from hutch.node import (
     AgentConnection,
     AgentError,
@@ -53,6 +53,8 @@ class FileEntry(BaseModel):
     mode: int
     mtime: float
     target: str | None = Field(default=None, description="a symlink's target")
+    owner: str = Field(description="user name (the uid as text when the image has none)")
+    group: str = Field(description="group name (the gid as text when the image has none)")
 
 
 class FileList(BaseModel):
@@ -150,22 +152,18 @@ def check_path(path: str, field: str = "path") -> str:
     return path
 
 
-async def _open(svc: Services, sandbox_id: str, request: dict[str, Any]) -> AgentStream:
+async def _open(svc: Services, sandbox_id: str, request: StreamRequest) -> AgentStream:
     return await svc.sandboxes.open_stream(sandbox_id, request)
 
 
 async def _open_own(
-    svc: Services, sandbox_id: str, request: dict[str, Any]
+    svc: Services, sandbox_id: str, request: StreamRequest
 ) -> tuple[AgentConnection, AgentStream]:
     """A stream on a connection of its own, for transfers and watches: the agent client's
     backpressure holds up a whole connection, so a slow reader of a 1 GiB download (or a
     watch nobody reads) must not stall the sandbox's other requests. Close the connection
     when the stream ends."""
     return await svc.sandboxes.open_own(sandbox_id, request)
-
-
-async def _call(svc: Services, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-    return await svc.sandboxes.call(sandbox_id, op, **args)
 
 
 async def _first_event(stream: AgentStream) -> dict[str, Any]:
@@ -412,14 +410,13 @@ def build_files_router(require_key: Any) -> APIRouter:
     @router.get("/files/stat", response_model=FileEntry)
     async def stat(svc: Svc, sandbox_id: str, path: Annotated[str, Query()]) -> FileEntry:
         check_path(path)
-        result = await _call(svc, sandbox_id, "stat", path=path)
-        result.pop("exists", None)
-        return FileEntry(**result)
+        result = await svc.sandboxes.agent_call(sandbox_id)("stat", path=path)
+        return FileEntry.model_validate({k: v for k, v in result.items() if k != "exists"})
 
     @router.get("/files/exists", response_model=Exists)
     async def exists(svc: Svc, sandbox_id: str, path: Annotated[str, Query()]) -> Exists:
         check_path(path)
-        result = await _call(svc, sandbox_id, "stat", path=path, missing_ok=True)
+        result = await svc.sandboxes.agent_call(sandbox_id)("stat", path=path, missing_ok=True)
         return Exists(exists=result["exists"])
 
     @router.get("/files/list", response_model=FileList)
@@ -464,8 +461,8 @@ def build_files_router(require_key: Any) -> APIRouter:
     @router.post("/files/mkdir", response_model=PathResult)
     async def mkdir(svc: Svc, sandbox_id: str, body: MkdirRequest) -> PathResult:
         check_path(body.path)
-        result = await _call(
-            svc, sandbox_id, "mkdir", path=body.path, recursive=body.recursive, mode=body.mode
+        result = await svc.sandboxes.agent_call(sandbox_id)(
+            "mkdir", path=body.path, recursive=body.recursive, mode=body.mode
         )
         return PathResult(path=result["path"])
 
@@ -478,16 +475,16 @@ def build_files_router(require_key: Any) -> APIRouter:
         file_only: bool = False,
     ) -> Response:
         check_path(path)
-        await _call(svc, sandbox_id, "remove", path=path, recursive=recursive, file_only=file_only)
+        await svc.sandboxes.agent_call(sandbox_id)(
+            "remove", path=path, recursive=recursive, file_only=file_only
+        )
         return Response(status_code=204)
 
     @router.post("/files/move", response_model=PathResult)
     async def move(svc: Svc, sandbox_id: str, body: MoveRequest) -> PathResult:
         check_path(body.source, "source")
         check_path(body.destination, "destination")
-        result = await _call(
-            svc,
-            sandbox_id,
+        result = await svc.sandboxes.agent_call(sandbox_id)(
             "move",
             source=body.source,
             destination=body.destination,
@@ -560,7 +557,7 @@ def build_files_router(require_key: Any) -> APIRouter:
             )
         if code != 0:
             raise git_error(err)
-        stat = await _call(svc, sandbox_id, "stat", path=target)
+        stat = await svc.sandboxes.agent_call(sandbox_id)("stat", path=target)
         path = stat["absolute_path"]
         code, out, err = await _run(svc, sandbox_id, ["git", "-C", path, "rev-parse", "HEAD"], None)
         return GitCheckoutResult(path=path, url=url, branch=body.branch, commit=out.strip())

@@ -36,6 +36,7 @@ from hutch.runtime import (
 from hutch.runtime import ImageInvalid as RuntimeImageInvalid
 from hutch.server._errors import BodyTooLarge, ImageBuildFailed, ImageInvalid, InvalidRequest
 from hutch.server._models import ErrorBody
+from hutch.server.services._image_owners import ImageOwners
 
 NDJSON = "application/x-ndjson"
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -152,8 +153,15 @@ def _has_image(store: ImageStore, ref: str) -> bool:
     return True
 
 
+def _visible_image(store: ImageStore, owners: ImageOwners, ref: str) -> bool:
+    try:
+        return owners.visible(ref, store.get(ref))
+    except ImageNotFound:
+        return False
+
+
 def build_image_build_router(
-    require_key: Callable[..., Coroutine[Any, Any, None]],
+    require_key: Callable[..., Coroutine[Any, Any, object]],
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/images", dependencies=[Depends(require_key)], responses=_ERRORS)
 
@@ -175,6 +183,8 @@ def build_image_build_router(
             check_image_name(name)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
+        owners: ImageOwners = svc.sandboxes.image_owners
+        owners.check_write(name, _has_image(store, name))
         staging = store.staging()
         stage = staging.__enter__()
         try:
@@ -186,13 +196,15 @@ def build_image_build_router(
             try:
                 text = path.read_text(errors="replace")
                 check_untrusted_dockerfile(text)
-                check_offline_bases(text, lambda ref: _has_image(store, ref))
+                # Another team's image is no base: as if it were not stored.
+                check_offline_bases(text, lambda ref: _visible_image(store, owners, ref))
             except ValueError as exc:
                 raise InvalidRequest(str(exc), code="invalid_request") from None
         except BaseException:
             staging.__exit__(None, None, None)
             raise
         job = _BuildJob(staging)
+        owners.claim(name)
         return StreamingResponse(
             _run_build(store, path, context, name, job),
             media_type=NDJSON,

@@ -31,9 +31,10 @@ from hutch.server._errors import (
     RegistryFailed,
 )
 from hutch.server._models import ErrorBody, ImageInfo, ImageList, Strict
+from hutch.server.services._image_owners import ImageOwners
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (401, 404, 409, 413, 422, 502)
+    status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429, 502)
 }
 
 
@@ -107,6 +108,27 @@ def _get(store: ImageStore, name: str) -> Image:
         raise ImageNotFoundError(str(exc)) from None
 
 
+def _owners(request: Request) -> ImageOwners:
+    owners: ImageOwners = request.app.state.services.sandboxes.image_owners
+    return owners
+
+
+def _get_visible(request: Request, name: str) -> Image:
+    """The image, if the caller's team may see it (another team's: as if unknown)."""
+    image = _get(_store(request), name)
+    if not _owners(request).visible(name, image):
+        raise ImageNotFoundError(str(ImageNotFound(name)))
+    return image
+
+
+def _exists(store: ImageStore, name: str) -> bool:
+    try:
+        store.get(name)
+    except ImageNotFound:
+        return False
+    return True
+
+
 async def _run_store_op(fn: Callable[[], Image]) -> Image:
     try:
         return await asyncio.to_thread(fn)
@@ -121,7 +143,7 @@ async def _run_store_op(fn: Callable[[], Image]) -> Image:
 
 
 def build_images_router(
-    require_key: Callable[..., Coroutine[Any, Any, None]],
+    require_key: Callable[..., Coroutine[Any, Any, object]],
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/images", dependencies=[Depends(require_key)], responses=_ERRORS)
 
@@ -130,13 +152,15 @@ def build_images_router(
         return ImageList(
             images=[
                 ImageInfo(name=i.name, id=i.id, size_bytes=i.size_bytes, created_at=i.created_at)
-                for i in _store(request).list()
+                for i in _owners(request).visible_names(_store(request).list())
             ]
         )
 
     @router.post("/pull", status_code=201, response_model=ImageDetail)
     async def pull_image(request: Request, body: ImagePull) -> ImageDetail:
         store = _store(request)
+        target = body.name or body.ref
+        _owners(request).check_write(target, _exists(store, target))
         image = await _run_store_op(
             lambda: pull(
                 store,
@@ -147,6 +171,7 @@ def build_images_router(
                 insecure=body.insecure,
             )
         )
+        _owners(request).claim(image.name)
         return _detail(request, image)
 
     @router.post("/import", status_code=201, response_model=ImageDetail)
@@ -155,29 +180,35 @@ def build_images_router(
     ) -> ImageDetail:
         """The body is the archive itself (`docker save` tarball or OCI archive, any size)."""
         store = _store(request)
+        if name is not None:
+            _owners(request).check_write(name, _exists(store, name))
         with store.staging() as stage:
             path = stage / "upload.tar"
             with open(path, "wb") as f:  # noqa: ASYNC230 - local disk, chunk-sized writes
                 async for chunk in request.stream():
                     f.write(chunk)
             image = await _run_store_op(lambda: import_archive(store, path, name))
+        _owners(request).claim(image.name)
         return _detail(request, image)
 
     @router.get("/{name:path}", response_model=ImageDetail)
     async def inspect_image(request: Request, name: str) -> ImageDetail:
-        return _detail(request, _get(_store(request), name))
+        return _detail(request, _get_visible(request, name))
 
     @router.post("/{name:path}/tags", status_code=201, response_model=ImageDetail)
     async def tag_image(request: Request, name: str, body: ImageTag) -> ImageDetail:
         store = _store(request)
-        _get(store, name)
+        _get_visible(request, name)
+        _owners(request).check_write(body.name, _exists(store, body.name))
         image = await _run_store_op(lambda: store.tag(name, body.name))
+        _owners(request).claim(body.name)
         return _detail(request, image)
 
     @router.delete("/{name:path}", status_code=204)
     async def remove_image(request: Request, name: str) -> Response:
         store = _store(request)
-        image = _get(store, name)
+        image = _get_visible(request, name)
+        _owners(request).check_write(name, True)
         other_names = [i for i in store.list() if i.id == image.id and i.name != name]
         users = _in_use(request, image.id)
         if users and (not other_names or name == image.id):
@@ -185,13 +216,14 @@ def build_images_router(
                 f"image {name!r} is used by {users} sandbox(es); destroy them first "
                 "(`hutch ls` lists them), then remove the image"
             )
-        pools = getattr(request.app.state.services, "pools", None)
-        if pools is not None and not other_names:
-            await pools.drain_image(image.id)
+        host = getattr(request.app.state.services, "host", None)
+        if host is not None and not other_names:
+            await host.drain_pooled(image.id)
         try:
             store.remove(name)
         except ImageNotFound as exc:
             raise ImageNotFoundError(str(exc)) from None
+        _owners(request).forget(name)
         return Response(status_code=204)
 
     return router

@@ -19,12 +19,12 @@ class PoolList(BaseModel):
     pools: list[PoolInfo]
 
 
-def build_pools_router(require_key: Callable[..., Coroutine[Any, Any, None]]) -> APIRouter:
+def build_pools_router(require_key: Callable[..., Coroutine[Any, Any, object]]) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @router.get("/pools", response_model=PoolList)
     async def list_pools(request: Request) -> PoolList:
-        status = request.app.state.services.pools.status()
+        status = request.app.state.services.host.pool_status()
         return PoolList(
             pools=[
                 PoolInfo(image=name, size=size, ready=ready)

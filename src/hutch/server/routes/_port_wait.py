@@ -12,6 +12,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from hutch._wire.agent_calls import PortCheckArgs
 from hutch.server._deps import ERROR_RESPONSES, Svc, require_key
 
 
@@ -43,9 +44,9 @@ def build_port_wait_router() -> APIRouter:
         says which."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.timeout
-        check = {"port": body.port, "mode": body.mode, "path": body.path}
+        check: PortCheckArgs = {"port": body.port, "mode": body.mode, "path": body.path}
         while True:
-            result = await svc.sandboxes.call(sandbox_id, "port_check", **check)
+            result = await svc.sandboxes.agent_call(sandbox_id)("port_check", **check)
             status = result.get("status")
             ready = bool(result.get("ready")) and (
                 status is None or body.status_min <= int(status) <= body.status_max

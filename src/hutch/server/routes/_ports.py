@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Response
 
 from hutch.proxy import new_token, preview_url
 from hutch.runtime import NetworkPolicy
@@ -38,15 +40,21 @@ def _port_rule(port: int, reserved: frozenset[int]) -> None:
 async def _follow_offline_env(
     svc: Svc, sandbox_id: str, policy: NetworkPolicy, user_env: dict[str, str]
 ) -> None:
-    await svc.sandboxes.call(sandbox_id, "set_env", env=offline_env_change(policy, user_env))
+    await svc.sandboxes.agent_call(sandbox_id)("set_env", env=offline_env_change(policy, user_env))
 
 
 def build_ports_router() -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
     def to_port(svc: Svc, record: PortRecord) -> ExposedPort:
+        previews = svc.previews
         url = preview_url(
-            svc.previews.domain, svc.config.port, record.sandbox_id, record.port, record.token
+            previews.domain,
+            previews.url_port or svc.config.port,
+            record.sandbox_id,
+            record.port,
+            record.token,
+            previews.scheme,
         )
         return ExposedPort(port=record.port, name=record.name, url=url)
 
@@ -60,6 +68,7 @@ def build_ports_router() -> APIRouter:
             PortRecord(sandbox_id, body.port, body.name, new_token(), now_iso())
         )
         svc.previews.add(sandbox_id, stored.port, stored.token)
+        await svc.previews.settled()
         return to_port(svc, stored)
 
     @router.get("/sandboxes/{sandbox_id}/ports", response_model=ExposedPortList)
@@ -68,11 +77,14 @@ def build_ports_router() -> APIRouter:
         return ExposedPortList(ports=[to_port(svc, r) for r in svc.store.list_ports(sandbox_id)])
 
     @router.delete("/sandboxes/{sandbox_id}/ports/{port}", status_code=204)
-    async def unexpose_port(svc: Svc, sandbox_id: str, port: int) -> Response:
+    async def unexpose_port(
+        svc: Svc, sandbox_id: str, port: Annotated[int, Path(ge=1, le=65535)]
+    ) -> Response:
         svc.sandboxes.get(sandbox_id)
         svc.previews.remove(sandbox_id, port)
         if not svc.store.delete_port(sandbox_id, port):
             raise PortNotExposed(f"port {port} of sandbox {sandbox_id} is not exposed")
+        await svc.previews.settled()
         return Response(status_code=204)
 
     @router.get("/sandboxes/{sandbox_id}/network", response_model=NetworkInfo)
@@ -87,16 +99,18 @@ def build_ports_router() -> APIRouter:
 
     @router.put("/sandboxes/{sandbox_id}/network", response_model=NetworkInfo)
     async def set_network(svc: Svc, sandbox_id: str, body: NetworkUpdate) -> NetworkInfo:
-        record = svc.sandboxes.get(sandbox_id)
-        if record.status != "running":
-            raise SandboxNotRunning(f"sandbox {sandbox_id} is {record.status}")
-        policy = NetworkPolicy.of(body.network, body.network_allow, body.network_deny)
-        await svc.host.set_network_policy(sandbox_id, policy)
-        await _follow_offline_env(svc, sandbox_id, policy, record.env)
-        record.network = body.network
-        record.network_allow = list(body.network_allow)
-        record.network_deny = list(body.network_deny)
-        svc.store.update_sandbox_spec(record)
+        policy = await svc.sandboxes.policy_of(body.network, body.network_allow, body.network_deny)
+        # NB: the sandbox's lock orders this with the re-resolution of allowed host names.
+        async with svc.sandboxes.lock_for(sandbox_id):
+            record = svc.sandboxes.get(sandbox_id)
+            if record.status != "running":
+                raise SandboxNotRunning(f"sandbox {sandbox_id} is {record.status}")
+            await svc.host.set_network_policy(sandbox_id, policy)
+            await _follow_offline_env(svc, sandbox_id, policy, record.env)
+            record.network = body.network
+            record.network_allow = list(body.network_allow)
+            record.network_deny = list(body.network_deny)
+            svc.store.update_sandbox_spec(record)
         return await get_network(svc, sandbox_id)
 
     return router

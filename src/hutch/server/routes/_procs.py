@@ -17,17 +17,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hutch._wire import Frame, Kind, encode_frame, encode_frame_parts, encode_json_frame
-from hutch._wire.agent_ops import OpName
+from hutch._wire.agent_calls import PortCheckArgs, ProcessLogsRequest, SessionExecRequest
 from hutch.node import AgentConnection, AgentError, AgentStream
-from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Svc, require_key
+from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Services, Svc, require_key
 from hutch.server._errors import (
     InvalidRequest,
     SandboxUnavailable,
 )
 from hutch.server._models import ExecResult, _check_env
-from hutch.server._relay import gather_exec, relay_frames
+from hutch.server._relay import FramesResponse, gather_exec, relay_on_own
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
+MAX_PROCESS_TIMEOUT = 7 * 24 * 3600  # as an exec's: a week; longer, start it without one
 SIGNAL_NAMES = sorted(
     (s.name for s in signal_module.Signals if not s.name.startswith("SIG_")),
     key=lambda n: int(signal_module.Signals[n]),
@@ -47,6 +48,14 @@ class ProcessStart(_Strict):
     user: str | None = None
     stdin: bool = Field(default=True, description="give it a stdin pipe (else /dev/null)")
     log_limit: int | None = Field(default=None, ge=4096, description="bytes of output kept")
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_PROCESS_TIMEOUT,
+        description="seconds; at this deadline the process and its children are SIGKILLed "
+        "(by the sandbox's agent, so it holds with nobody connected) and its info says "
+        "`timed_out`",
+    )
 
     _check_env = field_validator("env")(_check_env)
 
@@ -68,6 +77,9 @@ class ProcessInfo(BaseModel):
     signal: int | None
     oom_killed: bool = Field(
         default=False, description="the kernel's OOM killer ended it (the memory limit)"
+    )
+    timed_out: bool = Field(
+        default=False, description="killed at the `timeout` it was started with"
     )
     started_at: float
     ended_at: float | None
@@ -142,6 +154,13 @@ class SessionExec(_Strict):
 class EnvBody(_Strict):
     env: dict[str, str | None]
 
+    @field_validator("env")
+    @classmethod
+    def _names_and_values(cls, env: dict[str, str | None]) -> dict[str, str | None]:
+        # NB: in the model, so a bad name is a 422 (it was checked in the route: a 500).
+        _check_env({k: v or "" for k, v in env.items()})
+        return env
+
 
 def parse_signal(value: str | int) -> int:
     """A signal name (``SIGTERM``, ``TERM``, ``term``) or number to its number."""
@@ -165,15 +184,17 @@ def parse_signal(value: str | int) -> int:
     return number
 
 
-async def agent_call(svc: Svc, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-    return await svc.sandboxes.call(sandbox_id, op, **args)
-
-
 async def open_logs(
-    svc: Svc, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+    svc: Svc, sandbox_id: str, request: ProcessLogsRequest, conn: AgentConnection | None = None
 ) -> AgentStream:
     """Open the agent's logs stream (on ``conn``, else the shared connection)."""
-    return await svc.sandboxes.open_stream(sandbox_id, {"op": "process_logs", **request}, conn)
+    return await svc.sandboxes.open_stream(sandbox_id, request, conn)
+
+
+async def close_when_draining(svc: Services, conn: AgentConnection) -> None:
+    """Close a stream's own connection when the server begins to shut down."""
+    await svc.draining.wait()
+    await conn.close()
 
 
 async def _first(stream: AgentStream) -> Frame:
@@ -198,28 +219,30 @@ def build_procs_router() -> APIRouter:
     async def start_process(svc: Svc, sandbox_id: str, body: ProcessStart) -> Any:
         args = body.model_dump()
         args["env"] = args["env"] or None
-        result = await agent_call(svc, sandbox_id, "process_start", **args)
+        result = await svc.sandboxes.agent_call(sandbox_id)("process_start", **args)
         return result["process"]
 
     @router.get(base, response_model=ProcessList)
     async def list_processes(svc: Svc, sandbox_id: str) -> Any:
-        return await agent_call(svc, sandbox_id, "process_list")
+        return await svc.sandboxes.agent_call(sandbox_id)("process_list")
 
     @router.post(f"{base}/kill", response_model=KillAllResult)
     async def kill_all_processes(svc: Svc, sandbox_id: str, body: SignalBody | None = None) -> Any:
         sig = parse_signal((body or SignalBody()).signal)
-        return await agent_call(svc, sandbox_id, "process_kill_all", signal=sig)
+        return await svc.sandboxes.agent_call(sandbox_id)("process_kill_all", signal=sig)
 
     @router.get(base + "/{process_id}", response_model=ProcessInfo)
     async def get_process(svc: Svc, sandbox_id: str, process_id: str) -> Any:
-        return (await agent_call(svc, sandbox_id, "process_get", id=process_id))["process"]
+        return (await svc.sandboxes.agent_call(sandbox_id)("process_get", id=process_id))["process"]
 
     @router.post(base + "/{process_id}/kill", response_model=ProcessInfo)
     async def kill_process(
         svc: Svc, sandbox_id: str, process_id: str, body: SignalBody | None = None
     ) -> Any:
         sig = parse_signal((body or SignalBody()).signal)
-        result = await agent_call(svc, sandbox_id, "process_kill", id=process_id, signal=sig)
+        result = await svc.sandboxes.agent_call(sandbox_id)(
+            "process_kill", id=process_id, signal=sig
+        )
         return result["process"]
 
     @router.post(base + "/{process_id}/stdin", status_code=204)
@@ -233,18 +256,24 @@ def build_procs_router() -> APIRouter:
             if len(data) > MAX_STDIN_BYTES:
                 raise InvalidRequest(f"send at most {MAX_STDIN_BYTES} bytes of stdin at a time")
         payload = base64.b64encode(bytes(data)).decode()
-        await agent_call(svc, sandbox_id, "process_stdin", id=process_id, data=payload, eof=eof)
+        await svc.sandboxes.agent_call(sandbox_id)(
+            "process_stdin", id=process_id, data=payload, eof=eof
+        )
         return Response(status_code=204)
 
     @router.post(base + "/{process_id}/stdin/close", status_code=204)
     async def close_stdin(svc: Svc, sandbox_id: str, process_id: str) -> Response:
-        await agent_call(svc, sandbox_id, "process_stdin", id=process_id, data="", eof=True)
+        await svc.sandboxes.agent_call(sandbox_id)(
+            "process_stdin", id=process_id, data="", eof=True
+        )
         return Response(status_code=204)
 
     @router.get(base + "/{process_id}/logs", response_model=ProcessLogs)
     async def get_logs(svc: Svc, sandbox_id: str, process_id: str) -> Any:
         """What is kept, as UTF-8 text (with replacement); the stream form is binary-safe."""
-        stream = await open_logs(svc, sandbox_id, {"id": process_id, "follow": False})
+        stream = await open_logs(
+            svc, sandbox_id, {"op": "process_logs", "id": process_id, "follow": False}
+        )
         out: list[bytes] = []
         err: list[bytes] = []
         await _first(stream)
@@ -278,7 +307,8 @@ def build_procs_router() -> APIRouter:
         asked offsets are no longer kept), DATA at offsets, EOFs, then a RESULT ``{"process"}``.
         ``timeout``: end the stream after that many seconds even if the process still runs
         (the RESULT's process then has status ``running``)."""
-        request = {
+        request: ProcessLogsRequest = {
+            "op": "process_logs",
             "id": process_id,
             "stdout_offset": stdout_offset,
             "stderr_offset": stderr_offset,
@@ -297,6 +327,9 @@ def build_procs_router() -> APIRouter:
 
         async def frames() -> AsyncIterator[bytes]:
             done = first.kind is Kind.RESULT
+            # A server shutting down ends the body without a RESULT: the SDK resumes from the
+            # offsets it has on the next server (the output is kept by the agent).
+            drain = asyncio.create_task(close_when_draining(svc, conn))
             try:
                 yield encode_frame(first.kind, 0, first.payload, first.channel, first.offset)
                 if done:
@@ -320,10 +353,13 @@ def build_procs_router() -> APIRouter:
                     ):
                         yield part
             except AgentError as exc:
+                if svc.draining.is_set():
+                    return
                 done = True
                 error = {"error": {"code": "sandbox_unavailable", "message": str(exc)}}
                 yield encode_json_frame(Kind.RESULT, 0, error)
             finally:
+                drain.cancel()
                 await conn.close()
 
         return StreamingResponse(frames(), media_type=FRAMES_MEDIA_TYPE)
@@ -337,7 +373,9 @@ def build_procs_router() -> APIRouter:
     ) -> Any:
         """Wait until the process has ended (or ``timeout`` seconds); returns its info either
         way: check ``status``."""
-        stream = await open_logs(svc, sandbox_id, {"id": process_id, "data": False})
+        stream = await open_logs(
+            svc, sandbox_id, {"op": "process_logs", "id": process_id, "data": False}
+        )
         await _first(stream)
         try:
             async with asyncio.timeout(timeout):
@@ -347,7 +385,7 @@ def build_procs_router() -> APIRouter:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await stream.cancel()
-        return (await agent_call(svc, sandbox_id, "process_get", id=process_id))["process"]
+        return (await svc.sandboxes.agent_call(sandbox_id)("process_get", id=process_id))["process"]
 
     @router.post(base + "/{process_id}/wait-for-port", response_model=PortWaitResult)
     async def wait_for_port(svc: Svc, sandbox_id: str, process_id: str, body: WaitForPort) -> Any:
@@ -355,14 +393,16 @@ def build_procs_router() -> APIRouter:
         timeout passes; ``ready`` says which (with ``process.status``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (body.timeout or 3600)
-        check = {"port": body.port, "mode": body.mode, "path": body.path}
+        check: PortCheckArgs = {"port": body.port, "mode": body.mode, "path": body.path}
         while True:
-            result = await agent_call(svc, sandbox_id, "port_check", **check)
+            result = await svc.sandboxes.agent_call(sandbox_id)("port_check", **check)
             status = result.get("status")
             ready = bool(result.get("ready")) and (
                 status is None or body.status_min <= int(status) <= body.status_max
             )
-            info = (await agent_call(svc, sandbox_id, "process_get", id=process_id))["process"]
+            info = (await svc.sandboxes.agent_call(sandbox_id)("process_get", id=process_id))[
+                "process"
+            ]
             if ready or info["status"] not in ("starting", "running"):
                 return {"ready": ready, "status": status, "process": info}
             if loop.time() > deadline:
@@ -374,23 +414,32 @@ def build_procs_router() -> APIRouter:
     @router.post(sessions, status_code=201, response_model=SessionInfo)
     async def create_session(svc: Svc, sandbox_id: str, body: SessionCreate | None = None) -> Any:
         args = (body or SessionCreate()).model_dump()
-        return (await agent_call(svc, sandbox_id, "session_create", **args))["session"]
+        return (await svc.sandboxes.agent_call(sandbox_id)("session_create", **args))["session"]
 
     @router.get(sessions, response_model=SessionList)
     async def list_sessions(svc: Svc, sandbox_id: str) -> Any:
-        return await agent_call(svc, sandbox_id, "session_list")
+        return await svc.sandboxes.agent_call(sandbox_id)("session_list")
 
     @router.delete(sessions + "/{session_id}", status_code=204)
     async def delete_session(svc: Svc, sandbox_id: str, session_id: str) -> Response:
         """Ends the session's shell and what it started; other processes are untouched."""
-        await agent_call(svc, sandbox_id, "session_delete", id=session_id)
+        await svc.sandboxes.agent_call(sandbox_id)("session_delete", id=session_id)
         return Response(status_code=204)
 
     async def open_session_exec(
-        svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
+        svc: Svc,
+        sandbox_id: str,
+        session_id: str,
+        body: SessionExec,
+        conn: AgentConnection | None = None,
     ) -> AgentStream:
-        request = {"op": "session_exec", "session": session_id, **body.model_dump()}
-        stream = await svc.sandboxes.open_stream(sandbox_id, request)
+        request: SessionExecRequest = {
+            "op": "session_exec",
+            "session": session_id,
+            "command": body.command,
+            "timeout": body.timeout,
+        }
+        stream = await svc.sandboxes.open_stream(sandbox_id, request, conn)
         await _first(stream)  # "accepted", or the error (unknown session)
         return stream
 
@@ -412,14 +461,18 @@ def build_procs_router() -> APIRouter:
         svc: Svc, sandbox_id: str, session_id: str, body: SessionExec
     ) -> StreamingResponse:
         """As ``exec/stream``; the command waits for the session's previous one to end."""
-        stream = await open_session_exec(svc, sandbox_id, session_id, body)
-        return StreamingResponse(relay_frames(stream), media_type=FRAMES_MEDIA_TYPE)
+        # Its own connection, as exec/stream's: a reader that stalls stalls only itself.
+        frames = await relay_on_own(
+            svc.sandboxes.dedicated_agent(sandbox_id),
+            lambda conn: open_session_exec(svc, sandbox_id, session_id, body, conn),
+            lambda conn: svc.sandboxes.release_agent(sandbox_id, conn),
+        )
+        return FramesResponse(frames, media_type=FRAMES_MEDIA_TYPE)
 
     @router.put("/sandboxes/{sandbox_id}/env", status_code=204)
     async def set_env_vars(svc: Svc, sandbox_id: str, body: EnvBody) -> Response:
         """Set (or, with null, unset) variables for every new command, process and session."""
-        _check_env({k: v or "" for k, v in body.env.items()})
-        await agent_call(svc, sandbox_id, "set_env", env=body.env)
+        await svc.sandboxes.agent_call(sandbox_id)("set_env", env=body.env)
         return Response(status_code=204)
 
     return router

@@ -43,12 +43,14 @@ def build_sandboxes_router() -> APIRouter:
                     fields=[{"loc": ["query", "label"], "message": "expected key=value"}],
                 )
             labels[key] = value
-        return SandboxList(sandboxes=[to_info(r) for r in svc.sandboxes.list(labels)])
+        return SandboxList(
+            sandboxes=[to_info(r) for r in await svc.sandboxes.list_off_loop(labels)]
+        )
 
     @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
     async def get_sandbox(svc: Svc, sandbox_id: str) -> SandboxInfo:
-        info = to_info(svc.sandboxes.get(sandbox_id))
-        info.mounts = [mount_info(m) for m in svc.host.bucket_mounts(sandbox_id)]
+        info = to_info(await svc.sandboxes.fetch(sandbox_id))
+        info.mounts = [mount_info(m) for m in await svc.host.bucket_mounts(sandbox_id)]
         return info
 
     @router.delete("/sandboxes/{sandbox_id}", status_code=204)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, WebSocket
@@ -30,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketState
 
 from hutch._wire import Frame, Kind
-from hutch._wire.agent_ops import OpName
 from hutch.node import (
     AgentConnection,
     AgentError,
@@ -38,7 +38,8 @@ from hutch.node import (
     parse_result,
 )
 from hutch.server._agent_errors import as_api_error
-from hutch.server._deps import Services, Svc, require_key
+from hutch.server._deps import Services, Svc, authorize, require_key
+from hutch.server._errors import ApiError
 from hutch.server.services._keys import key_from_headers
 
 SUBPROTOCOL = "hutch.terminal.v1"
@@ -89,14 +90,8 @@ def _services(app: Any) -> Services:
     return svc
 
 
-def _to_info(fields: dict[str, Any]) -> TerminalInfo:
-    return TerminalInfo(**{k: fields[k] for k in TerminalInfo.model_fields})
-
-
-async def _call(
-    svc: Services, sandbox_id: str, terminal_id: str | None, op: OpName, **args: Any
-) -> Any:
-    return await svc.sandboxes.call(sandbox_id, op, **args)
+def _to_info(fields: Mapping[str, object]) -> TerminalInfo:
+    return TerminalInfo.model_validate({k: fields[k] for k in TerminalInfo.model_fields})
 
 
 async def _attach(
@@ -136,7 +131,7 @@ async def _refuse(websocket: WebSocket, subprotocol: str | None, code: int, reas
     await websocket.close(code, reason.encode()[:120].decode(errors="ignore"))
 
 
-WS_CLOSE_CODES = {401: 4401, 404: 4404, 409: 4409, 503: 4503}
+WS_CLOSE_CODES = {401: 4401, 404: 4404, 409: 4409, 429: 4429, 503: 4503}
 
 
 def build_terminals_router() -> APIRouter:
@@ -148,12 +143,12 @@ def build_terminals_router() -> APIRouter:
         svc: Svc, sandbox_id: str, body: TerminalCreate | None = None
     ) -> TerminalInfo:
         args = (body or TerminalCreate()).model_dump()
-        fields = await _call(svc, sandbox_id, None, "pty_create", **args)
+        fields = await svc.sandboxes.agent_call(sandbox_id)("pty_create", **args)
         return _to_info(fields)
 
     @http.get("/sandboxes/{sandbox_id}/terminals", response_model=TerminalList)
     async def list_terminals(svc: Svc, sandbox_id: str) -> TerminalList:
-        fields = await _call(svc, sandbox_id, None, "pty_list")
+        fields = await svc.sandboxes.agent_call(sandbox_id)("pty_list")
         return TerminalList(terminals=[_to_info(t) for t in fields["terminals"]])
 
     @http.get("/sandboxes/{sandbox_id}/terminals/{terminal_id}", response_model=TerminalInfo)
@@ -162,7 +157,7 @@ def build_terminals_router() -> APIRouter:
         terminal_id: str,
         svc: Svc,
     ) -> TerminalInfo:
-        return _to_info(await _call(svc, sandbox_id, terminal_id, "pty_info", id=terminal_id))
+        return _to_info(await svc.sandboxes.agent_call(sandbox_id)("pty_info", id=terminal_id))
 
     @http.post(
         "/sandboxes/{sandbox_id}/terminals/{terminal_id}/resize", response_model=TerminalInfo
@@ -173,8 +168,8 @@ def build_terminals_router() -> APIRouter:
         body: TerminalResize,
         svc: Svc,
     ) -> TerminalInfo:
-        fields = await _call(
-            svc, sandbox_id, terminal_id, "pty_resize", id=terminal_id, **body.model_dump()
+        fields = await svc.sandboxes.agent_call(sandbox_id)(
+            "pty_resize", id=terminal_id, **body.model_dump()
         )
         return _to_info(fields)
 
@@ -184,7 +179,7 @@ def build_terminals_router() -> APIRouter:
         terminal_id: str,
         svc: Svc,
     ) -> Response:
-        await _call(svc, sandbox_id, terminal_id, "pty_close", id=terminal_id)
+        await svc.sandboxes.agent_call(sandbox_id)("pty_close", id=terminal_id)
         return Response(status_code=204)
 
     @http.get(
@@ -215,8 +210,13 @@ def build_terminals_router() -> APIRouter:
         svc = _services(websocket.app)
         offered = websocket.scope.get("subprotocols") or []
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
-        if not svc.keys.is_valid(_ws_key(websocket)):
-            await _refuse(websocket, subprotocol, 4401, "missing or invalid API key")
+        try:
+            # The same check as every HTTP route's: key, rate, and another team's sandbox
+            # is not found.
+            authorize(svc, _ws_key(websocket), websocket.path_params)
+        except ApiError as refused:
+            reason = "missing or invalid API key" if refused.status == 401 else refused.code
+            await _refuse(websocket, subprotocol, WS_CLOSE_CODES.get(refused.status, 4500), reason)
             return
         try:
             conn, stream, first = await _attach(svc, sandbox_id, terminal_id, since)
@@ -332,16 +332,18 @@ async def _control(
         return await error("invalid_message", "text frames must be JSON objects")
     if not isinstance(message, dict) or message.get("type") != "resize":
         return await error("invalid_message", 'known control messages: {"type": "resize", ...}')
-    cols, rows = message.get("cols"), message.get("rows")
-    for name, value in (("cols", cols), ("rows", rows)):
+    size: dict[str, int] = {}
+    for name in ("cols", "rows"):
+        value = message.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
             return await error("invalid_size", f"{name} must be an integer")
         if not 1 <= value <= MAX_DIMENSION:
             return await error(
                 "invalid_size", f"{name} must be between 1 and {MAX_DIMENSION}, not {value}"
             )
+        size[name] = value
     try:
-        await conn.call("pty_resize", id=terminal_id, cols=cols, rows=rows)
+        await conn.call("pty_resize", id=terminal_id, cols=size["cols"], rows=size["rows"])
     except Exception as exc:
         api_error = as_api_error(exc)
         if api_error is None:

@@ -1,17 +1,21 @@
 """Backups of a sandbox's disk to S3-compatible storage, and restores from them on this server
-or another (runtime/_backups.py moves the bytes).
+or another. The API writes and reads the small JSON manifests; the host that holds the disk
+streams the disk itself (`SandboxHost.send_backup` / `receive_backup`: in-process on one host,
+the node on a cluster, so a disk never passes through an API replica).
 
-Each backup keeps its snapshot here until the next backup of the same sandbox to the same
-place, which is sent incrementally against it (`btrfs send -p`) and then takes its role.
+Each backup keeps its snapshot on the sandbox's host until the next backup of the same sandbox
+to the same place, which is sent incrementally against it (`btrfs send -p`) and then takes its
+role. A sandbox moved to another node since gets a full backup (its parent stayed behind).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
+from pathlib import Path
 from typing import Any
 
+from hutch.node import SandboxHost
 from hutch.runtime import (
     BackupFailed,
     BackupIO,
@@ -20,10 +24,7 @@ from hutch.runtime import (
     Credentials,
     ImageNotFound,
     ImageStore,
-    Runtime,
-    receive_dir,
-    remove_received,
-    snapshot_subvolume,
+    Limits,
 )
 from hutch.server._errors import (
     BackupNotFound,
@@ -31,6 +32,7 @@ from hutch.server._errors import (
     BackupTargetUnreachable,
     ImageNotFoundError,
     InvalidRequest,
+    NodeUnavailableError,
 )
 from hutch.server._models import SandboxCreate
 from hutch.server.services._keys import now_iso
@@ -68,14 +70,17 @@ class Backups:
         lifecycle: Lifecycle,
         manager: SandboxManager,
         store: Store,
-        runtime: Runtime,
+        host: SandboxHost,
         images: ImageStore,
+        *,
+        workdir: Path,
     ) -> None:
         self._lifecycle = lifecycle
         self._manager = manager
         self._store = store
-        self._runtime = runtime
+        self._host = host
         self._images = images
+        self._workdir = workdir  # rclone's private config for the manifests, while in use
 
     def of_sandbox(self, sandbox_id: str) -> list[BackupRecord]:
         self._manager.get(sandbox_id)
@@ -91,23 +96,25 @@ class Backups:
             BackupStreamFailed: the upload broke (a partial object may be left; no manifest).
         """
         record = self._manager.get(sandbox_id)
-        snaps = self._runtime.snapshots
-        async with _io(target, self._runtime) as io:
+        async with _io(target, self._workdir) as io:
             await _check(io)
-            parent = self._parent(sandbox_id, target)
+            parent = await self._parent(sandbox_id, target)
             backup_id = "bk-" + secrets.token_hex(6)
             async with self._manager.lock_for(sandbox_id):
                 record = self._manager.get(sandbox_id)
-                await asyncio.to_thread(snaps.take, self._manager.runtime_id(sandbox_id), backup_id)
+                await self._host.take_snapshot(sandbox_id, backup_id)
             try:
-                await io.send(
-                    snaps.path(backup_id),
-                    snaps.path(parent.snapshot) if parent and parent.snapshot else None,
+                incremental = await self._host.send_backup(
+                    backup_id,
+                    target,
                     f"{backup_id}.btrfs.zst",
+                    parent=parent.snapshot if parent and parent.snapshot else None,
                 )
-                await io.put_json(f"{backup_id}.json", _manifest(backup_id, record, parent))
+                against = parent if incremental else None
+                await io.put_json(f"{backup_id}.json", _manifest(backup_id, record, against))
             except BaseException as exc:
-                await asyncio.to_thread(snaps.delete, backup_id)
+                with contextlib.suppress(Exception):
+                    await self._host.delete_snapshot(backup_id)
                 if isinstance(exc, BackupFailed):
                     raise BackupStreamFailed(f"backup of {sandbox_id} failed: {exc}") from exc
                 raise
@@ -117,31 +124,34 @@ class Backups:
             bucket=target.bucket,
             endpoint=target.endpoint,
             prefix=target.prefix,
-            parent_id=parent.id if parent else None,
+            parent_id=against.id if against else None,
             snapshot=backup_id,
             created_at=now_iso(),
         )
         self._store.insert_backup(done)
         if parent is not None and parent.snapshot:
             # The new backup is the next one's parent now.
-            await asyncio.to_thread(snaps.delete, parent.snapshot)
+            with contextlib.suppress(NodeUnavailableError):
+                await self._host.delete_snapshot(parent.snapshot)
             self._store.clear_backup_snapshot(parent.id)
         return done
 
-    def _parent(self, sandbox_id: str, target: BackupTarget) -> BackupRecord | None:
+    async def _parent(self, sandbox_id: str, target: BackupTarget) -> BackupRecord | None:
         for previous in reversed(self._store.list_backups(sandbox_id)):
             same_place = (previous.bucket, previous.endpoint, previous.prefix) == (
                 target.bucket,
                 target.endpoint,
                 target.prefix,
             )
-            if (
-                same_place
-                and previous.snapshot
-                and self._runtime.snapshots.exists(previous.snapshot)
-            ):
+            if same_place and previous.snapshot and await self._has(previous.snapshot):
                 return previous
         return None
+
+    async def _has(self, snapshot_id: str) -> bool:
+        try:
+            return await self._host.has_snapshot(snapshot_id)
+        except NodeUnavailableError:
+            return False  # its node is gone: a full backup, not a failed one
 
     async def restore(
         self, target: BackupTarget, backup_id: str, request: SandboxCreate
@@ -154,33 +164,37 @@ class Backups:
         """
         if not backup_id.startswith("bk-") or not backup_id[3:].isalnum():
             raise InvalidRequest(f"{backup_id!r} is not a backup id (bk-...)")
-        snaps = self._runtime.snapshots
-        async with _io(target, self._runtime) as io:
+        async with _io(target, self._workdir) as io:
             await _check(io)
             chain = await self._chain(io, backup_id)
-            last = chain[-1]
-            try:
-                self._images.get(str(last["image_id"]))
-            except ImageNotFound:
-                raise ImageNotFoundError(
-                    f"backup {backup_id} needs image {last['image']!r} (id "
-                    f"{str(last['image_id'])[:12]}), which this server does not have; pull or "
-                    "import it first"
-                ) from None
-            snaps.root.mkdir(mode=0o700, exist_ok=True)
-            into = receive_dir(snaps.root)
-            snapshot_id = "snap-" + secrets.token_hex(6)
-            try:
-                for manifest in chain:
-                    await io.receive(f"{manifest['id']}.btrfs.zst", into)
-                # NB: a snapshot, not a rename: a read-only subvolume cannot change its parent.
-                snapshot_subvolume(
-                    into / str(last["snapshot"]), snaps.root, snapshot_id, read_only=True
-                )
-            except BackupFailed as exc:
-                raise BackupStreamFailed(f"restore of {backup_id} failed: {exc}") from exc
-            finally:
-                await asyncio.to_thread(remove_received, into)
+        last = chain[-1]
+        try:
+            self._images.get(str(last["image_id"]))
+        except ImageNotFound:
+            raise ImageNotFoundError(
+                f"backup {backup_id} needs image {last['image']!r} (id "
+                f"{str(last['image_id'])[:12]}), which this server does not have; pull or "
+                "import it first"
+            ) from None
+        try:
+            spec = SandboxRecord.from_spec_json(str(last["spec"]))
+        except (ValueError, TypeError) as exc:
+            raise BackupStreamFailed(f"backup {backup_id}'s manifest has no valid spec") from exc
+        # Where the sandbox can run: its limits as Lifecycle._from_snapshot will make them.
+        limits = Limits(
+            cpu=spec.cpu, memory_mb=spec.memory_mb, disk_mb=max(spec.disk_mb, request.disk_mb)
+        )
+        snapshot_id = "snap-" + secrets.token_hex(6)
+        try:
+            await self._host.receive_backup(
+                target,
+                [f"{m['id']}.btrfs.zst" for m in chain],
+                str(last["snapshot"]),
+                snapshot_id,
+                limits=limits,
+            )
+        except BackupFailed as exc:
+            raise BackupStreamFailed(f"restore of {backup_id} failed: {exc}") from exc
         self._store.insert_snapshot(
             SnapshotRecord(
                 id=snapshot_id,
@@ -236,9 +250,9 @@ def _manifest(backup_id: str, record: SandboxRecord, parent: BackupRecord | None
     }
 
 
-def _io(target: BackupTarget, runtime: Runtime) -> BackupIO:
+def _io(target: BackupTarget, workdir: Path) -> BackupIO:
     try:
-        return BackupIO(target, runtime.config.home)
+        return BackupIO(target, workdir)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
 

@@ -4,8 +4,9 @@ to every later call.
 
 User code cannot kill the agent (it lives outside user code's `work` cgroup, and as PID 1 of
 its pid namespace it ignores signals from inside), but the host can: a host-wide OOM, runc or
-an operator killing the container. Each second the watcher polls a pidfd per running
-sandbox (one `poll()` for all of them); a dead one is checked again under the sandbox's lock,
+an operator killing the container. Every half second the watcher asks the host which running
+sandboxes lost their init (`SandboxHost.dead`: pidfds on that host, in-process on one host, a
+node API call per node in a cluster); a dead one is checked again under the sandbox's lock,
 so a stop, a pause or a destroy that was in progress wins and nothing is misreported.
 
 Reasons: `oom_killed` (the OOM killer took a task outside `work`: the agent), `agent_exited`
@@ -17,25 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import select
 
-from hutch.runtime import Runtime
+from hutch.node import SandboxHost
 from hutch.server.services._sandboxes import SandboxManager
-from hutch.server.store._sqlite import Store
+from hutch.server.store._sqlite import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
 
 CHECK_EVERY = 0.5  # seconds: a death is reported within a second
+# OOM kills in `work` (the sandbox lives on) are looked for every 4th round: that reads a
+# cgroup file per sandbox, and with 674 idle sandboxes it was a third of the server's CPU.
+OOM_ROUNDS = 4
 
 
 class DeathWatch:
-    def __init__(self, manager: SandboxManager, store: Store, runtime: Runtime) -> None:
+    def __init__(self, manager: SandboxManager, store: Store, host: SandboxHost) -> None:
         self._manager = manager
         self._store = store
-        self._runtime = runtime
-        self._pidfds: dict[str, tuple[int, int]] = {}  # sandbox id -> (init pid, pidfd)
+        self._host = host
         self._task: asyncio.Task[None] | None = None
+        self._rounds = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="hutch-death-watch")
@@ -45,9 +47,7 @@ class DeathWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for _, fd in self._pidfds.values():
-            os.close(fd)
-        self._pidfds.clear()
+        self._host.close_watch()
 
     async def _loop(self) -> None:
         while True:
@@ -58,51 +58,41 @@ class DeathWatch:
             await asyncio.sleep(CHECK_EVERY)
 
     async def check(self) -> None:
-        running = set(self._manager.running_ids())
-        for gone in set(self._pidfds) - running:
-            os.close(self._pidfds.pop(gone)[1])
-        for sandbox_id in running - set(self._pidfds):
-            await self._watch(sandbox_id)
-        poller = select.poll()
-        by_fd = {fd: sandbox_id for sandbox_id, (_, fd) in self._pidfds.items()}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        for fd, _ in poller.poll(0):
-            sandbox_id = by_fd[fd]
-            os.close(self._pidfds.pop(sandbox_id)[1])
-            await self._died(sandbox_id)
+        # NB: one read of the store per round: it is every sandbox's row, twice a second,
+        # and with hundreds of idle sandboxes it was most of an idle server's CPU.
+        records = self._store.list_sandboxes()
+        if self._rounds % OOM_ROUNDS == 0:
+            await self._report_oom_kills(records)
+        self._rounds += 1
+        running = [r.id for r in records if r.status == "running"]
+        for sandbox_id, reason in (await self._host.dead(running)).items():
+            await self._died(sandbox_id, reason)
 
-    async def _watch(self, sandbox_id: str) -> None:
-        pid = await self._runtime.init_pid(self._manager.runtime_id(sandbox_id))
-        if pid is None:
-            await self._died(sandbox_id)
-            return
-        try:
-            self._pidfds[sandbox_id] = (pid, os.pidfd_open(pid))
-        except ProcessLookupError:
-            await self._died(sandbox_id)
+    async def _report_oom_kills(self, records: list[SandboxRecord]) -> None:
+        """An `oom_killed` event per process the OOM killer ended in a sandbox's `work`
+        (user code over the memory limit; the sandbox lives on)."""
+        watched = [r.id for r in records if r.status in ("running", "paused")]
+        for sandbox_id, kill in await self._host.oom_kills(watched):
+            self._manager.events.emit(
+                sandbox_id,
+                "oom_killed",
+                host_pid=kill.host_pid,
+                command=kill.command,
+                count=kill.count,
+            )
 
-    async def _died(self, sandbox_id: str) -> None:
-        rid = self._manager.runtime_id(sandbox_id)
+    async def _died(self, sandbox_id: str, reason: str) -> None:
         async with self._manager.lock_for(sandbox_id):
             record = self._store.get_sandbox(sandbox_id)
             if record is None or record.status != "running":
                 return  # destroyed, stopped or paused on purpose meanwhile
-            state = await self._runtime.state(rid)
-            if state in ("running", "paused"):
+            state = (await self._host.states([sandbox_id])).get(sandbox_id)
+            if state in ("running", "paused", "pausing"):
                 return  # a restart under a new pid (recovery): watched again next round
-            if state == "missing":
-                reason = "runtime_gone: the container no longer exists"
-            elif self._runtime.agent_oom_killed(rid):
-                reason = (
-                    "oom_killed: the kernel's OOM killer ended the sandbox's agent (the host "
-                    "ran out of memory); its disk is kept: start it again"
-                )
-            else:
-                reason = (
-                    "agent_exited: the sandbox's init ended (killed from outside); its disk "
-                    "is kept: start it again"
-                )
-            self._store.set_sandbox_state(sandbox_id, "error", reason, record.expires_at)
+            if not self._store.transition(
+                sandbox_id, ("running",), "error", reason, record.expires_at
+            ):
+                return  # another API replica stopped, paused or destroyed it meanwhile
+            self._manager.events.emit(sandbox_id, "error", reason=reason)
             await self._manager.forget_agent(sandbox_id)
         log.warning("sandbox %s went to error: %s", sandbox_id, reason)

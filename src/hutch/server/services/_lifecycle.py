@@ -24,28 +24,37 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
-from hutch.node import AgentError
-from hutch.runtime import ImageNotFound, ImageStore, Runtime, SandboxRuntimeError
+from hutch._wire.sandbox_events import SandboxEventType
+from hutch.node import AgentError, SandboxHost
+from hutch.runtime import ImageNotFound, ImageStore, SandboxRuntimeError
 from hutch.server._durations import format_duration
 from hutch.server._errors import (
     ImageNotFoundError,
-    InvalidRequest,
+    QuotaExceeded,
     SandboxStartFailed,
     SandboxStateConflict,
     SnapshotExists,
     SnapshotNotFound,
 )
 from hutch.server._models import SandboxCreate
+from hutch.server.services._activity import Activity
+from hutch.server.services._caller import visible
+from hutch.server.services._forks import fork_sandbox, settings_of
 from hutch.server.services._keys import now_iso
-from hutch.server.services._sandboxes import SandboxManager, entrypoint_request
+from hutch.server.services._quotas import StartedElsewhere
+from hutch.server.services._sandbox_create import entrypoint_request
+from hutch.server.services._sandboxes import SandboxManager
+from hutch.server.store._records import SnapshotAdmission
 from hutch.server.store._sqlite import SandboxRecord, SnapshotRecord, Store
 
 log = logging.getLogger("hutch.server")
 
-MAX_FORK = 50
+# How long a start waits for another replica's start of the same sandbox (its boot is bounded
+# by the agent timeouts; this only keeps a caller from waiting forever).
+START_WAIT_SECONDS = 120.0
 
 
 @dataclass
@@ -54,21 +63,12 @@ class LifecyclePolicy:
 
     Attributes:
         default_timeout: lifetime of a sandbox created without `timeout` (seconds; None: none).
+        shared_activity: record each sandbox's use in the store too (API replicas sharing a
+            database: services/_activity.py).
     """
 
     default_timeout: float | None = 3600.0
-
-
-@dataclass
-class _Activity:
-    last: dict[str, float] = field(default_factory=dict)
-
-    def touch(self, sandbox_id: str) -> None:
-        self.last[sandbox_id] = time.monotonic()
-
-    def idle_for(self, sandbox_id: str, now: float) -> float:
-        # A sandbox never seen since the server started counts from then.
-        return now - self.last.setdefault(sandbox_id, now)
+    shared_activity: bool = False
 
 
 class Lifecycle:
@@ -78,7 +78,7 @@ class Lifecycle:
         self,
         manager: SandboxManager,
         store: Store,
-        runtime: Runtime,
+        host: SandboxHost,
         images: ImageStore,
         *,
         policy: LifecyclePolicy,
@@ -86,32 +86,49 @@ class Lifecycle:
     ) -> None:
         self._manager = manager
         self._store = store
-        self._runtime = runtime
+        self._host = host
         self._images = images
         self.policy = policy
         self._agent_timeout = agent_timeout
-        self.activity = _Activity()
+        self.activity = Activity(store if policy.shared_activity else None)
         self._wakes: dict[str, asyncio.Future[SandboxRecord]] = {}
         # Called with the sandbox id after its container went away or came back (stop/start):
         # caches of its address and connections drop what they hold.
         self.on_stop: list[Callable[[str], None]] = []
+        # Called with the sandbox id right before it is frozen, and after it runs again: the
+        # native preview proxy sends a sleeping sandbox's requests to Hutch (which wakes it).
+        self.on_sleep: list[Callable[[str], None]] = []
+        self.on_wake: list[Callable[[str], None]] = []
         manager.waker = self.wake
         manager.on_use = self.activity.touch
+        # Team quotas (services/_quotas.py): the longest lifetime the caller's team allows,
+        # and the check before a snapshot is kept for a team.
+        self.lifetime_cap: Callable[[], float | None] | None = None
+        self.snapshot_quota: Callable[[str], SnapshotAdmission] | None = None
+        self.lifetime_quota: Callable[[str, float], None] | None = None
+        self.start_admission: Callable[[SandboxRecord], AbstractAsyncContextManager[None]] = (
+            lambda _: contextlib.nullcontext()
+        )
 
     # -- create ---------------------------------------------------------------------------
 
     def with_defaults(self, request: SandboxCreate) -> SandboxCreate:
         """The request with the server's default lifetime when it gives none."""
-        if request.timeout is None and self.policy.default_timeout:
-            return request.model_copy(update={"timeout": self.policy.default_timeout})
+        if request.timeout is None:
+            cap = self.lifetime_cap() if self.lifetime_cap is not None else None
+            default = self.policy.default_timeout
+            if cap is not None:
+                default = min(default, cap) if default else cap
+            if default:
+                return request.model_copy(update={"timeout": default})
         return request
 
     async def create(self, request: SandboxCreate) -> SandboxRecord:
         """Create a sandbox (from a snapshot if `request.snapshot`)."""
         request = self.with_defaults(request)
         if request.snapshot is not None:
-            request, disk = self._from_snapshot(request)
-            record = await self._manager.create(request, disk_from=disk)
+            request, snapshot = await self._from_snapshot(request)
+            record = await self._manager.create(request, snapshot=snapshot)
         else:
             record = await self._manager.create(request)
         self.activity.touch(record.id)
@@ -121,30 +138,20 @@ class Lifecycle:
         self, sandbox_id: str, request: SandboxCreate
     ) -> tuple[SandboxRecord, bool]:
         request = self.with_defaults(request)
-        disk = None
+        snapshot = None
         if request.snapshot is not None:
-            request, disk = self._from_snapshot(request)
-        record, created = await self._manager.get_or_create(sandbox_id, request, disk_from=disk)
+            request, snapshot = await self._from_snapshot(request)
+        record, created = await self._manager.get_or_create(sandbox_id, request, snapshot=snapshot)
         self.activity.touch(record.id)
         return record, created
 
-    def _from_snapshot(self, request: SandboxCreate) -> tuple[SandboxCreate, Path]:
+    async def _from_snapshot(self, request: SandboxCreate) -> tuple[SandboxCreate, str]:
         """The snapshot's image, env and limits (its disk needs them), with the request's
         lifetime, idle policy, labels and secrets."""
         assert request.snapshot is not None
         snap = self.get_snapshot(request.snapshot)
         spec = SandboxRecord.from_spec_json(snap.spec)
-        update = {
-            "image": snap.image_id,
-            "env": {**spec.env, **request.env},
-            "cpu": spec.cpu,
-            "memory_mb": spec.memory_mb,
-            "disk_mb": max(spec.disk_mb, request.disk_mb),
-            "pids_limit": spec.pids_limit,
-            "runtime": spec.runtime,
-            "snapshot": None,
-        }
-        if not self._runtime.snapshots.exists(snap.id):
+        if not await self._host.has_snapshot(snap.id):
             raise SnapshotNotFound(f"snapshot {snap.id} has lost its data; delete it")
         try:
             self._images.get(snap.image_id)
@@ -153,7 +160,7 @@ class Lifecycle:
                 f"snapshot {snap.id} was taken on image {snap.image!r}, which is gone from "
                 "this server"
             ) from None
-        return request.model_copy(update=update), self._runtime.snapshots.path(snap.id)
+        return settings_of(request, spec, snap.image_id), snap.id
 
     # -- pause / resume ---------------------------------------------------------------------
 
@@ -181,9 +188,12 @@ class Lifecycle:
                 return record
             if record.status != "running":
                 raise _conflict(record, "pause", "only a running sandbox can be paused")
-            await self._runtime.pause(self._manager.runtime_id(sandbox_id))
+            for hook in self.on_sleep:
+                hook(sandbox_id)
+            await self._host.pause(sandbox_id)
             expires = None if explicit else record.expires_at
-            self._store.set_sandbox_state(sandbox_id, "paused", reason, expires)
+            self._commit(record, "paused", reason, expires)
+            self._manager.events.emit(sandbox_id, "paused", reason=reason)
         log.info("paused sandbox %s (%s)", sandbox_id, reason)
         return self._manager.get(sandbox_id)
 
@@ -202,7 +212,7 @@ class Lifecycle:
 
     async def wake(self, sandbox_id: str) -> SandboxRecord:
         """Wake a sleeping sandbox; concurrent callers share one wake and all wait for it."""
-        record = self._manager.get(sandbox_id)
+        record = await self._manager.fetch(sandbox_id)
         self.activity.touch(sandbox_id)
         if record.status == "running":
             return record
@@ -220,20 +230,58 @@ class Lifecycle:
             expires = record.expires_at
             if expires is None and record.timeout:
                 expires = time.time() + record.timeout
+            event: SandboxEventType | None
             if record.status == "paused":
                 started = time.perf_counter()
-                await self._runtime.resume(self._manager.runtime_id(sandbox_id))
+                await self._host.resume(sandbox_id)
                 log.info("resumed sandbox %s in %.1f ms", sandbox_id, _ms(started))
+                event = "resumed"
             elif record.status in ("stopped", "error"):
                 # NB: a sandbox in error (its agent died: services/_deaths.py) keeps its disk
                 # too. Only an explicit start or resume gets here for it: requests wake only
                 # sleeping sandboxes (SandboxManager.running, preview_hit).
-                await self._boot(record)
+                # It holds cpu and memory again: admitted under its team's quota until its
+                # row says running (the commit is inside, so no replica sees it counted twice
+                # or not at all).
+                try:
+                    async with self.start_admission(record):
+                        await self._boot(record)
+                        self._commit(record, "running", None, expires)
+                except StartedElsewhere:
+                    return await self._started_elsewhere(sandbox_id)
+                event = "started"
             elif record.status != "running":
                 raise _conflict(record, "start", "destroy it and create a new one")
-            self._store.set_sandbox_state(sandbox_id, "running", None, expires)
+            else:
+                event = None  # running already
+            if event != "started":
+                self._commit(record, "running", None, expires)
+            if event is not None:
+                self._manager.events.emit(sandbox_id, event)
         self.activity.touch(sandbox_id)
+        for hook in self.on_wake:
+            hook(sandbox_id)
         return self._manager.get(sandbox_id)
+
+    async def _started_elsewhere(self, sandbox_id: str) -> SandboxRecord:
+        """Wait for another replica's start of the sandbox (its row says running), rather
+        than boot it a second time; its failure is this caller's too."""
+        deadline = time.monotonic() + START_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            record = self._manager.get(sandbox_id)
+            if record.status == "running":
+                return record
+            if record.start_claimed_at is None and record.status != "running":
+                reason = f" ({record.status_reason})" if record.status_reason else ""
+                raise SandboxStartFailed(
+                    f"sandbox {sandbox_id} was being started by another request, which did "
+                    f"not start it: it is {record.status}{reason}; retry, or destroy it"
+                )
+            await asyncio.sleep(0.1)
+        raise SandboxStartFailed(
+            f"sandbox {sandbox_id} is being started by another request that has not finished "
+            f"in {START_WAIT_SECONDS:g} s; retry"
+        )
 
     def preview_hit(self, sandbox_id: str) -> asyncio.Future[SandboxRecord] | None:
         """A preview request: activity, and the wake to wait for if the sandbox sleeps."""
@@ -274,15 +322,30 @@ class Lifecycle:
                 raise _conflict(record, "stop", "destroy it instead")
             await self._halt(sandbox_id)
             expires = None if explicit else record.expires_at
-            self._store.set_sandbox_state(sandbox_id, "stopped", reason, expires)
+            self._commit(record, "stopped", reason, expires)
+            self._manager.events.emit(sandbox_id, "stopped", reason=reason)
         log.info("stopped sandbox %s (%s)", sandbox_id, reason)
         return self._manager.get(sandbox_id)
+
+    def _commit(
+        self, seen: SandboxRecord, status: str, reason: str | None, expires: float | None
+    ) -> None:
+        """Record a step taken from the state `seen`, only if no other API replica changed
+        the sandbox meanwhile (a conditional UPDATE; the in-process lock orders only this
+        replica's steps). If one did, its step stands and this one is reported as a conflict.
+        """
+        if not self._store.transition(seen.id, (seen.status,), status, reason, expires):
+            raise _conflict(
+                self._manager.get(seen.id),  # SandboxNotFound if it was destroyed meanwhile
+                {"paused": "pause", "stopped": "stop"}.get(status, "start"),
+                "another request changed it at the same time; look at its state and retry",
+            )
 
     async def _halt(self, sandbox_id: str) -> None:
         await self._manager.forget_agent(sandbox_id)
         for hook in self.on_stop:
             hook(sandbox_id)
-        await self._runtime.stop(self._manager.runtime_id(sandbox_id))
+        await self._host.stop(sandbox_id)
 
     async def _boot(self, record: SandboxRecord) -> None:
         """Run a stopped sandbox's agent again on its disk (and its entrypoint, if it had
@@ -292,12 +355,12 @@ class Lifecycle:
         started = time.perf_counter()
         try:
             image = self._images.get(record.image_id)
-            socket_path = await self._runtime.start_existing(self._manager.spec_for(record, image))
-            conn = await self._manager.connect_agent(sandbox_id, socket_path)
+            await self._host.start_existing(sandbox_id, self._manager.spec_for(record, image))
+            conn = await self._manager.connect_agent(sandbox_id)
             await asyncio.wait_for(conn.call("ping"), self._agent_timeout)
             if self._manager.egress is not None:
                 await self._manager.egress.register(sandbox_id, rid)
-            await self._runtime.buckets.restore(rid, self._runtime.rootfs(rid))
+            await self._host.restore_buckets(sandbox_id)
             if record.start_entrypoint:
                 await asyncio.wait_for(
                     conn.call("process_start", **entrypoint_request(image)), self._agent_timeout
@@ -305,10 +368,10 @@ class Lifecycle:
         except (ImageNotFound, SandboxRuntimeError, AgentError, OSError, TimeoutError) as exc:
             await self._manager.forget_agent(sandbox_id)
             with contextlib.suppress(Exception):
-                await self._runtime.stop(rid)
-            self._store.set_sandbox_state(
-                sandbox_id, "stopped", f"the last start failed: {exc}", record.expires_at
-            )
+                await self._host.stop(sandbox_id)
+            reason = f"the last start failed: {exc}"
+            self._store.set_sandbox_state(sandbox_id, "stopped", reason, record.expires_at)
+            self._manager.events.emit(sandbox_id, "stopped", reason=reason)
             raise SandboxStartFailed(
                 f"sandbox {sandbox_id} could not start ({exc}); its disk is kept: retry, or "
                 "destroy it"
@@ -322,11 +385,28 @@ class Lifecycle:
         what happens then. Also the lifetime given again after each explicit pause/stop."""
         async with self._manager.lock_for(sandbox_id):
             record = self._manager.get(sandbox_id)
+            if self.lifetime_quota is not None:
+                self.lifetime_quota(record.team, seconds)
             record.timeout = seconds or None
             self._store.update_sandbox_spec(record)
             expires = time.time() + seconds if seconds else None
             self._store.set_sandbox_state(sandbox_id, record.status, record.status_reason, expires)
         return self._manager.get(sandbox_id)
+
+    async def end_lifetime_now(self, sandbox_id: str) -> SandboxRecord:
+        """Its time is up now (E2B's timeout 0): `expires_at` is this instant, so anyone who
+        reads the record afterwards sees it due, and the reconciler's next pass applies
+        `on_timeout`."""
+        async with self._manager.lock_for(sandbox_id):
+            record = self._manager.get(sandbox_id)
+            self._store.set_sandbox_state(
+                sandbox_id, record.status, record.status_reason, time.time()
+            )
+        return self._manager.get(sandbox_id)
+
+    async def abandon_create(self, sandbox_id: str) -> None:
+        """End a create whose replica died before it finished (services/_reconciler.py)."""
+        await self._manager.destroy(sandbox_id)
 
     async def expire(self, record: SandboxRecord) -> None:
         """The sandbox's lifetime is over: destroy, stop or pause it (`on_timeout`)."""
@@ -369,32 +449,31 @@ class Lifecycle:
         if self._manager.has_open_streams(record.id):
             self.activity.touch(record.id)
             return True
-        return self.activity.idle_for(record.id, now) < record.sleep_after
+        return self.activity.idle_for(record, now) < record.sleep_after
 
     # -- after a server restart -------------------------------------------------------------
 
     async def recover(self) -> None:
         """Make paused and stopped records true after a kill -9 or a host reboot: a paused
         sandbox whose container is gone lost its memory and is stopped now."""
-        containers = await self._runtime.list_sandboxes()
-        for record in self._store.list_sandboxes():
-            rid = self._manager.runtime_id(record.id)
-            state = containers.get(rid)
+        records = self._store.list_sandboxes()
+        containers = await self._host.states([r.id for r in records])
+        for record in records:
+            state = containers.get(record.id)
             if record.status == "paused" and state not in ("paused", "pausing"):
                 if state == "running":
                     self._store.set_sandbox_state(record.id, "running", None, record.expires_at)
                     continue
                 with contextlib.suppress(Exception):
-                    await self._runtime.stop(rid)
-                self._store.set_sandbox_state(
-                    record.id,
-                    "stopped",
+                    await self._host.stop(record.id)
+                reason = (
                     "its container was lost while paused (host restart): memory is gone, "
-                    "the disk is kept",
-                    record.expires_at,
+                    "the disk is kept"
                 )
+                self._store.set_sandbox_state(record.id, "stopped", reason, record.expires_at)
+                self._manager.events.emit(record.id, "stopped", reason=reason)
             elif record.status == "stopped" and state is not None:
-                await self._runtime.stop(rid)  # a stop cut short by the crash
+                await self._host.stop(record.id)  # a stop cut short by the crash
 
     # -- snapshots and fork -----------------------------------------------------------------
 
@@ -404,15 +483,20 @@ class Lifecycle:
         Raises:
             SandboxNotFound: no such sandbox.
             SnapshotExists: `name` is taken.
+            QuotaExceeded: the team is at its snapshots quota.
         """
         if name is not None and self._store.get_snapshot(name) is not None:
             raise SnapshotExists(f"a snapshot named {name!r} exists; choose another name")
         async with self._manager.lock_for(sandbox_id):
             record = self._manager.get(sandbox_id)
+            admit = None
+            if self.snapshot_quota is not None:
+                admit = self.snapshot_quota(record.team)
+                # Early, before the disk work; the insert below checks again for every replica.
+                admit(sum(1 for s in self._store.list_snapshots() if s.team == record.team))
             snapshot_id = "snap-" + secrets.token_hex(6)
-            await asyncio.to_thread(
-                self._runtime.snapshots.take, self._manager.runtime_id(sandbox_id), snapshot_id
-            )
+            # A spare: creates from it then start without a btrfs commit of their own.
+            await self._host.take_snapshot(sandbox_id, snapshot_id, spare=True)
             snap = SnapshotRecord(
                 id=snapshot_id,
                 name=name,
@@ -421,16 +505,22 @@ class Lifecycle:
                 image_id=record.image_id,
                 created_at=now_iso(),
                 spec=record.spec_json(),
+                team=record.team,
             )
-            if not self._store.insert_snapshot(snap):
-                self._runtime.snapshots.delete(snapshot_id)
+            try:
+                inserted = self._store.insert_snapshot(snap, admit)
+            except QuotaExceeded:  # another replica's snapshot took the last one meanwhile
+                await self._host.delete_snapshot(snapshot_id)
+                raise
+            if not inserted:
+                await self._host.delete_snapshot(snapshot_id)
                 raise SnapshotExists(f"a snapshot named {name!r} exists; choose another name")
         self.activity.touch(sandbox_id)
         return snap
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
         snap = self._store.get_snapshot(snapshot_id)
-        if snap is None:
+        if snap is None or not visible(snap.team):
             raise SnapshotNotFound(
                 f"no snapshot {snapshot_id!r}; list them with GET /v1/snapshots (`hutch "
                 "snapshot ls`)"
@@ -441,39 +531,27 @@ class Lifecycle:
         return [
             s
             for s in self._store.list_snapshots()
-            if sandbox_id is None or s.sandbox_id == sandbox_id
+            if visible(s.team) and (sandbox_id is None or s.sandbox_id == sandbox_id)
         ]
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         snap = self.get_snapshot(snapshot_id)
-        await asyncio.to_thread(self._runtime.snapshots.delete, snap.id)
+        await self._host.delete_snapshot(snap.id)
         self._store.delete_snapshot(snap.id)
 
     async def fork(self, sandbox_id: str, count: int = 1) -> list[SandboxRecord]:
         """`count` new running sandboxes whose disks start as this one's is now, with its
         settings (image, env, limits, labels, lifetime and idle policy; not its secrets).
+        No snapshot is kept (services/_forks.py).
 
         Raises:
             InvalidRequest: count is out of range.
         """
-        if not 1 <= count <= MAX_FORK:
-            raise InvalidRequest(f"count must be 1-{MAX_FORK}, not {count}", code="invalid_request")
-        # NB: one snapshot for all: every fork starts from the same moment of the disk.
-        snap = await self.snapshot(sandbox_id)
-        try:
-            source = self._manager.get(sandbox_id)
-            request = SandboxCreate(
-                snapshot=snap.id,
-                labels=source.labels,
-                timeout=source.timeout or 0,
-                sleep_after=source.sleep_after,
-                keep_alive=source.keep_alive,
-                on_idle=source.on_idle,  # type: ignore[arg-type]
-                on_timeout=source.on_timeout,  # type: ignore[arg-type]
-            )
-            return list(await asyncio.gather(*(self.create(request) for _ in range(count))))
-        finally:
-            await self.delete_snapshot(snap.id)
+        made = await fork_sandbox(self._manager, self._host, sandbox_id, count)
+        for record in made:
+            self.activity.touch(record.id)
+        self.activity.touch(sandbox_id)
+        return made
 
 
 def _conflict(record: SandboxRecord, action: str, hint: str) -> SandboxStateConflict:

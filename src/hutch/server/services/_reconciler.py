@@ -1,5 +1,10 @@
 """The lifecycle loop: once a second, end sandboxes whose lifetime is over (`on_timeout`) and
-put idle ones to sleep (`sleep_after`, `on_idle`). One broken sandbox never stops the loop."""
+put idle ones to sleep (`sleep_after`, `on_idle`). One broken sandbox never stops the loop.
+
+With several API replicas on one database, one of them reconciles at a time: the one holding
+the store's lock RECONCILER_LOCK (a PostgreSQL advisory lock, held while that replica lives;
+when it dies another takes it at its next pass). On SQLite the lock is always this server's.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ import time
 
 from hutch.server._errors import ApiError
 from hutch.server.services._lifecycle import Lifecycle
+from hutch.server.services._sandbox_create import create_abandoned
 from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server")
 
 INTERVAL = 1.0
+RECONCILER_LOCK = "hutch:reconciler"
 
 
 class Reconciler:
@@ -34,6 +41,7 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._store.release_lock(RECONCILER_LOCK)
 
     async def _loop(self) -> None:
         while True:
@@ -41,10 +49,24 @@ class Reconciler:
             await self.tick()
 
     async def tick(self) -> None:
-        """One pass over every sandbox."""
+        """One pass over every sandbox, if this replica is the one that reconciles."""
+        try:
+            # NB: in a thread: taking the lock may mean connecting to a database that is
+            # down (up to its connect timeout), once a second; the loop must not wait for it.
+            leading = await asyncio.to_thread(self._store.hold_lock, RECONCILER_LOCK)
+        except Exception as exc:
+            log.error("reconciler: cannot reach the store: %s", exc)
+            return
+        if not leading:
+            return
         wall, mono = time.time(), time.monotonic()
         for record in self._store.list_sandboxes():
             if record.status == "creating":
+                if create_abandoned(record, wall):
+                    # Its replica died mid-create (a replica's start leaves young ones be).
+                    log.info("removing abandoned half-created sandbox %s", record.id)
+                    with contextlib.suppress(ApiError, OSError, RuntimeError):
+                        await self._lifecycle.abandon_create(record.id)
                 continue
             try:
                 if record.expires_at is not None and record.expires_at <= wall:

@@ -1,7 +1,12 @@
 """Sandbox lifecycle on the server: create, find, list, destroy, expire, recover after a crash.
 
-The runtime owns containers and their host resources; the store owns what was promised to
-clients. This module keeps the two in step, and holds one agent connection per sandbox.
+The host (`hutch.node.SandboxHost`: this host in-process, or a node daemon) owns containers and
+their resources; the store owns what was promised to clients. This module keeps the two in
+step, and holds one agent connection per sandbox. It never touches the runtime itself.
+
+Here: `SandboxManager`'s start/stop and recovery, spec building, find/list/destroy and the
+agent connections. Its create path (pool claim, cold start, egress, entrypoint) is in
+_sandbox_create.py.
 """
 
 from __future__ import annotations
@@ -10,72 +15,71 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from hutch._wire.agent_calls import AgentCall, StreamRequest
 from hutch._wire.agent_ops import OpName
 from hutch.node import (
     RULES_NAME,
     AgentConnection,
-    AgentError,
     AgentGateway,
     AgentStream,
-    EgressProxy,
-    WarmPools,
+    EgressRegistry,
+    SandboxHost,
     agent_env,
-    seal_rules,
 )
 from hutch.runtime import (
     Image,
-    ImageNotFound,
     ImageStore,
     Limits,
     NetworkPolicy,
-    Runtime,
     SandboxSpec,
-    image_command,
 )
+from hutch.server._cpu_env import cpu_env
 from hutch.server._errors import (
-    ImageNotFoundError,
-    InvalidRequest,
-    SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
-    SandboxStartFailed,
 )
-from hutch.server._models import SANDBOX_ID_RE, SANDBOX_ID_RULE, SandboxCreate, SandboxInfo
+from hutch.server._models import SandboxInfo
 from hutch.server._offline_env import offline_env
-from hutch.server.services._keys import now_iso
+from hutch.server.services._caller import visible
+from hutch.server.services._cold_starts import ColdStartGate
+from hutch.server.services._events import EventSink, NoEvents
+from hutch.server.services._image_owners import ImageOwners
+from hutch.server.services._network_names import NetworkNames, split_allow
+from hutch.server.services._sandbox_create import (
+    Admission,
+    SandboxCreation,
+    check_sandbox_id,
+    create_abandoned,
+)
 from hutch.server.services._secrets import SecretBox
+from hutch.server.store._off_loop import off_loop, point_read
+from hutch.server.store._records import TeamAdmission
 from hutch.server.store._sqlite import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
-
-# The process id of the image's ENTRYPOINT+CMD when a create asks to start it.
-ENTRYPOINT_PROCESS_ID = "entrypoint"
 
 # States a request wakes a sandbox from (server/_lifecycle.py).
 SLEEPING = frozenset({"paused", "stopped"})
 
 
-def check_sandbox_id(sandbox_id: str) -> str:
-    if not SANDBOX_ID_RE.match(sandbox_id):
-        raise InvalidRequest(
-            f"invalid sandbox id {sandbox_id!r}: use {SANDBOX_ID_RULE}", code="invalid_sandbox_id"
-        )
-    return sandbox_id
-
-
-def network_policy(record: SandboxRecord) -> NetworkPolicy:
-    return NetworkPolicy.of(record.network, record.network_allow, record.network_deny)
-
-
-def new_sandbox_id() -> str:
-    return "sb-" + secrets.token_hex(6)
+def policy_for(
+    network: str, allow: Sequence[str], deny: Sequence[str], names: NetworkNames | None
+) -> NetworkPolicy:
+    """The policy of these settings, host names in `allow` replaced by their addresses as
+    `names` resolved them. With network="none" the sandbox has no name server: the names
+    are pinned in its /etc/hosts to those addresses (exactly the allowed names resolve, and
+    no DNS query leaves it, so none can carry data out)."""
+    cidrs, hosts = split_allow(allow)
+    if names is None:
+        return NetworkPolicy.of(network, cidrs, deny)
+    pinned = names.pinned(hosts) if network == "none" else []
+    return NetworkPolicy.of(network, [*cidrs, *names.addresses(hosts)], deny, pinned)
 
 
 def to_info(record: SandboxRecord) -> SandboxInfo:
@@ -91,6 +95,7 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
         image=record.image,
         created_at=record.created_at,
         expires_at=expires,
+        team=record.team,
         cpu=record.cpu,
         memory_mb=record.memory_mb,
         disk_mb=record.disk_mb,
@@ -108,44 +113,34 @@ def to_info(record: SandboxRecord) -> SandboxInfo:
     )
 
 
-class _Steps:
-    """Wall time of each step of a request, for the debug log (`HUTCH_LOG_LEVEL=debug`)."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = now - self._last
-        self._last = now
-
-    def __str__(self) -> str:
-        return " ".join(f"{k}={v * 1e3:.2f}ms" for k, v in self.timings.items())
-
-
-class SandboxManager:
+class SandboxManager(SandboxCreation):
     def __init__(
         self,
         store: Store,
-        runtime: Runtime,
+        host: SandboxHost,
         images: ImageStore,
         *,
         agent_timeout: float,
-        pools: WarmPools | None = None,
+        pools: bool = False,
         secrets: SecretBox | None = None,
     ) -> None:
+        # Whether creates try the host's warm pools first (`SandboxHost.claim_pooled`).
         self._pools = pools
         # Sandboxes from a warm pool run under the pool's runtime id: the store's
         # `runtime_id`, cached here (every request and every proxied preview looks it up).
         self._runtime_ids: dict[str, str] = {}
+        # Set on a cluster's replica: the store, not this cache, knows the runtime ids.
+        self.shared_runtime_ids = False
+        # Set when other API replicas share the store (PostgreSQL, a cluster): a create in
+        # the store may be another replica's, in flight.
+        self.other_replicas = False
         self._store = store
         self._secrets = secrets
-        self._runtime = runtime
+        self._host = host
         self._images = images
         self._agent_timeout = agent_timeout
         self.gateway = AgentGateway(
-            lambda sid: runtime.agent_socket(self._rid(sid)),
+            lambda sid, timeout: host.connect_agent(sid, timeout=timeout),
             timeout=agent_timeout,
             on_connect=self._send_secrets,
         )
@@ -156,7 +151,20 @@ class SandboxManager:
         self.waker: Callable[[str], Awaitable[object]] | None = None
         self.on_use: Callable[[str], None] | None = None
         # Egress header injection (node/_egress.py), when the server runs its proxy.
-        self.egress: EgressProxy | None = None
+        self.egress: EgressRegistry | None = None
+        self.default_runtime = "runc"  # of a create that names none (ServerConfig)
+        # Team quotas (services/_quotas.py): holds a create's reservation while it runs.
+        self.admission: Admission | None = None
+        # ...and checks its row again in the insert's transaction (replicas on one database).
+        self.row_admission: Callable[[SandboxRecord], TeamAdmission] | None = None
+        self.image_owners = ImageOwners(store)
+        # Host names in network_allow, resolved (the server sets the resolv.conf to ask).
+        self.names = NetworkNames(Path("/etc/resolv.conf"))
+        self._names_task: asyncio.Task[None] | None = None
+        # Where the sandboxes' events go (services/_events.py; set by the app's Services).
+        self.events: EventSink = NoEvents()
+        # How many cold starts run at once; the rest wait their turn (services/_cold_starts.py).
+        self.cold_starts = ColdStartGate()
 
     # -- start/stop ---------------------------------------------------------------------
 
@@ -165,6 +173,12 @@ class SandboxManager:
         return self._rid(sandbox_id)
 
     def _rid(self, sandbox_id: str) -> str:
+        if self.shared_runtime_ids:
+            # NB: read each time (a primary-key read): another replica may have made it from
+            # a warm pool, or destroyed it and made a new one with the same id.
+            found = self._store.sandbox_runtime_id(sandbox_id)
+            if found is not None:
+                return found
         return self._runtime_ids.get(sandbox_id, sandbox_id)
 
     def _load_runtime_ids(self) -> None:
@@ -172,51 +186,92 @@ class SandboxManager:
             r.id: r.runtime_id for r in self._store.list_sandboxes() if r.runtime_id is not None
         }
 
-    async def start(self) -> None:
-        await self.recover()
-        if self._pools is not None:
-            self._pools.start()
+    async def start(self, *, recover: bool = True) -> None:
+        if recover:
+            await self.recover()
+        else:
+            self._load_runtime_ids()
+        if self._pools:
+            self._host.start_pools()
+        self._names_task = asyncio.create_task(
+            self.names.keep_fresh(self._names_in_use, self._apply_policy)
+        )
+
+    def _names_in_use(self) -> dict[str, list[str]]:
+        found = {}
+        for record in self._store.list_sandboxes():
+            names = split_allow(record.network_allow)[1]
+            if names and record.status == "running":
+                found[record.id] = names
+        return found
+
+    async def _apply_policy(self, sandbox_id: str) -> None:
+        # NB: under the sandbox's lock, as a network change through the API: the record read
+        # here is then the policy on the host, never an older one applied after a newer.
+        async with self._lock_for(sandbox_id):
+            record = self._store.get_sandbox(sandbox_id)
+            if record is not None and record.status == "running":
+                await self._host.set_network_policy(sandbox_id, self._policy(record))
+
+    def _policy(self, record: SandboxRecord) -> NetworkPolicy:
+        return policy_for(record.network, record.network_allow, record.network_deny, self.names)
+
+    async def policy_of(
+        self, network: str, allow: Sequence[str], deny: Sequence[str]
+    ) -> NetworkPolicy:
+        """A policy to set now: its host names resolved (network_name_unresolved if not)."""
+        await self.names.resolve(split_allow(allow)[1], strict=True)
+        return policy_for(network, allow, deny, self.names)
 
     async def stop(self) -> None:
-        if self._pools is not None:
-            await self._pools.stop()
+        if self._names_task is not None:
+            self._names_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._names_task
+        if self._pools:
+            await self._host.stop_pools()
         # Sandboxes keep running: only our connections to them close.
         await self.gateway.close()
 
     async def recover(self) -> None:
         """Re-adopt what still runs, restart what the host lost, sweep what a crash left."""
         self._load_runtime_ids()
-        containers = await self._runtime.list_sandboxes()
+        records = self._store.list_sandboxes()
+        containers = await self._host.states([r.id for r in records])
         keep: set[str] = set()
-        for record in self._store.list_sandboxes():
+        for record in records:
             if record.status == "creating":
+                if self.other_replicas and not create_abandoned(record, time.time()):
+                    # NB: another replica may be making it now: its create ends it either
+                    # way (running, or rolled back); one abandoned goes later (reconciler).
+                    keep.add(record.id)
+                    continue
                 # A create that never answered its client: nothing was promised, undo it.
                 log.info("removing half-created sandbox %s", record.id)
                 self._store.delete_sandbox(record.id)
                 continue
-            keep.add(self._rid(record.id))
-            state = containers.get(self._rid(record.id))
+            keep.add(record.id)
+            state = containers.get(record.id)
             if state == "running" or record.status != "running":
                 continue
             try:
                 image = self._images.get(record.image_id)
-                await self._runtime.start_existing(self._spec(record, image))
+                await self._host.start_existing(record.id, self._spec(record, image))
                 log.info("restarted sandbox %s (its container was %s)", record.id, state)
             except Exception as exc:
                 log.error("could not restart sandbox %s: %s", record.id, exc)
-                self._store.set_sandbox_state(
-                    record.id, "error", f"could not restart after a host restart: {exc}", None
-                )
+                reason = f"could not restart after a host restart: {exc}"
+                self._store.set_sandbox_state(record.id, "error", reason, None)
+                self.events.emit(record.id, "error", reason=reason)
         self._load_runtime_ids()
-        removed = await self._runtime.sweep(keep)
+        removed = await self._host.sweep(keep)
         for sandbox_id in removed:
             log.info("swept leftovers of sandbox %s", sandbox_id)
         for record in self._store.list_sandboxes():
             if record.status == "running":
                 # Bucket mounts outlive a server crash (rclone runs in its own session):
                 # re-adopt them, or mount again what a host or sandbox restart lost.
-                rid = self._rid(record.id)
-                await self._runtime.buckets.restore(rid, self._runtime.rootfs(rid))
+                await self._host.restore_buckets(record.id)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -227,267 +282,66 @@ class SandboxManager:
         """The lock that orders create, destroy and lifecycle steps of one sandbox."""
         return self._lock_for(sandbox_id)
 
-    def spec_for(
-        self, record: SandboxRecord, image: Image, disk_from: Path | None = None
-    ) -> SandboxSpec:
-        """What the runtime runs for this sandbox (`disk_from`: a disk to copy, see
-        runtime/_snapshots.py)."""
-        return self._spec(record, image, disk_from)
+    def spec_for(self, record: SandboxRecord, image: Image) -> SandboxSpec:
+        """What the runtime runs for this sandbox."""
+        return self._spec(record, image)
 
-    def _spec(
-        self, record: SandboxRecord, image: Image, disk_from: Path | None = None
-    ) -> SandboxSpec:
+    def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec:
         limits = Limits(
             cpu=record.cpu,
             memory_mb=record.memory_mb,
             pids=record.pids_limit,
             disk_mb=record.disk_mb,
         )
-        policy = network_policy(record)
+        policy = self._policy(record)
         return SandboxSpec(
             id=self._rid(record.id),
             image=image,
-            env={**offline_env(policy, record.env), **record.env},
+            env={
+                **cpu_env(record.cpu, record.env),
+                **offline_env(policy, record.env),
+                **record.env,
+            },
             limits=limits,
             runtime=record.runtime,  # type: ignore[arg-type]
             network=policy,
-            disk_from=disk_from,
         )
-
-    def _image(self, name: str) -> Image:
-        try:
-            return self._images.get(name)
-        except ImageNotFound as exc:
-            raise ImageNotFoundError(str(exc)) from None
-
-    async def create(
-        self,
-        request: SandboxCreate,
-        sandbox_id: str | None = None,
-        *,
-        disk_from: Path | None = None,
-    ) -> SandboxRecord:
-        sandbox_id = check_sandbox_id(sandbox_id or request.id or new_sandbox_id())
-        async with self._lock_for(sandbox_id):
-            return await self._create_locked(request, sandbox_id, disk_from)
-
-    async def get_or_create(
-        self, sandbox_id: str, request: SandboxCreate, *, disk_from: Path | None = None
-    ) -> tuple[SandboxRecord, bool]:
-        check_sandbox_id(sandbox_id)
-        async with self._lock_for(sandbox_id):
-            existing = self._store.get_sandbox(sandbox_id)
-            if existing is not None:
-                return existing, False
-            return await self._create_locked(request, sandbox_id, disk_from), True
-
-    async def _create_locked(
-        self, request: SandboxCreate, sandbox_id: str, disk_from: Path | None = None
-    ) -> SandboxRecord:
-        steps = _Steps()
-        image = self._image(request.image)
-        steps.mark("image")
-        if request.start_entrypoint and not image_command(image.config):
-            raise InvalidRequest(
-                f"image {request.image!r} has neither ENTRYPOINT nor CMD to start; create the "
-                "sandbox without start_entrypoint and start a process yourself",
-                code="image_has_no_entrypoint",
-            )
-        if request.runtime == "gvisor" and not self._runtime.supports("gvisor"):
-            raise InvalidRequest(
-                "runtime 'gvisor' is not available on this host (runsc is not installed); "
-                "use runtime='runc'"
-            )
-        record = SandboxRecord(
-            id=sandbox_id,
-            status="creating",
-            image=request.image,
-            image_id=image.id,
-            created_at=now_iso(),
-            expires_at=time.time() + request.lifetime if request.lifetime else None,
-            cpu=request.cpu,
-            memory_mb=request.memory_mb,
-            disk_mb=request.disk_mb,
-            pids_limit=request.pids_limit,
-            network=request.network,
-            network_allow=list(request.network_allow),
-            network_deny=list(request.network_deny),
-            runtime=request.runtime,
-            timeout=request.lifetime,
-            sleep_after=request.idle_limit,
-            keep_alive=request.keep_alive,
-            on_idle=request.on_idle,
-            on_timeout=request.on_timeout,
-            start_entrypoint=request.start_entrypoint,
-            env=dict(request.env),
-            labels=dict(request.labels),
-            secret_names=sorted(request.secrets),
-        )
-        if request.secrets and self._secrets is None:
-            raise InvalidRequest("this server has no secret store; start it with a HUTCH_HOME")
-        if request.egress_secrets and self.egress is None:
-            raise InvalidRequest("this server runs no egress proxy; egress_secrets cannot be used")
-        steps.mark("record")
-        if self._store.get_sandbox(sandbox_id) is not None:
-            raise _exists(sandbox_id)
-        if self._pools is not None and disk_from is None:
-            spec = self._spec(record, image)
-            claimed = await self._pools.claim(image, spec.limits, spec.env, spec.runtime)
-            steps.mark("claim")
-            if claimed is not None:
-                await self._adopt_pooled(record, request, *claimed, steps=steps)
-        if record.status != "running":
-            await self._create_cold(record, request, image, disk_from)
-            steps.mark("cold")
-        if request.egress_secrets:
-            await self._open_egress(record)
-            steps.mark("egress")
-        if request.start_entrypoint:
-            await self._start_entrypoint(record, image)
-            steps.mark("entrypoint")
-        log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
-        return record
-
-    async def _open_egress(self, record: SandboxRecord) -> None:
-        """The gateway port opens once the veth is there; the agent then learns the proxy's
-        URL (its first secrets had only the placeholders). If that fails the sandbox goes."""
-        assert self.egress is not None
-        try:
-            await self.egress.register(record.id, self._rid(record.id))
-            await self._send_secrets(record.id, self.gateway.current(record.id))
-        except BaseException as exc:
-            self.egress.forget(record.id)
-            with contextlib.suppress(Exception):
-                await self._destroy_locked(record.id)
-            if isinstance(exc, Exception):
-                raise SandboxStartFailed(f"sandbox {record.id} failed to start: {exc}") from exc
-            raise
-
-    async def _start_entrypoint(self, record: SandboxRecord, image: Image) -> None:
-        """Start the image's ENTRYPOINT+CMD as the process `entrypoint` (with the image's user,
-        env and working dir, as every process); if it cannot start, the sandbox goes again."""
-        conn = self.gateway.current(record.id)
-        try:
-            await asyncio.wait_for(
-                conn.call("process_start", **entrypoint_request(image)), self._agent_timeout
-            )
-        except (AgentError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await self._destroy_locked(record.id)
-            message = exc.message if isinstance(exc, AgentError) else "timed out"
-            raise InvalidRequest(
-                f"the entrypoint of image {record.image!r} could not start ({message}); the "
-                "sandbox was removed",
-                code="entrypoint_failed",
-            ) from exc
-
-    async def _adopt_pooled(
-        self,
-        record: SandboxRecord,
-        request: SandboxCreate,
-        runtime_id: str,
-        conn: AgentConnection,
-        *,
-        steps: _Steps,
-    ) -> None:
-        """Make a sandbox handed out by a pool this one: its policy and secrets, then its row
-        (with the runtime id and the sealed secrets) in one transaction. A crash before that
-        commit leaves only a pool sandbox that no row claims, which recovery sweeps."""
-        try:
-            # Pooled sandboxes start with no egress; give this one what was asked for
-            # (an nft transaction costs ~15 ms, so only when it differs).
-            policy = network_policy(record)
-            if policy != NetworkPolicy():
-                await self._runtime.set_network_policy(runtime_id, policy)
-            steps.mark("policy")
-            sealed = None
-            if request.secrets and self._secrets is not None:
-                # A pooled agent was connected before this sandbox had secrets. Egress secrets
-                # go as placeholders only (agent_env); the proxy's URL follows in _open_egress.
-                plain = _secrets_to_store(request)
-                sealed = self._secrets.seal(plain)
-                await asyncio.wait_for(
-                    conn.call("set_secrets", env=agent_env(plain, None, None)),
-                    self._agent_timeout,
-                )
-            steps.mark("secrets")
-            record.status = "running"
-            record.runtime_id = runtime_id
-            if not self._store.insert_sandbox(record, sealed):
-                raise _exists(record.id)
-            steps.mark("insert")
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._runtime.destroy(runtime_id))
-            if isinstance(exc, Exception) and not isinstance(exc, SandboxExists):
-                raise SandboxStartFailed(f"sandbox {record.id} failed to start: {exc}") from exc
-            raise
-        self._runtime_ids[record.id] = runtime_id
-        self.gateway.adopt(record.id, conn)
-
-    async def _create_cold(
-        self,
-        record: SandboxRecord,
-        request: SandboxCreate,
-        image: Image,
-        disk_from: Path | None = None,
-    ) -> None:
-        sandbox_id = record.id
-        sealed = None
-        if request.secrets and self._secrets is not None:
-            sealed = self._secrets.seal(_secrets_to_store(request))
-        if not self._store.insert_sandbox(record, sealed):
-            raise _exists(sandbox_id)
-        try:
-            socket_path = await self._runtime.create(
-                self._spec(record, image, disk_from), defer_network=True
-            )
-            conn = await self.gateway.connect(sandbox_id, socket_path)
-            # The veth is attached while the agent starts; both before anyone gets it.
-            await asyncio.wait_for(
-                asyncio.gather(conn.call("ping"), self._runtime.network_ready(sandbox_id)),
-                self._agent_timeout,
-            )
-        except BaseException as exc:
-            await self.gateway.forget(sandbox_id)
-            if self.egress is not None:
-                self.egress.forget(sandbox_id)
-            with contextlib.suppress(Exception):
-                await self._runtime.destroy(sandbox_id)
-            self._store.delete_sandbox(sandbox_id)
-            if isinstance(exc, Exception):
-                raise SandboxStartFailed(f"sandbox {sandbox_id} failed to start: {exc}") from exc
-            raise
-        self._store.set_sandbox_status(sandbox_id, "running")
-        record.status = "running"
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         check_sandbox_id(sandbox_id)
         record = self._store.get_sandbox(sandbox_id)
-        if record is None:
+        # NB: another team's sandbox is not found, with the very same answer (services/_caller.py).
+        if record is None or not visible(record.team):
             raise SandboxNotFound(sandbox_id)
+        if record.runtime_id is not None:
+            # NB: another API replica may have made it (from a pool): learn its runtime id here,
+            # where every request passes before it reaches the runtime.
+            self._runtime_ids[sandbox_id] = record.runtime_id
         return record
 
     def list(self, labels: Mapping[str, str]) -> list[SandboxRecord]:
         return [
             r
             for r in self._store.list_sandboxes()
-            if all(r.labels.get(k) == v for k, v in labels.items())
+            if visible(r.team) and all(r.labels.get(k) == v for k, v in labels.items())
         ]
 
+    async def list_off_loop(self, labels: Mapping[str, str]) -> builtins.list[SandboxRecord]:
+        """`list`, off the event loop: it reads every row (milliseconds for a few hundred)."""
+        return await off_loop(self._store, self.list, labels)
+
     async def destroy(self, sandbox_id: str) -> None:
-        self.get(sandbox_id)
+        await self.fetch(sandbox_id)
         async with self._lock_for(sandbox_id):
             await self._destroy_locked(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
 
     async def _destroy_locked(self, sandbox_id: str) -> None:
         await self.gateway.forget(sandbox_id)
-        await self._runtime.destroy(self._rid(sandbox_id))
-        self._store.delete_sandbox(sandbox_id)
+        await self._host.destroy(sandbox_id)
+        await off_loop(self._store, self._store.delete_sandbox, sandbox_id)
         self._runtime_ids.pop(sandbox_id, None)
+        self.events.emit(sandbox_id, "destroyed")
         for hook in self.on_destroy:
             hook(sandbox_id)
 
@@ -507,19 +361,24 @@ class SandboxManager:
         egress = self.egress
         values = agent_env(
             self._secrets.open_all(sealed),
-            self._runtime.sandbox_gateway(self._rid(sandbox_id)),
-            egress.port if egress is not None else None,
+            self._host.gateway_address(sandbox_id),
+            egress.port_for(sandbox_id) if egress is not None else None,
         )
         await asyncio.wait_for(conn.call("set_secrets", env=values), self._agent_timeout)
 
+    async def fetch(self, sandbox_id: str) -> SandboxRecord:
+        """`get`, off the event loop on a store that waits on the network (every request on
+        a sandbox reads its record)."""
+        return await point_read(self._store, self.get, sandbox_id)
+
     async def running(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, once it runs: a sleeping one is woken first (the caller waits)."""
-        record = self.get(sandbox_id)
+        record = await self.fetch(sandbox_id)
         if self.on_use is not None:
             self.on_use(sandbox_id)
         if record.status in SLEEPING and self.waker is not None:
             await self.waker(sandbox_id)
-            record = self.get(sandbox_id)
+            record = await self.fetch(sandbox_id)
         if record.status != "running":
             reason = f" ({record.status_reason})" if record.status_reason else ""
             raise SandboxNotRunning(
@@ -533,20 +392,30 @@ class SandboxManager:
         await self.running(sandbox_id)
         return await self.gateway.shared(sandbox_id)
 
-    async def call(self, sandbox_id: str, op: OpName, **args: Any) -> dict[str, Any]:
-        """One request to a running sandbox's agent (agent errors propagate: the app maps them)."""
-        await self.running(sandbox_id)
-        return await self.gateway.call(sandbox_id, op, **args)
+    def agent_call(self, sandbox_id: str) -> AgentCall:
+        """``call(op, **args)`` on a running sandbox's agent, typed per op by the contract
+        (agent errors propagate: the app maps them)."""
+
+        async def call(op: OpName, **args: Any) -> dict[str, Any]:
+            await self.running(sandbox_id)
+            return await self.gateway.call_untyped(sandbox_id, op, **args)
+
+        return cast("AgentCall", call)
 
     async def open_stream(
-        self, sandbox_id: str, request: dict[str, Any], conn: AgentConnection | None = None
+        self, sandbox_id: str, request: StreamRequest, conn: AgentConnection | None = None
     ) -> AgentStream:
-        """A stream to a running sandbox's agent, on `conn` or the shared connection."""
-        await self.running(sandbox_id)
+        """A stream to a running sandbox's agent, on `conn` or the shared connection.
+
+        A `conn` comes from `dedicated_agent`, which has just read the record (running) and
+        marked the sandbox used: no second read of the same row (a store read per exec).
+        A sandbox stopped in between fails the stream as a stop fails any open one."""
+        if conn is None:
+            await self.running(sandbox_id)
         return await self.gateway.open_stream(sandbox_id, request, conn)
 
     async def open_own(
-        self, sandbox_id: str, request: dict[str, Any]
+        self, sandbox_id: str, request: StreamRequest
     ) -> tuple[AgentConnection, AgentStream]:
         """A stream on a connection of its own (transfers, watches); close the connection when
         the stream ends."""
@@ -557,6 +426,10 @@ class SandboxManager:
         """A new connection of its own to a running sandbox's agent; the caller closes it."""
         await self.running(sandbox_id)
         return await self.gateway.dedicated(sandbox_id)
+
+    async def release_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
+        """Give back a `dedicated_agent` connection whose stream ended (kept for reuse)."""
+        await self.gateway.release(sandbox_id, conn)
 
     def running_ids(self) -> builtins.list[str]:
         """The ids of the sandboxes that are running now."""
@@ -570,9 +443,9 @@ class SandboxManager:
             if r.status == "running" and RULES_NAME in self._store.get_secrets(r.id)
         ]
 
-    async def connect_agent(self, sandbox_id: str, socket_path: Path) -> AgentConnection:
+    async def connect_agent(self, sandbox_id: str) -> AgentConnection:
         """Connect to a (re)started sandbox's agent and give it its secrets."""
-        return await self.gateway.connect(sandbox_id, socket_path)
+        return await self.gateway.connect(sandbox_id)
 
     async def forget_agent(self, sandbox_id: str) -> None:
         """Close and forget the connection to the sandbox's agent (it is being stopped)."""
@@ -581,29 +454,3 @@ class SandboxManager:
     def has_open_streams(self, sandbox_id: str) -> bool:
         """Whether a command, log stream, transfer or terminal is in flight (it is in use)."""
         return self.gateway.has_open_streams(sandbox_id)
-
-
-def entrypoint_request(image: Image) -> dict[str, object]:
-    """The agent's process_start of the image's ENTRYPOINT+CMD (at create, and at start)."""
-    return {
-        "id": ENTRYPOINT_PROCESS_ID,
-        "command": None,
-        "argv": image_command(image.config),
-        "cwd": None,
-        "env": None,
-        "user": None,
-        "stdin": True,
-        "log_limit": None,
-    }
-
-
-def _secrets_to_store(request: SandboxCreate) -> dict[str, str]:
-    """The secrets and, sealed with them, the egress rules that name some of them."""
-    return {**request.secrets, **seal_rules(r.model_dump() for r in request.egress_secrets)}
-
-
-def _exists(sandbox_id: str) -> SandboxExists:
-    return SandboxExists(
-        f"a sandbox with id {sandbox_id!r} already exists; use PUT /v1/sandboxes/{{id}} "
-        "(Sandbox.get_or_create) to reuse it, or choose another id"
-    )

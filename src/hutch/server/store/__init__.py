@@ -3,6 +3,6 @@ sessions, API keys (hashed), sealed secrets; SQLite (WAL) today, PostgreSQL late
 same interface. It imports nothing of Hutch's: records in, records out.
 """
 
-from hutch.server.store._sqlite import SandboxRecord
+from hutch.server.store._sqlite import SandboxRecord, SnapshotRecord
 
-__all__ = ["SandboxRecord"]
+__all__ = ["SandboxRecord", "SnapshotRecord"]

@@ -1,254 +1,80 @@
-"""Persistent state behind a small repository interface.
-
-`Store` is what the rest of the server uses; `SqliteStore` is the one implementation today (one
-file, WAL). A PostgreSQL store can implement the same protocol when Hutch spans several hosts.
-Migrations are numbered; each runs once, in order, inside a transaction.
+"""`SqliteStore`: the `Store` (server/store/_records.py) on one SQLite file in WAL mode, the
+single-host default. `PostgresStore` (_postgres.py) is the same contract for several API
+replicas. The schema of both is one list of migrations (_migrations.py).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
-
-@dataclass
-class SandboxRecord:
-    id: str
-    status: str
-    image: str
-    image_id: str
-    created_at: str
-    expires_at: float | None = None
-    cpu: float = 1.0
-    memory_mb: int = 1024
-    disk_mb: int = 4096
-    pids_limit: int = 512
-    network: str = "none"
-    network_allow: list[str] = field(default_factory=list)
-    network_deny: list[str] = field(default_factory=list)
-    runtime: str = "runc"
-    timeout: float | None = None
-    sleep_after: float | None = None  # seconds of idleness before it sleeps
-    keep_alive: bool = False
-    on_idle: str = "pause"  # pause | stop
-    on_timeout: str = "destroy"  # destroy | stop | pause
-    status_reason: str | None = None  # why it is in its status (shown to users)
-    start_entrypoint: bool = False  # started again on `start`
-    env: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    secret_names: list[str] = field(default_factory=list)  # values: sandbox_secrets, encrypted
-    # The id the runtime knows it by, when not `id` (a sandbox handed out by a warm pool).
-    runtime_id: str | None = None
-
-    _SPEC_FIELDS = (
-        "cpu",
-        "memory_mb",
-        "disk_mb",
-        "pids_limit",
-        "network",
-        "network_allow",
-        "network_deny",
-        "runtime",
-        "timeout",
-        "sleep_after",
-        "keep_alive",
-        "on_idle",
-        "on_timeout",
-        "status_reason",
-        "start_entrypoint",
-        "env",
-        "labels",
-        "secret_names",
-    )
-
-    def spec_json(self) -> str:
-        return json.dumps({name: getattr(self, name) for name in self._SPEC_FIELDS})
-
-    @classmethod
-    def from_spec_json(cls, spec: str) -> SandboxRecord:
-        """Only the settings of a `spec_json()` (a snapshot's), on a placeholder record."""
-        known = {k: v for k, v in json.loads(spec).items() if k in cls._SPEC_FIELDS}
-        return cls(id="", status="", image="", image_id="", created_at="", **known)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> SandboxRecord:
-        spec: dict[str, Any] = json.loads(row["spec"])
-        known = {k: v for k, v in spec.items() if k in cls._SPEC_FIELDS}
-        if isinstance(known.get("sleep_after"), str):  # rows from before it was checked
-            from hutch.server._durations import parse_duration
-
-            try:
-                known["sleep_after"] = parse_duration(known["sleep_after"])
-            except ValueError:
-                known["sleep_after"] = None
-        return cls(
-            id=row["id"],
-            status=row["status"],
-            image=row["image"],
-            image_id=row["image_id"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-            runtime_id=row["runtime_id"],
-            **known,
-        )
-
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    id: str
-    name: str
-    prefix: str
-    key_hash: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class PortRecord:
-    sandbox_id: str
-    port: int
-    name: str | None
-    token: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """A sandbox's disk, kept as a read-only btrfs snapshot, with the settings to start it."""
-
-    id: str
-    name: str | None
-    sandbox_id: str  # the sandbox it was taken of (it may be gone since)
-    image: str
-    image_id: str
-    created_at: str
-    spec: str  # the sandbox's SandboxRecord.spec_json() at the time
-
-
-@dataclass(frozen=True)
-class BackupRecord:
-    id: str
-    sandbox_id: str
-    bucket: str
-    endpoint: str
-    prefix: str | None
-    parent_id: str | None  # the backup this one is incremental against
-    snapshot: str | None  # local snapshot id kept as the next backup's parent
-    created_at: str
-
-
-class Store(Protocol):
-    def close(self) -> None: ...
-    def insert_sandbox(
-        self, record: SandboxRecord, secrets: Mapping[str, bytes] | None = None
-    ) -> bool: ...
-    def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None: ...
-    def list_sandboxes(self) -> list[SandboxRecord]: ...
-    def set_sandbox_status(self, sandbox_id: str, status: str) -> None: ...
-    def delete_sandbox(self, sandbox_id: str) -> None: ...
-    def insert_key(self, record: ApiKeyRecord) -> None: ...
-    def list_keys(self) -> list[ApiKeyRecord]: ...
-    def find_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
-    def delete_key(self, key_id: str) -> bool: ...
-    def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None: ...
-    def get_secrets(self, sandbox_id: str) -> dict[str, bytes]: ...
-    def update_sandbox_spec(self, record: SandboxRecord) -> None: ...
-    def set_runtime_id(self, sandbox_id: str, runtime_id: str) -> None: ...
-    def insert_port(self, record: PortRecord) -> PortRecord: ...
-    def delete_port(self, sandbox_id: str, port: int) -> bool: ...
-    def list_ports(self, sandbox_id: str | None = None) -> list[PortRecord]: ...
-    def set_sandbox_state(
-        self, sandbox_id: str, status: str, reason: str | None, expires_at: float | None
-    ) -> None: ...
-    def insert_snapshot(self, record: SnapshotRecord) -> bool: ...
-    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
-    def list_snapshots(self) -> list[SnapshotRecord]: ...
-    def delete_snapshot(self, snapshot_id: str) -> bool: ...
-    def insert_backup(self, record: BackupRecord) -> None: ...
-    def list_backups(self, sandbox_id: str) -> list[BackupRecord]: ...
-    def clear_backup_snapshot(self, backup_id: str) -> None: ...
-
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: sandboxes and API keys
-    """
-    CREATE TABLE sandboxes (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        image TEXT NOT NULL,
-        image_id TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at REAL,
-        spec TEXT NOT NULL
-    );
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        prefix TEXT NOT NULL,
-        key_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL
-    );
-    """,
-    # 2: sandbox secrets (values encrypted by server/services/_secrets.py; names also in the spec)
-    """
-    CREATE TABLE sandbox_secrets (
-        sandbox_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        ciphertext BLOB NOT NULL,
-        PRIMARY KEY (sandbox_id, name)
-    );
-    """,
-    # 3: exposed ports and their preview-URL tokens
-    """
-    CREATE TABLE exposed_ports (
-        sandbox_id TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        name TEXT,
-        token TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (sandbox_id, port)
-    );
-    """,
-    # 4: the runtime id of a sandbox from a warm pool (NULL: the sandbox's own id); written in
-    # the same transaction as the sandbox's row (it was a JSON file next to the db before)
-    """
-    ALTER TABLE sandboxes ADD COLUMN runtime_id TEXT;
-    """,
-    # 5: snapshots of sandbox disks (the data is a btrfs subvolume; see server/_lifecycle.py)
-    """
-    CREATE TABLE snapshots (
-        id TEXT PRIMARY KEY,
-        name TEXT UNIQUE,
-        sandbox_id TEXT NOT NULL,
-        image TEXT NOT NULL,
-        image_id TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        spec TEXT NOT NULL
-    );
-    """,
-    # 6: backups to S3 (server/_backups.py); `snapshot`: the local copy kept as the parent of
-    # the next incremental backup (NULL once a newer backup took that role)
-    """
-    CREATE TABLE backups (
-        id TEXT PRIMARY KEY,
-        sandbox_id TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        prefix TEXT,
-        parent_id TEXT,
-        snapshot TEXT,
-        created_at TEXT NOT NULL
-    );
-    """,
+from hutch.server.store._migrations import MIGRATIONS, pending, statements
+from hutch.server.store._nodes import NodeRows
+from hutch.server.store._records import (
+    ApiKeyRecord,
+    BackupRecord,
+    PoolEntryRecord,
+    PortRecord,
+    QuotaRow,
+    SandboxRecord,
+    SnapshotAdmission,
+    SnapshotRecord,
+    Store,
+    TeamAdmission,
 )
+from hutch.server.store._teams import SqliteTeams
+
+# Kept importable from here: most of the server imports the records from this module.
+S = TypeVar("S")
+T = TypeVar("T")
+
+__all__ = [
+    "MIGRATIONS",
+    "ApiKeyRecord",
+    "BackupRecord",
+    "PoolEntryRecord",
+    "PortRecord",
+    "SandboxRecord",
+    "SnapshotRecord",
+    "SqliteStore",
+    "Store",
+]
 
 
-class SqliteStore:
+def _locked(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return locked
+
+
+def _serialized(cls: type[S]) -> type[S]:
+    """Every public method of `cls` (and its mixins) holds the store's lock while it runs:
+    one connection, shared by the event loop and the store's thread, must never have two
+    transactions interleaved on it. `close` waits for the thread first, so it takes the lock
+    itself."""
+    for klass in reversed(cls.__mro__[:-1]):
+        for name, fn in vars(klass).items():
+            if not name.startswith("_") and name != "close" and inspect.isfunction(fn):
+                setattr(cls, name, _locked(fn))
+    return cls
+
+
+@_serialized
+class SqliteStore(SqliteTeams, NodeRows):
     """`Store` on one SQLite file in WAL mode; safe to open after a ``kill -9``."""
+
+    remote = False
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +89,14 @@ class SqliteStore:
         # sweep removes what is left of them). FULL would put an fsync on every create.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._lock = threading.RLock()
+        # One thread: the calls it runs are serialized by the lock anyway (_off_loop.py).
+        self._offload = ThreadPoolExecutor(1, thread_name_prefix="hutch-store")
         self._migrate()
+
+    @property
+    def offload(self) -> Executor | None:
+        return self._offload
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -279,14 +112,9 @@ class SqliteStore:
     def _migrate(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self._db.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
-        current = row["v"] or 0
-        if current > len(MIGRATIONS):
-            raise RuntimeError(
-                f"state database schema v{current} is newer than this Hutch (v{len(MIGRATIONS)})"
-            )
-        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, migration in pending(row["v"] or 0):
             with self._tx() as db:
-                for statement in filter(str.strip, sql.split(";")):
+                for statement in statements(migration, "sqlite"):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
@@ -295,18 +123,26 @@ class SqliteStore:
         return int(self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        self._offload.shutdown(wait=True)
+        with self._lock:
+            self._db.close()
 
     def insert_sandbox(
-        self, record: SandboxRecord, secrets: Mapping[str, bytes] | None = None
+        self,
+        record: SandboxRecord,
+        secrets: Mapping[str, bytes] | None = None,
+        admit: TeamAdmission | None = None,
     ) -> bool:
         """Insert, with its sealed `secrets` in the same transaction; False if the id is taken
-        (the caller decides what that means)."""
+        (the caller decides what that means). `admit` sees the team's sandboxes first, in the
+        same transaction (BEGIN IMMEDIATE: no other writer in between), and may raise."""
         try:
             with self._tx() as db:
+                if admit is not None:
+                    admit(_team_quota_rows(db, record.team))
                 db.execute(
                     "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
-                    " spec, runtime_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " spec, runtime_id, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.id,
                         record.status,
@@ -316,6 +152,7 @@ class SqliteStore:
                         record.expires_at,
                         record.spec_json(),
                         record.runtime_id,
+                        record.team,
                     ),
                 )
                 if secrets:
@@ -328,6 +165,33 @@ class SqliteStore:
             return False
         return True
 
+    def claim_start(
+        self,
+        sandbox_id: str,
+        expected: Collection[str],
+        admit: TeamAdmission,
+        now: float,
+        stale_before: float,
+    ) -> bool:
+        wanted = list(expected)
+        marks = ", ".join("?" * len(wanted))
+        with self._tx() as db:  # BEGIN IMMEDIATE: the one writer, as for a create's insert
+            row = db.execute("SELECT team FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+            if row is None:
+                return False
+            admit(_team_quota_rows(db, row["team"]))
+            claimed = db.execute(
+                "UPDATE sandboxes SET start_claimed_at = ? WHERE id = ?"
+                f" AND status IN ({marks})"
+                " AND (start_claimed_at IS NULL OR start_claimed_at < ?)",
+                (now, sandbox_id, *wanted, stale_before),
+            )
+            return claimed.rowcount == 1
+
+    def end_start_claim(self, sandbox_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE sandboxes SET start_claimed_at = NULL WHERE id = ?", (sandbox_id,))
+
     def set_runtime_id(self, sandbox_id: str, runtime_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE sandboxes SET runtime_id = ? WHERE id = ?", (runtime_id, sandbox_id))
@@ -339,6 +203,9 @@ class SqliteStore:
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
         return [SandboxRecord.from_row(r) for r in rows]
+
+    def team_quota_rows(self, team: str) -> list[QuotaRow]:
+        return _team_quota_rows(self._db, team)
 
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
         with self._tx() as db:
@@ -365,13 +232,18 @@ class SqliteStore:
                 (status, expires_at, json.dumps(spec), sandbox_id),
             )
 
-    def insert_snapshot(self, record: SnapshotRecord) -> bool:
-        """False if the id or the name is taken."""
+    def insert_snapshot(
+        self, record: SnapshotRecord, admit: SnapshotAdmission | None = None
+    ) -> bool:
+        """False if the id or the name is taken. `admit` sees how many snapshots the team
+        has, in the same transaction, and may raise."""
         try:
             with self._tx() as db:
+                if admit is not None:
+                    admit(_team_snapshots(db, record.team))
                 db.execute(
                     "INSERT INTO snapshots (id, name, sandbox_id, image, image_id, created_at,"
-                    " spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " spec, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.id,
                         record.name,
@@ -380,6 +252,7 @@ class SqliteStore:
                         record.image_id,
                         record.created_at,
                         record.spec,
+                        record.team,
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -468,8 +341,18 @@ class SqliteStore:
     def insert_key(self, record: ApiKeyRecord) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?,?,?,?,?)",
-                (record.id, record.name, record.prefix, record.key_hash, record.created_at),
+                "INSERT INTO api_keys (id, name, prefix, key_hash, created_at, team, role,"
+                " expires_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record.id,
+                    record.name,
+                    record.prefix,
+                    record.key_hash,
+                    record.created_at,
+                    record.team,
+                    record.role,
+                    record.expires_at,
+                ),
             )
 
     def list_keys(self) -> list[ApiKeyRecord]:
@@ -498,3 +381,101 @@ class SqliteStore:
             "SELECT name, ciphertext FROM sandbox_secrets WHERE sandbox_id = ?", (sandbox_id,)
         ).fetchall()
         return {r["name"]: bytes(r["ciphertext"]) for r in rows}
+
+    # -- what several API replicas need (one process: trivially true) ---------------------
+
+    def transition(
+        self,
+        sandbox_id: str,
+        expected: Collection[str],
+        status: str,
+        reason: str | None,
+        expires_at: float | None,
+    ) -> bool:
+        wanted = list(expected)
+        marks = ", ".join("?" * len(wanted))
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT spec FROM sandboxes WHERE id = ? AND status IN ({marks})",
+                (sandbox_id, *wanted),
+            ).fetchone()
+            if row is None:
+                return False
+            spec = json.loads(row["spec"])
+            spec["status_reason"] = reason
+            db.execute(
+                "UPDATE sandboxes SET status = ?, expires_at = ?, spec = ? WHERE id = ?",
+                (status, expires_at, json.dumps(spec), sandbox_id),
+            )
+        return True
+
+    def hold_lock(self, name: str) -> bool:
+        # NB: one SQLite file has one server: it is always the only one.
+        return True
+
+    def release_lock(self, name: str) -> None:
+        pass
+
+    def set_active_at(self, sandbox_id: str, at: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sandboxes SET active_at = ? WHERE id = ?"
+                " AND (active_at IS NULL OR active_at < ?)",
+                (at, sandbox_id, at),
+            )
+
+    def add_pool_entry(self, record: PoolEntryRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pool_entries (runtime_id, node, image_id, created_at, claimed_by)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.runtime_id,
+                    record.node,
+                    record.image_id,
+                    record.created_at,
+                    record.claimed_by,
+                ),
+            )
+
+    def claim_pool_entry(self, node: str, image_id: str, sandbox_id: str) -> str | None:
+        # BEGIN IMMEDIATE takes the write lock first: claims are one at a time.
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT runtime_id FROM pool_entries WHERE node = ? AND image_id = ?"
+                " AND claimed_by IS NULL ORDER BY created_at DESC, runtime_id LIMIT 1",
+                (node, image_id),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE pool_entries SET claimed_by = ? WHERE runtime_id = ?",
+                (sandbox_id, row["runtime_id"]),
+            )
+        return str(row["runtime_id"])
+
+    def delete_pool_entry(self, runtime_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM pool_entries WHERE runtime_id = ?", (runtime_id,))
+
+    def list_pool_entries(self, node: str) -> list[PoolEntryRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM pool_entries WHERE node = ? ORDER BY created_at, runtime_id", (node,)
+        ).fetchall()
+        return [PoolEntryRecord(**dict(r)) for r in rows]
+
+
+def _team_snapshots(db: sqlite3.Connection, team: str) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM snapshots WHERE team = ?", (team,)).fetchone()[0])
+
+
+_QUOTA_SQL = (
+    "SELECT id, status, start_claimed_at, json_extract(spec, '$.cpu') AS cpu,"
+    " json_extract(spec, '$.memory_mb') AS memory_mb, json_extract(spec, '$.disk_mb') AS disk_mb"
+    " FROM sandboxes WHERE team = ?"
+)
+
+
+def _team_quota_rows(db: sqlite3.Connection, team: str) -> list[QuotaRow]:
+    """The team's sandboxes as its quotas count them (by the `sandboxes_team` index)."""
+    return [QuotaRow.from_row(r) for r in db.execute(_QUOTA_SQL, (team,))]

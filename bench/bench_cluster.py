@@ -1,0 +1,157 @@
+"""Create -> first exec and exec round trip through an API replica of a local cluster
+(scripts/cluster: the sandbox on a node daemon in its own network namespace, agent bytes through
+the node's tunnel) next to single-host mode (`hutch serve`, agent over a local unix socket), in
+the same run, interleaved.
+
+    sudo .venv/bin/python bench/bench_cluster.py [--n 20] [--execs 100]
+
+Then aggregate exec throughput through the cluster: `--workers` threads, each execing in its
+own sandbox for `--seconds`, with the sandboxes spread on 3 nodes vs all on 1 (the other two
+drained). All nodes share this machine's cores, so this shows what the node path costs, not
+what 3 real hosts would add.
+
+Prints p50/p95/p99 of each, the cluster's extra p50, execs/s and the load average. It starts
+its own cluster (HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench) and server, and stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._stats import percentile, report
+from hutch.sdk import Client, Sandbox
+from tests._server import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_ENV = {
+    **os.environ,
+    "HUTCH_CLUSTER_DIR": "/var/lib/hutch-cluster-bench",
+    "HUTCH_CLUSTER_PREFIX": "hbench",
+    "HUTCH_CLUSTER_NET": "10.250.9",
+    "HUTCH_CLUSTER_API_PORT": "7095",
+    "HUTCH_NODE_CPU": "64",
+}
+SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 256}
+
+
+def cluster(command: str) -> dict[str, str]:
+    out = subprocess.run(
+        [str(ROOT / "scripts/cluster"), command],
+        env=CLUSTER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def measure(client: Client, n: int, execs: int, out: dict[str, list[float]], tag: str) -> None:
+    for _ in range(n):
+        started = time.perf_counter()
+        sb = Sandbox.create(client=client, **SMALL)  # type: ignore[arg-type]
+        sb.exec("true")
+        out[f"{tag} create -> first exec"].append(time.perf_counter() - started)
+        try:
+            for _ in range(execs // n):
+                t = time.perf_counter()
+                sb.exec("true")
+                out[f"{tag} exec round trip"].append(time.perf_counter() - t)
+        finally:
+            sb.destroy()
+
+
+def throughput(client: Client, workers: int, seconds: float) -> float:
+    """Execs per second of `workers` threads execing at once, each in its own sandbox."""
+    sandboxes = [Sandbox.create(client=client, **SMALL) for _ in range(workers)]  # type: ignore[arg-type]
+    counts = [0] * workers
+    end = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        while time.monotonic() < end:
+            sandboxes[i].exec("true")
+            counts[i] += 1
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.monotonic() - started)
+    finally:
+        for sb in sandboxes:
+            sb.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20, help="creates per mode")
+    parser.add_argument("--execs", type=int, default=200, help="execs per mode")
+    parser.add_argument("--workers", type=int, default=6, help="concurrent exec loops")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    args = parser.parse_args()
+    try:
+        values = cluster("up")
+    except subprocess.CalledProcessError as exc:
+        cluster("down")  # what did start goes
+        raise SystemExit(f"scripts/cluster up failed: {exc.stderr[-2000:]}") from None
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-bench-", dir="/var/tmp")))
+    server.start(timeout=180)
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "single-host create -> first exec",
+            "cluster create -> first exec",
+            "single-host exec round trip",
+            "cluster exec round trip",
+        )
+    }
+    try:
+        with (
+            Client(base_url=server.url, api_key=server.api_key) as one,
+            Client(base_url=values["HUTCH_URL"], api_key=values["HUTCH_API_KEY"]) as many,
+        ):
+            warmup: dict[str, list[float]] = {k: [] for k in samples}
+            measure(one, 2, 4, warmup, "single-host")
+            measure(many, 2, 4, warmup, "cluster")
+            # Interleaved rounds, so both modes see the same load.
+            rounds = 4
+            for _ in range(rounds):
+                measure(one, args.n // rounds, args.execs // rounds, samples, "single-host")
+                measure(many, args.n // rounds, args.execs // rounds, samples, "cluster")
+            spread = throughput(many, args.workers, args.seconds)
+            for name in ("n2", "n3"):
+                many.request("POST", f"/v1/nodes/{name}/drain")
+            one_node = throughput(many, args.workers, args.seconds)
+            for name in ("n2", "n3"):
+                many.request("POST", f"/v1/nodes/{name}/ready")
+    finally:
+        server.stop()
+        cluster("down")
+    for name, seconds in samples.items():
+        print(report(name, seconds))
+    for what in ("create -> first exec", "exec round trip"):
+        extra = percentile(samples[f"cluster {what}"], 50) - percentile(
+            samples[f"single-host {what}"], 50
+        )
+        print(f"cluster extra p50, {what}: {extra * 1e3:+.2f} ms (goal <= +5 ms)")
+    print(
+        f"aggregate exec throughput, {args.workers} workers: 3 nodes {spread:.0f}/s, "
+        f"1 node {one_node:.0f}/s ({spread / one_node:.2f}x)"
+    )
+    print("load average:", open("/proc/loadavg").read().strip())
+
+
+if __name__ == "__main__":
+    main()

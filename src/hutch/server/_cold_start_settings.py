@@ -1,0 +1,58 @@
+"""The cold-start admission's settings (services/_cold_starts.py): read and checked at start.
+
+A bad value stops `hutch serve` with a message that says the accepted range, never later as
+a create that waits forever (a wait of 1e9 s) or never starts (zero slots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Long enough that a burst far larger than the slots still drains within it, short enough
+# that a client's own request timeout (60 s in the SDK) does not fire first.
+DEFAULT_COLD_START_WAIT = 40.0
+MAX_COLD_START_SLOTS = 1024
+# A create waiting longer than this has long been given up by its client.
+MAX_COLD_START_WAIT = 3600.0
+
+
+def check_cold_start_settings(slots: int | None, wait: float) -> None:
+    """Raise ValueError saying what to set when `slots` or `wait` is out of range."""
+    if slots is not None and (
+        isinstance(slots, bool)
+        or not isinstance(slots, int)
+        or not 1 <= slots <= MAX_COLD_START_SLOTS
+    ):
+        raise ValueError(
+            f"HUTCH_COLD_START_SLOTS must be a whole number from 1 to {MAX_COLD_START_SLOTS} "
+            f"(how many sandboxes may start at once; unset: one per CPU), not {slots!r}"
+        )
+    if not 0 < wait <= MAX_COLD_START_WAIT:  # NaN fails this too
+        raise ValueError(
+            f"HUTCH_COLD_START_WAIT must be more than 0 and at most {MAX_COLD_START_WAIT:.0f} "
+            f'seconds (e.g. "40s" or "2m"), not {wait!r}'
+        )
+
+
+def cold_start_env(env: Mapping[str, str]) -> dict[str, object]:
+    """``cold_start_slots``/``cold_start_wait`` from ``HUTCH_COLD_START_*``, when set."""
+    values: dict[str, object] = {}
+    slots = env.get("HUTCH_COLD_START_SLOTS", "").strip()
+    if slots:
+        try:
+            values["cold_start_slots"] = int(slots)
+        except ValueError:
+            raise ValueError(
+                f"HUTCH_COLD_START_SLOTS must be a whole number from 1 to "
+                f"{MAX_COLD_START_SLOTS} (how many sandboxes may start at once; unset: one "
+                f"per CPU), not {slots!r}"
+            ) from None
+    wait = env.get("HUTCH_COLD_START_WAIT", "").strip()
+    if wait:
+        from hutch.server._durations import parse_duration
+
+        try:
+            values["cold_start_wait"] = parse_duration(wait)
+        except ValueError as exc:
+            raise ValueError(f"HUTCH_COLD_START_WAIT: {exc}") from None
+    return values

@@ -1,0 +1,286 @@
+"""`hutch node`: one host's daemon in a cluster (docs/cluster.md).
+
+It owns this host's runtime through a `LocalHost` and serves it as the node API
+(node/_node_api.py) plus its byte tunnels (node/_tunnel.py), both on the host's node address
+and both behind the cluster's node token. Every ~2 s it writes a heartbeat with its capacity to
+the cluster's database; the API replicas place sandboxes from those rows. It lives in the
+server package because it writes the store; what it serves is all `hutch.node`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from hutch.node import (
+    EgressGrants,
+    EgressProxy,
+    LocalHost,
+    TunnelServer,
+    WarmPools,
+    node_app,
+    parse_pool_sizes,
+    parse_upstreams,
+)
+from hutch.runtime import ImageStore, Runtime, RuntimeConfig
+from hutch.server._node_pools import NodePoolLedger
+from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._open import open_store
+from hutch.server.store._sqlite import Store
+
+log = logging.getLogger("hutch.node")
+
+HEARTBEAT_EVERY = 2.0
+DEFAULT_NODE_PORT = 7171
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `hutch node` needs (``HUTCH_NODE_*`` at the edge, see `from_env`).
+
+    Args:
+        name: this node's name in the cluster (unique).
+        host: the host's node address to listen on: reachable by the API replicas, never by
+            sandboxes (`blocked_cidrs` must cover it for sandboxes of other nodes).
+        port: the node API's port; its tunnels listen on `port + 1`.
+        token: the cluster's shared node token.
+        database_url: the cluster's PostgreSQL database (``postgresql://…``), or
+        database: a SQLite file shared by processes of one machine (tests) instead.
+        cpu, memory_mb, disk_mb: capacity to offer (default: what the host has).
+        blocked_cidrs: the cluster's node network: no sandbox reaches it.
+        warm_pools: image name -> started sandboxes the whole cluster keeps ready; this node
+            keeps its share (server/_node_pools.py). The same value on every node.
+        egress_upstreams: host -> http URL the egress proxy sends that host to (tests only,
+            as `hutch serve`'s HUTCH_EGRESS_UPSTREAMS). The proxy listens on `port + 2` of
+            each sandbox's gateway that has egress rules.
+    """
+
+    name: str
+    host: str
+    token: str
+    database: Path | None = None
+    database_url: str | None = None
+    port: int = DEFAULT_NODE_PORT
+    home: Path = Path("/var/lib/hutch")
+    images_dir: Path | None = None
+    storage_size_gb: int = 16
+    network_subnet: str = "10.201.0.0/16"
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+    blocked_cidrs: tuple[str, ...] = ()
+    warm_pools: Mapping[str, int] = field(default_factory=dict)
+    egress_upstreams: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> NodeConfig:
+        env = os.environ
+        values: dict[str, Any] = {}
+        simple = {
+            "HUTCH_NODE_NAME": ("name", str),
+            "HUTCH_NODE_HOST": ("host", str),
+            "HUTCH_NODE_TOKEN": ("token", str),
+            "HUTCH_DATABASE": ("database", Path),
+            "HUTCH_DATABASE_URL": ("database_url", str),
+            "HUTCH_NODE_PORT": ("port", int),
+            "HUTCH_HOME": ("home", Path),
+            "HUTCH_IMAGES_DIR": ("images_dir", Path),
+            "HUTCH_STORAGE_SIZE_GB": ("storage_size_gb", int),
+            "HUTCH_NETWORK_SUBNET": ("network_subnet", str),
+            "HUTCH_NODE_CPU": ("cpu", float),
+            "HUTCH_NODE_MEMORY_MB": ("memory_mb", int),
+            "HUTCH_NODE_DISK_MB": ("disk_mb", int),
+        }
+        for var, (name, kind) in simple.items():
+            if env.get(var):
+                values[name] = kind(env[var])
+        if env.get("HUTCH_WARM_POOLS"):
+            values["warm_pools"] = parse_pool_sizes(env["HUTCH_WARM_POOLS"])
+        if env.get("HUTCH_EGRESS_UPSTREAMS"):
+            values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
+        if env.get("HUTCH_NODE_BLOCKED_CIDRS"):
+            values["blocked_cidrs"] = tuple(env["HUTCH_NODE_BLOCKED_CIDRS"].split(","))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [k for k in ("name", "host", "token") if not values.get(k)]
+        if not values.get("database") and not values.get("database_url"):
+            missing.append("database_url")
+        if missing:
+            raise ValueError(
+                "hutch node needs " + ", ".join(missing) + " (HUTCH_NODE_NAME, HUTCH_NODE_HOST, "
+                "HUTCH_NODE_TOKEN, HUTCH_DATABASE_URL or the options)"
+            )
+        return cls(**values)
+
+
+def _memory_mb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) >> 10
+    return 0  # pragma: no cover
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon handles SIGTERM/SIGINT once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class NodeDaemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.runtime = Runtime(
+            RuntimeConfig(
+                home=config.home,
+                storage_size_gb=config.storage_size_gb,
+                network_subnet=config.network_subnet,
+                blocked_cidrs=config.blocked_cidrs,
+            )
+        )
+        self.images = ImageStore(config.images_dir or config.home / "images")
+        self.store: Store = open_store(
+            config.database or config.home / "hutch.db", config.database_url
+        )
+        pools = WarmPools(self.runtime, self.images, config.warm_pools, agent_timeout=30.0)
+        pools.ledger = NodePoolLedger(self.store, config.name, self.images)
+        # Runtime ids come from the API (a node's names are what the API chose).
+        self.host = LocalHost(self.runtime, lambda rid: rid, pools)
+        # Egress secrets of this node's sandboxes, granted by the replicas (a fixed port: every
+        # replica computes it from the node's address, as the tunnels' port + 1).
+        self.grants = EgressGrants(config.home)
+        self.egress = EgressProxy(
+            self.grants,
+            self.grants,
+            self.runtime,
+            config.home,
+            port=config.port + 2,
+            upstreams=config.egress_upstreams,
+        )
+        self.tunnels = TunnelServer(
+            config.token, self.runtime.agent_socket, self.runtime.sandbox_address
+        )
+        self.should_exit = asyncio.Event()
+
+    def capacity(self) -> dict[str, Any]:
+        used, total = self.runtime.storage_usage()
+        return {
+            "name": self.config.name,
+            "cpu": self.config.cpu or float(os.cpu_count() or 1),
+            "memory_mb": self.config.memory_mb or _memory_mb(),
+            "disk_mb": self.config.disk_mb or total >> 20,
+            "used_disk_mb": used >> 20,
+            "runtimes": ["runc", *(["gvisor"] if self.runtime.supports("gvisor") else [])],
+        }
+
+    def heartbeat(self) -> NodeRecord:
+        cap = self.capacity()
+        return self.store.heartbeat_node(
+            NodeRecord(
+                name=self.config.name,
+                address=self.config.url,
+                cpu=cap["cpu"],
+                memory_mb=cap["memory_mb"],
+                disk_mb=cap["disk_mb"],
+                used_disk_mb=cap["used_disk_mb"],
+                last_heartbeat=time.time(),
+            )
+        )
+
+    async def _sweep(self) -> None:
+        """Remove containers the cluster no longer has on this node (destroyed while the node
+        was away); everything the store still places here is kept, running or not."""
+        keep = set()
+        for sandbox_id in self.store.sandboxes_on(self.config.name):
+            record = self.store.get_sandbox(sandbox_id)
+            keep.add(record.runtime_id or sandbox_id if record is not None else sandbox_id)
+        for rid in await self.runtime.sweep(keep):
+            log.info("node %s: swept leftovers of %s", self.config.name, rid)
+
+    async def _granted_running(self) -> list[tuple[str, str]]:
+        """The running sandboxes whose egress grants the last run kept (the others' go)."""
+        granted = self.grants.load()
+        states = await self.runtime.list_sandboxes()
+        for rid in granted:
+            if states.get(rid) != "running":
+                self.grants.drop(rid)
+        return [(rid, rid) for rid in granted if states.get(rid) == "running"]
+
+    async def _beat(self) -> None:
+        while not self.should_exit.is_set():
+            try:
+                await asyncio.to_thread(self.heartbeat)
+            except Exception:
+                log.exception("node %s: heartbeat failed", self.config.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), HEARTBEAT_EVERY)
+
+    async def serve(self) -> None:
+        cfg = self.config
+        await self.runtime.setup()
+        await self._sweep()
+        await self.egress.start(await self._granted_running())
+        app = node_app(
+            self.host, self.images.get, self.capacity, cfg.token, (self.egress, self.grants)
+        )
+        server = _QuietServer(
+            uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="off")
+        )
+        await self.tunnels.start(cfg.host, cfg.port + 1)
+        serving = asyncio.create_task(server.serve())
+        beating = asyncio.create_task(self._beat())
+        self.host.start_pools()
+        log.warning("node %s serving on %s (tunnels on port %d)", cfg.name, cfg.url, cfg.port + 1)
+        await self.should_exit.wait()
+        await self.host.stop_pools()
+        server.should_exit = True
+        await self.tunnels.close()
+        await self.egress.stop()
+        await asyncio.gather(serving, beating, return_exceptions=True)
+        self.store.close()
+
+
+async def remove_all(config: NodeConfig) -> list[str]:
+    """Destroy every sandbox under the node's home and release its storage and nft table
+    (`scripts/cluster down`); the cluster's rows are not touched."""
+    runtime = Runtime(
+        RuntimeConfig(
+            home=config.home,
+            storage_size_gb=config.storage_size_gb,
+            network_subnet=config.network_subnet,
+            blocked_cidrs=config.blocked_cidrs,
+        )
+    )
+    await runtime.setup()
+    removed = await runtime.sweep(())
+    await runtime.teardown()
+    return removed
+
+
+def run_node(config: NodeConfig) -> None:
+    """Serve until SIGTERM/SIGINT. Sandboxes outlive the daemon (a restart re-adopts them)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        daemon = NodeDaemon(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.should_exit.set)
+        await daemon.serve()
+
+    asyncio.run(main())

@@ -1,0 +1,596 @@
+"""`ClusterHost`: `SandboxHost` across the nodes of a cluster (`hutch api`, docs/cluster.md).
+
+Each call goes to the node that holds the sandbox (the store's `sandbox_nodes`), through that
+node's `RemoteHost`; a create places the sandbox first (services/_placement.py) and tries the
+next node when one refuses. A node that is lost, or does not answer within the bounded call
+timeout, makes the request fail with 503 `node_unavailable` naming the node, never hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from hutch.node import POOL_LIMITS, AgentConnection, NodeRefused, NodeUnavailable, RemoteHost
+from hutch.runtime import (
+    BackupTarget,
+    BucketMount,
+    BucketRequest,
+    Image,
+    Limits,
+    NetworkPolicy,
+    OomKill,
+    SandboxSpec,
+    SandboxUsage,
+)
+from hutch.server._errors import NoCapacity, NodeUnavailableError
+from hutch.server.services._fork_sends import ForkSends
+from hutch.server.services._placement import Need, candidates
+from hutch.server.services._pool_claims import claim_need, holding, placed_on
+from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._sqlite import Store
+
+log = logging.getLogger("hutch.server")
+
+# A node whose last heartbeat is older than this takes no new sandbox (it beats every ~2 s);
+# services/_node_watch.py marks it lost a little later.
+FRESH_FOR = 6.0
+CONNECT_TIMEOUT = 5.0
+
+
+class ClusterHost:
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        runtime_id: Callable[[str], str],
+        *,
+        pool_sizes: Mapping[str, int] | None = None,
+        image_id: Callable[[str], str | None] = lambda name: None,
+    ) -> None:
+        self._store = store
+        self._token = token
+        self._rid = runtime_id
+        self._remotes: dict[str, RemoteHost] = {}
+        # The cluster's warm pools as configured (the nodes fill them: `hutch node`'s
+        # HUTCH_WARM_POOLS), for GET /v1/pools; image name -> id.
+        self._pool_sizes = dict(pool_sizes or {})
+        self._image_id = image_id
+        self._fork_sends = ForkSends()
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    def remote(self, name: str, node: NodeRecord | None = None) -> RemoteHost:
+        """The node's RemoteHost (made on first use from its row, `node` if the caller has just
+        read it; a moved address renews it)."""
+        node = node or self._store.get_node(name)
+        if node is None:
+            raise NodeUnavailableError(f"node {name} is not known to this cluster")
+        remote = self._remotes.get(name)
+        if remote is None or remote.api_url != node.address.rstrip("/"):
+            remote = RemoteHost(name, node.address, self._token, self._rid)
+            self._remotes[name] = remote
+        return remote
+
+    def node_of(self, sandbox_id: str) -> str:
+        # NB: read from the store each time: another replica may have moved the sandbox
+        # (`drain --move`); a primary-key read, next to the node row read for every call.
+        name = self._store.sandbox_node(sandbox_id)
+        if name is None:
+            raise NodeUnavailableError(f"sandbox {sandbox_id} is on no known node")
+        return name
+
+    def _on(self, sandbox_id: str) -> RemoteHost:
+        name = self.node_of(sandbox_id)
+        node = self._store.get_node(name)
+        if node is None or node.state == "lost":
+            raise _unavailable(name, "it stopped heartbeating")
+        return self.remote(name, node)  # NB: the row just read: one store read less a call
+
+    async def _do(self, sandbox_id: str, call: Callable[[RemoteHost], Any]) -> Any:
+        remote = self._on(sandbox_id)
+        try:
+            return await call(remote)
+        except NodeUnavailable as exc:
+            raise _unavailable(remote.name, str(exc)) from exc
+
+    async def aclose(self) -> None:
+        for remote in self._remotes.values():
+            await remote.aclose()
+
+    # -- SandboxHost ------------------------------------------------------------------------
+
+    def supports(self, runtime: str) -> bool:
+        return runtime == "runc"  # NB: gVisor on nodes: when a node reports runsc (not yet)
+
+    async def create(
+        self,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        *,
+        defer_network: bool,
+        snapshot: str | None = None,
+    ) -> None:
+        need = Need(spec.limits.cpu, spec.limits.memory_mb, spec.limits.disk_mb)
+        order = self.placements(need, but=sandbox_id)
+        refusals = []
+        copy_from: RemoteHost | None = None
+        if snapshot is not None:
+            # A disk snapshot is a subvolume of one node's storage: the sandbox goes there, or,
+            # when that node is full or draining, a copy of it goes to the node placement
+            # picks, node to node (as `drain --move` sends disks), for this create only.
+            home = self._snapshot_home(snapshot)
+            node = self._store.get_node(home)
+            if home in order:
+                order = [home]
+            elif not order or node is None or node.state == "lost":
+                raise NoCapacity(
+                    f"snapshot {snapshot} is on node {home}, which cannot take a sandbox of "
+                    f"{need.cpu} cpu, {need.memory_mb} MB memory and {need.disk_mb} MB disk now "
+                    "(full, draining or lost), and no other node can take it either; retry "
+                    "later, or free room"
+                )
+            else:
+                copy_from = self.remote(home)
+        for name in order:
+            remote = self.remote(name)
+            # Recorded first: a create that dies half-way is found on its node by recovery.
+            self._store.set_sandbox_node(sandbox_id, name)
+            try:
+                if copy_from is not None and snapshot is not None:
+                    await self._create_from_sent(
+                        remote, copy_from, sandbox_id, spec, snapshot, defer_network
+                    )
+                else:
+                    await remote.create(
+                        sandbox_id, spec, defer_network=defer_network, snapshot=snapshot
+                    )
+                return
+            except (NodeUnavailable, NodeRefused) as exc:
+                log.warning("node %s refused sandbox %s: %s", name, sandbox_id, exc)
+                refusals.append(f"{name}: {exc}")
+        self._store.forget_sandbox_node(sandbox_id)
+        tried = "; ".join(refusals) if refusals else "no ready node has room"
+        raise NoCapacity(
+            f"no node can take a sandbox of {need.cpu} cpu, {need.memory_mb} MB memory and "
+            f"{need.disk_mb} MB disk now ({tried}); retry later, ask for less, or add a node"
+        )
+
+    async def _create_from_sent(
+        self,
+        dst: RemoteHost,
+        src: RemoteHost,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        snapshot: str,
+        defer_network: bool,
+    ) -> None:
+        """Pull `snapshot` from `src` to `dst`, create the sandbox on `dst` from it, and drop
+        the copy (the new disk is a subvolume of its own; the snapshot stays on `src`). A
+        fork's copy: one pull per node for all its children there (services/_fork_sends.py),
+        dropped when the fork removes its copies."""
+
+        async def pull() -> None:
+            log.info("snapshot %s: copied from node %s to %s for %s", snapshot, src.name,
+                     dst.name, sandbox_id)  # fmt: skip
+            await dst.pull_snapshot(snapshot, src)
+
+        if self._fork_sends.is_copy(snapshot):
+            received = await self._fork_sends.received_on(dst.name, snapshot, pull)
+            await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=received)
+            return
+        await pull()
+        try:
+            await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=snapshot)
+        finally:
+            with contextlib.suppress(NodeUnavailable, NodeRefused):
+                await dst.delete_snapshot(snapshot)
+
+    def placements(self, need: Need, *, but: str) -> list[str]:
+        """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not
+        counted where it is)."""
+        nodes = self._store.list_nodes()
+        placed = placed_on(self._store, nodes, but=but)
+        return candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
+
+    def relocate(self, sandbox_id: str, node: str) -> None:
+        """The sandbox is on `node` from now on (its disk was moved there)."""
+        self._store.set_sandbox_node(sandbox_id, node)
+
+    async def network_ready(self, sandbox_id: str) -> None:
+        await self._do(sandbox_id, lambda r: r.network_ready(sandbox_id))
+
+    async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        await self._do(sandbox_id, lambda r: r.start_existing(sandbox_id, spec))
+
+    async def stop(self, sandbox_id: str) -> None:
+        await self._do(sandbox_id, lambda r: r.stop(sandbox_id))
+
+    async def destroy(self, sandbox_id: str) -> None:
+        try:
+            name = self.node_of(sandbox_id)
+        except NodeUnavailableError:
+            return  # never placed: nothing to remove
+        node = self._store.get_node(name)
+        if node is not None and node.state != "lost":
+            await self._do(sandbox_id, lambda r: r.destroy(sandbox_id))
+        # NB: on a lost node the container may still run; the node sweeps it when it comes
+        # back (recovery keeps only what the store still has).
+        self._store.forget_sandbox_node(sandbox_id)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await self._do(sandbox_id, lambda r: r.pause(sandbox_id))
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._do(sandbox_id, lambda r: r.resume(sandbox_id))
+
+    async def states(self, sandbox_ids: Collection[str]) -> dict[str, str]:
+        """What the reachable nodes report (sandboxes on lost nodes are absent)."""
+        by_node: dict[str, list[str]] = {}
+        for sid in sandbox_ids:
+            name = self._store.sandbox_node(sid)
+            if name is not None:
+                by_node.setdefault(name, []).append(sid)
+        found: dict[str, str] = {}
+        for name, sids in by_node.items():
+            node = self._store.get_node(name)
+            if node is None or node.state == "lost":
+                continue
+            try:
+                found.update(await self.remote(name).states(sids))
+            except (NodeUnavailable, NodeRefused) as exc:
+                log.warning("node %s: states not read: %s", name, exc)
+        return found
+
+    async def sweep(self, keep: Collection[str]) -> list[str]:
+        # NB: each node sweeps its own leftovers (the node daemon does, at its start); an API
+        # replica cannot tell a container another replica is creating from a leftover.
+        return []
+
+    async def restore_buckets(self, sandbox_id: str) -> None:
+        await self._do(sandbox_id, lambda r: r.restore_buckets(sandbox_id))
+
+    async def connect_agent(self, sandbox_id: str, *, timeout: float) -> AgentConnection:  # noqa: ASYNC109
+        conn: AgentConnection = await self._do(
+            sandbox_id, lambda r: r.connect_agent(sandbox_id, timeout=timeout)
+        )
+        return conn
+
+    async def node_down(self, sandbox_id: str) -> NodeUnavailableError | None:
+        """The error to give when the sandbox's node does not answer now (else None)."""
+        try:
+            remote = self._on(sandbox_id)
+            await remote.info()
+        except NodeUnavailableError as exc:
+            return exc
+        except (NodeUnavailable, NodeRefused) as exc:
+            return _unavailable(self.node_of(sandbox_id), str(exc))
+        return None
+
+    def port_token(self, sandbox_id: str, port: int) -> str | None:
+        """The preview token of an exposed port, as the shared database has it now."""
+        for record in self._store.list_ports(sandbox_id):
+            if record.port == port:
+                return record.token
+        return None
+
+    def preview_key(self, sandbox_id: str) -> str | None:
+        """What the preview proxy caches for a sandbox: its node (it connects through it)."""
+        try:
+            return "node:" + self.node_of(sandbox_id)
+        except NodeUnavailableError:
+            return None
+
+    async def connect_port(
+        self, sandbox_id: str, port: int, protocol: Callable[[], asyncio.Protocol]
+    ) -> None:
+        """Connect the proxy's upstream protocol to the sandbox's port through its node."""
+        remote = self._on(sandbox_id)
+        await remote.connect_port(sandbox_id, port, protocol, timeout=CONNECT_TIMEOUT)
+
+    def gateway_address(self, sandbox_id: str) -> str | None:
+        try:
+            return self._on(sandbox_id).gateway_address(sandbox_id)
+        except NodeUnavailableError:
+            return None
+
+    def address(self, sandbox_id: str) -> str | None:
+        try:
+            return self._on(sandbox_id).address(sandbox_id)
+        except NodeUnavailableError:
+            return None
+
+    async def set_network_policy(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self._do(sandbox_id, lambda r: r.set_network_policy(sandbox_id, policy))
+
+    async def grant_egress(self, sandbox_id: str, secrets: Mapping[str, str]) -> None:
+        """The sandbox's node injects these egress secrets (services/_egress_grants.py)."""
+        await self._do(sandbox_id, lambda r: r.grant_egress(sandbox_id, secrets))
+
+    def egress_port(self, sandbox_id: str) -> int | None:
+        try:
+            return self._on(sandbox_id).egress_port
+        except NodeUnavailableError:
+            return None
+
+    async def mount_bucket(self, sandbox_id: str, request: BucketRequest) -> BucketMount:
+        # The node that holds the sandbox runs rclone; this replica keeps nothing of it.
+        mount: BucketMount = await self._do(
+            sandbox_id, lambda r: r.mount_bucket(sandbox_id, request)
+        )
+        return mount
+
+    async def unmount_bucket(self, sandbox_id: str, mount_path: str) -> None:
+        await self._do(sandbox_id, lambda r: r.unmount_bucket(sandbox_id, mount_path))
+
+    async def bucket_mounts(self, sandbox_id: str) -> list[BucketMount]:
+        """As the sandbox's node has them; none while it cannot be asked (a sandbox's info
+        must not fail because of its node)."""
+        try:
+            mounts: list[BucketMount] = await self._do(
+                sandbox_id, lambda r: r.bucket_mounts(sandbox_id)
+            )
+        except (NodeUnavailableError, NodeRefused) as exc:
+            log.debug("sandbox %s: bucket mounts not read: %s", sandbox_id, exc)
+            return []
+        return mounts
+
+    async def usage(self, sandbox_id: str, *, disk: bool = True) -> SandboxUsage:
+        usage: SandboxUsage = await self._do(sandbox_id, lambda r: r.usage(sandbox_id, disk=disk))
+        return usage
+
+    def storage_usage(self) -> tuple[int, int]:
+        nodes = self._store.list_nodes()
+        return (
+            sum(n.used_disk_mb for n in nodes) << 20,
+            sum(n.disk_mb for n in nodes) << 20,
+        )
+
+    # -- warm pools: the nodes fill them, replicas claim through the store ------------------
+
+    async def claim_pooled(
+        self,
+        sandbox_id: str,
+        image: Image,
+        limits: Limits,
+        env: Mapping[str, str],
+        runtime: str,
+    ) -> tuple[str, AgentConnection] | None:
+        if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
+            return None  # what a running sandbox cannot change: a cold start
+        now = time.time()
+        nodes = [
+            n
+            for n in self._store.list_nodes()
+            if n.state == "ready" and now - n.last_heartbeat <= FRESH_FOR
+        ]
+        having = holding(self._store, [n.name for n in nodes], image.id)
+        if not having:
+            return None
+        need = claim_need(Need(limits.cpu, limits.memory_mb, limits.disk_mb))
+        placed = placed_on(self._store, nodes)
+        order = candidates(nodes, placed, need, now=now, fresh_for=FRESH_FOR)
+        for node in (n for n in order if n in having):
+            # NB: SKIP LOCKED: another replica claiming on this node at once gets another row.
+            rid = self._store.claim_pool_entry(node, image.id, sandbox_id)
+            if rid is None:
+                continue
+            # Recorded first: every later call for the sandbox goes to this node.
+            self._store.set_sandbox_node(sandbox_id, node)
+            try:
+                conn = await self.remote(node).claim_pooled(rid, limits, env)
+            except (NodeUnavailable, NodeRefused, OSError) as exc:
+                log.warning("node %s: pooled sandbox %s not handed out: %s", node, rid, exc)
+                conn = None
+            if conn is not None:
+                return rid, conn
+            self._store.forget_sandbox_node(sandbox_id)
+        return None
+
+    def pool_status(self) -> dict[str, tuple[int, int]]:
+        now = time.time()
+        ready: dict[str, int] = {}
+        for node in self._store.list_nodes():
+            if node.state != "ready" or now - node.last_heartbeat > FRESH_FOR:
+                continue
+            for entry in self._store.list_pool_entries(node.name):
+                if entry.claimed_by is None:
+                    ready[entry.image_id] = ready.get(entry.image_id, 0) + 1
+        return {
+            name: (size, ready.get(self._image_id(name) or "", 0))
+            for name, size in self._pool_sizes.items()
+        }
+
+    async def drain_pooled(self, image_id: str) -> None:
+        pass  # each node's pool lets go of an image it no longer finds
+
+    def start_pools(self) -> None:
+        pass  # the nodes fill them
+
+    async def stop_pools(self) -> None:
+        pass
+
+    # -- the death watch: each node watches its own containers -----------------------------
+
+    def _by_node(self, sandbox_ids: Collection[str]) -> dict[str, list[str]]:
+        """The sandboxes by node, of the nodes that are not lost."""
+        # NB: a read per node, not per sandbox: the death watch asks twice a second.
+        wanted = set(sandbox_ids)
+        by_node: dict[str, list[str]] = {}
+        for node in self._store.list_nodes():
+            if node.state == "lost":
+                continue
+            held = [sid for sid in self._store.sandboxes_on(node.name) if sid in wanted]
+            if held:
+                by_node[node.name] = held
+        return by_node
+
+    async def _each_node(
+        self,
+        sandbox_ids: Collection[str],
+        call: Callable[[RemoteHost, list[str], Mapping[str, str]], Any],
+    ) -> list[Any]:
+        """`call` on every node that holds some of these sandboxes, at once, with their runtime
+        ids; a node that does not answer is left out (the node watch deals with it)."""
+        by_node = self._by_node(sandbox_ids)
+        if not by_node:
+            return []
+        # NB: one read for all their runtime ids (a pooled one has its pool's), not one per
+        # sandbox: the death watch asks twice a second.
+        wanted = set(sandbox_ids)
+        rids = {r.id: r.runtime_id or r.id for r in self._store.list_sandboxes() if r.id in wanted}
+
+        async def one(name: str, sids: list[str]) -> Any:
+            try:
+                return await call(self.remote(name), sids, rids)
+            except (NodeUnavailable, NodeRefused, NodeUnavailableError) as exc:
+                log.debug("node %s: not asked: %s", name, exc)
+                return None
+
+        got = await asyncio.gather(*(one(n, sids) for n, sids in by_node.items()))
+        return [g for g in got if g is not None]
+
+    async def dead(self, sandbox_ids: Collection[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for part in await self._each_node(
+            sandbox_ids, lambda r, sids, rids: r.dead(sids, rids=rids)
+        ):
+            found.update(part)
+        return found
+
+    async def oom_kills(self, sandbox_ids: Collection[str]) -> list[tuple[str, OomKill]]:
+        kills: list[tuple[str, OomKill]] = []
+        for part in await self._each_node(
+            sandbox_ids, lambda r, sids, rids: r.oom_kills(sids, rids=rids)
+        ):
+            kills.extend(part)
+        return kills
+
+    def close_watch(self) -> None:
+        pass  # each node holds its own
+
+    # -- disk snapshots: on the node of the sandbox they were taken from --------------------
+
+    def _snapshot_home(self, snapshot_id: str) -> str:
+        name = self._store.snapshot_node(snapshot_id)
+        if name is None:
+            raise NodeUnavailableError(f"snapshot {snapshot_id} is on no known node")
+        return name
+
+    async def take_snapshot(
+        self, sandbox_id: str, snapshot_id: str, *, spare: bool = False
+    ) -> None:
+        await self._on_node_of(
+            sandbox_id,
+            [snapshot_id],
+            lambda r: r.take_snapshot(sandbox_id, snapshot_id, spare=spare),
+        )
+
+    async def fork_disks(self, sandbox_id: str, copy_ids: Sequence[str]) -> None:
+        self._fork_sends.forked(copy_ids)
+        await self._on_node_of(sandbox_id, copy_ids, lambda r: r.fork_disks(sandbox_id, copy_ids))
+
+    async def _on_node_of(
+        self, sandbox_id: str, snapshot_ids: Sequence[str], call: Callable[[RemoteHost], Any]
+    ) -> None:
+        # Recorded first: a snapshot taken by a call that then fails is still found (and
+        # deleted) through its record.
+        node = self.node_of(sandbox_id)
+        for snapshot_id in snapshot_ids:
+            self._store.set_snapshot_node(snapshot_id, node)
+        try:
+            await self._do(sandbox_id, call)
+        except BaseException:
+            for snapshot_id in snapshot_ids:
+                self._store.forget_snapshot_node(snapshot_id)
+            raise
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        for node in self._fork_sends.holders(snapshot_id):  # a fork's copy sent there
+            with contextlib.suppress(NodeUnavailable, NodeRefused, NodeUnavailableError):
+                await self.remote(node).delete_snapshot(snapshot_id)
+        name = self._store.snapshot_node(snapshot_id)
+        if name is None:
+            return
+        remote = self._live(name, f"snapshot {snapshot_id}")
+        try:
+            await remote.delete_snapshot(snapshot_id)
+        except NodeUnavailable as exc:
+            raise _unavailable(name, str(exc), what=f"snapshot {snapshot_id}") from exc
+        self._store.forget_snapshot_node(snapshot_id)
+
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        name = self._store.snapshot_node(snapshot_id)
+        if name is None:
+            return False
+        remote = self._live(name, f"snapshot {snapshot_id}")
+        try:
+            return await remote.has_snapshot(snapshot_id)
+        except NodeUnavailable as exc:
+            raise _unavailable(name, str(exc), what=f"snapshot {snapshot_id}") from exc
+
+    # -- backups: the node that holds the disk streams it to S3 itself ---------------------
+
+    async def send_backup(
+        self, snapshot_id: str, target: BackupTarget, name: str, *, parent: str | None
+    ) -> bool:
+        home = self._snapshot_home(snapshot_id)
+        remote = self._live(home, f"snapshot {snapshot_id}")
+        if parent is not None and self._store.snapshot_node(parent) != home:
+            parent = None  # left on the node the sandbox moved from: a full backup
+        try:
+            return await remote.send_backup(snapshot_id, target, name, parent=parent)
+        except NodeUnavailable as exc:
+            raise _unavailable(home, str(exc), what=f"snapshot {snapshot_id}") from exc
+
+    async def receive_backup(
+        self,
+        target: BackupTarget,
+        names: Sequence[str],
+        last: str,
+        snapshot_id: str,
+        *,
+        limits: Limits,
+    ) -> None:
+        """On the node placement picks for a sandbox of `limits` (the next if one is down):
+        the restored sandbox is then created there, from this snapshot."""
+        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb)
+        refusals = []
+        for node in self.placements(need, but=""):
+            # Recorded first: a snapshot a failed call left is still found (and deleted).
+            self._store.set_snapshot_node(snapshot_id, node)
+            try:
+                await self.remote(node).receive_backup(
+                    target, names, last, snapshot_id, limits=limits
+                )
+                return
+            except NodeUnavailable as exc:
+                refusals.append(f"{node}: {exc}")
+            except BaseException:
+                with contextlib.suppress(NodeUnavailable, NodeRefused):
+                    await self.remote(node).delete_snapshot(snapshot_id)
+                self._store.forget_snapshot_node(snapshot_id)
+                raise
+            self._store.forget_snapshot_node(snapshot_id)
+        tried = "; ".join(refusals) if refusals else "no ready node has room"
+        raise NoCapacity(
+            f"no node can take the restored sandbox ({need.cpu} cpu, {need.memory_mb} MB memory, "
+            f"{need.disk_mb} MB disk) now ({tried}); retry later, or add a node"
+        )
+
+    def _live(self, name: str, what: str) -> RemoteHost:
+        node = self._store.get_node(name)
+        if node is None or node.state == "lost":
+            raise _unavailable(name, "it stopped heartbeating", what=what)
+        return self.remote(name)
+
+
+def _unavailable(node: str, why: str, *, what: str = "this sandbox") -> NodeUnavailableError:
+    return NodeUnavailableError(
+        f"node {node}, which holds {what}, is unavailable ({why}); retry shortly, or "
+        "destroy the sandbox and create a new one"
+    )

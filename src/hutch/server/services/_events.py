@@ -1,0 +1,93 @@
+"""Sandbox events: emitted once, from the one place each transition happens (create and
+destroy in services/_sandboxes.py, pause/resume/stop/start in services/_lifecycle.py, deaths
+and OOM kills in services/_deaths.py), persisted in the event log, and followed live by
+`GET /v1/sandboxes/{id}/events`.
+
+A follower reads the log after the last sequence number it sent, then waits for the next
+emit in this process, or one second (another API replica may have written it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from hutch._wire.sandbox_events import SandboxEventType
+from hutch.server.store._events import EventLog, EventRecord
+
+log = logging.getLogger("hutch.server")
+
+POLL_EVERY = 1.0  # seconds: how long a follower waits before reading the log again anyway
+PRUNE_EVERY = 500  # emits between two prunes of destroyed sandboxes' events
+
+
+class EventSink(Protocol):
+    def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None: ...
+
+
+class NoEvents:
+    """The sink of a manager with no event log (unit tests of other services)."""
+
+    def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None:
+        return None
+
+
+class SandboxEvents:
+    """Emit events into the log and let followers wait for them."""
+
+    def __init__(self, log_: EventLog) -> None:
+        self._log = log_
+        self._changed: dict[str, asyncio.Event] = {}
+        self._emits = 0
+
+    def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None:
+        try:
+            self._log.append(sandbox_id, type, data, fresh=type == "created")
+        except Exception:
+            # NB: an event is a report, never a reason for a transition to fail (a full disk
+            # fails the write; the transition itself already happened).
+            log.exception("could not record event %s of sandbox %s", type, sandbox_id)
+            return
+        changed = self._changed.pop(sandbox_id, None)
+        if changed is not None:
+            changed.set()
+        self._emits += 1
+        if self._emits % PRUNE_EVERY == 0:
+            self.prune()
+
+    def close(self) -> None:
+        self._log.close()
+
+    def prune(self) -> None:
+        try:
+            self._log.prune()
+        except Exception:
+            log.exception("could not prune the event log")
+
+    def since(self, sandbox_id: str, after: int) -> list[EventRecord]:
+        return self._log.since(sandbox_id, after)
+
+    async def follow(
+        self, sandbox_id: str, after: int, *, follow: bool = True
+    ) -> AsyncIterator[EventRecord | None]:
+        """The events after `after`, then (if `follow`) each new one as it comes, until the
+        sandbox's `destroyed` event; None after each quiet second (a chance to send a
+        keep-alive, or to stop)."""
+        while True:
+            changed = self._changed.setdefault(sandbox_id, asyncio.Event())
+            batch = self._log.since(sandbox_id, after)
+            for event in batch:
+                after = event.seq
+                yield event
+                if event.type == "destroyed":
+                    return
+            if not follow and len(batch) < 500:
+                return
+            if batch:
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), POLL_EVERY)
+            except TimeoutError:
+                yield None

@@ -1,0 +1,66 @@
+"""Warm pools on a cluster, as the store sees them: what a node's ready pooled sandboxes take
+of its capacity, and the order in which a replica claims one.
+
+Each node lists its ready pooled sandboxes in `pool_entries` (server/_node_pools.py). They hold
+the default limits (node/_pools.py `POOL_LIMITS`) like any running sandbox, so placement counts
+them; a claim gives that share back to the sandbox it becomes. A replica claims a row with
+`FOR UPDATE SKIP LOCKED` (store), so two replicas never get the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hutch.node import POOL_LIMITS
+from hutch.server.services._placement import Need
+from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._sqlite import PoolEntryRecord, SandboxRecord, Store
+
+POOL_NEED = Need(POOL_LIMITS.cpu, POOL_LIMITS.memory_mb, POOL_LIMITS.disk_mb)
+
+
+def pooled_record(entry: PoolEntryRecord) -> SandboxRecord:
+    """A ready pooled sandbox as placement counts it: a running sandbox of the pool's limits."""
+    return SandboxRecord(
+        id=entry.runtime_id,
+        status="running",
+        image="",
+        image_id=entry.image_id,
+        created_at=entry.created_at,
+        cpu=POOL_NEED.cpu,
+        memory_mb=POOL_NEED.memory_mb,
+        disk_mb=POOL_NEED.disk_mb,
+    )
+
+
+def placed_on(
+    store: Store, nodes: Iterable[NodeRecord], *, but: str = ""
+) -> list[tuple[str, SandboxRecord]]:
+    """(node, sandbox) of everything that takes capacity on `nodes`: the sandboxes placed
+    there (sandbox `but` left out) and their unclaimed pooled sandboxes."""
+    records = {r.id: r for r in store.list_sandboxes()}
+    placed = []
+    for node in nodes:
+        for sid in store.sandboxes_on(node.name):
+            if sid in records and sid != but:
+                placed.append((node.name, records[sid]))
+        for entry in store.list_pool_entries(node.name):
+            if entry.claimed_by is None:
+                placed.append((node.name, pooled_record(entry)))
+    return placed
+
+
+def claim_need(need: Need) -> Need:
+    """What a claim adds on its node: the sandbox's limits less the pooled one's own."""
+    return Need(need.cpu - POOL_NEED.cpu, need.memory_mb - POOL_NEED.memory_mb, 0)
+
+
+def holding(store: Store, nodes: Iterable[str], image_id: str) -> set[str]:
+    """Those of `nodes` with an unclaimed pooled sandbox of `image_id`."""
+    return {
+        name
+        for name in nodes
+        if any(
+            e.image_id == image_id and e.claimed_by is None for e in store.list_pool_entries(name)
+        )
+    }

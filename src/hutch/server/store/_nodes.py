@@ -1,0 +1,164 @@
+"""The nodes of a cluster and which node holds which sandbox (multi-node mode only).
+
+Plain portable SQL: the PostgreSQL store (_postgres_nodes.py) runs the same statements with
+its own placeholders; the tables are migration 10 (_migrations.py).
+Each node daemon upserts its row every heartbeat; the API reads them to place sandboxes and
+marks a silent node `lost`. A sandbox's node lives in its own table so that single-host mode's
+sandbox rows stay exactly as they were.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+NodeState = Literal["ready", "draining", "lost"]
+
+
+@dataclass
+class NodeRecord:
+    """One node: where its API listens, what it has and what its sandboxes take."""
+
+    name: str
+    address: str  # http://host:port of its node API
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    used_cpu: float = 0.0
+    used_memory_mb: int = 0
+    used_disk_mb: int = 0
+    state: str = "ready"  # NodeState
+    last_heartbeat: float = 0.0  # time.time() of its last heartbeat
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> NodeRecord:
+        return cls(**{k: row[k] for k in row.keys()})
+
+
+class NodeStore(Protocol):
+    """The nodes of a cluster (unused on one host); part of `Store`."""
+
+    def heartbeat_node(self, node: NodeRecord) -> NodeRecord: ...
+    def list_nodes(self) -> list[NodeRecord]: ...
+    def get_node(self, name: str) -> NodeRecord | None: ...
+    def set_node_state(
+        self, name: str, state: NodeState, *, only_from: str | None = None
+    ) -> bool: ...
+    def set_sandbox_node(self, sandbox_id: str, node: str) -> None: ...
+    def sandbox_node(self, sandbox_id: str) -> str | None: ...
+    # The name its node knows it by (a pooled one keeps its pool's); None: no such sandbox.
+    def sandbox_runtime_id(self, sandbox_id: str) -> str | None: ...
+    def sandboxes_on(self, node: str) -> list[str]: ...
+    def forget_sandbox_node(self, sandbox_id: str) -> None: ...
+    # A disk snapshot lives on the node of the sandbox it was taken from.
+    def set_snapshot_node(self, snapshot_id: str, node: str) -> None: ...
+    def snapshot_node(self, snapshot_id: str) -> str | None: ...
+    def forget_snapshot_node(self, snapshot_id: str) -> None: ...
+
+
+class NodeRows:
+    """The node methods of `SqliteStore` (mixed in; `_tx` and `_db` are the store's)."""
+
+    _db: sqlite3.Connection
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def heartbeat_node(self, node: NodeRecord) -> NodeRecord:
+        """Insert or refresh a node's row: address, capacity, use and heartbeat time. A `lost`
+        node that beats again is `ready`; a `draining` one stays draining."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
+                "used_memory_mb, used_disk_mb, state, last_heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?) "
+                "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
+                "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
+                "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
+                "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
+                "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END",
+                (
+                    node.name,
+                    node.address,
+                    node.cpu,
+                    node.memory_mb,
+                    node.disk_mb,
+                    node.used_cpu,
+                    node.used_memory_mb,
+                    node.used_disk_mb,
+                    node.last_heartbeat,
+                ),
+            )
+            row = db.execute("SELECT * FROM nodes WHERE name = ?", (node.name,)).fetchone()
+        return NodeRecord.from_row(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        rows = self._db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
+        return [NodeRecord.from_row(r) for r in rows]
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        row = self._db.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+        return NodeRecord.from_row(row) if row is not None else None
+
+    def set_node_state(self, name: str, state: NodeState, *, only_from: str | None = None) -> bool:
+        """Set a node's state (only if it is `only_from` now, when given); True if changed."""
+        with self._tx() as db:
+            if only_from is None:
+                cur = db.execute("UPDATE nodes SET state = ? WHERE name = ?", (state, name))
+            else:
+                cur = db.execute(
+                    "UPDATE nodes SET state = ? WHERE name = ? AND state = ?",
+                    (state, name, only_from),
+                )
+        return cur.rowcount > 0
+
+    def set_sandbox_node(self, sandbox_id: str, node: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES (?, ?) "
+                "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node",
+                (sandbox_id, node),
+            )
+
+    def sandbox_node(self, sandbox_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT node FROM sandbox_nodes WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchone()
+        return str(row["node"]) if row is not None else None
+
+    def sandbox_runtime_id(self, sandbox_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT COALESCE(runtime_id, id) AS rid FROM sandboxes WHERE id = ?", (sandbox_id,)
+        ).fetchone()
+        return str(row["rid"]) if row is not None else None
+
+    def sandboxes_on(self, node: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT sandbox_id FROM sandbox_nodes WHERE node = ? ORDER BY sandbox_id", (node,)
+        ).fetchall()
+        return [str(r["sandbox_id"]) for r in rows]
+
+    def forget_sandbox_node(self, sandbox_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sandbox_nodes WHERE sandbox_id = ?", (sandbox_id,))
+
+    def set_snapshot_node(self, snapshot_id: str, node: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES (?, ?) "
+                "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node",
+                (snapshot_id, node),
+            )
+
+    def snapshot_node(self, snapshot_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT node FROM snapshot_nodes WHERE snapshot_id = ?", (snapshot_id,)
+        ).fetchone()
+        return str(row["node"]) if row is not None else None
+
+    def forget_snapshot_node(self, snapshot_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = ?", (snapshot_id,))

@@ -1,0 +1,103 @@
+"""`NodeStore` on PostgreSQL, mixed into `PostgresStore` as `NodeRows` is into `SqliteStore`
+(the same SQL, with psycopg's placeholders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hutch.server.store._nodes import NodeRecord, NodeState
+
+
+class PostgresNodes:
+    """`NodeStore` for `PostgresStore` (which provides `_rows` and `_count`)."""
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        raise NotImplementedError
+
+    def heartbeat_node(self, node: NodeRecord) -> NodeRecord:
+        """Insert or refresh a node's row; a `lost` node that beats again is `ready`, a
+        `draining` one stays draining."""
+        rows = self._rows(
+            "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
+            "used_memory_mb, used_disk_mb, state, last_heartbeat) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s) "
+            "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
+            "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
+            "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
+            "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
+            "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END "
+            "RETURNING *",
+            (
+                node.name,
+                node.address,
+                node.cpu,
+                node.memory_mb,
+                node.disk_mb,
+                node.used_cpu,
+                node.used_memory_mb,
+                node.used_disk_mb,
+                node.last_heartbeat,
+            ),
+        )
+        return NodeRecord.from_row(rows[0])
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return [NodeRecord.from_row(r) for r in self._rows("SELECT * FROM nodes ORDER BY name")]
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        rows = self._rows("SELECT * FROM nodes WHERE name = %s", (name,))
+        return NodeRecord.from_row(rows[0]) if rows else None
+
+    def set_node_state(self, name: str, state: NodeState, *, only_from: str | None = None) -> bool:
+        if only_from is None:
+            return self._count("UPDATE nodes SET state = %s WHERE name = %s", (state, name)) > 0
+        return (
+            self._count(
+                "UPDATE nodes SET state = %s WHERE name = %s AND state = %s",
+                (state, name, only_from),
+            )
+            > 0
+        )
+
+    def set_sandbox_node(self, sandbox_id: str, node: str) -> None:
+        self._count(
+            "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES (%s, %s) "
+            "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node",
+            (sandbox_id, node),
+        )
+
+    def sandbox_node(self, sandbox_id: str) -> str | None:
+        rows = self._rows("SELECT node FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
+        return str(rows[0]["node"]) if rows else None
+
+    def sandbox_runtime_id(self, sandbox_id: str) -> str | None:
+        rows = self._rows(
+            "SELECT COALESCE(runtime_id, id) AS rid FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        return str(rows[0]["rid"]) if rows else None
+
+    def sandboxes_on(self, node: str) -> list[str]:
+        rows = self._rows(
+            "SELECT sandbox_id FROM sandbox_nodes WHERE node = %s ORDER BY sandbox_id", (node,)
+        )
+        return [str(r["sandbox_id"]) for r in rows]
+
+    def forget_sandbox_node(self, sandbox_id: str) -> None:
+        self._count("DELETE FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
+
+    def set_snapshot_node(self, snapshot_id: str, node: str) -> None:
+        self._count(
+            "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES (%s, %s) "
+            "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node",
+            (snapshot_id, node),
+        )
+
+    def snapshot_node(self, snapshot_id: str) -> str | None:
+        rows = self._rows("SELECT node FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))
+        return str(rows[0]["node"]) if rows else None
+
+    def forget_snapshot_node(self, snapshot_id: str) -> None:
+        self._count("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))

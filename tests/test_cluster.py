@@ -1,0 +1,1038 @@
+"""A real local cluster (scripts/cluster): three node daemons in their own network namespaces,
+two API replicas on one database. Placement, exec and previews on every node, the node API's
+token, sandboxes kept off the node network, drain, node loss and return."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from hutch.sdk import APIError, Client, Sandbox
+from tests.support.failure_notes import FAILURE_NOTES
+from tests.support.s3 import S3Server
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+# Another run's cluster on this machine (an engineer's next to CI's) needs its own directory,
+# names, node network and API ports: HUTCH_TEST_CLUSTER_DIR, _PREFIX, _NET, _API_PORT.
+DIR = Path(os.environ.get("HUTCH_TEST_CLUSTER_DIR", "/var/lib/hutch-cluster-test"))
+PREFIX = os.environ.get("HUTCH_TEST_CLUSTER_PREFIX", "htest")
+NET = os.environ.get("HUTCH_TEST_CLUSTER_NET", "10.250.7")
+API_PORT = int(os.environ.get("HUTCH_TEST_CLUSTER_API_PORT", "7090"))
+# On the bridge, outside the node network: sandboxes may reach it.
+CONTROL_IP = f"10.249.{NET.rsplit('.', 1)[-1]}.1"
+SMALL = {"cpu": 1.0, "memory_mb": 512, "disk_mb": 512}
+# The fake model API the nodes' egress proxies send api.anthropic.com to (on the bridge).
+UPSTREAM_PORT = API_PORT + 9
+
+
+@dataclass
+class Cluster:
+    urls: list[str]
+    key: str
+    env: dict[str, str]
+
+    def client(self, replica: int = 0) -> Client:
+        return Client(base_url=self.urls[replica], api_key=self.key)
+
+    def node_of(self, sandbox_id: str) -> str:
+        url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+        with psycopg.connect(url) as db:
+            row = db.execute(
+                "SELECT node FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,)
+            ).fetchone()
+        assert row is not None, f"{sandbox_id} has no node"
+        return str(row[0])
+
+    def nodes(self) -> dict[str, dict[str, object]]:
+        with self.client() as c:
+            return {n["name"]: n for n in c.request("GET", "/v1/nodes")["nodes"]}
+
+    def script(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(ROOT / "scripts/cluster"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    env = {
+        **os.environ,
+        "HUTCH_CLUSTER_DIR": str(DIR),
+        "HUTCH_CLUSTER_PREFIX": PREFIX,
+        "HUTCH_CLUSTER_NET": NET,
+        "HUTCH_CLUSTER_API_PORT": str(API_PORT),
+        # Small nodes, so that capacity runs out after a few sandboxes.
+        "HUTCH_NODE_CPU": "2",
+        "HUTCH_NODE_MEMORY_MB": "2048",
+        "HUTCH_NODE_DISK_MB": "2048",
+        # Read by `hutch node` (its egress proxy), as by `hutch serve` in test_egress.py.
+        "HUTCH_EGRESS_UPSTREAMS": f"api.anthropic.com=http://{NET}.1:{UPSTREAM_PORT}",
+    }
+    c = Cluster(urls=[], key="", env=env)
+    try:
+        out = c.script("up")
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        c.urls = [values["HUTCH_URL"], values["HUTCH_URL_2"]]
+        c.key = values["HUTCH_API_KEY"]
+        yield c
+    finally:
+        subprocess.run(
+            [str(ROOT / "scripts/cluster"), "down"], env=env, capture_output=True, timeout=180
+        )
+
+
+LOG_LINES = 80  # of each daemon's log, in the report of a failed test
+
+
+@pytest.fixture(autouse=True)
+def _daemon_logs_on_failure(request: pytest.FixtureRequest) -> None:
+    """A failed test's report ends with what each node and replica logged meanwhile: in CI,
+    the cluster is gone by the time anyone looks."""
+    start = {p.name: p.stat().st_size for p in DIR.glob("*.log")}
+
+    def logs() -> tuple[str, str]:
+        parts = []
+        for path in sorted(DIR.glob("*.log")):
+            with path.open("rb") as f:
+                f.seek(start.get(path.name, 0))
+                lines = f.read().decode(errors="replace").splitlines()[-LOG_LINES:]
+            parts.append(f"--- {path.name} (last {len(lines)} lines of this test's) ---")
+            parts += lines
+        return "cluster daemons' logs", "\n".join(parts)
+
+    request.node.stash.setdefault(FAILURE_NOTES, []).append(logs)
+
+
+def _destroy_all(cluster: Cluster) -> None:
+    with cluster.client() as c:
+        for info in Sandbox.list(client=c):
+            with contextlib.suppress(APIError):
+                Sandbox.connect(info.id, client=c).destroy()
+
+
+def test_node_api_refuses_calls_without_the_node_token(cluster: Cluster) -> None:
+    url = f"http://{NET}.11:7171/node/v1/info"
+    token = (DIR / "node_token").read_text().strip()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+        r = httpx.get(url, headers=headers, timeout=5)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "node_unauthorized"
+    assert (
+        httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    )
+    assert "missing or wrong node token" in (DIR / "n1.log").read_text()
+    # The tunnel listener too: a CONNECT to an agent without the token gets 401, no bytes.
+    done = subprocess.run(
+        ["curl", "-s", "-m", "5", "-p", "-x", f"http://{NET}.11:7172", "http://agent/x"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+
+
+def test_placement_spreads_and_respects_capacity(cluster: Cluster) -> None:
+    with cluster.client() as c:
+        sandboxes = [Sandbox.create(client=c, **SMALL) for _ in range(3)]  # type: ignore[arg-type]
+        try:
+            assert sorted(cluster.node_of(sb.id) for sb in sandboxes) == ["n1", "n2", "n3"]
+            # More than any node has: refused with what to do, not a 500.
+            with pytest.raises(APIError) as exc:
+                Sandbox.create(client=c, cpu=3.0, memory_mb=512, disk_mb=512)
+            assert exc.value.code == "no_capacity"
+            assert exc.value.status == 503
+            # Each node has room for one more 1-cpu sandbox (2 cpu), then none.
+            more = [Sandbox.create(client=c, **SMALL) for _ in range(3)]  # type: ignore[arg-type]
+            assert sorted(cluster.node_of(sb.id) for sb in more) == ["n1", "n2", "n3"]
+            with pytest.raises(APIError) as exc:
+                Sandbox.create(client=c, **SMALL)  # type: ignore[arg-type]
+            assert exc.value.code == "no_capacity"
+        finally:
+            _destroy_all(cluster)
+
+
+def test_exec_and_previews_reach_sandboxes_on_every_node(cluster: Cluster) -> None:
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        sandboxes = [Sandbox.create(client=c0, **SMALL) for _ in range(3)]  # type: ignore[arg-type]
+        try:
+            assert {cluster.node_of(sb.id) for sb in sandboxes} == {"n1", "n2", "n3"}
+            for sb in sandboxes:
+                # Through the other replica too: it knows the node from the database.
+                other = Sandbox.connect(sb.id, client=c1)
+                assert other.exec(f"echo {sb.id} | tr a-z A-Z").stdout == sb.id.upper() + "\n"
+                sb.exec(f"mkdir -p /tmp/w && echo page-of-{sb.id} > /tmp/w/index.html")
+                p = sb.start_process("python3 -m http.server 8080 -d /tmp/w")
+                p.wait_for_port(8080, timeout=20)
+                # The replica's own address plus the preview Host (no *.localhost DNS here).
+                host = urlsplit(sb.get_preview_url(8080)).netloc
+                # Either replica serves it: the other reads the port from the database.
+                for url in cluster.urls:
+                    r = httpx.get(url + "/", headers={"Host": host}, timeout=10)
+                    assert r.status_code == 200
+                    assert r.text == f"page-of-{sb.id}\n"
+            # Closed through one replica: closed on the other at once.
+            sb = sandboxes[0]
+            host = urlsplit(sb.get_preview_url(8080)).netloc
+            Sandbox.connect(sb.id, client=c1).unexpose_port(8080)
+            r = httpx.get(cluster.urls[0] + "/", headers={"Host": host}, timeout=10)
+            assert r.status_code == 404
+        finally:
+            _destroy_all(cluster)
+
+
+def test_a_sandbox_cannot_reach_any_node_api(cluster: Cluster) -> None:
+    bridge = f"{PREFIX}br"
+    subprocess.run(["ip", "addr", "add", f"{CONTROL_IP}/32", "dev", bridge], check=True)
+    control = subprocess.Popen(
+        ["python3", "-m", "http.server", "7199", "--bind", CONTROL_IP],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with cluster.client() as c:
+            # The node network allowed explicitly, even: it stays refused.
+            allow = [f"{CONTROL_IP}/32", f"{NET}.0/24"]
+            sb = Sandbox.create(client=c, network="internet", network_allow=allow, **SMALL)  # type: ignore[arg-type]
+            try:
+                probe = "curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{}/ || echo refused"
+                # The control: a server on this machine outside the node network answers,
+                # so a refusal below is the rules' doing.
+                deadline = time.monotonic() + 10
+                while sb.exec(probe.format(f"{CONTROL_IP}:7199")).stdout != "200":
+                    assert time.monotonic() < deadline, "the control server never answered"
+                    time.sleep(0.3)
+                targets = [f"{NET}.{10 + i}:{port}" for i in (1, 2, 3) for port in (7171, 7172)]
+                targets += [f"{NET}.1:{API_PORT}", f"{NET}.1:{API_PORT + 1}"]
+                for target in targets:
+                    out = sb.exec(probe.format(target)).stdout
+                    assert out.strip().endswith("refused"), (
+                        f"sandbox on {cluster.node_of(sb.id)} reached {target}: {out}"
+                    )
+            finally:
+                sb.destroy()
+    finally:
+        control.terminate()
+        control.wait()
+        subprocess.run(["ip", "addr", "del", f"{CONTROL_IP}/32", "dev", bridge])
+
+
+def test_drain_stops_placements_on_the_node(cluster: Cluster) -> None:
+    with cluster.client() as c:
+        c.request("POST", "/v1/nodes/n3/drain")
+        try:
+            assert cluster.nodes()["n3"]["state"] == "draining"
+            made = [Sandbox.create(client=c, **SMALL) for _ in range(4)]  # type: ignore[arg-type]
+            assert "n3" not in {cluster.node_of(sb.id) for sb in made}
+            with pytest.raises(APIError) as exc:
+                c.request("POST", "/v1/nodes/nope/drain")
+            assert exc.value.code == "node_not_found"
+        finally:
+            c.request("POST", "/v1/nodes/n3/ready")
+            _destroy_all(cluster)
+        assert cluster.nodes()["n3"]["state"] == "ready"
+
+
+def test_node_loss_errors_its_sandboxes_and_its_return_readopts_them(cluster: Cluster) -> None:
+    with cluster.client() as c:
+        sandboxes = [Sandbox.create(client=c, **SMALL) for _ in range(3)]  # type: ignore[arg-type]
+        try:
+            victim = next(sb for sb in sandboxes if cluster.node_of(sb.id) == "n1")
+            victim.exec("echo before > /tmp/kept")
+            os.kill(int((DIR / "n1.pid").read_text()), signal.SIGKILL)
+            killed = time.monotonic()
+            # At once: requests fail fast with a 503 (not a hang, not a 500). One in flight as
+            # the node dies may see the agent's connection cut (sandbox_unavailable: retry);
+            # the next one is told which node is gone.
+            fresh = Sandbox.connect(victim.id, client=c)
+            codes = []
+            for _ in range(2):
+                with pytest.raises(APIError) as exc:
+                    fresh.exec("true")
+                assert exc.value.status == 503
+                codes.append(exc.value.code)
+            assert codes[-1] == "node_unavailable"
+            assert "node n1" in str(exc.value)
+            assert time.monotonic() - killed < 10
+            # Within 15 s: lost, and its sandbox in error: node_lost.
+            while True:
+                info = Sandbox.connect(victim.id, client=c).info()
+                if info.status == "error":
+                    break
+                assert time.monotonic() - killed < 15, "the node was not marked lost in 15 s"
+                time.sleep(0.5)
+            assert (info.status_reason or "").startswith("node_lost")
+            assert cluster.nodes()["n1"]["state"] == "lost"
+            # New sandboxes go elsewhere.
+            other = Sandbox.create(client=c, **SMALL)  # type: ignore[arg-type]
+            assert cluster.node_of(other.id) != "n1"
+            # The node comes back: what still runs is running again, with its disk.
+            cluster.script("start-node", "1")
+            deadline = time.monotonic() + 90
+            while Sandbox.connect(victim.id, client=c).info().status != "running":
+                assert time.monotonic() < deadline, "the sandbox was not re-adopted"
+                time.sleep(0.5)
+            assert Sandbox.connect(victim.id, client=c).exec("cat /tmp/kept").stdout == "before\n"
+            assert cluster.nodes()["n1"]["state"] == "ready"
+        finally:
+            _destroy_all(cluster)
+
+
+def test_snapshot_restore_and_fork_of_a_sandbox_on_a_node(cluster: Cluster) -> None:
+    token = (DIR / "node_token").read_text().strip()
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            # Half a cpu: the restored one and its two forks fit on one 2-cpu node.
+            source = Sandbox.create(client=c0, cpu=0.5, memory_mb=512, disk_mb=512)
+            home = cluster.node_of(source.id)
+            source.exec("echo from-the-source > /home/user/kept")
+            snap = source.snapshot("cluster-snap")
+            # The source goes: the snapshot lives on in its node's storage.
+            source.destroy()
+            # Through the other replica: a new sandbox from it, on the snapshot's node.
+            restored = Sandbox.create(client=c1, snapshot=snap.id, disk_mb=512)
+            assert cluster.node_of(restored.id) == home
+            assert restored.exec("cat /home/user/kept").stdout == "from-the-source\n"
+            restored.exec("echo changed > /home/user/kept")
+            forks = restored.fork(count=2)
+            assert {cluster.node_of(f.id) for f in forks} == {home}
+            for fork in forks:
+                assert fork.exec("cat /home/user/kept").stdout == "changed\n"
+            # Fork's own snapshot is gone from the node; the kept one is there until deleted.
+            node_url = f"http://{NET}.{10 + int(home[1:])}:7171/node/v1/snapshots"
+            auth = {"Authorization": f"Bearer {token}"}
+            assert httpx.get(f"{node_url}/{snap.id}", headers=auth, timeout=5).json() == {
+                "exists": True
+            }
+            Sandbox.delete_snapshot(snap.id, client=c0)
+            assert httpx.get(f"{node_url}/{snap.id}", headers=auth, timeout=5).json() == {
+                "exists": False
+            }
+            with pytest.raises(APIError) as exc:
+                Sandbox.create(client=c0, snapshot=snap.id)
+            assert exc.value.code == "snapshot_not_found"
+            # A snapshot id that is a path is refused by the node, not followed.
+            bad = httpx.get(f"{node_url}/..%2F..%2Fetc", headers=auth, timeout=5)
+            assert bad.status_code in (400, 404)
+        finally:
+            _destroy_all(cluster)
+
+
+def test_a_create_from_a_snapshot_whose_node_is_full_gets_a_copy_on_another(
+    cluster: Cluster,
+) -> None:
+    token = (DIR / "node_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/drain")
+            source = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            filler = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/ready")
+            assert {cluster.node_of(source.id), cluster.node_of(filler.id)} == {"n2"}
+            source.exec("echo from-n2 > /home/user/kept")
+            snap = source.snapshot("full-node")
+            # n2's 2 cpu are taken: the new sandbox goes elsewhere, with a copy of the disk.
+            made = Sandbox.create(client=c1, snapshot=snap.id, disk_mb=512)
+            target = cluster.node_of(made.id)
+            assert target != "n2"
+            assert made.exec("cat /home/user/kept").stdout == "from-n2\n"
+
+            # The snapshot stays on n2 only (the copy went once the disk was made from it).
+            def exists(node: str) -> bool:
+                url = f"http://{NET}.{10 + int(node[1:])}:7171/node/v1/snapshots/{snap.id}"
+                return bool(httpx.get(url, headers=auth, timeout=5).json()["exists"])
+
+            assert exists("n2") and not exists(target)
+            Sandbox.delete_snapshot(snap.id, client=c0)
+            assert not exists("n2")
+        finally:
+            for name in ("n1", "n3"):
+                with contextlib.suppress(APIError):
+                    c0.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+
+
+def _fork_leftovers() -> list[str]:
+    """Fork copies (`fork-*`) left in any node's storage, sent or not."""
+    return sorted(
+        str(p.relative_to(DIR))
+        for sub in (".spares", ".snapshots")
+        for p in DIR.glob(f"n*/storage/{sub}/fork-*")
+    )
+
+
+def _disks() -> dict[str, list[str]]:
+    """Each node's sandbox disks (the subvolumes at the top of its storage pool)."""
+    return {
+        p.parent.name: sorted(d.name for d in p.iterdir() if not d.name.startswith("."))
+        for p in DIR.glob("n*/storage")
+    }
+
+
+def test_a_fork_whose_node_is_full_places_children_on_other_nodes_all_or_nothing(
+    cluster: Cluster,
+) -> None:
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/drain")
+            source = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            assert cluster.node_of(source.id) == "n2"
+            source.exec("echo from-n2 > /home/user/kept")
+            c0.request("POST", "/v1/nodes/n3/ready")  # n1 stays drained
+            before = _disks()
+            # Room for three children of 1 cpu (one on n2, two on n3), not four: the fork
+            # fails as a whole, and nothing of it stays on any node.
+            with pytest.raises(APIError) as exc:
+                Sandbox.connect(source.id, client=c1).fork(count=4)
+            assert exc.value.code == "no_capacity", exc.value
+            assert [s.id for s in Sandbox.list(client=c0)] == [source.id]
+            assert _fork_leftovers() == []
+            assert _disks() == before
+            # Three fit: one on the source's node, two on n3 with one copy sent there for
+            # both (the replica that forks logs each send).
+            log = DIR / "api1.log"
+            logged = log.stat().st_size
+            forks = Sandbox.connect(source.id, client=c1).fork(count=3)
+            placed = sorted(cluster.node_of(f.id) for f in forks)
+            assert placed == ["n2", "n3", "n3"]
+            with log.open("rb") as f:
+                f.seek(logged)
+                assert f.read().count(b"copied from node n2 to n3") == 1
+            for fork in forks:
+                assert fork.exec("cat /home/user/kept").stdout == "from-n2\n"
+                fork.exec("echo mine > /home/user/kept")
+            # Each child's disk is its own: the source's is as it was.
+            assert source.exec("cat /home/user/kept").stdout == "from-n2\n"
+            assert _fork_leftovers() == []
+        finally:
+            for name in ("n1", "n3"):
+                with contextlib.suppress(APIError):
+                    c0.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+
+
+def test_an_agent_killed_on_a_node_puts_its_sandbox_in_error_and_oom_kills_are_events(
+    cluster: Cluster,
+) -> None:
+    with cluster.client(1) as c:
+        try:
+            sb = Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=512)
+            node = cluster.node_of(sb.id)
+            # User code over its memory: an event (from the node's watch), not a death.
+            assert sb.exec("python3 -c 'b = bytearray(600 * 1024**2)'").oom_killed
+            deadline = time.monotonic() + 10
+            while "oom_killed" not in [e.type for e in sb.events(follow=False)]:
+                assert time.monotonic() < deadline, "no oom_killed event from the node"
+                time.sleep(0.2)
+            assert sb.info().status == "running"
+            # Its init killed on its node, as a host OOM or an operator would: error, with
+            # the reason, without any request to the sandbox.
+            state = DIR / node / "runc" / sb.id / "state.json"
+            pid = int(json.loads(state.read_text())["init_process_pid"])
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while (info := Sandbox.connect(sb.id, client=c).info()).status != "error":
+                assert time.monotonic() < deadline, "the death on the node was not noticed"
+                time.sleep(0.1)
+            assert (info.status_reason or "").startswith("agent_exited"), info.status_reason
+            # Its disk was kept there: an explicit start brings it back on its node.
+            sb.start()
+            assert sb.exec("echo back").stdout == "back\n"
+            assert cluster.node_of(sb.id) == node
+        finally:
+            _destroy_all(cluster)
+
+
+def test_concurrent_death_watches_share_one_pidfd_per_sandbox_on_a_node(cluster: Cluster) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = (DIR / "node_token").read_text().strip()
+    with cluster.client(0) as c:
+        try:
+            for name in ("n2", "n3"):
+                c.request("POST", f"/v1/nodes/{name}/drain")
+            sandboxes = [Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=256)]
+            sandboxes.append(Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=256))
+            assert {cluster.node_of(sb.id) for sb in sandboxes} == {"n1"}
+            rids = [rid or sid for sid, rid in _runtime_ids([sb.id for sb in sandboxes]).items()]
+            pid = int((DIR / "n1.pid").read_text())
+            assert b"node" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+            inits = {
+                int(
+                    json.loads((DIR / "n1" / "runc" / rid / "state.json").read_text())[
+                        "init_process_pid"
+                    ]
+                )
+                for rid in rids
+            }
+
+            def pidfds() -> dict[int, int]:
+                """The node's pidfds on the sandboxes' inits, by pid (it may hold others: a
+                child process of its own)."""
+                counts = dict.fromkeys(inits, 0)
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[pidfd]":
+                            continue
+                        info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                        target = int(info.split("Pid:", 1)[1].split()[0])
+                        if target in counts:
+                            counts[target] += 1
+                return counts
+
+            # What two replicas' death watches send at once, each with its own view of the
+            # node's running sandboxes (both replicas' own watches run meanwhile too).
+            asks = [rids[:1], rids[1:], rids, rids, rids[:1], rids[1:]]
+            url = f"http://{NET}.11:7171/node/v1/deaths"
+            with (
+                httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10) as node,
+                ThreadPoolExecutor(len(asks)) as pool,
+            ):
+
+                def ask(ids: list[str]) -> dict[str, str]:
+                    got = node.post(url, json={"ids": ids})
+                    assert got.status_code == 200, got.text
+                    return dict(got.json())
+
+                def round_() -> None:
+                    for found in pool.map(ask, asks):
+                        assert found == {}, found  # both run: no death reported
+
+                round_()  # opens the pool's connections, and the pidfds
+                before = pidfds()
+                for _ in range(40):
+                    round_()
+                after = pidfds()
+            # One pidfd per sandbox whatever the calls asked: none leaked, none reopened.
+            # (runc's init pid is read from its state file without a wait, so two calls
+            # rarely race to open one here: tests/test_init_watch_unit.py makes them.)
+            assert before == after == dict.fromkeys(inits, 1), (before, after)
+            # The watch still sees a death (each call reports what it asked about).
+            state = DIR / "n1" / "runc" / rids[0] / "state.json"
+            os.kill(int(json.loads(state.read_text())["init_process_pid"]), signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while Sandbox.connect(sandboxes[0].id, client=c).info().status != "error":
+                assert time.monotonic() < deadline, "the death on the node was not noticed"
+                time.sleep(0.1)
+            assert Sandbox.connect(sandboxes[1].id, client=c).info().status == "running"
+        finally:
+            for name in ("n2", "n3"):
+                with contextlib.suppress(APIError):
+                    c.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+
+
+# Where the load balancer in front of both replicas listens (replica loss test).
+BALANCER_PORT = API_PORT + 5
+
+
+def _balancer(path: Path) -> subprocess.Popen[bytes]:
+    """HAProxy in front of the two replicas, as a deployment has a load balancer (Debian's,
+    installed by scripts/install): replica 0 serves while its health check passes, then
+    replica 1; a request refused by a dead replica is sent to the other."""
+    path.write_text(
+        f"""
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    retries 2
+    option redispatch 1
+frontend api
+    bind 127.0.0.1:{BALANCER_PORT}
+    default_backend replicas
+backend replicas
+    option httpchk GET /healthz
+    server r0 127.0.0.1:{API_PORT} check inter 200ms fall 1 rise 2
+    server r1 127.0.0.1:{API_PORT + 1} check inter 200ms fall 1 rise 2 backup
+"""
+    )
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(path)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{BALANCER_PORT}/healthz", timeout=2).is_success:
+                return proc
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the load balancer did not start"
+        time.sleep(0.1)
+
+
+def test_a_replica_killed_mid_stream_the_other_carries_on_without_losing_a_byte(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    balancer = _balancer(tmp_path / "haproxy.cfg")
+    api0 = int((DIR / "api0.pid").read_text())
+    try:
+        with Client(base_url=f"http://127.0.0.1:{BALANCER_PORT}", api_key=cluster.key) as c:
+            sb = Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=256)
+            lines = 80
+            proc = sb.start_process(f"for i in $(seq 1 {lines}); do echo line-$i; sleep 0.05; done")
+            got = bytearray()
+            killed = False
+            for event in proc.stream_logs():
+                assert event.type == "stdout" and event.offset == len(got), event
+                got += event.data
+                if not killed and got.count(b"\n") >= 10:
+                    # Replica 0 holds this stream (replica 1 is the balancer's backup).
+                    os.kill(api0, signal.SIGKILL)
+                    killed = True
+            assert killed
+            # Every byte once, in order: the SDK resumed from its offset on replica 1.
+            assert got.decode() == "".join(f"line-{i}\n" for i in range(1, lines + 1))
+            with pytest.raises(ProcessLookupError):
+                os.kill(api0, 0)
+            # Plain requests go on through the other replica too.
+            assert sb.exec("echo after").stdout == "after\n"
+            assert [s.id for s in Sandbox.list(client=c)] == [sb.id]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(api0, signal.SIGKILL)
+        balancer.terminate()
+        balancer.communicate(timeout=10)
+        cluster.script("start-api", "0")
+        _destroy_all(cluster)
+
+
+def test_drain_move_empties_a_node_and_the_sandboxes_keep_their_disks(cluster: Cluster) -> None:
+    with cluster.client(0) as c, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c.request("POST", f"/v1/nodes/{name}/drain")
+            running = Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=512)
+            stopped = Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=512)
+            for name in ("n1", "n3"):
+                c.request("POST", f"/v1/nodes/{name}/ready")
+            assert {cluster.node_of(running.id), cluster.node_of(stopped.id)} == {"n2"}
+            running.exec("echo written-before > /home/user/kept")
+            stopped.exec("echo stopped-before > /home/user/kept")
+            stopped.stop()
+            # Through the CLI, as an operator would.
+            done = subprocess.run(
+                [str(ROOT / ".venv/bin/hutch"), "node", "drain", "n2", "--move"],
+                env={**os.environ, "HUTCH_URL": cluster.urls[0], "HUTCH_API_KEY": cluster.key},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"{running.id}  moved to n" in done.stdout
+            assert cluster.node_of(running.id) != "n2"
+            assert cluster.node_of(stopped.id) != "n2"
+            assert cluster.nodes()["n2"]["sandboxes"] == 0
+            assert cluster.nodes()["n2"]["state"] == "draining"
+            # Running again on its new node, with its disk; reached through either replica.
+            moved = Sandbox.connect(running.id, client=c1)
+            assert moved.info().status == "running"
+            assert moved.exec("cat /home/user/kept").stdout == "written-before\n"
+            assert Sandbox.connect(stopped.id, client=c).info().status == "stopped"
+            again = Sandbox.connect(stopped.id, client=c1)
+            again.start()
+            assert again.exec("cat /home/user/kept").stdout == "stopped-before\n"
+            # The old node holds nothing of them any more.
+            assert not (DIR / "n2" / "runc" / running.id).exists()
+        finally:
+            c.request("POST", "/v1/nodes/n2/ready")
+            _destroy_all(cluster)
+
+
+def test_backup_on_a_node_and_restore_through_the_other_replica(cluster: Cluster) -> None:
+    # The nodes reach the bucket from their namespaces: S3 on the cluster bridge's address.
+    s3 = S3Server(host=f"{NET}.1")
+    s3.start()
+    bucket = f"bk{time.time_ns() % 10**9}"
+    s3.make_bucket(bucket)
+    where = {"endpoint": s3.endpoint, "credentials": s3.credentials, "prefix": "c/1"}
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/drain")
+            sb = Sandbox.create(client=c0, cpu=0.5, memory_mb=256, disk_mb=512)
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/ready")
+            assert cluster.node_of(sb.id) == "n2"
+            sb.exec("mkdir -p /proj && echo one > /proj/f && head -c 300000 /dev/urandom > /proj/r")
+            digest = sb.exec("md5sum < /proj/r").stdout
+            first = sb.backup(bucket, **where)  # type: ignore[arg-type]
+            sb.exec("echo two > /proj/f")
+            sb.stop()  # a stopped sandbox's disk, through the other replica
+            second = Sandbox.connect(sb.id, client=c1).backup(bucket, **where)  # type: ignore[arg-type]
+            assert second.parent_id == first.id  # incremental, against n2's snapshot
+            objects = {p.name: p.stat().st_size for p in (s3.root / bucket / "c" / "1").iterdir()}
+            assert set(objects) == {f"{b.id}{ext}" for b in (first, second)
+                                    for ext in (".json", ".btrfs.zst")}  # fmt: skip
+            assert objects[f"{second.id}.btrfs.zst"] < objects[f"{first.id}.btrfs.zst"] / 3
+            # The disk went from the node straight to S3: n2 keeps the parent snapshot only.
+            token = (DIR / "node_token").read_text().strip()
+            auth = {"Authorization": f"Bearer {token}"}
+            on_n2 = f"http://{NET}.12:7171/node/v1/snapshots"
+            for backup, kept in ((second, True), (first, False)):
+                got = httpx.get(f"{on_n2}/{backup.id}", headers=auth, timeout=5).json()
+                assert got == {"exists": kept}, backup.id
+            sb.destroy()
+
+            # Restored through the other replica, on whichever node placement picks (these
+            # nodes offer 2 GB of disk: the new sandbox asks for less than the default 4 GB).
+            def restore(backup_id: str, client: Client) -> Sandbox:
+                body = {"bucket": bucket, **where, "backup_id": backup_id,
+                        "sandbox": {"disk_mb": 512}}  # fmt: skip
+                return Sandbox.connect(
+                    client.request("POST", "/v1/backups/restore", json=body)["id"], client=client
+                )
+
+            restored = restore(second.id, c1)
+            assert cluster.node_of(restored.id) in ("n1", "n2", "n3")
+            assert restored.exec("cat /proj/f").stdout == "two\n"
+            assert restored.exec("md5sum < /proj/r").stdout == digest
+            old = restore(first.id, c0)
+            assert old.exec("cat /proj/f").stdout == "one\n"
+
+            # Bad input: an unreachable bucket is a 400 and writes nothing; an unknown backup 404.
+            with pytest.raises(APIError) as exc:
+                restored.backup("no-such-bucket", **where)  # type: ignore[arg-type]
+            assert (exc.value.status, exc.value.code) == (400, "backup_target_unreachable")
+            with pytest.raises(APIError) as exc:
+                Sandbox.restore("bk-000000000000", bucket, **where, client=c1)  # type: ignore[arg-type]
+            assert (exc.value.status, exc.value.code) == (404, "backup_not_found")
+        finally:
+            for name in ("n1", "n3"):
+                with contextlib.suppress(APIError):
+                    c0.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+            s3.stop()
+
+
+def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -> None:
+    # The nodes reach the bucket from their namespaces: S3 on the cluster bridge's address.
+    s3 = S3Server(host=f"{NET}.1")
+    s3.start()
+    bucket = f"mnt{time.time_ns() % 10**9}"
+    s3.make_bucket(bucket)
+    s3.put(f"{bucket}/hello.txt", "from the bucket")
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/drain")
+            sb = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            c0.request("POST", "/v1/nodes/n2/drain")
+            c0.request("POST", "/v1/nodes/n1/ready")
+            other = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            assert (cluster.node_of(sb.id), cluster.node_of(other.id)) == ("n2", "n1")
+            for name in ("n2", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/ready")
+
+            # Through the other replica: rclone runs on n2, the replica only forwards.
+            m = Sandbox.connect(sb.id, client=c1).mount_bucket(
+                bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials
+            )
+            assert m.mount_path == "/mnt/data"
+            assert [x.mount_path for x in sb.info().mounts] == ["/mnt/data"]
+            assert sb.exec("cat /mnt/data/hello.txt").stdout == "from the bucket"
+            assert sb.exec("echo written-on-n2 > /mnt/data/out.txt").exit_code == 0
+            out = s3.root / bucket / "out.txt"
+            deadline = time.monotonic() + 15
+            while not (out.exists() and out.read_text() == "written-on-n2\n"):
+                assert time.monotonic() < deadline, "the write never reached the bucket"
+                time.sleep(0.2)
+            # rclone runs on the sandbox's node, never on the replica; the credentials are
+            # in no process the sandbox can see.
+            env = sb.exec("cat /proc/1/environ | tr '\\0' '\\n'; env").stdout
+            assert s3.secret_access_key not in env
+            assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
+
+            # A move cannot carry the mount (its credentials stay on n2): the sandbox stays
+            # on n2, running, mounted, and the answer says what to do.
+            moves = c1.request("POST", "/v1/nodes/n2/move")["moves"]
+            assert [(m["sandbox_id"], m["to"]) for m in moves] == [(sb.id, None)], moves
+            assert "bucket mounts (/mnt/data)" in moves[0]["error"], moves
+            assert "unmount them" in moves[0]["error"], moves
+            c0.request("POST", "/v1/nodes/n2/ready")
+            assert cluster.node_of(sb.id) == "n2" and sb.info().status == "running"
+            assert sb.exec("cat /mnt/data/hello.txt").stdout == "from the bucket"
+
+            # A sandbox on another node sees nothing of it.
+            assert other.info().mounts == []
+            seen = other.exec("ls /mnt/data 2>&1; grep -c hutch-bucket /proc/mounts").stdout
+            assert "hello.txt" not in seen and "out.txt" not in seen
+
+            # Bad input: an unreachable bucket is a 400 (nothing mounted), a busy path a 409.
+            with pytest.raises(APIError) as exc:
+                sb.mount_bucket("no-such-bucket", "/mnt/x", endpoint=s3.endpoint,
+                                credentials=s3.credentials)  # fmt: skip
+            assert exc.value.code == "bucket_mount_failed", exc.value
+            assert s3.secret_access_key not in str(exc.value)
+            with pytest.raises(APIError) as exc:
+                sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint,
+                                credentials=s3.credentials)  # fmt: skip
+            assert exc.value.code == "mount_path_busy", exc.value
+            # Refused by the node's runtime (the API's model lets it through): the same answer.
+            with pytest.raises(APIError) as exc:
+                sb.mount_bucket(bucket, "/proc/x", endpoint=s3.endpoint,
+                                credentials=s3.credentials)  # fmt: skip
+            assert exc.value.code == "invalid_request", exc.value
+
+            # Unmounted through the first replica; the sandbox goes on.
+            sb.unmount_bucket("/mnt/data")
+            assert sb.info().mounts == []
+            assert sb.exec("ls /mnt/data 2>/dev/null | wc -l").stdout.strip() == "0"
+            with pytest.raises(APIError) as exc:
+                Sandbox.connect(sb.id, client=c1).unmount_bucket("/mnt/data")
+            assert exc.value.code == "bucket_not_mounted", exc.value
+        finally:
+            for name in ("n1", "n2", "n3"):
+                with contextlib.suppress(APIError):
+                    c0.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+            s3.stop()
+
+
+def test_egress_secrets_are_injected_by_the_sandboxs_node_and_never_enter_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.test_egress import FAKE_API, KEY, MESSAGE, RULE
+
+    log = tmp_path / "upstream.jsonl"
+    log.touch()
+    upstream = subprocess.Popen(
+        [sys.executable, str(FAKE_API), str(UPSTREAM_PORT), str(log)],
+        env={"FAKE_HOST": f"{NET}.1", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.head(f"http://{NET}.1:{UPSTREAM_PORT}/", timeout=1)
+            break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "the fake upstream did not start"
+            time.sleep(0.05)
+    needle = KEY.encode()
+
+    def post(sb: Sandbox, url: str) -> tuple[int, str]:
+        r = sb.exec(
+            f"curl -sS -m 20 -o /tmp/out -w '%{{http_code}}' -H 'x-api-key: forged' "
+            f"-H 'content-type: application/json' -d @- {url}; echo; cat /tmp/out",
+            stdin=MESSAGE.encode(),
+            timeout=60,
+        )
+        status, _, body = r.stdout.partition("\n")
+        return int(status or 0), body
+
+    def keys_seen() -> list[object]:
+        return [json.loads(line)["x-api-keys"] for line in log.read_text().splitlines()]
+
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/drain")
+            secrets = {"ANTHROPIC_API_KEY": KEY}
+            sb = Sandbox.create(client=c1, secrets=secrets, egress_secrets=[RULE], **SMALL)  # type: ignore[arg-type]
+            plain = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            for name in ("n1", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/ready")
+            assert {cluster.node_of(sb.id), cluster.node_of(plain.id)} == {"n2"}
+            seen = sb.exec("echo $ANTHROPIC_API_KEY; echo $ANTHROPIC_BASE_URL").stdout.split()
+            assert seen[0] == "hutch-egress-injected"
+            base = seen[1]
+            # The proxy of n2, on the sandbox's own gateway (node API port + 2).
+            assert base.startswith("http://10.") and base.endswith(":7173/api.anthropic.com")
+            # The sandbox's own x-api-key is replaced by the key, which the upstream gets.
+            assert post(sb, f"{base}/v1/messages")[0] == 200
+            assert keys_seen() == [[KEY]]
+            # Through the other replica as well (it learns the gateway from the node).
+            assert post(Sandbox.connect(sb.id, client=c0), f"{base}/v1/messages")[0] == 200
+
+            # Never inside: the environment of every process of the sandbox.
+            half = len(KEY) // 2
+            r = sb.exec(
+                'printf %s%s "$HEAD" "$TAIL" > /dev/shm/pat; env | grep -c -F -f /dev/shm/pat; '
+                "cat /proc/[0-9]*/environ 2>/dev/null | grep -a -c -F -f /dev/shm/pat; exit 0",
+                env={"HEAD": KEY[:half], "TAIL": KEY[half:]},
+            )
+            assert r.stdout == "0\n0\n", r.stdout
+            # Never in clear on the node (its grant is sealed) nor in any daemon's log.
+            on_n2 = [p for p in (DIR / "n2").iterdir() if p.name not in ("sandboxes", "lxcfs")]
+            assert (DIR / "n2" / "egress-grants" / sb.id).exists()
+            for top in [*on_n2, *DIR.glob("*.log")]:
+                files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+                for path in files:
+                    if path.stat().st_size < 64 << 20:
+                        assert needle not in path.read_bytes(), path
+
+            # A sandbox of the same node without rules cannot use the proxy, not even with
+            # the other's URL: refused by the rules, or by the proxy.
+            status, _ = post(plain, f"{base}/v1/messages")
+            assert status in (0, 403), status
+            assert len(keys_seen()) == 2
+            # The node's grant route: nothing without the node token, no path for an id, and
+            # no grant without the secrets its rules name.
+            grant_url = f"http://{NET}.12:7171/node/v1/c/{{}}/egress"
+            token = (DIR / "node_token").read_text().strip()
+            auth = {"Authorization": f"Bearer {token}"}
+            body = {"secrets": {"hutch:egress": json.dumps([RULE]), "ANTHROPIC_API_KEY": "x"}}
+            r = httpx.put(grant_url.format(plain.id), json=body, timeout=10)
+            assert r.status_code == 401
+            r = httpx.put(grant_url.format("..%2Fx"), json=body, headers=auth, timeout=10)
+            assert r.status_code in (400, 404)
+            del body["secrets"]["ANTHROPIC_API_KEY"]
+            r = httpx.put(grant_url.format(plain.id), json=body, headers=auth, timeout=10)
+            assert r.status_code == 400, r.text
+            assert post(plain, f"{base}/v1/messages")[0] in (0, 403)
+
+            # The node daemon restarts: its proxy serves the sandbox again from the sealed
+            # grant, with no replica's help.
+            os.kill(int((DIR / "n2.pid").read_text()), signal.SIGTERM)
+            cluster.script("start-node", "2")
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(APIError):  # node_unavailable while it starts
+                    if post(sb, f"{base}/v1/messages")[0] == 200:
+                        break
+                assert time.monotonic() < deadline, "the restarted node's proxy never served"
+                time.sleep(0.5)
+            # Stopped and started: the node dropped the grant, the start grants it again.
+            sb.stop()
+            assert not (DIR / "n2" / "egress-grants" / sb.id).exists()
+            sb.start()
+            assert post(sb, f"{base}/v1/messages")[0] == 200
+            assert keys_seen()[-1] == [KEY]
+        finally:
+            for name in ("n1", "n3"):
+                with contextlib.suppress(APIError):
+                    c0.request("POST", f"/v1/nodes/{name}/ready")
+            _destroy_all(cluster)
+            upstream.terminate()
+            upstream.wait(10)
+
+
+def _restart_nodes(cluster: Cluster, env: dict[str, str]) -> None:
+    """Stop every node daemon (SIGTERM: a node lets its pooled sandboxes go) and start them
+    again with `env` on top of the cluster's, before the API counts them lost."""
+    pids = [int((DIR / f"n{i}.pid").read_text()) for i in (1, 2, 3)]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "a node did not stop"
+        time.sleep(0.1)
+    for i in (1, 2, 3):
+        done = subprocess.run(
+            [str(ROOT / "scripts/cluster"), "start-node", str(i)],
+            env={**cluster.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 60
+    while any(n["state"] != "ready" for n in cluster.nodes().values()):
+        assert time.monotonic() < deadline, cluster.nodes()
+        time.sleep(0.5)
+
+
+def _pool_rows() -> list[tuple[str, str, str | None]]:
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT runtime_id, node, claimed_by FROM pool_entries").fetchall()
+    return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+
+def _runtime_ids(sandbox_ids: list[str]) -> dict[str, str | None]:
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with psycopg.connect(url) as db:
+        rows = db.execute(
+            "SELECT id, runtime_id FROM sandboxes WHERE id = ANY(%s)", (sandbox_ids,)
+        ).fetchall()
+    return {str(r[0]): r[1] for r in rows}
+
+
+def test_two_replicas_claiming_a_warm_pool_at_once_never_share_a_sandbox(cluster: Cluster) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = 3
+    # Roomier nodes for this test (a pooled sandbox has the default 4 GB disk) and a pool of
+    # 3 for the whole cluster: 1 on each node.
+    roomy = {"HUTCH_NODE_CPU": "12", "HUTCH_NODE_MEMORY_MB": "16384", "HUTCH_NODE_DISK_MB": "65536"}
+    _restart_nodes(cluster, {**roomy, "HUTCH_WARM_POOLS": f"default={pool}"})
+    try:
+        # Each node its share (one that came up while the others restarted took more at first,
+        # and gives back what is over its share as they come).
+        deadline = time.monotonic() + 60
+        while sorted(node for _, node, by in _pool_rows() if by is None) != ["n1", "n2", "n3"]:
+            assert time.monotonic() < deadline, f"the pools did not fill: {_pool_rows()}"
+            time.sleep(0.5)
+        # Abuse: a claim of what no pool holds hands out nothing; a path is refused.
+        token = (DIR / "node_token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        body = {"limits": {"cpu": 1.0}, "env": {}}
+        r = httpx.post(f"http://{NET}.11:7171/node/v1/pool/sb-nope/claim", json=body, headers=auth)
+        assert r.json() == {"handed_out": False}
+        r = httpx.post(f"http://{NET}.11:7171/node/v1/pool/..%2Fx/claim", json=body, headers=auth)
+        assert r.status_code in (400, 404)
+        assert (
+            httpx.post(f"http://{NET}.11:7171/node/v1/pool/x/claim", json=body).status_code == 401
+        )
+
+        # 20 creates at once, split across both replicas, against the pool.
+        def create(n: int) -> str:
+            with cluster.client(n % 2) as c:
+                sb = Sandbox.create(client=c, cpu=0.5, memory_mb=256, env={"WHO": f"c{n}"})
+                return sb.id
+
+        with ThreadPoolExecutor(20) as workers:
+            ids = list(workers.map(create, range(20)))
+        assert len(set(ids)) == 20  # every create succeeded
+        rids = _runtime_ids(ids)
+        pooled = [rid for rid in rids.values() if rid and rid.startswith("pool-")]
+        assert len(pooled) >= pool, rids  # the ready ones were handed out (refills maybe more)
+        assert len(set(pooled)) == len(pooled), "a pooled sandbox was handed out twice"
+
+        # What a user would notice if two got one container: the later claim's env (set on
+        # the agent at hand-out) in the earlier one's commands.
+        def who(sid: str) -> str:
+            with cluster.client(0) as c:
+                return Sandbox.connect(sid, client=c).exec("echo $WHO").stdout
+
+        with ThreadPoolExecutor(10) as workers:
+            assert list(workers.map(who, ids)) == [f"c{n}\n" for n in range(20)]
+        # The claimed rows are gone; the pools fill up again.
+        deadline = time.monotonic() + 60
+        while not (rows := _pool_rows()) or any(r[0] in pooled for r in rows):
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.5)
+    finally:
+
+        def destroy(sandbox_id: str) -> None:
+            with cluster.client() as c, contextlib.suppress(APIError):
+                Sandbox.connect(sandbox_id, client=c).destroy()
+
+        with cluster.client() as c, ThreadPoolExecutor(10) as workers:
+            list(workers.map(destroy, [i.id for i in Sandbox.list(client=c)]))
+        _restart_nodes(cluster, {})
+    assert _pool_rows() == []  # the nodes let their pooled sandboxes go

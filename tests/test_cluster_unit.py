@@ -1,0 +1,191 @@
+"""The cluster's sans-I/O parts and in-process pieces: placement, the nodes table, the tunnel
+handshake and its token check, the node API's token check (no root, no sandboxes)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hutch.node import LocalHost, TunnelRefused, TunnelServer, node_app, open_tunnel
+from hutch.node._tunnel import parse_connect
+from hutch.runtime import Runtime, RuntimeConfig
+from hutch.server.services._placement import Need, candidates
+from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._sqlite import SandboxRecord, SqliteStore
+
+NOW = 1_000_000.0
+
+
+def node(name: str, *, cpu: float = 4, mem: int = 4096, state: str = "ready", age: float = 1):
+    return NodeRecord(
+        name, f"http://{name}:7171", cpu, mem, 8192, state=state, last_heartbeat=NOW - age
+    )
+
+
+def sandbox(sid: str, cpu: float = 1, mem: int = 1024, status: str = "running") -> SandboxRecord:
+    return SandboxRecord(sid, status, "default", "img", "", cpu=cpu, memory_mb=mem, disk_mb=1024)
+
+
+def test_placement_prefers_most_free_and_skips_what_cannot_take_it() -> None:
+    nodes = [
+        node("a"),
+        node("b"),
+        node("c", state="draining"),
+        node("d", state="lost"),
+        node("e", age=60),
+    ]
+    placed = [("a", sandbox("s1")), ("a", sandbox("s2")), ("b", sandbox("s3"))]
+    assert candidates(nodes, placed, Need(1, 1024, 512), now=NOW, fresh_for=6) == ["b", "a"]
+    # Only b has 3 GB free; nothing has 5 cpus.
+    assert candidates(nodes, placed, Need(1, 3072, 512), now=NOW, fresh_for=6) == ["b"]
+    assert candidates(nodes, placed, Need(5, 512, 512), now=NOW, fresh_for=6) == []
+
+
+def test_placement_counts_stopped_sandboxes_disk_but_not_their_memory() -> None:
+    nodes = [node("a", mem=2048)]
+    placed = [("a", sandbox("s1", mem=2048, status="stopped"))]
+    assert candidates(nodes, placed, Need(1, 2048, 512), now=NOW, fresh_for=6) == ["a"]
+    assert candidates(nodes, placed, Need(1, 2048, 7680), now=NOW, fresh_for=6) == []
+
+
+def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    store.heartbeat_node(node("a"))
+    assert store.set_node_state("a", "lost", only_from="ready")
+    assert not store.set_node_state("a", "lost", only_from="ready")  # a second replica: no-op
+    # A lost node that beats again is ready; a draining one stays draining.
+    assert store.heartbeat_node(node("a")).state == "ready"
+    store.set_node_state("a", "draining")
+    assert store.heartbeat_node(node("a")).state == "draining"
+    store.set_sandbox_node("sb-1", "a")
+    store.set_sandbox_node("sb-2", "a")
+    store.set_sandbox_node("sb-2", "b")
+    assert store.sandboxes_on("a") == ["sb-1"]
+    assert store.sandbox_node("sb-2") == "b"
+    store.forget_sandbox_node("sb-1")
+    assert store.sandbox_node("sb-1") is None
+    assert [n.name for n in store.list_nodes()] == ["a"]
+
+
+def test_connect_heads_are_parsed_strictly() -> None:
+    head = b"CONNECT agent/sb-1 HTTP/1.1\r\nAuthorization: Bearer t0k\r\n\r\n"
+    req = parse_connect(head)
+    assert req is not None and (req.kind, req.runtime_id, req.token) == ("agent", "sb-1", "t0k")
+    req = parse_connect(b"CONNECT port/pool-ab/8080 HTTP/1.1\r\n\r\n")
+    assert req is not None and (req.kind, req.port, req.token) == ("port", 8080, "")
+    for bad in (
+        b"GET agent/sb-1 HTTP/1.1\r\n\r\n",
+        b"CONNECT agent/../x HTTP/1.1\r\n\r\n",
+        b"CONNECT port/sb-1/70000 HTTP/1.1\r\n\r\n",
+        b"CONNECT port/sb-1/0 HTTP/1.1\r\n\r\n",
+        b"CONNECT file/etc HTTP/1.1\r\n\r\n",
+    ):
+        assert parse_connect(bad) is None, bad
+
+
+async def test_tunnel_needs_the_token_then_carries_bytes(tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(await r.read(100))
+        await w.drain()
+        w.close()
+
+    agent = await asyncio.start_unix_server(echo, sock)
+    tunnels = TunnelServer("right", lambda rid: sock, lambda rid: None)
+    port = await tunnels.start("127.0.0.1", 0)
+    try:
+        for token in ("", "wrong", "righ", "right!"):
+            with pytest.raises(TunnelRefused) as exc:
+                await open_tunnel("127.0.0.1", port, "agent/sb-1", token, timeout=5)
+            assert exc.value.status == 401
+        # A port tunnel to a sandbox without an address: 404, not a connection elsewhere.
+        with pytest.raises(TunnelRefused) as exc:
+            await open_tunnel("127.0.0.1", port, "port/sb-1/22", "right", timeout=5)
+        assert exc.value.status == 404
+        r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
+        w.write(b"ping through the node")
+        assert await asyncio.wait_for(r.read(100), 5) == b"ping through the node"
+        w.close()
+    finally:
+        await tunnels.close()
+        agent.close()
+
+
+async def test_node_api_refuses_requests_without_the_token(tmp_path: Path) -> None:
+    runtime = Runtime(RuntimeConfig(home=tmp_path))
+    app = node_app(LocalHost(runtime, lambda r: r), lambda i: None, lambda: {"cpu": 2}, "s3cret")  # type: ignore[arg-type,return-value]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+            r = await client.get("/node/v1/info", headers=headers)
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "node_unauthorized"
+            r = await client.post("/node/v1/c/sb-1/destroy", headers=headers)
+            assert r.status_code == 401
+        r = await client.get("/node/v1/info", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json() == {"cpu": 2}
+        bad = await client.post(
+            "/node/v1/c/..%2Fx/stop", headers={"Authorization": "Bearer s3cret"}
+        )
+        assert bad.status_code in (400, 404)
+        # A fork's copies are named by the caller: a name that is a path is refused before
+        # anything is made (with the token; without it, nothing is even read).
+        body = {"copies": ["fork-a", "../../etc"]}
+        r = await client.post("/node/v1/c/sb-1/fork_disks", json=body)
+        assert r.status_code == 401
+        r = await client.post(
+            "/node/v1/c/sb-1/fork_disks", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 400 and "invalid snapshot id" in r.text
+
+
+async def test_a_forks_children_on_one_node_share_one_sent_copy() -> None:
+    from hutch.server.services._fork_sends import ForkSends
+
+    sends = ForkSends()
+    sends.forked(["fork-a", "fork-b", "fork-c", "fork-d"])
+    pulls: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+
+    def puller(node: str, copy: str, *, fail: bool = False):
+        async def pull() -> None:
+            pulls.append((node, copy))
+            await gate.wait()
+            if fail:
+                raise OSError("the node went away")
+
+        return pull
+
+    # Three children to n3 at once, one to n1: one pull per node, the others wait for it.
+    tasks = [
+        asyncio.create_task(sends.received_on(node, copy, puller(node, copy)))
+        for node, copy in (("n3", "fork-a"), ("n3", "fork-b"), ("n1", "fork-c"), ("n3", "fork-d"))
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["fork-a", "fork-a", "fork-c", "fork-a"]
+    assert pulls == [("n3", "fork-a"), ("n1", "fork-c")]
+    # The fork's cleanup removes each received copy where it is, once.
+    assert sends.holders("fork-a") == ["n3"] and sends.holders("fork-a") == []
+    assert [sends.holders(c) for c in ("fork-b", "fork-c", "fork-d")] == [[], ["n1"], []]
+    assert not sends.is_copy("fork-b")
+
+    # A pull that fails fails its own child; one waiting for it pulls its own copy.
+    sends.forked(["fork-x", "fork-y"])
+    gate.clear()
+    pulls.clear()
+    first = asyncio.create_task(
+        sends.received_on("n2", "fork-x", puller("n2", "fork-x", fail=True))
+    )
+    second = asyncio.create_task(sends.received_on("n2", "fork-y", puller("n2", "fork-y")))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(OSError):
+        await first
+    assert await second == "fork-y"
+    assert pulls == [("n2", "fork-x"), ("n2", "fork-y")]
+    assert sends.holders("fork-x") == [] and sends.holders("fork-y") == ["n2"]

@@ -1,0 +1,272 @@
+"""What several API replicas sharing one database need from the store, with real concurrency:
+store instances in threads and replica processes on one SQLite file or PostgreSQL database.
+
+- status changes race safely (conditional updates: one of many concurrent steps wins);
+- warm-pool claims never hand out one sandbox twice (FOR UPDATE SKIP LOCKED);
+- one reconciler at a time (an advisory lock), taken over when its holder dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hutch.server.services._reconciler import RECONCILER_LOCK, Reconciler
+from hutch.server.store._records import PoolEntryRecord, SandboxRecord, Store
+from tests.support.postgres import PostgresServer
+from tests.support.stores import OpenStore, record
+
+
+def test_racing_status_changes_have_one_winner(open_store: OpenStore) -> None:
+    # One store instance per thread, as one per replica process (a SQLite store, like the
+    # server, is used from one thread).
+    replicas = [open_store() for _ in range(16)]
+    replicas[0].insert_sandbox(record("sb-race"))
+    barrier = threading.Barrier(16)
+
+    def pause(i: int) -> bool:
+        barrier.wait()
+        return replicas[i].transition("sb-race", ("running",), "paused", f"by {i}", None)
+
+    with ThreadPoolExecutor(16) as pool:
+        won = [i for i, ok in enumerate(pool.map(pause, range(16))) if ok]
+    assert len(won) == 1
+    got = replicas[1].get_sandbox("sb-race")
+    assert got is not None and (got.status, got.status_reason) == ("paused", f"by {won[0]}")
+    # A step from a state that is no longer true does nothing; one on a gone sandbox neither.
+    assert not replicas[0].transition("sb-race", ("running",), "stopped", None, None)
+    assert not replicas[0].transition("sb-nope", ("running",), "stopped", None, None)
+    assert replicas[0].transition("sb-race", ("paused", "stopped"), "running", None, 3.0)
+
+
+def test_concurrent_pool_claims_never_hand_out_one_sandbox_twice(open_store: OpenStore) -> None:
+    claimers = 12
+    replicas = [open_store() for _ in range(claimers)]
+    entries = 60
+    for i in range(entries):
+        replicas[i % 2].add_pool_entry(
+            PoolEntryRecord(f"pool-{i:03}", "node-a", "img-1", f"2026-01-01T00:00:{i:02}")
+        )
+    # Another image's and another node's sandboxes are never handed out for this one.
+    replicas[0].add_pool_entry(PoolEntryRecord("pool-other", "node-a", "img-2", "t"))
+    replicas[0].add_pool_entry(PoolEntryRecord("pool-far", "node-b", "img-1", "t"))
+    barrier = threading.Barrier(claimers)
+
+    def claim_until_empty(i: int) -> list[str]:
+        barrier.wait()
+        got = []
+        n = 0
+        while (rid := replicas[i].claim_pool_entry("node-a", "img-1", f"sb-{i}-{n}")) is not None:
+            got.append(rid)
+            n += 1
+        return got
+
+    with ThreadPoolExecutor(claimers) as pool:
+        results = list(pool.map(claim_until_empty, range(claimers)))
+    handed_out = [rid for got in results for rid in got]
+    assert Counter(handed_out).most_common(1)[0][1] == 1, "a sandbox was handed out twice"
+    assert sorted(handed_out) == [f"pool-{i:03}" for i in range(entries)]
+    # Every claim is recorded with its one claimer, and the others stay ready.
+    claimed = {e.runtime_id: e.claimed_by for e in replicas[1].list_pool_entries("node-a")}
+    assert all(claimed[rid] is not None for rid in handed_out)
+    assert claimed["pool-other"] is None
+    assert replicas[1].claim_pool_entry("node-b", "img-1", "sb-x") == "pool-far"
+    replicas[0].delete_pool_entry("pool-other")
+    assert "pool-other" not in {e.runtime_id for e in replicas[0].list_pool_entries("node-a")}
+
+
+def test_the_newest_ready_pool_sandbox_is_claimed_first(open_store: OpenStore) -> None:
+    store = open_store()
+    for i, created in enumerate(
+        ("2026-01-01T00:00:01", "2026-01-01T00:00:03", "2026-01-01T00:00:02")
+    ):
+        store.add_pool_entry(PoolEntryRecord(f"pool-{i}", "n", "img", created))
+    assert [store.claim_pool_entry("n", "img", f"sb-{i}") for i in range(4)] == [
+        "pool-1",
+        "pool-2",
+        "pool-0",
+        None,
+    ]
+
+
+def test_one_replica_holds_the_reconciler_lock(open_store: OpenStore) -> None:
+    a, b = open_store(), open_store()
+    assert a.hold_lock(RECONCILER_LOCK)
+    assert a.hold_lock(RECONCILER_LOCK)  # held, not taken twice
+    if open_store.kind == "sqlite":
+        assert b.hold_lock(RECONCILER_LOCK)  # one host, one server: always its own
+        return
+    assert not b.hold_lock(RECONCILER_LOCK)
+    assert b.hold_lock("another lock")  # locks by name
+    a.release_lock(RECONCILER_LOCK)
+    assert b.hold_lock(RECONCILER_LOCK)
+    assert not a.hold_lock(RECONCILER_LOCK)
+    b.close()  # closing a store lets go of its locks
+    assert a.hold_lock(RECONCILER_LOCK)
+
+
+_REPLICA = """
+import sys, time
+from hutch.server.store._open import open_store
+from pathlib import Path
+store = open_store(Path("/nonexistent"), sys.argv[1])
+print("up", flush=True)
+while True:
+    if store.hold_lock("hutch:reconciler"):
+        print("leader", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def _replica(url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _REPLICA, url], stdout=subprocess.PIPE, text=True
+    )
+
+
+def _next_line(proc: subprocess.Popen[str], timeout: float) -> str | None:
+    """The replica's next line, or None if it printed none within `timeout` seconds."""
+    assert proc.stdout is not None
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return box[0].strip() if box else None
+
+
+def test_the_reconciler_lock_fails_over_when_its_replica_is_killed(postgres_url: str) -> None:
+    first = _replica(postgres_url)
+    second = None
+    try:
+        assert _next_line(first, 30) == "up"
+        assert _next_line(first, 10) == "leader"
+        second = _replica(postgres_url)
+        assert _next_line(second, 30) == "up"
+        assert _next_line(second, 1.5) is None, "two replicas lead at once"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed = time.monotonic()
+        # PostgreSQL ends the dead replica's session and its lock with it; the other replica
+        # takes over at its next try.
+        assert _next_line(second, 5) == "leader", "no replica took over within 5 s"
+        print(f"failover after {time.monotonic() - killed:.2f} s")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
+
+
+class _RecordingLifecycle:
+    """An in-process stand-in for Lifecycle: records which sandboxes a pass acted on."""
+
+    def __init__(self) -> None:
+        self.expired: list[str] = []
+
+    async def expire(self, record: SandboxRecord) -> None:
+        self.expired.append(record.id)
+
+    async def sleep_if_idle(self, record: SandboxRecord, now: float) -> bool:
+        return False
+
+
+def test_only_the_lock_holder_reconciles(postgres_url: str) -> None:
+    stores: list[Store] = [OpenStore("postgres", url=postgres_url)() for _ in range(2)]
+    stores[0].insert_sandbox(record("sb-old", expires_at=time.time() - 10))
+    lifecycles = [_RecordingLifecycle(), _RecordingLifecycle()]
+    passes: list[Any] = [Reconciler(lc, st) for lc, st in zip(lifecycles, stores, strict=True)]  # type: ignore[arg-type]
+    try:
+        asyncio.run(passes[0].tick())
+        asyncio.run(passes[1].tick())
+        assert lifecycles[0].expired == ["sb-old"] and lifecycles[1].expired == []
+        asyncio.run(passes[0].stop())  # a clean shutdown hands the lock on
+        asyncio.run(passes[1].tick())
+        assert lifecycles[1].expired == ["sb-old"]
+    finally:
+        for st in stores:
+            st.close()
+
+
+def test_on_sqlite_the_server_always_reconciles(tmp_path: Path) -> None:
+    store = OpenStore("sqlite", path=tmp_path / "s.db")()
+    store.insert_sandbox(record("sb-old", expires_at=time.time() - 10))
+    lifecycle = _RecordingLifecycle()
+    asyncio.run(Reconciler(lifecycle, store).tick())  # type: ignore[arg-type]
+    assert lifecycle.expired == ["sb-old"]
+    store.close()
+
+
+def test_use_through_one_replica_keeps_a_sandbox_awake_for_the_other(
+    open_store: OpenStore,
+) -> None:
+    from hutch.server.services._activity import Activity
+
+    a, b = open_store(), open_store()
+    a.insert_sandbox(record("sb-used"))
+    leader, other = Activity(a), Activity(b)
+    later = time.monotonic() + 600  # ten minutes on, as the leader's clock sees it
+    stored = a.get_sandbox("sb-used")
+    assert stored is not None
+    leader.idle_for(stored, time.monotonic())  # first seen now
+    assert leader.idle_for(stored, later) > 590
+    other.touch("sb-used")  # a request through the other replica
+    # Written off the request's path (the store's thread): it lands a moment later.
+    deadline = time.monotonic() + 10
+    fresh = a.get_sandbox("sb-used")
+    while fresh is not None and fresh.active_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        fresh = a.get_sandbox("sb-used")
+    assert fresh is not None and fresh.active_at is not None
+    assert leader.idle_for(fresh, later) < 5
+    # An older time from a slower replica never moves it back.
+    b.set_active_at("sb-used", fresh.active_at - 100)
+    again = a.get_sandbox("sb-used")
+    assert again is not None and again.active_at == fresh.active_at
+
+
+def test_a_stuck_database_fails_a_call_instead_of_hanging_the_server(postgres_url: str) -> None:
+    import psycopg
+
+    from hutch.server.store._postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, statement_timeout_ms=300)
+    try:
+        store.insert_sandbox(record("sb-stuck"))
+        # Another session holds the row (a long transaction elsewhere, a stuck replica).
+        with psycopg.connect(postgres_url) as other:
+            other.execute("SELECT * FROM sandboxes WHERE id = 'sb-stuck' FOR UPDATE")
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                store.set_sandbox_status("sb-stuck", "paused")
+            print(f"gave up after {time.monotonic() - started:.2f} s")
+        # Reads never wait for row locks, and the store works on once the other lets go.
+        store.set_sandbox_status("sb-stuck", "paused")
+        got = store.get_sandbox("sb-stuck")
+        assert got is not None and got.status == "paused"
+    finally:
+        store.close()
+
+
+def test_the_store_reconnects_after_a_database_restart(postgres_server: PostgresServer) -> None:
+    url = postgres_server.new_database()
+    store = OpenStore("postgres", url=url)()
+    try:
+        store.insert_sandbox(record("sb-before"))
+        postgres_server.restart()
+        # The pooled connections died with the server: the first call retries on a new one.
+        assert store.get_sandbox("sb-before") is not None
+        assert store.insert_sandbox(record("sb-after"))
+    finally:
+        store.close()
