@@ -12,6 +12,13 @@ npm run --silent build
 # The seed example and `await using`, type-checked against the built package's types.
 node_modules/.bin/tsc -p examples/tsconfig.json
 
+# The build test builds FROM busybox: make it in the shared image store as the Python suite's
+# fixture does (a fresh machine has none; the same content id each time).
+(cd .. && .venv/bin/python -c 'from hutch.runtime import ImageStore
+from tests._server import SHARED_IMAGES
+from tests.support.busybox import add_busybox_image
+add_busybox_image(ImageStore(SHARED_IMAGES))')
+
 out="$(mktemp)"
 node test/_serve.mjs >"$out" &
 serve=$!
