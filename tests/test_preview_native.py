@@ -25,7 +25,7 @@ from hutch.proxy import (
 )
 from hutch.proxy._haproxy_admin import parse_activity, sessions_to
 from hutch.proxy._haproxy_config import render_config
-from tests._server import free_port
+from tests._server import HUTCH_BIN, free_port
 
 HAPROXY = haproxy_binary()
 pytestmark = [
@@ -52,12 +52,14 @@ class Upstream:
         self.name = name
         self.port = free_port()
         self.requests: list[bytes] = []
+        self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -131,6 +133,82 @@ def test_haproxy_accepts_the_generated_config(tmp_path: Path) -> None:
         config.unreachable_path.write_bytes(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
         check = subprocess.run([HAPROXY, "-c", "-f", str(config.config_path)], capture_output=True)
         assert check.returncode == 0, check.stderr.decode()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+async def test_the_proxy_relays_on_the_threads_configured(tmp_path: Path, threads: int) -> None:
+    # One thread by default (HUTCH_PREVIEW_THREADS): on a 2-core host HAProxy's default of one
+    # per core made node's rate through it 3-4x lower (docs/preview.md).
+    assert HAPROXY is not None
+    upstream = Upstream("sandbox")
+    await upstream.start()
+    config = NativeProxyConfig(
+        "127.0.0.1", free_port(), "127.0.0.1:1", tmp_path, run_as=RUN_AS, threads=threads
+    )
+    proxy = NativeProxy(config, HAPROXY)
+    await proxy.start()
+    try:
+        await proxy.set_routes("sb-1", routes(upstream, 8080))
+        assert (await get(proxy, host_for(8080))).text.startswith("sandbox\n")
+        assert proxy.pid is not None
+        assert _worker_threads(proxy.pid) == threads
+    finally:
+        await proxy.stop()
+        upstream.close()
+
+
+async def test_keep_alive_clients_keep_their_upstream_connections_across_routes(
+    native: tuple[NativeProxy, Upstream, Upstream],
+) -> None:
+    # One `server 0.0.0.0:0` serves every route: with HAProxy's shared idle pool, once it held
+    # connections to one port, requests to another opened (and dropped) a connection each.
+    proxy, first, _ = native
+    second = Upstream("second")
+    await second.start()
+    try:
+        await proxy.set_routes(
+            "sb-1",
+            {
+                route_key(host_for(8080)): route_value("127.0.0.1", first.port, "sb-1"),
+                route_key(host_for(8081)): route_value("127.0.0.1", second.port, "sb-1"),
+            },
+        )
+
+        async def client(port: int, name: str) -> None:
+            url = f"http://127.0.0.1:{proxy.config.port}/"
+            headers = {"Host": f"{host_for(port)}:{proxy.config.port}"}
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as c:
+                for _ in range(40):
+                    assert (await c.get(url, headers=headers)).text.startswith(name + "\n")
+
+        for port, upstream in ((8080, first), (8081, second), (8080, first)):
+            before = upstream.connections
+            await asyncio.gather(*(client(port, upstream.name) for _ in range(8)))
+            # 8 keep-alive clients: 8 upstream connections (not one per request).
+            assert upstream.connections - before <= 8, (port, upstream.connections - before)
+    finally:
+        second.close()
+
+
+def _worker_threads(master: int) -> int:
+    """The threads of HAProxy's one worker (the master's child: master-worker mode)."""
+    (worker,) = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return len(list(Path(f"/proc/{worker}/task").iterdir()))
+
+
+def test_a_bad_thread_count_stops_serve_with_the_range(tmp_path: Path) -> None:
+    for bad in ("0", "65", "two", "-1"):
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HUTCH_HOME": str(tmp_path / "home"),
+            "HUTCH_PREVIEW_THREADS": bad,
+        }
+        r = subprocess.run(
+            [str(HUTCH_BIN), "serve", "--port", "0"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert "HUTCH_PREVIEW_THREADS must be a whole number from 1 to 64" in r.stderr, r.stderr
 
 
 def test_route_keys_hide_the_token_and_parsers_read_haproxy_answers() -> None:

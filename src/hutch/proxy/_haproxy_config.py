@@ -62,6 +62,7 @@ class NativeProxyConfig:
     run_as: str | None = None  # a user to drop to once the port, files and socket are open
     max_files: int = 0  # the process's open-file limit (0: HAProxy's own default)
     reserved_ports: frozenset[int] = frozenset()  # never reached through E2B's hosts
+    threads: int = 1  # HAProxy's nbthread (HUTCH_PREVIEW_THREADS)
 
     @property
     def config_path(self) -> Path:
@@ -121,7 +122,8 @@ global
     stats socket {config.admin_socket} mode 600 level admin
     stats timeout 10s
     hard-stop-after 5s
-    tune.ssl.default-dh-param 2048{drop}
+    tune.ssl.default-dh-param 2048
+    nbthread {config.threads}{drop}
 
 defaults
     mode http
@@ -169,6 +171,10 @@ backend sandbox
     http-response replace-header set-cookie {_COOKIE_DOMAIN} \\1\\2
     # Nothing listens on the port: the Python proxy's 502, not HAProxy's own 503 page.
     errorfile 503 {config.unreachable_path}
+    # A client's upstream connection stays its own (keep-alive to the sandbox as long as the
+    # client's lasts). Shared, every route's idle connections went to one pool sized for the
+    # one `server` line: once it held another port's, each request opened a new connection.
+    http-reuse never
     server sandbox 0.0.0.0:0
 
 backend hutch

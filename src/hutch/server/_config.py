@@ -15,6 +15,8 @@ from hutch.server._cold_start_settings import (
 
 DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
+# HAProxy accepts up to its build's MAX_THREADS (64 in Debian's); more than the cores never helps.
+MAX_PREVIEW_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class ServerConfig:
             across restarts).
         preview_tls_cert, preview_tls_key: a (wildcard) certificate and its key for the
             preview port: HTTPS with HTTP/2 (``HUTCH_PREVIEW_TLS_CERT``/``_KEY``).
+        preview_threads: the native proxy's threads (``HUTCH_PREVIEW_THREADS``, 1-64). One
+            by default: one HAProxy thread relays tens of thousands of requests a second, and
+            on a small host a second one fights the sandboxes and itself for the cores (see
+            docs/preview.md: 2 threads on 2 cores cut node's rate through it by 3-4x).
         default_runtime: the runtime of a sandbox created without ``runtime``
             (``HUTCH_DEFAULT_RUNTIME``: ``runc`` or ``gvisor``).
         resolv_conf: the host resolver settings sandboxes copy (``HUTCH_RESOLV_CONF``); an
@@ -94,6 +100,7 @@ class ServerConfig:
     preview_port: int = 0
     preview_tls_cert: Path | None = None
     preview_tls_key: Path | None = None
+    preview_threads: int = 1
     log_level: str = "info"
     resolv_conf: Path = Path("/etc/resolv.conf")
     ca_certificates_file: Path | None = None
@@ -211,4 +218,12 @@ def _preview_env(env: os._Environ[str]) -> dict[str, object]:
         values["preview_tls_cert"] = Path(env["HUTCH_PREVIEW_TLS_CERT"])
     if env.get("HUTCH_PREVIEW_TLS_KEY"):
         values["preview_tls_key"] = Path(env["HUTCH_PREVIEW_TLS_KEY"])
+    if env.get("HUTCH_PREVIEW_THREADS"):
+        threads = env["HUTCH_PREVIEW_THREADS"].strip()
+        if not threads.isdigit() or not 1 <= int(threads) <= MAX_PREVIEW_THREADS:
+            raise ValueError(
+                f"HUTCH_PREVIEW_THREADS must be a whole number from 1 to {MAX_PREVIEW_THREADS}"
+                f" (the native preview proxy's threads), not {threads!r}"
+            )
+        values["preview_threads"] = int(threads)
     return values

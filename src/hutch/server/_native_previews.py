@@ -74,6 +74,7 @@ class NativePreviews:
             run_as=_unprivileged_user(),
             max_files=_open_file_limit(),
             reserved_ports=config.reserved_ports,
+            threads=config.preview_threads,
         )
         proxy = NativeProxy(native, binary)
         for attempt in range(2):
