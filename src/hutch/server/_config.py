@@ -48,8 +48,8 @@ class ServerConfig:
             preview port: HTTPS with HTTP/2 (``HUTCH_PREVIEW_TLS_CERT``/``_KEY``).
         preview_threads: the native proxy's threads (``HUTCH_PREVIEW_THREADS``, 1-64). One
             by default: one HAProxy thread relays tens of thousands of requests a second, and
-            on a small host a second one fights the sandboxes and itself for the cores (see
-            docs/preview.md: 2 threads on 2 cores cut node's rate through it by 3-4x).
+            on a small host a second one competes with the sandboxes and itself for the cores
+            (on 2 cores, 2 threads cost 10-25% more CPU per request: docs/preview.md).
         default_runtime: the runtime of a sandbox created without ``runtime``
             (``HUTCH_DEFAULT_RUNTIME``: ``runc`` or ``gvisor``).
         resolv_conf: the host resolver settings sandboxes copy (``HUTCH_RESOLV_CONF``); an
