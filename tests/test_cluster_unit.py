@@ -4,14 +4,19 @@ handshake and its token check, the node API's token check (no root, no sandboxes
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from hutch.node import LocalHost, TunnelRefused, TunnelServer, node_app, open_tunnel
 from hutch.node._tunnel import parse_connect
 from hutch.runtime import Runtime, RuntimeConfig
+from hutch.server.services._cluster_host import ClusterHost
 from hutch.server.services._placement import Need, candidates
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import SandboxRecord, SqliteStore
@@ -68,6 +73,91 @@ def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None
     store.forget_sandbox_node("sb-1")
     assert store.sandbox_node("sb-1") is None
     assert [n.name for n in store.list_nodes()] == ["a"]
+
+
+class CountingStore(SqliteStore):
+    """Counts the reads a replica makes to learn where a sandbox is and what its node calls it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: list[str] = []
+
+    def get_node(self, name: str) -> Any:
+        self.reads.append("get_node")
+        return super().get_node(name)
+
+    def sandbox_node(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_node")
+        return super().sandbox_node(sandbox_id)
+
+    def sandbox_placement(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_placement")
+        return super().sandbox_placement(sandbox_id)
+
+    def sandbox_runtime_id(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_runtime_id")
+        return super().sandbox_runtime_id(sandbox_id)
+
+
+class RecordingHost:
+    """A node's host that records what the node API asks of it (by runtime id)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(rid: str, *args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, rid))
+
+        return call
+
+
+async def test_a_call_to_a_node_reads_node_and_runtime_id_in_one_store_read(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "db")
+    host = RecordingHost()
+    app = node_app(host, lambda i: None, lambda: {}, "tok")  # type: ignore[arg-type,return-value]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the server takes them
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for name in ("n1", "n2"):
+        store.heartbeat_node(NodeRecord(name, address, 4, 4096, 8192, last_heartbeat=time.time()))
+    cluster = ClusterHost(store, "tok", lambda sid: store.sandbox_runtime_id(sid) or sid)
+    try:
+        # A sandbox a replica made from a warm pool: its node knows it by the pool's id.
+        store.insert_sandbox(
+            SandboxRecord("sb-1", "running", "default", "img", "", runtime_id="p-1")
+        )
+        store.set_sandbox_node("sb-1", "n1", "p-1")
+        store.reads.clear()
+        await cluster.pause("sb-1")
+        assert host.calls == [("pause", "p-1")]
+        assert store.reads == ["sandbox_placement"]  # was 3: node, node row, runtime id
+        # Moved to n2 by `drain --move`: the same runtime id, on the other node.
+        cluster.relocate("sb-1", "n2", "p-1")
+        await cluster.resume("sb-1")
+        assert host.calls[-1] == ("resume", "p-1")
+        # Destroyed and made again, cold, by another replica: the new id, not a kept one.
+        store.set_sandbox_node("sb-1", "n1", "sb-1")
+        await cluster.pause("sb-1")
+        assert host.calls[-1] == ("pause", "sb-1")
+        # A placement from before the column: the sandbox's row says (one read more).
+        store.insert_sandbox(
+            SandboxRecord("sb-2", "running", "default", "img", "", runtime_id="p-2")
+        )
+        store.set_sandbox_node("sb-2", "n1")
+        store.reads.clear()
+        await cluster.pause("sb-2")
+        assert host.calls[-1] == ("pause", "p-2")
+        assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+    finally:
+        await cluster.aclose()
+        server.should_exit = True
+        await serving
 
 
 def test_connect_heads_are_parsed_strictly() -> None:

@@ -214,6 +214,12 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE sandboxes ADD COLUMN start_claimed_at {double};
     """,
+    # 15: the runtime id a sandbox's node knows it by, next to its node: a replica's call to a
+    # node reads both at once (services/_cluster_host.py). NULL in rows from before: the
+    # sandbox's own row has it.
+    """
+    ALTER TABLE sandbox_nodes ADD COLUMN runtime_id TEXT;
+    """,
 )
 
 

@@ -1,7 +1,8 @@
 """The nodes of a cluster and which node holds which sandbox (multi-node mode only).
 
 Plain portable SQL: the PostgreSQL store (_postgres_nodes.py) runs the same statements with
-its own placeholders; the tables are migration 10 (_migrations.py).
+its own placeholders; the tables are migration 10 (_migrations.py), the runtime id of
+`sandbox_nodes` migration 15.
 Each node daemon upserts its row every heartbeat; the API reads them to place sandboxes and
 marks a silent node `lost`. A sandbox's node lives in its own table so that single-host mode's
 sandbox rows stay exactly as they were.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
 NodeState = Literal["ready", "draining", "lost"]
@@ -38,6 +39,38 @@ class NodeRecord:
         return cls(**{k: row[k] for k in row.keys()})
 
 
+_NODE_COLUMNS = ", ".join(f"n.{f.name}" for f in fields(NodeRecord))
+# A sandbox's node and runtime id with its node's row, in one read (every call to a node).
+PLACEMENT_SQL = (
+    f"SELECT sn.node AS placed_on, sn.runtime_id AS placed_as, {_NODE_COLUMNS} "
+    "FROM sandbox_nodes sn LEFT JOIN nodes n ON n.name = sn.node WHERE sn.sandbox_id = {p}"
+)
+# Recording a placement: a move records the node only (None), and the runtime id stays.
+SET_SANDBOX_NODE_SQL = (
+    "INSERT INTO sandbox_nodes (sandbox_id, node, runtime_id) VALUES ({p}, {p}, {p}) "
+    "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node, "
+    "runtime_id = COALESCE(excluded.runtime_id, sandbox_nodes.runtime_id)"
+)
+
+
+@dataclass
+class Placement:
+    """Where a sandbox is: its node's name, the id that node knows it by, the node's row."""
+
+    node: str
+    # None: recorded before migration 15 (the sandbox's own row has it).
+    runtime_id: str | None
+    record: NodeRecord | None  # None: the node's row is gone
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Placement:
+        record = None
+        if row["name"] is not None:
+            record = NodeRecord(**{f.name: row[f.name] for f in fields(NodeRecord)})
+        placed_as = row["placed_as"]
+        return cls(str(row["placed_on"]), None if placed_as is None else str(placed_as), record)
+
+
 class NodeStore(Protocol):
     """The nodes of a cluster (unused on one host); part of `Store`."""
 
@@ -47,8 +80,12 @@ class NodeStore(Protocol):
     def set_node_state(
         self, name: str, state: NodeState, *, only_from: str | None = None
     ) -> bool: ...
-    def set_sandbox_node(self, sandbox_id: str, node: str) -> None: ...
+    # `runtime_id`: what the node knows it by from now on (None: unchanged, as in a move).
+    def set_sandbox_node(
+        self, sandbox_id: str, node: str, runtime_id: str | None = None
+    ) -> None: ...
     def sandbox_node(self, sandbox_id: str) -> str | None: ...
+    def sandbox_placement(self, sandbox_id: str) -> Placement | None: ...
     # The name its node knows it by (a pooled one keeps its pool's); None: no such sandbox.
     def sandbox_runtime_id(self, sandbox_id: str) -> str | None: ...
     def sandboxes_on(self, node: str) -> list[str]: ...
@@ -115,13 +152,13 @@ class NodeRows:
                 )
         return cur.rowcount > 0
 
-    def set_sandbox_node(self, sandbox_id: str, node: str) -> None:
+    def set_sandbox_node(self, sandbox_id: str, node: str, runtime_id: str | None = None) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES (?, ?) "
-                "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node",
-                (sandbox_id, node),
-            )
+            db.execute(SET_SANDBOX_NODE_SQL.format(p="?"), (sandbox_id, node, runtime_id))
+
+    def sandbox_placement(self, sandbox_id: str) -> Placement | None:
+        row = self._db.execute(PLACEMENT_SQL.format(p="?"), (sandbox_id,)).fetchone()
+        return Placement.from_row(row) if row is not None else None
 
     def sandbox_node(self, sandbox_id: str) -> str | None:
         row = self._db.execute(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hutch.server.store._nodes import NodeRecord, NodeState
+from hutch.server.store._nodes import (
+    PLACEMENT_SQL,
+    SET_SANDBOX_NODE_SQL,
+    NodeRecord,
+    NodeState,
+    Placement,
+)
 
 
 class PostgresNodes:
@@ -62,12 +68,12 @@ class PostgresNodes:
             > 0
         )
 
-    def set_sandbox_node(self, sandbox_id: str, node: str) -> None:
-        self._count(
-            "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES (%s, %s) "
-            "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node",
-            (sandbox_id, node),
-        )
+    def set_sandbox_node(self, sandbox_id: str, node: str, runtime_id: str | None = None) -> None:
+        self._count(SET_SANDBOX_NODE_SQL.format(p="%s"), (sandbox_id, node, runtime_id))
+
+    def sandbox_placement(self, sandbox_id: str) -> Placement | None:
+        rows = self._rows(PLACEMENT_SQL.format(p="%s"), (sandbox_id,))
+        return Placement.from_row(rows[0]) if rows else None
 
     def sandbox_node(self, sandbox_id: str) -> str | None:
         rows = self._rows("SELECT node FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
