@@ -4,8 +4,10 @@ handshake and its token check, the node API's token check (no root, no sandboxes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from hutch.node import LocalHost, TunnelRefused, TunnelServer, node_app, open_tu
 from hutch.node._tunnel import parse_connect
 from hutch.runtime import Runtime, RuntimeConfig
 from hutch.server.services._cluster_host import ClusterHost
+from hutch.server.services._fork_leftovers import LEFT_AFTER, LOOK_EVERY, ForkLeftovers
 from hutch.server.services._placement import Need, candidates
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import SandboxRecord, SqliteStore
@@ -112,52 +115,101 @@ class RecordingHost:
         return call
 
 
-async def test_a_call_to_a_node_reads_node_and_runtime_id_in_one_store_read(
-    tmp_path: Path,
-) -> None:
-    store = CountingStore(tmp_path / "db")
-    host = RecordingHost()
+@contextlib.asynccontextmanager
+async def node_api(host: RecordingHost) -> AsyncIterator[str]:
+    """The real node API over `host`, on a loopback port; its address."""
     app = node_app(host, lambda i: None, lambda: {}, "tok")  # type: ignore[arg-type,return-value]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # connections wait in the backlog until the server takes them
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
-    address = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    for name in ("n1", "n2"):
-        store.heartbeat_node(NodeRecord(name, address, 4, 4096, 8192, last_heartbeat=time.time()))
-    cluster = ClusterHost(store, "tok", lambda sid: store.sandbox_runtime_id(sid) or sid)
     try:
-        # A sandbox a replica made from a warm pool: its node knows it by the pool's id.
-        store.insert_sandbox(
-            SandboxRecord("sb-1", "running", "default", "img", "", runtime_id="p-1")
-        )
-        store.set_sandbox_node("sb-1", "n1", "p-1")
-        store.reads.clear()
-        await cluster.pause("sb-1")
-        assert host.calls == [("pause", "p-1")]
-        assert store.reads == ["sandbox_placement"]  # was 3: node, node row, runtime id
-        # Moved to n2 by `drain --move`: the same runtime id, on the other node.
-        cluster.relocate("sb-1", "n2", "p-1")
-        await cluster.resume("sb-1")
-        assert host.calls[-1] == ("resume", "p-1")
-        # Destroyed and made again, cold, by another replica: the new id, not a kept one.
-        store.set_sandbox_node("sb-1", "n1", "sb-1")
-        await cluster.pause("sb-1")
-        assert host.calls[-1] == ("pause", "sb-1")
-        # A placement from before the column: the sandbox's row says (one read more).
-        store.insert_sandbox(
-            SandboxRecord("sb-2", "running", "default", "img", "", runtime_id="p-2")
-        )
-        store.set_sandbox_node("sb-2", "n1")
-        store.reads.clear()
-        await cluster.pause("sb-2")
-        assert host.calls[-1] == ("pause", "p-2")
-        assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        await cluster.aclose()
         server.should_exit = True
         await serving
+
+
+async def test_a_call_to_a_node_reads_node_and_runtime_id_in_one_store_read(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "db")
+    host = RecordingHost()
+    async with node_api(host) as address:
+        for name in ("n1", "n2"):
+            store.heartbeat_node(
+                NodeRecord(name, address, 4, 4096, 8192, last_heartbeat=time.time())
+            )
+        cluster = ClusterHost(store, "tok", lambda sid: store.sandbox_runtime_id(sid) or sid)
+        try:
+            await _one_read_per_call(store, host, cluster)
+        finally:
+            await cluster.aclose()
+
+
+async def _one_read_per_call(
+    store: CountingStore, host: RecordingHost, cluster: ClusterHost
+) -> None:
+    # A sandbox a replica made from a warm pool: its node knows it by the pool's id.
+    store.insert_sandbox(SandboxRecord("sb-1", "running", "default", "img", "", runtime_id="p-1"))
+    store.set_sandbox_node("sb-1", "n1", "p-1")
+    store.reads.clear()
+    await cluster.pause("sb-1")
+    assert host.calls == [("pause", "p-1")]
+    assert store.reads == ["sandbox_placement"]  # was 3: node, node row, runtime id
+    # Moved to n2 by `drain --move`: the same runtime id, on the other node.
+    cluster.relocate("sb-1", "n2", "p-1")
+    await cluster.resume("sb-1")
+    assert host.calls[-1] == ("resume", "p-1")
+    # Destroyed and made again, cold, by another replica: the new id, not a kept one.
+    store.set_sandbox_node("sb-1", "n1", "sb-1")
+    await cluster.pause("sb-1")
+    assert host.calls[-1] == ("pause", "sb-1")
+    # A placement from before the column: the sandbox's row says (one read more).
+    store.insert_sandbox(SandboxRecord("sb-2", "running", "default", "img", "", runtime_id="p-2"))
+    store.set_sandbox_node("sb-2", "n1")
+    store.reads.clear()
+    await cluster.pause("sb-2")
+    assert host.calls[-1] == ("pause", "p-2")
+    assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+
+
+async def test_fork_copies_left_by_a_dead_replica_go_once_older_than_any_fork(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "db")
+    host1, host2 = RecordingHost(), RecordingHost()
+    async with node_api(host1) as address1, node_api(host2) as address2:
+        now = time.time()
+        store.heartbeat_node(NodeRecord("n1", address1, 4, 4096, 8192, last_heartbeat=now))
+        store.heartbeat_node(NodeRecord("n2", address2, 4, 4096, 8192, last_heartbeat=now))
+        store.set_node_state("n2", "lost")
+        cluster = ClusterHost(store, "tok", lambda sid: sid)
+        try:
+            # A replica recorded its forks' copies (two on n1, one on n2, now lost) and died;
+            # a snapshot a user took stays whatever its age.
+            for copy, node_name in (("fork-a", "n1"), ("fork-b", "n1"), ("fork-c", "n2")):
+                store.set_snapshot_node(copy, node_name)
+            store.set_snapshot_node("snap-kept", "n1")
+            leftovers = ForkLeftovers(store, cluster)
+            assert await leftovers.tick(now, 0.0) == []  # as young as a fork in flight
+            later = now + LEFT_AFTER + 1
+            assert await leftovers.tick(later, 1.0) == []  # looked a second ago
+            assert await leftovers.tick(later, LOOK_EVERY) == ["fork-a", "fork-b"]
+            # Each dropped where it is, and where the replica may have sent it (fork-c: n1).
+            assert host1.calls == [("delete_snapshot", c) for c in ("fork-a", "fork-b", "fork-c")]
+            assert host2.calls == []
+            assert store.snapshot_node("fork-a") is None and store.snapshot_node("fork-b") is None
+            # The lost node's copy waits for its node (the row says where it is).
+            assert store.snapshot_node("fork-c") == "n2"
+            assert store.snapshot_node("snap-kept") == "n1"
+            store.heartbeat_node(NodeRecord("n2", address2, 4, 4096, 8192, last_heartbeat=later))
+            assert await leftovers.tick(later, 2 * LOOK_EVERY) == ["fork-c"]
+            assert host2.calls == [("delete_snapshot", "fork-c")]
+            assert store.snapshot_node("fork-c") is None
+        finally:
+            await cluster.aclose()
 
 
 def test_connect_heads_are_parsed_strictly() -> None:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,7 @@ def _build_at_version(open_store: OpenStore, version: int) -> None:
         + ")",
         "INSERT INTO exposed_ports VALUES ('sb-old', 8080, NULL, 'tok', 't')",
         "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES ('sb-old', 'node-a')",
+        "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES ('fork-old', 'node-a')",
     ]
     if open_store.url is not None:
         import psycopg
@@ -184,6 +186,22 @@ def test_the_previous_schema_migrates_with_its_data_kept(open_store: OpenStore) 
     # The newest migration (15): an old placement has no runtime id (its row has it).
     placed = store.sandbox_placement("sb-old")
     assert placed is not None and (placed.node, placed.runtime_id) == ("node-a", None)
+    # Migration 16: a snapshot's row from before has no time; it counts from when first seen
+    # (a replica of the older Hutch may be forking with it now).
+    assert store.snapshot_nodes_before("fork-", before=1000.0, now=2000.0) == []
+    assert store.snapshot_nodes_before("fork-", before=2001.0, now=3000.0) == ["fork-old"]
+
+
+def test_snapshot_rows_older_than_a_time_by_prefix(open_store: OpenStore) -> None:
+    store = open_store()
+    store.set_snapshot_node("fork-a", "a")
+    store.set_snapshot_node("snap-b", "a")
+    store.set_snapshot_node("forkless", "a")
+    now = time.time()
+    assert store.snapshot_nodes_before("fork-", before=now - 60, now=now) == []
+    assert store.snapshot_nodes_before("fork-", before=now + 60, now=now) == ["fork-a"]
+    with pytest.raises(ValueError):
+        store.snapshot_nodes_before("fork_", before=now, now=now)  # a wildcard: not a prefix
 
 
 def test_a_placement_holds_its_runtime_id_and_a_move_keeps_it(open_store: OpenStore) -> None:

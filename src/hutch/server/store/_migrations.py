@@ -220,6 +220,12 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE sandbox_nodes ADD COLUMN runtime_id TEXT;
     """,
+    # 16: when a snapshot's node was recorded: the reconciler removes a fork's copies whose
+    # replica died before its children took them (services/_fork_leftovers.py). NULL in rows
+    # from before: counted from when the reconciler first sees them.
+    """
+    ALTER TABLE snapshot_nodes ADD COLUMN recorded_at {double};
+    """,
 )
 
 

@@ -11,6 +11,7 @@ sandbox rows stay exactly as they were.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
@@ -44,6 +45,20 @@ _NODE_COLUMNS = ", ".join(f"n.{f.name}" for f in fields(NodeRecord))
 PLACEMENT_SQL = (
     f"SELECT sn.node AS placed_on, sn.runtime_id AS placed_as, {_NODE_COLUMNS} "
     "FROM sandbox_nodes sn LEFT JOIN nodes n ON n.name = sn.node WHERE sn.sandbox_id = {p}"
+)
+# Snapshots named `prefix`… recorded before a time; rows from before migration 16 get one first
+# (a replica of an older Hutch may be using them now).
+STAMP_SNAPSHOT_NODES_SQL = (
+    "UPDATE snapshot_nodes SET recorded_at = {p} WHERE recorded_at IS NULL AND snapshot_id LIKE {p}"
+)
+SNAPSHOT_NODES_BEFORE_SQL = (
+    "SELECT snapshot_id FROM snapshot_nodes WHERE snapshot_id LIKE {p} AND recorded_at < {p} "
+    "ORDER BY snapshot_id"
+)
+SET_SNAPSHOT_NODE_SQL = (
+    "INSERT INTO snapshot_nodes (snapshot_id, node, recorded_at) VALUES ({p}, {p}, {p}) "
+    "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node, "
+    "recorded_at = excluded.recorded_at"
 )
 # Recording a placement: a move records the node only (None), and the runtime id stays.
 SET_SANDBOX_NODE_SQL = (
@@ -94,6 +109,8 @@ class NodeStore(Protocol):
     def set_snapshot_node(self, snapshot_id: str, node: str) -> None: ...
     def snapshot_node(self, snapshot_id: str) -> str | None: ...
     def forget_snapshot_node(self, snapshot_id: str) -> None: ...
+    # Those named `prefix`… recorded before `before` (a row without a time gets `now`).
+    def snapshot_nodes_before(self, prefix: str, before: float, now: float) -> list[str]: ...
 
 
 class NodeRows:
@@ -184,11 +201,7 @@ class NodeRows:
 
     def set_snapshot_node(self, snapshot_id: str, node: str) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES (?, ?) "
-                "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node",
-                (snapshot_id, node),
-            )
+            db.execute(SET_SNAPSHOT_NODE_SQL.format(p="?"), (snapshot_id, node, time.time()))
 
     def snapshot_node(self, snapshot_id: str) -> str | None:
         row = self._db.execute(
@@ -199,3 +212,16 @@ class NodeRows:
     def forget_snapshot_node(self, snapshot_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = ?", (snapshot_id,))
+
+    def snapshot_nodes_before(self, prefix: str, before: float, now: float) -> list[str]:
+        like = like_prefix(prefix)
+        with self._tx() as db:
+            db.execute(STAMP_SNAPSHOT_NODES_SQL.format(p="?"), (now, like))
+            rows = db.execute(SNAPSHOT_NODES_BEFORE_SQL.format(p="?"), (like, before)).fetchall()
+        return [str(r["snapshot_id"]) for r in rows]
+
+
+def like_prefix(prefix: str) -> str:
+    if any(c in prefix for c in "%_\\"):
+        raise ValueError(f"a LIKE prefix with a wildcard: {prefix!r}")
+    return prefix + "%"

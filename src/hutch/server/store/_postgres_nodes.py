@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hutch.server.store._nodes import (
     PLACEMENT_SQL,
     SET_SANDBOX_NODE_SQL,
+    SET_SNAPSHOT_NODE_SQL,
+    SNAPSHOT_NODES_BEFORE_SQL,
+    STAMP_SNAPSHOT_NODES_SQL,
     NodeRecord,
     NodeState,
     Placement,
+    like_prefix,
 )
 
 
@@ -95,11 +100,7 @@ class PostgresNodes:
         self._count("DELETE FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
 
     def set_snapshot_node(self, snapshot_id: str, node: str) -> None:
-        self._count(
-            "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES (%s, %s) "
-            "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node",
-            (snapshot_id, node),
-        )
+        self._count(SET_SNAPSHOT_NODE_SQL.format(p="%s"), (snapshot_id, node, time.time()))
 
     def snapshot_node(self, snapshot_id: str) -> str | None:
         rows = self._rows("SELECT node FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))
@@ -107,3 +108,9 @@ class PostgresNodes:
 
     def forget_snapshot_node(self, snapshot_id: str) -> None:
         self._count("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))
+
+    def snapshot_nodes_before(self, prefix: str, before: float, now: float) -> list[str]:
+        like = like_prefix(prefix)
+        self._count(STAMP_SNAPSHOT_NODES_SQL.format(p="%s"), (now, like))
+        rows = self._rows(SNAPSHOT_NODES_BEFORE_SQL.format(p="%s"), (like, before))
+        return [str(r["snapshot_id"]) for r in rows]
