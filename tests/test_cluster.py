@@ -1036,6 +1036,15 @@ def _pool_rows() -> list[tuple[str, str, str | None]]:
     return [(str(r[0]), str(r[1]), r[2]) for r in rows]
 
 
+def _pools(cluster: Cluster) -> list[list[dict[str, object]]]:
+    """GET /v1/pools through each replica."""
+    found = []
+    for replica in (0, 1):
+        with cluster.client(replica) as c:
+            found.append(c.request("GET", "/v1/pools")["pools"])
+    return found
+
+
 def _runtime_ids(sandbox_ids: list[str]) -> dict[str, str | None]:
     url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
     with psycopg.connect(url) as db:
@@ -1060,6 +1069,10 @@ def test_two_replicas_claiming_a_warm_pool_at_once_never_share_a_sandbox(cluster
         while sorted(node for _, node, by in _pool_rows() if by is None) != ["n1", "n2", "n3"]:
             assert time.monotonic() < deadline, f"the pools did not fill: {_pool_rows()}"
             time.sleep(0.5)
+        # Either replica (neither has HUTCH_WARM_POOLS) shows the size the nodes heartbeat.
+        # NB: not how many are ready: a node that took more at first gives them back now.
+        sizes = [[(p["image"], p["size"]) for p in pools] for pools in _pools(cluster)]
+        assert sizes == [[("default", pool)]] * 2
         # Abuse: a claim of what no pool holds hands out nothing; a path is refused.
         token = (DIR / "node_token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
@@ -1109,3 +1122,8 @@ def test_two_replicas_claiming_a_warm_pool_at_once_never_share_a_sandbox(cluster
             list(workers.map(destroy, [i.id for i in Sandbox.list(client=c)]))
         _restart_nodes(cluster, {})
     assert _pool_rows() == []  # the nodes let their pooled sandboxes go
+    # ...and are configured with none now, from their first heartbeats on.
+    deadline = time.monotonic() + 15
+    while (pools := _pools(cluster)) != [[], []]:
+        assert time.monotonic() < deadline, pools
+        time.sleep(0.5)

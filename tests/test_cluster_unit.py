@@ -22,7 +22,7 @@ from hutch.server.services._cluster_host import ClusterHost
 from hutch.server.services._fork_leftovers import LEFT_AFTER, LOOK_EVERY, ForkLeftovers
 from hutch.server.services._placement import Need, candidates
 from hutch.server.store._nodes import NodeRecord
-from hutch.server.store._sqlite import SandboxRecord, SqliteStore
+from hutch.server.store._sqlite import PoolEntryRecord, SandboxRecord, SqliteStore
 
 NOW = 1_000_000.0
 
@@ -173,6 +173,30 @@ async def _one_read_per_call(
     await cluster.pause("sb-2")
     assert host.calls[-1] == ("pause", "p-2")
     assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+
+
+def test_a_replicas_pool_sizes_are_what_the_nodes_heartbeat(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    now = time.time()
+    for name, sizes in (("n1", {"default": 3}), ("n2", {"default": 3, "py": 1}), ("n3", {})):
+        record = NodeRecord(name, f"http://{name}:7171", 4, 4096, 8192, last_heartbeat=now)
+        record.pool_sizes = sizes
+        store.heartbeat_node(record)
+    store.heartbeat_node(NodeRecord("n4", "http://n4:7171", 4, 4096, 8192, last_heartbeat=now))
+    store.set_node_state("n2", "draining")  # still configured: its size counts, not its entries
+    store.add_pool_entry(PoolEntryRecord("pool-1", "n1", "id-default", "t"))
+    store.add_pool_entry(PoolEntryRecord("pool-2", "n2", "id-default", "t"))
+    store.add_pool_entry(PoolEntryRecord("pool-3", "n1", "id-default", "t", claimed_by="sb-1"))
+    ids = {"default": "id-default", "py": "id-py"}
+    # A replica with no HUTCH_WARM_POOLS of its own.
+    cluster = ClusterHost(store, "tok", lambda sid: sid, image_id=ids.get)
+    assert cluster.pool_status() == {"default": (3, 1), "py": (1, 0)}
+    # A pool only a lost node reports is not the cluster's any more.
+    store.set_node_state("n2", "lost")
+    assert cluster.pool_status() == {"default": (3, 1)}
+    # One set on the replica counts for a pool no node reports (nodes of an older Hutch).
+    cluster = ClusterHost(store, "tok", lambda sid: sid, image_id=ids.get, pool_sizes={"py": 2})
+    assert cluster.pool_status() == {"default": (3, 1), "py": (2, 0)}
 
 
 async def test_fork_copies_left_by_a_dead_replica_go_once_older_than_any_fork(

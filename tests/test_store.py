@@ -154,6 +154,8 @@ def _build_at_version(open_store: OpenStore, version: int) -> None:
         "INSERT INTO exposed_ports VALUES ('sb-old', 8080, NULL, 'tok', 't')",
         "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES ('sb-old', 'node-a')",
         "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES ('fork-old', 'node-a')",
+        "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, last_heartbeat)"
+        " VALUES ('node-a', 'http://a:7171', 2, 2048, 4096, 1)",
     ]
     if open_store.url is not None:
         import psycopg
@@ -190,6 +192,18 @@ def test_the_previous_schema_migrates_with_its_data_kept(open_store: OpenStore) 
     # (a replica of the older Hutch may be forking with it now).
     assert store.snapshot_nodes_before("fork-", before=1000.0, now=2000.0) == []
     assert store.snapshot_nodes_before("fork-", before=2001.0, now=3000.0) == ["fork-old"]
+    # Migration 17: a node of an older Hutch reports no warm pools.
+    assert store.get_node("node-a").pool_sizes == {}  # type: ignore[union-attr]
+
+
+def test_a_nodes_heartbeat_carries_its_warm_pool_sizes(open_store: OpenStore) -> None:
+    store = open_store()
+    node = NodeRecord("a", "http://a:7171", 4, 4096, 8192, last_heartbeat=1.0)
+    node.pool_sizes = {"default": 3, "python": 1}
+    assert store.heartbeat_node(node).pool_sizes == {"default": 3, "python": 1}
+    node.pool_sizes = {}  # restarted without HUTCH_WARM_POOLS
+    store.heartbeat_node(node)
+    assert [n.pool_sizes for n in store.list_nodes()] == [{}]
 
 
 def test_snapshot_rows_older_than_a_time_by_prefix(open_store: OpenStore) -> None:

@@ -61,8 +61,8 @@ class ClusterHost:
         # for it (the remotes map ids by it): read with the node, not once more per call.
         self._placed_as: dict[str, str] = {}
         self._remotes: dict[str, RemoteHost] = {}
-        # The cluster's warm pools as configured (the nodes fill them: `hutch node`'s
-        # HUTCH_WARM_POOLS), for GET /v1/pools; image name -> id.
+        # Warm pools set on this replica too (HUTCH_WARM_POOLS of `hutch api`, not needed): for
+        # GET /v1/pools, of images no node reports (nodes of an older Hutch); image name -> id.
         self._pool_sizes = dict(pool_sizes or {})
         self._image_id = image_id
         self._fork_sends = ForkSends()
@@ -432,17 +432,26 @@ class ClusterHost:
         return None
 
     def pool_status(self) -> dict[str, tuple[int, int]]:
+        """image name -> (configured size, ready now). The size is what the nodes that are
+        not lost heartbeat (`hutch node`'s HUTCH_WARM_POOLS: the cluster's total, the same
+        on every node; the largest while a change rolls out)."""
         now = time.time()
         ready: dict[str, int] = {}
+        sizes = dict(self._pool_sizes)
+        reported: dict[str, int] = {}
         for node in self._store.list_nodes():
+            if node.state == "lost":
+                continue
+            for name, size in node.pool_sizes.items():
+                reported[name] = max(reported.get(name, 0), size)
             if node.state != "ready" or now - node.last_heartbeat > FRESH_FOR:
                 continue
             for entry in self._store.list_pool_entries(node.name):
                 if entry.claimed_by is None:
                     ready[entry.image_id] = ready.get(entry.image_id, 0) + 1
+        sizes.update(reported)
         return {
-            name: (size, ready.get(self._image_id(name) or "", 0))
-            for name, size in self._pool_sizes.items()
+            name: (size, ready.get(self._image_id(name) or "", 0)) for name, size in sizes.items()
         }
 
     async def drain_pooled(self, image_id: str) -> None:

@@ -226,6 +226,12 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE snapshot_nodes ADD COLUMN recorded_at {double};
     """,
+    # 17: the warm pools each node is configured with (its HUTCH_WARM_POOLS, JSON: image name ->
+    # the cluster's size), heartbeated: a replica's GET /v1/pools reads them. NULL: a node of
+    # an older Hutch
+    """
+    ALTER TABLE nodes ADD COLUMN pool_sizes TEXT;
+    """,
 )
 
 

@@ -10,11 +10,12 @@ sandbox rows stay exactly as they were.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 NodeState = Literal["ready", "draining", "lost"]
@@ -34,10 +35,25 @@ class NodeRecord:
     used_disk_mb: int = 0
     state: str = "ready"  # NodeState
     last_heartbeat: float = 0.0  # time.time() of its last heartbeat
+    # Its warm pools as configured (image name -> the cluster's size; `hutch node`'s
+    # HUTCH_WARM_POOLS): what a replica's GET /v1/pools shows.
+    pool_sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> NodeRecord:
-        return cls(**{k: row[k] for k in row.keys()})
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["pool_sizes"] = _pool_sizes(values["pool_sizes"])
+        return cls(**values)
+
+
+def _pool_sizes(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}  # NB: a node of a Hutch from before migration 17 reports none
+    return {str(name): int(size) for name, size in json.loads(text).items()}
+
+
+def pool_sizes_json(node: NodeRecord) -> str:
+    return json.dumps(node.pool_sizes, sort_keys=True)
 
 
 _NODE_COLUMNS = ", ".join(f"n.{f.name}" for f in fields(NodeRecord))
@@ -79,9 +95,7 @@ class Placement:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Placement:
-        record = None
-        if row["name"] is not None:
-            record = NodeRecord(**{f.name: row[f.name] for f in fields(NodeRecord)})
+        record = NodeRecord.from_row(row) if row["name"] is not None else None
         placed_as = row["placed_as"]
         return cls(str(row["placed_on"]), None if placed_as is None else str(placed_as), record)
 
@@ -127,12 +141,13 @@ class NodeRows:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
-                "used_memory_mb, used_disk_mb, state, last_heartbeat) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?) "
+                "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
                 "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
                 "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
                 "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
+                "pool_sizes = excluded.pool_sizes, "
                 "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END",
                 (
                     node.name,
@@ -144,6 +159,7 @@ class NodeRows:
                     node.used_memory_mb,
                     node.used_disk_mb,
                     node.last_heartbeat,
+                    pool_sizes_json(node),
                 ),
             )
             row = db.execute("SELECT * FROM nodes WHERE name = ?", (node.name,)).fetchone()
