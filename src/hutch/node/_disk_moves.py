@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -27,6 +29,13 @@ from hutch.runtime import (
 CHUNK = 1 << 20
 # Seconds without a byte before a transfer is given up (a stream, not a call: no total bound).
 STALL_TIMEOUT = 60.0
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # NB: made once: a client's own default context loads the CA bundle each time (~45 ms of
+    # CPU per pull here, under load), for node addresses that are mostly plain http.
+    return ssl.create_default_context()
 
 
 class DiskMoveFailed(SandboxRuntimeError):
@@ -87,12 +96,16 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
         url = f"{source.rstrip('/')}/node/v1/snapshots/{snapshot_id}/stream"
         try:
             async with (
-                httpx.AsyncClient(timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0)) as client,
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0), verify=_tls()
+                ) as client,
                 client.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as got,
             ):
                 if got.status_code != 200:
                     body = (await got.aread()).decode(errors="replace")[:300]
                     raise DiskMoveFailed(f"{source} refused the snapshot: {body}")
+                # NB: in CHUNKs, not as read (64 KB): a write to the pipe each costs more
+                # than the copy into a CHUNK (py-spy, bench/bench_cluster_fork.py).
                 async for chunk in got.aiter_bytes(CHUNK):
                     proc.stdin.write(chunk)
                     await proc.stdin.drain()
