@@ -30,7 +30,7 @@ from hutch.runtime import (
 from hutch.server._errors import NoCapacity, NodeUnavailableError
 from hutch.server.services._fork_sends import ForkSends
 from hutch.server.services._placement import Need, candidates
-from hutch.server.services._pool_claims import claim_need, holding, placed_on
+from hutch.server.services._pool_claims import claim_need, holding, placed_on, pool_status
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import Store
 
@@ -273,7 +273,9 @@ class ClusterHost:
                 continue
             if placement.record.state == "lost":
                 continue
-            if placement.runtime_id is not None:
+            if placement.runtime_id is None:
+                self._placed_as.pop(sid, None)
+            else:
                 self._placed_as[sid] = placement.runtime_id
             by_node.setdefault(placement.node, []).append(sid)
         found: dict[str, str] = {}
@@ -432,27 +434,7 @@ class ClusterHost:
         return None
 
     def pool_status(self) -> dict[str, tuple[int, int]]:
-        """image name -> (configured size, ready now). The size is what the nodes that are
-        not lost heartbeat (`hutch node`'s HUTCH_WARM_POOLS: the cluster's total, the same
-        on every node; the largest while a change rolls out)."""
-        now = time.time()
-        ready: dict[str, int] = {}
-        sizes = dict(self._pool_sizes)
-        reported: dict[str, int] = {}
-        for node in self._store.list_nodes():
-            if node.state == "lost":
-                continue
-            for name, size in node.pool_sizes.items():
-                reported[name] = max(reported.get(name, 0), size)
-            if node.state != "ready" or now - node.last_heartbeat > FRESH_FOR:
-                continue
-            for entry in self._store.list_pool_entries(node.name):
-                if entry.claimed_by is None:
-                    ready[entry.image_id] = ready.get(entry.image_id, 0) + 1
-        sizes.update(reported)
-        return {
-            name: (size, ready.get(self._image_id(name) or "", 0)) for name, size in sizes.items()
-        }
+        return pool_status(self._store, self._pool_sizes, self._image_id, fresh_for=FRESH_FOR)
 
     async def drain_pooled(self, image_id: str) -> None:
         pass  # each node's pool lets go of an image it no longer finds

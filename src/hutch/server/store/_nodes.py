@@ -76,7 +76,8 @@ SET_SNAPSHOT_NODE_SQL = (
     "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node, "
     "recorded_at = excluded.recorded_at"
 )
-# Recording a placement: a move records the node only (None), and the runtime id stays.
+# Recording a placement; a runtime id of None keeps the one recorded (a replica of a Hutch from
+# before migration 15 moves a sandbox so).
 SET_SANDBOX_NODE_SQL = (
     "INSERT INTO sandbox_nodes (sandbox_id, node, runtime_id) VALUES ({p}, {p}, {p}) "
     "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node, "
