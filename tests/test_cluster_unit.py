@@ -101,12 +101,20 @@ class CountingStore(SqliteStore):
         self.reads.append("sandbox_runtime_id")
         return super().sandbox_runtime_id(sandbox_id)
 
+    def list_sandboxes(self) -> Any:
+        self.reads.append("list_sandboxes")
+        return super().list_sandboxes()
+
 
 class RecordingHost:
     """A node's host that records what the node API asks of it (by runtime id)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+
+    async def dead(self, rids: list[str]) -> dict[str, str]:
+        self.calls.append(("dead", " ".join(sorted(rids))))
+        return {}
 
     def __getattr__(self, name: str) -> Any:
         async def call(rid: str, *args: Any, **kwargs: Any) -> None:
@@ -173,6 +181,13 @@ async def _one_read_per_call(
     await cluster.pause("sb-2")
     assert host.calls[-1] == ("pause", "p-2")
     assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+    # The death watch (twice a second) has the runtime ids with the placements; only one
+    # from before the column needs the sandboxes' rows, read once for all.
+    store.reads.clear()
+    await cluster.dead(["sb-1"])
+    assert host.calls[-1] == ("dead", "sb-1") and "list_sandboxes" not in store.reads
+    await cluster.dead(["sb-1", "sb-2"])
+    assert host.calls[-1] == ("dead", "p-2 sb-1") and store.reads.count("list_sandboxes") == 1
 
 
 def test_a_replicas_pool_sizes_are_what_the_nodes_heartbeat(tmp_path: Path) -> None:

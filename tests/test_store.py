@@ -234,6 +234,8 @@ def test_a_placement_holds_its_runtime_id_and_a_move_keeps_it(open_store: OpenSt
     )
     store.set_sandbox_node("sb-1", "a", "sb-1")  # made again, cold: the new id
     assert store.sandbox_placement("sb-1").runtime_id == "sb-1"  # type: ignore[union-attr]
+    store.set_sandbox_node("sb-2", "a")  # as a Hutch from before migration 15 records it
+    assert store.placements_on("a") == {"sb-1": "sb-1", "sb-2": None}
     store.forget_sandbox_node("sb-1")
     assert store.sandbox_placement("sb-1") is None
 

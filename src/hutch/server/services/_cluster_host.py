@@ -447,15 +447,16 @@ class ClusterHost:
 
     # -- the death watch: each node watches its own containers -----------------------------
 
-    def _by_node(self, sandbox_ids: Collection[str]) -> dict[str, list[str]]:
-        """The sandboxes by node, of the nodes that are not lost."""
+    def _by_node(self, sandbox_ids: Collection[str]) -> dict[str, dict[str, str | None]]:
+        """The sandboxes by node, of the nodes that are not lost, with their runtime ids."""
         # NB: a read per node, not per sandbox: the death watch asks twice a second.
         wanted = set(sandbox_ids)
-        by_node: dict[str, list[str]] = {}
+        by_node: dict[str, dict[str, str | None]] = {}
         for node in self._store.list_nodes():
             if node.state == "lost":
                 continue
-            held = [sid for sid in self._store.sandboxes_on(node.name) if sid in wanted]
+            placed = self._store.placements_on(node.name)
+            held = {sid: rid for sid, rid in placed.items() if sid in wanted}
             if held:
                 by_node[node.name] = held
         return by_node
@@ -470,10 +471,15 @@ class ClusterHost:
         by_node = self._by_node(sandbox_ids)
         if not by_node:
             return []
-        # NB: one read for all their runtime ids (a pooled one has its pool's), not one per
-        # sandbox: the death watch asks twice a second.
-        wanted = set(sandbox_ids)
-        rids = {r.id: r.runtime_id or r.id for r in self._store.list_sandboxes() if r.id in wanted}
+        # Their runtime ids came with their placements (a pooled one has its pool's).
+        rids = {sid: rid for held in by_node.values() for sid, rid in held.items() if rid}
+        if any(rid is None for held in by_node.values() for rid in held.values()):
+            # NB: placements from before migration 15: one read of the sandboxes' rows for
+            # all of them, not one per sandbox (the death watch asks twice a second).
+            wanted = set(sandbox_ids) - rids.keys()
+            rids.update(
+                (r.id, r.runtime_id or r.id) for r in self._store.list_sandboxes() if r.id in wanted
+            )
 
         async def one(name: str, sids: list[str]) -> Any:
             try:
@@ -482,7 +488,7 @@ class ClusterHost:
                 log.debug("node %s: not asked: %s", name, exc)
                 return None
 
-        got = await asyncio.gather(*(one(n, sids) for n, sids in by_node.items()))
+        got = await asyncio.gather(*(one(n, list(held)) for n, held in by_node.items()))
         return [g for g in got if g is not None]
 
     async def dead(self, sandbox_ids: Collection[str]) -> dict[str, str]:

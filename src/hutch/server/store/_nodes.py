@@ -119,6 +119,8 @@ class NodeStore(Protocol):
     # The name its node knows it by (a pooled one keeps its pool's); None: no such sandbox.
     def sandbox_runtime_id(self, sandbox_id: str) -> str | None: ...
     def sandboxes_on(self, node: str) -> list[str]: ...
+    # sandbox id -> the runtime id its node knows it by (None: recorded before migration 15).
+    def placements_on(self, node: str) -> dict[str, str | None]: ...
     def forget_sandbox_node(self, sandbox_id: str) -> None: ...
     # A disk snapshot lives on the node of the sandbox it was taken from.
     def set_snapshot_node(self, snapshot_id: str, node: str) -> None: ...
@@ -211,6 +213,13 @@ class NodeRows:
             "SELECT sandbox_id FROM sandbox_nodes WHERE node = ? ORDER BY sandbox_id", (node,)
         ).fetchall()
         return [str(r["sandbox_id"]) for r in rows]
+
+    def placements_on(self, node: str) -> dict[str, str | None]:
+        rows = self._db.execute(
+            "SELECT sandbox_id, runtime_id FROM sandbox_nodes WHERE node = ? ORDER BY sandbox_id",
+            (node,),
+        ).fetchall()
+        return {str(r["sandbox_id"]): r["runtime_id"] for r in rows}
 
     def forget_sandbox_node(self, sandbox_id: str) -> None:
         with self._tx() as db:

@@ -99,6 +99,13 @@ class PostgresNodes:
         )
         return [str(r["sandbox_id"]) for r in rows]
 
+    def placements_on(self, node: str) -> dict[str, str | None]:
+        rows = self._rows(
+            "SELECT sandbox_id, runtime_id FROM sandbox_nodes WHERE node = %s ORDER BY sandbox_id",
+            (node,),
+        )
+        return {str(r["sandbox_id"]): r["runtime_id"] for r in rows}
+
     def forget_sandbox_node(self, sandbox_id: str) -> None:
         self._count("DELETE FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
 
