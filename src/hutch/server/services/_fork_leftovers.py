@@ -54,10 +54,13 @@ class ForkLeftovers:
         )
         removed = []
         nodes = await off_loop(self._store, self._store.list_nodes) if left else []
+        lost = {n.name for n in nodes if n.state == "lost"}
         for copy_id in left:
             home = await off_loop(self._store, self._store.snapshot_node, copy_id)
+            if home in lost:
+                continue  # NB: its row says where the copy is: both wait for the node's return
             for node in nodes:
-                if node.name == home or node.state == "lost":
+                if node.name == home or node.name in lost:
                     continue
                 try:
                     # NB: where the dead replica may have sent it; a node that does not
