@@ -383,6 +383,79 @@ def _fork_leftovers() -> list[str]:
     )
 
 
+def _snapshot_rows() -> dict[str, str]:
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT snapshot_id, node FROM snapshot_nodes").fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def test_fork_copies_a_replica_left_mid_fork_are_removed_with_their_rows(cluster: Cluster) -> None:
+    token = (DIR / "node_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    old, young = "fork-deadbeef0001", "fork-deadbeef0002"
+    with cluster.client(0) as c0:
+        source = Sandbox.create(client=c0, **SMALL)
+        home = cluster.node_of(source.id)
+        node_url = f"http://{NET}.{10 + int(home[1:])}:7171/node/v1"
+        other = next(n for n in ("n1", "n2", "n3") if n != home)
+        other_url = f"http://{NET}.{10 + int(other[1:])}:7171/node/v1"
+
+        def exists(copy: str, url: str = node_url) -> bool:
+            got = httpx.get(f"{url}/snapshots/{copy}", headers=auth, timeout=10).json()
+            return bool(got["exists"])
+
+        url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+        try:
+            # A fork's copies of the source's disk on its node, as a replica makes them.
+            r = httpx.post(
+                f"{node_url}/c/{source.id}/fork_disks",
+                json={"copies": [old, young]},
+                headers=auth,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 30
+            while not (exists(old) and exists(young)):
+                assert time.monotonic() < deadline, "the node did not make the copies"
+                time.sleep(0.2)
+            # ...and the old one sent to another node for a child placed there.
+            r = httpx.post(
+                f"{other_url}/snapshots/{old}/pull",
+                json={"source": node_url.removesuffix("/node/v1")},
+                headers=auth,
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            assert exists(old, other_url)
+            # What a replica that dies mid-fork leaves: the copies above, and the rows it
+            # recorded for them (one an hour ago, one now). NB: after the copies, here: the
+            # reconciler would remove an old row's copy while the test still makes it.
+            with psycopg.connect(url) as db:
+                for copy, at in ((old, time.time() - 3600), (young, time.time())):
+                    db.execute(
+                        "INSERT INTO snapshot_nodes (snapshot_id, node, recorded_at)"
+                        " VALUES (%s, %s, %s)",
+                        (copy, home, at),
+                    )
+            # The reconciler (the replica holding its lock; it looks every 10 s) removes the
+            # old copy from its node and the one it was sent to, then its row; a fork's copy
+            # that young stays.
+            deadline = time.monotonic() + 60
+            while old in _snapshot_rows():
+                assert time.monotonic() < deadline, f"left: {_snapshot_rows()}"
+                time.sleep(0.5)
+            assert not exists(old) and not exists(old, other_url)
+            assert exists(young) and _snapshot_rows().get(young) == home
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.delete(f"{node_url}/snapshots/{young}", headers=auth, timeout=30)
+            with psycopg.connect(url) as db:
+                db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (young,))
+            _destroy_all(cluster)
+    assert not [p for p in _fork_leftovers() if "deadbeef" in p]
+
+
 def _disks() -> dict[str, list[str]]:
     """Each node's sandbox disks (the subvolumes at the top of its storage pool)."""
     return {
@@ -963,6 +1036,15 @@ def _pool_rows() -> list[tuple[str, str, str | None]]:
     return [(str(r[0]), str(r[1]), r[2]) for r in rows]
 
 
+def _pools(cluster: Cluster) -> list[list[dict[str, object]]]:
+    """GET /v1/pools through each replica."""
+    found = []
+    for replica in (0, 1):
+        with cluster.client(replica) as c:
+            found.append(c.request("GET", "/v1/pools")["pools"])
+    return found
+
+
 def _runtime_ids(sandbox_ids: list[str]) -> dict[str, str | None]:
     url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
     with psycopg.connect(url) as db:
@@ -987,6 +1069,10 @@ def test_two_replicas_claiming_a_warm_pool_at_once_never_share_a_sandbox(cluster
         while sorted(node for _, node, by in _pool_rows() if by is None) != ["n1", "n2", "n3"]:
             assert time.monotonic() < deadline, f"the pools did not fill: {_pool_rows()}"
             time.sleep(0.5)
+        # Either replica (neither has HUTCH_WARM_POOLS) shows the size the nodes heartbeat.
+        # NB: not how many are ready: a node that took more at first gives them back now.
+        sizes = [[(p["image"], p["size"]) for p in pools] for pools in _pools(cluster)]
+        assert sizes == [[("default", pool)]] * 2
         # Abuse: a claim of what no pool holds hands out nothing; a path is refused.
         token = (DIR / "node_token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
@@ -1036,3 +1122,8 @@ def test_two_replicas_claiming_a_warm_pool_at_once_never_share_a_sandbox(cluster
             list(workers.map(destroy, [i.id for i in Sandbox.list(client=c)]))
         _restart_nodes(cluster, {})
     assert _pool_rows() == []  # the nodes let their pooled sandboxes go
+    # ...and are configured with none now, from their first heartbeats on.
+    deadline = time.monotonic() + 15
+    while (pools := _pools(cluster)) != [[], []]:
+        assert time.monotonic() < deadline, pools
+        time.sleep(0.5)

@@ -4,17 +4,25 @@ handshake and its token check, the node API's token check (no root, no sandboxes
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from hutch.node import LocalHost, TunnelRefused, TunnelServer, node_app, open_tunnel
 from hutch.node._tunnel import parse_connect
 from hutch.runtime import Runtime, RuntimeConfig
+from hutch.server.services._cluster_host import ClusterHost
+from hutch.server.services._fork_leftovers import LEFT_AFTER, LOOK_EVERY, ForkLeftovers
 from hutch.server.services._placement import Need, candidates
 from hutch.server.store._nodes import NodeRecord
-from hutch.server.store._sqlite import SandboxRecord, SqliteStore
+from hutch.server.store._sqlite import PoolEntryRecord, SandboxRecord, SqliteStore
 
 NOW = 1_000_000.0
 
@@ -68,6 +76,180 @@ def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None
     store.forget_sandbox_node("sb-1")
     assert store.sandbox_node("sb-1") is None
     assert [n.name for n in store.list_nodes()] == ["a"]
+
+
+class CountingStore(SqliteStore):
+    """Counts the reads a replica makes to learn where a sandbox is and what its node calls it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads: list[str] = []
+
+    def get_node(self, name: str) -> Any:
+        self.reads.append("get_node")
+        return super().get_node(name)
+
+    def sandbox_node(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_node")
+        return super().sandbox_node(sandbox_id)
+
+    def sandbox_placement(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_placement")
+        return super().sandbox_placement(sandbox_id)
+
+    def sandbox_runtime_id(self, sandbox_id: str) -> Any:
+        self.reads.append("sandbox_runtime_id")
+        return super().sandbox_runtime_id(sandbox_id)
+
+    def list_sandboxes(self) -> Any:
+        self.reads.append("list_sandboxes")
+        return super().list_sandboxes()
+
+
+class RecordingHost:
+    """A node's host that records what the node API asks of it (by runtime id)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def dead(self, rids: list[str]) -> dict[str, str]:
+        self.calls.append(("dead", " ".join(sorted(rids))))
+        return {}
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(rid: str, *args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, rid))
+
+        return call
+
+
+@contextlib.asynccontextmanager
+async def node_api(host: RecordingHost) -> AsyncIterator[str]:
+    """The real node API over `host`, on a loopback port; its address."""
+    app = node_app(host, lambda i: None, lambda: {}, "tok")  # type: ignore[arg-type,return-value]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the server takes them
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_call_to_a_node_reads_node_and_runtime_id_in_one_store_read(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "db")
+    host = RecordingHost()
+    async with node_api(host) as address:
+        for name in ("n1", "n2"):
+            store.heartbeat_node(
+                NodeRecord(name, address, 4, 4096, 8192, last_heartbeat=time.time())
+            )
+        cluster = ClusterHost(store, "tok", lambda sid: store.sandbox_runtime_id(sid) or sid)
+        try:
+            await _one_read_per_call(store, host, cluster)
+        finally:
+            await cluster.aclose()
+
+
+async def _one_read_per_call(
+    store: CountingStore, host: RecordingHost, cluster: ClusterHost
+) -> None:
+    # A sandbox a replica made from a warm pool: its node knows it by the pool's id.
+    store.insert_sandbox(SandboxRecord("sb-1", "running", "default", "img", "", runtime_id="p-1"))
+    store.set_sandbox_node("sb-1", "n1", "p-1")
+    store.reads.clear()
+    await cluster.pause("sb-1")
+    assert host.calls == [("pause", "p-1")]
+    assert store.reads == ["sandbox_placement"]  # was 3: node, node row, runtime id
+    # Moved to n2 by `drain --move`: the same runtime id, on the other node.
+    cluster.relocate("sb-1", "n2", "p-1")
+    await cluster.resume("sb-1")
+    assert host.calls[-1] == ("resume", "p-1")
+    # Destroyed and made again, cold, by another replica: the new id, not a kept one.
+    store.set_sandbox_node("sb-1", "n1", "sb-1")
+    await cluster.pause("sb-1")
+    assert host.calls[-1] == ("pause", "sb-1")
+    # A placement from before the column: the sandbox's row says (one read more).
+    store.insert_sandbox(SandboxRecord("sb-2", "running", "default", "img", "", runtime_id="p-2"))
+    store.set_sandbox_node("sb-2", "n1")
+    store.reads.clear()
+    await cluster.pause("sb-2")
+    assert host.calls[-1] == ("pause", "p-2")
+    assert store.reads == ["sandbox_placement", "sandbox_runtime_id"]
+    # The death watch (twice a second) has the runtime ids with the placements; only one
+    # from before the column needs the sandboxes' rows, read once for all.
+    store.reads.clear()
+    await cluster.dead(["sb-1"])
+    assert host.calls[-1] == ("dead", "sb-1") and "list_sandboxes" not in store.reads
+    await cluster.dead(["sb-1", "sb-2"])
+    assert host.calls[-1] == ("dead", "p-2 sb-1") and store.reads.count("list_sandboxes") == 1
+
+
+def test_a_replicas_pool_sizes_are_what_the_nodes_heartbeat(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    now = time.time()
+    for name, sizes in (("n1", {"default": 3}), ("n2", {"default": 3, "py": 1}), ("n3", {})):
+        record = NodeRecord(name, f"http://{name}:7171", 4, 4096, 8192, last_heartbeat=now)
+        record.pool_sizes = sizes
+        store.heartbeat_node(record)
+    store.heartbeat_node(NodeRecord("n4", "http://n4:7171", 4, 4096, 8192, last_heartbeat=now))
+    store.set_node_state("n2", "draining")  # still configured: its size counts, not its entries
+    store.add_pool_entry(PoolEntryRecord("pool-1", "n1", "id-default", "t"))
+    store.add_pool_entry(PoolEntryRecord("pool-2", "n2", "id-default", "t"))
+    store.add_pool_entry(PoolEntryRecord("pool-3", "n1", "id-default", "t", claimed_by="sb-1"))
+    ids = {"default": "id-default", "py": "id-py"}
+    # A replica with no HUTCH_WARM_POOLS of its own.
+    cluster = ClusterHost(store, "tok", lambda sid: sid, image_id=ids.get)
+    assert cluster.pool_status() == {"default": (3, 1), "py": (1, 0)}
+    # A pool only a lost node reports is not the cluster's any more.
+    store.set_node_state("n2", "lost")
+    assert cluster.pool_status() == {"default": (3, 1)}
+    # One set on the replica counts for a pool no node reports (nodes of an older Hutch).
+    cluster = ClusterHost(store, "tok", lambda sid: sid, image_id=ids.get, pool_sizes={"py": 2})
+    assert cluster.pool_status() == {"default": (3, 1), "py": (2, 0)}
+
+
+async def test_fork_copies_left_by_a_dead_replica_go_once_older_than_any_fork(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "db")
+    host1, host2 = RecordingHost(), RecordingHost()
+    async with node_api(host1) as address1, node_api(host2) as address2:
+        now = time.time()
+        store.heartbeat_node(NodeRecord("n1", address1, 4, 4096, 8192, last_heartbeat=now))
+        store.heartbeat_node(NodeRecord("n2", address2, 4, 4096, 8192, last_heartbeat=now))
+        store.set_node_state("n2", "lost")
+        cluster = ClusterHost(store, "tok", lambda sid: sid)
+        try:
+            # A replica recorded its forks' copies (two on n1, one on n2, now lost) and died;
+            # a snapshot a user took stays whatever its age.
+            for copy, node_name in (("fork-a", "n1"), ("fork-b", "n1"), ("fork-c", "n2")):
+                store.set_snapshot_node(copy, node_name)
+            store.set_snapshot_node("snap-kept", "n1")
+            leftovers = ForkLeftovers(store, cluster)
+            assert await leftovers.tick(now, 0.0) == []  # as young as a fork in flight
+            later = now + LEFT_AFTER + 1
+            assert await leftovers.tick(later, 1.0) == []  # looked a second ago
+            assert await leftovers.tick(later, LOOK_EVERY) == ["fork-a", "fork-b"]
+            assert host1.calls == [("delete_snapshot", "fork-a"), ("delete_snapshot", "fork-b")]
+            assert host2.calls == []
+            assert store.snapshot_node("fork-a") is None and store.snapshot_node("fork-b") is None
+            # The lost node's copy waits for its node (the row says where it is).
+            assert store.snapshot_node("fork-c") == "n2"
+            assert store.snapshot_node("snap-kept") == "n1"
+            store.heartbeat_node(NodeRecord("n2", address2, 4, 4096, 8192, last_heartbeat=later))
+            assert await leftovers.tick(later, 2 * LOOK_EVERY) == ["fork-c"]
+            # Dropped where it is, and where the replica may have sent it (n1).
+            assert host1.calls[-1] == ("delete_snapshot", "fork-c")
+            assert host2.calls == [("delete_snapshot", "fork-c")]
+            assert store.snapshot_node("fork-c") is None
+        finally:
+            await cluster.aclose()
 
 
 def test_connect_heads_are_parsed_strictly() -> None:

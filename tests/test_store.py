@@ -7,12 +7,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hutch.server.services._keys import KeyChecker, create_key, hash_key
 from hutch.server.store._migrations import MIGRATIONS, migration_sql
+from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import SqliteStore
 from tests.support.stores import OpenStore, record
 
@@ -150,6 +152,10 @@ def _build_at_version(open_store: OpenStore, version: int) -> None:
         + ("'\\x7365616c6564'" if dialect == "postgres" else "X'7365616c6564'")
         + ")",
         "INSERT INTO exposed_ports VALUES ('sb-old', 8080, NULL, 'tok', 't')",
+        "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES ('sb-old', 'node-a')",
+        "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES ('fork-old', 'node-a')",
+        "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, last_heartbeat)"
+        " VALUES ('node-a', 'http://a:7171', 2, 2048, 4096, 1)",
     ]
     if open_store.url is not None:
         import psycopg
@@ -176,10 +182,62 @@ def test_the_previous_schema_migrates_with_its_data_kept(open_store: OpenStore) 
     assert old.labels == {"team": "x"} and old.runtime_id == "pool-1"
     assert store.get_secrets("sb-old") == {"K": b"sealed"}
     assert [p.token for p in store.list_ports("sb-old")] == ["tok"]
-    # The newest migration (teams): old rows belong to the default team.
     assert old.team == "default"
     assert [t.name for t in store.list_teams()] == ["default"]
     assert store.list_pool_entries("node-a") == []
+    # The newest migration (15): an old placement has no runtime id (its row has it).
+    placed = store.sandbox_placement("sb-old")
+    assert placed is not None and (placed.node, placed.runtime_id) == ("node-a", None)
+    # Migration 16: a snapshot's row from before has no time; it counts from when first seen
+    # (a replica of the older Hutch may be forking with it now).
+    assert store.snapshot_nodes_before("fork-", before=1000.0, now=2000.0) == []
+    assert store.snapshot_nodes_before("fork-", before=2001.0, now=3000.0) == ["fork-old"]
+    # Migration 17: a node of an older Hutch reports no warm pools.
+    assert store.get_node("node-a").pool_sizes == {}  # type: ignore[union-attr]
+
+
+def test_a_nodes_heartbeat_carries_its_warm_pool_sizes(open_store: OpenStore) -> None:
+    store = open_store()
+    node = NodeRecord("a", "http://a:7171", 4, 4096, 8192, last_heartbeat=1.0)
+    node.pool_sizes = {"default": 3, "python": 1}
+    assert store.heartbeat_node(node).pool_sizes == {"default": 3, "python": 1}
+    node.pool_sizes = {}  # restarted without HUTCH_WARM_POOLS
+    store.heartbeat_node(node)
+    assert [n.pool_sizes for n in store.list_nodes()] == [{}]
+
+
+def test_snapshot_rows_older_than_a_time_by_prefix(open_store: OpenStore) -> None:
+    store = open_store()
+    store.set_snapshot_node("fork-a", "a")
+    store.set_snapshot_node("snap-b", "a")
+    store.set_snapshot_node("forkless", "a")
+    now = time.time()
+    assert store.snapshot_nodes_before("fork-", before=now - 60, now=now) == []
+    assert store.snapshot_nodes_before("fork-", before=now + 60, now=now) == ["fork-a"]
+    with pytest.raises(ValueError):
+        store.snapshot_nodes_before("fork_", before=now, now=now)  # a wildcard: not a prefix
+
+
+def test_a_placement_holds_its_runtime_id_and_a_move_keeps_it(open_store: OpenStore) -> None:
+    store = open_store()
+    store.heartbeat_node(NodeRecord("a", "http://a:7171", 4, 4096, 8192, last_heartbeat=1.0))
+    store.set_sandbox_node("sb-1", "a", "pool-1")
+    placed = store.sandbox_placement("sb-1")
+    assert placed is not None and (placed.node, placed.runtime_id) == ("a", "pool-1")
+    assert placed.record is not None and placed.record.address == "http://a:7171"
+    store.set_sandbox_node("sb-1", "b")  # moved (b never beat: no row for it)
+    placed = store.sandbox_placement("sb-1")
+    assert placed is not None and (placed.node, placed.runtime_id, placed.record) == (
+        "b",
+        "pool-1",
+        None,
+    )
+    store.set_sandbox_node("sb-1", "a", "sb-1")  # made again, cold: the new id
+    assert store.sandbox_placement("sb-1").runtime_id == "sb-1"  # type: ignore[union-attr]
+    store.set_sandbox_node("sb-2", "a")  # as a Hutch from before migration 15 records it
+    assert store.placements_on("a") == {"sb-1": "sb-1", "sb-2": None}
+    store.forget_sandbox_node("sb-1")
+    assert store.sandbox_placement("sb-1") is None
 
 
 def test_a_database_newer_than_this_hutch_is_refused(open_store: OpenStore) -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
+import ssl
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -24,9 +28,18 @@ from hutch.runtime import (
     snapshot_subvolume,
 )
 
+log = logging.getLogger("hutch.node")
+
 CHUNK = 1 << 20
 # Seconds without a byte before a transfer is given up (a stream, not a call: no total bound).
 STALL_TIMEOUT = 60.0
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # NB: made once: a client's own default context loads the CA bundle each time (~45 ms of
+    # CPU per pull here, under load), for node addresses that are mostly plain http.
+    return ssl.create_default_context()
 
 
 class DiskMoveFailed(SandboxRuntimeError):
@@ -73,6 +86,7 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
         raise DiskMoveFailed(f"snapshot {snapshot_id} is on this node already")
     snaps.root.mkdir(mode=0o700, exist_ok=True)
     into = receive_dir(snaps.root)
+    started, size = time.perf_counter(), 0
     try:
         proc = await asyncio.create_subprocess_exec(
             "btrfs",
@@ -87,13 +101,18 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
         url = f"{source.rstrip('/')}/node/v1/snapshots/{snapshot_id}/stream"
         try:
             async with (
-                httpx.AsyncClient(timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0)) as client,
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0), verify=_tls()
+                ) as client,
                 client.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as got,
             ):
                 if got.status_code != 200:
                     body = (await got.aread()).decode(errors="replace")[:300]
                     raise DiskMoveFailed(f"{source} refused the snapshot: {body}")
+                # NB: in CHUNKs, not as read (64 KB): a write to the pipe each costs more
+                # than the copy into a CHUNK (py-spy, bench/bench_cluster_fork.py).
                 async for chunk in got.aiter_bytes(CHUNK):
+                    size += len(chunk)
                     proc.stdin.write(chunk)
                     await proc.stdin.drain()
             proc.stdin.close()
@@ -107,6 +126,7 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        streamed = time.perf_counter()
         # The stream names the subvolume as the sender had it (a fork's copy is sent as
         # `<id>.sent`: DiskSnapshots.sendable): the one subvolume received, whatever its name.
         received = list(into.iterdir())
@@ -117,4 +137,11 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
             snapshot_subvolume, received[0], snaps.root, snapshot_id, read_only=True
         )
     finally:
+        stored = time.perf_counter()
         await asyncio.to_thread(remove_received, into)
+    # Where a move's or a sent fork's time goes (docs/performance.md).
+    log.info(
+        "snapshot %s pulled from %s: %.1f MB streamed and received in %.3f s, kept in %.3f s, "
+        "the received one removed in %.3f s", snapshot_id, source, size / 1e6,
+        streamed - started, stored - streamed, time.perf_counter() - stored,
+    )  # fmt: skip

@@ -27,6 +27,7 @@ from hutch.server.services._cold_starts import ColdStartGate
 from hutch.server.services._deaths import DeathWatch
 from hutch.server.services._egress_grants import NodeEgress
 from hutch.server.services._events import SandboxEvents
+from hutch.server.services._fork_leftovers import ForkLeftovers
 from hutch.server.services._keys import KeyChecker, key_from_headers
 from hutch.server.services._lifecycle import Lifecycle, LifecyclePolicy
 from hutch.server.services._moves import Mover
@@ -163,7 +164,12 @@ class Services:
         self.lifecycle.snapshot_quota = self.quotas.admit_snapshot
         self.lifecycle.lifetime_quota = self.quotas.check_lifetime
         self.lifecycle.start_admission = self.quotas.admit_start
-        self.reconciler = Reconciler(self.lifecycle, self.store)
+        self.reconciler = Reconciler(
+            self.lifecycle,
+            self.store,
+            # NB: a cluster only: one host keeps no snapshot_nodes rows.
+            fork_leftovers=ForkLeftovers(self.store, self.cluster) if self.cluster else None,
+        )
         self.deaths = DeathWatch(self.sandboxes, self.store, self.host)
         self.backups = Backups(
             self.lifecycle, self.sandboxes, self.store, self.host, self.images, workdir=config.home

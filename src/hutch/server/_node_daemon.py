@@ -199,6 +199,8 @@ class NodeDaemon:
                 disk_mb=cap["disk_mb"],
                 used_disk_mb=cap["used_disk_mb"],
                 last_heartbeat=time.time(),
+                # The replicas' GET /v1/pools shows what the nodes are configured with.
+                pool_sizes=dict(self.config.warm_pools),
             )
         )
 

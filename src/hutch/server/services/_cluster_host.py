@@ -30,7 +30,7 @@ from hutch.runtime import (
 from hutch.server._errors import NoCapacity, NodeUnavailableError
 from hutch.server.services._fork_sends import ForkSends
 from hutch.server.services._placement import Need, candidates
-from hutch.server.services._pool_claims import claim_need, holding, placed_on
+from hutch.server.services._pool_claims import claim_need, holding, placed_on, pool_status
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import Store
 
@@ -40,6 +40,8 @@ log = logging.getLogger("hutch.server")
 # services/_node_watch.py marks it lost a little later.
 FRESH_FOR = 6.0
 CONNECT_TIMEOUT = 5.0
+# Runtime ids kept from placement reads: a bound on those of sandboxes gone meanwhile.
+PLACED_AS_KEPT = 10_000
 
 
 class ClusterHost:
@@ -55,9 +57,12 @@ class ClusterHost:
         self._store = store
         self._token = token
         self._rid = runtime_id
+        # The runtime id each sandbox's placement row gave with its node, as of the last call
+        # for it (the remotes map ids by it): read with the node, not once more per call.
+        self._placed_as: dict[str, str] = {}
         self._remotes: dict[str, RemoteHost] = {}
-        # The cluster's warm pools as configured (the nodes fill them: `hutch node`'s
-        # HUTCH_WARM_POOLS), for GET /v1/pools; image name -> id.
+        # Warm pools set on this replica too (HUTCH_WARM_POOLS of `hutch api`, not needed): for
+        # GET /v1/pools, of images no node reports (nodes of an older Hutch); image name -> id.
         self._pool_sizes = dict(pool_sizes or {})
         self._image_id = image_id
         self._fork_sends = ForkSends()
@@ -72,7 +77,7 @@ class ClusterHost:
             raise NodeUnavailableError(f"node {name} is not known to this cluster")
         remote = self._remotes.get(name)
         if remote is None or remote.api_url != node.address.rstrip("/"):
-            remote = RemoteHost(name, node.address, self._token, self._rid)
+            remote = RemoteHost(name, node.address, self._token, self._runtime_id)
             self._remotes[name] = remote
         return remote
 
@@ -84,15 +89,34 @@ class ClusterHost:
             raise NodeUnavailableError(f"sandbox {sandbox_id} is on no known node")
         return name
 
+    def _runtime_id(self, sandbox_id: str) -> str:
+        rid = self._placed_as.get(sandbox_id)
+        # NB: a placement recorded before its row had a runtime id (migration 15): the
+        # sandbox's own row has it (a read).
+        return rid if rid is not None else self._rid(sandbox_id)
+
     def _on(self, sandbox_id: str) -> RemoteHost:
-        name = self.node_of(sandbox_id)
-        node = self._store.get_node(name)
+        # One read per call: the sandbox's node, its runtime id and the node's row (a join).
+        # NB: each time: another replica may have moved the sandbox, or destroyed it and made
+        # a new one with the same id from a warm pool.
+        placement = self._store.sandbox_placement(sandbox_id)
+        if placement is None:
+            raise NodeUnavailableError(f"sandbox {sandbox_id} is on no known node")
+        if placement.runtime_id is None:
+            self._placed_as.pop(sandbox_id, None)
+        else:
+            if len(self._placed_as) >= PLACED_AS_KEPT and sandbox_id not in self._placed_as:
+                self._placed_as.clear()  # ids another replica destroyed; the rest read again
+            self._placed_as[sandbox_id] = placement.runtime_id
+        node = placement.record
         if node is None or node.state == "lost":
-            raise _unavailable(name, "it stopped heartbeating")
-        return self.remote(name, node)  # NB: the row just read: one store read less a call
+            raise _unavailable(placement.node, "it stopped heartbeating")
+        return self.remote(placement.node, node)
 
     async def _do(self, sandbox_id: str, call: Callable[[RemoteHost], Any]) -> Any:
-        remote = self._on(sandbox_id)
+        return await self._call(self._on(sandbox_id), call)
+
+    async def _call(self, remote: RemoteHost, call: Callable[[RemoteHost], Any]) -> Any:
         try:
             return await call(remote)
         except NodeUnavailable as exc:
@@ -139,7 +163,8 @@ class ClusterHost:
         for name in order:
             remote = self.remote(name)
             # Recorded first: a create that dies half-way is found on its node by recovery.
-            self._store.set_sandbox_node(sandbox_id, name)
+            self._store.set_sandbox_node(sandbox_id, name, spec.id)
+            self._placed_as[sandbox_id] = spec.id
             try:
                 if copy_from is not None and snapshot is not None:
                     await self._create_from_sent(
@@ -153,7 +178,7 @@ class ClusterHost:
             except (NodeUnavailable, NodeRefused) as exc:
                 log.warning("node %s refused sandbox %s: %s", name, sandbox_id, exc)
                 refusals.append(f"{name}: {exc}")
-        self._store.forget_sandbox_node(sandbox_id)
+        self._forget(sandbox_id)
         tried = "; ".join(refusals) if refusals else "no ready node has room"
         raise NoCapacity(
             f"no node can take a sandbox of {need.cpu} cpu, {need.memory_mb} MB memory and "
@@ -197,30 +222,41 @@ class ClusterHost:
         placed = placed_on(self._store, nodes, but=but)
         return candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
 
-    def relocate(self, sandbox_id: str, node: str) -> None:
-        """The sandbox is on `node` from now on (its disk was moved there)."""
-        self._store.set_sandbox_node(sandbox_id, node)
+    def relocate(self, sandbox_id: str, node: str, runtime_id: str) -> None:
+        """The sandbox is on `node` from now on, known there as `runtime_id` (its disk was
+        moved there)."""
+        self._store.set_sandbox_node(sandbox_id, node, runtime_id)
+        self._placed_as[sandbox_id] = runtime_id
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._store.forget_sandbox_node(sandbox_id)
+        self._placed_as.pop(sandbox_id, None)
 
     async def network_ready(self, sandbox_id: str) -> None:
         await self._do(sandbox_id, lambda r: r.network_ready(sandbox_id))
 
     async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
-        await self._do(sandbox_id, lambda r: r.start_existing(sandbox_id, spec))
+        remote = self._on(sandbox_id)
+        if self._placed_as.get(sandbox_id) != spec.id:
+            # Started under another id than its placement says (a row from before migration
+            # 15): every later call finds it by this one.
+            self._store.set_sandbox_node(sandbox_id, remote.name, spec.id)
+            self._placed_as[sandbox_id] = spec.id
+        await self._call(remote, lambda r: r.start_existing(sandbox_id, spec))
 
     async def stop(self, sandbox_id: str) -> None:
         await self._do(sandbox_id, lambda r: r.stop(sandbox_id))
 
     async def destroy(self, sandbox_id: str) -> None:
         try:
-            name = self.node_of(sandbox_id)
+            remote: RemoteHost | None = self._on(sandbox_id)
         except NodeUnavailableError:
-            return  # never placed: nothing to remove
-        node = self._store.get_node(name)
-        if node is not None and node.state != "lost":
-            await self._do(sandbox_id, lambda r: r.destroy(sandbox_id))
+            remote = None  # never placed (nothing to remove), or on a lost node
+        if remote is not None:
+            await self._call(remote, lambda r: r.destroy(sandbox_id))
         # NB: on a lost node the container may still run; the node sweeps it when it comes
         # back (recovery keeps only what the store still has).
-        self._store.forget_sandbox_node(sandbox_id)
+        self._forget(sandbox_id)
 
     async def pause(self, sandbox_id: str) -> None:
         await self._do(sandbox_id, lambda r: r.pause(sandbox_id))
@@ -232,14 +268,18 @@ class ClusterHost:
         """What the reachable nodes report (sandboxes on lost nodes are absent)."""
         by_node: dict[str, list[str]] = {}
         for sid in sandbox_ids:
-            name = self._store.sandbox_node(sid)
-            if name is not None:
-                by_node.setdefault(name, []).append(sid)
+            placement = self._store.sandbox_placement(sid)
+            if placement is None or placement.record is None:
+                continue
+            if placement.record.state == "lost":
+                continue
+            if placement.runtime_id is None:
+                self._placed_as.pop(sid, None)
+            else:
+                self._placed_as[sid] = placement.runtime_id
+            by_node.setdefault(placement.node, []).append(sid)
         found: dict[str, str] = {}
         for name, sids in by_node.items():
-            node = self._store.get_node(name)
-            if node is None or node.state == "lost":
-                continue
             try:
                 found.update(await self.remote(name).states(sids))
             except (NodeUnavailable, NodeRefused) as exc:
@@ -379,8 +419,10 @@ class ClusterHost:
             rid = self._store.claim_pool_entry(node, image.id, sandbox_id)
             if rid is None:
                 continue
-            # Recorded first: every later call for the sandbox goes to this node.
-            self._store.set_sandbox_node(sandbox_id, node)
+            # Recorded first: every later call for the sandbox goes to this node, by the
+            # pool's runtime id.
+            self._store.set_sandbox_node(sandbox_id, node, rid)
+            self._placed_as[sandbox_id] = rid
             try:
                 conn = await self.remote(node).claim_pooled(rid, limits, env)
             except (NodeUnavailable, NodeRefused, OSError) as exc:
@@ -388,22 +430,11 @@ class ClusterHost:
                 conn = None
             if conn is not None:
                 return rid, conn
-            self._store.forget_sandbox_node(sandbox_id)
+            self._forget(sandbox_id)
         return None
 
     def pool_status(self) -> dict[str, tuple[int, int]]:
-        now = time.time()
-        ready: dict[str, int] = {}
-        for node in self._store.list_nodes():
-            if node.state != "ready" or now - node.last_heartbeat > FRESH_FOR:
-                continue
-            for entry in self._store.list_pool_entries(node.name):
-                if entry.claimed_by is None:
-                    ready[entry.image_id] = ready.get(entry.image_id, 0) + 1
-        return {
-            name: (size, ready.get(self._image_id(name) or "", 0))
-            for name, size in self._pool_sizes.items()
-        }
+        return pool_status(self._store, self._pool_sizes, self._image_id, fresh_for=FRESH_FOR)
 
     async def drain_pooled(self, image_id: str) -> None:
         pass  # each node's pool lets go of an image it no longer finds
@@ -416,15 +447,16 @@ class ClusterHost:
 
     # -- the death watch: each node watches its own containers -----------------------------
 
-    def _by_node(self, sandbox_ids: Collection[str]) -> dict[str, list[str]]:
-        """The sandboxes by node, of the nodes that are not lost."""
+    def _by_node(self, sandbox_ids: Collection[str]) -> dict[str, dict[str, str | None]]:
+        """The sandboxes by node, of the nodes that are not lost, with their runtime ids."""
         # NB: a read per node, not per sandbox: the death watch asks twice a second.
         wanted = set(sandbox_ids)
-        by_node: dict[str, list[str]] = {}
+        by_node: dict[str, dict[str, str | None]] = {}
         for node in self._store.list_nodes():
             if node.state == "lost":
                 continue
-            held = [sid for sid in self._store.sandboxes_on(node.name) if sid in wanted]
+            placed = self._store.placements_on(node.name)
+            held = {sid: rid for sid, rid in placed.items() if sid in wanted}
             if held:
                 by_node[node.name] = held
         return by_node
@@ -439,10 +471,15 @@ class ClusterHost:
         by_node = self._by_node(sandbox_ids)
         if not by_node:
             return []
-        # NB: one read for all their runtime ids (a pooled one has its pool's), not one per
-        # sandbox: the death watch asks twice a second.
-        wanted = set(sandbox_ids)
-        rids = {r.id: r.runtime_id or r.id for r in self._store.list_sandboxes() if r.id in wanted}
+        # Their runtime ids came with their placements (a pooled one has its pool's).
+        rids = {sid: rid for held in by_node.values() for sid, rid in held.items() if rid}
+        if any(rid is None for held in by_node.values() for rid in held.values()):
+            # NB: placements from before migration 15: one read of the sandboxes' rows for
+            # all of them, not one per sandbox (the death watch asks twice a second).
+            wanted = set(sandbox_ids) - rids.keys()
+            rids.update(
+                (r.id, r.runtime_id or r.id) for r in self._store.list_sandboxes() if r.id in wanted
+            )
 
         async def one(name: str, sids: list[str]) -> Any:
             try:
@@ -451,7 +488,7 @@ class ClusterHost:
                 log.debug("node %s: not asked: %s", name, exc)
                 return None
 
-        got = await asyncio.gather(*(one(n, sids) for n, sids in by_node.items()))
+        got = await asyncio.gather(*(one(n, list(held)) for n, held in by_node.items()))
         return [g for g in got if g is not None]
 
     async def dead(self, sandbox_ids: Collection[str]) -> dict[str, str]:

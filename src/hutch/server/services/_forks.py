@@ -21,6 +21,7 @@ import secrets
 from hutch.node import SandboxHost
 from hutch.server._errors import InvalidRequest
 from hutch.server._models import SandboxCreate
+from hutch.server.services._fork_leftovers import FORK_COPY_PREFIX
 from hutch.server.services._sandbox_create import _Steps
 from hutch.server.services._sandboxes import SandboxManager
 from hutch.server.store._sqlite import SandboxRecord
@@ -61,7 +62,7 @@ async def fork_sandbox(
     if not 1 <= count <= MAX_FORK:
         raise InvalidRequest(f"count must be 1-{MAX_FORK}, not {count}", code="invalid_request")
     steps = _Steps()
-    copies = ["fork-" + secrets.token_hex(6) for _ in range(count)]
+    copies = [FORK_COPY_PREFIX + secrets.token_hex(6) for _ in range(count)]
     async with manager.lock_for(sandbox_id):
         source = manager.get(sandbox_id)
         steps.mark("lock")

@@ -130,7 +130,7 @@ class Mover:
         finally:
             with contextlib.suppress(NodeUnavailable, NodeRefused):
                 await src.delete_snapshot(snap)
-        self._cluster.relocate(record.id, target)
+        self._cluster.relocate(record.id, target, spec.id)
         try:
             await src.destroy(record.id)
         except (NodeUnavailable, NodeRefused) as exc:

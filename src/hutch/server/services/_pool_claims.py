@@ -9,7 +9,8 @@ them; a claim gives that share back to the sandbox it becomes. A replica claims 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from hutch.node import POOL_LIMITS
 from hutch.server.services._placement import Need
@@ -64,3 +65,33 @@ def holding(store: Store, nodes: Iterable[str], image_id: str) -> set[str]:
             e.image_id == image_id and e.claimed_by is None for e in store.list_pool_entries(name)
         )
     }
+
+
+def pool_status(
+    store: Store,
+    own_sizes: Mapping[str, int],
+    image_id: Callable[[str], str | None],
+    *,
+    fresh_for: float,
+) -> dict[str, tuple[int, int]]:
+    """A replica's GET /v1/pools: image name -> (configured size, ready now). The size is what
+    the nodes that are not lost heartbeat (`hutch node`'s HUTCH_WARM_POOLS: the cluster's
+    total, the same on every node; the largest while a change rolls out); `own_sizes` (the
+    replica's own setting, not needed) only for pools no node reports (nodes of an older
+    Hutch). Ready: the unclaimed entries of the ready nodes."""
+    now = time.time()
+    ready: dict[str, int] = {}
+    sizes = dict(own_sizes)
+    reported: dict[str, int] = {}
+    for node in store.list_nodes():
+        if node.state == "lost":
+            continue
+        for name, size in node.pool_sizes.items():
+            reported[name] = max(reported.get(name, 0), size)
+        if node.state != "ready" or now - node.last_heartbeat > fresh_for:
+            continue
+        for entry in store.list_pool_entries(node.name):
+            if entry.claimed_by is None:
+                ready[entry.image_id] = ready.get(entry.image_id, 0) + 1
+    sizes.update(reported)
+    return {name: (size, ready.get(image_id(name) or "", 0)) for name, size in sizes.items()}

@@ -4,6 +4,8 @@ put idle ones to sleep (`sleep_after`, `on_idle`). One broken sandbox never stop
 With several API replicas on one database, one of them reconciles at a time: the one holding
 the store's lock RECONCILER_LOCK (a PostgreSQL advisory lock, held while that replica lives;
 when it dies another takes it at its next pass). On SQLite the lock is always this server's.
+On a cluster it also removes the fork copies a replica that died mid-fork left
+(services/_fork_leftovers.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 
 from hutch.server._errors import ApiError
+from hutch.server.services._fork_leftovers import ForkLeftovers
 from hutch.server.services._lifecycle import Lifecycle
 from hutch.server.services._sandbox_create import create_abandoned
 from hutch.server.store._sqlite import Store
@@ -25,10 +28,18 @@ RECONCILER_LOCK = "hutch:reconciler"
 
 
 class Reconciler:
-    def __init__(self, lifecycle: Lifecycle, store: Store, *, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        store: Store,
+        *,
+        interval: float = INTERVAL,
+        fork_leftovers: ForkLeftovers | None = None,
+    ) -> None:
         self._lifecycle = lifecycle
         self._store = store
         self._interval = interval
+        self._fork_leftovers = fork_leftovers
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -60,6 +71,11 @@ class Reconciler:
         if not leading:
             return
         wall, mono = time.time(), time.monotonic()
+        if self._fork_leftovers is not None:
+            try:
+                await self._fork_leftovers.tick(wall, mono)
+            except Exception:
+                log.exception("reconciler: fork copies left by a replica not removed")
         for record in self._store.list_sandboxes():
             if record.status == "creating":
                 if create_abandoned(record, wall):

@@ -214,6 +214,24 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE sandboxes ADD COLUMN start_claimed_at {double};
     """,
+    # 15: the runtime id a sandbox's node knows it by, next to its node: a replica's call to a
+    # node reads both at once (services/_cluster_host.py). NULL in rows from before: the
+    # sandbox's own row has it.
+    """
+    ALTER TABLE sandbox_nodes ADD COLUMN runtime_id TEXT;
+    """,
+    # 16: when a snapshot's node was recorded: the reconciler removes a fork's copies whose
+    # replica died before its children took them (services/_fork_leftovers.py). NULL in rows
+    # from before: counted from when the reconciler first sees them.
+    """
+    ALTER TABLE snapshot_nodes ADD COLUMN recorded_at {double};
+    """,
+    # 17: the warm pools each node is configured with (its HUTCH_WARM_POOLS, JSON: image name ->
+    # the cluster's size), heartbeated: a replica's GET /v1/pools reads them. NULL: a node of
+    # an older Hutch
+    """
+    ALTER TABLE nodes ADD COLUMN pool_sizes TEXT;
+    """,
 )
 
 

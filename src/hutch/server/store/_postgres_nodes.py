@@ -3,9 +3,21 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from hutch.server.store._nodes import NodeRecord, NodeState
+from hutch.server.store._nodes import (
+    PLACEMENT_SQL,
+    SET_SANDBOX_NODE_SQL,
+    SET_SNAPSHOT_NODE_SQL,
+    SNAPSHOT_NODES_BEFORE_SQL,
+    STAMP_SNAPSHOT_NODES_SQL,
+    NodeRecord,
+    NodeState,
+    Placement,
+    like_prefix,
+    pool_sizes_json,
+)
 
 
 class PostgresNodes:
@@ -22,12 +34,13 @@ class PostgresNodes:
         `draining` one stays draining."""
         rows = self._rows(
             "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
-            "used_memory_mb, used_disk_mb, state, last_heartbeat) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s) "
+            "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s) "
             "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
             "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
             "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
             "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
+            "pool_sizes = excluded.pool_sizes, "
             "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END "
             "RETURNING *",
             (
@@ -40,6 +53,7 @@ class PostgresNodes:
                 node.used_memory_mb,
                 node.used_disk_mb,
                 node.last_heartbeat,
+                pool_sizes_json(node),
             ),
         )
         return NodeRecord.from_row(rows[0])
@@ -62,12 +76,12 @@ class PostgresNodes:
             > 0
         )
 
-    def set_sandbox_node(self, sandbox_id: str, node: str) -> None:
-        self._count(
-            "INSERT INTO sandbox_nodes (sandbox_id, node) VALUES (%s, %s) "
-            "ON CONFLICT (sandbox_id) DO UPDATE SET node = excluded.node",
-            (sandbox_id, node),
-        )
+    def set_sandbox_node(self, sandbox_id: str, node: str, runtime_id: str | None = None) -> None:
+        self._count(SET_SANDBOX_NODE_SQL.format(p="%s"), (sandbox_id, node, runtime_id))
+
+    def sandbox_placement(self, sandbox_id: str) -> Placement | None:
+        rows = self._rows(PLACEMENT_SQL.format(p="%s"), (sandbox_id,))
+        return Placement.from_row(rows[0]) if rows else None
 
     def sandbox_node(self, sandbox_id: str) -> str | None:
         rows = self._rows("SELECT node FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
@@ -85,15 +99,18 @@ class PostgresNodes:
         )
         return [str(r["sandbox_id"]) for r in rows]
 
+    def placements_on(self, node: str) -> dict[str, str | None]:
+        rows = self._rows(
+            "SELECT sandbox_id, runtime_id FROM sandbox_nodes WHERE node = %s ORDER BY sandbox_id",
+            (node,),
+        )
+        return {str(r["sandbox_id"]): r["runtime_id"] for r in rows}
+
     def forget_sandbox_node(self, sandbox_id: str) -> None:
         self._count("DELETE FROM sandbox_nodes WHERE sandbox_id = %s", (sandbox_id,))
 
     def set_snapshot_node(self, snapshot_id: str, node: str) -> None:
-        self._count(
-            "INSERT INTO snapshot_nodes (snapshot_id, node) VALUES (%s, %s) "
-            "ON CONFLICT (snapshot_id) DO UPDATE SET node = excluded.node",
-            (snapshot_id, node),
-        )
+        self._count(SET_SNAPSHOT_NODE_SQL.format(p="%s"), (snapshot_id, node, time.time()))
 
     def snapshot_node(self, snapshot_id: str) -> str | None:
         rows = self._rows("SELECT node FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))
@@ -101,3 +118,9 @@ class PostgresNodes:
 
     def forget_snapshot_node(self, snapshot_id: str) -> None:
         self._count("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (snapshot_id,))
+
+    def snapshot_nodes_before(self, prefix: str, before: float, now: float) -> list[str]:
+        like = like_prefix(prefix)
+        self._count(STAMP_SNAPSHOT_NODES_SQL.format(p="%s"), (now, like))
+        rows = self._rows(SNAPSHOT_NODES_BEFORE_SQL.format(p="%s"), (like, before))
+        return [str(r["snapshot_id"]) for r in rows]
