@@ -14,6 +14,7 @@ import pytest
 
 from hutch import CommandTimeout, Sandbox, SandboxUnavailable
 from hutch.runtime.container._cgroups import cgroup_name
+from hutch.runtime.container._gvisor import PID_MAX, host_tasks_limit
 from tests._server import TEST_RUNTIME, ServerProcess
 
 pytestmark = pytest.mark.sandbox
@@ -112,8 +113,8 @@ def test_fork_bomb_is_contained(server: ServerProcess) -> None:
     bomb = Sandbox.create(pids_limit=64, **opts)
     pids = _pids_cgroup(server.home, bomb.id)
     try:
-        # Under gVisor the host limit also counts the sentry's tasks (24 per process + 192).
-        expected = 192 + 24 * 64 if GVISOR else 64
+        # Under gVisor the host limit also counts the sentry's threads and ptrace stubs.
+        expected = host_tasks_limit(64, int(PID_MAX.read_text())) if GVISOR else 64
         assert pids.joinpath("pids.max").read_text().strip() == str(expected)
         try:
             bomb.exec("bomb() { bomb | bomb & }; bomb; sleep 3", timeout=5)
@@ -125,6 +126,10 @@ def test_fork_bomb_is_contained(server: ServerProcess) -> None:
             # pids (which would end the sandbox), and the agent can still fork.
             after = bomb.exec("echo a | tr a b", timeout=30)
             assert (after.exit_code, after.stdout) == (0, "b\n")
+            # The sentry never ran out of host tasks: had it, it would have panicked, ending
+            # the sandbox and the agent's connection with it (1 run in ~4 at 24 per process).
+            events = pids.joinpath("pids.events").read_text().splitlines()
+            assert dict(line.split() for line in events)["max"] == "0"
         else:
             # The limit, not luck, stopped it: forks were refused at the maximum of user
             # code's cgroup (`work`, the sandbox's limit less the agent's reserve) or the
