@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from hutch.runtime.container._gvisor import gvisor_spec
+from hutch.runtime.container._gvisor import PID_MAX, gvisor_spec, host_tasks_limit
 from hutch.runtime.container._oci import Mount
 from tests.test_oci import HOME, make_spec
 
@@ -29,7 +29,19 @@ def test_no_user_or_network_namespace_and_no_id_maps() -> None:
     assert "user" not in kinds and "network" not in kinds and "pid" in kinds
     assert linux["uidMappings"] == [] and linux["gidMappings"] == []
     # The host pids limit also counts the sentry's tasks: 100 processes need far more.
-    assert linux["resources"]["pids"]["limit"] == 192 + 24 * 100
+    assert linux["resources"]["pids"]["limit"] == host_tasks_limit(100, int(PID_MAX.read_text()))
+
+
+def test_host_pids_limit_covers_the_ptrace_stubs_within_a_share_of_the_host() -> None:
+    # Stubs grow as address spaces x sentry threads: a 64-pid fork bomb took up to 2479 host
+    # tasks, more than the 1728 of 24 per process, which ended its sandbox.
+    assert host_tasks_limit(64, 4_194_304) == 192 + 64 * (64 + 64)
+    # No sandbox takes more than a quarter of a small host's pids ...
+    assert host_tasks_limit(64, 32_768) == 8192
+    assert host_tasks_limit(200, 32_768) == 8192
+    # ... nor less than it had before the bound (24 per process).
+    assert host_tasks_limit(512, 32_768) == 192 + 24 * 512
+    assert host_tasks_limit(16, 32_768) == 192 + 16 * 80
 
 
 def test_agent_binds_its_socket_in_the_one_shared_directory() -> None:

@@ -61,8 +61,11 @@ _HOST_ONLY_MOUNTS = ("/proc/", "/sys/")
 # The agent's `work` cgroup fds come from runc's --preserve-fds; in gVisor the sandbox's
 # processes are not host tasks, so there is no host cgroup to move them into.
 _RUNC_ONLY_ENV = ("HUTCH_AGENT_WORK_FDS=",)
+# The host pids limit of a gVisor sandbox (`host_tasks_limit`).
 _HOST_TASKS_BASE = 192
-_HOST_TASKS_PER_PROCESS = 24
+_HOST_TASKS_PER_PROCESS = 24  # the floor: what every sandbox had before the bound below
+_SENTRY_IDLE_THREADS = 64
+PID_MAX = Path("/proc/sys/kernel/pid_max")
 
 
 def agent_env(agent_args: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -120,15 +123,7 @@ def gvisor_spec(
             (*extra_mounts, preload_mount(preload)),
         )
     process = dataclasses.replace(spec.process, env=(*env, *extra_env))
-    # The host pids cgroup counts the sentry's and gofer's threads (~60 idle) and, on the
-    # ptrace platform, the stubs: one host process per sandbox address space, with a thread
-    # for each sentry thread that has run it, so a busy process takes more and more. Measured
-    # in a 64-pid sandbox after a fork bomb: 596 to 825 host tasks (gofer 30, sentry ~105,
-    # stubs 437 to 693), and the sentry panics ("error initializing first thread: resource
-    # temporarily unavailable") when it cannot make one: with 12 per process (960) the bomb
-    # ended the sandbox in about 1 run in 3. The limit is a last guard against a runaway
-    # sentry (the agent's RLIMIT_NPROC bounds the processes), so it leaves twice that room.
-    pids = _HOST_TASKS_BASE + _HOST_TASKS_PER_PROCESS * spec.linux.resources.pids_limit
+    pids = host_tasks_limit(spec.linux.resources.pids_limit, _host_pid_max())
     linux = dataclasses.replace(
         spec.linux,
         resources=dataclasses.replace(spec.linux.resources, pids_limit=pids),
@@ -137,6 +132,37 @@ def gvisor_spec(
         gid_mappings=(),
     )
     return dataclasses.replace(spec, process=process, mounts=(*mounts, *extra_mounts), linux=linux)
+
+
+def host_tasks_limit(pids_limit: int, pid_max: int) -> int:
+    """The host pids limit of a gVisor sandbox whose processes are limited to `pids_limit`,
+    on a host whose kernel hands out `pid_max` pids in all.
+
+    The host pids cgroup counts the sentry's and gofer's threads and, on the ptrace platform,
+    the stubs: one host process per address space the sandbox has had at once, with a thread
+    for each sentry thread that has ever run it (runsc never ends a stub: a released one is
+    pooled with its threads). So the stubs alone reach (address spaces) x (sentry threads),
+    and both grow with the processes: up to `pids_limit` address spaces, and a sentry
+    thread for each process running at once on top of ~64 of its own. The sentry panics when
+    it cannot make a host task ("error initializing first thread: resource temporarily
+    unavailable" in its log), ending the sandbox and its agent with it. Measured in a
+    64-pid sandbox through a fork bomb and the exec after it: up to 2479 host tasks (sentry
+    117 threads, 52 stubs of up to 58), past the 1728 of a linear 24 per process, which
+    ended the sandbox in 3 runs of 24; this bound gives 8384 (8192 under a 32768 pid_max).
+
+    The quadratic bound is capped at a quarter of the host's pids, so that no one sandbox
+    can take them all (kernel.pid_max is 32768 on some hosts); never below 24 per process.
+    A bomb that hits the cap ends its sandbox, not the host (docs/security.md)."""
+    bound = _HOST_TASKS_BASE + pids_limit * (pids_limit + _SENTRY_IDLE_THREADS)
+    floor = _HOST_TASKS_BASE + _HOST_TASKS_PER_PROCESS * pids_limit
+    return max(floor, min(bound, pid_max // 4))
+
+
+def _host_pid_max() -> int:
+    try:
+        return int(PID_MAX.read_text())
+    except (OSError, ValueError):
+        return 32768  # the kernel's default on small machines: the cap errs low
 
 
 def _from_view(mount: Mount, disks: tuple[str, ...], view: str) -> Mount:
