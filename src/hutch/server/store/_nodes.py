@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 NodeState = Literal["ready", "draining", "lost"]
 
@@ -135,8 +135,9 @@ class NodeRows:
 
     _db: sqlite3.Connection
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def heartbeat_node(self, node: NodeRecord) -> NodeRecord:
         """Insert or refresh a node's row: address, capacity, use and heartbeat time. A `lost`

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hutch.server.store._nodes import (
     PLACEMENT_SQL,
@@ -23,11 +23,10 @@ from hutch.server.store._nodes import (
 class PostgresNodes:
     """`NodeStore` for `PostgresStore` (which provides `_rows` and `_count`)."""
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
 
-    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        raise NotImplementedError
+        def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+        def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int: ...
 
     def heartbeat_node(self, node: NodeRecord) -> NodeRecord:
         """Insert or refresh a node's row; a `lost` node that beats again is `ready`, a

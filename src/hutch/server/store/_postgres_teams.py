@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -18,14 +18,11 @@ Conn = psycopg.Connection[Row]
 class PostgresTeams:
     """`TeamStore` for `PostgresStore` (which provides `_run`, `_rows` and `_count`)."""
 
-    def _run(self, work: Callable[[Conn], T]) -> T:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-        raise NotImplementedError
-
-    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        raise NotImplementedError
+        def _run(self, work: Callable[[Conn], T]) -> T: ...
+        def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]: ...
+        def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int: ...
 
     def insert_team(self, record: TeamRecord) -> bool:
         """False if the name is taken."""

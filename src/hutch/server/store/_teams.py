@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 DEFAULT_TEAM = "default"  # the team of rows from before teams (migration 9 names it too)
 
@@ -75,8 +75,9 @@ class SqliteTeams:
 
     _db: sqlite3.Connection
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the store class this is mixed into
+
+        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def insert_team(self, record: TeamRecord) -> bool:
         """False if the name is taken."""
