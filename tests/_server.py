@@ -27,6 +27,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_refusal(home: Path, **settings: str) -> str:
+    """`hutch serve` started with these HUTCH_* settings must stop at once, as an operator
+    sees it: a non-zero exit and a message, no traceback. Returns its stderr."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HUTCH_HOME": str(home), **settings}
+    r = subprocess.run(
+        [str(HUTCH_BIN), "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
 class ServerProcess:
     """One Hutch server with its own home; the image store is shared between test servers."""
 

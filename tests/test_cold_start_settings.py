@@ -5,8 +5,6 @@ started with them admits that many starts and answers create_busy after that wai
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import httpx
 import pytest
 
 from hutch.server import ServerConfig
-from tests._server import HUTCH_BIN, ServerProcess
+from tests._server import ServerProcess, serve_refusal
 from tests.conftest import _cleanup_home
 
 
@@ -66,21 +64,8 @@ def test_explicit_arguments_are_checked_too() -> None:
 
 
 def test_serve_with_a_bad_value_stops_at_once_with_the_message(tmp_path: Path) -> None:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HUTCH_HOME": str(tmp_path / "home"),
-        "HUTCH_COLD_START_SLOTS": "none",
-    }
-    r = subprocess.run(
-        [str(HUTCH_BIN), "serve", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr
-    assert "HUTCH_COLD_START_SLOTS must be a whole number from 1 to 1024" in r.stderr, r.stderr
+    stderr = serve_refusal(tmp_path / "home", HUTCH_COLD_START_SLOTS="none")
+    assert "HUTCH_COLD_START_SLOTS must be a whole number from 1 to 1024" in stderr, stderr
 
 
 @pytest.mark.sandbox

@@ -4,34 +4,19 @@ holding up the server or the other pools."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests._server import HUTCH_BIN, ServerProcess, wait_for
+from tests._server import ServerProcess, serve_refusal, wait_for
 from tests.conftest import _cleanup_home
 
 
 @pytest.mark.parametrize("pools", ["default", "busybox=x", "busybox=-1", "=2", "busybox=1,a"])
 def test_a_malformed_pool_setting_stops_serve_with_the_form(tmp_path: Path, pools: str) -> None:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HUTCH_HOME": str(tmp_path / "home"),
-        "HUTCH_WARM_POOLS": pools,
-    }
-    r = subprocess.run(
-        [str(HUTCH_BIN), "serve", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr
-    assert "must look like IMAGE=COUNT" in r.stderr and "default=2" in r.stderr, r.stderr
+    stderr = serve_refusal(tmp_path / "home", HUTCH_WARM_POOLS=pools)
+    assert "must look like IMAGE=COUNT" in stderr and "default=2" in stderr, stderr
 
 
 class _PoolServer(ServerProcess):

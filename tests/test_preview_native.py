@@ -25,7 +25,8 @@ from hutch.proxy import (
 )
 from hutch.proxy._haproxy_admin import parse_activity, sessions_to
 from hutch.proxy._haproxy_config import render_config
-from tests._server import HUTCH_BIN, free_port
+from hutch.server import ServerConfig
+from tests._server import free_port, serve_refusal
 
 HAPROXY = haproxy_binary()
 pytestmark = [
@@ -196,19 +197,19 @@ def _worker_threads(master: int) -> int:
     return len(list(Path(f"/proc/{worker}/task").iterdir()))
 
 
-def test_a_bad_thread_count_stops_serve_with_the_range(tmp_path: Path) -> None:
+def test_a_bad_thread_count_stops_serve_with_the_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    says = "HUTCH_PREVIEW_THREADS must be a whole number from 1 to 64"
     for bad in ("0", "65", "two", "-1"):
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HUTCH_HOME": str(tmp_path / "home"),
-            "HUTCH_PREVIEW_THREADS": bad,
-        }
-        r = subprocess.run(
-            [str(HUTCH_BIN), "serve", "--port", "0"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-        assert "HUTCH_PREVIEW_THREADS must be a whole number from 1 to 64" in r.stderr, r.stderr
+        monkeypatch.setenv("HUTCH_PREVIEW_THREADS", bad)
+        with pytest.raises(ValueError, match=says):
+            ServerConfig.from_env(home=tmp_path)
+    monkeypatch.setenv("HUTCH_PREVIEW_THREADS", " 3 ")
+    assert ServerConfig.from_env(home=tmp_path).preview_threads == 3
+    with pytest.raises(ValueError, match=says):
+        ServerConfig(home=tmp_path, preview_threads=0)  # an explicit argument is checked too
+    assert says in serve_refusal(tmp_path / "home", HUTCH_PREVIEW_THREADS="two")
 
 
 def test_route_keys_hide_the_token_and_parsers_read_haproxy_answers() -> None:

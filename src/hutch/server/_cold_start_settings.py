@@ -8,25 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from hutch.server._setting_checks import whole_number
+
 # Long enough that a burst far larger than the slots still drains within it, short enough
 # that a client's own request timeout (60 s in the SDK) does not fire first.
 DEFAULT_COLD_START_WAIT = 40.0
 MAX_COLD_START_SLOTS = 1024
 # A create waiting longer than this has long been given up by its client.
 MAX_COLD_START_WAIT = 3600.0
+_SLOTS = "how many sandboxes may start at once; unset: one per CPU"
 
 
 def check_cold_start_settings(slots: int | None, wait: float) -> None:
     """Raise ValueError saying what to set when `slots` or `wait` is out of range."""
-    if slots is not None and (
-        isinstance(slots, bool)
-        or not isinstance(slots, int)
-        or not 1 <= slots <= MAX_COLD_START_SLOTS
-    ):
-        raise ValueError(
-            f"HUTCH_COLD_START_SLOTS must be a whole number from 1 to {MAX_COLD_START_SLOTS} "
-            f"(how many sandboxes may start at once; unset: one per CPU), not {slots!r}"
-        )
+    if slots is not None:
+        whole_number("HUTCH_COLD_START_SLOTS", slots, MAX_COLD_START_SLOTS, _SLOTS)
     if not 0 < wait <= MAX_COLD_START_WAIT:  # NaN fails this too
         raise ValueError(
             f"HUTCH_COLD_START_WAIT must be more than 0 and at most {MAX_COLD_START_WAIT:.0f} "
@@ -39,14 +35,9 @@ def cold_start_env(env: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     slots = env.get("HUTCH_COLD_START_SLOTS", "").strip()
     if slots:
-        try:
-            values["cold_start_slots"] = int(slots)
-        except ValueError:
-            raise ValueError(
-                f"HUTCH_COLD_START_SLOTS must be a whole number from 1 to "
-                f"{MAX_COLD_START_SLOTS} (how many sandboxes may start at once; unset: one "
-                f"per CPU), not {slots!r}"
-            ) from None
+        values["cold_start_slots"] = whole_number(
+            "HUTCH_COLD_START_SLOTS", slots, MAX_COLD_START_SLOTS, _SLOTS
+        )
     wait = env.get("HUTCH_COLD_START_WAIT", "").strip()
     if wait:
         from hutch.server._durations import parse_duration

@@ -12,11 +12,13 @@ from hutch.server._cold_start_settings import (
     check_cold_start_settings,
     cold_start_env,
 )
+from hutch.server._setting_checks import whole_number
 
 DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
 # HAProxy accepts up to its build's MAX_THREADS (64 in Debian's); more than the cores never helps.
 MAX_PREVIEW_THREADS = 64
+_THREADS = "the native preview proxy's threads"
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_cold_start_settings(self.cold_start_slots, self.cold_start_wait)
+        whole_number("HUTCH_PREVIEW_THREADS", self.preview_threads, MAX_PREVIEW_THREADS, _THREADS)
 
     @property
     def image_root(self) -> Path:
@@ -219,11 +222,7 @@ def _preview_env(env: os._Environ[str]) -> dict[str, object]:
     if env.get("HUTCH_PREVIEW_TLS_KEY"):
         values["preview_tls_key"] = Path(env["HUTCH_PREVIEW_TLS_KEY"])
     if env.get("HUTCH_PREVIEW_THREADS"):
-        threads = env["HUTCH_PREVIEW_THREADS"].strip()
-        if not threads.isdigit() or not 1 <= int(threads) <= MAX_PREVIEW_THREADS:
-            raise ValueError(
-                f"HUTCH_PREVIEW_THREADS must be a whole number from 1 to {MAX_PREVIEW_THREADS}"
-                f" (the native preview proxy's threads), not {threads!r}"
-            )
-        values["preview_threads"] = int(threads)
+        values["preview_threads"] = whole_number(
+            "HUTCH_PREVIEW_THREADS", env["HUTCH_PREVIEW_THREADS"], MAX_PREVIEW_THREADS, _THREADS
+        )
     return values
