@@ -200,6 +200,58 @@ def test_exec_and_previews_reach_sandboxes_on_every_node(cluster: Cluster) -> No
             _destroy_all(cluster)
 
 
+def _runsc_ids(node: str) -> set[str]:
+    """The containers the node's runsc has (its state files, as `runsc list` reads them)."""
+    root = DIR / node / "runsc"
+    return {p.name.split("_sandbox:")[0] for p in root.glob("*_sandbox:*.state")}
+
+
+def test_a_gvisor_sandbox_runs_under_runsc_on_its_node_through_either_replica(
+    cluster: Cluster,
+) -> None:
+    # runsc is installed here: every node reports it, and placement may pick any of them.
+    assert {name: n["runtimes"] for name, n in cluster.nodes().items()} == {
+        f"n{i}": ["runc", "gvisor"] for i in (1, 2, 3)
+    }
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            sb = Sandbox.create(client=c0, runtime="gvisor", **SMALL)  # type: ignore[arg-type]
+            node = cluster.node_of(sb.id)
+            assert sb.id in _runsc_ids(node)
+            plain = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            assert plain.id not in _runsc_ids(cluster.node_of(plain.id))
+            # Through the other replica: the sentry's own kernel log, not the host's.
+            other = Sandbox.connect(sb.id, client=c1)
+            assert other.info().runtime == "gvisor"
+            assert "gVisor" in other.exec("dmesg | head -1").stdout
+            assert "gVisor" not in plain.exec("dmesg 2>&1 | head -1").stdout
+            other.write_file("/home/user/kept", "written-through-replica-1")
+            assert sb.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            sb.exec("mkdir -p /tmp/w && echo page-of-gvisor > /tmp/w/index.html")
+            p = sb.start_process("python3 -m http.server 8080 -d /tmp/w")
+            p.wait_for_port(8080, timeout=30)
+            host = urlsplit(sb.get_preview_url(8080)).netloc
+            for url in cluster.urls:
+                r = httpx.get(url + "/", headers={"Host": host}, timeout=10)
+                assert (r.status_code, r.text) == (200, "page-of-gvisor\n")
+            # Stopped and started again on its node, under runsc, with its disk.
+            other.stop()
+            sb.start()
+            assert cluster.node_of(sb.id) == node and sb.id in _runsc_ids(node)
+            assert "gVisor" in sb.exec("dmesg | head -1").stdout
+            assert sb.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            # A fork is a gVisor sandbox too, on a node that runs runsc.
+            (child,) = other.fork(count=1)
+            assert child.info().runtime == "gvisor"
+            assert child.id in _runsc_ids(cluster.node_of(child.id))
+            assert child.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            # Destroyed through the other replica: gone from its node's runsc.
+            other.destroy()
+            assert sb.id not in _runsc_ids(node)
+        finally:
+            _destroy_all(cluster)
+
+
 def test_a_sandbox_cannot_reach_any_node_api(cluster: Cluster) -> None:
     bridge = f"{PREFIX}br"
     subprocess.run(["ip", "addr", "add", f"{CONTROL_IP}/32", "dev", bridge], check=True)

@@ -185,8 +185,12 @@ class NodeDaemon:
             "memory_mb": self.config.memory_mb or _memory_mb(),
             "disk_mb": self.config.disk_mb or total >> 20,
             "used_disk_mb": used >> 20,
-            "runtimes": ["runc", *(["gvisor"] if self.runtime.supports("gvisor") else [])],
+            "runtimes": self.runtimes(),
         }
+
+    def runtimes(self) -> list[str]:
+        """The sandbox runtimes this host can run: gVisor where runsc is installed."""
+        return ["runc", *(["gvisor"] if self.runtime.supports("gvisor") else [])]
 
     def heartbeat(self) -> NodeRecord:
         cap = self.capacity()
@@ -201,6 +205,8 @@ class NodeDaemon:
                 last_heartbeat=time.time(),
                 # The replicas' GET /v1/pools shows what the nodes are configured with.
                 pool_sizes=dict(self.config.warm_pools),
+                # Placement puts a gVisor sandbox only on a node that reports it.
+                runtimes=tuple(cap["runtimes"]),
             )
         )
 

@@ -129,7 +129,9 @@ class ClusterHost:
     # -- SandboxHost ------------------------------------------------------------------------
 
     def supports(self, runtime: str) -> bool:
-        return runtime == "runc"  # NB: gVisor on nodes: when a node reports runsc (not yet)
+        # A node that reports it (gVisor: runsc installed there), lost or not: one that is
+        # full, draining or away for now makes a create of it 503 no_capacity, not a 400.
+        return any(runtime in n.runtimes for n in self._store.list_nodes())
 
     async def create(
         self,
@@ -139,7 +141,8 @@ class ClusterHost:
         defer_network: bool,
         snapshot: str | None = None,
     ) -> None:
-        need = Need(spec.limits.cpu, spec.limits.memory_mb, spec.limits.disk_mb)
+        limits = spec.limits
+        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb, spec.runtime)
         order = self.placements(need, but=sandbox_id)
         refusals = []
         copy_from: RemoteHost | None = None
@@ -180,10 +183,16 @@ class ClusterHost:
                 refusals.append(f"{name}: {exc}")
         self._forget(sandbox_id)
         tried = "; ".join(refusals) if refusals else "no ready node has room"
+        if need.runtime != "runc":
+            tried += f"; the nodes that run {need.runtime}: {self._running(need.runtime)}"
         raise NoCapacity(
             f"no node can take a sandbox of {need.cpu} cpu, {need.memory_mb} MB memory and "
             f"{need.disk_mb} MB disk now ({tried}); retry later, ask for less, or add a node"
         )
+
+    def _running(self, runtime: str) -> str:
+        names = [n.name for n in self._store.list_nodes() if runtime in n.runtimes]
+        return ", ".join(names) or "none"
 
     async def _create_from_sent(
         self,

@@ -86,7 +86,7 @@ class Mover:
                 record = self._manager.get(sandbox_id)
                 if record.status != "stopped":
                     raise SandboxRuntimeError(f"it became {record.status} while moving")
-                need = Need(record.cpu, record.memory_mb, record.disk_mb)
+                need = Need(record.cpu, record.memory_mb, record.disk_mb, record.runtime)
                 targets = [n for n in self._cluster.placements(need, but=sandbox_id) if n != source]
                 if not targets:
                     raise SandboxRuntimeError("no other node has room for it")
