@@ -890,15 +890,26 @@ def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -
             assert s3.secret_access_key not in env
             assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
 
-            # A move cannot carry the mount (its credentials stay on n2): the sandbox stays
-            # on n2, running, mounted, and the answer says what to do.
+            # The mount moves with the sandbox: its new node pulled the mount's request from
+            # n2 and mounts it; n2's rclone is gone with the old container.
+            assert _rclones_of("n2")
             moves = c1.request("POST", "/v1/nodes/n2/move")["moves"]
-            assert [(m["sandbox_id"], m["to"]) for m in moves] == [(sb.id, None)], moves
-            assert "bucket mounts (/mnt/data)" in moves[0]["error"], moves
-            assert "unmount them" in moves[0]["error"], moves
+            assert [(m["sandbox_id"], m["error"]) for m in moves] == [(sb.id, None)], moves
             c0.request("POST", "/v1/nodes/n2/ready")
-            assert cluster.node_of(sb.id) == "n2" and sb.info().status == "running"
-            assert sb.exec("cat /mnt/data/hello.txt").stdout == "from the bucket"
+            new_node = cluster.node_of(sb.id)
+            assert new_node == moves[0]["to"] != "n2" and sb.info().status == "running"
+            assert [x.mount_path for x in sb.info().mounts] == ["/mnt/data"]
+            got = sb.exec("cat /mnt/data/hello.txt /mnt/data/out.txt").stdout
+            assert got == "from the bucket" + "written-on-n2\n"
+            assert _rclones_of("n2") == [] and len(_rclones_of(new_node)) == 1
+            assert not (DIR / "n2" / "buckets" / sb.id).exists()
+            assert sb.exec("echo written-after-the-move > /mnt/data/moved.txt").exit_code == 0
+            out = s3.root / bucket / "moved.txt"
+            deadline = time.monotonic() + 15
+            while not (out.exists() and out.read_text() == "written-after-the-move\n"):
+                assert time.monotonic() < deadline, "the moved mount's write never arrived"
+                time.sleep(0.2)
+            assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
 
             # A sandbox on another node sees nothing of it.
             assert other.info().mounts == []
@@ -934,6 +945,18 @@ def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -
                     c0.request("POST", f"/v1/nodes/{name}/ready")
             _destroy_all(cluster)
             s3.stop()
+
+
+def _rclones_of(node: str) -> list[str]:
+    """The command lines of the rclone processes serving the node's bucket mounts."""
+    home = f"{DIR / node}/buckets/"
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if "rclone" in args[0] and "mount" in args and any(home in a for a in args):
+                found.append(" ".join(args))
+    return found
 
 
 def test_egress_secrets_are_injected_by_the_sandboxs_node_and_never_enter_it(

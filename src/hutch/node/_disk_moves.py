@@ -36,7 +36,7 @@ STALL_TIMEOUT = 60.0
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
+def node_tls() -> ssl.SSLContext:
     # NB: made once: a client's own default context loads the CA bundle each time (~45 ms of
     # CPU per pull here, under load), for node addresses that are mostly plain http.
     return ssl.create_default_context()
@@ -102,7 +102,7 @@ async def pull(runtime: Runtime, snapshot_id: str, source: str, token: str) -> N
         try:
             async with (
                 httpx.AsyncClient(
-                    timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0), verify=_tls()
+                    timeout=httpx.Timeout(STALL_TIMEOUT, connect=2.0), verify=node_tls()
                 ) as client,
                 client.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as got,
             ):
