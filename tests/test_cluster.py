@@ -508,6 +508,82 @@ def test_fork_copies_a_replica_left_mid_fork_are_removed_with_their_rows(cluster
     assert not [p for p in _fork_leftovers() if "deadbeef" in p]
 
 
+def test_fork_copies_a_node_received_are_swept_at_its_start_once_no_fork_can_use_them(
+    cluster: Cluster,
+) -> None:
+    token = (DIR / "node_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    ended, in_flight = "fork-c0ffee000001", "fork-c0ffee000002"
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with cluster.client(0) as c0:
+        source = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+        home = cluster.node_of(source.id)
+        home_url = f"http://{NET}.{10 + int(home[1:])}:7171"
+        other = next(n for n in ("n1", "n2", "n3") if n != home)
+        other_url = f"http://{NET}.{10 + int(other[1:])}:7171"
+
+        def exists(copy: str, node_url: str) -> bool:
+            got = httpx.get(f"{node_url}/node/v1/snapshots/{copy}", headers=auth, timeout=10)
+            return bool(got.json()["exists"])
+
+        try:
+            # A fork in flight: its rows first, then its copies on the source's node, each
+            # sent to the other node for a child placed there.
+            with psycopg.connect(url) as db:
+                for copy in (ended, in_flight):
+                    db.execute(
+                        "INSERT INTO snapshot_nodes (snapshot_id, node, recorded_at)"
+                        " VALUES (%s, %s, %s)",
+                        (copy, home, time.time()),
+                    )
+            r = httpx.post(
+                f"{home_url}/node/v1/c/{source.id}/fork_disks",
+                json={"copies": [ended, in_flight]},
+                headers=auth,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 30
+            while not (exists(ended, home_url) and exists(in_flight, home_url)):
+                assert time.monotonic() < deadline, "the node did not make the copies"
+                time.sleep(0.2)
+            for copy in (ended, in_flight):
+                r = httpx.post(
+                    f"{other_url}/node/v1/snapshots/{copy}/pull",
+                    json={"source": home_url},
+                    headers=auth,
+                    timeout=60,
+                )
+                assert r.status_code == 200, r.text
+                assert exists(copy, other_url)
+            # The other node dies; meanwhile one fork ends: it drops its copy where it can
+            # (the source's node) and its row goes. The copy sent to the dead node stays.
+            os.kill(int((DIR / f"{other}.pid").read_text()), signal.SIGKILL)
+            httpx.delete(f"{home_url}/node/v1/snapshots/{ended}", headers=auth, timeout=30)
+            with psycopg.connect(url) as db:
+                db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (ended,))
+            # Back: its start removes the copy no fork can use, and keeps the one in flight.
+            cluster.script("start-node", other[1:])
+            deadline = time.monotonic() + 90
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if not exists(ended, other_url):
+                        break
+                assert time.monotonic() < deadline, "the node did not come back without it"
+                time.sleep(0.5)
+            assert exists(in_flight, other_url)
+            assert f"removed fork copy {ended}" in (DIR / f"{other}.log").read_text()
+        finally:
+            for node_url in (home_url, other_url):
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.delete(f"{node_url}/node/v1/snapshots/{in_flight}", headers=auth,
+                                 timeout=30)  # fmt: skip
+            with psycopg.connect(url) as db:
+                db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id LIKE 'fork-c0ffee%'")
+            _destroy_all(cluster)
+    assert not [p for p in _fork_leftovers() if "c0ffee" in p]
+
+
 def _disks() -> dict[str, list[str]]:
     """Each node's sandbox disks (the subvolumes at the top of its storage pool)."""
     return {

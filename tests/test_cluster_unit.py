@@ -98,6 +98,17 @@ async def test_a_cluster_runs_gvisor_when_a_node_reports_it_and_says_which(
     await cluster.aclose()
 
 
+def test_a_node_keeps_a_received_fork_copy_only_while_a_young_row_names_it() -> None:
+    from hutch.server._node_daemon import unusable_fork_copies
+
+    rows = {"fork-young": "n1", "fork-old": "n1"}
+    copies = ["fork-young", "fork-old", "fork-ended"]
+    # No row: its fork ended while this node was away; an old row: no fork in flight is
+    # that old (its source node may be lost, keeping the row).
+    assert unusable_fork_copies(copies, rows.get, {"fork-old"}) == ["fork-old", "fork-ended"]
+    assert unusable_fork_copies(copies, rows.get, set()) == ["fork-ended"]
+
+
 def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
     store.heartbeat_node(node("a"))
