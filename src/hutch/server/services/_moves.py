@@ -72,9 +72,10 @@ class Mover:
     async def move(self, record: SandboxRecord, source: str) -> Moved:
         sandbox_id = record.id
         was = record.status
-        # NB: read before the stop (a stopped sandbox keeps its mounts' state on its node).
-        mounted = bool(await self._cluster.bucket_mounts(sandbox_id))
         try:
+            # NB: asked of its node, not the lenient read of a sandbox's info (none when the
+            # node does not answer): a move must not leave its mounts behind.
+            mounted = bool(await self._cluster.remote(source).bucket_mounts(sandbox_id))
             if was != "stopped":
                 await self._lifecycle.stop(sandbox_id, reason=f"moving off node {source}")
             async with self._manager.lock_for(sandbox_id):
