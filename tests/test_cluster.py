@@ -234,6 +234,12 @@ def test_a_gvisor_sandbox_runs_under_runsc_on_its_node_through_either_replica(
             for url in cluster.urls:
                 r = httpx.get(url + "/", headers={"Host": host}, timeout=10)
                 assert (r.status_code, r.text) == (200, "page-of-gvisor\n")
+            # Paused (runsc pause: the sentry stops its tasks) and resumed, its process kept.
+            assert other.pause().status == "paused"
+            assert sb.resume().status == "running"
+            assert sb.get_process(p.id).status == "running"
+            r = httpx.get(cluster.urls[1] + "/", headers={"Host": host}, timeout=10)
+            assert (r.status_code, r.text) == (200, "page-of-gvisor\n")
             # Stopped and started again on its node, under runsc, with its disk.
             other.stop()
             sb.start()
@@ -243,7 +249,7 @@ def test_a_gvisor_sandbox_runs_under_runsc_on_its_node_through_either_replica(
             # A fork is a gVisor sandbox too, on a node that runs runsc.
             (child,) = other.fork(count=1)
             assert child.info().runtime == "gvisor"
-            assert child.id in _runsc_ids(cluster.node_of(child.id))
+            assert cluster.node_of(child.id) == node and child.id in _runsc_ids(node)
             assert child.read_file("/home/user/kept", text=True) == "written-through-replica-1"
             # Destroyed through the other replica: gone from its node's runsc.
             other.destroy()
