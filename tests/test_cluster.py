@@ -992,6 +992,18 @@ def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -
                 assert time.monotonic() < deadline, "the moved mount's write never arrived"
                 time.sleep(0.2)
             assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
+            # A stopped one moves with its mounts too: mounted on its next start, there.
+            sb.stop()
+            moves = c0.request("POST", f"/v1/nodes/{new_node}/move")["moves"]
+            c0.request("POST", f"/v1/nodes/{new_node}/ready")
+            moved = [(m["sandbox_id"], m["error"]) for m in moves if m["sandbox_id"] == sb.id]
+            assert moved == [(sb.id, None)], moves  # (`other` too, if it was there)
+            third = cluster.node_of(sb.id)
+            assert third != new_node and sb.info().status == "stopped"
+            assert _rclones_of(new_node) == [] and _rclones_of(third) == []
+            sb.start()
+            assert sb.exec("cat /mnt/data/moved.txt").stdout == "written-after-the-move\n"
+            assert len(_rclones_of(third)) == 1
 
             # A sandbox on another node sees nothing of it.
             assert other.info().mounts == []
