@@ -18,8 +18,9 @@ without bound.
 from __future__ import annotations
 
 import enum
-import json
 import struct
+
+from hutch._wire.json_c import dumps, loads
 
 # NB: not `from typing import ...`: typing costs the agent's start-up ~4 ms and ~1 MB, and the
 # agent imports this module before it can answer anyone.
@@ -87,7 +88,7 @@ class Frame:
     __hash__ = None  # type: ignore[assignment]
 
     def json(self) -> dict[str, Any]:
-        value = json.loads(self.payload)
+        value = loads(self.payload)
         if not isinstance(value, dict):
             raise FrameError(f"{self.kind.name} payload must be a JSON object")
         return value
@@ -118,7 +119,7 @@ def encode_frame_parts(
 
 
 def encode_json_frame(kind: Kind, stream: int, value: Mapping[str, object]) -> bytes:
-    return encode_frame(kind, stream, json.dumps(value, separators=(",", ":")).encode())
+    return encode_frame(kind, stream, dumps(value).encode())
 
 
 def parse_header(header: bytes) -> tuple[Kind, int, int, int, int]:

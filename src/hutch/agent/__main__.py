@@ -91,10 +91,10 @@ def _ensure_stdio() -> None:
 def _image_shell(text: str | None) -> list[str] | None:
     if not text:
         return None
-    import json  # NB: already loaded by the frame codec
+    from hutch._wire.json_c import loads  # NB: already loaded by the frame codec
 
     try:
-        argv = json.loads(text)
+        argv = loads(text)
     except ValueError:
         argv = None
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
