@@ -8,6 +8,8 @@ client's own time stamps line up) around `--n` cold creates, each followed by on
 
     runc spawned      the server starts `runc run --detach`
     runc exited       runc returns: the agent's loader may exec now
+    server connected  the server connects to the agent's socket (after runc exited)
+    server pinged     the server's next send: its ping, queued until the agent accepts
     agent exec        the agent's loader (`/.hutch/lib/ld-linux-x86-64.so.2`) is exec'd
     agent accepted    the agent accepts the server's first connection (its start-up done)
     agent answered    the agent's first send: the answer to the server's ping
@@ -50,12 +52,15 @@ EVENTS = (
     "syscalls:sys_exit_accept4",
     "syscalls:sys_enter_sendto",
     "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_connect",
 )
 NETWORK_TOOLS = ("ip", "nft", "sh", "nsenter")
 LINE = re.compile(r"\s*(.+?)\s+(\d+)/(\d+)\s+([\d.]+):\s+\S+:(\S+):\s*(.*)")
 MARKS = (
     "runc spawned",
     "runc exited",
+    "server connected",
+    "server pinged",
     "agent exec",
     "agent accepted",
     "agent answered",
@@ -93,7 +98,9 @@ def parse(perf_data: Path) -> list[Event]:
     return events
 
 
-def marks_of(events: list[Event], t0: float, created: float, done: float) -> dict[str, float]:
+def marks_of(
+    events: list[Event], server: int, t0: float, created: float, done: float
+) -> dict[str, float]:
     """The time (ms after t0) of each mark in one create's window, as far as found."""
     window = [e for e in events if t0 <= e.t <= done + 0.005]
     found: dict[str, float] = {}
@@ -113,6 +120,16 @@ def marks_of(events: list[Event], t0: float, created: float, done: float) -> dic
         exits = [e.t for e in window if e.name == "sched_process_exit" and e.pid == runc.pid]
         if exits:
             found["runc exited"] = (max(exits) - t0) * 1e3
+    runc_end = t0 + found.get("runc exited", 0.0) / 1e3
+    first(
+        "server connected",
+        lambda e: e.pid == server and e.t >= runc_end and e.name == "sys_enter_connect",
+    )
+    connected = t0 + found.get("server connected", 0.0) / 1e3
+    first(
+        "server pinged",
+        lambda e: e.pid == server and e.t >= connected and e.name == "sys_enter_sendto",
+    )
     agent = first(
         "agent exec",
         lambda e: e.name == "sched_process_exec" and "ld-linux-x86-64.so.2" in e.rest,
@@ -202,7 +219,8 @@ def main() -> None:
         server.stop()
         _cleanup_home(server)
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    rows = [marks_of(events, *w) for w in windows]
+    assert server.proc is not None
+    rows = [marks_of(events, server.proc.pid, *w) for w in windows]
     print(f"{args.n} cold creates + first exec; ms after the SDK's create call")
     print(f"{'mark':18} {'p50':>8} {'p95':>8}   {'interval from the mark before':30} p50")
     previous = None

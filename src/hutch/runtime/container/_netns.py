@@ -23,6 +23,7 @@ from hutch.runtime.container import _nft, _public_net
 from hutch.runtime.container._errors import SandboxRuntimeError
 from hutch.runtime.container._host_files import read_text_or_empty, resolv_conf
 from hutch.runtime.container._nft import NetworkPolicy
+from hutch.runtime.container._spawn import run_tool
 
 log = logging.getLogger("hutch.runtime")
 
@@ -66,14 +67,9 @@ class SandboxNet:
 
 
 async def _run(*argv: str, stdin: str | None = None) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    if proc.returncode != 0:
+    # NB: not asyncio's subprocess: on the server's uvloop that forks the whole server (_spawn).
+    code, err = await run_tool(list(argv), stdin.encode() if stdin is not None else None)
+    if code != 0:
         raise NetworkError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
 
 
