@@ -515,6 +515,75 @@ async def test_idle_agent_stays_under_15_mb() -> None:
     assert after_exec <= 15 * 1024, f"agent RSS after one exec {after_exec} kB"
 
 
+async def test_any_op_but_ping_runs_after_the_deferred_start_up() -> None:
+    # The agent answers the server's first ping before it retitles itself, turns
+    # non-dumpable and loads the exec path (a cold create waits for that answer); whatever
+    # else is asked, it is done first.
+    with HostAgent() as fresh:
+        c = await AgentConnection.connect(fresh.socket_path, timeout=5)
+        try:
+            await c.call("process_list")
+            title = _title(fresh.pid)
+        finally:
+            await c.close()
+    assert title == (b"hutch-agent\0", b"hutch-agent\n")
+
+
+async def test_an_agent_asked_nothing_but_ping_settles_once_idle() -> None:
+    with HostAgent() as fresh:
+        c = await AgentConnection.connect(fresh.socket_path, timeout=5)
+        try:
+            await c.call("ping")
+            title = _settled_title(fresh.pid)
+            ran = await run(c, argv=["true"])
+        finally:
+            await c.close()
+    assert title == (b"hutch-agent\0", b"hutch-agent\n")
+    assert ran.result["exit_code"] == 0
+
+
+def _settled_title(pid: int) -> tuple[bytes, bytes]:
+    # A hang guard, not a timing: the agent settles at its loop's next idle turn.
+    deadline = time.monotonic() + 30
+    while _title(pid)[0] != b"hutch-agent\0" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _title(pid)
+
+
+def _title(pid: int) -> tuple[bytes, bytes]:
+    """What ps (cmdline) and top (comm) show of a process."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes(), Path(f"/proc/{pid}/comm").read_bytes()
+
+
+def test_idle_callbacks_wait_for_ready_fds_and_timers() -> None:
+    from hutch.agent._loop import Loop
+
+    loop = Loop()
+    order: list[str] = []
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+
+        def on_readable() -> None:
+            order.append("fd")
+            loop.remove_reader(r)
+
+        def last() -> None:
+            order.append("idle 2")
+            loop.stop()
+
+        loop.call_when_idle(lambda: order.append("idle 1"))
+        loop.call_when_idle(last)
+        loop.add_reader(r, on_readable)
+        loop.call_later(0, lambda: order.append("timer"))
+        loop.run()
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
+    assert order == ["fd", "timer", "idle 1", "idle 2"]
+
+
 async def test_slow_reader_keeps_agent_memory_bounded(
     agent: HostAgent, conn: AgentConnection
 ) -> None:

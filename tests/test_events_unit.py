@@ -24,6 +24,19 @@ def test_the_log_keeps_a_bounded_history_per_sandbox(tmp_path: Path, monkeypatch
     log.close()
 
 
+def test_an_event_commits_without_an_fsync_as_the_store_does(tmp_path: Path) -> None:
+    # Events are written on the server's event loop (a create writes two): with SQLite's
+    # default (FULL) each commit fsynced the WAL. The store's own connection is NORMAL;
+    # the setting is per connection.
+    store = SqliteStore(tmp_path / "hutch.db")
+    log = SqliteEventLog(tmp_path / "hutch.db")
+    normal = 1
+    assert log._db.execute("PRAGMA synchronous").fetchone()[0] == normal
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == normal
+    store.close()
+    log.close()
+
+
 def test_a_destroyed_sandboxs_events_go_after_a_while_a_live_ones_stay(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "hutch.db")
     log = SqliteEventLog(tmp_path / "hutch.db")

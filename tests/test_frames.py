@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from hutch._wire import (
@@ -14,7 +19,9 @@ from hutch._wire import (
     Kind,
     encode_frame,
     encode_json_frame,
+    json_c,
 )
+from hutch.agent._host import build_code_dir
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -105,3 +112,61 @@ def test_frames_before_a_bad_one_are_not_lost_silently() -> None:
     good = encode_frame(Kind.DATA, 1, b"ok", Channel.STDOUT, 0)
     with pytest.raises(FrameError):
         FrameDecoder().feed(good + FRAME_HEADER.pack(0, 0, 1, 0, 0))
+
+
+JSON_VALUES = [
+    {},
+    {"op": "exec", "argv": ["echo", 'é ☃ \U0001f600 \x00 " \\'], "env": None, "timeout": 1.5},
+    {"n": [0, -1, 2**70, 1e-300, -0.0, float("inf"), True, False, None], "o": {"k\n": [[]]}},
+    {1: "int key", None: "null key", 2.5: "float key"},
+    "a string",
+]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES)
+def test_frame_json_is_the_json_modules_text(value: object) -> None:
+    # The frames' codec drives json's C code without importing json (the agent's start-up):
+    # the same bytes out, the same values back.
+    text = json.dumps(value, separators=(",", ":"))
+    assert json_c.dumps(value) == text
+    for data in (text, text.encode(), f" \n{text}\t ".encode()):
+        assert repr(json_c.loads(data)) == repr(json.loads(data))
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b" ", b"{", b"[1,]", b"{} x", b'{"a":1}{}', b"\xff", b"nul", b'{"a":"\x01"}']
+)
+def test_frame_json_refuses_what_json_refuses_with_the_same_error(data: bytes) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(data)
+    with pytest.raises(ValueError) as got:
+        json_c.loads(data)
+    assert (type(got.value), str(got.value)) == (type(expected.value), str(expected.value))
+
+
+def test_frame_json_refuses_what_json_cannot_encode() -> None:
+    circular: dict[str, object] = {}
+    circular["self"] = circular
+    for value in ({"x": object()}, {(1, 2): 3}, circular):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            json.dumps(value)
+        with pytest.raises((TypeError, ValueError)) as got:
+            json_c.dumps(value)
+        assert (type(got.value), str(got.value)) == (type(expected.value), str(expected.value))
+
+
+def test_the_agent_starts_without_json_re_or_typing(tmp_path: Path) -> None:
+    # What the agent imports before it answers the server's first ping (a cold create waits
+    # for that answer): json brings re and its compiled patterns; typing is big.
+    code = build_code_dir(tmp_path)
+    probe = (
+        f"import sys; sys.path.insert(0, {str(code)!r}); import hutch.agent.__main__; "
+        "print(sorted({'json', 're', 'typing', 'subprocess', 'threading'} & set(sys.modules)))\n"
+        # Bad JSON is still a JSONDecodeError there (json is imported to say what is wrong).
+        "from hutch._wire.json_c import loads\n"
+        "try:\n    loads(b'{not json')\nexcept ValueError as e:\n    print(type(e).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[:2] == ["[]", "JSONDecodeError"]

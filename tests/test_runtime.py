@@ -397,6 +397,8 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
         # The runtime made the socket itself: only an answer proves the agent inside serves it.
         async with await AgentConnection.connect(sock, timeout=30) as conn:
             pong = await asyncio.wait_for(conn.call("ping"), 30)
+            # Any op but ping runs after the agent's deferred start-up (its title included).
+            await asyncio.wait_for(conn.call("process_list"), 30)
         assert pong["version"] == AGENT_VERSION, pong
         assert pong["pid"] == 1  # the agent is the sandbox's init, not a stand-in beside it
         assert await rt.state("real") == "running", (home / "sandboxes/real/runc.log").read_text()

@@ -78,6 +78,21 @@ def test_keyctl_and_bpf_syscalls_are_blocked(sb: Sandbox) -> None:
     assert r.stdout.split() in refusals, f"bpf was not refused with EPERM: {r.stdout}"
 
 
+def test_sandbox_root_cannot_read_the_agents_environ_or_fds(sb: Sandbox) -> None:
+    # The agent is non-dumpable (it holds the sandbox's secrets): root in the sandbox, without
+    # CAP_SYS_PTRACE, cannot read it through /proc/1, although both run as the same uid.
+    if GVISOR:
+        # The sentry's /proc lets its root read PID 1 whatever the flag (so it did before
+        # the agent deferred setting it): left as it was, noted in docs/performance.md.
+        pytest.skip("gVisor's /proc does not honour PR_SET_DUMPABLE")
+    for command in ("cat /proc/1/environ", "readlink -v /proc/1/fd/0"):
+        r = sb.exec(command)
+        assert r.exit_code != 0 and "Permission denied" in r.stderr, (command, r.stderr)
+    # The positive control: the same reads of a process of its own work.
+    r = sb.exec("sleep 30 & cat /proc/$!/environ >/dev/null && readlink -v /proc/$!/fd/0; kill $!")
+    assert r.exit_code == 0, r.stderr
+
+
 def test_ptrace_of_a_host_process_fails(sb: Sandbox) -> None:
     # The host's PID 1 and this test's own pid are not visible in the sandbox's pid namespace.
     for pid in (1, os.getpid()):

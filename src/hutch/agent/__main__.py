@@ -91,10 +91,10 @@ def _ensure_stdio() -> None:
 def _image_shell(text: str | None) -> list[str] | None:
     if not text:
         return None
-    import json  # NB: already loaded by the frame codec
+    from hutch._wire.json_c import loads  # NB: already loaded by the frame codec
 
     try:
-        argv = json.loads(text)
+        argv = loads(text)
     except ValueError:
         argv = None
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
@@ -126,11 +126,20 @@ def _listener(environ: dict[str, str] | os._Environ[str]) -> _socket.socket:
     return listener
 
 
+def _warm_spawning() -> None:
+    """Import what the first exec needs and start the spawner thread (~5 ms), so that the
+    first command does not wait for them."""
+    import subprocess  # noqa: F401
+
+    from . import _exec  # noqa: F401
+
+    _workcg.spawner()
+
+
 def main() -> None:
     _ensure_stdio()
     workspace = os.environ.get("HUTCH_AGENT_WORKSPACE", "/workspace")
     listener = _listener(os.environ)
-    _retitle()
     problem = _workcg.configure(
         os.environ.get("HUTCH_AGENT_WORK_FDS"), os.environ.get("HUTCH_AGENT_WORK_TASK_FDS")
     )
@@ -142,7 +151,6 @@ def main() -> None:
     problem = _workcg.configure_launcher(os.environ.get("HUTCH_AGENT_LAUNCHER"))
     if problem:
         report(problem)
-    _protect_self()
     if os.getpid() != 1:
         _become_subreaper()
 
@@ -161,11 +169,15 @@ def main() -> None:
     # SIGTERM from the runtime would do nothing; with them, it is a graceful stop.
     loop.add_signal_handler(signal.SIGTERM, agent.shutdown)
     loop.add_signal_handler(signal.SIGINT, agent.shutdown)
+    # NB: non-dumpable before anything runs in the sandbox besides the agent (see
+    # defer_startup: nothing is spawned before it), and before it holds any secret.
+    agent.defer_startup(_protect_self, _retitle, _warm_spawning)
     agent.start()
     agent.reaper.reap()  # anything that exited before the handler was in place
     if agent.base_env.get("HUTCH_CODE_PRESTART"):  # NB: imported only then (idle agent memory)
         from ._code import prestart
 
+        agent.settle()
         prestart(agent)
     try:
         loop.run()

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Loop:
         self._timers: list[Timer] = []
         self._cancelled_timers = 0
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._idle: deque[Callable[[], None]] = deque()
         self._running = False
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wakeup_r, self._read_signals)
@@ -149,6 +151,10 @@ class Loop:
             heapq.heapify(self._timers)
             self._cancelled_timers = 0
 
+    def call_when_idle(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once nothing else is ready: no fd, no due timer."""
+        self._idle.append(callback)
+
     # -- signals -----------------------------------------------------------------------------
 
     def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
@@ -182,7 +188,10 @@ class Loop:
                 self._cancelled_timers -= 1
             if timers:
                 timeout = max(0.0, timers[0].when - time.monotonic())
-            for key, mask in select(timeout):
+            if self._idle:
+                timeout = 0.0
+            events = select(timeout)
+            for key, mask in events:
                 handlers: _Handlers = key.data
                 # Look the callbacks up at each step: an earlier callback in this batch may
                 # have removed (and closed) this fd.
@@ -199,6 +208,8 @@ class Loop:
                     else:
                         timer.cancelled = True  # fired: a late cancel() must not count it
                         self._run(timer.callback)
+            if not events and self._idle:
+                self._run(self._idle.popleft())
 
     @staticmethod
     def _run(callback: Callable[[], None]) -> None:

@@ -17,6 +17,7 @@ from ._requests import InvalidRequest, UnknownOp, parse_op, parse_ping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from hutch._wire.agent_ops import ErrorCode, PingResult
@@ -86,6 +87,28 @@ class Agent:
         self.close_flush_path: str | None = None
         self.close_flusher: ClosesFlusher | None = None
         self._last_flush = 0.0
+        self._startup: list[Callable[[], None]] = []  # see defer_startup
+
+    def defer_startup(self, *work: Callable[[], None]) -> None:
+        """Run ``work`` once the loop is first idle, or before the first op that is not a
+        ping, whichever comes first.
+
+        NB: a cold create waits for the agent's answer to the server's first ping; what is
+        not needed to give it (the process title, ctypes for prctl, the exec path's imports
+        and the spawner thread: ~10 ms) runs after it, while the server finishes the create.
+        Nothing is spawned before it has run: every spawn comes from an op other than ping.
+        """
+        self._startup.extend(work)
+        self.loop.call_when_idle(self.settle)
+
+    def settle(self) -> None:
+        """Run the deferred start-up work now, if it has not run yet."""
+        work, self._startup = self._startup, []
+        for fn in work:
+            try:
+                fn()
+            except Exception:
+                report_exception("deferred start-up failed")
 
     def files_may_be_closed(self) -> None:
         """A process ended or an op finished: under gVisor, have the host close what the
@@ -308,6 +331,8 @@ class Connection:
             return self._error(stream, "invalid_request", f"OPEN payload is not a JSON object: {e}")
         try:
             op = parse_op(request, self._agent.known_ops)
+            if op != "ping":
+                self._agent.settle()
             if op in UNARY_OPS:
                 handler = load_handler(UNARY_OPS, op)
                 self._ok(stream, handler(self._agent, request))  # type: ignore[operator]

@@ -16,11 +16,11 @@ import os
 
 from hutch._wire.oom_control import read_oom_kills
 
-from ._spawner import WorkSpawner
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from ._spawner import WorkSpawner
 
 _fds: tuple[int, ...] = ()
 _task_fds: tuple[int, ...] = ()
@@ -105,6 +105,8 @@ def spawner() -> WorkSpawner | None:
     if not _spawner_tried:
         _spawner_tried = True
         if _fds and _task_fds:
+            from ._spawner import WorkSpawner  # NB: threading and queue: not before the hello
+
             candidate = WorkSpawner(_task_fds)
             if candidate.start():
                 _spawner = candidate

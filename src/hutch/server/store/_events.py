@@ -48,6 +48,10 @@ class SqliteEventLog:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        # NB: as the store's own connection (the setting is per connection): with FULL every
+        # event's commit fsynced the WAL, on the event loop; a create's two events cost
+        # 1.4 ms p50, 4.4 ms p95 on this VM's disk, NORMAL 0.06 ms.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
 
     @contextmanager
