@@ -14,6 +14,7 @@ from ._procs import (
     command_env,
     command_identity,
     kill_tree,
+    program_on_path,
     signal_tree,
     spawn,
 )
@@ -95,8 +96,13 @@ class ExecOp:
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()
         direct = None
+        executable = None
         if request["argv"] is not None:
             args = request["argv"]
+            if identity is None or identity.uid == 0 == os.getuid():
+                # NB: only as the agent's own user (or root as root): os.access answers for
+                # the agent, not for another user.
+                executable = program_on_path(args[0], env["PATH"])
         else:
             assert request["command"] is not None
             shell = self._agent.shell()
@@ -138,8 +144,11 @@ class ExecOp:
                     stdin=stdin_r,
                     stdout=out_w,
                     stderr=err_w,
+                    executable=executable,
                 )
         except OSError as e:
+            if executable is not None and e.filename == executable:
+                e.filename = args[0]  # as the child's own walk names it (see _spawn_failed)
             for fd in (out_r, err_r, *child_fds):
                 os.close(fd)
             if self._stdin_fd is not None:
