@@ -242,6 +242,12 @@ class ExecOp:
         os.close(out.fd)
         self._outputs.remove(out)
         self._conn.send(encode_frame(Kind.EOF, self._stream, b"", out.channel, out.offset))
+        if not self._outputs and self._status is None and not self._detached:
+            # NB: a process's pipes close as it exits, a moment before it is a zombie and its
+            # SIGCHLD comes; by the time this runs it mostly is one. Reaping now puts the
+            # RESULT in the same write as the EOFs (one wake-up of the server, not two); if
+            # it is still running, its SIGCHLD reaps it as always.
+            self._agent.reaper.reap()
         self._maybe_finish()
 
     def _on_grace_over(self) -> None:

@@ -82,6 +82,7 @@ class Loop:
         self._timers: list[Timer] = []
         self._cancelled_timers = 0
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
+        self._after_turn: list[Callable[[], None]] = []
         self._running = False
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wakeup_r, self._read_signals)
@@ -149,6 +150,11 @@ class Loop:
             heapq.heapify(self._timers)
             self._cancelled_timers = 0
 
+    def after_turn(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the callbacks of this turn (every ready fd, due timer and
+        signal) have run, before the loop polls again."""
+        self._after_turn.append(callback)
+
     # -- signals -----------------------------------------------------------------------------
 
     def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
@@ -182,6 +188,8 @@ class Loop:
                 self._cancelled_timers -= 1
             if timers:
                 timeout = max(0.0, timers[0].when - time.monotonic())
+            if self._after_turn:
+                timeout = 0.0
             for key, mask in select(timeout):
                 handlers: _Handlers = key.data
                 # Look the callbacks up at each step: an earlier callback in this batch may
@@ -199,6 +207,10 @@ class Loop:
                     else:
                         timer.cancelled = True  # fired: a late cancel() must not count it
                         self._run(timer.callback)
+            while self._after_turn:
+                callbacks, self._after_turn = self._after_turn, []
+                for callback in callbacks:
+                    self._run(callback)
 
     @staticmethod
     def _run(callback: Callable[[], None]) -> None:
