@@ -185,6 +185,17 @@ class AgentStream:
         """Frames received and not yet consumed (a consumer may batch them)."""
         return len(self._frames)
 
+    async def wait_buffered(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until a frame is buffered or the stream ended."""
+        if self._frames or self.finished:
+            return
+        self._readable.clear()
+        timer = asyncio.get_running_loop().call_later(timeout, self._readable.set)
+        try:
+            await self._readable.wait()
+        finally:
+            timer.cancel()
+
     async def send_stdin(self, data: bytes, *, chunk_size: int = STDIN_CHUNK) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 
