@@ -18,7 +18,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from hutch._wire.frames import Frame, FrameDecoder, Kind
 from hutch.agent._host import HostAgent
 from hutch.node import (
     AgentConnection,
@@ -295,48 +294,3 @@ async def test_a_stream_left_early_never_lends_its_connection(
     assert len(idle) == MAX_IDLE_DEDICATED
     await gateway.forget(LIVE)  # the sandbox is stopped or destroyed
     assert all(conn.closed for conn in idle)
-
-
-async def _relayed_pieces(
-    sandboxes: FakeSandboxes, command: str, hold_start: float, pieces: int
-) -> list[list[Frame]]:
-    """The first `pieces` pieces of an exec's relayed body (each a write to the client), as
-    frames; the stream is then left (the command, if still running, is killed)."""
-    gateway = sandboxes.gateway
-    request: Any = {"op": "exec", "command": command, "stdin": False}
-    body = await relay_on_own(
-        gateway.dedicated(LIVE),
-        lambda conn: gateway.open_stream(LIVE, request, conn),
-        hold_start=hold_start,
-    )
-    got: list[list[Frame]] = []
-    try:
-        async with asyncio.timeout(20):
-            async for piece in body:
-                got.append(FrameDecoder().feed(piece))
-                if len(got) == pieces:
-                    break
-    finally:
-        await body.aclose()
-        await gateway.close()  # the shared connection `dedicated` made first
-    return got
-
-
-async def test_a_short_commands_answer_leaves_in_one_piece(sandboxes: FakeSandboxes) -> None:
-    """The "started" event waits (up to the hold) for what follows, and leaves with it in
-    one write to the client, not alone."""
-    [piece] = await _relayed_pieces(sandboxes, "echo hi", hold_start=10.0, pieces=1)
-    assert [(f.kind, f.payload) for f in piece][:2] == [
-        (Kind.EVENT, piece[0].payload),
-        (Kind.DATA, b"hi\n"),
-    ]
-
-
-async def test_output_and_a_silent_commands_start_are_not_held(sandboxes: FakeSandboxes) -> None:
-    # Output ends the hold at once: "early" comes while the command still sleeps.
-    [piece] = await _relayed_pieces(sandboxes, "echo early; sleep 30", hold_start=60.0, pieces=1)
-    assert b"early\n" in [f.payload for f in piece]
-    assert Kind.RESULT not in [f.kind for f in piece]
-    # A command silent for longer than the hold: its start goes alone when the hold is over.
-    [piece] = await _relayed_pieces(sandboxes, "sleep 30", hold_start=0.05, pieces=1)
-    assert [f.kind for f in piece] == [Kind.EVENT]

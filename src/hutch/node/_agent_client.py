@@ -185,17 +185,6 @@ class AgentStream:
         """Frames received and not yet consumed (a consumer may batch them)."""
         return len(self._frames)
 
-    async def wait_buffered(self, seconds: float) -> None:
-        """Wait, at most ``seconds``, until a frame is buffered or the stream has ended."""
-        if self._frames or self.finished:
-            return
-        self._readable.clear()
-        timer = asyncio.get_running_loop().call_later(seconds, self._readable.set)
-        try:
-            await self._readable.wait()
-        finally:
-            timer.cancel()
-
     async def send_stdin(self, data: bytes, *, chunk_size: int = STDIN_CHUNK) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 

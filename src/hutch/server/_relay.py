@@ -120,22 +120,14 @@ class FramesResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-# How long an exec's "started" event may wait for the frames after it (see relay_frames).
-START_HOLD = 0.005
-
-
 async def relay_frames(
-    stream: AgentStream, first: Frame | None = None, *, hold_start: float = 0.0
+    stream: AgentStream, first: Frame | None = None
 ) -> AsyncGenerator[bytes, None]:
     """The frames of ``stream`` (after ``first``, if the caller already read it) as the body of
     a streamed response, on stream id 0, ending after the RESULT.
 
-    Frames that are already waiting are batched into one piece; output is never held back
-    for a frame that has not arrived (live output stays live). With ``hold_start``, a first
-    frame that is an EVENT (an exec's "started", which no client waits for: it carries the
-    pid, no output) waits up to that long for what follows: a short command's whole answer
-    then leaves in one write, with the response's head, instead of two (the client woken
-    twice, the head parsed alone).
+    Frames that are already waiting are batched into one piece; a frame is never held back
+    for one that has not arrived (live output stays live).
 
     A lost agent ends the body with an error RESULT. A client that leaves mid-stream cancels
     the op (kills the exec, interrupts the code) rather than orphan it.
@@ -171,9 +163,6 @@ async def relay_frames(
                 yield piece
         if not done:
             async for frame in stream:
-                if hold_start and frame.kind is Kind.EVENT and stream.buffered() == 0:
-                    await stream.wait_buffered(hold_start)
-                hold_start = 0.0
                 for piece in add(frame):
                     yield piece
         if batch:
@@ -192,8 +181,6 @@ async def relay_on_own(
     connecting: Awaitable[AgentConnection],
     open_on: Callable[[AgentConnection], Awaitable[AgentStream]],
     release: Callable[[AgentConnection], Awaitable[None]] | None = None,
-    *,
-    hold_start: float = 0.0,
 ) -> AsyncGenerator[bytes, None]:
     """The frames of the stream `open_on` opens on a new connection of its own: the
     connection closes when the body ends, or at once if the stream does not open. Its own,
@@ -204,24 +191,22 @@ async def relay_on_own(
     may finish during the server's graceful shutdown.
 
     With ``release``, a connection whose stream was answered to the end is handed to it
-    (the gateway keeps it for the next stream) instead of closed. ``hold_start``: see
-    `relay_frames`."""
+    (the gateway keeps it for the next stream) instead of closed."""
     conn = await connecting
     try:
         stream = await open_on(conn)
     except BaseException:
         await conn.close()
         raise
-    return _relay_then_close(conn, stream, release, hold_start)
+    return _relay_then_close(conn, stream, release)
 
 
 async def _relay_then_close(
     conn: AgentConnection,
     stream: AgentStream,
     release: Callable[[AgentConnection], Awaitable[None]] | None,
-    hold_start: float,
 ) -> AsyncGenerator[bytes, None]:
-    frames = relay_frames(stream, hold_start=hold_start)
+    frames = relay_frames(stream)
     try:
         async for piece in frames:
             yield piece

@@ -15,7 +15,7 @@ from hutch.node import AgentConnection, AgentError, AgentStream
 from hutch.server._deps import ERROR_RESPONSES, FRAMES_MEDIA_TYPE, Services, Svc, require_key
 from hutch.server._errors import InvalidRequest
 from hutch.server._models import ExecRequest, ExecResult
-from hutch.server._relay import START_HOLD, FramesResponse, gather_exec, relay_on_own
+from hutch.server._relay import FramesResponse, gather_exec, relay_on_own
 
 
 def _agent_request(body: ExecRequest) -> AgentExecRequest:
@@ -85,7 +85,6 @@ async def exec_frames(svc: Services, sandbox_id: str, body: ExecRequest) -> Stre
         svc.sandboxes.dedicated_agent(sandbox_id),
         lambda conn: _open_exec(svc, sandbox_id, body, conn),
         lambda conn: svc.sandboxes.release_agent(sandbox_id, conn),
-        hold_start=START_HOLD,
     )
     return FramesResponse(frames, media_type=FRAMES_MEDIA_TYPE)
 
