@@ -7,21 +7,23 @@ the figures. This starts both servers at once (this checkout's and the one whose
 `--other` names; each a sandbox of its own) and alternates between them in short turns —
 A B B A A B ... — so that the load of any minute falls on both. Each turn: `--n` sequential
 `sb.run("true")` (latency), then `--clients` clients for `--seconds` (throughput), with the
-server's, this client's and the sandbox's CPU per exec. The host baseline
-(`subprocess.run(["true"])`) is taken in every turn too. The client (this checkout's SDK) is
-the same for both.
+server's, the client's and the sandbox's CPU per exec. The host baseline
+(`subprocess.run(["true"])`) is taken in every turn too. Each turn's client is a process of
+its build's own interpreter (that build's SDK: a change to the SDK shows), started and
+warmed up before the clock starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +38,7 @@ from tests.conftest import _cleanup_home
 @dataclass
 class Side:
     name: str
+    python: Path
     server: ServerProcess
     sandbox: Sandbox | None = None
     latencies: list[float] = field(default_factory=list)
@@ -47,43 +50,76 @@ def _start(name: str, python: Path) -> Side:
     test_server.HUTCH_BIN = python.with_name("hutch")  # read by ServerProcess.start
     server = ServerProcess(Path(tempfile.mkdtemp(prefix=f"hutch-ab-{name}-", dir="/var/tmp")))
     server.start(timeout=180)
-    return Side(name, server)
+    return Side(name, python, server)
+
+
+# The client of one turn, run by the build's own interpreter (public SDK calls only, so that
+# any build runs it). Lines on stdin start its steps; it answers each with a JSON line.
+_CLIENT = """
+import json, sys, threading, time
+from hutch import Sandbox
+url, key, sandbox_id, n, clients, seconds = sys.argv[1:7]
+n, clients, seconds = int(n), int(clients), float(seconds)
+boxes = [Sandbox.connect(sandbox_id, base_url=url, api_key=key) for _ in range(clients)]
+for box in boxes:
+    for _ in range(5):
+        box.run("true")  # connections made, first-call costs paid before the clock starts
+print(json.dumps("ready"), flush=True)
+sys.stdin.readline()
+latencies = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    boxes[0].run("true")
+    latencies.append(time.perf_counter() - t0)
+print(json.dumps(latencies), flush=True)
+sys.stdin.readline()
+count = [0] * clients
+stop = time.monotonic() + seconds
+def loop(i):
+    while time.monotonic() < stop:
+        boxes[i].run("true")
+        count[i] += 1
+cpu0, t0 = time.process_time(), time.monotonic()
+threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps([sum(count), time.monotonic() - t0, time.process_time() - cpu0]), flush=True)
+"""
 
 
 def _turn(side: Side, n: int, clients: int, seconds: float) -> None:
     assert side.sandbox is not None and side.server.proc is not None
     sb = side.sandbox
-    for _ in range(n):
-        t0 = time.perf_counter()
-        sb.run("true")
-        side.latencies.append(time.perf_counter() - t0)
-    opts = {"base_url": side.server.url, "api_key": side.server.api_key}
-    # NB: as bench_sandbox.py's clients: one SDK client (one connection pool) in this process.
-    boxes = [Sandbox.connect(sb.id, **opts) for _ in range(clients)]
-    for box in boxes:
-        box.run("true")  # each client's connection made before the clock starts
-    count = [0] * clients
-    stop = time.monotonic() + seconds
+    args = [side.server.url, side.server.api_key, sb.id, str(n), str(clients), str(seconds)]
+    client = subprocess.Popen(
+        [str(side.python), "-c", _CLIENT, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
 
-    def loop(i: int) -> None:
-        while time.monotonic() < stop:
-            boxes[i].run("true")
-            count[i] += 1
+    def step() -> Any:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        return json.loads(client.stdout.readline())
 
-    pid = side.server.proc.pid
-    before = (cpu_seconds(pid), time.process_time(), sandbox_cpu_seconds(sb.id))
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    after = (cpu_seconds(pid), time.process_time(), sandbox_cpu_seconds(sb.id))
-    done = sum(count)
+    try:
+        assert json.loads(client.stdout.readline()) == "ready"
+        side.latencies += step()
+        pid = side.server.proc.pid
+        before = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id))
+        done, elapsed, client_cpu = step()
+        after = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id))
+    finally:
+        client.stdin.close()
+        client.wait()
     side.rates.append(done / elapsed)
-    server, client, sandbox = (1000 * (b - a) / done for a, b in zip(before, after, strict=True))
-    side.cpu.append((server, client, sandbox))
+    server, sandbox = (1000 * (b - a) / done for a, b in zip(before, after, strict=True))
+    side.cpu.append((server, 1000 * client_cpu / done, sandbox))
 
 
 def _host_true(n: int) -> list[float]:

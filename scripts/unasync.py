@@ -54,6 +54,9 @@ WORDS = {
     "AsyncTerminal": "Terminal",
     "aconnect": "connect",
     "arecv": "recv",
+    "AsyncConnectionPool": "ConnectionPool",
+    "handle_async_request": "handle_request",
+    "aiter_stream": "iter_stream",
 }
 
 # Phrases (regexes) rewritten after the words.

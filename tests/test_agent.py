@@ -244,6 +244,35 @@ async def test_non_executable_file_exits_126(agent: HostAgent, conn: AgentConnec
     assert b"ermission denied" in ran.stderr
 
 
+async def test_argv_program_is_found_on_path_as_the_childs_own_walk_would(
+    agent: HostAgent, conn: AgentConnection
+) -> None:
+    # The agent looks argv[0] up itself (one execve instead of the child's walk): what runs,
+    # its argv[0] and every failure must stay what the walk gave.
+    first, second, rel = (agent.workspace / d for d in ("path-a", "path-b", "path-rel"))
+    for d in (first, second, rel):
+        d.mkdir(exist_ok=True)
+    (first / "hutch-which").write_text("#!/bin/sh\necho first $0\n")  # no execute bit: skipped
+    (first / "hutch-which").chmod(0o644)
+    (second / "hutch-which").write_text("#!/bin/sh\necho second $0\n")
+    (second / "hutch-which").chmod(0o755)
+    (second / "hutch-noexec").write_bytes(b"\x7fELF not really\n")  # no #!: ENOEXEC
+    (second / "hutch-noexec").chmod(0o755)
+    (rel / "hutch-which").write_text("#!/bin/sh\necho relative $0\n")
+    (rel / "hutch-which").chmod(0o755)
+    path = f"{first}:{second}:/usr/bin:/bin"
+    ran = await run(conn, argv=["hutch-which"], env={"PATH": path})
+    assert ran.stdout == f"second {second}/hutch-which\n".encode()
+    ran = await run(conn, argv=["hutch-noexec"], env={"PATH": path})
+    assert ran.result["exit_code"] == 126
+    assert b"hutch: hutch-noexec: Exec format error" in ran.stderr
+    ran = await run(conn, argv=["hutch-not-there"], env={"PATH": path})
+    assert ran.result["exit_code"] == 127
+    # A relative entry is the child's cwd's, not the agent's.
+    ran = await run(conn, argv=["hutch-which"], env={"PATH": f"path-rel:{path}"})
+    assert ran.stdout == b"relative path-rel/hutch-which\n"
+
+
 async def test_output_is_binary_safe(conn: AgentConnection) -> None:
     every_byte = bytes(range(256)) * 3
     code = f"import sys; sys.stdout.buffer.write({every_byte!r}); sys.stderr.buffer.write(b'\\0')"

@@ -60,6 +60,7 @@ from hutch._wire.frames import Channel, Kind, encode_frame, encode_json_frame
 from hutch.sdk._exceptions import api_error, api_error_from_body
 from hutch.sdk._exec import ExecStreamDecoder, OutputCollector
 from hutch.sdk._http import STREAM_TIMEOUT_GRACE, stream_timeout
+from hutch.sdk._raw_http import RawTarget
 
 API_KEY = "hk_unit_test_key"
 SANDBOX_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -96,6 +97,7 @@ class FakeHutch:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.keys: dict[str, dict[str, Any]] = {}
         self.exec_requests: list[dict[str, Any]] = []
+        self.exec_headers: list[dict[str, str]] = []
         self.killed_pids: list[int] = []
         self.max_piece = 7
         self.url = ""
@@ -310,6 +312,7 @@ class FakeHutch:
             return sandbox
         body = await request.json()
         self.exec_requests.append(body)
+        self.exec_headers.append(dict(request.headers))
         if (body.get("command") is None) == (body.get("argv") is None):
             return _error(
                 422,
@@ -829,6 +832,60 @@ def test_errors_inside_the_exec_stream() -> None:
         with pytest.raises(SandboxUnavailable) as unavailable:
             sb.exec("true")
         assert unavailable.value.status == 503
+
+
+def test_exec_requests_carry_the_clients_head(fake: FakeHutch) -> None:
+    """Exec requests skip httpx (sdk/_raw_http.py) but not what httpx would have sent."""
+    with Sandbox.create() as sb:
+        sb.exec("echo hi")
+    headers = fake.exec_headers[-1]
+    assert headers["authorization"] == f"Bearer {API_KEY}"
+    assert headers["user-agent"].startswith("hutch-python/")
+    assert headers["content-type"] == "application/json"
+    assert headers["host"] == fake.url.split("//", 1)[1]
+    assert json.loads(headers["content-length"]) > 0
+    assert fake.exec_requests[-1]["command"] == "echo hi"
+
+
+def test_exec_leaves_to_httpx_what_only_httpx_does() -> None:
+    """A proxy from the environment, credentials in the URL: httpx's path, as before."""
+    config = ConnectionConfig(base_url="http://127.0.0.1:7070", api_key="k")
+    assert RawTarget.for_config(config, {"http": "http://proxy:3128"}) is None
+    assert RawTarget.for_config(config, {"all": "socks5://proxy:1080"}) is None
+    assert RawTarget.for_config(config, {"no": "localhost"}) is not None
+    assert RawTarget.for_config(ConnectionConfig(base_url="http://u:p@h:1"), {}) is None
+    behind = RawTarget.for_config(ConnectionConfig(base_url="https://h.example/hutch"), {})
+    assert behind is not None
+    request = behind.json_request("POST", "/v1/x", {}, stream_timeout(ConnectionConfig()))
+    assert (request.url.scheme, request.url.host, request.url.port) == (
+        b"https",
+        b"h.example",
+        443,
+    )
+    assert request.url.target == b"/hutch/v1/x"
+    assert (b"Host", b"h.example") in request.headers
+
+
+def test_an_exec_answer_cut_off_is_a_connection_error() -> None:
+    """A server (or proxy) that dies mid-answer: HutchConnectionError, as through httpx."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with Client(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY) as client:
+            with pytest.raises(HutchConnectionError, match="failed"):
+                Sandbox("sb-x", client=client).exec("true")
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def test_unreachable_server_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

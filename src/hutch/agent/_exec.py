@@ -14,6 +14,7 @@ from ._procs import (
     command_env,
     command_identity,
     kill_tree,
+    program_on_path,
     signal_tree,
     spawn,
 )
@@ -95,8 +96,13 @@ class ExecOp:
         self._tag = os.urandom(8).hex().encode()
         env[EXEC_TAG_VAR] = self._tag.decode()
         direct = None
+        executable = None
         if request["argv"] is not None:
             args = request["argv"]
+            if identity is None or identity.uid == 0 == os.getuid():
+                # NB: only as the agent's own user (or root as root): os.access answers for
+                # the agent, not for another user.
+                executable = program_on_path(args[0], env["PATH"])
         else:
             assert request["command"] is not None
             shell = self._agent.shell()
@@ -138,8 +144,11 @@ class ExecOp:
                     stdin=stdin_r,
                     stdout=out_w,
                     stderr=err_w,
+                    executable=executable,
                 )
         except OSError as e:
+            if executable is not None and e.filename == executable:
+                e.filename = args[0]  # as the child's own walk names it (see _spawn_failed)
             for fd in (out_r, err_r, *child_fds):
                 os.close(fd)
             if self._stdin_fd is not None:
@@ -233,6 +242,12 @@ class ExecOp:
         os.close(out.fd)
         self._outputs.remove(out)
         self._conn.send(encode_frame(Kind.EOF, self._stream, b"", out.channel, out.offset))
+        if not self._outputs and self._status is None and not self._detached:
+            # NB: a process's pipes close as it exits, a moment before it is a zombie and its
+            # SIGCHLD comes; by the time this runs it mostly is one. Reaping now puts the
+            # RESULT in the same write as the EOFs (one wake-up of the server, not two); if
+            # it is still running, its SIGCHLD reaps it as always.
+            self._agent.reaper.reap()
         self._maybe_finish()
 
     def _on_grace_over(self) -> None:

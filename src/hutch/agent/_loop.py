@@ -84,6 +84,7 @@ class Loop:
         self._cancelled_timers = 0
         self._signal_callbacks: dict[int, Callable[[], None]] = {}
         self._idle: deque[Callable[[], None]] = deque()
+        self._after_turn: list[Callable[[], None]] = []
         self._running = False
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wakeup_r, self._read_signals)
@@ -155,6 +156,11 @@ class Loop:
         """Run ``callback`` once nothing else is ready: no fd, no due timer."""
         self._idle.append(callback)
 
+    def after_turn(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the callbacks of this turn (every ready fd, due timer and
+        signal) have run, before the loop polls again."""
+        self._after_turn.append(callback)
+
     # -- signals -----------------------------------------------------------------------------
 
     def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
@@ -188,7 +194,7 @@ class Loop:
                 self._cancelled_timers -= 1
             if timers:
                 timeout = max(0.0, timers[0].when - time.monotonic())
-            if self._idle:
+            if self._idle or self._after_turn:
                 timeout = 0.0
             events = select(timeout)
             for key, mask in events:
@@ -208,6 +214,10 @@ class Loop:
                     else:
                         timer.cancelled = True  # fired: a late cancel() must not count it
                         self._run(timer.callback)
+            while self._after_turn:
+                callbacks, self._after_turn = self._after_turn, []
+                for callback in callbacks:
+                    self._run(callback)
             if not events and self._idle:
                 self._run(self._idle.popleft())
 

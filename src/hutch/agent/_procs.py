@@ -221,6 +221,28 @@ def find_program(name: str, path: str) -> str | None:
     return None
 
 
+def program_on_path(name: str, path: str) -> str | None:
+    """Where the child's own PATH walk would find `name` (a bare name), looked up here.
+
+    NB: subprocess walks PATH in the vfork-ed child, one ``execve`` per entry until one
+    works: ``true`` under Debian's PATH is three failed execve before /usr/bin/true, while
+    the agent's main thread waits. The same search done here first (the first regular file
+    with an execute bit, as the kernel's walk would take it) gives the child one execve.
+    None, and the child walks as before, for a name with a ``/``, a PATH with a relative or
+    empty entry (relative to the child's cwd, not the agent's) or no match (the child's
+    walk then raises the error it always raised)."""
+    if "/" in name:
+        return None
+    dirs = path.split(":")
+    if not all(d.startswith("/") for d in dirs):
+        return None
+    for d in dirs:
+        candidate = os.path.join(d, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def identity_args(identity: Identity | None) -> dict[str, Any]:
     """Popen's arguments to run as `identity`; none to stay who the agent is."""
     if identity is None or (os.geteuid() != 0 and identity.uid == os.geteuid()):

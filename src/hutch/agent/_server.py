@@ -276,6 +276,7 @@ class Connection:
         self._out: deque[bytes | memoryview] = deque()
         self._out_bytes = 0
         self._out_grew = False  # over RELEASE_MEMORY_AFTER since the queue was last empty
+        self._writing = False  # waiting for the socket to take the rest of `_out`
         self._read_blockers: set[StreamOp] = set()
         self._close_timer: Timer | None = None
         self.output_paused = False
@@ -386,29 +387,35 @@ class Connection:
     # -- writing -------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        """Queue ``data``; what a turn of the loop queued leaves in one write at its end.
+
+        NB: an exec of `true` sent its frames one write each (started; then, in one turn,
+        both EOFs and the RESULT), and every write wakes the server for a read of its own.
+        Held to the end of the turn only, nothing waits for an event still to come: output
+        stays live."""
         if self.closed:
             return
         if not self._out:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                return self._broken()
-            if sent == len(data):
-                return
-            self._out.append(memoryview(data)[sent:])
-            self._out_bytes += len(data) - sent
-            self._loop.add_writer(self._fd, self._on_writable)
-        else:
-            self._out.append(data)
-            self._out_bytes += len(data)
-        if self._out_bytes > RELEASE_MEMORY_AFTER:
+            self._loop.after_turn(self._flush)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._writing and self._out_bytes > RELEASE_MEMORY_AFTER:
             self._out_grew = True
         if self._out_bytes > WRITE_HIGH_WATER and not self.output_paused:
             self.output_paused = True
             for op in list(self._streams.values()):
                 op.pause_output()
+
+    def _flush(self) -> None:
+        if self.closed or not self._out or self._writing:
+            return
+        self._on_writable()
+        if self._out and not self.closed:
+            # The socket is full: the rest goes as the server reads.
+            if self._out_bytes > RELEASE_MEMORY_AFTER:
+                self._out_grew = True
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
         out = self._out
@@ -429,7 +436,9 @@ class Connection:
                 out[0] = memoryview(head)[sent:]
                 sent = 0
         if not out:
-            self._loop.remove_writer(self._fd)
+            if self._writing:
+                self._writing = False
+                self._loop.remove_writer(self._fd)
             if self._out_grew:
                 self._out_grew = False
                 self._agent.release_memory()
@@ -449,6 +458,10 @@ class Connection:
         """Drop the connection. Its running execs are killed: nobody would get their output."""
         if self._sock.fileno() == -1:
             return
+        if not self.closed and self._out and not self._writing:
+            # What this turn queued (an error RESULT before the close) still goes, as far as
+            # the socket takes it at once.
+            self._on_writable()
         self.closed = True
         self._loop.remove_fd(self._fd)
         self._sock.close()

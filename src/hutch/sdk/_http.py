@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from importlib import metadata
 
+import httpcore
 import httpx
 
 from hutch.sdk._config import URL_ENV, ConnectionConfig
@@ -58,18 +59,26 @@ def connection_limits() -> httpx.Limits:
 @contextlib.contextmanager
 def translate_transport_errors(config: ConnectionConfig) -> Iterator[None]:
     """Turn httpx's transport failures into :class:`HutchConnectionError` that says what to do."""
+    # NB: httpcore's own errors come from the exec path, which drives httpcore without httpx
+    # (sdk/_raw_http.py); they mean what httpx's of the same name mean.
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpcore.ConnectError) as exc:
         raise HutchConnectionError(
             f"could not connect to the Hutch server at {config.base_url} ({exc or type(exc)}); "
             f"check {URL_ENV} (or base_url=) and that `hutch serve` is running there"
         ) from exc
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
         raise HutchConnectionError(
             f"the Hutch server at {config.base_url} did not answer in time ({type(exc).__name__})"
         ) from exc
-    except httpx.TransportError as exc:
+    except (
+        httpx.TransportError,
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+        httpcore.UnsupportedProtocol,
+        httpcore.ProxyError,
+    ) as exc:
         raise HutchConnectionError(
             f"the connection to the Hutch server at {config.base_url} failed: "
             f"{exc or type(exc).__name__}"
@@ -98,12 +107,16 @@ def busy_retry_after(response: httpx.Response) -> float | None:
 
 def error_from_response(response: httpx.Response) -> APIError:
     """The exception for a non-2xx answer whose body has been read."""
-    text = response.text
+    return error_from_text(response.status_code, response.text)
+
+
+def error_from_text(status: int, text: str) -> APIError:
+    """The exception for a non-2xx answer with body ``text``."""
     try:
         body: object = json.loads(text) if text else None
     except ValueError:
         body = None
-    return api_error_from_body(response.status_code, body, text)
+    return api_error_from_body(status, body, text)
 
 
 def json_or_none(response: httpx.Response) -> object:

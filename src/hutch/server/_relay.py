@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from hutch._wire import Frame, Kind, encode_frame_parts, encode_json_frame
 from hutch.node import AgentConnection, AgentError, AgentStream
@@ -52,7 +53,45 @@ class FramesResponse(StreamingResponse):
     """A streamed body of frames whose final piece goes out together with the end of the
     chunked body: one write and one wake-up of the client less per stream. The head waits
     for the first piece, so that an exec of `true` is one write in all. Any other iterable
-    body is sent as StreamingResponse sends it."""
+    body is sent as StreamingResponse sends it.
+
+    A client that leaves ends the body (the generator is closed: the exec is cancelled), as
+    with StreamingResponse, but through one plain task waiting for the disconnect instead of
+    Starlette's anyio task group (a task group, a cancel scope and two tasks per response
+    under uvicorn's ASGI 2.3: ~5% of the server's CPU per exec)."""
+
+    _ending = False  # the body's last message is being sent: a disconnect no longer matters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await super().__call__(scope, receive, send)
+            return
+        left = False
+
+        async def cancel_on_disconnect() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            # NB: uvicorn also says "disconnect" once the response is complete; only a client
+            # gone before the end cancels the body.
+            if not self._ending:
+                left = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            # NB: a cancel() made while this task waits inside stream_response is delivered
+            # there, never later: the watcher is cancelled below before this task waits again.
+            if not left:
+                raise
+            task.uncancel()
+        finally:
+            watcher.cancel()
+        if self.background is not None:
+            await self.background()
 
     async def stream_response(self, send: Send) -> None:
         # NB: the head waits for the first piece (an exec's "started" event comes at once), so
@@ -67,6 +106,7 @@ class FramesResponse(StreamingResponse):
                 await send({**start, "headers": self.raw_headers})
                 started = True
             final = isinstance(chunk, FinalPiece)
+            self._ending = final
             await send({"type": "http.response.body", "body": chunk, "more_body": not final})
             if final:
                 # NB: close the generator now: its `finally` gives back the agent connection.
@@ -76,6 +116,7 @@ class FramesResponse(StreamingResponse):
                 return
         if not started:
             await send({**start, "headers": self.raw_headers})
+        self._ending = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
+import httpcore
 import httpx
 
 from hutch.sdk._async import images as _images
@@ -22,12 +23,14 @@ from hutch.sdk._http import (
     current_async_scope,
     default_headers,
     error_from_response,
+    error_from_text,
     json_or_none,
     stream_timeout,
     translate_transport_errors,
     unary_timeout,
 )
 from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo, Team
+from hutch.sdk._raw_http import RawTarget, ssl_context_for
 from hutch.sdk._requests import path_segment
 
 QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
@@ -71,6 +74,18 @@ class AsyncClient:
             limits=connection_limits(),
             follow_redirects=False,
         )
+        # JSON requests with a streamed answer (exec, code runs) skip httpx's own layer
+        # (sdk/_raw_http.py): their own pool, on the connection limits httpx's has.
+        self._raw = RawTarget.for_config(self.config)
+        self._raw_pool: httpcore.AsyncConnectionPool | None = None
+        if self._raw is not None:
+            limits = connection_limits()
+            self._raw_pool = httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context_for(self._raw),
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+            )
 
     @classmethod
     def shared(cls, base_url: str | None = None, api_key: str | None = None) -> AsyncClient:
@@ -111,6 +126,8 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close the pooled connections. Sandboxes keep running on the server."""
         await self._http.aclose()
+        if self._raw_pool is not None:
+            await self._raw_pool.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -180,10 +197,46 @@ class AsyncClient:
             APIError: The server answered with an error (the subclass for its ``code``).
             HutchConnectionError: The server could not be reached, or the stream broke.
         """
+        if self._raw is not None and self._raw_pool is not None and json is not None and not params:
+            async with self._raw_stream(
+                self._raw, self._raw_pool, method, path, json, limit
+            ) as raw:
+                yield raw
+            return
         async with self.stream_response(
             method, path, json=json, limit=limit, params=params
         ) as response:
             yield self._chunks(response)
+
+    @contextlib.asynccontextmanager
+    async def _raw_stream(
+        self,
+        target: RawTarget,
+        pool: httpcore.AsyncConnectionPool,
+        method: str,
+        path: str,
+        json: Any,
+        limit: float | None,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """:meth:`stream` of a JSON request, through httpcore alone (sdk/_raw_http.py)."""
+        if self.is_closed:
+            raise RuntimeError(f"{self!r} is closed")
+        request = target.json_request(method, path, json, stream_timeout(self.config, limit))
+        with translate_transport_errors(self.config):
+            response = await pool.handle_async_request(request)
+        try:
+            if response.status >= 400:
+                with translate_transport_errors(self.config):
+                    content = await response.aread()
+                raise error_from_text(response.status, content.decode("utf-8", "replace"))
+            yield self._raw_chunks(response)
+        finally:
+            await response.aclose()
+
+    async def _raw_chunks(self, response: httpcore.Response) -> AsyncIterator[bytes]:
+        with translate_transport_errors(self.config):
+            async for chunk in response.aiter_stream():
+                yield chunk
 
     async def read_all(self, method: str, path: str, *, params: QueryParams | None = None) -> bytes:
         """The whole streamed body of one request, in one buffer.
