@@ -12,6 +12,8 @@ what 3 real hosts would add.
 
 Prints p50/p95/p99 of each, the cluster's extra p50, execs/s and the load average. It starts
 its own cluster (HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench) and server, and stops both.
+HUTCH_CLUSTER_DIR, _PREFIX, _NET and _API_PORT in the environment replace the bench's own (a
+second cluster on the machine at the same time needs its own).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from tests._server import ServerProcess
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_ENV = {
     **os.environ,
-    "HUTCH_CLUSTER_DIR": "/var/lib/hutch-cluster-bench",
-    "HUTCH_CLUSTER_PREFIX": "hbench",
-    "HUTCH_CLUSTER_NET": "10.250.9",
-    "HUTCH_CLUSTER_API_PORT": "7095",
+    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench"),
+    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbench"),
+    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.9"),
+    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7095"),
     "HUTCH_NODE_CPU": "64",
 }
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 256}

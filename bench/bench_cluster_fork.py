@@ -9,7 +9,9 @@ The source holds `--mb` MB of its own data (the image is on every node already: 
 the sandbox wrote travels). Times fork(count) -> a first exec in each child (the children
 sent elsewhere all go to one node, which gets one copy for all); prints p50/p95/p99 of each,
 the ratio of p50s and the load average. It starts its own two-node cluster
-(HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench-fork) and stops it.
+(HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench-fork) and stops it. HUTCH_CLUSTER_DIR, _PREFIX,
+_NET and _API_PORT in the environment replace the bench's own (a second cluster on the machine
+at the same time needs its own).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from hutch.sdk import Client, Sandbox
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_ENV = {
     **os.environ,
-    "HUTCH_CLUSTER_DIR": "/var/lib/hutch-cluster-bench-fork",
-    "HUTCH_CLUSTER_PREFIX": "hbfork",
-    "HUTCH_CLUSTER_NET": "10.250.19",
-    "HUTCH_CLUSTER_API_PORT": "7195",
+    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench-fork"),
+    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbfork"),
+    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.19"),
+    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7195"),
     "HUTCH_CLUSTER_NODES": "2",
     "HUTCH_NODE_CPU": "64",
 }
