@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stats import percentile, report
 from hutch.sdk import Client, Sandbox
+from tests import _server
 from tests._server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +44,12 @@ CLUSTER_ENV = {
     "HUTCH_NODE_CPU": "64",
 }
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 256}
+CODE = ROOT  # the checkout whose cluster and server run (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
     out = subprocess.run(
-        [str(ROOT / "scripts/cluster"), command],
+        [str(CODE / "scripts/cluster"), command],
         env=CLUSTER_ENV,
         capture_output=True,
         text=True,
@@ -102,7 +104,17 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=200, help="execs per mode")
     parser.add_argument("--workers", type=int, default=6, help="concurrent exec loops")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="run the cluster and the server from this checkout (its scripts/cluster and "
+        ".venv), e.g. /work/main for a baseline; the client is this one's",
+    )
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
+    _server.HUTCH_BIN = CODE / ".venv/bin/hutch"
     try:
         values = cluster("up")
     except subprocess.CalledProcessError as exc:
@@ -152,7 +164,7 @@ def main() -> None:
         f"aggregate exec throughput, {args.workers} workers: 3 nodes {spread:.0f}/s, "
         f"1 node {one_node:.0f}/s ({spread / one_node:.2f}x)"
     )
-    print("load average:", open("/proc/loadavg").read().strip())
+    print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
 
 
 if __name__ == "__main__":

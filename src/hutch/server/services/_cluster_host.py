@@ -32,6 +32,7 @@ from hutch.server.services._fork_sends import ForkSends
 from hutch.server.services._placement import Need, candidates
 from hutch.server.services._pool_claims import claim_need, holding, placed_on, pool_status
 from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._off_loop import off_loop
 from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server")
@@ -140,7 +141,8 @@ class ClusterHost:
         snapshot: str | None = None,
     ) -> None:
         need = Need(spec.limits.cpu, spec.limits.memory_mb, spec.limits.disk_mb)
-        order = self.placements(need, but=sandbox_id)
+        # NB: off the event loop: round trips to the database (two reads).
+        order, rows = await off_loop(self._store, self._placements, need, sandbox_id)
         refusals = []
         copy_from: RemoteHost | None = None
         if snapshot is not None:
@@ -161,9 +163,9 @@ class ClusterHost:
             else:
                 copy_from = self.remote(home)
         for name in order:
-            remote = self.remote(name)
+            remote = self.remote(name, rows.get(name))
             # Recorded first: a create that dies half-way is found on its node by recovery.
-            self._store.set_sandbox_node(sandbox_id, name, spec.id)
+            await off_loop(self._store, self._store.set_sandbox_node, sandbox_id, name, spec.id)
             self._placed_as[sandbox_id] = spec.id
             try:
                 if copy_from is not None and snapshot is not None:
@@ -218,9 +220,14 @@ class ClusterHost:
     def placements(self, need: Need, *, but: str) -> list[str]:
         """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not
         counted where it is)."""
+        return self._placements(need, but)[0]
+
+    def _placements(self, need: Need, but: str) -> tuple[list[str], dict[str, NodeRecord]]:
+        """`placements`, and the nodes' rows as read for them (no read again per node)."""
         nodes = self._store.list_nodes()
         placed = placed_on(self._store, nodes, but=but)
-        return candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
+        order = candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
+        return order, {n.name: n for n in nodes}
 
     def relocate(self, sandbox_id: str, node: str, runtime_id: str) -> None:
         """The sandbox is on `node` from now on, known there as `runtime_id` (its disk was
