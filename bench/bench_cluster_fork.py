@@ -39,11 +39,12 @@ CLUSTER_ENV = {
     "HUTCH_NODE_CPU": "64",
 }
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 1024}
+CODE = ROOT  # the checkout whose cluster runs (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
     out = subprocess.run(
-        [str(ROOT / "scripts/cluster"), command],
+        [str(CODE / "scripts/cluster"), command],
         env=CLUSTER_ENV,
         capture_output=True,
         text=True,
@@ -76,7 +77,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="forks per mode")
     parser.add_argument("--mb", type=int, default=64, help="MB the source wrote")
     parser.add_argument("--count", type=int, default=1, help="children per fork")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="run the cluster from this checkout (its scripts/cluster and .venv), e.g. "
+        "/work/main for a baseline; the client is this one's",
+    )
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     try:
         values = cluster("up")
     except subprocess.CalledProcessError as exc:
@@ -109,7 +119,7 @@ def main() -> None:
         samples["fork on its node"], 50
     )
     print(f"sent / on its node, p50: {ratio:.2f}x")
-    print("load average:", open("/proc/loadavg").read().strip())
+    print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
 
 
 if __name__ == "__main__":

@@ -289,14 +289,14 @@ def node_app(
         return JSONResponse({"exists": await host.has_snapshot(snapshot)})
 
     async def snapshot_stream(request: Request) -> Response:
-        chunks = await send_stream(host.runtime, snapshot_of(request))
+        chunks = await send_stream(host.runtime.snapshots, snapshot_of(request))
         return StreamingResponse(chunks, media_type="application/octet-stream")
 
     async def snapshot_pull(request: Request) -> Response:
         source = str((await request.json())["source"])
         if not source.startswith(("http://", "https://")):
             raise ValueError("source must be a node API URL")
-        await pull(host.runtime, snapshot_of(request), source, token)
+        await pull(host.runtime.snapshots, snapshot_of(request), source, token)
         return JSONResponse({})
 
     async def snapshot_backup(request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from hutch.node import (
     node_app,
     parse_pool_sizes,
     parse_upstreams,
+    send_into,
 )
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._node_pools import NodePoolLedger
@@ -177,7 +179,11 @@ class NodeDaemon:
             upstreams=config.egress_upstreams,
         )
         self.tunnels = TunnelServer(
-            config.token, self.runtime.agent_socket, self.runtime.sandbox_address
+            config.token,
+            self.runtime.agent_socket,
+            self.runtime.sandbox_address,
+            # Snapshots another node pulls (drain --move, a fork's child sent there).
+            functools.partial(send_into, self.runtime.snapshots),
         )
         self.should_exit = asyncio.Event()
 
