@@ -194,6 +194,9 @@ async def _receive_direct(into: Path, snapshot_id: str, source: str, token: str)
         # NB: btrfs reads it; a stream that stalls fails its read instead of hanging it.
         sock.setblocking(True)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeout(STALL_TIMEOUT))
+        # btrfs reads a command's payload (up to ~48 KB) in one read: woken once for it,
+        # not per segment as it arrives.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1 << 16)
         proc = await asyncio.create_subprocess_exec(
             "btrfs", "receive", "-q", str(into),
             stdin=sock.fileno(), stdout=asyncio.subprocess.DEVNULL,
