@@ -19,7 +19,9 @@ second cluster on the machine at the same time needs its own).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stats import percentile, report
+from hutch.runtime import Runtime, RuntimeConfig
 from hutch.sdk import Client, Sandbox
 from tests import _server
 from tests._server import ServerProcess
@@ -57,6 +60,20 @@ def cluster(command: str) -> dict[str, str]:
         check=True,
     ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def release(home: Path) -> None:
+    """What the single-host server leaves when it stops (its storage pool, LXCFS and statfs
+    daemons, nft table: sandboxes outlive a server), then its home."""
+
+    async def sweep() -> None:
+        runtime = Runtime(RuntimeConfig(home=home, storage_size_gb=32))
+        await runtime.setup()
+        await runtime.sweep(keep=())
+        await runtime.teardown()
+
+    asyncio.run(sweep())
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(client: Client, n: int, execs: int, out: dict[str, list[float]], tag: str) -> None:
@@ -152,6 +169,7 @@ def main() -> None:
                 many.request("POST", f"/v1/nodes/{name}/ready")
     finally:
         server.stop()
+        release(server.home)
         cluster("down")
     for name, seconds in samples.items():
         print(report(name, seconds))

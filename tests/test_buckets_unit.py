@@ -16,6 +16,7 @@ from hutch.runtime.container._bucket_spec import (
     mount_args,
     normalize_mount_path,
     rclone_config,
+    request_from_config,
 )
 from hutch.sdk._async.buckets import mount_body
 
@@ -84,6 +85,25 @@ def test_config_holds_credentials_and_the_command_line_does_not(tmp_path: Path) 
     assert "s3cr3t" not in joined and "AKID" not in joined
     assert "hutch:data/p" in args and "--read-only" in args and "--allow-other" in args
     assert args[args.index("--uid") + 1] == "1000000000"
+
+
+def test_a_mounts_request_is_read_back_from_its_config_for_a_move() -> None:
+    """What another node needs to mount it again (drain --move): the request as it was."""
+    for req in (
+        request(),
+        request(
+            credentials=Credentials("AKID", "s3cr3t", "tok"),
+            read_only=True,
+            prefix="a/b",
+            region="eu-1",
+        ),
+    ):
+        record = BucketMount(
+            "slot", req.mount_path, req.bucket, req.endpoint, req.prefix, req.read_only, 0, "", 1.0
+        )
+        assert request_from_config(rclone_config(req), record) == req
+    with pytest.raises(ValueError, match="lacks 'secret_access_key'"):
+        request_from_config("[hutch]\naccess_key_id = AKID\n", record)
 
 
 def test_sdk_body_accepts_cloudflare_spelling() -> None:

@@ -200,6 +200,64 @@ def test_exec_and_previews_reach_sandboxes_on_every_node(cluster: Cluster) -> No
             _destroy_all(cluster)
 
 
+def _runsc_ids(node: str) -> set[str]:
+    """The containers the node's runsc has (its state files, as `runsc list` reads them)."""
+    root = DIR / node / "runsc"
+    return {p.name.split("_sandbox:")[0] for p in root.glob("*_sandbox:*.state")}
+
+
+def test_a_gvisor_sandbox_runs_under_runsc_on_its_node_through_either_replica(
+    cluster: Cluster,
+) -> None:
+    # runsc is installed here: every node reports it, and placement may pick any of them.
+    assert {name: n["runtimes"] for name, n in cluster.nodes().items()} == {
+        f"n{i}": ["runc", "gvisor"] for i in (1, 2, 3)
+    }
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            sb = Sandbox.create(client=c0, runtime="gvisor", **SMALL)  # type: ignore[arg-type]
+            node = cluster.node_of(sb.id)
+            assert sb.id in _runsc_ids(node)
+            plain = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+            assert plain.id not in _runsc_ids(cluster.node_of(plain.id))
+            # Through the other replica: the sentry's own kernel log, not the host's.
+            other = Sandbox.connect(sb.id, client=c1)
+            assert other.info().runtime == "gvisor"
+            assert "gVisor" in other.exec("dmesg | head -1").stdout
+            assert "gVisor" not in plain.exec("dmesg 2>&1 | head -1").stdout
+            other.write_file("/home/user/kept", "written-through-replica-1")
+            assert sb.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            sb.exec("mkdir -p /tmp/w && echo page-of-gvisor > /tmp/w/index.html")
+            p = sb.start_process("python3 -m http.server 8080 -d /tmp/w")
+            p.wait_for_port(8080, timeout=30)
+            host = urlsplit(sb.get_preview_url(8080)).netloc
+            for url in cluster.urls:
+                r = httpx.get(url + "/", headers={"Host": host}, timeout=10)
+                assert (r.status_code, r.text) == (200, "page-of-gvisor\n")
+            # Paused (runsc pause: the sentry stops its tasks) and resumed, its process kept.
+            assert other.pause().status == "paused"
+            assert sb.resume().status == "running"
+            assert sb.get_process(p.id).status == "running"
+            r = httpx.get(cluster.urls[1] + "/", headers={"Host": host}, timeout=10)
+            assert (r.status_code, r.text) == (200, "page-of-gvisor\n")
+            # Stopped and started again on its node, under runsc, with its disk.
+            other.stop()
+            sb.start()
+            assert cluster.node_of(sb.id) == node and sb.id in _runsc_ids(node)
+            assert "gVisor" in sb.exec("dmesg | head -1").stdout
+            assert sb.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            # A fork is a gVisor sandbox too, on a node that runs runsc.
+            (child,) = other.fork(count=1)
+            assert child.info().runtime == "gvisor"
+            assert cluster.node_of(child.id) == node and child.id in _runsc_ids(node)
+            assert child.read_file("/home/user/kept", text=True) == "written-through-replica-1"
+            # Destroyed through the other replica: gone from its node's runsc.
+            other.destroy()
+            assert sb.id not in _runsc_ids(node)
+        finally:
+            _destroy_all(cluster)
+
+
 def test_a_sandbox_cannot_reach_any_node_api(cluster: Cluster) -> None:
     bridge = f"{PREFIX}br"
     subprocess.run(["ip", "addr", "add", f"{CONTROL_IP}/32", "dev", bridge], check=True)
@@ -454,6 +512,82 @@ def test_fork_copies_a_replica_left_mid_fork_are_removed_with_their_rows(cluster
                 db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (young,))
             _destroy_all(cluster)
     assert not [p for p in _fork_leftovers() if "deadbeef" in p]
+
+
+def test_fork_copies_a_node_received_are_swept_at_its_start_once_no_fork_can_use_them(
+    cluster: Cluster,
+) -> None:
+    token = (DIR / "node_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    ended, in_flight = "fork-c0ffee000001", "fork-c0ffee000002"
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with cluster.client(0) as c0:
+        source = Sandbox.create(client=c0, **SMALL)  # type: ignore[arg-type]
+        home = cluster.node_of(source.id)
+        home_url = f"http://{NET}.{10 + int(home[1:])}:7171"
+        other = next(n for n in ("n1", "n2", "n3") if n != home)
+        other_url = f"http://{NET}.{10 + int(other[1:])}:7171"
+
+        def exists(copy: str, node_url: str) -> bool:
+            got = httpx.get(f"{node_url}/node/v1/snapshots/{copy}", headers=auth, timeout=10)
+            return bool(got.json()["exists"])
+
+        try:
+            # A fork in flight: its rows first, then its copies on the source's node, each
+            # sent to the other node for a child placed there.
+            with psycopg.connect(url) as db:
+                for copy in (ended, in_flight):
+                    db.execute(
+                        "INSERT INTO snapshot_nodes (snapshot_id, node, recorded_at)"
+                        " VALUES (%s, %s, %s)",
+                        (copy, home, time.time()),
+                    )
+            r = httpx.post(
+                f"{home_url}/node/v1/c/{source.id}/fork_disks",
+                json={"copies": [ended, in_flight]},
+                headers=auth,
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 30
+            while not (exists(ended, home_url) and exists(in_flight, home_url)):
+                assert time.monotonic() < deadline, "the node did not make the copies"
+                time.sleep(0.2)
+            for copy in (ended, in_flight):
+                r = httpx.post(
+                    f"{other_url}/node/v1/snapshots/{copy}/pull",
+                    json={"source": home_url},
+                    headers=auth,
+                    timeout=60,
+                )
+                assert r.status_code == 200, r.text
+                assert exists(copy, other_url)
+            # The other node dies; meanwhile one fork ends: it drops its copy where it can
+            # (the source's node) and its row goes. The copy sent to the dead node stays.
+            os.kill(int((DIR / f"{other}.pid").read_text()), signal.SIGKILL)
+            httpx.delete(f"{home_url}/node/v1/snapshots/{ended}", headers=auth, timeout=30)
+            with psycopg.connect(url) as db:
+                db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id = %s", (ended,))
+            # Back: its start removes the copy no fork can use, and keeps the one in flight.
+            cluster.script("start-node", other[1:])
+            deadline = time.monotonic() + 90
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if not exists(ended, other_url):
+                        break
+                assert time.monotonic() < deadline, "the node did not come back without it"
+                time.sleep(0.5)
+            assert exists(in_flight, other_url)
+            assert f"removed fork copy {ended}" in (DIR / f"{other}.log").read_text()
+        finally:
+            for node_url in (home_url, other_url):
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.delete(f"{node_url}/node/v1/snapshots/{in_flight}", headers=auth,
+                                 timeout=30)  # fmt: skip
+            with psycopg.connect(url) as db:
+                db.execute("DELETE FROM snapshot_nodes WHERE snapshot_id LIKE 'fork-c0ffee%'")
+            _destroy_all(cluster)
+    assert not [p for p in _fork_leftovers() if "c0ffee" in p]
 
 
 def _disks() -> dict[str, list[str]]:
@@ -838,15 +972,38 @@ def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -
             assert s3.secret_access_key not in env
             assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
 
-            # A move cannot carry the mount (its credentials stay on n2): the sandbox stays
-            # on n2, running, mounted, and the answer says what to do.
+            # The mount moves with the sandbox: its new node pulled the mount's request from
+            # n2 and mounts it; n2's rclone is gone with the old container.
+            assert _rclones_of("n2")
             moves = c1.request("POST", "/v1/nodes/n2/move")["moves"]
-            assert [(m["sandbox_id"], m["to"]) for m in moves] == [(sb.id, None)], moves
-            assert "bucket mounts (/mnt/data)" in moves[0]["error"], moves
-            assert "unmount them" in moves[0]["error"], moves
+            assert [(m["sandbox_id"], m["error"]) for m in moves] == [(sb.id, None)], moves
             c0.request("POST", "/v1/nodes/n2/ready")
-            assert cluster.node_of(sb.id) == "n2" and sb.info().status == "running"
-            assert sb.exec("cat /mnt/data/hello.txt").stdout == "from the bucket"
+            new_node = cluster.node_of(sb.id)
+            assert new_node == moves[0]["to"] != "n2" and sb.info().status == "running"
+            assert [x.mount_path for x in sb.info().mounts] == ["/mnt/data"]
+            got = sb.exec("cat /mnt/data/hello.txt /mnt/data/out.txt").stdout
+            assert got == "from the bucket" + "written-on-n2\n"
+            assert _rclones_of("n2") == [] and len(_rclones_of(new_node)) == 1
+            assert not (DIR / "n2" / "buckets" / sb.id).exists()
+            assert sb.exec("echo written-after-the-move > /mnt/data/moved.txt").exit_code == 0
+            out = s3.root / bucket / "moved.txt"
+            deadline = time.monotonic() + 15
+            while not (out.exists() and out.read_text() == "written-after-the-move\n"):
+                assert time.monotonic() < deadline, "the moved mount's write never arrived"
+                time.sleep(0.2)
+            assert s3.secret_access_key not in sb.exec("ps -eo args || true").stdout
+            # A stopped one moves with its mounts too: mounted on its next start, there.
+            sb.stop()
+            moves = c0.request("POST", f"/v1/nodes/{new_node}/move")["moves"]
+            c0.request("POST", f"/v1/nodes/{new_node}/ready")
+            moved = [(m["sandbox_id"], m["error"]) for m in moves if m["sandbox_id"] == sb.id]
+            assert moved == [(sb.id, None)], moves  # (`other` too, if it was there)
+            third = cluster.node_of(sb.id)
+            assert third != new_node and sb.info().status == "stopped"
+            assert _rclones_of(new_node) == [] and _rclones_of(third) == []
+            sb.start()
+            assert sb.exec("cat /mnt/data/moved.txt").stdout == "written-after-the-move\n"
+            assert len(_rclones_of(third)) == 1
 
             # A sandbox on another node sees nothing of it.
             assert other.info().mounts == []
@@ -882,6 +1039,18 @@ def test_a_bucket_mounts_on_the_sandboxs_node_and_only_there(cluster: Cluster) -
                     c0.request("POST", f"/v1/nodes/{name}/ready")
             _destroy_all(cluster)
             s3.stop()
+
+
+def _rclones_of(node: str) -> list[str]:
+    """The command lines of the rclone processes serving the node's bucket mounts."""
+    home = f"{DIR / node}/buckets/"
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if "rclone" in args[0] and "mount" in args and any(home in a for a in args):
+                found.append(" ".join(args))
+    return found
 
 
 def test_egress_secrets_are_injected_by_the_sandboxs_node_and_never_enter_it(

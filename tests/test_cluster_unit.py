@@ -59,6 +59,56 @@ def test_placement_counts_stopped_sandboxes_disk_but_not_their_memory() -> None:
     assert candidates(nodes, placed, Need(1, 2048, 7680), now=NOW, fresh_for=6) == []
 
 
+def test_a_gvisor_sandbox_is_placed_only_on_nodes_that_run_runsc() -> None:
+    nodes = [node("a", mem=8192), node("b"), node("c")]
+    nodes[1].runtimes = nodes[2].runtimes = ("runc", "gvisor")
+    placed = [("b", sandbox("s1"))]
+    # a has the most free memory, but no runsc.
+    assert candidates(nodes, placed, Need(1, 512, 512), now=NOW, fresh_for=6) == ["a", "c", "b"]
+    assert candidates(nodes, placed, Need(1, 512, 512, "gvisor"), now=NOW, fresh_for=6) == [
+        "c",
+        "b",
+    ]
+    assert candidates(nodes, placed, Need(1, 4096, 512, "gvisor"), now=NOW, fresh_for=6) == ["c"]
+
+
+async def test_a_cluster_runs_gvisor_when_a_node_reports_it_and_says_which(
+    tmp_path: Path,
+) -> None:
+    from hutch.runtime import Image, ImageConfig, Limits, SandboxSpec
+    from hutch.server._errors import NoCapacity
+
+    store = SqliteStore(tmp_path / "db")
+    cluster = ClusterHost(store, "tok", lambda sid: sid)
+    now = time.time()
+    store.heartbeat_node(NodeRecord("n1", "http://n1:7171", 4, 4096, 8192, last_heartbeat=now))
+    assert cluster.supports("runc") and not cluster.supports("gvisor")
+    gvisor = NodeRecord("n2", "http://n2:7171", 1, 1024, 8192, last_heartbeat=now)
+    gvisor.runtimes = ("runc", "gvisor")
+    store.heartbeat_node(gvisor)
+    assert cluster.supports("gvisor")
+    # The node that runs it is too small: 503 no_capacity naming the nodes that run it (no
+    # node is called: neither can take it).
+    image = Image("img", "default", tmp_path, ImageConfig((), "/", "root"), 0, "")
+    spec = SandboxSpec("sb-1", image, {}, Limits(cpu=2, memory_mb=512), runtime="gvisor")
+    with pytest.raises(NoCapacity) as exc:
+        await cluster.create("sb-1", spec, defer_network=False)
+    assert "the nodes that run gvisor: n2" in str(exc.value)
+    assert store.sandbox_node("sb-1") is None
+    await cluster.aclose()
+
+
+def test_a_node_keeps_a_received_fork_copy_only_while_a_young_row_names_it() -> None:
+    from hutch.server._node_daemon import unusable_fork_copies
+
+    rows = {"fork-young": "n1", "fork-old": "n1"}
+    copies = ["fork-young", "fork-old", "fork-ended"]
+    # No row: its fork ended while this node was away; an old row: no fork in flight is
+    # that old (its source node may be lost, keeping the row).
+    assert unusable_fork_copies(copies, rows.get, {"fork-old"}) == ["fork-old", "fork-ended"]
+    assert unusable_fork_copies(copies, rows.get, set()) == ["fork-ended"]
+
+
 def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
     store.heartbeat_node(node("a"))

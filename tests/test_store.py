@@ -197,6 +197,8 @@ def test_the_previous_schema_migrates_with_its_data_kept(open_store: OpenStore) 
     assert store.snapshot_nodes_before("fork-", before=2001.0, now=3000.0) == ["fork-old"]
     # Migration 17: a node of an older Hutch reports no warm pools.
     assert store.get_node("node-a").pool_sizes == {}  # type: ignore[union-attr]
+    # Migration 18: a node of an older Hutch runs runc only.
+    assert store.get_node("node-a").runtimes == ("runc",)  # type: ignore[union-attr]
 
 
 def test_a_nodes_heartbeat_carries_its_warm_pool_sizes(open_store: OpenStore) -> None:
@@ -207,6 +209,15 @@ def test_a_nodes_heartbeat_carries_its_warm_pool_sizes(open_store: OpenStore) ->
     node.pool_sizes = {}  # restarted without HUTCH_WARM_POOLS
     store.heartbeat_node(node)
     assert [n.pool_sizes for n in store.list_nodes()] == [{}]
+
+
+def test_a_nodes_heartbeat_carries_the_runtimes_it_can_run(open_store: OpenStore) -> None:
+    store = open_store()
+    node = NodeRecord("a", "http://a:7171", 4, 4096, 8192, last_heartbeat=1.0)
+    assert store.heartbeat_node(node).runtimes == ("runc",)
+    node.runtimes = ("runc", "gvisor")  # runsc installed since
+    store.heartbeat_node(node)
+    assert [n.runtimes for n in store.list_nodes()] == [("runc", "gvisor")]
 
 
 def test_snapshot_rows_older_than_a_time_by_prefix(open_store: OpenStore) -> None:

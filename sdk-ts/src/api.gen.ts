@@ -1932,6 +1932,11 @@ export interface components {
             /** Name */
             name: string;
             /**
+             * Runtimes
+             * @description sandbox runtimes it can run: "runc", "gvisor"
+             */
+            runtimes: string[];
+            /**
              * Sandboxes
              * @description sandboxes placed on it
              */

@@ -75,9 +75,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def _print_node(node: dict[str, Any]) -> None:
+    runtimes = ",".join(node.get("runtimes") or ["runc"])  # a replica of an older Hutch: none
     sys.stdout.write(
         f"{node['name']:<12} {node['state']:<9} {node['sandboxes']:>4} sandboxes  "
-        f"{node['cpu']:g} cpu  {node['memory_mb']} MB  {node['disk_mb']} MB disk  "
+        f"{node['cpu']:g} cpu  {node['memory_mb']} MB  {node['disk_mb']} MB disk  {runtimes}  "
         f"{node['address']}  beat {node['heartbeat_age']} s ago\n"
     )
 

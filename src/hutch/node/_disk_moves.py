@@ -47,7 +47,7 @@ CONNECT_TIMEOUT = 2.0
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
+def node_tls() -> ssl.SSLContext:
     # NB: made once: a client's own default context loads the CA bundle each time (~45 ms of
     # CPU per pull here, under load), for node addresses that are mostly plain http.
     return ssl.create_default_context()
@@ -236,7 +236,7 @@ async def _receive_copied(into: Path, snapshot_id: str, source: str, token: str)
     try:
         async with (
             httpx.AsyncClient(
-                timeout=httpx.Timeout(STALL_TIMEOUT, connect=CONNECT_TIMEOUT), verify=_tls()
+                timeout=httpx.Timeout(STALL_TIMEOUT, connect=CONNECT_TIMEOUT), verify=node_tls()
             ) as client,
             client.stream("GET", url, headers={"Authorization": f"Bearer {token}"}) as got,
         ):

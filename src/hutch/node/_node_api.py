@@ -21,6 +21,10 @@ ports) go through the tunnel listener (node/_tunnel.py), not through this app.
                                     (node/_egress_grants.py): {port} / no more
     GET|POST|DELETE /node/v1/c/{rid}/mounts  list / mount {bucket, mount_path, endpoint,
                                     credentials, ...} / unmount ?mount_path=  (rclone here)
+    GET  /node/v1/c/{rid}/mounts/requests  {requests}  each mount's request, credentials
+                                    included (another node pulls them: node/_bucket_moves.py)
+    POST /node/v1/c/{rid}/mounts/pull {source}  keep the mounts node `source` has, for the
+                                    stopped sandbox's next start (a move)
     GET|DELETE /node/v1/snapshots/{snapshot}     {exists} / remove it
     GET  /node/v1/snapshots/{snapshot}/stream    its btrfs send stream (node/_disk_moves.py)
     POST /node/v1/snapshots/{snapshot}/pull {source}  receive it from another node
@@ -46,6 +50,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hutch.node._bucket_moves import pull_mounts
 from hutch.node._disk_backups import target_from_json
 from hutch.node._disk_moves import pull, send_stream
 from hutch.node._egress import EgressProxy
@@ -54,6 +59,7 @@ from hutch.node._host import LocalHost
 from hutch.node._node_wire import (
     bucket_mount_to_json,
     bucket_request_from_json,
+    bucket_request_to_json,
     network_from_json,
     spec_from_json,
     usage_to_json,
@@ -331,6 +337,18 @@ def node_app(
             return JSONResponse({})
         return JSONResponse([bucket_mount_to_json(m) for m in await host.bucket_mounts(rid)])
 
+    async def mount_requests(request: Request) -> Response:
+        # NB: credentials in the answer: for the node this sandbox moves to (node token only).
+        requests = host.runtime.buckets.requests(rid_of(request))
+        return JSONResponse({"requests": [bucket_request_to_json(r) for r in requests]})
+
+    async def mounts_pull(request: Request) -> Response:
+        source = str((await request.json())["source"])
+        if not source.startswith(("http://", "https://")):
+            raise ValueError("source must be a node API URL")
+        count = await pull_mounts(host.runtime, rid_of(request), source, token)
+        return JSONResponse({"mounts": count})
+
     async def pool_claim(request: Request) -> Response:
         rid = rid_of(request)
         body = await request.json()
@@ -353,6 +371,8 @@ def node_app(
         Route("/node/v1/c/{rid}/snapshot", guarded(take_snapshot), methods=["POST"]),
         Route("/node/v1/c/{rid}/fork_disks", guarded(fork_disks), methods=["POST"]),
         Route("/node/v1/c/{rid}/mounts", guarded(mounts), methods=["GET", "POST", "DELETE"]),
+        Route("/node/v1/c/{rid}/mounts/requests", guarded(mount_requests), methods=["GET"]),
+        Route("/node/v1/c/{rid}/mounts/pull", guarded(mounts_pull), methods=["POST"]),
         Route("/node/v1/c/{rid}/egress", guarded(egress_grant), methods=["PUT", "DELETE"]),
         Route("/node/v1/snapshots/{snapshot}", guarded(snapshot), methods=["GET", "DELETE"]),
         Route("/node/v1/snapshots/{snapshot}/stream", guarded(snapshot_stream), methods=["GET"]),

@@ -282,6 +282,13 @@ class RemoteHost:
         got = await self._call("GET", self._c(sandbox_id, "mounts"))
         return [bucket_mount_from_json(m) for m in got]
 
+    async def pull_mounts(self, sandbox_id: str, source: RemoteHost) -> int:
+        """This node keeps the sandbox's bucket mounts that node `source` has (node to node:
+        the credentials do not pass through the API replica); the next start mounts them."""
+        path = self._c(sandbox_id, "mounts/pull")
+        got = await self._bucket_call("POST", path, {"source": source.api_url})
+        return int(got["mounts"])
+
     async def _bucket_call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         # A mount waits for rclone to reach the bucket (BucketMounts bounds that itself).
         try:

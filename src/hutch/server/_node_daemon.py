@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from hutch.node import (
 )
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._node_pools import NodePoolLedger
+from hutch.server.services._fork_leftovers import FORK_COPY_PREFIX, LEFT_AFTER
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._open import open_store
 from hutch.server.store._sqlite import Store
@@ -140,6 +141,14 @@ def _memory_mb() -> int:
     return 0  # pragma: no cover
 
 
+def unusable_fork_copies(
+    copies: Iterable[str], row_node: Callable[[str], str | None], old: Collection[str]
+) -> list[str]:
+    """Those of the fork copies a node received that no fork can use any more: no row names
+    them (`row_node` is None), or their row is `old` (older than any fork in flight)."""
+    return [c for c in copies if c in old or row_node(c) is None]
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the daemon handles SIGTERM/SIGINT once."""
 
@@ -195,8 +204,12 @@ class NodeDaemon:
             "memory_mb": self.config.memory_mb or _memory_mb(),
             "disk_mb": self.config.disk_mb or total >> 20,
             "used_disk_mb": used >> 20,
-            "runtimes": ["runc", *(["gvisor"] if self.runtime.supports("gvisor") else [])],
+            "runtimes": self.runtimes(),
         }
+
+    def runtimes(self) -> list[str]:
+        """The sandbox runtimes this host can run: gVisor where runsc is installed."""
+        return ["runc", *(["gvisor"] if self.runtime.supports("gvisor") else [])]
 
     def heartbeat(self) -> NodeRecord:
         cap = self.capacity()
@@ -211,6 +224,8 @@ class NodeDaemon:
                 last_heartbeat=time.time(),
                 # The replicas' GET /v1/pools shows what the nodes are configured with.
                 pool_sizes=dict(self.config.warm_pools),
+                # Placement puts a gVisor sandbox only on a node that reports it.
+                runtimes=tuple(cap["runtimes"]),
             )
         )
 
@@ -223,6 +238,25 @@ class NodeDaemon:
             keep.add(record.runtime_id or sandbox_id if record is not None else sandbox_id)
         for rid in await self.runtime.sweep(keep):
             log.info("node %s: swept leftovers of %s", self.config.name, rid)
+
+    async def _sweep_fork_copies(self, now: float) -> list[str]:
+        """Remove the fork copies other nodes sent here that no fork can still use: those no
+        `snapshot_nodes` row names, and those whose row is older than any fork in flight
+        (the reconciler's bound). A fork records its copies' rows before it sends one and
+        forgets them after it dropped them (services/_forks.py), so a copy without a row is
+        one whose fork ended while this node could not be asked to drop it (lost, or
+        restarting); one with an old row is the reconciler's too, but it skips a node that is
+        lost, and a row whose source node is lost waits with its copy. A node's own forks'
+        copies live among the spares, which the runtime's setup sweeps."""
+        copies = [i for i in self.runtime.snapshots.ids() if i.startswith(FORK_COPY_PREFIX)]
+        if not copies:
+            return []
+        old = set(self.store.snapshot_nodes_before(FORK_COPY_PREFIX, now - LEFT_AFTER, now))
+        removed = unusable_fork_copies(copies, self.store.snapshot_node, old)
+        for copy_id in removed:
+            await asyncio.to_thread(self.runtime.snapshots.delete, copy_id)
+            log.info("node %s: removed fork copy %s, left by a fork", self.config.name, copy_id)
+        return removed
 
     async def _granted_running(self) -> list[tuple[str, str]]:
         """The running sandboxes whose egress grants the last run kept (the others' go)."""
@@ -246,6 +280,7 @@ class NodeDaemon:
         cfg = self.config
         await self.runtime.setup()
         await self._sweep()
+        await self._sweep_fork_copies(time.time())
         await self.egress.start(await self._granted_running())
         app = node_app(
             self.host, self.images.get, self.capacity, cfg.token, (self.egress, self.grants)

@@ -158,6 +158,38 @@ def rclone_config(req: BucketRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def request_from_config(config: str, record: BucketMount) -> BucketRequest:
+    """The request a mount was made from, read back from its record and the rclone config
+    `rclone_config` wrote (to mount it again on another host: a sandbox moved between nodes).
+    Raises ValueError if the config is not one `rclone_config` writes."""
+    values: dict[str, str] = {}
+    for line in config.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            values[key] = value
+    try:
+        credentials = Credentials(
+            access_key_id=values["access_key_id"],
+            secret_access_key=values["secret_access_key"],
+            session_token=values.get("session_token"),
+        )
+    except KeyError as exc:
+        raise ValueError(
+            f"bucket mount {record.mount_path}: its rclone config lacks {exc}"
+        ) from None
+    request = BucketRequest(
+        bucket=record.bucket,
+        mount_path=record.mount_path,
+        endpoint=record.endpoint,
+        credentials=credentials,
+        read_only=record.read_only,
+        prefix=record.prefix,
+        region=values.get("region"),
+    )
+    check_request(request)
+    return request
+
+
 def remote_for(bucket: str, prefix: str | None) -> str:
     return f"hutch:{bucket}" + (f"/{prefix.strip('/')}" if prefix else "")
 

@@ -28,6 +28,7 @@ clients show up within `DIR_CACHE_TIME`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import errno
 import json
@@ -36,7 +37,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from hutch.runtime.container._bucket_spec import (
     overlaps,
     rclone_bin,
     rclone_config,
+    request_from_config,
 )
 from hutch.runtime.container._mounts import MS_BIND, MountEntry, mount, mount_table, umount
 from hutch.runtime.container._safepath import PathKeptMoving, unmount_in_root
@@ -143,50 +145,84 @@ class BucketMounts:
             host_target = rootfs / path.lstrip("/")
             if any(Path(e.mountpoint) == host_target for e in mount_table()):
                 raise BucketPathBusy(f"{path} is already a mount point; choose another path")
-            slot = f"{int(time.time() * 1000):x}-{os.urandom(3).hex()}"
-            slot_dir = self._dir(sandbox_id) / slot
-            _mkdir_private(self._root)
-            _mkdir_private(self._dir(sandbox_id))
-            _mkdir_private(slot_dir)
+            slot_dir, record = await self._keep_slot(sandbox_id, path, req)
             try:
-                return await self._mount_slot(sandbox_id, rootfs, slot, slot_dir, path, req)
+                record = await self._start_rclone(
+                    slot_dir, record, root_owner(rootfs), req.credentials.secrets()
+                )
+                bind_into_rootfs(slot_dir / "mnt", rootfs, path)
             except BaseException:
                 await asyncio.shield(self._remove_slot(rootfs, slot_dir, _read_record(slot_dir)))
                 raise
+            log.info("mounted bucket %s at %s in sandbox %s", req.bucket, path, sandbox_id)
+            return record
 
-    async def _mount_slot(
-        self,
-        sandbox_id: str,
-        rootfs: Path,
-        slot: str,
-        slot_dir: Path,
-        path: str,
-        req: BucketRequest,
-    ) -> BucketMount:
-        conf = slot_dir / "rclone.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(rclone_config(req))
-        (slot_dir / "mnt").mkdir(mode=0o700)
-        await _check_bucket(conf, req)
-        record = BucketMount(
-            slot=slot,
-            mount_path=path,
-            bucket=req.bucket,
-            endpoint=req.endpoint,
-            prefix=req.prefix.strip("/") if req.prefix else None,
-            read_only=req.read_only,
-            pid=0,
-            pid_start="",
-            created_at=time.time(),
-        )
-        _write_record(slot_dir, record)
-        record = await self._start_rclone(
-            slot_dir, record, root_owner(rootfs), req.credentials.secrets()
-        )
-        bind_into_rootfs(slot_dir / "mnt", rootfs, path)
-        log.info("mounted bucket %s at %s in sandbox %s", req.bucket, path, sandbox_id)
-        return record
+    def requests(self, sandbox_id: str) -> builtins.list[BucketRequest]:
+        """What each of the sandbox's mounts was asked with, credentials included, oldest
+        first: what another host needs to mount them again (a sandbox moved between nodes).
+        Raises ValueError for a mount whose state is not what `mount` wrote."""
+        base = self._dir(sandbox_id)
+        return [
+            request_from_config((base / record.slot / "rclone.conf").read_text(), record)
+            for record in self.list(sandbox_id)
+        ]
+
+    async def adopt(self, sandbox_id: str, requests: Sequence[BucketRequest]) -> None:
+        """Keep these mounts (`requests` of another host) for the stopped sandbox: its next
+        start (`restore`) runs rclone and binds them. Each bucket is reached once first.
+
+        Raises:
+            BucketMountFailed: this host cannot reach a bucket; nothing is kept.
+            ValueError / BucketPathBusy: malformed or overlapping requests.
+        """
+        async with self._lock(sandbox_id):
+            paths = [m.mount_path for m in self.list(sandbox_id)]
+            kept: builtins.list[Path] = []
+            try:
+                for req in requests:
+                    check_request(req)
+                    path = normalize_mount_path(req.mount_path)
+                    if any(overlaps(other, path) for other in paths):
+                        raise BucketPathBusy(f"{path} overlaps another bucket mount")
+                    paths.append(path)
+                    kept.append((await self._keep_slot(sandbox_id, path, req))[0])
+            except BaseException:
+                for slot_dir in kept:
+                    shutil.rmtree(slot_dir, ignore_errors=True)
+                raise
+
+    async def _keep_slot(
+        self, sandbox_id: str, path: str, req: BucketRequest
+    ) -> tuple[Path, BucketMount]:
+        """A new slot for `req` at `path`: its rclone config and record, once the bucket
+        answered (rclone not started; nothing is left of it on failure)."""
+        slot_dir = self._dir(sandbox_id) / f"{int(time.time() * 1000):x}-{os.urandom(3).hex()}"
+        _mkdir_private(self._root)
+        _mkdir_private(self._dir(sandbox_id))
+        _mkdir_private(slot_dir)
+        try:
+            conf = slot_dir / "rclone.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(rclone_config(req))
+            (slot_dir / "mnt").mkdir(mode=0o700)
+            await _check_bucket(conf, req)
+            record = BucketMount(
+                slot=slot_dir.name,
+                mount_path=path,
+                bucket=req.bucket,
+                endpoint=req.endpoint,
+                prefix=req.prefix.strip("/") if req.prefix else None,
+                read_only=req.read_only,
+                pid=0,  # no rclone yet: `mount` starts it, or `restore` at the next start
+                pid_start="",
+                created_at=time.time(),
+            )
+            _write_record(slot_dir, record)
+        except BaseException:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise
+        return slot_dir, record
 
     async def _start_rclone(
         self, slot_dir: Path, record: BucketMount, owner: int, secrets: tuple[str, ...] = ()

@@ -23,6 +23,7 @@ class NodeInfo(BaseModel):
     cpu: float
     memory_mb: int
     disk_mb: int
+    runtimes: list[str] = Field(description='sandbox runtimes it can run: "runc", "gvisor"')
     sandboxes: int = Field(description="sandboxes placed on it")
     heartbeat_age: float = Field(description="seconds since its last heartbeat")
 
@@ -50,6 +51,7 @@ def _info(svc: Svc, node: NodeRecord) -> NodeInfo:
         cpu=node.cpu,
         memory_mb=node.memory_mb,
         disk_mb=node.disk_mb,
+        runtimes=list(node.runtimes),
         sandboxes=len(svc.store.sandboxes_on(node.name)),
         heartbeat_age=round(max(0.0, time.time() - node.last_heartbeat), 1),
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +28,8 @@ from hutch.runtime import (
 )
 from hutch.server._errors import NoCapacity, NodeUnavailableError
 from hutch.server.services._fork_sends import ForkSends
-from hutch.server.services._placement import Need, candidates
-from hutch.server.services._pool_claims import claim_need, holding, placed_on, pool_status
+from hutch.server.services._placement import Need
+from hutch.server.services._pool_claims import claim_order, placement_order, pool_status
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._off_loop import off_loop
 from hutch.server.store._sqlite import Store
@@ -131,7 +130,9 @@ class ClusterHost:
     # -- SandboxHost ------------------------------------------------------------------------
 
     def supports(self, runtime: str) -> bool:
-        return runtime == "runc"  # NB: gVisor on nodes: when a node reports runsc (not yet)
+        # A node that reports it (gVisor: runsc installed there), lost or not: one that is
+        # full, draining or away for now makes a create of it 503 no_capacity, not a 400.
+        return any(runtime in n.runtimes for n in self._store.list_nodes())
 
     async def create(
         self,
@@ -141,14 +142,17 @@ class ClusterHost:
         defer_network: bool,
         snapshot: str | None = None,
     ) -> None:
-        need = Need(spec.limits.cpu, spec.limits.memory_mb, spec.limits.disk_mb)
+        limits = spec.limits
+        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb, spec.runtime)
         refusals = []
         copy_from: RemoteHost | None = None
         # NB: the read and the record of the first choice under one lock: the creates of a
         # fork run at once, and each must count the ones placed before it. Off the event
         # loop: round trips to the database.
         async with self._placing:
-            order, rows = await off_loop(self._store, self._placements, need, sandbox_id)
+            order, rows = await off_loop(
+                self._store, placement_order, self._store, need, but=sandbox_id, fresh_for=FRESH_FOR
+            )
             if snapshot is not None:
                 # A disk snapshot is a subvolume of one node's storage: the sandbox goes there,
                 # or, when that node is full or draining, a copy of it goes to the node
@@ -187,10 +191,16 @@ class ClusterHost:
                 refusals.append(f"{name}: {exc}")
         self._forget(sandbox_id)
         tried = "; ".join(refusals) if refusals else "no ready node has room"
+        if need.runtime != "runc":
+            tried += f"; the nodes that run {need.runtime}: {self._running(need.runtime)}"
         raise NoCapacity(
             f"no node can take a sandbox of {need.cpu} cpu, {need.memory_mb} MB memory and "
             f"{need.disk_mb} MB disk now ({tried}); retry later, ask for less, or add a node"
         )
+
+    def _running(self, runtime: str) -> str:
+        names = [n.name for n in self._store.list_nodes() if runtime in n.runtimes]
+        return ", ".join(names) or "none"
 
     async def _create_from_sent(
         self,
@@ -225,14 +235,7 @@ class ClusterHost:
     def placements(self, need: Need, *, but: str) -> list[str]:
         """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not
         counted where it is)."""
-        return self._placements(need, but)[0]
-
-    def _placements(self, need: Need, but: str) -> tuple[list[str], dict[str, NodeRecord]]:
-        """`placements`, and the nodes' rows as read for them (no read again per node)."""
-        nodes = self._store.list_nodes()
-        placed = placed_on(self._store, nodes, but=but)
-        order = candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
-        return order, {n.name: n for n in nodes}
+        return placement_order(self._store, need, but=but, fresh_for=FRESH_FOR)[0]
 
     async def _place(self, sandbox_id: str, node: str, runtime_id: str) -> None:
         # Recorded first: a create that dies half-way is found on its node by recovery.
@@ -419,16 +422,10 @@ class ClusterHost:
     ) -> tuple[str, AgentConnection] | None:
         if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
             return None  # what a running sandbox cannot change: a cold start
-        now = time.time()
+        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb)
         async with self._placing:  # not between a create's placement read and its record
-            nodes = [n for n in self._store.list_nodes() if n.state == "ready"]
-            having = holding(self._store, [n.name for n in nodes], image.id)
-            if not having:
-                return None
-            need = claim_need(Need(limits.cpu, limits.memory_mb, limits.disk_mb))
-            placed = placed_on(self._store, nodes)
-            order = candidates(nodes, placed, need, now=now, fresh_for=FRESH_FOR)
-        for node in (n for n in order if n in having):
+            order = claim_order(self._store, image.id, need, fresh_for=FRESH_FOR)
+        for node in order:
             # NB: SKIP LOCKED: another replica claiming on this node at once gets another row.
             rid = self._store.claim_pool_entry(node, image.id, sandbox_id)
             if rid is None:

@@ -5,9 +5,11 @@ its node and pulled by the node placement chose (node to node, a `btrfs send` st
 the node API: node/_disk_moves.py), made into a container there and stopped; then the store
 places it on the new node and the old container goes. One that was running is started again
 on its new node; a paused one stays stopped (its memory is lost), a stopped one stopped.
-A sandbox that fails to move stays where it was, stopped, with the reason. One with bucket
-mounts does not move and keeps running: a mount's credentials stay on its node (in its
-rclone.conf; no replica keeps them), so its new node could not mount it again.
+A sandbox that fails to move stays where it was, stopped, with the reason. Its bucket
+mounts move with it: the new node pulls each mount's request, credentials included, from the
+old one (node/_bucket_moves.py) and mounts them when it starts; the old node's rclone
+processes go with the old container. Credentials so stay on the nodes that run the mounts,
+as they did: no replica or database row ever holds them.
 """
 
 from __future__ import annotations
@@ -70,28 +72,22 @@ class Mover:
     async def move(self, record: SandboxRecord, source: str) -> Moved:
         sandbox_id = record.id
         was = record.status
-        mounts = await self._cluster.bucket_mounts(sandbox_id)
-        if mounts:
-            paths = ", ".join(m.mount_path for m in mounts)
-            why = (
-                f"it has bucket mounts ({paths}) whose credentials stay on node {source}: "
-                "unmount them, move it again, and mount them on its new node"
-            )
-            log.warning("sandbox %s did not move off node %s: %s", sandbox_id, source, why)
-            return Moved(sandbox_id, None, why)
         try:
+            # NB: asked of its node, not the lenient read of a sandbox's info (none when the
+            # node does not answer): a move must not leave its mounts behind.
+            mounted = bool(await self._cluster.remote(source).bucket_mounts(sandbox_id))
             if was != "stopped":
                 await self._lifecycle.stop(sandbox_id, reason=f"moving off node {source}")
             async with self._manager.lock_for(sandbox_id):
                 record = self._manager.get(sandbox_id)
                 if record.status != "stopped":
                     raise SandboxRuntimeError(f"it became {record.status} while moving")
-                need = Need(record.cpu, record.memory_mb, record.disk_mb)
+                need = Need(record.cpu, record.memory_mb, record.disk_mb, record.runtime)
                 targets = [n for n in self._cluster.placements(need, but=sandbox_id) if n != source]
                 if not targets:
                     raise SandboxRuntimeError("no other node has room for it")
                 target = targets[0]
-                await self._move_disk(record, source, target)
+                await self._move_disk(record, source, target, mounted=mounted)
         except (ApiError, SandboxRuntimeError, NodeUnavailable, ImageNotFound) as exc:
             log.warning("sandbox %s did not move off node %s: %s", sandbox_id, source, exc)
             return Moved(sandbox_id, None, str(exc))
@@ -110,7 +106,9 @@ class Mover:
             )
         return Moved(sandbox_id, target)
 
-    async def _move_disk(self, record: SandboxRecord, source: str, target: str) -> None:
+    async def _move_disk(
+        self, record: SandboxRecord, source: str, target: str, *, mounted: bool
+    ) -> None:
         src, dst = self._cluster.remote(source), self._cluster.remote(target)
         snap = "mv-" + secrets.token_hex(6)
         spec = self._manager.spec_for(record, self._images.get(record.image_id))
@@ -120,6 +118,8 @@ class Mover:
             try:
                 await dst.create(record.id, spec, defer_network=False, snapshot=snap)
                 await dst.stop(record.id)
+                if mounted:  # mounted there at its next start; gone from here with it
+                    await dst.pull_mounts(record.id, src)
             except BaseException:
                 with contextlib.suppress(NodeUnavailable, NodeRefused):
                     await dst.destroy(record.id)

@@ -36,6 +36,7 @@ class Need:
     cpu: float
     memory_mb: int
     disk_mb: int
+    runtime: str = "runc"  # only nodes that report it (runsc installed for "gvisor")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,11 @@ def candidates(
     fresh_for: float,
 ) -> list[str]:
     """Names of the nodes that can take `need`, best first (most free capacity)."""
-    usable = [n for n in nodes if n.state == "ready" and now - n.last_heartbeat <= fresh_for]
+    usable = [
+        n
+        for n in nodes
+        if n.state == "ready" and now - n.last_heartbeat <= fresh_for and need.runtime in n.runtimes
+    ]
     free = free_capacity(usable, placed)
     fitting = [f for f in free.values() if f.fits(need)]
     fitting.sort(key=lambda f: (f.score(), f.node), reverse=True)

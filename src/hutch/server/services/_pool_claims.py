@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from hutch.node import POOL_LIMITS
-from hutch.server.services._placement import Need, Takes
+from hutch.server.services._placement import Need, Takes, candidates
 from hutch.server.store._nodes import NodeRecord, PlacedLimits
 from hutch.server.store._sqlite import Store
 
@@ -36,6 +36,29 @@ def placed_on(
         if row.node in names:
             placed.append((row.node, POOLED if row.pooled else row))
     return placed
+
+
+def placement_order(
+    store: Store, need: Need, *, but: str, fresh_for: float
+) -> tuple[list[str], dict[str, NodeRecord]]:
+    """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not counted
+    where it is), and the nodes' rows as read for it (a caller need not read one again)."""
+    nodes = store.list_nodes()
+    placed = placed_on(store, nodes, but=but)
+    order = candidates(nodes, placed, need, now=time.time(), fresh_for=fresh_for)
+    return order, {n.name: n for n in nodes}
+
+
+def claim_order(store: Store, image_id: str, need: Need, *, fresh_for: float) -> list[str]:
+    """The nodes with a ready pooled sandbox of `image_id` whose claim for a sandbox of
+    `need` fits, best first."""
+    nodes = [n for n in store.list_nodes() if n.state == "ready"]
+    having = holding(store, [n.name for n in nodes], image_id)
+    if not having:
+        return []
+    placed = placed_on(store, nodes)
+    order = candidates(nodes, placed, claim_need(need), now=time.time(), fresh_for=fresh_for)
+    return [n for n in order if n in having]
 
 
 def claim_need(need: Need) -> Need:

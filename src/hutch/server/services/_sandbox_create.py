@@ -201,8 +201,8 @@ class SandboxCreation:
         await self.names.resolve(split_allow(request.network_allow)[1], strict=True)
         if request.runtime == "gvisor" and not self._host.supports("gvisor"):
             raise InvalidRequest(
-                "runtime 'gvisor' is not available on this host (runsc is not installed); "
-                "use runtime='runc'"
+                "runtime 'gvisor' is not available here (runsc is not installed on this host, "
+                "or on any node of this cluster); use runtime='runc'"
             )
         record = SandboxRecord(
             id=sandbox_id,

@@ -232,6 +232,12 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN pool_sizes TEXT;
     """,
+    # 18: the sandbox runtimes each node can run (JSON list: "runc", "gvisor" where runsc is
+    # installed), heartbeated: placement puts a gVisor sandbox only where it can run. NULL: a
+    # node of an older Hutch (runc only)
+    """
+    ALTER TABLE nodes ADD COLUMN runtimes TEXT;
+    """,
 )
 
 

@@ -38,11 +38,14 @@ class NodeRecord:
     # Its warm pools as configured (image name -> the cluster's size; `hutch node`'s
     # HUTCH_WARM_POOLS): what a replica's GET /v1/pools shows.
     pool_sizes: dict[str, int] = field(default_factory=dict)
+    # The sandbox runtimes it can run ("runc", and "gvisor" where runsc is installed).
+    runtimes: tuple[str, ...] = ("runc",)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> NodeRecord:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["pool_sizes"] = _pool_sizes(values["pool_sizes"])
+        values["runtimes"] = _runtimes(values["runtimes"])
         return cls(**values)
 
 
@@ -54,6 +57,16 @@ def _pool_sizes(text: str | None) -> dict[str, int]:
 
 def pool_sizes_json(node: NodeRecord) -> str:
     return json.dumps(node.pool_sizes, sort_keys=True)
+
+
+def _runtimes(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ("runc",)  # NB: a node of a Hutch from before migration 18 runs runc only
+    return tuple(str(name) for name in json.loads(text))
+
+
+def runtimes_json(node: NodeRecord) -> str:
+    return json.dumps(list(node.runtimes))
 
 
 _NODE_COLUMNS = ", ".join(f"n.{f.name}" for f in fields(NodeRecord))
@@ -183,13 +196,13 @@ class NodeRows:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
-                "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?) "
+                "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes, runtimes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
                 "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
                 "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
                 "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
-                "pool_sizes = excluded.pool_sizes, "
+                "pool_sizes = excluded.pool_sizes, runtimes = excluded.runtimes, "
                 "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END",
                 (
                     node.name,
@@ -202,6 +215,7 @@ class NodeRows:
                     node.used_disk_mb,
                     node.last_heartbeat,
                     pool_sizes_json(node),
+                    runtimes_json(node),
                 ),
             )
             row = db.execute("SELECT * FROM nodes WHERE name = ?", (node.name,)).fetchone()

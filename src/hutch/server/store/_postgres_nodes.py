@@ -19,6 +19,7 @@ from hutch.server.store._nodes import (
     Placement,
     like_prefix,
     pool_sizes_json,
+    runtimes_json,
 )
 
 
@@ -35,13 +36,13 @@ class PostgresNodes:
         `draining` one stays draining."""
         rows = self._rows(
             "INSERT INTO nodes (name, address, cpu, memory_mb, disk_mb, used_cpu, "
-            "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s) "
+            "used_memory_mb, used_disk_mb, state, last_heartbeat, pool_sizes, runtimes) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s) "
             "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
             "cpu = excluded.cpu, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb, "
             "used_cpu = excluded.used_cpu, used_memory_mb = excluded.used_memory_mb, "
             "used_disk_mb = excluded.used_disk_mb, last_heartbeat = excluded.last_heartbeat, "
-            "pool_sizes = excluded.pool_sizes, "
+            "pool_sizes = excluded.pool_sizes, runtimes = excluded.runtimes, "
             "state = CASE WHEN nodes.state = 'draining' THEN 'draining' ELSE 'ready' END "
             "RETURNING *",
             (
@@ -55,6 +56,7 @@ class PostgresNodes:
                 node.used_disk_mb,
                 node.last_heartbeat,
                 pool_sizes_json(node),
+                runtimes_json(node),
             ),
         )
         return NodeRecord.from_row(rows[0])
