@@ -12,12 +12,16 @@ what 3 real hosts would add.
 
 Prints p50/p95/p99 of each, the cluster's extra p50, execs/s and the load average. It starts
 its own cluster (HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench) and server, and stops both.
+HUTCH_CLUSTER_DIR, _PREFIX, _NET and _API_PORT in the environment replace the bench's own (a
+second cluster on the machine at the same time needs its own).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,24 +32,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stats import percentile, report
+from hutch.runtime import Runtime, RuntimeConfig
 from hutch.sdk import Client, Sandbox
+from tests import _server
 from tests._server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_ENV = {
     **os.environ,
-    "HUTCH_CLUSTER_DIR": "/var/lib/hutch-cluster-bench",
-    "HUTCH_CLUSTER_PREFIX": "hbench",
-    "HUTCH_CLUSTER_NET": "10.250.9",
-    "HUTCH_CLUSTER_API_PORT": "7095",
+    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench"),
+    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbench"),
+    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.9"),
+    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7095"),
     "HUTCH_NODE_CPU": "64",
 }
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 256}
+CODE = ROOT  # the checkout whose cluster and server run (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
     out = subprocess.run(
-        [str(ROOT / "scripts/cluster"), command],
+        [str(CODE / "scripts/cluster"), command],
         env=CLUSTER_ENV,
         capture_output=True,
         text=True,
@@ -53,6 +60,20 @@ def cluster(command: str) -> dict[str, str]:
         check=True,
     ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def release(home: Path) -> None:
+    """What the single-host server leaves when it stops (its storage pool, LXCFS and statfs
+    daemons, nft table: sandboxes outlive a server), then its home."""
+
+    async def sweep() -> None:
+        runtime = Runtime(RuntimeConfig(home=home, storage_size_gb=32))
+        await runtime.setup()
+        await runtime.sweep(keep=())
+        await runtime.teardown()
+
+    asyncio.run(sweep())
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(client: Client, n: int, execs: int, out: dict[str, list[float]], tag: str) -> None:
@@ -100,7 +121,17 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=200, help="execs per mode")
     parser.add_argument("--workers", type=int, default=6, help="concurrent exec loops")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="run the cluster and the server from this checkout (its scripts/cluster and "
+        ".venv), e.g. /work/main for a baseline; the client is this one's",
+    )
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
+    _server.HUTCH_BIN = CODE / ".venv/bin/hutch"
     try:
         values = cluster("up")
     except subprocess.CalledProcessError as exc:
@@ -138,6 +169,7 @@ def main() -> None:
                 many.request("POST", f"/v1/nodes/{name}/ready")
     finally:
         server.stop()
+        release(server.home)
         cluster("down")
     for name, seconds in samples.items():
         print(report(name, seconds))
@@ -150,7 +182,7 @@ def main() -> None:
         f"aggregate exec throughput, {args.workers} workers: 3 nodes {spread:.0f}/s, "
         f"1 node {one_node:.0f}/s ({spread / one_node:.2f}x)"
     )
-    print("load average:", open("/proc/loadavg").read().strip())
+    print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ The source holds `--mb` MB of its own data (the image is on every node already: 
 the sandbox wrote travels). Times fork(count) -> a first exec in each child (the children
 sent elsewhere all go to one node, which gets one copy for all); prints p50/p95/p99 of each,
 the ratio of p50s and the load average. It starts its own two-node cluster
-(HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench-fork) and stops it.
+(HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench-fork) and stops it. HUTCH_CLUSTER_DIR, _PREFIX,
+_NET and _API_PORT in the environment replace the bench's own (a second cluster on the machine
+at the same time needs its own).
 """
 
 from __future__ import annotations
@@ -29,19 +31,20 @@ from hutch.sdk import Client, Sandbox
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_ENV = {
     **os.environ,
-    "HUTCH_CLUSTER_DIR": "/var/lib/hutch-cluster-bench-fork",
-    "HUTCH_CLUSTER_PREFIX": "hbfork",
-    "HUTCH_CLUSTER_NET": "10.250.19",
-    "HUTCH_CLUSTER_API_PORT": "7195",
+    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench-fork"),
+    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbfork"),
+    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.19"),
+    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7195"),
     "HUTCH_CLUSTER_NODES": "2",
     "HUTCH_NODE_CPU": "64",
 }
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 1024}
+CODE = ROOT  # the checkout whose cluster runs (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
     out = subprocess.run(
-        [str(ROOT / "scripts/cluster"), command],
+        [str(CODE / "scripts/cluster"), command],
         env=CLUSTER_ENV,
         capture_output=True,
         text=True,
@@ -74,7 +77,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="forks per mode")
     parser.add_argument("--mb", type=int, default=64, help="MB the source wrote")
     parser.add_argument("--count", type=int, default=1, help="children per fork")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT,
+        help="run the cluster from this checkout (its scripts/cluster and .venv), e.g. "
+        "/work/main for a baseline; the client is this one's",
+    )
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     try:
         values = cluster("up")
     except subprocess.CalledProcessError as exc:
@@ -107,7 +119,7 @@ def main() -> None:
         samples["fork on its node"], 50
     )
     print(f"sent / on its node, p50: {ratio:.2f}x")
-    print("load average:", open("/proc/loadavg").read().strip())
+    print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from hutch.server.services._keys import KeyChecker, create_key, hash_key
+from hutch.server.store import _events
 from hutch.server.store._migrations import MIGRATIONS, migration_sql
 from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._open import open_event_log
+from hutch.server.store._records import PoolEntryRecord
 from hutch.server.store._sqlite import SqliteStore
 from tests.support.stores import OpenStore, record
 
@@ -249,6 +252,48 @@ def test_a_placement_holds_its_runtime_id_and_a_move_keeps_it(open_store: OpenSt
     assert store.placements_on("a") == {"sb-1": "sb-1", "sb-2": None}
     store.forget_sandbox_node("sb-1")
     assert store.sandbox_placement("sb-1") is None
+
+
+def test_placement_reads_every_placed_sandboxs_limits_and_the_ready_pooled_ones(
+    open_store: OpenStore,
+) -> None:
+    store = open_store()
+    store.insert_sandbox(record("sb-1", cpu=1.5, memory_mb=512, disk_mb=2048))
+    stopped = record("sb-2", cpu=0.5, memory_mb=256, disk_mb=1024)
+    stopped.status = "stopped"
+    store.insert_sandbox(stopped)
+    store.insert_sandbox(record("sb-3"))  # in the store, on no node (single-host rows)
+    store.set_sandbox_node("sb-1", "a", "sb-1")
+    store.set_sandbox_node("sb-2", "b", "sb-2")
+    store.set_sandbox_node("sb-gone", "a", "sb-gone")  # its sandbox row went: counts nothing
+    store.add_pool_entry(PoolEntryRecord("pool-1", "a", "img", "t"))
+    store.add_pool_entry(PoolEntryRecord("pool-2", "a", "img", "t"))
+    assert store.claim_pool_entry("a", "img", "sb-x") is not None  # claimed: not ready
+    got = sorted(store.placed_limits(), key=lambda p: (p.node, p.pooled))
+    assert [(p.node, p.status, p.cpu, p.memory_mb, p.disk_mb, p.pooled) for p in got] == [
+        ("a", "running", 1.5, 512, 2048, False),
+        ("a", "running", 0, 0, 0, True),
+        ("b", "stopped", 0.5, 256, 1024, False),
+    ]
+    # The one being placed again (a move) is left out.
+    left = sorted((p.node, p.pooled) for p in store.placed_limits(but="sb-1"))
+    assert left == [("a", True), ("b", False)]
+
+
+def test_the_event_log_numbers_without_gaps_and_keeps_a_bounded_history(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store()
+    log = open_event_log(store, open_store.path or tmp_path / "unused.db")
+    monkeypatch.setattr(_events, "KEEP_PER_SANDBOX", 5)
+    assert [log.append("sb-a", "paused", {"i": i}).seq for i in range(12)] == list(range(1, 13))
+    kept = log.since("sb-a", 0)
+    assert [e.seq for e in kept] == [8, 9, 10, 11, 12] and kept[-1].data == {"i": 11}
+    # A new sandbox with that id starts its log again.
+    assert log.append("sb-a", "created", {}, fresh=True).seq == 1
+    assert [(e.seq, e.type) for e in log.since("sb-a", 0)] == [(1, "created")]
+    assert log.since("sb-b", 0) == []
+    log.close()
 
 
 def test_a_database_newer_than_this_hutch_is_refused(open_store: OpenStore) -> None:

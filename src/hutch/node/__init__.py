@@ -14,6 +14,7 @@ from hutch.node._agent_client import (
     AgentUnknownOp,
     parse_result,
 )
+from hutch.node._disk_moves import DiskMoveFailed, pull, send_into
 from hutch.node._egress import (
     EgressProxy,
     EgressRegistry,
@@ -45,6 +46,7 @@ __all__ = [
     "AgentStream",
     "AgentUnknownOp",
     "AgentUnreachable",
+    "DiskMoveFailed",
     "EgressGrants",
     "EgressProxy",
     "EgressRegistry",
@@ -66,7 +68,9 @@ __all__ = [
     "parse_pool_sizes",
     "parse_result",
     "parse_upstreams",
+    "pull",
     "read_rules",
     "seal_rules",
+    "send_into",
     "upstream_client",
 ]

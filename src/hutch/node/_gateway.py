@@ -119,6 +119,20 @@ class AgentGateway:
         self._dedicated.setdefault(sandbox_id, weakref.WeakSet()).add(conn)
         return conn
 
+    async def open_spare(self, sandbox_id: str) -> None:
+        """Open a dedicated connection before any stream asks for one, kept idle for the
+        first (`sb.exec()`). Where a connection is a round trip to another host (a node's
+        tunnel), a create opens it while it waits for the agent, and the first exec does
+        not. A failure is left to the first stream to meet again."""
+        try:
+            conn = await self._open(sandbox_id, self._timeout)
+        except Exception:  # NB: whatever the host raises (a cluster's node errors too)
+            return
+        if sandbox_id not in self._shared:  # forgotten meanwhile (a create that failed)
+            await conn.close()
+            return
+        await self.release(sandbox_id, conn)
+
     async def release(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Give back a dedicated connection whose streams all ended: kept for the next
         `dedicated()` while the sandbox is known (not forgotten) and few are kept, else

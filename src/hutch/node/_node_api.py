@@ -9,8 +9,9 @@ ports) go through the tunnel listener (node/_tunnel.py), not through this app.
     POST /node/v1/states            {ids}        runtime id -> runc status of those that exist
     POST /node/v1/sweep             {keep}       remove every other container
     POST /node/v1/c/{rid}/create    {spec, defer_network}
-    POST /node/v1/c/{rid}/start     {spec}
-    POST /node/v1/c/{rid}/{network_ready|stop|destroy|pause|resume|restore_buckets}
+    POST /node/v1/c/{rid}/start     {spec}               -> {address, gateway}
+    POST /node/v1/c/{rid}/network_ready                  -> {address, gateway}
+    POST /node/v1/c/{rid}/{stop|destroy|pause|resume|restore_buckets}
     GET  /node/v1/c/{rid}/address   {address, gateway}
     PUT  /node/v1/c/{rid}/network   {internet, allow, deny}
     GET  /node/v1/c/{rid}/usage?disk=1
@@ -204,11 +205,15 @@ def node_app(
         )
         return JSONResponse({})
 
+    def addresses(rid: str) -> dict[str, str | None]:
+        return {"address": host.address(rid), "gateway": host.gateway_address(rid)}
+
     async def start(request: Request) -> Response:
         rid = rid_of(request)
         spec = spec_from_json((await request.json())["spec"], image)
         await host.start_existing(rid, spec)
-        return JSONResponse({})
+        # Its addresses with the answer: the replica needs them next (one round trip less).
+        return JSONResponse(addresses(rid))
 
     simple: dict[str, Callable[[str], Awaitable[None]]] = {
         "network_ready": host.network_ready,
@@ -233,6 +238,8 @@ def node_app(
         if name in ("stop", "destroy"):
             forget_egress(rid)  # as on one host; the next start grants them again
         await op(rid)
+        if name == "network_ready":
+            return JSONResponse(addresses(rid))  # as `start`'s answer
         return JSONResponse({})
 
     async def egress_grant(request: Request) -> Response:
@@ -255,8 +262,7 @@ def node_app(
         return JSONResponse({"port": proxy.port})
 
     async def address(request: Request) -> Response:
-        rid = rid_of(request)
-        return JSONResponse({"address": host.address(rid), "gateway": host.gateway_address(rid)})
+        return JSONResponse(addresses(rid_of(request)))
 
     async def network(request: Request) -> Response:
         rid = rid_of(request)
@@ -289,14 +295,14 @@ def node_app(
         return JSONResponse({"exists": await host.has_snapshot(snapshot)})
 
     async def snapshot_stream(request: Request) -> Response:
-        chunks = await send_stream(host.runtime, snapshot_of(request))
+        chunks = await send_stream(host.runtime.snapshots, snapshot_of(request))
         return StreamingResponse(chunks, media_type="application/octet-stream")
 
     async def snapshot_pull(request: Request) -> Response:
         source = str((await request.json())["source"])
         if not source.startswith(("http://", "https://")):
             raise ValueError("source must be a node API URL")
-        await pull(host.runtime, snapshot_of(request), source, token)
+        await pull(host.runtime.snapshots, snapshot_of(request), source, token)
         return JSONResponse({})
 
     async def snapshot_backup(request: Request) -> Response:

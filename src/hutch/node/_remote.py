@@ -148,14 +148,26 @@ class RemoteHost:
     ) -> None:
         body = {"spec": spec_to_json(spec), "defer_network": defer_network, "snapshot": snapshot}
         await self._call("POST", f"/node/v1/c/{spec.id}/create", body)
+        if defer_network:
+            # NB: no network yet; its addresses come with network_ready's answer, so the
+            # agent connection the create makes meanwhile need not ask the node for them.
+            self._addresses[sandbox_id] = (None, None)
 
     async def network_ready(self, sandbox_id: str) -> None:
-        await self._call("POST", self._c(sandbox_id, "network_ready"))
-        await self._refresh_address(sandbox_id)
+        got = await self._call("POST", self._c(sandbox_id, "network_ready"))
+        await self._learn_address(sandbox_id, got)
 
     async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
-        await self._call("POST", f"/node/v1/c/{spec.id}/start", {"spec": spec_to_json(spec)})
-        await self._refresh_address(sandbox_id)
+        got = await self._call("POST", f"/node/v1/c/{spec.id}/start", {"spec": spec_to_json(spec)})
+        await self._learn_address(sandbox_id, got)
+
+    async def _learn_address(self, sandbox_id: str, answer: Any) -> None:
+        """The addresses a node gives with its answer; a node of an older Hutch gives none:
+        asked for them then."""
+        if isinstance(answer, dict) and "address" in answer and "gateway" in answer:
+            self._addresses[sandbox_id] = (answer["address"], answer["gateway"])
+        else:
+            await self._refresh_address(sandbox_id)
 
     async def stop(self, sandbox_id: str) -> None:
         self._addresses.pop(sandbox_id, None)

@@ -10,6 +10,13 @@ CONNECT, so any HTTP tooling can read it:
 answered `HTTP/1.1 200 Connection Established` and then raw bytes both ways, or 401 (bad
 token; logged), 404 (no such sandbox), 400 (a malformed request), and closed. The preview
 proxy can use `open_port_tunnel` as its connector to a sandbox on another node.
+
+`CONNECT snapshot/<snapshot id>` (node to node, node/_disk_moves.py) is answered 200 and then
+the snapshot's `btrfs send` stream, one way, unframed, up to the sender's close: the sending
+`btrfs send` writes into the connection and the receiving `btrfs receive` reads from it, so
+neither node's Python copies the bytes (an HTTP body would be chunked). A send that fails
+resets the connection; a cut stream is refused by `btrfs receive` itself (a stream ends with
+its end command). 404: no such snapshot here; a node of an older Hutch answers 400.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +38,18 @@ MAX_HEAD = 8192
 _READ_SIZE = 1 << 18
 _TARGET = re.compile(
     r"(agent)/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})|(port)/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/(\d{1,5})"
+    r"|(snapshot)/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
 )
+
+# Hands the connection over (after answering 200): the socket is the caller's from then on.
+Accept = Callable[[], Awaitable[socket.socket]]
+# Sends snapshot `id` into the connection `accept` gives it (node/_disk_moves.py); raises
+# StreamUnavailable before accepting when it cannot.
+SnapshotSender = Callable[[str, Accept], Awaitable[None]]
+
+
+class StreamUnavailable(Exception):
+    """The stream asked for is not served here (answered 404)."""
 
 
 class TunnelRefused(ConnectionError):
@@ -42,7 +62,7 @@ class TunnelRefused(ConnectionError):
 
 @dataclass(frozen=True)
 class TunnelRequest:
-    kind: str  # "agent" | "port"
+    kind: str  # "agent" | "port" | "snapshot" (its id as runtime_id)
     runtime_id: str
     port: int | None
     token: str
@@ -70,6 +90,8 @@ def parse_connect(head: bytes) -> TunnelRequest | None:
                 token = cred.strip()
     if m.group(1):
         return TunnelRequest("agent", m.group(2), None, token)
+    if m.group(6):
+        return TunnelRequest("snapshot", m.group(7), None, token)
     port = int(m.group(5))
     if not 1 <= port <= 65535:
         return None
@@ -92,10 +114,12 @@ class TunnelServer:
         token: str,
         agent_socket: Callable[[str], Path],
         address_of: Callable[[str], str | None],
+        send_snapshot: SnapshotSender | None = None,
     ) -> None:
         self._token = token.encode()
         self._agent_socket = agent_socket  # runtime id -> its agent's unix socket
         self._address_of = address_of  # runtime id -> its veth address
+        self._send_snapshot = send_snapshot
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -134,6 +158,9 @@ class TunnelServer:
             log.warning("node tunnel: refused %s without a valid node token", peer)
             writer.write(_status(401, "Unauthorized"))
             return
+        if request.kind == "snapshot":
+            await self._serve_snapshot(request.runtime_id, writer)
+            return
         try:
             if request.kind == "agent":
                 up_r, up_w = await asyncio.open_unix_connection(
@@ -150,6 +177,26 @@ class TunnelServer:
             return
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await splice(reader, writer, up_r, up_w)
+
+    async def _serve_snapshot(self, snapshot_id: str, writer: asyncio.StreamWriter) -> None:
+        if self._send_snapshot is None:
+            writer.write(_status(404, "Not Found"))
+            return
+
+        async def accept() -> socket.socket:
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
+            # NB: a socket of its own (a dup): the transport's is closed as it ends, which
+            # ends nothing while the sender's is open; the transport reads no more of it.
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            raw = writer.get_extra_info("socket")
+            return socket.socket(fileno=os.dup(raw.fileno()))
+
+        try:
+            await self._send_snapshot(snapshot_id, accept)
+        except StreamUnavailable as exc:
+            log.info("node tunnel: snapshot %s not sent: %s", snapshot_id, exc)
+            writer.write(_status(404, "Not Found"))
 
 
 async def splice(
@@ -207,6 +254,49 @@ async def open_tunnel(
         code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         raise TunnelRefused(code, parts[2] if len(parts) > 2 else status_line)
     return reader, writer
+
+
+async def open_raw_tunnel(
+    host: str,
+    port: int,
+    target: str,
+    token: str,
+    *,
+    timeout: float,  # noqa: ASYNC109
+) -> socket.socket:
+    """`open_tunnel`, as a socket of the caller's with nothing read past the answer's head
+    (what follows is for another process: a pulled snapshot's `btrfs receive`).
+
+    Raises:
+        TunnelRefused: the node answered with an error status.
+        OSError, TimeoutError: the node could not be reached in time.
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            await loop.sock_sendall(sock, connect_head(target, token))
+            head = bytearray()
+            while not head.endswith(b"\r\n\r\n"):
+                # NB: a byte at a time (a head is ~40): a larger read could take stream bytes.
+                byte = await loop.sock_recv(sock, 1)
+                if not byte:
+                    raise ConnectionError("the node closed the tunnel before answering")
+                head += byte
+                if len(head) > MAX_HEAD:
+                    raise TunnelRefused(0, "oversized answer")
+        except BaseException:
+            sock.close()
+            raise
+    code, reason = _status_of(bytes(head))
+    if code != 200:
+        sock.close()
+        raise TunnelRefused(code, reason)
+    return sock
 
 
 def _status_of(head: bytes) -> tuple[int, str]:

@@ -110,6 +110,7 @@ class Services:
             secrets=SecretBox.open(config.home),
         )
         self.sandboxes.shared_runtime_ids = config.cluster
+        self.sandboxes.spare_connections = config.cluster
         self.sandboxes.other_replicas = shared
         self.events = SandboxEvents(open_event_log(self.store, config.db_path))
         self.sandboxes.events = self.events

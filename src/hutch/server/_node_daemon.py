@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from hutch.node import (
     node_app,
     parse_pool_sizes,
     parse_upstreams,
+    send_into,
 )
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._node_pools import NodePoolLedger
@@ -64,6 +66,8 @@ class NodeConfig:
         egress_upstreams: host -> http URL the egress proxy sends that host to (tests only,
             as `hutch serve`'s HUTCH_EGRESS_UPSTREAMS). The proxy listens on `port + 2` of
             each sandbox's gateway that has egress rules.
+        log_level: of the daemon's log (``HUTCH_LOG_LEVEL``); ``debug`` logs the time of
+            each step of a sandbox's start, as `hutch serve` does.
     """
 
     name: str
@@ -82,6 +86,7 @@ class NodeConfig:
     blocked_cidrs: tuple[str, ...] = ()
     warm_pools: Mapping[str, int] = field(default_factory=dict)
     egress_upstreams: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "info"
 
     @property
     def url(self) -> str:
@@ -105,6 +110,7 @@ class NodeConfig:
             "HUTCH_NODE_CPU": ("cpu", float),
             "HUTCH_NODE_MEMORY_MB": ("memory_mb", int),
             "HUTCH_NODE_DISK_MB": ("disk_mb", int),
+            "HUTCH_LOG_LEVEL": ("log_level", str),
         }
         for var, (name, kind) in simple.items():
             if env.get(var):
@@ -182,7 +188,11 @@ class NodeDaemon:
             upstreams=config.egress_upstreams,
         )
         self.tunnels = TunnelServer(
-            config.token, self.runtime.agent_socket, self.runtime.sandbox_address
+            config.token,
+            self.runtime.agent_socket,
+            self.runtime.sandbox_address,
+            # Snapshots another node pulls (drain --move, a fork's child sent there).
+            functools.partial(send_into, self.runtime.snapshots),
         )
         self.should_exit = asyncio.Event()
 
@@ -311,7 +321,11 @@ async def remove_all(config: NodeConfig) -> list[str]:
 
 def run_node(config: NodeConfig) -> None:
     """Serve until SIGTERM/SIGINT. Sandboxes outlive the daemon (a restart re-adopts them)."""
+    level = logging.getLevelName(config.log_level.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {config.log_level!r}: use debug, info or warning")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("hutch").setLevel(level)  # not asyncio's or uvicorn's debug lines
 
     async def main() -> None:
         daemon = NodeDaemon(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -29,9 +28,10 @@ from hutch.runtime import (
 )
 from hutch.server._errors import NoCapacity, NodeUnavailableError
 from hutch.server.services._fork_sends import ForkSends
-from hutch.server.services._placement import Need, candidates
-from hutch.server.services._pool_claims import claim_need, holding, placed_on, pool_status
+from hutch.server.services._placement import Need
+from hutch.server.services._pool_claims import claim_order, placement_order, pool_status
 from hutch.server.store._nodes import NodeRecord
+from hutch.server.store._off_loop import off_loop
 from hutch.server.store._sqlite import Store
 
 log = logging.getLogger("hutch.server")
@@ -66,6 +66,7 @@ class ClusterHost:
         self._pool_sizes = dict(pool_sizes or {})
         self._image_id = image_id
         self._fork_sends = ForkSends()
+        self._placing = asyncio.Lock()
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -143,31 +144,38 @@ class ClusterHost:
     ) -> None:
         limits = spec.limits
         need = Need(limits.cpu, limits.memory_mb, limits.disk_mb, spec.runtime)
-        order = self.placements(need, but=sandbox_id)
         refusals = []
         copy_from: RemoteHost | None = None
-        if snapshot is not None:
-            # A disk snapshot is a subvolume of one node's storage: the sandbox goes there, or,
-            # when that node is full or draining, a copy of it goes to the node placement
-            # picks, node to node (as `drain --move` sends disks), for this create only.
-            home = self._snapshot_home(snapshot)
-            node = self._store.get_node(home)
-            if home in order:
-                order = [home]
-            elif not order or node is None or node.state == "lost":
-                raise NoCapacity(
-                    f"snapshot {snapshot} is on node {home}, which cannot take a sandbox of "
-                    f"{need.cpu} cpu, {need.memory_mb} MB memory and {need.disk_mb} MB disk now "
-                    "(full, draining or lost), and no other node can take it either; retry "
-                    "later, or free room"
-                )
-            else:
-                copy_from = self.remote(home)
-        for name in order:
-            remote = self.remote(name)
-            # Recorded first: a create that dies half-way is found on its node by recovery.
-            self._store.set_sandbox_node(sandbox_id, name, spec.id)
-            self._placed_as[sandbox_id] = spec.id
+        # NB: the read and the record of the first choice under one lock: the creates of a
+        # fork run at once, and each must count the ones placed before it. Off the event
+        # loop: round trips to the database.
+        async with self._placing:
+            order, rows = await off_loop(
+                self._store, placement_order, self._store, need, but=sandbox_id, fresh_for=FRESH_FOR
+            )
+            if snapshot is not None:
+                # A disk snapshot is a subvolume of one node's storage: the sandbox goes there,
+                # or, when that node is full or draining, a copy of it goes to the node
+                # placement picks, node to node (as `drain --move` sends disks), for this one.
+                home = self._snapshot_home(snapshot)
+                node = rows.get(home)
+                if home in order:
+                    order = [home]
+                elif not order or node is None or node.state == "lost":
+                    raise NoCapacity(
+                        f"snapshot {snapshot} is on node {home}, which cannot take a sandbox "
+                        f"of {need.cpu} cpu, {need.memory_mb} MB memory and {need.disk_mb} MB "
+                        "disk now (full, draining or lost), and no other node can take it "
+                        "either; retry later, or free room"
+                    )
+                else:
+                    copy_from = self.remote(home, node)
+            if order:
+                await self._place(sandbox_id, order[0], spec.id)
+        for i, name in enumerate(order):
+            remote = self.remote(name, rows.get(name))
+            if i > 0:
+                await self._place(sandbox_id, name, spec.id)
             try:
                 if copy_from is not None and snapshot is not None:
                     await self._create_from_sent(
@@ -227,9 +235,12 @@ class ClusterHost:
     def placements(self, need: Need, *, but: str) -> list[str]:
         """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not
         counted where it is)."""
-        nodes = self._store.list_nodes()
-        placed = placed_on(self._store, nodes, but=but)
-        return candidates(nodes, placed, need, now=time.time(), fresh_for=FRESH_FOR)
+        return placement_order(self._store, need, but=but, fresh_for=FRESH_FOR)[0]
+
+    async def _place(self, sandbox_id: str, node: str, runtime_id: str) -> None:
+        # Recorded first: a create that dies half-way is found on its node by recovery.
+        await off_loop(self._store, self._store.set_sandbox_node, sandbox_id, node, runtime_id)
+        self._placed_as[sandbox_id] = runtime_id
 
     def relocate(self, sandbox_id: str, node: str, runtime_id: str) -> None:
         """The sandbox is on `node` from now on, known there as `runtime_id` (its disk was
@@ -411,19 +422,10 @@ class ClusterHost:
     ) -> tuple[str, AgentConnection] | None:
         if runtime != "runc" or limits.disk_mb != POOL_LIMITS.disk_mb:
             return None  # what a running sandbox cannot change: a cold start
-        now = time.time()
-        nodes = [
-            n
-            for n in self._store.list_nodes()
-            if n.state == "ready" and now - n.last_heartbeat <= FRESH_FOR
-        ]
-        having = holding(self._store, [n.name for n in nodes], image.id)
-        if not having:
-            return None
-        need = claim_need(Need(limits.cpu, limits.memory_mb, limits.disk_mb))
-        placed = placed_on(self._store, nodes)
-        order = candidates(nodes, placed, need, now=now, fresh_for=FRESH_FOR)
-        for node in (n for n in order if n in having):
+        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb)
+        async with self._placing:  # not between a create's placement read and its record
+            order = claim_order(self._store, image.id, need, fresh_for=FRESH_FOR)
+        for node in order:
             # NB: SKIP LOCKED: another replica claiming on this node at once gets another row.
             rid = self._store.claim_pool_entry(node, image.id, sandbox_id)
             if rid is None:

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from hutch.server.store._nodes import NodeRecord
-from hutch.server.store._sqlite import SandboxRecord
 
 # States whose cpu and memory a node keeps for the sandbox.
 HOLDS_MEMORY = frozenset({"creating", "running", "paused"})
+
+
+class Takes(Protocol):
+    """What a placed sandbox takes of its node (a `SandboxRecord`, a store's
+    `PlacedLimits`)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def cpu(self) -> float: ...
+    @property
+    def memory_mb(self) -> float: ...
+    @property
+    def disk_mb(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class Free:
 
 def free_capacity(
     nodes: Iterable[NodeRecord],
-    placed: Iterable[tuple[str, SandboxRecord]],
+    placed: Iterable[tuple[str, Takes]],
 ) -> dict[str, Free]:
     """Free cpu/memory/disk of each node after what `placed` ((node, sandbox) pairs) takes."""
     taken: dict[str, list[float]] = {}
@@ -65,7 +79,7 @@ def free_capacity(
 
 def candidates(
     nodes: Iterable[NodeRecord],
-    placed: Iterable[tuple[str, SandboxRecord]],
+    placed: Iterable[tuple[str, Takes]],
     need: Need,
     *,
     now: float,

@@ -13,42 +13,52 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from hutch.node import POOL_LIMITS
-from hutch.server.services._placement import Need
-from hutch.server.store._nodes import NodeRecord
-from hutch.server.store._sqlite import PoolEntryRecord, SandboxRecord, Store
+from hutch.server.services._placement import Need, Takes, candidates
+from hutch.server.store._nodes import NodeRecord, PlacedLimits
+from hutch.server.store._sqlite import Store
 
 POOL_NEED = Need(POOL_LIMITS.cpu, POOL_LIMITS.memory_mb, POOL_LIMITS.disk_mb)
-
-
-def pooled_record(entry: PoolEntryRecord) -> SandboxRecord:
-    """A ready pooled sandbox as placement counts it: a running sandbox of the pool's limits."""
-    return SandboxRecord(
-        id=entry.runtime_id,
-        status="running",
-        image="",
-        image_id=entry.image_id,
-        created_at=entry.created_at,
-        cpu=POOL_NEED.cpu,
-        memory_mb=POOL_NEED.memory_mb,
-        disk_mb=POOL_NEED.disk_mb,
-    )
+# A ready pooled sandbox as placement counts it: a running sandbox of the pool's limits.
+POOLED = PlacedLimits(
+    "", "running", POOL_NEED.cpu, POOL_NEED.memory_mb, POOL_NEED.disk_mb, pooled=True
+)
 
 
 def placed_on(
     store: Store, nodes: Iterable[NodeRecord], *, but: str = ""
-) -> list[tuple[str, SandboxRecord]]:
+) -> list[tuple[str, Takes]]:
     """(node, sandbox) of everything that takes capacity on `nodes`: the sandboxes placed
     there (sandbox `but` left out) and their unclaimed pooled sandboxes."""
-    records = {r.id: r for r in store.list_sandboxes()}
-    placed = []
-    for node in nodes:
-        for sid in store.sandboxes_on(node.name):
-            if sid in records and sid != but:
-                placed.append((node.name, records[sid]))
-        for entry in store.list_pool_entries(node.name):
-            if entry.claimed_by is None:
-                placed.append((node.name, pooled_record(entry)))
+    # NB: one read, every create: it was every sandbox's row, then two reads per node.
+    names = {n.name for n in nodes}
+    placed: list[tuple[str, Takes]] = []
+    for row in store.placed_limits(but):
+        if row.node in names:
+            placed.append((row.node, POOLED if row.pooled else row))
     return placed
+
+
+def placement_order(
+    store: Store, need: Need, *, but: str, fresh_for: float
+) -> tuple[list[str], dict[str, NodeRecord]]:
+    """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not counted
+    where it is), and the nodes' rows as read for it (a caller need not read one again)."""
+    nodes = store.list_nodes()
+    placed = placed_on(store, nodes, but=but)
+    order = candidates(nodes, placed, need, now=time.time(), fresh_for=fresh_for)
+    return order, {n.name: n for n in nodes}
+
+
+def claim_order(store: Store, image_id: str, need: Need, *, fresh_for: float) -> list[str]:
+    """The nodes with a ready pooled sandbox of `image_id` whose claim for a sandbox of
+    `need` fits, best first."""
+    nodes = [n for n in store.list_nodes() if n.state == "ready"]
+    having = holding(store, [n.name for n in nodes], image_id)
+    if not having:
+        return []
+    placed = placed_on(store, nodes)
+    order = candidates(nodes, placed, claim_need(need), now=time.time(), fresh_for=fresh_for)
+    return [n for n in order if n in having]
 
 
 def claim_need(need: Need) -> Need:

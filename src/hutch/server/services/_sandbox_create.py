@@ -115,6 +115,7 @@ class SandboxCreation:
 
     # Set by SandboxManager.__init__ (and by the app, for the hooks).
     _pools: bool
+    spare_connections: bool
     _runtime_ids: dict[str, str]
     _store: Store
     _secrets: SecretBox | None
@@ -247,8 +248,7 @@ class SandboxCreation:
         if record.status != "running":
             async with self.cold_starts.slot():
                 steps.mark("queued")
-                await self._create_cold(record, request, image, snapshot, own_cas)
-            steps.mark("cold")
+                await self._create_cold(record, request, image, snapshot, own_cas, steps)
         if request.egress_secrets:
             await self._open_egress(record)
             steps.mark("egress")
@@ -259,6 +259,12 @@ class SandboxCreation:
         self.events.emit(sandbox_id, "created", image=record.image)
         self.events.emit(sandbox_id, "started")
         return record
+
+    async def _open_spare(self, sandbox_id: str) -> None:
+        # NB: a cold create only, where it overlaps the agent's start; a pooled sandbox's
+        # agent answers at once, so there it would only move the cost from exec to create.
+        if self.spare_connections:
+            await self.gateway.open_spare(sandbox_id)
 
     async def _open_egress(self, record: SandboxRecord) -> None:
         """The gateway port opens once the veth is there; the agent then learns the proxy's
@@ -357,7 +363,9 @@ class SandboxCreation:
         image: Image,
         snapshot: str | None = None,
         own_cas: tuple[str, ...] = (),
+        steps: _Steps | None = None,
     ) -> None:
+        steps = steps or _Steps()
         sandbox_id = record.id
         sealed = None
         if request.secrets and self._secrets is not None:
@@ -365,15 +373,23 @@ class SandboxCreation:
         admit = self._admit_row(record)
         if not await off_loop(self._store, self._store.insert_sandbox, record, sealed, admit):
             raise _exists(sandbox_id)
+        steps.mark("insert")
         try:
             spec = replace(self._spec(record, image), ca_certificates=own_cas)
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
+            steps.mark("host_create")
             conn = await self.gateway.connect(sandbox_id)
+            steps.mark("connect")
             # The veth is attached while the agent starts; both before anyone gets it.
             await asyncio.wait_for(
-                asyncio.gather(conn.call("ping"), self._host.network_ready(sandbox_id)),
+                asyncio.gather(
+                    conn.call("ping"),
+                    self._host.network_ready(sandbox_id),
+                    self._open_spare(sandbox_id),
+                ),
                 self._agent_timeout,
             )
+            steps.mark("ping_network")
         except BaseException as exc:
             await self.gateway.forget(sandbox_id)
             if self.egress is not None:
@@ -402,6 +418,7 @@ class SandboxCreation:
             with contextlib.suppress(Exception):
                 await self._host.destroy(sandbox_id)
             raise SandboxStartFailed(f"sandbox {sandbox_id} was destroyed while it started")
+        steps.mark("running")
         record.status = "running"
 
 

@@ -134,6 +134,9 @@ class SandboxManager(SandboxCreation):
         # Set when other API replicas share the store (PostgreSQL, a cluster): a create in
         # the store may be another replica's, in flight.
         self.other_replicas = False
+        # Set on a cluster's replica: a create opens the dedicated agent connection of the
+        # first exec while it waits for the agent (a tunnel through the node: a round trip).
+        self.spare_connections = False
         self._store = store
         self._secrets = secrets
         self._host = host

@@ -98,6 +98,42 @@ SET_SANDBOX_NODE_SQL = (
 )
 
 
+# What each placed sandbox takes of its node, in one read (placement reads it at every
+# create): its node, status and limits (parsed from the spec by the database), then a row per
+# ready pooled sandbox (`pooled`; it takes the pools' limits, which the caller knows). `{spec}`
+# is the dialect's JSON columns of `s.spec` as cpu, memory_mb and disk_mb.
+PLACED_LIMITS_SQL = (
+    "SELECT sn.node AS node, s.status AS status, {spec}, 0 AS pooled "
+    "FROM sandbox_nodes sn JOIN sandboxes s ON s.id = sn.sandbox_id{lateral} "
+    "WHERE sn.sandbox_id <> {p} "
+    "UNION ALL SELECT node, 'running', NULL, NULL, NULL, 1 FROM pool_entries "
+    "WHERE claimed_by IS NULL"
+)
+
+
+@dataclass(frozen=True)
+class PlacedLimits:
+    """One sandbox as its node's capacity counts it (a pooled one has no limits here)."""
+
+    node: str
+    status: str
+    cpu: float
+    memory_mb: float
+    disk_mb: float
+    pooled: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PlacedLimits:
+        return cls(
+            str(row["node"]),
+            str(row["status"]),
+            float(row["cpu"] or 0),
+            float(row["memory_mb"] or 0),
+            float(row["disk_mb"] or 0),
+            bool(row["pooled"]),
+        )
+
+
 @dataclass
 class Placement:
     """Where a sandbox is: its node's name, the id that node knows it by, the node's row."""
@@ -132,6 +168,8 @@ class NodeStore(Protocol):
     # The name its node knows it by (a pooled one keeps its pool's); None: no such sandbox.
     def sandbox_runtime_id(self, sandbox_id: str) -> str | None: ...
     def sandboxes_on(self, node: str) -> list[str]: ...
+    # Every placed sandbox's limits and every ready pooled sandbox (sandbox `but` left out).
+    def placed_limits(self, but: str = "") -> list[PlacedLimits]: ...
     # sandbox id -> the runtime id its node knows it by (None: recorded before migration 15).
     def placements_on(self, node: str) -> dict[str, str | None]: ...
     def forget_sandbox_node(self, sandbox_id: str) -> None: ...
@@ -210,6 +248,15 @@ class NodeRows:
     def sandbox_placement(self, sandbox_id: str) -> Placement | None:
         row = self._db.execute(PLACEMENT_SQL.format(p="?"), (sandbox_id,)).fetchone()
         return Placement.from_row(row) if row is not None else None
+
+    def placed_limits(self, but: str = "") -> list[PlacedLimits]:
+        sql = PLACED_LIMITS_SQL.format(
+            p="?",
+            spec="json_extract(s.spec, '$.cpu') AS cpu, json_extract(s.spec, '$.memory_mb') "
+            "AS memory_mb, json_extract(s.spec, '$.disk_mb') AS disk_mb",
+            lateral="",
+        )
+        return [PlacedLimits.from_row(r) for r in self._db.execute(sql, (but,))]
 
     def sandbox_node(self, sandbox_id: str) -> str | None:
         row = self._db.execute(

@@ -8,7 +8,8 @@ import json
 import time
 from typing import Any
 
-from hutch.server.store._events import KEEP_GONE_FOR, KEEP_PER_SANDBOX, EventRecord
+from hutch.server.store import _events
+from hutch.server.store._events import KEEP_GONE_FOR, EventRecord
 from hutch.server.store._postgres import Conn, PostgresStore
 
 
@@ -25,29 +26,32 @@ class PostgresEventLog:
         """Add one event with the sandbox's next sequence number. `fresh`: the sandbox is
         new, so the events of an earlier one with the same id are dropped first."""
         at = time.time()
+        keep = _events.KEEP_PER_SANDBOX
 
         def work(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sandbox_id,))
-                if fresh:
-                    conn.execute("DELETE FROM sandbox_events WHERE sandbox_id = %s", (sandbox_id,))
-                row = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) AS last FROM sandbox_events"
-                    " WHERE sandbox_id = %s",
-                    (sandbox_id,),
-                ).fetchone()
-                seq = int(row["last"] if row else 0) + 1
-                conn.execute(
-                    "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (sandbox_id, seq, type, at, json.dumps(data)),
-                )
-                if seq > KEEP_PER_SANDBOX:
-                    conn.execute(
-                        "DELETE FROM sandbox_events WHERE sandbox_id = %s AND seq <= %s",
-                        (sandbox_id, seq - KEEP_PER_SANDBOX),
+            # NB: one round trip to the database (a pipeline), not one per statement: a
+            # create appends two events, and each was six round trips on the event loop.
+            with conn.pipeline():
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sandbox_id,))
+                    if fresh:
+                        conn.execute(
+                            "DELETE FROM sandbox_events WHERE sandbox_id = %s", (sandbox_id,)
+                        )
+                    # Numbered under the lock: no gaps and no duplicates.
+                    added = conn.execute(
+                        "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data)"
+                        " SELECT %s, COALESCE(MAX(seq), 0) + 1, %s, %s, %s FROM sandbox_events"
+                        " WHERE sandbox_id = %s RETURNING seq",
+                        (sandbox_id, type, at, json.dumps(data), sandbox_id),
                     )
-                return seq
+                    conn.execute(
+                        "DELETE FROM sandbox_events WHERE sandbox_id = %s AND seq <= ("
+                        " SELECT MAX(seq) FROM sandbox_events WHERE sandbox_id = %s) - %s",
+                        (sandbox_id, sandbox_id, keep),
+                    )
+            row = added.fetchone()
+            return int(row["seq"]) if row else 0
 
         seq = self._store._run(work)
         return EventRecord(sandbox_id, seq, type, at, data)

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hutch.server.store._nodes import (
+    PLACED_LIMITS_SQL,
     PLACEMENT_SQL,
     SET_SANDBOX_NODE_SQL,
     SET_SNAPSHOT_NODE_SQL,
@@ -14,6 +15,7 @@ from hutch.server.store._nodes import (
     STAMP_SNAPSHOT_NODES_SQL,
     NodeRecord,
     NodeState,
+    PlacedLimits,
     Placement,
     like_prefix,
     pool_sizes_json,
@@ -99,6 +101,16 @@ class PostgresNodes:
             "SELECT sandbox_id FROM sandbox_nodes WHERE node = %s ORDER BY sandbox_id", (node,)
         )
         return [str(r["sandbox_id"]) for r in rows]
+
+    def placed_limits(self, but: str = "") -> list[PlacedLimits]:
+        # NB: json_to_record parses each spec once (as the quota read does).
+        sql = PLACED_LIMITS_SQL.format(
+            p="%s",
+            spec="q.cpu, q.memory_mb, q.disk_mb",
+            lateral=" CROSS JOIN LATERAL json_to_record(s.spec::json) AS "
+            "q(cpu float8, memory_mb float8, disk_mb float8)",
+        )
+        return [PlacedLimits.from_row(r) for r in self._rows(sql, (but,))]
 
     def placements_on(self, node: str) -> dict[str, str | None]:
         rows = self._rows(
