@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hutch.runtime.container._oom_watch import parse_oom_line
+import pytest
+
+from hutch.runtime.container import _oom_watch, _workcgroup
+from hutch.runtime.container._oom_watch import OomWatch, parse_oom_line
 from hutch.sdk._events import EventStreamDecoder
 from hutch.server.store import _events
 from hutch.server.store._events import SqliteEventLog
@@ -83,3 +86,30 @@ def test_the_sdk_decodes_events_split_anywhere_and_skips_keepalives() -> None:
             (1, "created", None),
             (2, "paused", "idle"),
         ]
+
+
+def _oom_count(root: Path, cgroup: str, kills: int) -> None:
+    work = root / "memory" / cgroup / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n")
+
+
+def test_a_kill_before_the_first_question_is_news_for_a_sandbox_made_after_the_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node is first asked about a new sandbox up to 2 s after its create: an exec that was
+    # OOM-killed in between must still be an event; what an older sandbox had is not news.
+    monkeypatch.setattr(_oom_watch, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(_workcgroup, "CGROUP_ROOT", tmp_path)
+    _oom_count(tmp_path, "hutch/home1/sb-old", 2)
+    _oom_count(tmp_path, "hutch/sb-legacy", 1)
+    watch = OomWatch(lambda rid: "hutch/sb-legacy" if rid == "sb-legacy" else f"hutch/home1/{rid}")
+    _oom_count(tmp_path, "hutch/home1/sb-new", 1)
+    kills = watch.check(["sb-old", "sb-legacy", "sb-new"])
+    assert [(k.runtime_id, k.count) for k in kills] == [("sb-new", 1)]
+    _oom_count(tmp_path, "hutch/home1/sb-old", 3)
+    _oom_count(tmp_path, "hutch/sb-legacy", 2)
+    kills = watch.check(["sb-old", "sb-legacy", "sb-new"])
+    assert sorted((k.runtime_id, k.count) for k in kills) == [("sb-legacy", 1), ("sb-old", 1)]
+    assert watch.check(["sb-old", "sb-legacy", "sb-new"]) == []
+    watch.close()

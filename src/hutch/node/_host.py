@@ -369,6 +369,11 @@ class LocalHost:
         if self.pools is not None:
             await self.pools.stop()
 
+    def start_watch(self) -> None:
+        """Begin watching inits and OOM kills now rather than at the first question (a
+        node: the replicas ask about a sandbox only once they see it)."""
+        self._init_watch()
+
     def _init_watch(self) -> InitWatch:
         if self._inits is None:
             self._inits = InitWatch(self._runtime)

@@ -281,6 +281,9 @@ class NodeDaemon:
         await self.runtime.setup()
         await self._sweep()
         await self._sweep_fork_copies(time.time())
+        # From now on: an OOM kill in a sandbox made later is news, even if the replicas'
+        # first question about it comes after the kill.
+        self.host.start_watch()
         await self.egress.start(await self._granted_running())
         app = node_app(
             self.host, self.images.get, self.capacity, cfg.token, (self.egress, self.grants)
@@ -299,6 +302,7 @@ class NodeDaemon:
         await self.tunnels.close()
         await self.egress.stop()
         await asyncio.gather(serving, beating, return_exceptions=True)
+        self.host.close_watch()
         self.store.close()
 
 

@@ -15,9 +15,10 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hutch.runtime.container import _workcgroup as workcgroup
-from hutch.runtime.container._cgroups import CGROUP_PARENT
+from hutch.runtime.container._cgroups import CGROUP_PARENT, CGROUP_ROOT
 
 KMSG = "/dev/kmsg"
 _OOM_LINE = re.compile(
@@ -56,7 +57,10 @@ class OomWatch:
             os.lseek(fd, 0, os.SEEK_END)  # only what happens from now on
             self._fd = fd
         self._seen: list[tuple[str, str, int]] = []  # (cgroup, command, pid), oldest first
-        self._first = True
+        # NB: what a sandbox that already ran when the watch began counts is not news; one
+        # made later starts from zero, however late it is first asked about (on a node, the
+        # first call may come after a new sandbox's first kill).
+        self._before_watch = _existing_counts(CGROUP_ROOT / "memory" / CGROUP_PARENT)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -81,16 +85,18 @@ class OomWatch:
 
     def check(self, runtime_ids: Iterable[str]) -> list[OomKill]:
         """The kills since the last check in the sandboxes whose containers exist (running or
-        paused). At the first check every count is a starting point (what happened before
-        the watch is not news); a sandbox that appears later starts from zero (its cgroup is
-        new: a create, or a start after a stop)."""
+        paused). A sandbox whose cgroup was there when the watch began starts from its count
+        then (what happened before the watch is not news); one made later starts from zero
+        (its cgroup is new: a create, or a start after a stop)."""
         self._read_kmsg()
         kills: list[OomKill] = []
         wanted = set(runtime_ids)
         cgroups = {rid: self._cgroup_of(rid) for rid in wanted}
         for rid, cgroup in cgroups.items():
             count = workcgroup.work_oom_kills(cgroup)
-            before = self._counts.get(rid, count if self._first else 0)
+            before = self._counts.get(rid)
+            if before is None:
+                before = self._before_watch.pop(cgroup, 0)
             self._counts[rid] = count
             if count <= before:
                 continue
@@ -102,8 +108,23 @@ class OomWatch:
             del self._counts[rid]
         # A line seen before its counter moved waits for the next check; others' go.
         self._seen = [e for e in self._seen if any(_within(e[0], c) for c in cgroups.values())]
-        self._first = False
         return kills
+
+
+def _existing_counts(parent: Path) -> dict[str, int]:
+    """cgroup name -> its `work`'s kill count, of every sandbox cgroup below `parent` now:
+    `hutch/<home tag>/<id>`, and the flat `hutch/<id>` of an older Hutch."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for child in parent.iterdir():
+            below = [child] if (child / workcgroup.WORK).is_dir() else []
+            if not below and child.is_dir():
+                with contextlib.suppress(OSError):
+                    below = [c for c in child.iterdir() if (c / workcgroup.WORK).is_dir()]
+            for cgroup in below:
+                name = str(cgroup.relative_to(parent.parent))
+                counts[name] = workcgroup.work_oom_kills(name)
+    return counts
 
 
 def _within(cgroup: str, sandbox_cgroup: str) -> bool:
