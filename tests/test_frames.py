@@ -155,13 +155,15 @@ def test_frame_json_refuses_what_json_cannot_encode() -> None:
         assert (type(got.value), str(got.value)) == (type(expected.value), str(expected.value))
 
 
-def test_the_agent_starts_without_json_re_or_typing(tmp_path: Path) -> None:
+def test_the_agent_starts_without_json_re_typing_or_enum(tmp_path: Path) -> None:
     # What the agent imports before it answers the server's first ping (a cold create waits
-    # for that answer): json brings re and its compiled patterns; typing is big.
+    # for that answer): json brings re and its compiled patterns; typing is big; enum (which
+    # `signal` imports) and building enum classes took ~5 ms.
     code = build_code_dir(tmp_path)
     probe = (
         f"import sys; sys.path.insert(0, {str(code)!r}); import hutch.agent.__main__; "
-        "print(sorted({'json', 're', 'typing', 'subprocess', 'threading'} & set(sys.modules)))\n"
+        "print(sorted({'json', 're', 'typing', 'subprocess', 'threading', 'enum', 'signal'}"
+        " & set(sys.modules)))\n"
         # Bad JSON is still a JSONDecodeError there (json is imported to say what is wrong).
         "from hutch._wire.json_c import loads\n"
         "try:\n    loads(b'{not json')\nexcept ValueError as e:\n    print(type(e).__name__)"
@@ -170,3 +172,26 @@ def test_the_agent_starts_without_json_re_or_typing(tmp_path: Path) -> None:
         [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.split("\n")[:2] == ["[]", "JSONDecodeError"]
+
+
+def test_kinds_and_channels_are_their_numbers_with_names() -> None:
+    # Not enum.IntEnum (see frames._Named), but used as one: the decoder's kinds are the same
+    # objects as the names, unknown numbers are refused, and they print as their numbers.
+    assert [(k.name, k.value) for k in Kind] == [
+        ("OPEN", 1),
+        ("DATA", 2),
+        ("EOF", 3),
+        ("RESULT", 4),
+        ("CANCEL", 5),
+        ("EVENT", 6),
+    ]
+    assert [c.name for c in Channel] == ["STDIN", "STDOUT", "STDERR"]
+    [frame] = FrameDecoder().feed(encode_json_frame(Kind.RESULT, 1, {"ok": True}))
+    assert frame.kind is Kind.RESULT is Kind(4)
+    assert Channel(2) is Channel.STDERR
+    with pytest.raises(ValueError):
+        Kind(7)
+    with pytest.raises(ValueError):
+        Channel(3)
+    assert (str(Kind.DATA), f"{Channel.STDOUT}", repr(Kind.EOF)) == ("2", "1", "<Kind.EOF: 3>")
+    assert {Channel.STDOUT: "out"}[1] == "out"

@@ -17,7 +17,6 @@ without bound.
 
 from __future__ import annotations
 
-import enum
 import struct
 
 from hutch._wire.json_c import dumps, loads
@@ -26,28 +25,90 @@ from hutch._wire.json_c import dumps, loads
 # agent imports this module before it can answer anyone.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any, TypeVar
+    from collections.abc import Iterator, Mapping
+    from typing import Any, ClassVar, Self, TypeVar
 
     Payload = TypeVar("Payload", bytes, memoryview)
+    N = TypeVar("N", bound="_Named")
 
 FRAME_HEADER = struct.Struct(">BBIQI")
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 
-class Kind(enum.IntEnum):
-    OPEN = 1  # opener -> peer: JSON request {"op": ..., ...}; starts a stream
-    DATA = 2  # bytes on a channel, at an offset
-    EOF = 3  # a channel is closed (stdin from the server; stdout/stderr from the agent)
-    RESULT = 4  # JSON final answer: {"ok": ...} or {"error": {"code", "message"}}; ends the stream
-    CANCEL = 5  # opener -> peer: stop this stream (kills an exec's process tree)
-    EVENT = 6  # JSON mid-stream event, e.g. {"event": "started", "pid": 12}
+class _NamedType(type):
+    # NB: typeshed's EnumMeta.__iter__ has this signature; mypy accepts it in stubs only.
+    def __iter__(cls: type[N]) -> Iterator[N]:  # type: ignore[misc]
+        return iter(cls._members.values())
 
 
-class Channel(enum.IntEnum):
-    STDIN = 0
-    STDOUT = 1
-    STDERR = 2
+class _Named(int, metaclass=_NamedType):
+    """An int with a name: what the frames' kinds and channels used of ``enum.IntEnum``
+    (``Kind(1) is Kind.OPEN``, ``.name``, ``.value``, ``for kind in Kind``, ValueError for an
+    unknown value), without ``enum``.
+
+    NB: the agent imports this module before it can answer the server's first ping (a cold
+    create waits for that answer): ``import enum`` and making two IntEnum classes were ~5 ms
+    of its start. They compare, hash, pack and print (``str``, f-strings) as their int, as
+    IntEnum members do.
+    """
+
+    __slots__ = ()
+    _members: ClassVar[dict[int, Any]]
+    _names: ClassVar[dict[int, str]]
+
+    def __new__(cls, value: int) -> Self:
+        member: Self | None = cls._members.get(value)
+        if member is None:
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}")
+        return member
+
+    @property
+    def name(self) -> str:
+        return self._names[self]
+
+    @property
+    def value(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {int(self)}>"
+
+    __str__ = int.__repr__
+
+
+def _name_members(cls: type[_Named], **values: int) -> None:
+    cls._members = {}
+    cls._names = {}
+    for name, value in values.items():
+        member = int.__new__(cls, value)
+        setattr(cls, name, member)
+        cls._members[value] = member
+        cls._names[value] = name
+
+
+class Kind(_Named):
+    __slots__ = ()
+    OPEN: ClassVar[Kind]  # opener -> peer: JSON request {"op": ..., ...}; starts a stream
+    DATA: ClassVar[Kind]  # bytes on a channel, at an offset
+    EOF: ClassVar[Kind]  # a channel is closed (stdin from the server; stdout/stderr from the agent)
+    # JSON final answer: {"ok": ...} or {"error": {"code", "message"}}; ends the stream
+    RESULT: ClassVar[Kind]
+    CANCEL: ClassVar[Kind]  # opener -> peer: stop this stream (kills an exec's process tree)
+    EVENT: ClassVar[Kind]  # JSON mid-stream event, e.g. {"event": "started", "pid": 12}
+
+
+_name_members(Kind, OPEN=1, DATA=2, EOF=3, RESULT=4, CANCEL=5, EVENT=6)
+_KINDS: dict[int, Kind] = Kind._members  # the decoders' check, without a call of Kind
+
+
+class Channel(_Named):
+    __slots__ = ()
+    STDIN: ClassVar[Channel]
+    STDOUT: ClassVar[Channel]
+    STDERR: ClassVar[Channel]
+
+
+_name_members(Channel, STDIN=0, STDOUT=1, STDERR=2)
 
 
 class FrameError(ValueError):
@@ -138,10 +199,10 @@ def _checked_kind(kind: int, length: int) -> Kind:
     reader: ``parse_header`` and ``FrameDecoder``)."""
     if length > MAX_PAYLOAD:
         raise FrameError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
-    try:
-        return Kind(kind)
-    except ValueError:
-        raise FrameError(f"unknown frame kind {kind}") from None
+    member: Kind | None = _KINDS.get(kind)
+    if member is None:
+        raise FrameError(f"unknown frame kind {kind}")
+    return member
 
 
 class FrameDecoder:

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import _socket
 import os
-import signal
 
 from . import _workcg
 from ._loop import Loop, report
 from ._server import Agent
+
+TYPE_CHECKING = False
+# NB: `signal`'s C module, not `signal` (which imports enum): see _loop.
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 # The agent's own settings; children must not see them (PYTHONHOME would break any Python
 # in the image).
@@ -164,11 +170,11 @@ def main() -> None:
     )
     agent.close_flush_path = os.environ.get("HUTCH_AGENT_CLOSE_FLUSH") or None
     agent.reaper.after_reaping = agent.files_may_be_closed
-    loop.add_signal_handler(signal.SIGCHLD, agent.reaper.reap)
+    loop.add_signal_handler(_signal.SIGCHLD, agent.reaper.reap)
     # NB: as PID 1 the kernel drops signals the agent has no handler for, so without these a
     # SIGTERM from the runtime would do nothing; with them, it is a graceful stop.
-    loop.add_signal_handler(signal.SIGTERM, agent.shutdown)
-    loop.add_signal_handler(signal.SIGINT, agent.shutdown)
+    loop.add_signal_handler(_signal.SIGTERM, agent.shutdown)
+    loop.add_signal_handler(_signal.SIGINT, agent.shutdown)
     # NB: non-dumpable before anything runs in the sandbox besides the agent (see
     # defer_startup: nothing is spawned before it), and before it holds any secret.
     agent.defer_startup(_protect_self, _retitle, _warm_spawning)

@@ -2,7 +2,7 @@
 
 Why not asyncio: ``import asyncio`` alone costs ~9 MB and ~30 ms, and a host holds a
 thousand idle agents. This loop is a ``selectors`` poll plus a timer heap; signals arrive
-through ``signal.set_wakeup_fd`` on a self-pipe, so a SIGCHLD wakes the poll at once and is
+through ``_signal.set_wakeup_fd`` on a self-pipe, so a SIGCHLD wakes the poll at once and is
 handled between callbacks, never in the middle of one.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import os
 import selectors
-import signal
 import time
 from collections import deque
 
@@ -19,6 +18,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
+
+# NB: the C module under `signal`: `signal` itself imports enum (~5 ms of the agent's start,
+# before it can answer the server's first ping) to wrap numbers the agent does not need.
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -165,8 +171,8 @@ class Loop:
 
     def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
         self._signal_callbacks[signum] = callback
-        signal.signal(signum, _ignore_signal)
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        _signal.signal(signum, _ignore_signal)
+        _signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
 
     def _read_signals(self) -> None:
         try:
@@ -229,7 +235,7 @@ class Loop:
             report_exception("unexpected error in a callback")
 
     def close(self) -> None:
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         self._selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)

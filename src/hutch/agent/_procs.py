@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 from ._launch import MAX_GROUPS, bundled_launcher, launch
 from ._workcg import active as work_active
@@ -15,6 +14,12 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
+
+# NB: `signal`'s C module, not `signal` (which imports enum): see _loop.
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -390,10 +395,10 @@ def kill_tree(session: int, root: int | None, tag: bytes | None = None) -> set[i
         if not new:
             break
         for pid in new:
-            _send(pid, signal.SIGSTOP)
+            _send(pid, _signal.SIGSTOP)
         stopped |= new
     for pid in stopped:
-        _send(pid, signal.SIGKILL)
+        _send(pid, _signal.SIGKILL)
     return stopped
 
 
