@@ -1,7 +1,7 @@
 """A small single-threaded event loop: fd readiness, timers and signals.
 
 Why not asyncio: ``import asyncio`` alone costs ~9 MB and ~30 ms, and a host holds a
-thousand idle agents. This loop is a ``selectors`` poll plus a timer heap; signals arrive
+thousand idle agents. This loop is an epoll plus a timer heap; signals arrive
 through ``_signal.set_wakeup_fd`` on a self-pipe, so a SIGCHLD wakes the poll at once and is
 handled between callbacks, never in the middle of one.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import heapq
 import os
-import selectors
+import select
 import time
-from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,11 +22,15 @@ if TYPE_CHECKING:
 # before it can answer the server's first ping) to wrap numbers the agent does not need.
 if TYPE_CHECKING:
     import signal as _signal
+    from collections import deque
 else:
     import _signal
+    from _collections import deque  # NB: `collections` itself costs ~1 ms of the start
 
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+# NB: epoll itself, not `selectors` (which imports collections and math, and wraps each poll,
+# register and unregister in Python: ~10 us of every exec).
+_READ = select.EPOLLIN
+_WRITE = select.EPOLLOUT
 
 
 def report(message: str) -> None:
@@ -84,7 +87,7 @@ class Loop:
     and swallowed: nothing a client or a child does may stop the agent."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
         self._handlers: dict[int, _Handlers] = {}
         self._timers: list[Timer] = []
         self._cancelled_timers = 0
@@ -116,7 +119,7 @@ class Loop:
             # NB: a batch of events from select() may still hold this object; with its
             # callbacks gone, a stale event cannot reach whatever reuses the fd number.
             handlers.reader = handlers.writer = None
-            self._selector.unregister(fd)
+            self._epoll.unregister(fd)
 
     def _update(self, fd: int, **callbacks: Callable[[], None] | None) -> None:
         handlers = self._handlers.get(fd)
@@ -136,11 +139,11 @@ class Loop:
             return
         if not mask:
             del self._handlers[fd]
-            self._selector.unregister(fd)
+            self._epoll.unregister(fd)
         elif not old_mask:
-            self._selector.register(fd, mask, handlers)
+            self._epoll.register(fd, mask)
         else:
-            self._selector.modify(fd, mask, handlers)
+            self._epoll.modify(fd, mask)
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -191,10 +194,11 @@ class Loop:
 
     def run(self) -> None:
         self._running = True
-        select = self._selector.select
+        poll = self._epoll.poll
+        handlers_of = self._handlers
         timers = self._timers
         while self._running:
-            timeout: float | None = None
+            timeout = -1.0
             while timers and timers[0].cancelled:
                 heapq.heappop(timers)
                 self._cancelled_timers -= 1
@@ -202,14 +206,20 @@ class Loop:
                 timeout = max(0.0, timers[0].when - time.monotonic())
             if self._idle or self._after_turn:
                 timeout = 0.0
-            events = select(timeout)
-            for key, mask in events:
-                handlers: _Handlers = key.data
+            # NB: epoll rounds the timeout up to whole milliseconds, as selectors did.
+            events = poll(timeout)
+            # The handlers of this batch, taken before any runs: a callback may remove (and
+            # close) an fd whose number is then reused; its stale event must not reach that.
+            batch = [(handlers_of.get(fd), mask) for fd, mask in events]
+            for handlers, mask in batch:
+                if handlers is None:
+                    continue
                 # Look the callbacks up at each step: an earlier callback in this batch may
-                # have removed (and closed) this fd.
-                if mask & _READ and handlers.reader is not None:
+                # have removed (and closed) this fd. An error or hang-up wakes both, as in
+                # selectors.
+                if mask & ~_WRITE and handlers.reader is not None:
                     self._run(handlers.reader)
-                if mask & _WRITE and handlers.writer is not None:
+                if mask & ~_READ and handlers.writer is not None:
                     self._run(handlers.writer)
             if timers:
                 now = time.monotonic()
@@ -236,6 +246,6 @@ class Loop:
 
     def close(self) -> None:
         _signal.set_wakeup_fd(-1)
-        self._selector.close()
+        self._epoll.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)

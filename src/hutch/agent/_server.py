@@ -5,7 +5,6 @@ from __future__ import annotations
 import _socket  # the C core of ``socket``: its Python wrapper costs memory and buys nothing here
 import os
 import time
-from collections import deque
 
 from hutch._wire.frames import Frame, FrameDecoder, FrameError, Kind, encode_json_frame
 
@@ -17,6 +16,7 @@ from ._requests import InvalidRequest, UnknownOp, parse_op, parse_ping
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable
     from typing import Any
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from ._loop import Loop, Timer
     from ._ops import ClosesFlusher, RunningProcesses, StreamOp
+else:
+    from _collections import deque  # NB: not `collections`: see _loop
 
 RECV_SIZE = 256 * 1024
 # Output waiting for a slow server: above HIGH the execs of that connection stop reading
