@@ -7,8 +7,9 @@ package, ``_wire`` and ``agent``, compiled) and started as a host process the wa
 runtime starts it: the server's connection and its ping are already queued on the listening
 socket when the interpreter starts (a cold create waits for that answer). Per start: the
 wall time from the spawn to the ping's answer, the agent's CPU up to then (all its threads,
-``/proc/PID/task/*/schedstat``), and the wall time of a first and a second ``exec true``
-sent 20 ms after the answer (as the server leaves it: it finishes the create meanwhile).
+``/proc/PID/task/*/schedstat``), the wall time of a first and a second ``exec true`` sent
+20 ms after the answer (as the server leaves it: it finishes the create meanwhile), and the
+agent's CPU up to the end of the first exec (what it did after the answer included).
 Both builds run on this interpreter, so only the agent's code differs; turns alternate
 A B B A, and the load average is printed.
 """
@@ -63,8 +64,9 @@ def _until_result(conn: socket.socket, decoder: FrameDecoder, stream: int) -> No
                 return
 
 
-def one_start(code: Path, workdir: Path) -> tuple[float, float, float, float]:
-    """(wall to the answer, CPU to the answer, first exec, second exec), in ms."""
+def one_start(code: Path, workdir: Path) -> tuple[float, ...]:
+    """(wall to the answer, CPU to the answer, first exec, second exec, CPU to the first
+    exec's end), in ms."""
     path = workdir / "agent.sock"
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -98,11 +100,13 @@ def one_start(code: Path, workdir: Path) -> tuple[float, float, float, float]:
             conn.sendall(encode_json_frame(Kind.OPEN, stream, {"op": "exec", "argv": ["true"]}))
             _until_result(conn, decoder, stream)
             execs.append((time.perf_counter() - t0) * 1000)
+            if stream == 3:
+                cpu_first = _cpu_ms(proc.pid)
     finally:
         conn.close()
         proc.terminate()
         proc.wait()
-    return answered, cpu, execs[0], execs[1]
+    return answered, cpu, execs[0], execs[1], cpu_first
 
 
 def main() -> None:
@@ -115,7 +119,7 @@ def main() -> None:
         "this": _build(sys.executable, tmp / "this"),
         "other": _build(args.other, tmp / "other"),
     }
-    figures: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in codes}
+    figures: dict[str, list[tuple[float, ...]]] = {n: [] for n in codes}
     loads = [os.getloadavg()]
     for name in codes:  # the page cache
         one_start(codes[name], tmp)
@@ -124,15 +128,19 @@ def main() -> None:
             figures[name].append(one_start(codes[name], tmp))
     loads.append(os.getloadavg())
     print(f"{args.n} starts each, interleaved; load average {loads[0]} -> {loads[-1]}")
-    labels = ("wall to the answer", "CPU to the answer", "first exec", "second exec")
-    for name, samples in figures.items():
-        cols = []
-        for j, label in enumerate(labels):
-            values = sorted(s[j] for s in samples)
-            cols.append(
-                f"{label} p50 {percentile(values, 50):6.2f} p95 {percentile(values, 95):6.2f}"
-            )
-        print(f"{name:6} " + " | ".join(cols) + " ms")
+    labels = (
+        "wall to the answer",
+        "CPU to the answer",
+        "first exec (wall)",
+        "second exec (wall)",
+        "CPU to the first exec's end",
+    )
+    for j, label in enumerate(labels):
+        print(f"{label}:")
+        for name, samples in figures.items():
+            values = [s[j] for s in samples]
+            p50, p95 = percentile(values, 50), percentile(values, 95)
+            print(f"  {name:6} p50 {p50:7.2f} p95 {p95:7.2f} ms")
 
 
 if __name__ == "__main__":
