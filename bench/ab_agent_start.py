@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,11 +122,14 @@ def main() -> None:
     }
     figures: dict[str, list[tuple[float, ...]]] = {n: [] for n in codes}
     loads = [os.getloadavg()]
-    for name in codes:  # the page cache
-        one_start(codes[name], tmp)
-    for i in range(args.n):
-        for name in list(codes) if i % 2 == 0 else list(codes)[::-1]:
-            figures[name].append(one_start(codes[name], tmp))
+    try:
+        for name in codes:  # the page cache
+            one_start(codes[name], tmp)
+        for i in range(args.n):
+            for name in list(codes) if i % 2 == 0 else list(codes)[::-1]:
+                figures[name].append(one_start(codes[name], tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     loads.append(os.getloadavg())
     print(f"{args.n} starts each, interleaved; load average {loads[0]} -> {loads[-1]}")
     labels = (
