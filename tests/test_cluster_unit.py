@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -345,6 +346,42 @@ async def test_tunnel_needs_the_token_then_carries_bytes(tmp_path: Path) -> None
     finally:
         await tunnels.close()
         agent.close()
+
+
+async def test_a_tunnel_carries_what_comes_with_its_head_and_much_both_ways_then_ends(
+    tmp_path: Path,
+) -> None:
+    from hutch.node._tunnel import connect_head
+
+    sock = tmp_path / "agent.sock"
+    big = os.urandom(8 << 20)
+
+    async def agent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        # Sends a large answer while the client still sends: the splice's flow control holds
+        # both (neither side reads until it has written all).
+        w.write(big[::-1])
+        got = await r.readexactly(len(big) + 5)
+        w.write(got[:5])
+        await w.drain()
+        w.close()
+
+    agent_server = await asyncio.start_unix_server(agent, sock)
+    tunnels = TunnelServer("right", lambda rid: sock, lambda rid: None)
+    port = await tunnels.start("127.0.0.1", 0)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        # Bytes sent with the head, before the node answered, reach the agent first.
+        w.write(connect_head("agent/sb-1", "right") + b"first")
+        assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        w.write(big)
+        assert await asyncio.wait_for(r.readexactly(len(big)), 30) == big[::-1]
+        assert await asyncio.wait_for(r.readexactly(5), 5) == b"first"
+        # The agent closed its end: so is the client's, through the node.
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+    finally:
+        await tunnels.close()
+        agent_server.close()
 
 
 async def test_node_api_refuses_requests_without_the_token(tmp_path: Path) -> None:

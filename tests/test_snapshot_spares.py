@@ -344,3 +344,24 @@ def _settle(spares: Path, until: Callable[[list[str]], bool] = operator.not_) ->
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_node_start_removes_only_moves_snapshots_older_than_any_move(pool: StoragePool) -> None:
+    from hutch.server._node_daemon import stale_move_snapshots
+    from hutch.server.services._moves import MOVE_SNAPSHOT_LEFT_AFTER
+
+    snaps = DiskSnapshots(pool)
+    _disk(pool, "src", "v1")
+    before = time.time()
+    for snapshot_id in ("mv-left", "snap-user", "fork-copy"):
+        snaps.take("src", snapshot_id)
+    # When it was taken, not when its disk was made (a snapshot copies its disk's inode times).
+    assert before - 1 <= snaps.made_at("mv-left") <= time.time() + 1
+    # A move may still pull it or make its container from it: kept.
+    assert stale_move_snapshots(snaps, time.time()) == []
+    # Older than any move runs: its move is over (its replica died, or this node was away
+    # when the move deleted it). Only a move's: a user's snapshot and a fork's copy stay.
+    later = snaps.made_at("mv-left") + MOVE_SNAPSHOT_LEFT_AFTER + 1
+    assert stale_move_snapshots(snaps, later) == ["mv-left"]
+    with pytest.raises(StorageError):
+        snaps.made_at("mv-none")

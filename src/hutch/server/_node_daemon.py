@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -37,6 +37,7 @@ from hutch.node import (
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._node_pools import NodePoolLedger
 from hutch.server.services._fork_leftovers import FORK_COPY_PREFIX, LEFT_AFTER
+from hutch.server.services._moves import MOVE_SNAPSHOT_LEFT_AFTER, MOVE_SNAPSHOT_PREFIX
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._open import open_store
 from hutch.server.store._sqlite import Store
@@ -149,6 +150,21 @@ def unusable_fork_copies(
     return [c for c in copies if c in old or row_node(c) is None]
 
 
+class _Snapshots(Protocol):  # the runtime's DiskSnapshots
+    def ids(self) -> list[str]: ...
+    def made_at(self, snapshot_id: str) -> float: ...
+
+
+def stale_move_snapshots(snaps: _Snapshots, now: float) -> list[str]:
+    """The moves' snapshots (`mv-*`) on this node that no move can still use: taken or
+    received more than MOVE_SNAPSHOT_LEFT_AFTER ago. A move records nothing in the store (the
+    replica that runs it knows its snapshot's id, and deletes it on both nodes when it ends),
+    so their age is all there is: a replica that died mid-move, or a node that was away when
+    the move ended, left them, a disk's worth each."""
+    moves = [i for i in snaps.ids() if i.startswith(MOVE_SNAPSHOT_PREFIX)]
+    return [i for i in moves if snaps.made_at(i) < now - MOVE_SNAPSHOT_LEFT_AFTER]
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the daemon handles SIGTERM/SIGINT once."""
 
@@ -258,6 +274,16 @@ class NodeDaemon:
             log.info("node %s: removed fork copy %s, left by a fork", self.config.name, copy_id)
         return removed
 
+    async def _sweep_move_snapshots(self, now: float) -> list[str]:
+        snaps = self.runtime.snapshots
+        removed = await asyncio.to_thread(stale_move_snapshots, snaps, now)
+        for snapshot_id in removed:
+            await asyncio.to_thread(snaps.delete, snapshot_id)
+            log.info(
+                "node %s: removed move snapshot %s, left by a move", self.config.name, snapshot_id
+            )
+        return removed
+
     async def _granted_running(self) -> list[tuple[str, str]]:
         """The running sandboxes whose egress grants the last run kept (the others' go)."""
         granted = self.grants.load()
@@ -281,6 +307,7 @@ class NodeDaemon:
         await self.runtime.setup()
         await self._sweep()
         await self._sweep_fork_copies(time.time())
+        await self._sweep_move_snapshots(time.time())
         # From now on: an OOM kill in a sandbox made later is news, even if the replicas'
         # first question about it comes after the kill.
         self.host.start_watch()

@@ -50,6 +50,12 @@ from hutch.runtime.container._storage import (
 BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
 _VOL_ARGS_V2 = struct.Struct("qQQ32s4040s")
 BTRFS_SUBVOL_RDONLY = 1 << 1
+# _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args) = 504 bytes; its `otime` (a
+# btrfs_ioctl_timespec: __u64 sec, __u32 nsec, padded to 16) is at offset 392.
+BTRFS_IOC_GET_SUBVOL_INFO = 0x81F8943C
+_SUBVOL_INFO_SIZE = 504
+_SUBVOL_OTIME = struct.Struct("=QI")
+_SUBVOL_OTIME_AT = 392
 SNAPSHOTS_DIR = ".snapshots"
 SPARES_DIR = ".spares"
 # The suffix of a fork's copy made read-only to be sent to another node (`sendable`).
@@ -75,6 +81,26 @@ def snapshot_subvolume(source: Path, parent: Path, name: str, *, read_only: bool
     finally:
         os.close(src_fd)
     return parent / name
+
+
+def subvolume_made_at(path: Path) -> float:
+    """When the subvolume `path` was made (its root's otime, in seconds since the epoch).
+
+    NB: not the inode times of its top directory: a snapshot copies its source's.
+    """
+    info = bytearray(_SUBVOL_INFO_SIZE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, info)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"cannot read the subvolume info of {path}: {e}") from e
+    sec: int
+    nsec: int
+    sec, nsec = _SUBVOL_OTIME.unpack_from(info, _SUBVOL_OTIME_AT)
+    return sec + nsec / 1e9
 
 
 def set_limit(subvolume: Path, limit_bytes: int) -> None:
@@ -350,6 +376,14 @@ class DiskSnapshots:
         for name in stale:
             delete_subvolume(self.spares, name)
         return stale
+
+    def made_at(self, snapshot_id: str) -> float:
+        """When the snapshot was taken or received here (seconds since the epoch).
+
+        Raises:
+            StorageError: no such snapshot.
+        """
+        return subvolume_made_at(self.path(snapshot_id))
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():

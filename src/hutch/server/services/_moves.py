@@ -31,6 +31,13 @@ from hutch.server.store._sqlite import SandboxRecord, Store
 log = logging.getLogger("hutch.server")
 
 MOVABLE = ("running", "paused", "stopped")
+# What a move names the snapshot of a disk it moves, on the old node and on the new one.
+MOVE_SNAPSHOT_PREFIX = "mv-"
+# Longer than any move uses its snapshot: taken (a node call: 30 s at most), pulled (10 min at
+# most: node/_remote.py's MOVE_TIMEOUT), then made a container and stopped (30 s each). A
+# node's start removes the older ones (server/_node_daemon.py): their move ended, or died
+# with its replica, or its node was away when it wanted to delete them.
+MOVE_SNAPSHOT_LEFT_AFTER = 20 * 60.0
 
 
 @dataclass
@@ -110,7 +117,7 @@ class Mover:
         self, record: SandboxRecord, source: str, target: str, *, mounted: bool
     ) -> None:
         src, dst = self._cluster.remote(source), self._cluster.remote(target)
-        snap = "mv-" + secrets.token_hex(6)
+        snap = MOVE_SNAPSHOT_PREFIX + secrets.token_hex(6)
         spec = self._manager.spec_for(record, self._images.get(record.image_id))
         await src.take_snapshot(record.id, snap)
         try:
