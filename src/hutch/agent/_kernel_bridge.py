@@ -35,14 +35,14 @@ import sys
 import threading
 import time
 
+# NB: run as a script (``python3 _kernel_bridge.py``): its directory is sys.path[0].
+from _kernel_setup import KERNEL_SETUP  # type: ignore[import-not-found]
+
 # NB: no uuid (it imports platform) nor typing at run time: the bridge's imports are CPU that
 # a new context's kernel waits for, on the same one-CPU quota.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-# NB: run as a script (``python3 _kernel_bridge.py``): its directory is sys.path[0].
-from _kernel_setup import KERNEL_SETUP  # type: ignore[import-not-found]
 
 CHART_MIME = "application/vnd.hutch.chart+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
