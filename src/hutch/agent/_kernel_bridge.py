@@ -34,16 +34,25 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from typing import Any
 
 # NB: run as a script (``python3 _kernel_bridge.py``): its directory is sys.path[0].
 from _kernel_setup import KERNEL_SETUP  # type: ignore[import-not-found]
+
+# NB: no uuid (it imports platform) nor typing at run time: the bridge's imports are CPU that
+# a new context's kernel waits for, on the same one-CPU quota.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CHART_MIME = "application/vnd.hutch.chart+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
+# How often a refused connect to the starting kernel is retried, and how soon a
+# kernel_info_request is asked again when its answer came before iopub delivered anything
+# (see Bridge.connect): each is a wait on a new context's path, not work.
+RECONNECT_MS = 5
+RESEND_S = 0.01
 
 
 # Puts back the variables a run with its own env changed (see Bridge.run).
@@ -132,7 +141,7 @@ class KernelClient:
 
         self._zmq = zmq
         self._key = str(info["key"]).encode()
-        self._session = uuid.uuid4().hex
+        self._session = os.urandom(16).hex()
         context = zmq.Context.instance()
         base = f"tcp://{info['ip']}:"
         self.shell = context.socket(zmq.DEALER)
@@ -140,6 +149,10 @@ class KernelClient:
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         for sock, port in ((self.shell, info["shell_port"]), (self.iopub, info["iopub_port"])):
             sock.setsockopt(zmq.LINGER, 0)
+            # The bridge connects while the kernel is still importing: the first connects are
+            # refused, and zmq retries every RECONNECT_IVL (100 ms by default), so a kernel
+            # that bound its ports just after a retry was reached up to 100 ms late.
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
             sock.connect(base + str(port))
         self._poller = zmq.Poller()
         self._poller.register(self.shell, zmq.POLLIN)
@@ -152,7 +165,7 @@ class KernelClient:
         return mac.hexdigest().encode()
 
     def send(self, msg_type: str, content: dict[str, Any]) -> str:
-        msg_id = uuid.uuid4().hex
+        msg_id = os.urandom(16).hex()
         header = {
             "msg_id": msg_id,
             "session": self._session,
@@ -291,10 +304,10 @@ class Bridge:
             if (
                 not msg_id
                 or (not replied_at and now - sent_at > 1)
-                or (replied_at and now - replied_at > 0.1)
+                or (replied_at and now - replied_at > RESEND_S)
             ):
                 msg_id, sent_at, replied_at = kc.send("kernel_info_request", {}), now, 0.0
-            for channel, message in kc.poll(0.05):
+            for channel, message in kc.poll(RESEND_S if replied_at else 0.05):
                 if channel == "iopub":
                     subscribed = True
                 elif message["parent_header"].get("msg_id") == msg_id:
