@@ -4,6 +4,8 @@ runs, without the agent forking, and a missing or unrunnable program reads as un
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +114,23 @@ async def test_missing_and_unrunnable_programs_read_as_under_runc(
     children = _read(f"/proc/{agent.pid}/task/{agent.pid}/children").split()
     states = [_read(f"/proc/{c}/stat").split(") ")[1][0] for c in children]
     assert "Z" not in states
+
+
+def test_a_state_file_caught_mid_rewrite_is_read_again_not_taken_for_a_dead_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runsc truncates and rewrites its state file while a sandbox starts; a read in between
+    # must not say the sandbox is gone (its start failed as "exited before it listened").
+    from hutch.runtime.container import _runsc
+
+    state = tmp_path / "sb-1_sandbox:sb-1.state"
+    whole = json.dumps({"status": "running", "sandbox": {"pid": os.getpid()}, "bundleDir": "/b"})
+    reads = iter([b"", whole[:17].encode(), whole.encode()])
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    runsc = object.__new__(_runsc.Runsc)
+    runsc.root = tmp_path
+    found = runsc.state("sb-1")
+    assert found is not None and found.status == "running" and found.pid == os.getpid()
+    monkeypatch.undo()
+    state.write_text(whole[:17])  # torn for good: no sandbox, after a few tries
+    assert runsc.state("sb-1") is None

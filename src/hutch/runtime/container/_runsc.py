@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from hutch.runtime.container._errors import RuncError, SandboxStartError
@@ -141,9 +142,8 @@ class Runsc:
         its netns, and costs a Go process start: the status the file holds, "stopped" when
         the sandbox process is gone.
         """
-        try:
-            data = json.loads(self._state_file(container_id).read_bytes())
-        except (OSError, ValueError):
+        data = _read_state(self._state_file(container_id))
+        if data is None:
             return None
         pid = int((data.get("sandbox") or {}).get("pid") or 0)
         status = str(data.get("status") or "stopped")
@@ -178,6 +178,27 @@ class Runsc:
         # runsc cannot load a container whose sandbox is gone: they are removed here.
         for path in self.root.glob(f"{container_id}_sandbox:{container_id}.*"):
             path.unlink(missing_ok=True)
+
+
+def _read_state(path: Path, tries: int = 5) -> dict | None:  # type: ignore[type-arg]
+    """The state file's JSON, or None if there is none (or it stays unreadable).
+
+    NB: runsc rewrites the file in place (truncate, then write) at each change of state, one
+    of them while the agent starts: a read between the two sees a torn file. Read as "no
+    sandbox", the start's liveness check failed it as "exited before it listened" (seen under
+    load in CI's gVisor pass). The next read, a moment later, sees the whole file.
+    """
+    for attempt in range(tries):
+        try:
+            data = json.loads(path.read_bytes())
+        except OSError:
+            return None
+        except ValueError:
+            if attempt + 1 < tries:
+                time.sleep(0.001 * (attempt + 1))
+            continue
+        return data if isinstance(data, dict) else None
+    return None
 
 
 def _alive(pid: int) -> bool:
