@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 _PIPE_SIZE = 64 * 1024
 # The parent's copies of the child's fds go at or above this number, above every target.
 _HIGH_FD = 64
-_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +125,6 @@ def spawn(
                 *((os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(sources)),
             ],
             setsid=new_session,
-            # NB: Python ignores SIGPIPE (and SIGXFSZ), and an ignored signal stays ignored
-            # across exec: restored as subprocess and libuv restore them, with no signal
-            # blocked, so a tool dies of a closed pipe as it would from a shell.
-            setsigdef=_RESTORED_SIGNALS,
-            setsigmask=(),
         )
     finally:
         for fd in sources:
