@@ -84,4 +84,3 @@ async def test_a_missing_tool_raises_and_leaks_no_fd() -> None:
         with pytest.raises(FileNotFoundError):
             await run_tool(["hutch-no-such-tool"], b"input", capture_stdout=True)
     assert len(os.listdir("/proc/self/fd")) == before
-
