@@ -1,34 +1,86 @@
-"""Host tools (`ip`, `nft`, `nsenter`) run by the runtime without forking the server."""
+"""Host tools (`runc`, `ip`, `nft`, `nsenter`, …) run by the runtime without forking the server."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
-from hutch.runtime.container._spawn import run_tool
+from hutch.runtime.container._spawn import ToolOutput, exit_code, run_tool, spawn
 
 
 async def test_a_tool_gets_its_input_and_gives_its_exit_code_and_errors() -> None:
-    assert await run_tool(["sh", "-c", 'read line; echo "got $line" >&2; exit 3'], b"x\n") == (
-        3,
-        b"got x\n",
-    )
+    assert await run_tool(
+        ["sh", "-c", 'read line; echo "got $line" >&2; exit 3'], b"x\n"
+    ) == ToolOutput(3, b"", b"got x\n")
 
 
 async def test_an_input_bigger_than_a_pipe_and_a_long_error_both_get_through() -> None:
     data = os.urandom(300_000)
-    code, err = await run_tool(["sh", "-c", "wc -c >&2; head -c 200000 /dev/zero >&2"], data)
-    assert code == 0 and err.startswith(b"300000\n") and len(err) == 7 + 200_000
+    out = await run_tool(["sh", "-c", "wc -c >&2; head -c 200000 /dev/zero >&2"], data)
+    assert out.exit_code == 0 and out.stderr.startswith(b"300000\n")
+    assert len(out.stderr) == 7 + 200_000
 
 
 async def test_without_input_the_tool_reads_nothing() -> None:
-    assert await run_tool(["sh", "-c", "wc -c >&2"]) == (0, b"0\n")
+    assert await run_tool(["sh", "-c", "wc -c >&2"]) == ToolOutput(0, b"", b"0\n")
+
+
+async def test_a_tool_that_writes_much_before_it_reads_its_input_does_not_hang() -> None:
+    # runc exec of a helper may answer before it has read all it was given.
+    data = os.urandom(300_000)
+    out = await run_tool(
+        ["sh", "-c", "head -c 200000 /dev/zero; wc -c >&2"], data, capture_stdout=True
+    )
+    assert out == ToolOutput(0, bytes(200_000), b"300000\n")
+
+
+async def test_a_tool_gets_the_environment_and_session_it_is_given() -> None:
+    # Field 6 of /proc/PID/stat is the session: a new session's id is its leader's pid.
+    script = 'echo "$HUTCH_T $PATH"; [ "$(cut -d" " -f6 /proc/$$/stat)" = "$$" ]'
+    env = {"HUTCH_T": "x", "PATH": "/usr/bin:/bin"}
+    assert await run_tool(
+        ["sh", "-c", script], capture_stdout=True, env=env, new_session=True
+    ) == ToolOutput(0, b"x /usr/bin:/bin\n", b"")
+    assert (await run_tool(["sh", "-c", script], env=env)).exit_code == 1
+
+
+async def test_a_tool_given_fds_has_exactly_those_and_no_other_of_the_servers() -> None:
+    # As `runc run` gets its listener at fd 3 and the work cgroup's fds after it, beside an
+    # fd of the server's that an exec would keep (inherited, not close-on-exec).
+    leaked_r, leaked_w = os.pipe()
+    os.set_inheritable(leaked_r, True)
+    a_r, a_w = os.pipe2(os.O_CLOEXEC)
+    b_r, b_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    report = (
+        "import os\n"
+        "fds = [fd for fd in range(256) if os.path.exists(f'/proc/self/fd/{fd}')]\n"
+        "print(fds, os.read(3, 1), os.read(4, 1))\n"
+    )
+    try:
+        os.write(a_w, b"a")
+        os.write(b_w, b"b")
+        pid = spawn(
+            [sys.executable, "-I", "-S", "-c", report],
+            stdin=devnull,
+            stdout=out_w,
+            stderr=devnull,
+            fds=(b_r, a_r),
+        )
+        os.close(out_w)
+        assert await exit_code(pid) == 0
+        assert os.read(out_r, 4096) == b"[0, 1, 2, 3, 4] b'b' b'a'\n"
+    finally:
+        for fd in (leaked_r, leaked_w, a_r, a_w, b_r, b_w, out_r, devnull):
+            os.close(fd)
 
 
 async def test_a_missing_tool_raises_and_leaks_no_fd() -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
         with pytest.raises(FileNotFoundError):
-            await run_tool(["hutch-no-such-tool"], b"input")
+            await run_tool(["hutch-no-such-tool"], b"input", capture_stdout=True)
     assert len(os.listdir("/proc/self/fd")) == before

@@ -42,6 +42,7 @@ from hutch.runtime.container._oci import Mount, Spec, merge_env
 from hutch.runtime.container._overlay import mount_overlay
 from hutch.runtime.container._runc import ContainerState
 from hutch.runtime.container._runsc import Runsc, runsc_binary
+from hutch.runtime.container._spawn import run_tool
 from hutch.runtime.container._spec import RuntimeConfig, SandboxSpec
 from hutch.runtime.container._workcgroup import work_limits
 
@@ -249,16 +250,11 @@ async def remove_netns(name: str) -> None:
 
 
 async def _ip(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "ip",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise SandboxStartError(f"ip {' '.join(args)} failed: {err.decode(errors='replace')}")
+    out = await run_tool(["ip", *args])
+    if out.exit_code != 0:
+        raise SandboxStartError(
+            f"ip {' '.join(args)} failed: {out.stderr.decode(errors='replace')}"
+        )
 
 
 class GvisorSandboxes:

@@ -23,9 +23,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import signal
 from pathlib import Path
 
 from hutch.runtime._idmap import HOST_ID_BASE, ID_RANGE
+from hutch.runtime.container._spawn import exit_code, spawn
 
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
@@ -73,29 +75,34 @@ async def make_userns(base: int) -> int:
     from here (host root may write any map), the fd keeps the namespace alive after the
     helper is gone.
     """
-    proc = await asyncio.create_subprocess_exec(
-        "unshare",
-        "--user",
-        "cat",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    # `cat` waits on a pipe of ours until it is killed; posix_spawn, not asyncio's
+    # subprocess, which forks the server (_spawn).
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid = spawn(["unshare", "--user", "cat"], stdin=in_r, stdout=devnull, stderr=devnull)
+    except BaseException:
+        os.close(in_w)
+        raise
+    finally:
+        os.close(in_r)
+        os.close(devnull)
     try:
         own = os.readlink("/proc/self/ns/user")
         for _ in range(5000):
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{proc.pid}/ns/user") != own:
+                if os.readlink(f"/proc/{pid}/ns/user") != own:
                     break
             await asyncio.sleep(0.001)
         else:
             raise OSError("unshare --user did not enter a new user namespace")
-        _write_maps(proc.pid, id_map(base))
-        return os.open(f"/proc/{proc.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        _write_maps(pid, id_map(base))
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
+        os.close(in_w)
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+            os.kill(pid, signal.SIGKILL)
+        await exit_code(pid)
 
 
 def _write_maps(pid: int, text: str) -> None:

@@ -68,24 +68,14 @@ class SandboxNet:
 
 async def _run(*argv: str, stdin: str | None = None) -> None:
     # NB: not asyncio's subprocess: on the server's uvloop that forks the whole server (_spawn).
-    code, err = await run_tool(list(argv), stdin.encode() if stdin is not None else None)
-    if code != 0:
-        raise NetworkError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
+    out = await run_tool(argv, stdin.encode() if stdin is not None else None)
+    if out.exit_code != 0:
+        raise NetworkError(f"{argv[0]} failed: {out.stderr.decode(errors='replace').strip()}")
 
 
 async def _host_networks() -> list[str]:
     """The IPv4 networks of the host's interfaces now ([] if `ip` cannot say)."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip",
-        "-j",
-        "-4",
-        "addr",
-        "show",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
+    out = (await run_tool(["ip", "-j", "-4", "addr", "show"], capture_stdout=True)).stdout
     try:
         return _public_net.parse_host_networks(out.decode())
     except (ValueError, KeyError, TypeError):

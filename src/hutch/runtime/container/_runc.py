@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import json
 import os
 import shutil
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.runtime.container._errors import RuncError, SandboxStartError
+from hutch.runtime.container._spawn import exit_code, run_tool, spawn
 
 # runc gets a fixed environment: it would honour LISTEN_FDS (systemd socket activation) of the
 # server's and hand those fds to the container.
@@ -93,29 +92,36 @@ class Runc:
             str(bundle),
             container_id,
         )
-        pid = _spawn(self.binary, argv, stderr_fd=stderr_fd, fds=(fd3, *extra_fds))
-        status = await _wait_pid(pid)
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            pid = spawn(
+                argv,
+                stdin=devnull,
+                stdout=devnull,
+                stderr=stderr_fd,
+                fds=(fd3, *extra_fds),
+                env=_RUNC_ENV,
+                new_session=True,
+            )
+        finally:
+            os.close(devnull)
+        status = await exit_code(pid)
         if status != 0:
             raise SandboxStartError(
                 f"runc run {container_id} failed (exit {status}): {read_runc_error(log)}"
             )
 
     async def _call(self, *args: str, check: bool = True, stdin: bytes | None = None) -> RuncOutput:
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv(*args),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_RUNC_ENV,
-            start_new_session=True,
+        # NB: posix_spawn (_spawn), not asyncio's subprocess: on the server's uvloop that
+        # forks the whole server, and a create, a stop or a pause each run runc.
+        out = await run_tool(
+            self._argv(*args), stdin, capture_stdout=True, env=_RUNC_ENV, new_session=True
         )
-        out, err = await proc.communicate(stdin)
-        assert proc.returncode is not None
-        result = RuncOutput(proc.returncode, out, err)
+        result = RuncOutput(out.exit_code, out.stdout, out.stderr)
         if check and result.exit_code != 0:
             raise RuncError(
                 f"runc {' '.join(args)} failed (exit {result.exit_code}): "
-                f"{err.decode(errors='replace').strip()}"
+                f"{result.stderr.decode(errors='replace').strip()}"
             )
         return result
 
@@ -189,63 +195,3 @@ def read_runc_error(log: Path) -> str:
         if entry.get("level") in ("error", "fatal"):
             messages.append(str(entry.get("msg", line)))
     return "; ".join(messages or lines[-5:]) or "(empty runc log)"
-
-
-def _spawn(binary: str, argv: list[str], *, stderr_fd: int, fds: Sequence[int]) -> int:
-    """Start runc in a new session with stdin/stdout on /dev/null, `stderr_fd`, and `fds` as
-    its fds 3, 4, ….
-
-    posix_spawn, not subprocess: it can place the socket at fd 3 (subprocess would need a
-    preexec_fn, which rules out vfork and forks the whole server instead). It returns once
-    runc is exec'd: microseconds, fine on the event loop.
-    """
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    # Copies above every target number first: dup2 in order would otherwise clobber a
-    # source that happens to sit at a later target (say fds=(7, 3)).
-    fds = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
-    try:
-        return os.posix_spawn(
-            binary,
-            argv,
-            _RUNC_ENV,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, devnull, 0),
-                (os.POSIX_SPAWN_DUP2, devnull, 1),
-                (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-                *((os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(fds)),
-            ],
-            setsid=True,
-        )
-    finally:
-        os.close(devnull)
-        for fd in fds:
-            os.close(fd)
-
-
-async def _wait_pid(pid: int) -> int:
-    """Exit code of our child `pid`, waited for without blocking the loop or a thread."""
-    loop = asyncio.get_running_loop()
-    pidfd = os.pidfd_open(pid)
-    exited = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, on_exit)
-    try:
-        await exited
-    except asyncio.CancelledError:
-        # Still reap it, or it lingers as a zombie for the life of the server.
-        loop.run_in_executor(None, os.waitpid, pid, 0)
-        raise
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    return _reap(pid)
-
-
-def _reap(pid: int) -> int:
-    # The pidfd said it exited: this does not block.
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)

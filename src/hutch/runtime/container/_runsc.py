@@ -8,7 +8,6 @@ matters here: no `--preserve-fds` (the agent binds its socket itself: see `_gvis
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from hutch.runtime.container._errors import RuncError, SandboxStartError
 from hutch.runtime.container._runc import ContainerState, RuncOutput
+from hutch.runtime.container._spawn import exit_code, run_tool, spawn
 
 # As for runc: a fixed environment, never the server's (LISTEN_FDS and the like).
 _RUNSC_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -88,17 +88,17 @@ class Runsc:
         ]
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            pid = spawn(
+                argv,
                 stdin=devnull,
                 stdout=devnull,
                 stderr=stderr_fd,
                 env=_RUNSC_ENV,
-                start_new_session=True,
+                new_session=True,
             )
         finally:
             os.close(devnull)
-        status = await proc.wait()
+        status = await exit_code(pid)
         if status != 0:
             raise SandboxStartError(
                 f"runsc run {container_id} failed (exit {status}): {read_runsc_error(log)}"
@@ -114,21 +114,12 @@ class Runsc:
         argv = self._argv(*args)
         if netns is not None:
             argv = ["nsenter", f"--net={netns}", "--", *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_RUNSC_ENV,
-            start_new_session=True,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        result = RuncOutput(proc.returncode, out, err)
+        out = await run_tool(argv, capture_stdout=True, env=_RUNSC_ENV, new_session=True)
+        result = RuncOutput(out.exit_code, out.stdout, out.stderr)
         if check and result.exit_code != 0:
             raise RuncError(
                 f"runsc {' '.join(args)} failed (exit {result.exit_code}): "
-                f"{err.decode(errors='replace').strip()}"
+                f"{result.stderr.decode(errors='replace').strip()}"
             )
         return result
 

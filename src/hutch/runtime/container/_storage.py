@@ -11,7 +11,6 @@ the once-per-boot setup shells out to `mkfs.btrfs` and `mount`.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from hutch.runtime.container._errors import StorageError
 from hutch.runtime.container._mounts import mount_fstype, mount_source
+from hutch.runtime.container._spawn import run_tool
 
 # <linux/btrfs.h>: _IOW/_IOR/_IOWR(0x94, nr, struct).
 _VOL_ARGS = struct.Struct("q4088s")  # struct btrfs_ioctl_vol_args {__s64 fd; char name[4088];}
@@ -183,13 +183,7 @@ def _loop_device_of(mountpoint: Path) -> str:
 
 
 async def _run(*argv: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        text = out.decode(errors="replace").strip()
-        raise StorageError(f"{' '.join(argv)} failed (exit {proc.returncode}): {text}")
+    out = await run_tool(argv, capture_stdout=True)
+    if out.exit_code != 0:
+        text = (out.stdout + out.stderr).decode(errors="replace").strip()
+        raise StorageError(f"{' '.join(argv)} failed (exit {out.exit_code}): {text}")

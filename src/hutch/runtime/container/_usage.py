@@ -3,12 +3,12 @@ tasks), its veth's counters (network) and its subvolume's quota group (disk)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.runtime.container._cgroups import CGROUP_ROOT, is_unified
+from hutch.runtime.container._spawn import run_tool
 
 # cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit value.
 _UNLIMITED = 1 << 62
@@ -93,20 +93,12 @@ def veth_bytes(ifname: str | None) -> tuple[int, int]:
 
 async def qgroup_usage(subvolume: Path) -> tuple[int, int | None] | None:
     """(referenced bytes, limit) of the subvolume's quota group, or None if unreadable."""
-    proc = await asyncio.create_subprocess_exec(
-        "btrfs",
-        "qgroup",
-        "show",
-        "-rf",
-        "--raw",
-        str(subvolume),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    out = await run_tool(
+        ["btrfs", "qgroup", "show", "-rf", "--raw", str(subvolume)], capture_stdout=True
     )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
+    if out.exit_code != 0:
         return None
-    for line in out.decode(errors="replace").splitlines():
+    for line in out.stdout.decode(errors="replace").splitlines():
         fields = line.split()
         # qgroupid  rfer  excl  max_rfer
         if len(fields) >= 4 and fields[0].startswith("0/") and fields[1].isdigit():
