@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._cluster import cluster_env, run_cluster
 from bench._stats import percentile, report
 from hutch.runtime import Runtime, RuntimeConfig
 from hutch.sdk import Client, Sandbox
@@ -38,28 +38,19 @@ from tests import _server
 from tests._server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_ENV = {
-    **os.environ,
-    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench"),
-    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbench"),
-    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.9"),
-    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7095"),
-    "HUTCH_NODE_CPU": "64",
-}
+CLUSTER_ENV = cluster_env(
+    directory="/var/lib/hutch-cluster-bench",
+    prefix="hbench",
+    net="10.250.9",
+    api_port="7095",
+    HUTCH_NODE_CPU="64",
+)
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 256}
 CODE = ROOT  # the checkout whose cluster and server run (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
-    out = subprocess.run(
-        [str(CODE / "scripts/cluster"), command],
-        env=CLUSTER_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return run_cluster(CODE, command, CLUSTER_ENV)
 
 
 def release(home: Path) -> None:

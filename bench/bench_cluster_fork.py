@@ -17,7 +17,6 @@ at the same time needs its own).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -25,33 +24,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._cluster import cluster_env, run_cluster
 from bench._stats import percentile, report
 from hutch.sdk import Client, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_ENV = {
-    **os.environ,
-    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench-fork"),
-    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbfork"),
-    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.19"),
-    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7195"),
-    "HUTCH_CLUSTER_NODES": "2",
-    "HUTCH_NODE_CPU": "64",
-}
+CLUSTER_ENV = cluster_env(
+    directory="/var/lib/hutch-cluster-bench-fork",
+    prefix="hbfork",
+    net="10.250.19",
+    api_port="7195",
+    HUTCH_CLUSTER_NODES="2",
+    HUTCH_NODE_CPU="64",
+)
 SMALL = {"cpu": 0.5, "memory_mb": 256, "disk_mb": 1024}
 CODE = ROOT  # the checkout whose cluster runs (--code)
 
 
 def cluster(command: str) -> dict[str, str]:
-    out = subprocess.run(
-        [str(CODE / "scripts/cluster"), command],
-        env=CLUSTER_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return run_cluster(CODE, command, CLUSTER_ENV)
 
 
 def fork_once(client: Client, source: Sandbox, home: str, count: int, *, sent: bool) -> float:

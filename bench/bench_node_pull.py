@@ -25,32 +25,24 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._cluster import cluster_env, run_cluster
 from bench._stats import report
 from hutch.sdk import Client, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_ENV = {
-    **os.environ,
-    "HUTCH_CLUSTER_DIR": os.environ.get("HUTCH_CLUSTER_DIR", "/var/lib/hutch-cluster-bench-pull"),
-    "HUTCH_CLUSTER_PREFIX": os.environ.get("HUTCH_CLUSTER_PREFIX", "hbpull"),
-    "HUTCH_CLUSTER_NET": os.environ.get("HUTCH_CLUSTER_NET", "10.250.29"),
-    "HUTCH_CLUSTER_API_PORT": os.environ.get("HUTCH_CLUSTER_API_PORT", "7295"),
-    "HUTCH_CLUSTER_NODES": "2",
-    "HUTCH_NODE_CPU": "64",
-}
+CLUSTER_ENV = cluster_env(
+    directory="/var/lib/hutch-cluster-bench-pull",
+    prefix="hbpull",
+    net="10.250.29",
+    api_port="7295",
+    HUTCH_CLUSTER_NODES="2",
+    HUTCH_NODE_CPU="64",
+)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cluster(code: Path, command: str) -> dict[str, str]:
-    out = subprocess.run(
-        [str(code / "scripts/cluster"), command],
-        env=CLUSTER_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return run_cluster(code, command, CLUSTER_ENV)
 
 
 def cpu(pid: int) -> tuple[float, float]:
