@@ -83,7 +83,7 @@ def test_sandbox_root_cannot_read_the_agents_environ_or_fds(sb: Sandbox) -> None
     # CAP_SYS_PTRACE, cannot read it through /proc/1, although both run as the same uid.
     if GVISOR:
         # The sentry's /proc lets its root read PID 1 whatever the flag (so it did before
-        # the agent deferred setting it): left as it was, noted in docs/performance.md.
+        # the agent deferred setting it): an open limit, docs/security.md (gVisor).
         pytest.skip("gVisor's /proc does not honour PR_SET_DUMPABLE")
     for command in ("cat /proc/1/environ", "readlink -v /proc/1/fd/0"):
         r = sb.exec(command)
