@@ -69,9 +69,11 @@ def s3() -> Iterator[S3Server]:
     server.stop()
 
 
-def _in_bucket(s3: S3Server, key: str, text: str, timeout: float = 5.0) -> bool:
+def _in_bucket(s3: S3Server, key: str, text: str, timeout: float = 15.0) -> bool:
     """Whether the object `key` holds `text` within `timeout` seconds. Nothing touches the
-    sandbox meanwhile: the upload must not wait for more file work in it."""
+    sandbox meanwhile: the upload must not wait for more file work in it. (Without the
+    agent's flush an idle sandbox never uploads at all, so the bound is generous: rclone's
+    upload took over 5 s once at load 9 on 2 cores.)"""
     path = s3.root / key
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -411,6 +411,41 @@ async def test_the_real_agent_boots_in_a_bare_busybox(workdir: Path, image: Imag
         await rt.teardown()
 
 
+@pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc is not installed")
+async def test_a_gvisor_sandbox_whose_sentry_ends_before_its_agent_listens_boots_again(
+    workdir: Path, image: Image, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sentry that died during its first boot (seen, unexplained, under load) costs a second
+    boot, not the create: here the first boot's sandbox is killed before its agent listens."""
+    from hutch.runtime.container import _gvisor
+
+    real_boot = _gvisor.GvisorSandboxes._boot
+    boots: list[int] = []
+
+    async def boot_then_kill_the_first(self: Any, runsc: Any, sandbox_id: str, *a: Any) -> None:
+        await real_boot(self, runsc, sandbox_id, *a)
+        state = runsc.state(sandbox_id)
+        boots.append(state.pid)
+        if len(boots) == 1:
+            os.kill(state.pid, signal.SIGKILL)
+            while runsc.state(sandbox_id).status != "stopped":
+                await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(_gvisor.GvisorSandboxes, "_boot", boot_then_kill_the_first)
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
+    rt = Runtime(RuntimeConfig(home=home, storage_size_gb=4))
+    await rt.setup()
+    try:
+        sock = await rt.create(dataclasses.replace(spec(image, "again"), runtime="gvisor"))
+        async with await AgentConnection.connect(sock, timeout=30) as conn:
+            assert (await asyncio.wait_for(conn.call("ping"), 30))["pid"] == 1
+        assert len(boots) == 2 and boots[0] != boots[1]
+        assert "exited before it listened" in caplog.text and "booting it again" in caplog.text
+    finally:
+        await rt.sweep(keep=())
+        await rt.teardown()
+
+
 def _hierarchies_with(cgroup: str) -> list[str]:
     return [h for h in os.listdir("/sys/fs/cgroup") if Path("/sys/fs/cgroup", h, cgroup).exists()]
 

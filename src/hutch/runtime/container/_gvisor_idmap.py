@@ -124,4 +124,5 @@ def _make_userns(mapping: str) -> int:
         return os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         helper.stdin.close()
+        helper.stdout.close()
         helper.wait()
