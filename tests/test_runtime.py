@@ -428,7 +428,7 @@ async def test_a_gvisor_sandbox_whose_sentry_ends_before_its_agent_listens_boots
         boots.append(state.pid)
         if len(boots) == 1:
             os.kill(state.pid, signal.SIGKILL)
-            while runsc.state(sandbox_id).status != "stopped":
+            while runsc.state(sandbox_id).status != "stopped":  # noqa: ASYNC110 - a file to poll
                 await asyncio.sleep(0.01)
 
     monkeypatch.setattr(_gvisor.GvisorSandboxes, "_boot", boot_then_kill_the_first)
