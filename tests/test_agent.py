@@ -273,6 +273,39 @@ async def test_argv_program_is_found_on_path_as_the_childs_own_walk_would(
     assert ran.stdout == b"relative path-rel/hutch-which\n"
 
 
+async def test_a_process_starts_as_a_shell_would_start_it(
+    agent: HostAgent, conn: AgentConnection
+) -> None:
+    # The child of an exec: its own session, only fds 0-2 (stdin /dev/null), the cwd asked
+    # for, SIGPIPE/SIGXFSZ (which the agent's Python ignores) and libc's thread signals
+    # (32, 33) not ignored, nothing blocked. Both the argv and the plain-command path. A
+    # shell script reports on itself (Python would ignore SIGPIPE itself at start).
+    here = agent.workspace / "here"
+    here.mkdir(exist_ok=True)
+    script = here / "report.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "grep -E '^Sig(Ign|Blk)' /proc/$$/status\n"
+        "echo sid $(cut -d' ' -f6 /proc/$$/stat) pid $$ cwd $(pwd)\n"
+        "exec ls -l /proc/self/fd\n"  # the fds the shell was given, and ls's own directory
+    )
+    script.chmod(0o755)
+    for request in ({"argv": ["./report.sh"]}, {"command": "./report.sh"}):
+        ran = await run(conn, cwd="here", **request)
+        lines = ran.stdout.decode().splitlines()
+        status = dict(line.split(":\t") for line in lines if line.startswith("Sig"))
+        assert int(status["SigIgn"], 16) & (1 << 12 | 1 << 24 | 1 << 31 | 1 << 32) == 0
+        assert int(status["SigBlk"], 16) == 0
+        sid, pid, cwd = next(line for line in lines if line.startswith("sid ")).split()[1::2]
+        assert (sid, cwd) == (pid, str(here)), request
+        fds = dict(
+            line.split(" -> ")[0].split()[-1:] + line.split(" -> ")[1:]
+            for line in lines
+            if " -> " in line and not line.endswith(f"/proc/{pid}/fd")
+        )
+        assert sorted(fds) == ["0", "1", "2"] and fds["0"] == "/dev/null", (request, lines)
+
+
 async def test_output_is_binary_safe(conn: AgentConnection) -> None:
     every_byte = bytes(range(256)) * 3
     code = f"import sys; sys.stdout.buffer.write({every_byte!r}); sys.stderr.buffer.write(b'\\0')"
