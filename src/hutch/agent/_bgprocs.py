@@ -36,6 +36,7 @@ from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
     from hutch._wire.agent_calls import (
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
     from ._loop import Timer
     from ._proc_logs import LogFollower
-    from ._procs import Child
     from ._server import Agent
 
 # NB: on the overlay's writable layer (counted by the sandbox's disk quota), not /run (a
@@ -103,7 +103,7 @@ class BackgroundProcess:
         self._oom_kills = oom_kills()
         self.exited = False  # the process itself has been reaped
         self.done = False  # reaped and its output pipes closed: the logs are final
-        self._popen: Child | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._tag = os.urandom(8).hex().encode()
         self._outputs: dict[int, int] = {}  # fd -> channel
         self._stdin_fd: int | None = None

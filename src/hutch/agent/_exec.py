@@ -24,12 +24,12 @@ from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
     from hutch._wire.agent_ops import ErrorCode, ExecRequest, ExecResult
 
     from ._loop import Timer
-    from ._procs import Child
     from ._server import Agent, Connection
 
 CHUNK = 1024 * 1024
@@ -70,7 +70,7 @@ class ExecOp:
         self._stdin_fd: int | None = None
         self._stdin_buf = bytearray()
         self._stdin_eof = False
-        self._popen: Child | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self._started = 0.0
         self._status: int | None = None
@@ -236,8 +236,9 @@ class ExecOp:
         if not data:
             return self._close_output(out)
         if len(data) >= DEFAULT_PIPE_SIZE and not out.grown:
-            # NB: grown once the process has filled the default pipe: most commands write
-            # less, and two fcntl per exec were ~3% of the agent's CPU for them.
+            # NB: grown once the process has filled the default pipe, not at spawn: most
+            # commands write less, and the two fcntl were ~3% of the agent's busy samples
+            # per exec of `true` (py-spy, docs/performance.md, exec12).
             out.grown = True
             _grow_pipe(out.fd)
         self._conn.send(encode_frame(Kind.DATA, self._stream, data, out.channel, out.offset))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from ._launch import MAX_GROUPS, bundled_launcher, launch
-from ._posix_spawn import PosixSpawner, Spawned
 from ._workcg import active as work_active
 from ._workcg import enter_work, nproc_launcher
 from ._workcg import spawner as work_spawner
@@ -14,10 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Any, TypeAlias
-
-    # A started child, as spawn's callers use it: its pid, and its returncode set once reaped.
-    Child: TypeAlias = subprocess.Popen[bytes] | Spawned
+    from typing import Any
 
 # NB: `signal`'s C module, not `signal` (which imports enum): see _loop.
 if TYPE_CHECKING:
@@ -150,7 +146,7 @@ def spawn(
     stdout: int,
     stderr: int,
     executable: str | None = None,
-) -> Child:
+) -> subprocess.Popen[bytes]:
     """Start ``args`` in a new session (so the whole tree can be signalled).
 
     ``stdin`` None means /dev/null; ``executable``, when given, is the program run with
@@ -159,18 +155,6 @@ def spawn(
     (see ``Reaper``) and must then set its ``returncode`` so that Popen's own bookkeeping
     never waits for it.
     """
-    program = executable if executable is not None else args[0] if "/" in args[0] else None
-    direct = None
-    if program is not None and not identity_args(identity) and min(stdout, stderr) >= 3:
-        if stdin is None or stdin >= 3:
-            direct = posix_spawner()
-
-    def posix_spawn() -> Spawned:
-        assert direct is not None and program is not None
-        return direct.spawn(
-            program, args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr
-        )
-
     # Imported on the first exec only: an agent that never runs anything stays smaller.
     import subprocess
 
@@ -198,7 +182,7 @@ def spawn(
         )
 
     if not work_active():
-        return posix_spawn() if direct is not None else popen(None)
+        return popen(None)
     limited = nproc_launcher()
     if limited is not None:
         # gVisor: vfork a launcher that sets the limit and execs, rather than fork the agent.
@@ -224,27 +208,12 @@ def spawn(
                     )
                 )
             # Born in `work`, and by vfork: no fork of the agent, no Python in the child.
-            if direct is not None:
-                return in_work.call(posix_spawn)
             return in_work.call(lambda: popen(None))
         except BlockingIOError:
             # EAGAIN: `work`'s pids are full (a fork bomb). Fork here, in the agent's own
             # reserve, and move the child: the exec that kills the bomb must still start.
             pass
     return popen(enter_work)
-
-
-# glibc's posix_spawn, made on the first spawn: False until then, None where libc lacks it.
-_posix_spawner: PosixSpawner | None | bool = False
-
-
-def posix_spawner() -> PosixSpawner | None:
-    """Children that keep the agent's user and name their program (a path, or one found on
-    PATH by the caller) start through glibc's posix_spawn rather than Popen."""
-    global _posix_spawner
-    if _posix_spawner is False:
-        _posix_spawner = PosixSpawner.create()
-    return _posix_spawner if isinstance(_posix_spawner, PosixSpawner) else None
 
 
 def find_program(name: str, path: str) -> str | None:

@@ -33,6 +33,7 @@ from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
     from hutch._wire.agent_calls import (
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     )
 
     from ._loop import Timer
-    from ._procs import Child
     from ._server import Agent, Connection
 
 READ_CHUNK = 256 * 1024
@@ -64,7 +64,7 @@ class Session:
         self._cwd = cwd
         self._env = env
         self.pid = 0
-        self._popen: Child | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._stdin_fd = -1
         self._out_fds: dict[int, int] = {}
         self._tag = b""
@@ -214,7 +214,7 @@ class Session:
             os.close(self._stdin_fd)
             self._stdin_fd = -1
 
-    def _on_exit(self, popen: Child, status: int) -> None:
+    def _on_exit(self, popen: subprocess.Popen[bytes], status: int) -> None:
         popen.returncode = os.waitstatus_to_exitcode(status)
         if popen is not self._popen:
             return  # a shell replaced after a stuck command
