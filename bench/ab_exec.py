@@ -7,7 +7,8 @@ the figures. This starts both servers at once (this checkout's and the one whose
 `--other` names; each a sandbox of its own) and alternates between them in short turns —
 A B B A A B ... — so that the load of any minute falls on both. Each turn: `--n` sequential
 `sb.run("true")` (latency), then `--clients` clients for `--seconds` (throughput), with the
-server's, the client's and the sandbox's CPU per exec. The host baseline
+server's, the client's and the sandbox's CPU per exec, and the agent's own part of the
+sandbox's (its process, all threads, without its children). The host baseline
 (`subprocess.run(["true"])`) is taken in every turn too. Each turn's client is a process of
 its build's own interpreter (that build's SDK: a change to the SDK shows), started and
 warmed up before the clock starts.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tests._server as test_server
 from bench._stats import report
 from bench.bench_files import cpu_seconds, sandbox_cpu_seconds
+from bench.profile_exec import agent_pid
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
@@ -43,7 +45,7 @@ class Side:
     sandbox: Sandbox | None = None
     latencies: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
-    cpu: list[tuple[float, float, float]] = field(default_factory=list)  # ms per exec
+    cpu: list[tuple[float, float, float, float]] = field(default_factory=list)  # ms per exec
 
 
 def _start(name: str, python: Path) -> Side:
@@ -110,16 +112,17 @@ def _turn(side: Side, n: int, clients: int, seconds: float) -> None:
     try:
         assert json.loads(client.stdout.readline()) == "ready"
         side.latencies += step()
-        pid = side.server.proc.pid
-        before = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id))
+        pid, agent = side.server.proc.pid, agent_pid(sb.id)
+        assert agent is not None
+        before = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id), cpu_seconds(agent))
         done, elapsed, client_cpu = step()
-        after = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id))
+        after = (cpu_seconds(pid), sandbox_cpu_seconds(sb.id), cpu_seconds(agent))
     finally:
         client.stdin.close()
         client.wait()
     side.rates.append(done / elapsed)
-    server, sandbox = (1000 * (b - a) / done for a, b in zip(before, after, strict=True))
-    side.cpu.append((server, 1000 * client_cpu / done, sandbox))
+    server, sandbox, agent_cpu = (1000 * (b - a) / done for a, b in zip(before, after, strict=True))
+    side.cpu.append((server, 1000 * client_cpu / done, sandbox, agent_cpu))
 
 
 def _host_true(n: int) -> list[float]:
@@ -173,7 +176,7 @@ def main() -> None:
             f"{side.name}: {args.clients} clients: median {_median(side.rates):.0f} execs/s "
             f"(turns: {per_round})"
         )
-        for i, what in enumerate(("server", "client", "sandbox")):
+        for i, what in enumerate(("server", "client", "sandbox", "agent (of sandbox)")):
             values = [c[i] for c in side.cpu]
             print(
                 f"{side.name}: {what} CPU ms per exec ({args.clients} clients): median "

@@ -273,6 +273,42 @@ async def test_argv_program_is_found_on_path_as_the_childs_own_walk_would(
     assert ran.stdout == b"relative path-rel/hutch-which\n"
 
 
+async def test_a_process_starts_as_a_shell_would_start_it(
+    agent: HostAgent, conn: AgentConnection
+) -> None:
+    # The child of an exec: its own session, only fds 0-2 (stdin /dev/null), the cwd asked
+    # for, SIGPIPE/SIGXFSZ (which the agent's Python ignores) and libc's thread signals
+    # (32, 33) not ignored, nothing blocked. Both the argv and the plain-command path; each
+    # probe is the exec'd program itself reading its own /proc entry.
+    here = agent.workspace / "here"
+    here.mkdir(exist_ok=True)
+
+    async def probe(*argv: str) -> list[list[str]]:
+        outputs = []
+        for request in ({"argv": list(argv)}, {"command": " ".join(argv)}):
+            ran = await run(conn, cwd="here", **request)
+            assert ran.result["exit_code"] == 0, (request, ran.stderr)
+            outputs.append(ran.stdout.decode().splitlines())
+        return outputs
+
+    for lines in await probe("cat", "/proc/self/status"):
+        status = dict(line.split(":\t", 1) for line in lines)
+        assert int(status["SigIgn"], 16) & (1 << 12 | 1 << 24 | 1 << 31 | 1 << 32) == 0
+        assert int(status["SigBlk"], 16) == 0
+    for lines in await probe("ls", "-l", "/proc/self/fd"):
+        fds = dict(
+            line.split(" -> ")[0].split()[-1:] + line.split(" -> ")[1:]
+            for line in lines
+            if " -> " in line and not line.endswith("/fd")  # ls's own directory
+        )
+        assert sorted(fds) == ["0", "1", "2"] and fds["0"] == "/dev/null", lines
+    for lines in await probe("cat", "/proc/self/stat"):
+        fields = lines[0].rsplit(")", 1)[1].split()
+        assert fields[3] == lines[0].split()[0]  # session id == pid
+    for lines in await probe("readlink", "/proc/self/cwd"):
+        assert lines == [str(here)]
+
+
 async def test_output_is_binary_safe(conn: AgentConnection) -> None:
     every_byte = bytes(range(256)) * 3
     code = f"import sys; sys.stdout.buffer.write({every_byte!r}); sys.stderr.buffer.write(b'\\0')"

@@ -36,6 +36,7 @@ CHUNK = 1024 * 1024
 # A bigger pipe than Linux's 64 KiB default: fewer, larger reads and frames for a process
 # that writes fast (measured: 2 GB of /dev/zero through exec_stream). fcntl.F_SETPIPE_SZ.
 PIPE_SIZE = 1024 * 1024
+DEFAULT_PIPE_SIZE = 64 * 1024
 F_SETPIPE_SZ = 1031
 # After the process exits, how long its output pipes may stay open. A background child that
 # inherited them ("server &") would otherwise hold the exec open until it dies.
@@ -47,12 +48,13 @@ SIGKILL = 9
 
 
 class _Output:
-    __slots__ = ("fd", "channel", "offset")
+    __slots__ = ("fd", "channel", "offset", "grown")
 
     def __init__(self, fd: int, channel: int) -> None:
         self.fd = fd
         self.channel = channel
         self.offset = 0
+        self.grown = False
 
 
 class ExecOp:
@@ -163,7 +165,6 @@ class ExecOp:
         self._agent.running.add(self)
         for fd, channel in ((out_r, Channel.STDOUT), (err_r, Channel.STDERR)):
             os.set_blocking(fd, False)
-            _grow_pipe(fd)
             self._outputs.append(_Output(fd, channel))
         self._conn.send(
             encode_json_frame(Kind.EVENT, self._stream, {"event": "started", "pid": self.pid})
@@ -234,6 +235,12 @@ class ExecOp:
             data = b""
         if not data:
             return self._close_output(out)
+        if len(data) >= DEFAULT_PIPE_SIZE and not out.grown:
+            # NB: grown once the process has filled the default pipe, not at spawn: most
+            # commands write less, and the two fcntl were ~3% of the agent's busy samples
+            # per exec of `true` (py-spy, docs/performance.md, exec12).
+            out.grown = True
+            _grow_pipe(out.fd)
         self._conn.send(encode_frame(Kind.DATA, self._stream, data, out.channel, out.offset))
         out.offset += len(data)
 
