@@ -9,10 +9,14 @@ The first tests use a real btrfs pool and no sandbox; the last one a real server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import operator
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +159,69 @@ def test_fork_copies_are_made_behind_their_creates_which_wait_only_for_the_disk(
         assert sorted(pool.names()) == ["child-fork-l", "child-fork-m", "src"]
 
     asyncio.run(fork())
+
+
+# Run in a process of its own: with the pool frozen, a btrfs snapshot (made in a thread, as
+# a fork's copy is) waits inside its ioctl; the event loop must see it waiting there, i.e.
+# run meanwhile, and then thaw the pool. A snapshot that held the GIL would stop the loop.
+_LOOP_WHILE_A_SNAPSHOT_WAITS = """
+import asyncio, fcntl, os, platform, sys
+from pathlib import Path
+from hutch.runtime.container._snapshots import snapshot_subvolume
+
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+IOCTL = {"x86_64": "16", "aarch64": "29"}[platform.machine()]
+
+def a_thread_in_ioctl() -> bool:
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            if f.read().split()[0] == IOCTL:
+                return True
+    return False
+
+async def main() -> None:
+    root = Path(sys.argv[1])
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(fd, FIFREEZE, 0)
+    try:
+        copy = asyncio.ensure_future(
+            asyncio.to_thread(snapshot_subvolume, root / "src", root, "copy", read_only=False)
+        )
+        while not a_thread_in_ioctl():
+            await asyncio.sleep(0.001)
+    finally:
+        fcntl.ioctl(fd, FITHAW, 0)
+    await copy
+    print((root / "copy" / "upper" / "state").read_text())
+
+asyncio.run(main())
+"""
+
+
+def test_a_snapshot_waiting_for_the_pool_does_not_stop_the_event_loop(pool: StoragePool) -> None:
+    # What a user noticed: every fork or snapshot froze the whole server (every request,
+    # the fork's own child create too) for as long as its btrfs commit took.
+    _disk(pool, "src", "v1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOOP_WHILE_A_SNAPSHOT_WAITS, str(pool.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # The loop never ran: thaw the pool from here, or the process cannot even be killed.
+        fd = os.open(pool.root, os.O_RDONLY | os.O_DIRECTORY)
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, 0xC0045878, 0)  # FITHAW
+        os.close(fd)
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the event loop stopped while a snapshot waited for the pool")
+    assert proc.returncode == 0, err
+    assert out == "v1\n"
+    assert pool.exists("copy")
 
 
 def test_a_fork_copy_sent_to_another_node_is_made_read_only_and_deleted_whole(
