@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from hutch import APIError, Sandbox
+from hutch.runtime.container._cgroups import home_cgroup_parent, sandbox_cgroups
 from hutch.runtime.container._errors import StorageError
 from hutch.runtime.container._mounts import umount
 from hutch.runtime.container._snapshots import DiskSnapshots
@@ -335,6 +336,46 @@ def test_a_fork_racing_the_destroy_of_its_source_leaves_nothing_behind(
         left = {s.id for s in Sandbox.list(**opts)}
         assert _settle(storage / ".spares"), "a fork's spare was left"
         assert {p.name for p in storage.iterdir() if not p.name.startswith(".")} == left
+
+
+def test_a_fork_whose_copy_fails_leaves_nothing_behind(
+    server: ServerProcess, busybox_image: str
+) -> None:
+    """A fork's child makes its bundle dir, agent socket, `work` cgroup and network while
+    its disk's copy commits. A copy that fails (here: the spares dir made immutable) fails
+    the fork with an API error, and none of that is left; the source runs on and forks."""
+    opts = {"base_url": server.url, "api_key": server.api_key}
+    storage, spares = server.home / "storage", server.home / "storage" / ".spares"
+
+    def left() -> dict[str, set[str]]:
+        cgroup_parents = sandbox_cgroups(home_cgroup_parent(server.home))
+        assert cgroup_parents
+        return {
+            "subvolumes": {p.name for p in storage.iterdir() if not p.name.startswith(".")},
+            "bundles": {p.name for p in (server.home / "sandboxes").iterdir()},
+            "cgroups": {p.name for d in cgroup_parents for p in d.iterdir() if p.is_dir()},
+        }
+
+    sb = Sandbox.create(image=busybox_image, **opts)
+    try:
+        sb.exec("echo v1 > /state")
+        before = left()
+        spares.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["chattr", "+i", str(spares)], check=True)
+        try:
+            with pytest.raises(APIError) as err:
+                sb.fork(1)
+        finally:
+            subprocess.run(["chattr", "-i", str(spares)], check=True)
+        assert err.value.code == "sandbox_start_failed", err.value
+        assert left() == before
+        assert list(spares.iterdir()) == []
+        assert {s.id for s in Sandbox.list(**opts)} >= {sb.id}
+        [child] = sb.fork(1)
+        assert child.exec("cat /state").stdout == "v1\n"
+        child.destroy()
+    finally:
+        sb.destroy()
 
 
 def test_fork_of_several_leaves_nothing_and_past_a_quota_makes_nothing(
