@@ -341,9 +341,9 @@ def test_a_fork_racing_the_destroy_of_its_source_leaves_nothing_behind(
 def test_a_fork_whose_copy_fails_leaves_nothing_behind(
     server: ServerProcess, busybox_image: str
 ) -> None:
-    """A fork's child makes its bundle dir, agent socket, `work` cgroup and network while
-    its disk's copy commits. A copy that fails (here: the spares dir made immutable) fails
-    the fork with an API error, and none of that is left; the source runs on and forks."""
+    """A copy that fails (here: the spares dir made immutable) fails the fork with an API
+    error; no subvolume, bundle dir or cgroup of the child is left, and the source runs on
+    and forks."""
     opts = {"base_url": server.url, "api_key": server.api_key}
     storage, spares = server.home / "storage", server.home / "storage" / ".spares"
 

@@ -169,9 +169,8 @@ class DiskSnapshots:
 
     def fork_later(self, disk: str, copy_ids: Sequence[str]) -> None:
         """`fork(disk, copy_ids)` in a thread: returns once it has started. Each copy's create
-        waits for its copy (`settle`) only when it needs the disk; until then it prepares what
-        does not (network, cgroups), so a fork costs what a cold create costs. Must run on
-        the event loop.
+        waits for its copy (`settle`) only when it needs the disk (its server steps, the row
+        and the cold-start slot, run meanwhile). Must run on the event loop.
 
         Raises:
             StorageError: no such disk, or an id is taken (checked before anything starts).
