@@ -1,13 +1,14 @@
-"""Exec round trips of one sandbox while another is forked again and again (each fork: one
-btrfs commit of its copy), next to the same sandbox's execs with nothing else going on:
+"""Exec round trips of one sandbox while another is snapshotted (or forked) again and again,
+next to the same sandbox's execs with nothing else going on:
 
     .venv/bin/python bench/bench_commit_stall.py [--other /work/main/.venv/bin/python]
-        [--rounds 4] [--seconds 8] [--image default]
+        [--op snapshot|fork] [--rounds 4] [--seconds 8] [--image default]
 
-What a user of one sandbox notices of another user's forks (or snapshots, or destroys: all
-commit the storage pool). Each round, per build: `--seconds` of `probe.exec("true")` in a
-loop alone, then as long again while the main thread forks a second sandbox (1 MiB on its
-disk) and destroys the child, in a loop. `--other` starts that interpreter's build's server
+What a user of one sandbox notices of another user's snapshots or forks: each commits the
+storage pool (a snapshot two: its own and its spare's). Each round, per build: `--seconds`
+of `probe.exec("true")` in a loop alone, then as long again while the main thread snapshots
+a second sandbox (1 MiB on its disk) and deletes the snapshot (`--op fork`: forks it and
+destroys the child), in a loop. `--other` starts that interpreter's build's server
 too and alternates the builds each round (A B, B A, ...); the client is this checkout's SDK.
 The load average is printed before and after.
 """
@@ -42,7 +43,7 @@ class Side:
     source: Sandbox
     alone: list[float] = field(default_factory=list)
     forking: list[float] = field(default_factory=list)
-    forks: int = 0
+    ops: int = 0
 
 
 def execs_for(probe: Sandbox, seconds: float, into: list[float]) -> None:
@@ -53,17 +54,21 @@ def execs_for(probe: Sandbox, seconds: float, into: list[float]) -> None:
         into.append(time.perf_counter() - started)
 
 
-def one_round(side: Side, seconds: float) -> None:
+def one_round(side: Side, seconds: float, op: str) -> None:
     execs_for(side.probe, seconds, side.alone)
     done = threading.Event()
     probing = threading.Thread(
         target=lambda: (execs_for(side.probe, seconds, side.forking), done.set())
     )
     probing.start()
+    opts = {"base_url": side.server.url, "api_key": side.server.api_key}
     while not done.is_set():
-        [child] = side.source.fork(1)
-        child.destroy()
-        side.forks += 1
+        if op == "fork":
+            [child] = side.source.fork(1)
+            child.destroy()
+        else:
+            Sandbox.delete_snapshot(side.source.snapshot().id, **opts)
+        side.ops += 1
     probing.join()
 
 
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--image", default="default")
+    parser.add_argument("--op", choices=("snapshot", "fork"), default="snapshot")
     parser.add_argument("--other", type=Path, help="another build's python, measured in turns")
     args = parser.parse_args()
     builds = [("this", Path(sys.executable))]
@@ -98,20 +104,20 @@ def main() -> None:
             sides.append(start_side(name, python, args.image))
         for turn in range(args.rounds):
             for side in sides if turn % 2 == 0 else sides[::-1]:
-                one_round(side, args.seconds)
+                one_round(side, args.seconds, args.op)
     finally:
         for side in sides:
             side.server.stop()
         print(f"load average after:  {loadavg()}")
-        print(f"image={args.image} rounds={args.rounds} seconds={args.seconds}")
+        print(f"image={args.image} op={args.op} rounds={args.rounds} seconds={args.seconds}")
         for side in sides:
             print(
                 report(f"{side.name}: exec alone", side.alone),
                 f"max={max(side.alone) * 1e3:.1f} ms",
             )
             print(
-                report(f"{side.name}: exec while forking", side.forking),
-                f"max={max(side.forking) * 1e3:.1f} ms forks={side.forks}",
+                report(f"{side.name}: exec meanwhile ({args.op})", side.forking),
+                f"max={max(side.forking) * 1e3:.1f} ms {args.op}s={side.ops}",
             )
         from tests.conftest import _cleanup_home
 
