@@ -9,10 +9,14 @@ The first tests use a real btrfs pool and no sandbox; the last one a real server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import operator
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from hutch import APIError, Sandbox
+from hutch.runtime.container._cgroups import home_cgroup_parent, sandbox_cgroups
 from hutch.runtime.container._errors import StorageError
 from hutch.runtime.container._mounts import umount
 from hutch.runtime.container._snapshots import DiskSnapshots
@@ -157,6 +162,69 @@ def test_fork_copies_are_made_behind_their_creates_which_wait_only_for_the_disk(
     asyncio.run(fork())
 
 
+# Run in a process of its own: with the pool frozen, a btrfs snapshot (made in a thread, as
+# a fork's copy is) waits inside its ioctl; the event loop must see it waiting there, i.e.
+# run meanwhile, and then thaw the pool. A snapshot that held the GIL would stop the loop.
+_LOOP_WHILE_A_SNAPSHOT_WAITS = """
+import asyncio, fcntl, os, platform, sys
+from pathlib import Path
+from hutch.runtime.container._snapshots import snapshot_subvolume
+
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+IOCTL = {"x86_64": "16", "aarch64": "29"}[platform.machine()]
+
+def a_thread_in_ioctl() -> bool:
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            if f.read().split()[0] == IOCTL:
+                return True
+    return False
+
+async def main() -> None:
+    root = Path(sys.argv[1])
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(fd, FIFREEZE, 0)
+    try:
+        copy = asyncio.ensure_future(
+            asyncio.to_thread(snapshot_subvolume, root / "src", root, "copy", read_only=False)
+        )
+        while not a_thread_in_ioctl():
+            await asyncio.sleep(0.001)
+    finally:
+        fcntl.ioctl(fd, FITHAW, 0)
+    await copy
+    print((root / "copy" / "upper" / "state").read_text())
+
+asyncio.run(main())
+"""
+
+
+def test_a_snapshot_waiting_for_the_pool_does_not_stop_the_event_loop(pool: StoragePool) -> None:
+    # What a user noticed: every fork or snapshot froze the whole server (every request,
+    # the fork's own child create too) for as long as its btrfs commit took.
+    _disk(pool, "src", "v1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOOP_WHILE_A_SNAPSHOT_WAITS, str(pool.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # The loop never ran: thaw the pool from here, or the process cannot even be killed.
+        fd = os.open(pool.root, os.O_RDONLY | os.O_DIRECTORY)
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, 0xC0045878, 0)  # FITHAW
+        os.close(fd)
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the event loop stopped while a snapshot waited for the pool")
+    assert proc.returncode == 0, err
+    assert out == "v1\n"
+    assert pool.exists("copy")
+
+
 def test_a_fork_copy_sent_to_another_node_is_made_read_only_and_deleted_whole(
     pool: StoragePool,
 ) -> None:
@@ -268,6 +336,46 @@ def test_a_fork_racing_the_destroy_of_its_source_leaves_nothing_behind(
         left = {s.id for s in Sandbox.list(**opts)}
         assert _settle(storage / ".spares"), "a fork's spare was left"
         assert {p.name for p in storage.iterdir() if not p.name.startswith(".")} == left
+
+
+def test_a_fork_whose_copy_fails_leaves_nothing_behind(
+    server: ServerProcess, busybox_image: str
+) -> None:
+    """A copy that fails (here: the spares dir made immutable) fails the fork with an API
+    error; no subvolume, bundle dir or cgroup of the child is left, and the source runs on
+    and forks."""
+    opts = {"base_url": server.url, "api_key": server.api_key}
+    storage, spares = server.home / "storage", server.home / "storage" / ".spares"
+
+    def left() -> dict[str, set[str]]:
+        cgroup_parents = sandbox_cgroups(home_cgroup_parent(server.home))
+        assert cgroup_parents
+        return {
+            "subvolumes": {p.name for p in storage.iterdir() if not p.name.startswith(".")},
+            "bundles": {p.name for p in (server.home / "sandboxes").iterdir()},
+            "cgroups": {p.name for d in cgroup_parents for p in d.iterdir() if p.is_dir()},
+        }
+
+    sb = Sandbox.create(image=busybox_image, **opts)
+    try:
+        sb.exec("echo v1 > /state")
+        before = left()
+        spares.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["chattr", "+i", str(spares)], check=True)
+        try:
+            with pytest.raises(APIError) as err:
+                sb.fork(1)
+        finally:
+            subprocess.run(["chattr", "-i", str(spares)], check=True)
+        assert err.value.code == "sandbox_start_failed", err.value
+        assert left() == before
+        assert list(spares.iterdir()) == []
+        assert {s.id for s in Sandbox.list(**opts)} >= {sb.id}
+        [child] = sb.fork(1)
+        assert child.exec("cat /state").stdout == "v1\n"
+        child.destroy()
+    finally:
+        sb.destroy()
 
 
 def test_fork_of_several_leaves_nothing_and_past_a_quota_makes_nothing(

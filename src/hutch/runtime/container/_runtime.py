@@ -201,24 +201,20 @@ class Runtime:
         async with self._lock(spec.id):
             if paths.bundle.exists() or self._storage.exists(spec.id):
                 raise SandboxExists(f"sandbox {spec.id!r} already exists")
-            network = None
-            if spec.runtime == "runc" and self.snapshots.committing(spec.disk_from):
-                # A fork's disk is committing (~7 ms): its addresses and nft rules meanwhile.
-                network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
             try:
                 timings: dict[str, float] = {}
+                # NB: a fork's disk may still be committing: nothing else starts before it
+                # is made (the nft rules were tried alongside: on 2 loaded cores that slowed
+                # the commit more than it overlapped; docs/performance.md, fork12).
                 with timed(timings, "storage"):
                     await make_storage(
                         spec, paths, self._storage, self.snapshots, self.config.resolv
                     )
-                socket = await self._start(spec, paths, bundle, timings, defer_network, network)
+                socket = await self._start(spec, paths, bundle, timings, defer_network)
                 # The next create's spare: its commit would hold this one's disk writes.
                 self.snapshots.refill_later(spec.disk_from)
                 return socket
             except BaseException:
-                if network is not None and not network.done():
-                    with contextlib.suppress(BaseException):
-                        await network  # never leave it running behind a failed start
                 # Shielded: a cancelled create must still roll back completely.
                 await asyncio.shield(self._destroy(spec.id))
                 raise
@@ -265,7 +261,6 @@ class Runtime:
         bundle: AgentBundle,
         timings: dict[str, float],
         defer_network: bool = False,
-        network: asyncio.Future[SandboxNet] | None = None,
     ) -> Path:
         make_dir(paths.bundle, 0o711)
         paths.halted.unlink(missing_ok=True)
@@ -287,8 +282,7 @@ class Runtime:
             listener = listen_unix(paths.socket)
         paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
         # The sandbox's addresses and nft rules need no running container: overlap runc.
-        if network is None:
-            network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
+        network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
         stderr_fd = agent_stderr(paths, self.config.debug_agent)
         work_fds: list[int] = []
         try:

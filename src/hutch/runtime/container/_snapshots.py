@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hutch.runtime.container._errors import StorageError
+from hutch.runtime.container._ioctl import ioctl_unlocked
 from hutch.runtime.container._storage import (
     BTRFS_FIRST_FREE_OBJECTID,
     BTRFS_IOC_QGROUP_LIMIT,
@@ -73,7 +74,8 @@ def snapshot_subvolume(source: Path, parent: Path, name: str, *, read_only: bool
         try:
             flags = BTRFS_SUBVOL_RDONLY if read_only else 0
             args = bytearray(_VOL_ARGS_V2.pack(src_fd, 0, flags, b"", name.encode()))
-            fcntl.ioctl(dst_fd, BTRFS_IOC_SNAP_CREATE_V2, args)
+            # NB: not fcntl.ioctl, which holds the GIL through the commit (_ioctl.py).
+            ioctl_unlocked(dst_fd, BTRFS_IOC_SNAP_CREATE_V2, args)
         except OSError as e:
             raise StorageError(f"cannot snapshot {source} to {parent / name}: {e}") from e
         finally:
@@ -124,7 +126,7 @@ def delete_subvolume(parent: Path, name: str) -> bool:
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         args = bytearray(struct.pack("q4088s", 0, name.encode()))
-        fcntl.ioctl(fd, BTRFS_IOC_SNAP_DESTROY, args)
+        ioctl_unlocked(fd, BTRFS_IOC_SNAP_DESTROY, args)
     except OSError as e:
         if e.errno == errno.ENOENT:
             return False
@@ -167,9 +169,8 @@ class DiskSnapshots:
 
     def fork_later(self, disk: str, copy_ids: Sequence[str]) -> None:
         """`fork(disk, copy_ids)` in a thread: returns once it has started. Each copy's create
-        waits for its copy (`settle`) only when it needs the disk; until then it prepares what
-        does not (network, cgroups), so a fork costs what a cold create costs. Must run on
-        the event loop.
+        waits for its copy (`settle`) only when it needs the disk (its server steps, the row
+        and the cold-start slot, run meanwhile). Must run on the event loop.
 
         Raises:
             StorageError: no such disk, or an id is taken (checked before anything starts).

@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 
 from hutch.runtime.container._errors import StorageError
+from hutch.runtime.container._ioctl import ioctl_unlocked
 from hutch.runtime.container._mounts import mount_fstype, mount_source
 from hutch.runtime.container._spawn import run_tool
 
@@ -39,7 +40,6 @@ MOUNT_NAME = "storage"
 
 
 def _vol_args(name: str) -> bytearray:
-    # NB: a mutable buffer: fcntl.ioctl copies immutable arguments only up to 1024 bytes.
     return bytearray(_VOL_ARGS.pack(0, name.encode()))
 
 
@@ -100,7 +100,7 @@ class StoragePool:
         """A new subvolume whose referenced data and metadata may not exceed `limit_bytes`."""
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.ioctl(root_fd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(name))
+            ioctl_unlocked(root_fd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(name))
         except OSError as e:
             raise StorageError(f"cannot create subvolume {name!r} in {self.root}: {e}") from e
         finally:
@@ -126,7 +126,7 @@ class StoragePool:
             info = bytearray(1024)
             fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, info, True)
             lookup = bytearray(struct.pack("QQ", 0, BTRFS_FIRST_FREE_OBJECTID).ljust(4096, b"\0"))
-            fcntl.ioctl(fd, BTRFS_IOC_INO_LOOKUP, lookup, True)
+            ioctl_unlocked(fd, BTRFS_IOC_INO_LOOKUP, lookup)
         except OSError:
             return None
         finally:
@@ -147,7 +147,7 @@ class StoragePool:
             return False
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.ioctl(root_fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
+            ioctl_unlocked(root_fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name))
         except OSError as e:
             if e.errno == errno.ENOENT:
                 return False
