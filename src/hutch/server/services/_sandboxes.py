@@ -312,7 +312,9 @@ class SandboxManager(SandboxCreation):
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         check_sandbox_id(sandbox_id)
-        record = self._store.get_sandbox(sandbox_id)
+        return self._found(sandbox_id, self._store.get_sandbox(sandbox_id))
+
+    def _found(self, sandbox_id: str, record: SandboxRecord | None) -> SandboxRecord:
         # NB: another team's sandbox is not found, with the very same answer (services/_caller.py).
         if record is None or not visible(record.team):
             raise SandboxNotFound(sandbox_id)
@@ -374,9 +376,20 @@ class SandboxManager(SandboxCreation):
         a sandbox reads its record)."""
         return await point_read(self._store, self.get, sandbox_id)
 
+    async def current(self, sandbox_id: str) -> SandboxRecord:
+        """`fetch`, answered from memory where the store keeps the row current (PostgreSQL
+        while it hears every change: store/_row_watch.py); no round trip then."""
+        check_sandbox_id(sandbox_id)
+        known, record = self._store.cached_sandbox(sandbox_id)
+        if not known:
+            record = await point_read(self._store, self._store.current_sandbox, sandbox_id)
+        return self._found(sandbox_id, record)
+
     async def running(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, once it runs: a sleeping one is woken first (the caller waits)."""
-        record = await self.fetch(sandbox_id)
+        # NB: from memory when current: a pause, stop, destroy or move through another
+        # replica reaches it as a notification (store/_row_watch.py).
+        record = await self.current(sandbox_id)
         if self.on_use is not None:
             self.on_use(sandbox_id)
         if record.status in SLEEPING and self.waker is not None:
