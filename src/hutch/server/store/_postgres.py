@@ -297,6 +297,10 @@ class PostgresStore(PostgresTeams, PostgresNodes):
             return self.get_sandbox(sandbox_id)
         return self._watch.read(sandbox_id)
 
+    def forget_sandbox(self, sandbox_id: str) -> bool:
+        """Forget the row kept in memory; whether there was one in use."""
+        return self._watch is not None and self._watch.forget(sandbox_id)
+
     @property
     def rows_live(self) -> bool:
         """Whether rows are answered from memory now (change notifications are heard)."""

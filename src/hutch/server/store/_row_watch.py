@@ -123,6 +123,14 @@ class SandboxRows:
                     self._rows[sandbox_id] = row
         return row
 
+    def forget(self, sandbox_id: str) -> bool:
+        """Forget the row; whether memory held it (and was in use: a request may have been
+        answered from it)."""
+        with self._lock:
+            held = sandbox_id in self._rows
+        self.changed(sandbox_id)
+        return held and self.live
+
     def changed(self, sandbox_id: str | None = None) -> None:
         """Forget `sandbox_id`'s row (every row: None): it changed, or may have."""
         with self._lock:

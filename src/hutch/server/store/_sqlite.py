@@ -207,6 +207,9 @@ class SqliteStore(SqliteTeams, NodeRows):
     def current_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         return self.get_sandbox(sandbox_id)
 
+    def forget_sandbox(self, sandbox_id: str) -> bool:
+        return False
+
     @property
     def rows_live(self) -> bool:
         return False
