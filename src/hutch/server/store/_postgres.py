@@ -297,6 +297,11 @@ class PostgresStore(PostgresTeams, PostgresNodes):
             return self.get_sandbox(sandbox_id)
         return self._watch.read(sandbox_id)
 
+    def changes_heard_up_to(self, at: float) -> bool:
+        """Whether memory has heard every change committed before `at` (time.monotonic();
+        tests wait on it)."""
+        return self._watch is not None and self._watch.heard_up_to(at)
+
     def forget_sandbox(self, sandbox_id: str) -> bool:
         """Forget the row kept in memory; whether there was one in use."""
         return self._watch is not None and self._watch.forget(sandbox_id)

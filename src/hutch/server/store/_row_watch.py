@@ -80,6 +80,10 @@ class SandboxRows:
         heard = self._heard_at
         return heard > 0 and time.monotonic() - heard < LAG_LIMIT
 
+    def heard_up_to(self, at: float) -> bool:
+        """Whether every change committed before `at` (time.monotonic()) has been heard."""
+        return self._heard_at > at
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._listen, name="hutch-rows", daemon=True)
         self._thread.start()
