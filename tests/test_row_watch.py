@@ -6,7 +6,11 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 
+from hutch.server._errors import SandboxNotFound
+from hutch.server.services._caller import Caller
+from hutch.server.services._teams import Teams
 from hutch.server.store._postgres import ROWS_APPLICATION
 from tests._server import wait_for
 from tests.support.stores import OpenStore, record
@@ -102,5 +106,27 @@ def test_with_the_channel_down_every_read_goes_to_the_database(postgres_url: str
         assert b.current_sandbox("sb-w4").status == "paused"  # type: ignore[attr-defined]
         a.transition("sb-w4", ("paused",), "running", None, None)
         wait_for(lambda: b.current_sandbox("sb-w4").status == "running", timeout=10)  # type: ignore[attr-defined]
+    finally:
+        opener.close_all()
+
+
+def test_another_teams_sandbox_is_not_found_from_memory_either(postgres_url: str) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        a.insert_sandbox(record("sb-w5", team="red"))
+        _remembered(b, "sb-w5")
+        teams = Teams(b)  # type: ignore[arg-type]
+        path = {"sandbox_id": "sb-w5"}
+        # The request's team check is answered from memory, and still refuses another team.
+        assert teams.checked_from_memory(Caller("k1", "red", "member"), path)
+        with pytest.raises(SandboxNotFound):
+            teams.checked_from_memory(Caller("k2", "blue", "member"), path)
+        # Gone and taken again by the other team through the other replica: heard here.
+        a.delete_sandbox("sb-w5")
+        a.insert_sandbox(record("sb-w5", team="blue"))
+        _remembered(b, "sb-w5")
+        with pytest.raises(SandboxNotFound):
+            teams.checked_from_memory(Caller("k1", "red", "member"), path)
+        assert teams.checked_from_memory(Caller("k2", "blue", "member"), path)
     finally:
         opener.close_all()
