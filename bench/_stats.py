@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 
 
@@ -18,3 +19,17 @@ def report(name: str, seconds: list[float]) -> str:
         f"p95={percentile(ms, 95):8.2f} ms  p99={percentile(ms, 99):8.2f} ms  "
         f"mean={statistics.fmean(ms):8.2f} ms"
     )
+
+
+def median_difference_interval(
+    a: list[float], b: list[float], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of p50(a) − p50(b): how far the measured difference of two
+    medians may be from the true one, given these samples' spread (not the load's drift
+    between runs: interleave for that)."""
+    rng = random.Random(seed)
+    diffs = sorted(
+        percentile(rng.choices(a, k=len(a)), 50) - percentile(rng.choices(b, k=len(b)), 50)
+        for _ in range(resamples)
+    )
+    return diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]

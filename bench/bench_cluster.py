@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._cluster import cluster_env, run_cluster
-from bench._stats import percentile, report
+from bench._stats import median_difference_interval, percentile, report
 from hutch.runtime import Runtime, RuntimeConfig
 from hutch.sdk import Client, Sandbox
 from tests import _server
@@ -110,7 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20, help="creates per mode")
     parser.add_argument("--execs", type=int, default=200, help="execs per mode")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved rounds (single host, then cluster)"
+    )
     parser.add_argument("--workers", type=int, default=6, help="concurrent exec loops")
+    parser.add_argument(
+        "--throughput-rounds", type=int, default=2, help="3 nodes then 1, this many times"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
     parser.add_argument(
         "--code",
@@ -148,16 +154,19 @@ def main() -> None:
             measure(one, 2, 4, warmup, "single-host")
             measure(many, 2, 4, warmup, "cluster")
             # Interleaved rounds, so both modes see the same load.
-            rounds = 4
+            rounds = args.rounds
             for _ in range(rounds):
                 measure(one, args.n // rounds, args.execs // rounds, samples, "single-host")
                 measure(many, args.n // rounds, args.execs // rounds, samples, "cluster")
-            spread = throughput(many, args.workers, args.seconds)
-            for name in ("n2", "n3"):
-                many.request("POST", f"/v1/nodes/{name}/drain")
-            one_node = throughput(many, args.workers, args.seconds)
-            for name in ("n2", "n3"):
-                many.request("POST", f"/v1/nodes/{name}/ready")
+            # Alternated too: the load drifts by more than the difference between runs.
+            spreads, ones = [], []
+            for _ in range(args.throughput_rounds):
+                spreads.append(throughput(many, args.workers, args.seconds))
+                for name in ("n2", "n3"):
+                    many.request("POST", f"/v1/nodes/{name}/drain")
+                ones.append(throughput(many, args.workers, args.seconds))
+                for name in ("n2", "n3"):
+                    many.request("POST", f"/v1/nodes/{name}/ready")
     finally:
         server.stop()
         release(server.home)
@@ -165,13 +174,19 @@ def main() -> None:
     for name, seconds in samples.items():
         print(report(name, seconds))
     for what in ("create -> first exec", "exec round trip"):
-        extra = percentile(samples[f"cluster {what}"], 50) - percentile(
-            samples[f"single-host {what}"], 50
+        many_s, one_s = samples[f"cluster {what}"], samples[f"single-host {what}"]
+        extra = percentile(many_s, 50) - percentile(one_s, 50)
+        low, high = median_difference_interval(many_s, one_s)
+        print(
+            f"cluster extra p50, {what}: {extra * 1e3:+.2f} ms (95% bootstrap interval "
+            f"{low * 1e3:+.2f} .. {high * 1e3:+.2f} ms; goal <= +5 ms)"
         )
-        print(f"cluster extra p50, {what}: {extra * 1e3:+.2f} ms (goal <= +5 ms)")
+    spread, one_node = sum(spreads) / len(spreads), sum(ones) / len(ones)
     print(
         f"aggregate exec throughput, {args.workers} workers: 3 nodes {spread:.0f}/s, "
-        f"1 node {one_node:.0f}/s ({spread / one_node:.2f}x)"
+        f"1 node {one_node:.0f}/s ({spread / one_node:.2f}x; rounds: "
+        + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(spreads, ones, strict=True))
+        + ")"
     )
     print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
 

@@ -20,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 
-from hutch.sdk import APIError, Client, Sandbox
+from hutch.sdk import APIError, Client, Sandbox, SandboxNotFound
 from tests.support.failure_notes import FAILURE_NOTES
 from tests.support.s3 import S3Server
 
@@ -198,6 +198,41 @@ def test_exec_and_previews_reach_sandboxes_on_every_node(cluster: Cluster) -> No
             assert r.status_code == 404
         finally:
             _destroy_all(cluster)
+
+
+def test_a_pause_stop_move_or_destroy_through_one_replica_reaches_the_others_next_exec(
+    cluster: Cluster,
+) -> None:
+    # Replica 1 answers a sandbox's row from memory between changes (store/_row_watch.py):
+    # each change through replica 0 must reach it before its next exec, or that exec would run
+    # against a frozen agent (and wait for ever), a stopped container or a gone one.
+    with cluster.client(0) as c0, cluster.client(1) as c1:
+        try:
+            a = Sandbox.create(client=c0, cpu=0.5, memory_mb=256, disk_mb=512)
+            b = Sandbox.connect(a.id, client=c1)
+            for _ in range(3):
+                assert b.exec("echo warm").stdout == "warm\n"
+            for i in range(3):
+                assert a.pause().status == "paused"
+                # At once through the other replica: it wakes the sandbox and runs the command.
+                assert b.exec(f"echo woke-{i}").stdout == f"woke-{i}\n"
+                assert a.info().status == "running"
+                a.stop()
+                assert b.exec(f"echo started-{i}").stdout == f"started-{i}\n"
+                assert a.info().status == "running"
+            # Moved to another node through replica 0: replica 1's next exec reaches it there.
+            node = cluster.node_of(a.id)
+            moved = c0.request("POST", f"/v1/nodes/{node}/move")
+            assert cluster.node_of(a.id) != node, moved
+            assert b.exec("echo moved").stdout == "moved\n"
+            c0.request("POST", f"/v1/nodes/{node}/ready")
+            a.destroy()
+            with pytest.raises(SandboxNotFound):
+                b.exec("echo gone")
+        finally:
+            _destroy_all(cluster)
+            for name in ("n1", "n2", "n3"):
+                c0.request("POST", f"/v1/nodes/{name}/ready")
 
 
 def _runsc_ids(node: str) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from hutch.server.services._keys import KeyChecker, create_key, hash_key
 from hutch.server.store import _events
-from hutch.server.store._migrations import MIGRATIONS, migration_sql
+from hutch.server.store._migrations import MIGRATIONS, migration_sql, statements
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._open import open_event_log
 from hutch.server.store._records import PoolEntryRecord
@@ -145,7 +145,7 @@ def _build_at_version(open_store: OpenStore, version: int) -> None:
     dialect = "postgres" if open_store.kind == "postgres" else "sqlite"
     script = ["CREATE TABLE schema_version (version INTEGER NOT NULL)"]
     for number, migration in enumerate(MIGRATIONS[:version], start=1):
-        script += [s for s in migration_sql(migration, dialect).split(";") if s.strip()]
+        script += statements(migration, dialect)
         script.append(f"INSERT INTO schema_version (version) VALUES ({number})")
     script += [
         "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at, spec,"

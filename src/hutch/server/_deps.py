@@ -73,6 +73,10 @@ class Services:
         # NB: replicas on one database share each key's bucket (a row), so a key's rate holds
         # across them all; one server keeps its buckets in memory (no write per request).
         shared = config.database_url is not None or config.cluster
+        if shared:
+            # Replicas: a sandbox's row from memory while every change of it is heard
+            # (PostgreSQL's LISTEN/NOTIFY; store/_row_watch.py), not a read per request.
+            self.store.watch_sandboxes()
         self.rate_limits = RateLimits(
             config.rate_per_second, config.rate_burst, self.store if shared else None
         )
@@ -238,7 +242,9 @@ async def authorize_off_loop(
         await off_loop(svc.store, svc.rate_limits.take, caller, quota)
     else:
         svc.rate_limits.take(caller, quota)
-    if svc.teams.path_needs_check(caller, path_params):
+    if svc.teams.path_needs_check(caller, path_params) and not svc.teams.checked_from_memory(
+        caller, path_params
+    ):
         await point_read(svc.store, svc.teams.check_sandbox_path, caller, path_params)
     CURRENT_CALLER.set(caller)
     return caller

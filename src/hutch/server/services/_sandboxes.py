@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from hutch._wire.agent_calls import AgentCall, StreamRequest
 from hutch._wire.agent_ops import OpName
@@ -28,6 +28,7 @@ from hutch.node import (
     AgentConnection,
     AgentGateway,
     AgentStream,
+    AgentUnreachable,
     EgressRegistry,
     SandboxHost,
     agent_env,
@@ -41,6 +42,7 @@ from hutch.runtime import (
 )
 from hutch.server._cpu_env import cpu_env
 from hutch.server._errors import (
+    NodeUnavailableError,
     SandboxNotFound,
     SandboxNotRunning,
 )
@@ -63,6 +65,8 @@ from hutch.server.store._records import TeamAdmission
 from hutch.server.store._sqlite import SandboxRecord, Store
 
 log = logging.getLogger("hutch.server")
+
+T = TypeVar("T")
 
 # States a request wakes a sandbox from (server/_lifecycle.py).
 SLEEPING = frozenset({"paused", "stopped"})
@@ -312,7 +316,9 @@ class SandboxManager(SandboxCreation):
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         check_sandbox_id(sandbox_id)
-        record = self._store.get_sandbox(sandbox_id)
+        return self._found(sandbox_id, self._store.get_sandbox(sandbox_id))
+
+    def _found(self, sandbox_id: str, record: SandboxRecord | None) -> SandboxRecord:
         # NB: another team's sandbox is not found, with the very same answer (services/_caller.py).
         if record is None or not visible(record.team):
             raise SandboxNotFound(sandbox_id)
@@ -374,9 +380,20 @@ class SandboxManager(SandboxCreation):
         a sandbox reads its record)."""
         return await point_read(self._store, self.get, sandbox_id)
 
+    async def current(self, sandbox_id: str) -> SandboxRecord:
+        """`fetch`, answered from memory where the store keeps the row current (PostgreSQL
+        while it hears every change: store/_row_watch.py); no round trip then."""
+        check_sandbox_id(sandbox_id)
+        known, record = self._store.cached_sandbox(sandbox_id)
+        if not known:
+            record = await point_read(self._store, self._store.current_sandbox, sandbox_id)
+        return self._found(sandbox_id, record)
+
     async def running(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, once it runs: a sleeping one is woken first (the caller waits)."""
-        record = await self.fetch(sandbox_id)
+        # NB: from memory when current: a pause, stop, destroy or move through another
+        # replica reaches it as a notification (store/_row_watch.py).
+        record = await self.current(sandbox_id)
         if self.on_use is not None:
             self.on_use(sandbox_id)
         if record.status in SLEEPING and self.waker is not None:
@@ -390,17 +407,30 @@ class SandboxManager(SandboxCreation):
             )
         return record
 
+    async def _when_running(self, sandbox_id: str, connect: Callable[[], Awaitable[T]]) -> T:
+        """`connect()` (to the agent) once the sandbox runs."""
+        await self.running(sandbox_id)
+        try:
+            return await connect()
+        except (AgentUnreachable, NodeUnavailableError):
+            # NB: `running` answered from memory, and another replica's stop, destroy or move
+            # was not heard yet (its container, or its node, is gone): the database says
+            # what to answer (404, 409, or a wake and a connection to the started one).
+            if not self._store.forget_sandbox(sandbox_id):
+                raise
+            await self.running(sandbox_id)
+            return await connect()
+
     async def agent(self, sandbox_id: str) -> AgentConnection:
         """The live shared connection to a running sandbox's agent, (re)connecting if needed."""
-        await self.running(sandbox_id)
-        return await self.gateway.shared(sandbox_id)
+        return await self._when_running(sandbox_id, lambda: self.gateway.shared(sandbox_id))
 
     def agent_call(self, sandbox_id: str) -> AgentCall:
         """``call(op, **args)`` on a running sandbox's agent, typed per op by the contract
         (agent errors propagate: the app maps them)."""
 
         async def call(op: OpName, **args: Any) -> dict[str, Any]:
-            await self.running(sandbox_id)
+            await self.agent(sandbox_id)  # connected (the shared connection the call takes)
             return await self.gateway.call_untyped(sandbox_id, op, **args)
 
         return cast("AgentCall", call)
@@ -414,7 +444,7 @@ class SandboxManager(SandboxCreation):
         marked the sandbox used: no second read of the same row (a store read per exec).
         A sandbox stopped in between fails the stream as a stop fails any open one."""
         if conn is None:
-            await self.running(sandbox_id)
+            await self.agent(sandbox_id)  # connected (the shared connection the stream takes)
         return await self.gateway.open_stream(sandbox_id, request, conn)
 
     async def open_own(
@@ -422,13 +452,13 @@ class SandboxManager(SandboxCreation):
     ) -> tuple[AgentConnection, AgentStream]:
         """A stream on a connection of its own (transfers, watches); close the connection when
         the stream ends."""
-        await self.running(sandbox_id)
-        return await self.gateway.open_own(sandbox_id, request)
+        return await self._when_running(
+            sandbox_id, lambda: self.gateway.open_own(sandbox_id, request)
+        )
 
     async def dedicated_agent(self, sandbox_id: str) -> AgentConnection:
         """A new connection of its own to a running sandbox's agent; the caller closes it."""
-        await self.running(sandbox_id)
-        return await self.gateway.dedicated(sandbox_id)
+        return await self._when_running(sandbox_id, lambda: self.gateway.dedicated(sandbox_id))
 
     async def release_agent(self, sandbox_id: str, conn: AgentConnection) -> None:
         """Give back a `dedicated_agent` connection whose stream ended (kept for reuse)."""

@@ -15,7 +15,7 @@ from hutch.server._errors import (
 )
 from hutch.server.services._caller import Caller
 from hutch.server.services._keys import now_iso
-from hutch.server.store._sqlite import Store
+from hutch.server.store._sqlite import SandboxRecord, Store
 from hutch.server.store._teams import DEFAULT_TEAM, Quota, TeamRecord
 
 TEAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -113,6 +113,20 @@ class Teams:
         sandbox_id = path_params.get("sandbox_id")
         if sandbox_id is None or caller.is_admin:
             return
-        record = self._store.get_sandbox(sandbox_id)
-        if record is not None and record.team != caller.team:
-            raise SandboxNotFound(sandbox_id)
+        _check_team(caller, sandbox_id, self._store.current_sandbox(sandbox_id))
+
+    def checked_from_memory(self, caller: Caller, path_params: Mapping[str, str]) -> bool:
+        """`check_sandbox_path` when the store knows the row from memory (True: done, no
+        round trip); False: make the check."""
+        sandbox_id = path_params.get("sandbox_id")
+        if sandbox_id is None or caller.is_admin:
+            return True
+        known, record = self._store.cached_sandbox(sandbox_id)
+        if known:
+            _check_team(caller, sandbox_id, record)
+        return known
+
+
+def _check_team(caller: Caller, sandbox_id: str, record: SandboxRecord | None) -> None:
+    if record is not None and record.team != caller.team:
+        raise SandboxNotFound(sandbox_id)

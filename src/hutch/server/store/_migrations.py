@@ -11,8 +11,8 @@ Adding the next migration is a one-place change for both dialects: append to `MI
   Use ``{{`` and ``}}`` for a literal brace. ``TEXT``, ``INTEGER``, ``ALTER TABLE … ADD COLUMN``,
   ``CREATE INDEX … WHERE`` (partial indexes) are the same in both.
 - Only where the two must differ, give `Migration(sqlite=..., postgres=...)`.
-- Statements are split on ``;``: no semicolons inside a statement (no triggers, no string
-  literals holding one).
+- Statements are split on ``;``, but not inside ``$$ … $$`` (a PostgreSQL function's body):
+  no other semicolons inside a statement (no string literals holding one).
 
 Never edit a migration that has shipped: a database that ran it will not run it again.
 """
@@ -238,6 +238,31 @@ MIGRATIONS: tuple[str | Migration, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN runtimes TEXT;
     """,
+    # 19: every change of a sandbox's row (but one of its last use alone) notifies the
+    # replicas listening (`NOTIFY hutch_sandboxes, '<id>'`, at commit): a replica answers a
+    # sandbox's row from memory while it hears them (store/_row_watch.py). SQLite: nothing
+    # (one process, or a file shared on one machine: every read reads the file)
+    Migration(
+        sqlite="",
+        postgres="""
+        CREATE FUNCTION hutch_sandbox_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('hutch_sandboxes', OLD.id);
+            ELSIF TG_OP = 'INSERT' THEN
+                PERFORM pg_notify('hutch_sandboxes', NEW.id);
+            ELSIF (to_jsonb(OLD) - 'active_at') IS DISTINCT FROM (to_jsonb(NEW) - 'active_at')
+            THEN
+                PERFORM pg_notify('hutch_sandboxes', OLD.id);
+                PERFORM pg_notify('hutch_sandboxes', NEW.id);
+            END IF;
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER sandboxes_changed AFTER INSERT OR UPDATE OR DELETE ON sandboxes
+            FOR EACH ROW EXECUTE FUNCTION hutch_sandbox_changed();
+        """,
+    ),
 )
 
 
@@ -249,8 +274,22 @@ def migration_sql(migration: str | Migration, dialect: Dialect) -> str:
 
 
 def statements(migration: str | Migration, dialect: Dialect) -> list[str]:
-    """The migration's statements, one by one (drivers run one statement per call)."""
-    return [s.strip() for s in migration_sql(migration, dialect).split(";") if s.strip()]
+    """The migration's statements, one by one (drivers run one statement per call); a
+    ``$$``-quoted function body is part of its statement."""
+    found: list[str] = []
+    current = ""
+    # Even pieces are outside $$ … $$, odd ones a body, kept whole.
+    for i, piece in enumerate(migration_sql(migration, dialect).split("$$")):
+        if i % 2:
+            current += f"$${piece}$$"
+            continue
+        first, *rest = piece.split(";")
+        current += first
+        if rest:
+            found.append(current)
+            *ended, current = rest
+            found += ended
+    return [s.strip() for s in [*found, current] if s.strip()]
 
 
 def pending(current: int) -> list[tuple[int, str | Migration]]:

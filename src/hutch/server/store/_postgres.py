@@ -42,6 +42,7 @@ from hutch.server.store._records import (
     SnapshotRecord,
     TeamAdmission,
 )
+from hutch.server.store._row_watch import SandboxRows
 
 log = logging.getLogger("hutch.server.store")
 
@@ -55,6 +56,8 @@ STATEMENT_TIMEOUT_MS = 5000
 POOL_MAX = 8
 # The advisory lock that orders migrations of replicas starting at once.
 MIGRATION_LOCK = "hutch:migrations"
+# The listening connection's name (pg_stat_activity), apart from the pool's.
+ROWS_APPLICATION = "hutch-rows"
 
 
 def lock_key(name: str) -> int:
@@ -109,6 +112,8 @@ class PostgresStore(PostgresTeams, PostgresNodes):
         # One session per lock name: an advisory lock lives as long as its session.
         self._locks: dict[str, Conn] = {}
         self._held: set[str] = set()
+        # Rows answered from memory while change notifications are heard (`watch_sandboxes`).
+        self._watch: SandboxRows | None = None
         try:
             self._migrate()
         except BaseException:
@@ -173,6 +178,8 @@ class PostgresStore(PostgresTeams, PostgresNodes):
         return self._offload
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         self._offload.shutdown(wait=True)
         for name in list(self._locks):
             self.release_lock(name)
@@ -220,7 +227,9 @@ class PostgresStore(PostgresTeams, PostgresNodes):
                     )
             return True
 
-        return self._run(work)
+        inserted = self._run(work)
+        self._touched(record.id)
+        return inserted
 
     def claim_start(
         self,
@@ -246,17 +255,66 @@ class PostgresStore(PostgresTeams, PostgresNodes):
                 )
                 return claimed.rowcount == 1
 
-        return self._run(work)
+        claimed = self._run(work)
+        self._touched(sandbox_id)
+        return claimed
 
     def end_start_claim(self, sandbox_id: str) -> None:
         self._count("UPDATE sandboxes SET start_claimed_at = NULL WHERE id = %s", (sandbox_id,))
+        self._touched(sandbox_id)
 
     def set_runtime_id(self, sandbox_id: str, runtime_id: str) -> None:
         self._count("UPDATE sandboxes SET runtime_id = %s WHERE id = %s", (runtime_id, sandbox_id))
+        self._touched(sandbox_id)
 
     def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         row = self._one("SELECT * FROM sandboxes WHERE id = %s", (sandbox_id,))
         return SandboxRecord.from_row(row) if row else None
+
+    # -- rows from memory (store/_row_watch.py) ---------------------------------------------
+
+    def watch_sandboxes(self) -> None:
+        """Answer `current_sandbox` from memory while every change of a sandbox's row is
+        heard (LISTEN on a connection of its own). An API replica calls it at its start."""
+        if self._watch is None:
+            self._watch = SandboxRows(
+                lambda: psycopg.connect(
+                    self._url, **{**_connect_kwargs(), "application_name": ROWS_APPLICATION}
+                ),
+                self.get_sandbox,
+            )
+            self._watch.start()
+
+    def cached_sandbox(self, sandbox_id: str) -> tuple[bool, SandboxRecord | None]:
+        """(True, the row or None) when memory holds it and is current; else (False, None)."""
+        if self._watch is None:
+            return False, None
+        return self._watch.cached(sandbox_id)
+
+    def current_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        """`get_sandbox`, from memory when it is current (then no round trip)."""
+        if self._watch is None:
+            return self.get_sandbox(sandbox_id)
+        return self._watch.read(sandbox_id)
+
+    def changes_heard_up_to(self, at: float) -> bool:
+        """Whether memory has heard every change committed before `at` (time.monotonic();
+        tests wait on it)."""
+        return self._watch is not None and self._watch.heard_up_to(at)
+
+    def forget_sandbox(self, sandbox_id: str) -> bool:
+        """Forget the row kept in memory; whether there was one in use."""
+        return self._watch is not None and self._watch.forget(sandbox_id)
+
+    @property
+    def rows_live(self) -> bool:
+        """Whether rows are answered from memory now (change notifications are heard)."""
+        return self._watch is not None and self._watch.live
+
+    def _touched(self, sandbox_id: str) -> None:
+        # NB: our own write is known here before its notification comes back.
+        if self._watch is not None:
+            self._watch.changed(sandbox_id)
 
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._rows("SELECT * FROM sandboxes ORDER BY created_at, id")
@@ -267,6 +325,7 @@ class PostgresStore(PostgresTeams, PostgresNodes):
 
     def set_sandbox_status(self, sandbox_id: str, status: str) -> None:
         self._count("UPDATE sandboxes SET status = %s WHERE id = %s", (status, sandbox_id))
+        self._touched(sandbox_id)
 
     def delete_sandbox(self, sandbox_id: str) -> None:
         def work(conn: Conn) -> None:
@@ -279,6 +338,7 @@ class PostgresStore(PostgresTeams, PostgresNodes):
                     conn.execute(f"DELETE FROM {table} WHERE {column} = %s", (sandbox_id,))
 
         self._run(work)
+        self._touched(sandbox_id)
 
     # NB: status_reason lives in the spec (JSON text); set in the same UPDATE as the status so
     # that a concurrent update_sandbox_spec cannot interleave between a read and a write.
@@ -292,6 +352,7 @@ class PostgresStore(PostgresTeams, PostgresNodes):
     ) -> None:
         """Status, its reason and the expiry in one statement (a lifecycle step)."""
         self._count(self._SET_STATE, (status, expires_at, reason, sandbox_id))
+        self._touched(sandbox_id)
 
     def transition(
         self,
@@ -305,10 +366,12 @@ class PostgresStore(PostgresTeams, PostgresNodes):
             self._SET_STATE + " AND status = ANY(%s)",
             (status, expires_at, reason, sandbox_id, list(expected)),
         )
+        self._touched(sandbox_id)
         return changed > 0
 
     def update_sandbox_spec(self, record: SandboxRecord) -> None:
         self._count("UPDATE sandboxes SET spec = %s WHERE id = %s", (record.spec_json(), record.id))
+        self._touched(record.id)
 
     # -- snapshots and backups --------------------------------------------------------------
 

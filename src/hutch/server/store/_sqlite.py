@@ -200,6 +200,23 @@ class SqliteStore(SqliteTeams, NodeRows):
         row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
         return SandboxRecord.from_row(row) if row else None
 
+    def cached_sandbox(self, sandbox_id: str) -> tuple[bool, SandboxRecord | None]:
+        # NB: never: a file other processes may write (a cluster on one machine) is read.
+        return False, None
+
+    def current_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        return self.get_sandbox(sandbox_id)
+
+    def forget_sandbox(self, sandbox_id: str) -> bool:
+        return False
+
+    @property
+    def rows_live(self) -> bool:
+        return False
+
+    def watch_sandboxes(self) -> None:
+        pass  # nothing to hear on a file
+
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
         return [SandboxRecord.from_row(r) for r in rows]

@@ -1,0 +1,197 @@
+"""`SandboxRows`: sandbox rows a replica may answer from memory, kept current by PostgreSQL.
+
+Every request on a sandbox reads its row (is it running? whose is it?); on PostgreSQL that is
+a round trip per exec. Another replica may pause, stop, destroy or move the sandbox at any
+moment, so a row is served from memory only while this process hears of every change:
+
+- a trigger on `sandboxes` (migration 19) sends `NOTIFY hutch_sandboxes, '<id>'` for every
+  insert, delete and update but one that only sets `active_at` (a sandbox's last use, written
+  as it is used). PostgreSQL sends it when the writer's transaction commits, whoever wrote it
+  (a replica, its reconciler, a node watch, psql), and signals the listeners before the
+  writer's COMMIT returns;
+- one thread per process holds a connection of its own that LISTENs, and drops a row from
+  memory as its notification arrives (not on the event loop: a busy loop does not delay it);
+- every PROBE_EVERY seconds the thread notifies the channel itself (`~<its token>:<n>`: no
+  sandbox id starts with `~`). PostgreSQL delivers a listener's notifications in commit
+  order, so hearing its own probe back proves every change committed before the probe was
+  sent has been heard. When the last probe heard back was sent more than LAG_LIMIT ago (the
+  connection died, or the listener lags behind), memory is not used; each read goes to the
+  database as without this, until a probe comes back. A new connection starts with nothing
+  remembered.
+
+A row is remembered only from a read that no notification of it overtook (`_changes` counts
+notifications; `_changed_at` holds the count at each id's last one): a change committed after
+the read started may have reached the thread before the row was stored, and the row would
+then be stale. This process's own writes
+drop the row at once (`changed`), before their own notification comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from hutch.server.store._records import SandboxRecord
+
+log = logging.getLogger("hutch.server.store")
+
+CHANNEL = "hutch_sandboxes"
+PROBE_EVERY = 0.5  # seconds
+# Heard nothing (not even its own probe) for this long: the channel is down or behind.
+LAG_LIMIT = 2.0
+RECONNECT_AFTER = 1.0
+# Rows kept: a bound on memory (a replica serves many more sandboxes than it needs at once).
+KEPT = 20_000
+
+
+class SandboxRows:
+    """The rows of sandboxes this replica read, while `live` (see the module's docstring)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        read: Callable[[str], SandboxRecord | None],
+    ) -> None:
+        self._connect = connect
+        self._read = read
+        self._lock = threading.Lock()
+        self._rows: dict[str, SandboxRecord | None] = {}
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
+        # Rows read before this count are never stored (all were forgotten then).
+        self._forgot_all_at = 0
+        # When the last probe heard back was sent (monotonic); 0: not listening.
+        self._heard_at = 0.0
+        self._token = f"~{secrets.token_hex(8)}:"
+        self._probes: dict[str, float] = {}  # payload -> when sent, of probes in flight
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.hits = 0  # reads answered from memory (tests, benches)
+
+    @property
+    def live(self) -> bool:
+        """Whether every change committed up to LAG_LIMIT ago has been heard."""
+        heard = self._heard_at
+        return heard > 0 and time.monotonic() - heard < LAG_LIMIT
+
+    def heard_up_to(self, at: float) -> bool:
+        """Whether every change committed before `at` (time.monotonic()) has been heard."""
+        return self._heard_at > at
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._listen, name="hutch-rows", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def cached(self, sandbox_id: str) -> tuple[bool, SandboxRecord | None]:
+        """(True, row or None if there is none) when memory knows it and is current, else
+        (False, None): read it (`read`)."""
+        if not self.live:
+            return False, None
+        with self._lock:
+            if sandbox_id in self._rows:
+                self.hits += 1
+                return True, self._rows[sandbox_id]
+        return False, None
+
+    def read(self, sandbox_id: str) -> SandboxRecord | None:
+        """The row, from memory or the database (then kept, if nothing changed meanwhile)."""
+        known, row = self.cached(sandbox_id)
+        if known:
+            return row
+        with self._lock:
+            changes = self._changes
+        row = self._read(sandbox_id)
+        # NB: live again checked after the read: a channel that went silent during it may
+        # have missed the change that made this row stale.
+        if self.live:
+            with self._lock:
+                if (
+                    self._forgot_all_at <= changes
+                    and self._changed_at.get(sandbox_id, 0) <= changes
+                ):
+                    if len(self._rows) >= KEPT:
+                        self._rows.clear()
+                    self._rows[sandbox_id] = row
+        return row
+
+    def forget(self, sandbox_id: str) -> bool:
+        """Forget the row; whether memory held it (and was in use: a request may have been
+        answered from it)."""
+        with self._lock:
+            held = sandbox_id in self._rows
+        self.changed(sandbox_id)
+        return held and self.live
+
+    def changed(self, sandbox_id: str | None = None) -> None:
+        """Forget `sandbox_id`'s row (every row: None): it changed, or may have."""
+        with self._lock:
+            self._changes += 1
+            if sandbox_id is None or len(self._changed_at) >= KEPT:
+                self._rows.clear()
+                self._changed_at.clear()
+                self._forgot_all_at = self._changes
+            else:
+                self._rows.pop(sandbox_id, None)
+                self._changed_at[sandbox_id] = self._changes
+
+    # -- the listening thread ------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._serve_one_connection()
+            except (psycopg.Error, OSError) as exc:
+                if not self._stopping.is_set():
+                    log.warning("sandbox change notifications lost (%s); reading rows", exc)
+            finally:
+                self._silence()
+            self._stopping.wait(RECONNECT_AFTER)
+
+    def _serve_one_connection(self) -> None:
+        with self._connect() as conn:
+            listening_since = time.monotonic()
+            conn.execute(f"LISTEN {CHANNEL}")
+            # What was kept may have changed while nobody listened.
+            self.changed(None)
+            self._heard_at = listening_since
+            self._probes.clear()
+            log.info("listening for sandbox changes: rows are read once per change")
+            sent = 0
+            while not self._stopping.is_set():
+                sent += 1
+                probe = f"{self._token}{sent}"
+                self._probes[probe] = time.monotonic()
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, probe))
+                for note in conn.notifies(timeout=PROBE_EVERY):
+                    self._heard(note.payload)
+                    if self._stopping.is_set():
+                        break
+
+    def _heard(self, payload: str) -> None:
+        if not payload.startswith("~"):
+            self.changed(payload)
+            return
+        sent_at = self._probes.pop(payload, None)
+        if sent_at is not None:
+            # NB: the send time, not now: all that committed before it has been heard.
+            self._heard_at = max(self._heard_at, sent_at)
+            # Probes lost with a connection stay behind: drop any older than this one.
+            for old in [p for p, at in self._probes.items() if at < sent_at]:
+                del self._probes[old]
+
+    def _silence(self) -> None:
+        self._heard_at = 0.0
+        self.changed(None)

@@ -1,0 +1,132 @@
+"""A replica answers a sandbox's row from memory only while it hears every change of it
+(store/_row_watch.py): two store instances on one real PostgreSQL database, as two replicas."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from hutch.server._errors import SandboxNotFound
+from hutch.server.services._caller import Caller
+from hutch.server.services._teams import Teams
+from hutch.server.store._postgres import ROWS_APPLICATION
+from tests._server import wait_for
+from tests.support.stores import OpenStore, record
+
+
+def _watching(postgres_url: str) -> tuple[OpenStore, object, object]:
+    opener = OpenStore("postgres", url=postgres_url)
+    a, b = opener(), opener()
+    b.watch_sandboxes()
+    wait_for(lambda: b.rows_live, timeout=10)
+    return opener, a, b
+
+
+def _remembered(store: object, sandbox_id: str) -> None:
+    """Read until memory holds the row, once the notifications of what was written before are
+    heard (the insert's own one, heard after the read, would make it forget the row)."""
+    now = time.monotonic()
+    wait_for(lambda: store.changes_heard_up_to(now), timeout=10)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: (
+            store.current_sandbox(sandbox_id) is not None  # type: ignore[attr-defined]
+            and store.cached_sandbox(sandbox_id)[0]  # type: ignore[attr-defined]
+        ),
+        timeout=10,
+    )
+
+
+def _in_memory(store: object, sandbox_id: str) -> None:
+    """Memory holds the row (no read here: one forgotten never comes back by waiting). NB:
+    waited for, as memory is not used for the moments the listener lags behind (a loaded
+    machine: its probe not back within LAG_LIMIT)."""
+    wait_for(lambda: store.cached_sandbox(sandbox_id)[0], timeout=10)  # type: ignore[attr-defined]
+
+
+def test_a_change_through_one_replica_reaches_the_others_memory(postgres_url: str) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        a.insert_sandbox(record("sb-w1"))
+        _remembered(b, "sb-w1")  # from memory now: no round trip for the next request on it
+        # Its last use alone changes nothing a request reads: memory keeps it.
+        a.set_active_at("sb-w1", 123.0)
+        a.insert_sandbox(record("sb-w0"))  # another's notification comes after that one
+        _remembered(b, "sb-w0")
+        _in_memory(b, "sb-w1")
+        # Paused through the other replica: memory forgets the row, the next read has it.
+        assert a.transition("sb-w1", ("running",), "paused", "idle", None)
+        wait_for(lambda: b.current_sandbox("sb-w1").status == "paused", timeout=10)  # type: ignore[attr-defined]
+        # Destroyed there: gone here too (memory may know it is gone).
+        a.delete_sandbox("sb-w1")
+        wait_for(lambda: b.current_sandbox("sb-w1") is None, timeout=10)  # type: ignore[attr-defined]
+        # Behind every replica's back (an operator's psql): the trigger tells them too.
+        a.insert_sandbox(record("sb-w2"))
+        assert b.current_sandbox("sb-w2").status == "running"  # type: ignore[attr-defined]
+        opener.rows("UPDATE sandboxes SET status = 'stopped' WHERE id = 'sb-w2'")
+        wait_for(lambda: b.current_sandbox("sb-w2").status == "stopped", timeout=10)  # type: ignore[attr-defined]
+    finally:
+        opener.close_all()
+
+
+def test_a_replicas_own_write_is_read_back_at_once(postgres_url: str) -> None:
+    opener, _, b = _watching(postgres_url)
+    try:
+        b.insert_sandbox(record("sb-w3"))  # type: ignore[attr-defined]
+        assert b.current_sandbox("sb-w3").status == "running"  # type: ignore[attr-defined]
+        assert b.transition("sb-w3", ("running",), "stopped", None, None)  # type: ignore[attr-defined]
+        # No wait for its own notification: the write itself made memory forget the row.
+        assert b.current_sandbox("sb-w3").status == "stopped"  # type: ignore[attr-defined]
+    finally:
+        opener.close_all()
+
+
+def test_with_the_channel_down_every_read_goes_to_the_database(postgres_url: str) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        a.insert_sandbox(record("sb-w4"))
+        _remembered(b, "sb-w4")
+        # The listening session dies (a database restart, a network cut, an operator).
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
+                (ROWS_APPLICATION,),
+            )
+        wait_for(lambda: not b.rows_live, timeout=10)  # type: ignore[attr-defined]
+        # Memory is not used: a change nobody heard is read from the database.
+        assert not b.cached_sandbox("sb-w4")[0]  # type: ignore[attr-defined]
+        opener.rows("ALTER TABLE sandboxes DISABLE TRIGGER sandboxes_changed")
+        opener.rows("UPDATE sandboxes SET status = 'paused' WHERE id = 'sb-w4'")
+        assert b.current_sandbox("sb-w4").status == "paused"  # type: ignore[attr-defined]
+        opener.rows("ALTER TABLE sandboxes ENABLE TRIGGER sandboxes_changed")
+        # It listens again on a new session, with nothing remembered from before.
+        wait_for(lambda: b.rows_live, timeout=10)  # type: ignore[attr-defined]
+        assert b.current_sandbox("sb-w4").status == "paused"  # type: ignore[attr-defined]
+        a.transition("sb-w4", ("paused",), "running", None, None)
+        wait_for(lambda: b.current_sandbox("sb-w4").status == "running", timeout=10)  # type: ignore[attr-defined]
+    finally:
+        opener.close_all()
+
+
+def test_another_teams_sandbox_is_not_found_from_memory_either(postgres_url: str) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        a.insert_sandbox(record("sb-w5", team="red"))
+        _remembered(b, "sb-w5")
+        teams = Teams(b)  # type: ignore[arg-type]
+        path = {"sandbox_id": "sb-w5"}
+        # The request's team check is answered from memory, and still refuses another team.
+        assert teams.checked_from_memory(Caller("k1", "red", "member"), path)
+        with pytest.raises(SandboxNotFound):
+            teams.checked_from_memory(Caller("k2", "blue", "member"), path)
+        # Gone and taken again by the other team through the other replica: heard here.
+        a.delete_sandbox("sb-w5")
+        a.insert_sandbox(record("sb-w5", team="blue"))
+        _remembered(b, "sb-w5")
+        with pytest.raises(SandboxNotFound):
+            teams.checked_from_memory(Caller("k1", "red", "member"), path)
+        assert teams.checked_from_memory(Caller("k2", "blue", "member"), path)
+    finally:
+        opener.close_all()
