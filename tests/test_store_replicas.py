@@ -199,6 +199,60 @@ def test_only_the_lock_holder_reconciles(postgres_url: str) -> None:
             st.close()
 
 
+class _AskedHost:
+    """A SandboxHost as the death watch uses it: records which sandboxes it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.was_asked = asyncio.Event()
+
+    async def dead(self, sandbox_ids: Any) -> dict[str, str]:
+        self.asked += list(sandbox_ids)
+        self.was_asked.set()
+        return {}
+
+    async def oom_kills(self, sandbox_ids: Any) -> list[Any]:
+        return []
+
+    def close_watch(self) -> None:
+        pass
+
+
+def test_only_one_replica_watches_for_deaths_and_another_takes_over(postgres_url: str) -> None:
+    """Each replica watching read every row and asked every node twice a second, and an OOM
+    kill (reported once by its node) went to whichever asked first."""
+    from hutch.server.services._deaths import DeathWatch
+
+    stores: list[Store] = [OpenStore("postgres", url=postgres_url)() for _ in range(2)]
+    stores[0].insert_sandbox(record("sb-watched"))
+    hosts = [_AskedHost(), _AskedHost()]
+
+    async def run() -> None:
+        watches = [DeathWatch(None, st, h) for st, h in zip(stores, hosts, strict=True)]  # type: ignore[arg-type]
+        for w in watches:
+            w.start()
+        try:
+            await asyncio.wait(
+                [asyncio.ensure_future(h.was_asked.wait()) for h in hosts],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            await asyncio.sleep(1.5)  # three rounds of both watches
+            watching = 0 if hosts[0].asked else 1
+            assert hosts[1 - watching].asked == []
+            assert set(hosts[watching].asked) == {"sb-watched"}
+            await watches[watching].stop()  # a clean shutdown hands the lock on
+            await hosts[1 - watching].was_asked.wait()
+        finally:
+            for w in watches:
+                await w.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        for st in stores:
+            st.close()
+
+
 def test_on_sqlite_the_server_always_reconciles(tmp_path: Path) -> None:
     store = OpenStore("sqlite", path=tmp_path / "s.db")()
     store.insert_sandbox(record("sb-old", expires_at=time.time() - 10))

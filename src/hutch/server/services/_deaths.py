@@ -11,6 +11,12 @@ so a stop, a pause or a destroy that was in progress wins and nothing is misrepo
 
 Reasons: `oom_killed` (the OOM killer took a task outside `work`: the agent), `agent_exited`
 (PID 1 ended otherwise), `runtime_gone` (runc no longer knows the container).
+
+In a cluster one replica watches: the one holding the store's lock DEATHS_LOCK (a PostgreSQL
+advisory lock, as the reconciler's; on SQLite the one server always holds it). Every replica
+watching read every sandbox's row and asked every node twice a second each, and an OOM kill,
+which a node reports once, went to whichever replica asked first. When the watching replica
+ends, its session's lock goes with it and another takes it at its next round.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ CHECK_EVERY = 0.5  # seconds: a death is reported within a second
 # OOM kills in `work` (the sandbox lives on) are looked for every 4th round: that reads a
 # cgroup file per sandbox, and with 674 idle sandboxes it was a third of the server's CPU.
 OOM_ROUNDS = 4
+DEATHS_LOCK = "hutch:deaths"
 
 
 class DeathWatch:
@@ -48,11 +55,14 @@ class DeathWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._host.close_watch()
+        self._store.release_lock(DEATHS_LOCK)
 
     async def _loop(self) -> None:
         while True:
             try:
-                await self.check()
+                # NB: in a thread: taking the lock may wait on a database that is down.
+                if await asyncio.to_thread(self._store.hold_lock, DEATHS_LOCK):
+                    await self.check()
             except Exception:
                 log.exception("checking sandboxes' agents failed")
             await asyncio.sleep(CHECK_EVERY)
