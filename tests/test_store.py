@@ -316,3 +316,17 @@ def test_a_migration_that_fails_leaves_the_version_where_it_was(
     assert open_store.rows("SELECT MAX(version) FROM schema_version") == [(len(MIGRATIONS),)]
     with pytest.raises(Exception):  # noqa: B017
         open_store.rows("SELECT * FROM extra")
+
+
+def test_the_death_watch_reads_the_running_and_paused_sandboxes_only(
+    open_store: OpenStore,
+) -> None:
+    store = open_store()
+    states = ("running", "paused", "stopped", "error", "creating")
+    for status in states:
+        store.insert_sandbox(record(f"sb-{status}"))
+        store.set_sandbox_status(f"sb-{status}", status)
+    assert sorted(store.watched_sandboxes()) == [
+        ("sb-paused", "paused"),
+        ("sb-running", "running"),
+    ]

@@ -32,6 +32,7 @@ from hutch.server.store._migrations import pending, statements
 from hutch.server.store._postgres_nodes import PostgresNodes
 from hutch.server.store._postgres_teams import PostgresTeams
 from hutch.server.store._records import (
+    WATCHED_SQL,
     ApiKeyRecord,
     BackupRecord,
     PoolEntryRecord,
@@ -319,6 +320,9 @@ class PostgresStore(PostgresTeams, PostgresNodes):
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._rows("SELECT * FROM sandboxes ORDER BY created_at, id")
         return [SandboxRecord.from_row(r) for r in rows]
+
+    def watched_sandboxes(self) -> list[tuple[str, str]]:
+        return [(r["id"], r["status"]) for r in self._rows(WATCHED_SQL)]
 
     def team_quota_rows(self, team: str) -> list[QuotaRow]:
         return [QuotaRow.from_row(r) for r in self._rows(_QUOTA_SQL, (team,))]

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from hutch.server.store._migrations import MIGRATIONS, pending, statements
 from hutch.server.store._nodes import NodeRows
 from hutch.server.store._records import (
+    WATCHED_SQL,
     ApiKeyRecord,
     BackupRecord,
     PoolEntryRecord,
@@ -220,6 +221,12 @@ class SqliteStore(SqliteTeams, NodeRows):
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
         return [SandboxRecord.from_row(r) for r in rows]
+
+    def watched_sandboxes(self) -> list[tuple[str, str]]:
+        """(id, status) of the running and paused sandboxes: what the death watch asks the
+        host about twice a second, without building every row (15 ms a call for 1,000)."""
+        rows = self._db.execute(WATCHED_SQL).fetchall()
+        return [(r["id"], r["status"]) for r in rows]
 
     def team_quota_rows(self, team: str) -> list[QuotaRow]:
         return _team_quota_rows(self._db, team)
