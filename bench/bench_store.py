@@ -7,7 +7,8 @@ it holds every other request. SQLite (the baseline, same run) is a WAL file in a
 PostgreSQL is a private server (initdb + pg_ctl, as the tests start it) on a unix socket, then
 on TCP loopback, with fsync on, as a production database would run. Each store holds 200
 sandboxes; the calls:
-get_sandbox (every request), list_sandboxes (each reconciler pass, list calls), a status
+get_sandbox (every request), list_sandboxes (each reconciler pass, list calls),
+watched_sandboxes (the death watch, twice a second), a status
 change (`transition`, every lifecycle step), find_key_by_hash (every authenticated request),
 a start's quota admission (`claim_start` + `end_start_claim`, team of 200 rows), a create's
 (`insert_sandbox` with its admission) and the early check in the process (`Quotas.usage`).
@@ -142,6 +143,14 @@ def run(name: str, store: Store, calls: int) -> None:
         report(
             f"{name}: list_sandboxes (200 rows)",
             timed(max(calls // 10, 20), lambda i: store.list_sandboxes()),
+        )
+    )
+    # The death watch's read, twice a second (services/_deaths.py): ids and states only,
+    # next to list_sandboxes above, which it made before.
+    print(
+        report(
+            f"{name}: watched_sandboxes (200 rows)",
+            timed(max(calls // 10, 20), lambda i: store.watched_sandboxes()),
         )
     )
     # The early check in this process (before any work): the team's use, with 200 sandboxes
