@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,19 +91,7 @@ class Runc:
             str(bundle),
             container_id,
         )
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            pid = spawn(
-                argv,
-                stdin=devnull,
-                stdout=devnull,
-                stderr=stderr_fd,
-                fds=(fd3, *extra_fds),
-                env=_RUNC_ENV,
-                new_session=True,
-            )
-        finally:
-            os.close(devnull)
+        pid = spawn(argv, stderr=stderr_fd, fds=(fd3, *extra_fds), env=_RUNC_ENV, new_session=True)
         status = await exit_code(pid)
         if status != 0:
             raise SandboxStartError(

@@ -86,18 +86,7 @@ class Runsc:
                 "--log", str(log), "run", "--detach", "--bundle", str(bundle), container_id
             ),
         ]
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            pid = spawn(
-                argv,
-                stdin=devnull,
-                stdout=devnull,
-                stderr=stderr_fd,
-                env=_RUNSC_ENV,
-                new_session=True,
-            )
-        finally:
-            os.close(devnull)
+        pid = spawn(argv, stderr=stderr_fd, env=_RUNSC_ENV, new_session=True)
         status = await exit_code(pid)
         if status != 0:
             raise SandboxStartError(
@@ -174,10 +163,11 @@ class Runsc:
 def _read_state(path: Path, tries: int = 5) -> dict | None:  # type: ignore[type-arg]
     """The state file's JSON, or None if there is none (or it stays unreadable).
 
-    NB: runsc rewrites the file in place (truncate, then write) at each change of state, one
-    of them while the agent starts: a read between the two sees a torn file. Read as "no
-    sandbox", the start's liveness check failed it as "exited before it listened" (seen under
-    load in CI's gVisor pass). The next read, a moment later, sees the whole file.
+    NB: runsc rewrites the file in place (truncate, then write) at each change of state,
+    twice inside `runsc run` (created, then running): a read in between, as `list` makes of
+    every sandbox while another one starts, sees a torn file. The next read, a moment later,
+    sees the whole file. (Once thought to fail a start's liveness check; watched with
+    inotify, the file is not written after `runsc run` returns: see `GvisorSandboxes.start`.)
     """
     for attempt in range(tries):
         try:

@@ -54,20 +54,27 @@ async def run_tool(
         FileNotFoundError: no such program.
     """
     loop = asyncio.get_running_loop()
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC) if capture_stdout else (-1, devnull)
-    in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin is not None else (devnull, -1)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC) if capture_stdout else (-1, -1)
+    in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin is not None else (-1, -1)
     try:
-        pid = spawn(argv, stdin=in_r, stdout=out_w, stderr=err_w, env=env, new_session=new_session)
+        pid = spawn(
+            argv,
+            stdin=in_r if in_r >= 0 else None,
+            stdout=out_w if out_w >= 0 else None,
+            stderr=err_w,
+            env=env,
+            new_session=new_session,
+        )
     except BaseException:
         for fd in (err_r, in_w, out_r):
             if fd >= 0:
                 os.close(fd)
         raise
     finally:
-        for fd in {devnull, err_w, in_r, out_w}:
-            os.close(fd)
+        for fd in (err_w, in_r, out_w):
+            if fd >= 0:
+                os.close(fd)
     to_close = [fd for fd in (err_r, out_r, in_w) if fd >= 0]
 
     async def feed() -> bytes:
@@ -95,17 +102,17 @@ async def run_tool(
 def spawn(
     argv: Sequence[str],
     *,
-    stdin: int,
-    stdout: int,
+    stdin: int | None = None,
+    stdout: int | None = None,
     stderr: int,
     fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
     new_session: bool = False,
 ) -> int:
-    """Start `argv` (looked up on PATH) with `stdin`, `stdout`, `stderr` as its fds 0-2 and
-    `fds` as its 3, 4, …, and no other fd of the server's; returns its pid (wait for it with
-    `exit_code`). posix_spawn returns once the child has exec'd: microseconds, fine on the
-    loop.
+    """Start `argv` (looked up on PATH) with `stdin`, `stdout` (None: /dev/null), `stderr`
+    as its fds 0-2 and `fds` as its 3, 4, …, and no other fd of the server's; returns its
+    pid (wait for it with `exit_code`). posix_spawn returns once the child has exec'd:
+    microseconds, fine on the loop.
 
     Raises:
         FileNotFoundError: no such program.
@@ -113,8 +120,11 @@ def spawn(
     # Copies above every target number first: dup2 in order would otherwise clobber a
     # source that happens to sit at a later target (say fds=(7, 3)).
     sources: list[int] = []
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) if None in (stdin, stdout) else -1
     try:
-        for fd in (stdin, stdout, stderr, *fds):
+        for fd in (devnull if stdin is None else stdin, devnull if stdout is None else stdout):
+            sources.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD))
+        for fd in (stderr, *fds):
             sources.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD))
         return os.posix_spawnp(
             argv[0],
@@ -129,6 +139,8 @@ def spawn(
     finally:
         for fd in sources:
             os.close(fd)
+        if devnull >= 0:
+            os.close(devnull)
 
 
 def _inherited_closes() -> list[tuple[int, int]]:
