@@ -27,6 +27,7 @@ from hutch.node import (
     RULES_NAME,
     AgentConnection,
     AgentGateway,
+    AgentPaused,
     AgentStream,
     AgentUnreachable,
     EgressRegistry,
@@ -412,11 +413,13 @@ class SandboxManager(SandboxCreation):
         await self.running(sandbox_id)
         try:
             return await connect()
-        except (AgentUnreachable, NodeUnavailableError):
-            # NB: `running` answered from memory, and another replica's stop, destroy or move
-            # was not heard yet (its container, or its node, is gone): the database says
-            # what to answer (404, 409, or a wake and a connection to the started one).
-            if not self._store.forget_sandbox(sandbox_id):
+        except (AgentUnreachable, NodeUnavailableError) as exc:
+            # NB: `running` answered from memory, and another replica's pause, stop, destroy
+            # or move was not heard yet (its node refuses a paused agent's connections; its
+            # container, or its node, is gone): the database says what to answer (404, 409,
+            # or a wake and a connection to the resumed or started one).
+            forgot = self._store.forget_sandbox(sandbox_id)
+            if not forgot and not isinstance(exc, AgentPaused):
                 raise
             await self.running(sandbox_id)
             return await connect()
