@@ -8,13 +8,15 @@ pools; `hutch-rows`: a replica's listening session).
 By default the execs use a team's member key (its key row and its team's quota are read by
 every request unless the replica answers them from memory); `--admin` uses the configured
 admin key. The background's statements (heartbeats, the death and node watches, the
-listeners' probes) run at a rate per second: the elapsed time is printed with them.
+listeners' probes) run at a rate per second: the elapsed time is printed with them. Also
+prints replica 0's CPU time (user + system) per exec over those execs.
 HUTCH_CLUSTER_DIR, _PREFIX, _NET and _API_PORT as for bench_cluster.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -35,6 +37,12 @@ ENV = cluster_env(
 )
 # "2026-12-05 00:35:01.123 UTC [1234] hutch LOG:  execute <unnamed>: SELECT ..."
 LINE = re.compile(r"\[\d+\] (\S*) LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def set_logging(url: str, on: bool) -> None:
@@ -69,10 +77,13 @@ def main() -> None:
             set_logging(url, True)
             log = pg / "log"
             start = log.stat().st_size
+            replica = int((Path(ENV["HUTCH_CLUSTER_DIR"]) / "api0.pid").read_text())
+            cpu = cpu_seconds(replica)
             began = time.monotonic()
             for _ in range(args.execs):
                 sb.exec("true")
             elapsed = time.monotonic() - began
+            cpu = cpu_seconds(replica) - cpu
             with log.open("rb") as f:
                 f.seek(start)
                 lines = f.read().decode(errors="replace").splitlines()
@@ -89,6 +100,7 @@ def main() -> None:
     for (app, sql), n in found.most_common():
         print(f"{n:6d}  {app:10s}  {sql}")
     print(f"{sum(found.values()):6d}  statements in all")
+    print(f"replica 0 CPU per exec: {cpu / args.execs * 1e3:.3f} ms (user + system)")
     print("load average:", open("/proc/loadavg").read().strip())
 
 

@@ -238,7 +238,7 @@ def test_a_pause_stop_move_or_destroy_through_one_replica_reaches_the_others_nex
 
 
 @contextlib.contextmanager
-def _notifications_held(cluster: Cluster) -> Iterator[None]:
+def _notifications_held() -> Iterator[None]:
     """The replicas' listening sessions stopped (SIGSTOP of their PostgreSQL backends) for a
     moment shorter than the replicas' LAG_LIMIT: a change is not heard while they still
     answer from memory, as when a replica lags behind a busy database. Widens the window
@@ -274,7 +274,7 @@ def test_exec_through_one_replica_right_after_a_pause_through_the_other_wakes_it
             auth = {"Authorization": f"Bearer {cluster.key}"}
             for i in range(24):
                 assert b.exec("true").exit_code == 0  # an idle connection kept on replica 1
-                with _notifications_held(cluster):
+                with _notifications_held():
                     assert a.pause().status == "paused"
                     if i % 2:  # POST .../exec: the replica's shared agent connection
                         r = httpx.post(
