@@ -71,6 +71,9 @@ T = TypeVar("T")
 
 # States a request wakes a sandbox from (server/_lifecycle.py).
 SLEEPING = frozenset({"paused", "stopped"})
+# How often a request its node refused (the agent is paused there) reads the row again while
+# the row still says running: a pause through another replica, frozen and not yet committed.
+PAUSE_COMMIT_POLL = 0.05  # seconds
 
 
 def policy_for(
@@ -421,8 +424,18 @@ class SandboxManager(SandboxCreation):
             forgot = self._store.forget_sandbox(sandbox_id)
             if not forgot and not isinstance(exc, AgentPaused):
                 raise
+        # NB: the row may still say "running" while the node refuses: a pause through another
+        # replica froze it and has yet to commit. Wait for it (then wake the sandbox), bounded.
+        deadline = asyncio.get_running_loop().time() + self._agent_timeout
+        while True:
             await self.running(sandbox_id)
-            return await connect()
+            try:
+                return await connect()
+            except AgentPaused:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                self._store.forget_sandbox(sandbox_id)
+                await asyncio.sleep(PAUSE_COMMIT_POLL)
 
     async def agent(self, sandbox_id: str) -> AgentConnection:
         """The live shared connection to a running sandbox's agent, (re)connecting if needed."""
