@@ -10,6 +10,9 @@ own sandbox for `--seconds`, with the sandboxes spread on 3 nodes vs all on 1 (t
 drained). All nodes share this machine's cores, so this shows what the node path costs, not
 what 3 real hosts would add.
 
+`--team-key`: both modes exec with a member key of a team of their own (created with the admin
+key), as most clients do, instead of the admin key from the config (which no request reads).
+
 Prints p50/p95/p99 of each, the cluster's extra p50, execs/s and the load average. It starts
 its own cluster (HUTCH_CLUSTER_DIR=/var/lib/hutch-cluster-bench) and server, and stops both.
 HUTCH_CLUSTER_DIR, _PREFIX, _NET and _API_PORT in the environment replace the bench's own (a
@@ -82,6 +85,14 @@ def measure(client: Client, n: int, execs: int, out: dict[str, list[float]], tag
             sb.destroy()
 
 
+def team_client(admin: Client) -> Client:
+    """A client with a member key of a new team ("bench"), made through `admin`."""
+    admin.create_team("bench")
+    made = admin.create_key("bench", team="bench", role="member")
+    assert made.key is not None
+    return Client(base_url=admin.config.base_url, api_key=made.key)
+
+
 def throughput(client: Client, workers: int, seconds: float) -> float:
     """Execs per second of `workers` threads execing at once, each in its own sandbox."""
     sandboxes = [Sandbox.create(client=client, **SMALL) for _ in range(workers)]  # type: ignore[arg-type]
@@ -119,6 +130,11 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
     parser.add_argument(
+        "--team-key",
+        action="store_true",
+        help="exec with a team's member key in both modes, not the configured admin key",
+    )
+    parser.add_argument(
         "--code",
         type=Path,
         default=ROOT,
@@ -147,8 +163,10 @@ def main() -> None:
     }
     try:
         with (
-            Client(base_url=server.url, api_key=server.api_key) as one,
-            Client(base_url=values["HUTCH_URL"], api_key=values["HUTCH_API_KEY"]) as many,
+            Client(base_url=server.url, api_key=server.api_key) as one_admin,
+            Client(base_url=values["HUTCH_URL"], api_key=values["HUTCH_API_KEY"]) as many_admin,
+            team_client(one_admin) if args.team_key else one_admin as one,
+            team_client(many_admin) if args.team_key else many_admin as many,
         ):
             warmup: dict[str, list[float]] = {k: [] for k in samples}
             measure(one, 2, 4, warmup, "single-host")
@@ -163,10 +181,10 @@ def main() -> None:
             for _ in range(args.throughput_rounds):
                 spreads.append(throughput(many, args.workers, args.seconds))
                 for name in ("n2", "n3"):
-                    many.request("POST", f"/v1/nodes/{name}/drain")
+                    many_admin.request("POST", f"/v1/nodes/{name}/drain")
                 ones.append(throughput(many, args.workers, args.seconds))
                 for name in ("n2", "n3"):
-                    many.request("POST", f"/v1/nodes/{name}/ready")
+                    many_admin.request("POST", f"/v1/nodes/{name}/ready")
     finally:
         server.stop()
         release(server.home)
@@ -188,7 +206,14 @@ def main() -> None:
         + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(spreads, ones, strict=True))
         + ")"
     )
-    print("code:", CODE, "| load average:", open("/proc/loadavg").read().strip())
+    print(
+        "code:",
+        CODE,
+        "| team key:",
+        args.team_key,
+        "| load average:",
+        open("/proc/loadavg").read().strip(),
+    )
 
 
 if __name__ == "__main__":

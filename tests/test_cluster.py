@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 
 from hutch.sdk import APIError, Client, Sandbox, SandboxNotFound
+from tests._server import wait_for
 from tests.support.failure_notes import FAILURE_NOTES
 from tests.support.s3 import S3Server
 
@@ -233,6 +235,134 @@ def test_a_pause_stop_move_or_destroy_through_one_replica_reaches_the_others_nex
             _destroy_all(cluster)
             for name in ("n1", "n2", "n3"):
                 c0.request("POST", f"/v1/nodes/{name}/ready")
+
+
+@contextlib.contextmanager
+def _notifications_held() -> Iterator[None]:
+    """The replicas' listening sessions stopped (SIGSTOP of their PostgreSQL backends) for a
+    moment shorter than the replicas' LAG_LIMIT: a change is not heard while they still
+    answer from memory, as when a replica lags behind a busy database. Widens the window
+    that is otherwise a fraction of a millisecond, so that a test meets it every time."""
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    with psycopg.connect(url) as db:
+        rows = db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'hutch-rows'"
+        ).fetchall()
+    pids = [int(r[0]) for r in rows]
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_exec_through_one_replica_right_after_a_pause_through_the_other_wakes_it(
+    cluster: Cluster,
+) -> None:
+    # Replica 1 has not heard of the pause yet when the exec comes (the notification is on its
+    # way): its idle connections go to a frozen agent. The node closed them as it paused the
+    # sandbox and refuses new ones, so replica 1 reads the row again and wakes the sandbox,
+    # as one host does; no exec waits for a resume that nobody sends.
+    with cluster.client(0) as c0, cluster.client(1) as c1, ThreadPoolExecutor(1) as pool:
+        try:
+            a = Sandbox.create(client=c0, cpu=0.5, memory_mb=256, disk_mb=512)
+            b = Sandbox.connect(a.id, client=c1)
+            gathered = f"{cluster.urls[1]}/v1/sandboxes/{a.id}/exec"
+            auth = {"Authorization": f"Bearer {cluster.key}"}
+            for i in range(24):
+                assert b.exec("true").exit_code == 0  # an idle connection kept on replica 1
+                with _notifications_held():
+                    assert a.pause().status == "paused"
+                    if i % 2:  # POST .../exec: the replica's shared agent connection
+                        r = httpx.post(
+                            gathered, json={"command": f"echo {i}"}, headers=auth, timeout=30
+                        )
+                        assert (r.status_code, r.json()["stdout"]) == (200, f"{i}\n")
+                    else:  # sb.exec(): a stream on an idle connection of the replica's own
+                        # NB: a stream has no read timeout: a hang fails here, not the run.
+                        done = pool.submit(b.exec, f"echo {i}").result(timeout=30)
+                        assert done.stdout == f"{i}\n"
+                assert a.info().status == "running"
+        finally:
+            _destroy_all(cluster)
+
+
+def test_an_exec_racing_a_pause_waits_for_its_commit_then_wakes_the_sandbox(
+    cluster: Cluster,
+) -> None:
+    # A pause through a replica freezes the sandbox on its node, then commits `paused`. An exec
+    # through the other replica in between is refused by the node while the row still says
+    # running: it reads the row again until the pause commits, then wakes the sandbox.
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    token = (DIR / "node_token").read_text().strip()
+    with cluster.client(0) as c0, cluster.client(1) as c1, ThreadPoolExecutor(1) as pool:
+        try:
+            a = Sandbox.create(client=c0, cpu=0.5, memory_mb=256, disk_mb=512)
+            b = Sandbox.connect(a.id, client=c1)
+            assert b.exec("echo warm").stdout == "warm\n"
+            with psycopg.connect(url, autocommit=True) as db:
+                row = db.execute(
+                    "SELECT n.address, COALESCE(p.runtime_id, s.runtime_id, s.id)"
+                    " FROM sandbox_nodes p JOIN nodes n ON n.name = p.node"
+                    " JOIN sandboxes s ON s.id = p.sandbox_id WHERE p.sandbox_id = %s",
+                    (a.id,),
+                ).fetchone()
+                assert row is not None
+                node, rid = row
+                # The first half of a pause through replica 0: frozen on its node.
+                r = httpx.post(
+                    f"{node}/node/v1/c/{rid}/pause",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+                assert r.status_code == 200, r.text
+                racing = pool.submit(b.exec, "echo after")
+                # NB: a moment for the exec to meet the node's refusal (if it has not yet, it
+                # meets the paused row instead: the test then shows less, never fails).
+                time.sleep(0.5)
+                # The second half: the commit, as the pausing replica makes it.
+                db.execute("UPDATE sandboxes SET status = 'paused' WHERE id = %s", (a.id,))
+            assert racing.result(timeout=30).stdout == "after\n"
+            assert a.info().status == "running"
+        finally:
+            _destroy_all(cluster)
+
+
+def test_a_team_key_revoked_or_its_quota_changed_through_one_replica_holds_on_the_other(
+    cluster: Cluster,
+) -> None:
+    # Replica 1 answers the key's row and its team's quota from memory between changes
+    # (store/_row_watch.py): each change through replica 0 must reach it.
+    with cluster.client(0) as c0:
+        c0.create_team("keyed")
+        made = c0.create_key("ci", team="keyed", role="member")
+        assert made.key is not None
+        with Client(cluster.urls[0], made.key) as member:
+            sb = Sandbox.create(client=member, **SMALL)  # type: ignore[arg-type]
+        try:
+            url = f"{cluster.urls[1]}/v1/sandboxes/{sb.id}"
+            auth = {"Authorization": f"Bearer {made.key}"}
+
+            def status() -> int:
+                return httpx.get(url, headers=auth, timeout=30).status_code
+
+            assert [status() for _ in range(3)] == [200, 200, 200]
+            # A rate of one request per 100 s: the next one but one is refused (429).
+            c0.set_team_quota("keyed", rate_per_second=0.01, rate_burst=1)
+            wait_for(lambda: status() == 429, timeout=10)
+            c0.set_team_quota("keyed", rate_per_second=None, rate_burst=None)
+            wait_for(lambda: status() == 200, timeout=10)
+            assert [status() for _ in range(3)] == [200, 200, 200]
+            # Revoked through replica 0: refused by replica 1, and from then on.
+            c0.delete_key(made.id)
+            wait_for(lambda: status() == 401, timeout=10)
+            assert [status() for _ in range(5)] == [401] * 5
+        finally:
+            _destroy_all(cluster)
+            c0.delete_team("keyed")
 
 
 def _runsc_ids(node: str) -> set[str]:

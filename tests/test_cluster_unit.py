@@ -348,6 +348,47 @@ async def test_tunnel_needs_the_token_then_carries_bytes(tmp_path: Path) -> None
         agent.close()
 
 
+async def test_a_paused_sandboxs_agent_tunnels_are_closed_and_refused_until_it_resumes(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "agent.sock"
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(100):
+            w.write(data)
+            await w.drain()
+        w.close()
+
+    agent = await asyncio.start_unix_server(echo, sock)
+    tunnels = TunnelServer("right", lambda rid: sock, lambda rid: None)
+    port = await tunnels.start("127.0.0.1", 0)
+    try:
+        r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
+        other_r, other_w = await open_tunnel("127.0.0.1", port, "agent/sb-2", "right", timeout=5)
+        w.write(b"before")
+        assert await asyncio.wait_for(r.read(100), 5) == b"before"
+        # Paused: a replica's open connection ends (its next request would reach a frozen
+        # agent), a new one is refused with 409; another sandbox's is untouched.
+        tunnels.hold("sb-1")
+        assert await asyncio.wait_for(r.read(100), 5) == b""
+        w.close()
+        with pytest.raises(TunnelRefused) as exc:
+            await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
+        assert exc.value.status == 409
+        other_w.write(b"still")
+        assert await asyncio.wait_for(other_r.read(100), 5) == b"still"
+        # Resumed: served again.
+        tunnels.release("sb-1")
+        r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
+        w.write(b"after")
+        assert await asyncio.wait_for(r.read(100), 5) == b"after"
+        w.close()
+        other_w.close()
+    finally:
+        await tunnels.close()
+        agent.close()
+
+
 async def test_a_tunnel_carries_what_comes_with_its_head_and_much_both_ways_then_ends(
     tmp_path: Path,
 ) -> None:

@@ -8,10 +8,12 @@ import time
 import psycopg
 import pytest
 
-from hutch.server._errors import SandboxNotFound
+from hutch.server._errors import SandboxNotFound, Unauthorized
 from hutch.server.services._caller import Caller
+from hutch.server.services._keys import KeyChecker, create_key
 from hutch.server.services._teams import Teams
 from hutch.server.store._postgres import ROWS_APPLICATION
+from hutch.server.store._teams import Quota
 from tests._server import wait_for
 from tests.support.stores import OpenStore, record
 
@@ -128,5 +130,72 @@ def test_another_teams_sandbox_is_not_found_from_memory_either(postgres_url: str
         with pytest.raises(SandboxNotFound):
             teams.checked_from_memory(Caller("k1", "red", "member"), path)
         assert teams.checked_from_memory(Caller("k2", "blue", "member"), path)
+    finally:
+        opener.close_all()
+
+
+def test_a_key_deleted_or_a_quota_changed_through_one_replica_reaches_the_others_memory(
+    postgres_url: str,
+) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        teams_a, teams_b = Teams(a), Teams(b)  # type: ignore[arg-type]
+        teams_a.create("squad", Quota(rate_per_second=50.0))
+        made = create_key(a, "ci", team="squad", role="member")  # type: ignore[arg-type]
+        keys_b = KeyChecker(b, None)  # type: ignore[arg-type]
+        now = time.monotonic()
+        wait_for(lambda: b.changes_heard_up_to(now), timeout=10)  # type: ignore[attr-defined]
+        # Read once, then answered from memory: the next requests make no round trip.
+        assert keys_b.caller(made.key) == Caller(made.record.id, "squad", "member")
+        assert teams_b.quota("squad").rate_per_second == 50.0
+        wait_for(lambda: keys_b.cached_caller(made.key) is not None, timeout=10)
+        wait_for(lambda: teams_b.cached_quota("squad") is not None, timeout=10)
+        # The quota changed through the other replica: this one's next read has it.
+        teams_a.set_quota("squad", {"rate_per_second": 2.0})
+        wait_for(lambda: teams_b.quota("squad").rate_per_second == 2.0, timeout=10)
+        # The key deleted there: refused here (memory forgot it, and keeps no miss).
+        assert a.delete_key(made.record.id)  # type: ignore[attr-defined]
+        wait_for(lambda: keys_b.identify(made.key) is None, timeout=10)
+        assert keys_b.cached_caller(made.key) is None
+        with pytest.raises(Unauthorized):
+            keys_b.caller(made.key)
+        # An unknown key is not kept: memory never answers for it.
+        assert keys_b.cached_caller("hk_" + "x" * 43) is None
+        assert keys_b.identify("hk_" + "x" * 43) is None
+        assert keys_b.cached_caller("hk_" + "x" * 43) is None
+    finally:
+        opener.close_all()
+
+
+def test_with_the_channel_down_a_deleted_key_is_refused_at_once(postgres_url: str) -> None:
+    opener, a, b = _watching(postgres_url)
+    try:
+        made = create_key(a, "ci", team="default", role="member")  # type: ignore[arg-type]
+        Teams(a).create("quiet")  # type: ignore[arg-type]
+        keys_b, teams_b = KeyChecker(b, None), Teams(b)  # type: ignore[arg-type]
+        now = time.monotonic()
+        wait_for(lambda: b.changes_heard_up_to(now), timeout=10)  # type: ignore[attr-defined]
+        assert keys_b.caller(made.key).key_id == made.record.id
+        assert teams_b.quota("quiet").rate_per_second is None
+        wait_for(lambda: keys_b.cached_caller(made.key) is not None, timeout=10)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
+                (ROWS_APPLICATION,),
+            )
+        wait_for(lambda: not b.rows_live, timeout=10)  # type: ignore[attr-defined]
+        # Changes nobody hears (no trigger): each request reads them, none waits for a cache.
+        opener.rows("ALTER TABLE api_keys DISABLE TRIGGER api_keys_changed")
+        opener.rows("ALTER TABLE teams DISABLE TRIGGER teams_changed")
+        opener.rows("UPDATE teams SET rate_per_second = 3 WHERE name = 'quiet'")
+        assert teams_b.cached_quota("quiet") is None
+        assert teams_b.quota("quiet").rate_per_second == 3.0
+        opener.rows(f"DELETE FROM api_keys WHERE id = '{made.record.id}'")
+        assert keys_b.cached_caller(made.key) is None
+        with pytest.raises(Unauthorized):
+            keys_b.caller(made.key)
+        opener.rows("ALTER TABLE api_keys ENABLE TRIGGER api_keys_changed")
+        opener.rows("ALTER TABLE teams ENABLE TRIGGER teams_changed")
     finally:
         opener.close_all()

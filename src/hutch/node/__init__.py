@@ -26,7 +26,7 @@ from hutch.node._egress import (
 )
 from hutch.node._egress_grants import EgressGrants
 from hutch.node._egress_rules import BASE_URL_ENVS, RULES_NAME, EgressRule, read_rules, seal_rules
-from hutch.node._gateway import AgentGateway, AgentUnreachable
+from hutch.node._gateway import AgentGateway, AgentPaused, AgentUnreachable
 from hutch.node._host import LocalHost, SandboxHost
 from hutch.node._node_api import node_app
 from hutch.node._pools import POOL_LIMITS, POOL_PREFIX, PoolLedger, WarmPools, parse_pool_sizes
@@ -45,6 +45,7 @@ __all__ = [
     "AgentGateway",
     "AgentStream",
     "AgentUnknownOp",
+    "AgentPaused",
     "AgentUnreachable",
     "DiskMoveFailed",
     "EgressGrants",

@@ -45,6 +45,11 @@ class AgentUnreachable(AgentDisconnected):
         super().__init__(message, code="agent_unreachable")
 
 
+class AgentPaused(AgentUnreachable):
+    """The sandbox's node refused a connection to its agent: it is paused (frozen) there.
+    A replica that had not heard of the pause reads the sandbox's row again and wakes it."""
+
+
 class AgentGateway:
     def __init__(
         self,
@@ -223,6 +228,9 @@ class AgentGateway:
             raise
 
     def _unreachable(self, sandbox_id: str, exc: BaseException) -> AgentUnreachable:
+        if isinstance(exc, AgentPaused):  # NB: kept as it is: what to do next differs
+            exc.sandbox_id = sandbox_id
+            return exc
         error = AgentUnreachable(
             f"the agent of sandbox {sandbox_id} does not answer ({exc}); "
             "retry, or destroy the sandbox"

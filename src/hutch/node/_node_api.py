@@ -64,6 +64,7 @@ from hutch.node._node_wire import (
     spec_from_json,
     usage_to_json,
 )
+from hutch.node._tunnel import TunnelServer
 from hutch.runtime import (
     BackupFailed,
     BucketError,
@@ -133,9 +134,11 @@ def node_app(
     capacity: Capacity,
     token: str,
     egress: tuple[EgressProxy, EgressGrants] | None = None,
+    tunnels: TunnelServer | None = None,
 ) -> ASGIApp:
     """The node API over `host` (its runtime-id map: identity), behind the token check.
-    `egress`: this node's egress proxy and the secrets replicas granted it."""
+    `egress`: this node's egress proxy and the secrets replicas granted it. `tunnels`: this
+    node's tunnel listener, which refuses a paused sandbox's agent tunnels (node/_tunnel.py)."""
 
     def checked(value: object, what: str) -> str:
         """A runtime or snapshot id as a path segment takes it (ValueError: a 400)."""
@@ -237,7 +240,17 @@ def node_app(
             return _error(404, "not_found", "no such node operation")
         if name in ("stop", "destroy"):
             forget_egress(rid)  # as on one host; the next start grants them again
+        if tunnels is not None and name == "pause":
+            tunnels.hold(rid)
+            try:
+                await op(rid)
+            except BaseException:
+                tunnels.release(rid)  # NB: not frozen after all (or in doubt: it runs)
+                raise
+            return JSONResponse({})
         await op(rid)
+        if tunnels is not None and name in ("resume", "stop", "destroy"):
+            tunnels.release(rid)
         if name == "network_ready":
             return JSONResponse(addresses(rid))  # as `start`'s answer
         return JSONResponse({})

@@ -18,6 +18,7 @@ import httpx
 
 from hutch.node._agent_client import AgentConnection, AgentDisconnected
 from hutch.node._disk_backups import target_to_json
+from hutch.node._gateway import AgentPaused
 from hutch.node._node_wire import (
     bucket_mount_from_json,
     bucket_request_to_json,
@@ -211,6 +212,8 @@ class RemoteHost:
                 self._tunnel_host, self._tunnel_port, target, self._token, timeout=timeout
             )
         except TunnelRefused as exc:
+            if exc.status == 409:
+                raise AgentPaused(f"node {self.name}: the sandbox is paused") from exc
             raise AgentDisconnected(f"node {self.name}: {exc}") from exc
         except (OSError, TimeoutError) as exc:
             raise NodeUnavailable(self.name, f"tunnel: {type(exc).__name__}: {exc}") from exc

@@ -8,7 +8,12 @@ CONNECT, so any HTTP tooling can read it:
     Authorization: Bearer <node token>
 
 answered `HTTP/1.1 200 Connection Established` and then raw bytes both ways, or 401 (bad
-token; logged), 404 (no such sandbox), 400 (a malformed request), and closed. The preview
+token; logged), 404 (no such sandbox), 400 (a malformed request), and closed. An agent's
+tunnel is answered 409 while its sandbox is paused (`hold`): its agent is frozen and would
+answer nothing until something resumed it; a replica that has not yet heard of the pause
+takes the 409 as "read the sandbox's row again" (and wakes it, as on one host). Its open
+tunnels are closed as it is paused, for the same reason: a replica's idle connection
+through one would take a request to the frozen agent. The preview
 proxy can use `open_port_tunnel` as its connector to a sandbox on another node.
 
 `CONNECT snapshot/<snapshot id>` (node to node, node/_disk_moves.py) is answered 200 and then
@@ -122,6 +127,21 @@ class TunnelServer:
         self._send_snapshot = send_snapshot
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Runtime ids of paused sandboxes (`hold`), and each sandbox's open agent tunnels
+        # (the replica's side of each splice).
+        self._held: set[str] = set()
+        self._agent_tunnels: dict[str, set[asyncio.BaseTransport]] = {}
+
+    def hold(self, runtime_id: str) -> None:
+        """The sandbox is being paused: close its agent tunnels, refuse new ones (409) until
+        `release`. NB: before the freeze, so no replica's request reaches a frozen agent."""
+        self._held.add(runtime_id)
+        for transport in self._agent_tunnels.pop(runtime_id, ()):
+            transport.close()  # its splice ends, and closes the agent's side
+
+    def release(self, runtime_id: str) -> None:
+        """The sandbox runs again (resumed), or is gone: its agent's tunnels are served."""
+        self._held.discard(runtime_id)
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._handle, host, port, limit=_READ_SIZE)
@@ -161,6 +181,9 @@ class TunnelServer:
         if request.kind == "snapshot":
             await self._serve_snapshot(request.runtime_id, writer)
             return
+        if request.kind == "agent" and request.runtime_id in self._held:
+            writer.write(_status(409, "Paused"))
+            return
         try:
             if request.kind == "agent":
                 up_r, up_w = await asyncio.open_unix_connection(
@@ -175,8 +198,33 @@ class TunnelServer:
         except (OSError, ValueError):
             writer.write(_status(502, "Bad Gateway"))
             return
+        if request.kind == "agent":
+            await self._serve_agent(request.runtime_id, reader, writer, up_r, up_w)
+            return
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await splice(reader, writer, up_r, up_w)
+
+    async def _serve_agent(
+        self,
+        runtime_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+    ) -> None:
+        if runtime_id in self._held:  # NB: paused while the agent's socket was connected
+            up_w.close()
+            writer.write(_status(409, "Paused"))
+            return
+        tunnels = self._agent_tunnels.setdefault(runtime_id, set())
+        tunnels.add(writer.transport)
+        try:
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await splice(reader, writer, up_r, up_w)
+        finally:
+            tunnels.discard(writer.transport)
+            if not tunnels and self._agent_tunnels.get(runtime_id) is tunnels:
+                del self._agent_tunnels[runtime_id]
 
     async def _serve_snapshot(self, snapshot_id: str, writer: asyncio.StreamWriter) -> None:
         if self._send_snapshot is None:

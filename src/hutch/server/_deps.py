@@ -230,7 +230,9 @@ async def authorize_off_loop(
 ) -> Caller:
     """`authorize`, with its store reads (the key, the team's quota, the sandbox's team) off
     the event loop on a store that waits on the network."""
-    caller = svc.keys.static_caller(key)
+    # NB: a team's key from the store's memory where it keeps the row current (replicas on
+    # PostgreSQL: store/_row_watch.py), as the quota and the sandbox's team below.
+    caller = svc.keys.static_caller(key) or svc.keys.cached_caller(key)
     if caller is None:
         caller = await point_read(svc.store, svc.keys.caller, key)
     if state is not None:

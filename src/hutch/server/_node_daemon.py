@@ -312,8 +312,17 @@ class NodeDaemon:
         # first question about it comes after the kill.
         self.host.start_watch()
         await self.egress.start(await self._granted_running())
+        # Paused before this node daemon started: their agents' tunnels are refused too.
+        for rid, state in (await self.runtime.list_sandboxes()).items():
+            if state == "paused":
+                self.tunnels.hold(rid)
         app = node_app(
-            self.host, self.images.get, self.capacity, cfg.token, (self.egress, self.grants)
+            self.host,
+            self.images.get,
+            self.capacity,
+            cfg.token,
+            (self.egress, self.grants),
+            self.tunnels,
         )
         server = _QuietServer(
             uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="off")

@@ -67,7 +67,10 @@ STATIC_KEY_ID = "static"
 
 class KeyChecker:
     """Answers "whose key is this?" for every request; caches nothing that could go stale
-    (a revoked key fails on its next request)."""
+    (a revoked key fails on its next request). Replicas on PostgreSQL answer a key's row
+    from memory while they hear every change of it (store/_row_watch.py): a key deleted
+    through another replica is refused once its notification is heard, and at once when
+    the channel is down (every request reads)."""
 
     def __init__(self, store: Store, static_key: str | None) -> None:
         self._store = store
@@ -84,18 +87,20 @@ class KeyChecker:
         static = self.static_caller(key)
         if static is not None:
             return static
-        digest = hash_key(key)
         # The lookup is by digest, so timing reveals nothing about the key itself.
-        record = self._store.find_key_by_hash(digest)
-        if record is None:
-            raise Unauthorized(_MISSING)
-        if record.expires_at is not None and record.expires_at <= time.time():
-            raise Unauthorized(
-                f"this API key ({record.prefix}..., id {record.id}) expired at "
-                f"{iso_of(record.expires_at)}; ask an admin for a new one (`hutch keys create`)"
-            )
-        role: Role = "admin" if record.role == "admin" else "member"
-        return Caller(key_id=record.id, team=record.team, role=role)
+        return _caller_of(self._store.current_key(hash_key(key)))
+
+    def cached_caller(self, key: str | None) -> Caller | None:
+        """`caller`, when the store's memory knows the key (no store call); None: call
+        `caller`.
+
+        Raises:
+            Unauthorized: as `caller` (memory knows the key is expired).
+        """
+        if not key:
+            return None
+        known, record = self._store.cached_key(hash_key(key))
+        return _caller_of(record) if known else None
 
     def static_caller(self, key: str | None) -> Caller | None:
         """The server's configured admin, if `key` is its key (no store call); else None."""
@@ -120,6 +125,23 @@ _MISSING = (
     "missing or invalid API key: send 'Authorization: Bearer <key>' "
     "(the SDK and CLI read HUTCH_API_KEY)"
 )
+
+
+def _caller_of(record: ApiKeyRecord | None) -> Caller:
+    """The caller of a key's row (checked now: its expiry passes while memory holds it).
+
+    Raises:
+        Unauthorized: no such key, or it expired.
+    """
+    if record is None:
+        raise Unauthorized(_MISSING)
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise Unauthorized(
+            f"this API key ({record.prefix}..., id {record.id}) expired at "
+            f"{iso_of(record.expires_at)}; ask an admin for a new one (`hutch keys create`)"
+        )
+    role: Role = "admin" if record.role == "admin" else "member"
+    return Caller(key_id=record.id, team=record.team, role=role)
 
 
 def iso_of(timestamp: float) -> str:

@@ -27,6 +27,7 @@ from hutch.node import (
     RULES_NAME,
     AgentConnection,
     AgentGateway,
+    AgentPaused,
     AgentStream,
     AgentUnreachable,
     EgressRegistry,
@@ -70,6 +71,9 @@ T = TypeVar("T")
 
 # States a request wakes a sandbox from (server/_lifecycle.py).
 SLEEPING = frozenset({"paused", "stopped"})
+# How often a request its node refused (the agent is paused there) reads the row again while
+# the row still says running: a pause through another replica, frozen and not yet committed.
+PAUSE_COMMIT_POLL = 0.05  # seconds
 
 
 def policy_for(
@@ -412,14 +416,26 @@ class SandboxManager(SandboxCreation):
         await self.running(sandbox_id)
         try:
             return await connect()
-        except (AgentUnreachable, NodeUnavailableError):
-            # NB: `running` answered from memory, and another replica's stop, destroy or move
-            # was not heard yet (its container, or its node, is gone): the database says
-            # what to answer (404, 409, or a wake and a connection to the started one).
-            if not self._store.forget_sandbox(sandbox_id):
+        except (AgentUnreachable, NodeUnavailableError) as exc:
+            # NB: `running` answered from memory, and another replica's pause, stop, destroy
+            # or move was not heard yet (its node refuses a paused agent's connections; its
+            # container, or its node, is gone): the database says what to answer (404, 409,
+            # or a wake and a connection to the resumed or started one).
+            forgot = self._store.forget_sandbox(sandbox_id)
+            if not forgot and not isinstance(exc, AgentPaused):
                 raise
+        # NB: the row may still say "running" while the node refuses: a pause through another
+        # replica froze it and has yet to commit. Wait for it (then wake the sandbox), bounded.
+        deadline = asyncio.get_running_loop().time() + self._agent_timeout
+        while True:
             await self.running(sandbox_id)
-            return await connect()
+            try:
+                return await connect()
+            except AgentPaused:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                self._store.forget_sandbox(sandbox_id)
+                await asyncio.sleep(PAUSE_COMMIT_POLL)
 
     async def agent(self, sandbox_id: str) -> AgentConnection:
         """The live shared connection to a running sandbox's agent, (re)connecting if needed."""

@@ -30,7 +30,10 @@ def check_team_name(name: str) -> str:
 
 class Teams:
     """Teams and their quotas, with the quotas cached briefly (every request reads its team's
-    rate limit; a change shows within `CACHE_SECONDS`, at once on this server)."""
+    rate limit; a change shows within `CACHE_SECONDS`, at once on this server). A store that
+    keeps rows in memory (PostgreSQL replicas: store/_row_watch.py) answers instead, and no
+    cache here: a change through another replica shows once its notification is heard, and
+    at once while the channel is down (each request reads)."""
 
     CACHE_SECONDS = 2.0
 
@@ -89,14 +92,19 @@ class Teams:
         cached = self.cached_quota(name)
         if cached is not None:
             return cached
+        if self._store.rows_watched:
+            return _quota_of(self._store.current_team(name))
         now = time.monotonic()
-        record = self._store.get_team(name)
-        quota = record.quota if record is not None else Quota()
+        quota = _quota_of(self._store.get_team(name))
         self._cache[name] = (now, quota)
         return quota
 
     def cached_quota(self, name: str) -> Quota | None:
-        """The team's quota if read within CACHE_SECONDS (no store call); else None."""
+        """The team's quota from the store's memory, or if read within CACHE_SECONDS (no
+        store call); else None."""
+        if self._store.rows_watched:
+            known, record = self._store.cached_team(name)
+            return _quota_of(record) if known else None
         cached = self._cache.get(name)
         if cached is not None and time.monotonic() - cached[0] < self.CACHE_SECONDS:
             return cached[1]
@@ -125,6 +133,10 @@ class Teams:
         if known:
             _check_team(caller, sandbox_id, record)
         return known
+
+
+def _quota_of(record: TeamRecord | None) -> Quota:
+    return record.quota if record is not None else Quota()
 
 
 def _check_team(caller: Caller, sandbox_id: str, record: SandboxRecord | None) -> None:

@@ -263,6 +263,42 @@ MIGRATIONS: tuple[str | Migration, ...] = (
             FOR EACH ROW EXECUTE FUNCTION hutch_sandbox_changed();
         """,
     ),
+    # 20: every change of an API key's row or a team's row notifies the same channel
+    # (`key:<key digest>`, `team:<name>`; no sandbox id holds a `:`): a replica answers a team
+    # key's request (the key, its team's quota) from memory while it hears them, and a key
+    # deleted or a quota changed through another replica reaches it with the notification.
+    # SQLite: nothing (as 19)
+    Migration(
+        sqlite="",
+        postgres="""
+        CREATE FUNCTION hutch_key_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                PERFORM pg_notify('hutch_sandboxes', 'key:' || OLD.key_hash);
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                PERFORM pg_notify('hutch_sandboxes', 'key:' || NEW.key_hash);
+            END IF;
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys
+            FOR EACH ROW EXECUTE FUNCTION hutch_key_changed();
+        CREATE FUNCTION hutch_team_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                PERFORM pg_notify('hutch_sandboxes', 'team:' || OLD.name);
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                PERFORM pg_notify('hutch_sandboxes', 'team:' || NEW.name);
+            END IF;
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER teams_changed AFTER INSERT OR UPDATE OR DELETE ON teams
+            FOR EACH ROW EXECUTE FUNCTION hutch_team_changed();
+        """,
+    ),
 )
 
 

@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool
 from hutch.server.store._migrations import pending, statements
 from hutch.server.store._postgres_nodes import PostgresNodes
 from hutch.server.store._postgres_teams import PostgresTeams
+from hutch.server.store._postgres_watch import KEY_ROW, PostgresWatch
 from hutch.server.store._records import (
     WATCHED_SQL,
     ApiKeyRecord,
@@ -82,7 +83,7 @@ def _connect_kwargs(statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> dict[st
     }
 
 
-class PostgresStore(PostgresTeams, PostgresNodes):
+class PostgresStore(PostgresWatch, PostgresTeams, PostgresNodes):
     """`Store` on a PostgreSQL database; any number of instances (replicas) may share it."""
 
     remote = True
@@ -272,11 +273,10 @@ class PostgresStore(PostgresTeams, PostgresNodes):
         row = self._one("SELECT * FROM sandboxes WHERE id = %s", (sandbox_id,))
         return SandboxRecord.from_row(row) if row else None
 
-    # -- rows from memory (store/_row_watch.py) ---------------------------------------------
-
     def watch_sandboxes(self) -> None:
-        """Answer `current_sandbox` from memory while every change of a sandbox's row is
-        heard (LISTEN on a connection of its own). An API replica calls it at its start."""
+        """Answer rows from memory while every change of them is heard (LISTEN on a
+        connection of its own; store/_postgres_watch.py). An API replica calls it at its
+        start."""
         if self._watch is None:
             self._watch = SandboxRows(
                 lambda: psycopg.connect(
@@ -285,37 +285,6 @@ class PostgresStore(PostgresTeams, PostgresNodes):
                 self.get_sandbox,
             )
             self._watch.start()
-
-    def cached_sandbox(self, sandbox_id: str) -> tuple[bool, SandboxRecord | None]:
-        """(True, the row or None) when memory holds it and is current; else (False, None)."""
-        if self._watch is None:
-            return False, None
-        return self._watch.cached(sandbox_id)
-
-    def current_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
-        """`get_sandbox`, from memory when it is current (then no round trip)."""
-        if self._watch is None:
-            return self.get_sandbox(sandbox_id)
-        return self._watch.read(sandbox_id)
-
-    def changes_heard_up_to(self, at: float) -> bool:
-        """Whether memory has heard every change committed before `at` (time.monotonic();
-        tests wait on it)."""
-        return self._watch is not None and self._watch.heard_up_to(at)
-
-    def forget_sandbox(self, sandbox_id: str) -> bool:
-        """Forget the row kept in memory; whether there was one in use."""
-        return self._watch is not None and self._watch.forget(sandbox_id)
-
-    @property
-    def rows_live(self) -> bool:
-        """Whether rows are answered from memory now (change notifications are heard)."""
-        return self._watch is not None and self._watch.live
-
-    def _touched(self, sandbox_id: str) -> None:
-        # NB: our own write is known here before its notification comes back.
-        if self._watch is not None:
-            self._watch.changed(sandbox_id)
 
     def list_sandboxes(self) -> list[SandboxRecord]:
         rows = self._rows("SELECT * FROM sandboxes ORDER BY created_at, id")
@@ -506,6 +475,7 @@ class PostgresStore(PostgresTeams, PostgresNodes):
                 record.expires_at,
             ),
         )
+        self._touched(KEY_ROW + record.key_hash)
 
     def list_keys(self) -> list[ApiKeyRecord]:
         return [
@@ -517,7 +487,11 @@ class PostgresStore(PostgresTeams, PostgresNodes):
         return ApiKeyRecord(**row) if row else None
 
     def delete_key(self, key_id: str) -> bool:
-        return self._count("DELETE FROM api_keys WHERE id = %s", (key_id,)) > 0
+        row = self._one("DELETE FROM api_keys WHERE id = %s RETURNING key_hash", (key_id,))
+        if row is None:
+            return False
+        self._touched(KEY_ROW + row["key_hash"])
+        return True
 
     def set_secrets(self, sandbox_id: str, sealed: dict[str, bytes]) -> None:
         def work(conn: Conn) -> None:

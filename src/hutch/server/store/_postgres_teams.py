@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
+from hutch.server.store._postgres_watch import TEAM_ROW
 from hutch.server.store._teams import QUOTA_COLUMNS, Quota, RateStep, TeamRecord
 
 T = TypeVar("T")
@@ -23,6 +24,7 @@ class PostgresTeams:
         def _run(self, work: Callable[[Conn], T]) -> T: ...
         def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]: ...
         def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int: ...
+        def _touched(self, name: str | None) -> None: ...
 
     def insert_team(self, record: TeamRecord) -> bool:
         """False if the name is taken."""
@@ -34,7 +36,9 @@ class PostgresTeams:
             *(getattr(record.quota, c) for c in QUOTA_COLUMNS),
         )
         sql = f"INSERT INTO teams ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-        return self._count(sql, values) > 0
+        inserted = self._count(sql, values) > 0
+        self._touched(TEAM_ROW + record.name)
+        return inserted
 
     def get_team(self, name: str) -> TeamRecord | None:
         rows = self._rows("SELECT * FROM teams WHERE name = %s", (name,))
@@ -52,12 +56,16 @@ class PostgresTeams:
                 conn.execute("DELETE FROM api_keys WHERE team = %s", (name,))
                 return cur.rowcount > 0
 
-        return self._run(work)
+        deleted = self._run(work)
+        self._touched(None)  # the team and its keys (rare: every row is read again)
+        return deleted
 
     def set_team_quota(self, name: str, quota: Quota) -> bool:
         assignments = ", ".join(f"{c} = %s" for c in QUOTA_COLUMNS)
         values = (*(getattr(quota, c) for c in QUOTA_COLUMNS), name)
-        return self._count(f"UPDATE teams SET {assignments} WHERE name = %s", values) > 0
+        updated = self._count(f"UPDATE teams SET {assignments} WHERE name = %s", values) > 0
+        self._touched(TEAM_ROW + name)
+        return updated
 
     def set_image_owner(self, name: str, team: str) -> None:
         self._count(

@@ -1,14 +1,17 @@
-"""`SandboxRows`: sandbox rows a replica may answer from memory, kept current by PostgreSQL.
+"""`SandboxRows`: rows a replica may answer from memory, kept current by PostgreSQL.
 
-Every request on a sandbox reads its row (is it running? whose is it?); on PostgreSQL that is
-a round trip per exec. Another replica may pause, stop, destroy or move the sandbox at any
-moment, so a row is served from memory only while this process hears of every change:
+Every request on a sandbox reads its row (is it running? whose is it?), and every request
+with a team's key reads the key's row and its team's quota; on PostgreSQL each is a round
+trip. Another replica may pause, stop, destroy or move the sandbox, revoke the key or change
+the quota at any moment, so a row is served from memory only while this process hears of
+every change:
 
 - a trigger on `sandboxes` (migration 19) sends `NOTIFY hutch_sandboxes, '<id>'` for every
   insert, delete and update but one that only sets `active_at` (a sandbox's last use, written
-  as it is used). PostgreSQL sends it when the writer's transaction commits, whoever wrote it
-  (a replica, its reconciler, a node watch, psql), and signals the listeners before the
-  writer's COMMIT returns;
+  as it is used); triggers on `api_keys` and `teams` (migration 20) send `key:<its digest>`
+  and `team:<its name>` on the same channel (no sandbox id holds a `:`). PostgreSQL sends it
+  when the writer's transaction commits, whoever wrote it (a replica, its reconciler, a node
+  watch, psql), and signals the listeners before the writer's COMMIT returns;
 - one thread per process holds a connection of its own that LISTENs, and drops a row from
   memory as its notification arrives (not on the event loop: a busy loop does not delay it);
 - every PROBE_EVERY seconds the thread notifies the channel itself (`~<its token>:<n>`: no
@@ -33,13 +36,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 
 from hutch.server.store._records import SandboxRecord
 
 log = logging.getLogger("hutch.server.store")
+
+T = TypeVar("T")
 
 CHANNEL = "hutch_sandboxes"
 PROBE_EVERY = 0.5  # seconds
@@ -51,7 +56,8 @@ KEPT = 20_000
 
 
 class SandboxRows:
-    """The rows of sandboxes this replica read, while `live` (see the module's docstring)."""
+    """The rows this replica read, while `live` (see the module's docstring): a sandbox's by
+    its id, others by the name their trigger notifies (`key:<digest>`, `team:<name>`)."""
 
     def __init__(
         self,
@@ -61,7 +67,7 @@ class SandboxRows:
         self._connect = connect
         self._read = read
         self._lock = threading.Lock()
-        self._rows: dict[str, SandboxRecord | None] = {}
+        self._rows: dict[str, object] = {}
         self._changes = 0
         self._changed_at: dict[str, int] = {}
         # Rows read before this count are never stored (all were forgotten then).
@@ -98,34 +104,42 @@ class SandboxRows:
     def cached(self, sandbox_id: str) -> tuple[bool, SandboxRecord | None]:
         """(True, row or None if there is none) when memory knows it and is current, else
         (False, None): read it (`read`)."""
+        known, row = self.cached_as(sandbox_id)
+        return known, cast("SandboxRecord | None", row)
+
+    def cached_as(self, name: str) -> tuple[bool, object]:
+        """`cached` of any row by the name its notification carries."""
         if not self.live:
             return False, None
         with self._lock:
-            if sandbox_id in self._rows:
+            if name in self._rows:
                 self.hits += 1
-                return True, self._rows[sandbox_id]
+                return True, self._rows[name]
         return False, None
 
     def read(self, sandbox_id: str) -> SandboxRecord | None:
         """The row, from memory or the database (then kept, if nothing changed meanwhile)."""
-        known, row = self.cached(sandbox_id)
+        return self.read_as(sandbox_id, lambda: self._read(sandbox_id))
+
+    def read_as(self, name: str, load: Callable[[], T], *, keep_none: bool = True) -> T:
+        """`read` of any row by the name its notification carries, `load()` reading it.
+        `keep_none`: False for rows named by what a client sends (a key's digest), so that
+        unknown names never fill memory and push out what it holds."""
+        known, row = self.cached_as(name)
         if known:
-            return row
+            return cast("T", row)
         with self._lock:
             changes = self._changes
-        row = self._read(sandbox_id)
+        loaded = load()
         # NB: live again checked after the read: a channel that went silent during it may
         # have missed the change that made this row stale.
-        if self.live:
+        if self.live and (keep_none or loaded is not None):
             with self._lock:
-                if (
-                    self._forgot_all_at <= changes
-                    and self._changed_at.get(sandbox_id, 0) <= changes
-                ):
+                if self._forgot_all_at <= changes and self._changed_at.get(name, 0) <= changes:
                     if len(self._rows) >= KEPT:
                         self._rows.clear()
-                    self._rows[sandbox_id] = row
-        return row
+                    self._rows[name] = loaded
+        return loaded
 
     def forget(self, sandbox_id: str) -> bool:
         """Forget the row; whether memory held it (and was in use: a request may have been

@@ -215,6 +215,10 @@ class SqliteStore(SqliteTeams, NodeRows):
     def rows_live(self) -> bool:
         return False
 
+    @property
+    def rows_watched(self) -> bool:
+        return False
+
     def watch_sandboxes(self) -> None:
         pass  # nothing to hear on a file
 
@@ -386,6 +390,12 @@ class SqliteStore(SqliteTeams, NodeRows):
     def find_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         row = self._db.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
         return ApiKeyRecord(**dict(row)) if row else None
+
+    def cached_key(self, key_hash: str) -> tuple[bool, ApiKeyRecord | None]:
+        return False, None  # NB: never (as `cached_sandbox`)
+
+    def current_key(self, key_hash: str) -> ApiKeyRecord | None:
+        return self.find_key_by_hash(key_hash)
 
     def delete_key(self, key_id: str) -> bool:
         with self._tx() as db:

@@ -60,6 +60,10 @@ class TeamRecord:
 class TeamStore(Protocol):
     def insert_team(self, record: TeamRecord) -> bool: ...
     def get_team(self, name: str) -> TeamRecord | None: ...
+    # From memory where the store keeps the row current (store/_row_watch.py), as
+    # `cached_sandbox` and `current_sandbox`.
+    def cached_team(self, name: str) -> tuple[bool, TeamRecord | None]: ...
+    def current_team(self, name: str) -> TeamRecord | None: ...
     def list_teams(self) -> list[TeamRecord]: ...
     def delete_team(self, name: str) -> bool: ...
     def set_team_quota(self, name: str, quota: Quota) -> bool: ...
@@ -98,6 +102,12 @@ class SqliteTeams:
     def get_team(self, name: str) -> TeamRecord | None:
         row = self._db.execute("SELECT * FROM teams WHERE name = ?", (name,)).fetchone()
         return TeamRecord.from_row(row) if row else None
+
+    def cached_team(self, name: str) -> tuple[bool, TeamRecord | None]:
+        return False, None  # NB: never (a file other processes may write is read)
+
+    def current_team(self, name: str) -> TeamRecord | None:
+        return self.get_team(name)
 
     def list_teams(self) -> list[TeamRecord]:
         rows = self._db.execute("SELECT * FROM teams ORDER BY name").fetchall()
