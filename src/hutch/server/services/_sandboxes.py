@@ -204,9 +204,10 @@ class SandboxManager(SandboxCreation):
             self.names.keep_fresh(self._names_in_use, self._apply_policy)
         )
 
-    def _names_in_use(self) -> dict[str, list[str]]:
+    async def _names_in_use(self) -> dict[str, list[str]]:
         found = {}
-        for record in self._store.list_sandboxes():
+        # NB: off the event loop: every row, every 5 s, on every replica.
+        for record in await off_loop(self._store, self._store.list_sandboxes):
             names = split_allow(record.network_allow)[1]
             if names and record.status == "running":
                 found[record.id] = names
