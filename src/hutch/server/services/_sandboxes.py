@@ -294,7 +294,11 @@ class SandboxManager(SandboxCreation):
         """What the runtime runs for this sandbox."""
         return self._spec(record, image)
 
-    def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec:
+    def _spec(
+        self, record: SandboxRecord, image: Image, *, runtime_id: str | None = None
+    ) -> SandboxSpec:
+        """`runtime_id`: the container's name when the caller knows it (a cold create: the
+        sandbox's id); otherwise it is looked up (a pooled sandbox keeps its pool id)."""
         limits = Limits(
             cpu=record.cpu,
             memory_mb=record.memory_mb,
@@ -303,7 +307,7 @@ class SandboxManager(SandboxCreation):
         )
         policy = self._policy(record)
         return SandboxSpec(
-            id=self._rid(record.id),
+            id=runtime_id or self._rid(record.id),
             image=image,
             env={
                 **cpu_env(record.cpu, record.env),
