@@ -369,7 +369,7 @@ class SandboxManager(SandboxCreation):
         """
         if self._secrets is None:
             return
-        sealed = self._store.get_secrets(sandbox_id)
+        sealed = await point_read(self._store, self._store.get_secrets, sandbox_id)
         if not sealed:
             return
         egress = self.egress
