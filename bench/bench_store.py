@@ -8,7 +8,8 @@ PostgreSQL is a private server (initdb + pg_ctl, as the tests start it) on a uni
 on TCP loopback, with fsync on, as a production database would run. Each store holds 200
 sandboxes; the calls:
 get_sandbox (every request), list_sandboxes (each reconciler pass, list calls),
-watched_sandboxes (the death watch, twice a second), a status
+watched_sandboxes (the death watch, twice a second), sandbox_counts (each metrics scrape),
+the event loop's longest wait while the reconciler's pass reads every row, a status
 change (`transition`, every lifecycle step), find_key_by_hash (every authenticated request),
 a start's quota admission (`claim_start` + `end_start_claim`, team of 200 rows), a create's
 (`insert_sandbox` with its admission) and the early check in the process (`Quotas.usage`).
@@ -85,6 +86,43 @@ def timed_off_loop(store: Store, calls: int) -> list[float]:
     return asyncio.run(go())
 
 
+def loop_waits(store: Store, reads: int = 20) -> tuple[list[float], list[float]]:
+    """The longest gap between turns of a 1 ms ticker on the event loop during each of
+    `reads` reads of every sandbox: made on the loop, then with `off_loop`."""
+
+    async def go() -> tuple[list[float], list[float]]:
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        async def longest(read: Callable[[], object]) -> float:
+            await asyncio.sleep(0.005)
+            gaps.clear()
+            await read()  # type: ignore[misc]
+            await asyncio.sleep(0.002)
+            return max(gaps, default=0.0)
+
+        async def on_loop() -> object:
+            return store.list_sandboxes()
+
+        async def offloaded() -> object:
+            return await off_loop(store, store.list_sandboxes)
+
+        tick = asyncio.create_task(ticker())
+        on = [await longest(on_loop) for _ in range(reads)]
+        off = [await longest(offloaded) for _ in range(reads)]
+        tick.cancel()
+        return on, off
+
+    return asyncio.run(go())
+
+
 def run(name: str, store: Store, calls: int) -> None:
     fill(store, 200)
     statuses = ("running", "paused")
@@ -153,6 +191,18 @@ def run(name: str, store: Store, calls: int) -> None:
             timed(max(calls // 10, 20), lambda i: store.watched_sandboxes()),
         )
     )
+    # The metrics' sandboxes-by-state gauge (each scrape): counted by the database.
+    print(
+        report(
+            f"{name}: sandbox_counts (200 rows)",
+            timed(max(calls // 10, 20), lambda i: store.sandbox_counts()),
+        )
+    )
+    # The reconciler's pass reads every row once a second: how long the event loop (every
+    # other request) waits for one such read, made on the loop vs off it (the server's way).
+    on, off = loop_waits(store)
+    print(report(f"{name}: loop's longest wait, list_sandboxes on the loop", on))
+    print(report(f"{name}: loop's longest wait, list_sandboxes off the loop", off))
     # The early check in this process (before any work): the team's use, with 200 sandboxes
     # of another team in the store that it need not read.
     for i in range(200):

@@ -183,6 +183,45 @@ async def test_names_resolve_expire_and_keep_the_previous_addresses(
         await silent.resolve(["pkgs.example.test"], strict=True)
 
 
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fake name server listens on port 53")
+async def test_the_refresh_loop_applies_a_sandboxs_policy_again_when_its_names_move(
+    fake_dns: tuple[_FakeDns, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, resolv = fake_dns
+    server.zone["pkgs.example.test"] = ["10.9.0.1"]
+    monkeypatch.setattr(_network_names, "MIN_TTL", 0.0)
+    server.ttl = 0
+    names = NetworkNames(resolv)
+    names.REFRESH_EVERY = 0.02
+    applied: list[tuple[str, list[str]]] = []
+    moved = asyncio.Event()
+
+    async def in_use() -> dict[str, list[str]]:
+        await asyncio.sleep(0)  # the server reads its rows off the event loop
+        return {"sb-1": ["pkgs.example.test"]}
+
+    async def apply(sandbox_id: str) -> None:
+        applied.append((sandbox_id, names.addresses(["pkgs.example.test"])))
+        if "10.9.0.2" in applied[-1][1]:
+            moved.set()
+
+    refresh = asyncio.create_task(names.keep_fresh(in_use, apply))
+    try:
+        for _ in range(500):
+            if applied or refresh.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not refresh.done(), refresh.exception()
+        assert applied == [("sb-1", ["10.9.0.1"])]
+        await asyncio.sleep(0.1)
+        assert len(applied) == 1  # same addresses: not applied again
+        server.zone["pkgs.example.test"] = ["10.9.0.2"]
+        await asyncio.wait_for(moved.wait(), 5)
+    finally:
+        refresh.cancel()
+
+
 # -- sandboxes --------------------------------------------------------------------------------
 
 PROBE = (

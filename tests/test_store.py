@@ -330,3 +330,13 @@ def test_the_death_watch_reads_the_running_and_paused_sandboxes_only(
         ("sb-paused", "paused"),
         ("sb-running", "running"),
     ]
+
+
+def test_the_metrics_count_sandboxes_by_state_in_the_database(open_store: OpenStore) -> None:
+    store = open_store()
+    assert store.sandbox_counts() == {}
+    for i, status in enumerate(("running", "running", "paused", "stopped", "error")):
+        store.insert_sandbox(record(f"sb-{i}"))
+        store.set_sandbox_status(f"sb-{i}", status)
+    store.delete_sandbox("sb-4")
+    assert store.sandbox_counts() == {"running": 2, "paused": 1, "stopped": 1}

@@ -262,6 +262,45 @@ def test_on_sqlite_the_server_always_reconciles(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_reconcilers_read_of_every_sandbox_leaves_the_event_loop_free(
+    tmp_path: Path,
+) -> None:
+    """A database that takes its time with every row (many sandboxes, a far PostgreSQL) must
+    not stop the requests the same process serves meanwhile."""
+    store = OpenStore("sqlite", path=tmp_path / "s.db")()
+    store.insert_sandbox(record("sb-old", expires_at=time.time() - 10))
+    slow_read = store.list_sandboxes
+
+    def list_slowly() -> list[SandboxRecord]:
+        time.sleep(0.5)
+        return slow_read()
+
+    store.list_sandboxes = list_slowly  # type: ignore[method-assign]
+    lifecycle = _RecordingLifecycle()
+
+    async def run() -> int:
+        ticks = 0
+
+        async def other_requests() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        other = asyncio.create_task(other_requests())
+        await Reconciler(lifecycle, store).tick()  # type: ignore[arg-type]
+        other.cancel()
+        return ticks
+
+    try:
+        ticks = asyncio.run(run())
+    finally:
+        store.close()
+    assert lifecycle.expired == ["sb-old"]
+    # Half a second of reading: ~50 turns of the loop if it was free, 0 or 1 if not.
+    assert ticks >= 10
+
+
 def test_use_through_one_replica_keeps_a_sandbox_awake_for_the_other(
     open_store: OpenStore,
 ) -> None:

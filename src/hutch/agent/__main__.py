@@ -133,11 +133,12 @@ def _listener(environ: dict[str, str] | os._Environ[str]) -> _socket.socket:
 
 
 def _warm_spawning() -> None:
-    """Import what the first exec needs and start the spawner thread (~5 ms), so that the
-    first command does not wait for them."""
-    import subprocess  # noqa: F401
+    """Import what the first exec needs and start the spawner thread, so that the first
+    command does not wait for them (not `subprocess`, where `_child` can do without it)."""
+    from . import _child, _exec  # noqa: F401
 
-    from . import _exec  # noqa: F401
+    if not _child.NATIVE:
+        import subprocess  # noqa: F401
 
     _workcg.spawner()
 

@@ -36,7 +36,6 @@ from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from typing import Any
 
     from hutch._wire.agent_calls import (
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
         ProcessResult,
     )
 
+    from ._child import Started
     from ._loop import Timer
     from ._proc_logs import LogFollower
     from ._server import Agent
@@ -103,7 +103,7 @@ class BackgroundProcess:
         self._oom_kills = oom_kills()
         self.exited = False  # the process itself has been reaped
         self.done = False  # reaped and its output pipes closed: the logs are final
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Started | None = None
         self._tag = os.urandom(8).hex().encode()
         self._outputs: dict[int, int] = {}  # fd -> channel
         self._stdin_fd: int | None = None

@@ -24,11 +24,11 @@ from ._workcg import oom_killed_since, oom_kills
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from typing import Any
 
     from hutch._wire.agent_ops import ErrorCode, ExecRequest, ExecResult
 
+    from ._child import Started
     from ._loop import Timer
     from ._server import Agent, Connection
 
@@ -70,7 +70,7 @@ class ExecOp:
         self._stdin_fd: int | None = None
         self._stdin_buf = bytearray()
         self._stdin_eof = False
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Started | None = None
         self.pid = 0
         self._started = 0.0
         self._status: int | None = None

@@ -21,8 +21,9 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Callable, Mapping, Sequence
+
+    from ._child import Started
 
 
 def candidates(program: str, env: Mapping[str, str]) -> list[str]:
@@ -71,10 +72,10 @@ def launch(
     nproc: int | None,
     args: Sequence[str],
     env: Mapping[str, str],
-    start: Callable[[list[str], tuple[int, ...]], subprocess.Popen[bytes]],
+    start: Callable[[list[str], tuple[int, ...]], Started],
     executable: str | None = None,
     user: tuple[int, int, list[int]] | None = None,
-) -> subprocess.Popen[bytes]:
+) -> Started:
     """``start(argv, pass_fds)`` (a Popen with no ``preexec_fn``) through the launcher;
     ``executable`` is the program to run with ``args`` as its argv, when not ``args[0]``;
     ``user``: (uid, gid, groups) it switches to first (then ``start`` passes no user= itself).

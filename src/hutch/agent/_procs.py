@@ -11,9 +11,10 @@ from ._workcg import spawner as work_spawner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
+
+    from ._child import Started
 
 # NB: `signal`'s C module, not `signal` (which imports enum): see _loop.
 if TYPE_CHECKING:
@@ -146,17 +147,18 @@ def spawn(
     stdout: int,
     stderr: int,
     executable: str | None = None,
-) -> subprocess.Popen[bytes]:
+) -> Started:
     """Start ``args`` in a new session (so the whole tree can be signalled).
 
     ``stdin`` None means /dev/null; ``executable``, when given, is the program run with
     ``args`` as its argv (else ``args[0]`` looked up on the env's PATH). Raises OSError like
     ``subprocess.Popen``; the caller owns the returned object until the process is reaped
     (see ``Reaper``) and must then set its ``returncode`` so that Popen's own bookkeeping
-    never waits for it.
+    (where it is a Popen: `_child`) never waits for it.
     """
     # Imported on the first exec only: an agent that never runs anything stays smaller.
-    import subprocess
+    from ._child import NATIVE
+    from ._child import start as start_child
 
     def popen(
         preexec: Callable[[], None] | None,
@@ -164,7 +166,22 @@ def spawn(
         pass_fds: tuple[int, ...] = (),
         program: str | None = executable,
         as_user: bool = True,
-    ) -> subprocess.Popen[bytes]:
+    ) -> Started:
+        if NATIVE:
+            return start_child(
+                argv,
+                executable=program,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=pass_fds,
+                preexec_fn=preexec,
+                **(identity_args(identity) if as_user else {}),
+            )
+        import subprocess
+
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL if stdin is None else stdin,

@@ -33,7 +33,6 @@ from ._requests import InvalidRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from typing import Any
 
     from hutch._wire.agent_calls import (
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
         SessionResult,
     )
 
+    from ._child import Started
     from ._loop import Timer
     from ._server import Agent, Connection
 
@@ -64,7 +64,7 @@ class Session:
         self._cwd = cwd
         self._env = env
         self.pid = 0
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Started | None = None
         self._stdin_fd = -1
         self._out_fds: dict[int, int] = {}
         self._tag = b""
@@ -214,7 +214,7 @@ class Session:
             os.close(self._stdin_fd)
             self._stdin_fd = -1
 
-    def _on_exit(self, popen: subprocess.Popen[bytes], status: int) -> None:
+    def _on_exit(self, popen: Started, status: int) -> None:
         popen.returncode = os.waitstatus_to_exitcode(status)
         if popen is not self._popen:
             return  # a shell replaced after a stuck command

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from hutch.runtime import (
     SandboxUsage,
 )
 from hutch.server._errors import NoCapacity, NodeUnavailableError
-from hutch.server.services._fork_sends import ForkSends
+from hutch.server.services._fork_sends import ForkSends, create_from_sent
 from hutch.server.services._placement import Need
 from hutch.server.services._pool_claims import claim_order, placement_order, pool_status
 from hutch.server.store._nodes import NodeRecord
@@ -42,6 +43,8 @@ FRESH_FOR = 6.0
 CONNECT_TIMEOUT = 5.0
 # Runtime ids kept from placement reads: a bound on those of sandboxes gone meanwhile.
 PLACED_AS_KEPT = 10_000
+# How long a create's placement stands in for its read (`_on`): more than a create can take.
+CREATING_FOR = 60.0
 
 
 class ClusterHost:
@@ -67,6 +70,10 @@ class ClusterHost:
         self._image_id = image_id
         self._fork_sends = ForkSends()
         self._placing = asyncio.Lock()
+        # The node of each sandbox this replica is creating, for its create's next calls
+        # (agent connection, network_ready): no read (`_on`), as nothing moves a sandbox
+        # being created. network_ready, the create's last call, and destroy drop it.
+        self._creating: dict[str, tuple[RemoteHost, float]] = {}
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -97,6 +104,9 @@ class ClusterHost:
         return rid if rid is not None else self._rid(sandbox_id)
 
     def _on(self, sandbox_id: str) -> RemoteHost:
+        creating = self._creating.get(sandbox_id)
+        if creating is not None and time.monotonic() - creating[1] < CREATING_FOR:
+            return creating[0]
         # One read per call: the sandbox's node, its runtime id and the node's row (a join).
         # NB: each time: another replica may have moved the sandbox, or destroyed it and made
         # a new one with the same id from a warm pool.
@@ -178,13 +188,16 @@ class ClusterHost:
                 await self._place(sandbox_id, name, spec.id)
             try:
                 if copy_from is not None and snapshot is not None:
-                    await self._create_from_sent(
-                        remote, copy_from, sandbox_id, spec, snapshot, defer_network
-                    )
+                    await create_from_sent(
+                        self._fork_sends, remote, copy_from, sandbox_id, spec, snapshot,
+                        defer_network,
+                    )  # fmt: skip
                 else:
                     await remote.create(
                         sandbox_id, spec, defer_network=defer_network, snapshot=snapshot
                     )
+                if defer_network:
+                    self._creating[sandbox_id] = (remote, time.monotonic())
                 return
             except (NodeUnavailable, NodeRefused) as exc:
                 log.warning("node %s refused sandbox %s: %s", name, sandbox_id, exc)
@@ -201,36 +214,6 @@ class ClusterHost:
     def _running(self, runtime: str) -> str:
         names = [n.name for n in self._store.list_nodes() if runtime in n.runtimes]
         return ", ".join(names) or "none"
-
-    async def _create_from_sent(
-        self,
-        dst: RemoteHost,
-        src: RemoteHost,
-        sandbox_id: str,
-        spec: SandboxSpec,
-        snapshot: str,
-        defer_network: bool,
-    ) -> None:
-        """Pull `snapshot` from `src` to `dst`, create the sandbox on `dst` from it, and drop
-        the copy (the new disk is a subvolume of its own; the snapshot stays on `src`). A
-        fork's copy: one pull per node for all its children there (services/_fork_sends.py),
-        dropped when the fork removes its copies."""
-
-        async def pull() -> None:
-            log.info("snapshot %s: copied from node %s to %s for %s", snapshot, src.name,
-                     dst.name, sandbox_id)  # fmt: skip
-            await dst.pull_snapshot(snapshot, src)
-
-        if self._fork_sends.is_copy(snapshot):
-            received = await self._fork_sends.received_on(dst.name, snapshot, pull)
-            await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=received)
-            return
-        await pull()
-        try:
-            await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=snapshot)
-        finally:
-            with contextlib.suppress(NodeUnavailable, NodeRefused):
-                await dst.delete_snapshot(snapshot)
 
     def placements(self, need: Need, *, but: str) -> list[str]:
         """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not
@@ -251,9 +234,13 @@ class ClusterHost:
     def _forget(self, sandbox_id: str) -> None:
         self._store.forget_sandbox_node(sandbox_id)
         self._placed_as.pop(sandbox_id, None)
+        self._creating.pop(sandbox_id, None)
 
     async def network_ready(self, sandbox_id: str) -> None:
-        await self._do(sandbox_id, lambda r: r.network_ready(sandbox_id))
+        try:
+            await self._do(sandbox_id, lambda r: r.network_ready(sandbox_id))
+        finally:
+            self._creating.pop(sandbox_id, None)
 
     async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
         remote = self._on(sandbox_id)
@@ -268,6 +255,7 @@ class ClusterHost:
         await self._do(sandbox_id, lambda r: r.stop(sandbox_id))
 
     async def destroy(self, sandbox_id: str) -> None:
+        self._creating.pop(sandbox_id, None)
         try:
             remote: RemoteHost | None = self._on(sandbox_id)
         except NodeUnavailableError:

@@ -13,7 +13,14 @@ copies (`delete_snapshot` of each, once every create is done): `holders` says wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+
+from hutch.node import NodeRefused, NodeUnavailable, RemoteHost
+from hutch.runtime import SandboxSpec
+
+log = logging.getLogger("hutch.server")
 
 
 class ForkSends:
@@ -66,3 +73,34 @@ class ForkSends:
             for slot in [s for s in self._sent if s[0] == fork]:
                 del self._sent[slot]
         return self._held.pop(copy_id, [])
+
+
+async def create_from_sent(
+    sends: ForkSends,
+    dst: RemoteHost,
+    src: RemoteHost,
+    sandbox_id: str,
+    spec: SandboxSpec,
+    snapshot: str,
+    defer_network: bool,
+) -> None:
+    """Pull `snapshot` from `src` to `dst`, create the sandbox on `dst` from it, and drop
+    the copy (the new disk is a subvolume of its own; the snapshot stays on `src`). A
+    fork's copy: one pull per node for all its children there (`sends`), dropped when the
+    fork removes its copies."""
+
+    async def pull() -> None:
+        log.info("snapshot %s: copied from node %s to %s for %s", snapshot, src.name,
+                 dst.name, sandbox_id)  # fmt: skip
+        await dst.pull_snapshot(snapshot, src)
+
+    if sends.is_copy(snapshot):
+        received = await sends.received_on(dst.name, snapshot, pull)
+        await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=received)
+        return
+    await pull()
+    try:
+        await dst.create(sandbox_id, spec, defer_network=defer_network, snapshot=snapshot)
+    finally:
+        with contextlib.suppress(NodeUnavailable, NodeRefused):
+            await dst.delete_snapshot(snapshot)

@@ -218,7 +218,7 @@ class NetworkNames:
 
     async def keep_fresh(
         self,
-        names_in_use: Callable[[], dict[str, list[str]]],
+        names_in_use: Callable[[], Awaitable[dict[str, list[str]]]],
         apply: Callable[[str], Awaitable[None]],
     ) -> None:
         """Forever: resolve the names of running sandboxes (`names_in_use`: sandbox id ->
@@ -226,7 +226,7 @@ class NetworkNames:
         addresses changed."""
         applied: dict[str, list[str]] = {}
         while True:
-            in_use = names_in_use()
+            in_use = await names_in_use()
             with contextlib.suppress(Exception):
                 await self.resolve([n for names in in_use.values() for n in names], strict=False)
             for sandbox_id, names in in_use.items():

@@ -136,7 +136,9 @@ class SandboxCreation:
         # SandboxManager's own (lifecycle, spec building, agent connections).
         def _lock_for(self, sandbox_id: str) -> asyncio.Lock: ...
         def _rid(self, sandbox_id: str) -> str: ...
-        def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec: ...
+        def _spec(
+            self, record: SandboxRecord, image: Image, *, runtime_id: str | None = None
+        ) -> SandboxSpec: ...
         def _policy(self, record: SandboxRecord) -> NetworkPolicy: ...
         async def _destroy_locked(self, sandbox_id: str) -> None: ...
         async def _send_secrets(self, sandbox_id: str, conn: AgentConnection) -> None: ...
@@ -158,9 +160,13 @@ class SandboxCreation:
         snapshot: str | None = None,
     ) -> SandboxRecord:
         """`snapshot`: the id of a disk snapshot (`SandboxHost.take_snapshot`) to start from."""
-        sandbox_id = check_sandbox_id(sandbox_id or request.id or new_sandbox_id())
+        chosen = sandbox_id or request.id
+        sandbox_id = check_sandbox_id(chosen or new_sandbox_id())
         async with self._lock_for(sandbox_id), self._admit(sandbox_id, request):
-            return await self._create_locked(request, sandbox_id, snapshot)
+            # NB: an id made here (48 random bits) is not looked up first: the row's insert
+            # still refuses one that exists (409), and the look-up is a database round trip
+            # before anything starts, on every create through a replica.
+            return await self._create_locked(request, sandbox_id, snapshot, looked_up=not chosen)
 
     def _admit(self, sandbox_id: str, request: SandboxCreate) -> AbstractAsyncContextManager[None]:
         if self.admission is None:
@@ -181,11 +187,19 @@ class SandboxCreation:
                     raise SandboxNotFound(sandbox_id)
                 return existing, False
             async with self._admit(sandbox_id, request):
-                return await self._create_locked(request, sandbox_id, snapshot), True
+                created = await self._create_locked(request, sandbox_id, snapshot, looked_up=True)
+                return created, True
 
     async def _create_locked(
-        self, request: SandboxCreate, sandbox_id: str, snapshot: str | None = None
+        self,
+        request: SandboxCreate,
+        sandbox_id: str,
+        snapshot: str | None = None,
+        *,
+        looked_up: bool = False,
     ) -> SandboxRecord:
+        """`looked_up`: no need to look for an existing sandbox of this id first (the
+        caller did, or made the id); the insert refuses one all the same."""
         steps = _Steps()
         if "runtime" not in request.model_fields_set:
             request = request.model_copy(update={"runtime": self.default_runtime})
@@ -235,10 +249,11 @@ class SandboxCreation:
         if request.egress_secrets and self.egress is None:
             raise InvalidRequest("this server runs no egress proxy; egress_secrets cannot be used")
         steps.mark("record")
-        if await point_read(self._store, self._store.get_sandbox, sandbox_id) is not None:
-            raise _exists(sandbox_id)
+        if not looked_up:
+            if await point_read(self._store, self._store.get_sandbox, sandbox_id) is not None:
+                raise _exists(sandbox_id)
         if self._pools and snapshot is None and not own_cas:
-            spec = self._spec(record, image)
+            spec = self._spec(record, image, runtime_id=sandbox_id)  # for its limits and env
             claimed = await self._host.claim_pooled(
                 sandbox_id, image, spec.limits, spec.env, spec.runtime
             )
@@ -375,7 +390,9 @@ class SandboxCreation:
             raise _exists(sandbox_id)
         steps.mark("insert")
         try:
-            spec = replace(self._spec(record, image), ca_certificates=own_cas)
+            # NB: a cold start's container is named by the sandbox's id: no look-up of it.
+            spec = self._spec(record, image, runtime_id=sandbox_id)
+            spec = replace(spec, ca_certificates=own_cas)
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
             steps.mark("host_create")
             conn = await self.gateway.connect(sandbox_id)

@@ -208,9 +208,10 @@ class SandboxManager(SandboxCreation):
             self.names.keep_fresh(self._names_in_use, self._apply_policy)
         )
 
-    def _names_in_use(self) -> dict[str, list[str]]:
+    async def _names_in_use(self) -> dict[str, list[str]]:
         found = {}
-        for record in self._store.list_sandboxes():
+        # NB: off the event loop: every row, every 5 s, on every replica.
+        for record in await off_loop(self._store, self._store.list_sandboxes):
             names = split_allow(record.network_allow)[1]
             if names and record.status == "running":
                 found[record.id] = names
@@ -297,7 +298,11 @@ class SandboxManager(SandboxCreation):
         """What the runtime runs for this sandbox."""
         return self._spec(record, image)
 
-    def _spec(self, record: SandboxRecord, image: Image) -> SandboxSpec:
+    def _spec(
+        self, record: SandboxRecord, image: Image, *, runtime_id: str | None = None
+    ) -> SandboxSpec:
+        """`runtime_id`: the container's name when the caller knows it (a cold create: the
+        sandbox's id); otherwise it is looked up (a pooled sandbox keeps its pool id)."""
         limits = Limits(
             cpu=record.cpu,
             memory_mb=record.memory_mb,
@@ -306,7 +311,7 @@ class SandboxManager(SandboxCreation):
         )
         policy = self._policy(record)
         return SandboxSpec(
-            id=self._rid(record.id),
+            id=runtime_id or self._rid(record.id),
             image=image,
             env={
                 **cpu_env(record.cpu, record.env),
@@ -368,7 +373,7 @@ class SandboxManager(SandboxCreation):
         """
         if self._secrets is None:
             return
-        sealed = self._store.get_secrets(sandbox_id)
+        sealed = await point_read(self._store, self._store.get_secrets, sandbox_id)
         if not sealed:
             return
         egress = self.egress

@@ -33,6 +33,7 @@ from hutch.server.store._postgres_nodes import PostgresNodes
 from hutch.server.store._postgres_teams import PostgresTeams
 from hutch.server.store._postgres_watch import KEY_ROW, PostgresWatch
 from hutch.server.store._records import (
+    COUNTS_SQL,
     WATCHED_SQL,
     ApiKeyRecord,
     BackupRecord,
@@ -292,6 +293,9 @@ class PostgresStore(PostgresWatch, PostgresTeams, PostgresNodes):
 
     def watched_sandboxes(self) -> list[tuple[str, str]]:
         return [(r["id"], r["status"]) for r in self._rows(WATCHED_SQL)]
+
+    def sandbox_counts(self) -> dict[str, int]:
+        return {r["status"]: int(r["n"]) for r in self._rows(COUNTS_SQL)}
 
     def team_quota_rows(self, team: str) -> list[QuotaRow]:
         return [QuotaRow.from_row(r) for r in self._rows(_QUOTA_SQL, (team,))]
