@@ -51,6 +51,8 @@ class ScriptedServer:
     def _connection(self, conn: socket.socket) -> None:
         try:
             self._answer(conn)
+        except OSError:
+            pass  # the client reset the connection (it left mid-answer)
         finally:
             self.ended.release()  # after the close: the client can see it
 
@@ -79,11 +81,8 @@ class ScriptedServer:
                     return
                 answer = self.answers.pop(0)
                 step = answer.piece or len(answer.data) or 1
-                try:
-                    for i in range(0, len(answer.data), step):
-                        conn.sendall(answer.data[i : i + step])
-                except OSError:  # the client left mid-answer
-                    return
+                for i in range(0, len(answer.data), step):
+                    conn.sendall(answer.data[i : i + step])
                 if answer.close:
                     return
 
