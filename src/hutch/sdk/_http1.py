@@ -54,11 +54,13 @@ class Http1Connection:
         read (a readable idle socket is one the server closed, or sent bytes nobody asked)."""
         if self.buffer or now - self.idle_since > expiry:
             return False
+        # NB: poll, not select: select refuses a descriptor over 1023 (a busy process's).
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            return not poller.poll(0)
+        except OSError:
             return False
-        return not readable
 
     def close(self) -> None:
         try:
