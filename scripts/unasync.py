@@ -57,6 +57,8 @@ WORDS = {
     "AsyncConnectionPool": "ConnectionPool",
     "handle_async_request": "handle_request",
     "aiter_stream": "iter_stream",
+    "AsyncRawPool": "RawPool",
+    "AsyncRawResponse": "RawResponse",
 }
 
 # Phrases (regexes) rewritten after the words.

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
-import httpcore
 import httpx
 
 from hutch.sdk._async import images as _images
@@ -30,7 +29,7 @@ from hutch.sdk._http import (
     unary_timeout,
 )
 from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo, Team
-from hutch.sdk._raw_http import RawTarget, ssl_context_for
+from hutch.sdk._raw_http import AsyncRawPool, AsyncRawResponse, RawTarget
 from hutch.sdk._requests import path_segment
 
 QueryParams = Mapping[str, str] | tuple[tuple[str, str], ...]
@@ -77,15 +76,7 @@ class AsyncClient:
         # JSON requests with a streamed answer (exec, code runs) skip httpx's own layer
         # (sdk/_raw_http.py): their own pool, on the connection limits httpx's has.
         self._raw = RawTarget.for_config(self.config)
-        self._raw_pool: httpcore.AsyncConnectionPool | None = None
-        if self._raw is not None:
-            limits = connection_limits()
-            self._raw_pool = httpcore.AsyncConnectionPool(
-                ssl_context=ssl_context_for(self._raw),
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-            )
+        self._raw_pool = AsyncRawPool(self._raw) if self._raw is not None else None
 
     @classmethod
     def shared(cls, base_url: str | None = None, api_key: str | None = None) -> AsyncClient:
@@ -212,18 +203,18 @@ class AsyncClient:
     async def _raw_stream(
         self,
         target: RawTarget,
-        pool: httpcore.AsyncConnectionPool,
+        pool: AsyncRawPool,
         method: str,
         path: str,
         json: Any,
         limit: float | None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """:meth:`stream` of a JSON request, through httpcore alone (sdk/_raw_http.py)."""
+        """:meth:`stream` of a JSON request, without httpx (sdk/_raw_http.py)."""
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
-        request = target.json_request(method, path, json, stream_timeout(self.config, limit))
+        timeout = stream_timeout(self.config, limit)
         with translate_transport_errors(self.config):
-            response = await pool.handle_async_request(request)
+            response = await pool.open(target, method, path, json, timeout)
         try:
             if response.status >= 400:
                 with translate_transport_errors(self.config):
@@ -233,7 +224,7 @@ class AsyncClient:
         finally:
             await response.aclose()
 
-    async def _raw_chunks(self, response: httpcore.Response) -> AsyncIterator[bytes]:
+    async def _raw_chunks(self, response: AsyncRawResponse) -> AsyncIterator[bytes]:
         with translate_transport_errors(self.config):
             async for chunk in response.aiter_stream():
                 yield chunk

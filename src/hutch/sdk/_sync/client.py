@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
-import httpcore
 import httpx
 
 from hutch.sdk._config import ConnectionConfig
@@ -30,7 +29,7 @@ from hutch.sdk._http import (
     unary_timeout,
 )
 from hutch.sdk._models import ApiKey, ImageDetail, ImageInfo, Team
-from hutch.sdk._raw_http import RawTarget, ssl_context_for
+from hutch.sdk._raw_http import RawPool, RawResponse, RawTarget
 from hutch.sdk._requests import path_segment
 from hutch.sdk._sync import images as _images
 
@@ -78,15 +77,7 @@ class Client:
         # JSON requests with a streamed answer (exec, code runs) skip httpx's own layer
         # (sdk/_raw_http.py): their own pool, on the connection limits httpx's has.
         self._raw = RawTarget.for_config(self.config)
-        self._raw_pool: httpcore.ConnectionPool | None = None
-        if self._raw is not None:
-            limits = connection_limits()
-            self._raw_pool = httpcore.ConnectionPool(
-                ssl_context=ssl_context_for(self._raw),
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-            )
+        self._raw_pool = RawPool(self._raw) if self._raw is not None else None
 
     @classmethod
     def shared(cls, base_url: str | None = None, api_key: str | None = None) -> Client:
@@ -209,18 +200,18 @@ class Client:
     def _raw_stream(
         self,
         target: RawTarget,
-        pool: httpcore.ConnectionPool,
+        pool: RawPool,
         method: str,
         path: str,
         json: Any,
         limit: float | None,
     ) -> Iterator[Iterator[bytes]]:
-        """:meth:`stream` of a JSON request, through httpcore alone (sdk/_raw_http.py)."""
+        """:meth:`stream` of a JSON request, without httpx (sdk/_raw_http.py)."""
         if self.is_closed:
             raise RuntimeError(f"{self!r} is closed")
-        request = target.json_request(method, path, json, stream_timeout(self.config, limit))
+        timeout = stream_timeout(self.config, limit)
         with translate_transport_errors(self.config):
-            response = pool.handle_request(request)
+            response = pool.open(target, method, path, json, timeout)
         try:
             if response.status >= 400:
                 with translate_transport_errors(self.config):
@@ -230,7 +221,7 @@ class Client:
         finally:
             response.close()
 
-    def _raw_chunks(self, response: httpcore.Response) -> Iterator[bytes]:
+    def _raw_chunks(self, response: RawResponse) -> Iterator[bytes]:
         with translate_transport_errors(self.config):
             for chunk in response.iter_stream():
                 yield chunk
