@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import Any
 
-from hutch._wire import Frame, Kind
-from hutch._wire.frames import FrameDecoder
-from hutch.node import AgentConnection, AgentStream
-from hutch.server._relay import FinalPiece, FramesResponse, relay_frames
+from hutch.server._relay import FinalPiece, FramesResponse
 
 SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}}
 
@@ -88,51 +85,3 @@ async def test_a_cancel_from_outside_still_cancels() -> None:
     async with asyncio.timeout(10):
         await asyncio.wait([task])
     assert task.cancelled()
-
-
-def _agent_stream() -> AgentStream:
-    return AgentStream(cast(AgentConnection, None), 1)
-
-
-async def _pieces(relay: AsyncGenerator[bytes, None], into: list[bytes]) -> None:
-    async for piece in relay:
-        into.append(piece)
-
-
-async def test_a_short_commands_answer_is_one_piece() -> None:
-    """`started`, then the EOFs and the RESULT a moment later: one piece, one write."""
-    stream = _agent_stream()
-    pieces: list[bytes] = []
-    await stream._put(Frame(Kind.EVENT, 1, b'{"event":"started","pid":7}'))
-    relaying = asyncio.create_task(_pieces(relay_frames(stream), pieces))
-    await asyncio.sleep(0.001)  # the command runs
-    for frame in (
-        Frame(Kind.EOF, 1, channel=1),
-        Frame(Kind.EOF, 1, channel=2),
-        Frame(Kind.RESULT, 1, b'{"ok":true,"exit_code":0}'),
-    ):
-        await stream._put(frame)
-    async with asyncio.timeout(10):
-        await relaying
-    assert len(pieces) == 1 and isinstance(pieces[0], FinalPiece)
-    assert [f.kind for f in FrameDecoder().feed(pieces[0])] == [
-        Kind.EVENT,
-        Kind.EOF,
-        Kind.EOF,
-        Kind.RESULT,
-    ]
-
-
-async def test_a_long_commands_start_and_output_are_not_held() -> None:
-    """A command that runs on: its `started` goes out without its end, its output at once."""
-    stream = _agent_stream()
-    await stream._put(Frame(Kind.EVENT, 1, b'{"event":"started","pid":7}'))
-    relay = relay_frames(stream)
-    async with asyncio.timeout(10):
-        first = await anext(relay)
-        assert [f.kind for f in FrameDecoder().feed(first)] == [Kind.EVENT]
-        await stream._put(Frame(Kind.DATA, 1, b"live\n", channel=1))
-        second = await anext(relay)
-        assert [f.payload for f in FrameDecoder().feed(second)] == [b"live\n"]
-        await stream._put(Frame(Kind.RESULT, 1, b'{"ok":true,"exit_code":0}'))
-        assert isinstance(await anext(relay), FinalPiece)

@@ -185,19 +185,6 @@ class AgentStream:
         """Frames received and not yet consumed (a consumer may batch them)."""
         return len(self._frames)
 
-    async def wait_next(self, seconds: float) -> None:
-        """Return once a frame is waiting or the stream has ended, or after ``seconds``."""
-        if self._frames or self.finished:
-            return
-        self._readable.clear()
-        # NB: a timer that sets the event, not wait_for (a task per call); a set that comes
-        # after is harmless: __anext__ clears the event before it waits.
-        timer = asyncio.get_running_loop().call_later(seconds, self._readable.set)
-        try:
-            await self._readable.wait()
-        finally:
-            timer.cancel()
-
     async def send_stdin(self, data: bytes, *, chunk_size: int = STDIN_CHUNK) -> None:
         """Feed the process's stdin (the request must have had ``"stdin": true``).
 

@@ -43,13 +43,6 @@ async def gather_exec(stream: AgentStream) -> tuple[ExecResult, dict[str, Any]]:
 # big goes out on its own, uncopied.
 BATCH_BYTES = 64 * 1024
 
-# How long a stream's first frame, when it is an EVENT (an exec's "started"), waits for the
-# next one before it goes out alone. A short command's EOFs and RESULT come ~1 ms after its
-# "started": held, the whole answer is one write to the client and one read for it, not two
-# of each (a send on loopback was ~18% of the server's CPU per exec, docs/performance.md).
-# Output is never held: a frame that arrives ends the wait.
-FIRST_EVENT_HOLD = 0.005
-
 
 class FinalPiece(bytes):
     """The last piece of a relayed body (it holds the RESULT): `FramesResponse` sends it with
@@ -164,18 +157,12 @@ async def relay_frames(
             ready[-1] = FinalPiece(ready[-1])
         return ready
 
-    hold = True  # the stream's first frame has not been seen yet
     try:
         if first is not None:
-            hold = False
             for piece in add(first):
                 yield piece
         if not done:
             async for frame in stream:
-                if hold:
-                    hold = False
-                    if frame.kind is Kind.EVENT:
-                        await stream.wait_next(FIRST_EVENT_HOLD)
                 for piece in add(frame):
                     yield piece
         if batch:
