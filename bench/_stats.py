@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from pathlib import Path
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -33,3 +34,9 @@ def median_difference_interval(
         for _ in range(resamples)
     )
     return diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, for every figure printed (a shared 2-core
+    machine: a figure means little without them)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bench_code, bench_lifecycle, bench_preview, bench_sandbox
-from bench._dashboard import Row, at_least, at_most, loadavg, table
+from bench._dashboard import Row, at_least, at_most, table
+from bench._stats import loadavg
 from hutch import Sandbox
 from hutch.runtime import ImageStore
 from tests._server import SHARED_IMAGES, ServerProcess

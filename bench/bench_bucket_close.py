@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile, report
+from bench._stats import loadavg, percentile, report
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
@@ -56,10 +56,6 @@ RUNNING_WRITER = (
     "python3 -c \"import time; f = open('{path}', 'w'); f.write('x'); f.close(); "
     "print('closed', time.time(), flush=True); time.sleep(600)\""
 )
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 class Bucket:

@@ -26,13 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tests._server as bench_server
-from bench._stats import report
+from bench._stats import loadavg, report
 from hutch import Sandbox
 from tests._server import ServerProcess
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile, report
+from bench._stats import loadavg, percentile, report
 from bench.bench_files import sandbox_cgroup
 from bench.bench_sandbox import exec_round_trips
 from hutch import Sandbox
@@ -46,10 +46,6 @@ from hutch.runtime.container._usage import cgroup_usage
 from tests._server import ServerProcess
 
 GIB = 1024**3
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def mem_available() -> int:

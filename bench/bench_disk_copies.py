@@ -29,16 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report
+from bench._stats import loadavg, report
 from hutch.runtime.container._mounts import umount
 from hutch.runtime.container._snapshots import DiskSnapshots, disk_from
 from hutch.runtime.container._storage import StoragePool
 
 LIMIT = 1 << 30
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def timed(samples: list[float], action: Callable[[], object]) -> None:

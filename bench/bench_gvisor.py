@@ -20,16 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile, report
+from bench._stats import loadavg, percentile, report
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
 
 HEAVY = "python3 -c 'import json, email, http.client, asyncio, decimal, pandas'"
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def create_to_first_exec(runtime: str) -> float:

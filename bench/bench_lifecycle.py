@@ -29,15 +29,11 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile, report
+from bench._stats import loadavg, percentile, report
 from hutch import Sandbox
 from tests._server import ServerProcess
 
 T = TypeVar("T")
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def timed(samples: list[float], action: Callable[[], T]) -> T:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report
+from bench._stats import loadavg, report
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
@@ -102,10 +102,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def curl_speed(url: str, host: str | None) -> float:
@@ -197,7 +193,7 @@ def main() -> None:
             wait_port(python_base, host)
             wait_port(native_base, host)
             rows.append((label, conns, direct, python_base, native_base, host))
-        print(f"load average before: {load_average()}")
+        print(f"load average before: {loadavg()}")
         print(
             f"small responses, wrk -t1, {args.duration}s per run, direct / python proxy / "
             f"native proxy runs alternated {args.repeat} times, medians:"
@@ -218,7 +214,7 @@ def main() -> None:
                     f"({rps['nat'] / rps['d']:5.1%}) p50 {p50['nat']:6.3f} ms",
                     flush=True,
                 )
-        print(f"load average: {load_average()}")
+        print(f"load average: {loadavg()}")
 
         print(route_change_figure(sb, 8001, 40))
 
@@ -232,7 +228,7 @@ def main() -> None:
             f"{args.gb:g} GB download (curl): direct {d:7.0f} MB/s | python {py:7.0f} MB/s "
             f"({py / d:.0%}) | native {nat:7.0f} MB/s ({nat / d:.0%})"
         )
-        print(f"load average after: {load_average()}")
+        print(f"load average after: {loadavg()}")
         sb.destroy()
     finally:
         srv.stop()

@@ -28,17 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stats import report
+from bench._stats import loadavg, report
 from hutch.server.services._quotas import Quotas
 from hutch.server.store._off_loop import off_loop
 from hutch.server.store._open import open_store
 from hutch.server.store._records import ApiKeyRecord, SandboxRecord, Store
 from hutch.server.store._teams import DEFAULT_TEAM, Quota
 from tests.support.postgres import PostgresServer
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def fill(store: Store, count: int) -> None:

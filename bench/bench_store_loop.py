@@ -25,15 +25,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import report
+from bench._stats import loadavg, report
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
 from tests.support.postgres import PostgresServer
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def new_home() -> Path:
