@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._dashboard import loadavg
+from bench._stats import loadavg
 from bench.bench_files import cpu_seconds, sandbox_cpu_seconds
 from bench.profile_exec import agent_pid
 from hutch import Sandbox
