@@ -408,7 +408,9 @@ class DiskSnapshots:
         """After a create from `source`: a new spare for the next, in a thread. Once that
         create has its container: a btrfs commit holds back every write to the pool, the
         overlay mount's and the /etc files' too."""
-        if source is None or source.parent != self.root:
+        # NB: a fork's copy has no snapshot to refill from: no thread for nothing while
+        # the child's agent starts.
+        if source is None or source.parent != self.root or not self.exists(source.name):
             return
         done = asyncio.get_running_loop().run_in_executor(None, self.refill, source.name)
         self._refills.add(done)
