@@ -209,6 +209,7 @@ class Runtime:
                     # A fork's disk is committing: meanwhile what needs no disk. Not the nft
                     # rules: their processes slowed the commit on 2 cores (performance.md,
                     # fork12; fork14 for why the socket and work cgroup pay now).
+                    make_dir(paths.bundle, 0o711)
                     fds = start_fds(spec, paths, self.cgroups.of(spec.id), self._memsw, timings)
                 with timed(timings, "storage"):
                     await make_storage(

@@ -80,10 +80,9 @@ class StartFds:
 def start_fds(
     spec: SandboxSpec, paths: SandboxPaths, cgroup: str, memsw: bool, timings: dict[str, float]
 ) -> StartFds:
-    """The bundle dir, the agent's socket and the `work` cgroup (made, with its limits). None
-    of it needs the sandbox's disk: a fork's create makes them while its disk's copy commits."""
-    make_dir(paths.bundle, 0o711)
-    make_dir(paths.rootfs, 0o755)
+    """The agent's socket (in the bundle dir, made already) and the `work` cgroup (made, with
+    its limits). Neither needs the sandbox's disk: a fork's create makes them while its
+    disk's copy commits."""
     with timed(timings, "socket"):
         listener = listen_unix(paths.socket)
     try:
