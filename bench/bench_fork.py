@@ -8,7 +8,9 @@ For each n: the wall time until all n sandboxes have answered a first exec, per 
 `fork(n)` of a sandbox with a 1 MiB file on its disk. A host starts only a few sandboxes at
 once (services/_cold_starts.py), so both queue the same way. The load average is printed
 before and after. `--stages` also prints each fork's own steps (the server's `forked
-sandbox` debug line) and the steps of its children's creates next to the cold ones'.
+sandbox` debug line) and the steps of its children's creates next to the cold ones', with
+each kind's `before runc` (the server's and runtime's steps before runc starts, summed per
+sandbox: where a fork's child waits for its copy's commit).
 
 `--other /work/main/.venv/bin/python` also starts the server of that interpreter's build (its
 own home) and runs every round on both servers, in turns (A B, then B A, ...), so the load of
@@ -67,9 +69,18 @@ def fork_stages(log: Path) -> dict[str, list[float]]:
     return rows
 
 
+# The steps after runc starts (the container, the agent, the network), which the rest wait on.
+AFTER_RUNC = {"runc", "network_attach", "network", "host_create", "connect", "ping_network"}
+AFTER_RUNC |= {"running", "egress", "entrypoint"}
+
+
 def create_stages(log: Path, kinds: dict[str, str]) -> dict[str, list[float]]:
-    """Each kind's create steps (server and runtime), as bench_lifecycle reads them."""
+    """Each kind's create steps (server and runtime), as bench_lifecycle reads them, and
+    `before runc`: per sandbox, the sum of the server's and the runtime's steps before runc
+    starts (where a fork's child waits for its copy's commit; a fork's own lock and disks
+    steps come before it)."""
     rows: dict[str, list[float]] = {}
+    before: dict[str, float] = {}
     for line in log.read_text(errors="replace").splitlines():
         found = re.search(r"(created|started) sandbox (\S+): (.*)$", line)
         if not found or found.group(2) not in kinds:
@@ -77,6 +88,10 @@ def create_stages(log: Path, kinds: dict[str, str]) -> dict[str, list[float]]:
         who = "server" if found.group(1) == "created" else "runtime"
         for name, ms in re.findall(r"(\w+)=([\d.]+)ms", found.group(3)):
             rows.setdefault(f"{kinds[found.group(2)]}: {who} {name}", []).append(float(ms) / 1e3)
+            if name not in AFTER_RUNC:
+                before[found.group(2)] = before.get(found.group(2), 0.0) + float(ms) / 1e3
+    for sandbox_id, seconds in before.items():
+        rows.setdefault(f"{kinds[sandbox_id]}: before runc", []).append(seconds)
     return rows
 
 

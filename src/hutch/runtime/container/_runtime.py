@@ -53,7 +53,6 @@ from hutch.runtime.container._host_files import (
     RESOLV_MARKER,
     add_mode,
     check_traversable,
-    listen_unix,
     make_dir,
     pin_hosts,
     read_text_or_empty,
@@ -79,9 +78,11 @@ from hutch.runtime.container._rootfs_views import RootfsViews
 from hutch.runtime.container._runc import Runc
 from hutch.runtime.container._sandbox_dirs import (
     SandboxPaths,
+    StartFds,
     agent_stderr,
     halting,
     make_storage,
+    start_fds,
     write_etc_files,
 )
 from hutch.runtime.container._seccomp import default_profile, kernel_version
@@ -201,20 +202,26 @@ class Runtime:
         async with self._lock(spec.id):
             if paths.bundle.exists() or self._storage.exists(spec.id):
                 raise SandboxExists(f"sandbox {spec.id!r} already exists")
+            timings: dict[str, float] = {}
+            fds = None
             try:
-                timings: dict[str, float] = {}
-                # NB: a fork's disk may still be committing: nothing else starts before it
-                # is made (the nft rules were tried alongside: on 2 loaded cores that slowed
-                # the commit more than it overlapped; docs/performance.md, fork12).
+                if spec.runtime == "runc" and self.snapshots.committing(spec.disk_from):
+                    # A fork's disk is committing: meanwhile what needs no disk. Not the nft
+                    # rules: their processes slowed the commit on 2 cores (performance.md,
+                    # fork12; fork14 for why the socket and work cgroup pay now).
+                    make_dir(paths.bundle, 0o711)
+                    fds = start_fds(spec, paths, self.cgroups.of(spec.id), self._memsw, timings)
                 with timed(timings, "storage"):
                     await make_storage(
                         spec, paths, self._storage, self.snapshots, self.config.resolv
                     )
-                socket = await self._start(spec, paths, bundle, timings, defer_network)
+                socket = await self._start(spec, paths, bundle, timings, defer_network, fds)
                 # The next create's spare: its commit would hold this one's disk writes.
                 self.snapshots.refill_later(spec.disk_from)
                 return socket
             except BaseException:
+                if fds is not None:
+                    fds.close()  # closed already if runc ran
                 # Shielded: a cancelled create must still roll back completely.
                 await asyncio.shield(self._destroy(spec.id))
                 raise
@@ -261,6 +268,7 @@ class Runtime:
         bundle: AgentBundle,
         timings: dict[str, float],
         defer_network: bool = False,
+        fds: StartFds | None = None,
     ) -> Path:
         make_dir(paths.bundle, 0o711)
         paths.halted.unlink(missing_ok=True)
@@ -278,25 +286,20 @@ class Runtime:
             # again here (a probe, ~0.1 ms), or the sandbox starts without it.
             await self._statfs.ensure()
             paths.config.write_bytes(self._spec_for(spec, paths, bundle).dumps())
-        with timed(timings, "socket"):
-            listener = listen_unix(paths.socket)
         paths.runc_log.unlink(missing_ok=True)  # runc appends: errors of an earlier run
         # The sandbox's addresses and nft rules need no running container: overlap runc.
         network = asyncio.ensure_future(self._networks.prepare(spec.id, spec.network))
         stderr_fd = agent_stderr(paths, self.config.debug_agent)
-        work_fds: list[int] = []
         try:
-            with timed(timings, "work_cgroup"):
-                work_limits = workcgroup.work_limits_of(spec.limits, self._memsw)
-                work_fds = workcgroup.prepare(self.cgroups.of(spec.id), work_limits)
+            fds = fds or start_fds(spec, paths, self.cgroups.of(spec.id), self._memsw, timings)
             with timed(timings, "runc"):
                 await self._runc.run_detached(
                     spec.id,
                     paths.bundle,
-                    fd3=listener.fileno(),
+                    fd3=fds.listener.fileno(),
                     stderr_fd=stderr_fd,
                     log=paths.runc_log,
-                    extra_fds=work_fds,
+                    extra_fds=fds.work_fds,
                 )
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -304,10 +307,9 @@ class Runtime:
             raise
         finally:
             # The container holds its own copies now.
-            listener.close()
             os.close(stderr_fd)
-            for fd in work_fds:
-                os.close(fd)
+            if fds is not None:
+                fds.close()
         if defer_network:
             self._pending_networks[spec.id] = asyncio.ensure_future(
                 self._attach_network(spec.id, network)

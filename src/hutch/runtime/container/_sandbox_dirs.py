@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.runtime._idmap import HOST_ID_BASE
+from hutch.runtime.container import _workcgroup as workcgroup
 from hutch.runtime.container._host_files import (
     etc_hosts,
+    listen_unix,
     make_dir,
     pin_hosts,
     read_text_or_empty,
@@ -24,6 +27,7 @@ from hutch.runtime.container._host_files import (
 from hutch.runtime.container._snapshots import DiskSnapshots
 from hutch.runtime.container._spec import SandboxSpec
 from hutch.runtime.container._storage import StoragePool
+from hutch.runtime.container._timing import timed
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,38 @@ class SandboxPaths:
             etc=storage / "etc",
             halted=bundle / "halted",
         )
+
+
+@dataclass
+class StartFds:
+    """What `runc run` is handed: the agent's listening socket (its fd 3) and the fds of the
+    sandbox's `work` cgroup; closed once runc has its own copies, or the start failed."""
+
+    listener: socket.socket
+    work_fds: list[int]
+
+    def close(self) -> None:
+        self.listener.close()
+        fds, self.work_fds = self.work_fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def start_fds(
+    spec: SandboxSpec, paths: SandboxPaths, cgroup: str, memsw: bool, timings: dict[str, float]
+) -> StartFds:
+    """The agent's socket (in the bundle dir, made already) and the `work` cgroup (made, with
+    its limits). Neither needs the sandbox's disk: a fork's create makes them while its
+    disk's copy commits."""
+    with timed(timings, "socket"):
+        listener = listen_unix(paths.socket)
+    try:
+        with timed(timings, "work_cgroup"):
+            work = workcgroup.work_limits_of(spec.limits, memsw)
+            return StartFds(listener, workcgroup.prepare(cgroup, work))
+    except BaseException:
+        listener.close()
+        raise
 
 
 @contextlib.contextmanager

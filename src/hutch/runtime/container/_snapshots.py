@@ -68,21 +68,52 @@ SNAPSHOT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 def snapshot_subvolume(source: Path, parent: Path, name: str, *, read_only: bool) -> Path:
     """`parent/name`, a snapshot of the subvolume `source` (one ioctl)."""
-    src_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    return open_snapshot(source, parent, name, read_only=read_only).make()
+
+
+class PendingSnapshot:
+    """A snapshot whose ioctl is ready to run: its directories open, its argument packed.
+    `make` in a thread then runs nothing but the ioctl (see `DiskSnapshots.fork_later`)."""
+
+    def __init__(self, source: Path, src_fd: int, dst_fd: int, args: bytearray, path: Path) -> None:
+        self.source, self.path = source, path
+        self._src_fd, self._dst_fd, self._args = src_fd, dst_fd, args
+
+    def make(self) -> Path:
+        """Run the snapshot (its commit) and close the directories; once only."""
+        try:
+            # NB: not fcntl.ioctl, which holds the GIL through the commit (_ioctl.py).
+            ioctl_unlocked(self._dst_fd, BTRFS_IOC_SNAP_CREATE_V2, self._args)
+        except OSError as e:
+            raise StorageError(f"cannot snapshot {self.source} to {self.path}: {e}") from e
+        finally:
+            self.close()
+        return self.path
+
+    def close(self) -> None:
+        for fd in (self._src_fd, self._dst_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def open_snapshot(source: Path, parent: Path, name: str, *, read_only: bool) -> PendingSnapshot:
+    """A snapshot of the subvolume `source` as `parent/name`, ready to `make`.
+
+    Raises:
+        StorageError: `source` or `parent` cannot be opened.
+    """
+    try:
+        src_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise StorageError(f"cannot snapshot {source} to {parent / name}: {e}") from e
     try:
         dst_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            flags = BTRFS_SUBVOL_RDONLY if read_only else 0
-            args = bytearray(_VOL_ARGS_V2.pack(src_fd, 0, flags, b"", name.encode()))
-            # NB: not fcntl.ioctl, which holds the GIL through the commit (_ioctl.py).
-            ioctl_unlocked(dst_fd, BTRFS_IOC_SNAP_CREATE_V2, args)
-        except OSError as e:
-            raise StorageError(f"cannot snapshot {source} to {parent / name}: {e}") from e
-        finally:
-            os.close(dst_fd)
-    finally:
+    except OSError as e:
         os.close(src_fd)
-    return parent / name
+        raise StorageError(f"cannot snapshot {source} to {parent / name}: {e}") from e
+    flags = BTRFS_SUBVOL_RDONLY if read_only else 0
+    args = bytearray(_VOL_ARGS_V2.pack(src_fd, 0, flags, b"", name.encode()))
+    return PendingSnapshot(source, src_fd, dst_fd, args, parent / name)
 
 
 def subvolume_made_at(path: Path) -> float:
@@ -186,7 +217,22 @@ class DiskSnapshots:
             with contextlib.suppress(RuntimeError):  # the loop closed (the server stops)
                 loop.call_soon_threadsafe(_resolve, copies[copy_id], error)
 
-        loop.run_in_executor(None, self.fork, disk, tuple(copy_ids), made)
+        # NB: everything but the commit's ioctl is done here, on the loop (microseconds):
+        # each syscall the thread made before it released the GIL and then waited for the
+        # loop to give it back, which delayed the commit the first child waits for.
+        try:
+            first = self._open_fork(disk, copy_ids)
+        except Exception as e:  # each create raises it, as if the thread had failed
+            for copy in copies.values():
+                _resolve(copy, e)
+            return
+        try:
+            loop.run_in_executor(None, self._fork_from, first, tuple(copy_ids), made)
+        except RuntimeError as e:  # no thread to be had (the loop's executor shut down)
+            first.close()
+            for copy in copies.values():
+                _resolve(copy, e)
+            raise
 
     def fork(
         self,
@@ -200,25 +246,42 @@ class DiskSnapshots:
         disk and every other a snapshot of that copy. `made(id, error)` is called as each is
         made (or not); this never raises, a copy that failed has its error there.
         """
-        # NB: the last id's copy is the source of the others, so its create, which comes
-        # last in the queue, waits for them all; the first creates wait for one commit more.
-        first = copy_ids[-1]
         try:
             self._check_fork(disk, copy_ids)
-            self.spares.mkdir(mode=0o700, exist_ok=True)
-            snapshot_subvolume(self._storage.path(disk), self.spares, first, read_only=False)
+            first = self._open_fork(disk, copy_ids)
+        except Exception as e:  # each create raises it
+            for copy_id in copy_ids:
+                made(copy_id, e)
+            return
+        self._fork_from(first, copy_ids, made)
+
+    def _open_fork(self, disk: str, copy_ids: Sequence[str]) -> PendingSnapshot:
+        """The first copy of `fork`, ready to make: the last id's, of the disk itself."""
+        self.spares.mkdir(mode=0o700, exist_ok=True)
+        return open_snapshot(self._storage.path(disk), self.spares, copy_ids[-1], read_only=False)
+
+    def _fork_from(
+        self,
+        first: PendingSnapshot,
+        copy_ids: Sequence[str],
+        made: Callable[[str, BaseException | None], None],
+    ) -> None:
+        # NB: the last id's copy is the source of the others, so its create, which comes
+        # last in the queue, waits for them all; the first creates wait for one commit more.
+        try:
+            first.make()
         except Exception as e:  # each create raises it
             for copy_id in copy_ids:
                 made(copy_id, e)
             return
         for copy_id in copy_ids[:-1]:
             try:
-                snapshot_subvolume(self.spares / first, self.spares, copy_id, read_only=False)
+                snapshot_subvolume(first.path, self.spares, copy_id, read_only=False)
             except Exception as e:
                 made(copy_id, e)
             else:
                 made(copy_id, None)
-        made(first, None)
+        made(copy_ids[-1], None)
 
     def _check_fork(self, disk: str, copy_ids: Sequence[str]) -> None:
         for copy_id in copy_ids:
@@ -345,7 +408,9 @@ class DiskSnapshots:
         """After a create from `source`: a new spare for the next, in a thread. Once that
         create has its container: a btrfs commit holds back every write to the pool, the
         overlay mount's and the /etc files' too."""
-        if source is None or source.parent != self.root:
+        # NB: a fork's copy has no snapshot to refill from: no thread for nothing while
+        # the child's agent starts.
+        if source is None or source.parent != self.root or not self.exists(source.name):
             return
         done = asyncio.get_running_loop().run_in_executor(None, self.refill, source.name)
         self._refills.add(done)
