@@ -294,3 +294,20 @@ async def test_a_stream_left_early_never_lends_its_connection(
     assert len(idle) == MAX_IDLE_DEDICATED
     await gateway.forget(LIVE)  # the sandbox is stopped or destroyed
     assert all(conn.closed for conn in idle)
+
+
+async def test_the_gateway_names_the_sandboxes_whose_streams_are_open(
+    client: httpx.AsyncClient, sandboxes: FakeSandboxes
+) -> None:
+    """What every replica marks as in use on each reconciler pass (Lifecycle.keep_streams_awake):
+    a sandbox while a command streams from it, and not once it has ended."""
+    gateway = sandboxes.gateway
+    assert gateway.streaming() == []
+    running = asyncio.ensure_future(_exec_stream(client, "sleep 0.5; echo done"))
+    for _ in range(200):
+        if gateway.streaming():
+            break
+        await asyncio.sleep(0.01)
+    assert gateway.streaming() == [LIVE]
+    assert await running == ("done\n", 0)
+    assert gateway.streaming() == []

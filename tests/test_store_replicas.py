@@ -174,9 +174,13 @@ class _RecordingLifecycle:
 
     def __init__(self) -> None:
         self.expired: list[str] = []
+        self.kept_awake = 0
 
     async def expire(self, record: SandboxRecord) -> None:
         self.expired.append(record.id)
+
+    def keep_streams_awake(self) -> None:
+        self.kept_awake += 1
 
     async def sleep_if_idle(self, record: SandboxRecord, now: float) -> bool:
         return False
@@ -327,6 +331,57 @@ def test_use_through_one_replica_keeps_a_sandbox_awake_for_the_other(
     b.set_active_at("sb-used", fresh.active_at - 100)
     again = a.get_sandbox("sb-used")
     assert again is not None and again.active_at == fresh.active_at
+
+
+def test_a_stream_open_through_a_replica_that_does_not_reconcile_keeps_its_sandbox_awake(
+    postgres_url: str,
+) -> None:
+    """A long command streamed through replica B while replica A holds the reconciler's lock:
+    A decides who sleeps and knows only its own streams. B's passes (which reconcile
+    nothing) mark the sandbox in use, so A never finds it idle while the stream runs."""
+    from types import SimpleNamespace
+
+    from hutch.server.services._activity import Activity
+    from hutch.server.services._lifecycle import Lifecycle
+
+    a, b = (OpenStore("postgres", url=postgres_url)() for _ in range(2))
+    a.insert_sandbox(record("sb-streaming"))
+    a.insert_sandbox(record("sb-quiet"))
+    leader = Activity(a)
+
+    class _Replica(_RecordingLifecycle):
+        """B: real `Lifecycle.keep_streams_awake` over its own Activity and open streams."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.activity = Activity(b)
+            self._manager = SimpleNamespace(streaming_sandboxes=lambda: ["sb-streaming"])
+
+        def keep_streams_awake(self) -> None:
+            Lifecycle.keep_streams_awake(self)  # type: ignore[arg-type]
+
+    passes = [Reconciler(_RecordingLifecycle(), a), Reconciler(_Replica(), b)]  # type: ignore[arg-type]
+    try:
+        asyncio.run(passes[0].tick())  # A takes the lock
+        later = time.monotonic() + 600  # ten minutes on, as A's clock sees it
+        for sid in ("sb-streaming", "sb-quiet"):
+            stored = a.get_sandbox(sid)
+            assert stored is not None
+            leader.idle_for(stored, time.monotonic())  # first seen now
+        asyncio.run(passes[1].tick())  # B does not reconcile, but marks its stream's sandbox
+        deadline = time.monotonic() + 10
+        fresh = a.get_sandbox("sb-streaming")
+        while fresh is not None and fresh.active_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            fresh = a.get_sandbox("sb-streaming")
+        assert fresh is not None and leader.idle_for(fresh, later) < 5
+        quiet = a.get_sandbox("sb-quiet")
+        assert quiet is not None and leader.idle_for(quiet, later) > 590
+    finally:
+        for p in passes:
+            asyncio.run(p.stop())
+        a.close()
+        b.close()
 
 
 def test_a_stuck_database_fails_a_call_instead_of_hanging_the_server(postgres_url: str) -> None:

@@ -155,6 +155,10 @@ class AgentGateway:
             return
         await conn.close()
 
+    def streaming(self) -> list[str]:
+        """The sandboxes with a stream in flight through this gateway (`has_open_streams`)."""
+        return [sid for sid in {*self._shared, *self._dedicated} if self.has_open_streams(sid)]
+
     def has_open_streams(self, sandbox_id: str) -> bool:
         """Whether a stream (a command, log stream, transfer, terminal) is in flight."""
         conns = [self._shared.get(sandbox_id), *self._dedicated.get(sandbox_id, ())]

@@ -439,6 +439,15 @@ class Lifecycle:
             )
         return after.status != "running"
 
+    def keep_streams_awake(self) -> None:
+        """Count every sandbox with a stream open through this replica as in use now: the
+        replica that decides who sleeps (the reconciler's lock holder) knows only its own
+        streams, and sees the others' through the use each replica writes (`Activity`).
+        Without this a long command streamed through one replica had its sandbox put to
+        sleep by another once `sleep_after` had passed since the command's request."""
+        for sandbox_id in self._manager.streaming_sandboxes():
+            self.activity.touch(sandbox_id)
+
     def _busy_now(self, record: SandboxRecord) -> bool:
         return self._busy(record, time.monotonic())
 

@@ -61,7 +61,9 @@ class Reconciler:
             await self.tick()
 
     async def tick(self) -> None:
-        """One pass over every sandbox, if this replica is the one that reconciles."""
+        """One pass over every sandbox, if this replica is the one that reconciles; every
+        replica first marks the sandboxes its open streams use."""
+        self._lifecycle.keep_streams_awake()
         try:
             # NB: in a thread: taking the lock may mean connecting to a database that is
             # down (up to its connect timeout), once a second; the loop must not wait for it.

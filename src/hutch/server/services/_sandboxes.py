@@ -505,6 +505,10 @@ class SandboxManager(SandboxCreation):
         """Close and forget the connection to the sandbox's agent (it is being stopped)."""
         await self.gateway.forget(sandbox_id)
 
+    def streaming_sandboxes(self) -> builtins.list[str]:
+        """The sandboxes with a stream (command, terminal, transfer) open through this server."""
+        return self.gateway.streaming()
+
     def has_open_streams(self, sandbox_id: str) -> bool:
         """Whether a command, log stream, transfer or terminal is in flight (it is in use)."""
         return self.gateway.has_open_streams(sandbox_id)
