@@ -293,6 +293,16 @@ def test_the_event_log_numbers_without_gaps_and_keeps_a_bounded_history(
     assert log.append("sb-a", "created", {}, fresh=True).seq == 1
     assert [(e.seq, e.type) for e in log.since("sb-a", 0)] == [(1, "created")]
     assert log.since("sb-b", 0) == []
+    # Events that happened together (a create's): numbered in order, in one write; a fresh
+    # sandbox's start its log again.
+    together = log.append_many("sb-a", [("created", {"image": "x"}), ("started", {})], fresh=True)
+    assert [(e.seq, e.type) for e in together] == [(1, "created"), (2, "started")]
+    assert [(e.seq, e.type, e.data) for e in log.since("sb-a", 0)] == [
+        (1, "created", {"image": "x"}),
+        (2, "started", {}),
+    ]
+    more = log.append_many("sb-a", [("paused", {}), ("resumed", {})])
+    assert [e.seq for e in more] == [3, 4]
     log.close()
 
 

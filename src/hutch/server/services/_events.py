@@ -25,12 +25,18 @@ PRUNE_EVERY = 500  # emits between two prunes of destroyed sandboxes' events
 
 class EventSink(Protocol):
     def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None: ...
+    def emit_many(
+        self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
+    ) -> None: ...
 
 
 class NoEvents:
     """The sink of a manager with no event log (unit tests of other services)."""
 
     def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None:
+        return None
+
+    def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
         return None
 
 
@@ -43,12 +49,18 @@ class SandboxEvents:
         self._emits = 0
 
     def emit(self, sandbox_id: str, type: SandboxEventType, **data: Any) -> None:
+        self.emit_many(sandbox_id, (type, data))
+
+    def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
+        """Events that happened together (a create's `created` and `started`), in order, in
+        one write (one round trip on PostgreSQL)."""
         try:
-            self._log.append(sandbox_id, type, data, fresh=type == "created")
+            self._log.append_many(sandbox_id, events, fresh=events[0][0] == "created")
         except Exception:
             # NB: an event is a report, never a reason for a transition to fail (a full disk
             # fails the write; the transition itself already happened).
-            log.exception("could not record event %s of sandbox %s", type, sandbox_id)
+            kinds = ", ".join(type for type, _ in events)
+            log.exception("could not record event %s of sandbox %s", kinds, sandbox_id)
             return
         changed = self._changed.pop(sandbox_id, None)
         if changed is not None:

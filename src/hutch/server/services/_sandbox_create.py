@@ -271,8 +271,7 @@ class SandboxCreation:
             await self._start_entrypoint(record, image)
             steps.mark("entrypoint")
         log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
-        self.events.emit(sandbox_id, "created", image=record.image)
-        self.events.emit(sandbox_id, "started")
+        self.events.emit_many(sandbox_id, ("created", {"image": record.image}), ("started", {}))
         return record
 
     async def _open_spare(self, sandbox_id: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,9 @@ class EventLog(Protocol):
     def append(
         self, sandbox_id: str, type: str, data: dict[str, Any], *, fresh: bool = False
     ) -> EventRecord: ...
+    def append_many(
+        self, sandbox_id: str, events: Sequence[tuple[str, dict[str, Any]]], *, fresh: bool = False
+    ) -> list[EventRecord]: ...
     def since(self, sandbox_id: str, after: int, limit: int = 500) -> list[EventRecord]: ...
     def prune(self, now: float | None = None) -> int: ...
     def close(self) -> None: ...
@@ -73,7 +76,14 @@ class SqliteEventLog:
     ) -> EventRecord:
         """Add one event with the sandbox's next sequence number. `fresh`: the sandbox is
         new, so the events of an earlier one with the same id are dropped first."""
+        return self.append_many(sandbox_id, [(type, data)], fresh=fresh)[0]
+
+    def append_many(
+        self, sandbox_id: str, events: Sequence[tuple[str, dict[str, Any]]], *, fresh: bool = False
+    ) -> list[EventRecord]:
+        """`append` of each of `events` (type, data), in order, in one transaction."""
         at = time.time()
+        added = []
         with self._tx() as db:
             if fresh:
                 db.execute("DELETE FROM sandbox_events WHERE sandbox_id = ?", (sandbox_id,))
@@ -81,17 +91,21 @@ class SqliteEventLog:
                 "SELECT COALESCE(MAX(seq), 0) AS last FROM sandbox_events WHERE sandbox_id = ?",
                 (sandbox_id,),
             ).fetchone()
-            seq = int(row["last"]) + 1
-            db.execute(
-                "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data) VALUES (?,?,?,?,?)",
-                (sandbox_id, seq, type, at, json.dumps(data)),
-            )
+            seq = int(row["last"])
+            for type, data in events:
+                seq += 1
+                db.execute(
+                    "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data)"
+                    " VALUES (?,?,?,?,?)",
+                    (sandbox_id, seq, type, at, json.dumps(data)),
+                )
+                added.append(EventRecord(sandbox_id, seq, type, at, data))
             if seq > KEEP_PER_SANDBOX:
                 db.execute(
                     "DELETE FROM sandbox_events WHERE sandbox_id = ? AND seq <= ?",
                     (sandbox_id, seq - KEEP_PER_SANDBOX),
                 )
-        return EventRecord(sandbox_id, seq, type, at, data)
+        return added
 
     def since(self, sandbox_id: str, after: int, limit: int = 500) -> list[EventRecord]:
         """The sandbox's events with a sequence number above `after`, oldest first."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from hutch.server.store import _events
@@ -25,10 +26,17 @@ class PostgresEventLog:
     ) -> EventRecord:
         """Add one event with the sandbox's next sequence number. `fresh`: the sandbox is
         new, so the events of an earlier one with the same id are dropped first."""
+        return self.append_many(sandbox_id, [(type, data)], fresh=fresh)[0]
+
+    def append_many(
+        self, sandbox_id: str, events: Sequence[tuple[str, dict[str, Any]]], *, fresh: bool = False
+    ) -> list[EventRecord]:
+        """`append` of each of `events` (type, data), in order, in one transaction and one
+        round trip (a create's `created` and `started`)."""
         at = time.time()
         keep = _events.KEEP_PER_SANDBOX
 
-        def work(conn: Conn) -> int:
+        def work(conn: Conn) -> list[int]:
             # NB: one round trip to the database (a pipeline), not one per statement: a
             # create appends two events, and each was six round trips on the event loop.
             with conn.pipeline():
@@ -39,22 +47,28 @@ class PostgresEventLog:
                             "DELETE FROM sandbox_events WHERE sandbox_id = %s", (sandbox_id,)
                         )
                     # Numbered under the lock: no gaps and no duplicates.
-                    added = conn.execute(
-                        "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data)"
-                        " SELECT %s, COALESCE(MAX(seq), 0) + 1, %s, %s, %s FROM sandbox_events"
-                        " WHERE sandbox_id = %s RETURNING seq",
-                        (sandbox_id, type, at, json.dumps(data), sandbox_id),
-                    )
+                    added = [
+                        conn.execute(
+                            "INSERT INTO sandbox_events (sandbox_id, seq, type, at, data)"
+                            " SELECT %s, COALESCE(MAX(seq), 0) + 1, %s, %s, %s"
+                            " FROM sandbox_events WHERE sandbox_id = %s RETURNING seq",
+                            (sandbox_id, type, at, json.dumps(data), sandbox_id),
+                        )
+                        for type, data in events
+                    ]
                     conn.execute(
                         "DELETE FROM sandbox_events WHERE sandbox_id = %s AND seq <= ("
                         " SELECT MAX(seq) FROM sandbox_events WHERE sandbox_id = %s) - %s",
                         (sandbox_id, sandbox_id, keep),
                     )
-            row = added.fetchone()
-            return int(row["seq"]) if row else 0
+            rows = [cursor.fetchone() for cursor in added]
+            return [int(row["seq"]) if row else 0 for row in rows]
 
-        seq = self._store._run(work)
-        return EventRecord(sandbox_id, seq, type, at, data)
+        seqs = self._store._run(work)
+        return [
+            EventRecord(sandbox_id, seq, type, at, data)
+            for seq, (type, data) in zip(seqs, events, strict=True)
+        ]
 
     def since(self, sandbox_id: str, after: int, limit: int = 500) -> list[EventRecord]:
         """The sandbox's events with a sequence number above `after`, oldest first."""
