@@ -288,18 +288,12 @@ class Http1Response:
     def _chunks(self) -> Iterator[bytes]:
         buffer, self._buffer = self._buffer, b""
         while True:
-            end = buffer.find(b"\r\n")
-            while end < 0:
-                if len(buffer) > _HEAD_LIMIT:
-                    raise httpcore.RemoteProtocolError("a chunk's size line is too long")
-                buffer += self._more()
-                end = buffer.find(b"\r\n")
-            size_text = buffer[:end].split(b";", 1)[0].strip()
+            line, buffer = self._line(buffer, "a chunk's size line is too long")
+            size_text = line.split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16)
             except ValueError:
                 raise httpcore.RemoteProtocolError("a bad chunk size") from None
-            buffer = buffer[end + 2 :]
             if size == 0:
                 break
             while size:
@@ -315,16 +309,20 @@ class Http1Response:
             buffer = buffer[2:]
         # Trailers (none from Hutch), then the empty line that ends the body.
         while True:
-            end = buffer.find(b"\r\n")
-            while end < 0:
-                if len(buffer) > _HEAD_LIMIT:
-                    raise httpcore.RemoteProtocolError("the trailers are too long")
-                buffer += self._more()
-                end = buffer.find(b"\r\n")
-            line, buffer = buffer[:end], buffer[end + 2 :]
+            line, buffer = self._line(buffer, "the trailers are too long")
             if not line:
                 break
         self._conn.buffer = buffer
+
+    def _line(self, buffer: bytes, too_long: str) -> tuple[bytes, bytes]:
+        """The line at the start of `buffer` (read on until its CRLF), and what follows it."""
+        end = buffer.find(b"\r\n")
+        while end < 0:
+            if len(buffer) > _HEAD_LIMIT:
+                raise httpcore.RemoteProtocolError(too_long)
+            buffer += self._more()
+            end = buffer.find(b"\r\n")
+        return buffer[:end], buffer[end + 2 :]
 
     def _more(self) -> bytes:
         data = self._recv()
