@@ -109,6 +109,12 @@ def test_a_sandbox_without_dns_gets_its_allowed_names_in_etc_hosts() -> None:
     assert network_from_json(network_to_json(names_only)) == names_only
 
 
+# The fake name server listens on port 53: root only (CI's root pass runs these).
+NEEDS_PORT_53 = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the fake name server listens on port 53"
+)
+
+
 class _FakeDns(asyncio.DatagramProtocol):
     """A name server on loopback speaking real DNS: `zone` name -> addresses (else NXDOMAIN)."""
 
@@ -145,7 +151,7 @@ async def fake_dns(tmp_path: Path) -> AsyncIterator[tuple[_FakeDns, Path]]:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="the fake name server listens on port 53")
+@NEEDS_PORT_53
 async def test_names_resolve_expire_and_keep_the_previous_addresses(
     fake_dns: tuple[_FakeDns, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,7 +190,7 @@ async def test_names_resolve_expire_and_keep_the_previous_addresses(
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="the fake name server listens on port 53")
+@NEEDS_PORT_53
 async def test_the_refresh_loop_applies_a_sandboxs_policy_again_when_its_names_move(
     fake_dns: tuple[_FakeDns, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,18 @@ def _watching(postgres_url: str) -> tuple[OpenStore, object, object]:
     return opener, a, b
 
 
+def _cut_the_channel(postgres_url: str, store: object) -> None:
+    """End the listening session (a database restart, a network cut, an operator) and wait
+    until `store` knows its memory is not kept current any more."""
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND datname = current_database()",
+            (ROWS_APPLICATION,),
+        )
+    wait_for(lambda: not store.rows_live, timeout=10)  # type: ignore[attr-defined]
+
+
 def _remembered(store: object, sandbox_id: str) -> None:
     """Read until memory holds the row, once the notifications of what was written before are
     heard (the insert's own one, heard after the read, would make it forget the row)."""
@@ -90,13 +102,7 @@ def test_with_the_channel_down_every_read_goes_to_the_database(postgres_url: str
         a.insert_sandbox(record("sb-w4"))
         _remembered(b, "sb-w4")
         # The listening session dies (a database restart, a network cut, an operator).
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s AND datname = current_database()",
-                (ROWS_APPLICATION,),
-            )
-        wait_for(lambda: not b.rows_live, timeout=10)  # type: ignore[attr-defined]
+        _cut_the_channel(postgres_url, b)
         # Memory is not used: a change nobody heard is read from the database.
         assert not b.cached_sandbox("sb-w4")[0]  # type: ignore[attr-defined]
         opener.rows("ALTER TABLE sandboxes DISABLE TRIGGER sandboxes_changed")
@@ -178,13 +184,7 @@ def test_with_the_channel_down_a_deleted_key_is_refused_at_once(postgres_url: st
         assert keys_b.caller(made.key).key_id == made.record.id
         assert teams_b.quota("quiet").rate_per_second is None
         wait_for(lambda: keys_b.cached_caller(made.key) is not None, timeout=10)
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s AND datname = current_database()",
-                (ROWS_APPLICATION,),
-            )
-        wait_for(lambda: not b.rows_live, timeout=10)  # type: ignore[attr-defined]
+        _cut_the_channel(postgres_url, b)
         # Changes nobody hears (no trigger): each request reads them, none waits for a cache.
         opener.rows("ALTER TABLE api_keys DISABLE TRIGGER api_keys_changed")
         opener.rows("ALTER TABLE teams DISABLE TRIGGER teams_changed")
