@@ -319,38 +319,9 @@ def test_connect_heads_are_parsed_strictly() -> None:
         assert parse_connect(bad) is None, bad
 
 
-async def test_tunnel_needs_the_token_then_carries_bytes(tmp_path: Path) -> None:
-    sock = tmp_path / "agent.sock"
-
-    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(await r.read(100))
-        await w.drain()
-        w.close()
-
-    agent = await asyncio.start_unix_server(echo, sock)
-    tunnels = TunnelServer("right", lambda rid: sock, lambda rid: None)
-    port = await tunnels.start("127.0.0.1", 0)
-    try:
-        for token in ("", "wrong", "righ", "right!"):
-            with pytest.raises(TunnelRefused) as exc:
-                await open_tunnel("127.0.0.1", port, "agent/sb-1", token, timeout=5)
-            assert exc.value.status == 401
-        # A port tunnel to a sandbox without an address: 404, not a connection elsewhere.
-        with pytest.raises(TunnelRefused) as exc:
-            await open_tunnel("127.0.0.1", port, "port/sb-1/22", "right", timeout=5)
-        assert exc.value.status == 404
-        r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
-        w.write(b"ping through the node")
-        assert await asyncio.wait_for(r.read(100), 5) == b"ping through the node"
-        w.close()
-    finally:
-        await tunnels.close()
-        agent.close()
-
-
-async def test_a_paused_sandboxs_agent_tunnels_are_closed_and_refused_until_it_resumes(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def _tunnels_to_an_echo(tmp_path: Path) -> AsyncIterator[tuple[TunnelServer, int]]:
+    """A node's tunnel listener (token "right") in front of an agent socket that echoes."""
     sock = tmp_path / "agent.sock"
 
     async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -363,6 +334,32 @@ async def test_a_paused_sandboxs_agent_tunnels_are_closed_and_refused_until_it_r
     tunnels = TunnelServer("right", lambda rid: sock, lambda rid: None)
     port = await tunnels.start("127.0.0.1", 0)
     try:
+        yield tunnels, port
+    finally:
+        await tunnels.close()
+        agent.close()
+
+
+async def test_tunnel_needs_the_token_then_carries_bytes(tmp_path: Path) -> None:
+    async with _tunnels_to_an_echo(tmp_path) as (_, port):
+        for token in ("", "wrong", "righ", "right!"):
+            with pytest.raises(TunnelRefused) as exc:
+                await open_tunnel("127.0.0.1", port, "agent/sb-1", token, timeout=5)
+            assert exc.value.status == 401
+        # A port tunnel to a sandbox without an address: 404, not a connection elsewhere.
+        with pytest.raises(TunnelRefused) as exc:
+            await open_tunnel("127.0.0.1", port, "port/sb-1/22", "right", timeout=5)
+        assert exc.value.status == 404
+        r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
+        w.write(b"ping through the node")
+        assert await asyncio.wait_for(r.read(100), 5) == b"ping through the node"
+        w.close()
+
+
+async def test_a_paused_sandboxs_agent_tunnels_are_closed_and_refused_until_it_resumes(
+    tmp_path: Path,
+) -> None:
+    async with _tunnels_to_an_echo(tmp_path) as (tunnels, port):
         r, w = await open_tunnel("127.0.0.1", port, "agent/sb-1", "right", timeout=5)
         other_r, other_w = await open_tunnel("127.0.0.1", port, "agent/sb-2", "right", timeout=5)
         w.write(b"before")
@@ -384,9 +381,6 @@ async def test_a_paused_sandboxs_agent_tunnels_are_closed_and_refused_until_it_r
         assert await asyncio.wait_for(r.read(100), 5) == b"after"
         w.close()
         other_w.close()
-    finally:
-        await tunnels.close()
-        agent.close()
 
 
 async def test_a_tunnel_carries_what_comes_with_its_head_and_much_both_ways_then_ends(
