@@ -105,8 +105,10 @@ class ClusterHost:
 
     def _on(self, sandbox_id: str) -> RemoteHost:
         creating = self._creating.get(sandbox_id)
-        if creating is not None and time.monotonic() - creating[1] < CREATING_FOR:
-            return creating[0]
+        if creating is not None:
+            if time.monotonic() - creating[1] < CREATING_FOR:
+                return creating[0]
+            del self._creating[sandbox_id]  # a create that ended without network_ready
         # One read per call: the sandbox's node, its runtime id and the node's row (a join).
         # NB: each time: another replica may have moved the sandbox, or destroyed it and made
         # a new one with the same id from a warm pool.
