@@ -76,7 +76,9 @@ def test_its_findings_stay_fixed(fuzz_server: ServerProcess) -> None:
     """What fuzzing found, each a 500 before (now a 422 naming the field): a port no column
     holds, a lifetime whose end date overflows, an env var that is not a name, a team rate so
     small that Retry-After overflowed (and locked every key of the team out), stdin that is not
-    even ASCII, a string with a lone UTF-16 surrogate."""
+    even ASCII, a string with a lone UTF-16 surrogate. And one hang: a sandbox created with a
+    CPU share just above 0 (the kernel's floor, 1%) took 70 s to start its first interpreter,
+    past the fuzzer's request timeout; the smallest share is now 1/16."""
     c = httpx.Client(
         base_url=fuzz_server.url,
         headers={"Authorization": f"Bearer {fuzz_server.api_key}"},
@@ -90,6 +92,7 @@ def test_its_findings_stay_fixed(fuzz_server: ServerProcess) -> None:
             ("PUT", f"/v1/sandboxes/{sid}/env", {"env": {"x-not-a-name": None}}),
             ("PATCH", "/v1/teams/default/quota", {"rate_per_second": 5e-324}),
             ("PATCH", "/v1/teams/default/quota", {"max_disk_mb": 65740963965093093376}),
+            ("POST", "/v1/sandboxes", {"cpu": 1e-6}),
         ):
             r = c.request(method, path, json=body)
             assert r.status_code == 422, (method, path, r.text)

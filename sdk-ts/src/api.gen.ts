@@ -2207,7 +2207,7 @@ export interface components {
             ca_certificates?: string[];
             /**
              * Cpu
-             * @description CPUs it may use (fractions allowed; at most the host's cores)
+             * @description CPUs it may use (fractions from 1/16 = 0.0625; at most the host's cores)
              * @default 1
              */
             cpu?: number;

@@ -24,7 +24,7 @@ class SandboxOptions(TypedDict, total=False):
 
     Attributes:
         env: Environment variables for every command in the sandbox.
-        cpu: CPUs it may use (fractions allowed), at most the host's cores (more raises
+        cpu: CPUs it may use, from 1/16 (0.0625), at most the host's cores (more raises
             ``InvalidRequest``, code ``cpu_above_host``); the team's quota may allow less
             (``QuotaExceeded``).
         memory_mb: Memory limit in MiB.
@@ -129,8 +129,13 @@ class Range:
     gt: float | None = None
 
 
+# The smallest CPU share is Cloudflare's smallest instance (1/16 of a vCPU). Below it a sandbox
+# is not usable: at 1e-6 (the kernel's floor, a 1 ms quota per 100 ms) a Python interpreter took
+# 70 s to start, which a client sees as a hang (the API fuzzer found it).
+MIN_CPU = 1 / 16
+
 LIMITS: Mapping[str, Range] = {
-    "cpu": Range(gt=0, le=64),
+    "cpu": Range(ge=MIN_CPU, le=64),
     "memory_mb": Range(ge=32, le=1024 * 1024),
     "disk_mb": Range(ge=16, le=16 * 1024 * 1024),
     "pids_limit": Range(ge=16, le=1_000_000),
@@ -140,7 +145,7 @@ LIMITS: Mapping[str, Range] = {
 HELP: Mapping[str, str] = {
     "image": "the image to run",
     "env": "environment variables for every command",
-    "cpu": "CPUs it may use (fractions allowed; at most the host's cores)",
+    "cpu": "CPUs it may use (fractions from 1/16 = 0.0625; at most the host's cores)",
     "memory_mb": "memory limit in MiB",
     "disk_mb": "limit of what it may write to its filesystem, in MiB",
     "pids_limit": "maximum number of processes",
