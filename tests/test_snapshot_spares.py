@@ -159,6 +159,17 @@ def test_fork_copies_are_made_behind_their_creates_which_wait_only_for_the_disk(
         assert _spares(snaps) == ["fork-x"]  # the file in the way, not a copy
         assert sorted(pool.names()) == ["child-fork-l", "child-fork-m", "src"]
 
+        # The copies' dir cannot be made (a file in its place): a StorageError for the
+        # creates, as for any other copy that fails (a NotADirectoryError was a 500).
+        for name in _spares(snaps):
+            (snaps.spares / name).unlink()
+        snaps.spares.rmdir()
+        snaps.spares.write_text("in the way")
+        snaps.fork_later("src", ["fork-z"])
+        with pytest.raises(StorageError, match="copies' dir"):
+            await snaps.settle(snaps.path("fork-z"))
+        assert not snaps.committing(snaps.path("fork-z"))
+
     asyncio.run(fork())
 
 

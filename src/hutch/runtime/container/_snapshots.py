@@ -256,8 +256,15 @@ class DiskSnapshots:
         self._fork_from(first, copy_ids, made)
 
     def _open_fork(self, disk: str, copy_ids: Sequence[str]) -> PendingSnapshot:
-        """The first copy of `fork`, ready to make: the last id's, of the disk itself."""
-        self.spares.mkdir(mode=0o700, exist_ok=True)
+        """The first copy of `fork`, ready to make: the last id's, of the disk itself.
+
+        Raises:
+            StorageError: the spares dir cannot be made, or the disk or it opened.
+        """
+        try:
+            self.spares.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:  # a file in its place: NotADirectoryError, a 500 to the caller
+            raise StorageError(f"cannot make the fork copies' dir {self.spares}: {e}") from e
         return open_snapshot(self._storage.path(disk), self.spares, copy_ids[-1], read_only=False)
 
     def _fork_from(
@@ -481,7 +488,7 @@ def _resolve(copy: asyncio.Future[None], error: BaseException | None) -> None:
 def _is_subvolume(path: Path) -> bool:
     try:
         return os.stat(path).st_ino == BTRFS_FIRST_FREE_OBJECTID
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a dir should be
         return False
 
 
