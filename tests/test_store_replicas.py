@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -418,3 +419,39 @@ def test_the_store_reconnects_after_a_database_restart(postgres_server: Postgres
         assert store.insert_sandbox(record("sb-after"))
     finally:
         store.close()
+
+
+def test_a_sqlite_stores_sandbox_from_memory_follows_every_write_to_the_file(
+    tmp_path: Path,
+) -> None:
+    """`current_sandbox` answers from memory on SQLite while nothing was written: a write by
+    another store on the file (another replica process), by a plain connection, by itself,
+    or a delete, is seen by the very next read."""
+    from hutch.server.store._sqlite import SqliteStore
+
+    path = tmp_path / "hutch.db"
+    mine, other = SqliteStore(path), SqliteStore(path)
+    plain = sqlite3.connect(path, isolation_level=None)
+    try:
+        mine.insert_sandbox(record("sb-kept"))
+        assert mine.current_sandbox("sb-kept").status == "running"  # type: ignore[union-attr]
+        other.set_sandbox_status("sb-kept", "paused")
+        assert mine.current_sandbox("sb-kept").status == "paused"  # type: ignore[union-attr]
+        mine.set_sandbox_status("sb-kept", "stopped")
+        assert mine.current_sandbox("sb-kept").status == "stopped"  # type: ignore[union-attr]
+        plain.execute("UPDATE sandboxes SET status = 'error' WHERE id = 'sb-kept'")
+        assert mine.current_sandbox("sb-kept").status == "error"  # type: ignore[union-attr]
+        # A transaction of its own that rolls back leaves the row as it was.
+        with pytest.raises(RuntimeError), mine._tx() as db:
+            db.execute("UPDATE sandboxes SET status = 'running' WHERE id = 'sb-kept'")
+            raise RuntimeError("rolled back")
+        assert mine.current_sandbox("sb-kept").status == "error"  # type: ignore[union-attr]
+        assert mine.current_sandbox("sb-missing") is None
+        other.insert_sandbox(record("sb-missing"))
+        assert mine.current_sandbox("sb-missing") is not None  # a miss is not kept
+        other.delete_sandbox("sb-kept")
+        assert mine.current_sandbox("sb-kept") is None
+    finally:
+        plain.close()
+        mine.close()
+        other.close()
