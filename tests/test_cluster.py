@@ -331,6 +331,46 @@ def test_an_exec_racing_a_pause_waits_for_its_commit_then_wakes_the_sandbox(
             _destroy_all(cluster)
 
 
+def test_a_sandbox_left_frozen_by_a_pause_that_never_committed_runs_again_on_the_next_exec(
+    cluster: Cluster,
+) -> None:
+    # The pausing replica froze the sandbox on its node and died before it committed `paused`:
+    # the row says running, the node refuses its agent. An exec waits the agent timeout for a
+    # commit that never comes, then resumes the sandbox and runs (it waited for good before).
+    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+    token = (DIR / "node_token").read_text().strip()
+    with cluster.client(1) as c1:
+        try:
+            sb = Sandbox.create(client=c1, cpu=0.5, memory_mb=256, disk_mb=512)
+            counter = sb.start_process(
+                "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done"
+            )
+            with psycopg.connect(url, autocommit=True) as db:
+                row = db.execute(
+                    "SELECT n.address, COALESCE(p.runtime_id, s.runtime_id, s.id)"
+                    " FROM sandbox_nodes p JOIN nodes n ON n.name = p.node"
+                    " JOIN sandboxes s ON s.id = p.sandbox_id WHERE p.sandbox_id = %s",
+                    (sb.id,),
+                ).fetchone()
+            assert row is not None
+            node, rid = row
+            r = httpx.post(
+                f"{node}/node/v1/c/{rid}/pause",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            assert sb.exec("echo after").stdout == "after\n"
+            assert sb.info().status == "running"
+            # Its processes run again too (the counter moves).
+            first = sb.read_file("/tmp/n")
+            time.sleep(0.5)
+            assert sb.read_file("/tmp/n") != first
+            assert sb.get_process(counter.id).status == "running"
+        finally:
+            _destroy_all(cluster)
+
+
 def test_a_team_key_revoked_or_its_quota_changed_through_one_replica_holds_on_the_other(
     cluster: Cluster,
 ) -> None:

@@ -432,15 +432,33 @@ class SandboxManager(SandboxCreation):
         # NB: the row may still say "running" while the node refuses: a pause through another
         # replica froze it and has yet to commit. Wait for it (then wake the sandbox), bounded.
         deadline = asyncio.get_running_loop().time() + self._agent_timeout
+        thawed = False
         while True:
             await self.running(sandbox_id)
             try:
                 return await connect()
             except AgentPaused:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise
+                    if thawed or not await self._thaw_uncommitted_pause(sandbox_id):
+                        raise
+                    thawed = True
+                    continue
                 self._store.forget_sandbox(sandbox_id)
                 await asyncio.sleep(PAUSE_COMMIT_POLL)
+
+    async def _thaw_uncommitted_pause(self, sandbox_id: str) -> bool:
+        """Resume a sandbox its node holds frozen while the database still says it runs, long
+        after a pause would have committed (ms): the replica that froze it died before its
+        commit. Without this every request waited for the agent timeout, for good."""
+        if (await self.fetch(sandbox_id)).status != "running":
+            return False  # it committed after all: the next `running` wakes it
+        log.warning(
+            "sandbox %s is frozen on its node but running in the database: a pause that "
+            "never committed (its API replica died?); resuming it",
+            sandbox_id,
+        )
+        await self._host.resume(sandbox_id)
+        return True
 
     async def agent(self, sandbox_id: str) -> AgentConnection:
         """The live shared connection to a running sandbox's agent, (re)connecting if needed."""
