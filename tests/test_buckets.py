@@ -109,6 +109,39 @@ def test_mount_read_write_both_ways_and_listed(
     assert not [ln for ln in fuse_mounts() if bucket in ln]
 
 
+def test_files_closed_just_before_an_unmount_or_a_destroy_reach_the_bucket_whole(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    """rclone cancels its uploads under way when it is told to stop: a file closed just before
+    an unmount, or a destroy, was lost (its cache went with the mount). Both wait for them."""
+    with Sandbox.create() as sb:
+        for path in ("/mnt/a", "/mnt/b"):
+            sb.mount_bucket(bucket, path, endpoint=s3.endpoint, credentials=s3.credentials)
+        # 48 MiB: its upload is still under way when the unmount comes right after the close.
+        made = sb.exec(
+            "head -c 48M /dev/urandom > /mnt/a/big && sha256sum < /mnt/a/big"
+            " && echo small > /mnt/b/small"
+        )
+        assert made.exit_code == 0, made.stderr
+        sb.unmount_bucket("/mnt/a")
+        big = s3.root / bucket / "big"
+        assert big.exists(), "the file closed before the unmount never reached the bucket"
+        digest = made.stdout.split()[0]
+        assert subprocess_sha256(big) == digest
+        sb.exec("head -c 32M /dev/urandom > /mnt/b/last")
+    # Destroyed right after the close: the upload was waited for too.
+    last = s3.root / bucket / "last"
+    assert last.exists() and last.stat().st_size == 32 * 1024 * 1024
+    assert (s3.root / bucket / "small").read_text() == "small\n"
+
+
+def subprocess_sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def test_read_only_and_prefix(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
     s3.put(f"{bucket}/a/b/inside.txt", "in prefix")
     s3.put(f"{bucket}/outside.txt", "outside")

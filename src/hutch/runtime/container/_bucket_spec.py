@@ -12,12 +12,14 @@ from pathlib import Path
 
 from hutch.runtime._idmap import HOST_ID_BASE
 from hutch.runtime.container._errors import SandboxRuntimeError
+from hutch.runtime.container._rclone_rc import RC_SOCKET
 
 WRITE_BACK = 0.0  # seconds after the last close before rclone uploads a written file
 DIR_CACHE_TIME = 2.0  # seconds a directory listing is trusted before the bucket is asked again
 MOUNT_TIMEOUT = 20.0
 CHECK_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0  # how long rclone may take to upload pending writes when unmounted
+STOP_TIMEOUT = 30.0  # how long rclone may take to exit once told to (SIGTERM)
+UPLOAD_TIMEOUT = 30.0  # how long an unmount waits for the uploads rclone has to make
 
 # Paths the runtime mounts itself inside every sandbox: a bucket may not cover them.
 RESERVED_PATHS = ("/proc", "/sys", "/dev", "/.hutch", "/etc/hosts", "/etc/hostname")
@@ -239,6 +241,12 @@ def mount_args(
         str(slot_dir / "rclone.log"),
         "--log-level",
         "NOTICE",
+        # Its remote control, for the unmount to wait for its uploads (_rclone_rc.py): a
+        # socket relative to its working directory, the slot dir (0700, root only).
+        "--rc",
+        "--rc-addr",
+        f"unix://{RC_SOCKET}",
+        "--rc-no-auth",
         *RCLONE_NET_FLAGS,
     ]
     if req.read_only:

@@ -19,10 +19,13 @@ Host layout, per mount:
         mount.json              what was asked for, and rclone's pid (state for re-adoption)
         mnt/                    where rclone mounts (the staging mount point)
         cache/  rclone.log      rclone's VFS write cache and its log
+        rc.sock                 rclone's remote control (asked for its uploads at unmount)
 
 Writes: rclone's VFS write cache starts uploading a file `WRITE_BACK` (0 s) after it was last
 closed (fsync does not upload: rclone only syncs its local cache copy); objects written by other
-clients show up within `DIR_CACHE_TIME`.
+clients show up within `DIR_CACHE_TIME`. An unmount (and a destroy) waits for the uploads rclone
+still has to make, asking it on its remote control's socket (`_rclone_rc.py`), at most
+`UPLOAD_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from hutch.runtime.container._bucket_spec import (
     MOUNT_TIMEOUT,
     RCLONE_NET_FLAGS,
     STOP_TIMEOUT,
+    UPLOAD_TIMEOUT,
     BucketError,
     BucketMount,
     BucketMountFailed,
@@ -63,6 +67,7 @@ from hutch.runtime.container._bucket_spec import (
     request_from_config,
 )
 from hutch.runtime.container._mounts import MS_BIND, MountEntry, mount, mount_table, umount
+from hutch.runtime.container._rclone_rc import RC_SOCKET, wait_for_uploads
 from hutch.runtime.container._safepath import PathKeptMoving, unmount_in_root
 
 log = logging.getLogger("hutch.runtime.buckets")
@@ -230,6 +235,8 @@ class BucketMounts:
         staging = slot_dir / "mnt"
         log_path = slot_dir / "rclone.log"
         log_path.unlink(missing_ok=True)
+        # A dead rclone's socket: its successor could not listen there.
+        (slot_dir / RC_SOCKET).unlink(missing_ok=True)
         proc = await asyncio.create_subprocess_exec(
             *mount_args(rclone_bin(), record, slot_dir, owner),
             stdin=asyncio.subprocess.DEVNULL,
@@ -237,6 +244,7 @@ class BucketMounts:
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # outlives a server crash; re-adopted from mount.json
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            cwd=slot_dir,  # where its remote control's socket is (a relative name)
         )
         record = _replace(record, pid=proc.pid, pid_start=_pid_start(proc.pid))
         _write_record(slot_dir, record)
@@ -366,7 +374,10 @@ async def _check_bucket(conf: Path, req: BucketRequest) -> None:
 async def _stop_rclone(slot_dir: Path, record: BucketMount | None) -> None:
     staging = slot_dir / "mnt"
     if record is not None and _alive(record.pid, record.pid_start):
-        # SIGTERM: rclone uploads what its write cache still holds, unmounts and exits.
+        # NB: SIGTERM cancels the uploads under way (and the slot's cache, where rclone would
+        # find them again, goes with the slot): first wait until it has none to make.
+        if not await wait_for_uploads(slot_dir, UPLOAD_TIMEOUT):
+            log.warning("bucket %s: stopping rclone with uploads unfinished", slot_dir)
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
