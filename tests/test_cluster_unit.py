@@ -534,7 +534,9 @@ async def test_a_create_through_a_node_answers_its_network_in_the_same_request(
         app = node_app(host, lambda i: image, lambda: {}, "tok")  # type: ignore[arg-type]
         paths: list[str] = []
 
-        async def counted(scope: Any, receive: Any, send: Any, app: Any = app) -> None:
+        async def counted(
+            scope: Any, receive: Any, send: Any, app: Any = app, paths: list[str] = paths
+        ) -> None:
             paths.append(scope.get("path", ""))
             await app(scope, receive, send)
 
