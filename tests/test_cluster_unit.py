@@ -493,3 +493,80 @@ async def test_a_forks_children_on_one_node_share_one_sent_copy() -> None:
     assert await second == "fork-y"
     assert pulls == [("n2", "fork-x"), ("n2", "fork-y")]
     assert sends.holders("fork-x") == [] and sends.holders("fork-y") == ["n2"]
+
+
+class AttachingHost(RecordingHost):
+    """A node's host whose sandboxes' network attach ends when the test says (`attached`)."""
+
+    def __init__(self, fails: str | None = None) -> None:
+        super().__init__()
+        self.attached = asyncio.Event()
+        self.fails = fails
+        self.created: list[str] = []
+
+    async def create(self, rid: str, spec: Any, *, defer_network: bool, snapshot: Any) -> None:
+        assert defer_network
+        self.created.append(rid)
+
+    async def network_ready(self, rid: str) -> None:
+        await self.attached.wait()
+        if self.fails is not None:
+            from hutch.runtime import SandboxRuntimeError
+
+            raise SandboxRuntimeError(self.fails)
+
+    def address(self, rid: str) -> str:
+        return "10.9.0.2"
+
+    def gateway_address(self, rid: str) -> str:
+        return "10.9.0.1"
+
+
+async def test_a_create_through_a_node_answers_its_network_in_the_same_request(
+    tmp_path: Path,
+) -> None:
+    from hutch.node import NodeRefused, RemoteHost
+    from hutch.runtime import Image, ImageConfig, Limits, SandboxSpec
+
+    image = Image("img", "default", tmp_path, ImageConfig((), "/", "root"), 0, "")
+    for fails in (None, "veth gone"):
+        host = AttachingHost(fails)
+        app = node_app(host, lambda i: image, lambda: {}, "tok")  # type: ignore[arg-type]
+        paths: list[str] = []
+
+        async def counted(
+            scope: Any, receive: Any, send: Any, app: Any = app, paths: list[str] = paths
+        ) -> None:
+            paths.append(scope.get("path", ""))
+            await app(scope, receive, send)
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = uvicorn.Server(uvicorn.Config(counted, log_level="warning", lifespan="off"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        remote = RemoteHost("n1", f"http://127.0.0.1:{sock.getsockname()[1]}", "tok", str)
+        try:
+            spec = SandboxSpec("sb-1", image, {}, Limits())
+            # The create is answered while the network is still being attached...
+            await remote.create("sb-1", spec, defer_network=True)
+            assert host.created == ["sb-1"] and not host.attached.is_set()
+            waiting = asyncio.create_task(remote.network_ready("sb-1"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # ...and network_ready waits for the attach
+            host.attached.set()
+            if fails is None:
+                await waiting
+                assert remote.address("sb-1") == "10.9.0.2"
+                assert remote.gateway_address("sb-1") == "10.9.0.1"
+            else:
+                with pytest.raises(NodeRefused) as refused:
+                    await waiting
+                assert refused.value.code == "node_runtime_error"
+                assert "veth gone" in str(refused.value)
+            # One request to the node for both: no network_ready call of its own.
+            assert paths == ["/node/v1/c/sb-1/create"]
+        finally:
+            await remote.aclose()
+            server.should_exit = True
+            await serving

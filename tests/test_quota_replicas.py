@@ -249,3 +249,31 @@ def test_unused_buckets_are_forgotten(open_store: OpenStore) -> None:
     assert open_store.count("rate_buckets") == 1
     store.forget_rate_buckets(time.time() + 1)
     assert open_store.count("rate_buckets") == 0
+
+
+async def test_a_create_of_a_team_without_limits_reads_no_rows_and_takes_no_lock(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A quota that limits none of what the rows count (none, or a lifetime only) cannot
+    # refuse: the create reads no team rows (a round trip each on PostgreSQL), early or in the
+    # insert's transaction, which needs no team lock then.
+    from hutch.server._models import SandboxCreate
+    from hutch.server.services._caller import CURRENT_CALLER
+
+    store = open_store()
+    quotas_of = {"web": Quota(max_lifetime=600), "capped": Quota(max_running=1)}
+    quotas = Quotas(store, lambda team: quotas_of.get(team, Quota()), host_cpus=None)
+    read: list[str] = []
+    rows = store.team_quota_rows
+    monkeypatch.setattr(store, "team_quota_rows", lambda team: read.append(team) or rows(team))
+    for i, team in enumerate(("web", "capped", "capped")):
+        CURRENT_CALLER.set(Caller(f"key-{team}", team, "member"))
+        rec = _record(i, team=team)
+        try:
+            async with quotas.admit(rec.id, SandboxCreate(cpu=0.5, timeout=60)):
+                assert store.insert_sandbox(rec, None, quotas.admit_rows(rec))
+        except QuotaExceeded as exc:
+            assert team == "capped" and i == 2 and "max_running 1" in str(exc)
+    assert read == ["capped", "capped"]  # the early checks of the team with a limit
+    assert quotas.admit_rows(_record(5, team="web")) is None
+    assert [r.id for r in store.list_sandboxes()] == ["sb-0000", "sb-0001"]

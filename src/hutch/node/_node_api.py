@@ -8,7 +8,9 @@ ports) go through the tunnel listener (node/_tunnel.py), not through this app.
     GET  /node/v1/info                          capacity and use of this host
     POST /node/v1/states            {ids}        runtime id -> runc status of those that exist
     POST /node/v1/sweep             {keep}       remove every other container
-    POST /node/v1/c/{rid}/create    {spec, defer_network}
+    POST /node/v1/c/{rid}/create    {spec, defer_network, network_answer}
+                                    network_answer: lines {created}, then {address, gateway}
+                                    or {error} once the network is attached
     POST /node/v1/c/{rid}/start     {spec}               -> {address, gateway}
     POST /node/v1/c/{rid}/network_ready                  -> {address, gateway}
     POST /node/v1/c/{rid}/{stop|destroy|pause|resume|restore_buckets}
@@ -37,11 +39,13 @@ ports) go through the tunnel listener (node/_tunnel.py), not through this app.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
+import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -57,6 +61,7 @@ from hutch.node._egress import EgressProxy
 from hutch.node._egress_grants import EgressGrants
 from hutch.node._host import LocalHost
 from hutch.node._node_wire import (
+    NETWORK_ANSWER_TYPE,
     bucket_mount_to_json,
     bucket_request_from_json,
     bucket_request_to_json,
@@ -82,6 +87,7 @@ log = logging.getLogger("hutch.node")
 _RID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 Capacity = Callable[[], dict[str, Any]]
+
 # A node receives a backup where the API placed it (the limits were the API's concern).
 _NO_LIMITS = Limits()
 # The API's codes for what a bucket mount can refuse (RemoteHost raises the same errors again).
@@ -200,13 +206,33 @@ def node_app(
         if spec.id != rid:
             raise ValueError("spec id and path differ")
         snapshot = body.get("snapshot")
+        defer_network = bool(body.get("defer_network"))
         await host.create(
             rid,
             spec,
-            defer_network=bool(body.get("defer_network")),
+            defer_network=defer_network,
             snapshot=None if snapshot is None else checked(snapshot, "snapshot id"),
         )
+        if defer_network and body.get("network_answer") is True:
+            # The network's answer follows in this response once the veth is attached: the
+            # replica asks no `network_ready` (a request, while the agent starts).
+            return StreamingResponse(network_lines(rid), media_type=NETWORK_ANSWER_TYPE)
         return JSONResponse({})
+
+    async def network_lines(rid: str) -> AsyncIterator[bytes]:
+        yield b'{"created": true}\n'
+        try:
+            # NB: shielded: a replica that goes away does not cancel the attach half-way
+            # (its destroy, or the node's sweep, removes the sandbox).
+            await asyncio.shield(host.network_ready(rid))
+        except SandboxRuntimeError as exc:
+            answer: dict[str, Any] = {"error": {"code": "node_runtime_error", "message": str(exc)}}
+        except Exception as exc:  # NB: said in the stream: its 200 is sent already
+            log.exception("network of %s", rid)
+            answer = {"error": {"code": "node_error", "message": f"network attach: {exc}"}}
+        else:
+            answer = addresses(rid)
+        yield json.dumps(answer).encode() + b"\n"
 
     def addresses(rid: str) -> dict[str, str | None]:
         return {"address": host.address(rid), "gateway": host.gateway_address(rid)}

@@ -19,6 +19,10 @@ from hutch.runtime import (
     SandboxUsage,
 )
 
+# A create's answer with the network's after it (`network_answer`): a line each, the first as
+# soon as the container runs, the second once its network is attached (or what failed).
+NETWORK_ANSWER_TYPE = "application/x-ndjson"
+
 
 def spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
     if spec.disk_from is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from hutch.node._agent_client import AgentConnection, AgentDisconnected
 from hutch.node._disk_backups import target_to_json
 from hutch.node._gateway import AgentPaused
 from hutch.node._node_wire import (
+    NETWORK_ANSWER_TYPE,
     bucket_mount_from_json,
     bucket_request_to_json,
     network_to_json,
@@ -108,9 +110,13 @@ class RemoteHost:
         )
         # Cached addresses: the preview proxy asks synchronously for every request.
         self._addresses: dict[str, tuple[str | None, str | None]] = {}
+        # The create responses whose network line is still to come (`network_ready`).
+        self._network_answers: dict[str, tuple[httpx.Response, AsyncIterator[str]]] = {}
         self._runtimes = {"runc"}
 
     async def aclose(self) -> None:
+        for sandbox_id in list(self._network_answers):
+            await self._drop_answer(sandbox_id)
         await self._client.aclose()
 
     async def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
@@ -118,6 +124,25 @@ class RemoteHost:
             response = await self._client.request(method, path, json=body, **kw)
         except (httpx.TransportError, OSError) as exc:
             raise NodeUnavailable(self.name, f"{type(exc).__name__}: {exc}") from exc
+        self._check(response)
+        return response.json()
+
+    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+        """The call's response, its body not read yet (the caller closes it)."""
+        request = self._client.build_request(method, path, json=body)
+        try:
+            response = await self._client.send(request, stream=True)
+            if response.status_code >= 400:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.TransportError, OSError) as exc:
+            raise NodeUnavailable(self.name, f"{type(exc).__name__}: {exc}") from exc
+        self._check(response)
+        return response
+
+    def _check(self, response: httpx.Response) -> None:
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
@@ -125,7 +150,6 @@ class RemoteHost:
             except (ValueError, KeyError, TypeError):
                 code, message = "node_error", response.text[:200]
             raise NodeRefused(self.name, response.status_code, code, message)
-        return response.json()
 
     async def info(self) -> dict[str, Any]:
         # Short: also the "is the node there at all" probe.
@@ -148,15 +172,56 @@ class RemoteHost:
         snapshot: str | None = None,
     ) -> None:
         body = {"spec": spec_to_json(spec), "defer_network": defer_network, "snapshot": snapshot}
-        await self._call("POST", f"/node/v1/c/{spec.id}/create", body)
-        if defer_network:
-            # NB: no network yet; its addresses come with network_ready's answer, so the
-            # agent connection the create makes meanwhile need not ask the node for them.
-            self._addresses[sandbox_id] = (None, None)
+        path = f"/node/v1/c/{spec.id}/create"
+        if not defer_network:
+            await self._call("POST", path, body)
+            return
+        # The node answers the network's readiness in the same response, a line after the
+        # create's own (node/_node_api.py): `network_ready` reads it, no second request. A
+        # node of an older Hutch answers `{}` and is asked, as before.
+        body["network_answer"] = True
+        response = await self._send("POST", path, body)
+        try:
+            if response.headers.get("content-type", "").startswith(NETWORK_ANSWER_TYPE):
+                lines = response.aiter_lines()
+                first = json.loads(await anext(lines))
+                if first.get("created") is not True:
+                    raise NodeUnavailable(self.name, f"unexpected create answer {first!r}")
+                self._network_answers[sandbox_id] = (response, lines)
+            else:
+                await response.aread()
+                await response.aclose()
+        except BaseException as exc:
+            await response.aclose()
+            if isinstance(exc, (httpx.TransportError, OSError, StopAsyncIteration, ValueError)):
+                raise NodeUnavailable(self.name, f"create: {type(exc).__name__}: {exc}") from exc
+            raise
+        # NB: no network yet; its addresses come with network_ready's answer, so the
+        # agent connection the create makes meanwhile need not ask the node for them.
+        self._addresses[sandbox_id] = (None, None)
 
     async def network_ready(self, sandbox_id: str) -> None:
-        got = await self._call("POST", self._c(sandbox_id, "network_ready"))
+        pending = self._network_answers.pop(sandbox_id, None)
+        if pending is None:
+            got = await self._call("POST", self._c(sandbox_id, "network_ready"))
+        else:
+            response, lines = pending
+            try:
+                got = json.loads(await anext(lines))
+            except (httpx.TransportError, OSError, StopAsyncIteration, ValueError) as exc:
+                raise NodeUnavailable(self.name, f"network: {type(exc).__name__}: {exc}") from exc
+            finally:
+                await response.aclose()
+            error = got.get("error") if isinstance(got, dict) else None
+            if isinstance(error, dict):
+                raise NodeRefused(self.name, 409, str(error["code"]), str(error["message"]))
         await self._learn_address(sandbox_id, got)
+
+    async def _drop_answer(self, sandbox_id: str) -> None:
+        """A create's network answer no one will read (the sandbox goes): its connection."""
+        pending = self._network_answers.pop(sandbox_id, None)
+        if pending is not None:
+            await pending[0].aclose()
 
     async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
         got = await self._call("POST", f"/node/v1/c/{spec.id}/start", {"spec": spec_to_json(spec)})
@@ -172,10 +237,12 @@ class RemoteHost:
 
     async def stop(self, sandbox_id: str) -> None:
         self._addresses.pop(sandbox_id, None)
+        await self._drop_answer(sandbox_id)
         await self._call("POST", self._c(sandbox_id, "stop"))
 
     async def destroy(self, sandbox_id: str) -> None:
         self._addresses.pop(sandbox_id, None)
+        await self._drop_answer(sandbox_id)
         await self._call("POST", self._c(sandbox_id, "destroy"))
 
     async def pause(self, sandbox_id: str) -> None:

@@ -126,11 +126,13 @@ class SandboxCreation:
     egress: EgressRegistry | None
     default_runtime: str
     admission: Admission | None
-    row_admission: Callable[[SandboxRecord], TeamAdmission] | None
+    row_admission: Callable[[SandboxRecord], TeamAdmission | None] | None
     image_owners: ImageOwners
     names: NetworkNames
     events: EventSink
     cold_starts: ColdStartGate
+    # Sandboxes whose create connects to the agent and sealed no secrets (`_connect_new`).
+    _fresh: set[str]
 
     if TYPE_CHECKING:
         # SandboxManager's own (lifecycle, spec building, agent connections).
@@ -274,6 +276,19 @@ class SandboxCreation:
         self.events.emit_many(sandbox_id, ("created", {"image": record.image}), ("started", {}))
         return record
 
+    async def _connect_new(self, sandbox_id: str, *, secrets: bool, steps: _Steps) -> None:
+        """The new sandbox's shared agent connection, its agent's answer, and the first
+        exec's spare connection. `secrets`: whether the create sealed any; if not, the new
+        connection does not read them (none can be there yet: a round trip in a cluster)."""
+        if not secrets:
+            self._fresh.add(sandbox_id)
+        try:
+            conn = await self.gateway.connect(sandbox_id)
+        finally:
+            self._fresh.discard(sandbox_id)
+        steps.mark("connect")
+        await asyncio.gather(conn.call("ping"), self._open_spare(sandbox_id))
+
     async def _open_spare(self, sandbox_id: str) -> None:
         # NB: a cold create only, where it overlaps the agent's start; a pooled sandbox's
         # agent answers at once, so there it would only move the cost from exec to create.
@@ -394,14 +409,13 @@ class SandboxCreation:
             spec = replace(spec, ca_certificates=own_cas)
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
             steps.mark("host_create")
-            conn = await self.gateway.connect(sandbox_id)
-            steps.mark("connect")
-            # The veth is attached while the agent starts; both before anyone gets it.
+            # The veth is attached while the agent starts; both before anyone gets it. Asked
+            # for at once, not after the agent connection: in a cluster each is a round trip
+            # to the node, and they overlap.
             await asyncio.wait_for(
                 asyncio.gather(
-                    conn.call("ping"),
+                    self._connect_new(sandbox_id, secrets=sealed is not None, steps=steps),
                     self._host.network_ready(sandbox_id),
-                    self._open_spare(sandbox_id),
                 ),
                 self._agent_timeout,
             )

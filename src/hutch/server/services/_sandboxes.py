@@ -156,6 +156,7 @@ class SandboxManager(SandboxCreation):
             on_connect=self._send_secrets,
         )
         self._id_locks: dict[str, asyncio.Lock] = {}
+        self._fresh: set[str] = set()
         self.on_destroy: list[Callable[[str], None]] = []
         # Set by the lifecycle service: a request to a sleeping sandbox waits for its wake,
         # and every request counts as activity against its idle timer.
@@ -167,7 +168,7 @@ class SandboxManager(SandboxCreation):
         # Team quotas (services/_quotas.py): holds a create's reservation while it runs.
         self.admission: Admission | None = None
         # ...and checks its row again in the insert's transaction (replicas on one database).
-        self.row_admission: Callable[[SandboxRecord], TeamAdmission] | None = None
+        self.row_admission: Callable[[SandboxRecord], TeamAdmission | None] | None = None
         self.image_owners = ImageOwners(store)
         # Host names in network_allow, resolved (the server sets the resolv.conf to ask).
         self.names = NetworkNames(Path("/etc/resolv.conf"))
@@ -371,7 +372,7 @@ class SandboxManager(SandboxCreation):
         Sent on every new connection: idempotent, and it covers a container restarted by
         recovery, whose agent starts with none.
         """
-        if self._secrets is None:
+        if self._secrets is None or sandbox_id in self._fresh:
             return
         sealed = await point_read(self._store, self._store.get_secrets, sandbox_id)
         if not sealed:

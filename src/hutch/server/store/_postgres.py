@@ -200,35 +200,44 @@ class PostgresStore(PostgresWatch, PostgresTeams, PostgresNodes):
         taken. `admit` sees the team's sandboxes first, in the same transaction, under the
         team's lock (every replica's inserts for one team queue on it), and may raise."""
 
+        row = (
+            record.id,
+            record.status,
+            record.image,
+            record.image_id,
+            record.created_at,
+            record.expires_at,
+            record.spec_json(),
+            record.runtime_id,
+            record.team,
+        )
+
+        def insert(conn: Conn) -> bool:
+            cur = conn.execute(
+                "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
+                " spec, runtime_id, team) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING",
+                row,
+            )
+            if cur.rowcount == 0:
+                return False
+            if secrets:
+                cur.executemany(
+                    "INSERT INTO sandbox_secrets (sandbox_id, name, ciphertext)"
+                    " VALUES (%s, %s, %s)",
+                    [(record.id, name, token) for name, token in secrets.items()],
+                )
+            return True
+
         def work(conn: Conn) -> bool:
+            if admit is None and not secrets:
+                # One statement is its own transaction (autocommit): no BEGIN and COMMIT
+                # round trips around it.
+                return insert(conn)
             with conn.transaction():
                 if admit is not None:
                     admit(_team_rows(conn, record.team))
-                cur = conn.execute(
-                    "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
-                    " spec, runtime_id, team) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    (
-                        record.id,
-                        record.status,
-                        record.image,
-                        record.image_id,
-                        record.created_at,
-                        record.expires_at,
-                        record.spec_json(),
-                        record.runtime_id,
-                        record.team,
-                    ),
-                )
-                if cur.rowcount == 0:
-                    return False
-                if secrets:
-                    cur.executemany(
-                        "INSERT INTO sandbox_secrets (sandbox_id, name, ciphertext)"
-                        " VALUES (%s, %s, %s)",
-                        [(record.id, name, token) for name, token in secrets.items()],
-                    )
-            return True
+                return insert(conn)
 
         inserted = self._run(work)
         self._touched(record.id)
