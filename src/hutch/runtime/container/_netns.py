@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -23,7 +24,7 @@ from hutch.runtime.container import _nft, _public_net
 from hutch.runtime.container._errors import SandboxRuntimeError
 from hutch.runtime.container._host_files import read_text_or_empty, resolv_conf
 from hutch.runtime.container._nft import NetworkPolicy
-from hutch.runtime.container._spawn import run_tool
+from hutch.runtime.container._spawn import in_netns, run_tool
 
 log = logging.getLogger("hutch.runtime")
 
@@ -50,7 +51,7 @@ def _loopback_table(host_ip: str) -> str:
     )
 
 
-ROUTE_LOCALNET = "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet\n"
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/eth0/route_localnet")
 
 
 class NetworkError(SandboxRuntimeError):
@@ -66,9 +67,9 @@ class SandboxNet:
     ifname: str
 
 
-async def _run(*argv: str, stdin: str | None = None) -> None:
+async def _run(*argv: str, stdin: str | None = None, netns: str | None = None) -> None:
     # NB: not asyncio's subprocess: on the server's uvloop that forks the whole server (_spawn).
-    out = await run_tool(argv, stdin.encode() if stdin is not None else None)
+    out = await run_tool(argv, stdin.encode() if stdin is not None else None, netns=netns)
     if out.exit_code != 0:
         raise NetworkError(f"{argv[0]} failed: {out.stderr.decode(errors='replace').strip()}")
 
@@ -257,15 +258,17 @@ class Networks:
             await _run("ip", "-batch", "-", stdin=host_batch)
             # No IPv6 on the host side: nothing for the sandbox's link-local address to talk to.
             _disable_ipv6(net.ifname)
-            # One shell in the sandbox's netns: its addresses and loopback reach.
-            inner = f"ip -batch - <<'EOF'\n{inner_batch}EOF\n{ROUTE_LOCALNET}"
-            await _run("nsenter", f"--net={path}", "sh", "-es", stdin=inner)
+            # In the sandbox's netns (by a thread's setns, not nsenter: _spawn.in_netns): its
+            # addresses, then its loopback reach.
+            await _run("ip", "-batch", "-", stdin=inner_batch, netns=path)
+            try:
+                in_netns(path, functools.partial(ROUTE_LOCALNET.write_text, "1\n"))  # procfs
+            except OSError as e:
+                raise NetworkError(f"route_localnet in the sandbox's netns: {e}") from e
 
         # NB: the loopback table matches eth0 by name, so it needs no eth0 yet: its nft
         # transaction (~15 ms, mostly the kernel waiting for RCU) runs beside the veth's.
-        loopback = _run(
-            "nsenter", f"--net={path}", "nft", "-f", "-", stdin=_loopback_table(net.host_ip)
-        )
+        loopback = _run("nft", "-f", "-", stdin=_loopback_table(net.host_ip), netns=path)
         for outcome in await asyncio.gather(addresses(), loopback, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
