@@ -158,7 +158,7 @@ def spawn(
 
 @functools.cache
 def _setns() -> Callable[[int, int], int]:
-    return ctypes.CDLL(None, use_errno=True).setns  # type: ignore[no-any-return]
+    return ctypes.CDLL(None, use_errno=True).setns
 
 
 def in_netns(path: str, fn: Callable[[], _T]) -> _T:
@@ -184,7 +184,7 @@ def in_netns(path: str, fn: Callable[[], _T]) -> _T:
             finally:
                 os.close(fd)
             outcome.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
 
     thread = threading.Thread(target=run, name="hutch-netns", daemon=True)
