@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hutch.runtime.container import _libnft
 from hutch.runtime.container._spawn import ToolOutput, exit_code, in_netns, run_tool, spawn
 
 
@@ -143,3 +144,26 @@ def test_in_netns_of_no_netns_raises() -> None:
 def test_in_netns_raises_what_fails_in_it(netns: str) -> None:
     with pytest.raises(ZeroDivisionError):
         in_netns(netns, lambda: 1 // 0)
+
+
+def _tables(netns: str) -> str:
+    out = subprocess.run(
+        ["nsenter", f"--net={netns}", "nft", "list", "tables"], capture_output=True, check=True
+    )
+    return out.stdout.decode()
+
+
+@pytest.mark.root
+def test_libnft_applies_a_script_in_the_threads_netns_all_or_nothing(netns: str) -> None:
+    # A sandbox's loopback table and the host rules go through libnftables, not `nft`.
+    if not _libnft.available():
+        pytest.skip("no libnftables here: the runtime runs `nft`")
+    good = "table ip hutch_libnft_t {\n  chain c { type filter hook input priority 0; }\n}\n"
+    assert in_netns(netns, lambda: _libnft.apply(good)) is None
+    assert "table ip hutch_libnft_t" in _tables(netns)
+    assert "hutch_libnft_t" not in _tables("/proc/self/ns/net")
+    # One transaction: a bad rule after a good table leaves neither, and says why.
+    bad = "add table ip hutch_libnft_u\nadd rule ip hutch_libnft_u nochain tcp dport 99 acept\n"
+    error = in_netns(netns, lambda: _libnft.apply(bad))
+    assert error is not None and "Error" in error
+    assert "hutch_libnft_u" not in _tables(netns)
