@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from hutch.runtime.container._spawn import ToolOutput, exit_code, run_tool, spawn
+from hutch.runtime.container import _libnft
+from hutch.runtime.container._spawn import ToolOutput, exit_code, in_netns, run_tool, spawn
 
 
 async def test_a_tool_gets_its_input_and_gives_its_exit_code_and_errors() -> None:
@@ -84,3 +88,82 @@ async def test_a_missing_tool_raises_and_leaks_no_fd() -> None:
         with pytest.raises(FileNotFoundError):
             await run_tool(["hutch-no-such-tool"], b"input", capture_stdout=True)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.fixture()
+def netns() -> Iterator[str]:
+    """A network namespace of its own (held by a sleeping process), as a sandbox's is."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])
+    path = f"/proc/{holder.pid}/ns/net"
+    try:
+        while os.readlink(path) == os.readlink("/proc/self/ns/net"):  # unshare not done yet
+            os.sched_yield()
+        yield path
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.root
+async def test_a_tool_run_in_a_netns_sees_that_netns_and_the_server_stays_in_its_own(
+    netns: str,
+) -> None:
+    # A sandbox's network attach runs `ip` and `nft` in its netns without nsenter.
+    ours = os.readlink("/proc/thread-self/ns/net")
+    out = await run_tool(["ip", "-o", "link", "show"], capture_stdout=True, netns=netns)
+    assert out.exit_code == 0
+    assert [line.split(":")[1].strip() for line in out.stdout.decode().splitlines()] == ["lo"]
+    host = await run_tool(["ip", "-o", "link", "show"], capture_stdout=True)
+    assert len(host.stdout.decode().splitlines()) > 1  # this host has more than lo
+    assert os.readlink("/proc/thread-self/ns/net") == ours
+
+
+@pytest.mark.root
+def test_procfs_sysctls_written_in_a_netns_are_that_netns_own(netns: str) -> None:
+    # route_localnet on the sandbox's eth0 is written so: the host's own must not change.
+    knob = Path("/proc/sys/net/ipv4/conf/lo/route_localnet")
+    host_before = knob.read_text()
+    assert in_netns(netns, knob.read_text) == "0\n"  # a new netns's own default
+    in_netns(netns, lambda: knob.write_text("1\n"))
+    assert in_netns(netns, knob.read_text) == "1\n"
+    assert knob.read_text() == host_before
+    seen = subprocess.run(
+        ["nsenter", f"--net={netns}", "cat", str(knob)], capture_output=True, check=True
+    )
+    assert seen.stdout == b"1\n"
+
+
+def test_in_netns_of_no_netns_raises() -> None:
+    with pytest.raises(FileNotFoundError):
+        in_netns("/proc/self/ns/hutch-no-such-ns", lambda: None)
+
+
+@pytest.mark.root
+def test_in_netns_raises_what_fails_in_it(netns: str) -> None:
+    with pytest.raises(ZeroDivisionError):
+        in_netns(netns, lambda: 1 // 0)
+
+
+def _tables(netns: str) -> str:
+    out = subprocess.run(
+        ["nsenter", f"--net={netns}", "nft", "list", "tables"], capture_output=True, check=True
+    )
+    return out.stdout.decode()
+
+
+@pytest.mark.root
+def test_libnft_applies_a_script_in_the_threads_netns_all_or_nothing(netns: str) -> None:
+    # A sandbox's loopback table and the host rules go through libnftables, not `nft`.
+    if not _libnft.available():
+        pytest.skip("no libnftables here: the runtime runs `nft`")
+    good = "table ip hutch_libnft_t {\n  chain c { type filter hook input priority 0; }\n}\n"
+    assert in_netns(netns, lambda: _libnft.apply(good)) is None
+    assert "table ip hutch_libnft_t" in _tables(netns)
+    assert "hutch_libnft_t" not in _tables("/proc/self/ns/net")
+    # One transaction: a bad rule after a good table leaves neither, and says why.
+    bad = "add table ip hutch_libnft_u\nadd rule ip hutch_libnft_u nochain tcp dport 99 acept\n"
+    error = in_netns(netns, lambda: _libnft.apply(bad))
+    assert error is not None and "Error" in error
+    assert "hutch_libnft_u" not in _tables(netns)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hutch.runtime.container._mounts import mount_table
+from hutch.runtime.container._mounts import mount_table, mounts_under, unmount_all_under
 from hutch.runtime.container._safepath import mount_id_of, open_beneath, open_root, unmount_in_root
 
 
@@ -84,3 +84,17 @@ def test_unmount_goes_by_mount_id_and_never_outside_the_root(tree: Path) -> None
     assert not _mounted(root / "moved" / "data")
     assert _mounted(host / "data")
     assert unmount_in_root(root, inside) is False  # gone already
+
+
+@pytest.mark.sandbox  # mounts a tmpfs: root
+def test_mounts_under_finds_names_with_spaces_and_nothing_beside_the_prefix(tree: Path) -> None:
+    # A destroy reads only the mountinfo lines that name its bundle dir: in their escaped
+    # form (a space is \\040 there), and a sibling that merely starts alike is not below it.
+    box = tree / "sb 1"
+    _tmpfs(box / "rootfs")
+    _tmpfs(box / "rootfs" / "a b")
+    _tmpfs(tree / "sb 10" / "rootfs")
+    assert mounts_under(box) == [box / "rootfs" / "a b", box / "rootfs"]
+    unmount_all_under(box)
+    assert mounts_under(box) == []
+    assert mounts_under(tree / "sb 10") == [tree / "sb 10" / "rootfs"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -19,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.runtime.container import _nft, _public_net
+from hutch.runtime.container import _libnft, _nft, _public_net
 from hutch.runtime.container._errors import SandboxRuntimeError
 from hutch.runtime.container._host_files import read_text_or_empty, resolv_conf
 from hutch.runtime.container._nft import NetworkPolicy
-from hutch.runtime.container._spawn import run_tool
+from hutch.runtime.container._spawn import in_netns, run_tool
 
 log = logging.getLogger("hutch.runtime")
 
@@ -50,7 +51,7 @@ def _loopback_table(host_ip: str) -> str:
     )
 
 
-ROUTE_LOCALNET = "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet\n"
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/eth0/route_localnet")
 
 
 class NetworkError(SandboxRuntimeError):
@@ -66,11 +67,27 @@ class SandboxNet:
     ifname: str
 
 
-async def _run(*argv: str, stdin: str | None = None) -> None:
+async def _run(*argv: str, stdin: str | None = None, netns: str | None = None) -> None:
     # NB: not asyncio's subprocess: on the server's uvloop that forks the whole server (_spawn).
-    out = await run_tool(argv, stdin.encode() if stdin is not None else None)
+    out = await run_tool(argv, stdin.encode() if stdin is not None else None, netns=netns)
     if out.exit_code != 0:
         raise NetworkError(f"{argv[0]} failed: {out.stderr.decode(errors='replace').strip()}")
+
+
+async def _apply_nft(script: str, netns: str | None = None) -> None:
+    """Apply an nft script in the host's netns (or the one at path `netns`): by libnftables
+    in a thread where it loads (no `nft` process: _libnft), else by `nft -f -`."""
+    if not _libnft.available():
+        await _run("nft", "-f", "-", stdin=script, netns=netns)
+        return
+    apply = functools.partial(_libnft.apply, script)
+    if netns is None:
+        error = await asyncio.to_thread(apply)
+    else:
+        # NB: in a thread of its own that enters the netns (in_netns), never a pool's.
+        error = await asyncio.to_thread(in_netns, netns, apply)
+    if error is not None:
+        raise NetworkError(f"nft failed: {error}")
 
 
 async def _host_networks() -> list[str]:
@@ -167,11 +184,8 @@ class Networks:
         host_nets = await _host_networks()
         internal = _public_net.internal_networks(host_nets, str(self._subnet))
         log.info("internet sandboxes may not reach %s unless allowed", ", ".join(internal))
-        await _run(
-            "nft",
-            "-f",
-            "-",
-            stdin=_nft.base_ruleset(self._tag, str(self._subnet), internal, self._also_blocked),
+        await _apply_nft(
+            _nft.base_ruleset(self._tag, str(self._subnet), internal, self._also_blocked)
         )
         self._ready = True
 
@@ -257,15 +271,17 @@ class Networks:
             await _run("ip", "-batch", "-", stdin=host_batch)
             # No IPv6 on the host side: nothing for the sandbox's link-local address to talk to.
             _disable_ipv6(net.ifname)
-            # One shell in the sandbox's netns: its addresses and loopback reach.
-            inner = f"ip -batch - <<'EOF'\n{inner_batch}EOF\n{ROUTE_LOCALNET}"
-            await _run("nsenter", f"--net={path}", "sh", "-es", stdin=inner)
+            # In the sandbox's netns (by a thread's setns, not nsenter: _spawn.in_netns): its
+            # addresses, then its loopback reach.
+            await _run("ip", "-batch", "-", stdin=inner_batch, netns=path)
+            try:
+                in_netns(path, functools.partial(ROUTE_LOCALNET.write_text, "1\n"))  # procfs
+            except OSError as e:
+                raise NetworkError(f"route_localnet in the sandbox's netns: {e}") from e
 
         # NB: the loopback table matches eth0 by name, so it needs no eth0 yet: its nft
         # transaction (~15 ms, mostly the kernel waiting for RCU) runs beside the veth's.
-        loopback = _run(
-            "nsenter", f"--net={path}", "nft", "-f", "-", stdin=_loopback_table(net.host_ip)
-        )
+        loopback = _apply_nft(_loopback_table(net.host_ip), netns=path)
         for outcome in await asyncio.gather(addresses(), loopback, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -329,4 +345,4 @@ class Networks:
         self._ready = False
 
     async def _nft(self, script: str) -> None:
-        await _run("nft", "-f", "-", stdin=script)
+        await _apply_nft(script)

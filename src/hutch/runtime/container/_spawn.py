@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
+import functools
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
+_CLONE_NEWNET = 0x40000000
 
 # A pipe holds 64 KiB: input up to this size is written before the child runs, at once.
 _PIPE_SIZE = 64 * 1024
@@ -42,9 +49,13 @@ async def run_tool(
     capture_stdout: bool = False,
     env: Mapping[str, str] | None = None,
     new_session: bool = False,
+    netns: str | None = None,
 ) -> ToolOutput:
     """Run `argv` (looked up on PATH) to its end with `stdin` (else /dev/null) and stdout on
     /dev/null (or captured); returns its exit code, stdout and stderr.
+
+    `netns` (a network namespace's path, say `/proc/PID/ns/net`): the tool runs in it, as
+    under `nsenter --net=PATH`, without an `nsenter` process (see `in_netns`).
 
     `env` (else the server's) is its environment; `new_session` puts it in a session of its
     own (a Ctrl-C at the server's terminal does not reach it). Cancelling the call leaves
@@ -58,7 +69,8 @@ async def run_tool(
     out_r, out_w = os.pipe2(os.O_CLOEXEC) if capture_stdout else (-1, -1)
     in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin is not None else (-1, -1)
     try:
-        pid = spawn(
+        start = functools.partial(
+            spawn,
             argv,
             stdin=in_r if in_r >= 0 else None,
             stdout=out_w if out_w >= 0 else None,
@@ -66,6 +78,7 @@ async def run_tool(
             env=env,
             new_session=new_session,
         )
+        pid = start() if netns is None else in_netns(netns, start)
     except BaseException:
         for fd in (err_r, in_w, out_r):
             if fd >= 0:
@@ -141,6 +154,45 @@ def spawn(
             os.close(fd)
         if devnull >= 0:
             os.close(devnull)
+
+
+@functools.cache
+def _setns() -> Callable[[int, int], int]:
+    return ctypes.CDLL(None, use_errno=True).setns
+
+
+def in_netns(path: str, fn: Callable[[], _T]) -> _T:
+    """`fn()` called in the network namespace at `path`, and its result (or exception).
+
+    A network namespace is a thread's own (setns(2) with CLONE_NEWNET changes the calling
+    thread only), and what a thread spawns or opens under /proc/sys/net belongs to the
+    namespace of that thread: so `fn` runs in a thread made for it, which enters the
+    namespace and ends after `fn`, never going back to a pool in the wrong namespace. This
+    replaced an `nsenter` (and a `sh`) per tool of a sandbox's network attach: ~1 ms of CPU
+    each. Blocks the caller for a thread's start, the setns and `fn` (a spawn: its exec).
+    """
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _setns()(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            outcome.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="hutch-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _inherited_closes() -> list[tuple[int, int]]:
