@@ -142,6 +142,30 @@ def subprocess_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def test_a_file_renamed_just_after_its_close_reaches_the_bucket_under_its_name(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    """write_file writes a temporary name, closes it and renames it onto the target, as an
+    editor's or a tool's atomic save does. The rename came while rclone uploaded the closed
+    file: the upload failed and was never retried, and the object never reached the bucket."""
+    with Sandbox.create() as sb:
+        sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        root = s3.root / bucket
+
+        def holds(key: str, text: str) -> Callable[[], bool]:
+            return lambda: (root / key).exists() and (root / key).read_text() == text
+
+        sb.write_file("/mnt/data/api.txt", "through the api")
+        assert eventually(holds("api.txt", "through the api"), 10)
+        sb.write_file("/mnt/data/api.txt", "replaced")  # onto an object already there
+        assert eventually(holds("api.txt", "replaced"), 10)
+        r = sb.exec("echo saved > /mnt/data/.save.tmp && mv /mnt/data/.save.tmp /mnt/data/saved")
+        assert r.exit_code == 0, r.stderr
+        assert eventually(holds("saved", "saved\n"), 10)
+        # Nothing is left under a temporary name (uploaded, then moved, or never uploaded).
+        assert eventually(lambda: sorted(p.name for p in root.iterdir()) == ["api.txt", "saved"])
+
+
 def test_read_only_and_prefix(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
     s3.put(f"{bucket}/a/b/inside.txt", "in prefix")
     s3.put(f"{bucket}/outside.txt", "outside")
