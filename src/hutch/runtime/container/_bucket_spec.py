@@ -23,7 +23,7 @@ from hutch.runtime.container._rclone_rc import RC_SOCKET
 # flush fell between them, as in a CI run at load). Any failed upload was dropped the same
 # way. Through the queue, a rename renames the queued upload (or cancels and requeues one
 # under way) and a failed upload is retried after WRITE_BACK, 2x, 4x ... (rclone writeback).
-WRITE_BACK = 0.05
+WRITE_BACK = 0.02
 DIR_CACHE_TIME = 2.0  # seconds a directory listing is trusted before the bucket is asked again
 MOUNT_TIMEOUT = 20.0
 CHECK_TIMEOUT = 30.0
