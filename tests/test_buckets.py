@@ -142,6 +142,31 @@ def subprocess_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def test_a_file_renamed_just_after_its_close_reaches_the_bucket_under_its_name(
+    sdk_env: ServerProcess, s3: S3Server, bucket: str
+) -> None:
+    """write_file writes a temporary name and renames it onto the target, as an editor's or
+    a tool's atomic save does. When the rename came while rclone uploaded the closed file, the
+    upload failed and was never retried: the object never reached the bucket."""
+    with Sandbox.create() as sb:
+        sb.mount_bucket(bucket, "/mnt/data", endpoint=s3.endpoint, credentials=s3.credentials)
+        root = s3.root / bucket
+
+        def holds(key: str, text: str) -> Callable[[], bool]:
+            return lambda: (root / key).exists() and (root / key).read_text() == text
+
+        sb.write_file("/mnt/data/api.txt", "through the api")
+        assert eventually(holds("api.txt", "through the api"), 10)
+        sb.write_file("/mnt/data/api.txt", "replaced")  # onto an object already there
+        assert eventually(holds("api.txt", "replaced"), 10)
+        r = sb.exec("echo saved > /mnt/data/.save.tmp && mv /mnt/data/.save.tmp /mnt/data/saved")
+        assert r.exit_code == 0, r.stderr
+        assert eventually(holds("saved", "saved\n"), 10)
+        # write_file's temporary name never reaches the bucket. (The shell's may: closed before
+        # its rename, it can be uploaded meanwhile, and rclone may leave that object.)
+        assert [p.name for p in root.iterdir() if ".hutch-" in p.name] == []
+
+
 def test_read_only_and_prefix(sdk_env: ServerProcess, s3: S3Server, bucket: str) -> None:
     s3.put(f"{bucket}/a/b/inside.txt", "in prefix")
     s3.put(f"{bucket}/outside.txt", "outside")

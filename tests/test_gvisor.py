@@ -72,8 +72,10 @@ def s3() -> Iterator[S3Server]:
 def _in_bucket(s3: S3Server, key: str, text: str, timeout: float = 15.0) -> bool:
     """Whether the object `key` holds `text` within `timeout` seconds. Nothing touches the
     sandbox meanwhile: the upload must not wait for more file work in it. (Without the
-    agent's flush an idle sandbox never uploads at all, so the bound is generous: rclone's
-    upload took over 5 s once at load 9 on 2 cores.)"""
+    agent's flush an idle sandbox never uploads at all, so the bound is generous. The waits
+    past 5 and 15 s seen at load 9 were uploads that never came: a flush between write_file's
+    close and its rename, and rclone's upload at write-back 0 failed for good; see
+    _bucket_spec.WRITE_BACK.)"""
     path = s3.root / key
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

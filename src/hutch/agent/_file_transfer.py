@@ -263,15 +263,18 @@ class WriteOp(_StreamOp):
                 return self._finish(error=os_error(e, self._path))
             self._size += len(payload)
         elif kind == Kind.EOF:
+            # NB: renamed, then closed. A bucket's rclone uploads a file at the host's last
+            # close: closed first, its upload under the temporary name raced the rename (when
+            # cancelled late, the object stayed in the bucket under that name).
             try:
-                os.close(self._fd)
-                self._fd = -1
                 if self._tmp is not None:
                     if self._replaces and self._size >= BIG_TRANSFER:
                         replace_file(self._tmp, self._path)  # no flush-on-rename (btrfs)
                     else:
                         os.rename(self._tmp, self._path)
                     self._tmp = None
+                fd, self._fd = self._fd, -1  # closed even when close() fails: not twice
+                os.close(fd)
             except OSError as e:
                 return self._finish(error=os_error(e, self._path))
             self.send_result({"path": self._path, "size": self._size})

@@ -14,7 +14,16 @@ from hutch.runtime._idmap import HOST_ID_BASE
 from hutch.runtime.container._errors import SandboxRuntimeError
 from hutch.runtime.container._rclone_rc import RC_SOCKET
 
-WRITE_BACK = 0.0  # seconds after the last close before rclone uploads a written file
+# Seconds after the last close before rclone uploads a written file.
+# NB: not 0. At 0 rclone uploads inside the FUSE release, outside its write-back queue: a rename
+# of the file during that upload (write_file writes a temporary name and renames it onto the
+# target just after its close) moved the cache file from under the upload's hash check, the
+# upload failed, and nothing retried it: the object never reached the bucket (every files-API
+# write under runc; under gVisor when the host close came before the rename, i.e. a close
+# flush fell between them, as in a CI run at load). Any failed upload was dropped the same
+# way. Through the queue, a rename renames the queued upload (or cancels and requeues one
+# under way) and a failed upload is retried after WRITE_BACK, 2x, 4x ... (rclone writeback).
+WRITE_BACK = 0.02
 DIR_CACHE_TIME = 2.0  # seconds a directory listing is trusted before the bucket is asked again
 MOUNT_TIMEOUT = 20.0
 CHECK_TIMEOUT = 30.0

@@ -21,11 +21,11 @@ Host layout, per mount:
         cache/  rclone.log      rclone's VFS write cache and its log
         rc.sock                 rclone's remote control (asked for its uploads at unmount)
 
-Writes: rclone's VFS write cache starts uploading a file `WRITE_BACK` (0 s) after it was last
-closed (fsync does not upload: rclone only syncs its local cache copy); objects written by other
-clients show up within `DIR_CACHE_TIME`. An unmount (and a destroy) waits for the uploads rclone
-still has to make, asking it on its remote control's socket (`_rclone_rc.py`), at most
-`UPLOAD_TIMEOUT`.
+Writes: rclone's VFS write cache starts uploading a file `WRITE_BACK` (0.02 s) after it was
+last closed, from its write-back queue, which follows renames and retries failed uploads (fsync
+does not upload: rclone only syncs its local cache copy); objects written by other clients show
+up within `DIR_CACHE_TIME`. An unmount (and a destroy) waits for the uploads rclone still has
+to make, asking it on its remote control's socket (`_rclone_rc.py`), at most `UPLOAD_TIMEOUT`.
 """
 
 from __future__ import annotations
