@@ -889,7 +889,10 @@ def test_concurrent_death_watches_share_one_pidfd_per_sandbox_on_a_node(cluster:
             sandboxes = [Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=256)]
             sandboxes.append(Sandbox.create(client=c, cpu=0.5, memory_mb=256, disk_mb=256))
             assert {cluster.node_of(sb.id) for sb in sandboxes} == {"n1"}
-            rids = [rid or sid for sid, rid in _runtime_ids([sb.id for sb in sandboxes]).items()]
+            # In the sandboxes' order (rids[0] is the one killed below): the rows come in
+            # the table's order, which reused space can make any (it failed half the runs).
+            known = _runtime_ids([sb.id for sb in sandboxes])
+            rids = [known[sb.id] or sb.id for sb in sandboxes]
             pid = int((DIR / "n1.pid").read_text())
             assert b"node" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
