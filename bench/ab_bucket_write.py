@@ -34,23 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tests._server as test_server
 from bench._stats import loadavg, percentile
+from bench.bench_bucket_close import FILE_WORK  # the same long-used sandbox's file work
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
 from tests.support.s3 import S3Server
 
-FILE_WORK = """
-import os
-for i in range(400):
-    p = f"/tmp/work/{i % 40}"
-    os.makedirs(p, exist_ok=True)
-    with open(f"{p}/f{i}", "w") as f:
-        f.write("x" * i)
-    with open(f"{p}/f{i}") as f:
-        f.read()
-    if i % 3:
-        os.unlink(f"{p}/f{i}")
-"""
 CASES = ("api", "mv")
 
 
