@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -290,35 +291,41 @@ def test_exec_through_one_replica_right_after_a_pause_through_the_other_wakes_it
             _destroy_all(cluster)
 
 
+_PG_URL = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
+
+
+def _freeze_on_its_node(db: psycopg.Connection[Any], sandbox_id: str) -> None:
+    """What a pausing replica does before it commits `paused`: the sandbox frozen by its node
+    (the node API's pause, with the node token), the row left as it is."""
+    row = db.execute(
+        "SELECT n.address, COALESCE(p.runtime_id, s.runtime_id, s.id)"
+        " FROM sandbox_nodes p JOIN nodes n ON n.name = p.node"
+        " JOIN sandboxes s ON s.id = p.sandbox_id WHERE p.sandbox_id = %s",
+        (sandbox_id,),
+    ).fetchone()
+    assert row is not None
+    node, rid = row
+    token = (DIR / "node_token").read_text().strip()
+    r = httpx.post(
+        f"{node}/node/v1/c/{rid}/pause", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_an_exec_racing_a_pause_waits_for_its_commit_then_wakes_the_sandbox(
     cluster: Cluster,
 ) -> None:
     # A pause through a replica freezes the sandbox on its node, then commits `paused`. An exec
     # through the other replica in between is refused by the node while the row still says
     # running: it reads the row again until the pause commits, then wakes the sandbox.
-    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
-    token = (DIR / "node_token").read_text().strip()
     with cluster.client(0) as c0, cluster.client(1) as c1, ThreadPoolExecutor(1) as pool:
         try:
             a = Sandbox.create(client=c0, cpu=0.5, memory_mb=256, disk_mb=512)
             b = Sandbox.connect(a.id, client=c1)
             assert b.exec("echo warm").stdout == "warm\n"
-            with psycopg.connect(url, autocommit=True) as db:
-                row = db.execute(
-                    "SELECT n.address, COALESCE(p.runtime_id, s.runtime_id, s.id)"
-                    " FROM sandbox_nodes p JOIN nodes n ON n.name = p.node"
-                    " JOIN sandboxes s ON s.id = p.sandbox_id WHERE p.sandbox_id = %s",
-                    (a.id,),
-                ).fetchone()
-                assert row is not None
-                node, rid = row
+            with psycopg.connect(_PG_URL, autocommit=True) as db:
                 # The first half of a pause through replica 0: frozen on its node.
-                r = httpx.post(
-                    f"{node}/node/v1/c/{rid}/pause",
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=30,
-                )
-                assert r.status_code == 200, r.text
+                _freeze_on_its_node(db, a.id)
                 racing = pool.submit(b.exec, "echo after")
                 # NB: a moment for the exec to meet the node's refusal (if it has not yet, it
                 # meets the paused row instead: the test then shows less, never fails).
@@ -337,29 +344,14 @@ def test_a_sandbox_left_frozen_by_a_pause_that_never_committed_runs_again_on_the
     # The pausing replica froze the sandbox on its node and died before it committed `paused`:
     # the row says running, the node refuses its agent. An exec waits the agent timeout for a
     # commit that never comes, then resumes the sandbox and runs (it waited for good before).
-    url = f"postgresql:///hutch?host={DIR / 'pg'}&user=postgres"
-    token = (DIR / "node_token").read_text().strip()
     with cluster.client(1) as c1:
         try:
             sb = Sandbox.create(client=c1, cpu=0.5, memory_mb=256, disk_mb=512)
             counter = sb.start_process(
                 "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done"
             )
-            with psycopg.connect(url, autocommit=True) as db:
-                row = db.execute(
-                    "SELECT n.address, COALESCE(p.runtime_id, s.runtime_id, s.id)"
-                    " FROM sandbox_nodes p JOIN nodes n ON n.name = p.node"
-                    " JOIN sandboxes s ON s.id = p.sandbox_id WHERE p.sandbox_id = %s",
-                    (sb.id,),
-                ).fetchone()
-            assert row is not None
-            node, rid = row
-            r = httpx.post(
-                f"{node}/node/v1/c/{rid}/pause",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
+            with psycopg.connect(_PG_URL, autocommit=True) as db:
+                _freeze_on_its_node(db, sb.id)
             assert sb.exec("echo after").stdout == "after\n"
             assert sb.info().status == "running"
             # Its processes run again too (the counter moves).
