@@ -34,6 +34,7 @@ from hutch.server.store._postgres_teams import PostgresTeams
 from hutch.server.store._postgres_watch import KEY_ROW, PostgresWatch
 from hutch.server.store._records import (
     COUNTS_SQL,
+    INSERT_COLUMNS,
     WATCHED_SQL,
     ApiKeyRecord,
     BackupRecord,
@@ -200,22 +201,12 @@ class PostgresStore(PostgresWatch, PostgresTeams, PostgresNodes):
         taken. `admit` sees the team's sandboxes first, in the same transaction, under the
         team's lock (every replica's inserts for one team queue on it), and may raise."""
 
-        row = (
-            record.id,
-            record.status,
-            record.image,
-            record.image_id,
-            record.created_at,
-            record.expires_at,
-            record.spec_json(),
-            record.runtime_id,
-            record.team,
-        )
+        row = record.insert_values()
 
         def insert(conn: Conn) -> bool:
             cur = conn.execute(
-                "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
-                " spec, runtime_id, team) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                f"INSERT INTO sandboxes ({INSERT_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 row,
             )

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 from hutch.server.store._nodes import NodeStore
 from hutch.server.store._teams import DEFAULT_TEAM, TeamStore
 
+# The columns a new sandbox row is inserted with (`SandboxRecord.insert_values`).
+INSERT_COLUMNS = "id, status, image, image_id, created_at, expires_at, spec, runtime_id, team"
+
 
 @dataclass
 class SandboxRecord:
@@ -69,6 +72,20 @@ class SandboxRecord:
         "labels",
         "secret_names",
     )
+
+    def insert_values(self) -> tuple[object, ...]:
+        """The values of its row's insert, in `INSERT_COLUMNS`' order (both stores)."""
+        return (
+            self.id,
+            self.status,
+            self.image,
+            self.image_id,
+            self.created_at,
+            self.expires_at,
+            self.spec_json(),
+            self.runtime_id,
+            self.team,
+        )
 
     def spec_json(self) -> str:
         return json.dumps({name: getattr(self, name) for name in self._SPEC_FIELDS})

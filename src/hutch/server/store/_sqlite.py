@@ -20,6 +20,7 @@ from hutch.server.store._migrations import MIGRATIONS, pending, statements
 from hutch.server.store._nodes import NodeRows
 from hutch.server.store._records import (
     COUNTS_SQL,
+    INSERT_COLUMNS,
     WATCHED_SQL,
     ApiKeyRecord,
     BackupRecord,
@@ -149,19 +150,8 @@ class SqliteStore(SqliteTeams, NodeRows):
                 if admit is not None:
                     admit(_team_quota_rows(db, record.team))
                 db.execute(
-                    "INSERT INTO sandboxes (id, status, image, image_id, created_at, expires_at,"
-                    " spec, runtime_id, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id,
-                        record.status,
-                        record.image,
-                        record.image_id,
-                        record.created_at,
-                        record.expires_at,
-                        record.spec_json(),
-                        record.runtime_id,
-                        record.team,
-                    ),
+                    f"INSERT INTO sandboxes ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    record.insert_values(),
                 )
                 if secrets:
                     db.executemany(
