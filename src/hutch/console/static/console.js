@@ -5,7 +5,7 @@
 
 const KEY = "hutch.apiKey";
 const $ = (id) => document.getElementById(id);
-const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null, logsFor: null, events: null };
+const state = { selected: null, tab: "terminal", term: null, ws: null, fit: null, logs: null, logsFor: null, events: null, statusHeardAt: undefined };
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -71,6 +71,7 @@ function logout(message) {
 
 async function refresh() {
   let list;
+  const asked = performance.now();
   try {
     list = (await api("GET", "/v1/sandboxes")).sandboxes;
   } catch (e) {
@@ -120,7 +121,7 @@ async function refresh() {
     row.addEventListener("click", () => select(sb.id));
     row.addEventListener("keydown", (event) => { if (event.key === "Enter") select(sb.id); });
     rows.append(row);
-    if (sb.id === state.selected) showSandboxState(sb);
+    if (sb.id === state.selected) showSandboxState(sb, asked);
   }
   $("rows-hint").hidden = list.length === 0;
   showHost(list);
@@ -146,9 +147,14 @@ function expiryCell(expiresAt) {
 
 // The sandbox page's header: its state as the list last said. Another piece of work streams a
 // sandbox's events (paused, resumed, OOM, ...); it calls hutchConsole.onSandboxEvent for each.
-function showSandboxState(sb) {
-  $("detail-status").textContent = sb.status;
-  $("detail-status").className = `status-${sb.status}`;
+// `asked`: when the answer `sb` was asked for (performance.now()); an event heard since is newer
+// than it, and its status stays (a list asked before a pause, answered after its event, showed
+// "running" again).
+function showSandboxState(sb, asked = performance.now()) {
+  if (!(state.statusHeardAt > asked)) {
+    $("detail-status").textContent = sb.status;
+    $("detail-status").className = `status-${sb.status}`;
+  }
   const facts = [
     ["Image", sb.image], ["Network", sb.network], ["Runtime", sb.runtime],
     ["Limits", `${sb.cpu} CPU, ${sb.memory_mb} MiB memory, ${sb.disk_mb} MiB disk`],
@@ -163,7 +169,11 @@ function onSandboxEvent(event) {
   list.hidden = false;
   const when = event.at ? new Date(event.at).toLocaleTimeString() : new Date().toLocaleTimeString();
   list.append(el("li", { textContent: `${when} ${event.type}${event.message ? ": " + event.message : ""}` }));
-  if (event.status) { $("detail-status").textContent = event.status; $("detail-status").className = `status-${event.status}`; }
+  if (event.status) {
+    state.statusHeardAt = performance.now();
+    $("detail-status").textContent = event.status;
+    $("detail-status").className = `status-${event.status}`;
+  }
 }
 window.hutchConsole = { onSandboxEvent };
 
@@ -258,7 +268,9 @@ function select(id) {
   $("detail-events").replaceChildren();
   $("detail-events").hidden = true;
   $("detail-state").replaceChildren();
-  api("GET", sbPath(id)).then(showSandboxState, () => {});
+  state.statusHeardAt = undefined;
+  const asked = performance.now();
+  api("GET", sbPath(id)).then((sb) => showSandboxState(sb, asked), () => {});
   followEvents(id);
   for (const tab of ["files", "processes", "ports"]) probeTab(tab);
   showTab(state.tab);
