@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hutch.node._agent_client import AgentConnection
-from hutch.node._bucket_closes import tell_agent
+from hutch.node._bucket_closes import flush_now, tell_agent
 from hutch.node._deaths import InitWatch
 from hutch.node._disk_backups import receive_disk, send_disk
 from hutch.node._pools import WarmPools
@@ -292,6 +292,9 @@ class LocalHost:
 
     async def unmount_bucket(self, sandbox_id: str, mount_path: str) -> None:
         rid = self._runtime_id(sandbox_id)
+        # Under gVisor a file the sandbox closed may still be open on the host: its close
+        # waits in the sentry's queue, and rclone uploads only after the host's close.
+        await flush_now(self.agent_socket(sandbox_id), self._runtime.buckets.list(rid))
         await self._runtime.buckets.unmount(rid, self._runtime.rootfs(rid), mount_path)
         await tell_agent(self.agent_socket(sandbox_id), self._runtime.buckets.list(rid))
 

@@ -23,6 +23,10 @@ from pathlib import Path
 
 RC_SOCKET = "rc.sock"  # relative to the slot dir, rclone's working directory
 POLL = 0.05  # seconds between two looks at the upload queue
+# Empty on two looks POLL apart: the kernel sends FUSE's RELEASE, on which rclone queues the
+# file's upload, after the host's close has returned (asynchronously), so a close made just
+# before the first look (a gVisor gofer's, sent by the agent's flush) may not be queued yet.
+IDLE_LOOKS = 2
 _ASK_TIMEOUT = 5.0  # one stats call; rclone answers it from memory
 
 
@@ -37,11 +41,13 @@ async def wait_for_uploads(slot_dir: Path, timeout: float) -> bool:  # noqa: ASY
         return False
     try:
         socket = f"/proc/self/fd/{fd}/{RC_SOCKET}"
+        idle_looks = 0
         while True:
             pending = await _pending_uploads(socket)
             if pending is None:
                 return False
-            if pending == 0:
+            idle_looks = idle_looks + 1 if pending == 0 else 0
+            if idle_looks == IDLE_LOOKS:
                 return True
             if time.monotonic() >= deadline:
                 return False
