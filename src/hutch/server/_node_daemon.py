@@ -35,6 +35,7 @@ from hutch.node import (
     send_into,
 )
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
+from hutch.server._logging import configure_logging
 from hutch.server._node_pools import NodePoolLedger
 from hutch.server.services._fork_leftovers import FORK_COPY_PREFIX, LEFT_AFTER
 from hutch.server.services._moves import MOVE_SNAPSHOT_LEFT_AFTER, MOVE_SNAPSHOT_PREFIX
@@ -364,8 +365,8 @@ def run_node(config: NodeConfig) -> None:
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise ValueError(f"unknown log level {config.log_level!r}: use debug, info or warning")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("hutch").setLevel(level)  # not asyncio's or uvicorn's debug lines
+    # The API's text format, level included, so one grep reads both daemons' logs.
+    configure_logging(level=config.log_level, log_format="text")
 
     async def main() -> None:
         daemon = NodeDaemon(config)
