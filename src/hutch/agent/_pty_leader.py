@@ -31,9 +31,18 @@ _KEYS = (("VINTR", signal.SIGUSR1), ("VQUIT", signal.SIGUSR2), ("VSUSP", signal.
 _LEADER = r"""
 import os, signal, sys
 requests = {REQUESTS}
+pid = 0
 def forward(number, _frame):
     try:
-        os.killpg(os.tcgetpgrp(0), requests[number])
+        group = os.tcgetpgrp(0)
+        if group == os.getpgrp() and requests[number] == number:
+            # The leader's own group is in the foreground (a program that makes no group
+            # of its own, a shell not set up yet): a SIGWINCH sent to the group would come
+            # back to this handler, again and again (a RecursionError ended a leader).
+            if pid:
+                os.kill(pid, number)
+        else:
+            os.killpg(group, requests[number])
     except OSError:
         pass
 for number in requests:
