@@ -132,8 +132,8 @@ def ensure_agent_bundle(
 def collect_old_bundles(agent_home: Path, current: AgentBundle, sandboxes_dir: Path) -> list[str]:
     """Remove `runtime-*`, `code-*`, `joined-*` and crashed builds' `.tmp-*` other than
     `current` that no sandbox's config.json names (a mounted bundle must stay: its files are
-    the sandbox's agent). Each upgrade of Hutch or of the host's Python left one more before; returns
-    the names removed."""
+    the sandbox's agent). Each upgrade of Hutch or of the host's Python left one more before;
+    returns the names removed."""
     keep = {current.runtime_dir.name, current.code_dir.name}
     if current.joined_dir is not None:
         keep.add(current.joined_dir.name)
