@@ -300,9 +300,16 @@ def build_joined(agent_home: Path, runtime_dir: Path, code_dir: Path) -> Path:
         return final
     with _staging(agent_home, final) as tmp:
         for source, name in ((runtime_dir / "python", "python"), (runtime_dir / "lib", "lib")):
-            shutil.copytree(source, tmp / name, symlinks=True, copy_function=os.link)
-        shutil.copytree(code_dir, tmp / "code", symlinks=True, copy_function=os.link)
+            shutil.copytree(source, tmp / name, symlinks=True, copy_function=_link_or_copy)
+        shutil.copytree(code_dir, tmp / "code", symlinks=True, copy_function=_link_or_copy)
     return final
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links: a copy serves the same
+        shutil.copy2(source, target)
 
 
 class _staging:
