@@ -15,7 +15,9 @@ client's own time stamps line up) around `--n` cold creates, each followed by on
     agent answered    the agent's first send: the answer to the server's ping
     network done      the last `ip`/`nft`/`sh`/`nsenter` of the deferred network attach exits
                       (since create16 only `ip`: the nft transactions run inside the server
-                      by libnftables, and the in-netns tools need no nsenter or sh)
+                      by libnftables, and the in-netns tools need no nsenter or sh; since
+                      create17 none: the attach is rtnetlink from the server, and this mark
+                      is "-")
     create returned   the SDK has the create's response
     exec arrived      the agent reads the exec request
     true exec'd       `/usr/bin/true` is exec'd in the sandbox

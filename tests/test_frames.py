@@ -158,12 +158,13 @@ def test_frame_json_refuses_what_json_cannot_encode() -> None:
 def test_the_agent_starts_without_json_re_typing_or_enum(tmp_path: Path) -> None:
     # What the agent imports before it answers the server's first ping (a cold create waits
     # for that answer): json brings re and its compiled patterns; typing is big; enum (which
-    # `signal` imports) and building enum classes took ~5 ms; collections ~1 ms.
+    # `signal` imports) and building enum classes took ~5 ms; collections ~1 ms; heapq and
+    # struct wrap C modules the agent takes directly (~0.2 ms).
     code = build_code_dir(tmp_path)
     probe = (
         f"import sys; sys.path.insert(0, {str(code)!r}); import hutch.agent.__main__; "
         "print(sorted({'json', 're', 'typing', 'subprocess', 'threading', 'enum', 'signal',"
-        " 'collections', 'selectors'} & set(sys.modules)))\n"
+        " 'collections', 'selectors', 'heapq', 'struct'} & set(sys.modules)))\n"
         # Bad JSON is still a JSONDecodeError there (json is imported to say what is wrong).
         "from hutch._wire.json_c import loads\n"
         "try:\n    loads(b'{not json')\nexcept ValueError as e:\n    print(type(e).__name__)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hutch.runtime.container import _libnft
+from hutch.runtime.container._rtnl import Rtnl
 from hutch.runtime.container._spawn import ToolOutput, exit_code, in_netns, run_tool, spawn
 
 
@@ -167,3 +170,56 @@ def test_libnft_applies_a_script_in_the_threads_netns_all_or_nothing(netns: str)
     error = in_netns(netns, lambda: _libnft.apply(bad))
     assert error is not None and "Error" in error
     assert "hutch_libnft_u" not in _tables(netns)
+
+
+def _ip(netns: str, *args: str) -> str:
+    argv = ["ip", *args] if netns == "" else ["nsenter", f"--net={netns}", "ip", *args]
+    return subprocess.run(argv, capture_output=True, check=True, text=True).stdout
+
+
+@pytest.mark.root
+def test_rtnl_gives_a_netns_a_veth_its_addresses_and_a_way_out_as_ip_did(netns: str) -> None:
+    # A sandbox's network attach, by rtnetlink from the server instead of `ip -batch`.
+    name = f"hxr{os.getpid() % 100000}"
+    pid = int(netns.split("/")[2])
+    try:
+        with Rtnl() as rtnl:
+            rtnl.add_veth(name, "eth0", pid)
+            rtnl.add_address(name, "10.254.99.0", 31)
+            rtnl.set_up(name)
+            with pytest.raises(OSError) as again:  # an existing name fails, and says which
+                rtnl.add_veth(name, "eth0", pid)
+            assert again.value.errno == errno.EEXIST and name in str(again.value)
+
+        def sandbox_side() -> None:
+            with Rtnl() as rtnl:
+                rtnl.add_address("eth0", "10.254.99.1", 31)
+                rtnl.set_up("eth0")
+                rtnl.add_default_route("10.254.99.0")
+                with pytest.raises(OSError, match="no device eth9"):
+                    rtnl.set_up("eth9")
+
+        in_netns(netns, sandbox_side)
+        assert "10.254.99.0/31" in _ip("", "-4", "-o", "addr", "show", "dev", name)
+        assert "10.254.99.1/31" in _ip(netns, "-4", "-o", "addr", "show", "dev", "eth0")
+        assert _ip(netns, "-4", "route", "show", "default").split()[:5] == [
+            "default",
+            "via",
+            "10.254.99.0",
+            "dev",
+            "eth0",
+        ]
+        assert "link-netnsid" in _ip("", "-o", "link", "show", "dev", name)  # its peer: not here
+
+        # The veth carries traffic: a listener on the sandbox's address, reached from here.
+        def listen() -> socket.socket:
+            server = socket.socket()
+            server.bind(("10.254.99.1", 0))
+            server.listen(1)
+            return server
+
+        server = in_netns(netns, listen)
+        with server, socket.create_connection(server.getsockname(), timeout=5):
+            pass
+    finally:
+        subprocess.run(["ip", "link", "delete", name], capture_output=True)

@@ -17,7 +17,8 @@ without bound.
 
 from __future__ import annotations
 
-import struct
+# NB: struct.py only re-exports its C module; the agent imports this before its first answer.
+from _struct import Struct
 
 from hutch._wire.json_c import dumps, loads
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     Payload = TypeVar("Payload", bytes, memoryview)
     N = TypeVar("N", bound="_Named")
 
-FRAME_HEADER = struct.Struct(">BBIQI")
+FRAME_HEADER = Struct(">BBIQI")
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 

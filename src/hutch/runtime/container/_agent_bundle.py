@@ -4,7 +4,8 @@ The agent must run in images with no Python or no glibc at all (bare busybox), s
 interpreter is copied with its own dynamic loader and every shared library it and its extension
 modules need, and started through that loader. Built once per interpreter into
 `HUTCH_HOME/agent/runtime-<hash>/` and once per agent source into `HUTCH_HOME/agent/code-<hash>/`;
-each is built in a temporary directory and renamed into place, so a crash never leaves half of one.
+a runc sandbox mounts both as one directory, `joined-<hash>-<hash>/` (hard links to them).
+Each is built in a temporary directory and renamed into place, so a crash never leaves half of one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hutch.runtime.container._oci import Mount
 # Bump when the layout or the selection of files changes, so existing bundles are rebuilt.
 _FORMAT = "1"
 
+AGENT_MOUNT = "/.hutch"
 PYTHON_MOUNT = "/.hutch/python"
 LIB_MOUNT = "/.hutch/lib"
 CODE_MOUNT = "/.hutch/code"
@@ -80,8 +82,19 @@ AGENT_ENV: tuple[str, ...] = (f"PYTHONHOME={PYTHON_MOUNT}",)
 class AgentBundle:
     runtime_dir: Path  # holds python/ and lib/
     code_dir: Path  # holds hutch/
+    # python/, lib/ and code/ in one directory (hard links of the two above), mounted as
+    # /.hutch itself: one bind mount instead of three.
+    joined_dir: Path | None = None
 
-    def mounts(self) -> tuple[Mount, ...]:
+    def mounts(self, *, joined: bool = False) -> tuple[Mount, ...]:
+        """The agent's read-only mounts. `joined` (runc): one mount of `joined_dir` at
+        /.hutch, with the same paths in it. NB: runc 1.1 makes each bind mount with a
+        user namespace as an fd opened on the host, a bind and a remount; two fewer cut
+        ~0.5 ms of CPU from every start (docs/performance.md, create17). gVisor keeps the
+        three: it mounts its socket dir under /.hutch, and the agent there creates a file in
+        /.hutch on the root mount (_gvisor.CLOSE_FLUSH_FILE)."""
+        if joined and self.joined_dir is not None:
+            return (Mount.bind(self.joined_dir, AGENT_MOUNT, readonly=True),)
         return (
             Mount.bind(self.runtime_dir / "python", PYTHON_MOUNT, readonly=True),
             Mount.bind(self.runtime_dir / "lib", LIB_MOUNT, readonly=True),
@@ -104,9 +117,12 @@ def ensure_agent_bundle(
     """
     agent_home.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(agent_home, 0o755)
+    runtime_dir = build_runtime(agent_home, Path(sys.base_prefix))
+    code_dir = build_code(agent_home, package_dir)
     bundle = AgentBundle(
-        runtime_dir=build_runtime(agent_home, Path(sys.base_prefix)),
-        code_dir=build_code(agent_home, package_dir),
+        runtime_dir=runtime_dir,
+        code_dir=code_dir,
+        joined_dir=build_joined(agent_home, runtime_dir, code_dir),
     )
     if sandboxes_dir is not None:
         collect_old_bundles(agent_home, bundle, sandboxes_dir)
@@ -114,16 +130,18 @@ def ensure_agent_bundle(
 
 
 def collect_old_bundles(agent_home: Path, current: AgentBundle, sandboxes_dir: Path) -> list[str]:
-    """Remove `runtime-*`, `code-*` and crashed builds' `.tmp-*` other than `current` that no
-    sandbox's config.json names (a mounted bundle must stay: its files are the sandbox's
-    agent). Each upgrade of Hutch or of the host's Python left one more before; returns
-    the names removed."""
+    """Remove `runtime-*`, `code-*`, `joined-*` and crashed builds' `.tmp-*` other than
+    `current` that no sandbox's config.json names (a mounted bundle must stay: its files are
+    the sandbox's agent). Each upgrade of Hutch or of the host's Python left one more before;
+    returns the names removed."""
     keep = {current.runtime_dir.name, current.code_dir.name}
+    if current.joined_dir is not None:
+        keep.add(current.joined_dir.name)
     configs = [p.read_text(errors="replace") for p in sandboxes_dir.glob("*/config.json")]
     removed = []
     for entry in agent_home.iterdir():
         name = entry.name
-        if name in keep or not name.startswith(("runtime-", "code-", ".tmp-")):
+        if name in keep or not name.startswith(("runtime-", "code-", "joined-", ".tmp-")):
             continue
         if any(str(entry) in config for config in configs):
             continue
@@ -271,6 +289,27 @@ def build_code(agent_home: Path, package_dir: Path) -> Path:
         if cc is not None:
             compile_launcher(cc, tmp)
     return final
+
+
+def build_joined(agent_home: Path, runtime_dir: Path, code_dir: Path) -> Path:
+    """`joined-<runtime hash>-<code hash>/` with python/, lib/ (the runtime's) and code/:
+    hard links, not copies (the same files, ~0 bytes more; built in ~0.1 s per new code)."""
+    runtime_key = runtime_dir.name.removeprefix("runtime-")
+    final = agent_home / f"joined-{runtime_key}-{code_dir.name.removeprefix('code-')}"
+    if final.is_dir():
+        return final
+    with _staging(agent_home, final) as tmp:
+        for source, name in ((runtime_dir / "python", "python"), (runtime_dir / "lib", "lib")):
+            shutil.copytree(source, tmp / name, symlinks=True, copy_function=_link_or_copy)
+        shutil.copytree(code_dir, tmp / "code", symlinks=True, copy_function=_link_or_copy)
+    return final
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links: a copy serves the same
+        shutil.copy2(source, target)
 
 
 class _staging:

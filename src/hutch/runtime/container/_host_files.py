@@ -20,25 +20,28 @@ from hutch.runtime.container._nft import NetworkPolicy
 def listen_unix(path: Path) -> socket.socket:
     """A listening unix socket at `path` that only root can connect to, replacing any old one.
 
-    Bound in a private directory and renamed into place: there is never a moment when the
-    socket exists at `path` with the umask's looser mode.
+    The socket's own mode is set before its bind: Linux gives the file it binds that mode
+    less the umask, so there is never a moment when the socket exists with a looser mode.
+    Bound under a staged name beside `path` and renamed into place. NB: not in a private
+    directory made and removed for it, as before: that mkdir and rmdir on the host's disk
+    took 0.3-2 ms of each create here (ext4 with `discard`).
     """
-    private = path.parent / f".sock-{secrets.token_hex(4)}"
-    private.mkdir(mode=0o700)
+    staged = path.parent / f".{path.name}-{secrets.token_hex(4)}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        staged = private / "s"
+        os.fchmod(sock.fileno(), 0o600)
         sock.bind(str(staged))
-        os.chmod(staged, 0o600)
-        sock.listen(512)
-        os.rename(staged, path)
+        try:
+            os.chmod(staged, 0o600)  # exactly, whatever the umask took off (never more)
+            sock.listen(512)
+            os.rename(staged, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+            raise
     except BaseException:
         sock.close()
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(private / "s")  # only there if the rename did not happen
-        os.rmdir(private)
     return sock
 
 

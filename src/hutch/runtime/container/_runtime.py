@@ -360,7 +360,10 @@ class Runtime:
                 etc_hosts=etc / "hosts",
                 etc_hostname=etc / "hostname",
                 etc_resolv_conf=etc / "resolv.conf",
-                extra_mounts=(*bundle.mounts(), *self._lxcfs.mounts()),
+                extra_mounts=(
+                    *bundle.mounts(joined=spec.runtime == "runc"),
+                    *self._lxcfs.mounts(),
+                ),
             ),
             args=agent_args(),
             env=env,
