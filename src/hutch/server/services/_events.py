@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from hutch._wire.sandbox_events import SandboxEventType
 from hutch.server.store._events import EventLog, EventRecord
+from hutch.server.store._off_loop import Offloaded, off_loop
 
 log = logging.getLogger("hutch.server")
 
@@ -28,6 +29,9 @@ class EventSink(Protocol):
     def emit_many(
         self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
     ) -> None: ...
+    async def emit_many_off_loop(
+        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
+    ) -> None: ...
 
 
 class NoEvents:
@@ -37,6 +41,11 @@ class NoEvents:
         return None
 
     def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
+        return None
+
+    async def emit_many_off_loop(
+        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
+    ) -> None:
         return None
 
 
@@ -54,6 +63,22 @@ class SandboxEvents:
     def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
         """Events that happened together (a create's `created` and `started`), in order, in
         one write (one round trip on PostgreSQL)."""
+        if self._append(sandbox_id, events):
+            self._appended(sandbox_id)
+
+    async def emit_many_off_loop(
+        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
+    ) -> None:
+        """`emit_many`, its write off the event loop when `store` is remote (a round trip
+        that can then overlap another: a create's `running` update)."""
+        if not store.remote:
+            self.emit_many(sandbox_id, *events)
+        elif await off_loop(store, self._append, sandbox_id, events):
+            self._appended(sandbox_id)  # NB: on the loop: followers' asyncio events
+
+    def _append(
+        self, sandbox_id: str, events: tuple[tuple[SandboxEventType, dict[str, Any]], ...]
+    ) -> bool:
         try:
             self._log.append_many(sandbox_id, events, fresh=events[0][0] == "created")
         except Exception:
@@ -61,7 +86,10 @@ class SandboxEvents:
             # fails the write; the transition itself already happened).
             kinds = ", ".join(type for type, _ in events)
             log.exception("could not record event %s of sandbox %s", kinds, sandbox_id)
-            return
+            return False
+        return True
+
+    def _appended(self, sandbox_id: str) -> None:
         changed = self._changed.pop(sandbox_id, None)
         if changed is not None:
             changed.set()

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from hutch._wire.agent_calls import ProcessStartArgs
+from hutch._wire.sandbox_events import SandboxEventType
 from hutch.node import (
     AgentConnection,
     AgentError,
@@ -262,10 +264,11 @@ class SandboxCreation:
             steps.mark("claim")
             if claimed is not None:
                 await self._adopt_pooled(record, request, *claimed, steps=steps)
+        emitted = False
         if record.status != "running":
             async with self.cold_starts.slot():
                 steps.mark("queued")
-                await self._create_cold(record, request, image, snapshot, own_cas, steps)
+                emitted = await self._create_cold(record, request, image, snapshot, own_cas, steps)
         if request.egress_secrets:
             await self._open_egress(record)
             steps.mark("egress")
@@ -273,7 +276,8 @@ class SandboxCreation:
             await self._start_entrypoint(record, image)
             steps.mark("entrypoint")
         log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
-        self.events.emit_many(sandbox_id, ("created", {"image": record.image}), ("started", {}))
+        if not emitted:
+            self.events.emit_many(sandbox_id, *_created_events(record))
         return record
 
     async def _connect_new(self, sandbox_id: str, *, secrets: bool, steps: _Steps) -> None:
@@ -393,7 +397,8 @@ class SandboxCreation:
         snapshot: str | None = None,
         own_cas: tuple[str, ...] = (),
         steps: _Steps | None = None,
-    ) -> None:
+    ) -> bool:
+        """Whether it emitted the create's events (beside its `running` update)."""
         steps = steps or _Steps()
         sandbox_id = record.id
         sealed = None
@@ -434,7 +439,7 @@ class SandboxCreation:
                     f"sandbox {sandbox_id} failed to start: {_why(exc)}"
                 ) from exc
             raise
-        if not await off_loop(
+        running = off_loop(
             self._store,
             self._store.transition,
             sandbox_id,
@@ -442,14 +447,32 @@ class SandboxCreation:
             "running",
             None,
             record.expires_at,
-        ):
+        )
+        # NB: on a remote store the events' write goes beside the update (two round trips
+        # at once, not one after the other); on one host after it, as every other emit.
+        emitted = self._store.remote
+        if emitted:
+            events = self.events.emit_many_off_loop(
+                self._store, sandbox_id, *_created_events(record)
+            )
+            ran, _ = await asyncio.gather(running, events)
+        else:
+            ran = await running
+        if not ran:
             # Its row went meanwhile (destroyed through another API replica): so does it.
+            if emitted:  # after the destroyer's `destroyed`, perhaps: the log ends with one
+                self.events.emit(sandbox_id, "destroyed")
             await self.gateway.forget(sandbox_id)
             with contextlib.suppress(Exception):
                 await self._host.destroy(sandbox_id)
             raise SandboxStartFailed(f"sandbox {sandbox_id} was destroyed while it started")
         steps.mark("running")
         record.status = "running"
+        return emitted
+
+
+def _created_events(record: SandboxRecord) -> tuple[tuple[SandboxEventType, dict[str, Any]], ...]:
+    return (("created", {"image": record.image}), ("started", {}))
 
 
 def entrypoint_request(image: Image) -> ProcessStartArgs:
