@@ -405,13 +405,19 @@ class SandboxCreation:
         if request.secrets and self._secrets is not None:
             sealed = self._secrets.seal(_secrets_to_store(request))
         admit = self._admit_row(record)
-        if not await off_loop(self._store, self._store.insert_sandbox, record, sealed, admit):
+        # NB: a cold start's container is named by the sandbox's id: no look-up of it.
+        spec = self._spec(record, image, runtime_id=sandbox_id)
+        spec = replace(spec, ca_certificates=own_cas)
+        insert = off_loop(self._store, self._store.insert_sandbox, record, sealed, admit)
+        if self._store.remote:
+            # Placement's read (a cluster) beside the insert: it leaves this sandbox out.
+            inserted, _ = await asyncio.gather(insert, self._host.prepare_create(sandbox_id, spec))
+        else:
+            inserted = await insert
+        if not inserted:
             raise _exists(sandbox_id)
         steps.mark("insert")
         try:
-            # NB: a cold start's container is named by the sandbox's id: no look-up of it.
-            spec = self._spec(record, image, runtime_id=sandbox_id)
-            spec = replace(spec, ca_certificates=own_cas)
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
             steps.mark("host_create")
             # The veth is attached while the agent starts; both before anyone gets it. Asked
