@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from hutch._wire.sandbox_events import SandboxEventType
@@ -29,9 +29,13 @@ class EventSink(Protocol):
     def emit_many(
         self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
     ) -> None: ...
-    async def emit_many_off_loop(
-        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
-    ) -> None: ...
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool: ...
 
 
 class NoEvents:
@@ -43,10 +47,14 @@ class NoEvents:
     def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
         return None
 
-    async def emit_many_off_loop(
-        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
-    ) -> None:
-        return None
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool:
+        return await off_loop(store, write)
 
 
 class SandboxEvents:
@@ -66,15 +74,27 @@ class SandboxEvents:
         if self._append(sandbox_id, events):
             self._appended(sandbox_id)
 
-    async def emit_many_off_loop(
-        self, store: Offloaded, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
-    ) -> None:
-        """`emit_many`, its write off the event loop when `store` is remote (a round trip
-        that can then overlap another: a create's `running` update)."""
-        if not store.remote:
-            self.emit_many(sandbox_id, *events)
-        elif await off_loop(store, self._append, sandbox_id, events):
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool:
+        """`write()` (a transition of `store`'s), then, if it returned True, `emit_many` of
+        `events`: both in one call off the event loop (a create's `running` update and its
+        events through a replica: one thread hop, and no round trip on the loop). Returns
+        what `write` did."""
+
+        def both() -> tuple[bool, bool]:
+            if not write():
+                return False, False
+            return True, self._append(sandbox_id, events)
+
+        wrote, appended = await off_loop(store, both)
+        if appended:
             self._appended(sandbox_id)  # NB: on the loop: followers' asyncio events
+        return wrote
 
     def _append(
         self, sandbox_id: str, events: tuple[tuple[SandboxEventType, dict[str, Any]], ...]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -398,7 +399,7 @@ class SandboxCreation:
         own_cas: tuple[str, ...] = (),
         steps: _Steps | None = None,
     ) -> bool:
-        """Whether it emitted the create's events (beside its `running` update)."""
+        """Whether it emitted the create's events (with its `running` update)."""
         steps = steps or _Steps()
         sandbox_id = record.id
         sealed = None
@@ -445,8 +446,7 @@ class SandboxCreation:
                     f"sandbox {sandbox_id} failed to start: {_why(exc)}"
                 ) from exc
             raise
-        running = off_loop(
-            self._store,
+        running = functools.partial(
             self._store.transition,
             sandbox_id,
             ("creating",),
@@ -454,20 +454,17 @@ class SandboxCreation:
             None,
             record.expires_at,
         )
-        # NB: on a remote store the events' write goes beside the update (two round trips
-        # at once, not one after the other); on one host after it, as every other emit.
+        # NB: on a remote store the events are written right after the update, in the same
+        # call off the event loop (they were a round trip on the loop after it); on one host
+        # at the create's end, as every other emit.
         emitted = self._store.remote
         if emitted:
-            events = self.events.emit_many_off_loop(
-                self._store, sandbox_id, *_created_events(record)
-            )
-            ran, _ = await asyncio.gather(running, events)
+            events = _created_events(record)
+            ran = await self.events.emit_many_after(self._store, sandbox_id, running, *events)
         else:
-            ran = await running
+            ran = await off_loop(self._store, running)
         if not ran:
             # Its row went meanwhile (destroyed through another API replica): so does it.
-            if emitted:  # after the destroyer's `destroyed`, perhaps: the log ends with one
-                self.events.emit(sandbox_id, "destroyed")
             await self.gateway.forget(sandbox_id)
             with contextlib.suppress(Exception):
                 await self._host.destroy(sandbox_id)
