@@ -13,7 +13,8 @@ alternated in one process on one PostgreSQL database (a running local cluster's,
         --url 'postgresql:///hutch?host=/var/lib/hutch-cluster/pg&user=postgres'
 
 Prints p50/p95 of each, new − old p50 with its 95% bootstrap interval and the load average.
-The rows it makes are deleted at the end (ids `ab-…`; no node has them).
+The rows it makes are deleted as it goes (ids `ab-…`; no node has them; made now, so that
+a cluster's reconciler does not take them for abandoned creates).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stats import loadavg, median_difference_interval, percentile, report
 from hutch.server.services._events import SandboxEvents
+from hutch.server.services._keys import now_iso
 from hutch.server.services._placement import Need
 from hutch.server.services._pool_claims import placed_on
 from hutch.server.store._off_loop import off_loop
@@ -42,7 +44,7 @@ CREATED = (("created", {"image": "default"}), ("started", {}))
 
 def _record(sid: str) -> SandboxRecord:
     return SandboxRecord(
-        id=sid, status="creating", image="default", image_id="x", created_at="t", cpu=0.5,
+        id=sid, status="creating", image="default", image_id="x", created_at=now_iso(), cpu=0.5,
         memory_mb=256, disk_mb=256,
     )  # fmt: skip
 
