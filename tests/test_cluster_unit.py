@@ -22,6 +22,7 @@ from hutch.runtime import Runtime, RuntimeConfig
 from hutch.server.services._cluster_host import ClusterHost
 from hutch.server.services._fork_leftovers import LEFT_AFTER, LOOK_EVERY, ForkLeftovers
 from hutch.server.services._placement import Need, candidates
+from hutch.server.services._placement_plans import PlacementPlans
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._sqlite import PoolEntryRecord, SandboxRecord, SqliteStore
 
@@ -108,6 +109,33 @@ def test_a_node_keeps_a_received_fork_copy_only_while_a_young_row_names_it() -> 
     # that old (its source node may be lost, keeping the row).
     assert unusable_fork_copies(copies, rows.get, {"fork-old"}) == ["fork-old", "fork-ended"]
     assert unusable_fork_copies(copies, rows.get, set()) == ["fork-ended"]
+
+
+async def test_a_placement_read_beside_the_insert_is_read_again_once_another_was_placed(
+    tmp_path: Path,
+) -> None:
+    """A create's placement is read beside its row's insert; creates at once on a replica (a
+    fork's) must still each count those placed before them."""
+    store = SqliteStore(tmp_path / "db")
+    now = time.time()
+    store.heartbeat_node(NodeRecord("n1", "http://n1:7171", 4, 4096, 8192, last_heartbeat=now))
+    store.heartbeat_node(NodeRecord("n2", "http://n2:7171", 4, 3072, 8192, last_heartbeat=now))
+    plans, need = PlacementPlans(), Need(1, 2048, 1024)
+    await plans.read_ahead(store, "sb-a", need, 6.0)
+    # Another create of this replica's placed one on n1 meanwhile: n1 cannot take sb-a now.
+    store.insert_sandbox(sandbox("sb-b", mem=3000))
+    store.set_sandbox_node("sb-b", "n1", "sb-b")
+    plans.placed()
+    assert (await plans.order(store, "sb-a", need, 6.0))[0] == ["n2"]
+    # None placed since: the read made ahead is the one used (taken once).
+    await plans.read_ahead(store, "sb-c", need, 6.0)
+    store.insert_sandbox(sandbox("sb-d", mem=3000))
+    store.set_sandbox_node("sb-d", "n2", "sb-d")  # another replica's: no lock covered it
+    assert (await plans.order(store, "sb-c", need, 6.0))[0] == ["n2"]
+    assert (await plans.order(store, "sb-c", need, 6.0))[0] == []
+    # A plan for another need is not used.
+    await plans.read_ahead(store, "sb-e", Need(0.5, 100, 100), 6.0)
+    assert (await plans.order(store, "sb-e", need, 6.0))[0] == []
 
 
 def test_nodes_table_heartbeats_states_and_sandbox_nodes(tmp_path: Path) -> None:

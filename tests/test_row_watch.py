@@ -13,6 +13,7 @@ from hutch.server.services._caller import Caller
 from hutch.server.services._keys import KeyChecker, create_key
 from hutch.server.services._teams import Teams
 from hutch.server.store._postgres import ROWS_APPLICATION
+from hutch.server.store._row_watch import SandboxRows
 from hutch.server.store._teams import Quota
 from tests._server import wait_for
 from tests.support.stores import OpenStore, record
@@ -94,6 +95,70 @@ def test_a_replicas_own_write_is_read_back_at_once(postgres_url: str) -> None:
         assert b.current_sandbox("sb-w3").status == "stopped"  # type: ignore[attr-defined]
     finally:
         opener.close_all()
+
+
+def test_a_replicas_own_status_change_is_kept_and_anothers_next_write_is_seen(
+    postgres_url: str,
+) -> None:
+    """A create's `running` (a transition through this replica) is answered from memory for
+    the first exec, also once its own notification came; another replica's write after it
+    is seen on the next read."""
+    opener, a, b = _watching(postgres_url)
+    try:
+        creating = record("sb-w9")
+        creating.status = "creating"
+        b.insert_sandbox(creating)  # type: ignore[attr-defined]
+        # NB: as in a create, the insert's notification comes before the transition: one
+        # heard after it, from the same session, would look like the transition's own.
+        now = time.monotonic()
+        wait_for(lambda: b.changes_heard_up_to(now), timeout=10)  # type: ignore[attr-defined]
+        assert b.transition("sb-w9", ("creating",), "running", None, None)  # type: ignore[attr-defined]
+        now = time.monotonic()
+        wait_for(lambda: b.changes_heard_up_to(now), timeout=10)  # type: ignore[attr-defined]
+        known, row = b.cached_sandbox("sb-w9")  # type: ignore[attr-defined]
+        assert known and row is not None and row.status == "running"
+        # Paused through the other replica: the next read here has it.
+        assert a.transition("sb-w9", ("running",), "paused", "idle", None)
+        wait_for(lambda: b.current_sandbox("sb-w9").status == "paused", timeout=10)  # type: ignore[attr-defined]
+        # A transition that finds another status writes nothing and keeps nothing.
+        assert not b.transition("sb-w9", ("creating",), "running", None, None)  # type: ignore[attr-defined]
+        assert b.current_sandbox("sb-w9").status == "paused"  # type: ignore[attr-defined]
+    finally:
+        opener.close_all()
+
+
+def _rows_listening() -> SandboxRows:
+    """Memory as a listening thread leaves it with every probe back (no thread: the test
+    hands it the notifications, in the order PostgreSQL would deliver them)."""
+    rows = SandboxRows(lambda: None, lambda _: None)  # type: ignore[arg-type,return-value]
+    rows._heard_at = time.monotonic() + 60
+    return rows
+
+
+def test_an_own_write_is_kept_past_an_earlier_commits_notification_only() -> None:
+    written = record("sb-w10")
+    # Another replica's earlier commit heard after the write returned: the row written has it.
+    rows = _rows_listening()
+    rows.expect("sb-w10", pid=7)
+    rows.wrote("sb-w10", written)
+    rows._heard("sb-w10", pid=8)
+    rows._heard("sb-w10", pid=7)  # its own
+    assert rows.cached("sb-w10") == (True, written)
+    rows._heard("sb-w10", pid=8)  # a later commit's: forgotten
+    assert rows.cached("sb-w10") == (False, None)
+    # Its own notification, then a later commit's, both before the write returned: not kept.
+    rows = _rows_listening()
+    rows.expect("sb-w10", pid=7)
+    rows._heard("sb-w10", pid=7)
+    rows._heard("sb-w10", pid=8)
+    rows.wrote("sb-w10", written)
+    assert rows.cached("sb-w10") == (False, None)
+    # Another write of this replica's to the row meanwhile: not kept either.
+    rows = _rows_listening()
+    rows.expect("sb-w10", pid=7)
+    rows.changed("sb-w10")
+    rows.wrote("sb-w10", written)
+    assert rows.cached("sb-w10") == (False, None)
 
 
 def test_with_the_channel_down_every_read_goes_to_the_database(postgres_url: str) -> None:

@@ -278,6 +278,11 @@ def test_placement_reads_every_placed_sandboxs_limits_and_the_ready_pooled_ones(
     # The one being placed again (a move) is left out.
     left = sorted((p.node, p.pooled) for p in store.placed_limits(but="sb-1"))
     assert left == [("a", True), ("b", False)]
+    # The same with the nodes' rows, as placement reads them (one round trip).
+    store.heartbeat_node(NodeRecord("a", "http://a:7171", 4, 4096, 8192, last_heartbeat=1.0))
+    nodes, placed = store.placement_rows(but="sb-1")
+    assert [n.name for n in nodes] == ["a"] and nodes == store.list_nodes()
+    assert sorted((p.node, p.pooled) for p in placed) == left
 
 
 def test_the_event_log_numbers_without_gaps_and_keeps_a_bounded_history(

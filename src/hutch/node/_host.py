@@ -57,6 +57,11 @@ class SandboxHost(Protocol):
         the new disk starts as."""
         ...
 
+    async def prepare_create(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        """What `create` can do before the sandbox's row is written, beside its insert (a
+        cluster: placement's read); here, nothing."""
+        ...
+
     async def network_ready(self, sandbox_id: str) -> None: ...
 
     async def start_existing(self, sandbox_id: str, spec: SandboxSpec) -> None:
@@ -235,6 +240,9 @@ class LocalHost:
         if snapshot is not None:
             spec = replace(spec, disk_from=self._runtime.snapshots.path(snapshot))
         await self._runtime.create(spec, defer_network=defer_network)
+
+    async def prepare_create(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        return None  # one host: nothing to read before its create
 
     async def network_ready(self, sandbox_id: str) -> None:
         await self._runtime.network_ready(self._runtime_id(sandbox_id))

@@ -30,6 +30,7 @@ from hutch.runtime import (
 from hutch.server._errors import NoCapacity, NodeUnavailableError
 from hutch.server.services._fork_sends import ForkSends, create_from_sent
 from hutch.server.services._placement import Need
+from hutch.server.services._placement_plans import PlacementPlans
 from hutch.server.services._pool_claims import claim_order, placement_order, pool_status
 from hutch.server.store._nodes import NodeRecord
 from hutch.server.store._off_loop import off_loop
@@ -70,6 +71,7 @@ class ClusterHost:
         self._image_id = image_id
         self._fork_sends = ForkSends()
         self._placing = asyncio.Lock()
+        self._plans = PlacementPlans()
         # The node of each sandbox this replica is creating, for its create's next calls
         # (agent connection, network_ready): no read (`_on`), as nothing moves a sandbox
         # being created. network_ready, the create's last call, and destroy drop it.
@@ -154,17 +156,15 @@ class ClusterHost:
         defer_network: bool,
         snapshot: str | None = None,
     ) -> None:
-        limits = spec.limits
-        need = Need(limits.cpu, limits.memory_mb, limits.disk_mb, spec.runtime)
+        need = _need(spec)
         refusals = []
         copy_from: RemoteHost | None = None
         # NB: the read and the record of the first choice under one lock: the creates of a
         # fork run at once, and each must count the ones placed before it. Off the event
-        # loop: round trips to the database.
+        # loop: round trips to the database. A read made ahead is taken if none was placed
+        # since (services/_placement_plans.py).
         async with self._placing:
-            order, rows = await off_loop(
-                self._store, placement_order, self._store, need, but=sandbox_id, fresh_for=FRESH_FOR
-            )
+            order, rows = await self._plans.order(self._store, sandbox_id, need, FRESH_FOR)
             if snapshot is not None:
                 # A disk snapshot is a subvolume of one node's storage: the sandbox goes there,
                 # or, when that node is full or draining, a copy of it goes to the node
@@ -213,6 +213,9 @@ class ClusterHost:
             f"{need.disk_mb} MB disk now ({tried}); retry later, ask for less, or add a node"
         )
 
+    async def prepare_create(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        await self._plans.read_ahead(self._store, sandbox_id, _need(spec), FRESH_FOR)
+
     def _running(self, runtime: str) -> str:
         names = [n.name for n in self._store.list_nodes() if runtime in n.runtimes]
         return ", ".join(names) or "none"
@@ -225,6 +228,7 @@ class ClusterHost:
     async def _place(self, sandbox_id: str, node: str, runtime_id: str) -> None:
         # Recorded first: a create that dies half-way is found on its node by recovery.
         await off_loop(self._store, self._store.set_sandbox_node, sandbox_id, node, runtime_id)
+        self._plans.placed()
         self._placed_as[sandbox_id] = runtime_id
 
     def relocate(self, sandbox_id: str, node: str, runtime_id: str) -> None:
@@ -625,6 +629,10 @@ class ClusterHost:
         if node is None or node.state == "lost":
             raise _unavailable(name, "it stopped heartbeating", what=what)
         return self.remote(name)
+
+
+def _need(spec: SandboxSpec) -> Need:
+    return Need(spec.limits.cpu, spec.limits.memory_mb, spec.limits.disk_mb, spec.runtime)
 
 
 def _unavailable(node: str, why: str, *, what: str = "this sandbox") -> NodeUnavailableError:

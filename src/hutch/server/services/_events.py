@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from hutch._wire.sandbox_events import SandboxEventType
 from hutch.server.store._events import EventLog, EventRecord
+from hutch.server.store._off_loop import Offloaded, off_loop
 
 log = logging.getLogger("hutch.server")
 
@@ -28,6 +29,13 @@ class EventSink(Protocol):
     def emit_many(
         self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]
     ) -> None: ...
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool: ...
 
 
 class NoEvents:
@@ -38,6 +46,15 @@ class NoEvents:
 
     def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
         return None
+
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool:
+        return await off_loop(store, write)
 
 
 class SandboxEvents:
@@ -54,6 +71,34 @@ class SandboxEvents:
     def emit_many(self, sandbox_id: str, *events: tuple[SandboxEventType, dict[str, Any]]) -> None:
         """Events that happened together (a create's `created` and `started`), in order, in
         one write (one round trip on PostgreSQL)."""
+        if self._append(sandbox_id, events):
+            self._appended(sandbox_id)
+
+    async def emit_many_after(
+        self,
+        store: Offloaded,
+        sandbox_id: str,
+        write: Callable[[], bool],
+        *events: tuple[SandboxEventType, dict[str, Any]],
+    ) -> bool:
+        """`write()` (a transition of `store`'s), then, if it returned True, `emit_many` of
+        `events`: both in one call off the event loop (a create's `running` update and its
+        events through a replica: one thread hop, and no round trip on the loop). Returns
+        what `write` did."""
+
+        def both() -> tuple[bool, bool]:
+            if not write():
+                return False, False
+            return True, self._append(sandbox_id, events)
+
+        wrote, appended = await off_loop(store, both)
+        if appended:
+            self._appended(sandbox_id)  # NB: on the loop: followers' asyncio events
+        return wrote
+
+    def _append(
+        self, sandbox_id: str, events: tuple[tuple[SandboxEventType, dict[str, Any]], ...]
+    ) -> bool:
         try:
             self._log.append_many(sandbox_id, events, fresh=events[0][0] == "created")
         except Exception:
@@ -61,7 +106,10 @@ class SandboxEvents:
             # fails the write; the transition itself already happened).
             kinds = ", ".join(type for type, _ in events)
             log.exception("could not record event %s of sandbox %s", kinds, sandbox_id)
-            return
+            return False
+        return True
+
+    def _appended(self, sandbox_id: str) -> None:
         changed = self._changed.pop(sandbox_id, None)
         if changed is not None:
             changed.set()

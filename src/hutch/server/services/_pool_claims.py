@@ -25,14 +25,19 @@ POOLED = PlacedLimits(
 
 
 def placed_on(
-    store: Store, nodes: Iterable[NodeRecord], *, but: str = ""
+    store: Store,
+    nodes: Iterable[NodeRecord],
+    *,
+    but: str = "",
+    rows: Iterable[PlacedLimits] | None = None,
 ) -> list[tuple[str, Takes]]:
     """(node, sandbox) of everything that takes capacity on `nodes`: the sandboxes placed
-    there (sandbox `but` left out) and their unclaimed pooled sandboxes."""
+    there (sandbox `but` left out) and their unclaimed pooled sandboxes. `rows`: the
+    store's `placed_limits` when read already."""
     # NB: one read, every create: it was every sandbox's row, then two reads per node.
     names = {n.name for n in nodes}
     placed: list[tuple[str, Takes]] = []
-    for row in store.placed_limits(but):
+    for row in store.placed_limits(but) if rows is None else rows:
         if row.node in names:
             placed.append((row.node, POOLED if row.pooled else row))
     return placed
@@ -43,8 +48,8 @@ def placement_order(
 ) -> tuple[list[str], dict[str, NodeRecord]]:
     """The nodes that can take a sandbox of `need` now, best first (sandbox `but` not counted
     where it is), and the nodes' rows as read for it (a caller need not read one again)."""
-    nodes = store.list_nodes()
-    placed = placed_on(store, nodes, but=but)
+    nodes, rows = store.placement_rows(but)
+    placed = placed_on(store, nodes, rows=rows)
     order = candidates(nodes, placed, need, now=time.time(), fresh_for=fresh_for)
     return order, {n.name: n for n in nodes}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -15,8 +16,10 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from hutch._wire.agent_calls import ProcessStartArgs
+from hutch._wire.sandbox_events import SandboxEventType
 from hutch.node import (
     AgentConnection,
     AgentError,
@@ -262,10 +265,11 @@ class SandboxCreation:
             steps.mark("claim")
             if claimed is not None:
                 await self._adopt_pooled(record, request, *claimed, steps=steps)
+        emitted = False
         if record.status != "running":
             async with self.cold_starts.slot():
                 steps.mark("queued")
-                await self._create_cold(record, request, image, snapshot, own_cas, steps)
+                emitted = await self._create_cold(record, request, image, snapshot, own_cas, steps)
         if request.egress_secrets:
             await self._open_egress(record)
             steps.mark("egress")
@@ -273,7 +277,8 @@ class SandboxCreation:
             await self._start_entrypoint(record, image)
             steps.mark("entrypoint")
         log.debug("created sandbox %s: %s", sandbox_id, steps, extra={"timings": steps.timings})
-        self.events.emit_many(sandbox_id, ("created", {"image": record.image}), ("started", {}))
+        if not emitted:
+            self.events.emit_many(sandbox_id, *_created_events(record))
         return record
 
     async def _connect_new(self, sandbox_id: str, *, secrets: bool, steps: _Steps) -> None:
@@ -393,20 +398,27 @@ class SandboxCreation:
         snapshot: str | None = None,
         own_cas: tuple[str, ...] = (),
         steps: _Steps | None = None,
-    ) -> None:
+    ) -> bool:
+        """Whether it emitted the create's events (with its `running` update)."""
         steps = steps or _Steps()
         sandbox_id = record.id
         sealed = None
         if request.secrets and self._secrets is not None:
             sealed = self._secrets.seal(_secrets_to_store(request))
         admit = self._admit_row(record)
-        if not await off_loop(self._store, self._store.insert_sandbox, record, sealed, admit):
+        # NB: a cold start's container is named by the sandbox's id: no look-up of it.
+        spec = self._spec(record, image, runtime_id=sandbox_id)
+        spec = replace(spec, ca_certificates=own_cas)
+        insert = off_loop(self._store, self._store.insert_sandbox, record, sealed, admit)
+        if self._store.remote:
+            # Placement's read (a cluster) beside the insert: it leaves this sandbox out.
+            inserted, _ = await asyncio.gather(insert, self._host.prepare_create(sandbox_id, spec))
+        else:
+            inserted = await insert
+        if not inserted:
             raise _exists(sandbox_id)
         steps.mark("insert")
         try:
-            # NB: a cold start's container is named by the sandbox's id: no look-up of it.
-            spec = self._spec(record, image, runtime_id=sandbox_id)
-            spec = replace(spec, ca_certificates=own_cas)
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
             steps.mark("host_create")
             # The veth is attached while the agent starts; both before anyone gets it. Asked
@@ -434,15 +446,24 @@ class SandboxCreation:
                     f"sandbox {sandbox_id} failed to start: {_why(exc)}"
                 ) from exc
             raise
-        if not await off_loop(
-            self._store,
+        running = functools.partial(
             self._store.transition,
             sandbox_id,
             ("creating",),
             "running",
             None,
             record.expires_at,
-        ):
+        )
+        # NB: on a remote store the events are written right after the update, in the same
+        # call off the event loop (they were a round trip on the loop after it); on one host
+        # at the create's end, as every other emit.
+        emitted = self._store.remote
+        if emitted:
+            events = _created_events(record)
+            ran = await self.events.emit_many_after(self._store, sandbox_id, running, *events)
+        else:
+            ran = await off_loop(self._store, running)
+        if not ran:
             # Its row went meanwhile (destroyed through another API replica): so does it.
             await self.gateway.forget(sandbox_id)
             with contextlib.suppress(Exception):
@@ -450,6 +471,11 @@ class SandboxCreation:
             raise SandboxStartFailed(f"sandbox {sandbox_id} was destroyed while it started")
         steps.mark("running")
         record.status = "running"
+        return emitted
+
+
+def _created_events(record: SandboxRecord) -> tuple[tuple[SandboxEventType, dict[str, Any]], ...]:
+    return (("created", {"image": record.image}), ("started", {}))
 
 
 def entrypoint_request(image: Image) -> ProcessStartArgs:

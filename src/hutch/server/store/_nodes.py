@@ -170,6 +170,8 @@ class NodeStore(Protocol):
     def sandboxes_on(self, node: str) -> list[str]: ...
     # Every placed sandbox's limits and every ready pooled sandbox (sandbox `but` left out).
     def placed_limits(self, but: str = "") -> list[PlacedLimits]: ...
+    # `list_nodes` and `placed_limits` together: what placement reads (one round trip).
+    def placement_rows(self, but: str = "") -> tuple[list[NodeRecord], list[PlacedLimits]]: ...
     # sandbox id -> the runtime id its node knows it by (None: recorded before migration 15).
     def placements_on(self, node: str) -> dict[str, str | None]: ...
     def forget_sandbox_node(self, sandbox_id: str) -> None: ...
@@ -257,6 +259,9 @@ class NodeRows:
             lateral="",
         )
         return [PlacedLimits.from_row(r) for r in self._db.execute(sql, (but,))]
+
+    def placement_rows(self, but: str = "") -> tuple[list[NodeRecord], list[PlacedLimits]]:
+        return self.list_nodes(), self.placed_limits(but)
 
     def sandbox_node(self, sandbox_id: str) -> str | None:
         row = self._db.execute(

@@ -339,12 +339,26 @@ class PostgresStore(PostgresWatch, PostgresTeams, PostgresNodes):
         reason: str | None,
         expires_at: float | None,
     ) -> bool:
-        changed = self._count(
-            self._SET_STATE + " AND status = ANY(%s)",
-            (status, expires_at, reason, sandbox_id, list(expected)),
-        )
-        self._touched(sandbox_id)
-        return changed > 0
+        sql = self._SET_STATE + " AND status = ANY(%s)"
+        params = (status, expires_at, reason, sandbox_id, list(expected))
+        watch = self._watch
+        if watch is None or status in expected:
+            changed = self._count(sql, params)
+            self._touched(sandbox_id)
+            return changed > 0
+
+        # NB: the row as written is kept (_row_watch.py `expect`): the next request on the
+        # sandbox (a create's first exec) reads nothing. A status change always notifies.
+        def work(conn: Conn) -> Row | None:
+            watch.expect(sandbox_id, conn.info.backend_pid)
+            return conn.execute(sql + " RETURNING *", params).fetchone()
+
+        row = None
+        try:
+            row = self._run(work)
+        finally:
+            watch.wrote(sandbox_id, SandboxRecord.from_row(row) if row else None)
+        return row is not None
 
     def update_sandbox_spec(self, record: SandboxRecord) -> None:
         self._count("UPDATE sandboxes SET spec = %s WHERE id = %s", (record.spec_json(), record.id))

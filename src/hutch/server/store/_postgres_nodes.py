@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
 
 from hutch.server.store._nodes import (
     PLACED_LIMITS_SQL,
@@ -22,14 +25,28 @@ from hutch.server.store._nodes import (
     runtimes_json,
 )
 
+T = TypeVar("T")
+Row = dict[str, Any]
+Conn = psycopg.Connection[Row]
+
+_LIST_NODES = "SELECT * FROM nodes ORDER BY name"
+# NB: json_to_record parses each spec once (as the quota read does).
+_PLACED_LIMITS = PLACED_LIMITS_SQL.format(
+    p="%s",
+    spec="q.cpu, q.memory_mb, q.disk_mb",
+    lateral=" CROSS JOIN LATERAL json_to_record(s.spec::json) AS "
+    "q(cpu float8, memory_mb float8, disk_mb float8)",
+)
+
 
 class PostgresNodes:
-    """`NodeStore` for `PostgresStore` (which provides `_rows` and `_count`)."""
+    """`NodeStore` for `PostgresStore` (which provides `_run`, `_rows` and `_count`)."""
 
     if TYPE_CHECKING:  # provided by the store class this is mixed into
 
         def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
         def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int: ...
+        def _run(self, work: Callable[[Conn], T]) -> T: ...
 
     def heartbeat_node(self, node: NodeRecord) -> NodeRecord:
         """Insert or refresh a node's row; a `lost` node that beats again is `ready`, a
@@ -62,7 +79,7 @@ class PostgresNodes:
         return NodeRecord.from_row(rows[0])
 
     def list_nodes(self) -> list[NodeRecord]:
-        return [NodeRecord.from_row(r) for r in self._rows("SELECT * FROM nodes ORDER BY name")]
+        return [NodeRecord.from_row(r) for r in self._rows(_LIST_NODES)]
 
     def get_node(self, name: str) -> NodeRecord | None:
         rows = self._rows("SELECT * FROM nodes WHERE name = %s", (name,))
@@ -103,14 +120,18 @@ class PostgresNodes:
         return [str(r["sandbox_id"]) for r in rows]
 
     def placed_limits(self, but: str = "") -> list[PlacedLimits]:
-        # NB: json_to_record parses each spec once (as the quota read does).
-        sql = PLACED_LIMITS_SQL.format(
-            p="%s",
-            spec="q.cpu, q.memory_mb, q.disk_mb",
-            lateral=" CROSS JOIN LATERAL json_to_record(s.spec::json) AS "
-            "q(cpu float8, memory_mb float8, disk_mb float8)",
-        )
-        return [PlacedLimits.from_row(r) for r in self._rows(sql, (but,))]
+        return [PlacedLimits.from_row(r) for r in self._rows(_PLACED_LIMITS, (but,))]
+
+    def placement_rows(self, but: str = "") -> tuple[list[NodeRecord], list[PlacedLimits]]:
+        def work(conn: Conn) -> tuple[list[Row], list[Row]]:
+            # NB: both reads in one pipeline: one round trip before each create's node call.
+            with conn.pipeline():
+                nodes = conn.execute(_LIST_NODES)
+                placed = conn.execute(_PLACED_LIMITS, (but,))
+            return nodes.fetchall(), placed.fetchall()
+
+        nodes, placed = self._run(work)
+        return [NodeRecord.from_row(r) for r in nodes], [PlacedLimits.from_row(r) for r in placed]
 
     def placements_on(self, node: str) -> dict[str, str | None]:
         rows = self._rows(

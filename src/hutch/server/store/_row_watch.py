@@ -27,6 +27,14 @@ notifications; `_changed_at` holds the count at each id's last one): a change co
 the read started may have reached the thread before the row was stored, and the row would
 then be stale. This process's own writes
 drop the row at once (`changed`), before their own notification comes back.
+
+A status change this process makes (`transition`: a create's `running`, a pause) keeps the row
+its UPDATE returned instead (`expect`, then `wrote`), so the next request on the sandbox (a
+create's first exec) reads nothing. That row is the one as of the write's commit: the UPDATE
+waited for every earlier writer of the row and saw its change. Notifications arrive in commit
+order, so one heard between `expect` and the write's own (from the same backend, the pid a
+notification carries) is of an earlier commit, which the row already has; the write's own is
+not a reason to forget it; every later one is, as ever.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -55,6 +64,17 @@ RECONNECT_AFTER = 1.0
 KEPT = 20_000
 
 
+@dataclass
+class _Expected:
+    """A write of this process's whose row is to be kept (`SandboxRows.expect`)."""
+
+    pid: int  # the backend that writes it: its notification carries this pid
+    since: int  # `_changes` when expected: a forget-all after it means notifications lost
+    heard: bool = False  # its own notification came
+    row: object = None  # the row written, kept until its own notification is heard
+    wrote_at: float = 0.0  # when the write returned (monotonic); 0: not yet
+
+
 class SandboxRows:
     """The rows this replica read, while `live` (see the module's docstring): a sandbox's by
     its id, others by the name their trigger notifies (`key:<digest>`, `team:<name>`)."""
@@ -72,6 +92,8 @@ class SandboxRows:
         self._changed_at: dict[str, int] = {}
         # Rows read before this count are never stored (all were forgotten then).
         self._forgot_all_at = 0
+        # This process's writes whose rows are kept (`expect`), by name.
+        self._expected: dict[str, _Expected] = {}
         # When the last probe heard back was sent (monotonic); 0: not listening.
         self._heard_at = 0.0
         self._token = f"~{secrets.token_hex(8)}:"
@@ -150,16 +172,53 @@ class SandboxRows:
         return held and self.live
 
     def changed(self, sandbox_id: str | None = None) -> None:
-        """Forget `sandbox_id`'s row (every row: None): it changed, or may have."""
+        """Forget `sandbox_id`'s row (every row: None): it changed, or may have. A write of
+        this process's other than the expected one: its row is not kept either."""
         with self._lock:
-            self._changes += 1
-            if sandbox_id is None or len(self._changed_at) >= KEPT:
-                self._rows.clear()
-                self._changed_at.clear()
-                self._forgot_all_at = self._changes
+            if sandbox_id is None:
+                self._expected.clear()
             else:
-                self._rows.pop(sandbox_id, None)
-                self._changed_at[sandbox_id] = self._changes
+                self._expected.pop(sandbox_id, None)
+            self._forget_locked(sandbox_id)
+
+    def _forget_locked(self, sandbox_id: str | None) -> None:
+        self._changes += 1
+        if sandbox_id is None or len(self._changed_at) >= KEPT:
+            self._rows.clear()
+            self._changed_at.clear()
+            self._forgot_all_at = self._changes
+        else:
+            self._rows.pop(sandbox_id, None)
+            self._changed_at[sandbox_id] = self._changes
+
+    # -- this process's own writes, kept ---------------------------------------------------------
+
+    def expect(self, sandbox_id: str, pid: int) -> None:
+        """The backend `pid` is about to write the row, and `wrote` will follow with what it
+        wrote: keep that, not forget it when its own notification comes. NB: only for a
+        write that changes the row (else no notification comes: see `_heard`'s probe)."""
+        with self._lock:
+            if len(self._expected) >= KEPT:
+                self._expected.clear()
+            self._expected[sandbox_id] = _Expected(pid, self._changes)
+
+    def wrote(self, sandbox_id: str, row: SandboxRecord | None) -> None:
+        """The expected write returned (committed): `row` as written, None if it wrote none
+        (or failed). The row is forgotten at once, as for every own write (`changed`), and the
+        one written kept while every change of it is heard."""
+        with self._lock:
+            expected = self._expected.get(sandbox_id)
+            self._forget_locked(sandbox_id)
+            if expected is None:
+                return  # another write of this process's came between: nothing is kept
+            if row is None or not self.live or self._forgot_all_at > expected.since:
+                del self._expected[sandbox_id]
+                return
+            self._rows[sandbox_id] = row
+            if expected.heard:
+                del self._expected[sandbox_id]
+            else:
+                expected.row, expected.wrote_at = row, time.monotonic()
 
     # -- the listening thread ------------------------------------------------------------------
 
@@ -190,13 +249,32 @@ class SandboxRows:
                 self._probes[probe] = time.monotonic()
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, probe))
                 for note in conn.notifies(timeout=PROBE_EVERY):
-                    self._heard(note.payload)
+                    self._heard(note.payload, note.pid)
                     if self._stopping.is_set():
                         break
 
-    def _heard(self, payload: str) -> None:
+    def _heard(self, payload: str, pid: int = 0) -> None:
         if not payload.startswith("~"):
-            self.changed(payload)
+            with self._lock:
+                expected = self._expected.get(payload)
+                if expected is None:
+                    self._forget_locked(payload)
+                elif expected.pid == pid and not expected.heard:
+                    if expected.row is None:
+                        expected.heard = True  # before `wrote`: it keeps the row then
+                        self._forget_locked(payload)
+                    else:
+                        del self._expected[payload]  # its own: what `wrote` kept stays
+                elif expected.heard:
+                    # A change committed after the expected write: nothing is kept.
+                    del self._expected[payload]
+                    self._forget_locked(payload)
+                else:
+                    # NB: before the expected write's own: an earlier commit's, which the
+                    # row written has (a row read meanwhile may not: forgotten).
+                    self._forget_locked(payload)
+                    if expected.row is not None:
+                        self._rows[payload] = expected.row
             return
         sent_at = self._probes.pop(payload, None)
         if sent_at is not None:
@@ -205,6 +283,11 @@ class SandboxRows:
             # Probes lost with a connection stay behind: drop any older than this one.
             for old in [p for p, at in self._probes.items() if at < sent_at]:
                 del self._probes[old]
+            with self._lock:
+                # A write that returned before this probe was sent and whose notification
+                # has not come sent none (it changed nothing): a later one is not its own.
+                for name in [n for n, e in self._expected.items() if 0 < e.wrote_at < sent_at]:
+                    del self._expected[name]
 
     def _silence(self) -> None:
         self._heard_at = 0.0
