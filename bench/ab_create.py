@@ -28,9 +28,10 @@ from tests._server import SHARED_IMAGES, ServerProcess
 from tests.conftest import _cleanup_home
 
 
-def _start(python: Path) -> ServerProcess:
+def start_build(python: Path, prefix: str = "hutch-ab-create-") -> ServerProcess:
+    """A server of the build whose interpreter is `python`, in a new home under /var/tmp."""
     test_server.HUTCH_BIN = python.with_name("hutch")  # read by ServerProcess.start
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-ab-create-", dir="/var/tmp")))
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")))
     server.start(timeout=180)
     return server
 
@@ -46,7 +47,7 @@ def main() -> None:
     servers: dict[str, ServerProcess] = {}
     try:
         for name, python in sides.items():
-            servers[name] = _start(python)
+            servers[name] = start_build(python)
         opts = {n: {"base_url": s.url, "api_key": s.api_key} for n, s in servers.items()}
         rootfs = ImageStore(SHARED_IMAGES).get("default").rootfs
         for name in sides:  # the page cache, each agent bundle

@@ -25,12 +25,11 @@ import glob
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tests._server as test_server
+from bench.ab_create import start_build
 from hutch import Sandbox
 from tests._server import ServerProcess
 from tests.conftest import _cleanup_home
@@ -54,13 +53,6 @@ def _sandbox_cpu(sandbox_id: str) -> float:
         raise SystemExit(f"no cpuacct cgroup for {sandbox_id} (cgroup v1 cpuacct needed)")
     with open(paths[0]) as f:
         return int(f.read()) / 1e6
-
-
-def _start(python: Path) -> ServerProcess:
-    test_server.HUTCH_BIN = python.with_name("hutch")  # read by ServerProcess.start
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="hutch-ab-cpu-", dir="/var/tmp")))
-    server.start(timeout=180)
-    return server
 
 
 def _turn(server: ServerProcess, n: int) -> dict[str, list[float]]:
@@ -91,7 +83,7 @@ def main() -> None:
     loads = [os.getloadavg()]
     try:
         for name, python in sides.items():
-            servers[name] = _start(python)
+            servers[name] = start_build(python, "hutch-ab-cpu-")
         for server in servers.values():  # the page cache, each agent bundle
             _turn(server, 2)
         order = list(sides)

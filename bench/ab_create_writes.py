@@ -68,13 +68,19 @@ async def _events_off_loop(store: PostgresStore, events: SandboxEvents, sid: str
         events._appended(sid)
 
 
-async def new(store: PostgresStore, events: SandboxEvents, sid: str) -> tuple[float, float]:
-    t0 = time.perf_counter()
+async def _insert_and_place(store: PostgresStore, sid: str) -> None:
+    """What main does before the node's call: the insert beside placement's read, then the
+    placement's record."""
     await asyncio.gather(
         off_loop(store, store.insert_sandbox, _record(sid), None, None),
         off_loop(store, store.placement_rows, sid),
     )
     await off_loop(store, store.set_sandbox_node, sid, "ab-node", sid)
+
+
+async def new(store: PostgresStore, events: SandboxEvents, sid: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    await _insert_and_place(store, sid)
     t1 = time.perf_counter()
     await asyncio.gather(
         off_loop(store, store.transition, sid, ("creating",), "running", None, None),
@@ -88,11 +94,7 @@ async def new(store: PostgresStore, events: SandboxEvents, sid: str) -> tuple[fl
 async def seq(store: PostgresStore, events: SandboxEvents, sid: str) -> tuple[float, float]:
     """`new` with the update and the events one after the other in one call off the loop."""
     t0 = time.perf_counter()
-    await asyncio.gather(
-        off_loop(store, store.insert_sandbox, _record(sid), None, None),
-        off_loop(store, store.placement_rows, sid),
-    )
-    await off_loop(store, store.set_sandbox_node, sid, "ab-node", sid)
+    await _insert_and_place(store, sid)
     t1 = time.perf_counter()
 
     def running() -> bool:

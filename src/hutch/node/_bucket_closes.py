@@ -37,7 +37,7 @@ async def tell_agent(socket: Path, mounts: Sequence[BucketMount]) -> None:
     A failure is logged, not raised: the mount itself is done, and its files still reach the
     bucket, only later (at the next batch of closes, or at unmount).
     """
-    every = FLUSH_EVERY if any(not m.read_only for m in mounts) else 0.0
+    every = _flush_every(mounts)
     try:
         conn = await AgentConnection.connect(socket, timeout=AGENT_TIMEOUT)
         async with conn:
@@ -58,7 +58,7 @@ async def flush_now(socket: Path, mounts: Sequence[BucketMount]) -> None:
     that it does not flush: nothing to wait for. Failures are logged, not raised: the
     unmount goes on, as it would have without the flush.
     """
-    every = FLUSH_EVERY if any(not m.read_only for m in mounts) else 0.0
+    every = _flush_every(mounts)
     if not every:
         return  # no writable bucket: nothing of the sandbox's goes up
     try:
@@ -73,3 +73,8 @@ async def flush_now(socket: Path, mounts: Sequence[BucketMount]) -> None:
                     await asyncio.sleep(_FLUSH_POLL)
     except (AgentError, OSError, TimeoutError) as exc:
         log.warning("could not flush the closes of the agent at %s: %s", socket, exc)
+
+
+def _flush_every(mounts: Sequence[BucketMount]) -> float:
+    """The agent's flushing period for `mounts`: 0 (none) without a writable bucket."""
+    return FLUSH_EVERY if any(not m.read_only for m in mounts) else 0.0

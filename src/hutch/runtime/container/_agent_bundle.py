@@ -299,9 +299,9 @@ def build_joined(agent_home: Path, runtime_dir: Path, code_dir: Path) -> Path:
     if final.is_dir():
         return final
     with _staging(agent_home, final) as tmp:
-        for source, name in ((runtime_dir / "python", "python"), (runtime_dir / "lib", "lib")):
+        parts = {"python": runtime_dir / "python", "lib": runtime_dir / "lib", "code": code_dir}
+        for name, source in parts.items():
             shutil.copytree(source, tmp / name, symlinks=True, copy_function=_link_or_copy)
-        shutil.copytree(code_dir, tmp / "code", symlinks=True, copy_function=_link_or_copy)
     return final
 
 
