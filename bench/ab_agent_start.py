@@ -8,7 +8,9 @@ runtime starts it: the server's connection and its ping are already queued on th
 socket when the interpreter starts (a cold create waits for that answer). Per start: the
 wall time from the spawn to the ping's answer, the agent's CPU up to then (all its threads,
 ``/proc/PID/task/*/schedstat``), the wall time of a first and a second ``exec true`` sent
-20 ms after the answer (as the server leaves it: it finishes the create meanwhile), and the
+``--gap`` ms after the answer (20 by default, as a server that finishes the create first
+leaves it; 0 as a create that answered before its agent did: the exec is then at the agent
+right behind the ping), and the
 agent's CPU up to the end of the first exec (what it did after the answer included).
 Both builds run on this interpreter, so only the agent's code differs; turns alternate
 A B B A, and the load average is printed.
@@ -65,7 +67,7 @@ def _until_result(conn: socket.socket, decoder: FrameDecoder, stream: int) -> No
                 return
 
 
-def one_start(code: Path, workdir: Path) -> tuple[float, ...]:
+def one_start(code: Path, workdir: Path, gap: float = 0.02) -> tuple[float, ...]:
     """(wall to the answer, CPU to the answer, first exec, second exec, CPU to the first
     exec's end), in ms."""
     path = workdir / "agent.sock"
@@ -94,7 +96,7 @@ def one_start(code: Path, workdir: Path) -> tuple[float, ...]:
         _until_result(conn, decoder, 1)
         answered = (time.perf_counter() - started) * 1000
         cpu = _cpu_ms(proc.pid)
-        time.sleep(0.02)
+        time.sleep(gap)
         execs = []
         for stream in (3, 5):
             t0 = time.perf_counter()
@@ -114,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--other", required=True, help="the other build's python")
     parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--gap", type=float, default=20.0, help="ms from the answer to the exec")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hutch-ab-agent-"))
     codes = {
@@ -127,11 +130,11 @@ def main() -> None:
             one_start(codes[name], tmp)
         for i in range(args.n):
             for name in list(codes) if i % 2 == 0 else list(codes)[::-1]:
-                figures[name].append(one_start(codes[name], tmp))
+                figures[name].append(one_start(codes[name], tmp, args.gap / 1000))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     loads.append(os.getloadavg())
-    print(f"{args.n} starts each, interleaved; load average {loads[0]} -> {loads[-1]}")
+    print(f"{args.n} starts each, interleaved, first exec {args.gap:g} ms after the answer; load average {loads[0]} -> {loads[-1]}")
     labels = (
         "wall to the answer",
         "CPU to the answer",

@@ -49,10 +49,9 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
 
 
 def _prctl(option: int, value: int) -> None:
-    import ctypes
+    from ._cfunc import prctl
 
-    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+    prctl(option, value)
 
 
 def _protect_self() -> None:

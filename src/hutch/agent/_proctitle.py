@@ -19,10 +19,9 @@ _ARG_START_INDEX = 48 - 3
 
 def set_process_title(title: bytes = AGENT_TITLE) -> None:
     """Make ``comm`` and ``cmdline`` read ``title``. Raises OSError if /proc is unreadable."""
-    import ctypes
+    from ._cfunc import memmove, prctl
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(title[:15]), 0, 0, 0)  # comm holds 15 bytes
+    prctl(_PR_SET_NAME, title[:15])  # comm holds 15 bytes
     with open("/proc/self/stat", "rb") as f:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2 :].split()
@@ -35,4 +34,4 @@ def set_process_title(title: bytes = AGENT_TITLE) -> None:
     # reads /proc/self/cmdline up to the first NUL ("hutch-agent"), not the whole area with the
     # NUL padding that once held the loader's arguments. CPython keeps its own copies of argv.
     area = title + b"\0" * (size - len(title) - 1) + b" "
-    ctypes.memmove(start, area, size)
+    memmove(start, area)

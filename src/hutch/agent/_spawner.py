@@ -15,9 +15,14 @@ thread in a 64 MB memcg survived, its 200 MB child in that memcg was killed).
 
 from __future__ import annotations
 
+import _thread
 import os
-import queue
-import threading
+
+# NB: `_queue`'s SimpleQueue is what `queue` re-exports, and `_thread` is what `threading`
+# wraps: `threading` (functools, collections) and `queue` cost ~4 ms of a sandbox's agent
+# CPU, and this thread starts on the first exec, which a create that answers before its
+# agent does puts right behind the agent's start.
+from _queue import SimpleQueue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,18 +37,15 @@ class WorkSpawner:
 
     def __init__(self, task_fds: tuple[int, ...]) -> None:
         self._task_fds = task_fds
-        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], Any]] = (
-            queue.SimpleQueue()
-        )
+        self._requests: SimpleQueue[tuple[Callable[[], Any], list[Any], Any]] = SimpleQueue()
         self.problem: str | None = None
 
     def start(self) -> bool:
         """Start the thread; False (see ``problem``) when it could not move into `work`."""
-        ready = threading.Lock()
+        ready = _thread.allocate_lock()
         ready.acquire()
-        thread = threading.Thread(target=self._run, args=(ready,), name="work-spawner")
-        thread.daemon = True
-        thread.start()
+        # NB: a bare thread is a daemon one: nothing waits for it at exit.
+        _thread.start_new_thread(self._run, (ready,))
         ready.acquire()
         return self.problem is None
 
@@ -69,7 +71,7 @@ class WorkSpawner:
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()``, run on the thread in `work`; blocks this thread until it returns."""
-        done = threading.Lock()
+        done = _thread.allocate_lock()
         done.acquire()
         box: list[Any] = []
         self._requests.put((fn, box, done))

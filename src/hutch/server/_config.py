@@ -18,6 +18,8 @@ DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
 # HAProxy accepts up to its build's MAX_THREADS (64 in Debian's); more than the cores never helps.
 MAX_PREVIEW_THREADS = 64
+# An agent that has not answered in this long is not coming (HUTCH_AGENT_TIMEOUT).
+MAX_AGENT_TIMEOUT = 600.0
 _THREADS = "the native preview proxy's threads"
 
 
@@ -80,6 +82,9 @@ class ServerConfig:
             (``HUTCH_COLD_START_SLOTS``; None: one per CPU, at least two).
         cold_start_wait: how long, in seconds, a create waits for a start slot before it
             answers 503 ``create_busy`` (``HUTCH_COLD_START_WAIT``, e.g. ``"40s"``).
+        agent_connect_timeout: how long, in seconds, a start waits for a sandbox's agent to
+            answer, and a request to connect to it (``HUTCH_AGENT_TIMEOUT``, e.g. ``"10s"``;
+            a start that waits longer fails with 503 ``sandbox_start_failed``).
     """
 
     host: str = "127.0.0.1"
@@ -124,6 +129,11 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_cold_start_settings(self.cold_start_slots, self.cold_start_wait)
+        if not 0 < self.agent_connect_timeout <= MAX_AGENT_TIMEOUT:  # NaN fails this too
+            raise ValueError(
+                f"HUTCH_AGENT_TIMEOUT must be more than 0 and at most {MAX_AGENT_TIMEOUT:.0f} "
+                f'seconds (e.g. "10s"), not {self.agent_connect_timeout!r}'
+            )
         whole_number("HUTCH_PREVIEW_THREADS", self.preview_threads, MAX_PREVIEW_THREADS, _THREADS)
 
     @property
@@ -165,6 +175,13 @@ class ServerConfig:
             values["egress_upstreams"] = parse_upstreams(env["HUTCH_EGRESS_UPSTREAMS"])
         if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
             values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
+        if env.get("HUTCH_AGENT_TIMEOUT"):
+            from hutch.server._durations import parse_duration
+
+            try:
+                values["agent_connect_timeout"] = parse_duration(env["HUTCH_AGENT_TIMEOUT"])
+            except ValueError as e:
+                raise ValueError(f"HUTCH_AGENT_TIMEOUT: {e}") from None
         if env.get("HUTCH_DEFAULT_TIMEOUT"):
             from hutch.server._durations import parse_duration
 

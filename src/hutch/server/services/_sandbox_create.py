@@ -56,6 +56,7 @@ from hutch.server.services._image_owners import ImageOwners
 from hutch.server.services._keys import now_iso
 from hutch.server.services._network_names import NetworkNames, split_allow
 from hutch.server.services._secrets import SecretBox
+from hutch.server.services._starts import PendingStarts
 from hutch.server.store._off_loop import off_loop, point_read
 from hutch.server.store._records import TeamAdmission
 from hutch.server.store._sqlite import SandboxRecord, Store
@@ -136,6 +137,9 @@ class SandboxCreation:
     cold_starts: ColdStartGate
     # Sandboxes whose create connects to the agent and sealed no secrets (`_connect_new`).
     _fresh: set[str]
+    # Starts that settle after their create answered (services/_starts.py).
+    starts: PendingStarts
+    other_replicas: bool
 
     if TYPE_CHECKING:
         # SandboxManager's own (lifecycle, spec building, agent connections).
@@ -267,9 +271,15 @@ class SandboxCreation:
                 await self._adopt_pooled(record, request, *claimed, steps=steps)
         emitted = False
         if record.status != "running":
-            async with self.cold_starts.slot():
+            async with contextlib.AsyncExitStack() as slot:
+                await slot.enter_async_context(self.cold_starts.slot())
                 steps.mark("queued")
-                emitted = await self._create_cold(record, request, image, snapshot, own_cas, steps)
+                # The agent's start may settle after this create answers (`_answers_early`):
+                # the slot is then held until it does, as an overloaded host needs.
+                early = slot if self._answers_early(request) else None
+                emitted = await self._create_cold(
+                    record, request, image, snapshot, own_cas, steps, early=early
+                )
         if request.egress_secrets:
             await self._open_egress(record)
             steps.mark("egress")
@@ -280,6 +290,18 @@ class SandboxCreation:
         if not emitted:
             self.events.emit_many(sandbox_id, *_created_events(record))
         return record
+
+    def _answers_early(self, request: SandboxCreate) -> bool:
+        """Whether a cold create may answer before its agent does (services/_starts.py).
+        Not when it still talks to the agent itself (egress secrets, the entrypoint), and
+        not where another API replica may take the next request: only this server's
+        requests wait for the start (a replica's create answers once the agent did)."""
+        return not (
+            request.egress_secrets
+            or request.start_entrypoint
+            or self._store.remote
+            or self.other_replicas
+        )
 
     async def _connect_new(self, sandbox_id: str, *, secrets: bool, steps: _Steps) -> None:
         """The new sandbox's shared agent connection, its agent's answer, and the first
@@ -398,8 +420,13 @@ class SandboxCreation:
         snapshot: str | None = None,
         own_cas: tuple[str, ...] = (),
         steps: _Steps | None = None,
+        *,
+        early: contextlib.AsyncExitStack | None = None,
     ) -> bool:
-        """Whether it emitted the create's events (with its `running` update)."""
+        """Whether it emitted the create's events (with its `running` update).
+
+        `early`: answer once the container runs, and let the agent's answer and the network
+        settle in the background (`self.starts`), holding what `early` holds until then."""
         steps = steps or _Steps()
         sandbox_id = record.id
         sealed = None
@@ -418,27 +445,29 @@ class SandboxCreation:
         if not inserted:
             raise _exists(sandbox_id)
         steps.mark("insert")
+        ready: asyncio.Future[Any] | None = None
         try:
             await self._host.create(sandbox_id, spec, defer_network=True, snapshot=snapshot)
             steps.mark("host_create")
             # The veth is attached while the agent starts; both before anyone gets it. Asked
             # for at once, not after the agent connection: in a cluster each is a round trip
             # to the node, and they overlap.
-            await asyncio.wait_for(
-                asyncio.gather(
-                    self._connect_new(sandbox_id, secrets=sealed is not None, steps=steps),
-                    self._host.network_ready(sandbox_id),
-                ),
-                self._agent_timeout,
+            ready = asyncio.ensure_future(
+                asyncio.wait_for(
+                    asyncio.gather(
+                        self._connect_new(sandbox_id, secrets=sealed is not None, steps=steps),
+                        self._host.network_ready(sandbox_id),
+                    ),
+                    self._agent_timeout,
+                )
             )
-            steps.mark("ping_network")
+            if early is None:
+                await ready
+                steps.mark("ping_network")
         except BaseException as exc:
-            await self.gateway.forget(sandbox_id)
-            if self.egress is not None:
-                self.egress.forget(sandbox_id)
-            with contextlib.suppress(Exception):
-                await self._host.destroy(sandbox_id)
-            await off_loop(self._store, self._store.delete_sandbox, sandbox_id)
+            if ready is not None:
+                ready.cancel()
+            await self._undo_start(sandbox_id)
             if isinstance(exc, (NoCapacity, NodeUnavailableError)):
                 raise  # placement's own answer (several hosts), with what each node said
             if isinstance(exc, Exception):
@@ -465,13 +494,57 @@ class SandboxCreation:
             ran = await off_loop(self._store, running)
         if not ran:
             # Its row went meanwhile (destroyed through another API replica): so does it.
+            if ready is not None:
+                ready.cancel()
             await self.gateway.forget(sandbox_id)
             with contextlib.suppress(Exception):
                 await self._host.destroy(sandbox_id)
             raise SandboxStartFailed(f"sandbox {sandbox_id} was destroyed while it started")
         steps.mark("running")
         record.status = "running"
+        if early is not None and ready is not None:
+            # NB: the slot (and whatever else `early` holds) goes with the start.
+            self.starts.begin(sandbox_id, self._settle_start(sandbox_id, ready, early.pop_all()))
         return emitted
+
+    async def _settle_start(
+        self, sandbox_id: str, ready: asyncio.Future[Any], held: contextlib.AsyncExitStack
+    ) -> None:
+        """The rest of a start whose create has answered: the agent's answer and the
+        network. If they fail the sandbox goes, as a failed create's does."""
+        started = time.perf_counter()
+        async with held:
+            try:
+                await ready
+            except Exception as exc:
+                log.warning(
+                    "sandbox %s: its agent or network did not come up after its create "
+                    "answered (%s); removing it",
+                    sandbox_id,
+                    _why(exc),
+                )
+                with contextlib.suppress(Exception):
+                    await self._destroy_locked(sandbox_id)
+                raise SandboxStartFailed(
+                    f"sandbox {sandbox_id} failed to start: {_why(exc)}; it was removed, "
+                    "create another"
+                ) from exc
+        waited = time.perf_counter() - started
+        log.debug(
+            "started sandbox %s: ping_network=%.2fms",
+            sandbox_id,
+            waited * 1e3,
+            extra={"timings": {"ping_network": waited}},
+        )
+
+    async def _undo_start(self, sandbox_id: str) -> None:
+        """Remove what a cold start that failed before its `running` update made."""
+        await self.gateway.forget(sandbox_id)
+        if self.egress is not None:
+            self.egress.forget(sandbox_id)
+        with contextlib.suppress(Exception):
+            await self._host.destroy(sandbox_id)
+        await off_loop(self._store, self._store.delete_sandbox, sandbox_id)
 
 
 def _created_events(record: SandboxRecord) -> tuple[tuple[SandboxEventType, dict[str, Any]], ...]:

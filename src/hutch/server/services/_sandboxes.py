@@ -16,7 +16,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -61,6 +61,7 @@ from hutch.server.services._sandbox_create import (
     create_abandoned,
 )
 from hutch.server.services._secrets import SecretBox
+from hutch.server.services._starts import PendingStarts
 from hutch.server.store._off_loop import off_loop, point_read
 from hutch.server.store._records import TeamAdmission
 from hutch.server.store._sqlite import SandboxRecord, Store
@@ -177,6 +178,8 @@ class SandboxManager(SandboxCreation):
         self.events: EventSink = NoEvents()
         # How many cold starts run at once; the rest wait their turn (services/_cold_starts.py).
         self.cold_starts = ColdStartGate()
+        # Starts that settle after their create answered (services/_starts.py).
+        self.starts = PendingStarts()
 
     # -- start/stop ---------------------------------------------------------------------
 
@@ -221,7 +224,7 @@ class SandboxManager(SandboxCreation):
     async def _apply_policy(self, sandbox_id: str) -> None:
         # NB: under the sandbox's lock, as a network change through the API: the record read
         # here is then the policy on the host, never an older one applied after a newer.
-        async with self._lock_for(sandbox_id):
+        async with self.lock_for(sandbox_id):
             record = self._store.get_sandbox(sandbox_id)
             if record is not None and record.status == "running":
                 await self._host.set_network_policy(sandbox_id, self._policy(record))
@@ -237,6 +240,7 @@ class SandboxManager(SandboxCreation):
         return policy_for(network, allow, deny, self.names)
 
     async def stop(self) -> None:
+        await self.starts.cancel_all()
         if self._names_task is not None:
             self._names_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -291,9 +295,13 @@ class SandboxManager(SandboxCreation):
     def _lock_for(self, sandbox_id: str) -> asyncio.Lock:
         return self._id_locks.setdefault(sandbox_id, asyncio.Lock())
 
-    def lock_for(self, sandbox_id: str) -> asyncio.Lock:
-        """The lock that orders create, destroy and lifecycle steps of one sandbox."""
-        return self._lock_for(sandbox_id)
+    @contextlib.asynccontextmanager
+    async def lock_for(self, sandbox_id: str) -> AsyncIterator[None]:
+        """The lock that orders create, destroy and lifecycle steps of one sandbox, taken
+        once a start still settling after its create answered has settled."""
+        await self.starts.settled(sandbox_id, quiet=True)
+        async with self._lock_for(sandbox_id):
+            yield
 
     def spec_for(self, record: SandboxRecord, image: Image) -> SandboxSpec:
         """What the runtime runs for this sandbox."""
@@ -351,7 +359,7 @@ class SandboxManager(SandboxCreation):
 
     async def destroy(self, sandbox_id: str) -> None:
         await self.fetch(sandbox_id)
-        async with self._lock_for(sandbox_id):
+        async with self.lock_for(sandbox_id):
             await self._destroy_locked(sandbox_id)
         self._id_locks.pop(sandbox_id, None)
 
@@ -401,6 +409,9 @@ class SandboxManager(SandboxCreation):
 
     async def running(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, once it runs: a sleeping one is woken first (the caller waits)."""
+        # NB: a create may have answered before its agent did: wait for that (a dict look-up
+        # otherwise), and answer its failure if it failed.
+        await self.starts.settled(sandbox_id)
         # NB: from memory when current: a pause, stop, destroy or move through another
         # replica reaches it as a notification (store/_row_watch.py).
         record = await self.current(sandbox_id)
