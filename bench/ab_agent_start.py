@@ -134,7 +134,10 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     loads.append(os.getloadavg())
-    print(f"{args.n} starts each, interleaved, first exec {args.gap:g} ms after the answer; load average {loads[0]} -> {loads[-1]}")
+    print(
+        f"{args.n} starts each, interleaved, first exec {args.gap:g} ms after the answer; "
+        f"load average {loads[0]} -> {loads[-1]}"
+    )
     labels = (
         "wall to the answer",
         "CPU to the answer",
