@@ -15,21 +15,25 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+# NB: typeshed's stubs of `_ctypes` describe what `ctypes` passes it; this module uses it as
+# `ctypes/__init__.py` does, so it is typed as Any here.
+_C: Any = _ctypes
 
-class _Int(_ctypes._SimpleCData):
+
+class _Int(_C._SimpleCData):  # type: ignore[misc]
     _type_ = "i"
 
 
-class _Pointer(_ctypes._SimpleCData):
+class _Pointer(_C._SimpleCData):  # type: ignore[misc]
     _type_ = "P"
 
 
-class _Size(_ctypes._SimpleCData):
+class _Size(_C._SimpleCData):  # type: ignore[misc]
     _type_ = "L"  # size_t: unsigned long on Linux
 
 
-class _Function(_ctypes.CFuncPtr):
-    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+class _Function(_C.CFuncPtr):  # type: ignore[misc]
+    _flags_ = _C.FUNCFLAG_CDECL | _C.FUNCFLAG_USE_ERRNO
     _restype_ = _Int
 
 
@@ -37,11 +41,11 @@ class _Process:
     """The process's own symbols (`dlopen(NULL)`), as `CFuncPtr((name, library))` reads
     them: its `_handle`."""
 
-    _handle = _ctypes.dlopen(None, 0)
+    _handle = _C.dlopen(None, 0)
 
 
 _prctl: Any = _Function(("prctl", _Process))
-_memmove: Any = _Function(_ctypes._memmove_addr)
+_memmove: Any = _Function(_C._memmove_addr)
 _memmove.restype = _Pointer
 _memmove.argtypes = (_Pointer, _Pointer, _Size)
 
@@ -50,7 +54,7 @@ def prctl(option: int, arg: int | bytes) -> None:
     """`prctl(option, arg, 0, 0, 0)`; OSError if it fails. A bytes `arg` goes as a pointer
     to a NUL-terminated copy of it."""
     if _prctl(option, arg, 0, 0, 0) != 0:
-        raise OSError(_ctypes.get_errno(), f"prctl({option}) failed")
+        raise OSError(_C.get_errno(), f"prctl({option}) failed")
 
 
 def memmove(address: int, data: bytes) -> None:
