@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
@@ -84,7 +86,23 @@ def _cleanup_home(srv: ServerProcess) -> None:
         await runtime.teardown()
 
     asyncio.run(sweep())
-    shutil.rmtree(srv.home, ignore_errors=True)
+    _remove_home(srv.home)
+
+
+def _remove_home(home: Path) -> None:
+    """rmtree of a test server's home that never reaches through a mount: a sandbox's `lower`
+    is the shared image's rootfs (an idmapped bind), and an rmtree across it emptied the
+    `default` image of every later test once (a sandbox the sweep could not destroy). What
+    the sweep left mounted is detached first; if anything stays mounted, the home stays."""
+    from hutch.runtime.container._mounts import mounts_under
+
+    for point in mounts_under(home):
+        subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+    left = mounts_under(home)
+    if left:
+        warnings.warn(f"{home} kept: still mounted under it: {left}", stacklevel=2)
+        return
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture()
