@@ -278,12 +278,16 @@ class AgentConnection:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(socket_path, limit=_READ_LIMIT)
+        # NB: no socket path in these messages: they reach API clients (a 503's text), and
+        # the host's paths are none of theirs; the gateway names the sandbox.
         except TimeoutError:
             raise AgentDisconnected(
-                f"the agent at {socket_path} did not accept within {timeout} s"
+                f"the sandbox's agent did not accept a connection within {timeout:g} s"
             ) from None
         except OSError as e:
-            raise AgentDisconnected(f"cannot connect to the agent at {socket_path}: {e}") from e
+            raise AgentDisconnected(
+                f"cannot connect to the sandbox's agent: {e.strerror or e}"
+            ) from e
         return cls(reader, writer)
 
     @property

@@ -303,7 +303,9 @@ class SandboxCreation:
             or self.other_replicas
         )
 
-    async def _connect_new(self, sandbox_id: str, *, secrets: bool, steps: _Steps) -> None:
+    async def _connect_new(
+        self, sandbox_id: str, *, secrets: bool, steps: _Steps, spare: bool = False
+    ) -> None:
         """The new sandbox's shared agent connection, its agent's answer, and the first
         exec's spare connection. `secrets`: whether the create sealed any; if not, the new
         connection does not read them (none can be there yet: a round trip in a cluster)."""
@@ -314,12 +316,13 @@ class SandboxCreation:
         finally:
             self._fresh.discard(sandbox_id)
         steps.mark("connect")
-        await asyncio.gather(conn.call("ping"), self._open_spare(sandbox_id))
+        await asyncio.gather(conn.call("ping"), self._open_spare(sandbox_id, spare))
 
-    async def _open_spare(self, sandbox_id: str) -> None:
+    async def _open_spare(self, sandbox_id: str, spare: bool) -> None:
         # NB: a cold create only, where it overlaps the agent's start; a pooled sandbox's
         # agent answers at once, so there it would only move the cost from exec to create.
-        if self.spare_connections:
+        # `spare`: a create that answered early, whose first exec waits for this start.
+        if self.spare_connections or spare:
             await self.gateway.open_spare(sandbox_id)
 
     async def _open_egress(self, record: SandboxRecord) -> None:
@@ -455,7 +458,12 @@ class SandboxCreation:
             ready = asyncio.ensure_future(
                 asyncio.wait_for(
                     asyncio.gather(
-                        self._connect_new(sandbox_id, secrets=sealed is not None, steps=steps),
+                        self._connect_new(
+                            sandbox_id,
+                            secrets=sealed is not None,
+                            steps=steps,
+                            spare=early is not None,
+                        ),
                         self._host.network_ready(sandbox_id),
                     ),
                     self._agent_timeout,
@@ -530,8 +538,9 @@ class SandboxCreation:
                     "create another"
                 ) from exc
         waited = time.perf_counter() - started
+        # NB: a `created sandbox` line, as the create's own (the stages benches read both).
         log.debug(
-            "started sandbox %s: ping_network=%.2fms",
+            "created sandbox %s: ping_network=%.2fms (settled after the create answered)",
             sandbox_id,
             waited * 1e3,
             extra={"timings": {"ping_network": waited}},

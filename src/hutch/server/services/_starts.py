@@ -66,3 +66,4 @@ class PendingStarts:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        self._tasks.clear()
