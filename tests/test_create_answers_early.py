@@ -29,6 +29,7 @@ def _leftovers(server: ServerProcess) -> dict[str, set[str]]:
     }
 
 
+@pytest.mark.sandbox
 def test_calls_made_right_after_a_create_wait_for_its_agent_and_network(
     server: ServerProcess, busybox_image: str
 ) -> None:
@@ -52,6 +53,7 @@ def test_calls_made_right_after_a_create_wait_for_its_agent_and_network(
             sb.destroy()
 
 
+@pytest.mark.sandbox
 def test_a_pause_or_destroy_right_after_a_create_waits_for_its_start(
     server: ServerProcess, busybox_image: str
 ) -> None:
@@ -90,6 +92,7 @@ def impatient_server(busybox_image: str) -> Iterator[ServerProcess]:
     _cleanup_home(srv)
 
 
+@pytest.mark.sandbox
 def test_a_start_that_fails_after_the_create_answered_is_a_503_then_gone(
     impatient_server: ServerProcess, busybox_image: str
 ) -> None:
