@@ -36,6 +36,7 @@ from hutch.node import (
 )
 from hutch.runtime import ImageStore, Runtime, RuntimeConfig
 from hutch.server._logging import configure_logging
+from hutch.server._malloc_arenas import bound_malloc_arenas
 from hutch.server._node_pools import NodePoolLedger
 from hutch.server.services._fork_leftovers import FORK_COPY_PREFIX, LEFT_AFTER
 from hutch.server.services._moves import MOVE_SNAPSHOT_LEFT_AFTER, MOVE_SNAPSHOT_PREFIX
@@ -362,6 +363,7 @@ async def remove_all(config: NodeConfig) -> list[str]:
 
 def run_node(config: NodeConfig) -> None:
     """Serve until SIGTERM/SIGINT. Sandboxes outlive the daemon (a restart re-adopts them)."""
+    bound_malloc_arenas()  # NB: first: before any thread of ours allocates
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise ValueError(f"unknown log level {config.log_level!r}: use debug, info or warning")

@@ -13,6 +13,7 @@ from hutch.server._app import create_app
 from hutch.server._config import ServerConfig
 from hutch.server._drain import DRAIN_SECONDS, DrainingServer
 from hutch.server._logging import configure_logging
+from hutch.server._malloc_arenas import bound_malloc_arenas
 
 
 def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
@@ -28,6 +29,7 @@ def prepare_default_image(config: ServerConfig, out: TextIO) -> None:
 
 def run(config: ServerConfig, *, out: TextIO = sys.stderr) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both). Sandboxes outlive the server."""
+    bound_malloc_arenas()  # NB: first: before any thread of ours allocates
     config.home.mkdir(parents=True, exist_ok=True)
     configure_logging(
         level=config.log_level,

@@ -495,22 +495,25 @@ class SandboxCreation:
         # call off the event loop (they were a round trip on the loop after it); on one host
         # at the create's end, as every other emit.
         emitted = self._store.remote
-        if emitted:
-            events = _created_events(record)
-            ran = await self.events.emit_many_after(self._store, sandbox_id, running, *events)
-        else:
-            ran = await off_loop(self._store, running)
+        try:
+            if emitted:
+                events = _created_events(record)
+                ran = await self.events.emit_many_after(self._store, sandbox_id, running, *events)
+            else:
+                ran = await off_loop(self._store, running)
+        except BaseException:
+            ready.cancel()  # NB: done already unless this create answers early
+            raise
         if not ran:
             # Its row went meanwhile (destroyed through another API replica): so does it.
-            if ready is not None:
-                ready.cancel()
+            ready.cancel()
             await self.gateway.forget(sandbox_id)
             with contextlib.suppress(Exception):
                 await self._host.destroy(sandbox_id)
             raise SandboxStartFailed(f"sandbox {sandbox_id} was destroyed while it started")
         steps.mark("running")
         record.status = "running"
-        if early is not None and ready is not None:
+        if early is not None:
             # NB: the slot (and whatever else `early` holds) goes with the start.
             self.starts.begin(sandbox_id, self._settle_start(sandbox_id, ready, early.pop_all()))
         return emitted
