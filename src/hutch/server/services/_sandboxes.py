@@ -240,7 +240,7 @@ class SandboxManager(SandboxCreation):
         return policy_for(network, allow, deny, self.names)
 
     async def stop(self) -> None:
-        await self.starts.cancel_all()
+        await self.starts.finish(self._agent_timeout)
         if self._names_task is not None:
             self._names_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

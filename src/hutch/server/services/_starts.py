@@ -57,10 +57,14 @@ class PendingStarts:
             return
         await asyncio.shield(task)
 
-    async def cancel_all(self) -> None:
-        """At shutdown: stop waiting. A sandbox whose start was cut off is a running
-        container whose agent the next server start connects to (or finds gone)."""
+    async def finish(self, within: float) -> None:
+        """At shutdown: let the starts in flight settle (milliseconds each; a create's
+        request would have been waited for by the drain), for at most `within` seconds, then
+        cut off the rest. A sandbox whose start was cut off is a running container whose
+        agent the next server start connects to (or finds gone)."""
         tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
         for task in tasks:
             task.cancel()
         for task in tasks:
