@@ -48,10 +48,14 @@ async def _changed(path: Path, since: int, within: float = 5.0) -> bool:
     return False
 
 
+def _present(path: Path) -> bool:
+    return path.exists()
+
+
 async def _gone(path: Path, within: float = 5.0) -> bool:
     """Whether `path` is absent, or goes within `within` seconds."""
     deadline = time.monotonic() + within
-    while path.exists():
+    while _present(path):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.01)
