@@ -12,14 +12,15 @@ client's own time stamps line up) around `--n` cold creates, each followed by on
     server pinged     the server's next send: its ping, queued until the agent accepts
     agent exec        the agent's loader (`/.hutch/lib/ld-linux-x86-64.so.2`) is exec'd
     agent accepted    the agent accepts the server's first connection (its start-up done)
-    agent answered    the agent's first send: the answer to the server's ping
+    agent answered    the agent's first send (sendmsg): the answer to the server's ping
     network done      the last `ip`/`nft`/`sh`/`nsenter` of the deferred network attach exits
                       (since create16 only `ip`: the nft transactions run inside the server
                       by libnftables, and the in-netns tools need no nsenter or sh; since
                       create17 none: the attach is rtnetlink from the server, and this mark
                       is "-")
     create returned   the SDK has the create's response
-    exec arrived      the agent reads the exec request
+    exec arrived      the agent reads the exec request (its first read after both the
+                      create's answer and its own answer to the ping)
     true exec'd       `/usr/bin/true` is exec'd in the sandbox
     exec returned     the SDK has the exec's result
 
@@ -55,6 +56,7 @@ EVENTS = (
     "sched:sched_process_exit",
     "syscalls:sys_exit_accept4",
     "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_sendmsg",  # the agent's sends (the server's are sendto)
     "syscalls:sys_enter_recvfrom",
     "syscalls:sys_enter_connect",
 )
@@ -152,11 +154,20 @@ def marks_of(
         )
         first(
             "agent answered",
-            lambda e: e.pid == pid and e.t > started and e.name == "sys_enter_sendto",
+            lambda e: (
+                e.pid == pid
+                and e.t > started
+                and e.name in ("sys_enter_sendto", "sys_enter_sendmsg")
+            ),
         )
+        # NB: after the answer too: a create that answers before its agent does is back at
+        # the client before the agent has even read the ping.
+        answered = t0 + found.get("agent answered", 0.0) / 1e3
         first(
             "exec arrived",
-            lambda e: e.pid == pid and e.name == "sys_enter_recvfrom" and e.t > created,
+            lambda e: (
+                e.pid == pid and e.name == "sys_enter_recvfrom" and e.t > max(created, answered)
+            ),
         )
     network = [
         e.t
