@@ -215,9 +215,18 @@ def test_cli_shell_in_tmux_renders_top_resizes_and_exits_with_the_code(
         assert "PID" in screen and "COMMAND" in screen
         _tmux("send-keys", "-t", session, "q")
         _tmux("resize-window", "-t", session, "-x", "120", "-y", "40")
-        time.sleep(0.5)
-        _tmux("send-keys", "-t", session, "clear; stty size", "Enter")
-        _wait_for_pane(session, "40 120")
+        # NB: the new size travels tmux -> the CLI -> the server -> the agent; a `stty size`
+        # run before it arrived prints the old one (seen under gVisor on a busy host), so
+        # ask again until the program sees the new size, for 30 s at most.
+        deadline = time.monotonic() + 30
+        while True:
+            _tmux("send-keys", "-t", session, "clear; stty size", "Enter")
+            try:
+                _wait_for_pane(session, "40 120", timeout=2.0)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
         _tmux("send-keys", "-t", session, "exit 3", "Enter")
         _wait_for_pane(session, "SHELL-EXITED-3")
     finally:
