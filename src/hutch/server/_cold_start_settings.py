@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hutch.server._setting_checks import whole_number
+from hutch.server._setting_checks import check_seconds, duration_setting, whole_number
 
 # Long enough that a burst far larger than the slots still drains within it, short enough
 # that a client's own request timeout (60 s in the SDK) does not fire first.
@@ -23,11 +23,7 @@ def check_cold_start_settings(slots: int | None, wait: float) -> None:
     """Raise ValueError saying what to set when `slots` or `wait` is out of range."""
     if slots is not None:
         whole_number("HUTCH_COLD_START_SLOTS", slots, MAX_COLD_START_SLOTS, _SLOTS)
-    if not 0 < wait <= MAX_COLD_START_WAIT:  # NaN fails this too
-        raise ValueError(
-            f"HUTCH_COLD_START_WAIT must be more than 0 and at most {MAX_COLD_START_WAIT:.0f} "
-            f'seconds (e.g. "40s" or "2m"), not {wait!r}'
-        )
+    check_seconds("HUTCH_COLD_START_WAIT", wait, MAX_COLD_START_WAIT, '"40s" or "2m"')
 
 
 def cold_start_env(env: Mapping[str, str]) -> dict[str, object]:
@@ -40,10 +36,5 @@ def cold_start_env(env: Mapping[str, str]) -> dict[str, object]:
         )
     wait = env.get("HUTCH_COLD_START_WAIT", "").strip()
     if wait:
-        from hutch.server._durations import parse_duration
-
-        try:
-            values["cold_start_wait"] = parse_duration(wait)
-        except ValueError as exc:
-            raise ValueError(f"HUTCH_COLD_START_WAIT: {exc}") from None
+        values["cold_start_wait"] = duration_setting("HUTCH_COLD_START_WAIT", wait)
     return values

@@ -12,7 +12,7 @@ from hutch.server._cold_start_settings import (
     check_cold_start_settings,
     cold_start_env,
 )
-from hutch.server._setting_checks import whole_number
+from hutch.server._setting_checks import check_seconds, duration_setting, whole_number
 
 DEFAULT_HOME = Path("/var/lib/hutch")
 DEFAULT_PORT = 7070
@@ -129,11 +129,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_cold_start_settings(self.cold_start_slots, self.cold_start_wait)
-        if not 0 < self.agent_connect_timeout <= MAX_AGENT_TIMEOUT:  # NaN fails this too
-            raise ValueError(
-                f"HUTCH_AGENT_TIMEOUT must be more than 0 and at most {MAX_AGENT_TIMEOUT:.0f} "
-                f'seconds (e.g. "10s"), not {self.agent_connect_timeout!r}'
-            )
+        check_seconds("HUTCH_AGENT_TIMEOUT", self.agent_connect_timeout, MAX_AGENT_TIMEOUT, '"10s"')
         whole_number("HUTCH_PREVIEW_THREADS", self.preview_threads, MAX_PREVIEW_THREADS, _THREADS)
 
     @property
@@ -176,12 +172,9 @@ class ServerConfig:
         if "HUTCH_MAX_BUILD_CONTEXT_BYTES" in env:
             values["max_build_context_bytes"] = int(env["HUTCH_MAX_BUILD_CONTEXT_BYTES"])
         if env.get("HUTCH_AGENT_TIMEOUT"):
-            from hutch.server._durations import parse_duration
-
-            try:
-                values["agent_connect_timeout"] = parse_duration(env["HUTCH_AGENT_TIMEOUT"])
-            except ValueError as e:
-                raise ValueError(f"HUTCH_AGENT_TIMEOUT: {e}") from None
+            values["agent_connect_timeout"] = duration_setting(
+                "HUTCH_AGENT_TIMEOUT", env["HUTCH_AGENT_TIMEOUT"]
+            )
         if env.get("HUTCH_DEFAULT_TIMEOUT"):
             from hutch.server._durations import parse_duration
 
