@@ -51,11 +51,8 @@ class PendingStarts:
         if task is None:
             return
         # NB: shielded: a request that gives up (its client left) must not cancel the start.
-        if quiet:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-            return
-        await asyncio.shield(task)
+        with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+            await asyncio.shield(task)
 
     async def finish(self, within: float) -> None:
         """At shutdown: let the starts in flight settle (milliseconds each; a create's
