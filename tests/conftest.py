@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -94,10 +94,10 @@ def _remove_home(home: Path) -> None:
     is the shared image's rootfs (an idmapped bind), and an rmtree across it emptied the
     `default` image of every later test once (a sandbox the sweep could not destroy). What
     the sweep left mounted is detached first; if anything stays mounted, the home stays."""
-    from hutch.runtime.container._mounts import mounts_under
+    from hutch.runtime.container._mounts import mounts_under, unmount_all_under
 
-    for point in mounts_under(home):
-        subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+    with contextlib.suppress(OSError):  # what stays mounted is looked for next
+        unmount_all_under(home)
     left = mounts_under(home)
     if left:
         warnings.warn(f"{home} kept: still mounted under it: {left}", stacklevel=2)
